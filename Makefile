@@ -1,0 +1,31 @@
+# nasnet-det developer targets. The environment lives in .venv and is (re)built by
+# scripts/setup_env.sh only when its stamp is missing or older than its inputs.
+SHELL := /bin/bash
+PY := .venv/bin/python
+STAMP := .venv/.installed
+SETUP_INPUTS := pyproject.toml scripts/setup_env.sh requirements/constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup test run lint clean distclean
+
+setup: $(STAMP)
+
+$(STAMP): $(SETUP_INPUTS)
+	bash scripts/setup_env.sh
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+run: $(STAMP)
+	.venv/bin/nasnet-det run
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build dist output outputs .pytest_cache .ruff_cache *.egg-info
+	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Also removes the virtualenv (next `make setup` reinstalls everything).
+distclean: clean
+	rm -rf .venv

@@ -1,0 +1,223 @@
+"""The 13 NASNet operations as modules, with TensorFlow 'SAME' padding.
+
+Every convolution is ReLU -> conv -> BN (paper A.4), convs have no bias, and a selected separable conv is
+applied twice with no BN/ReLU between its depthwise and pointwise parts. Parameter names follow timm /
+Cadene (``separable_1.depthwise_conv2d``, ``bn_sep_1``, ...) so released checkpoints map by name.
+
+Padding: the released weights were trained with TF 'SAME' padding, which for a stride-2 op on an even
+input pads one pixel more at the bottom/right than at the top/left, and whose average pooling never counts
+padded pixels. ``pad_mode="tf"`` reproduces that exactly. timm's port counts the zero padding of stride-2
+average pools (its ``AvgPool2dSame``); ``pad_mode="timm"`` reproduces that, so logits match timm's model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormFactory = Callable[[int], nn.Module]
+PAD_MODES = ("tf", "timm")
+
+
+def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF 'SAME' padding (before, after) for one spatial dimension."""
+    effective = (kernel - 1) * dilation + 1
+    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)  # type: ignore[return-value]
+
+
+def _pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+              dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> torch.Tensor:
+    top, bottom = same_pad_amounts(x.shape[-2], kernel[0], stride[0], dilation[0])
+    left, right = same_pad_amounts(x.shape[-1], kernel[1], stride[1], dilation[1])
+    if top == bottom == left == right == 0:
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+def _is_static(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]) -> bool:
+    # Stride 1 with an odd effective kernel pads symmetrically, so a fixed PyTorch padding is exact.
+    return all(s == 1 and (d * (k - 1)) % 2 == 0 for k, s, d in zip(kernel, stride, dilation))
+
+
+class Conv2dSame(nn.Conv2d):
+    """nn.Conv2d with TF 'SAME' padding, computed per input size where it is not symmetric."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, dilation: int | tuple[int, int] = 1, groups: int = 1):
+        k, s, d = _pair(kernel_size), _pair(stride), _pair(dilation)
+        self._dynamic = not _is_static(k, s, d)
+        padding = (0, 0) if self._dynamic else tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
+        super().__init__(in_channels, out_channels, k, s, padding, d, groups, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._dynamic:
+            x = _pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
+        return super().forward(x)
+
+
+class Pool2dSame(nn.Module):
+    """Max or average pooling with TF 'SAME' padding (see the module docstring for ``pad_mode``)."""
+
+    def __init__(self, kind: str, kernel_size: int, stride: int = 1, pad_mode: str = "tf"):
+        super().__init__()
+        if kind not in ("max", "avg"):
+            raise ValueError(f"pool kind must be 'max' or 'avg', got {kind!r}")
+        if pad_mode not in PAD_MODES:
+            raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
+        self.kind, self.kernel_size, self.stride, self.pad_mode = kind, kernel_size, stride, pad_mode
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, pad_mode={self.pad_mode}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size, self.stride
+        if s == 1:
+            if self.kind == "max":
+                return F.max_pool2d(x, k, 1, k // 2)
+            return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
+        kk, ss = (k, k), (s, s)
+        if self.kind == "max":
+            return F.max_pool2d(_pad_same(x, kk, ss, value=-math.inf), k, s)
+        summed = F.avg_pool2d(_pad_same(x, kk, ss), k, s)
+        if self.pad_mode == "timm":
+            return summed
+        ones = torch.ones_like(x[:1, :1])
+        return summed / F.avg_pool2d(_pad_same(ones, kk, ss), k, s)
+
+
+class ReLUConvBN(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel_size: int | tuple[int, int], stride: int | tuple[int, int],
+                 norm: NormFactory, dilation: int = 1):
+        super().__init__()
+        self.act = nn.ReLU()
+        self.conv = Conv2dSame(c_in, c_out, kernel_size, stride, dilation)
+        self.bn = norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.act(x)))
+
+
+class SeparableConv2d(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int):
+        super().__init__()
+        self.depthwise_conv2d = Conv2dSame(c_in, c_in, kernel_size, stride, groups=c_in)
+        self.pointwise_conv2d = Conv2dSame(c_in, c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise_conv2d(self.depthwise_conv2d(x))
+
+
+class StackedSeparable(nn.Module):
+    """A separable conv applied twice: stride and the channel change happen in the first one only."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, norm: NormFactory):
+        super().__init__()
+        self.act_1 = nn.ReLU()
+        self.separable_1 = SeparableConv2d(c_in, c_out, kernel_size, stride)
+        self.bn_sep_1 = norm(c_out)
+        self.act_2 = nn.ReLU()
+        self.separable_2 = SeparableConv2d(c_out, c_out, kernel_size, 1)
+        self.bn_sep_2 = norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn_sep_1(self.separable_1(self.act_1(x)))
+        return self.bn_sep_2(self.separable_2(self.act_2(x)))
+
+
+class FactorizedConv(nn.Module):
+    """1xK then Kx1 convolution, each ReLU-conv-BN; the stride is split between the two."""
+
+    def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int, norm: NormFactory):
+        super().__init__()
+        self.conv_1 = ReLUConvBN(c_in, c_out, (1, kernel_size), (1, stride), norm)
+        self.conv_2 = ReLUConvBN(c_out, c_out, (kernel_size, 1), (stride, 1), norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_2(self.conv_1(x))
+
+
+class PoolOp(nn.Module):
+    """Pooling, then a 1x1 conv + BN (no ReLU, as in slim) only when the channel count must change."""
+
+    def __init__(self, kind: str, kernel_size: int, c_in: int, c_out: int, stride: int, norm: NormFactory,
+                 pad_mode: str):
+        super().__init__()
+        self.pool = Pool2dSame(kind, kernel_size, stride, pad_mode)
+        self.project = c_in != c_out
+        if self.project:
+            self.conv = Conv2dSame(c_in, c_out, 1)
+            self.bn = norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(x)
+        return self.bn(self.conv(x)) if self.project else x
+
+
+def build_op(name: str, c_in: int, c_out: int, stride: int, norm: NormFactory, pad_mode: str = "tf") -> nn.Module:
+    """The module for operation ``name`` mapping ``c_in`` to ``c_out`` channels with the given stride."""
+    if name == "identity":
+        if stride == 1 and c_in == c_out:
+            return nn.Identity()
+        return ReLUConvBN(c_in, c_out, 1, stride, norm)
+    if name.startswith("sep_conv_"):
+        return StackedSeparable(c_in, c_out, int(name[-1]), stride, norm)
+    if name in ("avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"):
+        return PoolOp(name[:3], int(name[-1]), c_in, c_out, stride, norm, pad_mode)
+    if name == "conv_1x3_3x1":
+        return FactorizedConv(c_in, c_out, 3, stride, norm)
+    if name == "conv_1x7_7x1":
+        return FactorizedConv(c_in, c_out, 7, stride, norm)
+    if name == "dil_conv_3x3":
+        # The paper gives no dilation rate; 2 is the usual reading (DARTS, AmoebaNet).
+        return ReLUConvBN(c_in, c_out, 3, stride, norm, dilation=2)
+    if name == "conv_1x1":
+        return ReLUConvBN(c_in, c_out, 1, stride, norm)
+    if name == "conv_3x3":
+        return ReLUConvBN(c_in, c_out, 3, stride, norm)
+    raise ValueError(f"unknown operation {name!r}")
+
+
+class FactorizedReduce(nn.Module):
+    """slim's factorized reduction: two 1x1 convs on the input and on its one-pixel shift, each sampled
+    with stride 2, concatenated; with stride 1 a plain 1x1 conv. ReLU first when ``relu`` is set."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: NormFactory, relu: bool = True):
+        super().__init__()
+        self.act = nn.ReLU() if relu else nn.Identity()
+        self.stride = stride
+        if stride == 1:
+            self.path_conv = nn.Conv2d(c_in, c_out, 1, bias=False)
+            self.path_bn = norm(c_out)
+            return
+        self.path_1 = nn.Sequential()
+        self.path_1.add_module("conv", nn.Conv2d(c_in, c_out // 2, 1, bias=False))
+        self.path_2 = nn.Sequential()
+        self.path_2.add_module("conv", nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False))
+        self.final_path_bn = norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(x)
+        if self.stride == 1:
+            return self.path_bn(self.path_conv(x))
+        path_1 = self.path_1(x[:, :, ::2, ::2])
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        path_2 = self.path_2(shifted[:, :, ::2, ::2])
+        return self.final_path_bn(torch.cat([path_1, path_2], 1))
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Drop whole examples of a path with probability ``drop_prob``, rescaling the kept ones (FractalNet)."""
+    if not training or drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x * mask / keep

@@ -1,0 +1,140 @@
+"""Checkpoints: our own format, and import of timm (``nasnetalarge``) / Cadene (``nasnetamobile``) weights.
+
+Our format (written by :func:`save_checkpoint`, read by :func:`load_checkpoint`) is a ``.pth`` holding
+``{"format": "nasnet-det/v1", "arch": NASNet.arch, "state_dict": ...}`` plus any extra keys (training
+state). The arch record carries the genotype and N@F, so the network is rebuilt from the file alone.
+
+timm and Cadene name parameters as we do except for two things, which :func:`convert_external_state_dict`
+maps: the factorized reduction of h_{i-1} lives on the cell (``cell_0.path_1.conv``; ours
+``cell_0.prev_reduce.path_1.conv``), and Cadene's mobile model keeps the large model's cell numbering with
+gaps (``cell_6`` is our ``cell_4`` when N=4).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasnet_det.models.nasnet import NASNet
+
+FORMAT = "nasnet-det/v1"
+_CELL_KEY = re.compile(r"^cell_(\d+)\.")
+_PREV_REDUCE = re.compile(r"^((?:cell_stem_\d+|cell_\d+|reduction_cell_\d+))\.(path_1|path_2|final_path_bn)\.")
+
+
+@dataclass
+class LoadReport:
+    """What a state-dict load matched. ``str(report)`` is a human summary."""
+
+    matched: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"matched {len(self.matched)} tensors; missing {len(self.missing)}; "
+                 f"unexpected {len(self.unexpected)}; shape mismatch {len(self.shape_mismatch)}"]
+        for title, items in (("missing", self.missing), ("unexpected", self.unexpected)):
+            if items:
+                lines.append(f"  {title}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
+        for k, theirs, ours in self.shape_mismatch[:8]:
+            lines.append(f"  shape mismatch {k}: checkpoint {theirs} vs model {ours}")
+        return "\n".join(lines)
+
+
+def _param_keys(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+def convert_external_state_dict(state_dict: dict[str, torch.Tensor], model: NASNet) -> dict[str, torch.Tensor]:
+    """Rename a timm / Cadene NASNet-A state dict to this model's parameter names."""
+    n = model.num_cells
+    gapped = any(int(m.group(1)) >= 3 * n for k in state_dict if (m := _CELL_KEY.match(k)))
+    out = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if gapped:  # Cadene mobile: stack s, cell j is named cell_{6s+j}
+            key = _CELL_KEY.sub(lambda m: f"cell_{(int(m.group(1)) // 6) * n + int(m.group(1)) % 6}.", key)
+        key = _PREV_REDUCE.sub(r"\1.prev_reduce.\2.", key)
+        out[key] = value
+    return out
+
+
+def load_state_dict_report(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                           skip_prefixes: tuple[str, ...] = ()) -> LoadReport:
+    """Load what matches by name and shape; report everything else instead of failing."""
+    own = _param_keys(model)
+    report = LoadReport()
+    usable = {}
+    for key, value in state_dict.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        if key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.shape_mismatch.append((key, tuple(value.shape), tuple(own[key].shape)))
+        else:
+            usable[key] = value
+            report.matched.append(key)
+    report.missing = [k for k in own if k not in usable and not k.startswith(skip_prefixes)]
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def load_external_weights(model: NASNet, state_dict: dict[str, torch.Tensor]) -> LoadReport:
+    """Load timm ``nasnetalarge`` / Cadene ``nasnetamobile`` weights into a NASNet-A model.
+
+    They carry no aux head, so those keys are not reported missing. A classifier with another class count
+    is reported as a shape mismatch and left at its initialisation.
+    """
+    return load_state_dict_report(model, convert_external_state_dict(state_dict, model), ("aux_head.",))
+
+
+def save_checkpoint(model: NASNet, path: str | os.PathLike, **extra: Any) -> Path:
+    """Atomically write ``model`` (arch + weights) and ``extra`` entries to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "arch": model.arch, "state_dict": model.state_dict(), **extra}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw payload of one of our checkpoints, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a nasnet-det checkpoint (expected a dict with format={FORMAT!r}); "
+                         "for timm / pretrainedmodels weights use load_external_weights")
+    for key in ("arch", "state_dict"):
+        if key not in payload:
+            raise ValueError(f"{path}: checkpoint has no {key!r} entry")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[NASNet, dict[str, Any]]:
+    """Rebuild the network stored at ``path`` and load its weights; returns (model, payload)."""
+    payload = read_checkpoint(path)
+    model = NASNet.from_arch(payload["arch"], **overrides)
+    report = load_state_dict_report(model, payload["state_dict"])
+    if report.missing or report.shape_mismatch:
+        if not overrides:
+            raise ValueError(f"{path}: weights do not fit the architecture they were saved with:\n{report}")
+    return model, payload

@@ -1,0 +1,235 @@
+"""The NASNet search space as plain data: operations, blocks, cells and genotypes.
+
+Index convention (TF-slim's, the one the released NASNet-A checkpoints use):
+
+* state 0 = ``h_i``, the output of the previous cell,
+* state 1 = ``h_{i-1}``, the output of the cell before that,
+* state ``2 + b`` = the output of block ``b`` of this cell.
+
+Block ``b`` may read any state ``< 2 + b``. A cell's output is the channel concatenation of the states
+listed in ``CellSpec.concat``. The paper's rule ("all unused hidden states are concatenated") is
+:func:`unused_states`; the released NASNet-A cells use an explicit list that differs from it, which is why
+a cell stores its concat list.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The 13 operations of the paper (section 3), in the paper's order.
+OPS: tuple[str, ...] = (
+    "identity",
+    "conv_1x3_3x1",
+    "conv_1x7_7x1",
+    "dil_conv_3x3",
+    "avg_pool_3x3",
+    "max_pool_3x3",
+    "max_pool_5x5",
+    "max_pool_7x7",
+    "conv_1x1",
+    "conv_3x3",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "sep_conv_7x7",
+)
+COMBINES: tuple[str, ...] = ("add", "concat")
+NUM_INPUTS = 2  # h_i and h_{i-1}
+DEFAULT_NUM_BLOCKS = 5
+
+
+class GenotypeError(ValueError):
+    """A cell or genotype that does not describe a valid NASNet cell."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block: two states, one op on each, and how the two results are combined."""
+
+    input_1: int
+    input_2: int
+    op_1: str
+    op_2: str
+    combine: str = "add"
+
+    def inputs(self) -> tuple[int, int]:
+        return (self.input_1, self.input_2)
+
+    def ops(self) -> tuple[str, str]:
+        return (self.op_1, self.op_2)
+
+    def to_list(self) -> list[Any]:
+        return [self.input_1, self.input_2, self.op_1, self.op_2, self.combine]
+
+    @classmethod
+    def from_any(cls, value: Any, where: str = "block") -> Block:
+        if isinstance(value, Block):
+            return value
+        if isinstance(value, Mapping):
+            try:
+                return cls(**{k: value[k] for k in ("input_1", "input_2", "op_1", "op_2")},
+                           combine=value.get("combine", "add"))
+            except KeyError as e:
+                raise GenotypeError(f"{where}: missing key {e.args[0]!r}; a block needs "
+                                    "input_1, input_2, op_1, op_2 and optionally combine") from None
+        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) in (4, 5):
+            return cls(*value)
+        raise GenotypeError(f"{where}: expected [input_1, input_2, op_1, op_2, combine] or a mapping "
+                            f"with those keys, got {value!r}")
+
+
+def unused_states(blocks: Sequence[Block]) -> tuple[int, ...]:
+    """The paper's literal output rule: block outputs that no later block reads."""
+    used = {i for b in blocks for i in b.inputs()}
+    return tuple(NUM_INPUTS + j for j in range(len(blocks)) if NUM_INPUTS + j not in used)
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """A cell: B blocks and the list of states concatenated as its output."""
+
+    blocks: tuple[Block, ...]
+    concat: tuple[int, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "blocks", tuple(Block.from_any(b, f"block {i}")
+                                                 for i, b in enumerate(self.blocks)))
+        if not self.concat:
+            object.__setattr__(self, "concat", unused_states(self.blocks))
+        else:
+            object.__setattr__(self, "concat", tuple(int(i) for i in self.concat))
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_states(self) -> int:
+        return NUM_INPUTS + len(self.blocks)
+
+    def validate(self, where: str = "cell", num_blocks: int | None = None) -> CellSpec:
+        if num_blocks is not None and len(self.blocks) != num_blocks:
+            raise GenotypeError(f"{where}: expected {num_blocks} blocks, got {len(self.blocks)}")
+        if not self.blocks:
+            raise GenotypeError(f"{where}: a cell needs at least one block")
+        for b, block in enumerate(self.blocks):
+            loc = f"{where}, block {b}"
+            for slot, idx in (("input_1", block.input_1), ("input_2", block.input_2)):
+                if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < NUM_INPUTS + b:
+                    raise GenotypeError(
+                        f"{loc}: {slot}={idx!r} is out of range; block {b} can read states "
+                        f"0..{NUM_INPUTS + b - 1} (0=h_i, 1=h_i-1, 2.. = earlier blocks)")
+            for slot, op in (("op_1", block.op_1), ("op_2", block.op_2)):
+                if op not in OPS:
+                    raise GenotypeError(f"{loc}: {slot}={op!r} is not a known operation; "
+                                        f"choose one of {', '.join(OPS)}")
+            if block.combine not in COMBINES:
+                raise GenotypeError(f"{loc}: combine={block.combine!r}; expected one of {COMBINES}")
+        if not self.concat:
+            raise GenotypeError(f"{where}: the output concatenates no state")
+        for idx in self.concat:
+            if not 0 <= idx < self.num_states:
+                raise GenotypeError(f"{where}: concat state {idx} is out of range 0..{self.num_states - 1}")
+        if len(set(self.concat)) != len(self.concat):
+            raise GenotypeError(f"{where}: concat list {list(self.concat)} repeats a state")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"blocks": [b.to_list() for b in self.blocks], "concat": list(self.concat)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "cell") -> CellSpec:
+        if not isinstance(data, Mapping) or "blocks" not in data:
+            raise GenotypeError(f"{where}: expected a mapping with a 'blocks' list")
+        blocks = data["blocks"]
+        if not isinstance(blocks, Sequence) or isinstance(blocks, str):
+            raise GenotypeError(f"{where}: 'blocks' must be a list")
+        spec = cls(tuple(Block.from_any(b, f"{where}, block {i}") for i, b in enumerate(blocks)),
+                   tuple(data.get("concat") or ()))
+        return spec.validate(where)
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A searched architecture: one normal cell and one reduction cell."""
+
+    normal: CellSpec
+    reduce: CellSpec
+    name: str = ""
+
+    def validate(self, num_blocks: int | None = None) -> Genotype:
+        self.normal.validate("normal cell", num_blocks)
+        self.reduce.validate("reduction cell", num_blocks)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "normal": self.normal.to_dict(), "reduce": self.reduce.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "genotype") -> Genotype:
+        if not isinstance(data, Mapping):
+            raise GenotypeError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        for key in ("normal", "reduce"):
+            if key not in data:
+                raise GenotypeError(f"{where}: missing key {key!r} (a genotype has 'normal' and 'reduce' cells)")
+        return cls(CellSpec.from_dict(data["normal"], f"{where}: normal cell"),
+                   CellSpec.from_dict(data["reduce"], f"{where}: reduction cell"),
+                   str(data.get("name", "")))
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "genotype") -> Genotype:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GenotypeError(f"{where}: not valid JSON ({e})") from None
+        return cls.from_dict(data, where)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genotype:
+        path = Path(path)
+        if not path.is_file():
+            raise GenotypeError(f"genotype file {path} does not exist")
+        return cls.from_json(path.read_text(), where=str(path))
+
+
+def decisions_per_cell(num_blocks: int = DEFAULT_NUM_BLOCKS) -> int:
+    """The controller makes 5 decisions per block (2 inputs, 2 ops, 1 combine)."""
+    return 5 * num_blocks
+
+
+def cell_from_decisions(decisions: Iterable[int], num_blocks: int = DEFAULT_NUM_BLOCKS,
+                        concat: Sequence[int] = ()) -> CellSpec:
+    """Build a cell from the controller's integer choices, 5 per block:
+    (input_1, input_2, op_1 index into OPS, op_2 index, combine index into COMBINES)."""
+    d = list(decisions)
+    if len(d) != decisions_per_cell(num_blocks):
+        raise GenotypeError(f"expected {decisions_per_cell(num_blocks)} decisions for {num_blocks} blocks, "
+                            f"got {len(d)}")
+    blocks = []
+    for b in range(num_blocks):
+        i1, i2, o1, o2, c = d[5 * b: 5 * b + 5]
+        for name, value, hi in (("op_1", o1, len(OPS)), ("op_2", o2, len(OPS)), ("combine", c, len(COMBINES))):
+            if not 0 <= value < hi:
+                raise GenotypeError(f"block {b}: {name} choice {value} is out of range 0..{hi - 1}")
+        blocks.append(Block(int(i1), int(i2), OPS[o1], OPS[o2], COMBINES[c]))
+    return CellSpec(tuple(blocks), tuple(concat)).validate()
+
+
+def cell_to_decisions(cell: CellSpec) -> list[int]:
+    """Inverse of :func:`cell_from_decisions` (the concat list is not a decision)."""
+    out: list[int] = []
+    for b in cell.blocks:
+        out += [b.input_1, b.input_2, OPS.index(b.op_1), OPS.index(b.op_2), COMBINES.index(b.combine)]
+    return out
