@@ -1,0 +1,122 @@
+"""Parameter and mult-add counts of NASNet configurations next to the paper's numbers.
+
+Params are trainable parameters without the auxiliary head (the paper's convention; slim's aux head is
+built only for training). Mult-adds are fvcore's count (one per multiply-accumulate of every conv and FC
+layer; pooling, ReLU and additions are not counted, as in the paper).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+
+from nasnet_det.models import build_nasnet
+from nasnet_det.models.nasnet import NASNet
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    label: str
+    dataset: str  # cifar | imagenet
+    num_cells: int
+    penultimate_filters: int
+    image_size: int
+    params_m: float  # published, millions
+    mult_adds_m: float | None  # published, millions
+    checked: bool  # True: must reproduce (2% params, 5% mult-adds); False: published counts do not follow
+    note: str = ""
+
+
+PAPER_ROWS: tuple[PaperRow, ...] = (
+    PaperRow("NASNet-A 6@768 (CIFAR-10)", "cifar", 6, 768, 32, 3.3, None, True),
+    PaperRow("NASNet-A 4@1056 (mobile)", "imagenet", 4, 1056, 224, 5.3, 564.0, True),
+    PaperRow("NASNet-A 6@4032 (large)", "imagenet", 6, 4032, 331, 88.9, 23800.0, True),
+    PaperRow("NASNet-A 7@2304 (CIFAR-10)", "cifar", 7, 2304, 32, 27.6, None, False,
+             "exact config unpublished"),
+    PaperRow("NASNet-A 5@1538", "imagenet", 5, 1538, 299, 10.9, 2350.0, False,
+             "1538 is not a multiple of 24: built as 5@1536"),
+    PaperRow("NASNet-A 7@1920", "imagenet", 7, 1920, 299, 22.6, 4930.0, False, "exact config unpublished"),
+)
+PARAM_TOLERANCE = 0.02
+MULT_ADD_TOLERANCE = 0.05
+
+
+def count_params(model: nn.Module, include_aux: bool = False) -> int:
+    return sum(p.numel() for name, p in model.named_parameters()
+               if p.requires_grad and (include_aux or not name.startswith("aux_head.")))
+
+
+def count_mult_adds(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
+    """fvcore's multiply-accumulate count for one image, in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # fvcore traces with the deprecated torch.jit API
+            analysis = FlopCountAnalysis(model, torch.zeros(1, in_chans, image_size, image_size))
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return int(analysis.total())
+    finally:
+        model.train(was_training)
+
+
+def build_row_model(row: PaperRow) -> NASNet:
+    kwargs = dict(stem_filters=96, skip_reduction_layer_input=True) if row.dataset == "imagenet" else {}
+    if row.penultimate_filters == 1056:  # slim's mobile config
+        kwargs = dict(stem_filters=32)
+    return build_nasnet("nasnet_a", row.dataset, row.num_cells, row.penultimate_filters, strict_filters=False,
+                        image_size=row.image_size, **kwargs)
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    row: PaperRow
+    params: int
+    mult_adds: int | None
+
+    @property
+    def params_gap(self) -> float:
+        return self.params / (self.row.params_m * 1e6) - 1.0
+
+    @property
+    def mult_adds_gap(self) -> float | None:
+        if self.row.mult_adds_m is None or self.mult_adds is None:
+            return None
+        return self.mult_adds / (self.row.mult_adds_m * 1e6) - 1.0
+
+    @property
+    def within_tolerance(self) -> bool:
+        ok = abs(self.params_gap) <= PARAM_TOLERANCE
+        gap = self.mult_adds_gap
+        return ok and (gap is None or abs(gap) <= MULT_ADD_TOLERANCE)
+
+
+def profile_row(row: PaperRow, mult_adds: bool = True) -> ProfileResult:
+    model = build_row_model(row)
+    macs = count_mult_adds(model, row.image_size) if mult_adds else None
+    return ProfileResult(row, count_params(model), macs)
+
+
+def format_table(results: list[ProfileResult]) -> str:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:+.2f}%"
+
+    header = (f"{'model':<30} {'px':>4} {'params':>9} {'paper':>7} {'gap':>8} "
+              f"{'mult-adds':>10} {'paper':>8} {'gap':>8}  status")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        macs = "-" if r.mult_adds is None else f"{r.mult_adds / 1e6:,.0f}M"
+        paper_macs = "-" if r.row.mult_adds_m is None else f"{r.row.mult_adds_m:,.0f}M"
+        if r.row.checked:
+            status = "OK" if r.within_tolerance else "OUT OF TOLERANCE"
+        else:
+            status = f"reported only ({r.row.note})"
+        lines.append(f"{r.row.label:<30} {r.row.image_size:>4} {r.params / 1e6:>8.3f}M {r.row.params_m:>6.1f}M "
+                     f"{pct(r.params_gap):>8} {macs:>10} {paper_macs:>8} {pct(r.mult_adds_gap):>8}  {status}")
+    lines.append(f"Tolerances for the checked rows: params {PARAM_TOLERANCE:.0%}, mult-adds {MULT_ADD_TOLERANCE:.0%}. "
+                 "Params exclude the aux head; mult-adds are fvcore conv+FC counts.")
+    return "\n".join(lines)

@@ -1,0 +1,32 @@
+"""The model report reproduces the paper's parameter and mult-add counts; the CLI answers clearly."""
+
+from __future__ import annotations
+
+import json
+
+from nasnet_det.cli import main
+
+
+def test_profile_matches_paper_within_tolerance(tmp_path, capsys):
+    out = tmp_path / "profile.json"
+    assert main(["profile", "--checked-only", "--json", str(out)]) == 0
+    rows = {r["model"]: r for r in json.loads(out.read_text())}
+    assert rows["NASNet-A 6@768 (CIFAR-10)"]["params"] == 3_346_538
+    assert rows["NASNet-A 4@1056 (mobile)"]["params"] == 5_289_978
+    assert rows["NASNet-A 6@4032 (large)"]["params"] == 88_753_150
+    for r in rows.values():
+        assert r["within_tolerance"], r
+        assert abs(r["params"] / (r["paper_params_m"] * 1e6) - 1) <= 0.02
+        if r["paper_mult_adds_m"]:
+            assert abs(r["mult_adds"] / (r["paper_mult_adds_m"] * 1e6) - 1) <= 0.05
+    printed = capsys.readouterr().out
+    assert "NASNet-A 6@4032 (large)" in printed and "OUT OF TOLERANCE" not in printed
+
+
+def test_genotype_command(capsys, tmp_path):
+    assert main(["genotype", "nasnet_a"]) == 0
+    assert json.loads(capsys.readouterr().out)["reduce"]["concat"] == [3, 4, 5, 6]
+    assert main(["genotype", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json does not exist" in capsys.readouterr().err
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
