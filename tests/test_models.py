@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -129,6 +130,14 @@ def test_checkpoint_round_trip_rebuilds_from_file(tmp_path):
     assert payload["step"] == 7
     assert loaded.genotype == model.genotype
     assert torch.equal(loaded(x), model(x))
+
+
+def test_module_conversions_keep_the_network_usable():
+    model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8).eval()
+    x = torch.randn(1, 3, 40, 40)
+    expected = model(x).double()
+    converted = copy.deepcopy(model).to(torch.float64)
+    assert torch.allclose(converted(x.double()), expected, atol=1e-5)
 
 
 def test_bad_constructor_arguments():

@@ -77,8 +77,8 @@ class Cell(nn.Module):
             state_1 = self.conv_prev_1x1(state_1)
         states = [self.conv_1x1(h), state_1]
         for b, block in enumerate(self.spec.blocks):
-            left = self._apply(f"comb_iter_{b}_left", block.op_1, states[block.input_1])
-            right = self._apply(f"comb_iter_{b}_right", block.op_2, states[block.input_2])
+            left = self._run_op(f"comb_iter_{b}_left", block.op_1, states[block.input_1])
+            right = self._run_op(f"comb_iter_{b}_right", block.op_2, states[block.input_2])
             states.append(left + right if block.combine == "add" else torch.cat([left, right], 1))
         outputs = []
         for idx in self.spec.concat:
@@ -88,7 +88,7 @@ class Cell(nn.Module):
             outputs.append(s)
         return torch.cat(outputs, 1)
 
-    def _apply(self, module_name: str, op: str, x: torch.Tensor) -> torch.Tensor:
+    def _run_op(self, module_name: str, op: str, x: torch.Tensor) -> torch.Tensor:
         y = getattr(self, module_name)(x)
         # slim applies drop path to every op output except identity.
         return y if op == "identity" else drop_path(y, self.drop_prob, self.training)

@@ -74,6 +74,7 @@ class Pool2dSame(nn.Module):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         self.kind, self.kernel_size, self.stride, self.pad_mode = kind, kernel_size, stride, pad_mode
+        self._divisors: dict[tuple, torch.Tensor] = {}  # TF avg-pool divisor per input size (not a buffer)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, pad_mode={self.pad_mode}"
@@ -90,8 +91,11 @@ class Pool2dSame(nn.Module):
         summed = F.avg_pool2d(_pad_same(x, kk, ss), k, s)
         if self.pad_mode == "timm":
             return summed
-        ones = torch.ones_like(x[:1, :1])
-        return summed / F.avg_pool2d(_pad_same(ones, kk, ss), k, s)
+        key = (tuple(x.shape[-2:]), x.device, x.dtype)
+        if key not in self._divisors:
+            ones = torch.ones_like(x[:1, :1])
+            self._divisors[key] = F.avg_pool2d(_pad_same(ones, kk, ss), k, s)
+        return summed / self._divisors[key]
 
 
 class ReLUConvBN(nn.Module):
