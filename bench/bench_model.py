@@ -71,7 +71,8 @@ def main() -> None:
         ours_ips = images_per_second(ours, x, args.iters, train)
         peer_ips = images_per_second(peer, x, args.iters, train)
         mode = "train step" if train else "inference "
-        print(f"{mode}: ours {ours_ips:7.1f} img/s   peer {peer_ips:7.1f} img/s   ratio ours/peer {ours_ips / peer_ips:.2f}")
+        print(f"{mode}: ours {ours_ips:7.1f} img/s   peer {peer_ips:7.1f} img/s   "
+              f"ratio ours/peer {ours_ips / peer_ips:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import random_genotype
+
 from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL
 from nasnet_det.models import build_nasnet, create_model
 from nasnet_det.models.nasnet import filters_for_penultimate
@@ -119,6 +119,14 @@ def test_scheduled_drop_path_scales_with_depth_and_progress():
     model.eval()
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(model(x), model(x))
+
+
+def test_drop_path_schedule_on_a_split_network():
+    # The C4 detector keeps the trunk and the head's cells in separate copies of the network.
+    model = create_model("nasnet_a_mobile", num_cells=1, filters=8, drop_path_keep_prob=0.5)
+    del model.cell_2
+    model.set_drop_path_progress(1.0)
+    assert model.reduction_cell_1.drop_prob == pytest.approx(0.5 * 6 / 7)
 
 
 def test_checkpoint_round_trip_rebuilds_from_file(tmp_path):

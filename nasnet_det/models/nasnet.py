@@ -213,8 +213,11 @@ class NASNet(nn.Module):
         progress = min(max(float(progress), 0.0), 1.0)
         total = len(self.plan)
         for p in self.plan:
-            cell: Cell = getattr(self, p.name)
-            cell.drop_prob = (1.0 - self.drop_path_keep_prob) * (p.index + 1) / total * progress
+            # A network split into parts (the C4 detector's trunk and ROI head) keeps only its own cells;
+            # depth still counts every cell of the full plan.
+            cell: Cell | None = getattr(self, p.name, None)
+            if cell is not None:
+                cell.drop_prob = (1.0 - self.drop_path_keep_prob) * (p.index + 1) / total * progress
 
     # Forward ---------------------------------------------------------------------------------------------
     @property

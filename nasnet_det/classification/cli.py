@@ -1,0 +1,93 @@
+"""Command line: ``nasnet-det train --config-file X.yaml [--output-dir D] [--resume | --no-resume] [KEY VALUE ...]``
+and ``nasnet-det train --export-backbone CHECKPOINT OUT``.
+
+Works under ``torchrun`` (one process per GPU); only rank 0 logs and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+
+from nasnet_det.classification.config import load_config
+
+
+def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Train a NASNet classifier (CIFAR-10 final training or ImageNet pretraining). "
+        "Launch with torchrun --nproc-per-node G for multi-GPU / multi-node DDP.")
+    p.add_argument("--config-file", help="YAML config (see configs/train/)")
+    p.add_argument("--output-dir", help="overrides OUTPUT_DIR")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="resume from OUTPUT_DIR's last checkpoint (the default when one exists)")
+    group.add_argument("--no-resume", action="store_true",
+                       help="start fresh, deleting OUTPUT_DIR's old checkpoints and metrics")
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.WEIGHTS) instead of training")
+    p.add_argument("--export-backbone", nargs=2, metavar=("CHECKPOINT", "OUT"),
+                   help="write CHECKPOINT's (EMA) weights as a detection backbone .pth and exit")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warnings.simplefilter("default")
+    try:
+        if args.export_backbone:
+            from nasnet_det.classification.export import export_backbone
+
+            out = export_backbone(*args.export_backbone)
+            print(f"wrote {out}")
+            return 0
+        if not args.config_file:
+            raise ValueError("--config-file is required (see configs/train/)")
+        opts = list(args.opts)
+        if opts and opts[0] == "--":
+            opts = opts[1:]
+        if args.output_dir:
+            opts += ["OUTPUT_DIR", args.output_dir]
+        if args.no_resume:
+            opts += ["TRAIN.AUTO_RESUME", "False"]
+        try:
+            cfg = load_config(args.config_file, opts)
+        except KeyError as exc:  # unknown config key: yacs raises KeyError
+            raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+        return _run(cfg, args)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        # Bad input (paths, config values, data, checkpoints): one clear line, not a traceback.
+        logging.getLogger(__name__).debug("details", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(cfg, args) -> int:
+    from nasnet_det.classification.distributed import cleanup_distributed
+    from nasnet_det.classification.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        if args.eval_only:
+            last = trainer.last_checkpoint()
+            if last is not None:
+                trainer.resume(last)
+            elif not cfg.MODEL.WEIGHTS:
+                raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {cfg.OUTPUT_DIR} and no MODEL.WEIGHTS")
+            result = trainer.run_eval()
+        else:
+            result = trainer.train(resume=True if args.resume else None)
+        if trainer.dist.is_main:
+            print(f"top-1 error {result['error']:.2f}%  top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+                  f"({result['images']} images); outputs in {cfg.OUTPUT_DIR}")
+        return 0
+    finally:
+        trainer.metrics.close()
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

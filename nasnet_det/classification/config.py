@@ -1,0 +1,160 @@
+"""Configuration of classification training (CIFAR-10 final training, ImageNet pretraining).
+
+A yacs ``CfgNode`` (fvcore's, so ``_BASE_`` inheritance works) with detectron2-style overrides:
+``load_config("configs/train/cifar_smoke.yaml", ["SOLVER.MAX_STEPS", "20"])``. Steps are optimizer steps
+(one step = ``SOLVER.ACCUM_STEPS`` micro-batches on every process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fvcore.common.config import CfgNode as CN
+
+_C = CN()
+_C.OUTPUT_DIR = "output/train"
+_C.SEED = 0
+
+# ---------------------------------------------------------------------------------------------------------
+# Network: any genotype at any N@F (see nasnet_det.models.build_nasnet).
+_C.MODEL = CN()
+_C.MODEL.GENOTYPE = "nasnet_a"  # published name or path to a genotype JSON file
+_C.MODEL.NUM_CELLS = 6  # N
+_C.MODEL.PENULTIMATE_FILTERS = 768  # F (used when FILTERS is 0)
+_C.MODEL.FILTERS = 0  # f; 0 = derive from PENULTIMATE_FILTERS
+_C.MODEL.STEM_FILTERS = 0  # 0 = the network's default
+_C.MODEL.SKIP_REDUCTION_LAYER_INPUT = False
+_C.MODEL.AUX_HEAD = True
+_C.MODEL.DROP_PATH_KEEP_PROB = 0.6
+_C.MODEL.DROPOUT = 0.0
+_C.MODEL.BN_EPS = 1e-5
+_C.MODEL.BN_MOMENTUM = 0.1
+_C.MODEL.PAD_MODE = "tf"
+# Initialise weights from one of our checkpoints (e.g. fine-tuning); must have the same arch.
+_C.MODEL.WEIGHTS = ""
+
+# ---------------------------------------------------------------------------------------------------------
+_C.DATA = CN()
+_C.DATA.DATASET = "cifar10"  # "cifar10" or "imagenet"
+# cifar10: "folder:ROOT" (torchvision CIFAR-10; evaluated on its test split), "npz:PATH" or "synthetic:N"
+# (evaluated on a held-out split of VAL_SIZE images).
+_C.DATA.SOURCE = "folder:datasets/cifar10"
+_C.DATA.DOWNLOAD = False
+_C.DATA.VAL_SIZE = 1000
+_C.DATA.CUTOUT = 16  # cifar10 cutout patch size; 0 = off
+_C.DATA.LIMIT_TRAIN = 0  # use only the first N training images (smoke runs); 0 = all
+# imagenet: ImageFolder directories (one sub-folder per class, same classes in both).
+_C.DATA.TRAIN_DIR = ""
+_C.DATA.VAL_DIR = ""
+# imagenet smoke: > 0 generates a tiny ImageNet-style folder of real JPEGs under OUTPUT_DIR/fake_imagenet
+# with this many classes and uses it when TRAIN_DIR/VAL_DIR are empty.
+_C.DATA.FAKE_CLASSES = 0
+_C.DATA.FAKE_TRAIN_PER_CLASS = 16
+_C.DATA.FAKE_VAL_PER_CLASS = 4
+_C.DATA.IMAGE_SIZE = 224  # imagenet train crop / val crop
+_C.DATA.VAL_CROP_FRACTION = 0.875  # val: resize to IMAGE_SIZE / fraction, center crop IMAGE_SIZE
+_C.DATA.MIN_CROP_AREA = 0.08  # RandomResizedCrop scale lower bound
+_C.DATA.COLOR_JITTER = 0.0  # Inception-style brightness/contrast/saturation jitter strength; 0 = off
+_C.DATA.NUM_WORKERS = 4
+
+# ---------------------------------------------------------------------------------------------------------
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "sgd"  # "sgd" or "rmsprop" (TF-style: eps inside the sqrt, as in the paper)
+_C.SOLVER.BASE_LR = 0.025
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 5e-4
+_C.SOLVER.WEIGHT_DECAY_NORM_AND_BIAS = False  # slim regularises conv/FC weights only
+_C.SOLVER.RMSPROP_DECAY = 0.9
+_C.SOLVER.RMSPROP_EPS = 1.0
+_C.SOLVER.LR_SCHEDULE = "cosine"  # "cosine", "step", "exponential" or "constant"
+_C.SOLVER.MIN_LR_FACTOR = 0.0  # cosine floor, as a fraction of BASE_LR
+_C.SOLVER.STEP_EPOCHS = (150, 225)  # "step": multiply by GAMMA at these epochs
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.EXP_DECAY_RATE = 0.97  # "exponential": x RATE every EXP_DECAY_EPOCHS (staircase)
+_C.SOLVER.EXP_DECAY_EPOCHS = 2.4
+_C.SOLVER.WARMUP_EPOCHS = 0.0
+_C.SOLVER.WARMUP_FACTOR = 0.1  # LR multiplier at step 0 of warmup, linear to 1
+_C.SOLVER.EPOCHS = 600
+_C.SOLVER.MAX_STEPS = 0  # > 0 overrides EPOCHS
+_C.SOLVER.BATCH_SIZE = 32  # per process, per micro-batch
+_C.SOLVER.ACCUM_STEPS = 1  # micro-batches per optimizer step (mimic a larger batch)
+_C.SOLVER.CLIP_GRAD_NORM = 5.0  # 0 = off
+_C.SOLVER.LABEL_SMOOTHING = 0.0
+_C.SOLVER.AUX_WEIGHT = 0.4
+_C.SOLVER.EMA_DECAY = 0.0  # > 0 keeps an EMA of the weights, used for evaluation and export
+
+# ---------------------------------------------------------------------------------------------------------
+_C.TRAIN = CN()
+_C.TRAIN.DEVICE = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
+_C.TRAIN.AMP = "none"  # "none", "bf16" or "fp16" (CUDA only)
+_C.TRAIN.CHANNELS_LAST = True  # CUDA only
+_C.TRAIN.SYNC_BN = False  # CUDA DDP only
+_C.TRAIN.FIND_UNUSED_PARAMETERS = False  # for genotypes whose cells leave an input unused
+_C.TRAIN.CHECKPOINT_PERIOD = 5000  # steps; a checkpoint is also written at the end
+_C.TRAIN.KEEP_CHECKPOINTS = 3  # periodic checkpoints kept on disk (older ones are deleted)
+_C.TRAIN.EVAL_PERIOD = 0  # steps; 0 = at the end of every epoch
+_C.TRAIN.LOG_PERIOD = 20  # steps between train metric records
+_C.TRAIN.EVAL_BATCH_SIZE = 100
+_C.TRAIN.AUTO_RESUME = True  # resume from OUTPUT_DIR's last checkpoint when there is one
+_C.TRAIN.TENSORBOARD = True
+
+
+def get_cfg() -> CN:
+    """A copy of the defaults."""
+    return _C.clone()
+
+
+def load_config(config_file: str | Path | None = None, opts: list[str] | None = None) -> CN:
+    """Defaults, merged with ``config_file`` (``_BASE_`` allowed) and ``KEY VALUE`` overrides.
+
+    Raises FileNotFoundError for a missing file and KeyError/ValueError naming the bad key.
+    """
+    cfg = get_cfg()
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        try:
+            cfg.merge_from_file(str(path))
+        except KeyError as exc:
+            raise KeyError(f"{path}: {exc.args[0] if exc.args else exc}") from None
+    if opts:
+        if len(opts) % 2:
+            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
+        try:
+            cfg.merge_from_list(list(opts))
+        except (KeyError, AssertionError) as exc:
+            raise KeyError(f"bad override: {exc.args[0] if exc.args else exc}") from None
+    validate_config(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def validate_config(cfg: CN) -> None:
+    """Reject values the trainer cannot use, naming the key."""
+    choices = {
+        "DATA.DATASET": ("cifar10", "imagenet"),
+        "SOLVER.OPTIMIZER": ("sgd", "rmsprop"),
+        "SOLVER.LR_SCHEDULE": ("cosine", "step", "exponential", "constant"),
+        "TRAIN.AMP": ("none", "bf16", "fp16"),
+        "TRAIN.DEVICE": ("auto", "cuda", "cpu"),
+    }
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    positive = ("SOLVER.BATCH_SIZE", "SOLVER.ACCUM_STEPS", "TRAIN.EVAL_BATCH_SIZE", "TRAIN.CHECKPOINT_PERIOD",
+                "TRAIN.LOG_PERIOD", "MODEL.NUM_CELLS")
+    for key in positive:
+        section, name = key.split(".")
+        if cfg[section][name] < 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[section][name]}")
+    if cfg.SOLVER.MAX_STEPS <= 0 and cfg.SOLVER.EPOCHS <= 0:
+        raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_STEPS to a positive value")
+    if not 0.0 <= cfg.SOLVER.EMA_DECAY < 1.0:
+        raise ValueError(f"SOLVER.EMA_DECAY must be in [0, 1), got {cfg.SOLVER.EMA_DECAY}")
+    if cfg.DATA.DATASET == "imagenet" and not (cfg.DATA.TRAIN_DIR or cfg.DATA.FAKE_CLASSES > 0):
+        raise ValueError("DATA.DATASET imagenet needs DATA.TRAIN_DIR and DATA.VAL_DIR "
+                         "(or DATA.FAKE_CLASSES > 0 for a generated smoke dataset)")

@@ -1,0 +1,113 @@
+"""torch.distributed plumbing: init from torchrun's env vars, rank-0 helpers, sharded deterministic sampling."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def pick_device(requested: str, local_rank: int = 0) -> torch.device:
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("TRAIN.DEVICE is 'cuda' but no CUDA device is available; use TRAIN.DEVICE cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1 in the environment).
+
+    Backend: nccl on CUDA, gloo on CPU. Without the env vars this is a single process.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        for var in ("MASTER_ADDR", "MASTER_PORT"):
+            if var not in os.environ:
+                raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set; launch with torchrun")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world_size, local_rank, dev)
+
+
+def cleanup_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum floats over all processes (identity in a single process)."""
+    if not dist.is_initialized():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast_object(obj, src: int = 0):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+class ShardedEpochSampler(torch.utils.data.Sampler[int]):
+    """This process's share of a shuffle that depends only on (seed, epoch), minus already-consumed samples.
+
+    The permutation is padded (by wrapping) to a multiple of ``world_size`` and dealt round-robin, as
+    DistributedSampler does; ``skip`` drops the first samples of this shard so a resumed run continues
+    mid-epoch exactly where the interrupted one stopped. ``shuffle=False`` gives the identity order
+    without padding (for evaluation, so each example is counted once).
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1, seed: int = 0, epoch: int = 0,
+                 shuffle: bool = True, skip: int = 0):
+        self.size, self.rank, self.world_size = size, rank, world_size
+        self.seed, self.epoch, self.shuffle, self.skip = seed, epoch, shuffle, skip
+
+    def _indices(self) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.rank, self.size, self.world_size))
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=g).tolist()
+        total = -(-self.size // self.world_size) * self.world_size
+        order += order[: total - self.size]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self):
+        return iter(self._indices()[self.skip:])
+
+    def __len__(self) -> int:
+        per_rank = len(range(self.rank, self.size, self.world_size)) if not self.shuffle \
+            else -(-self.size // self.world_size)
+        return max(0, per_rank - self.skip)

@@ -1,0 +1,220 @@
+"""NASNet backbones registered in detectron2's ``BACKBONE_REGISTRY``.
+
+- ``build_nasnet_backbone``: multi-scale taps (``MODEL.NASNET.OUT_FEATURES``) of one NASNet.
+- ``build_nasnet_fpn_backbone``: detectron2's ``FPN`` + ``LastLevelMaxPool`` over those taps (P2-P6).
+- ``build_nasnet_c4_backbone``: the paper's single-scale detector (TF ``faster_rcnn_nas``): the trunk up to
+  the last stride-16 cell; its output ``"c4"`` is the channel concat of the stride-16 cells that the second
+  stage reads (cell_{2N-2}, cell_{2N-1}). The rest of the network (reduction_cell_1 + stack 3) runs on ROI
+  crops in :class:`nasnet_det.detection.heads.NASNetROIHeads`.
+
+Each part keeps an embedded :class:`NASNet` (``.nasnet``) with the cells it does not run deleted, so that
+every NASNet parameter lives exactly once in the detector under its original name (see weights.py).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from torch import nn
+
+from nasnet_det.detection.config import NORMS
+from nasnet_det.genotypes import get_genotype
+from nasnet_det.models import build_nasnet
+from nasnet_det.models.nasnet import CellPlan, NASNet
+
+logger = logging.getLogger(__name__)
+
+# Every tap is at most stride 32; padding inputs to a multiple of 32 makes each stride-s map exactly H/s
+# (conv0 is a VALID 3x3/2 conv, the cells use TF-SAME padding) so FPN's 2x upsampling lines up.
+SIZE_DIVISIBILITY = 32
+HEAD_START = "reduction_cell_1"  # first module of the C4 second stage
+
+
+def nasnet_from_cfg(cfg) -> NASNet:
+    """The full NASNet (no classifier, no aux head) described by ``cfg.MODEL.NASNET``."""
+    c = cfg.MODEL.NASNET
+    if (c.PENULTIMATE_FILTERS > 0) == (c.FILTERS > 0):
+        raise ValueError("set exactly one of MODEL.NASNET.PENULTIMATE_FILTERS (F) and MODEL.NASNET.FILTERS (f) "
+                         f"to a positive value (got F={c.PENULTIMATE_FILTERS}, f={c.FILTERS})")
+    try:
+        genotype = get_genotype(c.GENOTYPE)
+        return build_nasnet(
+            genotype, dataset="imagenet", num_cells=c.NUM_CELLS,
+            penultimate_filters=c.PENULTIMATE_FILTERS or None, filters=c.FILTERS or None,
+            num_classes=0, aux_head=False, stem_filters=c.STEM_FILTERS or None,
+            skip_reduction_layer_input=c.SKIP_REDUCTION_LAYER_INPUT,
+            drop_path_keep_prob=c.DROP_PATH_KEEP_PROB, pad_mode=c.PAD_MODE, in_chans=len(cfg.MODEL.PIXEL_MEAN))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise ValueError(f"MODEL.NASNET (GENOTYPE={c.GENOTYPE!r}, NUM_CELLS={c.NUM_CELLS}, "
+                         f"PENULTIMATE_FILTERS={c.PENULTIMATE_FILTERS}, FILTERS={c.FILTERS}): {e}") from e
+
+
+def resolve_feature(nasnet: NASNet, name: str) -> str:
+    """The NASNet output behind an OUT_FEATURES entry: a cell name, or ``strideS`` = last cell at stride S."""
+    known = [f.name for f in nasnet.feature_info]
+    if name in known:
+        return name
+    if name.startswith("stride") and name[6:].isdigit():
+        at_stride = [f.name for f in nasnet.feature_info if f.stride == int(name[6:])]
+        if at_stride:
+            return at_stride[-1]
+    strides = sorted({f.stride for f in nasnet.feature_info})
+    raise ValueError(f"MODEL.NASNET.OUT_FEATURES: unknown feature {name!r}; use a cell name "
+                     f"({', '.join(known)}) or one of {', '.join(f'stride{s}' for s in strides)}")
+
+
+def _plan_index(nasnet: NASNet, name: str) -> int:
+    return -1 if name == "conv0" else next(p.index for p in nasnet.plan if p.name == name)
+
+
+def module_strides(nasnet: NASNet) -> dict[str, int]:
+    return {f.name: f.stride for f in nasnet.feature_info}
+
+
+def drop_modules(nasnet: NASNet, names: list[str]) -> None:
+    """Delete parts this detector component does not run (they live in the other component)."""
+    for n in names:
+        if hasattr(nasnet, n):
+            delattr(nasnet, n)
+
+
+def apply_norm_and_freeze(nasnet: NASNet, norm: str, freeze_at: int) -> None:
+    """Freeze modules at stride <= 2**freeze_at (requires_grad False + FrozenBN), then convert the rest
+    of the BN layers as ``norm`` says. Conversions keep NASNet's BN eps (1e-3)."""
+    if norm not in NORMS:
+        raise ValueError(f"MODEL.NASNET.NORM must be one of {NORMS}, got {norm!r}")
+    if not 0 <= freeze_at <= 5:
+        raise ValueError(f"MODEL.NASNET.FREEZE_AT must be in 0..5 (0 = train everything), got {freeze_at}")
+    for name, stride in module_strides(nasnet).items():
+        module = getattr(nasnet, name, None)
+        if module is None or stride.bit_length() - 1 > freeze_at:
+            continue
+        for p in module.parameters():
+            p.requires_grad_(False)
+        FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+    if norm == "FrozenBN":
+        FrozenBatchNorm2d.convert_frozen_batchnorm(nasnet)
+    elif norm == "SyncBN":
+        nn.SyncBatchNorm.convert_sync_batchnorm(nasnet)
+
+
+def set_drop_path_progress(model: nn.Module, progress: float) -> None:
+    """ScheduledDropPath for every (possibly split) NASNet inside ``model``."""
+    for m in model.modules():
+        if isinstance(m, NASNet):
+            m.set_drop_path_progress(progress)
+
+
+def _check_divisible(x: torch.Tensor) -> None:
+    h, w = x.shape[-2:]
+    if h % SIZE_DIVISIBILITY or w % SIZE_DIVISIBILITY:
+        raise ValueError(f"NASNet backbone input {h}x{w} is not a multiple of {SIZE_DIVISIBILITY}; pad it "
+                         "(GeneralizedRCNN does this via backbone.size_divisibility / ImageList.from_tensors)")
+
+
+class NASNetBackbone(Backbone):
+    """Outputs of chosen NASNet cells. ``out_features`` entries are cell names or ``strideS`` aliases."""
+
+    def __init__(self, nasnet: NASNet, out_features: list[str]):
+        super().__init__()
+        if not out_features:
+            raise ValueError("MODEL.NASNET.OUT_FEATURES is empty")
+        self._cells = {name: resolve_feature(nasnet, name) for name in out_features}
+        deepest = max(_plan_index(nasnet, c) for c in self._cells.values())
+        drop_modules(nasnet, [p.name for p in nasnet.plan if p.index > deepest])
+        self.nasnet = nasnet
+        info = {f.name: f for f in nasnet.feature_info}
+        self._out_features = list(out_features)
+        self._out_feature_channels = {n: info[c].channels for n, c in self._cells.items()}
+        self._out_feature_strides = {n: info[c].stride for n, c in self._cells.items()}
+
+    @property
+    def size_divisibility(self) -> int:
+        return SIZE_DIVISIBILITY
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_divisible(x)
+        feats = self.nasnet.forward_features(x, list(dict.fromkeys(self._cells.values())))
+        return {n: feats[c] for n, c in self._cells.items()}
+
+
+def c4_split(nasnet: NASNet) -> tuple[list[CellPlan], list[CellPlan], list[str]]:
+    """(trunk plans, head plans, trunk outputs the head reads, in plan order) for the C4 split."""
+    names = [p.name for p in nasnet.plan]
+    if HEAD_START not in names:
+        raise ValueError(f"this NASNet has no {HEAD_START}; the C4 detector needs the ImageNet layout")
+    start = names.index(HEAD_START)
+    trunk, head = list(nasnet.plan[:start]), list(nasnet.plan[start:])
+    produced = {p.name for p in head}
+    needed = {src for p in head for src in (p.h, p.h_prev) if src is not None and src not in produced}
+    order = ["conv0"] + [p.name for p in trunk]
+    return trunk, head, [n for n in order if n in needed]
+
+
+class NASNetC4Backbone(Backbone):
+    """The trunk up to the last stride-16 cell. Output ``"c4"``: concat of the cells the head reads
+    (TF: concat(Cell_10, Cell_11) for NASNet-A large), the RPN and ROI-crop feature."""
+
+    def __init__(self, nasnet: NASNet):
+        super().__init__()
+        trunk, head, inputs = c4_split(nasnet)
+        drop_modules(nasnet, [p.name for p in head])
+        self.nasnet = nasnet
+        self.head_inputs = inputs
+        info = {f.name: f for f in nasnet.feature_info}
+        strides = {info[n].stride for n in inputs}
+        if len(strides) != 1:
+            raise ValueError(f"the C4 head reads {inputs} at different strides {sorted(strides)}; cannot concat")
+        self._out_features = ["c4"]
+        self._out_feature_channels = {"c4": sum(info[n].channels for n in inputs)}
+        self._out_feature_strides = {"c4": strides.pop()}
+
+    @property
+    def size_divisibility(self) -> int:
+        return SIZE_DIVISIBILITY
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        _check_divisible(x)
+        feats = self.nasnet.forward_features(x, self.head_inputs)
+        return {"c4": torch.cat([feats[n] for n in self.head_inputs], dim=1)}
+
+
+def _finish(nasnet: NASNet, cfg) -> None:
+    apply_norm_and_freeze(nasnet, cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT)
+
+
+def _check_input_channels(cfg, input_shape: ShapeSpec | None) -> None:
+    if input_shape is not None and input_shape.channels not in (None, len(cfg.MODEL.PIXEL_MEAN)):
+        raise ValueError(f"input has {input_shape.channels} channels but MODEL.PIXEL_MEAN has "
+                         f"{len(cfg.MODEL.PIXEL_MEAN)} entries")
+
+
+@BACKBONE_REGISTRY.register()
+def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetBackbone:
+    _check_input_channels(cfg, input_shape)
+    backbone = NASNetBackbone(nasnet_from_cfg(cfg), list(cfg.MODEL.NASNET.OUT_FEATURES))
+    _finish(backbone.nasnet, cfg)
+    return backbone
+
+
+@BACKBONE_REGISTRY.register()
+def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
+    bottom_up = build_nasnet_backbone(cfg, input_shape)
+    missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in bottom_up.output_shape()]
+    if missing:
+        raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not produced by the NASNet backbone; "
+                         f"MODEL.NASNET.OUT_FEATURES gives {bottom_up._out_features}")
+    return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+               norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+
+
+@BACKBONE_REGISTRY.register()
+def build_nasnet_c4_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetC4Backbone:
+    _check_input_channels(cfg, input_shape)
+    backbone = NASNetC4Backbone(nasnet_from_cfg(cfg))
+    _finish(backbone.nasnet, cfg)
+    return backbone

@@ -1,0 +1,67 @@
+"""``nasnet-det detect``: train / evaluate / demo / score NASNet Faster R-CNN.
+
+- ``train``  : detectron2's train_net arguments (``--config-file``, ``--eval-only``, ``--resume``,
+               ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--dataset``, opts)
+- ``demo``   : ``--config-file``, ``--input`` images/folders/globs, ``--output`` folder, opts
+- ``score``  : ``evaluate_coco`` on a ground-truth json and a detections json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
+
+
+def demo_main(argv: list[str] | None = None) -> int:
+    from detectron2.utils.logger import setup_logger
+
+    from nasnet_det.detection.config import get_nasnet_cfg
+    from nasnet_det.detection.demo import run_demo
+
+    parser = argparse.ArgumentParser(description="Draw NASNet Faster R-CNN detections on images")
+    parser.add_argument("--config-file", required=True)
+    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    parser.add_argument("--output", required=True, help="folder for the drawn images")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    setup_logger(name="nasnet_det")
+    cfg = get_nasnet_cfg()
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    written = run_demo(cfg, args.input, args.output, args.confidence_threshold)
+    print(f"wrote {len(written)} images to {args.output}")
+    return 0
+
+
+def score_main(argv: list[str] | None = None) -> int:
+    from nasnet_det.detection.evaluation import BACKENDS, evaluate_coco
+
+    parser = argparse.ArgumentParser(description="COCO box AP of a detections json")
+    parser.add_argument("gt_json")
+    parser.add_argument("detections_json")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto")
+    args = parser.parse_args(argv)
+    print(json.dumps(evaluate_coco(args.gt_json, args.detections_json, backend=args.backend), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE + "\n" + __doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        from nasnet_det.detection.train import train_main
+
+        return train_main(rest)
+    if command == "demo":
+        return demo_main(rest)
+    if command == "score":
+        return score_main(rest)
+    print(f"unknown command {command!r}; {USAGE}", file=sys.stderr)
+    return 2

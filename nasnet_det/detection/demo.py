@@ -1,0 +1,91 @@
+"""Run a trained detector on images and write copies with the predicted boxes drawn."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
+import nasnet_det.detection.heads  # noqa: F401
+from nasnet_det.detection.data import register_datasets
+
+logger = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Image paths from files, folders and glob patterns."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            paths.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item))
+            if not matches:
+                raise FileNotFoundError(f"demo input {item!r}: no such file, folder or glob match")
+            paths += matches
+    if not paths:
+        raise ValueError(f"no images found in {inputs}")
+    return paths
+
+
+def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.Image:
+    """Boxes with class names and scores. Uses detectron2's ``Visualizer`` when its OpenCV dependency is
+    installed, otherwise a plain PIL drawing of the same boxes."""
+    try:
+        from detectron2.utils.visualizer import Visualizer  # imports cv2
+    except ImportError:
+        Visualizer = None
+    if Visualizer is not None:
+        vis = Visualizer(image_rgb, metadata=metadata).draw_instance_predictions(instances)
+        return Image.fromarray(np.asarray(vis.get_image()))
+    names = list(metadata.get("thing_classes", [])) if metadata is not None else []
+    image = Image.fromarray(np.ascontiguousarray(image_rgb))
+    draw = ImageDraw.Draw(image)
+    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
+    for box, cls, score in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist()):
+        label = f"{names[cls] if cls < len(names) else cls} {score:.0%}"
+        draw.rectangle(box, outline=(0, 255, 0), width=2)
+        draw.text((box[0] + 2, box[1] + 1), label, fill=(0, 255, 0))
+    return image
+
+
+def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
+             confidence: float = 0.5) -> list[Path]:
+    """Predict on every input image (``cfg.MODEL.WEIGHTS`` = trained detector) and write the drawn
+    images to ``output_dir`` under their own names; returns the written paths."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("MODEL.WEIGHTS is empty: give the trained detector checkpoint (e.g. output/model_final.pth)")
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.NASNET.WEIGHTS = ""  # the detector checkpoint has all weights
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence
+    cfg.freeze()
+    register_datasets(cfg.DATASETS.COCO_FILES)
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    metadata = MetadataCatalog.get(names[0]) if names else None
+    predictor = DefaultPredictor(cfg)
+    out_dir = Path(output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in tqdm(expand_inputs(inputs), desc="demo"):
+        image = read_image(str(path), format="BGR")  # DefaultPredictor takes BGR and converts to INPUT.FORMAT
+        instances = predictor(image)["instances"].to("cpu")
+        target = out_dir / path.name
+        draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
+        logger.info("%s: %d detections -> %s", path, len(instances), target)
+        written.append(target)
+    return written

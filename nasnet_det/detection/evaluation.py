@@ -1,0 +1,142 @@
+"""COCO box evaluation: the 12 standard COCOeval numbers plus per-category AP.
+
+Backends: ``faster_coco_eval`` (C++ evaluate/accumulate, same numbers as pycocotools; used when installed)
+or ``pycocotools`` (the official code). detectron2's own fast path needs its C++ extension, which this
+install lacks, so :class:`NASNetCOCOEvaluator` plugs faster-coco-eval into ``COCOEvaluator`` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+logger = logging.getLogger(__name__)
+
+# COCOeval.stats order (bbox / segm).
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+
+
+def faster_coco_eval_available() -> bool:
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cocoeval_class(backend: str = "auto") -> type:
+    """The COCOeval class for ``backend`` ('auto' = faster_coco_eval when installed)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"COCO eval backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "pycocotools" or (backend == "auto" and not faster_coco_eval_available()):
+        return COCOeval
+    from faster_coco_eval import COCOeval_faster
+
+    class FasterCOCOeval(COCOeval_faster):
+        """COCOeval_faster with the pycocotools constructor signature (and its printed summary)."""
+
+        def __init__(self, coco_gt=None, coco_dt=None, iou_type: str = "bbox"):
+            super().__init__(coco_gt, coco_dt, iou_type, print_function=print)
+
+    return FasterCOCOeval
+
+
+def per_category_ap(coco_eval, class_names: list[str]) -> dict[str, float]:
+    """AP@[.5:.95] (x100) per category from an accumulated COCOeval, as detectron2 computes it."""
+    precisions = coco_eval.eval["precision"]  # (iou, recall, class, area, maxdets)
+    out = {}
+    for idx, name in enumerate(class_names):
+        p = precisions[:, :, idx, 0, -1]
+        p = p[p > -1]
+        out[f"AP-{name}"] = float(np.mean(p) * 100) if p.size else float("nan")
+    return out
+
+
+def stats_to_dict(stats) -> dict[str, float]:
+    """The 12 COCO numbers x100; NaN where COCOeval reports -1 (no ground truth in that bucket)."""
+    return {n: float(s * 100) if s >= 0 else float("nan") for n, s in zip(STAT_NAMES, stats[:12])}
+
+
+def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | list[dict[str, Any]],
+                  iou_type: str = "bbox", backend: str = "auto") -> dict[str, float]:
+    """Score COCO-format detections (``[{"image_id", "category_id", "bbox", "score"}, ...]`` or a json file
+    of them) against ``gt_json``: the 12 standard numbers (AP ... ARl, x100) plus ``AP-<category>``."""
+    gt_json = Path(gt_json)
+    if not gt_json.is_file():
+        raise FileNotFoundError(f"ground-truth annotations {gt_json} do not exist")
+    if not isinstance(detections, list):
+        det_path = Path(detections)
+        if not det_path.is_file():
+            raise FileNotFoundError(f"detections file {det_path} does not exist")
+        detections = json.loads(det_path.read_text())
+        if not isinstance(detections, list):
+            raise ValueError(f"{det_path}: expected a JSON list of detections")
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO(str(gt_json))
+    class_names = [c["name"] for c in sorted(coco_gt.dataset["categories"], key=lambda c: c["id"])]
+    if not detections:  # pycocotools cannot load an empty result list; AP is 0 wherever there is ground truth
+        logger.warning("no detections to evaluate against %s", gt_json)
+        return {**{n: 0.0 for n in STAT_NAMES}, **{f"AP-{n}": 0.0 for n in class_names}}
+    known = set(coco_gt.getImgIds())
+    unknown = {d["image_id"] for d in detections} - known
+    if unknown:
+        raise ValueError(f"detections refer to image ids not in {gt_json}: {sorted(unknown)[:5]}")
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        coco_dt = coco_gt.loadRes(detections)
+        coco_eval = cocoeval_class(backend)(coco_gt, coco_dt, iou_type)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    logger.info("COCO %s evaluation (%s):\n%s", iou_type, type(coco_eval).__name__, summary.getvalue())
+    return {**stats_to_dict(coco_eval.stats), **per_category_ap(coco_eval, class_names)}
+
+
+@contextlib.contextmanager
+def _detectron2_cocoeval(cls: type) -> Iterator[None]:
+    """Make detectron2's COCOEvaluator use ``cls`` as its fast implementation for the duration."""
+    saved = d2_coco_evaluation.COCOeval_opt
+    d2_coco_evaluation.COCOeval_opt = cls
+    try:
+        yield
+    finally:
+        d2_coco_evaluation.COCOeval_opt = saved
+
+
+class NASNetCOCOEvaluator(COCOEvaluator):
+    """detectron2's ``COCOEvaluator`` with faster-coco-eval as its fast path (when installed) and the six AR
+    numbers added to the six AP numbers and per-category AP it reports."""
+
+    def __init__(self, dataset_name: str, output_dir: str | None = None, backend: str = "auto", **kwargs: Any):
+        self._cocoeval_cls = cocoeval_class(backend)
+        kwargs.setdefault("tasks", ("bbox",))
+        super().__init__(dataset_name, output_dir=output_dir, use_fast_impl=False, **kwargs)
+        self._use_fast_impl = self._cocoeval_cls is not COCOeval
+
+    def evaluate(self, img_ids=None):
+        with _detectron2_cocoeval(self._cocoeval_cls):
+            results = super().evaluate(img_ids)
+        if self._output_dir and results:
+            path = Path(self._output_dir) / "coco_metrics.json"
+            path.write_text(json.dumps(results, indent=1))
+            self._logger.info("COCO metrics written to %s", path)
+        return results
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if coco_eval is not None and iou_type in ("bbox", "segm"):
+            results.update({k: v for k, v in stats_to_dict(coco_eval.stats).items() if k.startswith("AR")})
+        return results

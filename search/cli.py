@@ -1,0 +1,71 @@
+"""``nasnet-det search`` / ``tools/search_cifar.py``: run (or resume) an architecture search.
+
+    python tools/search_cifar.py --config-file configs/search/smoke.yaml [--output-dir DIR] [--resume]
+        [KEY VALUE ...]     e.g. SEARCH.STRATEGY ppo,random SEARCH.BUDGET 40 WORKERS.BACKEND ray
+
+Rerunning the same command resumes from the journal in the output directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from search.config import load_cfg
+from search.runner import JOURNAL_NAME, SearchRunner
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasnet-det search", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", default="", metavar="FILE", help="YAML config (see configs/search/)")
+    p.add_argument("--output-dir", default="", help="overrides OUTPUT_DIR")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="require an existing journal in the output dir and continue it (resuming also "
+                        "happens without this flag whenever a journal exists)")
+    g.add_argument("--fresh", action="store_true", help="delete the output dir's journal and checkpoints first")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        opts = list(args.opts)
+        if args.output_dir:
+            opts += ["OUTPUT_DIR", args.output_dir]
+        cfg = load_cfg(args.config_file or None, opts)
+        out = Path(cfg.OUTPUT_DIR)
+        if args.resume and not (out / JOURNAL_NAME).is_file():
+            raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
+        if args.fresh and out.is_dir():
+            journal_files = [out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")]
+            for f in [*journal_files, *out.glob("controller_*.pth")]:
+                f.unlink(missing_ok=True)
+        # The driver only runs the small controller (and the children with the inline backend): more
+        # threads than the workers get would just contend with them for the cores.
+        torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
+        summary = SearchRunner(cfg, out, progress=not args.no_progress).run()
+    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
+        print(f"nasnet-det search: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nasnet-det search: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    short = {k: {kk: v[kk] for kk in ("evaluations", "ok", "failed", "best_reward", "first_batches_mean",
+                                      "last_batches_mean")} for k, v in summary["strategies"].items()}
+    print(json.dumps({"output_dir": summary["output_dir"], "stopped_early": summary["stopped_early"],
+                      "strategies": short, "best": summary.get("best")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,160 @@
+"""Rewards: training a small child network on CIFAR-10 (held-out accuracy), and a synthetic
+op-scoring reward used to check that the search optimises at all."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nasnet_det.data.cifar import CIFAR_MEAN, CIFAR_STD, holdout_split
+from nasnet_det.space import OPS, Genotype
+
+
+class ChildDiverged(RuntimeError):
+    """The child's training loss became NaN or infinite."""
+
+
+@dataclass
+class ChildData:
+    """Training and held-out images as uint8 NHWC arrays (shipped once to each worker)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, val_size: int, seed: int = 0,
+                    train_limit: int = 0) -> ChildData:
+        if val_size >= len(x):
+            raise ValueError(f"DATA.VAL_SIZE={val_size} must be smaller than the {len(x)} training images")
+        tr, va = holdout_split(len(x), val_size, seed)
+        if train_limit > 0:
+            tr = tr[:train_limit]
+        return cls(x[tr], y[tr].astype(np.int64), x[va], y[va].astype(np.int64))
+
+
+def _to_tensor(x: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
+    t = (t - mean) / std
+    if size != t.shape[-1]:
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Batched pad-4 random crop + horizontal flip (the standard CIFAR augmentation)."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)
+    batch_idx = torch.arange(n, device=x.device)[:, None, None, None]
+    chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    out = xp[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,
+                device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train ``build_nasnet(genotype, N, f)`` with SGD + cosine LR and return
+    ``{"reward": held-out accuracy, "params": int, "steps": int}``. Raises :class:`ChildDiverged` on NaN."""
+    from nasnet_det.models import build_nasnet
+
+    if isinstance(genotype, dict):
+        genotype = Genotype.from_dict(genotype)
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = build_nasnet(genotype, dataset="cifar", num_cells=int(child["NUM_CELLS"]),
+                         filters=int(child["FILTERS"]), num_classes=10, aux_head=False).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    size = int(child.get("IMAGE_SIZE", 32))
+    x_tr, y_tr = _to_tensor(data.x_train, size, device), torch.from_numpy(data.y_train).to(device)
+    bs = int(child["BATCH_SIZE"])
+    steps_per_epoch = max(1, len(x_tr) // bs)
+    total = steps_per_epoch * int(child["EPOCHS"])
+    if int(child.get("MAX_STEPS", 0)) > 0:
+        total = min(total, int(child["MAX_STEPS"]))
+    opt = torch.optim.SGD(model.parameters(), lr=float(child["LR"]), momentum=float(child["MOMENTUM"]),
+                          weight_decay=float(child["WEIGHT_DECAY"]), nesterov=True)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    model.train()
+    step = 0
+    while step < total:
+        perm = torch.randperm(len(x_tr), generator=gen).to(device)
+        for i in range(steps_per_epoch):
+            if step >= total:
+                break
+            idx = perm[i * bs:(i + 1) * bs]
+            xb = x_tr[idx]
+            if child.get("AUGMENT", True):
+                xb = _augment(xb, gen)
+            model.set_drop_path_progress(step / total)
+            loss = F.cross_entropy(model(xb, return_aux=True)[0], y_tr[idx])
+            if not torch.isfinite(loss):
+                raise ChildDiverged(f"training loss became {float(loss.detach())} at step {step}/{total}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    return {"reward": evaluate_accuracy(model, data, child, device), "params": params, "steps": step}
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, data: ChildData, child: dict[str, Any],
+                      device: torch.device) -> float:
+    model.eval()
+    size = int(child.get("IMAGE_SIZE", 32))
+    bs = int(child.get("EVAL_BATCH_SIZE", 256))
+    correct = 0
+    for i in range(0, len(data.x_val), bs):
+        xb = _to_tensor(data.x_val[i:i + bs], size, device)
+        logits = model(xb)
+        if not torch.isfinite(logits).all():
+            raise ChildDiverged("held-out logits contain NaN/inf")
+        correct += int((logits.argmax(1).cpu() == torch.from_numpy(data.y_val[i:i + bs])).sum())
+    return correct / len(data.x_val)
+
+
+class SyntheticOpReward:
+    """Pure-function reward for testing the search: the mean of a fixed per-op score over the 4B ops of a
+    genotype, plus Gaussian noise. Random search averages ~0.5; the best genotype (all ops = the top op)
+    scores 1.0. Each op's score is a fixed shuffle of ``linspace(0, 1, 13)`` chosen by ``seed``."""
+
+    def __init__(self, seed: int = 0, noise: float = 0.05):
+        rng = np.random.default_rng(seed)
+        self.scores = dict(zip(OPS, rng.permutation(np.linspace(0.0, 1.0, len(OPS)))))
+        self.noise, self.rng = noise, np.random.default_rng(seed + 1)
+
+    def clean(self, genotype: Genotype) -> float:
+        ops = [op for cell in (genotype.normal, genotype.reduce) for b in cell.blocks for op in b.ops()]
+        return float(np.mean([self.scores[o] for o in ops]))
+
+    def __call__(self, genotype: Genotype, seed: int = 0) -> dict[str, Any]:
+        return {"reward": self.clean(genotype) + float(self.rng.normal(0, self.noise)), "params": 0}
+
+
+class ChildEvaluator:
+    """Picklable evaluator for the work queue: trains one child on the arrays it carries.
+    ``device`` is set by the worker it lands on; ``CHILD.DEVICE`` other than "auto" overrides it."""
+
+    def __init__(self, child: dict[str, Any], data: ChildData):
+        self.child, self.data = dict(child), data
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def __call__(self, genotype: Genotype, seed: int) -> dict[str, Any]:
+        forced = str(self.child.get("DEVICE", "auto"))
+        device = self.device if forced == "auto" else forced
+        return train_child(genotype, self.child, self.data, seed=seed, device=device)

@@ -1,0 +1,119 @@
+"""COCO-format dataset registration: sparse ids, empty images, and clear errors for bad input."""
+
+import json
+from pathlib import Path
+
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from PIL import Image
+
+from nasnet_det.detection.config import get_nasnet_cfg
+from nasnet_det.detection.data import (
+    check_dataset_classes,
+    parse_dataset_spec,
+    register_coco_dataset,
+    register_datasets,
+)
+
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-coco"
+
+
+def write_dataset(root: Path, n_images=2, categories=((3, "cat"), (7, "dog")), annotate=True, make_images=True):
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    images, anns = [], []
+    for i in range(n_images):
+        name = f"{i}.png"
+        if make_images:
+            Image.new("RGB", (40, 30)).save(root / "images" / name)
+        images.append({"id": i + 1, "file_name": name, "width": 40, "height": 30})
+        if annotate:
+            anns.append({"id": i + 1, "image_id": i + 1, "category_id": categories[0][0], "bbox": [2, 3, 10, 12],
+                         "area": 120, "iscrowd": 0})
+    data = {"images": images, "annotations": anns,
+            "categories": [{"id": cid, "name": name} for cid, name in categories]}
+    (root / "ann.json").write_text(json.dumps(data))
+    return root / "ann.json", root / "images"
+
+
+def test_sparse_ids_map_to_contiguous(tmp_path):
+    j, im = write_dataset(tmp_path)
+    assert register_coco_dataset("det_test_sparse", j, im) == 2
+    meta = MetadataCatalog.get("det_test_sparse")
+    assert meta.thing_classes == ["cat", "dog"]
+    assert meta.thing_dataset_id_to_contiguous_id == {3: 0, 7: 1}
+    records = DatasetCatalog.get("det_test_sparse")
+    assert [r["annotations"][0]["category_id"] for r in records] == [0, 0]
+    assert register_coco_dataset("det_test_sparse", j, im) == 2  # same files again: fine
+    j2, im2 = write_dataset(tmp_path / "other")
+    with pytest.raises(ValueError, match="already registered with other files"):
+        register_coco_dataset("det_test_sparse", j2, im2)
+
+
+def test_missing_image_files(tmp_path):
+    j, im = write_dataset(tmp_path, make_images=False)
+    with pytest.raises(FileNotFoundError, match=r"2 of 2 image files are missing .* 0.png, 1.png"):
+        register_coco_dataset("det_test_missing", j, im)
+
+
+def test_missing_json_and_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json do not exist"):
+        register_coco_dataset("x", tmp_path / "nope.json", tmp_path)
+    j, _ = write_dataset(tmp_path)
+    with pytest.raises(FileNotFoundError, match="image folder .*absent"):
+        register_coco_dataset("x", j, tmp_path / "absent")
+
+
+def test_empty_dataset(tmp_path):
+    j, im = write_dataset(tmp_path, n_images=0)
+    with pytest.raises(ValueError, match="the dataset is empty"):
+        register_coco_dataset("det_test_empty", j, im)
+
+
+def test_unknown_category_in_annotations(tmp_path):
+    j, im = write_dataset(tmp_path)
+    data = json.loads(j.read_text())
+    data["annotations"][0]["category_id"] = 99
+    j.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="category_id 99, which is not in 'categories'"):
+        register_coco_dataset("det_test_badcat", j, im)
+
+
+def test_category_count_must_match_model(tmp_path):
+    j, im = write_dataset(tmp_path)
+    register_datasets([f"det_test_classes={j}:{im}"])
+    cfg = get_nasnet_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("det_test_classes",), ()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 80
+    with pytest.raises(ValueError, match="'det_test_classes' has 2 categories but MODEL.ROI_HEADS.NUM_CLASSES is 80"):
+        check_dataset_classes(cfg)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    check_dataset_classes(cfg)
+    cfg.DATASETS.TEST = ("never_registered",)
+    with pytest.raises(KeyError, match="'never_registered' is not registered"):
+        check_dataset_classes(cfg)
+
+
+def test_training_set_without_annotations(tmp_path):
+    j, im = write_dataset(tmp_path, annotate=False)
+    register_datasets([f"det_test_noann={j}:{im}"])
+    cfg = get_nasnet_cfg()
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST, cfg.MODEL.ROI_HEADS.NUM_CLASSES = ("det_test_noann",), (), 2
+    with pytest.raises(ValueError, match="has no annotations to train on"):
+        check_dataset_classes(cfg)
+
+
+def test_bad_spec():
+    with pytest.raises(ValueError, match="expected NAME=ANNOTATIONS.json:IMAGE_DIR"):
+        parse_dataset_spec("just/a/path.json")
+    assert parse_dataset_spec("a=x/y.json:imgs") == ("a", "x/y.json", "imgs")
+
+
+@pytest.mark.skipif(not COCO128.is_dir(), reason=f"shared data not found at {COCO128}")
+def test_coco128_registers_with_empty_images():
+    n = register_coco_dataset("det_test_coco128", COCO128 / "annotations.json", COCO128 / "images")
+    assert n == 128
+    meta = MetadataCatalog.get("det_test_coco128")
+    assert len(meta.thing_classes) == 80 and meta.thing_classes[0] == "person"
+    assert max(meta.thing_dataset_id_to_contiguous_id) == 90
+    records = DatasetCatalog.get("det_test_coco128")
+    assert len(records) == 128 and sum(not r["annotations"] for r in records) == 2

@@ -1,0 +1,99 @@
+"""COCO evaluation: perfect predictions give AP 100; faster-coco-eval equals pycocotools; COCOEvaluator path."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.structures import Boxes, Instances
+
+from nasnet_det.detection.data import register_coco_dataset
+from nasnet_det.detection.evaluation import STAT_NAMES, NASNetCOCOEvaluator, evaluate_coco
+
+COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-coco"
+
+
+def synthetic_gt(tmp_path: Path, n_images: int = 6) -> Path:
+    rng = random.Random(0)
+    images, anns = [], []
+    cats = [{"id": 2, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]
+    for i in range(1, n_images + 1):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 400, "height": 300})
+        for _ in range(rng.randint(0, 4)):
+            w, h = rng.uniform(5, 150), rng.uniform(5, 150)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": rng.choice(cats)["id"],
+                         "bbox": [rng.uniform(0, 200), rng.uniform(0, 100), w, h], "area": w * h, "iscrowd": 0})
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def gt_as_detections(gt_json: Path, jitter: float = 0.0, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    anns = json.loads(gt_json.read_text())["annotations"]
+    return [{"image_id": a["image_id"], "category_id": a["category_id"], "score": rng.random(),
+             "bbox": [v + rng.uniform(-jitter, jitter) for v in a["bbox"]]} for a in anns]
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_perfect_predictions_give_ap_100(tmp_path, backend):
+    if backend == "faster_coco_eval":
+        pytest.importorskip("faster_coco_eval")
+    gt = synthetic_gt(tmp_path)
+    res = evaluate_coco(gt, gt_as_detections(gt), backend=backend)
+    assert set(STAT_NAMES) <= set(res)
+    for k in ("AP", "AP50", "AP75", "AR100", "AP-a", "AP-b", "AP-c"):
+        assert res[k] == pytest.approx(100.0), k
+
+
+def test_faster_coco_eval_equals_pycocotools(tmp_path):
+    pytest.importorskip("faster_coco_eval")
+    gt = COCO128 / "annotations.json" if COCO128.is_dir() else synthetic_gt(tmp_path, 40)
+    dets = gt_as_detections(gt, jitter=6.0, seed=1)
+    dets += [dict(d, category_id=1 if d["category_id"] != 1 else 2, score=d["score"] / 2) for d in dets[::3]]
+    det_file = tmp_path / "dets.json"
+    det_file.write_text(json.dumps(dets))
+    official = evaluate_coco(gt, det_file, backend="pycocotools")
+    fast = evaluate_coco(gt, det_file, backend="faster_coco_eval")
+    assert 10 < official["AP"] < 95  # a non-trivial score, so equality means something
+    assert official.keys() == fast.keys()
+    for k, v in official.items():
+        assert fast[k] == pytest.approx(v, abs=1e-9, nan_ok=True), k
+
+
+def test_evaluate_coco_errors(tmp_path):
+    gt = synthetic_gt(tmp_path)
+    with pytest.raises(FileNotFoundError, match="absent.json does not exist"):
+        evaluate_coco(gt, tmp_path / "absent.json")
+    with pytest.raises(ValueError, match="image ids not in"):
+        evaluate_coco(gt, [{"image_id": 999, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 1.0}])
+    assert evaluate_coco(gt, [])["AP"] == 0.0
+
+
+def test_coco_evaluator_path_gives_ap_100(tmp_path):
+    """Predictions equal to the ground truth, fed through detectron2's COCOEvaluator (process/evaluate)."""
+    gt = synthetic_gt(tmp_path)
+    (tmp_path / "images").mkdir()
+    data = json.loads(gt.read_text())
+    from PIL import Image
+
+    for im in data["images"]:
+        Image.new("RGB", (im["width"], im["height"])).save(tmp_path / "images" / im["file_name"])
+    register_coco_dataset("det_test_eval", gt, tmp_path / "images")
+    id_map = {c["id"]: i for i, c in enumerate(sorted(data["categories"], key=lambda c: c["id"]))}
+    evaluator = NASNetCOCOEvaluator("det_test_eval", output_dir=str(tmp_path / "out"), distributed=False)
+    evaluator.reset()
+    for im in data["images"]:
+        anns = [a for a in data["annotations"] if a["image_id"] == im["id"]]
+        inst = Instances((im["height"], im["width"]))
+        xyxy = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        inst.pred_boxes = Boxes(torch.tensor(xyxy, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.linspace(1.0, 0.5, len(anns))
+        inst.pred_classes = torch.tensor([id_map[a["category_id"]] for a in anns], dtype=torch.int64)
+        evaluator.process([{"image_id": im["id"]}], [{"instances": inst}])
+    results = evaluator.evaluate()["bbox"]
+    for k in ("AP", "AP50", "AP75", "AR10", "AR100", "AP-a", "AP-b", "AP-c"):
+        assert results[k] == pytest.approx(100.0, abs=1e-3), k
+    saved = json.loads((tmp_path / "out" / "coco_metrics.json").read_text())
+    assert saved["bbox"]["AP"] == pytest.approx(100.0, abs=1e-3)

@@ -1,0 +1,177 @@
+"""The search loop: journal + resume, failing children, outputs, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasnet_det.models import build_nasnet
+from nasnet_det.space import Genotype
+from search.cli import main
+from search.config import load_cfg
+from search.journal import Journal
+from search.reward import SyntheticOpReward
+from search.runner import JOURNAL_NAME, SearchRunner
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the CPU is shared; one torch thread is faster than two under load
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _cfg(*opts):
+    return load_cfg(None, ["SEARCH.BUDGET", "20", "SEARCH.BATCH_SIZE", "5", "CONTROLLER.HIDDEN", "16",
+                           "CONTROLLER.LR", "0.01", "WORKERS.BACKEND", "inline", *map(str, opts)])
+
+
+def _rows(out: Path) -> list[sqlite3.Row]:
+    db = sqlite3.connect(out / JOURNAL_NAME)
+    db.row_factory = sqlite3.Row
+    rows = db.execute("SELECT * FROM evaluations ORDER BY id").fetchall()
+    db.close()
+    return rows
+
+
+class CountingReward(SyntheticOpReward):
+    """Synthetic reward that records each call and can simulate a kill after ``kill_after`` calls."""
+
+    def __init__(self, kill_after: int | None = None):
+        super().__init__(0, noise=0.0)
+        self.calls: list[str] = []
+        self.kill_after = kill_after
+
+    def __call__(self, genotype, seed=0):
+        if self.kill_after is not None and len(self.calls) >= self.kill_after:
+            raise KeyboardInterrupt  # like Ctrl-C / SIGINT in the middle of a batch
+        self.calls.append(genotype.to_json(None))
+        return super().__call__(genotype, seed)
+
+
+def _check_complete(out: Path, budget: int, first_run: list[sqlite3.Row]):
+    rows = _rows(out)
+    assert len(rows) == budget and all(r["status"] == "ok" for r in rows)
+    assert len({(r["batch"], r["slot"]) for r in rows}) == budget
+    kept = {r["id"]: r["reward"] for r in first_run if r["status"] == "ok"}
+    assert kept and all(rows[i - 1]["reward"] == reward for i, reward in kept.items())
+
+
+@pytest.mark.parametrize("strategy", ["ppo", "random"])
+def test_resume_after_max_evals_repeats_nothing(tmp_path, strategy):
+    out = tmp_path / "run"
+    r1 = CountingReward()
+    s1 = SearchRunner(_cfg("SEARCH.STRATEGY", strategy, "SEARCH.MAX_EVALS_THIS_RUN", 7), out, r1, False).run()
+    assert s1["stopped_early"] and len(r1.calls) == 7
+    first = _rows(out)
+    assert [r["status"] for r in first].count("pending") == 3  # rest of batch 1 journaled, not evaluated
+    r2 = CountingReward()
+    s2 = SearchRunner(_cfg("SEARCH.STRATEGY", strategy), out, r2, False).run()
+    assert not s2["stopped_early"] and len(r2.calls) == 13
+    # the 3 pending genotypes were re-submitted unchanged
+    pending = [r["genotype"] for r in first if r["status"] == "pending"]
+    assert [json.dumps(json.loads(g)) for g in pending] == \
+        [json.dumps(Genotype.from_json(c).to_dict()) for c in r2.calls[:3]]
+    _check_complete(out, 20, first)
+    if strategy == "random":  # later batches are fresh samples, not replays of the first run's
+        assert not set(r1.calls) & set(r2.calls[3:])
+    # a third run has nothing left to do
+    r3 = CountingReward()
+    assert SearchRunner(_cfg("SEARCH.STRATEGY", strategy), out, r3, False).run()["strategies"][strategy]["ok"] == 20
+    assert r3.calls == []
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(kill_after=12), False).run()
+    first = _rows(tmp_path / "a")
+    assert sum(r["status"] == "ok" for r in first) == 12
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
+    _check_complete(tmp_path / "a", 20, first)
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
+    # same sampled decisions as a run that was never interrupted (controller state + RNG restored)
+    assert [r["decisions"] for r in _rows(tmp_path / "a")] == [r["decisions"] for r in _rows(tmp_path / "b")]
+
+
+def test_resume_refuses_different_settings(tmp_path):
+    SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    with pytest.raises(ValueError, match="CHILD"):
+        SearchRunner(_cfg("SEARCH.BUDGET", 5, "CHILD.FILTERS", 16), tmp_path, CountingReward(), False).run()
+
+
+class FlakyReward(SyntheticOpReward):
+    def __call__(self, genotype, seed=0):
+        self.n = getattr(self, "n", 0) + 1
+        if self.n == 2:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if self.n == 4:
+            return {"reward": math.nan}
+        return super().__call__(genotype, seed)
+
+
+def test_failing_children_are_recorded_and_search_continues(tmp_path):
+    s = SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, FlakyReward(), False).run()["strategies"]["ppo"]
+    assert (s["evaluations"], s["ok"], s["failed"]) == (10, 8, 2)
+    rows = _rows(tmp_path)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert "RuntimeError: CUDA out of memory (simulated)" in failed[0]["error"]
+    assert "reward is nan" in failed[1]["error"]
+    assert all(r["reward"] is None for r in failed)
+
+
+def test_outputs_best_genotype_plot_and_drawing(tmp_path):
+    s = SearchRunner(_cfg("SEARCH.STRATEGY", "ppo,random", "SEARCH.BUDGET", 10), tmp_path,
+                     SyntheticOpReward(0), False).run()
+    best = Genotype.load(tmp_path / "best_genotype.json")
+    rows = {r["id"]: r for r in _rows(tmp_path)}
+    assert best.to_dict()["normal"] == json.loads(rows[s["best"]["id"]]["genotype"])["normal"]
+    assert max(r["reward"] for r in rows.values()) == s["best"]["reward"]
+    for name in ("best_genotype_ppo.json", "best_genotype_random.json"):
+        Genotype.load(tmp_path / name)
+    net = build_nasnet(best, dataset="cifar", num_cells=1, filters=4, num_classes=10, aux_head=False)
+    assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+    for png in ("rewards.png", "best_cells.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    top = json.loads((tmp_path / "top_k.json").read_text())
+    assert len(top) == 5 and [t["reward"] for t in top] == sorted((t["reward"] for t in top), reverse=True)
+    assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["ppo", "random"]
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    assert main(["--config-file", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    assert main(["--output-dir", str(tmp_path), "SEARCH.STRATEGY", "evolution"]) == 2
+    assert "SEARCH.STRATEGY" in capsys.readouterr().err
+    assert main(["--output-dir", str(tmp_path / "x"), "--resume"]) == 2
+    assert "no journal" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (SHARED / "cifar10-subset.npz").is_file(), reason=f"no CIFAR subset at {SHARED}")
+def test_cli_smoke_config_end_to_end(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    argv = ["--config-file", str(REPO / "configs/search/smoke.yaml"), "--output-dir", str(out), "--no-progress",
+            "DATA.SOURCE", f"npz:{SHARED / 'cifar10-subset.npz'}", "SEARCH.BUDGET", "4", "SEARCH.BATCH_SIZE", "2",
+            "CHILD.MAX_STEPS", "4", "DATA.TRAIN_LIMIT", "300", "DATA.VAL_SIZE", "200"]
+    assert main(argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    for name in ("ppo", "random"):
+        s = printed["strategies"][name]
+        assert s["evaluations"] == 4 and s["ok"] == 4
+        assert 0.0 <= s["best_reward"] <= 1.0
+    rows = _rows(out)
+    assert all(r["params"] > 0 and r["seconds"] > 0 for r in rows)
+    Genotype.load(out / "best_genotype.json")
+    assert (out / "rewards.png").stat().st_size > 0 and (out / "best_cells.png").stat().st_size > 0
+    assert main(argv) == 0  # rerun: everything is already done
+    assert len(_rows(out)) == 8

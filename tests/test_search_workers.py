@@ -1,0 +1,99 @@
+"""Child training and the work-queue backends (local processes, Ray)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nasnet_det.data.cifar import load_cifar10_npz, synthetic_cifar
+from nasnet_det.genotypes import NASNET_A
+from search.controller import decisions_to_genotype, sample_uniform
+from search.reward import ChildData, ChildEvaluator, train_child
+from search.workers import InlineBackend, Job, LocalProcessBackend, run_job
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+CHILD = {"NUM_CELLS": 1, "FILTERS": 4, "EPOCHS": 1, "MAX_STEPS": 3, "BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 128,
+         "LR": 0.05, "MOMENTUM": 0.9, "WEIGHT_DECAY": 5e-4, "AUGMENT": True, "IMAGE_SIZE": 16, "DEVICE": "cpu"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the CPU is shared; two torch threads per test process are slower than one under load
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _data(n: int = 300, val: int = 100) -> ChildData:
+    if (SHARED / "cifar10-subset.npz").is_file():
+        x, y = load_cifar10_npz(SHARED / "cifar10-subset.npz")
+        x, y = x[:n], y[:n]
+    else:  # the real subset is optional here; synthetic images exercise the same code
+        x, y = synthetic_cifar(n, seed=0)
+    return ChildData.from_arrays(x, y, val_size=val, seed=0)
+
+
+def _jobs(n: int) -> list[Job]:
+    import torch
+
+    acts = sample_uniform(n, 5, torch.Generator().manual_seed(0))
+    return [Job(i, decisions_to_genotype(a, 5).to_dict(), seed=i) for i, a in enumerate(acts.tolist())]
+
+
+def test_train_child_learns_synthetic_data():
+    x, y = synthetic_cifar(600, seed=1)
+    data = ChildData.from_arrays(x, y, val_size=200, seed=0)
+    child = {**CHILD, "EPOCHS": 5, "MAX_STEPS": 30, "AUGMENT": False, "LR": 0.1}
+    out = train_child(NASNET_A, child, data, seed=0)
+    assert out["steps"] == 30 and out["params"] > 0
+    assert out["reward"] > 0.4  # chance is 0.1
+
+
+def test_diverging_child_fails_with_reason():
+    child = {**CHILD, "LR": 1e12, "MAX_STEPS": 5}
+    res = run_job(ChildEvaluator(child, _data()), _jobs(1)[0])
+    assert res.status == "failed" and res.reward is None
+    assert "ChildDiverged" in res.error or "nan" in res.error.lower()
+
+
+def test_local_process_backend_trains_two_children_in_parallel():
+    backend = LocalProcessBackend(ChildEvaluator(CHILD, _data()), num_workers=2, use_cuda=False)
+    try:
+        results = list(backend.run(_jobs(2)))
+    finally:
+        backend.close()
+    assert sorted(r.eval_id for r in results) == [0, 1]
+    for r in results:
+        assert r.status == "ok", r.error
+        assert 0.0 <= r.reward <= 1.0 and r.params > 0 and r.seconds > 0
+
+
+def test_inline_backend_turns_exceptions_into_failures():
+    def bad(genotype, seed):
+        raise ValueError("boom")
+
+    (res,) = list(InlineBackend(bad).run(_jobs(1)))
+    assert res.status == "failed" and res.error.startswith("ValueError: boom")
+
+
+@pytest.mark.ray
+def test_ray_backend_runs_a_child():
+    ray = pytest.importorskip("ray")
+    from search.workers import RayBackend
+
+    backend = RayBackend(ChildEvaluator(CHILD, _data()), num_workers=2, max_retries=1)
+    try:
+        results = list(backend.run(_jobs(2)))
+    finally:
+        backend.close()
+    assert not ray.is_initialized()
+    assert sorted(r.eval_id for r in results) == [0, 1]
+    assert all(r.status == "ok" and 0.0 <= r.reward <= 1.0 for r in results), [r.error for r in results]
+    assert all(math.isfinite(r.seconds) for r in results)
+    assert np.isfinite([r.reward for r in results]).all()

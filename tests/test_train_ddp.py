@@ -1,0 +1,98 @@
+"""DDP on CPU: two gloo processes average gradients like one process on the whole batch, and a full
+training run keeps both replicas identical while only rank 0 writes files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # spawned workers import this module by name
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+
+def _model():
+    from nasnet_det.models import build_nasnet
+
+    torch.manual_seed(0)
+    model = build_nasnet("nasnet_a", dataset="cifar", num_cells=1, filters=4, num_classes=10, image_size=16)
+    model.train()
+    for m in model.modules():  # per-process batch statistics would differ from whole-batch ones
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    from test_train_helpers import tiny_cfg
+    from torch.nn.parallel import DistributedDataParallel
+
+    from nasnet_det.classification import Trainer, accumulate_gradients
+    from nasnet_det.classification.distributed import cleanup_distributed, init_distributed
+
+    info = init_distributed("cpu")
+    assert (info.rank, info.world_size) == (rank, world_size)
+    ddp = DistributedDataParallel(_model())
+    x, y = _batch()
+    half = slice(4 * rank, 4 * rank + 4)
+    accumulate_gradients(ddp, [(x[half], y[half])], 1, aux_weight=0.4)
+    grads = {n: p.grad for n, p in ddp.module.named_parameters()}
+    torch.save(grads, Path(out_dir) / f"grads_{rank}.pt")
+
+    cfg = tiny_cfg(Path(out_dir) / "run", "SOLVER.MAX_STEPS", 3, "SOLVER.ACCUM_STEPS", 2,
+                   "SOLVER.BATCH_SIZE", 4, "TRAIN.CHECKPOINT_PERIOD", 2, "TRAIN.EVAL_PERIOD", 2)
+    trainer = Trainer(cfg, info)
+    result = trainer.train()
+    torch.save({"state_dict": trainer.model.state_dict(), "result": result, "steps_per_epoch": trainer.steps_per_epoch},
+               Path(out_dir) / f"final_{rank}.pt")
+    cleanup_distributed()
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    # Averaged gradients of the two halves equal one process's gradient on the whole batch.
+    from nasnet_det.classification import accumulate_gradients
+
+    model = _model()
+    x, y = _batch()
+    accumulate_gradients(model, [(x, y)], 1, aux_weight=0.4)
+    for rank in (0, 1):
+        grads = torch.load(tmp_path / f"grads_{rank}.pt")
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=f"rank {rank}: {n}")
+    # The replicas stay identical; the eval covers the 16 held-out images once across both processes.
+    a, b = (torch.load(tmp_path / f"final_{r}.pt", weights_only=False) for r in (0, 1))
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    assert a["result"]["images"] == b["result"]["images"] == 16
+    assert a["result"]["top1"] == b["result"]["top1"]
+    assert a["steps_per_epoch"] == 56 // 2 // (4 * 2)
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "ckpt_00000003.pth").is_file() and (run / "model_final.pth").is_file()
+    mid = torch.load(run / "checkpoints" / "ckpt_00000002.pth", weights_only=False)
+    assert (mid["epoch"], mid["samples_in_epoch"]) == (0, 2 * 2 * 4 * 2)  # steps x processes x batch x accum
+    ckpt = torch.load(run / "checkpoints" / "ckpt_00000003.pth", weights_only=False)
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_states"]) == 2
+    assert (ckpt["epoch"], ckpt["samples_in_epoch"]) == (1, 0)  # 3 steps = one epoch of 56 images
+    assert not torch.equal(ckpt["rng_states"][0]["torch"], ckpt["rng_states"][1]["torch"])
+    for name, value in ckpt["state_dict"].items():
+        assert torch.equal(value, a["state_dict"][name]), name
+    records = (run / "metrics.jsonl").read_text().splitlines()
+    assert sum('"type": "train"' in r for r in records) == 3  # rank 0 alone writes the log

@@ -1,0 +1,182 @@
+"""The training loop: learning, exact resume, gradient accumulation, arch checks, export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import random_genotype
+from test_train_helpers import tiny_cfg
+
+from nasnet_det.classification import Trainer, accumulate_gradients, export_backbone
+from nasnet_det.classification.optim import RMSpropTF, lr_multiplier_fn
+from nasnet_det.models import build_nasnet
+from nasnet_det.models.pretrained import load_checkpoint, read_checkpoint
+
+
+def test_training_lowers_the_loss(tmp_path):
+    cfg = tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 40, "SOLVER.LR_SCHEDULE", "constant", "DATA.CUTOUT", 0,
+                   n_images=80)
+    result = Trainer(cfg).train()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert len(losses) == 40
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.75 * first, (first, last)
+    assert result["images"] == 16 and 0.0 <= result["error"] <= 100.0
+
+
+def _payload(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
+    # 32 train images, batch 8: 4 steps per epoch. Checkpoint every 2 steps; the interrupted run stops
+    # at step 3, so it resumes mid-epoch from step 2 and crosses the epoch boundary at step 4.
+    opts = ("SOLVER.MAX_STEPS", 6, "TRAIN.CHECKPOINT_PERIOD", 2, "SOLVER.EMA_DECAY", 0.9,
+            "SOLVER.LR_SCHEDULE", "cosine")
+    Trainer(tiny_cfg(tmp_path / "a", *opts, n_images=48)).train()
+    interrupted = Trainer(tiny_cfg(tmp_path / "b", *opts, n_images=48))
+    assert interrupted.train(interrupt_at_step=3) == {"interrupted_at_step": 3}
+    assert (tmp_path / "b" / "last_checkpoint").read_text().strip().endswith("ckpt_00000002.pth")
+    resumed = Trainer(tiny_cfg(tmp_path / "b", *opts, n_images=48))
+    resumed.train()
+    assert resumed.state.step == 6
+    a = _payload(tmp_path / "a" / "checkpoints" / "ckpt_00000006.pth")
+    b = _payload(tmp_path / "b" / "checkpoints" / "ckpt_00000006.pth")
+    assert (a["step"], a["epoch"], a["samples_in_epoch"]) == (b["step"], b["epoch"], b["samples_in_epoch"]) \
+        == (6, 1, 16)
+    for key in ("state_dict", "ema_state_dict"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
+    for pid, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][pid]["momentum_buffer"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    # The resumed run's log continues the interrupted one without duplicate steps.
+    steps = [json.loads(l)["step"] for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["type"] == "train"]
+    assert steps == list(range(1, 7))
+
+
+def _frozen_bn_model():
+    torch.manual_seed(0)
+    model = build_nasnet("nasnet_a", dataset="cifar", num_cells=1, filters=4, num_classes=10, image_size=16)
+    model.train()
+    for m in model.modules():  # batch statistics would make micro-batches differ from the whole batch
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    return model
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    model = _frozen_bn_model()
+    accumulate_gradients(model, [(x, y)], 1, aux_weight=0.4, label_smoothing=0.1)
+    big = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    stats = accumulate_gradients(model, [(x[:4], y[:4]), (x[4:], y[4:])], 2, aux_weight=0.4, label_smoothing=0.1)
+    assert stats["count"] == 8
+    assert any(n.startswith("aux_head") for n in big)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, big[n], rtol=1e-4, atol=1e-6, msg=f"gradient of {n}")
+
+
+def test_accumulation_run_uses_the_same_samples_per_step(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.BATCH_SIZE", 4, "SOLVER.ACCUM_STEPS", 2, "SOLVER.MAX_STEPS", 2))
+    assert trainer.steps_per_epoch == 56 // 8
+    trainer.train()
+    assert trainer.state.samples_in_epoch == 16
+
+
+def test_checkpoint_of_another_architecture_is_refused_naming_both(tmp_path):
+    Trainer(tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 1)).train()
+    genotype = random_genotype(5, num_blocks=2)
+    path = genotype.save(tmp_path / "random.json")
+    other = Trainer(tiny_cfg(tmp_path, "MODEL.GENOTYPE", str(path)))
+    with pytest.raises(ValueError) as info:
+        other.train()
+    msg = str(info.value)
+    assert "genotype nasnet_a" in msg and "genotype random_5_b2" in msg and "ckpt_00000001.pth" in msg
+    wider = Trainer(tiny_cfg(tmp_path, "MODEL.FILTERS", 6))
+    with pytest.raises(ValueError, match=r"(?s)f=4.*f=6"):
+        wider.train()
+
+
+def test_export_backbone_round_trips_with_ema_weights(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 2, "SOLVER.EMA_DECAY", 0.5))
+    trainer.train()
+    ckpt = trainer.last_checkpoint()
+    out = export_backbone(ckpt, tmp_path / "backbone.pth")
+    payload = read_checkpoint(out)
+    assert "optimizer" not in payload and payload["weights"] == "EMA weights"
+    model, _ = load_checkpoint(out)
+    assert model.arch == trainer.model.arch
+    ema = trainer.ema.state_dict()
+    for name, value in model.state_dict().items():
+        if not name.endswith("num_batches_tracked"):  # not loaded by design (BN momentum is fixed)
+            assert torch.equal(value, ema[name]), name
+    # The run also exported its final weights next to its checkpoints.
+    final, _ = load_checkpoint(tmp_path / "model_final.pth")
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(final.eval()(x), model.eval()(x))
+
+
+def test_resume_refuses_an_exported_model(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 1))
+    trainer.train()
+    out = export_backbone(trainer.last_checkpoint(), tmp_path / "exported.pth")
+    with pytest.raises(ValueError, match="no training state"):
+        Trainer(tiny_cfg(tmp_path / "x")).resume(out)
+
+
+def test_rmsprop_tf_matches_the_tensorflow_update():
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = RMSpropTF([p], lr=0.1, decay=0.9, eps=1.0, momentum=0.9)
+    g = torch.tensor([0.5, 2.0])
+    ms, mom, w = torch.ones(2), torch.zeros(2), p.detach().clone()
+    for _ in range(3):
+        p.grad = g.clone()
+        opt.step()
+        ms = 0.9 * ms + 0.1 * g * g
+        mom = 0.9 * mom + 0.1 * g / torch.sqrt(ms + 1.0)
+        w = w - mom
+    torch.testing.assert_close(p.detach(), w)
+
+
+def test_lr_schedules():
+    from nasnet_det.classification.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.SOLVER.LR_SCHEDULE, cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.WARMUP_FACTOR = "exponential", 1.0, 0.1
+    cfg.SOLVER.EXP_DECAY_RATE, cfg.SOLVER.EXP_DECAY_EPOCHS = 0.97, 2.4
+    f = lr_multiplier_fn(cfg, total_steps=1000, steps_per_epoch=10)
+    assert f(0) == pytest.approx(0.1) and f(5) == pytest.approx(0.55)
+    assert f(10) == 1.0 and f(33) == 1.0 and f(34) == pytest.approx(0.97) and f(58) == pytest.approx(0.97**2)
+    cfg.SOLVER.LR_SCHEDULE, cfg.SOLVER.WARMUP_EPOCHS = "cosine", 0.0
+    f = lr_multiplier_fn(cfg, total_steps=100, steps_per_epoch=10)
+    assert f(0) == 1.0 and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_cuda_amp_and_channels_last_train(tmp_path, amp):
+    trainer = Trainer(tiny_cfg(tmp_path, "TRAIN.DEVICE", "cuda", "TRAIN.AMP", amp, "TRAIN.CHANNELS_LAST", True,
+                               "SOLVER.MAX_STEPS", 3, "SOLVER.EMA_DECAY", 0.9))
+    assert trainer.channels_last and trainer.scaler.is_enabled() == (amp == "fp16")
+    result = trainer.train()
+    assert result["images"] == 16 and all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    load_checkpoint(tmp_path / "model_final.pth")
+
+
+def test_model_weights_initialise_a_new_run_and_check_the_arch(tmp_path):
+    Trainer(tiny_cfg(tmp_path / "pre", "SOLVER.MAX_STEPS", 1)).train()
+    exported = tmp_path / "pre" / "model_final.pth"
+    finetune = Trainer(tiny_cfg(tmp_path / "ft", "MODEL.WEIGHTS", str(exported)))
+    reference, _ = load_checkpoint(exported)
+    for name, value in reference.state_dict().items():
+        if not name.endswith("num_batches_tracked"):
+            assert torch.equal(finetune.model.state_dict()[name], value), name
+    with pytest.raises(ValueError, match=r"(?s)differs in num_cells.*N=1.*N=2"):
+        Trainer(tiny_cfg(tmp_path / "ft2", "MODEL.WEIGHTS", str(exported), "MODEL.NUM_CELLS", 2))

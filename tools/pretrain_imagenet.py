@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""ImageNet pretraining of any genotype at any N@F (ImageFolder train/val directories).
+
+    python tools/pretrain_imagenet.py --config-file configs/train/imagenet_nasnet_a_mobile.yaml \
+        DATA.TRAIN_DIR /data/imagenet/train DATA.VAL_DIR /data/imagenet/val
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        tools/pretrain_imagenet.py --config-file ...
+    python tools/pretrain_imagenet.py --export-backbone OUT_DIR/last_ckpt.pth backbone.pth
+"""
+
+import sys
+
+from nasnet_det.classification.cli import main
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "--export-backbone" not in argv:
+        argv += ["DATA.DATASET", "imagenet"]  # this tool's dataset, whatever the config says
+    sys.exit(main(argv))
