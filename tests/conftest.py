@@ -33,6 +33,15 @@ def _seed_and_threads():
     yield
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a shared 2-core CPU one thread per test process is faster than two."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

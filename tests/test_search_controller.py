@@ -15,13 +15,7 @@ from search.policy import PolicyTrainer
 from search.reward import SyntheticOpReward
 from search.runner import SearchRunner
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("num_blocks", [5, 2])

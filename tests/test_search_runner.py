@@ -22,13 +22,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CPU is shared; one torch thread is faster than two under load
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(*opts):

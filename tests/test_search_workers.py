@@ -19,15 +19,7 @@ CHILD = {"NUM_CELLS": 1, "FILTERS": 4, "EPOCHS": 1, "MAX_STEPS": 3, "BATCH_SIZE"
          "LR": 0.05, "MOMENTUM": 0.9, "WEIGHT_DECAY": 5e-4, "AUGMENT": True, "IMAGE_SIZE": 16, "DEVICE": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CPU is shared; two torch threads per test process are slower than one under load
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 300, val: int = 100) -> ChildData:

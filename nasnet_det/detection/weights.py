@@ -21,6 +21,7 @@ from torch import nn
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import (
     FORMAT,
+    LoadReport,
     convert_external_state_dict,
     load_state_dict_report,
     read_checkpoint,
@@ -36,15 +37,11 @@ ARCH_FIELDS = ("num_cells", "filters", "stem_filters", "skip_reduction_layer_inp
 
 
 @dataclass
-class BackboneLoadReport:
+class BackboneLoadReport(LoadReport):
     """Which pretrained tensors went where. Keys in ``matched``/``missing`` are detector paths."""
 
     source: str = ""
-    matched: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
-    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
 
     @property
@@ -52,16 +49,9 @@ class BackboneLoadReport:
         """Every NASNet tensor of the detector got a pretrained value, and nothing else was left over."""
         return bool(self.matched) and not (self.missing or self.unexpected or self.shape_mismatch)
 
-    def __str__(self) -> str:
-        lines = [f"NASNet weights from {self.source or '<state dict>'} into {', '.join(self.parts)}: "
-                 f"matched {len(self.matched)}; missing {len(self.missing)}; unexpected {len(self.unexpected)}; "
-                 f"shape mismatch {len(self.shape_mismatch)}; ignored classifier/aux {len(self.ignored)}"]
-        for title, items in (("missing", self.missing), ("unexpected", self.unexpected)):
-            if items:
-                lines.append(f"  {title}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
-        for k, theirs, ours in self.shape_mismatch[:8]:
-            lines.append(f"  shape mismatch {k}: checkpoint {theirs} vs model {ours}")
-        return "\n".join(lines)
+    def headline(self) -> str:
+        return (f"NASNet weights from {self.source or '<state dict>'} into {', '.join(self.parts)}: "
+                f"{super().headline()}; ignored classifier/aux {len(self.ignored)}")
 
 
 def nasnet_parts(model: nn.Module) -> dict[str, NASNet]:

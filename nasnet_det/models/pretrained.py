@@ -38,9 +38,12 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
 
+    def headline(self) -> str:
+        return (f"matched {len(self.matched)} tensors; missing {len(self.missing)}; "
+                f"unexpected {len(self.unexpected)}; shape mismatch {len(self.shape_mismatch)}")
+
     def __str__(self) -> str:
-        lines = [f"matched {len(self.matched)} tensors; missing {len(self.missing)}; "
-                 f"unexpected {len(self.unexpected)}; shape mismatch {len(self.shape_mismatch)}"]
+        lines = [self.headline()]
         for title, items in (("missing", self.missing), ("unexpected", self.unexpected)):
             if items:
                 lines.append(f"  {title}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}")
