@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
@@ -80,6 +81,8 @@ BUILTINS: dict[str, Callable[[list[str]], int]] = {"profile": cmd_profile, "geno
 
 
 def main(argv: list[str] | None = None) -> int:
+    # fvcore and detectron2 call the deprecated torch.jit.script at import time; users can do nothing about it.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     plugins = _plugins()
     commands = sorted(set(BUILTINS) | set(plugins))
@@ -91,7 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     if name in BUILTINS:
         return BUILTINS[name](rest)
     if name in plugins:
-        return int(plugins[name].load()(rest) or 0)
+        try:
+            command = plugins[name].load()
+        except ImportError as e:
+            print(f"nasnet-det {name}: cannot import {plugins[name].value} ({e}); "
+                  "reinstall the package (make setup, or pip install -e .)", file=sys.stderr)
+            return 2
+        return int(command(rest) or 0)
     print(f"nasnet-det: unknown command {name!r}; choose one of {', '.join(commands)}", file=sys.stderr)
     return 2
 
