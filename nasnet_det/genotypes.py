@@ -86,6 +86,8 @@ def get_genotype(name_or_path: str | Path | Genotype) -> Genotype:
         raise GenotypeError(f"{key}: the paper gives this cell only as a figure, so no exact genotype exists; "
                             f"missing: {info['missing']}. Published cells available: {', '.join(PUBLISHED)}")
     path = Path(key)
+    if path.is_dir():
+        raise GenotypeError(f"genotype {key!r} is a directory; give a genotype .json file or a published name")
     if path.suffix == ".json" or path.exists():
         return Genotype.load(path)
     raise GenotypeError(f"unknown genotype {key!r}: not a published cell ({', '.join(PUBLISHED)}) "

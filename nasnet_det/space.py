@@ -15,8 +15,9 @@ a cell stores its concat list.
 from __future__ import annotations
 
 import json
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +70,12 @@ class Block:
         if isinstance(value, Block):
             return value
         if isinstance(value, Mapping):
+            keys = ("input_1", "input_2", "op_1", "op_2", "combine")
+            unknown = sorted(set(value) - set(keys))
+            if unknown:
+                raise GenotypeError(f"{where}: unknown key(s) {unknown}; a block has {', '.join(keys)}")
             try:
-                return cls(**{k: value[k] for k in ("input_1", "input_2", "op_1", "op_2")},
-                           combine=value.get("combine", "add"))
+                return cls(**{k: value[k] for k in keys[:4]}, combine=value.get("combine", "add"))
             except KeyError as e:
                 raise GenotypeError(f"{where}: missing key {e.args[0]!r}; a block needs "
                                     "input_1, input_2, op_1, op_2 and optionally combine") from None
@@ -89,18 +93,24 @@ def unused_states(blocks: Sequence[Block]) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class CellSpec:
-    """A cell: B blocks and the list of states concatenated as its output."""
+    """A cell: B blocks and the list of states concatenated as its output.
+
+    ``concat=None`` (the default) applies the paper's rule, :func:`unused_states`; an explicit list is kept
+    as given and checked by :meth:`validate`.
+    """
 
     blocks: tuple[Block, ...]
-    concat: tuple[int, ...] = field(default=())
+    concat: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(Block.from_any(b, f"block {i}")
                                                  for i, b in enumerate(self.blocks)))
-        if not self.concat:
+        if self.concat is None:
             object.__setattr__(self, "concat", unused_states(self.blocks))
+        elif isinstance(self.concat, Sequence) and not isinstance(self.concat, str):
+            object.__setattr__(self, "concat", tuple(self.concat))
         else:
-            object.__setattr__(self, "concat", tuple(int(i) for i in self.concat))
+            raise GenotypeError(f"concat must be a list of state indices, got {self.concat!r}")
 
     @property
     def num_blocks(self) -> int:
@@ -131,6 +141,8 @@ class CellSpec:
         if not self.concat:
             raise GenotypeError(f"{where}: the output concatenates no state")
         for idx in self.concat:
+            if not isinstance(idx, int) or isinstance(idx, bool):
+                raise GenotypeError(f"{where}: concat entry {idx!r} is not a state index (an integer)")
             if not 0 <= idx < self.num_states:
                 raise GenotypeError(f"{where}: concat state {idx} is out of range 0..{self.num_states - 1}")
         if len(set(self.concat)) != len(self.concat):
@@ -147,8 +159,11 @@ class CellSpec:
         blocks = data["blocks"]
         if not isinstance(blocks, Sequence) or isinstance(blocks, str):
             raise GenotypeError(f"{where}: 'blocks' must be a list")
+        concat = data.get("concat")
+        if concat is not None and (not isinstance(concat, Sequence) or isinstance(concat, str)):
+            raise GenotypeError(f"{where}: 'concat' must be a list of state indices, got {concat!r}")
         spec = cls(tuple(Block.from_any(b, f"{where}, block {i}") for i, b in enumerate(blocks)),
-                   tuple(data.get("concat") or ()))
+                   None if concat is None else tuple(concat))
         return spec.validate(where)
 
 
@@ -210,21 +225,23 @@ def decisions_per_cell(num_blocks: int = DEFAULT_NUM_BLOCKS) -> int:
 
 
 def cell_from_decisions(decisions: Iterable[int], num_blocks: int = DEFAULT_NUM_BLOCKS,
-                        concat: Sequence[int] = ()) -> CellSpec:
+                        concat: Sequence[int] | None = None) -> CellSpec:
     """Build a cell from the controller's integer choices, 5 per block:
     (input_1, input_2, op_1 index into OPS, op_2 index, combine index into COMBINES)."""
     d = list(decisions)
     if len(d) != decisions_per_cell(num_blocks):
         raise GenotypeError(f"expected {decisions_per_cell(num_blocks)} decisions for {num_blocks} blocks, "
                             f"got {len(d)}")
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in d):
+        raise GenotypeError(f"decisions must be integers, got {d}")
     blocks = []
     for b in range(num_blocks):
         i1, i2, o1, o2, c = d[5 * b: 5 * b + 5]
         for name, value, hi in (("op_1", o1, len(OPS)), ("op_2", o2, len(OPS)), ("combine", c, len(COMBINES))):
             if not 0 <= value < hi:
                 raise GenotypeError(f"block {b}: {name} choice {value} is out of range 0..{hi - 1}")
-        blocks.append(Block(int(i1), int(i2), OPS[o1], OPS[o2], COMBINES[c]))
-    return CellSpec(tuple(blocks), tuple(concat)).validate()
+        blocks.append(Block(int(i1), int(i2), OPS[int(o1)], OPS[int(o2)], COMBINES[int(c)]))
+    return CellSpec(tuple(blocks), None if concat is None else tuple(concat)).validate()
 
 
 def cell_to_decisions(cell: CellSpec) -> list[int]:

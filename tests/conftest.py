@@ -28,7 +28,7 @@ def random_genotype(seed: int, num_blocks: int = 5, allow_concat: bool = True) -
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield
 

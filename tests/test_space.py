@@ -25,16 +25,25 @@ def test_thirteen_ops_in_paper_order():
     assert OPS[0] == "identity" and OPS[-1] == "sep_conv_7x7"
 
 
+SLIM_NAMES = {"sep5": "sep_conv_5x5", "sep3": "sep_conv_3x3", "sep7": "sep_conv_7x7", "avg3": "avg_pool_3x3",
+              "max3": "max_pool_3x3", "none": "identity"}
+
+
+def _slim_cell(ops: str, indices: list[int]) -> list[tuple[int, int, str, str]]:
+    names = [SLIM_NAMES[o] for o in ops.split()]
+    return [(indices[2 * b], indices[2 * b + 1], names[2 * b], names[2 * b + 1]) for b in range(5)]
+
+
 def test_nasnet_a_matches_slim_release():
-    # slim NasNetANormalCell: hiddenstate_indices [0,1, 1,1, 0,1, 1,1, 0,0], 6F output incl. h_{i-1}
-    normal = NASNET_A.normal
-    assert [b.inputs() for b in normal.blocks] == [(0, 1), (1, 1), (0, 1), (1, 1), (0, 0)]
-    assert [b.ops() for b in normal.blocks][2] == ("avg_pool_3x3", "identity")
-    assert normal.concat == (1, 2, 3, 4, 5, 6)
-    reduce = NASNET_A.reduce
-    assert [b.inputs() for b in reduce.blocks] == [(0, 1), (0, 1), (0, 1), (3, 2), (2, 0)]
-    assert reduce.concat == (3, 4, 5, 6)
-    assert all(b.combine == "add" for b in normal.blocks + reduce.blocks)
+    # slim NasNetANormalCell / NasNetAReductionCell: operations, hiddenstate_indices, used_hiddenstates.
+    normal = _slim_cell("sep5 sep3 sep5 sep3 avg3 none avg3 avg3 sep3 none", [0, 1, 1, 1, 0, 1, 1, 1, 0, 0])
+    reduce = _slim_cell("sep5 sep7 max3 sep7 avg3 sep5 none avg3 sep3 max3", [0, 1, 0, 1, 0, 1, 3, 2, 2, 0])
+    assert [(*b.inputs(), *b.ops()) for b in NASNET_A.normal.blocks] == normal
+    assert [(*b.inputs(), *b.ops()) for b in NASNET_A.reduce.blocks] == reduce
+    # used_hiddenstates [1,0,0,0,0,0,0] / [1,1,1,0,0,0,0]: the unused states are concatenated.
+    assert NASNET_A.normal.concat == (1, 2, 3, 4, 5, 6)
+    assert NASNET_A.reduce.concat == (3, 4, 5, 6)
+    assert all(b.combine == "add" for b in NASNET_A.normal.blocks + NASNET_A.reduce.blocks)
 
 
 def test_literal_rule_differs_from_release():
@@ -95,7 +104,42 @@ def test_bad_json_files_name_the_file(tmp_path):
         get_genotype(str(bad))
 
 
-def test_paper_only_cells_explain_what_is_missing():
+@pytest.mark.parametrize("concat, message", [
+    ([2.7, 3], "concat entry 2.7 is not a state index"),
+    (["s2"], "concat entry 's2' is not a state index"),
+    (3, "'concat' must be a list of state indices, got 3"),
+    ([], "the output concatenates no state"),
+])
+def test_concat_lists_are_validated_not_coerced(concat, message, tmp_path):
+    data = NASNET_A.to_dict()
+    data["normal"]["concat"] = concat
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GenotypeError, match=f"g.json: normal cell: {message}"):
+        get_genotype(str(path))
+
+
+def test_missing_concat_means_the_papers_rule():
+    data = NASNET_A.to_dict()
+    del data["reduce"]["concat"]
+    assert Genotype.from_dict(data).reduce.concat == (4, 5, 6)
+
+
+def test_block_mappings_and_decisions_are_checked():
+    with pytest.raises(GenotypeError, match=r"unknown key\(s\) \['combin'\]"):
+        Block.from_any({"input_1": 0, "input_2": 1, "op_1": "identity", "op_2": "identity", "combin": "concat"})
+    decisions = cell_to_decisions(NASNET_A.normal)
+    decisions[2] = 10.0
+    with pytest.raises(GenotypeError, match="decisions must be integers"):
+        cell_from_decisions(decisions)
+    decisions[2] = 13
+    with pytest.raises(GenotypeError, match="op_1 choice 13 is out of range 0..12"):
+        cell_from_decisions(decisions)
+
+
+def test_paper_only_cells_explain_what_is_missing(tmp_path):
+    with pytest.raises(GenotypeError, match="is a directory"):
+        get_genotype(str(tmp_path))
     with pytest.raises(GenotypeError, match="Figure 8"):
         get_genotype("nasnet_b")
     with pytest.raises(GenotypeError, match="unknown genotype 'nasnet_z'"):

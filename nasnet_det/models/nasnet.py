@@ -11,6 +11,7 @@ straight through, ``reduction_cell_0/1``, ``last_linear``), so checkpoints map b
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -143,8 +144,12 @@ class NASNet(nn.Module):
             assert h is not None
             prev_stride = 2 if prev is not None and strides[prev] != strides[h] else 1
             spec = genotype.reduce if reduction else genotype.normal
-            cell = Cell(spec, channels[h], channels[prev] if prev else None, cell_filters, reduction,
-                        prev_stride, norm, pad_mode)
+            try:
+                cell = Cell(spec, channels[h], channels[prev] if prev else None, cell_filters, reduction,
+                            prev_stride, norm, pad_mode)
+            except ValueError as e:
+                raise ValueError(f"{name} ({cell_filters} filters per op) cannot be built: {e}. Use more "
+                                 f"filters (the ImageNet stem cells use f//4 and f//2 of f={filters})") from None
             self.add_module(name, cell)
             plans.append(CellPlan(name, h, prev, reduction, cell_filters, len(plans)))
             channels[name] = cell.out_channels
@@ -152,8 +157,11 @@ class NASNet(nn.Module):
             outputs.append(name)
 
         if imagenet_stem:
-            add("cell_stem_0", True, max(1, filters // 4), outputs[-2])
-            add("cell_stem_1", True, max(1, filters // 2), outputs[-2])
+            if filters < 4:
+                raise ValueError(f"the ImageNet stem cells use f//4 and f//2 filters per op: f={filters} is too "
+                                 "small (need f >= 4)")
+            add("cell_stem_0", True, filters // 4, outputs[-2])
+            add("cell_stem_1", True, filters // 2, outputs[-2])
         reduction_at = [num_cells, 2 * num_cells]
         scale = 1
         self.aux_after = None
@@ -198,12 +206,15 @@ class NASNet(nn.Module):
         return cls(Genotype.from_dict(kwargs.pop("genotype"), where="checkpoint arch"), **kwargs)
 
     def _init_weights(self) -> None:
-        # slim: variance scaling, fan-out, for conv and FC weights.
+        # slim: variance scaling (factor 2, fan-out) for conv and FC weights. TF's fan-out of a depthwise
+        # kernel [k, k, C, 1] is k*k, not PyTorch's C*k*k, so it is computed per group here.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                kh, kw = m.kernel_size
+                fan_out = kh * kw * (m.out_channels // m.groups)
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
             elif isinstance(m, nn.Linear):
-                nn.init.kaiming_uniform_(m.weight, mode="fan_out", nonlinearity="linear")
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.out_features))
                 nn.init.zeros_(m.bias)
 
     # ScheduledDropPath ---------------------------------------------------------------------------------

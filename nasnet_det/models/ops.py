@@ -92,10 +92,13 @@ class Pool2dSame(nn.Module):
         if self.pad_mode == "timm":
             return summed
         key = (tuple(x.shape[-2:]), x.device, x.dtype)
-        if key not in self._divisors:
-            ones = torch.ones_like(x[:1, :1])
-            self._divisors[key] = F.avg_pool2d(_pad_same(ones, kk, ss), k, s)
-        return summed / self._divisors[key]
+        divisor = self._divisors.get(key)
+        if divisor is None:
+            divisor = F.avg_pool2d(_pad_same(torch.ones_like(x[:1, :1]), kk, ss), k, s)
+            # A tensor made under inference_mode cannot be saved for a later backward: don't cache it.
+            if not torch.is_inference_mode_enabled():
+                self._divisors[key] = divisor
+        return summed / divisor
 
 
 class ReLUConvBN(nn.Module):
@@ -196,6 +199,9 @@ class FactorizedReduce(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, norm: NormFactory, relu: bool = True):
         super().__init__()
+        if stride == 2 and c_out < 2:
+            raise ValueError(f"a stride-2 factorized reduction splits its output over two paths and needs at "
+                             f"least 2 output channels, got {c_out}")
         self.act = nn.ReLU() if relu else nn.Identity()
         self.stride = stride
         if stride == 1:

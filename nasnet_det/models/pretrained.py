@@ -132,12 +132,26 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def _explained_by_overrides(key: str, overrides: dict[str, Any]) -> bool:
+    """Whether a missing / unexpected / reshaped key follows from the requested overrides."""
+    if "num_classes" in overrides and key.startswith(("last_linear.", "aux_head.classifier.")):
+        return True
+    return "aux_head" in overrides and key.startswith("aux_head.")
+
+
 def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[NASNet, dict[str, Any]]:
-    """Rebuild the network stored at ``path`` and load its weights; returns (model, payload)."""
+    """Rebuild the network stored at ``path`` and load its weights; returns (model, payload).
+
+    ``overrides`` change constructor arguments (e.g. ``num_classes=20``, ``drop_path_keep_prob=0.7``).
+    Weights the overrides make inapplicable (a new classifier, a dropped aux head) are skipped; any other
+    tensor that does not fit is an error.
+    """
     payload = read_checkpoint(path)
     model = NASNet.from_arch(payload["arch"], **overrides)
     report = load_state_dict_report(model, payload["state_dict"])
-    if report.missing or report.shape_mismatch:
-        if not overrides:
-            raise ValueError(f"{path}: weights do not fit the architecture they were saved with:\n{report}")
+    problems = [k for k in report.missing + report.unexpected + [k for k, _, _ in report.shape_mismatch]
+                if not _explained_by_overrides(k, overrides)]
+    if problems:
+        raise ValueError(f"{path}: weights do not fit the architecture they were saved with"
+                         f"{' and the overrides ' + str(sorted(overrides)) if overrides else ''}:\n{report}")
     return model, payload
