@@ -61,7 +61,9 @@ def main() -> None:
     # Cadene reproduces TF padding; timm approximates it, so ours runs in the matching mode.
     ours = create_model(f"nasnet_a_{args.model}", pad_mode="tf" if args.model == "mobile" else "timm",
                         aux_head=False)
-    load_external_weights(ours, peer.state_dict())
+    report = load_external_weights(ours, peer.state_dict())
+    if report.missing or report.unexpected or report.shape_mismatch:
+        raise SystemExit(f"peer weights do not map onto ours, the comparison would be meaningless:\n{report}")
     peer.to(args.device)
     ours.to(args.device)
     x = torch.randn(args.batch, 3, args.size, args.size, device=args.device)
