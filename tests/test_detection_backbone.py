@@ -37,7 +37,7 @@ def test_output_shape_matches_features_at_odd_sizes(layout, name, hw):
     cfg = tiny_cfg(layout)
     cfg.MODEL.BACKBONE.NAME = name
     backbone = build_backbone(cfg).eval()
-    assert backbone.size_divisibility == 32
+    assert backbone.size_divisibility == (16 if layout == "c4" else 32)  # the largest NASNet output stride
     images = ImageList.from_tensors([torch.randn(3, *hw)], backbone.size_divisibility)
     ph, pw = images.tensor.shape[-2:]
     with torch.no_grad():
@@ -132,11 +132,105 @@ def test_fpn_in_features_must_exist():
         build_backbone(cfg)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_configs_parse(path):
+SHARED_BASE = "Base-NASNet-FasterRCNN.yaml"  # settings only; names no backbone (the layouts' bases do)
+
+
+def test_shared_base_config_parses():
+    cfg = get_nasnet_cfg()
+    cfg.merge_from_file(str(CONFIGS / SHARED_BASE))
+    assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == [127.5] * 3
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("*.yaml") if p.name != SHARED_BASE),
+                         ids=lambda p: p.name)
+def test_every_config_builds_and_detects(path, one_torch_thread):
+    """Each shipped config (network shrunk to 2@f=4) builds a NASNet detector that runs inference."""
+    from nasnet_det.detection.weights import nasnet_parts
+
     cfg = get_nasnet_cfg()
     cfg.merge_from_file(str(path))
     assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_MEAN) == [127.5] * 3
+    n = cfg.MODEL.NASNET
+    n.NUM_CELLS, n.PENULTIMATE_FILTERS, n.FILTERS, n.STEM_FILTERS = 2, 0, 4, 8
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64  # the FPN box head's 1024-wide FCs are most of the build time
+    model = build_model(cfg).eval()
+    assert nasnet_parts(model)
+    with torch.no_grad():
+        out = model([{"image": torch.randint(0, 255, (3, 40, 56), dtype=torch.uint8), "height": 40, "width": 56}])
+    boxes = out[0]["instances"].pred_boxes.tensor
+    assert boxes.shape[1] == 4 and torch.isfinite(boxes).all()
+
+
+def test_configs_cover_both_layouts():
+    names = {p.name for p in CONFIGS.glob("*.yaml")}
+    assert {"faster_rcnn_nasnet_a_large_c4_800.yaml", "faster_rcnn_nasnet_a_mobile_fpn_600.yaml"} <= names
+
+
+@pytest.mark.parametrize("out_features", [["stride4", "stride8", "stride16"],
+                                          ["stride4", "stride8", "stride16", "stride32"]])
+def test_fpn_taps_ending_at_stride_16(out_features, one_torch_thread):
+    """FPN over strides 4-16 pads to a multiple of the NASNet's largest output stride, not only FPN's own 16."""
+    cfg = tiny_cfg("fpn", OUT_FEATURES=out_features)
+    cfg.MODEL.FPN.IN_FEATURES = ["stride4", "stride8", "stride16"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[8], [16], [32], [64]]
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5"]
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2", "p3", "p4"]
+    model = build_model(cfg).eval()
+    assert model.backbone.size_divisibility == max(int(f[6:]) for f in out_features)
+    with torch.no_grad():  # 100x70 is a multiple of neither 16 nor 32
+        out = model([{"image": torch.randint(0, 255, (3, 100, 70), dtype=torch.uint8), "height": 100, "width": 70}])
+    assert torch.isfinite(out[0]["instances"].pred_boxes.tensor).all()
+
+
+def test_c4_pads_to_16_not_32():
+    cfg = tiny_cfg("c4")
+    backbone = build_backbone(cfg)
+    images = ImageList.from_tensors([torch.zeros(3, 1200, 1808)], backbone.size_divisibility)
+    assert images.tensor.shape[-2:] == (1200, 1808)  # 32 would pad to 1216 x 1824
+    with pytest.raises(ValueError, match="not a multiple of 16"):
+        backbone(torch.zeros(1, 3, 40, 48))
+
+
+@pytest.mark.parametrize("tap", ["conv0", "stride2"])
+def test_fpn_rejects_conv0_tap(tap):
+    cfg = tiny_cfg("fpn", OUT_FEATURES=[tap, "stride4", "stride8", "stride16", "stride32"])
+    cfg.MODEL.FPN.IN_FEATURES = [tap, "stride4", "stride8", "stride16", "stride32"]
+    with pytest.raises(ValueError, match=rf"MODEL.FPN.IN_FEATURES \['{tap}'\] is the NASNet stem conv0"):
+        build_backbone(cfg)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_c4_trunk_plus_head_equals_full_network(skip):
+    """backbone "c4" -> ROI head's crop network on the whole map == the full NASNet's last cell + ReLU, in eval
+    mode with random (non-trivial) BN statistics, for both SKIP_REDUCTION_LAYER_INPUT settings."""
+    from nasnet_det.detection.weights import load_pretrained_nasnet
+    from nasnet_det.models import build_nasnet
+
+    cfg = tiny_cfg("c4", NUM_CELLS=2, SKIP_REDUCTION_LAYER_INPUT=skip, NORM="FrozenBN")
+    model = build_model(cfg).eval()
+    full = build_nasnet("nasnet_a", "imagenet", num_cells=2, filters=4, stem_filters=8, num_classes=0,
+                        aux_head=False, skip_reduction_layer_input=skip).eval()
+    with torch.no_grad():
+        for m in full.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-1, 1)
+    assert load_pretrained_nasnet(model, full.state_dict()).all_matched
+    x = torch.randn(1, 3, 64, 96)
+    head = model.roi_heads.res5
+    with torch.no_grad():
+        c4 = model.backbone(x)["c4"]
+        ours = head(c4)
+        ref = full.act(full.forward_features(x, [full.plan[-1].name])[full.plan[-1].name])
+        first, second = torch.split(c4, head.split_channels, dim=1)
+        swapped = head(torch.cat([second, first], dim=1))
+    assert ours.shape == ref.shape == (1, 24 * 4, 2, 3)
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(swapped, ref, atol=1e-2)  # the split order matters, so the match above means something
 
 
 def test_mobile_config_builds_paper_sizes():

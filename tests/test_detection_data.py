@@ -93,6 +93,22 @@ def test_category_count_must_match_model(tmp_path):
         check_dataset_classes(cfg)
 
 
+def test_train_and_test_classes_must_be_the_same_list(tmp_path):
+    """Equal class counts are not enough: class i must be the same category in every dataset."""
+    j, im = write_dataset(tmp_path / "a")
+    j2, im2 = write_dataset(tmp_path / "b", categories=((3, "cat"), (7, "horse")))
+    j3, im3 = write_dataset(tmp_path / "c", categories=((1, "cat"), (2, "dog")))  # other ids, same classes
+    register_datasets([f"det_test_cls_a={j}:{im}", f"det_test_cls_b={j2}:{im2}", f"det_test_cls_c={j3}:{im3}"])
+    cfg = get_nasnet_cfg()
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 2
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = ("det_test_cls_a",), ("det_test_cls_c",)
+    check_dataset_classes(cfg)
+    cfg.DATASETS.TEST = ("det_test_cls_c", "det_test_cls_b")
+    with pytest.raises(ValueError, match=r"DATASETS.TEST: dataset 'det_test_cls_b' has other categories than "
+                                         r"'det_test_cls_a': class 1 is 'horse' there but 'dog'"):
+        check_dataset_classes(cfg)
+
+
 def test_training_set_without_annotations(tmp_path):
     j, im = write_dataset(tmp_path, annotate=False)
     register_datasets([f"det_test_noann={j}:{im}"])

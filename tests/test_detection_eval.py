@@ -1,6 +1,7 @@
 """COCO evaluation: perfect predictions give AP 100; faster-coco-eval equals pycocotools; COCOEvaluator path."""
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -69,6 +70,55 @@ def test_evaluate_coco_errors(tmp_path):
     with pytest.raises(ValueError, match="image ids not in"):
         evaluate_coco(gt, [{"image_id": 999, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 1.0}])
     assert evaluate_coco(gt, [])["AP"] == 0.0
+
+
+def gt_without_large_or_c(tmp_path: Path) -> Path:
+    """Small and medium boxes of categories a and b only: no ground truth for APl/ARl or for AP-c."""
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 200, "height": 200} for i in (1, 2)]
+    anns = [{"id": 1, "image_id": 1, "category_id": 2, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0},
+            {"id": 2, "image_id": 2, "category_id": 5, "bbox": [50, 50, 60, 60], "area": 3600, "iscrowd": 0}]
+    cats = [{"id": 2, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]
+    path = tmp_path / "gt_small.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return path
+
+
+def register_with_images(name: str, gt: Path) -> dict:
+    from PIL import Image
+
+    data = json.loads(gt.read_text())
+    (gt.parent / "images").mkdir(exist_ok=True)
+    for im in data["images"]:
+        Image.new("RGB", (im["width"], im["height"])).save(gt.parent / "images" / im["file_name"])
+    register_coco_dataset(name, gt, gt.parent / "images")
+    return data
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+def test_no_detections_same_numbers_from_both_paths(tmp_path, backend):
+    """0 where there is ground truth, NaN where there is none, all 12 numbers and AP-<class>, from
+    evaluate_coco and from the COCOEvaluator used in training."""
+    if backend == "faster_coco_eval":
+        pytest.importorskip("faster_coco_eval")
+    gt = gt_without_large_or_c(tmp_path)
+    direct = evaluate_coco(gt, [], backend=backend)
+    expected_keys = set(STAT_NAMES) | {"AP-a", "AP-b", "AP-c"}
+    assert set(direct) == expected_keys
+    no_gt = {"APl", "ARl", "AP-c"}
+    for k, v in direct.items():
+        assert math.isnan(v) if k in no_gt else v == 0.0, (k, v)
+    data = register_with_images(f"det_test_nodets_{backend}", gt)
+    evaluator = NASNetCOCOEvaluator(f"det_test_nodets_{backend}", output_dir=str(tmp_path / "out"),
+                                    distributed=False, backend=backend)
+    evaluator.reset()
+    for im in data["images"]:
+        empty = Instances((im["height"], im["width"]), pred_boxes=Boxes(torch.zeros(0, 4)),
+                          scores=torch.zeros(0), pred_classes=torch.zeros(0, dtype=torch.int64))
+        evaluator.process([{"image_id": im["id"]}], [{"instances": empty}])
+    via_evaluator = evaluator.evaluate()["bbox"]
+    assert set(via_evaluator) == expected_keys
+    for k, v in direct.items():
+        assert via_evaluator[k] == pytest.approx(v, nan_ok=True), k
 
 
 def test_coco_evaluator_path_gives_ap_100(tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from detectron2.utils.env import seed_all_rng
 from PIL import Image
 
@@ -99,7 +100,9 @@ def test_train_net_tool_smoke_and_eval_only(tmp_path):
     metrics_file = out / "inference" / "shapes" / "coco_metrics.json"
     assert metrics_file.is_file()
     metrics_file.unlink()
-    run = subprocess.run(common + ["--eval-only"] + opts + ["MODEL.WEIGHTS", str(out / "model_final.pth")],
+    # The detector checkpoint holds every weight: eval-only must not need the ImageNet file (absent here).
+    run = subprocess.run(common + ["--eval-only"] + opts + ["MODEL.WEIGHTS", str(out / "model_final.pth"),
+                                                            "MODEL.NASNET.WEIGHTS", str(tmp_path / "imagenet.pth")],
                          capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads(metrics_file.read_text())["bbox"]
@@ -118,6 +121,28 @@ def test_train_net_tool_smoke_and_eval_only(tmp_path):
     drawn = sorted((tmp_path / "drawn").iterdir())
     assert [p.name for p in drawn] == ["0.png", "1.png", "2.png"]
     assert Image.open(drawn[0]).size == (64, 64)
+
+
+def test_eval_only_and_training_reject_another_nasnets_weights(tmp_path):
+    """MODEL.WEIGHTS trained with f=4 must not half-load into an f=8 detector (eval-only, or as a start point)."""
+    from detectron2.modeling import build_model
+
+    from nasnet_det.detection.train import argument_parser, run
+
+    j, im = shapes_dataset(tmp_path / "data", n_images=2)
+    register_coco_dataset("det_shapes_wrong_arch", j, im)
+    cfg = train_cfg("c4", "det_shapes_wrong_arch", tmp_path / "out", iters=1)
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "f4.pth")
+    cfg.MODEL.NASNET.FILTERS, cfg.MODEL.WEIGHTS = 8, str(tmp_path / "f4.pth")
+    with pytest.raises(ValueError, match=r"(?s)f4.pth was trained with another NASNet.*MODEL.NASNET.FILTERS"):
+        Trainer(cfg).resume_or_load(resume=False)
+    args = argument_parser().parse_args([
+        "--config-file", str(CONFIGS / "smoke-nasnet-c4.yaml"), "--eval-only", "--dataset", f"shapes_wa={j}:{im}",
+        "DATASETS.COCO_FILES", "[]", "DATASETS.TRAIN", "()", "DATASETS.TEST", "('shapes_wa',)",
+        "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.NASNET.FILTERS", "8", "MODEL.WEIGHTS", str(tmp_path / "f4.pth"),
+        "OUTPUT_DIR", str(tmp_path / "eval")])
+    with pytest.raises(ValueError, match=r"(?s)f4.pth was trained with another NASNet.*MODEL.NASNET.FILTERS"):
+        run(args)
 
 
 def test_train_net_tool_reports_category_mismatch(tmp_path):

@@ -8,6 +8,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 import nasnet_det.detection  # noqa: F401
+from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg
 from nasnet_det.detection.train import build_nasnet_detector
 from nasnet_det.detection.weights import load_pretrained_nasnet, to_detector_state_dict
@@ -86,9 +87,60 @@ def test_genotype_and_size_mismatch_are_rejected(tmp_path):
     cfg.MODEL.NASNET.WEIGHTS = str(path)
     with pytest.raises(ValueError, match="num_cells: checkpoint 3 vs config 2"):
         build_nasnet_detector(cfg)
+    _, path = pretrained_checkpoint(tmp_path, pad_mode="timm")  # same tensors, other outputs
+    cfg.MODEL.NASNET.WEIGHTS = str(path)
+    with pytest.raises(ValueError, match=r"pad_mode: checkpoint timm vs config tf \(MODEL.NASNET.PAD_MODE\)"):
+        build_nasnet_detector(cfg)
     cfg.MODEL.NASNET.WEIGHTS = str(tmp_path / "absent.pth")
     with pytest.raises(FileNotFoundError, match="absent.pth does not exist"):
         build_nasnet_detector(cfg)
+
+
+def test_our_checkpoint_is_read_once_and_validated(tmp_path, monkeypatch):
+    _, path = pretrained_checkpoint(tmp_path)
+    calls = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
+    load_pretrained_nasnet(build_model(tiny_cfg("fpn")), path)
+    assert calls == [path]
+    monkeypatch.undo()
+    payload = torch.load(path, weights_only=False)
+    del payload["arch"]
+    torch.save(payload, tmp_path / "no_arch.pth")
+    with pytest.raises(ValueError, match="no_arch.pth is a nasnet-det checkpoint without a valid 'arch' entry"):
+        load_pretrained_nasnet(build_model(tiny_cfg("fpn")), tmp_path / "no_arch.pth")
+
+
+@pytest.mark.parametrize("layout", ["c4", "fpn"])
+def test_detector_checkpoint_of_another_nasnet_is_rejected(tmp_path, layout):
+    """MODEL.WEIGHTS of another N@F / genotype must not half-load silently (the stock checkpointer only logs)."""
+    trained = build_model(tiny_cfg(layout))
+    torch.save({"model": trained.state_dict()}, tmp_path / "det.pth")
+    cfg = tiny_cfg(layout)
+    cfg.MODEL.NASNET.FILTERS = 8
+    with pytest.raises(ValueError, match=r"(?s)another NASNet.*have another shape.*MODEL.NASNET.FILTERS"):
+        NASNetDetectionCheckpointer(build_model(cfg)).load(str(tmp_path / "det.pth"))
+    # Same N@F (f=8: see test_genotype_and_size_mismatch_are_rejected), other cells: other tensor names.
+    from nasnet_det.genotypes import NASNET_A
+    from nasnet_det.space import Genotype
+
+    Genotype(NASNET_A.normal, NASNET_A.normal, name="other").save(tmp_path / "other.json")
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "det8.pth")
+    cfg.MODEL.NASNET.GENOTYPE = str(tmp_path / "other.json")
+    with pytest.raises(ValueError, match=r"(?s)NASNet tensors of the model are missing.*MODEL.NASNET.GENOTYPE"):
+        NASNetDetectionCheckpointer(build_model(cfg)).load(str(tmp_path / "det8.pth"))
+
+
+def test_detector_checkpoint_with_other_classes_still_loads(tmp_path):
+    """Only NASNet tensors are strict: a new box predictor (another class count) is detectron2's usual warning."""
+    trained = build_model(tiny_cfg("c4"))
+    torch.save({"model": trained.state_dict()}, tmp_path / "det.pth")
+    cfg = tiny_cfg("c4", norm="BN")  # BN has num_batches_tracked, FrozenBN not: no architecture change
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    model = build_model(cfg)
+    NASNetDetectionCheckpointer(model).load(str(tmp_path / "det.pth"))
+    key = "roi_heads.res5.nasnet.cell_5.conv_1x1.conv.weight"
+    assert torch.equal(model.state_dict()[key], trained.state_dict()[key])
 
 
 def test_pretrainedmodels_mobile_into_mobile_c4_detector(tmp_path):

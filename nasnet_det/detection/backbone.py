@@ -28,9 +28,6 @@ from nasnet_det.models.nasnet import CellPlan, NASNet
 
 logger = logging.getLogger(__name__)
 
-# Every tap is at most stride 32; padding inputs to a multiple of 32 makes each stride-s map exactly H/s
-# (conv0 is a VALID 3x3/2 conv, the cells use TF-SAME padding) so FPN's 2x upsampling lines up.
-SIZE_DIVISIBILITY = 32
 HEAD_START = "reduction_cell_1"  # first module of the C4 second stage
 
 
@@ -109,10 +106,10 @@ def set_drop_path_progress(model: nn.Module, progress: float) -> None:
             m.set_drop_path_progress(progress)
 
 
-def _check_divisible(x: torch.Tensor) -> None:
+def _check_divisible(x: torch.Tensor, divisor: int) -> None:
     h, w = x.shape[-2:]
-    if h % SIZE_DIVISIBILITY or w % SIZE_DIVISIBILITY:
-        raise ValueError(f"NASNet backbone input {h}x{w} is not a multiple of {SIZE_DIVISIBILITY}; pad it "
+    if h % divisor or w % divisor:
+        raise ValueError(f"NASNet backbone input {h}x{w} is not a multiple of {divisor}; pad it "
                          "(GeneralizedRCNN does this via backbone.size_divisibility / ImageList.from_tensors)")
 
 
@@ -132,12 +129,19 @@ class NASNetBackbone(Backbone):
         self._out_feature_channels = {n: info[c].channels for n, c in self._cells.items()}
         self._out_feature_strides = {n: info[c].stride for n, c in self._cells.items()}
 
+    def cell_of(self, feature: str) -> str:
+        """The NASNet output behind output ``feature`` (e.g. ``"stride8"`` -> ``"cell_3"``)."""
+        return self._cells[feature]
+
     @property
     def size_divisibility(self) -> int:
-        return SIZE_DIVISIBILITY
+        # Padding to a multiple of the largest output stride S makes every stride-s cell map exactly H/s (the
+        # cells use TF-SAME padding), so FPN's 2x upsampling lines up. Not 32 when the taps stop earlier.
+        # (conv0, a VALID 3x3/2 conv, gives H/2 - 1 whatever the padding; see build_nasnet_fpn_backbone.)
+        return max(self._out_feature_strides.values())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_divisible(x)
+        _check_divisible(x, self.size_divisibility)
         feats = self.nasnet.forward_features(x, list(dict.fromkeys(self._cells.values())))
         return {n: feats[c] for n, c in self._cells.items()}
 
@@ -175,10 +179,12 @@ class NASNetC4Backbone(Backbone):
 
     @property
     def size_divisibility(self) -> int:
-        return SIZE_DIVISIBILITY
+        # The trunk stops at stride 16 (the stride-32 head runs on ROI crops), so 16 is enough; 32 would pad
+        # e.g. 1200 px inputs to 1216 for nothing.
+        return self._out_feature_strides["c4"]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        _check_divisible(x)
+        _check_divisible(x, self.size_divisibility)
         feats = self.nasnet.forward_features(x, self.head_inputs)
         return {"c4": torch.cat([feats[n] for n in self.head_inputs], dim=1)}
 
@@ -204,12 +210,25 @@ def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetBa
 @BACKBONE_REGISTRY.register()
 def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
     bottom_up = build_nasnet_backbone(cfg, input_shape)
-    missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in bottom_up.output_shape()]
+    in_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    missing = [f for f in in_features if f not in bottom_up.output_shape()]
     if missing:
         raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not produced by the NASNet backbone; "
                          f"MODEL.NASNET.OUT_FEATURES gives {bottom_up._out_features}")
-    return FPN(bottom_up=bottom_up, in_features=cfg.MODEL.FPN.IN_FEATURES, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-               norm=cfg.MODEL.FPN.NORM, top_block=LastLevelMaxPool(), fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+    # conv0 is a VALID 3x3/2 conv: its map is H/2 - 1, not H/2, so FPN's 2x upsampling of the stride-4 level
+    # cannot be added to it. (conv0 stays usable as a plain build_nasnet_backbone output.)
+    stem = [f for f in in_features if bottom_up.cell_of(f) == "conv0"]
+    if stem:
+        raise ValueError(f"MODEL.FPN.IN_FEATURES {stem} is the NASNet stem conv0 (stride 2, a VALID conv giving "
+                         "H/2 - 1 rows), which FPN cannot merge; start the FPN at stride4 (cell_stem_0)")
+    # The extra max-pooled level comes from the last FPN level, "p5" only when the taps reach stride 32.
+    top_block = LastLevelMaxPool()
+    top_block.in_feature = f"p{bottom_up.output_shape()[in_features[-1]].stride.bit_length() - 1}"
+    fpn = FPN(bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+              norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
+    # FPN pads to the stride of its last input only; the NASNet also needs its own (larger) taps to divide.
+    fpn._size_divisibility = max(fpn.size_divisibility, bottom_up.size_divisibility)
+    return fpn
 
 
 @BACKBONE_REGISTRY.register()

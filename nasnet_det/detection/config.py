@@ -31,8 +31,11 @@ def add_nasnet_config(cfg: CN) -> CN:
     # Freeze conv0 (1), + stride-4 cells (2), + stride-8 (3), + stride-16 (4), + stride-32 (5); 0 = train all.
     n.FREEZE_AT = 2
     n.NORM = "FrozenBN"  # one of NORMS
-    n.DROP_PATH_KEEP_PROB = 1.0  # ScheduledDropPath; 1.0 = off (TF detector: 0.7)
-    n.PAD_MODE = "tf"  # "tf" (slim / Cadene weights) or "timm" (timm nasnetalarge weights)
+    # ScheduledDropPath in every NASNet cell (C4: trunk and second stage, as TF); 1.0 = off (TF detector: 0.7).
+    n.DROP_PATH_KEEP_PROB = 1.0
+    # "tf": TF-exact SAME padding, right for all released NASNet weights (slim, Cadene and timm's are TF's).
+    # "timm": reproduces timm's outputs, whose stride-2 average pools count the zero padding in the mean.
+    n.PAD_MODE = "tf"
     # ImageNet-pretrained NASNet: a nasnet-det checkpoint (.pth with arch + state_dict) or a timm /
     # pretrainedmodels state dict. Loaded after the detector is built; MODEL.WEIGHTS (a detectron2
     # checkpoint) is loaded afterwards and overrides it.

@@ -95,7 +95,9 @@ def register_datasets(specs: list[str] | tuple[str, ...]) -> list[str]:
 
 
 def check_dataset_classes(cfg) -> None:
-    """Every dataset in DATASETS.TRAIN/TEST is registered and has MODEL.ROI_HEADS.NUM_CLASSES categories."""
+    """Every dataset in DATASETS.TRAIN/TEST is registered, has MODEL.ROI_HEADS.NUM_CLASSES categories, and
+    they all have the same ``thing_classes`` (class i must mean the same thing in training and evaluation)."""
+    reference: tuple[str, list[str]] | None = None  # (first dataset, its classes)
     for key in ("TRAIN", "TEST"):
         for name in getattr(cfg.DATASETS, key):
             if name not in DatasetCatalog.list():
@@ -109,3 +111,14 @@ def check_dataset_classes(cfg) -> None:
             if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
                 raise ValueError(f"DATASETS.{key}: dataset {name!r} has {len(classes)} categories but "
                                  f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; set them equal")
+            if classes is None:
+                continue
+            if reference is None:
+                reference = (name, list(classes))
+            elif list(classes) != reference[1]:
+                ref_name, ref_classes = reference
+                diff = next(i for i, (a, b) in enumerate(zip(classes, ref_classes)) if a != b)
+                raise ValueError(f"DATASETS.{key}: dataset {name!r} has other categories than {ref_name!r}: class "
+                                 f"{diff} is {classes[diff]!r} there but {ref_classes[diff]!r} in {ref_name!r} "
+                                 "(thing_classes, in category-id order, must be identical across DATASETS.TRAIN "
+                                 "and DATASETS.TEST)")

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
+from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.data import register_datasets
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,29 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     if not paths:
         raise ValueError(f"no images found in {inputs}")
     return paths
+
+
+def output_paths(paths: list[Path], output_dir: str | os.PathLike) -> list[Path]:
+    """``output_dir / name`` for each input, refusing to overwrite an input or to write one name twice."""
+    out_dir = Path(output_dir)
+    targets = [out_dir / p.name for p in paths]
+    by_name: dict[str, list[Path]] = {}
+    for p in paths:
+        by_name.setdefault(p.name, []).append(p)
+    clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    if clashes:
+        name, ps = next(iter(clashes.items()))
+        raise ValueError(f"demo inputs share file names, so their drawings would overwrite each other in "
+                         f"{out_dir}: {name!r} from {', '.join(map(str, ps))}"
+                         + (f" (and {len(clashes) - 1} more names)" if len(clashes) > 1 else "")
+                         + "; run the folders separately with different --output folders")
+    inputs = {p.resolve() for p in paths}
+    overwrites = [t for t in targets if t.resolve() in inputs]
+    if overwrites:
+        raise ValueError(f"--output {out_dir} would overwrite the input image {overwrites[0]}"
+                         + (f" (and {len(overwrites) - 1} more)" if len(overwrites) > 1 else "")
+                         + "; choose an output folder that holds none of the inputs")
+    return targets
 
 
 def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.Image:
@@ -69,22 +93,27 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
     images to ``output_dir`` under their own names; returns the written paths."""
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: give the trained detector checkpoint (e.g. output/model_final.pth)")
+    if "://" not in cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
+        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
+    paths = expand_inputs(inputs)
+    targets = output_paths(paths, output_dir)  # before the (slow) model build
+    weights = cfg.MODEL.WEIGHTS
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.NASNET.WEIGHTS = ""  # the detector checkpoint has all weights
+    cfg.MODEL.WEIGHTS = ""  # loaded below by the checkpointer that rejects another NASNet's weights
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence
     cfg.freeze()
     register_datasets(cfg.DATASETS.COCO_FILES)
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
     metadata = MetadataCatalog.get(names[0]) if names else None
     predictor = DefaultPredictor(cfg)
-    out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    NASNetDetectionCheckpointer(predictor.model).load(weights)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
     written = []
-    for path in tqdm(expand_inputs(inputs), desc="demo"):
+    for path, target in tqdm(list(zip(paths, targets)), desc="demo"):
         image = read_image(str(path), format="BGR")  # DefaultPredictor takes BGR and converts to INPUT.FORMAT
         instances = predictor(image)["instances"].to("cpu")
-        target = out_dir / path.name
         draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
         logger.info("%s: %d detections -> %s", path, len(instances), target)
         written.append(target)

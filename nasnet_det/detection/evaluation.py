@@ -1,5 +1,9 @@
 """COCO box evaluation: the 12 standard COCOeval numbers plus per-category AP.
 
+Both entry points (:func:`evaluate_coco` and :class:`NASNetCOCOEvaluator`) return the same shape, also when
+the model detects nothing: all 12 numbers and ``AP-<category>``, 0 where there is ground truth, NaN where
+there is none (COCOeval's -1), as COCOeval itself reports them for an empty result set.
+
 Backends: ``faster_coco_eval`` (C++ evaluate/accumulate, same numbers as pycocotools; used when installed)
 or ``pycocotools`` (the official code). detectron2's own fast path needs its C++ extension, which this
 install lacks, so :class:`NASNetCOCOEvaluator` plugs faster-coco-eval into ``COCOEvaluator`` instead.
@@ -70,6 +74,17 @@ def stats_to_dict(stats) -> dict[str, float]:
     return {n: float(s * 100) if s >= 0 else float("nan") for n, s in zip(STAT_NAMES, stats[:12])}
 
 
+def empty_detections(coco_gt: COCO) -> COCO:
+    """A COCO result set with no detections (``loadRes`` rejects an empty list), so that COCOeval gives 0
+    wherever there is ground truth and -1 where there is none, exactly as with detections."""
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                       "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt.createIndex()
+    return coco_dt
+
+
 def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | list[dict[str, Any]],
                   iou_type: str = "bbox", backend: str = "auto") -> dict[str, float]:
     """Score COCO-format detections (``[{"image_id", "category_id", "bbox", "score"}, ...]`` or a json file
@@ -87,16 +102,17 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO(str(gt_json))
     class_names = [c["name"] for c in sorted(coco_gt.dataset["categories"], key=lambda c: c["id"])]
-    if not detections:  # pycocotools cannot load an empty result list; AP is 0 wherever there is ground truth
-        logger.warning("no detections to evaluate against %s", gt_json)
-        return {**{n: 0.0 for n in STAT_NAMES}, **{f"AP-{n}": 0.0 for n in class_names}}
     known = set(coco_gt.getImgIds())
     unknown = {d["image_id"] for d in detections} - known
     if unknown:
         raise ValueError(f"detections refer to image ids not in {gt_json}: {sorted(unknown)[:5]}")
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
-        coco_dt = coco_gt.loadRes(detections)
+        if detections:
+            coco_dt = coco_gt.loadRes(detections)
+        else:
+            logger.warning("no detections to evaluate against %s", gt_json)
+            coco_dt = empty_detections(coco_gt)
         coco_eval = cocoeval_class(backend)(coco_gt, coco_dt, iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
@@ -117,14 +133,16 @@ def _detectron2_cocoeval(cls: type) -> Iterator[None]:
 
 
 class NASNetCOCOEvaluator(COCOEvaluator):
-    """detectron2's ``COCOEvaluator`` with faster-coco-eval as its fast path (when installed) and the six AR
-    numbers added to the six AP numbers and per-category AP it reports."""
+    """detectron2's ``COCOEvaluator`` with faster-coco-eval as its fast path (when installed), the six AR
+    numbers added to the six AP numbers and per-category AP it reports, and real numbers (not six NaNs) when
+    the model detects nothing."""
 
     def __init__(self, dataset_name: str, output_dir: str | None = None, backend: str = "auto", **kwargs: Any):
         self._cocoeval_cls = cocoeval_class(backend)
         kwargs.setdefault("tasks", ("bbox",))
         super().__init__(dataset_name, output_dir=output_dir, use_fast_impl=False, **kwargs)
         self._use_fast_impl = self._cocoeval_cls is not COCOeval
+        self._eval_img_ids: list[int] | None = None
 
     def evaluate(self, img_ids=None):
         with _detectron2_cocoeval(self._cocoeval_cls):
@@ -135,7 +153,26 @@ class NASNetCOCOEvaluator(COCOEvaluator):
             self._logger.info("COCO metrics written to %s", path)
         return results
 
+    def _eval_predictions(self, predictions, img_ids=None):
+        self._eval_img_ids = img_ids  # for the no-detections evaluation below
+        return super()._eval_predictions(predictions, img_ids)
+
+    def _evaluate_without_detections(self, iou_type: str):
+        """COCOeval of an empty result set (detectron2 skips it and reports six NaNs instead)."""
+        coco_eval = self._cocoeval_cls(self._coco_api, empty_detections(self._coco_api), iou_type)
+        # COCOeval's default maxDets: with no detections the limit changes nothing, and summarize() needs 100.
+        if self._eval_img_ids is not None:
+            coco_eval.params.imgIds = self._eval_img_ids
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        return coco_eval
+
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        if coco_eval is None and iou_type in ("bbox", "segm"):
+            self._logger.warning("No detections from the model: AP and AR are 0 wherever there is ground truth")
+            coco_eval = self._evaluate_without_detections(iou_type)
         results = super()._derive_coco_results(coco_eval, iou_type, class_names)
         if coco_eval is not None and iou_type in ("bbox", "segm"):
             results.update({k: v for k, v in stats_to_dict(coco_eval.stats).items() if k.startswith("AR")})

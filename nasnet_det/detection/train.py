@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import weakref
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -17,6 +17,7 @@ from detectron2.utils import comm
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
 from nasnet_det.detection.backbone import set_drop_path_progress
+from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg
 from nasnet_det.detection.data import check_dataset_classes, register_datasets
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
@@ -42,6 +43,13 @@ class DropPathSchedule(HookBase):
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network. The
+        # PeriodicCheckpointer hook keeps the stock instance: saving is the same.
+        self.checkpointer = NASNetDetectionCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
+                                                        trainer=weakref.proxy(self))
+
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
         model = build_nasnet_detector(cfg)
@@ -92,8 +100,13 @@ def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
     if args.eval_only:
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # MODEL.WEIGHTS (the detector) replaces every NASNet tensor: don't require the ImageNet file too.
+        build_cfg = cfg.clone()
+        build_cfg.defrost()
+        build_cfg.MODEL.NASNET.WEIGHTS = ""
+        model = Trainer.build_model(build_cfg)
+        NASNetDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                                   resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -24,7 +24,6 @@ from nasnet_det.models.pretrained import (
     LoadReport,
     convert_external_state_dict,
     load_state_dict_report,
-    read_checkpoint,
 )
 from nasnet_det.space import Genotype
 
@@ -32,8 +31,16 @@ logger = logging.getLogger(__name__)
 
 # Keys of a classification checkpoint that a detector has no use for.
 CLASSIFIER_PREFIXES = ("last_linear.", "aux_head.")
-# Architecture fields that must agree between the checkpoint and MODEL.NASNET.
-ARCH_FIELDS = ("num_cells", "filters", "stem_filters", "skip_reduction_layer_input", "imagenet_stem", "in_chans")
+# Architecture fields that must agree between the checkpoint and MODEL.NASNET -> the config key that sets them.
+# pad_mode changes no tensor shape but does change the outputs: "tf" is TF-exact (slim / Cadene / timm weights
+# all come from TF), "timm" reproduces timm's stride-2 average pools that count the padding.
+ARCH_FIELDS = {"num_cells": "MODEL.NASNET.NUM_CELLS", "filters": "MODEL.NASNET.FILTERS / PENULTIMATE_FILTERS",
+               "stem_filters": "MODEL.NASNET.STEM_FILTERS",
+               "skip_reduction_layer_input": "MODEL.NASNET.SKIP_REDUCTION_LAYER_INPUT",
+               "imagenet_stem": "the ImageNet stem", "in_chans": "len(MODEL.PIXEL_MEAN)",
+               "pad_mode": "MODEL.NASNET.PAD_MODE"}
+# Constructor defaults, for checkpoints whose arch leaves a field out or stores None.
+ARCH_DEFAULTS = {"stem_filters": 96, "pad_mode": "tf"}
 
 
 @dataclass
@@ -70,14 +77,20 @@ def _check_arch(arch: dict, nasnet: NASNet, source: str) -> None:
     if (g_ours.normal, g_ours.reduce) != (g_theirs.normal, g_theirs.reduce):
         problems.append(f"genotype: checkpoint {g_theirs.name or '<custom>'!r} vs MODEL.NASNET.GENOTYPE "
                         f"{g_ours.name or '<custom>'!r} (different cells)")
-    for key in ARCH_FIELDS:
+    for key, config_key in ARCH_FIELDS.items():
         a, b = theirs.get(key), ours.get(key)
-        if key == "stem_filters":  # None means the default, 96 for ImageNet
-            a, b = a or 96, b or 96
+        if key in ARCH_DEFAULTS:  # None means the constructor default
+            a, b = a or ARCH_DEFAULTS[key], b or ARCH_DEFAULTS[key]
         if a != b:
-            problems.append(f"{key}: checkpoint {a} vs config {b}")
+            problems.append(f"{key}: checkpoint {a} vs config {b} ({config_key})")
     if problems:
         raise ValueError(f"{source}: the pretrained network does not match MODEL.NASNET:\n  " + "\n  ".join(problems))
+
+
+def _check_our_payload(payload: dict, path: Path) -> None:
+    for key in ("arch", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise ValueError(f"MODEL.NASNET.WEIGHTS: {path} is a nasnet-det checkpoint without a valid {key!r} entry")
 
 
 def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
@@ -87,7 +100,7 @@ def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS: {path} does not exist")
     payload = torch.load(path, map_location="cpu", weights_only=False)
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        payload = read_checkpoint(path)
+        _check_our_payload(payload, path)  # what read_checkpoint checks, without loading the file again
         return payload["state_dict"], payload["arch"]
     if isinstance(payload, dict):
         for key in ("state_dict", "model"):  # common wrappers
