@@ -7,6 +7,9 @@
    (``shared/data/cifar10-subset.npz``), reward = held-out accuracy. Far too small to separate the
    strategies reliably; it shows the whole pipeline on real data and reports the numbers.
 
+ppo_first / ppo_last are the means of the first / last quarter of PPO's batch means (the summary's
+``first_batches_mean`` / ``last_batches_mean``, see ``search.outputs.first_last_means``).
+
     python bench/search_vs_random.py [--seeds 5] [--budget 300] [--real-budget 24] [--skip-real]
 """
 
@@ -28,13 +31,11 @@ from search.config import load_cfg  # noqa: E402
 from search.reward import SyntheticOpReward  # noqa: E402
 from search.runner import SearchRunner  # noqa: E402
 
-FIRST_LAST = 3  # batches averaged for "first" and "last"
-
 
 def row(label: str, s: dict) -> str:
+    # first/last: the summary's first/last quarter of the batch means (search.outputs.first_last_means)
     p, r = s["ppo"], s["random"]
-    pm = p["batch_means"]
-    return (f"{label:<8} ppo_first={np.mean(pm[:FIRST_LAST]):.4f} ppo_last={np.mean(pm[-FIRST_LAST:]):.4f} "
+    return (f"{label:<8} ppo_first={p['first_batches_mean']:.4f} ppo_last={p['last_batches_mean']:.4f} "
             f"ppo_best={p['best_reward']:.4f} random_mean={r['mean_reward']:.4f} "
             f"random_best={r['best_reward']:.4f} (ok {p['ok']}+{r['ok']}, failed {p['failed']}+{r['failed']})")
 
@@ -49,8 +50,8 @@ def synthetic(seeds: int, budget: int, out: Path) -> None:
         t0 = time.perf_counter()
         s = SearchRunner(cfg, out / f"synthetic_{seed}", SyntheticOpReward(seed), progress=False).run()["strategies"]
         print(row(f"seed {seed}", s), f"[{time.perf_counter() - t0:.1f}s]")
-        firsts.append(np.mean(s["ppo"]["batch_means"][:FIRST_LAST]))
-        lasts.append(np.mean(s["ppo"]["batch_means"][-FIRST_LAST:]))
+        firsts.append(s["ppo"]["first_batches_mean"])
+        lasts.append(s["ppo"]["last_batches_mean"])
         rands.append(s["random"]["mean_reward"])
     print(f"mean     ppo_first={np.mean(firsts):.4f} ppo_last={np.mean(lasts):.4f} "
           f"random_mean={np.mean(rands):.4f}  (ppo_last > random_mean in {sum(l > r for l, r in zip(lasts, rands))}"

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "happens without this flag whenever a journal exists)")
     g.add_argument("--fresh", action="store_true", help="delete the output dir's journal and checkpoints first")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    p.add_argument("opts", nargs=argparse.REMAINDER,
+                   help="KEY VALUE config overrides (after all the options above)")
     return p
 
 
@@ -40,20 +41,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         opts = list(args.opts)
+        flags = [o for o in opts if o.startswith("--")]
+        if flags:  # argparse.REMAINDER would otherwise pass them on as config keys
+            raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
+                             f"nasnet-det search --config-file X.yaml {flags[0]} ... SEARCH.BUDGET 40")
         if args.output_dir:
             opts += ["OUTPUT_DIR", args.output_dir]
         cfg = load_cfg(args.config_file or None, opts)
         out = Path(cfg.OUTPUT_DIR)
         if args.resume and not (out / JOURNAL_NAME).is_file():
             raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
-        if args.fresh and out.is_dir():
-            journal_files = [out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")]
-            for f in [*journal_files, *out.glob("controller_*.pth")]:
-                f.unlink(missing_ok=True)
         # The driver only runs the small controller (and the children with the inline backend): more
         # threads than the workers get would just contend with them for the cores.
         torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
-        summary = SearchRunner(cfg, out, progress=not args.no_progress).run()
+        summary = SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
     except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
         print(f"nasnet-det search: error: {e}", file=sys.stderr)
         return 2

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
 from fvcore.common.config import CfgNode as CN
 
 
@@ -33,6 +39,10 @@ def get_cfg_defaults() -> CN:
     # Divide advantages by the batch's reward std: makes the step size independent of the reward scale
     # (accuracies differ by ~1e-2 early in a search); off reproduces the plain paper update.
     c.CONTROLLER.NORMALIZE_ADVANTAGE = True
+    # Reward given to a child that failed (diverged, out of memory, worker died) in the policy update, so
+    # the controller learns to avoid such cells; 0.0 is "no better than an untrained network". None leaves
+    # failed children out of the update (they still count against the budget).
+    c.CONTROLLER.FAILED_REWARD = 0.0
 
     c.CHILD = CN()
     c.CHILD.NUM_CELLS = 1            # N (paper: 2 during search)
@@ -58,7 +68,9 @@ def get_cfg_defaults() -> CN:
     c.WORKERS.BACKEND = "local"      # local (process pool) | ray | inline (same process, for debugging)
     c.WORKERS.NUM_WORKERS = 0        # 0: one per GPU, or 2 CPU workers without CUDA
     c.WORKERS.RAY_ADDRESS = ""       # "" starts a local Ray; "auto" or "ray://host:10001" joins a cluster
-    c.WORKERS.MAX_RETRIES = 2        # Ray re-runs of a child whose worker process died
+    # Re-runs of a child whose worker process died (Ray: task retries; local: re-runs of a child that
+    # killed its worker while running alone) before it is recorded as failed.
+    c.WORKERS.MAX_RETRIES = 2
     c.WORKERS.THREADS_PER_WORKER = 1  # torch threads in each CPU worker
     return c
 
@@ -85,17 +97,77 @@ def _plain(node):
 
 
 def load_cfg(config_file: str | None = None, opts: list[str] | None = None) -> CN:
-    """Defaults, merged with ``config_file`` (may use ``_BASE_``) and ``KEY VALUE`` overrides."""
+    """Defaults, merged with ``config_file`` (may use ``_BASE_``) and ``KEY VALUE`` overrides, checked
+    with :func:`check_cfg`. Unknown keys and bad values raise ``ValueError`` naming the key."""
     cfg = get_cfg_defaults()
     if config_file:
-        from pathlib import Path
-
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"config file {config_file} does not exist")
-        cfg.merge_from_file(config_file)
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:  # fvcore: KeyError('Non-existent config key: X')
+            raise ValueError(f"{config_file}: {e.args[0] if e.args else e}") from None
+        except yaml.YAMLError as e:
+            raise ValueError(f"{config_file} is not valid YAML: {e}") from None
     if opts:
+        opts = [str(o) for o in opts]
         if len(opts) % 2:
             raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        cfg.merge_from_list(list(opts))
+        for key in opts[0::2]:
+            _check_key(cfg, key)
+        cfg.merge_from_list(opts)
+    check_cfg(cfg)
     cfg.freeze()
     return cfg
+
+
+def _check_key(cfg: CN, key: str) -> None:
+    node, path = cfg, []
+    for part in key.split("."):
+        if not isinstance(node, CN) or part not in node:
+            where = ".".join(path)
+            valid = ", ".join(sorted(node.keys())) if isinstance(node, CN) else "(none: it is a value)"
+            raise ValueError(f"unknown config key {key!r} in the overrides; keys under "
+                             f"{where or 'the top level'}: {valid}")
+        node, path = node[part], [*path, part]
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}={value!r}: expected {expected}")
+
+
+def check_child_settings(child: Mapping[str, Any]) -> None:
+    """Validate the ``CHILD`` settings once, before any child is trained (a bad value would otherwise
+    fail every child of the search)."""
+    for name in ("NUM_CELLS", "FILTERS", "EPOCHS", "BATCH_SIZE", "EVAL_BATCH_SIZE"):
+        v = child.get(name)
+        _require(isinstance(v, int) and v >= 1, f"CHILD.{name}", v, "an integer >= 1")
+    v = child.get("MAX_STEPS", 0)
+    _require(isinstance(v, int) and v >= 0, "CHILD.MAX_STEPS", v, "an integer >= 0 (0: no cap)")
+    v = child.get("IMAGE_SIZE", 32)
+    _require(isinstance(v, int) and v >= 8, "CHILD.IMAGE_SIZE", v, "an integer >= 8 (pixels)")
+    for name in ("LR", "MOMENTUM", "WEIGHT_DECAY"):
+        v = child.get(name)
+        _require(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, f"CHILD.{name}", v,
+                 "a finite number >= 0")
+    _require(child.get("LR", 0) > 0, "CHILD.LR", child.get("LR"), "a number > 0")
+
+
+def check_cfg(cfg: CN) -> None:
+    """Validate the values the search relies on; ``ValueError`` names the key."""
+    s, c, d, w = cfg.SEARCH, cfg.CONTROLLER, cfg.DATA, cfg.WORKERS
+    for key, v in (("SEARCH.BUDGET", s.BUDGET), ("SEARCH.BATCH_SIZE", s.BATCH_SIZE),
+                   ("SEARCH.NUM_BLOCKS", s.NUM_BLOCKS), ("SEARCH.TOP_K", s.TOP_K),
+                   ("CONTROLLER.HIDDEN", c.HIDDEN), ("CONTROLLER.PPO_EPOCHS", c.PPO_EPOCHS)):
+        _require(isinstance(v, int) and v >= 1, key, v, "an integer >= 1")
+    for key, v in (("SEARCH.MAX_EVALS_THIS_RUN", s.MAX_EVALS_THIS_RUN), ("DATA.TRAIN_LIMIT", d.TRAIN_LIMIT),
+                   ("WORKERS.NUM_WORKERS", w.NUM_WORKERS), ("WORKERS.MAX_RETRIES", w.MAX_RETRIES)):
+        _require(isinstance(v, int) and v >= 0, key, v, "an integer >= 0")
+    _require(isinstance(d.VAL_SIZE, int) and d.VAL_SIZE >= 1, "DATA.VAL_SIZE", d.VAL_SIZE, "an integer >= 1")
+    _require(c.LR > 0, "CONTROLLER.LR", c.LR, "a number > 0")
+    _require(0 <= c.BASELINE_DECAY < 1, "CONTROLLER.BASELINE_DECAY", c.BASELINE_DECAY, "a number in [0, 1)")
+    fr = c.FAILED_REWARD
+    _require(fr is None or (isinstance(fr, (int, float)) and math.isfinite(fr)), "CONTROLLER.FAILED_REWARD",
+             fr, "a finite number, or None to leave failed children out of the policy update")
+    check_child_settings(cfg.CHILD)

@@ -53,7 +53,6 @@ class Controller(nn.Module):
         super().__init__()
         self.num_blocks, self.hidden = num_blocks, hidden
         self.slots = decision_slots(num_blocks)
-        self.max_options = max(len(OPS), NUM_INPUTS + num_blocks - 1, len(COMBINES))
         self.lstm = nn.LSTMCell(hidden, hidden)
         self.start = nn.Parameter(torch.zeros(1, hidden))
         self.heads = nn.ModuleList(nn.Linear(hidden, s.num_valid) for s in self.slots)

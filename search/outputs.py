@@ -10,16 +10,55 @@ from typing import Any
 import numpy as np
 from fvcore.common.config import CfgNode
 
-from search.journal import Journal
+from nasnet_det.space import Genotype
+from search.journal import Evaluation, Journal
+
+FIRST_LAST_FRACTION = 4  # "first/last batches mean" averages the first/last quarter of the batches
 
 
-def strategy_summary(evals, batch_size: int) -> dict[str, Any]:
-    from search.runner import batch_means, best_evaluations
+def finished_by_batch(evals: list[Evaluation]) -> dict[int, list[Evaluation]]:
+    """Finished evaluations (ok and failed) grouped by policy batch, batches and members in id order."""
+    groups: dict[int, list[Evaluation]] = {}
+    for e in sorted(evals, key=lambda e: e.id):
+        if e.status != "pending":
+            groups.setdefault(e.batch, []).append(e)
+    return dict(sorted(groups.items()))
 
+
+def batch_means(evals: list[Evaluation]) -> list[float]:
+    """Mean reward of the successful children of each batch (batches without one are left out)."""
+    means = []
+    for group in finished_by_batch(evals).values():
+        rewards = [e.reward for e in group if e.status == "ok"]
+        if rewards:
+            means.append(float(np.mean(rewards)))
+    return means
+
+
+def first_last_means(means: list[float]) -> tuple[float | None, float | None]:
+    """Mean of the first and of the last quarter (at least one) of the batch means: the one definition of
+    "did the search improve" used by the summary, the CLI, the tests and bench/search_vs_random.py."""
+    if not means:
+        return None, None
+    k = max(1, len(means) // FIRST_LAST_FRACTION)
+    return float(np.mean(means[:k])), float(np.mean(means[-k:]))
+
+
+def best_evaluations(evals: list[Evaluation], k: int) -> list[Evaluation]:
+    ok = [e for e in evals if e.status == "ok"]
+    return sorted(ok, key=lambda e: (-e.reward, e.id))[:k]
+
+
+def genotype_of(e: Evaluation, name: str) -> Genotype:
+    g = Genotype.from_dict(e.genotype)
+    return Genotype(g.normal, g.reduce, name)
+
+
+def strategy_summary(evals: list[Evaluation]) -> dict[str, Any]:
     finished = [e for e in evals if e.status != "pending"]
     ok = [e for e in finished if e.status == "ok"]
     means = batch_means(evals)
-    k = max(1, len(means) // 4)  # first / last quarter of the batches
+    first, last = first_last_means(means)
     best = best_evaluations(evals, 1)
     return {
         "evaluations": len(finished),
@@ -29,8 +68,8 @@ def strategy_summary(evals, batch_size: int) -> dict[str, Any]:
         "best_reward": best[0].reward if best else None,
         "best_id": best[0].id if best else None,
         "mean_reward": float(np.mean([e.reward for e in ok])) if ok else None,
-        "first_batches_mean": float(np.mean(means[:k])) if means else None,
-        "last_batches_mean": float(np.mean(means[-k:])) if means else None,
+        "first_batches_mean": first,
+        "last_batches_mean": last,
         "batch_means": means,
         "child_seconds_total": float(sum(e.seconds or 0.0 for e in finished)),
         "failures": [{"id": e.id, "error": e.error} for e in finished if e.status == "failed"][:20],
@@ -40,14 +79,13 @@ def strategy_summary(evals, batch_size: int) -> dict[str, Any]:
 def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[str]) -> dict[str, Any]:
     from search.draw import draw_genotype
     from search.plots import plot_rewards
-    from search.runner import best_evaluations, genotype_of
 
     by_strategy = {s: journal.all(s) for s in strategies}
     summary: dict[str, Any] = {"output_dir": str(out), "budget": cfg.SEARCH.BUDGET,
                                "batch_size": cfg.SEARCH.BATCH_SIZE, "strategies": {}}
     overall = []
     for name, evals in by_strategy.items():
-        summary["strategies"][name] = strategy_summary(evals, cfg.SEARCH.BATCH_SIZE)
+        summary["strategies"][name] = strategy_summary(evals)
         top = best_evaluations(evals, cfg.SEARCH.TOP_K)
         if top:
             genotype_of(top[0], f"search_{name}_{top[0].id}").save(out / f"best_genotype_{name}.json")
@@ -63,5 +101,5 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
         draw_genotype(best, out / "best_cells.png",
                       f"best: {best.name} ({top_all[0].strategy}), reward {top_all[0].reward:.4f}")
         summary["best"]["drawing"] = str(out / "best_cells.png")
-    summary["reward_plot"] = str(plot_rewards(by_strategy, out / "rewards.png", cfg.SEARCH.BATCH_SIZE))
+    summary["reward_plot"] = str(plot_rewards(by_strategy, out / "rewards.png"))
     return summary

@@ -9,6 +9,8 @@ import torch
 
 from search.controller import Controller
 
+ADVANTAGE_STD_FLOOR = 1e-3  # smallest reward std that advantages are divided by
+
 
 class PolicyTrainer:
     """Owns the controller's optimizer and reward baseline. ``update`` takes one batch of sampled
@@ -34,7 +36,9 @@ class PolicyTrainer:
         for r in rewards.tolist():  # per-sample EMA, in sampling order
             self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * r
         if self.normalize_advantage and len(rewards) > 1:
-            adv = adv / (rewards.std() + 1e-8)
+            # The floor keeps a batch of (near-)tied rewards from dividing by ~0 and blowing the
+            # advantages up by orders of magnitude; accuracies on ~1000 held-out images move in 1e-3 steps.
+            adv = adv / rewards.std().clamp_min(ADVANTAGE_STD_FLOOR)
         return adv
 
     def update(self, actions: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:

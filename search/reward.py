@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from nasnet_det.data.cifar import CIFAR_MEAN, CIFAR_STD, holdout_split
 from nasnet_det.space import OPS, Genotype
+from search.config import check_child_settings
 
 
 class ChildDiverged(RuntimeError):
@@ -34,8 +35,9 @@ class ChildData:
         if val_size >= len(x):
             raise ValueError(f"DATA.VAL_SIZE={val_size} must be smaller than the {len(x)} training images")
         tr, va = holdout_split(len(x), val_size, seed)
-        if train_limit > 0:
-            tr = tr[:train_limit]
+        if 0 < train_limit < len(tr):  # a seeded random subset, not the lowest-numbered images
+            keep = np.random.default_rng([seed, 1]).permutation(len(tr))[:train_limit]
+            tr = tr[np.sort(keep)]
         return cls(x[tr], y[tr].astype(np.int64), x[va], y[va].astype(np.int64))
 
 
@@ -71,6 +73,7 @@ def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildDat
     ``{"reward": held-out accuracy, "params": int, "steps": int}``. Raises :class:`ChildDiverged` on NaN."""
     from nasnet_det.models import build_nasnet
 
+    check_child_settings(child)
     if isinstance(genotype, dict):
         genotype = Genotype.from_dict(genotype)
     device = torch.device(device)
@@ -151,6 +154,7 @@ class ChildEvaluator:
     ``device`` is set by the worker it lands on; ``CHILD.DEVICE`` other than "auto" overrides it."""
 
     def __init__(self, child: dict[str, Any], data: ChildData):
+        check_child_settings(child)
         self.child, self.data = dict(child), data
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 

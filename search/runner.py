@@ -7,16 +7,16 @@ import json
 import logging
 import math
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
-from nasnet_det.space import Genotype
-from search.config import identity_of
+from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype, sample_uniform
 from search.journal import Evaluation, Journal, load_state, save_state
 from search.policy import PolicyTrainer
@@ -25,6 +25,7 @@ from search.workers import Evaluator, Job, make_backend
 log = logging.getLogger(__name__)
 STRATEGIES = ("ppo", "reinforce", "random")
 JOURNAL_NAME = "journal.sqlite"
+LOCK_NAME = "journal.lock"
 
 
 class StopSearch(Exception):
@@ -48,16 +49,16 @@ def _batch_seed(seed: int, strategy: str, batch: int) -> int:
 
 class SearchRunner:
     """Runs every strategy of ``cfg`` into ``output_dir``. ``evaluator`` replaces child training (tests,
-    synthetic rewards); by default one is built from ``cfg.DATA`` and ``cfg.CHILD``."""
+    synthetic rewards); by default one is built from ``cfg.DATA`` and ``cfg.CHILD``. ``fresh`` deletes the
+    output directory's journal and controller checkpoints first (once the directory's lock is held)."""
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
-                 progress: bool = True):
+                 progress: bool = True, fresh: bool = False):
         self.cfg = cfg
         self.out = Path(output_dir or cfg.OUTPUT_DIR)
         self.strategies = parse_strategies(cfg.SEARCH.STRATEGY)
-        if cfg.SEARCH.BUDGET <= 0 or cfg.SEARCH.BATCH_SIZE <= 0:
-            raise ValueError("SEARCH.BUDGET and SEARCH.BATCH_SIZE must be positive")
-        self.evaluator, self.progress = evaluator, progress
+        check_cfg(cfg)
+        self.evaluator, self.progress, self.fresh = evaluator, progress, fresh
         self.backend = None
         self.evals_this_run = 0
 
@@ -87,24 +88,29 @@ class SearchRunner:
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
-        journal = self._open_journal()
-        stopped = False
-        try:
-            for strategy in self.strategies:
-                self._run_strategy(journal, strategy)
-        except StopSearch:
-            stopped = True
-        finally:
-            if self.backend is not None:
-                self.backend.close()
-                self.backend = None
-        from search.outputs import write_outputs
+        with output_dir_lock(self.out):
+            if self.fresh:
+                for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
+                          *self.out.glob("controller_*.pth")]:
+                    f.unlink(missing_ok=True)
+            journal = self._open_journal()
+            stopped = False
+            try:
+                for strategy in self.strategies:
+                    self._run_strategy(journal, strategy)
+            except StopSearch:
+                stopped = True
+            finally:
+                if self.backend is not None:
+                    self.backend.close()
+                    self.backend = None
+            from search.outputs import write_outputs
 
-        summary = write_outputs(journal, self.out, self.cfg, self.strategies)
-        summary["stopped_early"] = stopped
-        summary["evaluations_this_run"] = self.evals_this_run
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        journal.close()
+            summary = write_outputs(journal, self.out, self.cfg, self.strategies)
+            summary["stopped_early"] = stopped
+            summary["evaluations_this_run"] = self.evals_this_run
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            journal.close()
         return summary
 
     def _run_strategy(self, journal: Journal, strategy: str) -> None:
@@ -141,11 +147,11 @@ class SearchRunner:
                 if pending:
                     best = self._evaluate(journal, strategy, pending, bar, best)
                 rows = journal.batch(strategy, step)
-                ok = [r for r in rows if r.status == "ok"]
-                if trainer is not None and ok:
-                    stats = trainer.update(torch.tensor([r.decisions for r in ok]),
-                                           torch.tensor([r.logprob for r in ok]),
-                                           torch.tensor([r.reward for r in ok]))
+                used = policy_rewards(rows, c.FAILED_REWARD)
+                if trainer is not None and used:
+                    stats = trainer.update(torch.tensor([r.decisions for r, _ in used]),
+                                           torch.tensor([r.logprob for r, _ in used]),
+                                           torch.tensor([reward for _, reward in used]))
                     log.debug("%s batch %d: %s", strategy, step, stats)
                 step += 1
                 save_state(ckpt, {"step": step, "strategy": strategy, "torch_rng": torch.get_rng_state(),
@@ -204,19 +210,35 @@ def build_child_evaluator(cfg: CfgNode) -> Evaluator:
     return ChildEvaluator(dict(cfg.CHILD), data)
 
 
-def best_evaluations(evals: list[Evaluation], k: int) -> list[Evaluation]:
-    ok = [e for e in evals if e.status == "ok"]
-    return sorted(ok, key=lambda e: (-e.reward, e.id))[:k]
+def policy_rewards(rows: list[Evaluation], failed_reward: float | None) -> list[tuple[Evaluation, float]]:
+    """The (row, reward) pairs a policy update learns from: successful children with their reward, and
+    failed ones with ``CONTROLLER.FAILED_REWARD`` (left out when it is None)."""
+    used = []
+    for r in rows:
+        if r.status == "ok":
+            used.append((r, float(r.reward)))
+        elif r.status == "failed" and failed_reward is not None:
+            used.append((r, float(failed_reward)))
+    return used
 
 
-def batch_means(evals: list[Evaluation]) -> list[float]:
-    by_batch: dict[int, list[float]] = {}
-    for e in evals:
-        if e.status == "ok":
-            by_batch.setdefault(e.batch, []).append(e.reward)
-    return [float(np.mean(v)) for _, v in sorted(by_batch.items())]
-
-
-def genotype_of(e: Evaluation, name: str) -> Genotype:
-    g = Genotype.from_dict(e.genotype)
-    return Genotype(g.normal, g.reduce, name)
+@contextmanager
+def output_dir_lock(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out/journal.lock`` so two searches never share an output directory
+    (they would evaluate the same children twice and collide in the journal). The OS drops the lock when
+    the process dies, so a killed search never leaves a stale lock behind."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    fh = open(out / LOCK_NAME, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out} is in use by another search (lock {out / LOCK_NAME} is held); wait "
+                             "for it to finish or choose another OUTPUT_DIR") from None
+        yield
+    finally:
+        fh.close()  # releases the lock

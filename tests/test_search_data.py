@@ -40,6 +40,26 @@ def test_npz_missing_key_is_named(tmp_path):
         load_cifar10_npz(tmp_path / "nothere.npz")
 
 
+def test_npz_wrong_dtype_or_labels_is_a_clear_error(tmp_path):
+    y = np.arange(4) % 10
+    np.savez(tmp_path / "float.npz", x_train=np.random.default_rng(0).random((4, 32, 32, 3)), y_train=y)
+    with pytest.raises(ValueError, match=r"float\.npz.*uint8"):  # would otherwise become black images
+        load_cifar10_npz(tmp_path / "float.npz")
+    np.savez(tmp_path / "labels.npz", x_train=np.zeros((4, 32, 32, 3), np.uint8), y_train=np.array([0, 1, 10, 3]))
+    with pytest.raises(ValueError, match=r"labels\.npz.*0\.\.9"):
+        load_cifar10_npz(tmp_path / "labels.npz")
+    np.savez(tmp_path / "flabels.npz", x_train=np.zeros((4, 32, 32, 3), np.uint8), y_train=y.astype(float))
+    with pytest.raises(ValueError, match="integer class labels"):
+        load_cifar10_npz(tmp_path / "flabels.npz")
+    x, y2 = load_cifar10_npz(_save(tmp_path / "ok.npz", y.reshape(-1, 1)))  # (N, 1) labels are fine
+    assert x.dtype == np.uint8 and y2.tolist() == y.tolist() and y2.dtype == np.int64
+
+
+def _save(path, y):
+    np.savez(path, x_train=np.zeros((len(y), 32, 32, 3), np.uint8), y_train=y)
+    return path
+
+
 def test_folder_without_batches_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         load_cifar10(tmp_path)

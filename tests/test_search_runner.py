@@ -15,7 +15,8 @@ from nasnet_det.space import Genotype
 from search.cli import main
 from search.config import load_cfg
 from search.journal import Journal
-from search.reward import SyntheticOpReward
+from search.policy import PolicyTrainer
+from search.reward import ChildEvaluator, SyntheticOpReward
 from search.runner import JOURNAL_NAME, SearchRunner
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -104,10 +105,12 @@ def test_resume_refuses_different_settings(tmp_path):
 
 
 class FlakyReward(SyntheticOpReward):
+    """Child 2 runs out of GPU memory, child 4 diverges (NaN reward), the rest succeed."""
+
     def __call__(self, genotype, seed=0):
         self.n = getattr(self, "n", 0) + 1
         if self.n == 2:
-            raise RuntimeError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
         if self.n == 4:
             return {"reward": math.nan}
         return super().__call__(genotype, seed)
@@ -118,9 +121,58 @@ def test_failing_children_are_recorded_and_search_continues(tmp_path):
     assert (s["evaluations"], s["ok"], s["failed"]) == (10, 8, 2)
     rows = _rows(tmp_path)
     failed = [r for r in rows if r["status"] == "failed"]
-    assert "RuntimeError: CUDA out of memory (simulated)" in failed[0]["error"]
+    assert failed[0]["error"].startswith("out of memory: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "reward is nan" in failed[1]["error"]
     assert all(r["reward"] is None for r in failed)
+    # the batch means (summary, plot) group by policy batch: 2 batches of 5, failures left out of the mean
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert s["batch_means"] == pytest.approx([
+        sum(r["reward"] for r in ok if r["batch"] == b) / sum(r["batch"] == b for r in ok) for b in (0, 1)])
+    assert (s["first_batches_mean"], s["last_batches_mean"]) == (s["batch_means"][0], s["batch_means"][1])
+
+
+@pytest.mark.parametrize("failed_reward", [-1.0, None])
+def test_failed_children_enter_the_policy_update_with_failed_reward(tmp_path, monkeypatch, failed_reward):
+    seen = []
+    real_update = PolicyTrainer.update
+
+    def spy(self, actions, old_logp, rewards):
+        seen.append(rewards.tolist())
+        return real_update(self, actions, old_logp, rewards)
+
+    monkeypatch.setattr(PolicyTrainer, "update", spy)
+    SearchRunner(_cfg("SEARCH.BUDGET", 10, "CONTROLLER.FAILED_REWARD", failed_reward), tmp_path, FlakyReward(),
+                 False).run()
+    rows = _rows(tmp_path)
+    first_batch = [r for r in rows if r["batch"] == 0]
+    if failed_reward is None:  # failed children (slots 1 and 3) are left out
+        assert seen[0] == pytest.approx([r["reward"] for r in first_batch if r["status"] == "ok"])
+    else:
+        assert seen[0] == pytest.approx([r["reward"] if r["status"] == "ok" else failed_reward
+                                         for r in first_batch])
+    assert len(seen) == 2
+
+
+def test_two_searches_cannot_share_an_output_dir(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    tmp_path.mkdir(exist_ok=True)
+    with open(tmp_path / "journal.lock", "a+") as other:  # another search holds the directory
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = CountingReward()
+        with pytest.raises(ValueError, match="in use by another search"):
+            SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, r, False).run()
+        assert r.calls == [] and not (tmp_path / JOURNAL_NAME).exists()
+    # once it is released (e.g. that search ended or was killed) the directory is usable again
+    s = SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    assert s["strategies"]["ppo"]["ok"] == 5
+
+
+def test_bad_child_settings_fail_before_any_child(tmp_path):
+    for key, value in (("CHILD.EPOCHS", 0), ("CHILD.BATCH_SIZE", 0), ("CHILD.MAX_STEPS", -1)):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            SearchRunner(_cfg(key, value), tmp_path, CountingReward(), False)
+    with pytest.raises(ValueError, match=r"CHILD\.EPOCHS"):
+        ChildEvaluator({**dict(load_cfg().CHILD), "EPOCHS": 0}, None)
 
 
 def test_outputs_best_genotype_plot_and_drawing(tmp_path):
@@ -149,6 +201,20 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert "SEARCH.STRATEGY" in capsys.readouterr().err
     assert main(["--output-dir", str(tmp_path / "x"), "--resume"]) == 2
     assert "no journal" in capsys.readouterr().err
+    # a mistyped key names the key and the valid ones next to it (no yacs AssertionError traceback)
+    assert main(["--output-dir", str(tmp_path), "SEARCH.BUDGT", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "SEARCH.BUDGT" in err and "BUDGET" in err
+    # an option after the overrides is refused, not swallowed as a config key
+    assert main(["--output-dir", str(tmp_path), "SEARCH.BUDGET", "4", "--fresh"]) == 2
+    assert "--fresh comes after the KEY VALUE overrides" in capsys.readouterr().err
+    assert main(["--output-dir", str(tmp_path), "CHILD.EPOCHS", "0"]) == 2
+    assert "CHILD.EPOCHS=0" in capsys.readouterr().err
+    (tmp_path / "typo.yaml").write_text("SEARCH:\n  BATCHSIZE: 4\n")
+    assert main(["--config-file", str(tmp_path / "typo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "typo.yaml" in err and "SEARCH.BATCHSIZE" in err
+    assert not (tmp_path / JOURNAL_NAME).exists()  # nothing ran
 
 
 @pytest.mark.skipif(not (SHARED / "cifar10-subset.npz").is_file(), reason=f"no CIFAR subset at {SHARED}")

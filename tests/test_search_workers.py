@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +68,48 @@ def test_local_process_backend_trains_two_children_in_parallel():
     for r in results:
         assert r.status == "ok", r.error
         assert 0.0 <= r.reward <= 1.0 and r.params > 0 and r.seconds > 0
+
+
+class DiesOnSeedZero:
+    """Kills its worker process (like the OOM killer or a segfault) for seed 0. Otherwise reports, as its
+    reward, the signal the worker gets when the driver dies (Linux prctl PR_GET_PDEATHSIG)."""
+
+    def __call__(self, genotype, seed):
+        if seed == 0:
+            os._exit(137)
+        sig = ctypes.c_int(-1)
+        if sys.platform.startswith("linux"):
+            ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG
+        return {"reward": float(sig.value), "params": 1}
+
+
+def test_dead_worker_fails_only_its_own_child():
+    backend = LocalProcessBackend(DiesOnSeedZero(), num_workers=2, use_cuda=False, max_retries=0)
+    try:
+        results = {r.eval_id: r for r in backend.run(_jobs(8))}
+    finally:
+        backend.close()
+    assert sorted(results) == list(range(8))
+    assert results[0].status == "failed" and "worker process died" in results[0].error
+    for i in range(1, 8):  # the jobs queued or running beside it are re-run, not failed
+        assert results[i].status == "ok", (i, results[i].error)
+    if sys.platform.startswith("linux"):  # workers die with the driver instead of being orphaned
+        assert {results[i].reward for i in range(1, 8)} == {float(signal.SIGKILL)}
+
+
+def test_train_limit_is_a_random_subset():
+    x, y = synthetic_cifar(400, seed=0)
+    x[:, 0, 0, 0] = np.arange(400) % 256  # tag each image with its index
+    x[:, 0, 0, 1] = np.arange(400) // 256
+    data = ChildData.from_arrays(x, y, val_size=100, seed=0, train_limit=50)
+    idx = data.x_train[:, 0, 0, 0].astype(int) + 256 * data.x_train[:, 0, 0, 1].astype(int)
+    assert len(idx) == 50 and len(set(idx)) == 50
+    full = ChildData.from_arrays(x, y, val_size=100, seed=0)
+    full_idx = full.x_train[:, 0, 0, 0].astype(int) + 256 * full.x_train[:, 0, 0, 1].astype(int)
+    assert set(idx) <= set(full_idx) and not np.array_equal(idx, full_idx[:50])  # not the lowest 50
+    assert idx.max() > 300  # drawn from the whole range
+    again = ChildData.from_arrays(x, y, val_size=100, seed=0, train_limit=50)
+    assert np.array_equal(again.x_train, data.x_train) and np.array_equal(again.x_val, full.x_val)
 
 
 def test_inline_backend_turns_exceptions_into_failures():

@@ -43,8 +43,10 @@ def load_cifar10(root: str | Path, train: bool = True, download: bool = False) -
     return np.ascontiguousarray(ds.data, dtype=np.uint8), np.asarray(ds.targets, dtype=np.int64)
 
 
-def load_cifar10_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images and labels from an ``.npz`` with keys ``x_train`` (N,32,32,3 uint8) and ``y_train`` (N,)."""
+def load_cifar10_npz(path: str | Path, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels from an ``.npz`` with keys ``x_train`` (N,H,W,3 uint8) and ``y_train`` (N,) integer
+    labels in ``0..num_classes-1``. Anything else is a ``ValueError`` naming the file (a float array would
+    otherwise be silently cast to near-black uint8 images)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR npz file {path} does not exist")
@@ -54,10 +56,19 @@ def load_cifar10_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             raise KeyError(f"{path}: missing key(s) {missing}; expected 'x_train' (N,H,W,3 uint8) and "
                            f"'y_train' (N,), found {data.files}")
         x, y = data["x_train"], data["y_train"]
-    if x.ndim != 4 or x.shape[-1] != 3 or len(x) != len(y):
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if x.ndim != 4 or x.shape[-1] != 3 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"{path}: x_train must be (N,H,W,3) with one label per image; got x {x.shape}, "
                          f"y {y.shape}")
-    return np.ascontiguousarray(x, dtype=np.uint8), np.asarray(y, dtype=np.int64).reshape(-1)
+    if x.dtype != np.uint8:
+        raise ValueError(f"{path}: x_train must be uint8 pixels 0..255, got dtype {x.dtype} (if they are "
+                         "floats in [0, 1], store (x * 255).round().astype(np.uint8))")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{path}: y_train must hold integer class labels, got dtype {y.dtype}")
+    if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"{path}: y_train labels must be in 0..{num_classes - 1}, got "
+                         f"{int(y.min())}..{int(y.max())}")
+    return np.ascontiguousarray(x), y.astype(np.int64)
 
 
 def synthetic_cifar(n: int, num_classes: int = 10, seed: int = 0, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
