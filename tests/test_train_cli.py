@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nasnet_det.classification.cli import main
@@ -57,11 +58,32 @@ def test_cli_exports_a_backbone(tmp_path, capsys):
     (["--config-file", str(REPO / "configs/train/cifar10_smoke.yaml"), "DATA.SOURCE", "npz:/no/such.npz"],
      "/no/such.npz does not exist"),
     (["--export-backbone", "/no/ckpt.pth", "out.pth"], "checkpoint /no/ckpt.pth does not exist"),
+    (["--config-file", str(REPO / "configs/train/cifar10_smoke.yaml"), "--resume", *TINY], "cannot resume"),
+    (["--config-file", str(REPO / "configs/train/cifar10_smoke.yaml"), "TRAIN.KEEP_CHECKPOINTS", "0"],
+     "TRAIN.KEEP_CHECKPOINTS must be >= 1, got 0"),
+    (["--config-file", str(REPO / "configs/train/imagenet_smoke.yaml"), "DATA.IMAGE_SIZE", "16"],
+     "DATA.IMAGE_SIZE must be >= 32, got 16"),
+    (["--config-file", str(REPO / "configs/train/imagenet_smoke.yaml"), "DATA.VAL_CROP_FRACTION", "1.2"],
+     "DATA.VAL_CROP_FRACTION must be in (0.0, 1.0], got 1.2"),
+    (["--config-file", str(REPO / "configs/train/imagenet_smoke.yaml"), "DATA.MIN_CROP_AREA", "0.0"],
+     "DATA.MIN_CROP_AREA must be in (0.0, 1.0], got 0.0"),
+    (["--config-file", str(REPO / "configs/train/imagenet_smoke.yaml"), "SOLVER.WARMUP_FACTOR", "-0.5"],
+     "SOLVER.WARMUP_FACTOR must be in [0.0, 1.0], got -0.5"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, message, capsys, tmp_path):
     assert main([*argv, "OUTPUT_DIR", str(tmp_path)] if "--config-file" in argv else argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_cli_npz_without_the_expected_keys_is_one_clear_error(tmp_path, capsys):
+    npz = tmp_path / "images.npz"
+    np.savez(npz, images=np.zeros((4, 32, 32, 3), np.uint8), labels=np.zeros(4, np.uint8))
+    argv = ["--config-file", str(REPO / "configs/train/cifar10_smoke.yaml"), "--output-dir", str(tmp_path / "run"),
+            *TINY, "DATA.SOURCE", f"npz:{npz}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {npz}: missing key(s) ['x_train', 'y_train']") and "Traceback" not in err
 
 
 @pytest.mark.parametrize("config, classes, params", [

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +22,7 @@ from nasnet_det.data.imagenet import (
     imagenet_transforms,
     make_fake_imagenet,
 )
+from nasnet_det.models.pretrained import read_checkpoint
 
 
 @pytest.fixture
@@ -70,19 +74,42 @@ def test_corrupt_jpeg_is_skipped_with_a_warning_and_counted(fake):
     assert ds.skipped == [str(bad)]
 
 
-def test_training_counts_skipped_images(tmp_path):
+def test_hidden_folders_are_not_classes_so_labels_match_between_train_and_val(fake):
+    train_dir, val_dir = fake
+    # Jupyter leaves .ipynb_checkpoints/ (with images) in train; torchvision would make it class 0 there.
+    hidden = train_dir / ".ipynb_checkpoints"
+    hidden.mkdir()
+    shutil.copy(sorted((train_dir / "n00000002").iterdir())[0], hidden / "copy-checkpoint.JPEG")
+    (val_dir / ".cache").mkdir()  # an empty hidden folder is no (empty) class either
+    train, val = build_imagenet_datasets(train_dir, val_dir, image_size=32)
+    assert train.classes == val.classes == check_image_folders(train_dir, val_dir) == \
+        ["n00000000", "n00000001", "n00000002"]
+    assert len(train) == 12 and len(val) == 6
+    for ds in (train, val):
+        assert all(Path(path).parent.name == ds.classes[label] for path, label in ds.samples)
+
+
+def test_corrupt_images_are_counted_once_survive_resume_and_are_reported_by_eval(tmp_path):
     out = tmp_path / "run"
-    train_dir, _ = make_fake_imagenet(out / "fake_imagenet", num_classes=2, train_per_class=8,
-                                      val_per_class=2, size=40)
+    train_dir, val_dir = make_fake_imagenet(out / "fake_imagenet", num_classes=2, train_per_class=8,
+                                            val_per_class=2, size=40)
     bad = sorted((train_dir / "n00000000").iterdir())[0]
     bad.write_bytes(b"not a jpeg at all")
+    sorted((val_dir / "n00000001").iterdir())[0].write_bytes(b"")
+    # 16 training images, batch 4: 4 steps per epoch, so 12 steps read the corrupt image in 3 epochs. Logging
+    # only at the end, the count must still reach the step-4 checkpoint and survive the resume from it.
     cfg = tiny_cfg(out, "DATA.DATASET", "imagenet", "DATA.FAKE_CLASSES", 2, "DATA.IMAGE_SIZE", 32,
                    "MODEL.PENULTIMATE_FILTERS", 0, "MODEL.STEM_FILTERS", 8, "SOLVER.OPTIMIZER", "rmsprop",
-                   "SOLVER.LABEL_SMOOTHING", 0.1, "SOLVER.BATCH_SIZE", 4, "SOLVER.MAX_STEPS", 4)
+                   "SOLVER.LABEL_SMOOTHING", 0.1, "SOLVER.BATCH_SIZE", 4, "SOLVER.MAX_STEPS", 12,
+                   "TRAIN.CHECKPOINT_PERIOD", 4, "TRAIN.LOG_PERIOD", 100, "TRAIN.EVAL_PERIOD", 100)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        assert Trainer(cfg).train(interrupt_at_step=6) == {"interrupted_at_step": 6}
+        assert read_checkpoint(out / "checkpoints" / "ckpt_00000004.pth")["skipped_paths"] == [str(bad)]
         result = Trainer(cfg).train()
     assert any(issubclass(w.category, CorruptImageWarning) for w in caught)
-    # 16 images, batch 4: four steps read every training image once, the corrupt one included.
-    assert result["skipped_images"] == 1
-    assert result["images"] == 4
+    assert result["train_skipped_images"] == 1 and result["val_skipped_images"] == 1
+    assert result["images"] == 4  # the corrupt validation image's slot is filled by the next readable one
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_images"]) for r in records if r["type"] == "train"] == [(12, 1)]
+    assert [(r["step"], r["skipped_images"]) for r in records if r["type"] == "eval"] == [(12, 1)]

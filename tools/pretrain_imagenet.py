@@ -5,7 +5,9 @@
         DATA.TRAIN_DIR /data/imagenet/train DATA.VAL_DIR /data/imagenet/val
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
         tools/pretrain_imagenet.py --config-file ...
-    python tools/pretrain_imagenet.py --export-backbone OUT_DIR/last_ckpt.pth backbone.pth
+    # A finished run writes OUTPUT_DIR/model_final.pth (the detection backbone) itself; to export an
+    # earlier checkpoint (EMA weights when the run keeps an EMA):
+    python tools/pretrain_imagenet.py --export-backbone OUTPUT_DIR/checkpoints/ckpt_00100000.pth backbone.pth
 """
 
 import sys

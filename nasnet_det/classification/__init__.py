@@ -1,6 +1,6 @@
 """Classification training of NASNet networks: CIFAR-10 final training and ImageNet pretraining.
 
-``train(load_config("configs/train/cifar_smoke.yaml"))`` runs the loop in :mod:`.trainer`;
+``train(load_config("configs/train/cifar10_smoke.yaml"))`` runs the loop in :mod:`.trainer`;
 :func:`export_backbone` turns a training checkpoint into detection backbone weights; the command line is
 :func:`nasnet_det.classification.cli.main`.
 """

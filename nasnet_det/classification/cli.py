@@ -22,7 +22,8 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="overrides OUTPUT_DIR")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true",
-                       help="resume from OUTPUT_DIR's last checkpoint (the default when one exists)")
+                       help="resume from OUTPUT_DIR's last checkpoint, failing if there is none (without "
+                       "either flag a run resumes when a checkpoint exists: TRAIN.AUTO_RESUME)")
     group.add_argument("--no-resume", action="store_true",
                        help="start fresh, deleting OUTPUT_DIR's old checkpoints and metrics")
     p.add_argument("--eval-only", action="store_true",
@@ -58,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         except KeyError as exc:  # unknown config key: yacs raises KeyError
             raise ValueError(exc.args[0] if exc.args else str(exc)) from None
         return _run(cfg, args)
-    except (FileNotFoundError, NotADirectoryError, ValueError) as exc:
-        # Bad input (paths, config values, data, checkpoints): one clear line, not a traceback.
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+        # Bad input (paths, config values, data files missing keys, checkpoints): one clear line, not a
+        # traceback. KeyError's str() is the repr of its message, so print the message itself.
         logging.getLogger(__name__).debug("details", exc_info=True)
-        print(f"error: {exc}", file=sys.stderr)
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,12 +1,13 @@
 """Configuration of classification training (CIFAR-10 final training, ImageNet pretraining).
 
 A yacs ``CfgNode`` (fvcore's, so ``_BASE_`` inheritance works) with detectron2-style overrides:
-``load_config("configs/train/cifar_smoke.yaml", ["SOLVER.MAX_STEPS", "20"])``. Steps are optimizer steps
+``load_config("configs/train/cifar10_smoke.yaml", ["SOLVER.MAX_STEPS", "20"])``. Steps are optimizer steps
 (one step = ``SOLVER.ACCUM_STEPS`` micro-batches on every process).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
@@ -55,6 +56,8 @@ _C.DATA.IMAGE_SIZE = 224  # imagenet train crop / val crop
 _C.DATA.VAL_CROP_FRACTION = 0.875  # val: resize to IMAGE_SIZE / fraction, center crop IMAGE_SIZE
 _C.DATA.MIN_CROP_AREA = 0.08  # RandomResizedCrop scale lower bound
 _C.DATA.COLOR_JITTER = 0.0  # Inception-style brightness/contrast/saturation jitter strength; 0 = off
+# DataLoader workers. Resume restores the data order exactly either way; bit-identical augmentation after a
+# resume needs 0 (workers re-seed their RNG when the resumed epoch starts).
 _C.DATA.NUM_WORKERS = 4
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,6 +86,7 @@ _C.SOLVER.CLIP_GRAD_NORM = 5.0  # 0 = off
 _C.SOLVER.LABEL_SMOOTHING = 0.0
 _C.SOLVER.AUX_WEIGHT = 0.4
 _C.SOLVER.EMA_DECAY = 0.0  # > 0 keeps an EMA of the weights, used for evaluation and export
+_C.SOLVER.EMA_WARMUP = True  # slim: decay of step t is min(EMA_DECAY, (1 + t) / (10 + t))
 
 # ---------------------------------------------------------------------------------------------------------
 _C.TRAIN = CN()
@@ -92,7 +96,7 @@ _C.TRAIN.CHANNELS_LAST = True  # CUDA only
 _C.TRAIN.SYNC_BN = False  # CUDA DDP only
 _C.TRAIN.FIND_UNUSED_PARAMETERS = False  # for genotypes whose cells leave an input unused
 _C.TRAIN.CHECKPOINT_PERIOD = 5000  # steps; a checkpoint is also written at the end
-_C.TRAIN.KEEP_CHECKPOINTS = 3  # periodic checkpoints kept on disk (older ones are deleted)
+_C.TRAIN.KEEP_CHECKPOINTS = 3  # periodic checkpoints kept on disk (>= 1; older ones are deleted)
 _C.TRAIN.EVAL_PERIOD = 0  # steps; 0 = at the end of every epoch
 _C.TRAIN.LOG_PERIOD = 20  # steps between train metric records
 _C.TRAIN.EVAL_BATCH_SIZE = 100
@@ -146,15 +150,33 @@ def validate_config(cfg: CN) -> None:
         if value not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
     positive = ("SOLVER.BATCH_SIZE", "SOLVER.ACCUM_STEPS", "TRAIN.EVAL_BATCH_SIZE", "TRAIN.CHECKPOINT_PERIOD",
-                "TRAIN.LOG_PERIOD", "MODEL.NUM_CELLS")
+                "TRAIN.LOG_PERIOD", "TRAIN.KEEP_CHECKPOINTS", "MODEL.NUM_CELLS")
     for key in positive:
         section, name = key.split(".")
         if cfg[section][name] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[section][name]}")
     if cfg.SOLVER.MAX_STEPS <= 0 and cfg.SOLVER.EPOCHS <= 0:
         raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_STEPS to a positive value")
-    if not 0.0 <= cfg.SOLVER.EMA_DECAY < 1.0:
-        raise ValueError(f"SOLVER.EMA_DECAY must be in [0, 1), got {cfg.SOLVER.EMA_DECAY}")
+    # (key, low, high, low inclusive, high inclusive)
+    ranges = (("SOLVER.EMA_DECAY", 0.0, 1.0, True, False),
+              ("SOLVER.WARMUP_FACTOR", 0.0, 1.0, True, True),
+              ("SOLVER.WARMUP_EPOCHS", 0.0, math.inf, True, False),
+              ("SOLVER.GAMMA", 0.0, math.inf, False, False),
+              ("SOLVER.MIN_LR_FACTOR", 0.0, 1.0, True, True),
+              ("DATA.VAL_CROP_FRACTION", 0.0, 1.0, False, True),
+              ("DATA.MIN_CROP_AREA", 0.0, 1.0, False, True),
+              ("DATA.COLOR_JITTER", 0.0, math.inf, True, False),
+              ("DATA.IMAGE_SIZE", 32, math.inf, True, False))
+    for key, low, high, low_in, high_in in ranges:
+        section, name = key.split(".")
+        value = cfg[section][name]
+        ok = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+        if not ok:
+            wanted = f"{'>=' if low_in else '>'} {low}" if high == math.inf else \
+                f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+            raise ValueError(f"{key} must be {wanted}, got {value}")
+    if list(cfg.SOLVER.STEP_EPOCHS) != sorted(cfg.SOLVER.STEP_EPOCHS):
+        raise ValueError(f"SOLVER.STEP_EPOCHS must be ascending, got {tuple(cfg.SOLVER.STEP_EPOCHS)}")
     if cfg.DATA.DATASET == "imagenet" and not (cfg.DATA.TRAIN_DIR or cfg.DATA.FAKE_CLASSES > 0):
         raise ValueError("DATA.DATASET imagenet needs DATA.TRAIN_DIR and DATA.VAL_DIR "
                          "(or DATA.FAKE_CLASSES > 0 for a generated smoke dataset)")

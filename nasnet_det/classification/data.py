@@ -9,6 +9,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset, default_collate
 
+from nasnet_det.classification.distributed import barrier
 from nasnet_det.data import ArrayDataset, cifar_transforms, holdout_split, load_cifar10, load_cifar_source
 from nasnet_det.data.imagenet import build_imagenet_datasets, collate_skipping, make_fake_imagenet
 
@@ -35,8 +36,13 @@ def build_data(cfg, output_dir: str | Path, is_main: bool = True) -> Classificat
     if d.DATASET == "cifar10":
         kind, _, arg = d.SOURCE.partition(":")
         if kind == "folder":
-            x, y = load_cifar10(arg, train=True, download=d.DOWNLOAD)
-            x_val, y_val = load_cifar10(arg, train=False, download=d.DOWNLOAD)
+            if d.DOWNLOAD:
+                # One download: rank 0 fetches the archive while the other processes wait, then all read it.
+                if is_main:
+                    load_cifar10(arg, train=True, download=True)
+                barrier()
+            x, y = load_cifar10(arg, train=True)
+            x_val, y_val = load_cifar10(arg, train=False)
             where = f"CIFAR-10 {arg} (train {len(x)}, test split {len(x_val)})"
         else:
             x, y = load_cifar_source(d.SOURCE)
@@ -57,8 +63,6 @@ def build_data(cfg, output_dir: str | Path, is_main: bool = True) -> Classificat
         if is_main and not (root / "val").is_dir():
             make_fake_imagenet(root, d.FAKE_CLASSES, d.FAKE_TRAIN_PER_CLASS, d.FAKE_VAL_PER_CLASS,
                                size=max(48, d.IMAGE_SIZE + d.IMAGE_SIZE // 2), seed=0)
-        from nasnet_det.classification.distributed import barrier
-
         barrier()  # other ranks wait until rank 0 has written the fake folder
         train_dir, val_dir = root / "train", root / "val"
     elif not val_dir:

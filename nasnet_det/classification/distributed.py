@@ -73,12 +73,13 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def broadcast_object(obj, src: int = 0):
+def all_gather_union(items: set[str]) -> set[str]:
+    """The union of every process's set of strings (the set itself in a single process)."""
     if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+        return set(items)
+    gathered: list[list[str] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, sorted(items))
+    return {item for part in gathered for item in (part or [])}
 
 
 class ShardedEpochSampler(torch.utils.data.Sampler[int]):

@@ -24,5 +24,5 @@ def export_backbone(checkpoint: str | os.PathLike, out_path: str | os.PathLike, 
     report = load_state_dict_report(model, state_dict)
     if report.missing or report.unexpected or report.shape_mismatch:
         raise ValueError(f"{checkpoint}: {source} do not fit the stored arch:\n{report}")
-    meta = {k: payload[k] for k in ("step", "epoch", "metrics") if k in payload}
+    meta = {k: payload[k] for k in ("step", "epoch") if k in payload}
     return save_checkpoint(model, out_path, exported_from=str(checkpoint), weights=source, **meta)

@@ -20,19 +20,32 @@ def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
 class MetricsWriter:
     """Appends one JSON object per record to ``metrics.jsonl`` and mirrors scalars to TensorBoard.
 
-    Inactive (writes nothing) on processes other than rank 0.
+    Inactive (writes nothing) on processes other than rank 0. The TensorBoard writer opens on the first
+    record, so a resumed run can first call :meth:`resume_at` (and a fresh run clear the old folder).
     """
 
     def __init__(self, output_dir: str | Path, active: bool = True, tensorboard: bool = True):
         self.active = active
         self.path = Path(output_dir) / "metrics.jsonl"
+        self.tensorboard_dir = Path(output_dir) / "tensorboard"
+        self._use_tb = active and tensorboard
         self._tb = None
+        self._purge_step: int | None = None
         if active:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+    def resume_at(self, step: int) -> None:
+        """The run continues after ``step``: TensorBoard hides the interrupted run's events past it."""
+        self.close()
+        self._purge_step = step + 1
+
+    def _tensorboard(self):
+        if self._tb is None and self._use_tb:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.tensorboard_dir), purge_step=self._purge_step)
+            self._purge_step = None  # purge once; a writer reopened later must not hide this run's events
+        return self._tb
 
     def write(self, kind: str, step: int, **values: Any) -> None:
         if not self.active:
@@ -40,10 +53,11 @@ class MetricsWriter:
         record = {"type": kind, "step": step, **values}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
+        tb = self._tensorboard()
+        if tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self._tb.add_scalar(f"{kind}/{key}", value, step)
+                    tb.add_scalar(f"{kind}/{key}", value, step)
 
     def close(self) -> None:
         if self._tb is not None:
@@ -51,8 +65,26 @@ class MetricsWriter:
             self._tb = None
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+def read_metrics(path: str | Path, allow_partial_last_line: bool = True) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file.
+
+    A last line that is not valid JSON is the record an interrupted run was writing: it is dropped when
+    ``allow_partial_last_line``. Any other bad line raises a ValueError naming the file and line number.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file {path} does not exist")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    numbered = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for pos, (number, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with an integer 'step'")
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            if allow_partial_last_line and pos == len(numbered) - 1:
+                break
+            raise ValueError(f"{path}: line {number} is not a metrics record ({exc}); repair or delete "
+                             "that line") from None
+        records.append(record)
+    return records

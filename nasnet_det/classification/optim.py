@@ -103,20 +103,30 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int,
 class ModelEma:
     """Exponential moving average of a model's weights (paper: decay 0.9999, used for evaluation).
 
-    Buffers (BN running statistics) are averaged too; integer buffers are copied.
+    Buffers (BN running statistics) are averaged too; integer buffers are copied. With ``warmup`` the decay
+    of update ``t`` (0-based: the optimizer steps done before it) is ``min(decay, (1 + t) / (10 + t))``, as
+    slim's ``ExponentialMovingAverage(decay, global_step)``, so early averages are not dominated by the
+    random initial weights.
     """
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
         self.decay = decay
+        self.warmup = warmup
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    def decay_at(self, num_updates: int | None) -> float:
+        if not self.warmup or num_updates is None:
+            return self.decay
+        return min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, num_updates: int | None = None) -> None:
+        decay = self.decay_at(num_updates)
         for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
             if ema_v.dtype.is_floating_point:
-                ema_v.lerp_(v.detach(), 1.0 - self.decay)
+                ema_v.lerp_(v.detach(), 1.0 - decay)
             else:
                 ema_v.copy_(v)
 

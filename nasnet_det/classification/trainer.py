@@ -4,6 +4,13 @@ Single process, multi-GPU and multi-node (torchrun + DDP), AMP and channels_last
 accumulation, ScheduledDropPath, auxiliary-head loss, label smoothing, gradient clipping, weight EMA.
 Checkpoints are resumable mid-epoch: the shuffle of an epoch depends only on (seed, epoch), and a
 checkpoint records how many samples of the current epoch were consumed plus every process's RNG state.
+
+What "exact resume" covers: the data order (which images each step sees) is always restored exactly, and
+so are weights, optimizer, LR schedule, EMA and the main-process RNG (drop-path masks, and augmentation when
+``DATA.NUM_WORKERS`` is 0). With ``DATA.NUM_WORKERS`` > 0 the augmentation runs in DataLoader workers whose
+RNG is re-seeded when the resumed epoch's loader starts, so a resumed run draws different random crops,
+flips and cutouts than an uninterrupted one would: statistically the same training, not bit-identical.
+Set ``DATA.NUM_WORKERS 0`` when bit-identical resume matters (e.g. for resume drills).
 """
 
 from __future__ import annotations
@@ -14,9 +21,10 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +41,12 @@ from nasnet_det.classification.data import ClassificationData, build_data
 from nasnet_det.classification.distributed import (
     DistInfo,
     ShardedEpochSampler,
+    all_gather_union,
     all_reduce_sum,
     barrier,
     init_distributed,
 )
-from nasnet_det.classification.metrics import MetricsWriter, topk_correct
+from nasnet_det.classification.metrics import MetricsWriter, read_metrics, topk_correct
 from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler
 from nasnet_det.models import build_nasnet
 from nasnet_det.models.nasnet import NASNet
@@ -49,6 +58,8 @@ logger = logging.getLogger(__name__)
 STRUCTURE_KEYS = ("genotype", "num_cells", "filters", "num_classes", "imagenet_stem", "stem_filters",
                   "skip_reduction_layer_input", "aux_head", "in_chans")
 LAST_CHECKPOINT = "last_checkpoint"
+# Files a finished run leaves next to its checkpoints; a fresh run in the same folder removes them.
+RUN_OUTPUTS = ("metrics.jsonl", "final_metrics.json", "model_final.pth", "training_curves.png")
 
 
 @dataclass
@@ -56,7 +67,12 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0
     samples_in_epoch: int = 0  # samples of `epoch` consumed, summed over processes
-    skipped_images: int = 0  # corrupt images skipped so far (all processes)
+    skipped_paths: set[str] = field(default_factory=set)  # corrupt training images met so far (all processes)
+
+    @property
+    def skipped_images(self) -> int:
+        """Distinct corrupt training images (a file met again in a later epoch counts once)."""
+        return len(self.skipped_paths)
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -143,11 +159,15 @@ def accumulate_gradients(model: nn.Module, micro_batches: Iterable[tuple[torch.T
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
              autocast: contextlib.AbstractContextManager | None = None,
              channels_last: bool = False) -> dict[str, float]:
-    """Loss, top-1/top-5 accuracy and top-1 error (%) over the loader, summed over all processes."""
+    """Loss, top-1/top-5 accuracy and top-1 error (%) over the loader, summed over all processes, and
+    ``skipped_images``: the distinct corrupt images the loader replaced (batches of ``(x, y, paths)``)."""
     was_training = model.training
     model.eval()
     loss_sum, top1, top5, count = 0.0, 0, 0, 0
+    skipped: set[str] = set()
     for batch in loader:
+        if len(batch) > 2:
+            skipped.update(batch[2])
         x, y = _to_device(batch, device, channels_last)
         with autocast or contextlib.nullcontext():
             logits = model(x)
@@ -156,11 +176,12 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
         top1, top5, count = top1 + c1, top5 + c5, count + len(y)
     model.train(was_training)
     loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], device)
+    skipped = all_gather_union(skipped)
     if count == 0:
         raise ValueError("the evaluation set is empty")
     acc1 = 100.0 * top1 / count
     return {"loss": loss_sum / count, "top1": acc1, "top5": 100.0 * top5 / count, "error": 100.0 - acc1,
-            "images": int(count)}
+            "images": int(count), "skipped_images": len(skipped)}
 
 
 def _to_device(batch, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +240,7 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = ModelEma(model, cfg.SOLVER.EMA_DECAY) if cfg.SOLVER.EMA_DECAY > 0 else None
+        self.ema = self._new_ema() if cfg.SOLVER.EMA_DECAY > 0 else None
         self.ddp_model: nn.Module = model
         if self.dist.distributed:
             if cfg.TRAIN.SYNC_BN and cuda:
@@ -249,7 +270,8 @@ class Trainer:
             sampler=ShardedEpochSampler(len(self.data.val), self.dist.rank, self.dist.world_size, shuffle=False),
             num_workers=cfg.DATA.NUM_WORKERS, pin_memory=cuda,
             generator=torch.Generator().manual_seed(cfg.SEED))  # keeps the global RNG untouched
-        self._log_acc = {"loss": 0.0, "correct": 0, "count": 0}
+        self._log_acc: dict[str, float] = {"loss": 0.0, "correct": 0, "count": 0}
+        self._new_skipped: set[str] = set()  # this process's corrupt training images not yet gathered
         self._last_log_time = time.perf_counter()
         self._last_saved_step = -1
         self._last_eval: dict[str, float] = {}
@@ -262,21 +284,42 @@ class Trainer:
         report = load_state_dict_report(model, payload.get("ema_state_dict") or payload["state_dict"])
         logger.info("initialised weights from %s: %s", path, report)
 
+    def _new_ema(self) -> ModelEma:
+        return ModelEma(self.model, self.cfg.SOLVER.EMA_DECAY, warmup=self.cfg.SOLVER.EMA_WARMUP)
+
     def checkpoint_path(self, step: int) -> Path:
         return self.output_dir / "checkpoints" / f"ckpt_{step:08d}.pth"
 
+    def checkpoints(self) -> list[Path]:
+        """OUTPUT_DIR/checkpoints/ckpt_<step>.pth files, oldest (lowest step) first."""
+        found = []
+        for path in (self.output_dir / "checkpoints").glob("ckpt_*.pth"):
+            step = path.stem.removeprefix("ckpt_")
+            if step.isdigit():
+                found.append((int(step), path))
+        return [path for _, path in sorted(found)]
+
     def last_checkpoint(self) -> Path | None:
+        """The checkpoint to resume from: the one the ``last_checkpoint`` file names or, when that file is
+        missing (lost, or only checkpoints/ was copied), the newest checkpoints/ckpt_*.pth; None if there is
+        none."""
         pointer = self.output_dir / LAST_CHECKPOINT
         if not pointer.is_file():
-            return None
+            found = self.checkpoints()
+            if not found:
+                return None
+            if self.dist.is_main:
+                logger.warning("%s is missing; using the newest checkpoint %s", pointer, found[-1])
+            return found[-1]
         path = self.output_dir / pointer.read_text().strip()
         if not path.is_file():
             raise FileNotFoundError(f"{pointer} points to {path}, which does not exist; delete {pointer} "
-                                    "to start fresh")
+                                    "to resume from the newest checkpoints/ckpt_*.pth instead")
         return path
 
     def save(self) -> Path | None:
         """Write a resumable checkpoint (rank 0) and point ``last_checkpoint`` at it."""
+        self._gather_skipped()
         rng_states = [None] * self.dist.world_size
         if self.dist.distributed:
             dist.all_gather_object(rng_states, _rng_state())
@@ -290,7 +333,7 @@ class Trainer:
             self.model, path, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), ema_state_dict=self.ema.state_dict() if self.ema else None,
             step=self.state.step, epoch=self.state.epoch, samples_in_epoch=self.state.samples_in_epoch,
-            skipped_images=self.state.skipped_images, rng_states=rng_states, world_size=self.dist.world_size,
+            skipped_paths=sorted(self.state.skipped_paths), rng_states=rng_states, world_size=self.dist.world_size,
             total_steps=self.total_steps, config=self.cfg.dump())
         pointer = self.output_dir / LAST_CHECKPOINT
         tmp = pointer.with_suffix(".tmp")
@@ -300,8 +343,8 @@ class Trainer:
         return path
 
     def _prune_checkpoints(self) -> None:
-        kept = sorted((self.output_dir / "checkpoints").glob("ckpt_*.pth"))
-        for old in kept[: -self.cfg.TRAIN.KEEP_CHECKPOINTS]:
+        kept = self.checkpoints()
+        for old in kept[: max(0, len(kept) - self.cfg.TRAIN.KEEP_CHECKPOINTS)]:
             old.unlink(missing_ok=True)
 
     def resume(self, path: str | Path) -> None:
@@ -320,37 +363,41 @@ class Trainer:
             if payload.get("ema_state_dict") is not None:
                 self.ema.load_state_dict(payload["ema_state_dict"])
             else:
-                self.ema = ModelEma(self.model, self.cfg.SOLVER.EMA_DECAY)
+                self.ema = self._new_ema()
         if payload.get("total_steps") not in (None, self.total_steps):
             logger.warning("%s was trained for %s total steps, this run plans %s: the LR and drop-path schedules "
                            "change from here", path, payload["total_steps"], self.total_steps)
         self.state = TrainState(payload["step"], payload["epoch"], payload["samples_in_epoch"],
-                                payload.get("skipped_images", 0))
+                                set(payload.get("skipped_paths") or ()))
         rng_states = payload.get("rng_states") or []
         if payload.get("world_size") == self.dist.world_size and len(rng_states) == self.dist.world_size:
             _set_rng_state(rng_states[self.dist.rank])
         else:
             seed_everything(self.cfg.SEED + 1000 * self.state.step + self.dist.rank)
         self._last_saved_step = self.state.step
+        self.metrics.resume_at(self.state.step)
         if self.dist.is_main:
             self._truncate_metrics(self.state.step)
             logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", path, self.state.step,
                         self.state.epoch, self.state.samples_in_epoch)
 
     def _clear_previous_run(self) -> None:
-        # A fresh run in a used folder must not mix its log or checkpoints with the old run's.
+        # A fresh run in a used folder must not mix its log, curves, exports or checkpoints with the old run's.
         old = sorted((self.output_dir / "checkpoints").glob("ckpt_*.pth"))
         if old or (self.output_dir / LAST_CHECKPOINT).is_file():
             logger.warning("not resuming: deleting %d old checkpoint(s) in %s", len(old), self.output_dir)
-        for path in [*old, self.output_dir / LAST_CHECKPOINT, self.metrics.path]:
+        for path in [*old, self.output_dir / LAST_CHECKPOINT, *(self.output_dir / name for name in RUN_OUTPUTS)]:
             path.unlink(missing_ok=True)
+        self.metrics.close()
+        shutil.rmtree(self.metrics.tensorboard_dir, ignore_errors=True)
 
     def _truncate_metrics(self, step: int) -> None:
-        # Records the interrupted run wrote after its last checkpoint are redone; drop them.
+        # Records the interrupted run wrote after its last checkpoint are redone; drop them, and a half-written
+        # last line (read_metrics drops it; a corrupt line elsewhere raises naming the file and line).
         path = self.metrics.path
         if path.is_file():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-            path.write_text("".join(ln + "\n" for ln in lines))
+            kept = [r for r in read_metrics(path) if r["step"] <= step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- data
     def _train_batches(self) -> Iterator:
@@ -394,31 +441,38 @@ class Trainer:
             grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), s.CLIP_GRAD_NORM))
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self._log_acc["lr"] = self.optimizer.param_groups[0]["lr"]  # this step's LR, before the schedule moves on
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, num_updates=self.state.step)
         self.state.step += 1
         self.state.samples_in_epoch += s.ACCUM_STEPS * s.BATCH_SIZE * self.dist.world_size
         for k in ("loss", "correct", "count"):
             self._log_acc[k] += stats[k]
-        self._log_acc.setdefault("skipped", 0)
-        self._log_acc["skipped"] += len(skipped)
+        self._new_skipped.update(skipped)
         if grad_norm is not None:
             self._log_acc["grad_norm"] = grad_norm
         if not math.isfinite(stats["loss"]):
             raise FloatingPointError(f"loss is {stats['loss']} at step {self.state.step}; lower SOLVER.BASE_LR "
                                      "or check the data")
 
+    def _gather_skipped(self) -> None:
+        """Merge every process's newly met corrupt training images into the state (collective)."""
+        new = all_gather_union(self._new_skipped) - self.state.skipped_paths
+        self._new_skipped = set()
+        if new:
+            self.state.skipped_paths |= new
+            if self.dist.is_main:
+                logger.warning("%d corrupt training image(s) skipped so far", self.state.skipped_images)
+
     def _log_train(self, pbar) -> None:
         acc = self._log_acc
-        loss, correct, count, skipped = all_reduce_sum(
-            [acc["loss"], acc["correct"], acc["count"], acc.get("skipped", 0)], self.device)
-        self.state.skipped_images += int(skipped)
-        if skipped and self.dist.is_main:
-            logger.warning("%d corrupt image(s) skipped so far", self.state.skipped_images)
+        loss, correct, count = all_reduce_sum([acc["loss"], acc["correct"], acc["count"]], self.device)
+        self._gather_skipped()
         now = time.perf_counter()
         record = {"epoch": self.state.epoch, "loss": loss / max(count, 1),
-                  "top1": 100.0 * correct / max(count, 1), "lr": self.optimizer.param_groups[0]["lr"],
+                  "top1": 100.0 * correct / max(count, 1),
+                  "lr": acc.get("lr", self.optimizer.param_groups[0]["lr"]),
                   "images_per_s": count / max(now - self._last_log_time, 1e-9),
                   "skipped_images": self.state.skipped_images}
         if "grad_norm" in acc:
@@ -431,21 +485,27 @@ class Trainer:
 
     def _sync_buffers(self) -> None:
         # DDP broadcasts rank 0's BN statistics at the start of each forward, so after the last training
-        # forward each process holds its own; make every process evaluate and end with rank 0's.
+        # forward each process holds its own, and each process's EMA has averaged its own; make every process
+        # evaluate and end with rank 0's (the ones its checkpoints hold). EMA weights are equal already.
         if self.dist.distributed:
-            for buf in self.model.buffers():
-                dist.broadcast(buf, 0)
+            modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
+            for module in modules:
+                for buf in module.buffers():
+                    dist.broadcast(buf, 0)
 
     def run_eval(self) -> dict[str, float]:
         self._sync_buffers()
         autocast = self._autocast()
         # The unwrapped model: evaluation shards may differ in batch count, and DDP's forward is collective.
         result = evaluate(self.model, self.val_loader, self.device, autocast, self.channels_last)
+        if result["skipped_images"] and self.dist.is_main:
+            logger.warning("%d corrupt validation image(s) skipped (each replaced by the next readable one)",
+                           result["skipped_images"])
         self.metrics.write("eval", self.state.step, epoch=self.state.epoch, **result)
         if self.ema is not None:
             ema = evaluate(self.ema.module, self.val_loader, self.device, self._autocast(), self.channels_last)
             self.metrics.write("eval_ema", self.state.step, epoch=self.state.epoch, **ema)
-            result = {**{f"raw_{k}": v for k, v in result.items()}, **ema}
+            result = {**{f"raw_{k}": v for k, v in result.items() if k != "skipped_images"}, **ema}
         self._last_eval, self._last_eval_step = result, self.state.step
         if self.dist.is_main:
             logger.info("step %d: eval top-1 %.2f%% (error %.2f%%), top-5 %.2f%%", self.state.step,
@@ -453,13 +513,22 @@ class Trainer:
         return result
 
     def train(self, resume: bool | None = None, interrupt_at_step: int | None = None) -> dict[str, Any]:
-        """Train to ``total_steps`` (resuming from OUTPUT_DIR's last checkpoint when allowed), then evaluate,
-        export ``model_final.pth`` and plot. Returns the final evaluation."""
+        """Train to ``total_steps``, then evaluate, export ``model_final.pth`` and plot. Returns the final
+        evaluation plus ``step``, ``epoch``, ``train_skipped_images`` and ``val_skipped_images``.
+
+        ``resume``: True = continue from OUTPUT_DIR's last checkpoint and raise FileNotFoundError if there is
+        none; False = start fresh, deleting OUTPUT_DIR's old checkpoints and outputs; None = TRAIN.AUTO_RESUME
+        (True: resume when a checkpoint exists, else start fresh; old checkpoints are never deleted).
+        """
         cfg = self.cfg
+        explicit = resume is True
         resume = cfg.TRAIN.AUTO_RESUME if resume is None else resume
         last = self.last_checkpoint() if resume else None
         if last is not None:
             self.resume(last)
+        elif explicit:
+            raise FileNotFoundError(f"cannot resume: {self.output_dir} has no {LAST_CHECKPOINT} file and no "
+                                    "checkpoints/ckpt_*.pth; run without --resume to start fresh")
         elif self.dist.is_main:
             self._clear_previous_run()
         if self.dist.is_main:
@@ -503,8 +572,10 @@ class Trainer:
         self._sync_buffers()
         if self._last_saved_step != self.state.step:
             self.save()
+        self._gather_skipped()
         final = dict(self._last_eval) if self._last_eval_step == self.state.step else self.run_eval()
-        final.update(step=self.state.step, epoch=self.state.epoch, skipped_images=self.state.skipped_images)
+        final.update(step=self.state.step, epoch=self.state.epoch, train_skipped_images=self.state.skipped_images,
+                     val_skipped_images=final.pop("skipped_images"))
         if self.dist.is_main:
             self._finish(final)
         barrier()

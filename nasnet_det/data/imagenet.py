@@ -1,7 +1,8 @@
 """ImageNet-style ImageFolder data for pretraining: checks, Inception-style transforms, corrupt-image skipping.
 
 Layout: ``TRAIN_DIR/<class>/<image>`` and ``VAL_DIR/<class>/<image>`` with the same class folders
-(torchvision ``ImageFolder``; class index = position of the folder name in sorted order).
+(torchvision ``ImageFolder``; class index = position of the folder name in sorted order; hidden folders
+such as ``.ipynb_checkpoints`` are not classes).
 :func:`make_fake_imagenet` writes a tiny folder of real JPEG files for tests and smoke runs.
 """
 
@@ -72,10 +73,15 @@ class SkippingImageFolder(datasets.ImageFolder):
     """
 
     def __init__(self, root: str | Path, transform: Callable | None = None, max_tries: int = 10):
-        class_folders(root)
         super().__init__(str(root), transform=transform)
         self.max_tries = max_tries
         self.skipped: list[str] = []
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        # torchvision counts every folder, hidden ones (.ipynb_checkpoints) included, which would shift the
+        # labels against check_image_folders' list; use that one list so labels and the check agree.
+        classes = class_folders(directory)
+        return classes, {name: i for i, name in enumerate(classes)}
 
     def _load(self, index: int) -> tuple[Any, int]:
         path, target = self.samples[index]
