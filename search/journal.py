@@ -1,7 +1,7 @@
 """SQLite journal of every sampled architecture, and atomic controller checkpoints.
 
 Each sample is written as ``pending`` (with its decisions, genotype and sampling log-probability) before it
-is evaluated, then updated to ``ok`` or ``failed`` when its evaluation ends. A rerun therefore re-submits
+is evaluated, then updated to ``ok``, ``failed`` or ``lost`` when its evaluation ends. A rerun therefore re-submits
 exactly the pending samples of the interrupted batch and never repeats a finished one.
 """
 
@@ -103,8 +103,8 @@ class Journal:
 
     def finish(self, eval_id: int, status: str, reward: float | None = None, seconds: float | None = None,
                params: int | None = None, error: str | None = None) -> None:
-        if status not in ("ok", "failed"):
-            raise ValueError(f"status must be 'ok' or 'failed', got {status!r}")
+        if status not in ("ok", "failed", "lost"):
+            raise ValueError(f"status must be 'ok', 'failed' or 'lost', got {status!r}")
         with self.db:
             self.db.execute("UPDATE evaluations SET status=?, reward=?, seconds=?, params=?, error=?, finished=? "
                             "WHERE id=?", (status, reward, seconds, params, error, time.time(), eval_id))

@@ -72,7 +72,7 @@ def strategy_summary(evals: list[Evaluation]) -> dict[str, Any]:
         "last_batches_mean": last,
         "batch_means": means,
         "child_seconds_total": float(sum(e.seconds or 0.0 for e in finished)),
-        "failures": [{"id": e.id, "error": e.error} for e in finished if e.status == "failed"][:20],
+        "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in finished if e.status != "ok"][:20],
     }
 
 

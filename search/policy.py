@@ -10,6 +10,7 @@ import torch
 from search.controller import Controller
 
 ADVANTAGE_STD_FLOOR = 1e-3  # smallest reward std that advantages are divided by
+ADVANTAGE_CLIP = 5.0  # bound on a normalised advantage
 
 
 class PolicyTrainer:
@@ -36,9 +37,10 @@ class PolicyTrainer:
         for r in rewards.tolist():  # per-sample EMA, in sampling order
             self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * r
         if self.normalize_advantage and len(rewards) > 1:
-            # The floor keeps a batch of (near-)tied rewards from dividing by ~0 and blowing the
-            # advantages up by orders of magnitude; accuracies on ~1000 held-out images move in 1e-3 steps.
-            adv = adv / rewards.std().clamp_min(ADVANTAGE_STD_FLOOR)
+            # The floor keeps a batch of (near-)tied rewards from dividing by ~0 (accuracies on ~1000
+            # held-out images move in 1e-3 steps). The numerator is the gap to a lagging baseline, not to the
+            # batch mean, so a tied batch can still be far from it: the clip bounds what is left.
+            adv = (adv / rewards.std().clamp_min(ADVANTAGE_STD_FLOOR)).clamp(-ADVANTAGE_CLIP, ADVANTAGE_CLIP)
         return adv
 
     def update(self, actions: torch.Tensor, old_logp: torch.Tensor, rewards: torch.Tensor) -> dict[str, float]:

@@ -89,9 +89,10 @@ class SearchRunner:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         with output_dir_lock(self.out):
-            if self.fresh:
+            if self.fresh:  # the old run's journal, checkpoints and every output write_outputs makes
                 for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
-                          *self.out.glob("controller_*.pth")]:
+                          *self.out.glob("controller_*.pth"), *self.out.glob("best_genotype*.json"),
+                          *(self.out / n for n in ("top_k.json", "summary.json", "rewards.png", "best_cells.png"))]:
                     f.unlink(missing_ok=True)
             journal = self._open_journal()
             stopped = False
@@ -212,7 +213,8 @@ def build_child_evaluator(cfg: CfgNode) -> Evaluator:
 
 def policy_rewards(rows: list[Evaluation], failed_reward: float | None) -> list[tuple[Evaluation, float]]:
     """The (row, reward) pairs a policy update learns from: successful children with their reward, and
-    failed ones with ``CONTROLLER.FAILED_REWARD`` (left out when it is None)."""
+    failed ones with ``CONTROLLER.FAILED_REWARD`` (left out when it is None). ``lost`` children failed for
+    reasons that say nothing about their cell (infrastructure) and are never used."""
     used = []
     for r in rows:
         if r.status == "ok":

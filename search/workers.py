@@ -43,7 +43,7 @@ class Job:
 @dataclass
 class Result:
     eval_id: int
-    status: str               # "ok" or "failed"
+    status: str               # "ok", "failed" (the child's fault) or "lost" (infrastructure, not the cell)
     reward: float | None = None
     seconds: float | None = None
     params: int | None = None
@@ -126,11 +126,11 @@ def _run_in_worker(job: Job) -> Result:
 
 def _result_of(fut: Any, job: Job) -> Result:
     """The result of a finished future that did not break the pool (an error here is e.g. a result
-    that could not be pickled back to the driver)."""
+    that could not be pickled back to the driver: not the cell's fault, so the child is ``lost``)."""
     err = fut.exception()
     if err is None:
         return fut.result()
-    return Result(job.eval_id, "failed", error=f"{type(err).__name__}: {err}")
+    return Result(job.eval_id, "lost", error=f"{type(err).__name__}: {err}")
 
 
 _MAX_IDLE_BREAKS = 3
@@ -142,9 +142,10 @@ class LocalProcessBackend:
 
     A worker that dies (segfault, OOM killer) breaks the whole ``ProcessPoolExecutor``: every unfinished
     job gets an error, including jobs that never started. The pool is then rebuilt and the unfinished
-    jobs resubmitted. Jobs that were running when it broke are suspects: they are re-run one at a time,
-    alone in the pool, and a job whose worker dies while it runs alone is retried up to ``max_retries``
-    times before it is recorded as failed. Jobs that never started are never charged."""
+    jobs resubmitted; jobs that never started are never charged. A job that was running at a break is
+    re-run in parallel with the others once; running at a second break makes it a suspect, re-run alone
+    in the pool, and a job whose worker dies while it runs alone is retried up to ``max_retries`` times
+    before it is recorded as failed. A pool found broken between jobs is simply rebuilt."""
 
     def __init__(self, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
                  use_cuda: bool | None = None, max_retries: int = 2):
@@ -179,22 +180,35 @@ class LocalProcessBackend:
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:
         waiting: deque[Job] = deque(jobs)   # never submitted, or resubmitted after a break
-        suspects: deque[Job] = deque()      # were running when a worker died: re-run one at a time
+        suspects: deque[Job] = deque()      # running at two breaks: re-run alone, one at a time
+        breaks_seen: dict[int, int] = {}    # breaks a job was running at, while not alone
         deaths: dict[int, int] = {}         # deaths of a job's worker while the job ran alone
         started: set[int] = set()           # jobs that began running in the current pool
         idle_breaks = 0                     # breaks in a row with no job running (e.g. failing start-up)
         futures: dict[Any, Job] = {}
         try:
             while waiting or suspects or futures:
+                if self.pool is not None and getattr(self.pool, "_broken", False):
+                    self._discard_pool()  # a worker died while idle, e.g. between batches
                 if self.pool is None:
                     self.pool = self._start()
                 alone = bool(suspects)
-                if alone and not futures:
-                    job = suspects.popleft()
-                    futures[self.pool.submit(_run_in_worker, job)] = job
-                while waiting and not alone:
-                    job = waiting.popleft()
-                    futures[self.pool.submit(_run_in_worker, job)] = job
+                try:
+                    if alone and not futures:
+                        job = suspects.popleft()
+                        futures[self.pool.submit(_run_in_worker, job)] = job
+                    while waiting and not alone:
+                        job = waiting.popleft()
+                        futures[self.pool.submit(_run_in_worker, job)] = job
+                except BrokenProcessPool:  # broke between our check and the submit: nothing of it ran
+                    (suspects if alone else waiting).appendleft(job)
+                    if not futures:
+                        self._discard_pool()
+                        idle_breaks += 1
+                        if idle_breaks >= _MAX_IDLE_BREAKS:
+                            yield from self._give_up([*suspects, *waiting])
+                            return
+                        continue
                 done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
                 if not any(isinstance(f.exception(), BrokenProcessPool) for f in done):
                     for fut in done:
@@ -219,11 +233,9 @@ class LocalProcessBackend:
                 if not running:
                     idle_breaks += 1
                     if idle_breaks >= _MAX_IDLE_BREAKS:
-                        for job in [*suspects, *waiting]:
-                            yield Result(job.eval_id, "failed", error="worker processes keep dying before "
-                                         "they run a child (see their stderr)")
+                        yield from self._give_up([*suspects, *waiting])
                         return
-                elif alone or len(running) == 1:  # it ran alone, so its worker died because of it
+                elif alone:  # it ran alone, so its worker died because of it
                     job = running[0]
                     deaths[job.eval_id] = deaths.get(job.eval_id, 0) + 1
                     if deaths[job.eval_id] > self.max_retries:
@@ -231,11 +243,20 @@ class LocalProcessBackend:
                                      f"this child ({deaths[job.eval_id]} times; OOM killer or a crash?)")
                     else:
                         suspects.append(job)
-                else:
-                    suspects.extend(running)
+                else:  # any of them, or an idle worker, may have died: re-run in parallel once, then alone
+                    for job in running:
+                        breaks_seen[job.eval_id] = breaks_seen.get(job.eval_id, 0) + 1
+                    suspects.extend(j for j in running if breaks_seen[j.eval_id] >= 2)
+                    waiting.extendleft(reversed([j for j in running if breaks_seen[j.eval_id] < 2]))
         finally:
             for fut in futures:
                 fut.cancel()
+
+    @staticmethod
+    def _give_up(jobs: list[Job]) -> Iterator[Result]:
+        for job in jobs:
+            yield Result(job.eval_id, "lost", error="worker processes keep dying before they run a child "
+                         "(see their stderr)")
 
     def close(self) -> None:
         self._discard_pool()
@@ -290,7 +311,11 @@ class RayBackend:
                     yield self.ray.get(done[0])
                 except Exception as e:  # worker died more than max_retries times, or the task was lost
                     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    yield Result(job.eval_id, "failed",
+                    # Each task has its own worker: a crash or Ray's OOM kill is the child's doing, anything
+                    # else (a lost node or object) is not.
+                    child_fault = isinstance(e, (self.ray.exceptions.WorkerCrashedError,
+                                                 self.ray.exceptions.OutOfMemoryError))
+                    yield Result(job.eval_id, "failed" if child_fault else "lost",
                                  error=f"ray task failed (after up to {self.max_retries} retries): {msg}")
         finally:
             for ref in refs:

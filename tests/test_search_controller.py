@@ -85,8 +85,11 @@ def test_tied_rewards_do_not_blow_up_advantages():
     baseline = trainer.baseline
     adv = trainer.advantages(torch.full((4,), 0.6))  # every child of the batch got the same accuracy
     assert torch.isfinite(adv).all() and len(set(adv.tolist())) == 1
-    # divided by the std floor (1e-3), not by ~1e-8: a 0.1 gap stays ~100, not ~1e7
-    assert adv[0].item() == pytest.approx((0.6 - baseline) / 1e-3, rel=1e-4) and 0 < adv[0] < 200
+    # a 0.1 gap over the std floor (1e-3) would be ~100: it is clipped, and keeps its sign
+    assert 0.6 > baseline and adv[0].item() == pytest.approx(5.0)
+    trainer.baseline = 0.6 + 1e-4  # a gap below the floor is divided by the floor, not by ~1e-8
+    adv = trainer.advantages(torch.full((4,), 0.6))
+    assert adv[0].item() == pytest.approx(-1e-4 / 1e-3, rel=1e-3)
     # ordinary batches are still normalised by their std
     r = torch.tensor([0.2, 0.4, 0.6, 0.8])
     trainer.baseline = 0.5

@@ -192,6 +192,11 @@ def test_outputs_best_genotype_plot_and_drawing(tmp_path):
     top = json.loads((tmp_path / "top_k.json").read_text())
     assert len(top) == 5 and [t["reward"] for t in top] == sorted((t["reward"] for t in top), reverse=True)
     assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["ppo", "random"]
+    # --fresh clears the old run's outputs with its journal: a new run that writes fewer must not mix them.
+    SearchRunner(_cfg("SEARCH.STRATEGY", "random", "SEARCH.BUDGET", 5, "SEARCH.MAX_EVALS_THIS_RUN", 2), tmp_path,
+                 SyntheticOpReward(0), False, fresh=True).run()
+    assert not (tmp_path / "best_genotype_ppo.json").exists() and not (tmp_path / "controller_ppo.pth").exists()
+    assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["random"]
 
 
 def test_cli_rejects_bad_input(tmp_path, capsys):

@@ -97,6 +97,19 @@ def test_dead_worker_fails_only_its_own_child():
         assert {results[i].reward for i in range(1, 8)} == {float(signal.SIGKILL)}
 
 
+def test_worker_dying_while_idle_between_batches_is_survived():
+    backend = LocalProcessBackend(DiesOnSeedZero(), num_workers=2, use_cuda=False, max_retries=0)
+    try:
+        assert all(r.status == "ok" for r in backend.run([Job(i, NASNET_A.to_dict(), i) for i in (1, 2)]))
+        victim = next(iter(backend.pool._processes.values()))  # e.g. the OOM killer picks an idle worker
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(timeout=10)
+        results = list(backend.run([Job(i, NASNET_A.to_dict(), i) for i in (3, 4)]))
+    finally:
+        backend.close()
+    assert sorted(r.eval_id for r in results) == [3, 4] and all(r.status == "ok" for r in results)
+
+
 def test_train_limit_is_a_random_subset():
     x, y = synthetic_cifar(400, seed=0)
     x[:, 0, 0, 0] = np.arange(400) % 256  # tag each image with its index

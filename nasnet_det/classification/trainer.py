@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -397,7 +398,9 @@ class Trainer:
         path = self.metrics.path
         if path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            tmp = path.with_name(path.name + ".tmp")  # a kill mid-rewrite must not lose the history
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            os.replace(tmp, path)
 
     # ---- data
     def _train_batches(self) -> Iterator:

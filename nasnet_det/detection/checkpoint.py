@@ -32,12 +32,16 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
 
     def _load_model(self, checkpoint: Any):
         incompatible = super()._load_model(checkpoint)
-        missing = [k for k in incompatible.missing_keys if _is_nasnet_key(k)]
         shapes = [(k, a, b) for k, a, b in incompatible.incorrect_shapes if _is_nasnet_key(k)]
+        # fvcore drops a reshaped tensor before loading, so it is also listed as missing: count it once.
+        reshaped = {k for k, _, _ in shapes}
+        missing = [k for k in incompatible.missing_keys if _is_nasnet_key(k) and k not in reshaped]
         if missing or shapes:
             unexpected = [k for k in incompatible.unexpected_keys if _is_nasnet_key(k)]
-            lines = [f"{len(missing)} NASNet tensors of the model are missing from the checkpoint"
-                     + (f", e.g. {', '.join(missing[:3])}" if missing else "")]
+            lines = []
+            if missing:
+                lines.append(f"{len(missing)} NASNet tensors of the model are missing from the checkpoint, "
+                             f"e.g. {', '.join(missing[:3])}")
             if shapes:
                 lines.append(f"{len(shapes)} have another shape, e.g. " + ", ".join(
                     f"{k} {tuple(a)} in the checkpoint vs {tuple(b)} in the model" for k, a, b in shapes[:3]))
