@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 from conftest import random_genotype
-from test_train_helpers import tiny_cfg
 from torch.utils.data import Dataset
+from train_helpers import tiny_cfg
 
 from nasnet_det.classification import Trainer, accumulate_gradients, export_backbone
 from nasnet_det.classification.distributed import ShardedEpochSampler
