@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 import weakref
 
 import torch
@@ -119,6 +120,10 @@ def run(args: argparse.Namespace):
 def train_main(argv: list[str] | None = None) -> int:
     """``tools/train_net.py``: parse detectron2-style arguments and launch (multi-GPU / multi-machine)."""
     args = argument_parser().parse_args(argv)
-    launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    try:
+        launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except (ValueError, FileNotFoundError, KeyError) as e:  # bad config or data: one clear line, no traceback
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
     return 0
