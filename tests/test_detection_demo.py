@@ -67,3 +67,13 @@ def test_run_demo_draws_and_rejects_another_nasnet(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)det.pth was trained with another NASNet.*MODEL.NASNET.FILTERS"):
         run_demo(cfg, [str(p) for p in inputs], tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
+
+
+def test_demo_and_score_commands_report_bad_input_in_one_line(tmp_path, capsys):
+    from nasnet_det.detection.cli import main
+
+    assert main(["score", str(tmp_path / "gt.json"), str(tmp_path / "dt.json")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: ground-truth annotations {tmp_path / 'gt.json'} do not exist"
+    assert main(["demo", "--config-file", str(CONFIGS / "smoke-nasnet-fpn.yaml"), "--input",
+                 str(tmp_path / "nope.jpg"), "--output", str(tmp_path / "out")]) == 2
+    assert "error: " in capsys.readouterr().err
