@@ -1,5 +1,6 @@
 """The demo never overwrites its inputs, never writes one name twice, and refuses another NASNet's weights."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,18 @@ def test_run_demo_draws_and_rejects_another_nasnet(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.fixture
+def restore_nasnet_det_log_handlers():
+    # The demo command installs detectron2's log handler on the "nasnet_det" logger, bound to the stream
+    # pytest captures for this test only; left in place it would write to a closed stream in later tests.
+    logger = logging.getLogger("nasnet_det")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.propagate = propagate
+
+
+@pytest.mark.usefixtures("restore_nasnet_det_log_handlers")
 def test_demo_and_score_commands_report_bad_input_in_one_line(tmp_path, capsys):
     from nasnet_det.detection.cli import main
 
