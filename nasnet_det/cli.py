@@ -8,6 +8,7 @@ imports the ``search`` package that depends on it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import warnings
@@ -18,6 +19,27 @@ from nasnet_det.genotypes import PUBLISHED, get_genotype
 from nasnet_det.space import GenotypeError
 
 PLUGIN_GROUP = "nasnet_det.commands"
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+def bad_input_message(exc: BaseException) -> str:
+    """The text of a bad-input error. A KeyError's str() is the repr of its message: use the message."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+
+
+def exit_2_on_bad_input(command: Callable[..., int]) -> Callable[..., int]:
+    """Bad input (a missing file, a config mismatch) ends a command with one ``error:`` line and exit
+    code 2 instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapped(*args, **kwargs) -> int:
+        try:
+            return command(*args, **kwargs)
+        except BAD_INPUT_ERRORS as e:
+            print(f"error: {bad_input_message(e)}", file=sys.stderr)
+            return 2
+
+    return wrapped
 
 
 def _plugins() -> dict[str, Callable[[list[str]], int]]:

@@ -8,7 +8,6 @@ exactly the pending samples of the interrupted batch and never repeats a finishe
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from nasnet_det.models.pretrained import atomic_torch_save
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -134,11 +135,8 @@ class Journal:
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Write a checkpoint atomically (temp file + rename), so a kill never leaves a torn file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write a controller checkpoint atomically."""
+    atomic_torch_save(state, path)
 
 
 def load_state(path: str | Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import sys
 import warnings
 
 from nasnet_det.classification.config import load_config
+from nasnet_det.cli import bad_input_message
 
 
 def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
@@ -61,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         return _run(cfg, args)
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
         # Bad input (paths, config values, data files missing keys, checkpoints): one clear line, not a
-        # traceback. KeyError's str() is the repr of its message, so print the message itself.
+        # traceback.
         logging.getLogger(__name__).debug("details", exc_info=True)
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {bad_input_message(exc)}", file=sys.stderr)
         return 2
 
 

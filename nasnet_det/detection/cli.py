@@ -9,29 +9,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
-from collections.abc import Callable
+
+from nasnet_det.cli import exit_2_on_bad_input
 
 USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 
 
-def _one_line_errors(command: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
-    """Bad input (a missing file, a config mismatch) ends with one ``error:`` line and exit code 2."""
-
-    @functools.wraps(command)
-    def wrapped(argv: list[str] | None = None) -> int:
-        try:
-            return command(argv)
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-            return 2
-
-    return wrapped
-
-
-@_one_line_errors
+@exit_2_on_bad_input
 def demo_main(argv: list[str] | None = None) -> int:
     from detectron2.utils.logger import setup_logger
 
@@ -54,7 +40,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-@_one_line_errors
+@exit_2_on_bad_input
 def score_main(argv: list[str] | None = None) -> int:
     from nasnet_det.detection.evaluation import BACKENDS, evaluate_coco
 

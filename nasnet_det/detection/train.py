@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import weakref
 
 import torch
@@ -17,6 +16,7 @@ from detectron2.utils import comm
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
+from nasnet_det.cli import exit_2_on_bad_input
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg
@@ -117,13 +117,10 @@ def run(args: argparse.Namespace):
     return trainer.train()
 
 
+@exit_2_on_bad_input
 def train_main(argv: list[str] | None = None) -> int:
     """``tools/train_net.py``: parse detectron2-style arguments and launch (multi-GPU / multi-machine)."""
     args = argument_parser().parse_args(argv)
-    try:
-        launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=(args,))
-    except (ValueError, FileNotFoundError, KeyError) as e:  # bad config or data: one clear line, no traceback
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
+    launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
     return 0

@@ -101,20 +101,25 @@ def load_external_weights(model: NASNet, state_dict: dict[str, torch.Tensor]) ->
     return load_state_dict_report(model, convert_external_state_dict(state_dict, model), ("aux_head.",))
 
 
-def save_checkpoint(model: NASNet, path: str | os.PathLike, **extra: Any) -> Path:
-    """Atomically write ``model`` (arch + weights) and ``extra`` entries to ``path``."""
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through a temporary file and a rename, so a kill never leaves a torn file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "arch": model.arch, "state_dict": model.state_dict(), **extra}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def save_checkpoint(model: NASNet, path: str | os.PathLike, **extra: Any) -> Path:
+    """Atomically write ``model`` (arch + weights) and ``extra`` entries to ``path``."""
+    payload = {"format": FORMAT, "arch": model.arch, "state_dict": model.state_dict(), **extra}
+    return atomic_torch_save(payload, path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
