@@ -17,8 +17,8 @@ def get_cfg_defaults() -> CN:
     c.OUTPUT_DIR = "output/search"
 
     c.SEARCH = CN()
-    # "ppo", "reinforce", "random", or several comma-separated (e.g. "ppo,random") run one after the other
-    # with the same budget each, for comparison.
+    # "ppo", "reinforce", "random", or several comma-separated (e.g. "ppo,random") run concurrently,
+    # sharing the workers, with the same budget each, for comparison.
     c.SEARCH.STRATEGY = "ppo"
     c.SEARCH.BUDGET = 100            # child models per strategy (paper: 20,000)
     c.SEARCH.BATCH_SIZE = 20         # architectures per policy update (paper: 20)
@@ -72,6 +72,9 @@ def get_cfg_defaults() -> CN:
     # killed its worker while running alone) before it is recorded as failed.
     c.WORKERS.MAX_RETRIES = 2
     c.WORKERS.THREADS_PER_WORKER = 1  # torch threads in each CPU worker
+    # Children kept in flight on Ray (0: one per GPU of the cluster, re-read as it grows or shrinks; one
+    # per CPU without GPUs). The local backend keeps each of its NUM_WORKERS busy.
+    c.WORKERS.MAX_IN_FLIGHT = 0
     return c
 
 
@@ -162,7 +165,8 @@ def check_cfg(cfg: CN) -> None:
                    ("CONTROLLER.HIDDEN", c.HIDDEN), ("CONTROLLER.PPO_EPOCHS", c.PPO_EPOCHS)):
         _require(isinstance(v, int) and v >= 1, key, v, "an integer >= 1")
     for key, v in (("SEARCH.MAX_EVALS_THIS_RUN", s.MAX_EVALS_THIS_RUN), ("DATA.TRAIN_LIMIT", d.TRAIN_LIMIT),
-                   ("WORKERS.NUM_WORKERS", w.NUM_WORKERS), ("WORKERS.MAX_RETRIES", w.MAX_RETRIES)):
+                   ("WORKERS.NUM_WORKERS", w.NUM_WORKERS), ("WORKERS.MAX_RETRIES", w.MAX_RETRIES),
+                   ("WORKERS.MAX_IN_FLIGHT", w.MAX_IN_FLIGHT)):
         _require(isinstance(v, int) and v >= 0, key, v, "an integer >= 0")
     _require(isinstance(d.VAL_SIZE, int) and d.VAL_SIZE >= 1, "DATA.VAL_SIZE", d.VAL_SIZE, "an integer >= 1")
     _require(c.LR > 0, "CONTROLLER.LR", c.LR, "a number > 0")

@@ -1,8 +1,10 @@
 """SQLite journal of every sampled architecture, and atomic controller checkpoints.
 
-Each sample is written as ``pending`` (with its decisions, genotype and sampling log-probability) before it
-is evaluated, then updated to ``ok``, ``failed`` or ``lost`` when its evaluation ends. A rerun therefore re-submits
-exactly the pending samples of the interrupted batch and never repeats a finished one.
+Each child is written as ``pending`` (with its decisions, genotype, the policy version that sampled it and
+its sampling log-probability) before it is submitted to a worker, then updated to ``ok``, ``failed`` or
+``lost`` when its evaluation ends. Finishing a child also gives it its place in the policy's update batches
+(``batch``, ``slot``: the order in which children of its strategy finished), so a rerun knows which updates
+were due, re-submits exactly the pending children and never repeats a finished one.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     strategy TEXT NOT NULL,
-    batch INTEGER NOT NULL,
-    slot INTEGER NOT NULL,
+    sample INTEGER NOT NULL,
+    policy INTEGER NOT NULL,
+    batch INTEGER,
+    slot INTEGER,
     decisions TEXT NOT NULL,
     genotype TEXT NOT NULL,
     logprob REAL,
@@ -34,6 +38,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     error TEXT,
     created REAL NOT NULL,
     finished REAL,
+    UNIQUE (strategy, sample),
     UNIQUE (strategy, batch, slot)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -44,11 +49,13 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 class Evaluation:
     id: int
     strategy: str
-    batch: int
-    slot: int
+    sample: int                # sampling order within the strategy (seeds its sampler)
+    policy: int                # policy updates the controller had received when it sampled this child
+    batch: int | None          # policy update batch it belongs to (None while pending)
+    slot: int | None           # finishing position within that batch
     decisions: list[int]
     genotype: dict[str, Any]
-    logprob: float | None
+    logprob: float | None      # log-probability under the sampling policy (None for random search)
     status: str
     reward: float | None
     seconds: float | None
@@ -57,9 +64,9 @@ class Evaluation:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Evaluation:
-        return cls(row["id"], row["strategy"], row["batch"], row["slot"], json.loads(row["decisions"]),
-                   json.loads(row["genotype"]), row["logprob"], row["status"], row["reward"], row["seconds"],
-                   row["params"], row["error"])
+        return cls(row["id"], row["strategy"], row["sample"], row["policy"], row["batch"], row["slot"],
+                   json.loads(row["decisions"]), json.loads(row["genotype"]), row["logprob"], row["status"],
+                   row["reward"], row["seconds"], row["params"], row["error"])
 
 
 class Journal:
@@ -76,8 +83,14 @@ class Journal:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
         except sqlite3.DatabaseError as e:
+            self.db.close()
             raise ValueError(f"{self.path} is not a search journal (SQLite error: {e})") from None
+        if "sample" not in columns:
+            self.db.close()
+            raise ValueError(f"{self.path} was written by the batch-synchronous search of an earlier version; "
+                             "finish it with that version, choose a new OUTPUT_DIR, or start over with --fresh")
 
     def close(self) -> None:
         self.db.close()
@@ -90,29 +103,44 @@ class Journal:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def add_pending(self, strategy: str, batch: int, samples: list[tuple[list[int], dict, float | None]]
-                    ) -> list[Evaluation]:
-        """Record a freshly sampled batch, all at once (one transaction), before anything is evaluated."""
-        now = time.time()
+    def add_pending(self, strategy: str, sample: int, policy: int, decisions: list[int], genotype: dict,
+                    logprob: float | None) -> Evaluation:
+        """Record a freshly sampled child before it is submitted (a rerun re-submits it unchanged)."""
         with self.db:
-            for slot, (decisions, genotype, logprob) in enumerate(samples):
-                self.db.execute(
-                    "INSERT INTO evaluations (strategy, batch, slot, decisions, genotype, logprob, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (strategy, batch, slot, json.dumps(decisions), json.dumps(genotype), logprob, now))
-        return self.batch(strategy, batch)
+            cur = self.db.execute(
+                "INSERT INTO evaluations (strategy, sample, policy, decisions, genotype, logprob, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (strategy, sample, policy, json.dumps(decisions), json.dumps(genotype), logprob, time.time()))
+        return self.get(int(cur.lastrowid))
 
     def finish(self, eval_id: int, status: str, reward: float | None = None, seconds: float | None = None,
-               params: int | None = None, error: str | None = None) -> None:
+               params: int | None = None, error: str | None = None, batch_size: int = 1) -> Evaluation:
+        """Record a child's result and append it to its strategy's update batches: it becomes slot
+        ``k % batch_size`` of batch ``k // batch_size``, where k counts the strategy's finished children."""
         if status not in ("ok", "failed", "lost"):
             raise ValueError(f"status must be 'ok', 'failed' or 'lost', got {status!r}")
-        with self.db:
-            self.db.execute("UPDATE evaluations SET status=?, reward=?, seconds=?, params=?, error=?, finished=? "
-                            "WHERE id=?", (status, reward, seconds, params, error, time.time(), eval_id))
+        with self.db:  # one transaction: the count and the update cannot be torn apart by a kill
+            row = self.db.execute("SELECT strategy, status FROM evaluations WHERE id=?", (eval_id,)).fetchone()
+            if row is None or row["status"] != "pending":
+                raise ValueError(f"child {eval_id} is not pending in {self.path}")
+            k = self.count(row["strategy"]) - self.count(row["strategy"], "pending")
+            self.db.execute("UPDATE evaluations SET status=?, reward=?, seconds=?, params=?, error=?, finished=?, "
+                            "batch=?, slot=? WHERE id=?", (status, reward, seconds, params, error, time.time(),
+                                                           k // batch_size, k % batch_size, eval_id))
+        return self.get(eval_id)
+
+    def get(self, eval_id: int) -> Evaluation:
+        return Evaluation.from_row(self.db.execute("SELECT * FROM evaluations WHERE id=?", (eval_id,)).fetchone())
 
     def batch(self, strategy: str, batch: int) -> list[Evaluation]:
+        """The finished children of one policy update batch, in the order they finished."""
         rows = self.db.execute("SELECT * FROM evaluations WHERE strategy=? AND batch=? ORDER BY slot",
                                (strategy, batch)).fetchall()
+        return [Evaluation.from_row(r) for r in rows]
+
+    def pending(self) -> list[Evaluation]:
+        """Children sampled but not finished (in flight when the last run stopped), in sampling order."""
+        rows = self.db.execute("SELECT * FROM evaluations WHERE status='pending' ORDER BY id").fetchall()
         return [Evaluation.from_row(r) for r in rows]
 
     def all(self, strategy: str | None = None) -> list[Evaluation]:
@@ -134,6 +162,14 @@ class Journal:
         return [r[0] for r in rows]
 
 
+def finished_by_batch(evals: list[Evaluation]) -> dict[int, list[Evaluation]]:
+    """Finished evaluations (ok, failed, lost) grouped by policy update batch, in finishing order."""
+    groups: dict[int, list[Evaluation]] = {}
+    for e in sorted((e for e in evals if e.status != "pending"), key=lambda e: (e.batch, e.slot)):
+        groups.setdefault(e.batch, []).append(e)
+    return groups
+
+
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
     """Write a controller checkpoint atomically."""
     atomic_torch_save(state, path)
@@ -146,5 +182,5 @@ def load_state(path: str | Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a foreign or corrupted file: say which
-        raise ValueError(f"controller checkpoint {path} cannot be read ({e}); delete it to restart the "
-                         "controller from the journal's last batch") from None
+        raise ValueError(f"controller checkpoint {path} cannot be read ({e}); delete it to rebuild the "
+                         "controller by replaying the journal's finished batches") from None

@@ -11,18 +11,12 @@ import numpy as np
 from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
-from search.journal import Evaluation, Journal
+from search.draw import draw_genotype
+from search.journal import Evaluation, Journal, finished_by_batch
+from search.plots import plot_rewards
 
 FIRST_LAST_FRACTION = 4  # "first/last batches mean" averages the first/last quarter of the batches
-
-
-def finished_by_batch(evals: list[Evaluation]) -> dict[int, list[Evaluation]]:
-    """Finished evaluations (ok and failed) grouped by policy batch, batches and members in id order."""
-    groups: dict[int, list[Evaluation]] = {}
-    for e in sorted(evals, key=lambda e: e.id):
-        if e.status != "pending":
-            groups.setdefault(e.batch, []).append(e)
-    return dict(sorted(groups.items()))
+LEARNED = ("ppo", "reinforce")  # strategies with a controller that can collapse
 
 
 def batch_means(evals: list[Evaluation]) -> list[float]:
@@ -54,12 +48,21 @@ def genotype_of(e: Evaluation, name: str) -> Genotype:
     return Genotype(g.normal, g.reduce, name)
 
 
-def strategy_summary(evals: list[Evaluation]) -> dict[str, Any]:
+def last_batch_distinct(evals: list[Evaluation]) -> tuple[int, int]:
+    """(children, distinct genotypes) of the last policy batch with at least two finished children."""
+    for group in reversed(list(finished_by_batch(evals).values())):
+        if len(group) >= 2:
+            return len(group), len({json.dumps(e.decisions) for e in group})
+    return 0, 0
+
+
+def strategy_summary(evals: list[Evaluation], name: str = "") -> dict[str, Any]:
     finished = [e for e in evals if e.status != "pending"]
     ok = [e for e in finished if e.status == "ok"]
     means = batch_means(evals)
     first, last = first_last_means(means)
     best = best_evaluations(evals, 1)
+    size, distinct = last_batch_distinct(evals)
     return {
         "evaluations": len(finished),
         "ok": len(ok),
@@ -71,21 +74,36 @@ def strategy_summary(evals: list[Evaluation]) -> dict[str, Any]:
         "first_batches_mean": first,
         "last_batches_mean": last,
         "batch_means": means,
+        "last_batch_distinct_genotypes": distinct,
+        # A controller that samples one genotype only has stopped exploring: more budget buys nothing.
+        "collapsed": name in LEARNED and size >= 2 and distinct == 1,
         "child_seconds_total": float(sum(e.seconds or 0.0 for e in finished)),
         "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in finished if e.status != "ok"][:20],
     }
 
 
-def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[str]) -> dict[str, Any]:
-    from search.draw import draw_genotype
-    from search.plots import plot_rewards
+def problems_of(summary: dict[str, Any]) -> list[str]:
+    """One line per thing a person must know about a search's result: strategies whose children all
+    failed, and controllers that collapsed onto one genotype."""
+    lines = []
+    for name, s in summary["strategies"].items():
+        if s["evaluations"] and not s["ok"]:
+            errors = sorted({f["error"] for f in s["failures"] if f["error"]})[:3]
+            lines.append(f"{name}: every one of its {s['evaluations']} finished children failed "
+                         f"(e.g. {'; '.join(errors) or 'no reason recorded'})")
+        if s["collapsed"]:
+            lines.append(f"{name}: the controller collapsed onto one genotype (its last batch sampled nothing "
+                         "else); lower CONTROLLER.LR or raise CONTROLLER.ENTROPY_WEIGHT")
+    return lines
 
+
+def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[str]) -> dict[str, Any]:
     by_strategy = {s: journal.all(s) for s in strategies}
     summary: dict[str, Any] = {"output_dir": str(out), "budget": cfg.SEARCH.BUDGET,
                                "batch_size": cfg.SEARCH.BATCH_SIZE, "strategies": {}}
     overall = []
     for name, evals in by_strategy.items():
-        summary["strategies"][name] = strategy_summary(evals)
+        summary["strategies"][name] = strategy_summary(evals, name)
         top = best_evaluations(evals, cfg.SEARCH.TOP_K)
         if top:
             genotype_of(top[0], f"search_{name}_{top[0].id}").save(out / f"best_genotype_{name}.json")
@@ -102,4 +120,6 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
                       f"best: {best.name} ({top_all[0].strategy}), reward {top_all[0].reward:.4f}")
         summary["best"]["drawing"] = str(out / "best_cells.png")
     summary["reward_plot"] = str(plot_rewards(by_strategy, out / "rewards.png"))
+    summary["usable"] = bool(top_all)  # at least one child trained: there is a best genotype to use
+    summary["problems"] = problems_of(summary)
     return summary

@@ -10,8 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from search.journal import Evaluation  # noqa: E402
-from search.outputs import finished_by_batch  # noqa: E402
+from search.journal import Evaluation, finished_by_batch  # noqa: E402
 
 _COLOURS = {"ppo": "tab:blue", "reinforce": "tab:green", "random": "tab:orange"}
 
@@ -19,7 +18,7 @@ _COLOURS = {"ppo": "tab:blue", "reinforce": "tab:green", "random": "tab:orange"}
 def plot_rewards(by_strategy: dict[str, list[Evaluation]], path: str | Path) -> Path:
     """Per strategy: each child's reward (dots; failed children as crosses at 0), each policy
     batch's mean reward (line, drawn over the batch's span of evaluations) and the best so far (dashed).
-    The x axis counts every finished child, failed ones included, in sampling order."""
+    The x axis counts every finished child, failed ones included, in the order they finished."""
     path = Path(path)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, evals in by_strategy.items():

@@ -1,14 +1,24 @@
-"""The search loop: sample a batch -> journal it as pending -> evaluate in parallel -> journal results ->
-update the policy -> checkpoint. Rerunning with the same output directory resumes where it stopped."""
+"""The search loop, an asynchronous work queue: whenever a worker frees, the strategy with the fewest
+children in flight samples its next child (journaled as pending first) and submits it, so every worker
+stays busy and the strategies of one search (``ppo,random``) share the workers and run concurrently.
+Each strategy's policy is updated every ``SEARCH.BATCH_SIZE`` finished children, from the log-probabilities
+recorded when they were sampled (PPO's ratio accounts for children sampled by an older policy), and its
+controller checkpointed. Rerunning with the same output directory resumes where it stopped: the journal
+says which updates were due (any missing from the checkpoint are replayed) and which children were in
+flight (re-submitted with the same genotypes)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
+import time
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +29,14 @@ from tqdm import tqdm
 from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype, sample_uniform
 from search.journal import Evaluation, Journal, load_state, save_state
+from search.outputs import write_outputs
 from search.policy import PolicyTrainer
-from search.workers import Evaluator, Job, make_backend
+from search.workers import Evaluator, Job, QueueBackend, Result, make_backend
 
 log = logging.getLogger(__name__)
 STRATEGIES = ("ppo", "reinforce", "random")
 JOURNAL_NAME = "journal.sqlite"
 LOCK_NAME = "journal.lock"
-
-
-class StopSearch(Exception):
-    """Raised internally when SEARCH.MAX_EVALS_THIS_RUN evaluations have finished in this run."""
 
 
 def parse_strategies(spec: str) -> list[str]:
@@ -41,26 +48,64 @@ def parse_strategies(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _batch_seed(seed: int, strategy: str, batch: int) -> int:
-    # A fresh generator per batch, derived from (seed, strategy, batch): a resumed run samples exactly
-    # what an uninterrupted run would, without depending on when the checkpoint was written.
-    return (seed * 1_000_003 + zlib.crc32(strategy.encode()) * 7919 + batch) % (2**63)
+def _sample_seed(seed: int, strategy: str, sample: int) -> int:
+    # A fresh generator per child, derived from (seed, strategy, sample index): a resumed run samples with
+    # the same random numbers an uninterrupted run would, whenever the checkpoint was written.
+    return (seed * 1_000_003 + zlib.crc32(strategy.encode()) * 7919 + sample) % (2**63)
+
+
+@dataclass
+class StrategyState:
+    name: str
+    controller: Controller | None   # None: random search
+    trainer: PolicyTrainer | None
+    checkpoint: Path
+    step: int = 0                   # policy updates applied
+    sampled: int = 0                # children journaled
+    finished: int = 0               # of those, finished (ok, failed or lost)
+    in_flight: int = 0
+    best: float = math.nan
+
+
+@dataclass
+class QueueStats:
+    """How busy the workers were in this run (``summary.json["queue"]``)."""
+
+    workers: int = 0                 # most children the backend allowed in flight
+    max_in_flight: int = 0
+    busy_seconds: float = 0.0        # summed evaluation time of the children that finished
+    wall_seconds: float = 0.0        # first submission to last result
+    updates: int = 0
+    # children in flight at each policy update: > 0 means the other workers went on meanwhile
+    in_flight_at_updates: list[int] = field(default_factory=list)
+    # fills that left a worker idle although children were left to sample (the queue's contract: none)
+    idle_fills: int = 0
+
+    def summary(self) -> dict[str, Any]:
+        busy = self.busy_seconds / (self.workers * self.wall_seconds) if self.workers and self.wall_seconds else None
+        return {"workers": self.workers, "max_in_flight": self.max_in_flight, "utilisation": busy,
+                "busy_seconds": self.busy_seconds, "wall_seconds": self.wall_seconds, "policy_updates": self.updates,
+                "updates_while_children_ran": sum(n > 0 for n in self.in_flight_at_updates),
+                "idle_fills": self.idle_fills}
 
 
 class SearchRunner:
     """Runs every strategy of ``cfg`` into ``output_dir``. ``evaluator`` replaces child training (tests,
-    synthetic rewards); by default one is built from ``cfg.DATA`` and ``cfg.CHILD``. ``fresh`` deletes the
-    output directory's journal and controller checkpoints first (once the directory's lock is held)."""
+    synthetic rewards); by default one is built from ``cfg.DATA`` and ``cfg.CHILD``. ``backend`` replaces
+    the one ``cfg.WORKERS`` describes (the caller closes it). ``fresh`` deletes the output directory's
+    journal and controller checkpoints first (once the directory's lock is held)."""
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
-                 progress: bool = True, fresh: bool = False):
+                 progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None):
         self.cfg = cfg
         self.out = Path(output_dir or cfg.OUTPUT_DIR)
         self.strategies = parse_strategies(cfg.SEARCH.STRATEGY)
         check_cfg(cfg)
         self.evaluator, self.progress, self.fresh = evaluator, progress, fresh
-        self.backend = None
+        self.backend, self.owns_backend = backend, backend is None
         self.evals_this_run = 0
+        self.stats = QueueStats()
+        self.states: dict[str, StrategyState] = {}
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _open_journal(self) -> Journal:
@@ -77,13 +122,78 @@ class SearchRunner:
         journal.set_meta("config", self.cfg.dump())
         return journal
 
-    def _get_backend(self):
+    def _get_backend(self) -> QueueBackend:
         if self.backend is None:
             evaluator = self.evaluator if self.evaluator is not None else build_child_evaluator(self.cfg)
             w = self.cfg.WORKERS
             self.backend = make_backend(w.BACKEND, evaluator, w.NUM_WORKERS, w.RAY_ADDRESS, w.MAX_RETRIES,
-                                        w.THREADS_PER_WORKER)
+                                        w.THREADS_PER_WORKER, w.MAX_IN_FLIGHT)
         return self.backend
+
+    def _open_strategy(self, journal: Journal, name: str) -> StrategyState:
+        s, c = self.cfg.SEARCH, self.cfg.CONTROLLER
+        controller = trainer = None
+        if name != "random":
+            torch.manual_seed(s.SEED)
+            controller = Controller(s.NUM_BLOCKS, c.HIDDEN, c.INIT_RANGE)
+            trainer = PolicyTrainer(controller, name, c.LR, c.ENTROPY_WEIGHT, c.BASELINE_DECAY, c.PPO_EPOCHS,
+                                    c.PPO_CLIP, c.GRAD_CLIP, c.NORMALIZE_ADVANTAGE)
+        st = StrategyState(name, controller, trainer, self.out / f"controller_{name}.pth")
+        st.sampled = journal.count(name)
+        st.finished = st.sampled - journal.count(name, "pending")
+        st.best = max((e.reward for e in journal.all(name) if e.status == "ok"), default=math.nan)
+        try:
+            state = load_state(st.checkpoint)
+        except ValueError as e:  # the journal holds everything the checkpoint does: rebuild from it
+            log.warning("%s; rebuilding it from the journal", e)
+            state = None
+        if state is not None and int(state["step"]) <= st.finished // s.BATCH_SIZE:
+            st.step = int(state["step"])
+            if controller is not None:
+                controller.load_state_dict(state["controller"])
+                trainer.load_state_dict(state["trainer"])
+        elif state is not None:
+            log.warning("%s is ahead of the journal; rebuilding the controller from the journal", st.checkpoint)
+        self._apply_due_updates(journal, st)  # those a kill left out of the checkpoint (deterministic replay)
+        return st
+
+    # ---- policy ------------------------------------------------------------------------------------------
+    def _apply_due_updates(self, journal: Journal, st: StrategyState) -> None:
+        while st.step < st.finished // self.cfg.SEARCH.BATCH_SIZE:
+            used = policy_rewards(journal.batch(st.name, st.step), self.cfg.CONTROLLER.FAILED_REWARD)
+            if st.trainer is not None and used:
+                stats = st.trainer.update(torch.tensor([r.decisions for r, _ in used]),
+                                          torch.tensor([r.logprob for r, _ in used]),
+                                          torch.tensor([reward for _, reward in used]))
+                log.debug("%s update %d: %s", st.name, st.step, stats)
+            st.step += 1
+            save_state(st.checkpoint, {"step": st.step, "strategy": st.name,
+                                       "controller": st.controller.state_dict() if st.controller else None,
+                                       "trainer": st.trainer.state_dict() if st.trainer else None})
+
+    def _sample(self, journal: Journal, st: StrategyState) -> Evaluation:
+        nb = self.cfg.SEARCH.NUM_BLOCKS
+        gen = torch.Generator().manual_seed(_sample_seed(self.cfg.SEARCH.SEED, st.name, st.sampled))
+        if st.controller is None:
+            decisions, logprob = sample_uniform(1, nb, gen)[0].tolist(), None
+        else:
+            actions, logp, _ = st.controller.sample(1, gen)
+            decisions, logprob = actions[0].tolist(), float(logp[0])
+        child = journal.add_pending(st.name, st.sampled, st.step, decisions,
+                                    decisions_to_genotype(decisions, nb).to_dict(), logprob)
+        st.sampled += 1
+        return child
+
+    def _next_child(self, journal: Journal, states: dict[str, StrategyState], resubmit: deque[Evaluation]
+                    ) -> Evaluation | None:
+        """The children that were in flight when the last run stopped first (same genotypes), then a new
+        sample from the strategy with the fewest children in flight (ties: the fewest sampled)."""
+        if resubmit:
+            return resubmit.popleft()
+        open_ = [st for st in states.values() if st.sampled < self.cfg.SEARCH.BUDGET]
+        if not open_:
+            return None
+        return self._sample(journal, min(open_, key=lambda st: (st.in_flight, st.sampled)))
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -95,110 +205,85 @@ class SearchRunner:
                           *(self.out / n for n in ("top_k.json", "summary.json", "rewards.png", "best_cells.png"))]:
                     f.unlink(missing_ok=True)
             journal = self._open_journal()
-            stopped = False
             try:
-                for strategy in self.strategies:
-                    self._run_strategy(journal, strategy)
-            except StopSearch:
-                stopped = True
+                self.states = states = {name: self._open_strategy(journal, name) for name in self.strategies}
+                stopped = self._run_queue(journal, states)
             finally:
-                if self.backend is not None:
+                if self.backend is not None and self.owns_backend:
                     self.backend.close()
                     self.backend = None
-            from search.outputs import write_outputs
-
             summary = write_outputs(journal, self.out, self.cfg, self.strategies)
             summary["stopped_early"] = stopped
             summary["evaluations_this_run"] = self.evals_this_run
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            summary["queue"] = self.stats.summary()
+            for line in summary["problems"]:
+                log.warning("%s", line)
+            write_json_atomic(self.out / "summary.json", summary)
             journal.close()
         return summary
 
-    def _run_strategy(self, journal: Journal, strategy: str) -> None:
-        s, c = self.cfg.SEARCH, self.cfg.CONTROLLER
-        ckpt = self.out / f"controller_{strategy}.pth"
-        controller = trainer = None
-        if strategy != "random":
-            torch.manual_seed(s.SEED)
-            controller = Controller(s.NUM_BLOCKS, c.HIDDEN, c.INIT_RANGE)
-            trainer = PolicyTrainer(controller, strategy, c.LR, c.ENTROPY_WEIGHT, c.BASELINE_DECAY, c.PPO_EPOCHS,
-                                    c.PPO_CLIP, c.GRAD_CLIP, c.NORMALIZE_ADVANTAGE)
-        step = 0
-        state = load_state(ckpt)
-        if state is not None:
-            step = int(state["step"])
-            if controller is not None:
-                controller.load_state_dict(state["controller"])
-                trainer.load_state_dict(state["trainer"])
-            torch.set_rng_state(state["torch_rng"])
-        done = journal.count(strategy) - journal.count(strategy, "pending")
-        bar = tqdm(total=s.BUDGET, initial=min(done, s.BUDGET), desc=f"search[{strategy}]",
-                   disable=not self.progress, dynamic_ncols=True)
-        best = max((e.reward for e in journal.all(strategy) if e.status == "ok"), default=float("nan"))
-        bar.set_postfix(best=f"{best:.4f}")
+    def _run_queue(self, journal: Journal, states: dict[str, StrategyState]) -> bool:
+        """Keep every worker busy until the budgets are spent; True when SEARCH.MAX_EVALS_THIS_RUN stopped it."""
+        s = self.cfg.SEARCH
+        limit = s.MAX_EVALS_THIS_RUN
+        resubmit = deque(e for e in journal.pending() if e.strategy in states)
+        in_flight: dict[int, StrategyState] = {}
+        total = s.BUDGET * len(states)
+        bar = tqdm(total=total, initial=min(sum(st.finished for st in states.values()), total),
+                   desc=f"search[{','.join(states)}]", disable=not self.progress, dynamic_ncols=True)
+        t0 = None
         try:
             while True:
-                rows = journal.batch(strategy, step)
-                if not rows:
-                    sampled = journal.count(strategy)
-                    if sampled >= s.BUDGET:
+                while not limit or self.evals_this_run + len(in_flight) < limit:
+                    if self.backend is not None and len(in_flight) >= self.backend.capacity():
                         break
-                    rows = self._sample(journal, strategy, step, min(s.BATCH_SIZE, s.BUDGET - sampled), controller)
-                pending = [r for r in rows if r.status == "pending"]
-                if pending:
-                    best = self._evaluate(journal, strategy, pending, bar, best)
-                rows = journal.batch(strategy, step)
-                used = policy_rewards(rows, c.FAILED_REWARD)
-                if trainer is not None and used:
-                    stats = trainer.update(torch.tensor([r.decisions for r, _ in used]),
-                                           torch.tensor([r.logprob for r, _ in used]),
-                                           torch.tensor([reward for _, reward in used]))
-                    log.debug("%s batch %d: %s", strategy, step, stats)
-                step += 1
-                save_state(ckpt, {"step": step, "strategy": strategy, "torch_rng": torch.get_rng_state(),
-                                  "controller": controller.state_dict() if controller is not None else None,
-                                  "trainer": trainer.state_dict() if trainer is not None else None})
+                    child = self._next_child(journal, states, resubmit)
+                    if child is None:
+                        break
+                    backend = self._get_backend()  # built once there is work (loads the data)
+                    backend.submit(Job(child.id, child.genotype, s.SEED * 100_003 + child.id))
+                    st = in_flight[child.id] = states[child.strategy]
+                    st.in_flight += 1
+                    t0 = time.perf_counter() if t0 is None else t0
+                if not in_flight:
+                    break
+                self._observe_fill(states, resubmit, len(in_flight), limit)
+                for st in states.values():  # after the free workers got their children: they run meanwhile
+                    n = st.step
+                    self._apply_due_updates(journal, st)
+                    self.stats.in_flight_at_updates += [len(in_flight)] * (st.step - n)
+                    self.stats.updates += st.step - n
+                for res in self.backend.wait():
+                    self._finish(journal, in_flight.pop(res.eval_id), res, bar)
+                self.stats.wall_seconds = time.perf_counter() - t0
         finally:
             bar.close()
+        left = bool(journal.pending()) or any(st.sampled < s.BUDGET for st in states.values())
+        for st in states.values():
+            self._apply_due_updates(journal, st)
+        return bool(limit) and self.evals_this_run >= limit and left
 
-    def _sample(self, journal: Journal, strategy: str, step: int, n: int, controller: Controller | None
-                ) -> list[Evaluation]:
-        nb = self.cfg.SEARCH.NUM_BLOCKS
-        gen = torch.Generator().manual_seed(_batch_seed(self.cfg.SEARCH.SEED, strategy, step))
-        if controller is None:
-            actions, logps = sample_uniform(n, nb, gen), [None] * n
-        else:
-            actions, logp, _ = controller.sample(n, gen)
-            logps = logp.tolist()
-        samples = []
-        for a, lp in zip(actions.tolist(), logps):
-            samples.append((a, decisions_to_genotype(a, nb).to_dict(), lp))
-        return journal.add_pending(strategy, step, samples)
+    def _observe_fill(self, states: dict[str, StrategyState], resubmit: deque, n: int, limit: int) -> None:
+        cap = self.backend.capacity()
+        self.stats.workers = max(self.stats.workers, cap)
+        self.stats.max_in_flight = max(self.stats.max_in_flight, n)
+        work_left = resubmit or any(st.sampled < self.cfg.SEARCH.BUDGET for st in states.values())
+        if n < cap and work_left and not (limit and self.evals_this_run + n >= limit):
+            self.stats.idle_fills += 1
 
-    def _evaluate(self, journal: Journal, strategy: str, pending: list[Evaluation], bar: tqdm, best: float
-                  ) -> float:
-        limit = self.cfg.SEARCH.MAX_EVALS_THIS_RUN
-        if limit > 0:
-            room = limit - self.evals_this_run
-            if room <= 0:
-                raise StopSearch
-            stop_after = len(pending) > room
-            pending = pending[:room]
+    def _finish(self, journal: Journal, st: StrategyState, res: Result, bar: tqdm) -> None:
+        journal.finish(res.eval_id, res.status, res.reward, res.seconds, res.params, res.error,
+                       batch_size=self.cfg.SEARCH.BATCH_SIZE)
+        st.finished += 1
+        st.in_flight -= 1
+        self.evals_this_run += 1
+        self.stats.busy_seconds += res.seconds or 0.0
+        if res.status == "ok":
+            st.best = res.reward if math.isnan(st.best) else max(st.best, res.reward)
         else:
-            stop_after = False
-        jobs = [Job(e.id, e.genotype, self.cfg.SEARCH.SEED * 100_003 + e.id) for e in pending]
-        for res in self._get_backend().run(jobs):
-            journal.finish(res.eval_id, res.status, res.reward, res.seconds, res.params, res.error)
-            self.evals_this_run += 1
-            if res.status == "ok":
-                best = res.reward if math.isnan(best) else max(best, res.reward)
-            else:
-                tqdm.write(f"[{strategy}] child {res.eval_id} failed: {res.error}")
-            bar.update(1)
-            bar.set_postfix(best=f"{best:.4f}")
-        if stop_after:
-            raise StopSearch
-        return best
+            tqdm.write(f"[{st.name}] child {res.eval_id} {res.status}: {res.error}")
+        bar.update(1)
+        bar.set_postfix_str(" ".join(f"{name}={x.best:.4f}" for name, x in self.states.items()))
 
 
 def build_child_evaluator(cfg: CfgNode) -> Evaluator:
@@ -222,6 +307,12 @@ def policy_rewards(rows: list[Evaluation], failed_reward: float | None) -> list[
         elif r.status == "failed" and failed_reward is not None:
             used.append((r, float(failed_reward)))
     return used
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 @contextmanager

@@ -1,9 +1,10 @@
-"""Work queue for child evaluations: in-process, a local process pool (one worker per GPU, or N CPU
-workers), or Ray (one child per GPU on a cluster, with retries).
+"""Where children are evaluated: in this process, in local worker processes (one per GPU, or N CPU
+workers), or on Ray (one child per GPU of a cluster, with retries).
 
 Every backend takes a picklable *evaluator* ``fn(genotype, seed) -> {"reward": float, "params": int, ...}``
-and yields one :class:`Result` per job as soon as it finishes. An evaluator that raises, runs out of
-memory or returns a non-finite reward gives a ``failed`` result with the reason; the search goes on.
+and is an asynchronous queue: ``submit`` a job whenever ``capacity()`` allows one more in flight, ``wait``
+for the results that are ready (at least one). An evaluator that raises, runs out of memory or returns a
+non-finite reward gives a ``failed`` result with the reason; the search goes on.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_any
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +71,54 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
     return Result(job.eval_id, "failed", None, time.perf_counter() - t0, None, reason)
 
 
-class InlineBackend:
-    """Runs children one after the other in this process (debugging, pure-function rewards)."""
+class QueueBackend:
+    """The interface of every backend: ``capacity`` (children worth keeping in flight now), ``submit``,
+    ``wait`` (blocks until at least one submitted child finished; returns every result that is ready) and
+    ``close``. ``run`` evaluates a list of jobs through it (tests, warm-up)."""
 
-    def __init__(self, evaluator: Evaluator):
-        self.evaluator = evaluator
+    def capacity(self) -> int:
+        raise NotImplementedError
 
-    def run(self, jobs: list[Job]) -> Iterator[Result]:
-        for job in jobs:
-            yield run_job(self.evaluator, job)
+    def submit(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> list[Result]:
+        raise NotImplementedError
 
     def close(self) -> None:
         pass
 
+    def run(self, jobs: list[Job]) -> Iterator[Result]:
+        waiting, in_flight = deque(jobs), 0
+        while waiting or in_flight:
+            while waiting and in_flight < self.capacity():
+                self.submit(waiting.popleft())
+                in_flight += 1
+            for res in self.wait():
+                in_flight -= 1
+                yield res
 
-# --- local process pool ------------------------------------------------------------------------------
-_WORKER_EVALUATOR: Evaluator | None = None
-_WORKER_STARTED: Any = None  # SimpleQueue: each worker writes the id of a job before it runs it
+
+class InlineBackend(QueueBackend):
+    """Runs children one at a time in this process (debugging, pure-function rewards)."""
+
+    def __init__(self, evaluator: Evaluator):
+        self.evaluator = evaluator
+        self.queued: deque[Job] = deque()
+
+    def capacity(self) -> int:
+        return 1
+
+    def submit(self, job: Job) -> None:
+        self.queued.append(job)
+
+    def wait(self) -> list[Result]:
+        return [run_job(self.evaluator, self.queued.popleft())]
+
+
+# --- local worker processes --------------------------------------------------------------------------
 _PR_SET_PDEATHSIG = 1
+_MAX_START_FAILURES = 3  # workers in a row that die before running a child: give up (broken set-up)
 
 
 def die_with_parent(parent_pid: int) -> bool:
@@ -106,160 +137,183 @@ def die_with_parent(parent_pid: int) -> bool:
     return True
 
 
-def _init_worker(evaluator: Evaluator, devices: Any, threads: int, started: Any, parent_pid: int) -> None:
-    global _WORKER_EVALUATOR, _WORKER_STARTED
+def _worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: int, parent_pid: int) -> None:
+    """One worker process: evaluates the jobs its driver sends, one at a time, until it gets ``None``.
+    It says "ready" once set up and ("started", id) before each child, so the driver can tell a child
+    that killed its worker from a worker that died while idle or while starting."""
     die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops us
     torch.set_num_threads(max(1, threads))
-    device = devices.get() if devices is not None else "cpu"
     if hasattr(evaluator, "device"):
         evaluator.device = device
-    _WORKER_EVALUATOR, _WORKER_STARTED = evaluator, started
+    conn.send("ready")
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the driver went away
+            return
+        if job is None:
+            return
+        conn.send(("started", job.eval_id))
+        result = run_job(evaluator, job)
+        try:
+            conn.send(result)
+        except Exception as e:  # e.g. a result that cannot be pickled: not the cell's fault
+            conn.send(Result(job.eval_id, "lost", error=f"result could not be sent back: {type(e).__name__}: {e}"))
 
 
-def _run_in_worker(job: Job) -> Result:
-    assert _WORKER_EVALUATOR is not None, "worker was not initialised"
-    # SimpleQueue.put writes to the pipe before returning, so the id is there even if this process is
-    # killed a moment later: the driver learns which jobs were running when a worker died.
-    _WORKER_STARTED.put(job.eval_id)
-    return run_job(_WORKER_EVALUATOR, job)
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    job: Job | None = None       # the child it was sent, until its result comes back
+    started: bool = False        # it said it began that child
 
 
-def _result_of(fut: Any, job: Job) -> Result:
-    """The result of a finished future that did not break the pool (an error here is e.g. a result
-    that could not be pickled back to the driver: not the cell's fault, so the child is ``lost``)."""
-    err = fut.exception()
-    if err is None:
-        return fut.result()
-    return Result(job.eval_id, "lost", error=f"{type(err).__name__}: {err}")
+class LocalProcessBackend(QueueBackend):
+    """``num_workers`` spawned worker processes, each with its own pipe; with CUDA each gets its own GPU
+    (``cuda:i``). The evaluator (with its data arrays) is pickled once per worker, not once per child.
 
-
-_MAX_IDLE_BREAKS = 3
-
-
-class LocalProcessBackend:
-    """``num_workers`` spawned processes; with CUDA each gets its own GPU (``cuda:i``). The evaluator (with
-    its data arrays) is pickled once per worker, not once per child.
-
-    A worker that dies (segfault, OOM killer) breaks the whole ``ProcessPoolExecutor``: every unfinished
-    job gets an error, including jobs that never started. The pool is then rebuilt and the unfinished
-    jobs resubmitted; jobs that never started are never charged. A job that was running at a break is
-    re-run in parallel with the others once; running at a second break makes it a suspect, re-run alone
-    in the pool, and a job whose worker dies while it runs alone is retried up to ``max_retries`` times
-    before it is recorded as failed. A pool found broken between jobs is simply rebuilt."""
+    Each worker runs one child at a time, so a worker that dies (segfault, OOM killer) takes exactly one
+    child with it: the one it had said it started. That child is re-run in a fresh worker up to
+    ``max_retries`` times, then recorded as failed. A worker that dies while idle or before it starts its
+    child is replaced and charges no child; if workers keep dying before they run anything (a broken
+    set-up), the child is recorded as ``lost``."""
 
     def __init__(self, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
                  use_cuda: bool | None = None, max_retries: int = 2):
         use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
         n_gpu = torch.cuda.device_count() if use_cuda else 0
+        self.evaluator, self.threads_per_worker = evaluator, threads_per_worker
         self.num_workers = num_workers or (n_gpu if n_gpu else 2)
-        self.devices = [f"cuda:{i % n_gpu}" for i in range(self.num_workers)] if n_gpu else None
-        self.evaluator, self.threads = evaluator, threads_per_worker
+        self.devices = [f"cuda:{i % n_gpu}" if n_gpu else "cpu" for i in range(self.num_workers)]
         self.max_retries = max(0, int(max_retries))
-        self.pool: ProcessPoolExecutor | None = None
-        self.started: Any = None
+        self.workers: list[_Worker | None] = [None] * self.num_workers
+        self.queued: deque[Job] = deque()  # submitted, not yet handed to a worker (or to be re-run)
+        self.deaths: dict[int, int] = {}   # eval id -> workers it killed
+        self.start_failures = 0            # workers in a row that died before running a child
+        self.ctx = mp.get_context("spawn")
 
-    def _start(self) -> ProcessPoolExecutor:
-        ctx = mp.get_context("spawn")
-        queue = None
-        if self.devices:
-            queue = ctx.Queue()
-            for d in self.devices:
-                queue.put(d)
-        self.started = ctx.SimpleQueue()
-        return ProcessPoolExecutor(self.num_workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(self.evaluator, queue, self.threads, self.started, os.getpid()))
+    def capacity(self) -> int:
+        return self.num_workers
 
-    def _drain_started(self, into: set[int]) -> None:
-        while self.started is not None and not self.started.empty():
-            into.add(self.started.get())
+    def worker_pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers if w is not None and w.process.is_alive()]
 
-    def _discard_pool(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool, self.started = None, None
+    def start(self) -> None:
+        """Start every worker now and wait until each is set up (otherwise they start with their first child)."""
+        for i, w in enumerate(self.workers):
+            if w is None:
+                self.workers[i] = self._spawn(i)
+        for w in self.workers:
+            if w is not None and w.conn.poll(None):
+                self._read(w)
 
-    def run(self, jobs: list[Job]) -> Iterator[Result]:
-        waiting: deque[Job] = deque(jobs)   # never submitted, or resubmitted after a break
-        suspects: deque[Job] = deque()      # running at two breaks: re-run alone, one at a time
-        breaks_seen: dict[int, int] = {}    # breaks a job was running at, while not alone
-        deaths: dict[int, int] = {}         # deaths of a job's worker while the job ran alone
-        started: set[int] = set()           # jobs that began running in the current pool
-        idle_breaks = 0                     # breaks in a row with no job running (e.g. failing start-up)
-        futures: dict[Any, Job] = {}
-        try:
-            while waiting or suspects or futures:
-                if self.pool is not None and getattr(self.pool, "_broken", False):
-                    self._discard_pool()  # a worker died while idle, e.g. between batches
-                if self.pool is None:
-                    self.pool = self._start()
-                alone = bool(suspects)
+    def _spawn(self, i: int) -> _Worker:
+        ours, theirs = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_worker_main, name=f"search-worker-{i}", daemon=True,
+                                args=(theirs, self.evaluator, self.devices[i], self.threads_per_worker, os.getpid()))
+        proc.start()
+        theirs.close()
+        return _Worker(proc, ours)
+
+    def submit(self, job: Job) -> None:
+        self.queued.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for i, w in enumerate(self.workers):
+            if not self.queued:
+                return
+            if w is not None and w.job is None and not w.process.is_alive():  # died while idle
+                self._reap(w)
+                w = self.workers[i] = None
+            if w is None:
+                w = self.workers[i] = self._spawn(i)
+            if w.job is None:
+                w.job, w.started = self.queued.popleft(), False
                 try:
-                    if alone and not futures:
-                        job = suspects.popleft()
-                        futures[self.pool.submit(_run_in_worker, job)] = job
-                    while waiting and not alone:
-                        job = waiting.popleft()
-                        futures[self.pool.submit(_run_in_worker, job)] = job
-                except BrokenProcessPool:  # broke between our check and the submit: nothing of it ran
-                    (suspects if alone else waiting).appendleft(job)
-                    if not futures:
-                        self._discard_pool()
-                        idle_breaks += 1
-                        if idle_breaks >= _MAX_IDLE_BREAKS:
-                            yield from self._give_up([*suspects, *waiting])
-                            return
-                        continue
-                done, _ = wait(list(futures), return_when=FIRST_COMPLETED)
-                if not any(isinstance(f.exception(), BrokenProcessPool) for f in done):
-                    for fut in done:
-                        yield _result_of(fut, futures.pop(fut))
-                    idle_breaks = 0
-                    self._drain_started(started)
+                    w.conn.send(w.job)
+                except OSError:  # it died a moment ago; wait() sees its sentinel and requeues the job
+                    pass
+
+    def _read(self, w: _Worker) -> list[Result]:
+        """Every message the worker has written; EOF (it died) ends the reading."""
+        out = []
+        try:
+            while w.conn.poll():
+                msg = w.conn.recv()
+                if msg == "ready":
+                    self.start_failures = 0
+                elif isinstance(msg, tuple):
+                    w.started = True
+                else:
+                    out.append(msg)
+                    w.job, w.started = None, False
+        except (EOFError, OSError):
+            pass
+        return out
+
+    def wait(self) -> list[Result]:
+        results: list[Result] = []
+        while not results:
+            self._dispatch()
+            busy = [w for w in self.workers if w is not None and w.job is not None]
+            if not busy:
+                raise RuntimeError("wait() called with no child in flight")
+            wait_for_any([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for i, w in enumerate(self.workers):
+                if w is None or w.job is None:
                     continue
-                # The pool is broken and every future fails soon; keep the results that came first.
-                wait(list(futures))
-                self._drain_started(started)
-                unfinished = []
-                for fut, job in futures.items():
-                    if isinstance(fut.exception(), BrokenProcessPool):
-                        unfinished.append(job)
-                    else:
-                        yield _result_of(fut, job)
-                futures.clear()
-                self._discard_pool()
-                running = [j for j in unfinished if j.eval_id in started]
-                waiting.extendleft(reversed([j for j in unfinished if j.eval_id not in started]))
-                started = set()
-                if not running:
-                    idle_breaks += 1
-                    if idle_breaks >= _MAX_IDLE_BREAKS:
-                        yield from self._give_up([*suspects, *waiting])
-                        return
-                elif alone:  # it ran alone, so its worker died because of it
-                    job = running[0]
-                    deaths[job.eval_id] = deaths.get(job.eval_id, 0) + 1
-                    if deaths[job.eval_id] > self.max_retries:
-                        yield Result(job.eval_id, "failed", error=f"worker process died while evaluating "
-                                     f"this child ({deaths[job.eval_id]} times; OOM killer or a crash?)")
-                    else:
-                        suspects.append(job)
-                else:  # any of them, or an idle worker, may have died: re-run in parallel once, then alone
-                    for job in running:
-                        breaks_seen[job.eval_id] = breaks_seen.get(job.eval_id, 0) + 1
-                    suspects.extend(j for j in running if breaks_seen[j.eval_id] >= 2)
-                    waiting.extendleft(reversed([j for j in running if breaks_seen[j.eval_id] < 2]))
-        finally:
-            for fut in futures:
-                fut.cancel()
+                alive = w.process.is_alive()  # before reading: what it wrote before dying is in the pipe
+                results += self._read(w)
+                if w.job is not None and not alive:
+                    self.workers[i] = None
+                    results += self._worker_died(w)
+        self._dispatch()  # re-runs of children whose worker died
+        return results
+
+    def _worker_died(self, w: _Worker) -> list[Result]:
+        job, started = w.job, w.started
+        self._reap(w)
+        if not started:  # died before it began the child: not the child's doing
+            self.start_failures += 1
+            if self.start_failures >= _MAX_START_FAILURES:
+                return [Result(job.eval_id, "lost", error=f"worker processes keep dying before they run a child "
+                               f"({self.start_failures} in a row, exit code {w.process.exitcode}; see their stderr)")]
+            self.queued.appendleft(job)
+            return []
+        self.deaths[job.eval_id] = self.deaths.get(job.eval_id, 0) + 1
+        if self.deaths[job.eval_id] > self.max_retries:
+            return [Result(job.eval_id, "failed", error=f"worker process died while evaluating this child "
+                           f"({self.deaths[job.eval_id]} times, exit code {w.process.exitcode}; OOM killer or a crash?)")]
+        self.queued.appendleft(job)
+        return []
 
     @staticmethod
-    def _give_up(jobs: list[Job]) -> Iterator[Result]:
-        for job in jobs:
-            yield Result(job.eval_id, "lost", error="worker processes keep dying before they run a child "
-                         "(see their stderr)")
+    def _reap(w: _Worker) -> None:
+        w.process.join(timeout=5)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
 
     def close(self) -> None:
-        self._discard_pool()
+        for w in self.workers:
+            if w is None:
+                continue
+            if w.job is None and w.process.is_alive():
+                try:
+                    w.conn.send(None)  # idle: let it exit on its own
+                except OSError:
+                    pass
+            else:
+                w.process.terminate()  # stopping mid-child: the journal still has that child as pending
+        for w in self.workers:
+            if w is not None:
+                self._reap(w)
+        self.workers = [None] * self.num_workers
+        self.queued.clear()
 
 
 # --- Ray ---------------------------------------------------------------------------------------------
@@ -270,12 +324,16 @@ def _ray_run(evaluator: Evaluator, job: Job, threads: int) -> Result:
     return run_job(evaluator, job)
 
 
-class RayBackend:
-    """Children as Ray tasks: one GPU each when the cluster has GPUs, else one CPU each. A task whose
-    worker process dies is retried ``max_retries`` times (Ray's task retries), then recorded as failed."""
+class RayBackend(QueueBackend):
+    """Children as Ray tasks: one GPU each when the cluster has GPUs, else one CPU each. As many are kept
+    in flight as the cluster has GPUs (CPUs without GPUs; re-read every few seconds, so an autoscaled
+    cluster is followed), or ``max_in_flight`` when that is set. A task whose worker process dies is
+    retried ``max_retries`` times (Ray's task retries), then recorded as failed."""
+
+    RESOURCE_REFRESH_S = 5.0
 
     def __init__(self, evaluator: Evaluator, address: str = "", num_workers: int = 0, max_retries: int = 2,
-                 threads_per_worker: int = 1):
+                 threads_per_worker: int = 1, max_in_flight: int = 0):
         try:
             import ray
         except ImportError:
@@ -293,46 +351,65 @@ class RayBackend:
                 ray.init(address=address, **kwargs)
             else:  # NUM_WORKERS 0 means one per GPU: give a local Ray a CPU slot for each of them
                 ray.init(num_cpus=num_workers or max(2, torch.cuda.device_count()), **kwargs)
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        options: dict[str, Any] = dict(num_cpus=1, num_gpus=1 if use_gpu else 0, max_retries=max_retries)
+        self.use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        options: dict[str, Any] = dict(num_cpus=1, num_gpus=1 if self.use_gpu else 0, max_retries=max_retries)
         if not self.owns_ray:  # someone else's ray.init: our job-level runtime_env was not applied
             options["runtime_env"] = runtime_env
         self.remote = ray.remote(_ray_run).options(**options)
         self.evaluator_ref = ray.put(evaluator)
-        self.threads, self.max_retries = threads_per_worker, max_retries
+        self.threads, self.max_retries, self.max_in_flight = threads_per_worker, max_retries, max_in_flight
+        self.refs: dict[Any, Job] = {}
+        self._slots, self._slots_read = 1, -math.inf
 
-    def run(self, jobs: list[Job]) -> Iterator[Result]:
-        refs = {self.remote.remote(self.evaluator_ref, job, self.threads): job for job in jobs}
+    def capacity(self) -> int:
+        if self.max_in_flight > 0:
+            return self.max_in_flight
+        if time.monotonic() - self._slots_read > self.RESOURCE_REFRESH_S:
+            total = self.ray.cluster_resources()
+            self._slots = max(1, int(total.get("GPU", 0) if self.use_gpu else total.get("CPU", 0)))
+            self._slots_read = time.monotonic()
+        return self._slots
+
+    def submit(self, job: Job) -> None:
+        self.refs[self.remote.remote(self.evaluator_ref, job, self.threads)] = job
+
+    def wait(self) -> list[Result]:
+        if not self.refs:
+            raise RuntimeError("wait() called with no child in flight")
+        done, rest = self.ray.wait(list(self.refs), num_returns=1)
+        if rest:  # and whatever else is ready already
+            done += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return [self._result(ref, self.refs.pop(ref)) for ref in done]
+
+    def _result(self, ref: Any, job: Job) -> Result:
         try:
-            while refs:
-                done, _ = self.ray.wait(list(refs), num_returns=1)
-                job = refs.pop(done[0])
-                try:
-                    yield self.ray.get(done[0])
-                except Exception as e:  # worker died more than max_retries times, or the task was lost
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                    # Each task has its own worker: a crash or Ray's OOM kill is the child's doing, anything
-                    # else (a lost node or object) is not.
-                    child_fault = isinstance(e, (self.ray.exceptions.WorkerCrashedError,
-                                                 self.ray.exceptions.OutOfMemoryError))
-                    yield Result(job.eval_id, "failed" if child_fault else "lost",
-                                 error=f"ray task failed (after up to {self.max_retries} retries): {msg}")
-        finally:
-            for ref in refs:
-                self.ray.cancel(ref, force=True)
+            return self.ray.get(ref)
+        except Exception as e:  # worker died more than max_retries times, or the task was lost
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            # Each task has its own worker: a crash or Ray's OOM kill is the child's doing, anything
+            # else (a lost node or object) is not.
+            child_fault = isinstance(e, (self.ray.exceptions.WorkerCrashedError,
+                                         self.ray.exceptions.OutOfMemoryError))
+            return Result(job.eval_id, "failed" if child_fault else "lost",
+                          error=f"ray task failed (after up to {self.max_retries} retries): {msg}")
 
     def close(self) -> None:
+        for ref in self.refs:
+            self.ray.cancel(ref, force=True)
+        self.refs.clear()
         if self.owns_ray:
             self.ray.shutdown()
             self.owns_ray = False
 
 
 def make_backend(kind: str, evaluator: Evaluator, num_workers: int = 0, ray_address: str = "",
-                 max_retries: int = 2, threads_per_worker: int = 1):
+                 max_retries: int = 2, threads_per_worker: int = 1, max_in_flight: int = 0) -> QueueBackend:
+    """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children Ray keeps in
+    flight (the local backend keeps each of its ``num_workers`` busy)."""
     if kind == "inline":
         return InlineBackend(evaluator)
     if kind == "local":
         return LocalProcessBackend(evaluator, num_workers, threads_per_worker, max_retries=max_retries)
     if kind == "ray":
-        return RayBackend(evaluator, ray_address, num_workers, max_retries, threads_per_worker)
+        return RayBackend(evaluator, ray_address, num_workers, max_retries, threads_per_worker, max_in_flight)
     raise ValueError(f"WORKERS.BACKEND must be 'local', 'ray' or 'inline', got {kind!r}")

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,9 +102,12 @@ def test_worker_dying_while_idle_between_batches_is_survived():
     backend = LocalProcessBackend(DiesOnSeedZero(), num_workers=2, use_cuda=False, max_retries=0)
     try:
         assert all(r.status == "ok" for r in backend.run([Job(i, NASNET_A.to_dict(), i) for i in (1, 2)]))
-        victim = next(iter(backend.pool._processes.values()))  # e.g. the OOM killer picks an idle worker
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.join(timeout=10)
+        victim = backend.worker_pids()[0]  # e.g. the OOM killer picks an idle worker
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(100):  # until it is gone
+            if victim not in backend.worker_pids():
+                break
+            time.sleep(0.1)
         results = list(backend.run([Job(i, NASNET_A.to_dict(), i) for i in (3, 4)]))
     finally:
         backend.close()
