@@ -3,7 +3,8 @@
     python tools/search_cifar.py --config-file configs/search/smoke.yaml [--output-dir DIR] [--resume]
         [KEY VALUE ...]     e.g. SEARCH.STRATEGY ppo,random SEARCH.BUDGET 40 WORKERS.BACKEND ray
 
-Rerunning the same command resumes from the journal in the output directory.
+Rerunning the same command resumes from the journal in the output directory. Exit codes: 0 with a usable
+result, 1 when every child failed (no genotype to use), 2 for bad input, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from nasnet_det.cli import exit_2_on_bad_input
 from search.config import load_cfg
 from search.runner import JOURNAL_NAME, SearchRunner
 
@@ -40,32 +42,43 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        opts = list(args.opts)
-        flags = [o for o in opts if o.startswith("--")]
-        if flags:  # argparse.REMAINDER would otherwise pass them on as config keys
-            raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
-                             f"nasnet-det search --config-file X.yaml {flags[0]} ... SEARCH.BUDGET 40")
-        if args.output_dir:
-            opts += ["OUTPUT_DIR", args.output_dir]
-        cfg = load_cfg(args.config_file or None, opts)
-        out = Path(cfg.OUTPUT_DIR)
-        if args.resume and not (out / JOURNAL_NAME).is_file():
-            raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
-        # The driver only runs the small controller (and the children with the inline backend): more
-        # threads than the workers get would just contend with them for the cores.
-        torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
-        summary = SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-        print(f"nasnet-det search: error: {e}", file=sys.stderr)
-        return 2
+        summary = _search(args)
     except KeyboardInterrupt:
         print("nasnet-det search: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    if isinstance(summary, int):  # bad input, already reported
+        return summary
     short = {k: {kk: v[kk] for kk in ("evaluations", "ok", "failed", "best_reward", "first_batches_mean",
-                                      "last_batches_mean")} for k, v in summary["strategies"].items()}
+                                      "last_batches_mean", "collapsed")} for k, v in summary["strategies"].items()}
     print(json.dumps({"output_dir": summary["output_dir"], "stopped_early": summary["stopped_early"],
-                      "strategies": short, "best": summary.get("best")}, indent=2))
+                      "strategies": short, "best": summary.get("best"), "problems": summary["problems"]}, indent=2))
+    if not summary["usable"]:
+        print(f"nasnet-det search: error: no usable result in {summary['output_dir']}: "
+              + "; ".join(summary["problems"] or ["no child finished"]), file=sys.stderr)
+        return 1
     return 0
+
+
+@exit_2_on_bad_input
+def _search(args: argparse.Namespace) -> dict | int:
+    opts = list(args.opts)
+    flags = [o for o in opts if o.startswith("--")]
+    if flags:  # argparse.REMAINDER would otherwise pass them on as config keys
+        raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
+                         f"nasnet-det search --config-file X.yaml {flags[0]} ... SEARCH.BUDGET 40")
+    if args.output_dir:
+        opts += ["OUTPUT_DIR", args.output_dir]
+    cfg = load_cfg(args.config_file or None, opts)
+    out = Path(cfg.OUTPUT_DIR)
+    if args.resume and not (out / JOURNAL_NAME).is_file():
+        raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
+    # The driver only runs the small controller (and the children with the inline backend): more
+    # threads than the workers get would just contend with them for the cores.
+    torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
+    try:
+        return SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
+    except ImportError as e:  # a backend whose package is missing: a setting the user must change
+        raise ValueError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -162,3 +162,30 @@ class ChildEvaluator:
         forced = str(self.child.get("DEVICE", "auto"))
         device = self.device if forced == "auto" else forced
         return train_child(genotype, self.child, self.data, seed=seed, device=device)
+
+
+class SleepingReward(SyntheticOpReward):
+    """Stands in for child training in work-queue tests and benchmarks: sleeps for a heavy-tailed time
+    (lognormal: median ``median_s``, ``sigma`` 1 makes the slowest of 100 children ~10x the median),
+    then returns the op-score reward plus noise. Duration and noise are drawn from the child's seed, so a
+    re-run child gets the same. With ``log_path`` each call appends ``seed start end`` (wall-clock) to it,
+    from whichever process ran the child."""
+
+    def __init__(self, seed: int = 0, median_s: float = 0.03, sigma: float = 1.0, noise: float = 0.05,
+                 log_path: str | None = None):
+        super().__init__(seed, noise)
+        self.median_s, self.sigma, self.log_path = median_s, sigma, log_path
+
+    def duration(self, seed: int) -> float:
+        return self.median_s * math.exp(self.sigma * np.random.default_rng([seed, 7]).standard_normal())
+
+    def __call__(self, genotype: Genotype, seed: int = 0) -> dict[str, Any]:
+        import time
+
+        start = time.time()
+        time.sleep(self.duration(seed))
+        if self.log_path:
+            with open(self.log_path, "a") as f:  # one short write per line: lines of workers do not mix
+                f.write(f"{seed} {start:.6f} {time.time():.6f}\n")
+        noise = float(np.random.default_rng([seed, 8]).normal(0, self.noise))
+        return {"reward": self.clean(genotype) + noise, "params": 0}
