@@ -69,7 +69,7 @@ def _check_busy(out: Path, log: Path, summary: dict, workers: int, batch: int, b
     rows = _rows(out)
     # the strategies ran concurrently, sharing the workers: the first children alternate between them
     first = [r["strategy"] for r in rows[:workers]]
-    assert first.count("ppo") == first.count("random") == workers // 2
+    assert abs(first.count("ppo") - first.count("random")) <= 1
     # a child sampled after an update carries the newer policy version (the log-prob is that policy's)
     ppo = [r for r in rows if r["strategy"] == "ppo"]
     assert ppo[-1]["policy"] > 0 and all(r["logprob"] < 0 for r in ppo)
@@ -77,21 +77,21 @@ def _check_busy(out: Path, log: Path, summary: dict, workers: int, batch: int, b
 
 def test_local_queue_keeps_every_worker_busy(tmp_path):
     out, log = tmp_path / "run", tmp_path / "calls.txt"
-    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 10, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 4))
+    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 10, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3))
     summary = SearchRunner(cfg, out, SleepingReward(0, median_s=0.15, log_path=str(log)), False).run()
     assert summary["strategies"]["ppo"]["ok"] == summary["strategies"]["random"]["ok"] == 10
-    _check_busy(out, log, summary, workers=4, batch=2, budget=10)
+    _check_busy(out, log, summary, workers=3, batch=2, budget=10)
 
 
 @pytest.mark.ray
 def test_ray_queue_keeps_more_workers_than_a_batch_busy(tmp_path):
     ray = pytest.importorskip("ray")
     out, log = tmp_path / "run", tmp_path / "calls.txt"
-    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "ray", "WORKERS.NUM_WORKERS", 4))
+    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "ray", "WORKERS.NUM_WORKERS", 3))
     summary = SearchRunner(cfg, out, SleepingReward(0, median_s=0.3, log_path=str(log)), False).run()
     assert not ray.is_initialized()
     assert summary["strategies"]["ppo"]["ok"] == summary["strategies"]["random"]["ok"] == 8
-    _check_busy(out, log, summary, workers=4, batch=2, budget=8)
+    _check_busy(out, log, summary, workers=3, batch=2, budget=8)
 
 
 _DRIVER = """
@@ -106,7 +106,7 @@ SearchRunner(cfg, sys.argv[1], SleepingReward(0, median_s=0.3, log_path=sys.argv
 
 def test_kill_9_of_the_driver_mid_queue_resumes_exactly(tmp_path):
     out, log1, log2 = tmp_path / "run", tmp_path / "calls1.txt", tmp_path / "calls2.txt"
-    opts = _cfg("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3)
+    opts = _cfg("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(out), str(log1), *opts], env=env,
                               stderr=subprocess.PIPE, text=True)
@@ -114,10 +114,12 @@ def test_kill_9_of_the_driver_mid_queue_resumes_exactly(tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and driver.poll() is None:
             time.sleep(0.05)
-            if (out / JOURNAL_NAME).is_file():
+            try:
                 rows = _rows(out)
-                if sum(r["status"] == "ok" for r in rows) >= 5 and any(r["status"] == "pending" for r in rows):
-                    break
+            except sqlite3.OperationalError:  # not created yet
+                continue
+            if sum(r["status"] == "ok" for r in rows) >= 5 and any(r["status"] == "pending" for r in rows):
+                break
         assert driver.poll() is None, driver.stderr.read()
         driver.send_signal(signal.SIGKILL)  # mid-queue: some children finished, others running
         driver.wait()
