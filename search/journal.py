@@ -103,15 +103,19 @@ class Journal:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
 
-    def add_pending(self, strategy: str, sample: int, policy: int, decisions: list[int], genotype: dict,
-                    logprob: float | None) -> Evaluation:
-        """Record a freshly sampled child before it is submitted (a rerun re-submits it unchanged)."""
+    def add_pending(self, strategy: str, first_sample: int, policy: int,
+                    samples: list[tuple[list[int], dict, float | None]]) -> list[Evaluation]:
+        """Record freshly sampled children (decisions, genotype, log-prob), numbered from ``first_sample``,
+        in one transaction before they are submitted (a rerun re-submits them unchanged)."""
+        now, ids = time.time(), []
         with self.db:
-            cur = self.db.execute(
-                "INSERT INTO evaluations (strategy, sample, policy, decisions, genotype, logprob, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (strategy, sample, policy, json.dumps(decisions), json.dumps(genotype), logprob, time.time()))
-        return self.get(int(cur.lastrowid))
+            for i, (decisions, genotype, logprob) in enumerate(samples):
+                cur = self.db.execute(
+                    "INSERT INTO evaluations (strategy, sample, policy, decisions, genotype, logprob, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (strategy, first_sample + i, policy, json.dumps(decisions), json.dumps(genotype), logprob, now))
+                ids.append(int(cur.lastrowid))
+        return [self.get(i) for i in ids]
 
     def finish(self, eval_id: int, status: str, reward: float | None = None, seconds: float | None = None,
                params: int | None = None, error: str | None = None, batch_size: int = 1) -> Evaluation:

@@ -75,6 +75,7 @@ class QueueStats:
     max_in_flight: int = 0
     busy_seconds: float = 0.0        # summed evaluation time of the children that finished
     wall_seconds: float = 0.0        # first submission to last result
+    wait_seconds: float = 0.0        # of that, the driver waiting for results (the rest: sampling, journal, updates)
     updates: int = 0
     # children in flight at each policy update: > 0 means the other workers went on meanwhile
     in_flight_at_updates: list[int] = field(default_factory=list)
@@ -84,7 +85,8 @@ class QueueStats:
     def summary(self) -> dict[str, Any]:
         busy = self.busy_seconds / (self.workers * self.wall_seconds) if self.workers and self.wall_seconds else None
         return {"workers": self.workers, "max_in_flight": self.max_in_flight, "utilisation": busy,
-                "busy_seconds": self.busy_seconds, "wall_seconds": self.wall_seconds, "policy_updates": self.updates,
+                "busy_seconds": self.busy_seconds, "wall_seconds": self.wall_seconds,
+                "driver_seconds": self.wall_seconds - self.wait_seconds, "policy_updates": self.updates,
                 "updates_while_children_ran": sum(n > 0 for n in self.in_flight_at_updates),
                 "idle_fills": self.idle_fills}
 
@@ -171,29 +173,38 @@ class SearchRunner:
                                        "controller": st.controller.state_dict() if st.controller else None,
                                        "trainer": st.trainer.state_dict() if st.trainer else None})
 
-    def _sample(self, journal: Journal, st: StrategyState) -> Evaluation:
+    def _sample(self, journal: Journal, st: StrategyState, n: int) -> list[Evaluation]:
+        """``n`` new children of one strategy, sampled together (one pass of the controller)."""
         nb = self.cfg.SEARCH.NUM_BLOCKS
         gen = torch.Generator().manual_seed(_sample_seed(self.cfg.SEARCH.SEED, st.name, st.sampled))
         if st.controller is None:
-            decisions, logprob = sample_uniform(1, nb, gen)[0].tolist(), None
+            actions, logprobs = sample_uniform(n, nb, gen).tolist(), [None] * n
         else:
-            actions, logp, _ = st.controller.sample(1, gen)
-            decisions, logprob = actions[0].tolist(), float(logp[0])
-        child = journal.add_pending(st.name, st.sampled, st.step, decisions,
-                                    decisions_to_genotype(decisions, nb).to_dict(), logprob)
-        st.sampled += 1
-        return child
+            actions, logp, _ = st.controller.sample(n, gen)
+            actions, logprobs = actions.tolist(), logp.tolist()
+        children = journal.add_pending(st.name, st.sampled, st.step, [
+            (a, decisions_to_genotype(a, nb).to_dict(), lp) for a, lp in zip(actions, logprobs)])
+        st.sampled += n
+        return children
 
-    def _next_child(self, journal: Journal, states: dict[str, StrategyState], resubmit: deque[Evaluation]
-                    ) -> Evaluation | None:
-        """The children that were in flight when the last run stopped first (same genotypes), then a new
-        sample from the strategy with the fewest children in flight (ties: the fewest sampled)."""
-        if resubmit:
-            return resubmit.popleft()
-        open_ = [st for st in states.values() if st.sampled < self.cfg.SEARCH.BUDGET]
-        if not open_:
-            return None
-        return self._sample(journal, min(open_, key=lambda st: (st.in_flight, st.sampled)))
+    def _next_children(self, journal: Journal, states: dict[str, StrategyState], resubmit: deque[Evaluation],
+                       free: int) -> list[Evaluation]:
+        """Up to ``free`` children: those in flight when the last run stopped first (same genotypes), then
+        new samples, each going to the strategy with the fewest children in flight (ties: fewest sampled)."""
+        out = [resubmit.popleft() for _ in range(min(free, len(resubmit)))]
+        load = {name: st.in_flight + sum(c.strategy == name for c in out) for name, st in states.items()}
+        sampled = {name: st.sampled for name, st in states.items()}
+        want = dict.fromkeys(states, 0)
+        for _ in range(free - len(out)):
+            open_ = [name for name in states if sampled[name] < self.cfg.SEARCH.BUDGET]
+            if not open_:
+                break
+            name = min(open_, key=lambda k: (load[k], sampled[k]))
+            want[name], load[name], sampled[name] = want[name] + 1, load[name] + 1, sampled[name] + 1
+        for name, n in want.items():
+            if n:
+                out += self._sample(journal, states[name], n)
+        return out
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -234,14 +245,14 @@ class SearchRunner:
         t0 = None
         try:
             while True:
-                while not limit or self.evals_this_run + len(in_flight) < limit:
-                    if self.backend is not None and len(in_flight) >= self.backend.capacity():
-                        break
-                    child = self._next_child(journal, states, resubmit)
-                    if child is None:
-                        break
-                    backend = self._get_backend()  # built once there is work (loads the data)
-                    backend.submit(Job(child.id, child.genotype, s.SEED * 100_003 + child.id))
+                work_left = resubmit or any(st.sampled < s.BUDGET for st in states.values())
+                if self.backend is None and work_left:
+                    self._get_backend()  # built once there is work (loads the data)
+                free = self.backend.capacity() - len(in_flight) if self.backend is not None else 0
+                if limit:
+                    free = min(free, limit - self.evals_this_run - len(in_flight))
+                for child in self._next_children(journal, states, resubmit, max(0, free)):
+                    self.backend.submit(Job(child.id, child.genotype, s.SEED * 100_003 + child.id))
                     st = in_flight[child.id] = states[child.strategy]
                     st.in_flight += 1
                     t0 = time.perf_counter() if t0 is None else t0
@@ -253,7 +264,10 @@ class SearchRunner:
                     self._apply_due_updates(journal, st)
                     self.stats.in_flight_at_updates += [len(in_flight)] * (st.step - n)
                     self.stats.updates += st.step - n
-                for res in self.backend.wait():
+                t_wait = time.perf_counter()
+                results = self.backend.wait()
+                self.stats.wait_seconds += time.perf_counter() - t_wait
+                for res in results:
                     self._finish(journal, in_flight.pop(res.eval_id), res, bar)
                 self.stats.wall_seconds = time.perf_counter() - t0
         finally:
