@@ -45,7 +45,8 @@ def search(backend, workers: int, per_worker: int, out: Path, evaluator: Sleepin
 
 def line(label: str, q: dict) -> str:
     return (f"{label:<16} utilisation={q['utilisation']:.3f}  children={q['children']}  wall={q['wall_seconds']:.2f}s  "
-            f"busy={q['busy_seconds']:.2f}s  children/hour={q['per_hour']:.0f}  max_in_flight={q['max_in_flight']}  "
+            f"busy={q['busy_seconds']:.2f}s  driver={1000 * q['driver_seconds'] / q['children']:.1f}ms/child  "
+            f"children/hour={q['per_hour']:.0f}  max_in_flight={q['max_in_flight']}  "
             f"idle_fills={q['idle_fills']}  updates={q['policy_updates']} "
             f"(while children ran: {q['updates_while_children_ran']})")
 

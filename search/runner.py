@@ -71,8 +71,8 @@ class StrategyState:
 class QueueStats:
     """How busy the workers were in this run (``summary.json["queue"]``)."""
 
-    workers: int = 0                 # most children the backend allowed in flight
-    max_in_flight: int = 0
+    workers: int = 0                 # most workers the backend had
+    max_in_flight: int = 0           # most children in flight (workers + prefetched)
     busy_seconds: float = 0.0        # summed evaluation time of the children that finished
     wall_seconds: float = 0.0        # first submission to last result
     wait_seconds: float = 0.0        # of that, the driver waiting for results (the rest: sampling, journal, updates)
@@ -279,7 +279,7 @@ class SearchRunner:
 
     def _observe_fill(self, states: dict[str, StrategyState], resubmit: deque, n: int, limit: int) -> None:
         cap = self.backend.capacity()
-        self.stats.workers = max(self.stats.workers, cap)
+        self.stats.workers = max(self.stats.workers, self.backend.worker_count())
         self.stats.max_in_flight = max(self.stats.max_in_flight, n)
         work_left = resubmit or any(st.sampled < self.cfg.SEARCH.BUDGET for st in states.values())
         if n < cap and work_left and not (limit and self.evals_this_run + n >= limit):

@@ -72,12 +72,19 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
 
 
 class QueueBackend:
-    """The interface of every backend: ``capacity`` (children worth keeping in flight now), ``submit``,
-    ``wait`` (blocks until at least one submitted child finished; returns every result that is ready) and
-    ``close``. ``run`` evaluates a list of jobs through it (tests, warm-up)."""
+    """The interface of every backend: ``worker_count`` (children it runs at once), ``capacity`` (children worth
+    keeping in flight now), ``submit``, ``wait`` (blocks until at least one submitted child finished;
+    returns every result that is ready) and ``close``. ``run`` evaluates a list of jobs through it."""
+
+    # Children queued beyond the workers: a worker that frees starts the next child at once, instead of
+    # idling while the driver journals the result and samples (it costs that child one result of staleness).
+    prefetch = 1
+
+    def worker_count(self) -> int:
+        raise NotImplementedError
 
     def capacity(self) -> int:
-        raise NotImplementedError
+        return self.worker_count() + self.prefetch
 
     def submit(self, job: Job) -> None:
         raise NotImplementedError
@@ -106,7 +113,9 @@ class InlineBackend(QueueBackend):
         self.evaluator = evaluator
         self.queued: deque[Job] = deque()
 
-    def capacity(self) -> int:
+    prefetch = 0  # the driver is the worker: nothing to overlap
+
+    def worker_count(self) -> int:
         return 1
 
     def submit(self, job: Job) -> None:
@@ -194,7 +203,7 @@ class LocalProcessBackend(QueueBackend):
         self.start_failures = 0            # workers in a row that died before running a child
         self.ctx = mp.get_context("spawn")
 
-    def capacity(self) -> int:
+    def worker_count(self) -> int:
         return self.num_workers
 
     def worker_pids(self) -> list[int]:
@@ -361,7 +370,7 @@ class RayBackend(QueueBackend):
         self.refs: dict[Any, Job] = {}
         self._slots, self._slots_read = 1, -math.inf
 
-    def capacity(self) -> int:
+    def worker_count(self) -> int:
         if self.max_in_flight > 0:
             return self.max_in_flight
         if time.monotonic() - self._slots_read > self.RESOURCE_REFRESH_S:
@@ -369,6 +378,9 @@ class RayBackend(QueueBackend):
             self._slots = max(1, int(total.get("GPU", 0) if self.use_gpu else total.get("CPU", 0)))
             self._slots_read = time.monotonic()
         return self._slots
+
+    def capacity(self) -> int:
+        return self.max_in_flight if self.max_in_flight > 0 else self.worker_count() + self.prefetch
 
     def submit(self, job: Job) -> None:
         self.refs[self.remote.remote(self.evaluator_ref, job, self.threads)] = job
