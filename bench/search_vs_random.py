@@ -3,6 +3,8 @@
 
 1. Synthetic task (seconds per seed): reward = mean over the genotype's 20 ops of a fixed per-op score
    + noise (``search.reward.SyntheticOpReward``); random search averages ~0.5, the optimum is 1.0.
+   PPO runs at three controller settings: the paper's (LR 0.00035, 100 units, plain advantages), the
+   paper's with normalised advantages (the defaults of search/config.py), and tuned (LR 0.03, 32 units).
 2. Tiny real run: children 1@4 trained a few steps on 16-px images of the CIFAR-10 subset
    (``shared/data/cifar10-subset.npz``), reward = held-out accuracy. Far too small to separate the
    strategies reliably; it shows the whole pipeline on real data and reports the numbers.
@@ -32,7 +34,7 @@ from search.reward import SyntheticOpReward  # noqa: E402
 from search.runner import SearchRunner  # noqa: E402
 
 
-def row(label: str, s: dict) -> str:
+def row(label: str, s: dict) -> str:  # the real run: ppo and random of one search
     # first/last: the summary's first/last quarter of the batch means (search.outputs.first_last_means)
     p, r = s["ppo"], s["random"]
     return (f"{label:<8} ppo_first={p['first_batches_mean']:.4f} ppo_last={p['last_batches_mean']:.4f} "
@@ -40,22 +42,43 @@ def row(label: str, s: dict) -> str:
             f"random_best={r['best_reward']:.4f} (ok {p['ok']}+{r['ok']}, failed {p['failed']}+{r['failed']})")
 
 
+# Controller settings compared on the synthetic reward (name, overrides); each runs with random search
+# beside it in one search (the strategies share the queue), or alone when the name says so.
+SETTINGS = {
+    "paper": ["CONTROLLER.LR", "0.00035", "CONTROLLER.HIDDEN", "100", "CONTROLLER.NORMALIZE_ADVANTAGE", "False"],
+    "paper+norm": ["CONTROLLER.LR", "0.00035", "CONTROLLER.HIDDEN", "100", "CONTROLLER.NORMALIZE_ADVANTAGE", "True"],
+    "tuned": ["CONTROLLER.LR", "0.03", "CONTROLLER.HIDDEN", "32", "CONTROLLER.NORMALIZE_ADVANTAGE", "True"],
+}
+
+
 def synthetic(seeds: int, budget: int, out: Path) -> None:
-    print(f"== synthetic op-score reward: budget {budget} per strategy, batch 20, {seeds} seeds ==")
-    firsts, lasts, rands = [], [], []
+    print(f"== synthetic op-score reward: budget {budget} per strategy, batch 20, {seeds} seeds; PPO at the paper's "
+          f"controller settings (LR 0.00035, 100 units, plain advantages), the same with normalised advantages "
+          f"(the defaults), and tuned (LR 0.03, 32 units, normalised) ==")
+    last = {name: [] for name in SETTINGS}
+    first = {name: [] for name in SETTINGS}
+    rands = []
     for seed in range(seeds):
-        cfg = load_cfg(None, ["SEARCH.STRATEGY", "ppo,random", "SEARCH.BUDGET", str(budget),
-                              "SEARCH.BATCH_SIZE", "20", "SEARCH.SEED", str(seed), "CONTROLLER.HIDDEN", "32",
-                              "CONTROLLER.LR", "0.03", "WORKERS.BACKEND", "inline"])
+        cells = []
         t0 = time.perf_counter()
-        s = SearchRunner(cfg, out / f"synthetic_{seed}", SyntheticOpReward(seed), progress=False).run()["strategies"]
-        print(row(f"seed {seed}", s), f"[{time.perf_counter() - t0:.1f}s]")
-        firsts.append(s["ppo"]["first_batches_mean"])
-        lasts.append(s["ppo"]["last_batches_mean"])
-        rands.append(s["random"]["mean_reward"])
-    print(f"mean     ppo_first={np.mean(firsts):.4f} ppo_last={np.mean(lasts):.4f} "
-          f"random_mean={np.mean(rands):.4f}  (ppo_last > random_mean in {sum(l > r for l, r in zip(lasts, rands))}"
-          f"/{seeds} seeds)")
+        for name, opts in SETTINGS.items():
+            strategies = "ppo,random" if name == "paper" else "ppo"
+            cfg = load_cfg(None, ["SEARCH.STRATEGY", strategies, "SEARCH.BUDGET", str(budget), "SEARCH.BATCH_SIZE",
+                                  "20", "SEARCH.SEED", str(seed), "WORKERS.BACKEND", "inline", *opts])
+            s = SearchRunner(cfg, out / f"synthetic_{name}_{seed}", SyntheticOpReward(seed),
+                             progress=False).run()["strategies"]
+            first[name].append(s["ppo"]["first_batches_mean"])
+            last[name].append(s["ppo"]["last_batches_mean"])
+            cells.append(f"{name}: {s['ppo']['first_batches_mean']:.3f}->{s['ppo']['last_batches_mean']:.3f}")
+            if "random" in s:
+                rands.append(s["random"]["mean_reward"])
+        print(f"seed {seed}  ppo first->last  " + "  ".join(cells) + f"  random_mean={rands[-1]:.3f}"
+              f"  [{time.perf_counter() - t0:.0f}s]")
+    for name in SETTINGS:
+        wins = sum(l > r for l, r in zip(last[name], rands))
+        print(f"mean  ppo[{name:<10}] first={np.mean(first[name]):.4f} last={np.mean(last[name]):.4f}  "
+              f"last > random_mean in {wins}/{seeds} seeds")
+    print(f"mean  random            mean={np.mean(rands):.4f}")
 
 
 def real(budget: int, out: Path, npz: Path) -> None:
