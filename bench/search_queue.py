@@ -21,6 +21,7 @@ what is measured: with W workers it must handle W results per child duration.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -81,22 +82,39 @@ def main() -> int:
                 backend.close()
             print(line(f"local x{w}", q), f"[{w} worker(s) started in {started:.1f}s]")
         if 1 in results and 2 in results:
-            print(f"children/hour, 2 workers vs 1: {results[2]['per_hour'] / results[1]['per_hour']:.2f}x (goal >= 1.8x)")
+            ratio = results[2]["per_hour"] / results[1]["per_hour"]
+            print(f"children/hour, 2 workers vs 1: {ratio:.2f}x (goal >= 1.8x)")
         if not args.skip_ray:
             n = args.ray_workers
             slow = SleepingReward(0, median_s=args.ray_median_ms / 1000)
             print(f"== Ray, local cluster of {n} CPU slots on this machine: children sleep lognormal(median "
                   f"{args.ray_median_ms:g} ms, sigma 1) ==")
             t0 = time.perf_counter()
-            backend = RayBackend(slow, num_workers=n)
-            try:  # warm-up: one task per slot, so that Ray has started (and imported torch in) n workers
-                list(backend.run([Job(-1 - i, _any_genotype(), i) for i in range(n)]))
+            warm = RayBackend(PidReward(median_s=5.0), num_workers=n)  # starts Ray
+            try:
+                pids: set[int] = set()
+                for _ in range(10):  # until Ray has started (and imported torch in) n workers
+                    pids |= {r.params for r in warm.run([Job(-1 - i, _any_genotype(), i) for i in range(n)])}
+                    if len(pids) >= n:
+                        break
                 started = time.perf_counter() - t0
-                q = search(backend, n, args.per_worker, Path(tmp) / "ray", slow)
+                backend = RayBackend(slow, num_workers=n)  # on the same cluster and workers
+                try:
+                    q = search(backend, n, args.per_worker, Path(tmp) / "ray", slow)
+                finally:
+                    backend.close()
             finally:
-                backend.close()
+                warm.close()
             print(line(f"ray x{n}", q), f"[Ray and {n} workers started in {started:.1f}s]")
     return 0
+
+
+class PidReward(SleepingReward):
+    """Warm-up child: sleeps ``median_s`` and reports the worker's process id."""
+
+    def __call__(self, genotype, seed: int = 0) -> dict:
+        time.sleep(self.median_s)
+        return {"reward": 0.0, "params": os.getpid()}
 
 
 def _any_genotype() -> dict:

@@ -294,8 +294,8 @@ class LocalProcessBackend(QueueBackend):
             return []
         self.deaths[job.eval_id] = self.deaths.get(job.eval_id, 0) + 1
         if self.deaths[job.eval_id] > self.max_retries:
-            return [Result(job.eval_id, "failed", error=f"worker process died while evaluating this child "
-                           f"({self.deaths[job.eval_id]} times, exit code {w.process.exitcode}; OOM killer or a crash?)")]
+            return [Result(job.eval_id, "failed", error=f"worker process died while evaluating this child ("
+                           f"{self.deaths[job.eval_id]} times, exit code {w.process.exitcode}; OOM killer or a crash?)")]
         self.queued.appendleft(job)
         return []
 
