@@ -292,10 +292,10 @@ class LocalProcessBackend(QueueBackend):
                                f"({self.start_failures} in a row, exit code {w.process.exitcode}; see their stderr)")]
             self.queued.appendleft(job)
             return []
-        self.deaths[job.eval_id] = self.deaths.get(job.eval_id, 0) + 1
-        if self.deaths[job.eval_id] > self.max_retries:
-            return [Result(job.eval_id, "failed", error=f"worker process died while evaluating this child ("
-                           f"{self.deaths[job.eval_id]} times, exit code {w.process.exitcode}; OOM killer or a crash?)")]
+        deaths = self.deaths[job.eval_id] = self.deaths.get(job.eval_id, 0) + 1
+        if deaths > self.max_retries:
+            return [Result(job.eval_id, "failed", error=f"worker process died while evaluating this child "
+                           f"({deaths} times, exit code {w.process.exitcode}; OOM killer or a crash?)")]
         self.queued.appendleft(job)
         return []
 
