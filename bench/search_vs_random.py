@@ -12,7 +12,8 @@
 ppo_first / ppo_last are the means of the first / last quarter of PPO's batch means (the summary's
 ``first_batches_mean`` / ``last_batches_mean``, see ``search.outputs.first_last_means``).
 
-    python bench/search_vs_random.py [--seeds 5] [--budget 300] [--real-budget 24] [--skip-real]
+    python bench/search_vs_random.py [--seeds 5] [--budget 300] [--long-budget 2000] [--long-seeds 2]
+        [--real-budget 24] [--skip-real] [--skip-synthetic]
 """
 
 from __future__ import annotations
@@ -81,6 +82,22 @@ def synthetic(seeds: int, budget: int, out: Path) -> None:
     print(f"mean  random            mean={np.mean(rands):.4f}")
 
 
+def long_paper(seeds: int, budget: int, out: Path) -> None:
+    """The paper's learning rate is meant for 20,000 children (1,000 updates): give it more updates."""
+    print(f"== the paper's controller settings with a longer budget: {budget} children ({budget // 20} updates), "
+          f"{seeds} seeds ==")
+    for name in ("paper", "paper+norm"):
+        for seed in range(seeds):
+            cfg = load_cfg(None, ["SEARCH.STRATEGY", "ppo", "SEARCH.BUDGET", str(budget), "SEARCH.BATCH_SIZE", "20",
+                                  "SEARCH.SEED", str(seed), "WORKERS.BACKEND", "inline", *SETTINGS[name]])
+            t0 = time.perf_counter()
+            p = SearchRunner(cfg, out / f"long_{name}_{seed}", SyntheticOpReward(seed), progress=False).run()
+            means = p["strategies"]["ppo"]["batch_means"]
+            quarters = [np.mean(means[i * len(means) // 4:(i + 1) * len(means) // 4]) for i in range(4)]
+            print(f"ppo[{name:<10}] seed {seed}: batch means by quarter of the run "
+                  + " ".join(f"{q:.3f}" for q in quarters) + f"  [{time.perf_counter() - t0:.0f}s]")
+
+
 def real(budget: int, out: Path, npz: Path) -> None:
     print(f"== tiny real CIFAR-10 run: {npz.name}, children 1@4, 16 px, 40 SGD steps, 2000 train / 500 held-out "
           f"images, budget {budget} per strategy, batch 4, 2 local worker processes ==")
@@ -100,13 +117,19 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=300)
     ap.add_argument("--real-budget", type=int, default=24)
     ap.add_argument("--skip-real", action="store_true")
+    ap.add_argument("--long-budget", type=int, default=2000, help="budget of the paper-settings runs (0: skip)")
+    ap.add_argument("--long-seeds", type=int, default=2)
+    ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--npz", default=str(REPO.parent / "shared/data/cifar10-subset.npz"))
     ap.add_argument("--output-dir", default="", help="keep the runs here (default: a temporary directory)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output_dir or tmp)
-        synthetic(args.seeds, args.budget, out)
+        if not args.skip_synthetic:
+            synthetic(args.seeds, args.budget, out)
+        if args.long_budget:
+            long_paper(args.long_seeds, args.long_budget, out)
         if not args.skip_real:
             npz = Path(args.npz)
             if not npz.is_file():
