@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS evaluations (
     UNIQUE (strategy, sample),
     UNIQUE (strategy, batch, slot)
 );
+CREATE INDEX IF NOT EXISTS evaluations_by_status ON evaluations (strategy, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,13 @@ def strategy_summary(evals: list[Evaluation], name: str = "") -> dict[str, Any]:
     }
 
 
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Write JSON through a temporary file and a rename: a kill never leaves a torn file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def problems_of(summary: dict[str, Any]) -> list[str]:
     """One line per thing a person must know about a search's result: strategies whose children all
     failed, and controllers that collapsed onto one genotype."""
@@ -109,9 +117,9 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
             genotype_of(top[0], f"search_{name}_{top[0].id}").save(out / f"best_genotype_{name}.json")
         overall += top
     top_all = sorted(overall, key=lambda e: (-e.reward, e.id))[:cfg.SEARCH.TOP_K]
-    (out / "top_k.json").write_text(json.dumps(
-        [{"id": e.id, "strategy": e.strategy, "reward": e.reward, "params": e.params, "seconds": e.seconds,
-          "genotype": genotype_of(e, f"search_{e.strategy}_{e.id}").to_dict()} for e in top_all], indent=2) + "\n")
+    write_json_atomic(out / "top_k.json", [
+        {"id": e.id, "strategy": e.strategy, "reward": e.reward, "params": e.params, "seconds": e.seconds,
+         "genotype": genotype_of(e, f"search_{e.strategy}_{e.id}").to_dict()} for e in top_all])
     if top_all:
         best = genotype_of(top_all[0], f"search_{top_all[0].strategy}_{top_all[0].id}")
         summary["best"] = {"id": top_all[0].id, "strategy": top_all[0].strategy, "reward": top_all[0].reward,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import zlib
 from collections import deque
@@ -29,7 +28,7 @@ from tqdm import tqdm
 from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype, sample_uniform
 from search.journal import Evaluation, Journal, load_state, save_state
-from search.outputs import write_outputs
+from search.outputs import write_json_atomic, write_outputs
 from search.policy import PolicyTrainer
 from search.workers import Evaluator, Job, QueueBackend, Result, make_backend
 
@@ -210,6 +209,8 @@ class SearchRunner:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         with output_dir_lock(self.out):
+            for tmp in self.out.glob(".*.tmp"):  # our temporary files that a kill left behind
+                tmp.unlink(missing_ok=True)
             if self.fresh:  # the old run's journal, checkpoints and every output write_outputs makes
                 for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
                           *self.out.glob("controller_*.pth"), *self.out.glob("best_genotype*.json"),
@@ -321,12 +322,6 @@ def policy_rewards(rows: list[Evaluation], failed_reward: float | None) -> list[
         elif r.status == "failed" and failed_reward is not None:
             used.append((r, float(failed_reward)))
     return used
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 @contextmanager
