@@ -361,10 +361,10 @@ class RayBackend(QueueBackend):
             else:  # NUM_WORKERS 0 means one per GPU: give a local Ray a CPU slot for each of them
                 ray.init(num_cpus=num_workers or max(2, torch.cuda.device_count()), **kwargs)
         self.use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-        options: dict[str, Any] = dict(num_cpus=1, num_gpus=1 if self.use_gpu else 0, max_retries=max_retries)
-        if not self.owns_ray:  # someone else's ray.init: our job-level runtime_env was not applied
-            options["runtime_env"] = runtime_env
-        self.remote = ray.remote(_ray_run).options(**options)
+        # With someone else's ray.init our runtime_env was not applied, and Ray accepts local directories
+        # only there: that caller ships (or installs) this code itself.
+        self.remote = ray.remote(_ray_run).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0,
+                                                   max_retries=max_retries)
         self.evaluator_ref = ray.put(evaluator)
         self.threads, self.max_retries, self.max_in_flight = threads_per_worker, max_retries, max_in_flight
         self.refs: dict[Any, Job] = {}
