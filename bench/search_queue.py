@@ -63,6 +63,7 @@ def main() -> int:
     ap.add_argument("--per-worker", type=int, default=32, help="children per worker in each run")
     ap.add_argument("--local-workers", default="1,2,8")
     ap.add_argument("--ray-workers", type=int, default=32)
+    ap.add_argument("--ray-in-flight", type=int, default=0, help="WORKERS.MAX_IN_FLIGHT for Ray (0: its default)")
     ap.add_argument("--skip-ray", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -98,7 +99,7 @@ def main() -> int:
                     if len(pids) >= n:
                         break
                 started = time.perf_counter() - t0
-                backend = RayBackend(slow, num_workers=n)  # on the same cluster and workers
+                backend = RayBackend(slow, num_workers=n, max_in_flight=args.ray_in_flight)  # same cluster
                 try:
                     q = search(backend, n, args.per_worker, Path(tmp) / "ray", slow)
                 finally:
