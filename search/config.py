@@ -111,7 +111,7 @@ def load_cfg(config_file: str | None = None, opts: list[str] | None = None) -> C
     if config_file and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file {config_file} does not exist")
     try:
-        prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)
+        opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
     except KeyError as e:
         raise ValueError(e.args[0]) from None
     except yaml.YAMLError as e:

@@ -114,7 +114,7 @@ def load_config(config_file: str | Path | None = None, opts: list[str] | None = 
     cfg = get_cfg()
     if config_file and not Path(config_file).is_file():
         raise FileNotFoundError(f"config file {config_file} does not exist")
-    prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)
+    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
     if config_file:
         path = Path(config_file)
         try:

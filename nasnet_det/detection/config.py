@@ -40,7 +40,7 @@ def add_nasnet_config(cfg: CN) -> CN:
 def load_nasnet_cfg(cfg: CN, config_file: str | None = None, opts: list | None = None) -> CN:
     """Merge ``config_file`` and ``KEY VALUE`` ``opts`` into ``cfg`` (from :func:`get_nasnet_cfg`), applying a
     ``MODEL.NASNET.PRESET`` they name first so that their explicit keys win over it."""
-    prepare_nasnet_config(cfg, config_file, opts)
+    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts)]
     if config_file:
         cfg.merge_from_file(config_file)
     if opts:

@@ -38,7 +38,7 @@ CLASSIFIER_FIELDS = ("num_classes", "aux_head")
 
 @dataclass(frozen=True, eq=False)
 class NASNetArch:
-    """What a :class:`NASNet` is; the constructor arguments, with the stem width resolved."""
+    """What a :class:`NASNet` is: its constructor arguments (``NASNet.arch``)."""
 
     genotype: Genotype
     num_cells: int
@@ -57,9 +57,12 @@ class NASNetArch:
     image_size: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # unknown entries of a newer record, kept as is
 
-    def __post_init__(self) -> None:
-        if self.stem_filters is None:
-            object.__setattr__(self, "stem_filters", 96 if self.imagenet_stem else 3 * self.filters)
+    @property
+    def conv0_filters(self) -> int:
+        """The stem width, ``stem_filters`` or the stem's default."""
+        if self.stem_filters is not None:
+            return self.stem_filters
+        return 96 if self.imagenet_stem else 3 * self.filters
 
     # ---- constructors
     @classmethod
@@ -107,6 +110,8 @@ class NASNetArch:
     def _value(self, name: str) -> Any:
         if name == "genotype":  # the cells matter, not the name
             return (self.genotype.normal, self.genotype.reduce)
+        if name == "stem_filters":  # None and the default it stands for are the same network
+            return self.conv0_filters
         return getattr(self, name)
 
     def differing_fields(self, other: NASNetArch, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -127,7 +132,7 @@ class NASNetArch:
         return f"{self.genotype.name or '<custom>'} [{digest}]"
 
     def _show(self, name: str) -> str:
-        return self.genotype_label() if name == "genotype" else str(getattr(self, name))
+        return self.genotype_label() if name == "genotype" else str(self._value(name))
 
     def differences(self, other: NASNetArch, ignore: tuple[str, ...] = (),
                     names: tuple[str, str] = ("checkpoint", "config")) -> list[str]:
@@ -140,4 +145,4 @@ class NASNetArch:
         """One line naming the network: genotype (name + content hash), N, f, classes, stem."""
         return (f"genotype {self.genotype_label()} N={self.num_cells} f={self.filters} "
                 f"classes={self.num_classes} {'imagenet' if self.imagenet_stem else 'cifar'} stem "
-                f"stem_filters={self.stem_filters} aux_head={self.aux_head} pad_mode={self.pad_mode}")
+                f"stem_filters={self.conv0_filters} aux_head={self.aux_head} pad_mode={self.pad_mode}")

@@ -73,6 +73,8 @@ def add_nasnet_model_config(cfg: CfgNode, preset: str = "nasnet_a_cifar") -> Cfg
     the file, its ``_BASE_`` files, or the ``KEY VALUE`` overrides) win over the preset, whatever their
     order. :func:`prepare_nasnet_config` does this (defaults <- preset <- file <- overrides) before the
     loader merges the file and overrides; the loaders of classification, detection and the search call it.
+    The size is one choice: a source that sets only ``FILTERS`` (f) to a positive value on top of a preset
+    sized by ``PENULTIMATE_FILTERS`` (F) sets F to 0, and vice versa.
     ``WEIGHTS`` (an ImageNet-pretrained nasnet-det checkpoint, or a timm / pretrainedmodels state dict) is
     not part of a preset.
     """
@@ -123,28 +125,54 @@ def _lookup(tree: Mapping, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
+SIZE_KEYS = ("PENULTIMATE_FILTERS", "FILTERS")
+
+
 def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, opts: Sequence[Any] | None = None,
-                          renamed: Mapping[str, str] | None = None) -> None:
+                          renamed: Mapping[str, str] | None = None) -> list[str]:
     """Before ``merge_from_file`` / ``merge_from_list``: reject keys of ``renamed`` (old -> new name) with
     ``KeyError("OLD was renamed to NEW")``, and apply the ``MODEL.NASNET.PRESET`` the file or the
     overrides name (the overrides win) to ``cfg``, so that explicit keys merged afterwards win over it.
-    ``config_file`` must exist and be valid YAML (the caller checks that first)."""
+
+    Returns overrides to merge after ``opts``: the network is sized by one of F and f, so when the last
+    source that sizes it (the file, then the overrides) sets only one of them to a positive value, the
+    other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means f = 8).
+    ``config_file`` must exist (the caller checks that first)."""
     renamed = renamed or {}
     data: Mapping = {}
     if config_file:
         data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
-    keys = [str(k) for k in list(opts or [])[0::2]]
+    pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
     for old, new in renamed.items():
         if _lookup(data, old)[0]:
             raise KeyError(f"{config_file}: {old} was renamed to {new}")
-        if old in keys:
+        if any(key == old for key, _ in pairs):
             raise KeyError(f"bad override: {old} was renamed to {new}")
     found, preset = _lookup(data, f"{NODE}.PRESET")
-    for key, value in zip(keys, list(opts or [])[1::2]):
+    for key, value in pairs:
         if key == f"{NODE}.PRESET":
             found, preset = True, str(value)
     if found and preset:
         apply_preset(cfg.MODEL.NASNET, str(preset))
+
+    sizing: dict[str, Any] = {}
+    for source in ({k: v for k in SIZE_KEYS for found, v in [_lookup(data, f"{NODE}.{k}")] if found},
+                   {k.rsplit(".", 1)[1]: v for k, v in pairs if k in {f"{NODE}.{s}" for s in SIZE_KEYS}}):
+        if source:
+            sizing = source
+    if len(sizing) == 1:
+        (key, value), = sizing.items()
+        if _positive(value):
+            other = next(k for k in SIZE_KEYS if k != key)
+            return [f"{NODE}.{other}", "0"]
+    return []
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return int(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 def _node_of(cfg_or_node: Mapping) -> Mapping:
