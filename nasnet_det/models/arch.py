@@ -129,7 +129,7 @@ class NASNetArch:
         digest = hashlib.sha1(json.dumps({"normal": self.genotype.normal.to_dict(),
                                           "reduce": self.genotype.reduce.to_dict()}, sort_keys=True
                                          ).encode()).hexdigest()[:8]
-        return f"{self.genotype.name or '<custom>'} [{digest}]"
+        return f"{self.genotype.name or '<custom>'!r} [{digest}]"
 
     def _show(self, name: str) -> str:
         return self.genotype_label() if name == "genotype" else str(self._value(name))
