@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from nasnet_det.data.cifar import CIFAR_MEAN, CIFAR_STD, holdout_split
-from nasnet_det.space import OPS, Genotype
 from nasnet_det.models.config import nasnet_from_cfg
+from nasnet_det.space import OPS, Genotype
 from search.config import check_child_network, check_child_settings, get_cfg_defaults
 
 

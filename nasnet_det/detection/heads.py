@@ -12,7 +12,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from nasnet_det.detection.backbone import apply_norm_and_freeze, c4_split, drop_modules, detector_nasnet
+from nasnet_det.detection.backbone import apply_norm_and_freeze, c4_split, detector_nasnet, drop_modules
 from nasnet_det.models.nasnet import NASNet
 
 
