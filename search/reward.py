@@ -69,6 +69,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def build_child(genotype: Genotype, network: Mapping[str, Any]) -> torch.nn.Module:
+    """The child network: ``network`` (a ``MODEL.NASNET`` node) with ``genotype``'s cells, for CIFAR-10."""
+    return nasnet_from_cfg(network, "cifar", num_classes=10, genotype=genotype)
+
+
 def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,
                 device: str | torch.device = "cpu", network: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train the CIFAR network ``network`` (a ``MODEL.NASNET`` node; default: the search's default,
@@ -82,7 +87,7 @@ def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildDat
     device = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = nasnet_from_cfg(network, "cifar", num_classes=10, genotype=genotype).to(device)
+    model = build_child(genotype, network).to(device)
     params = sum(p.numel() for p in model.parameters())
     size = int(child.get("IMAGE_SIZE", 32))
     x_tr, y_tr = _to_tensor(data.x_train, size, device), torch.from_numpy(data.y_train).to(device)
