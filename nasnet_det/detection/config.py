@@ -1,7 +1,8 @@
 """Config keys for NASNet detectors (the detectron2 ``add_xxx_config`` pattern).
 
-Call :func:`add_nasnet_config` on ``detectron2.config.get_cfg()`` before ``merge_from_file``: yacs rejects
-keys it has never seen. :func:`get_nasnet_cfg` does both.
+Call :func:`add_nasnet_config` on ``detectron2.config.get_cfg()`` before merging a file: yacs rejects keys it
+has never seen (:func:`get_nasnet_cfg` does that), then :func:`load_nasnet_cfg` to merge a file and overrides
+(it applies a ``MODEL.NASNET.PRESET`` they name before their explicit keys).
 """
 
 from __future__ import annotations
