@@ -107,13 +107,9 @@ def apply_preset(node: CfgNode, name: str) -> None:
         preset = get_preset(name)
     except KeyError as e:
         raise ValueError(f"{NODE}.PRESET: {e.args[0]}") from None
-    was_frozen = node.is_frozen()
-    node.defrost()
     node.PRESET = name
     for key, value in preset.values.items():
         node[key] = value
-    if was_frozen:
-        node.freeze()
 
 
 def _lookup(tree: Mapping, dotted: str) -> tuple[bool, Any]:
@@ -182,6 +178,11 @@ def _node_of(cfg_or_node: Mapping) -> Mapping:
     return cfg_or_node
 
 
+def _described(node: Mapping) -> str:
+    return (f"{NODE} (GENOTYPE={node['GENOTYPE']!r}, NUM_CELLS={node['NUM_CELLS']}, "
+            f"PENULTIMATE_FILTERS={node['PENULTIMATE_FILTERS']}, FILTERS={node['FILTERS']})")
+
+
 def check_nasnet_node(node: Mapping) -> None:
     """Reject values no network can be built with; ``ValueError`` names the key."""
     f, penultimate = node["FILTERS"], node["PENULTIMATE_FILTERS"]
@@ -212,9 +213,7 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
         genotype = get_genotype(genotype if genotype is not None else node["GENOTYPE"])
         filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"])
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ValueError(f"{NODE} (GENOTYPE={node['GENOTYPE']!r}, NUM_CELLS={node['NUM_CELLS']}, "
-                         f"PENULTIMATE_FILTERS={node['PENULTIMATE_FILTERS']}, FILTERS={node['FILTERS']}): "
-                         f"{e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+        raise ValueError(f"{_described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     return dict(genotype=genotype, num_classes=num_classes, num_cells=node["NUM_CELLS"], filters=filters,
                 imagenet_stem=dataset == "imagenet", stem_filters=node["STEM_FILTERS"] or None,
                 skip_reduction_layer_input=bool(node["SKIP_REDUCTION_LAYER_INPUT"]),
@@ -234,9 +233,7 @@ def nasnet_from_cfg(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes
     try:
         return NASNet(**kwargs)
     except ValueError as e:
-        node = _node_of(cfg_or_node)
-        raise ValueError(f"{NODE} (GENOTYPE={node['GENOTYPE']!r}, NUM_CELLS={node['NUM_CELLS']}, "
-                         f"FILTERS f={kwargs['filters']}): {e}") from e
+        raise ValueError(f"{_described(_node_of(cfg_or_node))}: {e}") from e
 
 
 def preset_node(name: str) -> CfgNode:
