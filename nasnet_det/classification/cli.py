@@ -75,12 +75,11 @@ def _run(cfg, args) -> int:
     trainer = Trainer(cfg)
     try:
         if args.eval_only:
-            last = trainer.last_checkpoint()
-            if last is not None:
-                trainer.resume(last)
+            if trainer.last_checkpoint() is not None:
+                trainer.resume()
             elif not cfg.MODEL.WEIGHTS:
                 raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {cfg.OUTPUT_DIR} and no MODEL.WEIGHTS")
-            result = trainer.run_eval()
+            result = trainer.run_eval(record=False)  # the training log already has this step's evaluation
         else:
             result = trainer.train(resume=True if args.resume else None)
         if trainer.dist.is_main:
