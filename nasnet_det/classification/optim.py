@@ -15,7 +15,6 @@ from collections.abc import Callable
 import torch
 from fvcore.common.param_scheduler import (
     CompositeParamScheduler,
-    ConstantParamScheduler,
     CosineParamScheduler,
     LinearParamScheduler,
     MultiStepParamScheduler,
@@ -48,6 +47,11 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"SOLVER.OPTIMIZER must be 'sgd' or 'rmsprop', got {s.OPTIMIZER!r}")
 
 
+def _constant(value: float) -> ParamScheduler:
+    # fvcore's ConstantParamScheduler rejects where == 1.0, which LambdaLR asks for after the last step.
+    return LinearParamScheduler(value, value)
+
+
 def _steps(milestones: list[int], gamma: float, total_steps: int) -> ParamScheduler:
     """x ``gamma`` at each milestone step (repeats compound; milestones outside (0, total) fold or drop)."""
     inside = sorted(m for m in milestones if 0 < m < total_steps)
@@ -55,7 +59,7 @@ def _steps(milestones: list[int], gamma: float, total_steps: int) -> ParamSchedu
     before = sum(m <= 0 for m in milestones)
     values = [gamma ** (before + sum(m <= u for m in inside)) for u in [0, *unique]]
     if not unique:
-        return ConstantParamScheduler(values[0])
+        return _constant(values[0])
     return MultiStepParamScheduler(values, num_updates=total_steps, milestones=unique)
 
 
@@ -74,7 +78,7 @@ def lr_multiplier_fn(cfg, total_steps: int, steps_per_epoch: int) -> Callable[[i
         every = max(1, int(round(s.EXP_DECAY_EPOCHS * steps_per_epoch)))
         main, scaling = _steps(list(range(warmup + every, total, every)), s.EXP_DECAY_RATE, total), "fixed"
     else:
-        main, scaling = ConstantParamScheduler(1.0), "fixed"
+        main, scaling = _constant(1.0), "fixed"
     schedule: ParamScheduler = main
     if warmup >= total:
         schedule = LinearParamScheduler(s.WARMUP_FACTOR, s.WARMUP_FACTOR + (1.0 - s.WARMUP_FACTOR) * total / warmup)

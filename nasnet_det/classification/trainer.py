@@ -346,7 +346,7 @@ class Trainer:
         self._log_acc["lr"] = self.optimizer.param_groups[0]["lr"]  # this step's LR, before the schedule moves on
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model, num_updates=self.state.step)
+            self.ema.update(self.model, step=self.state.step)
         self.state.step += 1
         self.state.samples_in_epoch += s.ACCUM_STEPS * s.BATCH_SIZE * self.dist.world_size
         for k in ("loss", "correct", "count"):
