@@ -98,3 +98,20 @@ def test_thread_count_shares_the_machine_and_can_be_set(tmp_path, monkeypatch, r
     assert default_num_threads() == 3
     Trainer(tiny_cfg(tmp_path, "TRAIN.NUM_THREADS", 1))
     assert torch.get_num_threads() == 1
+
+
+def test_truncated_weights_given_to_the_cli_are_one_clear_error(tmp_path, capsys):
+    from pathlib import Path
+
+    from nasnet_det.classification.cli import main
+
+    Trainer(tiny_cfg(tmp_path / "run", "SOLVER.MAX_STEPS", 1)).train()
+    torn = tmp_path / "torn.pth"
+    torn.write_bytes((tmp_path / "run" / "model_final.pth").read_bytes()[:1000])
+    config = str(Path(__file__).resolve().parents[1] / "configs/train/cifar10_smoke.yaml")
+    for argv in (["--export-backbone", str(torn), str(tmp_path / "out.pth")],
+                 ["--config-file", config, "--output-dir", str(tmp_path / "ft"), "DATA.SOURCE", "synthetic:48",
+                  "DATA.VAL_SIZE", "16", "MODEL.WEIGHTS", str(torn)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"error: checkpoint {torn} is damaged or unreadable" in err and "Traceback" not in err, err

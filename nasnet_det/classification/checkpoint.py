@@ -36,6 +36,17 @@ class DamagedCheckpointError(ValueError):
     """A checkpoint file that cannot be read (truncated, zero bytes, not a checkpoint)."""
 
 
+def read_intact_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``read_checkpoint``, with a torn or unreadable file reported as one error that names it."""
+    try:
+        return read_checkpoint(path)
+    except (FileNotFoundError, ValueError):  # their messages name the file already
+        raise
+    except Exception as exc:  # torn zip, 0 bytes, unpickling error
+        raise DamagedCheckpointError(f"checkpoint {path} is damaged or unreadable "
+                                     f"({type(exc).__name__}: {exc})") from exc
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` through a temporary file and a rename, so readers see the old or the new file."""
     path = Path(path)
@@ -72,9 +83,6 @@ class TrainingCheckpointer(Checkpointer):
         self.verify = verify
 
     # ---- files
-    def path_for(self, step: int) -> Path:
-        return self.output_dir / "checkpoints" / f"ckpt_{step:08d}.pth"
-
     def checkpoints(self) -> list[Path]:
         """OUTPUT_DIR/checkpoints/ckpt_<step>.pth files, oldest (lowest step) first."""
         found = []
@@ -89,7 +97,7 @@ class TrainingCheckpointer(Checkpointer):
         copied) or names a missing file, the newest checkpoints/ckpt_*.pth; None if there is none."""
         pointer = self.output_dir / LAST_CHECKPOINT
         if pointer.is_file():
-            path = self.output_dir / pointer.read_text().strip()
+            path = self.output_dir / pointer.read_text(errors="replace").strip()
             if path.is_file():
                 return path
             logger.warning("%s names %s, which does not exist", pointer, path)
@@ -98,12 +106,8 @@ class TrainingCheckpointer(Checkpointer):
             logger.warning("%s is missing or stale; using the newest checkpoint %s", pointer, found[-1])
         return found[-1] if found else None
 
-    def has_checkpoint(self) -> bool:
-        return self.last_checkpoint() is not None
-
     def get_checkpoint_file(self) -> str:
-        last = self.last_checkpoint()
-        return str(last) if last is not None else ""
+        return str(self.last_checkpoint() or "")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write_text(self.output_dir / LAST_CHECKPOINT, last_filename_basename)
@@ -126,17 +130,17 @@ class TrainingCheckpointer(Checkpointer):
             old.unlink(missing_ok=True)
 
     def save_step(self, step: int, **extra: Any) -> Path:
-        path = self.path_for(step)
-        self.save(path.relative_to(self.output_dir).with_suffix("").as_posix(), step=step, **extra)
-        return path
+        self.save(f"checkpoints/ckpt_{step:08d}", step=step, **extra)
+        return self.output_dir / "checkpoints" / f"ckpt_{step:08d}.pth"
 
     # ---- load
     def _load_file(self, f: str) -> dict[str, Any]:
         try:
-            payload = read_checkpoint(f)
-        except Exception as exc:  # torn zip, 0 bytes, unpickling error, another format: all unusable
-            raise DamagedCheckpointError(f"checkpoint {f} is damaged or unreadable "
-                                         f"({type(exc).__name__}: {exc})") from exc
+            payload = read_intact_checkpoint(f)
+        except (FileNotFoundError, ValueError) as exc:  # gone, or not one of ours: unusable as well
+            if isinstance(exc, DamagedCheckpointError):
+                raise
+            raise DamagedCheckpointError(str(exc)) from exc
         if self.verify is not None:
             self.verify(payload, Path(f))
         payload["model"] = payload.pop("state_dict")
@@ -160,6 +164,7 @@ class TrainingCheckpointer(Checkpointer):
                 return candidate, self.load(str(candidate))
             except DamagedCheckpointError as exc:
                 damaged.append(candidate)
-                logger.warning("%s; trying the next older checkpoint", exc)
+                if self.save_to_disk:  # main process
+                    logger.warning("%s; trying the next older checkpoint", exc)
         raise DamagedCheckpointError(f"no intact checkpoint to resume from: {', '.join(map(str, damaged))} "
                                      "are damaged; delete them (or use --no-resume) to start over")

@@ -39,7 +39,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from nasnet_det.classification.checkpoint import LAST_CHECKPOINT, TrainingCheckpointer, atomic_write_text
+from nasnet_det.classification.checkpoint import (
+    LAST_CHECKPOINT,
+    TrainingCheckpointer,
+    atomic_write_text,
+    read_intact_checkpoint,
+)
 from nasnet_det.classification.data import ClassificationData, build_data
 from nasnet_det.classification.distributed import (
     DistInfo,
@@ -54,7 +59,7 @@ from nasnet_det.classification.optim import ModelEma, build_optimizer, build_sch
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
 from nasnet_det.models import build_nasnet
 from nasnet_det.models.nasnet import NASNet
-from nasnet_det.models.pretrained import load_state_dict_report, read_checkpoint
+from nasnet_det.models.pretrained import load_state_dict_report
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +229,7 @@ class Trainer:
 
     # ---- checkpoints
     def _load_initial_weights(self, model: NASNet, path: str) -> None:
-        payload = read_checkpoint(path)
+        payload = read_intact_checkpoint(path)
         check_same_arch(payload["arch"], model.arch, path, ignore=("num_classes", "aux_head"))
         report = load_state_dict_report(model, payload.get("ema_state_dict") or payload["state_dict"])
         logger.info("initialised weights from %s: %s", path, report)
