@@ -24,7 +24,8 @@ from timm.optim import RMSpropTF
 from timm.utils import ModelEmaV3
 from torch import nn
 
-__all__ = ["ModelEma", "RMSpropTF", "build_optimizer", "build_scheduler", "lr_multiplier_fn", "parameter_groups"]
+__all__ = ["ModelEma", "RMSpropTF", "build_optimizer", "build_scheduler", "lr_multiplier_fn", "parameter_groups",
+           "upgrade_former_rmsprop_state"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -47,13 +48,29 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     raise ValueError(f"SOLVER.OPTIMIZER must be 'sgd' or 'rmsprop', got {s.OPTIMIZER!r}")
 
 
+def upgrade_former_rmsprop_state(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Let timm's RMSpropTF continue from a checkpoint of the hand-written one it replaced (same update;
+    ``decay`` was timm's ``alpha``, and there was no step count)."""
+    if not isinstance(optimizer, RMSpropTF):
+        return
+    for group in optimizer.param_groups:
+        if "decay" in group:
+            group["alpha"] = group.pop("decay")
+        for key, value in optimizer.defaults.items():
+            group.setdefault(key, value)
+    for state in optimizer.state.values():
+        state.setdefault("step", torch.tensor(float(step)))
+
+
 def _constant(value: float) -> ParamScheduler:
     # fvcore's ConstantParamScheduler rejects where == 1.0, which LambdaLR asks for after the last step.
     return LinearParamScheduler(value, value)
 
 
 def _steps(milestones: list[int], gamma: float, total_steps: int) -> ParamScheduler:
-    """x ``gamma`` at each milestone step (repeats compound; milestones outside (0, total) fold or drop)."""
+    """x ``gamma`` at each milestone step (repeats compound). Milestones <= 0 apply from the start; those at or
+    after the last step drop (fvcore requires milestones < num_updates; they would only change the LR after
+    the last step, which no step uses)."""
     inside = sorted(m for m in milestones if 0 < m < total_steps)
     unique = sorted(set(inside))
     before = sum(m <= 0 for m in milestones)

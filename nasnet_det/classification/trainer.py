@@ -55,7 +55,7 @@ from nasnet_det.classification.distributed import (
     init_distributed,
 )
 from nasnet_det.classification.metrics import MetricsWriter, read_metrics
-from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler
+from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler, upgrade_former_rmsprop_state
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
 from nasnet_det.models import build_nasnet
 from nasnet_det.models.nasnet import NASNet
@@ -269,6 +269,7 @@ class Trainer:
         """Restore model, optimizer, scheduler, scaler, EMA, data position and RNG from ``path`` (default: the
         last checkpoint; a damaged one is named and the newest intact older one used). Returns the file used."""
         path, extra = self.checkpointer.load_newest_intact(Path(path) if path else None)
+        upgrade_former_rmsprop_state(self.optimizer, extra["step"])
         if extra.get("total_steps") not in (None, self.total_steps):
             logger.warning("%s was trained for %s total steps, this run plans %s: the LR and drop-path schedules "
                            "change from here", path, extra["total_steps"], self.total_steps)
