@@ -40,8 +40,10 @@ def read_intact_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """``read_checkpoint``, with a torn or unreadable file reported as one error that names it."""
     try:
         return read_checkpoint(path)
-    except (FileNotFoundError, ValueError):  # their messages name the file already
+    except FileNotFoundError:
         raise
+    except ValueError as exc:  # not one of ours; the message names the file
+        raise DamagedCheckpointError(str(exc)) from exc
     except Exception as exc:  # torn zip, 0 bytes, unpickling error
         raise DamagedCheckpointError(f"checkpoint {path} is damaged or unreadable "
                                      f"({type(exc).__name__}: {exc})") from exc
@@ -59,17 +61,6 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def remove_stale_temp_files(*folders: Path) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files our atomic writes leave when a process is killed mid-write."""
-    removed = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
-    for path in removed:
-        path.unlink(missing_ok=True)
-    if removed:
-        logger.info("removed %d stale temporary file(s) of an interrupted write: %s", len(removed),
-                    ", ".join(str(p) for p in removed))
-    return removed
 
 
 class TrainingCheckpointer(Checkpointer):
@@ -113,7 +104,14 @@ class TrainingCheckpointer(Checkpointer):
         atomic_write_text(self.output_dir / LAST_CHECKPOINT, last_filename_basename)
 
     def remove_stale_temp_files(self) -> list[Path]:
-        return remove_stale_temp_files(self.output_dir, self.output_dir / "checkpoints")
+        """Delete the ``.<name>.*.tmp`` files our atomic writes leave when a process is killed mid-write."""
+        folders = (self.output_dir, self.output_dir / "checkpoints")
+        removed = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            logger.info("removed stale temporary file(s) of an interrupted write: %s", ", ".join(map(str, removed)))
+        return removed
 
     # ---- save
     def save(self, name: str, **extra: Any) -> None:
@@ -135,12 +133,7 @@ class TrainingCheckpointer(Checkpointer):
 
     # ---- load
     def _load_file(self, f: str) -> dict[str, Any]:
-        try:
-            payload = read_intact_checkpoint(f)
-        except (FileNotFoundError, ValueError) as exc:  # gone, or not one of ours: unusable as well
-            if isinstance(exc, DamagedCheckpointError):
-                raise
-            raise DamagedCheckpointError(str(exc)) from exc
+        payload = read_intact_checkpoint(f)
         if self.verify is not None:
             self.verify(payload, Path(f))
         payload["model"] = payload.pop("state_dict")

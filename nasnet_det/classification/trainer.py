@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -140,12 +141,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def default_num_threads() -> int:
     """Usable cores / training processes on this machine, so that processes sharing a machine do not
     oversubscribe it. An ``OMP_NUM_THREADS`` the user exported wins outside torchrun (which sets it to 1)."""
@@ -176,7 +171,7 @@ class Trainer:
             logger.warning("TRAIN.AMP=%s needs CUDA; training in float32 on %s", cfg.TRAIN.AMP, self.device)
 
         self.data: ClassificationData = build_data(cfg, self.output_dir, self.dist.is_main)
-        seed_everything(cfg.SEED)  # identical initial weights on every process
+        random_seed(cfg.SEED)  # identical initial weights on every process
         model = build_model(cfg, self.data.num_classes, self.data.image_size)
         if cfg.MODEL.WEIGHTS:
             self._load_initial_weights(model, cfg.MODEL.WEIGHTS)
@@ -195,7 +190,7 @@ class Trainer:
                 find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS)
         self.optimizer = build_optimizer(cfg, model)
         # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
-        seed_everything(cfg.SEED + 7919 * self.dist.rank)
+        random_seed(cfg.SEED, 7919 * self.dist.rank)
 
         s = cfg.SOLVER
         per_rank = len(ShardedEpochSampler(len(self.data.train), self.dist.rank, self.dist.world_size))
@@ -279,7 +274,7 @@ class Trainer:
         if extra.get("world_size") == self.dist.world_size and len(rng_states) == self.dist.world_size:
             _set_rng_state(rng_states[self.dist.rank])
         else:
-            seed_everything(self.cfg.SEED + 1000 * self.state.step + self.dist.rank)
+            random_seed(self.cfg.SEED + 1000 * self.state.step, self.dist.rank)
         self._last_saved_step = self.state.step
         if extra.get("last_eval") is not None:
             self._last_eval, self._last_eval_step = extra["last_eval"], self.state.step
