@@ -28,7 +28,8 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
     group.add_argument("--no-resume", action="store_true",
                        help="start fresh, deleting OUTPUT_DIR's old checkpoints and metrics")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.WEIGHTS) instead of training")
+                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.WEIGHTS) instead of training; the "
+                   "result is printed, not added to metrics.jsonl")
     p.add_argument("--export-backbone", nargs=2, metavar=("CHECKPOINT", "OUT"),
                    help="write CHECKPOINT's (EMA) weights as a detection backbone .pth and exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
