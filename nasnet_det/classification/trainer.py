@@ -144,7 +144,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def default_num_threads() -> int:
     """Usable cores / training processes on this machine, so that processes sharing a machine do not
     oversubscribe it. An ``OMP_NUM_THREADS`` the user exported wins outside torchrun (which sets it to 1)."""
-    if "OMP_NUM_THREADS" in os.environ and "LOCAL_WORLD_SIZE" not in os.environ:
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and "LOCAL_WORLD_SIZE" not in os.environ:
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
