@@ -317,6 +317,7 @@ class Trainer:
             # Worker seeds come from this generator, not the global RNG, so resuming does not shift it.
             generator=torch.Generator().manual_seed(cfg.SEED * 1_000_003 + self.state.epoch * 7919 + skip))
         return iter(loader), len(loader) // cfg.SOLVER.ACCUM_STEPS
+
     # ---- loop
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
