@@ -74,6 +74,22 @@ def test_old_keys_name_the_new_ones(tmp_path, capsys):
         ChildEvaluator({**dict(load_cfg().CHILD), "NUM_CELLS": 2}, None)
 
 
+def test_detection_cli_rejects_old_and_unknown_keys_with_exit_2(tmp_path, capsys):
+    from nasnet_det.detection.train import train_main
+
+    smoke = str(REPO / "configs/detection/smoke-nasnet-c4.yaml")
+    old = _write(tmp_path / "old.yaml", f"_BASE_: {smoke}\nMODEL:\n  NUM_CELLS: 1\n")
+    for argv, message in [
+            (["--config-file", str(old)], "old.yaml: MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"),
+            (["--config-file", smoke, "MODEL.GENOTYPE", "nasnet_a"],
+             "bad override: MODEL.GENOTYPE was renamed to MODEL.NASNET.GENOTYPE"),
+            (["--config-file", smoke, "MODEL.NASNET.BOGUS", "1"],
+             "bad override: Non-existent key: MODEL.NASNET.BOGUS")]:
+        assert train_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
 def test_arch_record_equality_and_differences(tmp_path):
     model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8, num_classes=5)
     arch = NASNetArch.from_model(model)
