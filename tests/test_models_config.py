@@ -42,6 +42,26 @@ def test_explicit_keys_win_over_the_preset_in_files_and_overrides(tmp_path):
         load_config(None, ["MODEL.NASNET.PRESET", "nasnet_a_huge"])
 
 
+def test_a_file_sizing_by_one_of_f_and_F_overrides_its_bases_size(tmp_path):
+    # cifar10_smoke.yaml sets F=0 and f=4; a file on top that sets only F (or only f) resizes it, as the same
+    # key given as an override does
+    smoke = REPO / "configs/train/cifar10_smoke.yaml"
+    by_F = _write(tmp_path / "by_F.yaml", f"_BASE_: {smoke}\nMODEL:\n  NASNET:\n    PENULTIMATE_FILTERS: 192\n")
+    for cfg in (load_config(by_F), load_config(smoke, ["MODEL.NASNET.PENULTIMATE_FILTERS", "192"])):
+        assert (cfg.MODEL.NASNET.PENULTIMATE_FILTERS, cfg.MODEL.NASNET.FILTERS, cfg.MODEL.NASNET.NUM_CELLS) == \
+            (192, 0, 1)
+    # through a list of bases, and a base-of-a-base that sizes by F under a file that sizes by f
+    _write(tmp_path / "other.yaml", "SEED: 3\n")
+    by_f = _write(tmp_path / "by_f.yaml", "_BASE_: [by_F.yaml, other.yaml]\nMODEL:\n  NASNET:\n    FILTERS: 6\n")
+    n = load_config(by_f).MODEL.NASNET
+    assert (n.PENULTIMATE_FILTERS, n.FILTERS, load_config(by_f).SEED) == (0, 6, 3)
+    # a file that sets both keeps both (and a bad pair is still an error)
+    both = _write(tmp_path / "both.yaml", f"_BASE_: {smoke}\nMODEL:\n  NASNET:\n    PENULTIMATE_FILTERS: 192\n"
+                                          "    FILTERS: 6\n")
+    with pytest.raises(ValueError, match="set exactly one of MODEL.NASNET.PENULTIMATE_FILTERS"):
+        load_config(both)
+
+
 def test_large_pretraining_and_large_detection_configs_describe_the_same_backbone():
     from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
 
