@@ -113,6 +113,8 @@ def test_detection_cli_rejects_old_and_unknown_keys_with_exit_2(tmp_path, capsys
 def test_arch_record_equality_and_differences(tmp_path):
     model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8, num_classes=5)
     arch = NASNetArch.from_model(model)
+    # create_model overrides any build_nasnet argument, the dataset (the stem) included
+    assert not create_model("nasnet_a_mobile", dataset="cifar", num_cells=1, filters=4).imagenet_stem
     assert NASNetArch.from_checkpoint(save_checkpoint(model, tmp_path / "m.pth")) == arch
     assert arch.build().arch == model.arch  # the nasnet-det/v1 record round-trips
     renamed = Genotype(NASNET_A.normal, NASNET_A.reduce, name="renamed")
