@@ -131,6 +131,8 @@ def test_arch_record_equality_and_differences(tmp_path):
         "num_classes: checkpoint 10 vs config 5 (the number of classes)"]
     assert other.differences(arch, ignore=("num_classes",), names=("old", "new"))[0] == \
         "filters: old 12 vs new 8 (MODEL.NASNET.FILTERS / PENULTIMATE_FILTERS)"
+    assert NASNetArch.from_dict({**model.arch, "in_chans": 1}).differences(arch) == [
+        "in_chans: checkpoint 1 vs config 3 (input channels; detection: len(MODEL.PIXEL_MEAN))"]
     swapped = Genotype(NASNET_A.normal, NASNET_A.normal, name="swapped")
     text = NASNetArch.from_dict({**model.arch, "genotype": swapped.to_dict()}).differences(arch)
     assert len(text) == 1 and text[0].startswith("genotype: checkpoint 'swapped' [")

@@ -28,7 +28,7 @@ COMPARED_FIELDS: dict[str, str] = {
     "stem_filters": "MODEL.NASNET.STEM_FILTERS",
     "skip_reduction_layer_input": "MODEL.NASNET.SKIP_REDUCTION_LAYER_INPUT",
     "pad_mode": "MODEL.NASNET.PAD_MODE",
-    "in_chans": "input channels",
+    "in_chans": "input channels; detection: len(MODEL.PIXEL_MEAN)",
     "num_classes": "the number of classes",
     "aux_head": "MODEL.NASNET.AUX_HEAD",
 }
