@@ -214,4 +214,5 @@ def check_child_network(network: Mapping[str, Any]) -> None:
     check_nasnet_node(network)
     v = network["FILTERS"]
     _require(isinstance(v, int) and v >= 1, "MODEL.NASNET.FILTERS", v,
-             "an integer >= 1: search children are sized by f (set MODEL.NASNET.PENULTIMATE_FILTERS 0)")
+             "an integer >= 1: search children are sized by f (set MODEL.NASNET.FILTERS, which zeroes "
+             "PENULTIMATE_FILTERS)")

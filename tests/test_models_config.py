@@ -62,6 +62,15 @@ def test_a_file_sizing_by_one_of_f_and_F_overrides_its_bases_size(tmp_path):
         load_config(both)
 
 
+def test_search_children_sized_by_F_say_how_to_size_them_by_f():
+    from search.config import load_cfg
+
+    with pytest.raises(ValueError, match="sized by f \\(set MODEL.NASNET.FILTERS, which zeroes PENULTIMATE_FILTERS"):
+        load_cfg(None, ["MODEL.NASNET.PRESET", "nasnet_a_cifar"])
+    n = load_cfg(None, ["MODEL.NASNET.PRESET", "nasnet_a_cifar", "MODEL.NASNET.FILTERS", "8"]).MODEL.NASNET
+    assert (n.NUM_CELLS, n.FILTERS, n.PENULTIMATE_FILTERS, n.DROP_PATH_KEEP_PROB) == (6, 8, 0, 0.6)
+
+
 def test_large_pretraining_and_large_detection_configs_describe_the_same_backbone():
     from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
 
