@@ -117,6 +117,14 @@ def test_detection_cli_rejects_old_and_unknown_keys_with_exit_2(tmp_path, capsys
         assert train_main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+    # invalid YAML too, in all three loaders
+    broken = _write(tmp_path / "broken.yaml", "MODEL:\n  NASNET: [1, 2\n")
+    assert train_main(["--config-file", str(broken)]) == 2
+    assert "broken.yaml is not valid YAML" in capsys.readouterr().err
+    from search.config import load_cfg
+    for load in (load_config, load_cfg):
+        with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+            load(str(broken))
 
 
 def test_arch_record_equality_and_differences(tmp_path):

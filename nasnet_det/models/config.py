@@ -136,11 +136,14 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, o
     source that sizes it (the ``_BASE_`` files, the file, then the overrides) sets only one of them to a
     positive value, the other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means
     f = 8).
-    ``config_file`` must exist (the caller checks that first)."""
+    ``config_file`` must exist (the caller checks that first); invalid YAML raises ``ValueError``."""
     renamed = renamed or {}
     data: Mapping = {}
     if config_file:
-        data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
+        try:
+            data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
+        except yaml.YAMLError as e:  # bad input, named like a bad key (ValueError), not a traceback
+            raise ValueError(f"{config_file} is not valid YAML: {e}") from None
     pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
     for old, new in renamed.items():
         if _lookup(data, old)[0]:
