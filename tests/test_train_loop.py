@@ -297,5 +297,6 @@ def test_model_weights_initialise_a_new_run_and_check_the_arch(tmp_path):
     for name, value in reference.state_dict().items():
         if not name.endswith("num_batches_tracked"):
             assert torch.equal(finetune.model.state_dict()[name], value), name
-    with pytest.raises(ValueError, match=r"(?s)differs in num_cells.*N=1.*N=2"):
+    with pytest.raises(ValueError, match=r"(?s)differs in num_cells.*"
+                                         r"num_cells: checkpoint 1 vs this run 2 \(MODEL.NASNET.NUM_CELLS\).*N=1.*N=2"):
         Trainer(tiny_cfg(tmp_path / "ft2", "MODEL.NASNET.WEIGHTS", str(exported), "MODEL.NASNET.NUM_CELLS", 2))
