@@ -89,9 +89,29 @@ class Journal:
             self.db.close()
             raise ValueError(f"{self.path} is not a search journal (SQLite error: {e})") from None
         if "sample" not in columns:
-            self.db.close()
-            raise ValueError(f"{self.path} was written by the batch-synchronous search of an earlier version; "
-                             "finish it with that version, choose a new OUTPUT_DIR, or start over with --fresh")
+            self._upgrade_batch_synchronous()
+
+    def _upgrade_batch_synchronous(self) -> None:
+        """Rewrite a journal of the earlier batch-synchronous search in today's form. There, batch k was
+        both the policy version that sampled its children and the update that used them, and an unfinished
+        batch was the last one; its finished children get the first slots, in the order they finished."""
+        with self.db:  # one transaction: a kill leaves the old journal or the new one
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("ALTER TABLE evaluations RENAME TO evaluations_batch_synchronous")
+            self.db.execute("DROP INDEX IF EXISTS evaluations_by_status")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute("""
+                INSERT INTO evaluations (id, strategy, sample, policy, batch, slot, decisions, genotype, logprob,
+                                         status, reward, seconds, params, error, created, finished)
+                SELECT id, strategy, ROW_NUMBER() OVER (PARTITION BY strategy ORDER BY id) - 1, batch,
+                       CASE WHEN status = 'pending' THEN NULL ELSE batch END,
+                       CASE WHEN status = 'pending' THEN NULL ELSE ROW_NUMBER() OVER (
+                           PARTITION BY strategy, batch, status = 'pending' ORDER BY finished, id) - 1 END,
+                       decisions, genotype, logprob, status, reward, seconds, params, error, created, finished
+                FROM evaluations_batch_synchronous""")
+            self.db.execute("DROP TABLE evaluations_batch_synchronous")
 
     def close(self) -> None:
         self.db.close()

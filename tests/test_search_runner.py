@@ -260,3 +260,44 @@ def test_cli_smoke_config_end_to_end(tmp_path, capsys):
     assert (out / "rewards.png").stat().st_size > 0 and (out / "best_cells.png").stat().st_size > 0
     assert main(argv) == 0  # rerun: everything is already done
     assert len(_rows(out)) == 8
+
+
+_BATCH_SYNCHRONOUS_SCHEMA = """
+CREATE TABLE evaluations (id INTEGER PRIMARY KEY AUTOINCREMENT, strategy TEXT NOT NULL, batch INTEGER NOT NULL,
+    slot INTEGER NOT NULL, decisions TEXT NOT NULL, genotype TEXT NOT NULL, logprob REAL,
+    status TEXT NOT NULL DEFAULT 'pending', reward REAL, seconds REAL, params INTEGER, error TEXT,
+    created REAL NOT NULL, finished REAL, UNIQUE (strategy, batch, slot))"""
+
+
+def test_a_batch_synchronous_journal_is_upgraded_and_resumes(tmp_path):
+    """A journal of the earlier batch-synchronous search: batch 0 done, batch 1 interrupted with the
+    children of slots 0 and 3 finished and slots 1, 2 and 4 pending."""
+    SearchRunner(_cfg("SEARCH.BUDGET", 10, "SEARCH.MAX_EVALS_THIS_RUN", 7), tmp_path, CountingReward(), False).run()
+    new = _rows(tmp_path)
+    db = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    db.execute("DROP TABLE evaluations")
+    db.execute(_BATCH_SYNCHRONOUS_SCHEMA)
+    layout = [(0, s, "ok") for s in range(5)] + [(1, 0, "ok"), (1, 1, "pending"), (1, 2, "pending"), (1, 3, "ok"),
+                                                 (1, 4, "pending")]
+    for i, (batch, slot, status) in enumerate(layout):
+        r = new[i % 7]
+        ok = status == "ok"
+        db.execute("INSERT INTO evaluations (strategy, batch, slot, decisions, genotype, logprob, status, reward, "
+                   "seconds, created, finished) VALUES ('ppo', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (batch, slot, r["decisions"], r["genotype"], r["logprob"], status, 0.1 * i if ok else None,
+                    1.0 if ok else None, 100.0 + i, 200.0 + i if ok else None))
+    db.commit()
+    db.close()
+    (tmp_path / "controller_ppo.pth").unlink()  # rebuilt from the journal's batch 0
+    rewards = CountingReward()
+    s = SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, rewards, False).run()["strategies"]["ppo"]
+    assert s["ok"] == 10 and len(rewards.calls) == 3  # only the 3 pending children ran
+    rows = _rows(tmp_path)
+    assert [json.loads(rows[i]["genotype"]) for i in (6, 7, 9)] == \
+        [Genotype.from_json(c).to_dict() for c in rewards.calls]
+    assert [r["reward"] for r in rows[:6]] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert rows[8]["reward"] == pytest.approx(0.8)
+    # batch 1: the two that had finished first (in finishing order), then the three re-run
+    assert [(r["batch"], r["slot"]) for r in (rows[5], rows[8])] == [(1, 0), (1, 1)]
+    assert sorted(r["slot"] for r in rows if r["batch"] == 1) == [0, 1, 2, 3, 4]
+    assert [r["sample"] for r in rows] == list(range(10)) and [r["policy"] for r in rows] == [0] * 5 + [1] * 5
