@@ -20,7 +20,7 @@ from nasnet_det.cli import exit_2_on_bad_input
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg
-from nasnet_det.detection.data import check_dataset_classes, register_datasets
+from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
 
@@ -92,6 +92,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
                          "add 'MODEL.DEVICE cpu' to the command line")
     cfg.freeze()
     register_datasets(cfg.DATASETS.COCO_FILES)
+    register_builtin_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_dataset_classes(cfg)
     default_setup(cfg, args)
     return cfg
