@@ -50,6 +50,7 @@ from nasnet_det.classification.distributed import (
 from nasnet_det.classification.metrics import MetricsWriter, read_metrics, topk_correct
 from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler
 from nasnet_det.models import build_nasnet
+from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import load_state_dict_report, read_checkpoint, save_checkpoint
 
@@ -248,7 +249,7 @@ class Trainer:
                 self.ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.ddp_model = DistributedDataParallel(
                 self.ddp_model, device_ids=[self.device.index] if cuda else None,
-                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS)
+                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype))
         self.optimizer = build_optimizer(cfg, model)
         # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
         seed_everything(cfg.SEED + 7919 * self.dist.rank)

@@ -99,7 +99,8 @@ def holdout_split(n: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def load_cifar_source(spec: str) -> tuple[np.ndarray, np.ndarray]:
-    """Training images from ``"npz:PATH"`` (``"npz:builtin"``: the embedded 2000-image sample), ``"folder:ROOT"`` (torchvision layout, train split) or
+    """Training images from ``"npz:PATH"`` (``"npz:builtin"``: the embedded 2000-image sample),
+    ``"folder:ROOT"`` (torchvision layout, train split) or
     ``"synthetic:N"`` (N generated images, see :func:`synthetic_cifar`)."""
     kind, sep, arg = str(spec).partition(":")
     if not sep or not arg:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import weakref
+from collections.abc import Iterator
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -23,6 +27,8 @@ from nasnet_det.detection.config import get_nasnet_cfg
 from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
+from nasnet_det.genotypes import get_genotype
+from nasnet_det.models.cell import leaves_input_unused
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +49,27 @@ class DropPathSchedule(HookBase):
         set_drop_path_progress(self.trainer.model, progress)
 
 
+@contextlib.contextmanager
+def _ddp_finds_unused_parameters(enabled: bool) -> Iterator[None]:
+    """DefaultTrainer wraps the model with ``detectron2.engine.defaults.create_ddp_model`` and offers no
+    hook for DDP's arguments: pass ``find_unused_parameters`` through it while the trainer is built."""
+    if not enabled:
+        yield
+        return
+    original = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = functools.partial(original, find_unused_parameters=True)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
+        # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
+        unused = leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE))
+        with _ddp_finds_unused_parameters(unused and comm.get_world_size() > 1):
+            super().__init__(cfg)
         # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network. The
         # PeriodicCheckpointer hook keeps the stock instance: saving is the same.
         self.checkpointer = NASNetDetectionCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
