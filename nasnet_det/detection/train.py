@@ -14,6 +14,7 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -90,6 +91,10 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        # detectron2 writes metrics every 20 iterations: a short run would leave one point of its loss curve.
+        for h in hooks:
+            if isinstance(h, PeriodicWriter):
+                h._period = max(1, min(h._period, self.max_iter // 20))
         if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
             hooks.insert(0, DropPathSchedule())
         return hooks
