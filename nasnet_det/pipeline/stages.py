@@ -142,7 +142,7 @@ class SearchStage(Stage):
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if ctx.cfg.SEARCH.GENOTYPE:
-            return {"kind": "given", "best_genotype": "best_genotype.json"}, {}
+            return {"kind": "given", "best_genotype": str(workdir / "best_genotype.json")}, {}
         summary = _read_json(self.name, workdir / "summary.json", "the search summary")
         outputs = {"kind": "searched", "best_genotype": "best_genotype.json", "top_k": "top_k.json",
                    "summary": "summary.json", "journal": "journal.sqlite", "rewards_plot": "rewards.png",
