@@ -118,7 +118,7 @@ class Pipeline:
             why = "forced" if force and same else "settings or inputs changed"
             self.say(f"{stage.name}: {why}; clearing {workdir} and starting it afresh")
             shutil.rmtree(workdir)
-        resumed = same and prev.get("status") in ("running", "failed") and not force
+        resumed = same and prev.get("status") in ("running", "failed", "interrupted") and not force
         attempts = (prev.get("attempts", 0) if resumed else 0) + 1
         manifest: dict[str, Any] = {
             "stage": stage.name, "status": "running", "config": settings, "config_hash": digest,
