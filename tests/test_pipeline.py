@@ -81,9 +81,19 @@ def test_smoke_chain_end_to_end(finished: Path):
     assert set(run(finished).values()) == {"skipped", "disabled"}
 
 
-def test_changed_stage_config_reruns_that_stage_and_later_ones_only(finished: Path, tmp_path: Path):
+def test_failed_stage_then_a_fixed_config_reruns_that_stage_and_later_ones_only(finished: Path, tmp_path: Path,
+                                                                              capsys):
     out = copy_run(finished, tmp_path / "run")
     before = {s: manifest(out, s) for s in ("search", "select", "pretrain")}
+    backbone = (out / "pretrain" / "model_final.pth").read_bytes()
+    # the detection tool fails at run time: one message naming the stage, the key and the log
+    rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", *TINY, "OUTPUT_DIR", str(out),
+                        "DETECT.OPTS", "['DATASETS.TRAIN', \"('no_such_dataset',)\"]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stage 'detect'" in err and "no_such_dataset" in err and "stage.log" in err
+    assert manifest(out, "detect")["status"] == "failed"
+    assert (out / "pretrain" / "model_final.pth").read_bytes() == backbone
+    # fixed, and changed: detection and what follows rerun, nothing before it
     changed = TINY[TINY.index("DETECT.OPTS") + 1].replace("'SOLVER.MAX_ITER', '4'", "'SOLVER.MAX_ITER', '3'")
     done = run(out, "DETECT.OPTS", changed)
     assert done == {"search": "skipped", "select": "skipped", "cifar": "disabled", "pretrain": "skipped",
@@ -94,20 +104,18 @@ def test_changed_stage_config_reruns_that_stage_and_later_ones_only(finished: Pa
 
 def test_bad_stage_input_names_stage_and_keeps_earlier_artifacts(finished: Path, tmp_path: Path, capsys):
     out = copy_run(finished, tmp_path / "run")
-    backbone = (out / "pretrain" / "model_final.pth").read_bytes()
+    before = {s: manifest(out, s) for s in ("search", "select", "pretrain", "detect", "evaluate")}
     rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", *TINY, "OUTPUT_DIR", str(out),
                         "PRETRAIN.WEIGHTS", str(tmp_path / "missing.pth")])
     err = capsys.readouterr().err
     assert rc == 2
     assert "stage 'pretrain'" in err and "PRETRAIN.WEIGHTS" in err and "missing.pth" in err and "does not exist" in err
-    # a config error inside a stage's own config: the tool's message, named with the stage
+    # a typo in the last stages' opts is caught before any stage runs
     rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", *TINY, "OUTPUT_DIR", str(out),
                         "DETECT.OPTS", "['MODEL.NASNET.NOT_A_KEY', '1']"])
     err = capsys.readouterr().err
-    assert rc == 2 and "stage 'detect'" in err and "NOT_A_KEY" in err and "stage.log" in err
-    assert manifest(out, "detect")["status"] == "failed"
-    assert manifest(out, "pretrain")["status"] == "done"
-    assert (out / "pretrain" / "model_final.pth").read_bytes() == backbone
+    assert rc == 2 and "stage 'detect'" in err and "NOT_A_KEY" in err and "DETECT.OPTS" in err
+    assert {s: manifest(out, s) for s in before} == before
     assert (out / "search" / "journal.sqlite").is_file() and (out / "select" / "genotype.json").is_file()
 
 

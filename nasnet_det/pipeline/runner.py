@@ -86,6 +86,10 @@ class Pipeline:
         t0 = time.time()
         with _lock(self.ctx.out):
             self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
+            for stage in STAGES:  # every stage's config loads, before hours of work in the earlier ones
+                if stage.name in chosen and stage.enabled(self.ctx):
+                    stage.settings(self.ctx)
+                    stage.check(self.ctx)
             for stage in STAGES:
                 if stage.name not in chosen:
                     continue

@@ -103,6 +103,33 @@ class Stage:
         """(outputs: name -> path or value, metrics)."""
         return {}, {}
 
+    def check(self, ctx: Context) -> None:
+        """Load the stage's config with its overrides before anything runs, so that a typo in the last
+        stage's opts is found before hours of search and training (not in the search stage: ``nasnet_det``
+        does not import ``search``, and the search runs first anyway)."""
+
+
+def _check_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> None:
+    from nasnet_det.classification.config import load_config
+
+    try:
+        load_config(resolve_path(config_file), [*opts, "DATA.DATASET", dataset])
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        raise StageError(stage, f"{node}.CONFIG_FILE {config_file} with {node}.OPTS: "
+                                f"{e.args[0] if e.args else e}") from None
+
+
+def _check_detection(stage: str, config_file: str, opts: list[str]) -> None:
+    from nasnet_det.detection.config import get_nasnet_cfg
+
+    cfg = get_nasnet_cfg()
+    try:
+        cfg.merge_from_file(str(resolve_path(config_file)))
+        cfg.merge_from_list(list(opts))
+    except (ValueError, KeyError, AssertionError, FileNotFoundError) as e:
+        raise StageError(stage, f"DETECT.CONFIG_FILE {config_file} with DETECT.OPTS / EVALUATE.OPTS: "
+                                f"{e.args[0] if e.args else e}") from None
+
 
 def _tool_settings(ctx: Context, node: str) -> dict[str, Any]:
     c = ctx.cfg[node]
@@ -269,6 +296,11 @@ class CifarStage(_ClassificationStage):
     def inputs(self, ctx: Context) -> dict[str, Path]:
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
 
+    def check(self, ctx: Context) -> None:
+        c = ctx.cfg.CIFAR
+        _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("train", "nasnet_a"), *c.OPTS],
+                              "cifar10")
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.CIFAR
         argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
@@ -298,6 +330,12 @@ class PretrainStage(_ClassificationStage):
                                             "state dict .pth of the NETWORK)")
             inputs["weights"] = w
         return inputs
+
+    def check(self, ctx: Context) -> None:
+        c = ctx.cfg.PRETRAIN
+        if not c.WEIGHTS:
+            _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
+                                  [*network_opts("train", ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.PRETRAIN
@@ -347,6 +385,10 @@ class DetectStage(Stage):
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"],
                 "backbone": ctx.outputs_of("pretrain", self.name)["weights"]}
 
+    def check(self, ctx: Context) -> None:
+        _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE,
+                         [*network_opts("detect", ctx.cfg, "nasnet_a"), *ctx.cfg.DETECT.OPTS])
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.DETECT
         # Evaluation is the next stage's job: no test set while training (detectron2 would evaluate at the end).
@@ -385,6 +427,10 @@ class EvaluateStage(Stage):
     def inputs(self, ctx: Context) -> dict[str, Path]:
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"],
                 "detector": ctx.outputs_of("detect", self.name)["weights"]}
+
+    def check(self, ctx: Context) -> None:
+        _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts("detect", ctx.cfg, "nasnet_a"),
+                                                                 *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         if workdir.is_dir():  # evaluation has nothing to resume: start clean so no stale result is read
