@@ -167,12 +167,14 @@ def test_shortcuts_published_genotype_and_given_weights(finished: Path, tmp_path
     out = tmp_path / "given"
     genotype = finished / "select" / "genotype.json"
     weights = finished / "pretrain" / "model_final.pth"
-    done = run(out, "SEARCH.GENOTYPE", str(genotype), "PRETRAIN.WEIGHTS", str(weights))
+    # (and detectron2's launch with two gloo processes)
+    done = run(out, "SEARCH.GENOTYPE", str(genotype), "PRETRAIN.WEIGHTS", str(weights), "DETECT.NUM_GPUS", "2")
     assert done["pretrain"] == "ran" and done["evaluate"] == "ran"
     assert not (out / "pretrain" / "model_final.pth").exists()  # nothing was trained
     assert manifest(out, "detect")["inputs"]["backbone"]["sha256"] == \
         manifest(finished, "detect")["inputs"]["backbone"]["sha256"]
     assert "weights given" in (out / "report" / "report.md").read_text()
+    assert "World size: 2" in (out / "detect" / "stage.log").read_text()
 
 
 def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):

@@ -9,6 +9,7 @@ import logging
 import os
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from detectron2.config import CfgNode
@@ -51,14 +52,14 @@ class DropPathSchedule(HookBase):
 
 
 @contextlib.contextmanager
-def _ddp_finds_unused_parameters(enabled: bool) -> Iterator[None]:
+def _ddp_options(**kwargs: Any) -> Iterator[None]:
     """DefaultTrainer wraps the model with ``detectron2.engine.defaults.create_ddp_model`` and offers no
-    hook for DDP's arguments: pass ``find_unused_parameters`` through it while the trainer is built."""
-    if not enabled:
+    hook for DDP's arguments: pass ``kwargs`` through it while the trainer is built."""
+    if not kwargs:
         yield
         return
     original = d2_defaults.create_ddp_model
-    d2_defaults.create_ddp_model = functools.partial(original, find_unused_parameters=True)
+    d2_defaults.create_ddp_model = functools.partial(original, **kwargs)
     try:
         yield
     finally:
@@ -68,8 +69,13 @@ def _ddp_finds_unused_parameters(enabled: bool) -> Iterator[None]:
 class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
-        unused = leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE))
-        with _ddp_finds_unused_parameters(unused and comm.get_world_size() > 1):
+        ddp: dict[str, Any] = {}
+        if comm.get_world_size() > 1:
+            if leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE)):
+                ddp["find_unused_parameters"] = True
+            if cfg.MODEL.DEVICE == "cpu":  # gloo processes: detectron2 would pass device_ids=[local rank]
+                ddp["device_ids"] = None
+        with _ddp_options(**ddp):
             super().__init__(cfg)
         # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network. The
         # PeriodicCheckpointer hook keeps the stock instance: saving is the same.
