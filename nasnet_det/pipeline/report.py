@@ -51,15 +51,22 @@ def plot_detection_loss(events: Path, out: Path) -> Path | None:
     return out
 
 
-def backbone_profile(cfg, genotype_file: Path, image_size: int) -> dict[str, Any]:
+def build_backbone(cfg, genotype_file: Path):
+    """The pipeline's NETWORK with the chosen cell, as the detector's backbone (no classifier, no aux head)."""
     from nasnet_det.models import build_nasnet
-    from nasnet_det.models.profile import count_mult_adds, count_params
 
     n = cfg.NETWORK
     size = dict(filters=n.FILTERS) if n.FILTERS > 0 else dict(penultimate_filters=n.PENULTIMATE_FILTERS)
-    model = build_nasnet(str(genotype_file), dataset="imagenet", num_cells=n.NUM_CELLS, num_classes=0,
-                         aux_head=False, stem_filters=n.STEM_FILTERS,
-                         skip_reduction_layer_input=n.SKIP_REDUCTION_LAYER_INPUT, pad_mode=n.PAD_MODE, **size)
+    return build_nasnet(str(genotype_file), dataset="imagenet", num_cells=n.NUM_CELLS, num_classes=0,
+                        aux_head=False, stem_filters=n.STEM_FILTERS,
+                        skip_reduction_layer_input=n.SKIP_REDUCTION_LAYER_INPUT, pad_mode=n.PAD_MODE, **size)
+
+
+def backbone_profile(cfg, genotype_file: Path, image_size: int) -> dict[str, Any]:
+    from nasnet_det.models.profile import count_mult_adds, count_params
+
+    model = build_backbone(cfg, genotype_file)
+    n = cfg.NETWORK
     return {"params": count_params(model), "mult_adds": count_mult_adds(model, image_size),
             "image_size": image_size, "num_features": model.num_features, "num_cells": n.NUM_CELLS}
 

@@ -341,16 +341,18 @@ class PretrainStage(_ClassificationStage):
         c = ctx.cfg.PRETRAIN
         workdir.mkdir(parents=True, exist_ok=True)
         if c.WEIGHTS:
-            import torch
+            # Given weights must fit the NETWORK and the chosen cell: find out now, not in the detection stage.
+            from torch import nn
+
+            from nasnet_det.detection.weights import load_pretrained_nasnet
+            from nasnet_det.pipeline.report import build_backbone
 
             try:
-                obj = torch.load(inputs["weights"], map_location="cpu", weights_only=False)
-            except Exception as e:  # noqa: BLE001 - any unreadable file is the same bad input
-                raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']}: not a torch checkpoint "
-                                            f"({type(e).__name__}: {e})") from None
-            if not isinstance(obj, dict):
-                raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']}: expected a checkpoint dict or "
-                                            f"a state dict, got {type(obj).__name__}")
+                load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])),
+                                       inputs["weights"], strict=True)
+            except Exception as e:  # noqa: BLE001 - an unreadable or mismatched file is the same bad input
+                raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit NETWORK and the "
+                                            f"selected genotype {inputs['genotype']}: {e}") from None
             return
         argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
