@@ -6,7 +6,6 @@ import os
 import socket
 
 import numpy as np
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -88,3 +87,23 @@ def test_cell_ignoring_an_input_trains_under_ddp():
     result = mp.get_context("spawn").Array("i", 2)
     mp.spawn(_ddp_worker, args=(2, _free_port(), g.to_json(), result), nprocs=2, join=True)
     assert list(result) == [1, 1]
+
+
+def test_searched_genotype_through_the_training_and_detection_configs_at_paper_filters(tmp_path):
+    from detectron2.modeling import build_backbone
+
+    from nasnet_det.classification.config import load_config
+    from nasnet_det.detection.config import get_nasnet_cfg
+    from nasnet_det.models import nasnet_from_cfg
+
+    g = next(g for g in random_genotypes(60, seed=1) if 192 % output_multiplier(g.normal))  # 768 does not fit
+    path = g.save(tmp_path / "searched.json")
+    cfg = load_config(None, ["MODEL.NASNET.GENOTYPE", str(path), "MODEL.NASNET.NUM_CELLS", "1",
+                             "MODEL.NASNET.PENULTIMATE_FILTERS", "768", "MODEL.NASNET.FILTERS", "0"])
+    net = nasnet_from_cfg(cfg, "cifar", 10)
+    assert abs(net.num_features - 768) <= 2 * output_multiplier(g.normal)
+    det = get_nasnet_cfg()
+    det.MODEL.NASNET.GENOTYPE, det.MODEL.NASNET.NUM_CELLS = str(path), 1
+    det.MODEL.NASNET.PENULTIMATE_FILTERS, det.MODEL.NASNET.FILTERS = 1056, 0
+    det.MODEL.BACKBONE.NAME = "build_nasnet_c4_backbone"
+    assert build_backbone(det).output_shape()["c4"].channels > 0

@@ -23,9 +23,9 @@ def test_cifar_sample_is_balanced_and_loads_as_builtin_source():
 
 
 def test_coco_sample_boxes_fit_their_images_and_score_ap_1_against_themselves():
+    from PIL import Image
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
-    from PIL import Image
 
     json_file, images = coco_sample()
     with contextlib.redirect_stdout(io.StringIO()):

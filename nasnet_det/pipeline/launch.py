@@ -14,9 +14,9 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.config import repo_root
 
-# The one place that knows how each tool spells the network keys: configs/train (classification) use
-# MODEL.*, detection uses MODEL.NASNET.*. A rename of the classification keys changes only this table.
-NETWORK_PREFIX = {"train": "MODEL.", "detect": "MODEL.NASNET."}
+# The one place that knows how each tool spells the network keys (classification and detection both use the
+# MODEL.NASNET node today); a rename changes only this table.
+NETWORK_PREFIX = {"train": "MODEL.NASNET.", "detect": "MODEL.NASNET."}
 LOG_NAME = "stage.log"
 
 
