@@ -164,7 +164,8 @@ def test_shortcuts_published_genotype_and_given_weights(finished: Path, tmp_path
     assert json.loads((out / "select" / "genotype.json").read_text())["name"] == "nasnet_a"
     assert not (out / "search" / "journal.sqlite").exists()
     # weights of another cell are refused by the pretrain stage, before detection
-    with pytest.raises(StageError, match=r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*different cells"):
+    mismatch = r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*does not fit NETWORK.*genotype.*nasnet_a"
+    with pytest.raises(StageError, match=mismatch):
         run(out, "SEARCH.GENOTYPE", "nasnet_a", "PRETRAIN.WEIGHTS", str(finished / "pretrain" / "model_final.pth"),
             stages=["search", "select", "pretrain"])
     # a genotype JSON instead of the search and our checkpoint instead of pretraining: straight to detection
