@@ -58,6 +58,7 @@ from nasnet_det.classification.metrics import MetricsWriter, read_metrics
 from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler, upgrade_former_rmsprop_state
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
 from nasnet_det.models import NASNetArch, nasnet_from_cfg
+from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import load_state_dict_report
 
@@ -161,7 +162,7 @@ class Trainer:
                 self.ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.ddp_model = DistributedDataParallel(
                 self.ddp_model, device_ids=[self.device.index] if cuda else None,
-                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS)
+                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype))
         self.optimizer = build_optimizer(cfg, model)
         # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
         random_seed(cfg.SEED, 7919 * self.dist.rank)

@@ -237,7 +237,8 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
     check_nasnet_node(node)
     try:
         genotype = get_genotype(genotype if genotype is not None else node["GENOTYPE"])
-        filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"])
+        filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"],
+                                                           strict=False)  # any searched cell: nearest F
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise ValueError(f"{_described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     return dict(genotype=genotype, num_classes=num_classes, num_cells=node["NUM_CELLS"], filters=filters,
