@@ -1,14 +1,25 @@
-"""Training and evaluation of NASNet Faster R-CNN in detectron2's style (``DefaultTrainer``)."""
+"""Training and evaluation of NASNet Faster R-CNN in detectron2's style (``DefaultTrainer``).
+
+Rerunning the same command into the same OUTPUT_DIR resumes (model, optimizer, scheduler, iteration, RNG
+state and the position in the data stream); a finished run is reported as done. ``--no-resume`` starts over,
+deleting the old checkpoints and metrics.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import random
 import weakref
+from collections import OrderedDict
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
@@ -16,15 +27,22 @@ from detectron2.utils import comm
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
-from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config
 from nasnet_det.detection.backbone import set_drop_path_progress
-from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
+from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, LAST_CHECKPOINT, NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg
-from nasnet_det.detection.data import check_dataset_classes, register_datasets
+from nasnet_det.detection.data import (
+    ResumableTrainingSampler,
+    SkippingLoader,
+    SkipUnreadableMapper,
+    check_dataset_classes,
+    register_datasets,
+)
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
 
 logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
 
 
 def build_nasnet_detector(cfg: CfgNode) -> torch.nn.Module:
@@ -43,13 +61,97 @@ class DropPathSchedule(HookBase):
         set_drop_path_progress(self.trainer.model, progress)
 
 
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # a tensor, not an ndarray: checkpoints must load with torch.load(weights_only=True)
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+
+
+class ExactResume(HookBase):
+    """Makes a resumed run continue like an uninterrupted one: checkpoints the RNG states (ROI sampling,
+    augmentation, drop-path), restarts the training sampler where it stopped, and drops the
+    ``metrics.json`` rows of iterations the interrupted run did after its last checkpoint (they are redone)."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        start = trainer.start_iter
+        loader = trainer._trainer.data_loader
+        sampler = getattr(loader, "resumable_sampler", None)
+        if sampler is not None and start > 0:
+            sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        # Creating the iterator draws from the RNG: do it here in every run, fresh or resumed, so that the
+        # RNG stream after this point is the same.
+        _ = trainer._trainer._data_loader_iter
+        if self._pending is not None and start > 0:
+            _set_rng_state(self._pending["rng"])
+            self._pending = None
+        if start > 0 and comm.is_main_process():
+            drop_metrics_after(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start)
+
+
+def drop_metrics_after(path: str, start_iter: int) -> int:
+    """Remove the rows of ``metrics.json`` (JSON lines) whose iteration is >= ``start_iter``; returns how many.
+
+    Rewritten in place (not replaced): detectron2's JSONWriter already holds the file open for appending."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+        if isinstance(row, dict) and row.get("iteration", -1) >= start_iter:
+            continue
+        kept.append(line if line.endswith(b"\n") else line + b"\n")
+    if kept != lines:
+        with open(path, "r+b") as f:
+            f.write(b"".join(kept))
+            f.truncate()
+    return len(lines) - len(kept)
+
+
+class SkippedImagesMetric(HookBase):
+    """Puts the number of unreadable training images skipped so far into the event storage (metrics.json)."""
+
+    def after_step(self) -> None:
+        loader = self.trainer._trainer.data_loader
+        if isinstance(loader, SkippingLoader):
+            self.trainer.storage.put_scalar("data/skipped_images", len(loader.skipped), smoothing_hint=False)
+
+
 class Trainer(DefaultTrainer):
-    def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
-        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network. The
-        # PeriodicCheckpointer hook keeps the stock instance: saving is the same.
+    def build_hooks(self):
+        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network; saves must
+        # be atomic. Swapped in here, before the PeriodicCheckpointer hook takes the checkpointer.
         self.checkpointer = NASNetDetectionCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
                                                         trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
+            hooks.insert(0, DropPathSchedule())
+        return hooks + [SkippedImagesMetric(), ExactResume()]
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -58,48 +160,118 @@ class Trainer(DefaultTrainer):
         return model
 
     @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=0, proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        sampler = None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            sampler = ResumableTrainingSampler(len(dataset))
+        loader = SkippingLoader(build_detection_train_loader(cfg, mapper=SkipUnreadableMapper(DatasetMapper(cfg, True)),
+                                                             dataset=dataset, sampler=sampler), "training")
+        loader.resumable_sampler = sampler
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        mapper = SkipUnreadableMapper(DatasetMapper(cfg, False))
+        loader = SkippingLoader(build_detection_test_loader(cfg, dataset_name, mapper=mapper),
+                                f"evaluation on {dataset_name}")
+        cls._test_loaders[dataset_name] = loader
+        return loader
+
+    _test_loaders: dict[str, SkippingLoader] = {}
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """detectron2's ``test``, plus ``data/skipped_images`` (unreadable images left out) per dataset."""
+        results = super().test(cfg, model, evaluators)
+        per_dataset = results if len(cfg.DATASETS.TEST) > 1 else OrderedDict({cfg.DATASETS.TEST[0]: results}) \
+            if cfg.DATASETS.TEST else {}
+        for name, res in per_dataset.items():
+            loader = cls._test_loaders.pop(name, None)
+            if loader is not None and isinstance(res, dict):
+                res["data"] = {"skipped_images": len(loader.skipped)}
+                if loader.skipped:
+                    logger.warning("evaluation on %s left out %d unreadable image(s)", name, len(loader.skipped))
+        return results
+
+    @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         os.makedirs(output_folder, exist_ok=True)
         return NASNetCOCOEvaluator(dataset_name, output_dir=output_folder,
                                    distributed=comm.get_world_size() > 1)
 
-    def build_hooks(self):
-        hooks = super().build_hooks()
-        if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
-            hooks.insert(0, DropPathSchedule())
-        return hooks
-
 
 def argument_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` plus ``--dataset NAME=JSON:IMAGE_DIR``."""
+    """detectron2's ``default_argument_parser`` plus ``--dataset NAME=JSON:IMAGE_DIR`` and ``--no-resume``."""
     parser = default_argument_parser()
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
                         help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over: delete OUTPUT_DIR's checkpoints and metrics.json first (without it, "
+                             "training resumes from OUTPUT_DIR's last checkpoint when there is one)")
     return parser
+
+
+def validate_detection_config(cfg: CfgNode, num_processes: int = 1) -> None:
+    """Values detectron2 would only fail on deep inside training, named by key."""
+    if cfg.SOLVER.IMS_PER_BATCH < 1:
+        raise BadInputError(f"SOLVER.IMS_PER_BATCH must be >= 1 (images per batch over all GPUs), got "
+                            f"{cfg.SOLVER.IMS_PER_BATCH}")
+    if cfg.SOLVER.IMS_PER_BATCH % num_processes:
+        raise BadInputError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be divisible by the number of "
+                            f"processes ({num_processes})")
+    if cfg.SOLVER.MAX_ITER < 1:
+        raise BadInputError(f"SOLVER.MAX_ITER must be >= 1, got {cfg.SOLVER.MAX_ITER}")
+    if cfg.SOLVER.BASE_LR <= 0:
+        raise BadInputError(f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}")
+    if cfg.SOLVER.CHECKPOINT_PERIOD < 1:
+        raise BadInputError(f"SOLVER.CHECKPOINT_PERIOD must be >= 1, got {cfg.SOLVER.CHECKPOINT_PERIOD}")
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
+        raise BadInputError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {cfg.MODEL.ROI_HEADS.NUM_CLASSES}")
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
+    if cfg.MODEL.NASNET.WEIGHTS and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
+        raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {cfg.MODEL.NASNET.WEIGHTS} does not exist")
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from file + opts, datasets registered and checked, detectron2's default setup done."""
     cfg = get_nasnet_cfg()
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    merge_config(cfg, args.config_file, list(args.opts))
     cfg.DATASETS.COCO_FILES = list(cfg.DATASETS.COCO_FILES) + list(getattr(args, "dataset", []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available; "
                          "add 'MODEL.DEVICE cpu' to the command line")
+    validate_detection_config(cfg, max(1, getattr(args, "num_gpus", 1)) * max(1, getattr(args, "num_machines", 1)))
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
     register_datasets(cfg.DATASETS.COCO_FILES)
     check_dataset_classes(cfg)
     default_setup(cfg, args)
     return cfg
 
 
+def start_over(output_dir: str) -> list[str]:
+    """``--no-resume``: delete the checkpoints, ``last_checkpoint`` and ``metrics.json`` of an earlier run."""
+    removed = []
+    for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+        if (name.startswith("model_") and name.endswith(".pth")) or name in (LAST_CHECKPOINT, METRICS_FILE):
+            os.remove(os.path.join(output_dir, name))
+            removed.append(name)
+    if removed:
+        logger.info("--no-resume: removed %s from %s", ", ".join(removed), output_dir)
+    return removed
+
+
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
+    if comm.is_main_process():
+        NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
     if args.eval_only:
         # MODEL.WEIGHTS (the detector) replaces every NASNet tensor: don't require the ImageNet file too.
         build_cfg = cfg.clone()
@@ -112,8 +284,23 @@ def run(args: argparse.Namespace):
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
+    if getattr(args, "no_resume", False):
+        if comm.is_main_process():
+            start_over(cfg.OUTPUT_DIR)
+        comm.synchronize()
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=not getattr(args, "no_resume", False))
+    if trainer.start_iter >= trainer.max_iter:
+        message = (f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a finished run ({trainer.start_iter} of "
+                   f"SOLVER.MAX_ITER {trainer.max_iter} iterations, {FINAL_CHECKPOINT}); nothing to train. "
+                   "Rerun with --no-resume to train again, or --eval-only --resume to evaluate it.")
+        logger.info(message)
+        if comm.is_main_process():
+            print(message)
+        return None
+    if trainer.start_iter > 0:
+        logger.info("resuming from iteration %d in %s (rerun with --no-resume to start over)", trainer.start_iter,
+                    cfg.OUTPUT_DIR)
     return trainer.train()
 
 
@@ -121,6 +308,8 @@ def run(args: argparse.Namespace):
 def train_main(argv: list[str] | None = None) -> int:
     """``tools/train_net.py``: parse detectron2-style arguments and launch (multi-GPU / multi-machine)."""
     args = argument_parser().parse_args(argv)
+    if args.resume and args.no_resume:
+        raise BadInputError("--resume and --no-resume contradict each other; give one")
     launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return 0
