@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from nasnet_det.cli import BAD_INPUT_ERRORS, bad_input_message, check_no_options_after_overrides, check_output_dir
 from search.config import load_cfg
 from search.runner import JOURNAL_NAME, SearchRunner
 
@@ -41,22 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         opts = list(args.opts)
-        flags = [o for o in opts if o.startswith("--")]
-        if flags:  # argparse.REMAINDER would otherwise pass them on as config keys
-            raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
-                             f"nasnet-det search --config-file X.yaml {flags[0]} ... SEARCH.BUDGET 40")
+        check_no_options_after_overrides(opts, "nasnet-det search")
         if args.output_dir:
             opts += ["OUTPUT_DIR", args.output_dir]
         cfg = load_cfg(args.config_file or None, opts)
-        out = Path(cfg.OUTPUT_DIR)
+        out = check_output_dir(cfg.OUTPUT_DIR)
         if args.resume and not (out / JOURNAL_NAME).is_file():
             raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
         # The driver only runs the small controller (and the children with the inline backend): more
         # threads than the workers get would just contend with them for the cores.
         torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
         summary = SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
-    except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
-        print(f"nasnet-det search: error: {e}", file=sys.stderr)
+    except (*BAD_INPUT_ERRORS, ImportError) as e:
+        print(f"nasnet-det search: error: {bad_input_message(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("nasnet-det search: interrupted; rerun the same command to resume", file=sys.stderr)

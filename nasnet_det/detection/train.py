@@ -215,7 +215,7 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate_detection_config(cfg: CfgNode, num_processes: int = 1) -> None:
+def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: bool = False) -> None:
     """Values detectron2 would only fail on deep inside training, named by key."""
     if cfg.SOLVER.IMS_PER_BATCH < 1:
         raise BadInputError(f"SOLVER.IMS_PER_BATCH must be >= 1 (images per batch over all GPUs), got "
@@ -234,7 +234,8 @@ def validate_detection_config(cfg: CfgNode, num_processes: int = 1) -> None:
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
-    if cfg.MODEL.NASNET.WEIGHTS and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
+    # --eval-only loads every weight from MODEL.WEIGHTS: the ImageNet file is not needed then.
+    if cfg.MODEL.NASNET.WEIGHTS and not eval_only and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
         raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {cfg.MODEL.NASNET.WEIGHTS} does not exist")
 
 
@@ -246,7 +247,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available; "
                          "add 'MODEL.DEVICE cpu' to the command line")
-    validate_detection_config(cfg, max(1, getattr(args, "num_gpus", 1)) * max(1, getattr(args, "num_machines", 1)))
+    validate_detection_config(cfg, max(1, getattr(args, "num_gpus", 1)) * max(1, getattr(args, "num_machines", 1)),
+                              eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
     register_datasets(cfg.DATASETS.COCO_FILES)
