@@ -93,17 +93,22 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         return loaded
 
     def resume_candidates(self) -> list[str]:
-        """Checkpoints in ``save_dir``, newest first: the one ``last_checkpoint`` names, then
-        ``model_final.pth``, then ``model_NNNNNNN.pth`` by decreasing iteration."""
+        """Checkpoints in ``save_dir``, newest first (by modification time, then iteration): ``model_final.pth``,
+        ``model_NNNNNNN.pth`` and the file ``last_checkpoint`` names. The newest is usually the tagged one; it is
+        not when a kill came between a checkpoint's rename and the tag's."""
         if not self.save_dir or not os.path.isdir(self.save_dir):
             return []
-        names = os.listdir(self.save_dir)
-        periodic = sorted((n for n in names if _PERIODIC.match(n)), key=lambda n: -int(_PERIODIC.match(n).group(1)))
-        ordered = ([FINAL_CHECKPOINT] if FINAL_CHECKPOINT in names else []) + periodic
+        names = [n for n in os.listdir(self.save_dir) if n == FINAL_CHECKPOINT or _PERIODIC.match(n)]
         tagged = os.path.basename(self.get_checkpoint_file()) if self.has_tag() else ""
-        if tagged and tagged in names:
-            ordered = [tagged] + [n for n in ordered if n != tagged]
-        return [os.path.join(self.save_dir, n) for n in ordered]
+        if tagged and tagged not in names and os.path.isfile(os.path.join(self.save_dir, tagged)):
+            names.append(tagged)
+
+        def newest_first(name: str) -> tuple[float, int]:
+            m = _PERIODIC.match(name)
+            order = int(m.group(1)) if m else (1 << 62 if name == FINAL_CHECKPOINT else -1)
+            return (-os.path.getmtime(os.path.join(self.save_dir, name)), -order)
+
+        return [os.path.join(self.save_dir, n) for n in sorted(names, key=newest_first)]
 
     def has_tag(self) -> bool:
         return bool(self.save_dir) and os.path.isfile(os.path.join(self.save_dir, LAST_CHECKPOINT))
@@ -112,14 +117,18 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         """A ``last_checkpoint`` tag or any ``model_*.pth`` (a kill between the save and the tag)."""
         return bool(self.resume_candidates())
 
+    loaded_path: str = ""  # the checkpoint resume_or_load resumed from
+
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """fvcore's ``resume_or_load``, but a damaged newest checkpoint is named and the next intact one used."""
+        self.loaded_path = ""
         if not (resume and self.has_checkpoint()):
             return self.load(path, checkpointables=[])
         damaged = []
         for candidate in self.resume_candidates():
             try:
                 loaded = self.load(candidate)
+                self.loaded_path = candidate
             except DamagedFileError as e:
                 logger.warning("%s; resuming from an earlier checkpoint instead", e)
                 damaged.append(candidate)

@@ -269,6 +269,26 @@ def start_over(output_dir: str) -> list[str]:
     return removed
 
 
+def finish_completed_run(cfg: CfgNode, trainer: Trainer):
+    """Every iteration is done (a rerun of a finished command, or a kill after the last step): write
+    ``model_final.pth`` and the final evaluation if the interrupted run did not get to them, then report."""
+    results = None
+    if os.path.basename(trainer.checkpointer.loaded_path) != FINAL_CHECKPOINT:
+        logger.info("all %d iterations are done but %s is missing: writing it", trainer.max_iter, FINAL_CHECKPOINT)
+        trainer.checkpointer.save(FINAL_CHECKPOINT[: -len(".pth")], iteration=trainer.start_iter - 1)
+    unevaluated = [n for n in cfg.DATASETS.TEST
+                   if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "inference", n, "coco_metrics.json"))]
+    if unevaluated:
+        results = Trainer.test(cfg, trainer.model)
+    message = (f"OUTPUT_DIR {cfg.OUTPUT_DIR} holds a finished run ({trainer.start_iter} of SOLVER.MAX_ITER "
+               f"{trainer.max_iter} iterations, {FINAL_CHECKPOINT}); nothing to train. Rerun with --no-resume to "
+               "train again, or --eval-only --resume to evaluate it.")
+    logger.info(message)
+    if comm.is_main_process():
+        print(message)
+    return results
+
+
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
@@ -293,13 +313,7 @@ def run(args: argparse.Namespace):
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=not getattr(args, "no_resume", False))
     if trainer.start_iter >= trainer.max_iter:
-        message = (f"OUTPUT_DIR {cfg.OUTPUT_DIR} already holds a finished run ({trainer.start_iter} of "
-                   f"SOLVER.MAX_ITER {trainer.max_iter} iterations, {FINAL_CHECKPOINT}); nothing to train. "
-                   "Rerun with --no-resume to train again, or --eval-only --resume to evaluate it.")
-        logger.info(message)
-        if comm.is_main_process():
-            print(message)
-        return None
+        return finish_completed_run(cfg, trainer)
     if trainer.start_iter > 0:
         logger.info("resuming from iteration %d in %s (rerun with --no-resume to start over)", trainer.start_iter,
                     cfg.OUTPUT_DIR)
