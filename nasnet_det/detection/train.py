@@ -99,9 +99,6 @@ class ExactResume(HookBase):
         sampler = getattr(loader, "resumable_sampler", None)
         if sampler is not None and start > 0:
             sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
-        # Creating the iterator draws from the RNG: do it here in every run, fresh or resumed, so that the
-        # RNG stream after this point is the same.
-        _ = trainer._trainer._data_loader_iter
         if self._pending is not None and start > 0:
             _set_rng_state(self._pending["rng"])
             self._pending = None
@@ -167,8 +164,11 @@ class Trainer(DefaultTrainer):
         sampler = None
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dataset))
+        # seed: the DataLoader draws its base seed from its own generator, not from the global RNG whose state
+        # a resumed run restores (the draw happens lazily, at the first batch).
         loader = SkippingLoader(build_detection_train_loader(cfg, mapper=SkipUnreadableMapper(DatasetMapper(cfg, True)),
-                                                             dataset=dataset, sampler=sampler), "training")
+                                                             dataset=dataset, sampler=sampler,
+                                                             seed=cfg.SEED if cfg.SEED >= 0 else None), "training")
         loader.resumable_sampler = sampler
         return loader
 
