@@ -154,8 +154,9 @@ def test_detection_training_survives_kill_9_anywhere(tmp_path):
     b = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
     assert a["iteration"] == b["iteration"] == 5
     assert_same_state_dicts(a["model"], b["model"], "detector weights")
-    for pid, state in a["trainer"]["optimizer"]["state"].items():
-        assert torch.equal(state["momentum_buffer"], b["trainer"]["optimizer"]["state"][pid]["momentum_buffer"])
+    opt_a, opt_b = a["trainer"]["_trainer"]["optimizer"], b["trainer"]["_trainer"]["optimizer"]
+    for pid, state in opt_a["state"].items():
+        assert torch.equal(state["momentum_buffer"], opt_b["state"][pid]["momentum_buffer"])
     # nothing repeated: one metrics row per logged iteration, as in the uninterrupted run
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     ref_rows = [json.loads(line) for line in (reference / "metrics.json").read_text().splitlines()]

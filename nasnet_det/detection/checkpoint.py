@@ -46,7 +46,11 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         self._loading_path = path  # for the error message; _load_model does not see the path
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.WEIGHTS {path} does not exist")
-        return super().load(path, *args, **kwargs)
+        try:
+            return super().load(path, *args, **kwargs)
+        except Exception:
+            self._parsed_url_during_load = None  # detectron2 leaves it set on a failed load; the next must work
+            raise
 
     # ---- crash-safe writes ----------------------------------------------------------------------------
     def save(self, name: str, **kwargs: Any) -> None:
