@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from nasnet_det.cli import BAD_INPUT_ERRORS, bad_input_message, check_no_options_after_overrides, check_output_dir
+from nasnet_det.utils.io import remove_stale_tmp
 from search.config import load_cfg
 from search.runner import JOURNAL_NAME, SearchRunner
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             opts += ["OUTPUT_DIR", args.output_dir]
         cfg = load_cfg(args.config_file or None, opts)
         out = check_output_dir(cfg.OUTPUT_DIR)
+        remove_stale_tmp(out)  # temporaries of writes a kill interrupted
         if args.resume and not (out / JOURNAL_NAME).is_file():
             raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
         # The driver only runs the small controller (and the children with the inline backend): more
