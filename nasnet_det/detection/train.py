@@ -21,9 +21,12 @@ from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
 from detectron2.data import get_detection_dataset_dicts
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
+from detectron2.engine.hooks import PeriodicCheckpointer, PeriodicWriter
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter
+from fvcore.common.history_buffer import HistoryBuffer
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
@@ -86,8 +89,13 @@ class ExactResume(HookBase):
     def __init__(self) -> None:
         self._pending: dict | None = None
 
+    HISTORY = 100  # last values per metric kept for the writers' smoothing windows (20 iterations)
+
     def state_dict(self) -> dict:
-        return {"rng": _rng_state()}
+        storage = getattr(self.trainer, "storage", None)
+        history = {k: [(float(v), int(i)) for v, i in buf.values()[-self.HISTORY:]]
+                   for k, buf in (storage.histories().items() if storage is not None else ())}
+        return {"rng": _rng_state(), "history": history}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
@@ -101,6 +109,13 @@ class ExactResume(HookBase):
             sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
         if self._pending is not None and start > 0:
             _set_rng_state(self._pending["rng"])
+            # The smoothed values in metrics.json (medians over 20 iterations) then match an uninterrupted run's.
+            # Only the histories: the latest values were already written before the checkpoint.
+            for key, values in self._pending.get("history", {}).items():
+                buf = HistoryBuffer()
+                for value, iteration in values:
+                    buf.update(value, iteration)
+                trainer.storage.histories()[key] = buf
             self._pending = None
         if start > 0 and comm.is_main_process():
             drop_metrics_after(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start)
@@ -130,6 +145,21 @@ def drop_metrics_after(path: str, start_iter: int) -> int:
     return len(lines) - len(kept)
 
 
+class WriteMetricsAtCheckpoints(HookBase):
+    """Flushes metrics.json right before each checkpoint, so that the metrics on disk always reach the newest
+    checkpoint: a run killed after it resumes there with its log complete (rows after it are dropped and redone)."""
+
+    def __init__(self, checkpoint_period: int, writers: list):
+        self.period = checkpoint_period
+        self.writers = [w for w in writers if isinstance(w, JSONWriter)]
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if (it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1:
+            for writer in self.writers:
+                writer.write()
+
+
 class SkippedImagesMetric(HookBase):
     """Puts the number of unreadable training images skipped so far into the event storage (metrics.json)."""
 
@@ -148,7 +178,11 @@ class Trainer(DefaultTrainer):
         hooks = super().build_hooks()
         if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
             hooks.insert(0, DropPathSchedule())
-        return hooks + [SkippedImagesMetric(), ExactResume()]
+        # before the checkpointer: the skip count and the metrics reach disk with the checkpoint of their step
+        at = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks))
+        writers = [w for h in hooks if isinstance(h, PeriodicWriter) for w in h._writers]
+        hooks[at:at] = [SkippedImagesMetric(), WriteMetricsAtCheckpoints(self.cfg.SOLVER.CHECKPOINT_PERIOD, writers)]
+        return hooks + [ExactResume()]
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
