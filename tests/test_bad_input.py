@@ -211,12 +211,10 @@ CASES = [
 def restore_logging():
     """detectron2's setup_logger binds handlers to the captured streams of this test; drop them afterwards."""
     loggers = [logging.getLogger(n) for n in ("", "detectron2", "nasnet_det", "fvcore", "d2", "search")]
-    before = {lg.name: list(lg.handlers) for lg in loggers}
+    before = {lg.name: (list(lg.handlers), lg.propagate, lg.level) for lg in loggers}
     yield
     for lg in loggers:
-        for h in list(lg.handlers):
-            if h not in before[lg.name]:
-                lg.removeHandler(h)
+        lg.handlers[:], lg.propagate, lg.level = before[lg.name][0], before[lg.name][1], before[lg.name][2]
 
 
 def _det_checkpoint(f: Files) -> None:
@@ -273,3 +271,17 @@ def test_unwritable_output_dir(tmp_path, capsys, restore_logging):
             check_output_dir(locked)
     finally:
         locked.chmod(0o700)
+
+
+def test_nan_loss_ends_detection_training_with_one_line(tmp_path, capsys, monkeypatch, restore_logging):
+    from nasnet_det.detection.train import train_main
+
+    monkeypatch.chdir(REPO)
+    f = Files(tmp_path)
+    _, argv = detect(f, opts=("DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+                              "MODEL.PIXEL_STD", "[1e-40, 1e-40, 1e-40]"))  # inputs overflow: the loss is NaN
+    assert train_main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "training diverged" in lines[0] and "NaN" in lines[0], err[-2000:]
+    assert "Traceback" not in err

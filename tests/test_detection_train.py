@@ -156,3 +156,28 @@ def test_train_net_tool_reports_category_mismatch(tmp_path):
     expected = "error: DATASETS.TRAIN: dataset 'shapes' has 2 categories but MODEL.ROI_HEADS.NUM_CLASSES is 80"
     assert expected in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_unreadable_images_are_skipped_named_once_and_counted_in_training_and_evaluation(tmp_path, caplog):
+    import logging
+
+    j, im = shapes_dataset(tmp_path / "data", n_images=3)
+    (im / "1.png").write_bytes((im / "1.png").read_bytes()[:60])  # a truncated file
+    register_coco_dataset("det_shapes_broken", j, im)
+    cfg = train_cfg("c4", "det_shapes_broken", tmp_path / "out", iters=6)
+    cfg.DATASETS.TEST = ("det_shapes_broken",)
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    seed_all_rng(0)
+    with caplog.at_level(logging.WARNING, logger="nasnet_det"):
+        trainer = Trainer(cfg)
+        trainer.train()
+    skipped = [v for v, _ in trainer.storage.history("data/skipped_images").values()]
+    assert skipped[-1] == 1 and len(skipped) == 6  # every step ran, on the readable images
+    results = Trainer.test(cfg, trainer.model)
+    assert results["data"] == {"skipped_eval_images": 1}
+    assert "bbox" in results
+    training = [r for r in caplog.records if "training: skipping unreadable image" in r.getMessage()]
+    evaluation = [r for r in caplog.records if "evaluation on det_shapes_broken: skipping" in r.getMessage()]
+    assert len(training) == 1 and "1.png" in training[0].getMessage()
+    assert len(evaluation) == 2 and all("1.png" in r.getMessage() for r in evaluation)  # after training + here

@@ -158,7 +158,9 @@ class SkipUnreadableMapper:
             path = dataset_dict.get("file_name", "")
             if not path or image_is_readable(path):
                 raise
-            return {UNREADABLE: path, "error": f"{type(e).__name__}: {e}", "image_id": dataset_dict.get("image_id")}
+            # width/height: the training loader's aspect-ratio grouping reads them before SkippingLoader drops it
+            return {UNREADABLE: path, "error": f"{type(e).__name__}: {e}", "image_id": dataset_dict.get("image_id"),
+                    "width": dataset_dict.get("width", 1), "height": dataset_dict.get("height", 1)}
 
 
 class SkippingLoader:

@@ -218,14 +218,14 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
-        """detectron2's ``test``, plus ``data/skipped_images`` (unreadable images left out) per dataset."""
+        """detectron2's ``test``, plus ``data/skipped_eval_images`` (unreadable images left out) per dataset."""
         results = super().test(cfg, model, evaluators)
         per_dataset = results if len(cfg.DATASETS.TEST) > 1 else OrderedDict({cfg.DATASETS.TEST[0]: results}) \
             if cfg.DATASETS.TEST else {}
         for name, res in per_dataset.items():
             loader = cls._test_loaders.pop(name, None)
             if loader is not None and isinstance(res, dict):
-                res["data"] = {"skipped_images": len(loader.skipped)}
+                res["data"] = {"skipped_eval_images": len(loader.skipped)}
                 if loader.skipped:
                     logger.warning("evaluation on %s left out %d unreadable image(s)", name, len(loader.skipped))
         return results
