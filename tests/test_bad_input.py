@@ -136,6 +136,12 @@ CASES = [
     Case("cifar-npz-without-keys", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o2"), "DATA.SOURCE",
                                                    f"npz:{f.keyless_npz}"), lambda f: "x_train"),
     Case("cifar-batch-size-0", lambda f: train(f, CIFAR_CFG, "SOLVER.BATCH_SIZE", "0"), lambda f: "SOLVER.BATCH_SIZE"),
+    Case("cifar-truncated-weights", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o6"), "DATA.SOURCE",
+                                                    "synthetic:32", "DATA.VAL_SIZE", "8", "MODEL.WEIGHTS",
+                                                    str(f.truncated_pth)), lambda f: "truncated.pth"),
+    Case("cifar-export-text-checkpoint", lambda f: (train(f, CIFAR_CFG)[0], ["--export-backbone", str(f.text_pth),
+                                                                              str(f.root / "bb.pth")]),
+         lambda f: "notes.pth"),
     Case("cifar-bad-source", lambda f: train(f, CIFAR_CFG, "DATA.SOURCE", "tape:/dev/st0"), lambda f: "tape"),
     # ---- train CLI, ImageNet
     Case("imagenet-missing-train-dir", lambda f: train(f, IMAGENET_CFG, "--output-dir", str(f.root / "o3"),
