@@ -283,3 +283,41 @@ def test_search_survives_kill_9_anywhere(tmp_path):
     assert json.loads((out / "best_genotype.json").read_text()) == json.loads(
         (reference / "best_genotype.json").read_text())
     assert not no_tmp_files(out), no_tmp_files(out)
+
+
+# ---- the shared helpers --------------------------------------------------------------------------------------
+def test_stale_temporaries_of_dead_writers_are_removed_and_nothing_else(tmp_path):
+    from nasnet_det.utils.io import remove_stale_tmp, tmp_path_for
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    names = [f".model_0000003.pth.{dead.stdout.strip()}-abcd1234.tmp",  # a killed writer's
+             ".ckpt.pth.x1y2z3w4.tmp",  # an earlier version's (no pid)
+             ".notes.bak.tmp", "results.tmp", "model_0000001.pth"]  # not ours
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    live = tmp_path_for(tmp_path / "model_final.pth")  # this process is writing it right now
+    removed = remove_stale_tmp(tmp_path)
+    assert sorted(p.name for p in removed) == sorted(names[:2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:] + [live.name])
+
+
+def test_atomic_writes_keep_the_old_file_when_the_writer_fails(tmp_path):
+    from nasnet_det.utils.io import atomic_directory, atomic_open, atomic_torch_save, load_torch_file
+
+    target = tmp_path / "ckpt.pth"
+    atomic_torch_save({"w": torch.ones(3)}, target)
+    with pytest.raises(RuntimeError):
+        with atomic_open(target, "wb") as f:
+            f.write(b"half a checkpoint")
+            raise RuntimeError("killed")
+    assert torch.equal(load_torch_file(target)["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+    folder = tmp_path / "generated"
+    with pytest.raises(RuntimeError):
+        with atomic_directory(folder) as tmp:
+            (tmp / "part").write_text("1")
+            raise RuntimeError("killed")
+    assert not folder.exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
+    target.write_bytes(target.read_bytes()[:50])
+    with pytest.raises(ValueError, match=r"ckpt.pth is not a readable PyTorch checkpoint"):
+        load_torch_file(target)

@@ -22,8 +22,9 @@ from typing import IO, Any
 import torch
 
 TMP_SUFFIX = ".tmp"
-# .<name>.<pid>-<random>.tmp (ours, with the writer's pid) or .<name>.<random>.tmp (older writers).
-_TMP_RE = re.compile(r"^\..+?\.(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+\.tmp$")
+# .<name>.<pid>-<random>.tmp (ours, with the writer's pid) or .<name>.<random>.tmp (earlier versions), where
+# <random> is tempfile's 8 characters: other hidden .tmp files are left alone.
+_TMP_RE = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
 
 
 def _tmp_prefix(target: Path) -> str:
