@@ -18,8 +18,12 @@ from collections import OrderedDict
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
-from detectron2.data import get_detection_dataset_dicts
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.engine.hooks import PeriodicCheckpointer, PeriodicWriter
 from detectron2.evaluation import verify_results
