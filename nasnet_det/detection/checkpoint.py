@@ -85,7 +85,7 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
                 raise
             except Exception as e:  # pickle / format errors of detectron2's other formats
                 raise DamagedFileError(f"{filename} is not a readable checkpoint: {type(e).__name__}: {e}") from e
-        loaded = load_torch_file(filename, "checkpoint")
+        loaded = load_torch_file(filename, self._role)
         if not isinstance(loaded, dict):
             raise DamagedFileError(f"checkpoint {filename} holds a {type(loaded).__name__}, not a dict of "
                                    "weights ({'model': state_dict, ...} or a state dict)")
@@ -122,6 +122,7 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         return bool(self.resume_candidates())
 
     loaded_path: str = ""  # the checkpoint resume_or_load resumed from
+    _role = "MODEL.WEIGHTS"  # how error messages call the file being loaded
 
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """fvcore's ``resume_or_load``, but a damaged newest checkpoint is named and the next intact one used."""
@@ -131,12 +132,15 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         damaged = []
         for candidate in self.resume_candidates():
             try:
+                self._role = "checkpoint"
                 loaded = self.load(candidate)
                 self.loaded_path = candidate
             except DamagedFileError as e:
                 logger.warning("%s; resuming from an earlier checkpoint instead", e)
                 damaged.append(candidate)
                 continue
+            finally:
+                self._role = "MODEL.WEIGHTS"
             if damaged:
                 logger.warning("resumed from %s (skipped damaged %s)", candidate, ", ".join(damaged))
             return loaded
