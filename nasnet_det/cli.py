@@ -108,28 +108,36 @@ def check_no_options_after_overrides(opts: list[str], prog: str = "nasnet-det") 
                             f"{prog} --config-file X.yaml {flags[0]} ... KEY VALUE")
 
 
-def merge_config(cfg: Any, config_file: str | os.PathLike | None, opts: list[str]) -> Any:
-    """``cfg.merge_from_file(config_file)`` then ``cfg.merge_from_list(opts)`` (yacs / detectron2 CfgNode),
-    with the errors yacs reports as KeyError / AssertionError / bare yaml errors turned into messages that
-    name the file or key."""
+def _merge_yacs(cfg: Any, config_file: str | None, opts: list[str]) -> Any:
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    if opts:
+        cfg.merge_from_list(opts)
+    return cfg
+
+
+def merge_config(cfg: Any, config_file: str | os.PathLike | None, opts: list[str],
+                 merge: Callable[[Any, Any, list[str]], Any] | None = None) -> Any:
+    """Merge ``config_file`` then the ``KEY VALUE`` ``opts`` into ``cfg`` (a yacs / detectron2 CfgNode) with
+    ``merge(cfg, config_file, opts)`` (default: ``merge_from_file`` + ``merge_from_list``; a tool passes its own
+    loader, e.g. one that applies presets). The errors yacs reports as bare KeyError / AssertionError become
+    messages that name the file or key; a missing file, an odd number of overrides and an ``--option`` among
+    them are reported before anything is merged."""
     opts = [o for o in opts if o != "--"]
     check_no_options_after_overrides(opts)
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"--config-file {config_file} does not exist")
-        try:
-            cfg.merge_from_file(str(config_file))
-        except (KeyError, AssertionError) as e:
-            raise BadInputError(f"{config_file}: {e.args[0] if e.args else e} (unknown key, or a value of "
-                                "another type than the default)") from None
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file} does not exist")
     if len(opts) % 2:
         raise BadInputError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
-    for key, value in zip(opts[::2], opts[1::2]):
-        try:
-            cfg.merge_from_list([key, value])
-        except (KeyError, AssertionError, ValueError, TypeError) as e:
-            detail = e.args[0] if e.args else type(e).__name__
-            raise BadInputError(f"config override {key} {value}: {detail}") from None
+    try:
+        (merge or _merge_yacs)(cfg, str(config_file) if config_file else None, opts)
+    except (KeyError, AssertionError, TypeError) as e:
+        detail = str(e.args[0]) if e.args else type(e).__name__
+        if config_file and str(config_file) in detail or "override" in detail:
+            raise BadInputError(detail) from None
+        if "Non-existent config key" in detail:  # yacs' merge_from_file
+            raise BadInputError(f"{config_file}: {detail} (unknown key, or a key of another section)") from None
+        raise BadInputError(f"config override: {detail}") from None
     return cfg
 
 

@@ -137,7 +137,7 @@ CASES = [
                                                    f"npz:{f.keyless_npz}"), lambda f: "x_train"),
     Case("cifar-batch-size-0", lambda f: train(f, CIFAR_CFG, "SOLVER.BATCH_SIZE", "0"), lambda f: "SOLVER.BATCH_SIZE"),
     Case("cifar-truncated-weights", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o6"), "DATA.SOURCE",
-                                                    "synthetic:32", "DATA.VAL_SIZE", "8", "MODEL.WEIGHTS",
+                                                    "synthetic:32", "DATA.VAL_SIZE", "8", "MODEL.NASNET.WEIGHTS",
                                                     str(f.truncated_pth)), lambda f: "truncated.pth"),
     Case("cifar-export-text-checkpoint", lambda f: (train(f, CIFAR_CFG)[0], ["--export-backbone", str(f.text_pth),
                                                                               str(f.root / "bb.pth")]),

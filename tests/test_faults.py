@@ -186,14 +186,15 @@ def test_detection_training_survives_kill_9_anywhere(tmp_path):
 
 # ---- CIFAR training and ImageNet pretraining ---------------------------------------------------------------
 CLASSIFY = "nasnet_det.classification.cli:main"
-CIFAR_TINY = ["MODEL.NUM_CELLS", "1", "MODEL.FILTERS", "4", "DATA.SOURCE", "synthetic:48", "DATA.VAL_SIZE", "16",
-              "DATA.NUM_WORKERS", "0", "SOLVER.MAX_STEPS", "6", "SOLVER.BATCH_SIZE", "8", "TRAIN.DEVICE", "cpu",
-              "TRAIN.CHECKPOINT_PERIOD", "2", "TRAIN.EVAL_PERIOD", "2", "TRAIN.LOG_PERIOD", "1",
+CIFAR_TINY = ["MODEL.NASNET.NUM_CELLS", "1", "MODEL.NASNET.FILTERS", "4", "DATA.SOURCE", "synthetic:48",
+              "DATA.VAL_SIZE", "16", "DATA.NUM_WORKERS", "0", "SOLVER.MAX_STEPS", "6", "SOLVER.BATCH_SIZE", "8",
+              "TRAIN.DEVICE", "cpu", "TRAIN.CHECKPOINT_PERIOD", "2", "TRAIN.EVAL_PERIOD", "2", "TRAIN.LOG_PERIOD", "1",
               "TRAIN.EVAL_BATCH_SIZE", "16"]
-IMAGENET_TINY = ["MODEL.NUM_CELLS", "1", "MODEL.FILTERS", "4", "DATA.FAKE_CLASSES", "2", "DATA.FAKE_TRAIN_PER_CLASS",
-                 "8", "DATA.FAKE_VAL_PER_CLASS", "2", "DATA.IMAGE_SIZE", "32", "DATA.NUM_WORKERS", "0",
-                 "SOLVER.MAX_STEPS", "6", "SOLVER.BATCH_SIZE", "4", "TRAIN.DEVICE", "cpu", "TRAIN.CHECKPOINT_PERIOD",
-                 "2", "TRAIN.EVAL_PERIOD", "3", "TRAIN.LOG_PERIOD", "1", "TRAIN.EVAL_BATCH_SIZE", "4"]
+IMAGENET_TINY = ["MODEL.NASNET.NUM_CELLS", "1", "MODEL.NASNET.FILTERS", "4", "DATA.FAKE_CLASSES", "2",
+                 "DATA.FAKE_TRAIN_PER_CLASS", "8", "DATA.FAKE_VAL_PER_CLASS", "2", "DATA.IMAGE_SIZE", "32",
+                 "DATA.NUM_WORKERS", "0", "SOLVER.MAX_STEPS", "6", "SOLVER.BATCH_SIZE", "4", "TRAIN.DEVICE", "cpu",
+                 "TRAIN.CHECKPOINT_PERIOD", "2", "TRAIN.EVAL_PERIOD", "3", "TRAIN.LOG_PERIOD", "1",
+                 "TRAIN.EVAL_BATCH_SIZE", "4"]
 
 
 def _steps(out: Path) -> list[tuple[str, int]]:

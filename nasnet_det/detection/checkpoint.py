@@ -19,6 +19,7 @@ from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from nasnet_det.models.arch import CLASSIFIER_FIELDS, COMPARED_FIELDS
 from nasnet_det.utils.io import DamagedFileError, atomic_torch_save, atomic_write, load_torch_file, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
@@ -26,10 +27,12 @@ LAST_CHECKPOINT = "last_checkpoint"
 FINAL_CHECKPOINT = "model_final.pth"
 _PERIODIC = re.compile(r"^model_(\d+)\.pth$")
 
-# Config keys that decide the NASNet's tensors; the message names them.
-ARCH_KEYS = ("MODEL.BACKBONE.NAME", "MODEL.NASNET.GENOTYPE", "MODEL.NASNET.NUM_CELLS",
-             "MODEL.NASNET.PENULTIMATE_FILTERS", "MODEL.NASNET.FILTERS", "MODEL.NASNET.STEM_FILTERS",
-             "MODEL.NASNET.SKIP_REDUCTION_LAYER_INPUT", "MODEL.NASNET.OUT_FEATURES")
+# Config keys that decide the NASNet's tensors (those of the architecture record, and the layout); the
+# message names them.
+ARCH_KEYS = ("MODEL.BACKBONE.NAME",
+             *[key for name, key in COMPARED_FIELDS.items()
+               if key.startswith("MODEL.NASNET.") and name not in CLASSIFIER_FIELDS],
+             "MODEL.NASNET.OUT_FEATURES")
 
 
 def _is_nasnet_key(key: str) -> bool:

@@ -21,7 +21,7 @@ USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 def demo_main(argv: list[str] | None = None) -> int:
     from detectron2.utils.logger import setup_logger
 
-    from nasnet_det.detection.config import get_nasnet_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
     from nasnet_det.detection.demo import run_demo
 
     parser = argparse.ArgumentParser(description="Draw NASNet Faster R-CNN detections on images")
@@ -32,7 +32,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="nasnet_det")
-    cfg = merge_config(get_nasnet_cfg(), args.config_file, list(args.opts))
+    cfg = merge_config(get_nasnet_cfg(), args.config_file, list(args.opts), merge=load_nasnet_cfg)
     check_output_dir(args.output, "--output")
     skipped: list = []
     written = run_demo(cfg, args.input, args.output, args.confidence_threshold, skipped=skipped)

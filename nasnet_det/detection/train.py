@@ -37,7 +37,7 @@ import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
 from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, LAST_CHECKPOINT, NASNetDetectionCheckpointer
-from nasnet_det.detection.config import get_nasnet_cfg
+from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
 from nasnet_det.detection.data import (
     ResumableTrainingSampler,
     SkippingLoader,
@@ -280,7 +280,7 @@ def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: b
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from file + opts, datasets registered and checked, detectron2's default setup done."""
     cfg = get_nasnet_cfg()
-    merge_config(cfg, args.config_file, list(args.opts))
+    merge_config(cfg, args.config_file, list(args.opts), merge=load_nasnet_cfg)
     cfg.DATASETS.COCO_FILES = list(cfg.DATASETS.COCO_FILES) + list(getattr(args, "dataset", []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available; "
