@@ -314,8 +314,13 @@ def finish_completed_run(cfg: CfgNode, trainer: Trainer):
     if os.path.basename(trainer.checkpointer.loaded_path) != FINAL_CHECKPOINT:
         logger.info("all %d iterations are done but %s is missing: writing it", trainer.max_iter, FINAL_CHECKPOINT)
         trainer.checkpointer.save(FINAL_CHECKPOINT[: -len(".pth")], iteration=trainer.start_iter - 1)
-    unevaluated = [n for n in cfg.DATASETS.TEST
-                   if not os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "inference", n, "coco_metrics.json"))]
+    final_time = os.path.getmtime(os.path.join(cfg.OUTPUT_DIR, FINAL_CHECKPOINT))
+
+    def evaluated(name: str) -> bool:  # by the final evaluation, not a periodic one before it
+        metrics = os.path.join(cfg.OUTPUT_DIR, "inference", name, "coco_metrics.json")
+        return os.path.isfile(metrics) and os.path.getmtime(metrics) >= final_time
+
+    unevaluated = [n for n in cfg.DATASETS.TEST if not evaluated(n)]
     if unevaluated:
         results = Trainer.test(cfg, trainer.model)
     message = (f"OUTPUT_DIR {cfg.OUTPUT_DIR} holds a finished run ({trainer.start_iter} of SOLVER.MAX_ITER "
