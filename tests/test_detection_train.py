@@ -99,6 +99,13 @@ def test_train_net_tool_smoke_and_eval_only(tmp_path):
     assert (out / "model_final.pth").is_file()
     metrics_file = out / "inference" / "shapes" / "coco_metrics.json"
     assert metrics_file.is_file()
+    # Rerunning the finished command trains nothing; a final evaluation that was cut short is redone.
+    metrics_file.unlink()
+    final = (out / "model_final.pth").read_bytes()
+    run = subprocess.run(common + opts, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "holds a finished run" in run.stdout and "Starting training" not in run.stderr
+    assert metrics_file.is_file() and (out / "model_final.pth").read_bytes() == final
     metrics_file.unlink()
     # The detector checkpoint holds every weight: eval-only must not need the ImageNet file (absent here).
     run = subprocess.run(common + ["--eval-only"] + opts + ["MODEL.WEIGHTS", str(out / "model_final.pth"),
