@@ -134,7 +134,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_both(tmp_path):
     with pytest.raises(ValueError) as info:
         other.train()
     msg = str(info.value)
-    assert "genotype nasnet_a" in msg and "genotype random_5_b2" in msg and "ckpt_00000001.pth" in msg
+    assert "genotype 'nasnet_a'" in msg and "genotype 'random_5_b2'" in msg and "ckpt_00000001.pth" in msg
     wider = Trainer(tiny_cfg(tmp_path, "MODEL.NASNET.FILTERS", 6))
     with pytest.raises(ValueError, match=r"(?s)f=4.*f=6"):
         wider.train()
