@@ -92,10 +92,11 @@ def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,
     theirs, ours = NASNetArch.from_dict(checkpoint_arch, f"{path} arch"), NASNetArch.from_dict(model_arch)
     differ = theirs.differing_fields(ours, ignore)
     if differ:
-        raise ValueError(f"checkpoint {path} holds a different network than this run (differs in "
-                         f"{', '.join(differ)}):\n  checkpoint: {theirs.describe()}\n"
-                         f"  this run:   {ours.describe()}\n"
-                         "use another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
+        raise ValueError(
+            f"checkpoint {path} holds a different network than this run (differs in {', '.join(differ)}):\n  "
+            + "\n  ".join([*theirs.differences(ours, ignore, names=("checkpoint", "this run")),
+                           f"checkpoint: {theirs.describe()}", f"this run:   {ours.describe()}"])
+            + "\nuse another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
 
 
 # ----------------------------------------------------------------------------------------------- process

@@ -54,7 +54,7 @@ def create_model(name: str, **overrides: Any) -> NASNet:
         kwargs.pop("penultimate_filters", None)
     elif "penultimate_filters" in overrides:
         kwargs.pop("filters", None)
-    return build_nasnet(dataset=preset.dataset, **{**kwargs, **overrides})
+    return build_nasnet(**{"dataset": preset.dataset, **kwargs, **overrides})
 
 
 __all__ = ["PRESETS", "NASNet", "NASNetArch", "add_nasnet_model_config", "build_nasnet", "create_model",
