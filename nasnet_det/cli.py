@@ -10,26 +10,60 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
 from nasnet_det.genotypes import PUBLISHED, get_genotype
 from nasnet_det.space import GenotypeError
 
 PLUGIN_GROUP = "nasnet_det.commands"
-BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, KeyError)
+
+
+class BadInputError(ValueError):
+    """Bad input found by a check of ours; the message names the file or key and what was expected."""
+
+
+def _yaml_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        import yaml
+    except ImportError:  # pragma: no cover - yacs depends on PyYAML
+        return ()
+    return (yaml.YAMLError,)
+
+
+# NotADirectoryError / PermissionError: an OUTPUT_DIR or data path that is a file or not writable.
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, NotADirectoryError,
+                                                     IsADirectoryError, PermissionError, *_yaml_error_types())
 
 
 def bad_input_message(exc: BaseException) -> str:
-    """The text of a bad-input error. A KeyError's str() is the repr of its message: use the message."""
-    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    """The one-line text of a bad-input error.
+
+    A KeyError's str() is the repr of its message: use the message. A YAML syntax error becomes
+    ``FILE: not valid YAML: PROBLEM at line L, column C``. A bare OS error gets its file name.
+    """
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])
+    mark = getattr(exc, "problem_mark", None)
+    if isinstance(exc, _yaml_error_types()):
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        name = getattr(mark, "name", None) or "config file"
+        return f"{name}: not valid YAML: {problem}{where}"
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
 
 
 def exit_2_on_bad_input(command: Callable[..., int]) -> Callable[..., int]:
-    """Bad input (a missing file, a config mismatch) ends a command with one ``error:`` line and exit
-    code 2 instead of a traceback."""
+    """Bad input (a missing file, a config mismatch, a YAML syntax error, an unwritable OUTPUT_DIR) ends a
+    command with one ``error:`` line and exit code 2 instead of a traceback. A diverged training run
+    (detectron2's ``FloatingPointError`` for a NaN / inf loss) ends with one line and exit code 1."""
 
     @functools.wraps(command)
     def wrapped(*args, **kwargs) -> int:
@@ -38,8 +72,73 @@ def exit_2_on_bad_input(command: Callable[..., int]) -> Callable[..., int]:
         except BAD_INPUT_ERRORS as e:
             print(f"error: {bad_input_message(e)}", file=sys.stderr)
             return 2
+        except FloatingPointError as e:
+            print(f"error: training diverged: {str(e).splitlines()[0]} (lower SOLVER.BASE_LR or check the "
+                  "data and annotations)", file=sys.stderr)
+            return 1
 
     return wrapped
+
+
+def check_output_dir(path: str | os.PathLike, key: str = "OUTPUT_DIR") -> Path:
+    """Create ``path`` if needed and check that it is a writable folder; raises ``NotADirectoryError`` /
+    ``PermissionError`` naming ``key`` and the path otherwise."""
+    out = Path(path)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{key} {out}: {parent} is a file, not a folder; choose another {key}")
+        if parent.exists():
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{key} {out} cannot be created ({e.strerror or e}); choose a writable "
+                              f"{key}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise PermissionError(f"{key} {out} is not writable; choose a writable {key}")
+    return out
+
+
+def check_no_options_after_overrides(opts: list[str], prog: str = "nasnet-det") -> None:
+    """``KEY VALUE`` overrides come last (argparse.REMAINDER): an ``--option`` among them would otherwise be
+    read as a config key."""
+    flags = [o for o in opts if o.startswith("--") and o != "--"]
+    if flags:
+        raise BadInputError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
+                            f"{prog} --config-file X.yaml {flags[0]} ... KEY VALUE")
+
+
+def _merge_yacs(cfg: Any, config_file: str | None, opts: list[str]) -> Any:
+    if config_file:
+        cfg.merge_from_file(str(config_file))
+    if opts:
+        cfg.merge_from_list(opts)
+    return cfg
+
+
+def merge_config(cfg: Any, config_file: str | os.PathLike | None, opts: list[str],
+                 merge: Callable[[Any, Any, list[str]], Any] | None = None) -> Any:
+    """Merge ``config_file`` then the ``KEY VALUE`` ``opts`` into ``cfg`` (a yacs / detectron2 CfgNode) with
+    ``merge(cfg, config_file, opts)`` (default: ``merge_from_file`` + ``merge_from_list``; a tool passes its own
+    loader, e.g. one that applies presets). The errors yacs reports as bare KeyError / AssertionError become
+    messages that name the file or key; a missing file, an odd number of overrides and an ``--option`` among
+    them are reported before anything is merged."""
+    opts = [o for o in opts if o != "--"]
+    check_no_options_after_overrides(opts)
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file} does not exist")
+    if len(opts) % 2:
+        raise BadInputError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    try:
+        (merge or _merge_yacs)(cfg, str(config_file) if config_file else None, opts)
+    except (KeyError, AssertionError, TypeError) as e:
+        detail = str(e.args[0]) if e.args else type(e).__name__
+        if config_file and str(config_file) in detail or "override" in detail:
+            raise BadInputError(detail) from None
+        if "Non-existent config key" in detail:  # yacs' merge_from_file
+            raise BadInputError(f"{config_file}: {detail} (unknown key, or a key of another section)") from None
+        raise BadInputError(f"config override: {detail}") from None
+    return cfg
 
 
 def _plugins() -> dict[str, Callable[[list[str]], int]]:

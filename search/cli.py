@@ -13,11 +13,11 @@ import argparse
 import json
 import logging
 import sys
-from pathlib import Path
 
 import torch
 
-from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
+from nasnet_det.utils.io import remove_stale_tmp
 from search.config import load_cfg
 from search.runner import JOURNAL_NAME, SearchRunner
 
@@ -62,14 +62,12 @@ def main(argv: list[str] | None = None) -> int:
 @exit_2_on_bad_input
 def _search(args: argparse.Namespace) -> dict | int:
     opts = list(args.opts)
-    flags = [o for o in opts if o.startswith("--")]
-    if flags:  # argparse.REMAINDER would otherwise pass them on as config keys
-        raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
-                         f"nasnet-det search --config-file X.yaml {flags[0]} ... SEARCH.BUDGET 40")
+    check_no_options_after_overrides(opts, "nasnet-det search")
     if args.output_dir:
         opts += ["OUTPUT_DIR", args.output_dir]
     cfg = load_cfg(args.config_file or None, opts)
-    out = Path(cfg.OUTPUT_DIR)
+    out = check_output_dir(cfg.OUTPUT_DIR)
+    remove_stale_tmp(out)  # temporaries of writes a kill interrupted
     if args.resume and not (out / JOURNAL_NAME).is_file():
         raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
     # The driver only runs the small controller (and the children with the inline backend): more

@@ -70,6 +70,19 @@ def test_run_demo_draws_and_rejects_another_nasnet(tmp_path):
     assert not (tmp_path / "out2").exists()
 
 
+def test_run_demo_skips_unreadable_images_and_names_them(tmp_path, caplog):
+    inputs = images(tmp_path / "in", names=("a.png", "b.png", "c.png"))
+    inputs[1].write_bytes(inputs[1].read_bytes()[:40])  # truncated
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, tmp_path / "det.pth")
+    skipped: list = []
+    with caplog.at_level(logging.WARNING, logger="nasnet_det"):
+        written = run_demo(tiny_cfg(tmp_path / "det.pth"), [str(tmp_path / "in")], tmp_path / "out", confidence=0.0,
+                           skipped=skipped)
+    assert written == [tmp_path / "out" / "a.png", tmp_path / "out" / "c.png"]
+    assert skipped == [inputs[1]]
+    assert caplog.text.count("skipping unreadable image") == 1 and "b.png" in caplog.text
+
+
 @pytest.fixture
 def restore_nasnet_det_log_handlers():
     # The demo command installs detectron2's log handler on the "nasnet_det" logger, bound to the stream

@@ -99,6 +99,13 @@ def test_train_net_tool_smoke_and_eval_only(tmp_path):
     assert (out / "model_final.pth").is_file()
     metrics_file = out / "inference" / "shapes" / "coco_metrics.json"
     assert metrics_file.is_file()
+    # Rerunning the finished command trains nothing; a final evaluation that was cut short is redone.
+    metrics_file.unlink()
+    final = (out / "model_final.pth").read_bytes()
+    run = subprocess.run(common + opts, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "holds a finished run" in run.stdout and "Starting training" not in run.stderr
+    assert metrics_file.is_file() and (out / "model_final.pth").read_bytes() == final
     metrics_file.unlink()
     # The detector checkpoint holds every weight: eval-only must not need the ImageNet file (absent here).
     run = subprocess.run(common + ["--eval-only"] + opts + ["MODEL.WEIGHTS", str(out / "model_final.pth"),
@@ -156,3 +163,28 @@ def test_train_net_tool_reports_category_mismatch(tmp_path):
     expected = "error: DATASETS.TRAIN: dataset 'shapes' has 2 categories but MODEL.ROI_HEADS.NUM_CLASSES is 80"
     assert expected in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_unreadable_images_are_skipped_named_once_and_counted_in_training_and_evaluation(tmp_path, caplog):
+    import logging
+
+    j, im = shapes_dataset(tmp_path / "data", n_images=3)
+    (im / "1.png").write_bytes((im / "1.png").read_bytes()[:60])  # a truncated file
+    register_coco_dataset("det_shapes_broken", j, im)
+    cfg = train_cfg("c4", "det_shapes_broken", tmp_path / "out", iters=6)
+    cfg.DATASETS.TEST = ("det_shapes_broken",)
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.INPUT.MIN_SIZE_TEST = 64
+    seed_all_rng(0)
+    with caplog.at_level(logging.WARNING, logger="nasnet_det"):
+        trainer = Trainer(cfg)
+        trainer.train()
+    skipped = [v for v, _ in trainer.storage.history("data/skipped_images").values()]
+    assert skipped[-1] == 1 and len(skipped) == 6  # every step ran, on the readable images
+    results = Trainer.test(cfg, trainer.model)
+    assert results["data"] == {"skipped_eval_images": 1}
+    assert "bbox" in results
+    training = [r for r in caplog.records if "training: skipping unreadable image" in r.getMessage()]
+    evaluation = [r for r in caplog.records if "evaluation on det_shapes_broken: skipping" in r.getMessage()]
+    assert len(training) == 1 and "1.png" in training[0].getMessage()
+    assert len(evaluation) == 2 and all("1.png" in r.getMessage() for r in evaluation)  # after training + here

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from nasnet_det.classification.config import load_config
-from nasnet_det.cli import bad_input_message
+from nasnet_det.cli import BAD_INPUT_ERRORS, bad_input_message, check_no_options_after_overrides, check_output_dir
 
 
 def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         opts = list(args.opts)
         if opts and opts[0] == "--":
             opts = opts[1:]
+        check_no_options_after_overrides(opts, "nasnet-det train")
         if args.output_dir:
             opts += ["OUTPUT_DIR", args.output_dir]
         if args.no_resume:
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config_file, opts)
         except KeyError as exc:  # unknown config key: yacs raises KeyError
             raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+        check_output_dir(cfg.OUTPUT_DIR)
         return _run(cfg, args)
-    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError) as exc:
+    except BAD_INPUT_ERRORS as exc:
         # Bad input (paths, config values, data files missing keys, checkpoints): one clear line, not a
         # traceback.
         logging.getLogger(__name__).debug("details", exc_info=True)

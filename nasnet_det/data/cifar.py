@@ -13,6 +13,8 @@ Stable API (used by the architecture search and by CIFAR training):
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,12 +52,21 @@ def load_cifar10_npz(path: str | Path, num_classes: int = 10) -> tuple[np.ndarra
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR npz file {path} does not exist")
-    with np.load(path) as data:
-        missing = [k for k in ("x_train", "y_train") if k not in data.files]
-        if missing:
-            raise KeyError(f"{path}: missing key(s) {missing}; expected 'x_train' (N,H,W,3 uint8) and "
-                           f"'y_train' (N,), found {data.files}")
-        x, y = data["x_train"], data["y_train"]
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as data:
+            if not hasattr(data, "files"):  # a bare .npy array
+                raise ValueError("it holds one array, not the arrays of an .npz archive")
+            missing = [k for k in ("x_train", "y_train") if k not in data.files]
+            if missing:
+                raise KeyError(f"{path}: missing key(s) {missing}; expected 'x_train' (N,H,W,3 uint8) and "
+                               f"'y_train' (N,), found {data.files}")
+            x, y = data["x_train"], data["y_train"]
+    except KeyError:
+        raise
+    except (OSError, EOFError, ValueError, TypeError, zipfile.BadZipFile, zlib.error) as e:
+        # A truncated or damaged archive fails in np.load or only when an array is read.
+        raise ValueError(f"CIFAR npz file {path} is damaged or not an .npz archive (truncated download?): "
+                         f"{type(e).__name__}: {e}") from None
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
     if x.ndim != 4 or x.shape[-1] != 3 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"{path}: x_train must be (N,H,W,3) with one label per image; got x {x.shape}, "

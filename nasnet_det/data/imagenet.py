@@ -20,6 +20,8 @@ from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision import transforms as T
 
+from nasnet_det.utils.io import atomic_directory, remove_stale_tmp
+
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Inception preprocessing maps pixels to [-1, 1]
 INCEPTION_STD = (0.5, 0.5, 0.5)
 IMG_EXTENSIONS = datasets.folder.IMG_EXTENSIONS
@@ -142,19 +144,24 @@ def build_imagenet_datasets(train_dir: str | Path, val_dir: str | Path, image_si
 def make_fake_imagenet(root: str | Path, num_classes: int = 3, train_per_class: int = 8,
                        val_per_class: int = 2, size: int = 48, seed: int = 0) -> tuple[Path, Path]:
     """Write ``root/train`` and ``root/val`` ImageFolder trees of real JPEG files whose class is learnable
-    (each class has its own colour and stripe direction, plus noise). Returns (train_dir, val_dir)."""
+    (each class has its own colour and stripe direction, plus noise). Returns (train_dir, val_dir).
+
+    The folder is built under a temporary name and renamed to ``root`` when complete (replacing an old
+    ``root``), so a kill while generating never leaves a partial ``root``; leftovers of killed runs are removed."""
     root = Path(root)
+    remove_stale_tmp(root.parent)
     rng = np.random.default_rng(seed)
     palette = np.random.default_rng(1234).uniform(40, 215, size=(num_classes, 3))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
-        for c in range(num_classes):
-            folder = root / split / f"n{c:08d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            angle = np.pi * c / num_classes
-            for i in range(per_class):
-                stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 0.5 + rng.uniform(0, 6.3))
-                img = palette[c] + 40 * stripes[..., None] + rng.normal(0, 20, size=(size, size, 3))
-                Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{split}_{i:04d}.JPEG",
-                                                                          quality=90)
+    with atomic_directory(root) as tmp:
+        for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+            for c in range(num_classes):
+                folder = tmp / split / f"n{c:08d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                angle = np.pi * c / num_classes
+                for i in range(per_class):
+                    stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) * 0.5 + rng.uniform(0, 6.3))
+                    img = palette[c] + 40 * stripes[..., None] + rng.normal(0, 20, size=(size, size, 3))
+                    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+                        folder / f"{split}_{i:04d}.JPEG", quality=90)
     return root / "train", root / "val"

@@ -1,16 +1,31 @@
-"""detectron2's ``DetectionCheckpointer`` that refuses detector checkpoints of another NASNet.
+"""detectron2's ``DetectionCheckpointer`` made crash-safe and strict about the NASNet it loads.
 
-The stock checkpointer only logs missing and shape-mismatched keys, so ``MODEL.WEIGHTS`` trained with another
-genotype or N@F would "load" into a mostly random NASNet and evaluate or draw garbage without a word.
+- Saves are atomic: ``model_*.pth``, ``model_final.pth`` and ``last_checkpoint`` are written to a temporary
+  name and renamed, so a kill during a save leaves the previous files intact (stale temporaries are removed
+  when the next run starts).
+- A damaged file (truncated, empty, not a checkpoint) is named; resuming falls back to the newest intact
+  checkpoint in OUTPUT_DIR.
+- The stock checkpointer only logs missing and shape-mismatched keys, so ``MODEL.WEIGHTS`` trained with
+  another genotype or N@F would "load" into a mostly random NASNet and evaluate or draw garbage without a word.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nasnet_det.models.arch import CLASSIFIER_FIELDS, COMPARED_FIELDS
+from nasnet_det.utils.io import DamagedFileError, atomic_torch_save, atomic_write, load_torch_file, remove_stale_tmp
+
+logger = logging.getLogger(__name__)
+LAST_CHECKPOINT = "last_checkpoint"
+FINAL_CHECKPOINT = "model_final.pth"
+_PERIODIC = re.compile(r"^model_(\d+)\.pth$")
 
 # Config keys that decide the NASNet's tensors (those of the architecture record, and the layout); the
 # message names them.
@@ -32,7 +47,108 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         self._loading_path = path  # for the error message; _load_model does not see the path
-        return super().load(path, *args, **kwargs)
+        if path and "://" not in path and not os.path.isfile(path):
+            raise FileNotFoundError(f"MODEL.WEIGHTS {path} does not exist")
+        try:
+            return super().load(path, *args, **kwargs)
+        except Exception:
+            self._parsed_url_during_load = None  # detectron2 leaves it set on a failed load; the next must work
+            raise
+
+    # ---- crash-safe writes ----------------------------------------------------------------------------
+    def save(self, name: str, **kwargs: Any) -> None:
+        """fvcore's ``Checkpointer.save``, written through a temporary file and a rename."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), last_filename_basename)
+
+    def remove_stale_tmp(self) -> list[Path]:
+        removed = remove_stale_tmp(self.save_dir) if self.save_dir else []
+        for p in removed:
+            logger.info("removed %s, left by an interrupted save", p)
+        return removed
+
+    # ---- reads that name a damaged file and fall back ---------------------------------------------------
+    def _load_file(self, filename: str) -> dict[str, Any]:
+        if filename.endswith((".pkl", ".pyth")):
+            try:
+                return super()._load_file(filename)
+            except DamagedFileError:
+                raise
+            except Exception as e:  # pickle / format errors of detectron2's other formats
+                raise DamagedFileError(f"{filename} is not a readable checkpoint: {type(e).__name__}: {e}") from e
+        loaded = load_torch_file(filename, self._role)
+        if not isinstance(loaded, dict):
+            raise DamagedFileError(f"checkpoint {filename} holds a {type(loaded).__name__}, not a dict of "
+                                   "weights ({'model': state_dict, ...} or a state dict)")
+        if "model" not in loaded:
+            loaded = {"model": loaded}
+        if not isinstance(loaded["model"], dict):
+            raise DamagedFileError(f"checkpoint {filename}: its 'model' entry is a {type(loaded['model']).__name__}, "
+                                   "not a state dict")
+        return loaded
+
+    def resume_candidates(self) -> list[str]:
+        """Checkpoints in ``save_dir``, newest first (by modification time, then iteration): ``model_final.pth``,
+        ``model_NNNNNNN.pth`` and the file ``last_checkpoint`` names. The newest is usually the tagged one; it is
+        not when a kill came between a checkpoint's rename and the tag's."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        names = [n for n in os.listdir(self.save_dir) if n == FINAL_CHECKPOINT or _PERIODIC.match(n)]
+        tagged = os.path.basename(self.get_checkpoint_file()) if self.has_tag() else ""
+        if tagged and tagged not in names and os.path.isfile(os.path.join(self.save_dir, tagged)):
+            names.append(tagged)
+
+        def newest_first(name: str) -> tuple[float, int]:
+            m = _PERIODIC.match(name)
+            order = int(m.group(1)) if m else (1 << 62 if name == FINAL_CHECKPOINT else -1)
+            return (-os.path.getmtime(os.path.join(self.save_dir, name)), -order)
+
+        return [os.path.join(self.save_dir, n) for n in sorted(names, key=newest_first)]
+
+    def has_tag(self) -> bool:
+        return bool(self.save_dir) and os.path.isfile(os.path.join(self.save_dir, LAST_CHECKPOINT))
+
+    def has_checkpoint(self) -> bool:
+        """A ``last_checkpoint`` tag or any ``model_*.pth`` (a kill between the save and the tag)."""
+        return bool(self.resume_candidates())
+
+    loaded_path: str = ""  # the checkpoint resume_or_load resumed from
+    _role = "MODEL.WEIGHTS"  # how error messages call the file being loaded
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """fvcore's ``resume_or_load``, but a damaged newest checkpoint is named and the next intact one used."""
+        self.loaded_path = ""
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        damaged = []
+        for candidate in self.resume_candidates():
+            try:
+                self._role = "checkpoint"
+                loaded = self.load(candidate)
+                self.loaded_path = candidate
+            except DamagedFileError as e:
+                logger.warning("%s; resuming from an earlier checkpoint instead", e)
+                damaged.append(candidate)
+                continue
+            finally:
+                self._role = "MODEL.WEIGHTS"
+            if damaged:
+                logger.warning("resumed from %s (skipped damaged %s)", candidate, ", ".join(damaged))
+            return loaded
+        raise DamagedFileError(f"OUTPUT_DIR {self.save_dir}: every checkpoint is damaged ({', '.join(damaged)}); "
+                               "delete them or rerun with --no-resume to start over")
 
     def _load_model(self, checkpoint: Any):
         incompatible = super()._load_model(checkpoint)

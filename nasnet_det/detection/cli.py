@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.cli import check_output_dir, exit_2_on_bad_input, merge_config
 
 USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 
@@ -32,10 +32,12 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     setup_logger(name="nasnet_det")
-    cfg = get_nasnet_cfg()
-    load_nasnet_cfg(cfg, args.config_file, args.opts)
-    written = run_demo(cfg, args.input, args.output, args.confidence_threshold)
-    print(f"wrote {len(written)} images to {args.output}")
+    cfg = merge_config(get_nasnet_cfg(), args.config_file, list(args.opts), merge=load_nasnet_cfg)
+    check_output_dir(args.output, "--output")
+    skipped: list = []
+    written = run_demo(cfg, args.input, args.output, args.confidence_threshold, skipped=skipped)
+    print(f"wrote {len(written)} images to {args.output}"
+          + (f"; skipped {len(skipped)} unreadable: {', '.join(map(str, skipped))}" if skipped else ""))
     return 0
 
 

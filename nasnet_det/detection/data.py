@@ -7,12 +7,17 @@ sorted-id order, which is the order of ``thing_classes`` set here. Images withou
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
+from detectron2.data.samplers import TrainingSampler
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +145,82 @@ def check_dataset_classes(cfg) -> None:
                                  f"{diff} is {classes[diff]!r} there but {ref_classes[diff]!r} in {ref_name!r} "
                                  "(thing_classes, in category-id order, must be identical across DATASETS.TRAIN "
                                  "and DATASETS.TEST)")
+
+
+# ---- unreadable images: skipped, named once, counted (as ImageNet training does) --------------------------
+UNREADABLE = "unreadable_image"
+
+
+def image_is_readable(path: str) -> bool:
+    """Whether PIL can fully decode ``path`` (a truncated JPEG fails only when its pixels are read)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoder error means unreadable
+        return False
+
+
+class SkipUnreadableMapper:
+    """Wraps a dataset mapper (``DatasetMapper(cfg, is_train)``): when it fails because the image file cannot
+    be decoded, returns a marker ``{"unreadable_image": path, "error": ...}`` instead of raising. Other errors
+    (a readable image, a bug) are raised as before. :class:`SkippingLoader` drops the markers."""
+
+    def __init__(self, mapper: Callable[[dict], Any]):
+        self.mapper = mapper
+
+    def __call__(self, dataset_dict: dict) -> Any:
+        try:
+            return self.mapper(dataset_dict)
+        except Exception as e:
+            path = dataset_dict.get("file_name", "")
+            if not path or image_is_readable(path):
+                raise
+            # width/height: the training loader's aspect-ratio grouping reads them before SkippingLoader drops it
+            return {UNREADABLE: path, "error": f"{type(e).__name__}: {e}", "image_id": dataset_dict.get("image_id"),
+                    "width": dataset_dict.get("width", 1), "height": dataset_dict.get("height", 1)}
+
+
+class SkippingLoader:
+    """Iterates a detectron2 data loader (batches = lists of dicts), dropping the markers of
+    :class:`SkipUnreadableMapper`: each unreadable file is named once in the log and listed in
+    :attr:`skipped`. A batch left empty is skipped (training then takes the next one)."""
+
+    def __init__(self, loader: Iterable[list[dict]], role: str = "training"):
+        self.loader = loader
+        self.role = role
+        self.skipped: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:  # dataset, batch_size, ... of the wrapped loader
+        if name == "loader":
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[list[dict]]:
+        for batch in self.loader:
+            good = []
+            for d in batch:
+                if isinstance(d, dict) and UNREADABLE in d:
+                    if d[UNREADABLE] not in self.skipped:
+                        self.skipped.append(d[UNREADABLE])
+                        logger.warning("%s: skipping unreadable image %s (%s)", self.role, d[UNREADABLE], d["error"])
+                else:
+                    good.append(d)
+            if good:
+                yield good
+
+
+class ResumableTrainingSampler(TrainingSampler):
+    """detectron2's ``TrainingSampler`` that can start ``start`` indices into its (seeded) infinite stream, so
+    a resumed run continues the data order where the interrupted one stopped instead of replaying it. Exact
+    when the batches are built from consecutive indices (images of one aspect-ratio group)."""
+
+    def __init__(self, size: int, shuffle: bool = True, seed: int | None = None):
+        super().__init__(size, shuffle=shuffle, seed=seed)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        yield from itertools.islice(super().__iter__(), self.start, None)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
-from nasnet_det.detection.data import register_builtin_datasets, register_datasets
+from nasnet_det.detection.data import image_is_readable, register_builtin_datasets, register_datasets
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -88,9 +88,10 @@ def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.I
 
 
 def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
-             confidence: float = 0.5) -> list[Path]:
+             confidence: float = 0.5, skipped: list[Path] | None = None) -> list[Path]:
     """Predict on every input image (``cfg.MODEL.WEIGHTS`` = trained detector) and write the drawn
-    images to ``output_dir`` under their own names; returns the written paths."""
+    images to ``output_dir`` under their own names; returns the written paths. Unreadable images are
+    skipped, named once in the log and appended to ``skipped``."""
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: give the trained detector checkpoint (e.g. output/model_final.pth)")
     if "://" not in cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
@@ -111,11 +112,21 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
     predictor = DefaultPredictor(cfg)
     NASNetDetectionCheckpointer(predictor.model).load(weights)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    written = []
+    written: list[Path] = []
+    skipped = [] if skipped is None else skipped
     for path, target in tqdm(list(zip(paths, targets)), desc="demo"):
-        image = read_image(str(path), format="BGR")  # DefaultPredictor takes BGR and converts to INPUT.FORMAT
+        try:
+            image = read_image(str(path), format="BGR")  # DefaultPredictor takes BGR, converts to INPUT.FORMAT
+        except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
+            if image_is_readable(str(path)):
+                raise
+            logger.warning("skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
+            skipped.append(path)
+            continue
         instances = predictor(image)["instances"].to("cpu")
         draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
         logger.info("%s: %d detections -> %s", path, len(instances), target)
         written.append(target)
+    if skipped and not written:
+        raise ValueError(f"none of the {len(skipped)} demo inputs is a readable image, e.g. {skipped[0]}")
     return written

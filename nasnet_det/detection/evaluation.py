@@ -26,6 +26,8 @@ from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from nasnet_det.utils.io import atomic_write
+
 logger = logging.getLogger(__name__)
 
 # COCOeval.stats order (bbox / segm).
@@ -149,7 +151,7 @@ class NASNetCOCOEvaluator(COCOEvaluator):
             results = super().evaluate(img_ids)
         if self._output_dir and results:
             path = Path(self._output_dir) / "coco_metrics.json"
-            path.write_text(json.dumps(results, indent=1))
+            atomic_write(path, json.dumps(results, indent=1))  # a rerun checks it to tell a finished evaluation
             self._logger.info("COCO metrics written to %s", path)
         return results
 

@@ -1,38 +1,63 @@
-"""Training and evaluation of NASNet Faster R-CNN in detectron2's style (``DefaultTrainer``)."""
+"""Training and evaluation of NASNet Faster R-CNN in detectron2's style (``DefaultTrainer``).
+
+Rerunning the same command into the same OUTPUT_DIR resumes (model, optimizer, scheduler, iteration, RNG
+state and the position in the data stream); a finished run is reported as done. ``--no-resume`` starts over,
+deleting the old checkpoints and metrics.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import functools
+import json
 import logging
 import os
+import random
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from detectron2.config import CfgNode
+from detectron2.data import (
+    DatasetMapper,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
 from detectron2.engine import defaults as d2_defaults
-from detectron2.engine.hooks import PeriodicWriter
+from detectron2.engine.hooks import PeriodicCheckpointer, PeriodicWriter
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
+from detectron2.utils.events import JSONWriter
+from fvcore.common.history_buffer import HistoryBuffer
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
-from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config
 from nasnet_det.detection.backbone import set_drop_path_progress
-from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
+from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, LAST_CHECKPOINT, NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
-from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
+from nasnet_det.detection.data import (
+    ResumableTrainingSampler,
+    SkippingLoader,
+    SkipUnreadableMapper,
+    check_dataset_classes,
+    register_builtin_datasets,
+    register_datasets,
+)
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
 
 logger = logging.getLogger(__name__)
+METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
 
 
 def build_nasnet_detector(cfg: CfgNode) -> torch.nn.Module:
@@ -66,6 +91,111 @@ def _ddp_options(**kwargs: Any) -> Iterator[None]:
         d2_defaults.create_ddp_model = original
 
 
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # a tensor, not an ndarray: checkpoints must load with torch.load(weights_only=True)
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+
+
+class ExactResume(HookBase):
+    """Makes a resumed run continue like an uninterrupted one: checkpoints the RNG states (ROI sampling,
+    augmentation, drop-path), restarts the training sampler where it stopped, and drops the
+    ``metrics.json`` rows of iterations the interrupted run did after its last checkpoint (they are redone)."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    HISTORY = 100  # last values per metric kept for the writers' smoothing windows (20 iterations)
+
+    def state_dict(self) -> dict:
+        storage = getattr(self.trainer, "storage", None)
+        history = {k: [(float(v), int(i)) for v, i in buf.values()[-self.HISTORY:]]
+                   for k, buf in (storage.histories().items() if storage is not None else ())}
+        return {"rng": _rng_state(), "history": history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict
+
+    def before_train(self) -> None:
+        trainer = self.trainer
+        start = trainer.start_iter
+        loader = trainer._trainer.data_loader
+        sampler = getattr(loader, "resumable_sampler", None)
+        if sampler is not None and start > 0:
+            sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        if self._pending is not None and start > 0:
+            _set_rng_state(self._pending["rng"])
+            # The smoothed values in metrics.json (medians over 20 iterations) then match an uninterrupted run's.
+            # Only the histories: the latest values were already written before the checkpoint.
+            for key, values in self._pending.get("history", {}).items():
+                buf = HistoryBuffer()
+                for value, iteration in values:
+                    buf.update(value, iteration)
+                trainer.storage.histories()[key] = buf
+            self._pending = None
+        if start > 0 and comm.is_main_process():
+            drop_metrics_after(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start)
+
+
+def drop_metrics_after(path: str, start_iter: int) -> int:
+    """Remove the rows of ``metrics.json`` (JSON lines) whose iteration is >= ``start_iter``; returns how many.
+
+    Rewritten in place (not replaced): detectron2's JSONWriter already holds the file open for appending."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+        if isinstance(row, dict) and row.get("iteration", -1) >= start_iter:
+            continue
+        kept.append(line if line.endswith(b"\n") else line + b"\n")
+    if kept != lines:
+        with open(path, "r+b") as f:
+            f.write(b"".join(kept))
+            f.truncate()
+    return len(lines) - len(kept)
+
+
+class WriteMetricsAtCheckpoints(HookBase):
+    """Flushes metrics.json right before each checkpoint, so that the metrics on disk always reach the newest
+    checkpoint: a run killed after it resumes there with its log complete (rows after it are dropped and redone)."""
+
+    def __init__(self, checkpoint_period: int, writers: list):
+        self.period = checkpoint_period
+        self.writers = [w for w in writers if isinstance(w, JSONWriter)]
+
+    def after_step(self) -> None:
+        it = self.trainer.iter
+        if (it + 1) % self.period == 0 or it >= self.trainer.max_iter - 1:
+            for writer in self.writers:
+                writer.write()
+
+
+class SkippedImagesMetric(HookBase):
+    """Puts the number of unreadable training images skipped so far into the event storage (metrics.json)."""
+
+    def after_step(self) -> None:
+        loader = self.trainer._trainer.data_loader
+        if isinstance(loader, SkippingLoader):
+            self.trainer.storage.put_scalar("data/skipped_images", len(loader.skipped), smoothing_hint=False)
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
@@ -77,10 +207,24 @@ class Trainer(DefaultTrainer):
                 ddp["device_ids"] = None
         with _ddp_options(**ddp):
             super().__init__(cfg)
-        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network. The
-        # PeriodicCheckpointer hook keeps the stock instance: saving is the same.
+
+    def build_hooks(self):
+        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network; saves must
+        # be atomic. Swapped in here, before the PeriodicCheckpointer hook takes the checkpointer.
         self.checkpointer = NASNetDetectionCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
                                                         trainer=weakref.proxy(self))
+        hooks = super().build_hooks()
+        # detectron2 writes metrics every 20 iterations: a short run would leave one point of its loss curve.
+        for h in hooks:
+            if isinstance(h, PeriodicWriter):
+                h._period = max(1, min(h._period, self.max_iter // 20))
+        if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
+            hooks.insert(0, DropPathSchedule())
+        # before the checkpointer: the skip count and the metrics reach disk with the checkpoint of their step
+        at = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks))
+        writers = [w for h in hooks if isinstance(h, PeriodicWriter) for w in h._writers]
+        hooks[at:at] = [SkippedImagesMetric(), WriteMetricsAtCheckpoints(self.cfg.SOLVER.CHECKPOINT_PERIOD, writers)]
+        return hooks + [ExactResume()]
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -89,42 +233,100 @@ class Trainer(DefaultTrainer):
         return model
 
     @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        dataset = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=0, proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None)
+        sampler = None
+        if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
+            sampler = ResumableTrainingSampler(len(dataset))
+        # seed: the DataLoader draws its base seed from its own generator, not from the global RNG whose state
+        # a resumed run restores (the draw happens lazily, at the first batch).
+        loader = SkippingLoader(build_detection_train_loader(cfg, mapper=SkipUnreadableMapper(DatasetMapper(cfg, True)),
+                                                             dataset=dataset, sampler=sampler,
+                                                             seed=cfg.SEED if cfg.SEED >= 0 else None), "training")
+        loader.resumable_sampler = sampler
+        return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        mapper = SkipUnreadableMapper(DatasetMapper(cfg, False))
+        loader = SkippingLoader(build_detection_test_loader(cfg, dataset_name, mapper=mapper),
+                                f"evaluation on {dataset_name}")
+        cls._test_loaders[dataset_name] = loader
+        return loader
+
+    _test_loaders: dict[str, SkippingLoader] = {}
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
+        """detectron2's ``test``, plus ``data/skipped_eval_images`` (unreadable images left out) per dataset."""
+        results = super().test(cfg, model, evaluators)
+        per_dataset = results if len(cfg.DATASETS.TEST) > 1 else OrderedDict({cfg.DATASETS.TEST[0]: results}) \
+            if cfg.DATASETS.TEST else {}
+        for name, res in per_dataset.items():
+            loader = cls._test_loaders.pop(name, None)
+            if loader is not None and isinstance(res, dict):
+                res["data"] = {"skipped_eval_images": len(loader.skipped)}
+                if loader.skipped:
+                    logger.warning("evaluation on %s left out %d unreadable image(s)", name, len(loader.skipped))
+        return results
+
+    @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         os.makedirs(output_folder, exist_ok=True)
         return NASNetCOCOEvaluator(dataset_name, output_dir=output_folder,
                                    distributed=comm.get_world_size() > 1)
 
-    def build_hooks(self):
-        hooks = super().build_hooks()
-        # detectron2 writes metrics every 20 iterations: a short run would leave one point of its loss curve.
-        for h in hooks:
-            if isinstance(h, PeriodicWriter):
-                h._period = max(1, min(h._period, self.max_iter // 20))
-        if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
-            hooks.insert(0, DropPathSchedule())
-        return hooks
-
 
 def argument_parser() -> argparse.ArgumentParser:
-    """detectron2's ``default_argument_parser`` plus ``--dataset NAME=JSON:IMAGE_DIR``."""
+    """detectron2's ``default_argument_parser`` plus ``--dataset NAME=JSON:IMAGE_DIR`` and ``--no-resume``."""
     parser = default_argument_parser()
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
                         help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over: delete OUTPUT_DIR's checkpoints and metrics.json first (without it, "
+                             "training resumes from OUTPUT_DIR's last checkpoint when there is one)")
     return parser
+
+
+def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: bool = False) -> None:
+    """Values detectron2 would only fail on deep inside training, named by key."""
+    if cfg.SOLVER.IMS_PER_BATCH < 1:
+        raise BadInputError(f"SOLVER.IMS_PER_BATCH must be >= 1 (images per batch over all GPUs), got "
+                            f"{cfg.SOLVER.IMS_PER_BATCH}")
+    if cfg.SOLVER.IMS_PER_BATCH % num_processes:
+        raise BadInputError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be divisible by the number of "
+                            f"processes ({num_processes})")
+    if cfg.SOLVER.MAX_ITER < 1:
+        raise BadInputError(f"SOLVER.MAX_ITER must be >= 1, got {cfg.SOLVER.MAX_ITER}")
+    if cfg.SOLVER.BASE_LR <= 0:
+        raise BadInputError(f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}")
+    if cfg.SOLVER.CHECKPOINT_PERIOD < 1:
+        raise BadInputError(f"SOLVER.CHECKPOINT_PERIOD must be >= 1, got {cfg.SOLVER.CHECKPOINT_PERIOD}")
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
+        raise BadInputError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {cfg.MODEL.ROI_HEADS.NUM_CLASSES}")
+    weights = cfg.MODEL.WEIGHTS
+    if weights and "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
+    # --eval-only loads every weight from MODEL.WEIGHTS: the ImageNet file is not needed then.
+    if cfg.MODEL.NASNET.WEIGHTS and not eval_only and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
+        raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {cfg.MODEL.NASNET.WEIGHTS} does not exist")
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from file + opts, datasets registered and checked, detectron2's default setup done."""
     cfg = get_nasnet_cfg()
-    if not os.path.isfile(args.config_file):
-        raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
-    load_nasnet_cfg(cfg, args.config_file, args.opts)
+    merge_config(cfg, args.config_file, list(args.opts), merge=load_nasnet_cfg)
     cfg.DATASETS.COCO_FILES = list(cfg.DATASETS.COCO_FILES) + list(getattr(args, "dataset", []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available; "
                          "add 'MODEL.DEVICE cpu' to the command line")
+    validate_detection_config(cfg, max(1, getattr(args, "num_gpus", 1)) * max(1, getattr(args, "num_machines", 1)),
+                              eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
+    check_output_dir(cfg.OUTPUT_DIR)
     register_datasets(cfg.DATASETS.COCO_FILES)
     register_builtin_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_dataset_classes(cfg)
@@ -132,9 +334,48 @@ def setup(args: argparse.Namespace) -> CfgNode:
     return cfg
 
 
+def start_over(output_dir: str) -> list[str]:
+    """``--no-resume``: delete the checkpoints, ``last_checkpoint`` and ``metrics.json`` of an earlier run."""
+    removed = []
+    for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
+        if (name.startswith("model_") and name.endswith(".pth")) or name in (LAST_CHECKPOINT, METRICS_FILE):
+            os.remove(os.path.join(output_dir, name))
+            removed.append(name)
+    if removed:
+        logger.info("--no-resume: removed %s from %s", ", ".join(removed), output_dir)
+    return removed
+
+
+def finish_completed_run(cfg: CfgNode, trainer: Trainer):
+    """Every iteration is done (a rerun of a finished command, or a kill after the last step): write
+    ``model_final.pth`` and the final evaluation if the interrupted run did not get to them, then report."""
+    results = None
+    if os.path.basename(trainer.checkpointer.loaded_path) != FINAL_CHECKPOINT:
+        logger.info("all %d iterations are done but %s is missing: writing it", trainer.max_iter, FINAL_CHECKPOINT)
+        trainer.checkpointer.save(FINAL_CHECKPOINT[: -len(".pth")], iteration=trainer.start_iter - 1)
+    final_time = os.path.getmtime(os.path.join(cfg.OUTPUT_DIR, FINAL_CHECKPOINT))
+
+    def evaluated(name: str) -> bool:  # by the final evaluation, not a periodic one before it
+        metrics = os.path.join(cfg.OUTPUT_DIR, "inference", name, "coco_metrics.json")
+        return os.path.isfile(metrics) and os.path.getmtime(metrics) >= final_time
+
+    unevaluated = [n for n in cfg.DATASETS.TEST if not evaluated(n)]
+    if unevaluated:
+        results = Trainer.test(cfg, trainer.model)
+    message = (f"OUTPUT_DIR {cfg.OUTPUT_DIR} holds a finished run ({trainer.start_iter} of SOLVER.MAX_ITER "
+               f"{trainer.max_iter} iterations, {FINAL_CHECKPOINT}); nothing to train. Rerun with --no-resume to "
+               "train again, or --eval-only --resume to evaluate it.")
+    logger.info(message)
+    if comm.is_main_process():
+        print(message)
+    return results
+
+
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
+    if comm.is_main_process():
+        NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
     if args.eval_only:
         # MODEL.WEIGHTS (the detector) replaces every NASNet tensor: don't require the ImageNet file too.
         build_cfg = cfg.clone()
@@ -147,8 +388,17 @@ def run(args: argparse.Namespace):
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
+    if getattr(args, "no_resume", False):
+        if comm.is_main_process():
+            start_over(cfg.OUTPUT_DIR)
+        comm.synchronize()
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=not getattr(args, "no_resume", False))
+    if trainer.start_iter >= trainer.max_iter:
+        return finish_completed_run(cfg, trainer)
+    if trainer.start_iter > 0:
+        logger.info("resuming from iteration %d in %s (rerun with --no-resume to start over)", trainer.start_iter,
+                    cfg.OUTPUT_DIR)
     return trainer.train()
 
 
@@ -156,6 +406,8 @@ def run(args: argparse.Namespace):
 def train_main(argv: list[str] | None = None) -> int:
     """``tools/train_net.py``: parse detectron2-style arguments and launch (multi-GPU / multi-machine)."""
     args = argument_parser().parse_args(argv)
+    if args.resume and args.no_resume:
+        raise BadInputError("--resume and --no-resume contradict each other; give one")
     launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
     return 0

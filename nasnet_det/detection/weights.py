@@ -26,6 +26,7 @@ from nasnet_det.models.pretrained import (
     convert_external_state_dict,
     load_state_dict_report,
 )
+from nasnet_det.utils.io import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS: {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_torch_file(path, "MODEL.NASNET.WEIGHTS")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         _check_our_payload(payload, path)  # what read_checkpoint checks, without loading the file again
         return payload["state_dict"], payload["arch"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from torch import nn
 
 from nasnet_det.models.arch import NASNetArch
 from nasnet_det.models.nasnet import NASNet
+from nasnet_det.utils.io import atomic_torch_save, load_torch_file  # noqa: F401  (atomic_torch_save: re-exported)
 
 FORMAT = "nasnet-det/v1"
 _CELL_KEY = re.compile(r"^cell_(\d+)\.")
@@ -103,21 +103,6 @@ def load_external_weights(model: NASNet, state_dict: dict[str, torch.Tensor]) ->
     return load_state_dict_report(model, convert_external_state_dict(state_dict, model), ("aux_head.",))
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file and a rename, so a kill never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_checkpoint(model: NASNet, path: str | os.PathLike, **extra: Any) -> Path:
     """Atomically write ``model`` (arch + weights) and ``extra`` entries to ``path``."""
     payload = {"format": FORMAT, "arch": model.arch, "state_dict": model.state_dict(), **extra}
@@ -129,7 +114,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_torch_file(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a nasnet-det checkpoint (expected a dict with format={FORMAT!r}); "
                          "for timm / pretrainedmodels weights use load_external_weights")

@@ -1,0 +1,293 @@
+"""Bad input to every tool ends with exit code 2 and one ``error:`` line naming the file or key (no traceback).
+
+Table-driven: each case is (tool, argv builder, text the message must contain). The CLIs run in-process
+(``main(argv)``) and fail before any training starts, so the table stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH_CFG = str(REPO / "configs" / "search" / "smoke.yaml")
+CIFAR_CFG = str(REPO / "configs" / "train" / "cifar10_smoke.yaml")
+IMAGENET_CFG = str(REPO / "configs" / "train" / "imagenet_smoke.yaml")
+DET_CFG = str(REPO / "configs" / "detection" / "smoke-nasnet-c4.yaml")
+
+
+class Files:
+    """Bad (and a few good) input files, made once per test in tmp_path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.bad_yaml = root / "bad.yaml"
+        self.bad_yaml.write_text("MODEL:\n  NASNET:\n    FILTERS: [4\n  oops: : :\n")
+        self.unknown_key_yaml = root / "unknown.yaml"
+        self.unknown_key_yaml.write_text("NOT_A_SECTION:\n  FOO: 1\n")
+        self.a_file = root / "a_file"
+        self.a_file.write_text("I am a file, not a folder\n")
+        good = root / "good.npz"
+        rng = np.random.default_rng(0)
+        np.savez(good, x_train=rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8),
+                 y_train=rng.integers(0, 10, 20))
+        self.truncated_npz = root / "truncated.npz"
+        self.truncated_npz.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        self.keyless_npz = root / "keyless.npz"
+        np.savez(self.keyless_npz, images=np.zeros((2, 32, 32, 3), np.uint8))
+        self.text_pth = root / "notes.pth"
+        self.text_pth.write_text("these are not weights\n")
+        import torch
+
+        torch.save({"model": {"w": torch.zeros(1000)}}, root / "full.pth")
+        self.truncated_pth = root / "truncated.pth"
+        self.truncated_pth.write_bytes((root / "full.pth").read_bytes()[:300])
+        self.empty_pth = root / "empty.pth"
+        self.empty_pth.write_bytes(b"")
+        # a tiny COCO dataset (2 images, 2 classes) for detection
+        images, anns = [], []
+        (root / "images").mkdir()
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+            images.append({"id": i + 1, "file_name": f"{i}.png", "width": 48, "height": 48})
+            anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "bbox": [4, 4, 20, 20],
+                         "area": 400, "iscrowd": 0})
+        (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [
+            {"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+        self.name = f"badin_{abs(hash(str(root)))}"  # detectron2's catalog is per process: one name per test
+        self.dataset = f"{self.name}={root / 'ann.json'}:{root / 'images'}"
+        self.broken_image_dir = root / "broken_images"
+        self.broken_image_dir.mkdir()
+        (self.broken_image_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+        # ImageNet folders whose classes differ
+        for split, classes in (("train", ("cat", "dog")), ("val", ("cat", "eel"))):
+            for c in classes:
+                (root / "inet" / split / c).mkdir(parents=True)
+                Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+                    root / "inet" / split / c / "0.jpg")
+        (root / "empty_class" / "train" / "cat").mkdir(parents=True)
+
+
+def search(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from search.cli import main
+
+    return main, ["--no-progress", "--config-file", SEARCH_CFG, *args]
+
+
+def train(f: Files, config: str, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.classification.cli import main
+
+    return main, ["--config-file", config, *args]
+
+
+def detect(f: Files, *args: str, opts: tuple[str, ...] = ()) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.detection.train import train_main
+
+    base = ["DATASETS.COCO_FILES", "[]", "DATASETS.TRAIN", f"('{f.name}',)", "DATASETS.TEST", f"('{f.name}',)",
+            "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.NASNET.FILTERS", "4", "OUTPUT_DIR", str(f.root / "det_out")]
+    return train_main, ["--config-file", DET_CFG, "--dataset", f.dataset, *args, *base, *opts]
+
+
+def demo(f: Files, *args: str, opts: tuple[str, ...] = ()) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.detection.cli import demo_main
+
+    base = ["DATASETS.COCO_FILES", f"['{f.dataset}']", "DATASETS.TEST", f"('{f.name}',)", "MODEL.ROI_HEADS.NUM_CLASSES",
+            "2", "MODEL.NASNET.FILTERS", "4"]
+    return demo_main, [*args, *base, *opts]
+
+
+@dataclass
+class Case:
+    id: str
+    build: Callable[[Files], tuple[Callable[[list[str]], int], list[str]]]
+    expect: Callable[[Files], str]  # text the error message must contain (a file or a key)
+
+
+CASES = [
+    # ---- search CLI
+    Case("search-missing-config", lambda f: (search(f)[0], ["--config-file", str(f.root / "nope.yaml")]),
+         lambda f: "nope.yaml"),
+    Case("search-yaml-syntax", lambda f: (search(f)[0], ["--config-file", str(f.bad_yaml)]), lambda f: "bad.yaml"),
+    Case("search-unknown-key", lambda f: search(f, "SEARCH.NOT_A_KEY", "1"), lambda f: "SEARCH.NOT_A_KEY"),
+    Case("search-unknown-key-in-file", lambda f: (search(f)[0], ["--config-file", str(f.unknown_key_yaml)]),
+         lambda f: "NOT_A_SECTION"),
+    Case("search-option-after-overrides", lambda f: search(f, "SEARCH.BUDGET", "4", "--fresh"), lambda f: "--fresh"),
+    Case("search-output-dir-is-file", lambda f: search(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
+    Case("search-odd-overrides", lambda f: search(f, "SEARCH.BUDGET"), lambda f: "KEY VALUE"),
+    # ---- train CLI, CIFAR
+    Case("cifar-missing-config", lambda f: train(f, str(f.root / "nope.yaml")), lambda f: "nope.yaml"),
+    Case("cifar-yaml-syntax", lambda f: train(f, str(f.bad_yaml)), lambda f: "bad.yaml"),
+    Case("cifar-unknown-key", lambda f: train(f, CIFAR_CFG, "SOLVER.NOT_A_KEY", "1"), lambda f: "SOLVER.NOT_A_KEY"),
+    Case("cifar-unknown-key-in-file", lambda f: train(f, str(f.unknown_key_yaml)), lambda f: "NOT_A_SECTION"),
+    Case("cifar-option-after-overrides", lambda f: train(f, CIFAR_CFG, "SOLVER.MAX_STEPS", "2", "--no-resume"),
+         lambda f: "--no-resume"),
+    Case("cifar-output-dir-is-file", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.a_file / "sub")),
+         lambda f: "a_file"),
+    Case("cifar-truncated-npz", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o1"), "DATA.SOURCE",
+                                                f"npz:{f.truncated_npz}"), lambda f: "truncated.npz"),
+    Case("cifar-npz-without-keys", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o2"), "DATA.SOURCE",
+                                                   f"npz:{f.keyless_npz}"), lambda f: "x_train"),
+    Case("cifar-batch-size-0", lambda f: train(f, CIFAR_CFG, "SOLVER.BATCH_SIZE", "0"), lambda f: "SOLVER.BATCH_SIZE"),
+    Case("cifar-truncated-weights", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o6"), "DATA.SOURCE",
+                                                    "synthetic:32", "DATA.VAL_SIZE", "8", "MODEL.NASNET.WEIGHTS",
+                                                    str(f.truncated_pth)), lambda f: "truncated.pth"),
+    Case("cifar-export-text-checkpoint", lambda f: (train(f, CIFAR_CFG)[0], ["--export-backbone", str(f.text_pth),
+                                                                              str(f.root / "bb.pth")]),
+         lambda f: "notes.pth"),
+    Case("cifar-bad-source", lambda f: train(f, CIFAR_CFG, "DATA.SOURCE", "tape:/dev/st0"), lambda f: "tape"),
+    # ---- train CLI, ImageNet
+    Case("imagenet-missing-train-dir", lambda f: train(f, IMAGENET_CFG, "--output-dir", str(f.root / "o3"),
+                                                       "DATA.TRAIN_DIR", str(f.root / "no_train"), "DATA.VAL_DIR",
+                                                       str(f.root / "no_val")), lambda f: "no_train"),
+    Case("imagenet-class-mismatch", lambda f: train(f, IMAGENET_CFG, "--output-dir", str(f.root / "o4"),
+                                                    "DATA.TRAIN_DIR", str(f.root / "inet" / "train"), "DATA.VAL_DIR",
+                                                    str(f.root / "inet" / "val")), lambda f: "eel"),
+    Case("imagenet-empty-class", lambda f: train(f, IMAGENET_CFG, "--output-dir", str(f.root / "o5"),
+                                                 "DATA.TRAIN_DIR", str(f.root / "empty_class" / "train"),
+                                                 "DATA.VAL_DIR", str(f.root / "inet" / "val")), lambda f: "cat"),
+    Case("imagenet-output-dir-is-file", lambda f: train(f, IMAGENET_CFG, "OUTPUT_DIR", str(f.a_file)),
+         lambda f: "a_file"),
+    Case("imagenet-bad-optimizer", lambda f: train(f, IMAGENET_CFG, "SOLVER.OPTIMIZER", "adamw"),
+         lambda f: "SOLVER.OPTIMIZER"),
+    # ---- detection training / evaluation
+    Case("detect-missing-config", lambda f: (detect(f)[0], ["--config-file", str(f.root / "nope.yaml")]),
+         lambda f: "nope.yaml"),
+    Case("detect-yaml-syntax", lambda f: (detect(f)[0], ["--config-file", str(f.bad_yaml)]), lambda f: "bad.yaml"),
+    Case("detect-unknown-key", lambda f: detect(f, opts=("MODEL.NASNET.NOT_A_KEY", "1")),
+         lambda f: "MODEL.NASNET.NOT_A_KEY"),
+    Case("detect-unknown-key-in-file", lambda f: (detect(f)[0], ["--config-file", str(f.unknown_key_yaml)]),
+         lambda f: "NOT_A_SECTION"),
+    Case("detect-option-after-overrides", lambda f: detect(f, opts=("--eval-only",)), lambda f: "--eval-only"),
+    Case("detect-odd-overrides", lambda f: detect(f, opts=("SOLVER.MAX_ITER",)), lambda f: "SOLVER.MAX_ITER"),
+    Case("detect-batch-size-0", lambda f: detect(f, opts=("SOLVER.IMS_PER_BATCH", "0")),
+         lambda f: "SOLVER.IMS_PER_BATCH"),
+    Case("detect-output-dir-is-file", lambda f: detect(f, opts=("OUTPUT_DIR", str(f.a_file))), lambda f: "a_file"),
+    Case("detect-output-dir-under-file", lambda f: detect(f, opts=("OUTPUT_DIR", str(f.a_file / "out"))),
+         lambda f: "a_file"),
+    Case("detect-missing-weights", lambda f: detect(f, opts=("MODEL.WEIGHTS", str(f.root / "gone.pth"))),
+         lambda f: "gone.pth"),
+    Case("detect-eval-truncated-weights", lambda f: detect(f, "--eval-only", opts=("MODEL.WEIGHTS",
+                                                                                   str(f.truncated_pth))),
+         lambda f: "truncated.pth"),
+    Case("detect-eval-empty-weights", lambda f: detect(f, "--eval-only", opts=("MODEL.WEIGHTS", str(f.empty_pth))),
+         lambda f: "empty.pth"),
+    Case("detect-eval-text-weights", lambda f: detect(f, "--eval-only", opts=("MODEL.WEIGHTS", str(f.text_pth))),
+         lambda f: "notes.pth"),
+    Case("detect-truncated-nasnet-weights", lambda f: detect(f, opts=("MODEL.NASNET.WEIGHTS", str(f.truncated_pth))),
+         lambda f: "MODEL.NASNET.WEIGHTS"),
+    Case("detect-text-nasnet-weights", lambda f: detect(f, opts=("MODEL.NASNET.WEIGHTS", str(f.text_pth))),
+         lambda f: "notes.pth"),
+    Case("detect-unregistered-dataset", lambda f: detect(f, opts=("DATASETS.TRAIN", "('nowhere',)")),
+         lambda f: "nowhere"),
+    Case("detect-resume-and-no-resume", lambda f: detect(f, "--resume", "--no-resume"), lambda f: "--no-resume"),
+    # ---- detection demo
+    Case("demo-missing-input", lambda f: demo(f, "--config-file", DET_CFG, "--input", str(f.root / "nothing*.jpg"),
+                                              "--output", str(f.root / "drawn"), opts=("MODEL.WEIGHTS",
+                                                                                       str(f.root / "full.pth"))),
+         lambda f: "nothing*.jpg"),
+    Case("demo-yaml-syntax", lambda f: demo(f, "--config-file", str(f.bad_yaml), "--input", str(f.root / "images"),
+                                            "--output", str(f.root / "drawn")), lambda f: "bad.yaml"),
+    Case("demo-output-is-file", lambda f: demo(f, "--config-file", DET_CFG, "--input", str(f.root / "images"),
+                                               "--output", str(f.a_file), opts=("MODEL.WEIGHTS",
+                                                                                str(f.root / "full.pth"))),
+         lambda f: "a_file"),
+    Case("demo-truncated-weights", lambda f: demo(f, "--config-file", DET_CFG, "--input", str(f.root / "images"),
+                                                  "--output", str(f.root / "drawn"),
+                                                  opts=("MODEL.WEIGHTS", str(f.truncated_pth))),
+         lambda f: "truncated.pth"),
+    Case("demo-unknown-key", lambda f: demo(f, "--config-file", DET_CFG, "--input", str(f.root / "images"),
+                                            "--output", str(f.root / "drawn"), opts=("MODEL.NOPE", "1")),
+         lambda f: "MODEL.NOPE"),
+    Case("demo-only-unreadable-images", lambda f: demo(f, "--config-file", DET_CFG, "--input",
+                                                       str(f.broken_image_dir), "--output", str(f.root / "drawn"),
+                                                       opts=("MODEL.WEIGHTS", str(f.root / "det.pth"))),
+         lambda f: "broken.jpg"),
+]
+
+
+@pytest.fixture
+def restore_logging():
+    """detectron2's setup_logger binds handlers to the captured streams of this test; drop them afterwards."""
+    loggers = [logging.getLogger(n) for n in ("", "detectron2", "nasnet_det", "fvcore", "d2", "search")]
+    before = {lg.name: (list(lg.handlers), lg.propagate, lg.level) for lg in loggers}
+    yield
+    for lg in loggers:
+        lg.handlers[:], lg.propagate, lg.level = before[lg.name][0], before[lg.name][1], before[lg.name][2]
+
+
+def _det_checkpoint(f: Files) -> None:
+    """A real detector checkpoint of the demo's config, for the case whose only fault is its images."""
+    import torch
+    from detectron2.modeling import build_model
+
+    import nasnet_det.detection.backbone  # noqa: F401
+    import nasnet_det.detection.heads  # noqa: F401
+    from nasnet_det.detection.config import get_nasnet_cfg
+
+    cfg = get_nasnet_cfg()
+    cfg.merge_from_file(DET_CFG)
+    cfg.merge_from_list(["MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.NASNET.FILTERS", "4", "DATASETS.COCO_FILES", "[]"])
+    torch.save({"model": build_model(cfg).state_dict()}, f.root / "det.pth")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, monkeypatch, restore_logging):
+    monkeypatch.chdir(REPO)  # the configs' relative paths (../shared) are not read: every case fails first
+    f = Files(tmp_path)
+    if case.id == "demo-only-unreadable-images":
+        _det_checkpoint(f)
+    main, argv = case.build(f)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, f"exit code {code}, stderr:\n{err[-2000:]}"
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(error_lines) == 1, err[-2000:]
+    assert case.expect(f) in error_lines[0], error_lines[0]
+
+
+def test_at_least_30_cases():
+    assert len(CASES) >= 30
+    tools = {c.id.split("-")[0] for c in CASES}
+    assert tools == {"search", "cifar", "imagenet", "detect", "demo"}
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
+def test_unwritable_output_dir(tmp_path, capsys, restore_logging):
+    from nasnet_det.cli import check_output_dir
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="locked"):
+            check_output_dir(locked / "out")
+        with pytest.raises(PermissionError, match="not writable"):
+            check_output_dir(locked)
+    finally:
+        locked.chmod(0o700)
+
+
+def test_nan_loss_ends_detection_training_with_one_line(tmp_path, capsys, monkeypatch, restore_logging):
+    from nasnet_det.detection.train import train_main
+
+    monkeypatch.chdir(REPO)
+    f = Files(tmp_path)
+    _, argv = detect(f, opts=("DATASETS.TEST", "()", "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+                              "MODEL.PIXEL_STD", "[1e-40, 1e-40, 1e-40]"))  # inputs overflow: the loss is NaN
+    assert train_main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "training diverged" in lines[0] and "NaN" in lines[0], err[-2000:]
+    assert "Traceback" not in err
