@@ -2,6 +2,7 @@
 
     python tools/search_cifar.py --config-file configs/search/smoke.yaml [--output-dir DIR] [--resume]
         [KEY VALUE ...]     e.g. SEARCH.STRATEGY ppo,random SEARCH.BUDGET 40 WORKERS.BACKEND ray
+                            or SEARCH.STRATEGY oneshot (weight sharing, configs/search/oneshot_smoke.yaml)
 
 Rerunning the same command resumes from the journal in the output directory.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from search.config import load_cfg
+from search.oneshot_config import ONESHOT_STRATEGY
 from search.runner import JOURNAL_NAME, SearchRunner
 
 
@@ -54,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         # The driver only runs the small controller (and the children with the inline backend): more
         # threads than the workers get would just contend with them for the cores.
         torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
-        summary = SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
+        if str(cfg.SEARCH.STRATEGY).strip().lower() == ONESHOT_STRATEGY:  # weight sharing: search/oneshot.py
+            from search.oneshot import OneShotSearch
+
+            summary = OneShotSearch(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
+        else:
+            summary = SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
     except (ValueError, KeyError, FileNotFoundError, ImportError) as e:
         print(f"nasnet-det search: error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as CN
 
+from search.oneshot_config import add_oneshot_config
+
 
 def get_cfg_defaults() -> CN:
     """A fresh copy of the defaults. Paper values are noted where they differ from the small defaults."""
@@ -72,6 +74,7 @@ def get_cfg_defaults() -> CN:
     # killed its worker while running alone) before it is recorded as failed.
     c.WORKERS.MAX_RETRIES = 2
     c.WORKERS.THREADS_PER_WORKER = 1  # torch threads in each CPU worker
+    add_oneshot_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
     return c
 
 
