@@ -106,6 +106,12 @@ class OneShotSearch:
         self.gen = torch.Generator().manual_seed(s.SEED)  # every random choice of the search
         self.pos = {"epoch": 0, "phase": "weights", "step": 0}
 
+    def restore(self) -> bool:
+        """Build the supernet, controller and data and load the output directory's checkpoint (for
+        evaluating a finished search, e.g. bench/oneshot_eval.py); False when there is none."""
+        self._build()
+        return self._load()
+
     def _identity(self) -> dict[str, Any]:
         ident = json.loads(json.dumps(identity_of(self.cfg)))
         ident["SEARCH.STRATEGY"] = ONESHOT_STRATEGY
