@@ -12,6 +12,11 @@ split; the best of them is ``best_genotype.json``. Every scored cell is journale
 the controller phase, ``oneshot_derive`` for the final samples), and the outputs are the ones every search
 writes (:func:`search.outputs.write_outputs`).
 
+Distributed: launched by ``torchrun --nproc_per_node K`` the supernet phase runs as DDP (nccl on GPUs, gloo
+on CPUs): every process samples the same cell from the same seeded generator and trains it on its 1/K share of
+``ONESHOT.BATCH_SIZE``; gradients are averaged. The controller phase runs identically in every process with the
+rewards of rank 0 (broadcast), and only rank 0 writes the journal, checkpoints and outputs.
+
 Resuming: ``oneshot_state.pth`` (supernet, controller, both optimizers, the reward baseline, the random
 generators and the position) is written atomically every ``ONESHOT.CHECKPOINT_EVERY`` supernet steps and after
 every controller update. A rerun restarts from it; the steps since it are redone identically (one seeded
@@ -29,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
+from nasnet_det.classification.distributed import barrier, init_distributed
 from nasnet_det.models.pretrained import atomic_torch_save
 from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype
@@ -80,10 +87,16 @@ class OneShotSearch:
         self.progress, self.fresh, self.max_units = progress, fresh, max_units_this_run
         self.units_this_run = 0
         self._data = data
-        o = cfg.ONESHOT
-        dev = str(o.DEVICE)
-        self.device = torch.device("cuda" if dev == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if dev == "auto" else dev))
+        dev = str(cfg.ONESHOT.DEVICE)
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"ONESHOT.DEVICE={dev!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        info = init_distributed("cpu" if dev == "cpu" else "auto")  # joins torchrun's group, if launched so
+        self.rank, self.world = info.rank, info.world_size
+        self.device = info.device if dev in ("auto", "cpu") or self.world > 1 else torch.device(dev)
+        if self.world > 1 and cfg.ONESHOT.BATCH_SIZE % self.world:
+            raise ValueError(f"ONESHOT.BATCH_SIZE={cfg.ONESHOT.BATCH_SIZE}: expected a multiple of the "
+                             f"{self.world} processes (each trains on an equal share)")
+        self.model: torch.nn.Module | None = None  # the supernet, wrapped in DDP when distributed
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -110,7 +123,9 @@ class OneShotSearch:
         """Build the supernet, controller and data and load the output directory's checkpoint (for
         evaluating a finished search, e.g. bench/oneshot_eval.py); False when there is none."""
         self._build()
-        return self._load()
+        loaded = self._load()
+        self.model = self.supernet
+        return loaded
 
     def _identity(self) -> dict[str, Any]:
         ident = json.loads(json.dumps(identity_of(self.cfg)))
@@ -135,6 +150,8 @@ class OneShotSearch:
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _save(self) -> None:
+        if self.rank != 0:
+            return
         atomic_torch_save({"position": dict(self.pos), "supernet": self.supernet.state_dict(),
                            "w_opt": self.w_opt.state_dict(), "controller": self.controller.state_dict(),
                            "trainer": self.trainer.state_dict(), "gen": self.gen.get_state(),
@@ -191,12 +208,14 @@ class OneShotSearch:
         for group in self.w_opt.param_groups:
             group["lr"] = lr
         _, _, (genotype,) = self.sample_genotypes(1)
-        idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE].to(self.device)
-        xb = self.x_train[idx]
-        if self.cfg.CHILD.AUGMENT:
+        idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE]
+        xb = self.x_train[idx.to(self.device)]
+        if self.cfg.CHILD.AUGMENT:  # augment the whole batch so the generator stays in step across processes
             xb = _augment(xb, self.gen)
-        self.supernet.train()
-        loss = F.cross_entropy(self.supernet(xb, genotype), self.y_train[idx])
+        mine = slice(self.rank, None, self.world)  # this process's share of the batch
+        model = self.model if self.model is not None else self.supernet
+        model.train()
+        loss = F.cross_entropy(model(xb[mine], genotype), self.y_train[idx.to(self.device)][mine])
         if not torch.isfinite(loss):
             raise ValueError(f"the supernet's training loss became {float(loss.detach())} at epoch "
                              f"{self.pos['epoch']} step {self.pos['step']}; lower ONESHOT.LR (now {o.LR})")
@@ -217,11 +236,14 @@ class OneShotSearch:
             correct += int((self.supernet(x[i:i + bs], genotype).argmax(1) == y[i:i + bs]).sum())
         return correct / len(x)
 
-    def _score_rows(self, journal: Journal, strategy: str, batch: int, actions: torch.Tensor,
+    def _score_rows(self, journal: Journal | None, strategy: str, batch: int, actions: torch.Tensor,
                     logp: torch.Tensor | None, genotypes: list, minibatch: int | None) -> list[float]:
-        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch)."""
-        rows = journal.batch(strategy, batch)
-        if not rows:
+        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch).
+        Without a journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
+        rows = journal.batch(strategy, batch) if journal is not None else [None] * len(genotypes)
+        if journal is None:
+            pass
+        elif not rows:
             lps = logp.tolist() if logp is not None else [None] * len(genotypes)
             rows = journal.add_pending(strategy, batch, [(a, g.to_dict(), lp) for a, g, lp
                                                          in zip(actions.tolist(), genotypes, lps)])
@@ -238,12 +260,16 @@ class OneShotSearch:
                 x, y = self.x_val[idx], self.y_val[idx]
             reward = self.score(genotype, x, y)
             rewards.append(reward)
-            if row.status == "pending":
+            if row is not None and row.status == "pending":
                 params = _child_params(genotype, self.cfg) if strategy == DERIVE_NAME else None
                 journal.finish(row.id, "ok", reward, time.perf_counter() - t0, params)
+        if self.world > 1:  # every process updates its controller copy with the same (rank 0's) rewards
+            t = torch.tensor(rewards, dtype=torch.float64, device=self.device)
+            dist.broadcast(t, 0)
+            rewards = t.tolist()
         return rewards
 
-    def controller_step(self, journal: Journal) -> dict[str, float]:
+    def controller_step(self, journal: Journal | None) -> dict[str, float]:
         """Sample SEARCH.BATCH_SIZE cells, score each on a held-out minibatch, update the policy."""
         o = self.cfg.ONESHOT
         batch = self.pos["epoch"] * o.CONTROLLER_STEPS + self.pos["step"]
@@ -257,8 +283,10 @@ class OneShotSearch:
     def run(self) -> dict[str, Any]:
         from search.runner import JOURNAL_NAME, output_dir_lock
 
-        self.out.mkdir(parents=True, exist_ok=True)
         t_start = time.perf_counter()
+        if self.rank != 0:
+            return self._run_follower()
+        self.out.mkdir(parents=True, exist_ok=True)
         with output_dir_lock(self.out):
             if self.fresh:
                 for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
@@ -267,23 +295,49 @@ class OneShotSearch:
                     f.unlink(missing_ok=True)
             self._build()
             journal = self._open_journal()
-            resumed = self._load()
+            barrier()  # the other processes read the checkpoint after the fresh start removed it
+            resumed = self.restore_position()
             try:
                 stopped = self._loop(journal, resumed)
                 summary = self._write_outputs(journal)
             finally:
                 journal.close()
+            barrier()
         summary["stopped_early"] = stopped
         summary["units_this_run"] = self.units_this_run
         summary["wall_seconds_this_run"] = time.perf_counter() - t_start
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
-    def _loop(self, journal: Journal, resumed: bool) -> bool:
+    def restore_position(self) -> bool:
+        """Load the checkpoint (if any) and wrap the supernet for DDP when distributed."""
+        resumed = self._load()
+        self.model = self.supernet
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Every process runs the same path, so the unused ops are unused everywhere; DDP must still be
+            # told that some parameters get no gradient.
+            self.model = DistributedDataParallel(
+                self.supernet, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        return resumed
+
+    def _run_follower(self) -> dict[str, Any]:
+        """Ranks > 0: the same loop without the journal and without writing anything."""
+        self._build()
+        barrier()
+        resumed = self.restore_position()
+        stopped = self._loop(None, resumed)
+        barrier()
+        return {"output_dir": str(self.out), "strategies": {}, "best": None, "stopped_early": stopped,
+                "rank": self.rank}
+
+    def _loop(self, journal: Journal | None, resumed: bool) -> bool:
         o, p = self.cfg.ONESHOT, self.pos
         total = o.EPOCHS * (self.weight_steps + o.CONTROLLER_STEPS) + o.FINAL_SAMPLES
-        bar = tqdm(total=total, initial=self._units_done(), desc="search[oneshot]", disable=not self.progress,
-                   dynamic_ncols=True)
+        bar = tqdm(total=total, initial=self._units_done(), desc="search[oneshot]",
+                   disable=not self.progress or self.rank != 0, dynamic_ncols=True)
         if resumed:
             log.info("resuming the one-shot search at %s", p)
         try:
