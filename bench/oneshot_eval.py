@@ -71,7 +71,7 @@ def run_seed(config: str, opts: list[str], seed: int, cells: int, n_random: int,
     from search.oneshot import load_search_data
 
     data = load_search_data(cfg)
-    child = dict(cfg.CHILD)
+    child, network = dict(cfg.CHILD), dict(cfg.MODEL.NASNET)
     gen = torch.Generator().manual_seed(10_000 + seed)
     nb = cfg.SEARCH.NUM_BLOCKS
     randoms = [decisions_to_genotype(a, nb) for a in sample_uniform(cells, nb, gen).tolist()]
@@ -79,12 +79,12 @@ def run_seed(config: str, opts: list[str], seed: int, cells: int, n_random: int,
     for i, g in enumerate(randoms):
         supernet_acc.append(search.score(g, search.x_val, search.y_val))
         t = time.perf_counter()
-        alone_acc.append(train_child(g, child, data, seed=seed * 1000 + i)["reward"])
+        alone_acc.append(train_child(g, child, data, seed=seed * 1000 + i, network=network)["reward"])
         child_s.append(time.perf_counter() - t)
         print(f"  seed {seed} cell {i:2d}: supernet {supernet_acc[-1]:.3f}  alone {alone_acc[-1]:.3f}  "
               f"[{child_s[-1]:.0f}s]", flush=True)
     found_supernet = search.score(found, search.x_val, search.y_val)
-    found_alone = train_child(found, child, data, seed=seed * 1000 + 999)["reward"]
+    found_alone = train_child(found, child, data, seed=seed * 1000 + 999, network=network)["reward"]
     res = {"seed": seed, "search_seconds": search_s, "scored_cells": scored,
            "tau": kendall_tau_b(supernet_acc, alone_acc), "supernet_acc": supernet_acc, "alone_acc": alone_acc,
            "found_supernet": found_supernet, "found_alone": found_alone,

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config
 from search.oneshot_config import add_oneshot_config
 
 
@@ -46,9 +47,12 @@ def get_cfg_defaults() -> CN:
     # failed children out of the update (they still count against the budget).
     c.CONTROLLER.FAILED_REWARD = 0.0
 
+    # The children's network (any genotype the controller samples): MODEL.NASNET, sized by f. Default preset
+    # search_child_tiny (N=1 @ f=8); the paper's children are MODEL.NASNET.PRESET search_child_paper (2 @ 32).
+    add_nasnet_model_config(c, "search_child_tiny")
+
+    # How each child is trained.
     c.CHILD = CN()
-    c.CHILD.NUM_CELLS = 1            # N (paper: 2 during search)
-    c.CHILD.FILTERS = 8              # f (paper: 32)
     c.CHILD.EPOCHS = 1               # paper: 20
     c.CHILD.MAX_STEPS = 0            # cap on SGD steps (0: EPOCHS full passes)
     c.CHILD.BATCH_SIZE = 32
@@ -80,7 +84,10 @@ def get_cfg_defaults() -> CN:
 
 # Keys that define what a journal's evaluations mean: resuming with different values would mix
 # incomparable results, so the runner refuses it.
-IDENTITY_KEYS = ("SEARCH.BATCH_SIZE", "SEARCH.NUM_BLOCKS", "SEARCH.SEED", "CONTROLLER", "CHILD", "DATA")
+IDENTITY_KEYS = ("SEARCH.BATCH_SIZE", "SEARCH.NUM_BLOCKS", "SEARCH.SEED", "CONTROLLER", "MODEL.NASNET", "CHILD",
+                 "DATA")
+# The children's network keys moved from CHILD to MODEL.NASNET: the old names are errors naming the new ones.
+RENAMED_KEYS = {"CHILD.NUM_CELLS": "MODEL.NASNET.NUM_CELLS", "CHILD.FILTERS": "MODEL.NASNET.FILTERS"}
 
 
 def identity_of(cfg: CN) -> dict:
@@ -103,9 +110,15 @@ def load_cfg(config_file: str | None = None, opts: list[str] | None = None) -> C
     """Defaults, merged with ``config_file`` (may use ``_BASE_``) and ``KEY VALUE`` overrides, checked
     with :func:`check_cfg`. Unknown keys and bad values raise ``ValueError`` naming the key."""
     cfg = get_cfg_defaults()
+    if config_file and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    try:
+        opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
+    except KeyError as e:
+        raise ValueError(e.args[0]) from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{config_file} is not valid YAML: {e}") from None
     if config_file:
-        if not Path(config_file).is_file():
-            raise FileNotFoundError(f"config file {config_file} does not exist")
         try:
             cfg.merge_from_file(config_file)
         except KeyError as e:  # fvcore: KeyError('Non-existent config key: X')
@@ -143,7 +156,10 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
 def check_child_settings(child: Mapping[str, Any]) -> None:
     """Validate the ``CHILD`` settings once, before any child is trained (a bad value would otherwise
     fail every child of the search)."""
-    for name in ("NUM_CELLS", "FILTERS", "EPOCHS", "BATCH_SIZE", "EVAL_BATCH_SIZE"):
+    for old, new in RENAMED_KEYS.items():
+        if old.split(".")[1] in child:
+            raise ValueError(f"{old} was renamed to {new}")
+    for name in ("EPOCHS", "BATCH_SIZE", "EVAL_BATCH_SIZE"):
         v = child.get(name)
         _require(isinstance(v, int) and v >= 1, f"CHILD.{name}", v, "an integer >= 1")
     v = child.get("MAX_STEPS", 0)
@@ -174,3 +190,12 @@ def check_cfg(cfg: CN) -> None:
     _require(fr is None or (isinstance(fr, (int, float)) and math.isfinite(fr)), "CONTROLLER.FAILED_REWARD",
              fr, "a finite number, or None to leave failed children out of the policy update")
     check_child_settings(cfg.CHILD)
+    check_child_network(cfg.MODEL.NASNET)
+
+
+def check_child_network(network: Mapping[str, Any]) -> None:
+    """The children's ``MODEL.NASNET``: buildable, and sized by f (F need not fit every sampled genotype)."""
+    check_nasnet_node(network)
+    v = network["FILTERS"]
+    _require(isinstance(v, int) and v >= 1, "MODEL.NASNET.FILTERS", v,
+             "an integer >= 1: search children are sized by f (set MODEL.NASNET.PENULTIMATE_FILTERS 0)")

@@ -56,12 +56,11 @@ STATE_NAME = "oneshot_state.pth"
 PHASES = ("weights", "controller", "derive", "done")
 
 
-def network_size(cfg: CfgNode) -> tuple[int, int]:
-    """(N, f) of the child networks, which the supernet copies."""
-    model = cfg.get("MODEL")
-    if model is not None and "NASNET" in model:
-        return int(model.NASNET.NUM_CELLS), int(model.NASNET.FILTERS)
-    return int(cfg.CHILD.NUM_CELLS), int(cfg.CHILD.FILTERS)
+def build_supernet(cfg: CfgNode) -> SuperNet:
+    """The supernet of the children's network ``MODEL.NASNET`` (N, f, BN eps, padding), B = SEARCH.NUM_BLOCKS."""
+    net = cfg.MODEL.NASNET
+    return SuperNet(cfg.SEARCH.NUM_BLOCKS, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
+                    bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE))
 
 
 def load_search_data(cfg: CfgNode) -> ChildData:
@@ -108,9 +107,8 @@ class OneShotSearch:
         self.x_val = _to_tensor(data.x_val, size, self.device)
         self.y_val = torch.from_numpy(data.y_val).to(self.device)
         self.weight_steps = o.WEIGHT_STEPS or max(1, len(self.x_train) // o.BATCH_SIZE)
-        num_cells, filters = network_size(cfg)
         torch.manual_seed(s.SEED)
-        self.supernet = SuperNet(s.NUM_BLOCKS, num_cells, filters, num_classes=10).to(self.device)
+        self.supernet = build_supernet(cfg).to(self.device)
         self.controller = Controller(s.NUM_BLOCKS, c.HIDDEN, c.INIT_RANGE)
         self.trainer = PolicyTrainer(self.controller, str(o.POLICY), c.LR, c.ENTROPY_WEIGHT, c.BASELINE_DECAY,
                                      c.PPO_EPOCHS, c.PPO_CLIP, c.GRAD_CLIP, c.NORMALIZE_ADVANTAGE)
@@ -394,13 +392,11 @@ class OneShotSearch:
 
 
 def _child_params(genotype, cfg: CfgNode) -> int | None:
-    """Parameters of the stand-alone child network of ``genotype`` at the search's N @ f (for top_k.json)."""
-    from nasnet_det.models import build_nasnet
+    """Parameters of the stand-alone child network of ``genotype`` (``MODEL.NASNET``, for top_k.json)."""
+    from search.reward import build_child
 
-    num_cells, filters = network_size(cfg)
     try:
-        model = build_nasnet(genotype, dataset="cifar", num_cells=num_cells, filters=filters, num_classes=10,
-                             aux_head=False)
+        model = build_child(genotype, cfg.MODEL.NASNET)
     except ValueError:
         return None
     return sum(q.numel() for q in model.parameters())

@@ -4,6 +4,7 @@ op-scoring reward used to check that the search optimises at all."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from nasnet_det.data.cifar import CIFAR_MEAN, CIFAR_STD, holdout_split
+from nasnet_det.models.config import nasnet_from_cfg
 from nasnet_det.space import OPS, Genotype
-from search.config import check_child_settings
+from search.config import check_child_network, check_child_settings, get_cfg_defaults
 
 
 class ChildDiverged(RuntimeError):
@@ -67,20 +69,25 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
-def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,
-                device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Train ``build_nasnet(genotype, N, f)`` with SGD + cosine LR and return
-    ``{"reward": held-out accuracy, "params": int, "steps": int}``. Raises :class:`ChildDiverged` on NaN."""
-    from nasnet_det.models import build_nasnet
+def build_child(genotype: Genotype, network: Mapping[str, Any]) -> torch.nn.Module:
+    """The child network: ``network`` (a ``MODEL.NASNET`` node) with ``genotype``'s cells, for CIFAR-10."""
+    return nasnet_from_cfg(network, "cifar", num_classes=10, genotype=genotype)
 
+
+def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,
+                device: str | torch.device = "cpu", network: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train the CIFAR network ``network`` (a ``MODEL.NASNET`` node; default: the search's default,
+    preset ``search_child_tiny``) with ``genotype``'s cells, with SGD + cosine LR as ``child`` (``CHILD``)
+    says, and return ``{"reward": held-out accuracy, "params": int, "steps": int}``. Raises
+    :class:`ChildDiverged` on NaN."""
     check_child_settings(child)
+    network = default_child_network() if network is None else network
     if isinstance(genotype, dict):
         genotype = Genotype.from_dict(genotype)
     device = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_nasnet(genotype, dataset="cifar", num_cells=int(child["NUM_CELLS"]),
-                         filters=int(child["FILTERS"]), num_classes=10, aux_head=False).to(device)
+    model = build_child(genotype, network).to(device)
     params = sum(p.numel() for p in model.parameters())
     size = int(child.get("IMAGE_SIZE", 32))
     x_tr, y_tr = _to_tensor(data.x_train, size, device), torch.from_numpy(data.y_train).to(device)
@@ -149,16 +156,24 @@ class SyntheticOpReward:
         return {"reward": self.clean(genotype) + float(self.rng.normal(0, self.noise)), "params": 0}
 
 
+def default_child_network() -> dict[str, Any]:
+    """The search's default ``MODEL.NASNET`` (preset ``search_child_tiny``)."""
+    return dict(get_cfg_defaults().MODEL.NASNET)
+
+
 class ChildEvaluator:
-    """Picklable evaluator for the work queue: trains one child on the arrays it carries.
+    """Picklable evaluator for the work queue: trains one child (network ``network``, a ``MODEL.NASNET``
+    node, default :func:`default_child_network`) on the arrays it carries.
     ``device`` is set by the worker it lands on; ``CHILD.DEVICE`` other than "auto" overrides it."""
 
-    def __init__(self, child: dict[str, Any], data: ChildData):
+    def __init__(self, child: dict[str, Any], data: ChildData, network: Mapping[str, Any] | None = None):
         check_child_settings(child)
-        self.child, self.data = dict(child), data
+        network = default_child_network() if network is None else dict(network)
+        check_child_network(network)
+        self.child, self.data, self.network = dict(child), data, network
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     def __call__(self, genotype: Genotype, seed: int) -> dict[str, Any]:
         forced = str(self.child.get("DEVICE", "auto"))
         device = self.device if forced == "auto" else forced
-        return train_child(genotype, self.child, self.data, seed=seed, device=device)
+        return train_child(genotype, self.child, self.data, seed=seed, device=device, network=self.network)

@@ -208,7 +208,7 @@ def build_child_evaluator(cfg: CfgNode) -> Evaluator:
 
     x, y = load_cifar_source(cfg.DATA.SOURCE)
     data = ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
-    return ChildEvaluator(dict(cfg.CHILD), data)
+    return ChildEvaluator(dict(cfg.CHILD), data, dict(cfg.MODEL.NASNET))
 
 
 def policy_rewards(rows: list[Evaluation], failed_reward: float | None) -> list[tuple[Evaluation, float]]:

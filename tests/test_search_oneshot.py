@@ -12,7 +12,7 @@ from conftest import random_genotype
 from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import NUM_INPUTS, OPS, Block, CellSpec, Genotype
 from search.cli import main
-from search.config import get_cfg_defaults, load_cfg
+from search.config import load_cfg
 from search.journal import Journal
 from search.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShotSearch
 from search.reward import ChildData
@@ -23,10 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _size_keys(num_cells: int, filters: int) -> list[str]:
-    # The network size lives under MODEL.NASNET once the config consolidation is merged, under CHILD before.
-    d = get_cfg_defaults()
-    node = "MODEL.NASNET" if "MODEL" in d and "NASNET" in d.MODEL else "CHILD"
-    return [f"{node}.NUM_CELLS", str(num_cells), f"{node}.FILTERS", str(filters)]
+    return ["MODEL.NASNET.NUM_CELLS", str(num_cells), "MODEL.NASNET.FILTERS", str(filters)]
 
 
 def _cfg(*opts):

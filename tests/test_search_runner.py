@@ -100,8 +100,8 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 
 def test_resume_refuses_different_settings(tmp_path):
     SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
-    with pytest.raises(ValueError, match="CHILD"):
-        SearchRunner(_cfg("SEARCH.BUDGET", 5, "CHILD.FILTERS", 16), tmp_path, CountingReward(), False).run()
+    with pytest.raises(ValueError, match="MODEL.NASNET"):
+        SearchRunner(_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.FILTERS", 16), tmp_path, CountingReward(), False).run()
 
 
 class FlakyReward(SyntheticOpReward):

@@ -15,11 +15,13 @@ import pytest
 from nasnet_det.data.cifar import load_cifar10_npz, synthetic_cifar
 from nasnet_det.genotypes import NASNET_A
 from search.controller import decisions_to_genotype, sample_uniform
-from search.reward import ChildData, ChildEvaluator, train_child
+from search.reward import ChildData, ChildEvaluator, default_child_network, train_child
 from search.workers import InlineBackend, Job, LocalProcessBackend, run_job
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
-CHILD = {"NUM_CELLS": 1, "FILTERS": 4, "EPOCHS": 1, "MAX_STEPS": 3, "BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 128,
+# The children's network (MODEL.NASNET): N=1 @ f=4.
+NETWORK = {**default_child_network(), "NUM_CELLS": 1, "FILTERS": 4}
+CHILD = {"EPOCHS": 1, "MAX_STEPS": 3, "BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 128,
          "LR": 0.05, "MOMENTUM": 0.9, "WEIGHT_DECAY": 5e-4, "AUGMENT": True, "IMAGE_SIZE": 16, "DEVICE": "cpu"}
 
 
@@ -46,20 +48,20 @@ def test_train_child_learns_synthetic_data():
     x, y = synthetic_cifar(600, seed=1)
     data = ChildData.from_arrays(x, y, val_size=200, seed=0)
     child = {**CHILD, "EPOCHS": 5, "MAX_STEPS": 30, "AUGMENT": False, "LR": 0.1}
-    out = train_child(NASNET_A, child, data, seed=0)
+    out = train_child(NASNET_A, child, data, seed=0, network=NETWORK)
     assert out["steps"] == 30 and out["params"] > 0
     assert out["reward"] > 0.4  # chance is 0.1
 
 
 def test_diverging_child_fails_with_reason():
     child = {**CHILD, "LR": 1e12, "MAX_STEPS": 5}
-    res = run_job(ChildEvaluator(child, _data()), _jobs(1)[0])
+    res = run_job(ChildEvaluator(child, _data(), NETWORK), _jobs(1)[0])
     assert res.status == "failed" and res.reward is None
     assert "ChildDiverged" in res.error or "nan" in res.error.lower()
 
 
 def test_local_process_backend_trains_two_children_in_parallel():
-    backend = LocalProcessBackend(ChildEvaluator(CHILD, _data()), num_workers=2, use_cuda=False)
+    backend = LocalProcessBackend(ChildEvaluator(CHILD, _data(), NETWORK), num_workers=2, use_cuda=False)
     try:
         results = list(backend.run(_jobs(2)))
     finally:
@@ -138,7 +140,7 @@ def test_ray_backend_runs_a_child():
     ray = pytest.importorskip("ray")
     from search.workers import RayBackend
 
-    backend = RayBackend(ChildEvaluator(CHILD, _data()), num_workers=2, max_retries=1)
+    backend = RayBackend(ChildEvaluator(CHILD, _data(), NETWORK), num_workers=2, max_retries=1)
     try:
         results = list(backend.run(_jobs(2)))
     finally:

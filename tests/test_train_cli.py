@@ -12,7 +12,8 @@ from nasnet_det.classification.cli import main
 from nasnet_det.models.pretrained import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["MODEL.NUM_CELLS", "1", "MODEL.FILTERS", "4", "DATA.SOURCE", "synthetic:48", "DATA.VAL_SIZE", "16",
+TINY = ["MODEL.NASNET.NUM_CELLS", "1", "MODEL.NASNET.FILTERS", "4", "DATA.SOURCE", "synthetic:48",
+        "DATA.VAL_SIZE", "16",
         "DATA.NUM_WORKERS", "0", "SOLVER.MAX_STEPS", "4", "SOLVER.BATCH_SIZE", "8", "TRAIN.DEVICE", "cpu",
         "TRAIN.CHECKPOINT_PERIOD", "2", "TRAIN.EVAL_PERIOD", "2", "TRAIN.LOG_PERIOD", "1",
         "TRAIN.EVAL_BATCH_SIZE", "16"]

@@ -99,7 +99,7 @@ def test_corrupt_images_are_counted_once_survive_resume_and_are_reported_by_eval
     # 16 training images, batch 4: 4 steps per epoch, so 12 steps read the corrupt image in 3 epochs. Logging
     # only at the end, the count must still reach the step-4 checkpoint and survive the resume from it.
     cfg = tiny_cfg(out, "DATA.DATASET", "imagenet", "DATA.FAKE_CLASSES", 2, "DATA.IMAGE_SIZE", 32,
-                   "MODEL.PENULTIMATE_FILTERS", 0, "MODEL.STEM_FILTERS", 8, "SOLVER.OPTIMIZER", "rmsprop",
+                   "MODEL.NASNET.PENULTIMATE_FILTERS", 0, "MODEL.NASNET.STEM_FILTERS", 8, "SOLVER.OPTIMIZER", "rmsprop",
                    "SOLVER.LABEL_SMOOTHING", 0.1, "SOLVER.BATCH_SIZE", 4, "SOLVER.MAX_STEPS", 12,
                    "TRAIN.CHECKPOINT_PERIOD", 4, "TRAIN.LOG_PERIOD", 100, "TRAIN.EVAL_PERIOD", 100)
     with warnings.catch_warnings(record=True) as caught:

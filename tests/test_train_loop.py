@@ -130,12 +130,12 @@ def test_checkpoint_of_another_architecture_is_refused_naming_both(tmp_path):
     Trainer(tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 1)).train()
     genotype = random_genotype(5, num_blocks=2)
     path = genotype.save(tmp_path / "random.json")
-    other = Trainer(tiny_cfg(tmp_path, "MODEL.GENOTYPE", str(path)))
+    other = Trainer(tiny_cfg(tmp_path, "MODEL.NASNET.GENOTYPE", str(path)))
     with pytest.raises(ValueError) as info:
         other.train()
     msg = str(info.value)
     assert "genotype nasnet_a" in msg and "genotype random_5_b2" in msg and "ckpt_00000001.pth" in msg
-    wider = Trainer(tiny_cfg(tmp_path, "MODEL.FILTERS", 6))
+    wider = Trainer(tiny_cfg(tmp_path, "MODEL.NASNET.FILTERS", 6))
     with pytest.raises(ValueError, match=r"(?s)f=4.*f=6"):
         wider.train()
 
@@ -306,10 +306,10 @@ def test_cuda_amp_and_channels_last_train(tmp_path, amp):
 def test_model_weights_initialise_a_new_run_and_check_the_arch(tmp_path):
     Trainer(tiny_cfg(tmp_path / "pre", "SOLVER.MAX_STEPS", 1)).train()
     exported = tmp_path / "pre" / "model_final.pth"
-    finetune = Trainer(tiny_cfg(tmp_path / "ft", "MODEL.WEIGHTS", str(exported)))
+    finetune = Trainer(tiny_cfg(tmp_path / "ft", "MODEL.NASNET.WEIGHTS", str(exported)))
     reference, _ = load_checkpoint(exported)
     for name, value in reference.state_dict().items():
         if not name.endswith("num_batches_tracked"):
             assert torch.equal(finetune.model.state_dict()[name], value), name
     with pytest.raises(ValueError, match=r"(?s)differs in num_cells.*N=1.*N=2"):
-        Trainer(tiny_cfg(tmp_path / "ft2", "MODEL.WEIGHTS", str(exported), "MODEL.NUM_CELLS", 2))
+        Trainer(tiny_cfg(tmp_path / "ft2", "MODEL.NASNET.WEIGHTS", str(exported), "MODEL.NASNET.NUM_CELLS", 2))

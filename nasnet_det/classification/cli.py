@@ -28,7 +28,7 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
     group.add_argument("--no-resume", action="store_true",
                        help="start fresh, deleting OUTPUT_DIR's old checkpoints and metrics")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.WEIGHTS) instead of training")
+                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.NASNET.WEIGHTS) instead of training")
     p.add_argument("--export-backbone", nargs=2, metavar=("CHECKPOINT", "OUT"),
                    help="write CHECKPOINT's (EMA) weights as a detection backbone .pth and exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
@@ -78,8 +78,9 @@ def _run(cfg, args) -> int:
             last = trainer.last_checkpoint()
             if last is not None:
                 trainer.resume(last)
-            elif not cfg.MODEL.WEIGHTS:
-                raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {cfg.OUTPUT_DIR} and no MODEL.WEIGHTS")
+            elif not cfg.MODEL.NASNET.WEIGHTS:
+                raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {cfg.OUTPUT_DIR} and no "
+                                        "MODEL.NASNET.WEIGHTS")
             result = trainer.run_eval()
         else:
             result = trainer.train(resume=True if args.resume else None)

@@ -12,27 +12,18 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config
+
 _C = CN()
 _C.OUTPUT_DIR = "output/train"
 _C.SEED = 0
 
 # ---------------------------------------------------------------------------------------------------------
-# Network: any genotype at any N@F (see nasnet_det.models.build_nasnet).
+# Network: MODEL.NASNET (nasnet_det.models.config), starting at the nasnet_a_cifar preset (6@768). A config
+# file or override naming MODEL.NASNET.PRESET starts from that preset instead; explicit keys win over it.
+# MODEL.NASNET.WEIGHTS initialises from one of our checkpoints (fine-tuning); it must have the same arch.
 _C.MODEL = CN()
-_C.MODEL.GENOTYPE = "nasnet_a"  # published name or path to a genotype JSON file
-_C.MODEL.NUM_CELLS = 6  # N
-_C.MODEL.PENULTIMATE_FILTERS = 768  # F (used when FILTERS is 0)
-_C.MODEL.FILTERS = 0  # f; 0 = derive from PENULTIMATE_FILTERS
-_C.MODEL.STEM_FILTERS = 0  # 0 = the network's default
-_C.MODEL.SKIP_REDUCTION_LAYER_INPUT = False
-_C.MODEL.AUX_HEAD = True
-_C.MODEL.DROP_PATH_KEEP_PROB = 0.6
-_C.MODEL.DROPOUT = 0.0
-_C.MODEL.BN_EPS = 1e-5
-_C.MODEL.BN_MOMENTUM = 0.1
-_C.MODEL.PAD_MODE = "tf"
-# Initialise weights from one of our checkpoints (e.g. fine-tuning); must have the same arch.
-_C.MODEL.WEIGHTS = ""
+add_nasnet_model_config(_C, "nasnet_a_cifar")
 
 # ---------------------------------------------------------------------------------------------------------
 _C.DATA = CN()
@@ -104,6 +95,12 @@ _C.TRAIN.AUTO_RESUME = True  # resume from OUTPUT_DIR's last checkpoint when the
 _C.TRAIN.TENSORBOARD = True
 
 
+# Network keys that moved under MODEL.NASNET: using the old name is an error that names the new one.
+RENAMED_KEYS = {f"MODEL.{k}": f"MODEL.NASNET.{k}" for k in (
+    "GENOTYPE", "NUM_CELLS", "PENULTIMATE_FILTERS", "FILTERS", "STEM_FILTERS", "SKIP_REDUCTION_LAYER_INPUT",
+    "AUX_HEAD", "DROP_PATH_KEEP_PROB", "DROPOUT", "BN_EPS", "BN_MOMENTUM", "PAD_MODE", "WEIGHTS")}
+
+
 def get_cfg() -> CN:
     """A copy of the defaults."""
     return _C.clone()
@@ -115,10 +112,11 @@ def load_config(config_file: str | Path | None = None, opts: list[str] | None = 
     Raises FileNotFoundError for a missing file and KeyError/ValueError naming the bad key.
     """
     cfg = get_cfg()
+    if config_file and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file} does not exist")
+    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
     if config_file:
         path = Path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
         try:
             cfg.merge_from_file(str(path))
         except KeyError as exc:
@@ -137,6 +135,7 @@ def load_config(config_file: str | Path | None = None, opts: list[str] | None = 
 
 def validate_config(cfg: CN) -> None:
     """Reject values the trainer cannot use, naming the key."""
+    check_nasnet_node(cfg.MODEL.NASNET)
     choices = {
         "DATA.DATASET": ("cifar10", "imagenet"),
         "SOLVER.OPTIMIZER": ("sgd", "rmsprop"),
@@ -150,7 +149,7 @@ def validate_config(cfg: CN) -> None:
         if value not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
     positive = ("SOLVER.BATCH_SIZE", "SOLVER.ACCUM_STEPS", "TRAIN.EVAL_BATCH_SIZE", "TRAIN.CHECKPOINT_PERIOD",
-                "TRAIN.LOG_PERIOD", "TRAIN.KEEP_CHECKPOINTS", "MODEL.NUM_CELLS")
+                "TRAIN.LOG_PERIOD", "TRAIN.KEEP_CHECKPOINTS")
     for key in positive:
         section, name = key.split(".")
         if cfg[section][name] < 1:

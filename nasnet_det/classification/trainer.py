@@ -16,7 +16,6 @@ Set ``DATA.NUM_WORKERS 0`` when bit-identical resume matters (e.g. for resume dr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -49,15 +48,12 @@ from nasnet_det.classification.distributed import (
 )
 from nasnet_det.classification.metrics import MetricsWriter, read_metrics, topk_correct
 from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import NASNetArch, nasnet_from_cfg
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import load_state_dict_report, read_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# Arch entries that change the network's structure; a checkpoint must agree on all of them to resume.
-STRUCTURE_KEYS = ("genotype", "num_cells", "filters", "num_classes", "imagenet_stem", "stem_filters",
-                  "skip_reduction_layer_input", "aux_head", "in_chans")
 LAST_CHECKPOINT = "last_checkpoint"
 # Files a finished run leaves next to its checkpoints; a fresh run in the same folder removes them.
 RUN_OUTPUTS = ("metrics.jsonl", "final_metrics.json", "model_final.pth", "training_curves.png")
@@ -78,43 +74,20 @@ class TrainState:
 
 # ----------------------------------------------------------------------------------------------- model
 def build_model(cfg, num_classes: int, image_size: int) -> NASNet:
-    m = cfg.MODEL
-    size = dict(filters=m.FILTERS) if m.FILTERS > 0 else dict(penultimate_filters=m.PENULTIMATE_FILTERS)
-    extra = dict(stem_filters=m.STEM_FILTERS) if m.STEM_FILTERS > 0 else {}
-    return build_nasnet(m.GENOTYPE, dataset="cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet",
-                        num_cells=m.NUM_CELLS, num_classes=num_classes, aux_head=m.AUX_HEAD,
-                        drop_path_keep_prob=m.DROP_PATH_KEEP_PROB, dropout=m.DROPOUT, bn_eps=m.BN_EPS,
-                        bn_momentum=m.BN_MOMENTUM, pad_mode=m.PAD_MODE,
-                        skip_reduction_layer_input=m.SKIP_REDUCTION_LAYER_INPUT, image_size=image_size,
-                        **size, **extra)
-
-
-def describe_arch(arch: dict) -> str:
-    """One line naming a network: genotype (name + content hash), N, f, classes, stem."""
-    genotype = arch.get("genotype") or {}
-    digest = hashlib.sha1(json.dumps(genotype, sort_keys=True).encode()).hexdigest()[:8]
-    stem = "imagenet" if arch.get("imagenet_stem") else "cifar"
-    return (f"genotype {genotype.get('name') or '<unnamed>'} [{digest}] N={arch.get('num_cells')} "
-            f"f={arch.get('filters')} classes={arch.get('num_classes')} {stem} stem "
-            f"aux_head={arch.get('aux_head')}")
+    return nasnet_from_cfg(cfg, "cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet", num_classes,
+                           image_size=image_size)
 
 
 def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,
                     ignore: tuple[str, ...] = ()) -> None:
     """Raise a ValueError naming both archs if a checkpoint's network differs from the run's."""
-    def structure(arch: dict, key: str):
-        value = arch.get(key)
-        if key == "genotype" and isinstance(value, dict):  # the cells matter, not the name
-            value = {k: v for k, v in value.items() if k != "name"}
-        return value
-
-    differ = [k for k in STRUCTURE_KEYS if k not in ignore
-              and structure(checkpoint_arch, k) != structure(model_arch, k)]
+    theirs, ours = NASNetArch.from_dict(checkpoint_arch, f"{path} arch"), NASNetArch.from_dict(model_arch)
+    differ = theirs.differing_fields(ours, ignore)
     if differ:
         raise ValueError(f"checkpoint {path} holds a different network than this run (differs in "
-                         f"{', '.join(differ)}):\n  checkpoint: {describe_arch(checkpoint_arch)}\n"
-                         f"  this run:   {describe_arch(model_arch)}\n"
-                         "use another OUTPUT_DIR, or set MODEL.* to the checkpoint's architecture")
+                         f"{', '.join(differ)}):\n  checkpoint: {theirs.describe()}\n"
+                         f"  this run:   {ours.describe()}\n"
+                         "use another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
 
 
 # ----------------------------------------------------------------------------------------------- steps
@@ -235,8 +208,8 @@ class Trainer:
         self.data: ClassificationData = build_data(cfg, self.output_dir, self.dist.is_main)
         seed_everything(cfg.SEED)  # identical initial weights on every process
         model = build_model(cfg, self.data.num_classes, self.data.image_size)
-        if cfg.MODEL.WEIGHTS:
-            self._load_initial_weights(model, cfg.MODEL.WEIGHTS)
+        if cfg.MODEL.NASNET.WEIGHTS:
+            self._load_initial_weights(model, cfg.MODEL.NASNET.WEIGHTS)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -356,7 +329,7 @@ class Trainer:
         missing = [k for k in ("optimizer", "scheduler", "step") if k not in payload]
         if missing:
             raise ValueError(f"{path} has no training state ({', '.join(missing)}); it is an exported model. "
-                             "To start from its weights set MODEL.WEIGHTS instead")
+                             "To start from its weights set MODEL.NASNET.WEIGHTS instead")
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.scaler.load_state_dict(payload["scaler"])

@@ -22,8 +22,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
 from nasnet_det.detection.config import NORMS
-from nasnet_det.genotypes import get_genotype
-from nasnet_det.models import build_nasnet
+from nasnet_det.models.config import nasnet_from_cfg
 from nasnet_det.models.nasnet import CellPlan, NASNet
 
 logger = logging.getLogger(__name__)
@@ -31,23 +30,9 @@ logger = logging.getLogger(__name__)
 HEAD_START = "reduction_cell_1"  # first module of the C4 second stage
 
 
-def nasnet_from_cfg(cfg) -> NASNet:
-    """The full NASNet (no classifier, no aux head) described by ``cfg.MODEL.NASNET``."""
-    c = cfg.MODEL.NASNET
-    if (c.PENULTIMATE_FILTERS > 0) == (c.FILTERS > 0):
-        raise ValueError("set exactly one of MODEL.NASNET.PENULTIMATE_FILTERS (F) and MODEL.NASNET.FILTERS (f) "
-                         f"to a positive value (got F={c.PENULTIMATE_FILTERS}, f={c.FILTERS})")
-    try:
-        genotype = get_genotype(c.GENOTYPE)
-        return build_nasnet(
-            genotype, dataset="imagenet", num_cells=c.NUM_CELLS,
-            penultimate_filters=c.PENULTIMATE_FILTERS or None, filters=c.FILTERS or None,
-            num_classes=0, aux_head=False, stem_filters=c.STEM_FILTERS or None,
-            skip_reduction_layer_input=c.SKIP_REDUCTION_LAYER_INPUT,
-            drop_path_keep_prob=c.DROP_PATH_KEEP_PROB, pad_mode=c.PAD_MODE, in_chans=len(cfg.MODEL.PIXEL_MEAN))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ValueError(f"MODEL.NASNET (GENOTYPE={c.GENOTYPE!r}, NUM_CELLS={c.NUM_CELLS}, "
-                         f"PENULTIMATE_FILTERS={c.PENULTIMATE_FILTERS}, FILTERS={c.FILTERS}): {e}") from e
+def detector_nasnet(cfg) -> NASNet:
+    """The full NASNet of ``cfg.MODEL.NASNET`` as a feature extractor (no classifier, no aux head)."""
+    return nasnet_from_cfg(cfg, "imagenet", num_classes=0, in_chans=len(cfg.MODEL.PIXEL_MEAN))
 
 
 def resolve_feature(nasnet: NASNet, name: str) -> str:
@@ -202,7 +187,7 @@ def _check_input_channels(cfg, input_shape: ShapeSpec | None) -> None:
 @BACKBONE_REGISTRY.register()
 def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetBackbone:
     _check_input_channels(cfg, input_shape)
-    backbone = NASNetBackbone(nasnet_from_cfg(cfg), list(cfg.MODEL.NASNET.OUT_FEATURES))
+    backbone = NASNetBackbone(detector_nasnet(cfg), list(cfg.MODEL.NASNET.OUT_FEATURES))
     _finish(backbone.nasnet, cfg)
     return backbone
 
@@ -234,6 +219,6 @@ def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
 @BACKBONE_REGISTRY.register()
 def build_nasnet_c4_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetC4Backbone:
     _check_input_channels(cfg, input_shape)
-    backbone = NASNetC4Backbone(nasnet_from_cfg(cfg))
+    backbone = NASNetC4Backbone(detector_nasnet(cfg))
     _finish(backbone.nasnet, cfg)
     return backbone

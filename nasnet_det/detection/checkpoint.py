@@ -10,10 +10,14 @@ from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-# Config keys that decide the NASNet's tensors; the message names them.
-ARCH_KEYS = ("MODEL.BACKBONE.NAME", "MODEL.NASNET.GENOTYPE", "MODEL.NASNET.NUM_CELLS",
-             "MODEL.NASNET.PENULTIMATE_FILTERS", "MODEL.NASNET.FILTERS", "MODEL.NASNET.STEM_FILTERS",
-             "MODEL.NASNET.SKIP_REDUCTION_LAYER_INPUT", "MODEL.NASNET.OUT_FEATURES")
+from nasnet_det.models.arch import CLASSIFIER_FIELDS, COMPARED_FIELDS
+
+# Config keys that decide the NASNet's tensors (those of the architecture record, and the layout); the
+# message names them.
+ARCH_KEYS = ("MODEL.BACKBONE.NAME",
+             *[key for name, key in COMPARED_FIELDS.items()
+               if key.startswith("MODEL.NASNET.") and name not in CLASSIFIER_FIELDS],
+             "MODEL.NASNET.OUT_FEATURES")
 
 
 def _is_nasnet_key(key: str) -> bool:

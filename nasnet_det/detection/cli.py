@@ -21,7 +21,7 @@ USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 def demo_main(argv: list[str] | None = None) -> int:
     from detectron2.utils.logger import setup_logger
 
-    from nasnet_det.detection.config import get_nasnet_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
     from nasnet_det.detection.demo import run_demo
 
     parser = argparse.ArgumentParser(description="Draw NASNet Faster R-CNN detections on images")
@@ -33,8 +33,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logger(name="nasnet_det")
     cfg = get_nasnet_cfg()
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    load_nasnet_cfg(cfg, args.config_file, args.opts)
     written = run_demo(cfg, args.input, args.output, args.confidence_threshold)
     print(f"wrote {len(written)} images to {args.output}")
     return 0

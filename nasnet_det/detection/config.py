@@ -1,7 +1,8 @@
 """Config keys for NASNet detectors (the detectron2 ``add_xxx_config`` pattern).
 
-Call :func:`add_nasnet_config` on ``detectron2.config.get_cfg()`` before ``merge_from_file``: yacs rejects
-keys it has never seen. :func:`get_nasnet_cfg` does both.
+Call :func:`add_nasnet_config` on ``detectron2.config.get_cfg()`` before merging a file: yacs rejects keys it
+has never seen (:func:`get_nasnet_cfg` does that), then :func:`load_nasnet_cfg` to merge a file and overrides
+(it applies a ``MODEL.NASNET.PRESET`` they name before their explicit keys).
 """
 
 from __future__ import annotations
@@ -9,21 +10,21 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from nasnet_det.models.config import add_nasnet_model_config, prepare_nasnet_config
+
 NORMS = ("BN", "FrozenBN", "SyncBN")
 
 
 def add_nasnet_config(cfg: CN) -> CN:
-    """Add ``MODEL.NASNET.*`` and ``DATASETS.COCO_FILES`` with their defaults (NASNet-A mobile 4@1056)."""
-    cfg.MODEL.NASNET = CN()
+    """Add ``MODEL.NASNET`` (:func:`nasnet_det.models.config.add_nasnet_model_config`, default preset
+    ``nasnet_a_mobile``) plus the detection keys ``MODEL.NASNET.OUT_FEATURES / FREEZE_AT / NORM`` and
+    ``DATASETS.COCO_FILES``. ``MODEL.NASNET.WEIGHTS`` is the ImageNet-pretrained NASNet (a nasnet-det
+    checkpoint or a timm / pretrainedmodels state dict), loaded after the detector is built; ``MODEL.WEIGHTS``
+    (a detectron2 checkpoint) is loaded afterwards and overrides it. The backbone has no classifier, so
+    ``AUX_HEAD`` and ``DROPOUT`` are unused; ``DROP_PATH_KEEP_PROB`` applies to every NASNet cell (C4: trunk
+    and second stage, as TF)."""
+    add_nasnet_model_config(cfg, "nasnet_a_mobile")
     n = cfg.MODEL.NASNET
-    # A published cell ("nasnet_a") or a genotype JSON path (nasnet_det.genotypes.get_genotype).
-    n.GENOTYPE = "nasnet_a"
-    n.NUM_CELLS = 4  # N: normal cells per stack
-    # Size the network by exactly one of F (channels of the last cell) or f (per-op filters of stack 1).
-    n.PENULTIMATE_FILTERS = 1056
-    n.FILTERS = 0
-    n.STEM_FILTERS = 32  # conv0 output channels (slim: 32 mobile, 96 large)
-    n.SKIP_REDUCTION_LAYER_INPUT = False  # True for NASNet-A large
     # Multi-scale taps for build_nasnet_backbone / build_nasnet_fpn_backbone: cell names ("cell_3",
     # "cell_stem_0", ...) or stride aliases "stride4" .. "stride32" (the last cell at that stride).
     # The C4 backbone ignores this: it always outputs "c4" (see backbone.py).
@@ -31,18 +32,20 @@ def add_nasnet_config(cfg: CN) -> CN:
     # Freeze conv0 (1), + stride-4 cells (2), + stride-8 (3), + stride-16 (4), + stride-32 (5); 0 = train all.
     n.FREEZE_AT = 2
     n.NORM = "FrozenBN"  # one of NORMS
-    # ScheduledDropPath in every NASNet cell (C4: trunk and second stage, as TF); 1.0 = off (TF detector: 0.7).
-    n.DROP_PATH_KEEP_PROB = 1.0
-    # "tf": TF-exact SAME padding, right for all released NASNet weights (slim, Cadene and timm's are TF's).
-    # "timm": reproduces timm's outputs, whose stride-2 average pools count the zero padding in the mean.
-    n.PAD_MODE = "tf"
-    # ImageNet-pretrained NASNet: a nasnet-det checkpoint (.pth with arch + state_dict) or a timm /
-    # pretrainedmodels state dict. Loaded after the detector is built; MODEL.WEIGHTS (a detectron2
-    # checkpoint) is loaded afterwards and overrides it.
-    n.WEIGHTS = ""
 
     # COCO-format datasets to register before training: "name=path/to/annotations.json:path/to/images".
     cfg.DATASETS.COCO_FILES = []
+    return cfg
+
+
+def load_nasnet_cfg(cfg: CN, config_file: str | None = None, opts: list | None = None) -> CN:
+    """Merge ``config_file`` and ``KEY VALUE`` ``opts`` into ``cfg`` (from :func:`get_nasnet_cfg`), applying a
+    ``MODEL.NASNET.PRESET`` they name first so that their explicit keys win over it."""
+    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts)]
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
     return cfg
 
 

@@ -12,7 +12,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from nasnet_det.detection.backbone import apply_norm_and_freeze, c4_split, drop_modules, nasnet_from_cfg
+from nasnet_det.detection.backbone import apply_norm_and_freeze, c4_split, detector_nasnet, drop_modules
 from nasnet_det.models.nasnet import NASNet
 
 
@@ -41,7 +41,7 @@ class NASNetCropHead(nn.Module):
 
 
 def build_nasnet_crop_head(cfg) -> NASNetCropHead:
-    head = NASNetCropHead(nasnet_from_cfg(cfg))
+    head = NASNetCropHead(detector_nasnet(cfg))
     apply_norm_and_freeze(head.nasnet, cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT)
     return head
 

@@ -19,7 +19,7 @@ import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
 from nasnet_det.cli import exit_2_on_bad_input
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
-from nasnet_det.detection.config import get_nasnet_cfg
+from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
 from nasnet_det.detection.data import check_dataset_classes, register_datasets
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
@@ -84,8 +84,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
     cfg = get_nasnet_cfg()
     if not os.path.isfile(args.config_file):
         raise FileNotFoundError(f"--config-file {args.config_file!r} does not exist")
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    load_nasnet_cfg(cfg, args.config_file, args.opts)
     cfg.DATASETS.COCO_FILES = list(cfg.DATASETS.COCO_FILES) + list(getattr(args, "dataset", []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available; "

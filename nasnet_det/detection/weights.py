@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nasnet_det.models.arch import CLASSIFIER_FIELDS, NASNetArch
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import (
     FORMAT,
@@ -25,24 +26,11 @@ from nasnet_det.models.pretrained import (
     convert_external_state_dict,
     load_state_dict_report,
 )
-from nasnet_det.space import Genotype
 
 logger = logging.getLogger(__name__)
 
 # Keys of a classification checkpoint that a detector has no use for.
 CLASSIFIER_PREFIXES = ("last_linear.", "aux_head.")
-# Architecture fields that must agree between the checkpoint and MODEL.NASNET -> the config key that sets them.
-# pad_mode changes no tensor shape but does change the outputs: "tf" is TF-exact (slim / Cadene / timm weights
-# all come from TF), "timm" reproduces timm's stride-2 average pools that count the padding.
-ARCH_FIELDS = {"num_cells": "MODEL.NASNET.NUM_CELLS", "filters": "MODEL.NASNET.FILTERS / PENULTIMATE_FILTERS",
-               "stem_filters": "MODEL.NASNET.STEM_FILTERS",
-               "skip_reduction_layer_input": "MODEL.NASNET.SKIP_REDUCTION_LAYER_INPUT",
-               "imagenet_stem": "the ImageNet stem", "in_chans": "len(MODEL.PIXEL_MEAN)",
-               "pad_mode": "MODEL.NASNET.PAD_MODE"}
-# Constructor defaults, for checkpoints whose arch leaves a field out or stores None.
-ARCH_DEFAULTS = {"stem_filters": 96, "pad_mode": "tf"}
-
-
 @dataclass
 class BackboneLoadReport(LoadReport):
     """Which pretrained tensors went where. Keys in ``matched``/``missing`` are detector paths."""
@@ -70,19 +58,10 @@ def nasnet_parts(model: nn.Module) -> dict[str, NASNet]:
 
 
 def _check_arch(arch: dict, nasnet: NASNet, source: str) -> None:
-    ours, theirs = nasnet.arch, arch
-    problems = []
-    g_ours = Genotype.from_dict(ours["genotype"])
-    g_theirs = Genotype.from_dict(theirs["genotype"], where=f"{source} arch")
-    if (g_ours.normal, g_ours.reduce) != (g_theirs.normal, g_theirs.reduce):
-        problems.append(f"genotype: checkpoint {g_theirs.name or '<custom>'!r} vs MODEL.NASNET.GENOTYPE "
-                        f"{g_ours.name or '<custom>'!r} (different cells)")
-    for key, config_key in ARCH_FIELDS.items():
-        a, b = theirs.get(key), ours.get(key)
-        if key in ARCH_DEFAULTS:  # None means the constructor default
-            a, b = a or ARCH_DEFAULTS[key], b or ARCH_DEFAULTS[key]
-        if a != b:
-            problems.append(f"{key}: checkpoint {a} vs config {b} ({config_key})")
+    """The checkpoint's network must be the config's (classifier and aux head aside). ``pad_mode`` changes no
+    tensor shape but does change the outputs, so it counts too."""
+    problems = NASNetArch.from_dict(arch, f"{source} arch").differences(
+        NASNetArch.from_model(nasnet), ignore=CLASSIFIER_FIELDS)
     if problems:
         raise ValueError(f"{source}: the pretrained network does not match MODEL.NASNET:\n  " + "\n  ".join(problems))
 

@@ -1,23 +1,22 @@
-"""NASNet networks. One entry point: :func:`create_model` (named configurations) or :func:`build_nasnet`."""
+"""NASNet networks: :func:`create_model` (named presets), :func:`build_nasnet`, and :func:`nasnet_from_cfg`
+(the ``MODEL.NASNET`` config node, see :mod:`nasnet_det.models.config`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from nasnet_det.genotypes import get_genotype
+from nasnet_det.models.arch import NASNetArch
+from nasnet_det.models.config import (
+    PRESETS,
+    add_nasnet_model_config,
+    get_preset,
+    nasnet_from_cfg,
+    nasnet_kwargs,
+    preset_node,
+)
 from nasnet_det.models.nasnet import NASNet, filters_for_penultimate
 from nasnet_det.space import Genotype
-
-# TF-slim's cifar / mobile / large configurations (nasnet-reference.md 3.4).
-MODEL_CONFIGS: dict[str, dict[str, Any]] = {
-    "nasnet_a_cifar": dict(genotype="nasnet_a", dataset="cifar", num_cells=6, penultimate_filters=768,
-                           num_classes=10, drop_path_keep_prob=0.6, bn_eps=1e-5),
-    "nasnet_a_mobile": dict(genotype="nasnet_a", dataset="imagenet", num_cells=4, penultimate_filters=1056,
-                            num_classes=1000, stem_filters=32, dropout=0.5, image_size=224),
-    "nasnet_a_large": dict(genotype="nasnet_a", dataset="imagenet", num_cells=6, penultimate_filters=4032,
-                           num_classes=1000, stem_filters=96, skip_reduction_layer_input=True,
-                           drop_path_keep_prob=0.7, dropout=0.5, image_size=331),
-}
 
 
 def build_nasnet(genotype: Genotype | str, dataset: str = "imagenet", num_cells: int = 4,
@@ -42,14 +41,21 @@ def build_nasnet(genotype: Genotype | str, dataset: str = "imagenet", num_cells:
 
 
 def create_model(name: str, **overrides: Any) -> NASNet:
-    """A published configuration by name (``nasnet_a_cifar``, ``nasnet_a_mobile``, ``nasnet_a_large``),
-    with any argument of :func:`build_nasnet` overridden."""
-    if name not in MODEL_CONFIGS:
-        raise KeyError(f"unknown model {name!r}; available: {', '.join(MODEL_CONFIGS)}")
-    cfg = {**MODEL_CONFIGS[name], **overrides}
+    """A named preset (``nasnet_a_cifar``, ``nasnet_a_mobile``, ``nasnet_a_large``, ... see
+    :data:`PRESETS`), with any argument of :func:`build_nasnet` overridden."""
+    preset = get_preset(name)
+    kwargs = nasnet_kwargs(preset_node(name), preset.dataset, preset.num_classes, image_size=preset.image_size)
+    kwargs.pop("imagenet_stem")
+    kwargs["aux_head"] = preset.values["AUX_HEAD"]  # nasnet_kwargs drops it for num_classes=0 only
+    if preset.values["FILTERS"] == 0:  # sized by F: an override of F or f re-derives f
+        kwargs["penultimate_filters"] = preset.values["PENULTIMATE_FILTERS"]
+        kwargs.pop("filters")
     if "filters" in overrides:
-        cfg.pop("penultimate_filters", None)
-    return build_nasnet(**cfg)
+        kwargs.pop("penultimate_filters", None)
+    elif "penultimate_filters" in overrides:
+        kwargs.pop("filters", None)
+    return build_nasnet(dataset=preset.dataset, **{**kwargs, **overrides})
 
 
-__all__ = ["MODEL_CONFIGS", "NASNet", "build_nasnet", "create_model", "filters_for_penultimate"]
+__all__ = ["PRESETS", "NASNet", "NASNetArch", "add_nasnet_model_config", "build_nasnet", "create_model",
+           "filters_for_penultimate", "nasnet_from_cfg"]

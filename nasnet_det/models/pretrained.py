@@ -2,7 +2,8 @@
 
 Our format (written by :func:`save_checkpoint`, read by :func:`load_checkpoint`) is a ``.pth`` holding
 ``{"format": "nasnet-det/v1", "arch": NASNet.arch, "state_dict": ...}`` plus any extra keys (training
-state). The arch record carries the genotype and N@F, so the network is rebuilt from the file alone.
+state). The arch record (read as :class:`nasnet_det.models.arch.NASNetArch`) carries the genotype and N@F,
+so the network is rebuilt from the file alone.
 
 timm and Cadene name parameters as we do except for two things, which :func:`convert_external_state_dict`
 maps: the factorized reduction of h_{i-1} lives on the cell (``cell_0.path_1.conv``; ours
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nasnet_det.models.arch import NASNetArch
 from nasnet_det.models.nasnet import NASNet
 
 FORMAT = "nasnet-det/v1"
@@ -152,7 +154,7 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[NASNet, 
     tensor that does not fit is an error.
     """
     payload = read_checkpoint(path)
-    model = NASNet.from_arch(payload["arch"], **overrides)
+    model = NASNetArch.from_dict(payload["arch"], f"{path} arch").build(**overrides)
     report = load_state_dict_report(model, payload["state_dict"])
     problems = [k for k in report.missing + report.unexpected + [k for k, _, _ in report.shape_mismatch]
                 if not _explained_by_overrides(k, overrides)]

@@ -14,7 +14,7 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch import nn
 
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import create_model
 from nasnet_det.models.nasnet import NASNet
 
 
@@ -66,12 +66,16 @@ def count_mult_adds(model: nn.Module, image_size: int, in_chans: int = 3) -> int
         model.train(was_training)
 
 
+def row_preset(row: PaperRow) -> str:
+    """The preset whose stem and skip settings a row uses (the other ImageNet sizes follow slim's large)."""
+    if row.dataset == "cifar":
+        return "nasnet_a_cifar"
+    return "nasnet_a_mobile" if row.penultimate_filters == 1056 else "nasnet_a_large"
+
+
 def build_row_model(row: PaperRow) -> NASNet:
-    kwargs = dict(stem_filters=96, skip_reduction_layer_input=True) if row.dataset == "imagenet" else {}
-    if row.penultimate_filters == 1056:  # slim's mobile config
-        kwargs = dict(stem_filters=32)
-    return build_nasnet("nasnet_a", row.dataset, row.num_cells, row.penultimate_filters, strict_filters=False,
-                        image_size=row.image_size, **kwargs)
+    return create_model(row_preset(row), num_cells=row.num_cells, penultimate_filters=row.penultimate_filters,
+                        strict_filters=False, image_size=row.image_size)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""MODEL.NASNET: presets and explicit keys, renamed keys, the architecture record, and one network for
+classification, detection and the search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nasnet_det.classification.config import load_config
+from nasnet_det.genotypes import NASNET_A
+from nasnet_det.models import NASNetArch, create_model, nasnet_from_cfg
+from nasnet_det.models.config import PRESETS, preset_node
+from nasnet_det.models.pretrained import save_checkpoint
+from nasnet_det.space import Genotype
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_explicit_keys_win_over_the_preset_in_files_and_overrides(tmp_path):
+    _write(tmp_path / "base.yaml", "MODEL:\n  NASNET:\n    DROP_PATH_KEEP_PROB: 0.9\n")
+    child = _write(tmp_path / "child.yaml", "_BASE_: base.yaml\nMODEL:\n  NASNET:\n    PRESET: nasnet_a_large\n"
+                                            "    NUM_CELLS: 4\n")
+    n = load_config(child, ["MODEL.NASNET.BN_EPS", "0.01"]).MODEL.NASNET
+    large = PRESETS["nasnet_a_large"].values
+    # preset values where nothing is explicit ...
+    assert (n.PRESET, n.PENULTIMATE_FILTERS, n.STEM_FILTERS, n.SKIP_REDUCTION_LAYER_INPUT) == \
+        ("nasnet_a_large", large["PENULTIMATE_FILTERS"], 96, True)
+    # ... explicit keys of the file, of its _BASE_ (read before the preset named by the child) and of the
+    # overrides win
+    assert (n.NUM_CELLS, n.DROP_PATH_KEEP_PROB, n.BN_EPS) == (4, 0.9, 0.01)
+    # an override naming the preset after an explicit key: the key still wins; f alone replaces the preset's F
+    n = load_config(None, ["MODEL.NASNET.STEM_FILTERS", "40", "MODEL.NASNET.FILTERS", "8",
+                           "MODEL.NASNET.PRESET", "nasnet_a_mobile"]).MODEL.NASNET
+    assert (n.NUM_CELLS, n.STEM_FILTERS, n.FILTERS, n.PENULTIMATE_FILTERS, n.DROPOUT) == (4, 40, 8, 0, 0.5)
+    with pytest.raises(ValueError, match="MODEL.NASNET.PRESET: unknown model 'nasnet_a_huge'"):
+        load_config(None, ["MODEL.NASNET.PRESET", "nasnet_a_huge"])
+
+
+def test_large_pretraining_and_large_detection_configs_describe_the_same_backbone():
+    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+
+    pretrained = NASNetArch.from_cfg(load_config(REPO / "configs/train/imagenet_nasnet_a_large.yaml"))
+    for name in ("faster_rcnn_nasnet_a_large_c4_800.yaml", "faster_rcnn_nasnet_a_large_c4_1200.yaml",
+                 "faster_rcnn_nasnet_a_large_fpn_800.yaml"):
+        detector = NASNetArch.from_cfg(load_nasnet_cfg(get_nasnet_cfg(), str(REPO / "configs/detection" / name)),
+                                       num_classes=0)
+        assert pretrained.differences(detector, ignore=("num_classes", "aux_head")) == [], name
+
+
+def test_old_keys_name_the_new_ones(tmp_path, capsys):
+    from nasnet_det.classification.cli import main as train_main
+    from search.config import load_cfg
+    from search.reward import ChildEvaluator
+
+    with pytest.raises(KeyError, match="MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+        load_config(None, ["MODEL.NUM_CELLS", "2"])
+    old = _write(tmp_path / "old.yaml", "MODEL:\n  WEIGHTS: x.pth\n")
+    with pytest.raises(KeyError, match="old.yaml: MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS"):
+        load_config(old)
+    assert train_main(["--config-file", str(old), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="CHILD.FILTERS was renamed to MODEL.NASNET.FILTERS"):
+        load_cfg(None, ["CHILD.FILTERS", "4"])
+    old = _write(tmp_path / "search.yaml", "CHILD:\n  NUM_CELLS: 2\n")
+    with pytest.raises(ValueError, match="search.yaml: CHILD.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+        load_cfg(str(old))
+    with pytest.raises(ValueError, match="CHILD.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+        ChildEvaluator({**dict(load_cfg().CHILD), "NUM_CELLS": 2}, None)
+
+
+def test_arch_record_equality_and_differences(tmp_path):
+    model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8, num_classes=5)
+    arch = NASNetArch.from_model(model)
+    assert NASNetArch.from_checkpoint(save_checkpoint(model, tmp_path / "m.pth")) == arch
+    assert arch.build().arch == model.arch  # the nasnet-det/v1 record round-trips
+    renamed = Genotype(NASNET_A.normal, NASNET_A.reduce, name="renamed")
+    assert NASNetArch.from_dict({**model.arch, "genotype": renamed.to_dict()}) == arch  # cells, not names
+    # a record that leaves the stem width to the default equals one that states it
+    default_stem = NASNetArch.from_dict({**model.arch, "stem_filters": None})
+    assert default_stem == NASNetArch.from_dict({**model.arch, "stem_filters": 96})
+    assert default_stem != arch
+    other = NASNetArch.from_dict({**model.arch, "filters": 12, "pad_mode": "timm", "num_classes": 10,
+                                  "drop_path_keep_prob": 0.5})  # drop path is training, not the network
+    assert other.differences(arch) == [
+        "filters: checkpoint 12 vs config 8 (MODEL.NASNET.FILTERS / PENULTIMATE_FILTERS)",
+        "pad_mode: checkpoint timm vs config tf (MODEL.NASNET.PAD_MODE)",
+        "num_classes: checkpoint 10 vs config 5 (the number of classes)"]
+    assert other.differences(arch, ignore=("num_classes",), names=("old", "new"))[0] == \
+        "filters: old 12 vs new 8 (MODEL.NASNET.FILTERS / PENULTIMATE_FILTERS)"
+    swapped = Genotype(NASNET_A.normal, NASNET_A.normal, name="swapped")
+    text = NASNetArch.from_dict({**model.arch, "genotype": swapped.to_dict()}).differences(arch)
+    assert len(text) == 1 and text[0].startswith("genotype: checkpoint 'swapped' [")
+    assert text[0].endswith("vs config 'nasnet_a' [ad9cafe8] (MODEL.NASNET.GENOTYPE)")
+
+
+SAME_NODE = ["MODEL.NASNET.PRESET", "search_child_tiny", "MODEL.NASNET.NUM_CELLS", "2",
+             "MODEL.NASNET.FILTERS", "8", "MODEL.NASNET.STEM_FILTERS", "16", "MODEL.NASNET.PAD_MODE", "timm"]
+
+
+def _shapes(model, skip=("last_linear.", "aux_head.")) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def test_classification_detection_and_search_build_one_network_from_one_node():
+    from nasnet_det.classification.trainer import build_model
+    from nasnet_det.detection.backbone import detector_nasnet
+    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from search.config import load_cfg
+    from search.reward import build_child
+
+    # CIFAR: a classification run and a search child
+    classifier = build_model(load_config(None, SAME_NODE), 10, 32)
+    child = build_child(NASNET_A, load_cfg(None, SAME_NODE).MODEL.NASNET)
+    assert NASNetArch.from_model(classifier) == NASNetArch.from_model(child)
+    assert _shapes(classifier, ()) == _shapes(child, ())
+    # ImageNet: pretraining and the detector's backbone (no classifier)
+    imagenet = ["DATA.DATASET", "imagenet", "DATA.FAKE_CLASSES", "3"]
+    pretrain = build_model(load_config(None, SAME_NODE + imagenet), 3, 64)
+    backbone = detector_nasnet(load_nasnet_cfg(get_nasnet_cfg(), None, SAME_NODE))
+    assert NASNetArch.from_model(pretrain).differences(NASNetArch.from_model(backbone),
+                                                       ignore=("num_classes", "aux_head")) == []
+    assert _shapes(pretrain) == _shapes(backbone)
+    assert backbone.arch["pad_mode"] == "timm" and backbone.arch["stem_filters"] == 16
+    # the node alone (as the search ships it to its workers) builds the same network
+    assert _shapes(nasnet_from_cfg(dict(preset_node("search_child_tiny")), "cifar", 10)) == \
+        _shapes(build_child(NASNET_A, preset_node("search_child_tiny")))
