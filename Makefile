@@ -16,8 +16,9 @@ $(STAMP): $(SETUP_INPUTS)
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
+# The whole chain (search -> select -> pretrain -> Faster R-CNN -> COCO AP -> report) on the embedded sample.
 run: $(STAMP)
-	.venv/bin/nasnet-det run
+	.venv/bin/nasnet-det pipeline --config-file configs/pipeline/smoke.yaml
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -99,7 +99,15 @@ def cmd_run(argv: list[str]) -> int:
     return cmd_profile([])
 
 
-BUILTINS: dict[str, Callable[[list[str]], int]] = {"profile": cmd_profile, "genotype": cmd_genotype, "run": cmd_run}
+def cmd_pipeline(argv: list[str]) -> int:
+    """The end-to-end chain (search -> ... -> COCO AP -> report); see nasnet_det.pipeline."""
+    from nasnet_det.pipeline.cli import main as pipeline_main
+
+    return pipeline_main(argv)
+
+
+BUILTINS: dict[str, Callable[[list[str]], int]] = {"profile": cmd_profile, "genotype": cmd_genotype, "run": cmd_run,
+                                                   "pipeline": cmd_pipeline}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config
+from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config, preset_node
 from search.oneshot_config import add_oneshot_config
 
 
@@ -97,6 +97,24 @@ def identity_of(cfg: CN) -> dict:
         for part in key.split("."):
             node = node[part]
         out[key] = node if not isinstance(node, CN) else _plain(node)
+    out["MODEL.NASNET"].pop("PRESET")  # a name for the values beside it: the values decide the children
+    return out
+
+
+def upgrade_identity(identity: Mapping[str, Any]) -> dict:
+    """A journal's identity in the form :func:`identity_of` gives today, so that a search journaled before
+    the children's network moved from ``CHILD.NUM_CELLS / FILTERS`` to ``MODEL.NASNET`` still resumes."""
+    out = dict(identity)
+    child = out.get("CHILD")
+    if "MODEL.NASNET" not in out and isinstance(child, Mapping) and {"NUM_CELLS", "FILTERS"} <= set(child):
+        # Those children were build_nasnet(genotype, "cifar", N, f, aux_head=False): preset search_child_tiny
+        # at that N and f.
+        network = _plain(preset_node("search_child_tiny"))
+        network.update(NUM_CELLS=child["NUM_CELLS"], FILTERS=child["FILTERS"])
+        out["CHILD"] = {k: v for k, v in child.items() if k not in ("NUM_CELLS", "FILTERS")}
+        out["MODEL.NASNET"] = network
+    if isinstance(out.get("MODEL.NASNET"), Mapping):
+        out["MODEL.NASNET"] = {k: v for k, v in out["MODEL.NASNET"].items() if k != "PRESET"}
     return out
 
 
@@ -198,4 +216,5 @@ def check_child_network(network: Mapping[str, Any]) -> None:
     check_nasnet_node(network)
     v = network["FILTERS"]
     _require(isinstance(v, int) and v >= 1, "MODEL.NASNET.FILTERS", v,
-             "an integer >= 1: search children are sized by f (set MODEL.NASNET.PENULTIMATE_FILTERS 0)")
+             "an integer >= 1: search children are sized by f (set MODEL.NASNET.FILTERS, which zeroes "
+             "PENULTIMATE_FILTERS)")

@@ -16,7 +16,7 @@ import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
-from search.config import check_cfg, identity_of
+from search.config import check_cfg, identity_of, upgrade_identity
 from search.controller import Controller, decisions_to_genotype, sample_uniform
 from search.journal import Evaluation, Journal, load_state, save_state
 from search.policy import PolicyTrainer
@@ -67,9 +67,11 @@ class SearchRunner:
         journal = Journal(self.out / JOURNAL_NAME)
         ident = json.loads(json.dumps(identity_of(self.cfg)))
         old = journal.get_meta("identity")
-        if old is None:
+        if old is not None:  # perhaps written by an older version: compare in today's form
+            old = upgrade_identity(old)
+        if old is None or old == ident:
             journal.set_meta("identity", ident)
-        elif old != ident:
+        else:
             diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
             journal.close()
             raise ValueError(f"{self.out / JOURNAL_NAME} was written with different settings ({', '.join(diff)}); "

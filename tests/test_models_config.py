@@ -42,6 +42,35 @@ def test_explicit_keys_win_over_the_preset_in_files_and_overrides(tmp_path):
         load_config(None, ["MODEL.NASNET.PRESET", "nasnet_a_huge"])
 
 
+def test_a_file_sizing_by_one_of_f_and_F_overrides_its_bases_size(tmp_path):
+    # cifar10_smoke.yaml sets F=0 and f=4; a file on top that sets only F (or only f) resizes it, as the same
+    # key given as an override does
+    smoke = REPO / "configs/train/cifar10_smoke.yaml"
+    by_F = _write(tmp_path / "by_F.yaml", f"_BASE_: {smoke}\nMODEL:\n  NASNET:\n    PENULTIMATE_FILTERS: 192\n")
+    for cfg in (load_config(by_F), load_config(smoke, ["MODEL.NASNET.PENULTIMATE_FILTERS", "192"])):
+        assert (cfg.MODEL.NASNET.PENULTIMATE_FILTERS, cfg.MODEL.NASNET.FILTERS, cfg.MODEL.NASNET.NUM_CELLS) == \
+            (192, 0, 1)
+    # through a list of bases, and a base-of-a-base that sizes by F under a file that sizes by f
+    _write(tmp_path / "other.yaml", "SEED: 3\n")
+    by_f = _write(tmp_path / "by_f.yaml", "_BASE_: [by_F.yaml, other.yaml]\nMODEL:\n  NASNET:\n    FILTERS: 6\n")
+    n = load_config(by_f).MODEL.NASNET
+    assert (n.PENULTIMATE_FILTERS, n.FILTERS, load_config(by_f).SEED) == (0, 6, 3)
+    # a file that sets both keeps both (and a bad pair is still an error)
+    both = _write(tmp_path / "both.yaml", f"_BASE_: {smoke}\nMODEL:\n  NASNET:\n    PENULTIMATE_FILTERS: 192\n"
+                                          "    FILTERS: 6\n")
+    with pytest.raises(ValueError, match="set exactly one of MODEL.NASNET.PENULTIMATE_FILTERS"):
+        load_config(both)
+
+
+def test_search_children_sized_by_F_say_how_to_size_them_by_f():
+    from search.config import load_cfg
+
+    with pytest.raises(ValueError, match="sized by f \\(set MODEL.NASNET.FILTERS, which zeroes PENULTIMATE_FILTERS"):
+        load_cfg(None, ["MODEL.NASNET.PRESET", "nasnet_a_cifar"])
+    n = load_cfg(None, ["MODEL.NASNET.PRESET", "nasnet_a_cifar", "MODEL.NASNET.FILTERS", "8"]).MODEL.NASNET
+    assert (n.NUM_CELLS, n.FILTERS, n.PENULTIMATE_FILTERS, n.DROP_PATH_KEEP_PROB) == (6, 8, 0, 0.6)
+
+
 def test_large_pretraining_and_large_detection_configs_describe_the_same_backbone():
     from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
 
@@ -74,9 +103,35 @@ def test_old_keys_name_the_new_ones(tmp_path, capsys):
         ChildEvaluator({**dict(load_cfg().CHILD), "NUM_CELLS": 2}, None)
 
 
+def test_detection_cli_rejects_old_and_unknown_keys_with_exit_2(tmp_path, capsys):
+    from nasnet_det.detection.train import train_main
+
+    smoke = str(REPO / "configs/detection/smoke-nasnet-c4.yaml")
+    old = _write(tmp_path / "old.yaml", f"_BASE_: {smoke}\nMODEL:\n  NUM_CELLS: 1\n")
+    for argv, message in [
+            (["--config-file", str(old)], "old.yaml: MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"),
+            (["--config-file", smoke, "MODEL.GENOTYPE", "nasnet_a"],
+             "bad override: MODEL.GENOTYPE was renamed to MODEL.NASNET.GENOTYPE"),
+            (["--config-file", smoke, "MODEL.NASNET.BOGUS", "1"],
+             "bad override: Non-existent key: MODEL.NASNET.BOGUS")]:
+        assert train_main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    # invalid YAML too, in all three loaders
+    broken = _write(tmp_path / "broken.yaml", "MODEL:\n  NASNET: [1, 2\n")
+    assert train_main(["--config-file", str(broken)]) == 2
+    assert "broken.yaml is not valid YAML" in capsys.readouterr().err
+    from search.config import load_cfg
+    for load in (load_config, load_cfg):
+        with pytest.raises(ValueError, match="broken.yaml is not valid YAML"):
+            load(str(broken))
+
+
 def test_arch_record_equality_and_differences(tmp_path):
     model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8, num_classes=5)
     arch = NASNetArch.from_model(model)
+    # create_model overrides any build_nasnet argument, the dataset (the stem) included
+    assert not create_model("nasnet_a_mobile", dataset="cifar", num_cells=1, filters=4).imagenet_stem
     assert NASNetArch.from_checkpoint(save_checkpoint(model, tmp_path / "m.pth")) == arch
     assert arch.build().arch == model.arch  # the nasnet-det/v1 record round-trips
     renamed = Genotype(NASNET_A.normal, NASNET_A.reduce, name="renamed")
@@ -93,6 +148,8 @@ def test_arch_record_equality_and_differences(tmp_path):
         "num_classes: checkpoint 10 vs config 5 (the number of classes)"]
     assert other.differences(arch, ignore=("num_classes",), names=("old", "new"))[0] == \
         "filters: old 12 vs new 8 (MODEL.NASNET.FILTERS / PENULTIMATE_FILTERS)"
+    assert NASNetArch.from_dict({**model.arch, "in_chans": 1}).differences(arch) == [
+        "in_chans: checkpoint 1 vs config 3 (input channels; detection: len(MODEL.PIXEL_MEAN))"]
     swapped = Genotype(NASNET_A.normal, NASNET_A.normal, name="swapped")
     text = NASNetArch.from_dict({**model.arch, "genotype": swapped.to_dict()}).differences(arch)
     assert len(text) == 1 and text[0].startswith("genotype: checkpoint 'swapped' [")

@@ -104,6 +104,29 @@ def test_resume_refuses_different_settings(tmp_path):
         SearchRunner(_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.FILTERS", 16), tmp_path, CountingReward(), False).run()
 
 
+def test_a_search_journaled_before_model_nasnet_still_resumes(tmp_path):
+    """Journals written when the children's network was CHILD.NUM_CELLS / FILTERS hold that identity."""
+    SearchRunner(_cfg("SEARCH.BUDGET", 5, "SEARCH.MAX_EVALS_THIS_RUN", 3), tmp_path, CountingReward(), False).run()
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    old = journal.get_meta("identity")
+    network = old.pop("MODEL.NASNET")
+    old["CHILD"] = {"NUM_CELLS": network["NUM_CELLS"], "FILTERS": network["FILTERS"], **old["CHILD"]}
+    journal.set_meta("identity", old)  # as the version before MODEL.NASNET wrote it
+    journal.close()
+    rewards = CountingReward()
+    assert SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, rewards, False).run()["strategies"]["ppo"]["ok"] == 5
+    assert len(rewards.calls) == 2
+    # the preset's name is not a setting: paper.yaml's name for the same network resumes too
+    SearchRunner(_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.PRESET", "search_child_paper", "MODEL.NASNET.NUM_CELLS", 1,
+                      "MODEL.NASNET.FILTERS", 8), tmp_path, CountingReward(), False).run()
+    # ... and other children are still refused, naming the key
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    journal.set_meta("identity", {**old, "CHILD": {**old["CHILD"], "FILTERS": 16}})
+    journal.close()
+    with pytest.raises(ValueError, match=r"different settings \(MODEL.NASNET\)"):
+        SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+
+
 class FlakyReward(SyntheticOpReward):
     """Child 2 runs out of GPU memory, child 4 diverges (NaN reward), the rest succeed."""
 

@@ -61,7 +61,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                    "SOLVER.EMA_DECAY", 0.9)
     trainer = Trainer(cfg, info)
     result = trainer.train()
-    torch.save({"state_dict": trainer.model.state_dict(), "ema": trainer.ema.state_dict(), "result": result,
+    torch.save({"state_dict": trainer.model.state_dict(), "ema": trainer.ema.module.state_dict(), "result": result,
                 "steps_per_epoch": trainer.steps_per_epoch}, Path(out_dir) / f"final_{rank}.pt")
     cleanup_distributed()
 

@@ -7,6 +7,7 @@
 
 from nasnet_det.classification.config import get_cfg, load_config
 from nasnet_det.classification.export import export_backbone
-from nasnet_det.classification.trainer import Trainer, accumulate_gradients, evaluate, train
+from nasnet_det.classification.steps import accumulate_gradients, evaluate
+from nasnet_det.classification.trainer import Trainer, train
 
 __all__ = ["Trainer", "accumulate_gradients", "evaluate", "export_backbone", "get_cfg", "load_config", "train"]

@@ -28,7 +28,8 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
     group.add_argument("--no-resume", action="store_true",
                        help="start fresh, deleting OUTPUT_DIR's old checkpoints and metrics")
     p.add_argument("--eval-only", action="store_true",
-                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.NASNET.WEIGHTS) instead of training")
+                   help="evaluate OUTPUT_DIR's last checkpoint (or MODEL.NASNET.WEIGHTS) instead of training; the "
+                   "result is printed, not added to metrics.jsonl")
     p.add_argument("--export-backbone", nargs=2, metavar=("CHECKPOINT", "OUT"),
                    help="write CHECKPOINT's (EMA) weights as a detection backbone .pth and exit")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
@@ -75,13 +76,12 @@ def _run(cfg, args) -> int:
     trainer = Trainer(cfg)
     try:
         if args.eval_only:
-            last = trainer.last_checkpoint()
-            if last is not None:
-                trainer.resume(last)
+            if trainer.last_checkpoint() is not None:
+                trainer.resume()
             elif not cfg.MODEL.NASNET.WEIGHTS:
                 raise FileNotFoundError(f"nothing to evaluate: no checkpoint in {cfg.OUTPUT_DIR} and no "
                                         "MODEL.NASNET.WEIGHTS")
-            result = trainer.run_eval()
+            result = trainer.run_eval(record=False)  # the training log already has this step's evaluation
         else:
             result = trainer.train(resume=True if args.resume else None)
         if trainer.dist.is_main:

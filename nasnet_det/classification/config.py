@@ -93,6 +93,9 @@ _C.TRAIN.LOG_PERIOD = 20  # steps between train metric records
 _C.TRAIN.EVAL_BATCH_SIZE = 100
 _C.TRAIN.AUTO_RESUME = True  # resume from OUTPUT_DIR's last checkpoint when there is one
 _C.TRAIN.TENSORBOARD = True
+# torch threads per process; 0 = usable cores / training processes on this machine (an exported
+# OMP_NUM_THREADS wins outside torchrun), so processes sharing a machine do not oversubscribe it
+_C.TRAIN.NUM_THREADS = 0
 
 
 # Network keys that moved under MODEL.NASNET: using the old name is an error that names the new one.

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from nasnet_det.classification.checkpoint import read_intact_checkpoint
 from nasnet_det.models.nasnet import NASNet
-from nasnet_det.models.pretrained import load_state_dict_report, read_checkpoint, save_checkpoint
+from nasnet_det.models.pretrained import load_state_dict_report, save_checkpoint
 
 
 def export_backbone(checkpoint: str | os.PathLike, out_path: str | os.PathLike, use_ema: bool = True) -> Path:
@@ -15,7 +16,7 @@ def export_backbone(checkpoint: str | os.PathLike, out_path: str | os.PathLike, 
     The EMA weights are exported when the checkpoint has them (``use_ema``), since they are the ones
     evaluated; the result loads with ``nasnet_det.models.pretrained.load_checkpoint``.
     """
-    payload = read_checkpoint(checkpoint)
+    payload = read_intact_checkpoint(checkpoint)
     state_dict = payload["state_dict"]
     source = "weights"
     if use_ema and payload.get("ema_state_dict") is not None:

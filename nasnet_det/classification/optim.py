@@ -1,65 +1,41 @@
-"""Optimizers, learning-rate schedules and the weight EMA of the paper's training recipes."""
+"""Optimizer, LR schedule and weight EMA of the paper's training recipes, from timm and fvcore.
+
+- TF-style RMSProp (eps inside the sqrt, mean square starting at 1, LR inside the momentum) is
+  ``timm.optim.RMSpropTF``; tests/test_train_optim.py checks it against the TensorFlow update.
+- LR schedules are fvcore param schedulers (warmup + cosine / multi-step / staircase exponential), stepped
+  once per optimizer step through ``LambdaLR`` (what detectron2's ``LRMultiplier`` does).
+- The weight EMA is timm's ``ModelEmaV3`` with slim's decay warm-up, which timm's warm-up formula does not
+  reproduce (see :class:`ModelEma`).
+"""
 
 from __future__ import annotations
 
-import copy
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
+from fvcore.common.param_scheduler import (
+    CompositeParamScheduler,
+    CosineParamScheduler,
+    LinearParamScheduler,
+    MultiStepParamScheduler,
+    ParamScheduler,
+)
+from timm.optim import RMSpropTF
+from timm.utils import ModelEmaV3
 from torch import nn
 
-
-class RMSpropTF(torch.optim.Optimizer):
-    """RMSProp as TensorFlow (and the paper's ImageNet recipe) defines it.
-
-    Unlike ``torch.optim.RMSprop``, epsilon sits inside the square root and the mean square starts at 1,
-    which matters with the paper's eps = 1.0:  ``ms = decay*ms + (1-decay)*g^2``,
-    ``mom = momentum*mom + lr*g/sqrt(ms + eps)``, ``w -= mom``. Weight decay is coupled (L2 in the loss).
-    """
-
-    def __init__(self, params: Iterable, lr: float = 0.01, decay: float = 0.9, eps: float = 1.0,
-                 momentum: float = 0.9, weight_decay: float = 0.0):
-        if lr < 0 or not 0.0 <= decay < 1.0 or eps < 0 or momentum < 0:
-            raise ValueError(f"bad RMSpropTF hyperparameters lr={lr} decay={decay} eps={eps} momentum={momentum}")
-        super().__init__(params, dict(lr=lr, decay=decay, eps=eps, momentum=momentum, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure: Callable | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if group["weight_decay"]:
-                    grad = grad.add(p, alpha=group["weight_decay"])
-                state = self.state[p]
-                if not state:
-                    state["square_avg"] = torch.ones_like(p)
-                    state["momentum_buffer"] = torch.zeros_like(p)
-                square_avg, buf = state["square_avg"], state["momentum_buffer"]
-                square_avg.mul_(group["decay"]).addcmul_(grad, grad, value=1.0 - group["decay"])
-                update = grad / (square_avg + group["eps"]).sqrt_()
-                buf.mul_(group["momentum"]).add_(update, alpha=group["lr"])
-                p.sub_(buf)
-        return loss
+__all__ = ["ModelEma", "RMSpropTF", "build_optimizer", "build_scheduler", "lr_multiplier_fn", "parameter_groups",
+           "upgrade_former_rmsprop_state"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
     """Two groups: conv/FC weights with weight decay, BN parameters and biases without (slim's L2 scope)."""
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if (p.ndim > 1 or decay_norm_and_bias) else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if (p.ndim > 1 or decay_norm_and_bias) else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}] + \
+        ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
 
 
 def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
@@ -67,31 +43,67 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     groups = parameter_groups(model, s.WEIGHT_DECAY, s.WEIGHT_DECAY_NORM_AND_BIAS)
     if s.OPTIMIZER == "sgd":
         return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
-    if s.OPTIMIZER == "rmsprop":
-        return RMSpropTF(groups, lr=s.BASE_LR, decay=s.RMSPROP_DECAY, eps=s.RMSPROP_EPS, momentum=s.MOMENTUM)
+    if s.OPTIMIZER == "rmsprop":  # coupled weight decay (L2 in the loss), as slim
+        return RMSpropTF(groups, lr=s.BASE_LR, alpha=s.RMSPROP_DECAY, eps=s.RMSPROP_EPS, momentum=s.MOMENTUM)
     raise ValueError(f"SOLVER.OPTIMIZER must be 'sgd' or 'rmsprop', got {s.OPTIMIZER!r}")
 
 
+def upgrade_former_rmsprop_state(optimizer: torch.optim.Optimizer, step: int) -> None:
+    """Let timm's RMSpropTF continue from a checkpoint of the hand-written one it replaced (same update;
+    ``decay`` was timm's ``alpha``, and there was no step count)."""
+    if not isinstance(optimizer, RMSpropTF):
+        return
+    for group in optimizer.param_groups:
+        if "decay" in group:
+            group["alpha"] = group.pop("decay")
+        for key, value in optimizer.defaults.items():
+            group.setdefault(key, value)
+    for state in optimizer.state.values():
+        state.setdefault("step", torch.tensor(float(step)))
+
+
+def _constant(value: float) -> ParamScheduler:
+    # fvcore's ConstantParamScheduler rejects where == 1.0, which LambdaLR asks for after the last step.
+    return LinearParamScheduler(value, value)
+
+
+def _steps(milestones: list[int], gamma: float, total_steps: int) -> ParamScheduler:
+    """x ``gamma`` at each milestone step (repeats compound). Milestones <= 0 apply from the start; those at or
+    after the last step drop (fvcore requires milestones < num_updates; they would only change the LR after
+    the last step, which no step uses)."""
+    inside = sorted(m for m in milestones if 0 < m < total_steps)
+    unique = sorted(set(inside))
+    before = sum(m <= 0 for m in milestones)
+    values = [gamma ** (before + sum(m <= u for m in inside)) for u in [0, *unique]]
+    if not unique:
+        return _constant(values[0])
+    return MultiStepParamScheduler(values, num_updates=total_steps, milestones=unique)
+
+
 def lr_multiplier_fn(cfg, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
-    """step -> LR multiplier: linear warmup, then cosine / step / exponential (staircase) / constant."""
+    """step -> LR multiplier: linear warmup from WARMUP_FACTOR, then cosine (to MIN_LR_FACTOR over the
+    remaining steps) / x GAMMA at STEP_EPOCHS / x EXP_DECAY_RATE every EXP_DECAY_EPOCHS after warmup
+    (staircase) / constant."""
     s = cfg.SOLVER
-    warmup = int(round(s.WARMUP_EPOCHS * steps_per_epoch))
-    milestones = [int(round(e * steps_per_epoch)) for e in s.STEP_EPOCHS]
-    decay_every = max(1, int(round(s.EXP_DECAY_EPOCHS * steps_per_epoch)))
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return s.WARMUP_FACTOR + (1.0 - s.WARMUP_FACTOR) * step / warmup
-        if s.LR_SCHEDULE == "cosine":
-            t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-            return s.MIN_LR_FACTOR + (1.0 - s.MIN_LR_FACTOR) * 0.5 * (1.0 + math.cos(math.pi * t))
-        if s.LR_SCHEDULE == "step":
-            return s.GAMMA ** sum(step >= m for m in milestones)
-        if s.LR_SCHEDULE == "exponential":
-            return s.EXP_DECAY_RATE ** ((step - warmup) // decay_every)
-        return 1.0
-
-    return multiplier
+    total = max(1, total_steps)
+    warmup = min(total, int(round(s.WARMUP_EPOCHS * steps_per_epoch)))
+    if s.LR_SCHEDULE == "cosine":
+        main, scaling = CosineParamScheduler(1.0, s.MIN_LR_FACTOR), "rescaled"  # over the steps after warmup
+    elif s.LR_SCHEDULE == "step":
+        main, scaling = _steps([int(round(e * steps_per_epoch)) for e in s.STEP_EPOCHS], s.GAMMA, total), "fixed"
+    elif s.LR_SCHEDULE == "exponential":
+        every = max(1, int(round(s.EXP_DECAY_EPOCHS * steps_per_epoch)))
+        main, scaling = _steps(list(range(warmup + every, total, every)), s.EXP_DECAY_RATE, total), "fixed"
+    else:
+        main, scaling = _constant(1.0), "fixed"
+    schedule: ParamScheduler = main
+    if warmup >= total:
+        schedule = LinearParamScheduler(s.WARMUP_FACTOR, s.WARMUP_FACTOR + (1.0 - s.WARMUP_FACTOR) * total / warmup)
+    elif warmup > 0:
+        schedule = CompositeParamScheduler([LinearParamScheduler(s.WARMUP_FACTOR, 1.0), main],
+                                           interval_scaling=["rescaled", scaling],
+                                           lengths=[warmup / total, 1.0 - warmup / total])
+    return lambda step: schedule(min(1.0, step / total))
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int,
@@ -100,38 +112,22 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier_fn(cfg, total_steps, steps_per_epoch))
 
 
-class ModelEma:
-    """Exponential moving average of a model's weights (paper: decay 0.9999, used for evaluation).
+class ModelEma(ModelEmaV3):
+    """timm's EMA of a model's weights and float buffers (paper: decay 0.9999, used for evaluation).
 
-    Buffers (BN running statistics) are averaged too; integer buffers are copied. With ``warmup`` the decay
-    of update ``t`` (0-based: the optimizer steps done before it) is ``min(decay, (1 + t) / (10 + t))``, as
-    slim's ``ExponentialMovingAverage(decay, global_step)``, so early averages are not dominated by the
-    random initial weights.
+    Kept as a subclass for one reason (tests/test_train_optim.py shows it): with ``warmup`` the decay of
+    update ``t`` (0-based: the optimizer steps done before it) is slim's ``min(decay, (1 + t) / (10 + t))``
+    (``ExponentialMovingAverage(decay, global_step)``); timm's warm-up ``1 - (1 + t / gamma) ** -power``
+    equals it for no (gamma, power), and timm's plain decay copies the weights on the first two updates.
+    Checkpoints hold ``.module.state_dict()`` (the network's own keys).
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
-        self.decay = decay
-        self.warmup = warmup
-        self.module = copy.deepcopy(model).eval()
+        super().__init__(model, decay=decay, use_warmup=warmup)
         for p in self.module.parameters():
             p.requires_grad_(False)
 
-    def decay_at(self, num_updates: int | None) -> float:
-        if not self.warmup or num_updates is None:
+    def get_decay(self, step: int | None = None) -> float:
+        if not self.use_warmup or step is None:
             return self.decay
-        return min(self.decay, (1.0 + num_updates) / (10.0 + num_updates))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, num_updates: int | None = None) -> None:
-        decay = self.decay_at(num_updates)
-        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_v.dtype.is_floating_point:
-                ema_v.lerp_(v.detach(), 1.0 - decay)
-            else:
-                ema_v.copy_(v)
-
-    def state_dict(self) -> dict:
-        return self.module.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.module.load_state_dict(state_dict)
+        return min(self.decay, (1.0 + step) / (10.0 + step))

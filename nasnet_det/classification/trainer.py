@@ -1,9 +1,11 @@
-"""The one training loop: CIFAR-10 final training and ImageNet pretraining of any genotype at any N@F.
+"""Classification training loop (CIFAR-10 final training, ImageNet pretraining): what only this project needs.
 
-Single process, multi-GPU and multi-node (torchrun + DDP), AMP and channels_last on CUDA, gradient
-accumulation, ScheduledDropPath, auxiliary-head loss, label smoothing, gradient clipping, weight EMA.
-Checkpoints are resumable mid-epoch: the shuffle of an epoch depends only on (seed, epoch), and a
-checkpoint records how many samples of the current epoch were consumed plus every process's RNG state.
+The machinery comes from libraries: fvcore's ``Checkpointer`` and param schedulers, timm's ``RMSpropTF`` and
+EMA (:mod:`.optim`, :mod:`.checkpoint`). What stays here: exact mid-epoch resume (the shuffle of an epoch depends
+only on (seed, epoch); a checkpoint records the samples of the current epoch consumed and every process's RNG
+state), the sharded sampler, gradient accumulation with ``no_sync``, the auxiliary-head loss, drop-path
+progress, AMP / channels_last on CUDA, and the export of ``model_final.pth`` in the format detection loads.
+Classification does not import detectron2 (installed separately; ImageNet pretraining must not need it).
 
 What "exact resume" covers: the data order (which images each step sees) is always restored exactly, and
 so are weights, optimizer, LR schedule, EMA and the main-process RNG (drop-path masks, and augmentation when
@@ -23,7 +25,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from timm.utils import random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from nasnet_det.classification.checkpoint import (
+    LAST_CHECKPOINT,
+    TrainingCheckpointer,
+    atomic_write_text,
+    read_intact_checkpoint,
+)
 from nasnet_det.classification.data import ClassificationData, build_data
 from nasnet_det.classification.distributed import (
     DistInfo,
@@ -46,15 +54,16 @@ from nasnet_det.classification.distributed import (
     barrier,
     init_distributed,
 )
-from nasnet_det.classification.metrics import MetricsWriter, read_metrics, topk_correct
-from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler
+from nasnet_det.classification.metrics import MetricsWriter, read_metrics
+from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler, upgrade_former_rmsprop_state
+from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
 from nasnet_det.models import NASNetArch, nasnet_from_cfg
+from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
-from nasnet_det.models.pretrained import load_state_dict_report, read_checkpoint, save_checkpoint
+from nasnet_det.models.pretrained import load_state_dict_report
 
 logger = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last_checkpoint"
 # Files a finished run leaves next to its checkpoints; a fresh run in the same folder removes them.
 RUN_OUTPUTS = ("metrics.jsonl", "final_metrics.json", "model_final.pth", "training_curves.png")
 
@@ -84,88 +93,14 @@ def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,
     theirs, ours = NASNetArch.from_dict(checkpoint_arch, f"{path} arch"), NASNetArch.from_dict(model_arch)
     differ = theirs.differing_fields(ours, ignore)
     if differ:
-        raise ValueError(f"checkpoint {path} holds a different network than this run (differs in "
-                         f"{', '.join(differ)}):\n  checkpoint: {theirs.describe()}\n"
-                         f"  this run:   {ours.describe()}\n"
-                         "use another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
+        raise ValueError(
+            f"checkpoint {path} holds a different network than this run (differs in {', '.join(differ)}):\n  "
+            + "\n  ".join([*theirs.differences(ours, ignore, names=("checkpoint", "this run")),
+                           f"checkpoint: {theirs.describe()}", f"this run:   {ours.describe()}"])
+            + "\nuse another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
 
 
-# ----------------------------------------------------------------------------------------------- steps
-def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_weight: float,
-                        label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total loss incl. aux head, main loss, logits). Always calls ``model(x, return_aux=True)`` so DDP
-    hooks fire; losses are computed in float32 even under autocast."""
-    logits, aux_logits = model(x, return_aux=True)
-    main = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-    total = main
-    if aux_logits is not None and aux_weight > 0:
-        total = main + aux_weight * F.cross_entropy(aux_logits.float(), y, label_smoothing=label_smoothing)
-    return total, main, logits
-
-
-def accumulate_gradients(model: nn.Module, micro_batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                         num_micro_batches: int, aux_weight: float, label_smoothing: float = 0.0,
-                         scaler: torch.amp.GradScaler | None = None,
-                         autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
-    """Backpropagate ``num_micro_batches`` micro-batches into ``.grad`` as one batch of their union.
-
-    Each micro-batch's mean loss is divided by the count, so k equal micro-batches give the gradient of
-    one k-times larger batch. Under DDP, gradients are all-reduced only on the last micro-batch
-    (``no_sync`` before), which is what makes accumulation cheap across processes.
-    """
-    stats = {"loss": 0.0, "correct": 0, "count": 0}
-    for j, (x, y) in enumerate(micro_batches):
-        last = j == num_micro_batches - 1
-        sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else \
-            contextlib.nullcontext()
-        with sync:
-            with autocast or contextlib.nullcontext():
-                total, main, logits = classification_loss(model, x, y, aux_weight, label_smoothing)
-            scaled = total / num_micro_batches
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        stats["loss"] += float(main.detach()) * len(y)
-        stats["correct"] += topk_correct(logits.detach(), y, (1,))[0]
-        stats["count"] += len(y)
-    return stats
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device,
-             autocast: contextlib.AbstractContextManager | None = None,
-             channels_last: bool = False) -> dict[str, float]:
-    """Loss, top-1/top-5 accuracy and top-1 error (%) over the loader, summed over all processes, and
-    ``skipped_images``: the distinct corrupt images the loader replaced (batches of ``(x, y, paths)``)."""
-    was_training = model.training
-    model.eval()
-    loss_sum, top1, top5, count = 0.0, 0, 0, 0
-    skipped: set[str] = set()
-    for batch in loader:
-        if len(batch) > 2:
-            skipped.update(batch[2])
-        x, y = _to_device(batch, device, channels_last)
-        with autocast or contextlib.nullcontext():
-            logits = model(x)
-        loss_sum += float(F.cross_entropy(logits.float(), y, reduction="sum"))
-        c1, c5 = topk_correct(logits, y, (1, 5))
-        top1, top5, count = top1 + c1, top5 + c5, count + len(y)
-    model.train(was_training)
-    loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], device)
-    skipped = all_gather_union(skipped)
-    if count == 0:
-        raise ValueError("the evaluation set is empty")
-    acc1 = 100.0 * top1 / count
-    return {"loss": loss_sum / count, "top1": acc1, "top5": 100.0 * top5 / count, "error": 100.0 - acc1,
-            "images": int(count), "skipped_images": len(skipped)}
-
-
-def _to_device(batch, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    x = batch[0].to(device, non_blocking=True)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, batch[1].to(device, non_blocking=True)
-
-
-# ----------------------------------------------------------------------------------------------- RNG
+# ----------------------------------------------------------------------------------------------- process
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -181,10 +116,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def default_num_threads() -> int:
+    """Usable cores / training processes on this machine, so that processes sharing a machine do not
+    oversubscribe it. An ``OMP_NUM_THREADS`` the user exported wins outside torchrun (which sets it to 1)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and "LOCAL_WORLD_SIZE" not in os.environ:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    return max(1, cores // max(1, local))
 
 
 # ----------------------------------------------------------------------------------------------- trainer
@@ -195,6 +134,7 @@ class Trainer:
     def __init__(self, cfg, dist_info: DistInfo | None = None):
         self.cfg = cfg
         self.dist = dist_info or init_distributed(cfg.TRAIN.DEVICE)
+        torch.set_num_threads(cfg.TRAIN.NUM_THREADS if cfg.TRAIN.NUM_THREADS > 0 else default_num_threads())
         self.device = self.dist.device
         self.output_dir = Path(cfg.OUTPUT_DIR)
         if self.dist.is_main:
@@ -206,7 +146,7 @@ class Trainer:
             logger.warning("TRAIN.AMP=%s needs CUDA; training in float32 on %s", cfg.TRAIN.AMP, self.device)
 
         self.data: ClassificationData = build_data(cfg, self.output_dir, self.dist.is_main)
-        seed_everything(cfg.SEED)  # identical initial weights on every process
+        random_seed(cfg.SEED)  # identical initial weights on every process
         model = build_model(cfg, self.data.num_classes, self.data.image_size)
         if cfg.MODEL.NASNET.WEIGHTS:
             self._load_initial_weights(model, cfg.MODEL.NASNET.WEIGHTS)
@@ -214,17 +154,18 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.ema = self._new_ema() if cfg.SOLVER.EMA_DECAY > 0 else None
+        self.ema = ModelEma(model, cfg.SOLVER.EMA_DECAY, warmup=cfg.SOLVER.EMA_WARMUP) \
+            if cfg.SOLVER.EMA_DECAY > 0 else None
         self.ddp_model: nn.Module = model
         if self.dist.distributed:
             if cfg.TRAIN.SYNC_BN and cuda:
                 self.ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             self.ddp_model = DistributedDataParallel(
                 self.ddp_model, device_ids=[self.device.index] if cuda else None,
-                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS)
+                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype))
         self.optimizer = build_optimizer(cfg, model)
         # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
-        seed_everything(cfg.SEED + 7919 * self.dist.rank)
+        random_seed(cfg.SEED, 7919 * self.dist.rank)
 
         s = cfg.SOLVER
         per_rank = len(ShardedEpochSampler(len(self.data.train), self.dist.rank, self.dist.world_size))
@@ -237,6 +178,11 @@ class Trainer:
         self.total_steps = s.MAX_STEPS if s.MAX_STEPS > 0 else s.EPOCHS * self.steps_per_epoch
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        states = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
+        if self.ema is not None:
+            states["ema_state_dict"] = self.ema.module
+        self.checkpointer = TrainingCheckpointer(model, self.output_dir, cfg.TRAIN.KEEP_CHECKPOINTS,
+                                                 self.dist.is_main, verify=self._check_resumable, **states)
         self.state = TrainState()
         self.metrics = MetricsWriter(self.output_dir, self.dist.is_main, cfg.TRAIN.TENSORBOARD)
         self.val_loader = DataLoader(
@@ -253,111 +199,70 @@ class Trainer:
 
     # ---- checkpoints
     def _load_initial_weights(self, model: NASNet, path: str) -> None:
-        payload = read_checkpoint(path)
+        payload = read_intact_checkpoint(path)
         check_same_arch(payload["arch"], model.arch, path, ignore=("num_classes", "aux_head"))
         report = load_state_dict_report(model, payload.get("ema_state_dict") or payload["state_dict"])
         logger.info("initialised weights from %s: %s", path, report)
 
-    def _new_ema(self) -> ModelEma:
-        return ModelEma(self.model, self.cfg.SOLVER.EMA_DECAY, warmup=self.cfg.SOLVER.EMA_WARMUP)
-
-    def checkpoint_path(self, step: int) -> Path:
-        return self.output_dir / "checkpoints" / f"ckpt_{step:08d}.pth"
+    def _check_resumable(self, payload: dict, path: Path) -> None:
+        check_same_arch(payload["arch"], self.model.arch, path)
+        missing = [k for k in ("optimizer", "scheduler", "step") if k not in payload]
+        if missing:
+            raise ValueError(f"{path} has no training state ({', '.join(missing)}); it is an exported model. "
+                             "To start from its weights set MODEL.NASNET.WEIGHTS instead")
 
     def checkpoints(self) -> list[Path]:
         """OUTPUT_DIR/checkpoints/ckpt_<step>.pth files, oldest (lowest step) first."""
-        found = []
-        for path in (self.output_dir / "checkpoints").glob("ckpt_*.pth"):
-            step = path.stem.removeprefix("ckpt_")
-            if step.isdigit():
-                found.append((int(step), path))
-        return [path for _, path in sorted(found)]
+        return self.checkpointer.checkpoints()
 
     def last_checkpoint(self) -> Path | None:
-        """The checkpoint to resume from: the one the ``last_checkpoint`` file names or, when that file is
-        missing (lost, or only checkpoints/ was copied), the newest checkpoints/ckpt_*.pth; None if there is
-        none."""
-        pointer = self.output_dir / LAST_CHECKPOINT
-        if not pointer.is_file():
-            found = self.checkpoints()
-            if not found:
-                return None
-            if self.dist.is_main:
-                logger.warning("%s is missing; using the newest checkpoint %s", pointer, found[-1])
-            return found[-1]
-        path = self.output_dir / pointer.read_text().strip()
-        if not path.is_file():
-            raise FileNotFoundError(f"{pointer} points to {path}, which does not exist; delete {pointer} "
-                                    "to resume from the newest checkpoints/ckpt_*.pth instead")
-        return path
+        """The checkpoint to resume from (see :meth:`TrainingCheckpointer.last_checkpoint`); None if none."""
+        return self.checkpointer.last_checkpoint()
 
-    def save(self) -> Path | None:
-        """Write a resumable checkpoint (rank 0) and point ``last_checkpoint`` at it."""
+    def save(self) -> Path:
+        """Write a resumable checkpoint (rank 0) and point ``last_checkpoint`` at it (collective)."""
         self._gather_skipped()
         rng_states = [None] * self.dist.world_size
         if self.dist.distributed:
             dist.all_gather_object(rng_states, _rng_state())
         else:
             rng_states = [_rng_state()]
-        self._last_saved_step = self.state.step
-        if not self.dist.is_main:
-            return None
-        path = self.checkpoint_path(self.state.step)
-        save_checkpoint(
-            self.model, path, optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), ema_state_dict=self.ema.state_dict() if self.ema else None,
-            step=self.state.step, epoch=self.state.epoch, samples_in_epoch=self.state.samples_in_epoch,
+        self._last_saved_step = step = self.state.step
+        return self.checkpointer.save_step(
+            step, epoch=self.state.epoch, samples_in_epoch=self.state.samples_in_epoch,
             skipped_paths=sorted(self.state.skipped_paths), rng_states=rng_states, world_size=self.dist.world_size,
-            total_steps=self.total_steps, config=self.cfg.dump())
-        pointer = self.output_dir / LAST_CHECKPOINT
-        tmp = pointer.with_suffix(".tmp")
-        tmp.write_text(str(path.relative_to(self.output_dir)))
-        tmp.replace(pointer)
-        self._prune_checkpoints()
-        return path
+            total_steps=self.total_steps, config=self.cfg.dump(),
+            # A rerun of a finished run reuses this instead of evaluating (and logging) the same step again.
+            last_eval=self._last_eval if self._last_eval_step == step else None)
 
-    def _prune_checkpoints(self) -> None:
-        kept = self.checkpoints()
-        for old in kept[: max(0, len(kept) - self.cfg.TRAIN.KEEP_CHECKPOINTS)]:
-            old.unlink(missing_ok=True)
-
-    def resume(self, path: str | Path) -> None:
-        """Restore model, optimizer, scheduler, scaler, EMA, data position and RNG from ``path``."""
-        payload = read_checkpoint(path)
-        check_same_arch(payload["arch"], self.model.arch, path)
-        self.model.load_state_dict(payload["state_dict"])
-        missing = [k for k in ("optimizer", "scheduler", "step") if k not in payload]
-        if missing:
-            raise ValueError(f"{path} has no training state ({', '.join(missing)}); it is an exported model. "
-                             "To start from its weights set MODEL.NASNET.WEIGHTS instead")
-        self.optimizer.load_state_dict(payload["optimizer"])
-        self.scheduler.load_state_dict(payload["scheduler"])
-        self.scaler.load_state_dict(payload["scaler"])
-        if self.ema is not None:
-            if payload.get("ema_state_dict") is not None:
-                self.ema.load_state_dict(payload["ema_state_dict"])
-            else:
-                self.ema = self._new_ema()
-        if payload.get("total_steps") not in (None, self.total_steps):
+    def resume(self, path: str | Path | None = None) -> Path:
+        """Restore model, optimizer, scheduler, scaler, EMA, data position and RNG from ``path`` (default: the
+        last checkpoint; a damaged one is named and the newest intact older one used). Returns the file used."""
+        path, extra = self.checkpointer.load_newest_intact(Path(path) if path else None)
+        upgrade_former_rmsprop_state(self.optimizer, extra["step"])
+        if extra.get("total_steps") not in (None, self.total_steps):
             logger.warning("%s was trained for %s total steps, this run plans %s: the LR and drop-path schedules "
-                           "change from here", path, payload["total_steps"], self.total_steps)
-        self.state = TrainState(payload["step"], payload["epoch"], payload["samples_in_epoch"],
-                                set(payload.get("skipped_paths") or ()))
-        rng_states = payload.get("rng_states") or []
-        if payload.get("world_size") == self.dist.world_size and len(rng_states) == self.dist.world_size:
+                           "change from here", path, extra["total_steps"], self.total_steps)
+        self.state = TrainState(extra["step"], extra["epoch"], extra["samples_in_epoch"],
+                                set(extra.get("skipped_paths") or ()))
+        rng_states = extra.get("rng_states") or []
+        if extra.get("world_size") == self.dist.world_size and len(rng_states) == self.dist.world_size:
             _set_rng_state(rng_states[self.dist.rank])
         else:
-            seed_everything(self.cfg.SEED + 1000 * self.state.step + self.dist.rank)
+            random_seed(self.cfg.SEED + 1000 * self.state.step, self.dist.rank)
         self._last_saved_step = self.state.step
+        if extra.get("last_eval") is not None:
+            self._last_eval, self._last_eval_step = extra["last_eval"], self.state.step
         self.metrics.resume_at(self.state.step)
         if self.dist.is_main:
             self._truncate_metrics(self.state.step)
             logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", path, self.state.step,
                         self.state.epoch, self.state.samples_in_epoch)
+        return path
 
     def _clear_previous_run(self) -> None:
         # A fresh run in a used folder must not mix its log, curves, exports or checkpoints with the old run's.
-        old = sorted((self.output_dir / "checkpoints").glob("ckpt_*.pth"))
+        old = self.checkpoints()
         if old or (self.output_dir / LAST_CHECKPOINT).is_file():
             logger.warning("not resuming: deleting %d old checkpoint(s) in %s", len(old), self.output_dir)
         for path in [*old, self.output_dir / LAST_CHECKPOINT, *(self.output_dir / name for name in RUN_OUTPUTS)]:
@@ -371,13 +276,11 @@ class Trainer:
         path = self.metrics.path
         if path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= step]
-            tmp = path.with_name(path.name + ".tmp")  # a kill mid-rewrite must not lose the history
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- data
-    def _train_batches(self) -> Iterator:
-        """Micro-batches of the current epoch from the current position on."""
+    def _train_batches(self) -> tuple[Iterator, int]:
+        """Micro-batches of the current epoch from the current position on, and the optimizer steps they make."""
         cfg, d = self.cfg, self.dist
         skip = self.state.samples_in_epoch // d.world_size
         sampler = ShardedEpochSampler(len(self.data.train), d.rank, d.world_size, cfg.SEED, self.state.epoch,
@@ -407,7 +310,7 @@ class Trainer:
                 batch = next(batches)
                 if len(batch) > 2:
                     skipped.extend(batch[2])
-                yield _to_device(batch, self.device, self.channels_last)
+                yield to_device(batch, self.device, self.channels_last)
 
         stats = accumulate_gradients(self.ddp_model, micro_batches(), s.ACCUM_STEPS, s.AUX_WEIGHT,
                                      s.LABEL_SMOOTHING, self.scaler, self._autocast())
@@ -420,7 +323,7 @@ class Trainer:
         self._log_acc["lr"] = self.optimizer.param_groups[0]["lr"]  # this step's LR, before the schedule moves on
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.model, num_updates=self.state.step)
+            self.ema.update(self.model, step=self.state.step)
         self.state.step += 1
         self.state.samples_in_epoch += s.ACCUM_STEPS * s.BATCH_SIZE * self.dist.world_size
         for k in ("loss", "correct", "count"):
@@ -469,7 +372,8 @@ class Trainer:
                 for buf in module.buffers():
                     dist.broadcast(buf, 0)
 
-    def run_eval(self) -> dict[str, float]:
+    def run_eval(self, record: bool = True) -> dict[str, float]:
+        """Evaluate the weights (and the EMA); ``record`` appends the results to metrics.jsonl."""
         self._sync_buffers()
         autocast = self._autocast()
         # The unwrapped model: evaluation shards may differ in batch count, and DDP's forward is collective.
@@ -477,10 +381,12 @@ class Trainer:
         if result["skipped_images"] and self.dist.is_main:
             logger.warning("%d corrupt validation image(s) skipped (each replaced by the next readable one)",
                            result["skipped_images"])
-        self.metrics.write("eval", self.state.step, epoch=self.state.epoch, **result)
+        if record:
+            self.metrics.write("eval", self.state.step, epoch=self.state.epoch, **result)
         if self.ema is not None:
             ema = evaluate(self.ema.module, self.val_loader, self.device, self._autocast(), self.channels_last)
-            self.metrics.write("eval_ema", self.state.step, epoch=self.state.epoch, **ema)
+            if record:
+                self.metrics.write("eval_ema", self.state.step, epoch=self.state.epoch, **ema)
             result = {**{f"raw_{k}": v for k, v in result.items() if k != "skipped_images"}, **ema}
         self._last_eval, self._last_eval_step = result, self.state.step
         if self.dist.is_main:
@@ -497,6 +403,8 @@ class Trainer:
         (True: resume when a checkpoint exists, else start fresh; old checkpoints are never deleted).
         """
         cfg = self.cfg
+        if self.dist.is_main:
+            self.checkpointer.remove_stale_temp_files()
         explicit = resume is True
         resume = cfg.TRAIN.AUTO_RESUME if resume is None else resume
         last = self.last_checkpoint() if resume else None
@@ -530,11 +438,13 @@ class Trainer:
                     if end_of_epoch:
                         self.state.epoch += 1
                         self.state.samples_in_epoch = 0
-                    if step % cfg.TRAIN.LOG_PERIOD == 0 or step == self.total_steps:
+                    last = step == self.total_steps
+                    if step % cfg.TRAIN.LOG_PERIOD == 0 or last:
                         self._log_train(pbar)
-                    if (eval_period > 0 and step % eval_period == 0) or (eval_period <= 0 and end_of_epoch):
+                    # The final evaluation runs before the final checkpoint, which records it.
+                    if (eval_period > 0 and step % eval_period == 0) or (eval_period <= 0 and end_of_epoch) or last:
                         self.run_eval()
-                    if step % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or step == self.total_steps:
+                    if step % cfg.TRAIN.CHECKPOINT_PERIOD == 0 or last:
                         self.save()
                     if interrupt_at_step is not None and step >= interrupt_at_step:
                         self.metrics.close()
@@ -546,10 +456,15 @@ class Trainer:
             if pbar is not None:
                 pbar.close()
         self._sync_buffers()
-        if self._last_saved_step != self.state.step:
+        # Resumed at the end from a checkpoint without its evaluation (older format, or a shorter MAX_STEPS now):
+        # evaluate once and checkpoint the result, so that running the command again adds no eval row.
+        evaluate_now = self._last_eval_step != self.state.step
+        if evaluate_now:
+            self.run_eval()
+        if evaluate_now or self._last_saved_step != self.state.step:
             self.save()
         self._gather_skipped()
-        final = dict(self._last_eval) if self._last_eval_step == self.state.step else self.run_eval()
+        final = dict(self._last_eval)
         final.update(step=self.state.step, epoch=self.state.epoch, train_skipped_images=self.state.skipped_images,
                      val_skipped_images=final.pop("skipped_images"))
         if self.dist.is_main:
@@ -565,7 +480,7 @@ class Trainer:
         from nasnet_det.classification.export import export_backbone
         from nasnet_det.classification.plots import plot_training_curves
 
-        (self.output_dir / "final_metrics.json").write_text(json.dumps(final, indent=2) + "\n")
+        atomic_write_text(self.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n")
         last = self.last_checkpoint()
         if last is not None:
             export_backbone(last, self.output_dir / "model_final.pth")

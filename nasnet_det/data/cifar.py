@@ -99,12 +99,17 @@ def holdout_split(n: int, val_size: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 
 def load_cifar_source(spec: str) -> tuple[np.ndarray, np.ndarray]:
-    """Training images from ``"npz:PATH"``, ``"folder:ROOT"`` (torchvision layout, train split) or
+    """Training images from ``"npz:PATH"`` (``"npz:builtin"``: the embedded 2000-image sample),
+    ``"folder:ROOT"`` (torchvision layout, train split) or
     ``"synthetic:N"`` (N generated images, see :func:`synthetic_cifar`)."""
     kind, sep, arg = str(spec).partition(":")
     if not sep or not arg:
         raise ValueError(f"data source {spec!r}: expected 'npz:PATH', 'folder:ROOT' or 'synthetic:N'")
     if kind == "npz":
+        if arg == "builtin":  # the sample shipped inside the package (nasnet_det/data/sample)
+            from nasnet_det.data.sample import cifar10_npz
+
+            return load_cifar10_npz(cifar10_npz())
         return load_cifar10_npz(arg)
     if kind == "folder":
         return load_cifar10(arg, train=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from nasnet_det.models.config import add_nasnet_model_config, prepare_nasnet_config
+from nasnet_det.models.config import NODE, PRESETS, add_nasnet_model_config, prepare_nasnet_config
 
 NORMS = ("BN", "FrozenBN", "SyncBN")
+# The network keys as classification named them before MODEL.NASNET (MODEL.GENOTYPE, ...; not MODEL.WEIGHTS,
+# which is detectron2's): an error naming the MODEL.NASNET key, not "Non-existent config key".
+RENAMED_KEYS = {f"MODEL.{key}": f"{NODE}.{key}" for key in PRESETS["nasnet_a_mobile"].values}
 
 
 def add_nasnet_config(cfg: CN) -> CN:
@@ -41,11 +44,14 @@ def add_nasnet_config(cfg: CN) -> CN:
 def load_nasnet_cfg(cfg: CN, config_file: str | None = None, opts: list | None = None) -> CN:
     """Merge ``config_file`` and ``KEY VALUE`` ``opts`` into ``cfg`` (from :func:`get_nasnet_cfg`), applying a
     ``MODEL.NASNET.PRESET`` they name first so that their explicit keys win over it."""
-    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts)]
+    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
     if config_file:
         cfg.merge_from_file(config_file)
     if opts:
-        cfg.merge_from_list(list(opts))
+        try:  # yacs asserts: an unknown key or an odd count is bad input (KeyError), not a crash
+            cfg.merge_from_list(list(opts))
+        except (KeyError, AssertionError) as e:
+            raise KeyError(f"bad override: {e.args[0] if e.args else e}") from None
     return cfg
 
 

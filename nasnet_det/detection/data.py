@@ -84,6 +84,24 @@ def register_coco_dataset(name: str, json_file: str | Path, image_root: str | Pa
     return len(data["images"])
 
 
+# Datasets shipped inside the package: used by name in DATASETS.TRAIN/TEST, registered on first use.
+# Training and evaluation on the same 32 photos: the smoke runs check the chain, not generalisation.
+BUILTIN_DATASETS = ("coco_sample_train", "coco_sample_val")
+
+
+def register_builtin_datasets(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Register those of ``names`` that are built-in samples (``coco_sample_train``, ``coco_sample_val``:
+    32 real COCO photos, see ``nasnet_det/data/sample/README.md``) and not registered yet."""
+    from nasnet_det.data.sample import coco_sample
+
+    done = []
+    for name in names:
+        if name in BUILTIN_DATASETS and name not in DatasetCatalog.list():
+            register_coco_dataset(name, *coco_sample())
+            done.append(name)
+    return done
+
+
 def register_datasets(specs: list[str] | tuple[str, ...]) -> list[str]:
     """Register every ``NAME=JSON:IMAGE_DIR`` spec; returns the names."""
     names = []

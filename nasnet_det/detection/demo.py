@@ -18,7 +18,7 @@ from tqdm import tqdm
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
-from nasnet_det.detection.data import register_datasets
+from nasnet_det.detection.data import register_builtin_datasets, register_datasets
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -106,6 +106,7 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
     cfg.freeze()
     register_datasets(cfg.DATASETS.COCO_FILES)
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    register_builtin_datasets(names)
     metadata = MetadataCatalog.get(names[0]) if names else None
     predictor = DefaultPredictor(cfg)
     NASNetDetectionCheckpointer(predictor.model).load(weights)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import weakref
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
+from detectron2.engine import defaults as d2_defaults
+from detectron2.engine.hooks import PeriodicWriter
 from detectron2.evaluation import verify_results
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -20,9 +26,11 @@ from nasnet_det.cli import exit_2_on_bad_input
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
-from nasnet_det.detection.data import check_dataset_classes, register_datasets
+from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
+from nasnet_det.genotypes import get_genotype
+from nasnet_det.models.cell import leaves_input_unused
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +51,32 @@ class DropPathSchedule(HookBase):
         set_drop_path_progress(self.trainer.model, progress)
 
 
+@contextlib.contextmanager
+def _ddp_options(**kwargs: Any) -> Iterator[None]:
+    """DefaultTrainer wraps the model with ``detectron2.engine.defaults.create_ddp_model`` and offers no
+    hook for DDP's arguments: pass ``kwargs`` through it while the trainer is built."""
+    if not kwargs:
+        yield
+        return
+    original = d2_defaults.create_ddp_model
+    d2_defaults.create_ddp_model = functools.partial(original, **kwargs)
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
-        super().__init__(cfg)
+        # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
+        ddp: dict[str, Any] = {}
+        if comm.get_world_size() > 1:
+            if leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE)):
+                ddp["find_unused_parameters"] = True
+            if cfg.MODEL.DEVICE == "cpu":  # gloo processes: detectron2 would pass device_ids=[local rank]
+                ddp["device_ids"] = None
+        with _ddp_options(**ddp):
+            super().__init__(cfg)
         # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network. The
         # PeriodicCheckpointer hook keeps the stock instance: saving is the same.
         self.checkpointer = NASNetDetectionCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
@@ -66,6 +97,10 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         hooks = super().build_hooks()
+        # detectron2 writes metrics every 20 iterations: a short run would leave one point of its loss curve.
+        for h in hooks:
+            if isinstance(h, PeriodicWriter):
+                h._period = max(1, min(h._period, self.max_iter // 20))
         if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
             hooks.insert(0, DropPathSchedule())
         return hooks
@@ -91,6 +126,7 @@ def setup(args: argparse.Namespace) -> CfgNode:
                          "add 'MODEL.DEVICE cpu' to the command line")
     cfg.freeze()
     register_datasets(cfg.DATASETS.COCO_FILES)
+    register_builtin_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_dataset_classes(cfg)
     default_setup(cfg, args)
     return cfg

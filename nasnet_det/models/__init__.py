@@ -21,11 +21,13 @@ from nasnet_det.space import Genotype
 
 def build_nasnet(genotype: Genotype | str, dataset: str = "imagenet", num_cells: int = 4,
                  penultimate_filters: int | None = None, filters: int | None = None,
-                 strict_filters: bool = True, **kwargs: Any) -> NASNet:
+                 strict_filters: bool = False, **kwargs: Any) -> NASNet:
     """A NASNet for ``dataset`` ('cifar' or 'imagenet') from any genotype, sized as ``N @ F``.
 
     Give either ``penultimate_filters`` (F, the paper's convention) or ``filters`` (f, slim's per-op filters
-    of the first stack). ``kwargs`` go to :class:`NASNet` (num_classes, drop_path_keep_prob, ...).
+    of the first stack). Any genotype gets a network: when F does not fit the cell's concat width, the
+    nearest valid F is used and logged (``strict_filters=True`` raises instead).
+    ``kwargs`` go to :class:`NASNet` (num_classes, drop_path_keep_prob, ...).
     """
     if dataset not in ("cifar", "imagenet"):
         raise ValueError(f"dataset must be 'cifar' or 'imagenet', got {dataset!r}")
@@ -54,7 +56,7 @@ def create_model(name: str, **overrides: Any) -> NASNet:
         kwargs.pop("penultimate_filters", None)
     elif "penultimate_filters" in overrides:
         kwargs.pop("filters", None)
-    return build_nasnet(dataset=preset.dataset, **{**kwargs, **overrides})
+    return build_nasnet(**{"dataset": preset.dataset, **kwargs, **overrides})
 
 
 __all__ = ["PRESETS", "NASNet", "NASNetArch", "add_nasnet_model_config", "build_nasnet", "create_model",

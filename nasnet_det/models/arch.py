@@ -28,7 +28,7 @@ COMPARED_FIELDS: dict[str, str] = {
     "stem_filters": "MODEL.NASNET.STEM_FILTERS",
     "skip_reduction_layer_input": "MODEL.NASNET.SKIP_REDUCTION_LAYER_INPUT",
     "pad_mode": "MODEL.NASNET.PAD_MODE",
-    "in_chans": "input channels",
+    "in_chans": "input channels; detection: len(MODEL.PIXEL_MEAN)",
     "num_classes": "the number of classes",
     "aux_head": "MODEL.NASNET.AUX_HEAD",
 }
@@ -125,11 +125,12 @@ class NASNetArch:
     def __hash__(self) -> int:
         return hash(tuple(self._value(k) for k in COMPARED_FIELDS))
 
-    def genotype_label(self) -> str:
+    def genotype_label(self, quoted: bool = True) -> str:
         digest = hashlib.sha1(json.dumps({"normal": self.genotype.normal.to_dict(),
                                           "reduce": self.genotype.reduce.to_dict()}, sort_keys=True
                                          ).encode()).hexdigest()[:8]
-        return f"{self.genotype.name or '<custom>'!r} [{digest}]"
+        name = self.genotype.name or "<custom>"
+        return f"{repr(name) if quoted else name} [{digest}]"
 
     def _show(self, name: str) -> str:
         return self.genotype_label() if name == "genotype" else str(self._value(name))
@@ -143,6 +144,6 @@ class NASNetArch:
 
     def describe(self) -> str:
         """One line naming the network: genotype (name + content hash), N, f, classes, stem."""
-        return (f"genotype {self.genotype_label()} N={self.num_cells} f={self.filters} "
+        return (f"genotype {self.genotype_label(quoted=False)} N={self.num_cells} f={self.filters} "
                 f"classes={self.num_classes} {'imagenet' if self.imagenet_stem else 'cifar'} stem "
                 f"stem_filters={self.conv0_filters} aux_head={self.aux_head} pad_mode={self.pad_mode}")

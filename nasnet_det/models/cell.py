@@ -21,6 +21,19 @@ def output_multiplier(spec: CellSpec) -> int:
     return sum(mult[-1] if i < NUM_INPUTS else mult[i - NUM_INPUTS] for i in spec.concat)
 
 
+def unused_inputs(spec: CellSpec) -> tuple[int, ...]:
+    """Cell inputs (0 = previous cell, 1 = the one before) that no block reads and the output does not
+    concatenate: their 1x1 / factorized-reduce preprocessing gets no gradient."""
+    read = {i for b in spec.blocks for i in b.inputs()} | set(spec.concat)
+    return tuple(i for i in range(NUM_INPUTS) if i not in read)
+
+
+def leaves_input_unused(genotype) -> bool:
+    """True when the normal or the reduction cell ignores one of its inputs: DDP then needs
+    ``find_unused_parameters=True`` (a searched cell may do this; the published ones do not)."""
+    return bool(unused_inputs(genotype.normal) or unused_inputs(genotype.reduce))
+
+
 class Cell(nn.Module):
     """One normal (stride 1) or reduction (stride 2) cell.
 

@@ -9,12 +9,14 @@ and the class count are not keys of the node: they follow from where the network
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fvcore.common.config import CfgNode
+import yaml
+from fvcore.common.config import BASE_KEY, CfgNode
 
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.nasnet import NASNet, filters_for_penultimate
@@ -131,13 +133,17 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, o
     overrides name (the overrides win) to ``cfg``, so that explicit keys merged afterwards win over it.
 
     Returns overrides to merge after ``opts``: the network is sized by one of F and f, so when the last
-    source that sizes it (the file, then the overrides) sets only one of them to a positive value, the
-    other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means f = 8).
-    ``config_file`` must exist (the caller checks that first)."""
+    source that sizes it (the ``_BASE_`` files, the file, then the overrides) sets only one of them to a
+    positive value, the other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means
+    f = 8).
+    ``config_file`` must exist (the caller checks that first); invalid YAML raises ``ValueError``."""
     renamed = renamed or {}
     data: Mapping = {}
     if config_file:
-        data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
+        try:
+            data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
+        except yaml.YAMLError as e:  # bad input, named like a bad key (ValueError), not a traceback
+            raise ValueError(f"{config_file} is not valid YAML: {e}") from None
     pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
     for old, new in renamed.items():
         if _lookup(data, old)[0]:
@@ -152,7 +158,7 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, o
         apply_preset(cfg.MODEL.NASNET, str(preset))
 
     sizing: dict[str, Any] = {}
-    for source in ({k: v for k in SIZE_KEYS for found, v in [_lookup(data, f"{NODE}.{k}")] if found},
+    for source in (*(_size_sources(str(config_file)) if config_file else []),
                    {k.rsplit(".", 1)[1]: v for k, v in pairs if k in {f"{NODE}.{s}" for s in SIZE_KEYS}}):
         if source:
             sizing = source
@@ -162,6 +168,26 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, o
             other = next(k for k in SIZE_KEYS if k != key)
             return [f"{NODE}.{other}", "0"]
     return []
+
+
+def _size_sources(filename: str) -> list[dict[str, Any]]:
+    """The size keys (F, f) that each file of ``filename``'s ``_BASE_`` tree sets itself, in the order fvcore
+    merges them (bases first), so that a file sizing the network by one of them overrides its bases' size."""
+    with CfgNode._open_cfg(filename) as f:
+        try:
+            raw = yaml.safe_load(f) or {}
+        except yaml.constructor.ConstructorError:  # as load_yaml_with_base(allow_unsafe=True), which read it first
+            f.seek(0)
+            raw = yaml.unsafe_load(f) or {}
+    sources: list[dict[str, Any]] = []
+    bases = raw.get(BASE_KEY, []) if isinstance(raw, Mapping) else []
+    for base in [bases] if isinstance(bases, str) else bases:  # resolved as fvcore resolves them
+        base = os.path.expanduser(base) if base.startswith("~") else base
+        if not base.startswith(("/", "https://", "http://")):
+            base = os.path.join(os.path.dirname(filename), base)
+        sources += _size_sources(base)
+    sources.append({k: v for k in SIZE_KEYS for found, v in [_lookup(raw, f"{NODE}.{k}")] if found})
+    return sources
 
 
 def _positive(value: Any) -> bool:
@@ -211,7 +237,8 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
     check_nasnet_node(node)
     try:
         genotype = get_genotype(genotype if genotype is not None else node["GENOTYPE"])
-        filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"])
+        filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"],
+                                                           strict=False)  # any searched cell: nearest F
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise ValueError(f"{_described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     return dict(genotype=genotype, num_classes=num_classes, num_cells=node["NUM_CELLS"], filters=filters,

@@ -11,6 +11,7 @@ straight through, ``reduction_cell_0/1``, ``last_linear``), so checkpoints map b
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import Cell, output_multiplier
 from nasnet_det.models.ops import PAD_MODES, Conv2dSame
 from nasnet_det.space import Genotype
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,14 +47,21 @@ class FeatureInfo:
 
 
 def filters_for_penultimate(genotype: Genotype, penultimate_filters: int, strict: bool = True) -> int:
-    """Per-op filters ``f`` of the first stack for a network whose last cell outputs ``F`` channels."""
+    """Per-op filters ``f`` of the first stack for a network whose last cell outputs ``F`` channels.
+
+    ``F`` must be a multiple of 4 x the normal cell's concat width. A searched cell may concat any number of
+    blocks (1..5, plus the unused inputs), so a paper-scale ``F`` (768, 1056, 4032) need not fit it:
+    ``strict=False`` then takes the nearest ``f`` (so ``F`` becomes the nearest valid value) and logs it."""
     per_f = 4 * output_multiplier(genotype.normal)
     if penultimate_filters % per_f:
+        nearest = max(1, round(penultimate_filters / per_f))
         if strict:
             raise ValueError(f"F={penultimate_filters} is not a multiple of {per_f} (= 4 x the normal cell's "
                              f"output multiplier {per_f // 4} for genotype {genotype.name or '<custom>'}); "
-                             f"nearest valid F: {max(1, round(penultimate_filters / per_f)) * per_f}")
-        return max(1, round(penultimate_filters / per_f))
+                             f"nearest valid F: {nearest * per_f}")
+        logger.info("genotype %s concatenates %d outputs, so F=%d is not a multiple of %d: using f=%d (F=%d)",
+                    genotype.name or "<custom>", per_f // 4, penultimate_filters, per_f, nearest, nearest * per_f)
+        return nearest
     return penultimate_filters // per_f
 
 

@@ -1,0 +1,163 @@
+"""Resumable training checkpoints: fvcore's ``Checkpointer`` writing our format atomically.
+
+Layout: ``OUTPUT_DIR/checkpoints/ckpt_<step>.pth`` and ``OUTPUT_DIR/last_checkpoint`` (the newest one's path
+relative to OUTPUT_DIR). fvcore supplies the checkpointables (optimizer, scheduler, scaler, EMA: saved by
+``state_dict()``, restored by ``load_state_dict()``) and the model loading with its key report. Changed here:
+
+- files are ``nasnet-det/v1`` payloads (``arch`` + ``state_dict``), so export and ``MODEL.NASNET.WEIGHTS`` read them;
+- checkpoint and pointer are written atomically (fvcore writes in place: a kill leaves a torn file);
+- a damaged checkpoint is named and the newest intact older one is used instead;
+- pruning keeps the newest ``keep`` files on disk, also those of an interrupted earlier session
+  (fvcore's ``PeriodicCheckpointer`` only prunes what it wrote itself, and names files ``model_<iter>``,
+  ``model_final`` included, which is our exported backbone's name);
+- our own stale temporary files (``.*.tmp``, left by a kill during a write) are removed on start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fvcore.common.checkpoint import Checkpointer
+from torch import nn
+
+from nasnet_det.models.pretrained import read_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last_checkpoint"
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, zero bytes, not a checkpoint)."""
+
+
+def read_intact_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``read_checkpoint``, with a torn or unreadable file reported as one error that names it."""
+    try:
+        return read_checkpoint(path)
+    except FileNotFoundError:
+        raise
+    except ValueError as exc:  # not one of ours; the message names the file
+        raise DamagedCheckpointError(str(exc)) from exc
+    except Exception as exc:  # torn zip, 0 bytes, unpickling error
+        raise DamagedCheckpointError(f"checkpoint {path} is damaged or unreadable "
+                                     f"({type(exc).__name__}: {exc})") from exc
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` through a temporary file and a rename, so readers see the old or the new file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class TrainingCheckpointer(Checkpointer):
+    """``verify(payload, path)`` runs on every loaded payload before anything is restored (arch checks)."""
+
+    def __init__(self, model: nn.Module, output_dir: str | os.PathLike, keep: int, save_to_disk: bool,
+                 verify: Callable[[dict, Path], None] | None = None, **checkpointables: Any):
+        super().__init__(model, str(output_dir), save_to_disk=save_to_disk, **checkpointables)
+        self.output_dir = Path(output_dir)
+        self.keep = keep
+        self.verify = verify
+
+    # ---- files
+    def checkpoints(self) -> list[Path]:
+        """OUTPUT_DIR/checkpoints/ckpt_<step>.pth files, oldest (lowest step) first."""
+        found = []
+        for path in (self.output_dir / "checkpoints").glob("ckpt_*.pth"):
+            step = path.stem.removeprefix("ckpt_")
+            if step.isdigit():
+                found.append((int(step), path))
+        return [path for _, path in sorted(found)]
+
+    def last_checkpoint(self) -> Path | None:
+        """The file ``last_checkpoint`` names or, when that file is missing (lost, or only checkpoints/ was
+        copied) or names a missing file, the newest checkpoints/ckpt_*.pth; None if there is none."""
+        pointer = self.output_dir / LAST_CHECKPOINT
+        if pointer.is_file():
+            path = self.output_dir / pointer.read_text(errors="replace").strip()
+            if path.is_file():
+                return path
+            logger.warning("%s names %s, which does not exist", pointer, path)
+        found = self.checkpoints()
+        if found and self.save_to_disk:
+            logger.warning("%s is missing or stale; using the newest checkpoint %s", pointer, found[-1])
+        return found[-1] if found else None
+
+    def get_checkpoint_file(self) -> str:
+        return str(self.last_checkpoint() or "")
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(self.output_dir / LAST_CHECKPOINT, last_filename_basename)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the ``.<name>.*.tmp`` files our atomic writes leave when a process is killed mid-write."""
+        folders = (self.output_dir, self.output_dir / "checkpoints")
+        removed = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
+        for path in removed:
+            path.unlink(missing_ok=True)
+        if removed:
+            logger.info("removed stale temporary file(s) of an interrupted write: %s", ", ".join(map(str, removed)))
+        return removed
+
+    # ---- save
+    def save(self, name: str, **extra: Any) -> None:
+        """Atomically write ``OUTPUT_DIR/<name>.pth`` (model, checkpointables, ``extra``), point
+        ``last_checkpoint`` at it and prune older checkpoints (no-op unless ``save_to_disk``)."""
+        if not self.save_to_disk:
+            return
+        path = self.output_dir / f"{name}.pth"
+        states = {key: obj.state_dict() for key, obj in self.checkpointables.items()}
+        save_checkpoint(self.model, path, **states, **extra)
+        self.tag_last_checkpoint(path.relative_to(self.output_dir).as_posix())
+        kept = self.checkpoints()
+        for old in kept[: max(0, len(kept) - self.keep)]:
+            old.unlink(missing_ok=True)
+
+    def save_step(self, step: int, **extra: Any) -> Path:
+        self.save(f"checkpoints/ckpt_{step:08d}", step=step, **extra)
+        return self.output_dir / "checkpoints" / f"ckpt_{step:08d}.pth"
+
+    # ---- load
+    def _load_file(self, f: str) -> dict[str, Any]:
+        payload = read_intact_checkpoint(f)
+        if self.verify is not None:
+            self.verify(payload, Path(f))
+        payload["model"] = payload.pop("state_dict")
+        for key in self.checkpointables:
+            if payload.get(key) is None:
+                payload.pop(key, None)
+        if "ema_state_dict" in self.checkpointables and "ema_state_dict" not in payload:
+            payload["ema_state_dict"] = payload["model"]  # a run without EMA: the average starts here
+        return payload
+
+    def load_newest_intact(self, path: Path | None = None) -> tuple[Path, dict[str, Any]]:
+        """Load ``path`` (default: :meth:`last_checkpoint`); if it is damaged, say so and load the newest intact
+        older checkpoint. Returns (the file loaded, its extra entries: step, epoch, RNG states, ...)."""
+        first = path or self.last_checkpoint()
+        if first is None:
+            raise FileNotFoundError(f"{self.output_dir} has no {LAST_CHECKPOINT} file and no checkpoints/ckpt_*.pth")
+        candidates = [Path(first)] + [p for p in reversed(self.checkpoints()) if p != Path(first)]
+        damaged = []
+        for candidate in candidates:
+            try:
+                return candidate, self.load(str(candidate))
+            except DamagedCheckpointError as exc:
+                damaged.append(candidate)
+                if self.save_to_disk:  # main process
+                    logger.warning("%s; trying the next older checkpoint", exc)
+        raise DamagedCheckpointError(f"no intact checkpoint to resume from: {', '.join(map(str, damaged))} "
+                                     "are damaged; delete them (or use --no-resume) to start over")

@@ -1,0 +1,57 @@
+"""``nasnet-det pipeline --config-file configs/pipeline/NAME.yaml [--from S] [--until S] [--only S] [KEY VALUE ...]``
+
+Runs search -> select -> cifar (optional) -> pretrain -> detect -> evaluate -> report into OUTPUT_DIR. Rerun
+the same command after an interruption or a failure: finished stages are skipped, the interrupted one resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.pipeline.config import STAGES, load_pipeline_config
+from nasnet_det.pipeline.runner import Pipeline, select_stages
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nasnet-det pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="pipeline YAML (see configs/pipeline/)")
+    p.add_argument("--output-dir", default="", help="overrides OUTPUT_DIR")
+    p.add_argument("--from", dest="start", choices=STAGES, help="start at this stage (earlier ones must be done)")
+    p.add_argument("--until", choices=STAGES, help="stop after this stage")
+    p.add_argument("--only", choices=STAGES, help="run just this stage")
+    p.add_argument("--force", action="store_true",
+                   help="rerun the selected stages from scratch even when finished and unchanged")
+    p.add_argument("--quiet", action="store_true", help="only the pipeline's own lines (stage logs: stage.log)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the pipeline config")
+    return p
+
+
+@exit_2_on_bad_input
+def main(argv: list[str] | None = None) -> int:
+    # fvcore and detectron2 call the deprecated torch.jit.script at import time; users can do nothing about it.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    opts = list(args.opts)
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    flags = [o for o in opts if o.startswith("--")]
+    if flags:
+        raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first")
+    if args.output_dir:
+        opts += ["OUTPUT_DIR", args.output_dir]
+    cfg = load_pipeline_config(args.config_file, opts)
+    stages = select_stages(args.start, args.until, args.only)
+    try:
+        Pipeline(cfg, quiet=args.quiet).run(stages, force=args.force)
+    except KeyboardInterrupt:
+        print("nasnet-det pipeline: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

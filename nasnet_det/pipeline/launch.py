@@ -1,0 +1,130 @@
+"""Running a stage's tool as a child process: command lines (plain, torchrun, detectron2 launch), the
+network overrides each tool understands, and a runner that tees the child's output to the console and to the
+stage's log and turns a failure into one message naming the stage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from fvcore.common.config import CfgNode as CN
+
+from nasnet_det.pipeline.config import repo_root
+
+# The one place that knows how each tool spells the network keys (classification and detection both use the
+# MODEL.NASNET node today); a rename changes only this table.
+NETWORK_PREFIX = {"train": "MODEL.NASNET.", "detect": "MODEL.NASNET."}
+LOG_NAME = "stage.log"
+
+
+class StageError(ValueError):
+    """A stage cannot run or failed: the message names the stage, the file or key, and what was expected."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"stage '{stage}': {message}")
+        self.stage = stage
+
+
+def genotype_opts(tool: str, genotype: str | Path) -> list[str]:
+    return [NETWORK_PREFIX[tool] + "GENOTYPE", str(genotype)]
+
+
+def network_opts(tool: str, cfg: CN, genotype: str | Path) -> list[str]:
+    """``KEY VALUE`` overrides giving ``tool`` the pipeline's network (NETWORK node) and ``genotype``."""
+    n, p = cfg.NETWORK, NETWORK_PREFIX[tool]
+    return [*genotype_opts(tool, genotype),
+            p + "NUM_CELLS", str(n.NUM_CELLS),
+            p + "PENULTIMATE_FILTERS", str(n.PENULTIMATE_FILTERS),
+            p + "FILTERS", str(n.FILTERS),
+            p + "STEM_FILTERS", str(n.STEM_FILTERS),
+            p + "SKIP_REDUCTION_LAYER_INPUT", str(n.SKIP_REDUCTION_LAYER_INPUT),
+            p + "PAD_MODE", str(n.PAD_MODE)]
+
+
+def tool_path(stage: str, name: str) -> Path:
+    path = repo_root() / "tools" / name
+    if not path.is_file():
+        raise StageError(stage, f"the tool {path} does not exist; run the pipeline from a checkout of nasnet-det "
+                                "(tools/ sits next to the nasnet_det package)")
+    return path
+
+
+def python(cfg: CN) -> str:
+    return cfg.PIPELINE.PYTHON or sys.executable
+
+
+def torchrun_prefix(cfg: CN, nproc: int, nnodes: int = 1, node_rank: int = 0, rdzv_endpoint: str = "") -> list[str]:
+    """``python -m torch.distributed.run ...`` for ``nproc`` processes per machine (plain python for one)."""
+    if nproc <= 1 and nnodes <= 1:
+        return [python(cfg)]
+    cmd = [python(cfg), "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    if nnodes > 1:
+        if not rdzv_endpoint:
+            raise ValueError("a multi-machine torchrun needs RDZV_ENDPOINT HOST:PORT")
+        cmd += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", rdzv_endpoint]
+    else:
+        cmd += ["--standalone"]
+    return cmd
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """The child gets SIGKILL when the pipeline dies (kill -9 included): no orphan keeps writing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def last_error_line(log: Path) -> str:
+    """The most telling line of a failed tool's log: its ``error:`` line, else the exception line."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for pred in (lambda ln: "error:" in ln.lower(), lambda ln: "Error" in ln.split(":")[0]):
+        hits = [ln for ln in lines if pred(ln)]
+        if hits:
+            return hits[-1][-600:]
+    return lines[-1][-600:] if lines else ""
+
+
+def run_tool(stage: str, argv: list[str], workdir: Path, quiet: bool = False) -> None:
+    """Run ``argv``; its output goes to ``workdir/stage.log`` (appended: a resumed stage keeps its history)
+    and, unless ``quiet``, to the console. A non-zero exit raises :class:`StageError`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / LOG_NAME
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    with open(log_path, "ab") as log:
+        log.write(("$ " + " ".join(argv) + "\n").encode())
+        log.flush()
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent)
+        try:
+            assert proc.stdout is not None
+            while chunk := proc.stdout.read1(1 << 16):
+                log.write(chunk)
+                log.flush()
+                if not quiet:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+            rc = proc.wait()
+        except BaseException:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+    if rc != 0:
+        detail = last_error_line(log_path)
+        tool = next((Path(a).name for a in argv if a.endswith(".py")), argv[0])
+        raise StageError(stage, f"{tool} exited with code {rc}{': ' + detail if detail else ''} "
+                                f"(full log: {log_path}); fix it and rerun the same command to continue from here")

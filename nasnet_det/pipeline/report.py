@@ -1,0 +1,195 @@
+"""``report.md`` and the PNGs beside it, from the stage manifests and the artifacts they name."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from nasnet_det.pipeline.manifest import atomic_write_text, read_manifest
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"
+
+
+def plot_detection_loss(events: Path, out: Path) -> Path | None:
+    """Total and per-term losses per iteration from detectron2's ``metrics.json`` (JSON lines)."""
+    if not events.is_file():
+        return None
+    rows = [json.loads(ln) for ln in events.read_text().splitlines() if ln.strip().startswith("{")]
+    rows = [r for r in rows if "total_loss" in r]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    it = [r["iteration"] for r in rows]
+    for key in ["total_loss", *sorted(k for k in rows[-1] if k.startswith("loss_"))]:
+        ax.plot(it, [r.get(key) for r in rows], label=key, lw=2 if key == "total_loss" else 1)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_title("Faster R-CNN training loss")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def build_backbone(cfg, genotype_file: Path):
+    """The pipeline's NETWORK with the chosen cell, as the detector's backbone (no classifier, no aux head)."""
+    from nasnet_det.models import build_nasnet
+
+    n = cfg.NETWORK
+    size = dict(filters=n.FILTERS) if n.FILTERS > 0 else dict(penultimate_filters=n.PENULTIMATE_FILTERS)
+    return build_nasnet(str(genotype_file), dataset="imagenet", num_cells=n.NUM_CELLS, num_classes=0,
+                        aux_head=False, stem_filters=n.STEM_FILTERS,
+                        skip_reduction_layer_input=n.SKIP_REDUCTION_LAYER_INPUT, pad_mode=n.PAD_MODE, **size)
+
+
+def backbone_profile(cfg, genotype_file: Path, image_size: int) -> dict[str, Any]:
+    from nasnet_det.models.profile import count_mult_adds, count_params
+
+    model = build_backbone(cfg, genotype_file)
+    n = cfg.NETWORK
+    return {"params": count_params(model), "mult_adds": count_mult_adds(model, image_size),
+            "image_size": image_size, "num_features": model.num_features, "num_cells": n.NUM_CELLS}
+
+
+def write_report(ctx, workdir: Path, stage_names: tuple[str, ...] | list) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = ctx.out
+    manifests = {s.name: read_manifest(ctx.stage_dir(s.name)) for s in stage_names if s.name != "report"}
+
+    def rel(p: Path | str) -> str:
+        p = Path(p)
+        try:
+            return str(p.resolve().relative_to(out))
+        except ValueError:
+            return str(p)
+
+    def copy(stage: str, key: str, name: str) -> str | None:
+        m = manifests.get(stage)
+        src = m and m.get("status") == "done" and m.get("outputs", {}).get(key)
+        if not src or not Path(ctx.abspath(src)).is_file():
+            return None
+        shutil.copyfile(ctx.abspath(src), workdir / name)
+        return name
+
+    lines = ["# nasnet-det pipeline report", "", f"Output folder: `{out}`", ""]
+
+    # Time per stage ------------------------------------------------------------------------------------
+    lines += ["## Stages", "", "| stage | status | wall time | attempts | folder |", "| --- | --- | --- | --- | --- |"]
+    total = 0.0
+    for name, m in manifests.items():
+        if not m:
+            lines.append(f"| {name} | not run | - | - | - |")
+            continue
+        total += m.get("wall_seconds_total") or 0.0
+        lines.append(f"| {name} | {m.get('status')} | {_fmt_time(m.get('wall_seconds_total'))} | "
+                     f"{m.get('attempts', 1)} | `{name}/` |")
+    lines += [f"| **total** | | {_fmt_time(total)} | | |", ""]
+
+    # Cells ---------------------------------------------------------------------------------------------
+    sel = manifests.get("select") or {}
+    lines += ["## Chosen cell", ""]
+    if copy("select", "cells", "cells.png"):
+        g = sel.get("metrics", {})
+        lines += [f"Genotype **{g.get('genotype')}** (search reward {_num(g.get('reward'), 4)}"
+                  + (f", re-ranked CIFAR top-1 {_num(g.get('rerank_top1'))}%" if g.get("rerank_top1") else "")
+                  + f"; file `{sel.get('outputs', {}).get('genotype')}`).", "", "![cells](cells.png)", ""]
+
+    # Search --------------------------------------------------------------------------------------------
+    search = manifests.get("search") or {}
+    lines += ["## Search", ""]
+    if search.get("outputs", {}).get("kind") == "given":
+        lines += [f"Not run: the genotype was given (`SEARCH.GENOTYPE {search.get('config', {}).get('genotype')}`).",
+                  ""]
+    elif search.get("status") == "done":
+        lines += ["| strategy | children | ok | failed | best reward | mean reward | first-quarter batch mean | "
+                  "last-quarter batch mean |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for name, s in search.get("metrics", {}).get("strategies", {}).items():
+            lines.append(f"| {name} | {s.get('evaluations')} | {s.get('ok')} | {s.get('failed')} | "
+                         f"{_num(s.get('best_reward'), 4)} | {_num(s.get('mean_reward'), 4)} | "
+                         f"{_num(s.get('first_batches_mean'), 4)} | {_num(s.get('last_batches_mean'), 4)} |")
+        lines.append("")
+        if copy("search", "rewards_plot", "search_rewards.png"):
+            lines += ["Reward per policy batch, per strategy:", "", "![search rewards](search_rewards.png)", ""]
+
+    # Training stages -----------------------------------------------------------------------------------
+    lines += ["## Training", ""]
+    for stage, title in (("cifar", "CIFAR-10 final training"), ("pretrain", "ImageNet pretraining")):
+        m = manifests.get(stage)
+        if not m:
+            lines += [f"{title}: not run.", ""]
+            continue
+        if m.get("outputs", {}).get("kind") == "given":
+            lines += [f"{title}: not run; weights given (`{m['outputs'].get('weights')}`).", ""]
+            continue
+        met = m.get("metrics", {})
+        lines += [f"**{title}** ({m.get('status')}): top-1 {_num(met.get('top1'))}%, top-5 {_num(met.get('top5'))}% "
+                  f"on {met.get('images', '-')} held-out images; weights `{m.get('outputs', {}).get('weights')}`.", ""]
+        png = copy(stage, "curves", f"{stage}_curves.png")
+        if png:
+            lines += [f"![{stage} curves]({png})", ""]
+    det = manifests.get("detect") or {}
+    if det.get("status") == "done":
+        met = det.get("metrics", {})
+        lines += [f"**Faster R-CNN** ({det.get('status')}): {met.get('iterations', '-')} iterations, total loss "
+                  f"{_num(met.get('first_total_loss'), 3)} -> {_num(met.get('last_total_loss'), 3)}; detector "
+                  f"`{det.get('outputs', {}).get('weights')}`.", ""]
+        if plot_detection_loss(Path(ctx.abspath(det["outputs"].get("events", ""))), workdir / "detection_loss.png"):
+            lines += ["![detection loss](detection_loss.png)", ""]
+
+    # COCO AP -------------------------------------------------------------------------------------------
+    ev = manifests.get("evaluate") or {}
+    lines += ["## COCO box AP", ""]
+    for dataset, res in ev.get("metrics", {}).get("bbox", {}).items():
+        lines += [f"Dataset `{dataset}`:", "", "| " + " | ".join(AP_KEYS) + " |", "|" + " --- |" * len(AP_KEYS),
+                  "| " + " | ".join(_num(res.get(k)) for k in AP_KEYS) + " |", ""]
+        # Categories without ground truth in the dataset have no AP (NaN): leave them out.
+        per_cat = sorted((k[3:], v) for k, v in res.items() if k.startswith("AP-") and v == v)
+        if per_cat:
+            lines += [f"<details><summary>per-category AP ({len(per_cat)} categories with ground truth)</summary>",
+                      "", "| category | AP |", "| --- | --- |"]
+            lines += [f"| {c} | {_num(v)} |" for c, v in per_cat]
+            lines += ["", "</details>", ""]
+    if not ev.get("metrics"):
+        lines += ["Not evaluated.", ""]
+
+    # Backbone size -------------------------------------------------------------------------------------
+    genotype = sel.get("outputs", {}).get("genotype")
+    if genotype:
+        prof = backbone_profile(ctx.cfg, ctx.abspath(genotype), ctx.cfg.REPORT.PROFILE_IMAGE_SIZE)
+        (workdir / "backbone_profile.json").write_text(json.dumps(prof, indent=2) + "\n")
+        lines += ["## Backbone", "", "| network | params | mult-adds | image size | output channels |",
+                  "| --- | --- | --- | --- | --- |",
+                  f"| {prof['num_cells']}@{prof['num_features']} (no classifier) | {prof['params'] / 1e6:.3f} M | "
+                  f"{prof['mult_adds'] / 1e6:.1f} M | {prof['image_size']} | {prof['num_features']} |", ""]
+
+    # Artifacts -----------------------------------------------------------------------------------------
+    lines += ["## Artifacts", "", "| stage | artifact | path |", "| --- | --- | --- |"]
+    for name, m in manifests.items():
+        for key, value in (m or {}).get("outputs", {}).items():
+            for sub, path in (value.items() if isinstance(value, dict) else [("", value)]):
+                if key == "kind":
+                    continue
+                lines.append(f"| {name} | {key}{'/' + sub if sub else ''} | `{path}` |")
+    lines += ["", "Each stage folder holds its `manifest.json` (settings + hash, inputs + sha256, outputs, "
+              "metrics, wall time, status) and `stage.log`.", ""]
+    return atomic_write_text(workdir / "report.md", "\n".join(lines))

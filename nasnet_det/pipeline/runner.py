@@ -1,0 +1,165 @@
+"""Run the stages in order, deciding for each from its manifest: skip, resume, or start over.
+
+* finished, with the same settings and the same input checksums (and nothing before it rerun): skipped;
+* interrupted (``running``, e.g. after kill -9) or ``failed`` with the same settings and inputs: rerun into
+  the same folder, where the tool resumes from its own journal / checkpoint;
+* settings or inputs changed: the folder is cleared and the stage runs afresh, and so does every later stage.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fvcore.common.config import CfgNode as CN
+
+from nasnet_det.pipeline.config import STAGES as STAGE_NAMES
+from nasnet_det.pipeline.launch import StageError
+from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
+from nasnet_det.pipeline.stages import STAGES, Context, Stage
+
+
+def select_stages(start: str | None = None, until: str | None = None, only: str | None = None) -> list[str]:
+    """The stage names ``--from``/``--until``/``--only`` pick, in order."""
+    for flag, name in (("--from", start), ("--until", until), ("--only", only)):
+        if name is not None and name not in STAGE_NAMES:
+            raise ValueError(f"{flag} {name!r}: unknown stage; the stages are {', '.join(STAGE_NAMES)}")
+    if only:
+        if start or until:
+            raise ValueError("--only cannot be combined with --from / --until")
+        return [only]
+    lo = STAGE_NAMES.index(start) if start else 0
+    hi = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
+    if lo > hi:
+        raise ValueError(f"--from {start} comes after --until {until}")
+    return list(STAGE_NAMES[lo:hi + 1])
+
+
+def _fmt(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def _relative(value: Any, root: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _relative(v, root) for k, v in value.items()}
+    if isinstance(value, str) and os.path.isabs(value):
+        try:
+            return str(Path(value).relative_to(root))
+        except ValueError:
+            return value
+    return value
+
+
+@contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One pipeline per output folder at a time (a second one would interleave the same stages)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".pipeline.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another pipeline is running in {out} (it holds {out / '.pipeline.lock'})") from None
+        yield
+
+
+class Pipeline:
+    def __init__(self, cfg: CN, quiet: bool = False, log=None):
+        self.ctx = Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet)
+        self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def say(self, msg: str) -> None:
+        self._log(f"[pipeline] {msg}")
+
+    def run(self, stages: list[str] | None = None, force: bool = False) -> dict[str, str]:
+        """Run the chosen stages (all by default); returns ``{stage: what happened}``."""
+        chosen = stages or list(STAGE_NAMES)
+        done: dict[str, str] = {}
+        rerun_later = False  # once a stage (re)runs, every later stage must too
+        t0 = time.time()
+        with _lock(self.ctx.out):
+            self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
+            for stage in STAGES:  # every stage's config loads, before hours of work in the earlier ones
+                if stage.name in chosen and stage.enabled(self.ctx):
+                    stage.settings(self.ctx)
+                    stage.check(self.ctx)
+            for stage in STAGES:
+                if stage.name not in chosen:
+                    continue
+                if not stage.enabled(self.ctx):
+                    self.say(f"{stage.name}: disabled ({stage.name.upper()}.ENABLED False)")
+                    done[stage.name] = "disabled"
+                    continue
+                ran = self._run_stage(stage, force=force or rerun_later)
+                done[stage.name] = ran
+                rerun_later = rerun_later or ran != "skipped"
+        self.say(f"finished in {_fmt(time.time() - t0)}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
+        return done
+
+    def _run_stage(self, stage: Stage, force: bool) -> str:
+        ctx, workdir = self.ctx, self.ctx.stage_dir(stage.name)
+        settings = stage.settings(ctx)
+        inputs = stage.inputs(ctx)
+        for key, path in inputs.items():
+            if not Path(path).is_file():
+                raise StageError(stage.name, f"input {key} {path} does not exist")
+        checksums = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()}
+        digest = settings_hash(settings)
+        prev = read_manifest(workdir)
+        same = prev is not None and prev.get("config_hash") == digest and prev.get("inputs") == _relative(
+            checksums, ctx.out)
+        if same and prev.get("status") == "done" and not force and self._outputs_exist(prev):
+            self.say(f"{stage.name}: skipped (finished, settings and inputs unchanged)")
+            return "skipped"
+        if prev is not None and (not same or force) and workdir.exists():
+            why = "forced" if force and same else "settings or inputs changed"
+            self.say(f"{stage.name}: {why}; clearing {workdir} and starting it afresh")
+            shutil.rmtree(workdir)
+        resumed = same and prev.get("status") in ("running", "failed", "interrupted") and not force
+        attempts = (prev.get("attempts", 0) if resumed else 0) + 1
+        manifest: dict[str, Any] = {
+            "stage": stage.name, "status": "running", "config": settings, "config_hash": digest,
+            "inputs": _relative(checksums, ctx.out), "outputs": {}, "metrics": {}, "attempts": attempts,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_seconds_before": prev.get("wall_seconds_total", 0.0) if resumed else 0.0,
+        }
+        write_manifest(workdir, manifest)
+        self.say(f"{stage.name}: {'resuming (attempt ' + str(attempts) + ')' if resumed else 'start'}")
+        t0 = time.time()
+        try:
+            stage.run(ctx, workdir, inputs)
+            outputs, metrics = stage.collect(ctx, workdir)
+        except BaseException as e:
+            elapsed = time.time() - t0
+            manifest.update(status="failed" if isinstance(e, Exception) else "interrupted",
+                            error=str(e) if isinstance(e, Exception) else type(e).__name__,
+                            wall_seconds=elapsed, wall_seconds_total=manifest["wall_seconds_before"] + elapsed)
+            write_manifest(workdir, manifest)
+            self.say(f"{stage.name}: {manifest['status']} after {_fmt(elapsed)}")
+            if isinstance(e, Exception) and not isinstance(e, StageError):
+                raise StageError(stage.name, f"{type(e).__name__}: {e}") from e
+            raise
+        elapsed = time.time() - t0
+        manifest.update(status="done", outputs=_relative(outputs, ctx.out), metrics=metrics,
+                        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds=elapsed,
+                        wall_seconds_total=manifest["wall_seconds_before"] + elapsed)
+        write_manifest(workdir, manifest)
+        self.say(f"{stage.name}: done in {_fmt(elapsed)}")
+        return "resumed" if resumed else "ran"
+
+    def _outputs_exist(self, manifest: dict[str, Any]) -> bool:
+        def paths(v: Any) -> Iterator[str]:
+            if isinstance(v, dict):
+                for x in v.values():
+                    yield from paths(x)
+            elif isinstance(v, str) and (v.endswith((".json", ".pth", ".md", ".sqlite"))):
+                yield v
+
+        return all(Path(self.ctx.abspath(p)).exists() for p in paths(manifest.get("outputs", {})))

@@ -1,0 +1,191 @@
+"""The end-to-end pipeline (issue 9) on a tinier version of configs/pipeline/smoke.yaml that still runs
+every stage for real: search -> select -> pretrain (2 gloo processes) -> detect -> evaluate -> report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nasnet_det.pipeline import Pipeline, StageError, load_pipeline_config
+from nasnet_det.pipeline.cli import main as pipeline_main
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs/pipeline/smoke.yaml"
+TINY = [
+    "SEARCH.OPTS", "['SEARCH.STRATEGY', 'random', 'SEARCH.BUDGET', '4', 'SEARCH.BATCH_SIZE', '2', "
+                   "'CHILD.MAX_STEPS', '3', 'DATA.TRAIN_LIMIT', '300', 'DATA.VAL_SIZE', '100', "
+                   "'WORKERS.NUM_WORKERS', '1']",
+    "PRETRAIN.OPTS", "['SOLVER.MAX_STEPS', '4', 'SOLVER.BATCH_SIZE', '4', 'SOLVER.ACCUM_STEPS', '1', "
+                     "'TRAIN.CHECKPOINT_PERIOD', '2', 'TRAIN.EVAL_PERIOD', '4', 'TRAIN.LOG_PERIOD', '1', "
+                     "'TRAIN.TENSORBOARD', 'False', 'DATA.FAKE_TRAIN_PER_CLASS', '8', 'DATA.FAKE_VAL_PER_CLASS', '2']",
+    "DETECT.OPTS", "['SOLVER.MAX_ITER', '4', 'SOLVER.CHECKPOINT_PERIOD', '2', 'SOLVER.IMS_PER_BATCH', '2', "
+                   "'INPUT.MIN_SIZE_TRAIN', '(96,)', 'INPUT.MIN_SIZE_TEST', '96', 'INPUT.MAX_SIZE_TEST', '128']",
+    "REPORT.PROFILE_IMAGE_SIZE", "64",
+]
+
+
+def manifest(out: Path, stage: str) -> dict:
+    return json.loads((out / stage / "manifest.json").read_text())
+
+
+def run(out: Path, *extra: str, stages=None, force=False) -> dict[str, str]:
+    cfg = load_pipeline_config(SMOKE, [*TINY, "OUTPUT_DIR", str(out), *extra])
+    return Pipeline(cfg, quiet=True, log=lambda msg: None).run(stages, force=force)
+
+
+def journal_rows(out: Path) -> list[tuple]:
+    with sqlite3.connect(out / "search" / "journal.sqlite") as db:
+        return db.execute("SELECT id, strategy, status, reward, finished FROM evaluations ORDER BY id").fetchall()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    done = run(out)
+    assert done == {"search": "ran", "select": "ran", "cifar": "disabled", "pretrain": "ran", "detect": "ran",
+                    "evaluate": "ran", "report": "ran"}
+    return out
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".pipeline.lock"))
+    return dst
+
+
+def test_smoke_chain_end_to_end(finished: Path):
+    for stage in ("search", "select", "pretrain", "detect", "evaluate", "report"):
+        m = manifest(finished, stage)
+        assert m["status"] == "done" and m["wall_seconds"] > 0 and len(m["config_hash"]) == 16
+    assert manifest(finished, "detect")["inputs"]["backbone"]["path"] == "pretrain/model_final.pth"
+    assert len(manifest(finished, "detect")["inputs"]["backbone"]["sha256"]) == 64
+    # pretraining ran as two gloo processes (torchrun)
+    log = (finished / "pretrain" / "stage.log").read_text()
+    assert "torch.distributed.run --nproc-per-node 2" in log
+    bbox = manifest(finished, "evaluate")["metrics"]["bbox"]["coco_sample_val"]
+    assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(bbox)
+    assert any(k.startswith("AP-") for k in bbox)
+    report = (finished / "report" / "report.md").read_text()
+    for png in ("cells.png", "search_rewards.png", "pretrain_curves.png", "detection_loss.png"):
+        assert f"]({png})" in report and (finished / "report" / png).stat().st_size > 1000
+    assert "| AP | AP50 |" in report and "mult-adds" in report and "| search | done |" in report
+    # a second run of the same command skips everything
+    assert set(run(finished).values()) == {"skipped", "disabled"}
+
+
+def test_failed_stage_then_a_fixed_config_reruns_that_stage_and_later_ones_only(finished: Path, tmp_path: Path,
+                                                                              capsys):
+    out = copy_run(finished, tmp_path / "run")
+    before = {s: manifest(out, s) for s in ("search", "select", "pretrain")}
+    backbone = (out / "pretrain" / "model_final.pth").read_bytes()
+    # the detection tool fails at run time: one message naming the stage, the key and the log
+    rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", *TINY, "OUTPUT_DIR", str(out),
+                        "DETECT.OPTS", "['DATASETS.TRAIN', \"('no_such_dataset',)\"]"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stage 'detect'" in err and "no_such_dataset" in err and "stage.log" in err
+    assert manifest(out, "detect")["status"] == "failed"
+    assert (out / "pretrain" / "model_final.pth").read_bytes() == backbone
+    # fixed, and changed: detection and what follows rerun, nothing before it
+    changed = TINY[TINY.index("DETECT.OPTS") + 1].replace("'SOLVER.MAX_ITER', '4'", "'SOLVER.MAX_ITER', '3'")
+    done = run(out, "DETECT.OPTS", changed)
+    assert done == {"search": "skipped", "select": "skipped", "cifar": "disabled", "pretrain": "skipped",
+                    "detect": "ran", "evaluate": "ran", "report": "ran"}
+    assert {s: manifest(out, s) for s in before} == before  # earlier manifests untouched
+    assert manifest(out, "detect")["metrics"]["iterations"] == 3
+
+
+def test_bad_stage_input_names_stage_and_keeps_earlier_artifacts(finished: Path, tmp_path: Path, capsys):
+    out = copy_run(finished, tmp_path / "run")
+    before = {s: manifest(out, s) for s in ("search", "select", "pretrain", "detect", "evaluate")}
+    rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", *TINY, "OUTPUT_DIR", str(out),
+                        "PRETRAIN.WEIGHTS", str(tmp_path / "missing.pth")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "stage 'pretrain'" in err and "PRETRAIN.WEIGHTS" in err and "missing.pth" in err and "does not exist" in err
+    # a typo in the last stages' opts is caught before any stage runs
+    rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", *TINY, "OUTPUT_DIR", str(out),
+                        "DETECT.OPTS", "['MODEL.NASNET.NOT_A_KEY', '1']"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "stage 'detect'" in err and "NOT_A_KEY" in err and "DETECT.OPTS" in err
+    assert {s: manifest(out, s) for s in before} == before
+    assert (out / "search" / "journal.sqlite").is_file() and (out / "select" / "genotype.json").is_file()
+
+
+def test_kill_9_in_the_middle_of_the_search_then_rerun_resumes(tmp_path: Path):
+    out = tmp_path / "run"
+    search_opts = TINY[1].replace("'SEARCH.BUDGET', '4'", "'SEARCH.BUDGET', '6'")
+    argv = [sys.executable, str(REPO / "tools/run_pipeline.py"), "--config-file", str(SMOKE), "--quiet",
+            "--until", "select", *TINY, "SEARCH.OPTS", search_opts, "OUTPUT_DIR", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if (out / "search" / "journal.sqlite").is_file():
+                try:
+                    ok = [r for r in journal_rows(out) if r[2] == "ok"]
+                except sqlite3.OperationalError:
+                    ok = []
+                if 1 <= len(ok) < 6:
+                    break
+            assert proc.poll() is None, "the pipeline ended before it could be killed"
+            time.sleep(0.1)
+        else:
+            pytest.fail("the search never finished a child")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as a crash would
+        proc.wait()
+    assert manifest(out, "search")["status"] == "running"
+    finished_before = [r for r in journal_rows(out) if r[2] == "ok"]
+
+    done = run(out, "SEARCH.OPTS", search_opts, stages=["search", "select"])
+    assert done == {"search": "resumed", "select": "ran"}
+    m = manifest(out, "search")
+    assert m["status"] == "done" and m["attempts"] == 2
+    rows = journal_rows(out)
+    assert [r for r in rows if r[0] in {f[0] for f in finished_before}] == finished_before  # not redone
+    assert sum(r[2] == "ok" for r in rows) == 6 and m["metrics"]["strategies"]["random"]["evaluations"] == 6
+
+
+def test_shortcuts_published_genotype_and_given_weights(finished: Path, tmp_path: Path):
+    # a published genotype instead of the search
+    out = tmp_path / "published"
+    assert run(out, "SEARCH.GENOTYPE", "nasnet_a", stages=["search", "select"]) == {"search": "ran",
+                                                                                   "select": "ran"}
+    assert json.loads((out / "select" / "genotype.json").read_text())["name"] == "nasnet_a"
+    assert not (out / "search" / "journal.sqlite").exists()
+    # weights of another cell are refused by the pretrain stage, before detection
+    mismatch = r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*does not fit NETWORK.*genotype.*nasnet_a"
+    with pytest.raises(StageError, match=mismatch):
+        run(out, "SEARCH.GENOTYPE", "nasnet_a", "PRETRAIN.WEIGHTS", str(finished / "pretrain" / "model_final.pth"),
+            stages=["search", "select", "pretrain"])
+    # a genotype JSON instead of the search and our checkpoint instead of pretraining: straight to detection
+    out = tmp_path / "given"
+    genotype = finished / "select" / "genotype.json"
+    weights = finished / "pretrain" / "model_final.pth"
+    # (and detectron2's launch with two gloo processes)
+    done = run(out, "SEARCH.GENOTYPE", str(genotype), "PRETRAIN.WEIGHTS", str(weights), "DETECT.NUM_GPUS", "2")
+    assert done["pretrain"] == "ran" and done["evaluate"] == "ran"
+    assert not (out / "pretrain" / "model_final.pth").exists()  # nothing was trained
+    assert manifest(out, "detect")["inputs"]["backbone"]["sha256"] == \
+        manifest(finished, "detect")["inputs"]["backbone"]["sha256"]
+    assert "weights given" in (out / "report" / "report.md").read_text()
+    assert "World size: 2" in (out / "detect" / "stage.log").read_text()
+
+
+def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):
+    from nasnet_det.pipeline import select_stages
+
+    with pytest.raises(ValueError, match="--from 'train': unknown stage"):
+        select_stages("train")
+    with pytest.raises(StageError, match="stage 'search': SEARCH.CONFIG_FILE 'nope.yaml' does not exist"):
+        run(tmp_path / "run", "SEARCH.CONFIG_FILE", "nope.yaml")
