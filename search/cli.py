@@ -2,6 +2,7 @@
 
     python tools/search_cifar.py --config-file configs/search/smoke.yaml [--output-dir DIR] [--resume]
         [KEY VALUE ...]     e.g. SEARCH.STRATEGY ppo,random SEARCH.BUDGET 40 WORKERS.BACKEND ray
+                            or SEARCH.STRATEGY oneshot (weight sharing, configs/search/oneshot_smoke.yaml)
 
 Rerunning the same command resumes from the journal in the output directory. Exit codes: 0 with a usable
 result, 1 when every child failed (no genotype to use), 2 for bad input, 130 when interrupted.
@@ -19,6 +20,7 @@ import torch
 from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import remove_stale_tmp
 from search.config import load_cfg
+from search.oneshot_config import ONESHOT_STRATEGY
 from search.runner import JOURNAL_NAME, SearchRunner
 
 
@@ -74,6 +76,10 @@ def _search(args: argparse.Namespace) -> dict | int:
     # threads than the workers get would just contend with them for the cores.
     torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
     try:
+        if str(cfg.SEARCH.STRATEGY).strip().lower() == ONESHOT_STRATEGY:  # weight sharing: search/oneshot.py
+            from search.oneshot import OneShotSearch
+
+            return OneShotSearch(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
         return SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
     except ImportError as e:  # a backend whose package is missing: a setting the user must change
         raise ValueError(str(e)) from None

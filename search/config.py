@@ -11,6 +11,7 @@ import yaml
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config, preset_node
+from search.oneshot_config import add_oneshot_config
 
 
 def get_cfg_defaults() -> CN:
@@ -81,6 +82,7 @@ def get_cfg_defaults() -> CN:
     # per CPU without GPUs, plus one queued for the next worker to free). The local backend keeps each of
     # its NUM_WORKERS busy, with one child queued.
     c.WORKERS.MAX_IN_FLIGHT = 0
+    add_oneshot_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
     return c
 
 

@@ -1,0 +1,402 @@
+"""Weight-sharing (ENAS-style) search in the NASNet space: ``SEARCH.STRATEGY oneshot``.
+
+Each epoch alternates two phases:
+
+1. supernet: ``ONESHOT.WEIGHT_STEPS`` SGD steps on the training split, each on one cell sampled from the
+   controller (cross-entropy, Nesterov, cosine LR over all steps);
+2. controller: ``ONESHOT.CONTROLLER_STEPS`` policy updates (REINFORCE or PPO, :mod:`search.policy`), each on
+   ``SEARCH.BATCH_SIZE`` sampled cells scored with the shared weights on one held-out minibatch each.
+
+Then ``ONESHOT.FINAL_SAMPLES`` cells are sampled from the trained controller and scored on the whole held-out
+split; the best of them is ``best_genotype.json``. Every scored cell is journaled (strategy ``oneshot`` for
+the controller phase, ``oneshot_derive`` for the final samples), and the outputs are the ones every search
+writes (:func:`search.outputs.write_outputs`).
+
+Distributed: launched by ``torchrun --nproc_per_node K`` the supernet phase runs as DDP (nccl on GPUs, gloo
+on CPUs): every process samples the same cell from the same seeded generator and trains it on its 1/K share of
+``ONESHOT.BATCH_SIZE``; gradients are averaged. The controller phase runs identically in every process with the
+rewards of rank 0 (broadcast), and only rank 0 writes the journal, checkpoints and outputs.
+
+Resuming: ``oneshot_state.pth`` (supernet, controller, both optimizers, the reward baseline, the random
+generators and the position) is written atomically every ``ONESHOT.CHECKPOINT_EVERY`` supernet steps and after
+every controller update. A rerun restarts from it; the steps since it are redone identically (one seeded
+generator drives every random choice), and journal rows of an interrupted controller update are completed,
+never duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from fvcore.common.config import CfgNode
+from tqdm import tqdm
+
+from nasnet_det.classification.distributed import barrier, init_distributed
+from nasnet_det.models.pretrained import atomic_torch_save
+from search.config import check_cfg, identity_of
+from search.controller import Controller, decisions_to_genotype
+from search.journal import Journal, load_state
+from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
+from search.policy import PolicyTrainer
+from search.reward import ChildData, _augment, _to_tensor
+from search.supernet import SuperNet
+
+log = logging.getLogger(__name__)
+SEARCH_NAME = "oneshot"          # journal strategy of the cells scored while training the controller
+DERIVE_NAME = "oneshot_derive"   # journal strategy of the final samples (scored on the whole held-out split)
+STATE_NAME = "oneshot_state.pth"
+PHASES = ("weights", "controller", "derive", "done")
+
+
+def build_supernet(cfg: CfgNode) -> SuperNet:
+    """The supernet of the children's network ``MODEL.NASNET`` (N, f, BN eps, padding), B = SEARCH.NUM_BLOCKS."""
+    net = cfg.MODEL.NASNET
+    return SuperNet(cfg.SEARCH.NUM_BLOCKS, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
+                    bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE))
+
+
+def load_search_data(cfg: CfgNode) -> ChildData:
+    from nasnet_det.data.cifar import load_cifar_source
+
+    x, y = load_cifar_source(cfg.DATA.SOURCE)
+    return ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
+
+
+class OneShotSearch:
+    """Runs the weight-sharing search of ``cfg`` into ``output_dir`` (resuming from it when it holds a
+    checkpoint). ``data`` replaces ``cfg.DATA`` (tests); ``max_units_this_run`` stops after that many
+    supernet steps + controller updates + final scores in this run (tests of resuming; 0: no limit)."""
+
+    def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, progress: bool = True,
+                 fresh: bool = False, data: ChildData | None = None, max_units_this_run: int = 0):
+        if str(cfg.SEARCH.STRATEGY).strip().lower() != ONESHOT_STRATEGY:
+            raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r}: the weight-sharing search runs alone; "
+                             f"set it to '{ONESHOT_STRATEGY}' (other strategies cannot be combined with it)")
+        check_cfg(cfg)
+        check_oneshot_cfg(cfg)
+        self.cfg, self.out = cfg, Path(output_dir or cfg.OUTPUT_DIR)
+        self.progress, self.fresh, self.max_units = progress, fresh, max_units_this_run
+        self.units_this_run = 0
+        self._data = data
+        dev = str(cfg.ONESHOT.DEVICE)
+        if dev.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"ONESHOT.DEVICE={dev!r} but no CUDA device is available; use 'auto' or 'cpu'")
+        info = init_distributed("cpu" if dev == "cpu" else "auto")  # joins torchrun's group, if launched so
+        self.rank, self.world = info.rank, info.world_size
+        self.device = info.device if dev in ("auto", "cpu") or self.world > 1 else torch.device(dev)
+        if self.world > 1 and cfg.ONESHOT.BATCH_SIZE % self.world:
+            raise ValueError(f"ONESHOT.BATCH_SIZE={cfg.ONESHOT.BATCH_SIZE}: expected a multiple of the "
+                             f"{self.world} processes (each trains on an equal share)")
+        self.model: torch.nn.Module | None = None  # the supernet, wrapped in DDP when distributed
+
+    # ---- set-up ------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, o, c, s = self.cfg, self.cfg.ONESHOT, self.cfg.CONTROLLER, self.cfg.SEARCH
+        data = self._data if self._data is not None else load_search_data(cfg)
+        size = int(cfg.CHILD.IMAGE_SIZE)
+        self.x_train = _to_tensor(data.x_train, size, self.device)
+        self.y_train = torch.from_numpy(data.y_train).to(self.device)
+        self.x_val = _to_tensor(data.x_val, size, self.device)
+        self.y_val = torch.from_numpy(data.y_val).to(self.device)
+        self.weight_steps = o.WEIGHT_STEPS or max(1, len(self.x_train) // o.BATCH_SIZE)
+        torch.manual_seed(s.SEED)
+        self.supernet = build_supernet(cfg).to(self.device)
+        self.controller = Controller(s.NUM_BLOCKS, c.HIDDEN, c.INIT_RANGE)
+        self.trainer = PolicyTrainer(self.controller, str(o.POLICY), c.LR, c.ENTROPY_WEIGHT, c.BASELINE_DECAY,
+                                     c.PPO_EPOCHS, c.PPO_CLIP, c.GRAD_CLIP, c.NORMALIZE_ADVANTAGE)
+        self.w_opt = torch.optim.SGD(self.supernet.parameters(), lr=o.LR, momentum=o.MOMENTUM,
+                                     weight_decay=o.WEIGHT_DECAY, nesterov=o.MOMENTUM > 0)
+        self.gen = torch.Generator().manual_seed(s.SEED)  # every random choice of the search
+        self.pos = {"epoch": 0, "phase": "weights", "step": 0}
+
+    def restore(self) -> bool:
+        """Build the supernet, controller and data and load the output directory's checkpoint (for
+        evaluating a finished search, e.g. bench/oneshot_eval.py); False when there is none."""
+        self._build()
+        loaded = self._load()
+        self.model = self.supernet
+        return loaded
+
+    def _identity(self) -> dict[str, Any]:
+        ident = json.loads(json.dumps(identity_of(self.cfg)))
+        ident["SEARCH.STRATEGY"] = ONESHOT_STRATEGY
+        ident["ONESHOT"] = {k: v for k, v in self.cfg.ONESHOT.items() if k not in ("DEVICE", "CHECKPOINT_EVERY")}
+        return ident
+
+    def _open_journal(self) -> Journal:
+        from search.runner import JOURNAL_NAME
+
+        journal = Journal(self.out / JOURNAL_NAME)
+        ident, old = self._identity(), journal.get_meta("identity")
+        if old is None:
+            journal.set_meta("identity", ident)
+        elif old != ident:
+            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+            journal.close()
+            raise ValueError(f"{self.out / JOURNAL_NAME} was written with different settings ({', '.join(diff)}); "
+                             "resume with the original config, choose a new OUTPUT_DIR, or start over with --fresh")
+        journal.set_meta("config", self.cfg.dump())
+        return journal
+
+    # ---- checkpoints -------------------------------------------------------------------------------------
+    def _save(self) -> None:
+        if self.rank != 0:
+            return
+        atomic_torch_save({"position": dict(self.pos), "supernet": self.supernet.state_dict(),
+                           "w_opt": self.w_opt.state_dict(), "controller": self.controller.state_dict(),
+                           "trainer": self.trainer.state_dict(), "gen": self.gen.get_state(),
+                           "torch_rng": torch.get_rng_state(),
+                           "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+                          self.out / STATE_NAME)
+
+    def _load(self) -> bool:
+        state = load_state(self.out / STATE_NAME)
+        if state is None:
+            return False
+        self.pos = dict(state["position"])
+        self.supernet.load_state_dict(state["supernet"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.controller.load_state_dict(state["controller"])
+        self.trainer.load_state_dict(state["trainer"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        return True
+
+    def _units_done(self) -> int:
+        o, p = self.cfg.ONESHOT, self.pos
+        per_epoch = self.weight_steps + o.CONTROLLER_STEPS
+        done = p["epoch"] * per_epoch
+        if p["phase"] == "weights":
+            done += p["step"]
+        elif p["phase"] == "controller":
+            done += self.weight_steps + p["step"]
+        else:
+            done = o.EPOCHS * per_epoch + (o.FINAL_SAMPLES if p["phase"] == "done" else 0)
+        return done
+
+    def _tick(self, bar: tqdm) -> None:
+        bar.update(1)
+        self.units_this_run += 1
+
+    def _should_stop(self) -> bool:
+        return 0 < self.max_units <= self.units_this_run
+
+    # ---- the two phases ----------------------------------------------------------------------------------
+    def sample_genotypes(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+        actions, logp, _ = self.controller.sample(n, self.gen)
+        nb = self.cfg.SEARCH.NUM_BLOCKS
+        return actions, logp, [decisions_to_genotype(a, nb) for a in actions.tolist()]
+
+    def weight_step(self) -> float:
+        """One supernet SGD step on one sampled cell; returns the loss."""
+        o = self.cfg.ONESHOT
+        total = o.EPOCHS * self.weight_steps
+        done = self.pos["epoch"] * self.weight_steps + self.pos["step"]
+        lr = o.LR_MIN + 0.5 * (o.LR - o.LR_MIN) * (1 + math.cos(math.pi * done / total))
+        for group in self.w_opt.param_groups:
+            group["lr"] = lr
+        _, _, (genotype,) = self.sample_genotypes(1)
+        idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE]
+        xb = self.x_train[idx.to(self.device)]
+        if self.cfg.CHILD.AUGMENT:  # augment the whole batch so the generator stays in step across processes
+            xb = _augment(xb, self.gen)
+        mine = slice(self.rank, None, self.world)  # this process's share of the batch
+        model = self.model if self.model is not None else self.supernet
+        model.train()
+        loss = F.cross_entropy(model(xb[mine], genotype), self.y_train[idx.to(self.device)][mine])
+        if not torch.isfinite(loss):
+            raise ValueError(f"the supernet's training loss became {float(loss.detach())} at epoch "
+                             f"{self.pos['epoch']} step {self.pos['step']}; lower ONESHOT.LR (now {o.LR})")
+        self.w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.GRAD_CLIP > 0:
+            torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), o.GRAD_CLIP)
+        self.w_opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def score(self, genotype, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Accuracy of ``genotype`` with the shared weights (batch-statistics BN, as ENAS)."""
+        self.supernet.eval()
+        bs = int(self.cfg.CHILD.EVAL_BATCH_SIZE)
+        correct = 0
+        for i in range(0, len(x), bs):
+            correct += int((self.supernet(x[i:i + bs], genotype).argmax(1) == y[i:i + bs]).sum())
+        return correct / len(x)
+
+    def _score_rows(self, journal: Journal | None, strategy: str, batch: int, actions: torch.Tensor,
+                    logp: torch.Tensor | None, genotypes: list, minibatch: int | None) -> list[float]:
+        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch).
+        Without a journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
+        rows = journal.batch(strategy, batch) if journal is not None else [None] * len(genotypes)
+        if journal is None:
+            pass
+        elif not rows:
+            lps = logp.tolist() if logp is not None else [None] * len(genotypes)
+            rows = journal.add_pending(strategy, batch, [(a, g.to_dict(), lp) for a, g, lp
+                                                         in zip(actions.tolist(), genotypes, lps)])
+        elif [r.decisions for r in rows] != actions.tolist():
+            raise ValueError(f"{journal.path}: batch {batch} of {strategy} holds other cells than this run "
+                             "samples; the checkpoint and the journal disagree (start over with --fresh)")
+        rewards = []
+        for row, genotype in zip(rows, genotypes):
+            t0 = time.perf_counter()
+            if minibatch is None:
+                x, y = self.x_val, self.y_val
+            else:
+                idx = torch.randperm(len(self.x_val), generator=self.gen)[:minibatch].to(self.device)
+                x, y = self.x_val[idx], self.y_val[idx]
+            reward = self.score(genotype, x, y)
+            rewards.append(reward)
+            if row is not None and row.status == "pending":
+                params = _child_params(genotype, self.cfg) if strategy == DERIVE_NAME else None
+                journal.finish(row.id, "ok", reward, time.perf_counter() - t0, params)
+        if self.world > 1:  # every process updates its controller copy with the same (rank 0's) rewards
+            t = torch.tensor(rewards, dtype=torch.float64, device=self.device)
+            dist.broadcast(t, 0)
+            rewards = t.tolist()
+        return rewards
+
+    def controller_step(self, journal: Journal | None) -> dict[str, float]:
+        """Sample SEARCH.BATCH_SIZE cells, score each on a held-out minibatch, update the policy."""
+        o = self.cfg.ONESHOT
+        batch = self.pos["epoch"] * o.CONTROLLER_STEPS + self.pos["step"]
+        actions, logp, genotypes = self.sample_genotypes(self.cfg.SEARCH.BATCH_SIZE)
+        rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE)
+        stats = self.trainer.update(actions, logp, torch.tensor(rewards))
+        stats["reward"] = sum(rewards) / len(rewards)
+        return stats
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from search.runner import JOURNAL_NAME, output_dir_lock
+
+        t_start = time.perf_counter()
+        if self.rank != 0:
+            return self._run_follower()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with output_dir_lock(self.out):
+            if self.fresh:
+                for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
+                          self.out / STATE_NAME, *self.out.glob("best_genotype*.json"),
+                          *(self.out / n for n in ("top_k.json", "summary.json", "rewards.png", "best_cells.png"))]:
+                    f.unlink(missing_ok=True)
+            self._build()
+            journal = self._open_journal()
+            barrier()  # the other processes read the checkpoint after the fresh start removed it
+            resumed = self.restore_position()
+            try:
+                stopped = self._loop(journal, resumed)
+                summary = self._write_outputs(journal)
+            finally:
+                journal.close()
+            barrier()
+        summary["stopped_early"] = stopped
+        summary["units_this_run"] = self.units_this_run
+        summary["wall_seconds_this_run"] = time.perf_counter() - t_start
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def restore_position(self) -> bool:
+        """Load the checkpoint (if any) and wrap the supernet for DDP when distributed."""
+        resumed = self._load()
+        self.model = self.supernet
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Every process runs the same path, so the unused ops are unused everywhere; DDP must still be
+            # told that some parameters get no gradient.
+            self.model = DistributedDataParallel(
+                self.supernet, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        return resumed
+
+    def _run_follower(self) -> dict[str, Any]:
+        """Ranks > 0: the same loop without the journal and without writing anything."""
+        self._build()
+        barrier()
+        resumed = self.restore_position()
+        stopped = self._loop(None, resumed)
+        barrier()
+        return {"output_dir": str(self.out), "strategies": {}, "best": None, "stopped_early": stopped,
+                "rank": self.rank}
+
+    def _loop(self, journal: Journal | None, resumed: bool) -> bool:
+        o, p = self.cfg.ONESHOT, self.pos
+        total = o.EPOCHS * (self.weight_steps + o.CONTROLLER_STEPS) + o.FINAL_SAMPLES
+        bar = tqdm(total=total, initial=self._units_done(), desc="search[oneshot]",
+                   disable=not self.progress or self.rank != 0, dynamic_ncols=True)
+        if resumed:
+            log.info("resuming the one-shot search at %s", p)
+        try:
+            while p["phase"] in ("weights", "controller"):
+                if p["phase"] == "weights":
+                    while p["step"] < self.weight_steps:
+                        if self._should_stop():
+                            return True
+                        loss = self.weight_step()
+                        p["step"] += 1
+                        self._tick(bar)
+                        bar.set_postfix(epoch=p["epoch"], loss=f"{loss:.3f}")
+                        if p["step"] % o.CHECKPOINT_EVERY == 0 and p["step"] < self.weight_steps:
+                            self._save()
+                    p.update(phase="controller", step=0)
+                    self._save()
+                while p["step"] < o.CONTROLLER_STEPS:
+                    if self._should_stop():
+                        return True
+                    stats = self.controller_step(journal)
+                    p["step"] += 1
+                    self._tick(bar)
+                    bar.set_postfix(epoch=p["epoch"], reward=f"{stats['reward']:.3f}")
+                    self._save()
+                p.update(epoch=p["epoch"] + 1, step=0, phase="weights" if p["epoch"] + 1 < o.EPOCHS else "derive")
+                self._save()
+            if p["phase"] == "derive":
+                if self._should_stop():
+                    return True
+                actions, _, genotypes = self.sample_genotypes(o.FINAL_SAMPLES)
+                self._score_rows(journal, DERIVE_NAME, 0, actions, None, genotypes, None)
+                for _ in genotypes:
+                    self._tick(bar)
+                p.update(phase="done", step=0)
+                self._save()
+            return False
+        finally:
+            bar.close()
+
+    def _write_outputs(self, journal: Journal) -> dict[str, Any]:
+        from search.outputs import strategy_summary, write_outputs
+        from search.plots import plot_rewards
+
+        # best_genotype.json / top_k.json come from the final samples only: they are scored on the whole
+        # held-out split, the controller-phase scores on one minibatch each (a max over those is mostly noise).
+        summary = write_outputs(journal, self.out, self.cfg, [DERIVE_NAME])
+        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME))
+        summary["reward_plot"] = str(plot_rewards({SEARCH_NAME: journal.all(SEARCH_NAME),
+                                                   DERIVE_NAME: journal.all(DERIVE_NAME)}, self.out / "rewards.png"))
+        summary["oneshot"] = {"position": dict(self.pos), "weight_steps_per_epoch": self.weight_steps,
+                              "policy": str(self.cfg.ONESHOT.POLICY), "device": str(self.device),
+                              "supernet_params": sum(q.numel() for q in self.supernet.parameters())}
+        return summary
+
+
+def _child_params(genotype, cfg: CfgNode) -> int | None:
+    """Parameters of the stand-alone child network of ``genotype`` (``MODEL.NASNET``, for top_k.json)."""
+    from search.reward import build_child
+
+    try:
+        model = build_child(genotype, cfg.MODEL.NASNET)
+    except ValueError:
+        return None
+    return sum(q.numel() for q in model.parameters())

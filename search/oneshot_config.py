@@ -1,0 +1,53 @@
+"""Config node of the weight-sharing search (``SEARCH.STRATEGY oneshot``), added to the search defaults."""
+
+from __future__ import annotations
+
+import math
+
+from fvcore.common.config import CfgNode as CN
+
+ONESHOT_STRATEGY = "oneshot"
+
+
+def add_oneshot_config(cfg: CN) -> None:
+    """``ONESHOT.*``: the supernet's training, the controller's phase and the final derivation. The network
+    size (N, f), image size and augmentation are the child networks' settings, so the found cell is
+    searched at the size it is later trained at."""
+    o = cfg.ONESHOT = CN()
+    o.POLICY = "reinforce"         # controller update: "reinforce" (ENAS) or "ppo" (search/policy.py)
+    o.EPOCHS = 10                  # alternations: WEIGHT_STEPS supernet steps, then CONTROLLER_STEPS updates
+    o.WEIGHT_STEPS = 0             # supernet SGD steps per epoch (0: one pass over the training split)
+    o.BATCH_SIZE = 64              # supernet training minibatch (ENAS: 160)
+    o.LR = 0.05                    # cosine over all supernet steps, LR -> LR_MIN (ENAS: 0.05 -> 5e-4)
+    o.LR_MIN = 0.0005
+    o.MOMENTUM = 0.9               # Nesterov (ENAS)
+    o.WEIGHT_DECAY = 1e-4          # ENAS: 1e-4
+    o.GRAD_CLIP = 5.0              # global norm; 0 disables
+    o.CONTROLLER_STEPS = 10        # policy updates per epoch, each on SEARCH.BATCH_SIZE sampled cells
+    o.REWARD_BATCH_SIZE = 128      # held-out images per scored cell (one shuffled minibatch, ENAS: 160)
+    o.FINAL_SAMPLES = 20           # cells sampled from the trained controller, scored on the whole held-out split
+    o.CHECKPOINT_EVERY = 50        # supernet steps between checkpoints (every controller update saves one)
+    o.DEVICE = "auto"              # auto: cuda when available, else cpu
+
+
+def check_oneshot_cfg(cfg: CN) -> None:
+    """``ValueError`` naming the key for a bad ``ONESHOT`` value."""
+    o = cfg.ONESHOT
+
+    def need(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"ONESHOT.{key}={o[key]!r}: expected {expected}")
+
+    need(str(o.POLICY) in ("reinforce", "ppo"), "POLICY", "'reinforce' or 'ppo'")
+    for key in ("EPOCHS", "BATCH_SIZE", "CONTROLLER_STEPS", "REWARD_BATCH_SIZE", "FINAL_SAMPLES",
+                "CHECKPOINT_EVERY"):
+        need(isinstance(o[key], int) and not isinstance(o[key], bool) and o[key] >= 1, key, "an integer >= 1")
+    need(isinstance(o.WEIGHT_STEPS, int) and o.WEIGHT_STEPS >= 0, "WEIGHT_STEPS",
+         "an integer >= 0 (0: one pass over the training split per epoch)")
+    for key in ("LR", "LR_MIN", "MOMENTUM", "WEIGHT_DECAY", "GRAD_CLIP"):
+        v = o[key]
+        need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, key, "a finite number >= 0")
+    need(o.LR > 0, "LR", "a number > 0")
+    need(o.LR_MIN <= o.LR, "LR_MIN", f"at most ONESHOT.LR ({o.LR})")
+    need(str(o.DEVICE) == "auto" or str(o.DEVICE).startswith(("cpu", "cuda")), "DEVICE",
+         "'auto', 'cpu' or 'cuda[:N]'")

@@ -1,0 +1,203 @@
+"""The weight-sharing search: supernet paths, one search step, resume, outputs and config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import random_genotype
+
+from nasnet_det.data.cifar import synthetic_cifar
+from nasnet_det.space import NUM_INPUTS, OPS, Block, CellSpec, Genotype
+from search.cli import main
+from search.config import load_cfg
+from search.journal import Journal
+from search.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShotSearch
+from search.reward import ChildData
+from search.runner import JOURNAL_NAME
+from search.supernet import SuperNet
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _size_keys(num_cells: int, filters: int) -> list[str]:
+    return ["MODEL.NASNET.NUM_CELLS", str(num_cells), "MODEL.NASNET.FILTERS", str(filters)]
+
+
+def _cfg(*opts):
+    return load_cfg(None, ["SEARCH.STRATEGY", "oneshot", "SEARCH.NUM_BLOCKS", "2", "SEARCH.BATCH_SIZE", "3",
+                           "CONTROLLER.HIDDEN", "16", "CONTROLLER.LR", "0.01", *_size_keys(1, 4),
+                           "CHILD.IMAGE_SIZE", "8", "DATA.VAL_SIZE", "16", "ONESHOT.EPOCHS", "2",
+                           "ONESHOT.WEIGHT_STEPS", "3", "ONESHOT.BATCH_SIZE", "8", "ONESHOT.CONTROLLER_STEPS", "2",
+                           "ONESHOT.REWARD_BATCH_SIZE", "8", "ONESHOT.FINAL_SAMPLES", "3",
+                           "ONESHOT.CHECKPOINT_EVERY", "2", "ONESHOT.DEVICE", "cpu", *map(str, opts)])
+
+
+@pytest.fixture(scope="module")
+def data() -> ChildData:
+    x, y = synthetic_cifar(64, size=32)
+    return ChildData.from_arrays(x, y, 16)
+
+
+def _all_concat_genotype(num_blocks: int) -> Genotype:
+    cell = CellSpec(tuple(Block(0, 1, OPS[b % len(OPS)], OPS[-1 - b], "concat") for b in range(num_blocks)))
+    return Genotype(cell, cell).validate(num_blocks)
+
+
+def test_every_sampled_cell_has_the_same_output_shape_in_both_cell_types():
+    torch.manual_seed(0)
+    net = SuperNet(num_blocks=3, num_cells=1, filters=4)
+    x = torch.randn(2, 3, 8, 8)
+    genotypes = [random_genotype(s, 3) for s in range(6)] + [_all_concat_genotype(3)]
+    cell_shapes = {}
+    hook_out: dict[str, tuple] = {}
+    for name, _, _, _ in net.plan:
+        getattr(net, name).register_forward_hook(lambda m, i, o, n=name: hook_out.__setitem__(n, tuple(o.shape)))
+    for g in genotypes:
+        logits = net(x, g)
+        assert logits.shape == (2, 10)
+        for name, shape in hook_out.items():
+            cell_shapes.setdefault(name, set()).add(shape)
+    assert {n for n, *_ in net.plan} == set(cell_shapes)
+    assert any("reduction" in n for n in cell_shapes) and any(n.startswith("cell_") for n in cell_shapes)
+    for name, shapes in cell_shapes.items():
+        assert len(shapes) == 1, f"{name} output shape depends on the sampled cell: {shapes}"
+
+
+def _used_modules(net: SuperNet, genotype: Genotype) -> set[int]:
+    used = set()
+    for name, _, _, reduction in net.plan:
+        cell = getattr(net, name)
+        spec = genotype.reduce if reduction else genotype.normal
+        for b, block in enumerate(spec.blocks):
+            used.add(id(cell.op_module(b, "left", block.input_1, block.op_1)))
+            used.add(id(cell.op_module(b, "right", block.input_2, block.op_2)))
+            if block.combine == "concat":
+                used.add(id(cell.concat_proj[b]))
+        for i in spec.concat:
+            used.add(id(cell.out_conv[i - NUM_INPUTS]))
+    return used
+
+
+def _perturb(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p))
+
+
+def test_a_path_uses_only_the_weights_of_its_ops():
+    torch.manual_seed(0)
+    net = SuperNet(num_blocks=3, num_cells=1, filters=4)
+    g = random_genotype(3, 3)
+    x = torch.randn(4, 3, 8, 8)
+    before = net(x, g)
+    used = _used_modules(net, g)
+    unused = []
+    for name, *_ in net.plan:
+        cell = getattr(net, name)
+        candidates = [m for table in cell.ops.values() for m in table.values()]
+        candidates += list(cell.concat_proj) + list(cell.out_conv)
+        unused += [m for m in candidates if id(m) not in used and any(True for _ in m.parameters())]
+    assert len(unused) > 50
+    for m in unused:
+        _perturb(m)
+    assert torch.equal(net(x, g), before)
+    # ... while changing one op the path does use changes the output (so the check above can fail).
+    name = net.plan[0][0]
+    block = g.normal.blocks[0]
+    used_op = getattr(net, name).op_module(0, "left", block.input_1, block.op_1)
+    if not any(True for _ in used_op.parameters()):  # a parameter-free op: perturb the output conv instead
+        used_op = getattr(net, name).out_conv[g.normal.concat[0] - NUM_INPUTS]
+    _perturb(used_op)
+    assert not torch.allclose(net(x, g), before)
+
+
+def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path, data):
+    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search._build()
+    w0 = {k: v.clone() for k, v in search.supernet.state_dict().items()}
+    c0 = {k: v.clone() for k, v in search.controller.state_dict().items()}
+    loss = search.weight_step()
+    assert loss > 0
+    changed_w = [k for k, v in search.supernet.state_dict().items() if not torch.equal(v, w0[k])]
+    assert changed_w and all(torch.equal(v, c0[k]) for k, v in search.controller.state_dict().items())
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    try:
+        stats = search.controller_step(journal)
+        rows = journal.all(SEARCH_NAME)
+    finally:
+        journal.close()
+    assert 0.0 <= stats["reward"] <= 1.0
+    assert [r.status for r in rows] == ["ok"] * 3 and all(0 <= r.reward <= 1 for r in rows)
+    changed_c = [k for k, v in search.controller.state_dict().items() if not torch.equal(v, c0[k])]
+    assert changed_c
+    # Only the ops of the one trained cell moved: most of the supernet is untouched by one step.
+    assert len(changed_w) < len(w0) // 2
+
+
+def _final_state(out: Path):
+    state = torch.load(out / STATE_NAME, weights_only=False)
+    journal = Journal(out / JOURNAL_NAME)
+    rows = [(r.strategy, r.batch, r.slot, r.decisions, r.status, r.reward) for r in journal.all()]
+    journal.close()
+    return state, rows
+
+
+@pytest.mark.parametrize("policy,stop_after", [("reinforce", 4), ("ppo", 7)])
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, data, policy, stop_after):
+    cfg = _cfg("ONESHOT.POLICY", policy)
+    full = OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
+    assert full["stopped_early"] is False
+    # Interrupted mid supernet phase (4: after a checkpoint at step 2 and one more step) or mid controller
+    # phase (7), then resumed by a new process-like instance, possibly more than once.
+    part = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data, max_units_this_run=stop_after).run()
+    assert part["stopped_early"] is True
+    OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data, max_units_this_run=3).run()
+    resumed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data).run()
+    assert resumed["stopped_early"] is False
+    s_full, rows_full = _final_state(tmp_path / "full")
+    s_res, rows_res = _final_state(tmp_path / "resumed")
+    assert rows_full == rows_res
+    assert len([r for r in rows_full if r[0] == SEARCH_NAME]) == 2 * 2 * 3
+    assert len([r for r in rows_full if r[0] == DERIVE_NAME]) == 3
+    for part_name in ("supernet", "controller"):
+        for k, v in s_full[part_name].items():
+            assert torch.equal(v, s_res[part_name][k]), f"{part_name}.{k} differs after resuming"
+    assert s_full["trainer"]["baseline"] == s_res["trainer"]["baseline"]
+    assert json.loads((tmp_path / "full/best_genotype.json").read_text()) == \
+        json.loads((tmp_path / "resumed/best_genotype.json").read_text())
+
+
+def test_outputs_are_the_ones_select_reads(tmp_path, data):
+    summary = OneShotSearch(_cfg(), tmp_path, progress=False, data=data).run()
+    g = Genotype.load(tmp_path / "best_genotype.json").validate(2)
+    top = json.loads((tmp_path / "top_k.json").read_text())
+    assert top and top[0]["strategy"] == DERIVE_NAME
+    assert Genotype.from_dict(top[0]["genotype"]) == Genotype(g.normal, g.reduce, top[0]["genotype"]["name"])
+    assert summary["best"]["reward"] == top[0]["reward"]
+    assert top[0]["params"] and top[0]["params"] > 0
+    assert (tmp_path / "rewards.png").is_file() and (tmp_path / "summary.json").is_file()
+    assert set(summary["strategies"]) == {SEARCH_NAME, DERIVE_NAME}
+
+
+@pytest.mark.parametrize("opts,key", [(["ONESHOT.POLICY", "a2c"], "ONESHOT.POLICY"),
+                                      (["ONESHOT.EPOCHS", "0"], "ONESHOT.EPOCHS"),
+                                      (["ONESHOT.LR_MIN", "1.0"], "ONESHOT.LR_MIN"),
+                                      (["SEARCH.STRATEGY", "oneshot,random"], "SEARCH.STRATEGY")])
+def test_bad_settings_are_refused_naming_the_key(tmp_path, data, opts, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        OneShotSearch(_cfg(*opts), tmp_path, progress=False, data=data)
+
+
+def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys):
+    base = ["--no-progress", "--output-dir", str(tmp_path), "SEARCH.STRATEGY", "oneshot", "SEARCH.NUM_BLOCKS", "2",
+            "SEARCH.BATCH_SIZE", "2", *_size_keys(1, 4), "CHILD.IMAGE_SIZE", "8", "DATA.SOURCE", "synthetic:48",
+            "DATA.VAL_SIZE", "16", "ONESHOT.EPOCHS", "1", "ONESHOT.WEIGHT_STEPS", "2", "ONESHOT.BATCH_SIZE", "8",
+            "ONESHOT.CONTROLLER_STEPS", "1", "ONESHOT.FINAL_SAMPLES", "2", "ONESHOT.DEVICE", "cpu"]
+    assert main(base) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["best"]["strategy"] == DERIVE_NAME
+    assert main([*base, "ONESHOT.REWARD_BATCH_SIZE", "0"]) == 2
+    assert "ONESHOT.REWARD_BATCH_SIZE" in capsys.readouterr().err
