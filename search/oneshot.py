@@ -238,13 +238,17 @@ class OneShotSearch:
                     logp: torch.Tensor | None, genotypes: list, minibatch: int | None) -> list[float]:
         """Score the sampled cells (recording them in the journal first, or completing an interrupted batch).
         Without a journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
-        rows = journal.batch(strategy, batch) if journal is not None else [None] * len(genotypes)
+        # Batch b of n cells holds the strategy's samples b*n .. b*n+n-1 (they finish in order, so the journal
+        # files them under update batch b too).
+        n, first = len(genotypes), batch * len(genotypes)
+        rows = [e for e in journal.all(strategy) if first <= e.sample < first + n] if journal is not None \
+            else [None] * n
         if journal is None:
             pass
         elif not rows:
-            lps = logp.tolist() if logp is not None else [None] * len(genotypes)
-            rows = journal.add_pending(strategy, batch, [(a, g.to_dict(), lp) for a, g, lp
-                                                         in zip(actions.tolist(), genotypes, lps)])
+            lps = logp.tolist() if logp is not None else [None] * n
+            rows = journal.add_pending(strategy, first, batch, [(a, g.to_dict(), lp) for a, g, lp
+                                                                in zip(actions.tolist(), genotypes, lps)])
         elif [r.decisions for r in rows] != actions.tolist():
             raise ValueError(f"{journal.path}: batch {batch} of {strategy} holds other cells than this run "
                              "samples; the checkpoint and the journal disagree (start over with --fresh)")
@@ -260,7 +264,7 @@ class OneShotSearch:
             rewards.append(reward)
             if row is not None and row.status == "pending":
                 params = _child_params(genotype, self.cfg) if strategy == DERIVE_NAME else None
-                journal.finish(row.id, "ok", reward, time.perf_counter() - t0, params)
+                journal.finish(row.id, "ok", reward, time.perf_counter() - t0, params, batch_size=n)
         if self.world > 1:  # every process updates its controller copy with the same (rank 0's) rewards
             t = torch.tensor(rewards, dtype=torch.float64, device=self.device)
             dist.broadcast(t, 0)
