@@ -7,7 +7,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config, preset_node
@@ -138,15 +137,12 @@ def load_cfg(config_file: str | None = None, opts: list[str] | None = None) -> C
         opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
     except KeyError as e:
         raise ValueError(e.args[0]) from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{config_file} is not valid YAML: {e}") from None
+    # A yaml.YAMLError propagates: nasnet_det.cli.bad_input_message names the file, line and column.
     if config_file:
         try:
             cfg.merge_from_file(config_file)
         except KeyError as e:  # fvcore: KeyError('Non-existent config key: X')
             raise ValueError(f"{config_file}: {e.args[0] if e.args else e}") from None
-        except yaml.YAMLError as e:
-            raise ValueError(f"{config_file} is not valid YAML: {e}") from None
     if opts:
         opts = [str(o) for o in opts]
         if len(opts) % 2:

@@ -33,7 +33,7 @@ def test_damaged_newest_checkpoint_is_named_and_an_intact_one_resumed(tmp_path, 
     assert Trainer(tiny_cfg(run, *OPTS)).train(interrupt_at_step=3) == {"interrupted_at_step": 3}
     damaged = run / "checkpoints" / "ckpt_00000003.pth"
     _truncate(damaged)  # e.g. a disk that filled up, or a copy cut short
-    stale = [run / "checkpoints" / ".ckpt_00000004.pth.x1y2.tmp", run / ".last_checkpoint.x1y2.tmp"]
+    stale = [run / "checkpoints" / ".ckpt_00000004.pth.ab12cd34.tmp", run / ".last_checkpoint.ab12cd34.tmp"]
     for path in stale:  # what a kill during an atomic write leaves
         path.write_bytes(b"")
     with caplog.at_level(logging.INFO):

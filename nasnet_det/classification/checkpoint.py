@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
 from nasnet_det.models.pretrained import read_checkpoint, save_checkpoint
+from nasnet_det.utils.io import atomic_write, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
 
@@ -47,20 +47,6 @@ def read_intact_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # torn zip, 0 bytes, unpickling error
         raise DamagedCheckpointError(f"checkpoint {path} is damaged or unreadable "
                                      f"({type(exc).__name__}: {exc})") from exc
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` through a temporary file and a rename, so readers see the old or the new file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 class TrainingCheckpointer(Checkpointer):
@@ -101,17 +87,13 @@ class TrainingCheckpointer(Checkpointer):
         return str(self.last_checkpoint() or "")
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write_text(self.output_dir / LAST_CHECKPOINT, last_filename_basename)
+        atomic_write(self.output_dir / LAST_CHECKPOINT, last_filename_basename)
 
     def remove_stale_temp_files(self) -> list[Path]:
-        """Delete the ``.<name>.*.tmp`` files our atomic writes leave when a process is killed mid-write."""
+        """Delete the temporaries our atomic writes leave when a process is killed mid-write (only those
+        whose writer is gone: :func:`nasnet_det.utils.io.remove_stale_tmp`)."""
         folders = (self.output_dir, self.output_dir / "checkpoints")
-        removed = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
-        for path in removed:
-            path.unlink(missing_ok=True)
-        if removed:
-            logger.info("removed stale temporary file(s) of an interrupted write: %s", ", ".join(map(str, removed)))
-        return removed
+        return [p for folder in folders for p in remove_stale_tmp(folder)]
 
     # ---- save
     def save(self, name: str, **extra: Any) -> None:

@@ -42,7 +42,6 @@ from tqdm import tqdm
 from nasnet_det.classification.checkpoint import (
     LAST_CHECKPOINT,
     TrainingCheckpointer,
-    atomic_write_text,
     read_intact_checkpoint,
 )
 from nasnet_det.classification.data import ClassificationData, build_data
@@ -61,6 +60,7 @@ from nasnet_det.models import NASNetArch, nasnet_from_cfg
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import load_state_dict_report
+from nasnet_det.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class Trainer:
         path = self.metrics.path
         if path.is_file():
             kept = [r for r in read_metrics(path) if r["step"] <= step]
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- data
     def _train_batches(self) -> tuple[Iterator, int]:
@@ -480,7 +480,7 @@ class Trainer:
         from nasnet_det.classification.export import export_backbone
         from nasnet_det.classification.plots import plot_training_curves
 
-        atomic_write_text(self.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n")
+        atomic_write(self.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n")
         last = self.last_checkpoint()
         if last is not None:
             export_backbone(last, self.output_dir / "model_final.pth")
