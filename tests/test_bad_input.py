@@ -6,7 +6,6 @@ Table-driven: each case is (tool, argv builder, text the message must contain). 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import shapes_dataset
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,15 +53,7 @@ class Files:
         self.empty_pth = root / "empty.pth"
         self.empty_pth.write_bytes(b"")
         # a tiny COCO dataset (2 images, 2 classes) for detection
-        images, anns = [], []
-        (root / "images").mkdir()
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-            images.append({"id": i + 1, "file_name": f"{i}.png", "width": 48, "height": 48})
-            anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "bbox": [4, 4, 20, 20],
-                         "area": 400, "iscrowd": 0})
-        (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": [
-            {"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+        shapes_dataset(root, n_images=2, size=48, categories=((1, "a"), (2, "b")), boxes_per_image=1)
         self.name = f"badin_{abs(hash(str(root)))}"  # detectron2's catalog is per process: one name per test
         self.dataset = f"{self.name}={root / 'ann.json'}:{root / 'images'}"
         self.broken_image_dir = root / "broken_images"

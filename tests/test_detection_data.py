@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from data_helpers import COCO_IMAGES, COCO_JSON, write_coco_json
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
@@ -14,8 +15,6 @@ from nasnet_det.detection.data import (
     register_coco_dataset,
     register_datasets,
 )
-
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-coco"
 
 
 def write_dataset(root: Path, n_images=2, categories=((3, "cat"), (7, "dog")), annotate=True, make_images=True):
@@ -29,9 +28,7 @@ def write_dataset(root: Path, n_images=2, categories=((3, "cat"), (7, "dog")), a
         if annotate:
             anns.append({"id": i + 1, "image_id": i + 1, "category_id": categories[0][0], "bbox": [2, 3, 10, 12],
                          "area": 120, "iscrowd": 0})
-    data = {"images": images, "annotations": anns,
-            "categories": [{"id": cid, "name": name} for cid, name in categories]}
-    (root / "ann.json").write_text(json.dumps(data))
+    write_coco_json(root / "ann.json", images, anns, [{"id": cid, "name": name} for cid, name in categories])
     return root / "ann.json", root / "images"
 
 
@@ -124,12 +121,11 @@ def test_bad_spec():
     assert parse_dataset_spec("a=x/y.json:imgs") == ("a", "x/y.json", "imgs")
 
 
-@pytest.mark.skipif(not COCO128.is_dir(), reason=f"shared data not found at {COCO128}")
-def test_coco128_registers_with_empty_images():
-    n = register_coco_dataset("det_test_coco128", COCO128 / "annotations.json", COCO128 / "images")
-    assert n == 128
-    meta = MetadataCatalog.get("det_test_coco128")
+def test_coco_sample_registers_with_all_80_categories():
+    n = register_coco_dataset("det_test_coco_sample", COCO_JSON, COCO_IMAGES)
+    assert n == 32
+    meta = MetadataCatalog.get("det_test_coco_sample")
     assert len(meta.thing_classes) == 80 and meta.thing_classes[0] == "person"
     assert max(meta.thing_dataset_id_to_contiguous_id) == 90
-    records = DatasetCatalog.get("det_test_coco128")
-    assert len(records) == 128 and sum(not r["annotations"] for r in records) == 2
+    records = DatasetCatalog.get("det_test_coco_sample")
+    assert len(records) == 32 and sum(len(r["annotations"]) for r in records) == 209

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from data_helpers import shapes_dataset
 from detectron2.utils.env import seed_all_rng
 from PIL import Image
 
@@ -18,27 +19,6 @@ from nasnet_det.detection.train import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "detection"
-
-
-def shapes_dataset(root: Path, n_images: int = 4, size: int = 64) -> tuple[Path, Path]:
-    """Bright rectangles on noise: category 4 = red, category 9 = blue (sparse ids on purpose)."""
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
-    for i in range(n_images):
-        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-        for k in range(2):
-            w, h = (int(v) for v in rng.integers(14, 30, 2))
-            x, y = (int(v) for v in rng.integers(0, size - 30, 2))
-            cat = (4, 9)[(i + k) % 2]
-            img[y:y + h, x:x + w] = (230, 30, 30) if cat == 4 else (30, 30, 230)
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "bbox": [x, y, w, h],
-                         "area": w * h, "iscrowd": 0})
-        Image.fromarray(img).save(root / "images" / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "width": size, "height": size})
-    cats = [{"id": 4, "name": "red"}, {"id": 9, "name": "blue"}]
-    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return root / "ann.json", root / "images"
 
 
 def train_cfg(layout: str, dataset: str, out: Path, iters: int):

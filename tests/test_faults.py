@@ -17,10 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from data_helpers import shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,25 +97,8 @@ def assert_same_state_dicts(a: dict, b: dict, what: str) -> None:
 
 
 # ---- detection ---------------------------------------------------------------------------------------------
-def shapes_dataset(root: Path, n_images: int = 2, size: int = 64) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    images, anns = [], []
-    for i in range(n_images):
-        img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-        x, y, w, h = 8 + 4 * i, 10, 24, 20
-        img[y:y + h, x:x + w] = (230, 30, 30) if i % 2 == 0 else (30, 30, 230)
-        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1 + i % 2, "bbox": [x, y, w, h], "area": w * h,
-                     "iscrowd": 0})
-        Image.fromarray(img).save(root / "images" / f"{i}.png")
-        images.append({"id": i + 1, "file_name": f"{i}.png", "width": size, "height": size})
-    cats = [{"id": 1, "name": "red"}, {"id": 2, "name": "blue"}]
-    (root / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return root / "ann.json", root / "images"
-
-
 def detection_argv(data: Path, out: Path) -> list[str]:
-    j, im = shapes_dataset(data)
+    j, im = shapes_dataset(data, n_images=2, categories=((1, "red"), (2, "blue")), boxes_per_image=1)
     return ["--config-file", str(REPO / "configs" / "detection" / "smoke-nasnet-c4.yaml"), "--dataset",
             f"shapes={j}:{im}", "DATASETS.COCO_FILES", "[]", "DATASETS.TRAIN", "('shapes',)", "DATASETS.TEST", "()",
             "MODEL.ROI_HEADS.NUM_CLASSES", "2", "MODEL.NASNET.FILTERS", "4", "MODEL.NASNET.STEM_FILTERS", "8",

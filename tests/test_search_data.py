@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from data_helpers import CIFAR_NPZ
 
 from nasnet_det.data import (
     ArrayDataset,
@@ -19,16 +18,12 @@ from nasnet_det.data import (
     synthetic_cifar,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data"
-NPZ = SHARED / "cifar10-subset.npz"
 
-
-@pytest.mark.skipif(not NPZ.is_file(), reason=f"no CIFAR subset at {NPZ}")
 def test_npz_subset_loads_as_uint8_nhwc():
-    x, y = load_cifar10_npz(NPZ)
-    assert x.shape == (5169, 32, 32, 3) and x.dtype == np.uint8
+    x, y = load_cifar10_npz(CIFAR_NPZ)
+    assert x.shape == (2000, 32, 32, 3) and x.dtype == np.uint8
     assert y.dtype == np.int64 and set(np.unique(y)) <= set(range(10))
-    x2, y2 = load_cifar_source(f"npz:{NPZ}")
+    x2, y2 = load_cifar_source(f"npz:{CIFAR_NPZ}")
     assert np.array_equal(x, x2) and np.array_equal(y, y2)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import random_genotype
+from genotype_helpers import random_genotype
 
 from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import NUM_INPUTS, OPS, Block, CellSpec, Genotype

@@ -19,7 +19,6 @@ from search.policy import PolicyTrainer
 from search.reward import ChildEvaluator, SyntheticOpReward
 from search.runner import JOURNAL_NAME, SearchRunner
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -242,11 +241,10 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert not (tmp_path / JOURNAL_NAME).exists()  # nothing ran
 
 
-@pytest.mark.skipif(not (SHARED / "cifar10-subset.npz").is_file(), reason=f"no CIFAR subset at {SHARED}")
 def test_cli_smoke_config_end_to_end(tmp_path, capsys):
     out = tmp_path / "smoke"
     argv = ["--config-file", str(REPO / "configs/search/smoke.yaml"), "--output-dir", str(out), "--no-progress",
-            "DATA.SOURCE", f"npz:{SHARED / 'cifar10-subset.npz'}", "SEARCH.BUDGET", "4", "SEARCH.BATCH_SIZE", "2",
+            "DATA.SOURCE", "npz:builtin", "SEARCH.BUDGET", "4", "SEARCH.BATCH_SIZE", "2",
             "CHILD.MAX_STEPS", "4", "DATA.TRAIN_LIMIT", "300", "DATA.VAL_SIZE", "200"]
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)

@@ -8,10 +8,10 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from data_helpers import CIFAR_NPZ
 
 from nasnet_det.data.cifar import load_cifar10_npz, synthetic_cifar
 from nasnet_det.genotypes import NASNET_A
@@ -19,7 +19,6 @@ from search.controller import decisions_to_genotype, sample_uniform
 from search.reward import ChildData, ChildEvaluator, default_child_network, train_child
 from search.workers import InlineBackend, Job, LocalProcessBackend, run_job
 
-SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 # The children's network (MODEL.NASNET): N=1 @ f=4.
 NETWORK = {**default_child_network(), "NUM_CELLS": 1, "FILTERS": 4}
 CHILD = {"EPOCHS": 1, "MAX_STEPS": 3, "BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 128,
@@ -30,11 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n: int = 300, val: int = 100) -> ChildData:
-    if (SHARED / "cifar10-subset.npz").is_file():
-        x, y = load_cifar10_npz(SHARED / "cifar10-subset.npz")
-        x, y = x[:n], y[:n]
-    else:  # the real subset is optional here; synthetic images exercise the same code
-        x, y = synthetic_cifar(n, seed=0)
+    x, y = load_cifar10_npz(CIFAR_NPZ)  # the real sample shipped in the package
+    x, y = x[:n], y[:n]
     return ChildData.from_arrays(x, y, val_size=val, seed=0)
 
 

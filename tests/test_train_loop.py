@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import random_genotype
+from genotype_helpers import random_genotype
 from torch.utils.data import Dataset
 from train_helpers import tiny_cfg
 
