@@ -169,28 +169,44 @@ class PoolOp(nn.Module):
         return self.bn(self.conv(x)) if self.project else x
 
 
+def _identity(c_in: int, c_out: int, stride: int, norm: NormFactory, pad_mode: str) -> nn.Module:
+    # An identity that must change resolution or channels becomes a 1x1 ReLU-conv-BN (slim).
+    return nn.Identity() if stride == 1 and c_in == c_out else ReLUConvBN(c_in, c_out, 1, stride, norm)
+
+
+# The op table, DARTS style: name -> factory(c_in, c_out, stride, norm, pad_mode). Its keys are exactly
+# nasnet_det.space.OPS (tested), the search space's 13 operations.
+OpFactory = Callable[[int, int, int, NormFactory, str], nn.Module]
+OPS: dict[str, OpFactory] = {
+    "identity": _identity,
+    "conv_1x3_3x1": lambda c_in, c_out, stride, norm, pad_mode: FactorizedConv(c_in, c_out, 3, stride, norm),
+    "conv_1x7_7x1": lambda c_in, c_out, stride, norm, pad_mode: FactorizedConv(c_in, c_out, 7, stride, norm),
+    # The paper gives no dilation rate; 2 is the usual reading (DARTS, AmoebaNet).
+    "dil_conv_3x3": lambda c_in, c_out, stride, norm, pad_mode: ReLUConvBN(c_in, c_out, 3, stride, norm,
+                                                                           dilation=2),
+    "avg_pool_3x3": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("avg", 3, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "max_pool_3x3": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("max", 3, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "max_pool_5x5": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("max", 5, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "max_pool_7x7": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("max", 7, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "conv_1x1": lambda c_in, c_out, stride, norm, pad_mode: ReLUConvBN(c_in, c_out, 1, stride, norm),
+    "conv_3x3": lambda c_in, c_out, stride, norm, pad_mode: ReLUConvBN(c_in, c_out, 3, stride, norm),
+    "sep_conv_3x3": lambda c_in, c_out, stride, norm, pad_mode: StackedSeparable(c_in, c_out, 3, stride, norm),
+    "sep_conv_5x5": lambda c_in, c_out, stride, norm, pad_mode: StackedSeparable(c_in, c_out, 5, stride, norm),
+    "sep_conv_7x7": lambda c_in, c_out, stride, norm, pad_mode: StackedSeparable(c_in, c_out, 7, stride, norm),
+}
+
+
 def build_op(name: str, c_in: int, c_out: int, stride: int, norm: NormFactory, pad_mode: str = "tf") -> nn.Module:
     """The module for operation ``name`` mapping ``c_in`` to ``c_out`` channels with the given stride."""
-    if name == "identity":
-        if stride == 1 and c_in == c_out:
-            return nn.Identity()
-        return ReLUConvBN(c_in, c_out, 1, stride, norm)
-    if name.startswith("sep_conv_"):
-        return StackedSeparable(c_in, c_out, int(name[-1]), stride, norm)
-    if name in ("avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"):
-        return PoolOp(name[:3], int(name[-1]), c_in, c_out, stride, norm, pad_mode)
-    if name == "conv_1x3_3x1":
-        return FactorizedConv(c_in, c_out, 3, stride, norm)
-    if name == "conv_1x7_7x1":
-        return FactorizedConv(c_in, c_out, 7, stride, norm)
-    if name == "dil_conv_3x3":
-        # The paper gives no dilation rate; 2 is the usual reading (DARTS, AmoebaNet).
-        return ReLUConvBN(c_in, c_out, 3, stride, norm, dilation=2)
-    if name == "conv_1x1":
-        return ReLUConvBN(c_in, c_out, 1, stride, norm)
-    if name == "conv_3x3":
-        return ReLUConvBN(c_in, c_out, 3, stride, norm)
-    raise ValueError(f"unknown operation {name!r}")
+    try:
+        factory = OPS[name]
+    except KeyError:
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPS)}") from None
+    return factory(c_in, c_out, stride, norm, pad_mode)
 
 
 class FactorizedReduce(nn.Module):
