@@ -41,15 +41,17 @@ def build_nasnet(genotype: Genotype | str, dataset: str = "imagenet", num_cells:
     return NASNet(genotype, num_cells=num_cells, filters=filters, imagenet_stem=dataset == "imagenet", **kwargs)
 
 
-def create_model(name: str, **overrides: Any) -> NASNet:
+def create_model(name: str, fast_inference: bool = False, **overrides: Any) -> NASNet:
     """A published configuration by name (``nasnet_a_cifar``, ``nasnet_a_mobile``, ``nasnet_a_large``),
-    with any argument of :func:`build_nasnet` overridden."""
+    with any argument of :func:`build_nasnet` overridden. ``fast_inference=True`` returns the eval-only
+    BN-folded network (:meth:`NASNet.fuse_for_inference`; for trained weights, load them first and call that)."""
     if name not in MODEL_CONFIGS:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(MODEL_CONFIGS)}")
     cfg = {**MODEL_CONFIGS[name], **overrides}
     if "filters" in overrides:
         cfg.pop("penultimate_filters", None)
-    return build_nasnet(**cfg)
+    model = build_nasnet(**cfg)
+    return model.fuse_for_inference() if fast_inference else model
 
 
 __all__ = ["MODEL_CONFIGS", "NASNet", "build_nasnet", "create_model", "filters_for_penultimate"]
