@@ -74,7 +74,6 @@ class Pool2dSame(nn.Module):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         self.kind, self.kernel_size, self.stride, self.pad_mode = kind, kernel_size, stride, pad_mode
-        self._divisors: dict[tuple, torch.Tensor] = {}  # TF avg-pool divisor per input size (not a buffer)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, pad_mode={self.pad_mode}"
@@ -85,20 +84,16 @@ class Pool2dSame(nn.Module):
             if self.kind == "max":
                 return F.max_pool2d(x, k, 1, k // 2)
             return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
-        kk, ss = (k, k), (s, s)
+        # TF 'SAME' pads (before, before or before + 1). The pooling's own implicit padding of ``before`` plus
+        # ceil_mode (a last window running past the input) covers exactly the same windows without copying the
+        # input into a padded one: max pooling ignores both, count_include_pad=False counts only real pixels
+        # (TF), and timm's zero padding is a fixed k*k divisor.
+        pad = (same_pad_amounts(x.shape[-2], k, s)[0], same_pad_amounts(x.shape[-1], k, s)[0])
         if self.kind == "max":
-            return F.max_pool2d(_pad_same(x, kk, ss, value=-math.inf), k, s)
-        summed = F.avg_pool2d(_pad_same(x, kk, ss), k, s)
+            return F.max_pool2d(x, k, s, pad, ceil_mode=True)
         if self.pad_mode == "timm":
-            return summed
-        key = (tuple(x.shape[-2:]), x.device, x.dtype)
-        divisor = self._divisors.get(key)
-        if divisor is None:
-            divisor = F.avg_pool2d(_pad_same(torch.ones_like(x[:1, :1]), kk, ss), k, s)
-            # A tensor made under inference_mode cannot be saved for a later backward: don't cache it.
-            if not torch.is_inference_mode_enabled():
-                self._divisors[key] = divisor
-        return summed / divisor
+            return F.avg_pool2d(x, k, s, pad, ceil_mode=True, divisor_override=k * k)
+        return F.avg_pool2d(x, k, s, pad, ceil_mode=True, count_include_pad=False)
 
 
 class ReLUConvBN(nn.Module):
@@ -235,8 +230,13 @@ class FactorizedReduce(nn.Module):
         if self.stride == 1:
             return self.path_bn(self.path_conv(x))
         path_1 = self.path_1(x[:, :, ::2, ::2])
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        path_2 = self.path_2(shifted[:, :, ::2, ::2])
+        # slim samples path 2 from the input shifted one pixel up-left with a zero row/column appended; that
+        # is x[1::2, 1::2] plus a zero row (column) only where the height (width) is odd.
+        shifted = x[:, :, 1::2, 1::2]
+        missing_h, missing_w = path_1.shape[-2] - shifted.shape[-2], path_1.shape[-1] - shifted.shape[-1]
+        if missing_h or missing_w:
+            shifted = F.pad(shifted, (0, missing_w, 0, missing_h))
+        path_2 = self.path_2(shifted)
         return self.final_path_bn(torch.cat([path_1, path_2], 1))
 
 
