@@ -25,9 +25,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import REPO, print_row, record, row
-
 import numpy as np
+from _common import REPO, print_row, record, row
 
 SHARED_GT = REPO.parent / "shared" / "data" / "coco128-coco" / "annotations.json"
 REPO_GT_CANDIDATES = [REPO / "data" / "coco128-coco" / "annotations.json",
@@ -52,7 +51,7 @@ def make_eval_set(gt: dict, copies: int, seed: int) -> tuple[dict, list[dict]]:
     for a in gt["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     next_img, next_ann = 1, 1
-    for copy in range(copies):
+    for _ in range(copies):
         for img in gt["images"]:
             new = dict(img, id=next_img)
             images.append(new)

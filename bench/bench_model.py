@@ -5,7 +5,8 @@ Peers: Cadene's ``nasnetamobile`` (package pretrainedmodels, 224 px, TF padding)
 ``nasnetalarge`` (331 px, timm's padding) for the large one; the peer's weights are loaded into ours
 (``load_external_weights``), so both sides compute the same logits. Measured, repeats interleaved, median:
 
-- inference images/s: peer, ours as trained (``create_model``), ours fast (``model.fuse_for_inference()``: BatchNorm folded into the convs; ``--channels-last`` / ``--compile`` on top);
+- inference images/s: peer, ours as trained (``create_model``), ours fast (``model.fuse_for_inference()``:
+  BatchNorm folded into the convs; ``--channels-last`` / ``--compile`` on top);
 - training step images/s (forward, cross-entropy, backward, SGD step): peer, ours;
 - peak memory of one inference call and one training step (CPU: RSS above the level before; CUDA:
   ``max_memory_allocated``).
@@ -19,10 +20,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from _common import interleaved_median_times, peak_memory_mb, print_row, record, row
-
 import torch
 import torch.nn.functional as F
+from _common import interleaved_median_times, peak_memory_mb, print_row, record, row
 
 from nasnet_det.models import create_model
 from nasnet_det.models.pretrained import load_external_weights

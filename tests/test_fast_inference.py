@@ -4,6 +4,7 @@ table is the search space's; the padding-free stride-2 pools equal explicit TF '
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,49 @@ def test_stride2_pool_equals_explicit_same_padding(kind, pad_mode):
             got = Pool2dSame(kind, k, 2, pad_mode)(x)
             assert got.shape == ref.shape, (h, w, k)
             assert torch.allclose(got, ref, atol=1e-12), (h, w, k)
+
+
+@pytest.mark.parametrize("layout", ["fpn", "c4"])
+def test_detector_fuses_bn_at_inference_when_asked(layout):
+    """MODEL.NASNET.FUSE_BN_AT_INFERENCE: eval runs a folded copy (same outputs), rebuilt after a weight change;
+    training still runs the real network."""
+    from detectron2.modeling import build_model
+
+    from nasnet_det.detection.config import get_nasnet_cfg
+
+    cfg = get_nasnet_cfg()
+    cfg.merge_from_file(str(Path(__file__).resolve().parents[1] / "configs" / "detection"
+                            / f"smoke-nasnet-{layout}.yaml"))
+    n = cfg.MODEL.NASNET
+    n.NUM_CELLS, n.PENULTIMATE_FILTERS, n.FILTERS, n.STEM_FILTERS, n.NORM = 1, 0, 4, 8, "BN"
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 32
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 1.5), m.bias.data.uniform_(-.2, .2)
+    holders = [m for m in model.modules() if hasattr(type(m), "nasnet_for_forward")]
+    assert len(holders) == (1 if layout == "fpn" else 2)  # the backbone (+ the C4 ROI crop head)
+    inputs = [torch.rand(1, 3, 64, 64) if not hasattr(h, "in_channels") else torch.rand(3, h.in_channels, 7, 7)
+              for h in holders]
+
+    def outputs() -> list[torch.Tensor]:
+        outs = [h(x) for h, x in zip(holders, inputs)]
+        return [o if torch.is_tensor(o) else torch.cat([v.flatten() for v in o.values()]) for o in outs]
+
+    with torch.no_grad():
+        plain = outputs()
+        for h in holders:
+            h.fuse_bn_at_inference = True
+        fused = outputs()
+        assert all(h.nasnet_for_forward() is not h.nasnet for h in holders)
+        for a, b in zip(plain, fused):
+            assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
+        first = holders[0].nasnet_for_forward()
+        assert holders[0].nasnet_for_forward() is first  # cached while nothing changes
+        next(holders[0].nasnet.parameters()).mul_(1.5)  # a weight changes: the folded copy is rebuilt
+        assert holders[0].nasnet_for_forward() is not first
+    model.train()
+    assert all(h.nasnet_for_forward() is h.nasnet for h in holders)
+    assert get_nasnet_cfg().MODEL.NASNET.FUSE_BN_AT_INFERENCE is False

@@ -36,6 +36,7 @@ def add_nasnet_config(cfg: CN) -> CN:
     # "tf": TF-exact SAME padding, right for all released NASNet weights (slim, Cadene and timm's are TF's).
     # "timm": reproduces timm's outputs, whose stride-2 average pools count the zero padding in the mean.
     n.PAD_MODE = "tf"
+    n.FUSE_BN_AT_INFERENCE = False  # eval mode runs a BN-folded copy of the NASNet: same outputs, faster (fuse.py)
     # ImageNet-pretrained NASNet: a nasnet-det checkpoint (.pth with arch + state_dict) or a timm /
     # pretrainedmodels state dict. Loaded after the detector is built; MODEL.WEIGHTS (a detectron2
     # checkpoint) is loaded afterwards and overrides it.

@@ -158,9 +158,9 @@ def _detectron2_cocoeval(cls: type) -> Iterator[None]:
 
 
 class NASNetCOCOEvaluator(COCOEvaluator):
-    """detectron2's ``COCOEvaluator`` with the fastest installed COCOeval (hotcoco, faster-coco-eval) as its fast path, the six AR
-    numbers added to the six AP numbers and per-category AP it reports, and real numbers (not six NaNs) when
-    the model detects nothing."""
+    """detectron2's ``COCOEvaluator`` with the fastest installed COCOeval (hotcoco, faster-coco-eval) as its
+    fast path, the six AR numbers added to the six AP numbers and per-category AP it reports, and real numbers
+    (not six NaNs) when the model detects nothing."""
 
     def __init__(self, dataset_name: str, output_dir: str | None = None, backend: str = "auto", **kwargs: Any):
         self._cocoeval_cls = cocoeval_class(backend)

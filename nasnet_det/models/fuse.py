@@ -118,3 +118,24 @@ def fuse_for_inference(model: nn.Module, channels_last: bool = False, compile: b
     fused.train = _eval_only(fused)  # type: ignore[method-assign]
     fused.is_fused = True
     return torch.compile(fused) if compile else fused
+
+
+class FusedForEval:
+    """A BN-folded copy of a network for eval mode, rebuilt whenever a weight or statistic changed (an
+    optimizer step, a loaded checkpoint, a move to another device), so a training job that evaluates now and
+    then always evaluates its current weights. Held as a plain attribute: the copy is not part of the owner's
+    parameters or state dict."""
+
+    def __init__(self) -> None:
+        self._copy: nn.Module | None = None
+        self._key: tuple | None = None
+
+    @staticmethod
+    def _fingerprint(model: nn.Module) -> tuple:
+        return tuple((id(t), t._version, t.device) for t in (*model.parameters(), *model.buffers()))
+
+    def get(self, model: nn.Module) -> nn.Module:
+        key = self._fingerprint(model)
+        if self._copy is None or key != self._key:
+            self._copy, self._key = fuse_for_inference(model), key
+        return self._copy
