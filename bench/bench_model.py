@@ -131,13 +131,15 @@ def main() -> None:
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU), both sides")
     parser.add_argument("--channels-last", action="store_true", help="ours fast: channels_last weights/input")
     parser.add_argument("--compile", action="store_true", help="ours fast: torch.compile")
+    parser.add_argument("--tag", default="", help="suffix of this run's section in bench/results.json")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
     rows = []
     for name in (("mobile", "large") if args.model == "both" else (args.model,)):
         rows += bench_one(name, args)
     if not args.no_record:
-        record("bench_model" + ("_gpu" if args.device.startswith("cuda") else ""), rows)
+        section = "bench_model" + ("_gpu" if args.device.startswith("cuda") else "") + (f"_{args.tag}" if args.tag else "")
+        record(section, rows)
 
 
 if __name__ == "__main__":
