@@ -138,8 +138,8 @@ def main() -> None:
     for name in (("mobile", "large") if args.model == "both" else (args.model,)):
         rows += bench_one(name, args)
     if not args.no_record:
-        section = "bench_model" + ("_gpu" if args.device.startswith("cuda") else "") + (f"_{args.tag}" if args.tag else "")
-        record(section, rows)
+        section = "bench_model" + ("_gpu" if args.device.startswith("cuda") else "")
+        record(section + (f"_{args.tag}" if args.tag else ""), rows)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from nasnet_det.models.ops import FactorizedReduce, PoolOp, ReLUConvBN, StackedSeparable
+from nasnet_det.models.cell import Cell
+from nasnet_det.models.ops import FactorizedConv, FactorizedReduce, PoolOp, ReLUConvBN, StackedSeparable
 
 # (conv attribute, norm attribute) pairs folded in each module type.
 _FOLD_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
@@ -103,12 +105,66 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def _take_leading_relu(op: nn.Module) -> bool:
+    """Remove the ReLU that ``op`` applies first to its input, if it has one (True then)."""
+    holder, name = {ReLUConvBN: (op, "act"), StackedSeparable: (op, "act_1"),
+                    FactorizedConv: (getattr(op, "conv_1", None), "act"),
+                    FactorizedReduce: (op, "act")}.get(type(op), (None, ""))
+    if holder is None or not isinstance(getattr(holder, name), nn.ReLU):
+        return False
+    setattr(holder, name, nn.Identity())
+    return True
+
+
+class FusedCell(Cell):
+    """A cell of the folded network. Several ops of a cell read the same input state and each began with its
+    own ReLU of it; here each state goes through ReLU once and the ops that want it share the result."""
+
+    relu_input: dict[str, bool]
+
+    @classmethod
+    def convert(cls, cell: Cell) -> FusedCell:
+        names = ["conv_1x1", *([cell.state_1_adapter] if cell.state_1_adapter else [])]
+        names += [f"comb_iter_{b}_{side}" for b in range(len(cell.spec.blocks)) for side in ("left", "right")]
+        cell.relu_input = {n: _take_leading_relu(getattr(cell, n)) for n in names}
+        cell.__class__ = cls
+        return cell  # type: ignore[return-value]
+
+    def forward(self, h: torch.Tensor, h_prev: torch.Tensor | None) -> torch.Tensor:
+        relu_h = F.relu(h)
+        if h_prev is None:
+            state_1, relu_1 = h, relu_h
+        elif self.state_1_adapter is not None:
+            state_1, relu_1 = getattr(self, self.state_1_adapter)(F.relu(h_prev)), None
+        else:
+            state_1, relu_1 = h_prev, None
+        states: list[torch.Tensor] = [self.conv_1x1(relu_h), state_1]
+        relus: dict[int, torch.Tensor] = {} if relu_1 is None else {1: relu_1}
+        for b, block in enumerate(self.spec.blocks):
+            outs = []
+            for side, idx in (("left", block.input_1), ("right", block.input_2)):
+                name = f"comb_iter_{b}_{side}"
+                x = states[idx]
+                if self.relu_input[name]:
+                    if idx not in relus:
+                        relus[idx] = F.relu(x)
+                    x = relus[idx]
+                outs.append(getattr(self, name)(x))
+            states.append(outs[0] + outs[1] if block.combine == "add" else torch.cat(outs, 1))
+        outputs = [getattr(self, f"output_reduce_{i}")(states[i]) if i in self._reduced_outputs else states[i]
+                   for i in self.spec.concat]
+        return torch.cat(outputs, 1)
+
+
 def fuse_for_inference(model: nn.Module, channels_last: bool = False, compile: bool = False) -> nn.Module:
     """An eval-only copy of ``model`` with BatchNorm folded into the convolutions (same outputs in eval
     mode). ``channels_last`` also converts its weights to that memory format (feed it channels_last input);
     ``compile`` wraps the result in ``torch.compile`` (worth it on a GPU; compiling takes minutes on a CPU)."""
     fused = copy.deepcopy(model).eval()
     fold_batchnorm(fused)
+    for module in list(fused.modules()):
+        if type(module) is Cell:
+            FusedCell.convert(module)
     left = [n for n, m in fused.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase) or _is_norm(m)]
     if left:
         raise RuntimeError(f"BatchNorm layers not folded (no conv to fold into): {left[:5]}")
