@@ -11,7 +11,7 @@ Peers: Cadene's ``nasnetamobile`` (package pretrainedmodels, 224 px, TF padding)
 - peak memory of one inference call and one training step (CPU: RSS above the level before; CUDA:
   ``max_memory_allocated``).
 
-    python bench/bench_model.py                                   # CPU: mobile batch 8, large batch 1
+    python bench/bench_model.py                                   # CPU: mobile batch 4, large batch 1
     python bench/bench_model.py --model mobile --batch 32 --device cuda --amp --channels-last --compile
 """
 
@@ -56,8 +56,8 @@ def build_pair(name: str, fast_kwargs: dict) -> tuple[torch.nn.Module, torch.nn.
 def bench_one(name: str, args: argparse.Namespace) -> list[dict]:
     peer_name, size = PEERS[name]
     size = args.size or size
-    batch = args.batch or (8 if name == "mobile" else 1)
-    iters = args.iters or (2 if name == "mobile" else 1)
+    batch = args.batch or (4 if name == "mobile" else 1)
+    iters = args.iters or 1
     dev = args.device
     fast_kwargs = dict(channels_last=args.channels_last, compile=args.compile)
     peer, ours, fast = build_pair(name, fast_kwargs)
@@ -123,10 +123,10 @@ def bench_one(name: str, args: argparse.Namespace) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("mobile", "large", "both"), default="both")
-    parser.add_argument("--batch", type=int, default=0, help="default: 8 mobile, 1 large on CPU")
+    parser.add_argument("--batch", type=int, default=0, help="default: 4 mobile, 1 large")
     parser.add_argument("--size", type=int, default=0, help="default: 224 mobile, 331 large")
-    parser.add_argument("--iters", type=int, default=0, help="calls per timed repeat (default 2 mobile, 1 large)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=0, help="calls per timed repeat (default 1)")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU), both sides")
     parser.add_argument("--channels-last", action="store_true", help="ours fast: channels_last weights/input")
