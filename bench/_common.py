@@ -7,6 +7,7 @@ renders the file as ``bench/RESULTS.md``.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -65,15 +66,37 @@ def interleaved_median_times(fns: dict[str, Callable[[], Any]], repeats: int, it
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _malloc_in_use() -> Callable[[], int] | None:
+    """glibc's bytes in use (heap chunks + mmap'ed blocks): what torch's CPU allocator holds right now."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        m = libc.mallinfo2()
+        return m.uordblks + m.hblkhd
+    return in_use
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+_IN_USE = _malloc_in_use() or _rss_bytes
+
+
 def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
     """Peak extra memory of one call of ``fn`` in MiB. CUDA: ``max_memory_allocated`` above what was allocated
-    before. CPU: peak resident set size sampled every 1 ms by a thread, above the size before the call (large
-    tensors are mmap'ed by the allocator and returned on free, so RSS follows them)."""
+    before. CPU: peak of the bytes malloc has handed out (glibc ``mallinfo2``; resident set size where that is
+    missing), sampled every 1 ms by a thread, above the level before the call."""
     import gc
 
     import torch
@@ -86,13 +109,13 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    before = _rss_bytes()
+    before = _IN_USE()
     peak = [before]
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
+            peak[0] = max(peak[0], _IN_USE())
             time.sleep(0.001)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -102,7 +125,7 @@ def peak_memory_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
     finally:
         done.set()
         thread.join()
-    peak[0] = max(peak[0], _rss_bytes())
+    peak[0] = max(peak[0], _IN_USE())
     return (peak[0] - before) / 2**20
 
 

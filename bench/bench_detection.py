@@ -4,9 +4,12 @@
 All three are built by detectron2 from their configs (ours: configs/detection/faster_rcnn_nasnet_a_mobile_
 {fpn,c4}_600.yaml; the peer: model_zoo's COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml), random weights, 80
 classes, the same input size, the same proposal/ROI budget (``--rois``), frozen BN and FREEZE_AT=2 as shipped.
+Random weights with identity frozen-BN statistics overflow in deep nets, so every model is first calibrated:
+built with trainable BN, one training forward on the batch sets the BN statistics, then BN becomes frozen BN
+(and ours freezes its stride <= 4 modules, as MODEL.NASNET.FREEZE_AT 2 does).
 Ours evaluates with MODEL.NASNET.FUSE_BN_AT_INFERENCE (BN folded into the convs). Measured, repeats
 interleaved, median: training iteration seconds (batch ``--batch``: forward with losses, backward, SGD step),
-inference seconds per image, and peak memory of each (CPU: RSS above the level before; CUDA:
+inference seconds per image, and peak memory of each (CPU: malloc bytes in use above the level before; CUDA:
 ``max_memory_allocated``).
 
     python bench/bench_detection.py                        # CPU: 320 px, batch 2, 128 ROIs/image
@@ -32,9 +35,11 @@ def build(which: str, args: argparse.Namespace) -> torch.nn.Module:
     cfg = get_nasnet_cfg()
     if which == "peer":
         cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+        cfg.MODEL.RESNETS.NORM = "BN"  # for the calibration pass (see calibrate_frozen_bn)
     else:
         cfg.merge_from_file(str(REPO / "configs" / "detection" / f"faster_rcnn_nasnet_a_mobile_{which}_600.yaml"))
         cfg.MODEL.NASNET.FUSE_BN_AT_INFERENCE = not args.no_fuse
+        cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT = "BN", 0
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = args.device
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 80
@@ -42,6 +47,26 @@ def build(which: str, args: argparse.Namespace) -> torch.nn.Module:
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = cfg.MODEL.RPN.POST_NMS_TOPK_TEST = args.proposals
     torch.manual_seed(0)
     return build_model(cfg)
+
+
+@torch.no_grad()
+def calibrate_frozen_bn(model: torch.nn.Module, batch: list[dict]) -> None:
+    """BN statistics from one training forward on ``batch``, then frozen BN everywhere (see the docstring)."""
+    from detectron2.layers import FrozenBatchNorm2d
+    from detectron2.utils.events import EventStorage
+
+    from nasnet_det.detection.backbone import apply_norm_and_freeze
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # running statistics = this batch's
+    with EventStorage(0):
+        model.train()(batch)
+    for m in list(model.modules()):
+        if hasattr(type(m), "nasnet_for_forward"):  # our NASNet parts: frozen BN + FREEZE_AT 2
+            apply_norm_and_freeze(m.nasnet, "FrozenBN", 2 if hasattr(m.nasnet, "conv0") else 0)
+    for name, child in list(model.named_children()):
+        setattr(model, name, FrozenBatchNorm2d.convert_frozen_batchnorm(child))
 
 
 def make_batch(n: int, size: int, device: str, seed: int = 0) -> list[dict]:
@@ -74,6 +99,8 @@ def main() -> None:
     dev = args.device
     models = {k: build(k, args) for k in ("peer", "fpn", "c4")}
     train_batch = make_batch(args.batch, args.size, dev)
+    for m in models.values():
+        calibrate_frozen_bn(m, train_batch)
     image = [{k: v for k, v in make_batch(1, args.size, dev, seed=1)[0].items() if k != "instances"}]
     opts = {k: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
             for k, m in models.items()}

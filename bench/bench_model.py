@@ -8,7 +8,7 @@ Peers: Cadene's ``nasnetamobile`` (package pretrainedmodels, 224 px, TF padding)
 - inference images/s: peer, ours as trained (``create_model``), ours fast (``model.fuse_for_inference()``:
   BatchNorm folded into the convs; ``--channels-last`` / ``--compile`` on top);
 - training step images/s (forward, cross-entropy, backward, SGD step): peer, ours;
-- peak memory of one inference call and one training step (CPU: RSS above the level before; CUDA:
+- peak memory of one inference call and one training step (CPU: malloc bytes in use above the level before; CUDA:
   ``max_memory_allocated``).
 
     python bench/bench_model.py                                   # CPU: mobile batch 4, large batch 1
