@@ -8,6 +8,7 @@ renders the file as ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import platform
@@ -180,6 +181,13 @@ def print_row(r: dict[str, Any]) -> None:
 def record(script: str, rows: list[dict[str, Any]], command: str | None = None, notes: list[str] | None = None,
            path: Path = RESULTS_JSON) -> None:
     """Merge ``rows`` into the results file under ``script`` (replacing that script's previous rows)."""
+    with open(path.with_suffix(".lock"), "w") as lock:  # scripts run in parallel merge one at a time
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _merge(script, rows, command, notes, path)
+
+
+def _merge(script: str, rows: list[dict[str, Any]], command: str | None, notes: list[str] | None,
+           path: Path) -> None:
     data: dict[str, Any] = {}
     if path.is_file():
         try:

@@ -135,11 +135,11 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
     rows = []
+    section = "bench_model" + ("_gpu" if args.device.startswith("cuda") else "") + (f"_{args.tag}" if args.tag else "")
     for name in (("mobile", "large") if args.model == "both" else (args.model,)):
         rows += bench_one(name, args)
-    if not args.no_record:
-        section = "bench_model" + ("_gpu" if args.device.startswith("cuda") else "")
-        record(section + (f"_{args.tag}" if args.tag else ""), rows)
+        if not args.no_record:  # after each model, so a stopped run keeps what it measured
+            record(section, rows)
 
 
 if __name__ == "__main__":
