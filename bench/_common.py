@@ -149,11 +149,14 @@ def machine() -> dict[str, Any]:
         pass
     from importlib import metadata
 
-    for pkg in ("timm", "pretrainedmodels", "detectron2", "pycocotools", "faster-coco-eval", "numpy"):
+    for pkg in ("timm", "pretrainedmodels", "detectron2", "pycocotools", "faster-coco-eval", "hotcoco", "numpy"):
         try:
             info[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
-            info[pkg] = None
+            try:  # detectron2 installed from a republished wheel under another distribution name
+                info[pkg] = __import__(pkg.replace("-", "_")).__version__
+            except (ImportError, AttributeError):
+                info[pkg] = None
     return info
 
 
