@@ -6,7 +6,7 @@ STAMP := .venv/.installed
 SETUP_INPUTS := pyproject.toml scripts/setup_env.sh requirements/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup test run lint clean distclean
+.PHONY: setup test run lint bench clean distclean
 
 setup: $(STAMP)
 
@@ -15,6 +15,12 @@ $(STAMP): $(SETUP_INPUTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+# Every bench/ script (ours vs a peer, same process) -> bench/results.json + bench/RESULTS.md.
+# BENCH_ARGS: e.g. --only bench_eval, --skip search_vs_random, --timeout 600.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	PYTHONPATH=$(CURDIR) $(PY) bench/run_all.py $(BENCH_ARGS)
 
 # The whole chain (search -> select -> pretrain -> Faster R-CNN -> COCO AP -> report) on the embedded sample.
 run: $(STAMP)

@@ -6,8 +6,8 @@
    PPO runs at three controller settings: the paper's (LR 0.00035, 100 units, plain advantages), the
    paper's with normalised advantages (the defaults of search/config.py), and tuned (LR 0.03, 32 units).
 2. Tiny real run: children 1@4 trained a few steps on 16-px images of the CIFAR-10 subset
-   (``shared/data/cifar10-subset.npz``), reward = held-out accuracy. Far too small to separate the
-   strategies reliably; it shows the whole pipeline on real data and reports the numbers.
+   (the package's real sample, ``nasnet_det/data/sample/cifar10_sample.npz``), reward = held-out accuracy.
+   Far too small to separate the strategies reliably; it shows the whole pipeline on real data and reports the numbers.
 
 ppo_first / ppo_last are the means of the first / last quarter of PPO's batch means (the summary's
 ``first_batches_mean`` / ``last_batches_mean``, see ``search.outputs.first_last_means``).
@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from nasnet_det.data.sample import cifar10_npz  # noqa: E402
 from search.config import load_cfg  # noqa: E402
 from search.reward import SyntheticOpReward  # noqa: E402
 from search.runner import SearchRunner  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> int:
     ap.add_argument("--long-budget", type=int, default=2000, help="budget of the paper-settings runs (0: skip)")
     ap.add_argument("--long-seeds", type=int, default=2)
     ap.add_argument("--skip-synthetic", action="store_true")
-    ap.add_argument("--npz", default=str(REPO.parent / "shared/data/cifar10-subset.npz"))
+    ap.add_argument("--npz", default=str(cifar10_npz()))
     ap.add_argument("--output-dir", default="", help="keep the runs here (default: a temporary directory)")
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -1,4 +1,5 @@
-"""COCO evaluation: perfect predictions give AP 100; faster-coco-eval equals pycocotools; COCOEvaluator path."""
+"""COCO evaluation: perfect predictions give AP 100; the fast backends (hotcoco, faster-coco-eval) give
+pycocotools' numbers exactly, also on crowd boxes, misses, duplicates and empty images; COCOEvaluator path."""
 
 import json
 import math
@@ -7,12 +8,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import COCO_JSON, write_coco_json
 from detectron2.structures import Boxes, Instances
 
 from nasnet_det.detection.data import register_coco_dataset
-from nasnet_det.detection.evaluation import STAT_NAMES, NASNetCOCOEvaluator, evaluate_coco
+from nasnet_det.detection.evaluation import STAT_NAMES, NASNetCOCOEvaluator, evaluate_coco, resolve_backend
 
-COCO128 = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco128-coco"
+FAST_BACKENDS = ["hotcoco", "faster_coco_eval"]
+
+
+def require(backend: str) -> None:
+    if backend != "pycocotools":
+        pytest.importorskip(backend)
 
 
 def synthetic_gt(tmp_path: Path, n_images: int = 6) -> Path:
@@ -26,8 +33,7 @@ def synthetic_gt(tmp_path: Path, n_images: int = 6) -> Path:
             anns.append({"id": len(anns) + 1, "image_id": i, "category_id": rng.choice(cats)["id"],
                          "bbox": [rng.uniform(0, 200), rng.uniform(0, 100), w, h], "area": w * h, "iscrowd": 0})
     path = tmp_path / "gt.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return path
+    return write_coco_json(path, images, anns, cats)
 
 
 def gt_as_detections(gt_json: Path, jitter: float = 0.0, seed: int = 0) -> list[dict]:
@@ -37,10 +43,9 @@ def gt_as_detections(gt_json: Path, jitter: float = 0.0, seed: int = 0) -> list[
              "bbox": [v + rng.uniform(-jitter, jitter) for v in a["bbox"]]} for a in anns]
 
 
-@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+@pytest.mark.parametrize("backend", ["pycocotools", *FAST_BACKENDS])
 def test_perfect_predictions_give_ap_100(tmp_path, backend):
-    if backend == "faster_coco_eval":
-        pytest.importorskip("faster_coco_eval")
+    require(backend)
     gt = synthetic_gt(tmp_path)
     res = evaluate_coco(gt, gt_as_detections(gt), backend=backend)
     assert set(STAT_NAMES) <= set(res)
@@ -48,19 +53,70 @@ def test_perfect_predictions_give_ap_100(tmp_path, backend):
         assert res[k] == pytest.approx(100.0), k
 
 
-def test_faster_coco_eval_equals_pycocotools(tmp_path):
-    pytest.importorskip("faster_coco_eval")
-    gt = COCO128 / "annotations.json" if COCO128.is_dir() else synthetic_gt(tmp_path, 40)
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_backend_equals_pycocotools(tmp_path, backend):
+    require(backend)
+    gt = COCO_JSON  # the real COCO sample shipped in the package
     dets = gt_as_detections(gt, jitter=6.0, seed=1)
     dets += [dict(d, category_id=1 if d["category_id"] != 1 else 2, score=d["score"] / 2) for d in dets[::3]]
     det_file = tmp_path / "dets.json"
     det_file.write_text(json.dumps(dets))
     official = evaluate_coco(gt, det_file, backend="pycocotools")
-    fast = evaluate_coco(gt, det_file, backend="faster_coco_eval")
+    fast = evaluate_coco(gt, det_file, backend=backend)
     assert 10 < official["AP"] < 95  # a non-trivial score, so equality means something
     assert official.keys() == fast.keys()
     for k, v in official.items():
         assert fast[k] == pytest.approx(v, abs=1e-9, nan_ok=True), k
+
+
+def hard_gt_and_detections(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Ground truth with crowd regions and images without boxes; detections with misses, duplicates,
+    wrong classes, detections on crowd regions and on images without ground truth, images left empty."""
+    rng = random.Random(3)
+    cats = [{"id": 1, "name": "a"}, {"id": 4, "name": "b"}, {"id": 7, "name": "c"}]
+    images, anns, dets = [], [], []
+    for i in range(1, 41):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480})
+        for _ in range(0 if i % 7 == 0 else rng.randint(1, 6)):  # every 7th image has no ground truth
+            w, h = rng.uniform(4, 300), rng.uniform(4, 300)
+            box = [rng.uniform(0, 330), rng.uniform(0, 170), w, h]
+            cat = rng.choice(cats)["id"]
+            crowd = int(rng.random() < 0.15)
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": box, "area": w * h,
+                         "iscrowd": crowd})
+            if i % 9 == 0 or rng.random() < 0.2:
+                continue  # every 9th image gets no detection at all; other boxes are sometimes missed
+            for _ in range(3 if rng.random() < 0.2 else 1):  # duplicates
+                dets.append({"image_id": i, "category_id": cat, "score": round(rng.random(), 3),
+                             "bbox": [v + rng.gauss(0, 0.08) * s for v, s in zip(box, (w, h, w, h))]})
+        if i % 9:
+            for _ in range(rng.randint(0, 3)):  # false positives, also on images without ground truth
+                dets.append({"image_id": i, "category_id": rng.choice(cats)["id"], "score": round(rng.random(), 3),
+                             "bbox": [rng.uniform(0, 500), rng.uniform(0, 400), rng.uniform(4, 140),
+                                      rng.uniform(4, 80)]})
+    path = tmp_path / "hard_gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    assert any(a["iscrowd"] for a in anns)
+    return path, dets
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_backend_equals_pycocotools_on_crowd_misses_duplicates_empty_images(tmp_path, backend):
+    require(backend)
+    gt, dets = hard_gt_and_detections(tmp_path)
+    official = evaluate_coco(gt, dets, backend="pycocotools")
+    fast = evaluate_coco(gt, dets, backend=backend)
+    assert 5 < official["AP"] < 95 and 5 < official["AR100"] < 100
+    assert official.keys() == fast.keys()
+    for k, v in official.items():
+        assert fast[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+def test_auto_backend_is_the_fastest_installed():
+    pytest.importorskip("hotcoco")
+    assert resolve_backend("auto") == "hotcoco"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("cocoapi")
 
 
 def test_evaluate_coco_errors(tmp_path):
@@ -79,8 +135,7 @@ def gt_without_large_or_c(tmp_path: Path) -> Path:
             {"id": 2, "image_id": 2, "category_id": 5, "bbox": [50, 50, 60, 60], "area": 3600, "iscrowd": 0}]
     cats = [{"id": 2, "name": "a"}, {"id": 5, "name": "b"}, {"id": 9, "name": "c"}]
     path = tmp_path / "gt_small.json"
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
-    return path
+    return write_coco_json(path, images, anns, cats)
 
 
 def register_with_images(name: str, gt: Path) -> dict:
@@ -94,12 +149,11 @@ def register_with_images(name: str, gt: Path) -> dict:
     return data
 
 
-@pytest.mark.parametrize("backend", ["pycocotools", "faster_coco_eval"])
+@pytest.mark.parametrize("backend", ["pycocotools", *FAST_BACKENDS])
 def test_no_detections_same_numbers_from_both_paths(tmp_path, backend):
     """0 where there is ground truth, NaN where there is none, all 12 numbers and AP-<class>, from
     evaluate_coco and from the COCOEvaluator used in training."""
-    if backend == "faster_coco_eval":
-        pytest.importorskip("faster_coco_eval")
+    require(backend)
     gt = gt_without_large_or_c(tmp_path)
     direct = evaluate_coco(gt, [], backend=backend)
     expected_keys = set(STAT_NAMES) | {"AP-a", "AP-b", "AP-c"}

@@ -23,6 +23,7 @@ from torch import nn
 
 from nasnet_det.detection.config import NORMS
 from nasnet_det.models.config import nasnet_from_cfg
+from nasnet_det.models.fuse import FusedForEval
 from nasnet_det.models.nasnet import CellPlan, NASNet
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,20 @@ def set_drop_path_progress(model: nn.Module, progress: float) -> None:
             m.set_drop_path_progress(progress)
 
 
+class FusedAtInference:
+    """Mixin for a module holding ``self.nasnet``: with ``fuse_bn_at_inference`` set
+    (MODEL.NASNET.FUSE_BN_AT_INFERENCE), eval mode runs a BN-folded copy of it (same outputs, faster)."""
+
+    fuse_bn_at_inference: bool = False
+
+    def nasnet_for_forward(self) -> NASNet:
+        if self.training or not self.fuse_bn_at_inference:
+            return self.nasnet
+        if "_fused_for_eval" not in self.__dict__:
+            self.__dict__["_fused_for_eval"] = FusedForEval()
+        return self.__dict__["_fused_for_eval"].get(self.nasnet)
+
+
 def _check_divisible(x: torch.Tensor, divisor: int) -> None:
     h, w = x.shape[-2:]
     if h % divisor or w % divisor:
@@ -98,7 +113,7 @@ def _check_divisible(x: torch.Tensor, divisor: int) -> None:
                          "(GeneralizedRCNN does this via backbone.size_divisibility / ImageList.from_tensors)")
 
 
-class NASNetBackbone(Backbone):
+class NASNetBackbone(FusedAtInference, Backbone):
     """Outputs of chosen NASNet cells. ``out_features`` entries are cell names or ``strideS`` aliases."""
 
     def __init__(self, nasnet: NASNet, out_features: list[str]):
@@ -127,7 +142,7 @@ class NASNetBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_divisible(x, self.size_divisibility)
-        feats = self.nasnet.forward_features(x, list(dict.fromkeys(self._cells.values())))
+        feats = self.nasnet_for_forward().forward_features(x, list(dict.fromkeys(self._cells.values())))
         return {n: feats[c] for n, c in self._cells.items()}
 
 
@@ -144,7 +159,7 @@ def c4_split(nasnet: NASNet) -> tuple[list[CellPlan], list[CellPlan], list[str]]
     return trunk, head, [n for n in order if n in needed]
 
 
-class NASNetC4Backbone(Backbone):
+class NASNetC4Backbone(FusedAtInference, Backbone):
     """The trunk up to the last stride-16 cell. Output ``"c4"``: concat of the cells the head reads
     (TF: concat(Cell_10, Cell_11) for NASNet-A large), the RPN and ROI-crop feature."""
 
@@ -170,12 +185,13 @@ class NASNetC4Backbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_divisible(x, self.size_divisibility)
-        feats = self.nasnet.forward_features(x, self.head_inputs)
+        feats = self.nasnet_for_forward().forward_features(x, self.head_inputs)
         return {"c4": torch.cat([feats[n] for n in self.head_inputs], dim=1)}
 
 
-def _finish(nasnet: NASNet, cfg) -> None:
-    apply_norm_and_freeze(nasnet, cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT)
+def _finish(holder: FusedAtInference, cfg) -> None:
+    apply_norm_and_freeze(holder.nasnet, cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT)
+    holder.fuse_bn_at_inference = bool(cfg.MODEL.NASNET.FUSE_BN_AT_INFERENCE)
 
 
 def _check_input_channels(cfg, input_shape: ShapeSpec | None) -> None:
@@ -188,7 +204,7 @@ def _check_input_channels(cfg, input_shape: ShapeSpec | None) -> None:
 def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetBackbone:
     _check_input_channels(cfg, input_shape)
     backbone = NASNetBackbone(detector_nasnet(cfg), list(cfg.MODEL.NASNET.OUT_FEATURES))
-    _finish(backbone.nasnet, cfg)
+    _finish(backbone, cfg)
     return backbone
 
 
@@ -220,5 +236,5 @@ def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
 def build_nasnet_c4_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetC4Backbone:
     _check_input_channels(cfg, input_shape)
     backbone = NASNetC4Backbone(detector_nasnet(cfg))
-    _finish(backbone.nasnet, cfg)
+    _finish(backbone, cfg)
     return backbone

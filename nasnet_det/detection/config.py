@@ -35,6 +35,7 @@ def add_nasnet_config(cfg: CN) -> CN:
     # Freeze conv0 (1), + stride-4 cells (2), + stride-8 (3), + stride-16 (4), + stride-32 (5); 0 = train all.
     n.FREEZE_AT = 2
     n.NORM = "FrozenBN"  # one of NORMS
+    n.FUSE_BN_AT_INFERENCE = False  # eval mode runs a BN-folded copy of the NASNet: same outputs, faster (fuse.py)
 
     # COCO-format datasets to register before training: "name=path/to/annotations.json:path/to/images".
     cfg.DATASETS.COCO_FILES = []

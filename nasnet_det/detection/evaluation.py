@@ -4,9 +4,12 @@ Both entry points (:func:`evaluate_coco` and :class:`NASNetCOCOEvaluator`) retur
 the model detects nothing: all 12 numbers and ``AP-<category>``, 0 where there is ground truth, NaN where
 there is none (COCOeval's -1), as COCOeval itself reports them for an empty result set.
 
-Backends: ``faster_coco_eval`` (C++ evaluate/accumulate, same numbers as pycocotools; used when installed)
-or ``pycocotools`` (the official code). detectron2's own fast path needs its C++ extension, which this
-install lacks, so :class:`NASNetCOCOEvaluator` plugs faster-coco-eval into ``COCOEvaluator`` instead.
+Backends, fastest first (``auto`` takes the first one installed): ``hotcoco`` (Rust, ~10x faster than
+faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). Both fast ones give
+pycocotools' numbers bit for bit (tests/test_detection_eval.py; bench/bench_eval.py times them all).
+detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension ``detectron2._C``, which
+this install lacks, so :class:`NASNetCOCOEvaluator` plugs the fastest installed backend into
+``COCOEvaluator`` instead.
 """
 
 from __future__ import annotations
@@ -32,23 +35,45 @@ logger = logging.getLogger(__name__)
 
 # COCOeval.stats order (bbox / segm).
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-BACKENDS = ("auto", "faster_coco_eval", "pycocotools")
+BACKENDS = ("auto", "hotcoco", "faster_coco_eval", "pycocotools")
 
 
-def faster_coco_eval_available() -> bool:
+def _installed(module: str) -> bool:
     try:
-        import faster_coco_eval  # noqa: F401
+        __import__(module)
     except ImportError:
         return False
     return True
 
 
-def cocoeval_class(backend: str = "auto") -> type:
-    """The COCOeval class for ``backend`` ('auto' = faster_coco_eval when installed)."""
+def faster_coco_eval_available() -> bool:
+    return _installed("faster_coco_eval")
+
+
+def hotcoco_cocoeval(coco_gt: COCO, coco_dt: COCO, iou_type: str = "bbox"):
+    """hotcoco's COCOeval (Rust) on pycocotools ``COCO`` objects, whose datasets it reads as dicts. It has
+    pycocotools' interface (``params``, ``evaluate/accumulate/summarize``, ``stats``, ``eval['precision']``)."""
+    import hotcoco
+
+    return hotcoco.COCOeval(hotcoco.COCO(coco_gt.dataset), hotcoco.COCO(coco_dt.dataset), iou_type)
+
+
+def resolve_backend(backend: str = "auto") -> str:
+    """The backend ``backend`` names; 'auto' = the fastest installed (hotcoco, faster_coco_eval, pycocotools)."""
     if backend not in BACKENDS:
         raise ValueError(f"COCO eval backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "pycocotools" or (backend == "auto" and not faster_coco_eval_available()):
+    if backend != "auto":
+        return backend
+    return next(b for b in ("hotcoco", "faster_coco_eval", "pycocotools") if _installed(b))
+
+
+def cocoeval_class(backend: str = "auto"):
+    """The COCOeval class (or factory with its signature) for ``backend``."""
+    backend = resolve_backend(backend)
+    if backend == "pycocotools":
         return COCOeval
+    if backend == "hotcoco":
+        return hotcoco_cocoeval
     from faster_coco_eval import COCOeval_faster
 
     class FasterCOCOeval(COCOeval_faster):
@@ -135,9 +160,9 @@ def _detectron2_cocoeval(cls: type) -> Iterator[None]:
 
 
 class NASNetCOCOEvaluator(COCOEvaluator):
-    """detectron2's ``COCOEvaluator`` with faster-coco-eval as its fast path (when installed), the six AR
-    numbers added to the six AP numbers and per-category AP it reports, and real numbers (not six NaNs) when
-    the model detects nothing."""
+    """detectron2's ``COCOEvaluator`` with the fastest installed COCOeval (hotcoco, faster-coco-eval) as its
+    fast path, the six AR numbers added to the six AP numbers and per-category AP it reports, and real numbers
+    (not six NaNs) when the model detects nothing."""
 
     def __init__(self, dataset_name: str, output_dir: str | None = None, backend: str = "auto", **kwargs: Any):
         self._cocoeval_cls = cocoeval_class(backend)

@@ -12,11 +12,17 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from nasnet_det.detection.backbone import apply_norm_and_freeze, c4_split, detector_nasnet, drop_modules
+from nasnet_det.detection.backbone import (
+    FusedAtInference,
+    apply_norm_and_freeze,
+    c4_split,
+    detector_nasnet,
+    drop_modules,
+)
 from nasnet_det.models.nasnet import NASNet
 
 
-class NASNetCropHead(nn.Module):
+class NASNetCropHead(FusedAtInference, nn.Module):
     """reduction_cell_1 + stack 3 of ``nasnet`` applied to pooled ``(R, C, S, S)`` crops of ``"c4"``."""
 
     def __init__(self, nasnet: NASNet):
@@ -36,13 +42,15 @@ class NASNetCropHead(nn.Module):
             raise ValueError(f"NASNet ROI head expects {self.in_channels} channels "
                              f"({' + '.join(map(str, self.split_channels))} from {self.inputs}), got {x.shape[1]}")
         outputs = dict(zip(self.inputs, torch.split(x, self.split_channels, dim=1)))
-        outputs = self.nasnet.run_cells(outputs, self.plans, keep=set())
-        return self.nasnet.act(outputs[self.plans[-1].name])
+        nasnet = self.nasnet_for_forward()
+        outputs = nasnet.run_cells(outputs, self.plans, keep=set())
+        return nasnet.act(outputs[self.plans[-1].name])
 
 
 def build_nasnet_crop_head(cfg) -> NASNetCropHead:
     head = NASNetCropHead(detector_nasnet(cfg))
     apply_norm_and_freeze(head.nasnet, cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT)
+    head.fuse_bn_at_inference = bool(cfg.MODEL.NASNET.FUSE_BN_AT_INFERENCE)
     return head
 
 

@@ -42,9 +42,11 @@ def build_nasnet(genotype: Genotype | str, dataset: str = "imagenet", num_cells:
     return NASNet(genotype, num_cells=num_cells, filters=filters, imagenet_stem=dataset == "imagenet", **kwargs)
 
 
-def create_model(name: str, **overrides: Any) -> NASNet:
+def create_model(name: str, fast_inference: bool = False, **overrides: Any) -> NASNet:
     """A named preset (``nasnet_a_cifar``, ``nasnet_a_mobile``, ``nasnet_a_large``, ... see
-    :data:`PRESETS`), with any argument of :func:`build_nasnet` overridden."""
+    :data:`PRESETS`), with any argument of :func:`build_nasnet` overridden. ``fast_inference=True`` returns the
+    eval-only BN-folded network (:meth:`NASNet.fuse_for_inference`; for trained weights, load them first and call
+    that)."""
     preset = get_preset(name)
     kwargs = nasnet_kwargs(preset_node(name), preset.dataset, preset.num_classes, image_size=preset.image_size)
     kwargs.pop("imagenet_stem")
@@ -56,7 +58,8 @@ def create_model(name: str, **overrides: Any) -> NASNet:
         kwargs.pop("penultimate_filters", None)
     elif "penultimate_filters" in overrides:
         kwargs.pop("filters", None)
-    return build_nasnet(**{"dataset": preset.dataset, **kwargs, **overrides})
+    model = build_nasnet(**{"dataset": preset.dataset, **kwargs, **overrides})
+    return model.fuse_for_inference() if fast_inference else model
 
 
 __all__ = ["PRESETS", "NASNet", "NASNetArch", "add_nasnet_model_config", "build_nasnet", "create_model",

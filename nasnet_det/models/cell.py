@@ -52,14 +52,16 @@ class Cell(nn.Module):
         self.has_prev = c_prev is not None
 
         self.conv_1x1 = ReLUConvBN(c_in, filters, 1, 1, norm)
+        # The module that adapts state 1, by name (the names map released checkpoints), or None.
+        self.state_1_adapter: str | None = None
         if c_prev is None:
             state_1_channels = c_in
         elif prev_stride == 2:
             self.prev_reduce = FactorizedReduce(c_prev, filters, 2, norm)
-            state_1_channels = filters
+            self.state_1_adapter, state_1_channels = "prev_reduce", filters
         elif c_prev != filters:
             self.conv_prev_1x1 = ReLUConvBN(c_prev, filters, 1, 1, norm)
-            state_1_channels = filters
+            self.state_1_adapter, state_1_channels = "conv_prev_1x1", filters
         else:
             state_1_channels = filters
 
@@ -84,10 +86,8 @@ class Cell(nn.Module):
 
     def forward(self, h: torch.Tensor, h_prev: torch.Tensor | None) -> torch.Tensor:
         state_1 = h if h_prev is None else h_prev
-        if hasattr(self, "prev_reduce"):
-            state_1 = self.prev_reduce(state_1)
-        elif hasattr(self, "conv_prev_1x1"):
-            state_1 = self.conv_prev_1x1(state_1)
+        if self.state_1_adapter is not None:
+            state_1 = getattr(self, self.state_1_adapter)(state_1)
         states = [self.conv_1x1(h), state_1]
         for b, block in enumerate(self.spec.blocks):
             left = self._run_op(f"comb_iter_{b}_left", block.op_1, states[block.input_1])

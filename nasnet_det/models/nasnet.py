@@ -227,6 +227,13 @@ class NASNet(nn.Module):
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / m.out_features))
                 nn.init.zeros_(m.bias)
 
+    def fuse_for_inference(self, channels_last: bool = False, compile: bool = False) -> nn.Module:
+        """The fast inference switch: an eval-only copy with BatchNorm folded into the convolutions, same
+        logits (see :mod:`nasnet_det.models.fuse`). Call it after loading the weights."""
+        from nasnet_det.models.fuse import fuse_for_inference
+
+        return fuse_for_inference(self, channels_last=channels_last, compile=compile)
+
     # ScheduledDropPath ---------------------------------------------------------------------------------
     def set_drop_path_progress(self, progress: float) -> None:
         """Set every cell's drop probability for training progress in [0, 1] (slim's v3 schedule):

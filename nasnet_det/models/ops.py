@@ -74,7 +74,6 @@ class Pool2dSame(nn.Module):
         if pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
         self.kind, self.kernel_size, self.stride, self.pad_mode = kind, kernel_size, stride, pad_mode
-        self._divisors: dict[tuple, torch.Tensor] = {}  # TF avg-pool divisor per input size (not a buffer)
 
     def extra_repr(self) -> str:
         return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, pad_mode={self.pad_mode}"
@@ -85,20 +84,16 @@ class Pool2dSame(nn.Module):
             if self.kind == "max":
                 return F.max_pool2d(x, k, 1, k // 2)
             return F.avg_pool2d(x, k, 1, k // 2, count_include_pad=False)
-        kk, ss = (k, k), (s, s)
+        # TF 'SAME' pads (before, before or before + 1). The pooling's own implicit padding of ``before`` plus
+        # ceil_mode (a last window running past the input) covers exactly the same windows without copying the
+        # input into a padded one: max pooling ignores both, count_include_pad=False counts only real pixels
+        # (TF), and timm's zero padding is a fixed k*k divisor.
+        pad = (same_pad_amounts(x.shape[-2], k, s)[0], same_pad_amounts(x.shape[-1], k, s)[0])
         if self.kind == "max":
-            return F.max_pool2d(_pad_same(x, kk, ss, value=-math.inf), k, s)
-        summed = F.avg_pool2d(_pad_same(x, kk, ss), k, s)
+            return F.max_pool2d(x, k, s, pad, ceil_mode=True)
         if self.pad_mode == "timm":
-            return summed
-        key = (tuple(x.shape[-2:]), x.device, x.dtype)
-        divisor = self._divisors.get(key)
-        if divisor is None:
-            divisor = F.avg_pool2d(_pad_same(torch.ones_like(x[:1, :1]), kk, ss), k, s)
-            # A tensor made under inference_mode cannot be saved for a later backward: don't cache it.
-            if not torch.is_inference_mode_enabled():
-                self._divisors[key] = divisor
-        return summed / divisor
+            return F.avg_pool2d(x, k, s, pad, ceil_mode=True, divisor_override=k * k)
+        return F.avg_pool2d(x, k, s, pad, ceil_mode=True, count_include_pad=False)
 
 
 class ReLUConvBN(nn.Module):
@@ -169,28 +164,44 @@ class PoolOp(nn.Module):
         return self.bn(self.conv(x)) if self.project else x
 
 
+def _identity(c_in: int, c_out: int, stride: int, norm: NormFactory, pad_mode: str) -> nn.Module:
+    # An identity that must change resolution or channels becomes a 1x1 ReLU-conv-BN (slim).
+    return nn.Identity() if stride == 1 and c_in == c_out else ReLUConvBN(c_in, c_out, 1, stride, norm)
+
+
+# The op table, DARTS style: name -> factory(c_in, c_out, stride, norm, pad_mode). Its keys are exactly
+# nasnet_det.space.OPS (tested), the search space's 13 operations.
+OpFactory = Callable[[int, int, int, NormFactory, str], nn.Module]
+OPS: dict[str, OpFactory] = {
+    "identity": _identity,
+    "conv_1x3_3x1": lambda c_in, c_out, stride, norm, pad_mode: FactorizedConv(c_in, c_out, 3, stride, norm),
+    "conv_1x7_7x1": lambda c_in, c_out, stride, norm, pad_mode: FactorizedConv(c_in, c_out, 7, stride, norm),
+    # The paper gives no dilation rate; 2 is the usual reading (DARTS, AmoebaNet).
+    "dil_conv_3x3": lambda c_in, c_out, stride, norm, pad_mode: ReLUConvBN(c_in, c_out, 3, stride, norm,
+                                                                           dilation=2),
+    "avg_pool_3x3": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("avg", 3, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "max_pool_3x3": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("max", 3, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "max_pool_5x5": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("max", 5, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "max_pool_7x7": lambda c_in, c_out, stride, norm, pad_mode: PoolOp("max", 7, c_in, c_out, stride, norm,
+                                                                       pad_mode),
+    "conv_1x1": lambda c_in, c_out, stride, norm, pad_mode: ReLUConvBN(c_in, c_out, 1, stride, norm),
+    "conv_3x3": lambda c_in, c_out, stride, norm, pad_mode: ReLUConvBN(c_in, c_out, 3, stride, norm),
+    "sep_conv_3x3": lambda c_in, c_out, stride, norm, pad_mode: StackedSeparable(c_in, c_out, 3, stride, norm),
+    "sep_conv_5x5": lambda c_in, c_out, stride, norm, pad_mode: StackedSeparable(c_in, c_out, 5, stride, norm),
+    "sep_conv_7x7": lambda c_in, c_out, stride, norm, pad_mode: StackedSeparable(c_in, c_out, 7, stride, norm),
+}
+
+
 def build_op(name: str, c_in: int, c_out: int, stride: int, norm: NormFactory, pad_mode: str = "tf") -> nn.Module:
     """The module for operation ``name`` mapping ``c_in`` to ``c_out`` channels with the given stride."""
-    if name == "identity":
-        if stride == 1 and c_in == c_out:
-            return nn.Identity()
-        return ReLUConvBN(c_in, c_out, 1, stride, norm)
-    if name.startswith("sep_conv_"):
-        return StackedSeparable(c_in, c_out, int(name[-1]), stride, norm)
-    if name in ("avg_pool_3x3", "max_pool_3x3", "max_pool_5x5", "max_pool_7x7"):
-        return PoolOp(name[:3], int(name[-1]), c_in, c_out, stride, norm, pad_mode)
-    if name == "conv_1x3_3x1":
-        return FactorizedConv(c_in, c_out, 3, stride, norm)
-    if name == "conv_1x7_7x1":
-        return FactorizedConv(c_in, c_out, 7, stride, norm)
-    if name == "dil_conv_3x3":
-        # The paper gives no dilation rate; 2 is the usual reading (DARTS, AmoebaNet).
-        return ReLUConvBN(c_in, c_out, 3, stride, norm, dilation=2)
-    if name == "conv_1x1":
-        return ReLUConvBN(c_in, c_out, 1, stride, norm)
-    if name == "conv_3x3":
-        return ReLUConvBN(c_in, c_out, 3, stride, norm)
-    raise ValueError(f"unknown operation {name!r}")
+    try:
+        factory = OPS[name]
+    except KeyError:
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(OPS)}") from None
+    return factory(c_in, c_out, stride, norm, pad_mode)
 
 
 class FactorizedReduce(nn.Module):
@@ -219,8 +230,13 @@ class FactorizedReduce(nn.Module):
         if self.stride == 1:
             return self.path_bn(self.path_conv(x))
         path_1 = self.path_1(x[:, :, ::2, ::2])
-        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
-        path_2 = self.path_2(shifted[:, :, ::2, ::2])
+        # slim samples path 2 from the input shifted one pixel up-left with a zero row/column appended; that
+        # is x[1::2, 1::2] plus a zero row (column) only where the height (width) is odd.
+        shifted = x[:, :, 1::2, 1::2]
+        missing_h, missing_w = path_1.shape[-2] - shifted.shape[-2], path_1.shape[-1] - shifted.shape[-1]
+        if missing_h or missing_w:
+            shifted = F.pad(shifted, (0, missing_w, 0, missing_h))
+        path_2 = self.path_2(shifted)
         return self.final_path_bn(torch.cat([path_1, path_2], 1))
 
 

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole GPU part of the benchmarks in under 8 minutes (each step has its own time limit and a failed
+# step does not stop the others). Run from anywhere: bash bench/gpu.sh   (PY=... to choose the python).
+# Writes the *_gpu sections of bench/results.json and re-renders bench/RESULTS.md.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PY:-.venv/bin/python}
+$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 2
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+status=0
+step() {  # step SECONDS command...
+    local limit=$1; shift
+    echo "=== [$limit s] $*"
+    timeout --kill-after=10 "$limit" "$@" || { echo "!!! step failed or timed out: $*"; status=1; }
+}
+start=$SECONDS
+# 1. NASNet-A vs the peer ports: AMP both sides; ours fast = BN folded + channels_last (~60 s each).
+step 90  $PY bench/bench_model.py --device cuda --model mobile --batch 64 --iters 10 --repeats 5 --amp --channels-last
+step 120 $PY bench/bench_model.py --device cuda --model large --batch 16 --iters 5 --repeats 5 --amp --channels-last --tag large
+# 2. the same with torch.compile on ours fast (compile time is not in the timing; mobile only, to fit).
+step 150 $PY bench/bench_model.py --device cuda --model mobile --batch 64 --iters 10 --repeats 5 --amp --channels-last --compile --tag compile
+# 3. Faster R-CNN: NASNet-A mobile FPN / C4 vs R50-FPN at 800 px.
+step 120 $PY bench/bench_detection.py --device cuda --size 800 --batch 4 --rois 512 --proposals 1000 --repeats 5
+# 4. COCO evaluation does not use the GPU; it is measured by make bench.
+$PY bench/run_all.py --render-only
+echo "GPU benchmarks done in $((SECONDS - start)) s (status $status)"
+exit $status
