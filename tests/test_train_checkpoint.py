@@ -39,7 +39,7 @@ def test_damaged_newest_checkpoint_is_named_and_an_intact_one_resumed(tmp_path, 
     with caplog.at_level(logging.INFO):
         trainer = Trainer(tiny_cfg(run, *OPTS))
         trainer.train()
-    assert f"checkpoint {damaged} is damaged" in caplog.text
+    assert f"checkpoint {damaged} is not a readable PyTorch checkpoint" in caplog.text
     assert "ckpt_00000002.pth at step 2" in caplog.text
     assert not any(path.exists() for path in stale)
     # The run redid steps 3 and 4 and ends where an uninterrupted one does.
@@ -114,4 +114,4 @@ def test_truncated_weights_given_to_the_cli_are_one_clear_error(tmp_path, capsys
                   "DATA.VAL_SIZE", "16", "MODEL.NASNET.WEIGHTS", str(torn)]):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert f"error: checkpoint {torn} is damaged or unreadable" in err and "Traceback" not in err, err
+        assert f"error: checkpoint {torn} is not a readable PyTorch checkpoint" in err and "Traceback" not in err, err
