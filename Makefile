@@ -24,7 +24,7 @@ bench: $(STAMP)
 
 # The whole chain (search -> select -> pretrain -> Faster R-CNN -> COCO AP -> report) on the embedded sample.
 run: $(STAMP)
-	.venv/bin/nasnet-det pipeline --config-file configs/pipeline/smoke.yaml
+	.venv/bin/nasnet-det run
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from nasnet_det.cli import main
 
@@ -30,3 +31,15 @@ def test_genotype_command(capsys, tmp_path):
     assert "missing.json does not exist" in capsys.readouterr().err
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_run_is_the_smoke_pipeline(monkeypatch):
+    """`make run` calls `nasnet-det run`: the smoke pipeline from the checkout's configs, options passed on."""
+    import nasnet_det.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_pipeline", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["run", "--until", "search"]) == 0
+    (argv,) = seen
+    assert argv[0] == "--config-file" and Path(argv[1]).is_file() and argv[1].endswith("configs/pipeline/smoke.yaml")
+    assert argv[2:] == ["--until", "search"]
