@@ -63,6 +63,9 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"COCO eval backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
+        if not _installed(backend):  # one clear error instead of an ImportError deep in an evaluation
+            raise ValueError(f"COCO eval backend {backend!r} is not installed (pip install "
+                             f"{backend.replace('_', '-')}), or use backend 'auto'")
         return backend
     return next(b for b in ("hotcoco", "faster_coco_eval", "pycocotools") if _installed(b))
 
