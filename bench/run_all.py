@@ -80,6 +80,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _machine_line(m: dict) -> str:
+    """Where one section was measured: sections come from different runs (gpu.sh on a GPU machine, make bench
+    on a CPU), so each names its own device, threads, load and torch."""
+    device = f"GPU {m['cuda']}" if m.get("cuda") else f"CPU {m.get('cpu')} ({m.get('cpu_count')} cores)"
+    return (f"{device}, {m.get('torch_threads')} torch threads, 1-min load {_fmt(m.get('loadavg_1min'))}, "
+            f"torch {m.get('torch')}")
+
+
 def render(data: dict) -> str:
     out = ["# Benchmark results", "",
            "Written by `make bench` (bench/run_all.py) from bench/results.json. Each row: ours and a peer measured "
@@ -92,6 +100,7 @@ def render(data: dict) -> str:
     out += [f"| {k} | {_fmt(v)} |" for k, v in m.items()]
     for name, s in sorted(scripts_data.items()):
         out += ["", f"## {name}", "", f"Command: `{s['command']}` (finished {s['finished_utc']} UTC)", "",
+                f"Machine: {_machine_line(s.get('machine', {}))}", "",
                 "| benchmark | metric | ours | peer | peer value | ratio (ours better if > 1) |",
                 "|---|---|---|---|---|---|"]
         for r in s["rows"]:
