@@ -5,8 +5,10 @@ the model detects nothing: all 12 numbers and ``AP-<category>``, 0 where there i
 there is none (COCOeval's -1), as COCOeval itself reports them for an empty result set.
 
 Backends, fastest first (``auto`` takes the first one installed): ``hotcoco`` (Rust, ~10x faster than
-faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). Both fast ones give
-pycocotools' numbers bit for bit (tests/test_detection_eval.py; bench/bench_eval.py times them all).
+faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). hotcoco gives
+pycocotools' numbers bit for bit; faster-coco-eval its 12 numbers, and per-category AP up to float rounding
+(~1e-14, its precision table sums in another order) (tests/test_detection_eval.py; bench/bench_eval.py times
+them all).
 detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension ``detectron2._C``, which
 this install lacks, so :class:`NASNetCOCOEvaluator` plugs the fastest installed backend into
 ``COCOEvaluator`` instead.
