@@ -121,6 +121,7 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
                   iou_type: str = "bbox", backend: str = "auto") -> dict[str, float]:
     """Score COCO-format detections (``[{"image_id", "category_id", "bbox", "score"}, ...]`` or a json file
     of them) against ``gt_json``: the 12 standard numbers (AP ... ARl, x100) plus ``AP-<category>``."""
+    cocoeval = cocoeval_class(backend)  # a backend that is not installed fails before any work
     gt_json = Path(gt_json)
     if not gt_json.is_file():
         raise FileNotFoundError(f"ground-truth annotations {gt_json} do not exist")
@@ -145,7 +146,7 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
         else:
             logger.warning("no detections to evaluate against %s", gt_json)
             coco_dt = empty_detections(coco_gt)
-        coco_eval = cocoeval_class(backend)(coco_gt, coco_dt, iou_type)
+        coco_eval = cocoeval(coco_gt, coco_dt, iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
