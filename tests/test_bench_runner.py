@@ -1,4 +1,5 @@
-"""bench/run_all.py (``make bench``) stops a script at its time limit even when it hangs without output."""
+"""bench/run_all.py (``make bench``): a script is stopped at its time limit even when it hangs without output;
+RESULTS.md says on which machine each section was measured."""
 
 from __future__ import annotations
 
