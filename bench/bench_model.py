@@ -134,6 +134,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of this run's section in bench/results.json")
     parser.add_argument("--no-record", action="store_true", help="do not write bench/results.json")
     args = parser.parse_args()
+    if args.size and args.size < 224 and args.model in ("mobile", "both"):
+        # pretrainedmodels' nasnetamobile ends in a fixed 7x7 average pool (no adaptive pooling).
+        parser.error(f"--size {args.size}: the mobile peer (pretrainedmodels nasnetamobile) needs >= 224 px")
     rows = []
     section = "bench_model" + ("_gpu" if args.device.startswith("cuda") else "") + (f"_{args.tag}" if args.tag else "")
     for name in (("mobile", "large") if args.model == "both" else (args.model,)):

@@ -6,15 +6,21 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-.venv/bin/python}
-$PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 2
+timeout 60 $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'bench/gpu.sh: no CUDA device visible to torch; nothing to run')" || exit 2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 status=0
+start=$SECONDS
+# The step limits add up to more than the whole budget when every step runs long, so each step also gets at
+# most what is left of it (the 8 minutes include the 10 s grace of each kill and the final render).
+BUDGET=${BUDGET:-420}
 step() {  # step SECONDS command...
     local limit=$1; shift
+    local left=$((BUDGET - (SECONDS - start) - 10))
+    if (( left < 30 )); then echo "!!! skipped (time budget of $BUDGET s spent): $*"; status=1; return; fi
+    (( limit > left )) && limit=$left
     echo "=== [$limit s] $*"
     timeout --kill-after=10 "$limit" "$@" || { echo "!!! step failed or timed out: $*"; status=1; }
 }
-start=$SECONDS
 # 1. NASNet-A vs the peer ports: AMP both sides; ours fast = BN folded + channels_last (~60 s each).
 step 90  $PY bench/bench_model.py --device cuda --model mobile --batch 64 --iters 10 --repeats 5 --amp --channels-last
 step 120 $PY bench/bench_model.py --device cuda --model large --batch 16 --iters 5 --repeats 5 --amp --channels-last --tag large

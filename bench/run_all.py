@@ -16,8 +16,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,13 @@ def scripts(only: list[str], skip: list[str]) -> list[Path]:
     return [p for p in found if not any(s in p.stem for s in skip)]
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_script(path: Path, timeout: float) -> dict:
     cmd = [sys.executable, str(path.relative_to(REPO))]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -41,17 +50,22 @@ def run_script(path: Path, timeout: float) -> dict:
     start = time.perf_counter()
     lines: list[str] = []
     try:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = start + timeout
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        # A timer, not a check per output line: a script that hangs without printing must be stopped too; the
+        # whole process group, so that worker processes holding its output pipe go as well.
+        timer = threading.Timer(timeout, _kill_group, (proc,))
+        timer.start()
         assert proc.stdout is not None
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-            lines.append(line.rstrip("\n"))
-            if time.perf_counter() > deadline:
-                proc.kill()
-                lines.append(f"[killed after {timeout:.0f} s]")
-                break
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                print(line, end="", flush=True)
+                lines.append(line.rstrip("\n"))
+            rc = proc.wait()
+        finally:
+            timer.cancel()
+        if time.perf_counter() - start >= timeout and rc != 0:
+            lines.append(f"[killed after {timeout:.0f} s]")
     except OSError as e:
         rc, lines = -1, [str(e)]
     return {"command": " ".join(["python", str(path.relative_to(REPO))]), "rc": rc,
@@ -66,6 +80,14 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _machine_line(m: dict) -> str:
+    """Where one section was measured: sections come from different runs (gpu.sh on a GPU machine, make bench
+    on a CPU), so each names its own device, threads, load and torch."""
+    device = f"GPU {m['cuda']}" if m.get("cuda") else f"CPU {m.get('cpu')} ({m.get('cpu_count')} cores)"
+    return (f"{device}, {m.get('torch_threads')} torch threads, 1-min load {_fmt(m.get('loadavg_1min'))}, "
+            f"torch {m.get('torch')}")
+
+
 def render(data: dict) -> str:
     out = ["# Benchmark results", "",
            "Written by `make bench` (bench/run_all.py) from bench/results.json. Each row: ours and a peer measured "
@@ -78,6 +100,7 @@ def render(data: dict) -> str:
     out += [f"| {k} | {_fmt(v)} |" for k, v in m.items()]
     for name, s in sorted(scripts_data.items()):
         out += ["", f"## {name}", "", f"Command: `{s['command']}` (finished {s['finished_utc']} UTC)", "",
+                f"Machine: {_machine_line(s.get('machine', {}))}", "",
                 "| benchmark | metric | ours | peer | peer value | ratio (ours better if > 1) |",
                 "|---|---|---|---|---|---|"]
         for r in s["rows"]:

@@ -1,9 +1,11 @@
 """COCO evaluation: perfect predictions give AP 100; the fast backends (hotcoco, faster-coco-eval) give
 pycocotools' numbers exactly, also on crowd boxes, misses, duplicates and empty images; COCOEvaluator path."""
 
+import importlib.util
 import json
 import math
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,20 @@ def test_coco_evaluator_path_gives_ap_100(tmp_path):
         assert results[k] == pytest.approx(100.0, abs=1e-3), k
     saved = json.loads((tmp_path / "out" / "coco_metrics.json").read_text())
     assert saved["bbox"]["AP"] == pytest.approx(100.0, abs=1e-3)
+
+
+def test_auto_backend_falls_back_when_fast_evaluators_are_missing(tmp_path, monkeypatch):
+    """Without hotcoco (and then faster-coco-eval) 'auto' takes the next one and scores the same; naming a
+    missing backend is one clear error (the score CLI exits 2 on it), not an ImportError mid-evaluation."""
+    gt, dets = hard_gt_and_detections(tmp_path)
+    official = evaluate_coco(gt, dets, backend="pycocotools")
+    monkeypatch.setitem(sys.modules, "hotcoco", None)  # import hotcoco now raises ImportError
+    with pytest.raises(ValueError, match="'hotcoco' is not installed"):
+        evaluate_coco(gt, dets, backend="hotcoco")
+    if importlib.util.find_spec("faster_coco_eval") is not None:
+        assert resolve_backend("auto") == "faster_coco_eval"
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)
+    assert resolve_backend("auto") == "pycocotools"
+    fallback = evaluate_coco(gt, dets, backend="auto")
+    for k, v in official.items():
+        assert fallback[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k

@@ -164,3 +164,39 @@ def test_detector_fuses_bn_at_inference_when_asked(layout):
     model.train()
     assert all(h.nasnet_for_forward() is h.nasnet for h in holders)
     assert get_nasnet_cfg().MODEL.NASNET.FUSE_BN_AT_INFERENCE is False
+
+
+def test_folded_copy_for_eval_follows_every_weight_change():
+    """FusedForEval (what FUSE_BN_AT_INFERENCE uses) never serves a stale copy: it is rebuilt after a
+    loaded state dict, a dtype/device move, a replaced parameter and a training step (BN statistics too)."""
+    from nasnet_det.models.fuse import FusedForEval
+
+    torch.manual_seed(0)
+    model = with_random_bn_statistics(create_model("nasnet_a_mobile", num_cells=1, penultimate_filters=132,
+                                                   num_classes=10))
+    cache, x = FusedForEval(), torch.randn(1, 3, 35, 35)
+
+    def same_as_model() -> bool:
+        inp = x.to(next(model.parameters()).dtype)
+        with torch.no_grad():
+            a, b = model.eval()(inp), cache.get(model)(inp)
+        return (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
+
+    assert same_as_model() and cache.get(model) is cache.get(model)
+    model.load_state_dict({k: v * 1.2 if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    assert same_as_model()
+    model.double()
+    assert cache.get(model).conv0.conv.weight.dtype == torch.float64 and same_as_model()
+    model.float()
+    model.conv0.conv.weight = torch.nn.Parameter(model.conv0.conv.weight.detach() * 0.5)
+    assert same_as_model()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    F.cross_entropy(model(torch.randn(2, 3, 35, 35)), torch.tensor([1, 2])).backward()
+    opt.step()
+    assert same_as_model()
+    # The aux head (used in training only) is folded too, and equals the model's in eval mode.
+    h = torch.randn(1, model.aux_head.proj.in_channels, 9, 9)
+    with torch.no_grad():
+        a, b = model.eval().aux_head(h), cache.get(model).aux_head(h)
+    assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())

@@ -5,8 +5,10 @@ the model detects nothing: all 12 numbers and ``AP-<category>``, 0 where there i
 there is none (COCOeval's -1), as COCOeval itself reports them for an empty result set.
 
 Backends, fastest first (``auto`` takes the first one installed): ``hotcoco`` (Rust, ~10x faster than
-faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). Both fast ones give
-pycocotools' numbers bit for bit (tests/test_detection_eval.py; bench/bench_eval.py times them all).
+faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). hotcoco gives
+pycocotools' numbers bit for bit; faster-coco-eval its 12 numbers, and per-category AP up to float rounding
+(~1e-14, its precision table sums in another order) (tests/test_detection_eval.py; bench/bench_eval.py times
+them all).
 detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension ``detectron2._C``, which
 this install lacks, so :class:`NASNetCOCOEvaluator` plugs the fastest installed backend into
 ``COCOEvaluator`` instead.
@@ -63,6 +65,9 @@ def resolve_backend(backend: str = "auto") -> str:
     if backend not in BACKENDS:
         raise ValueError(f"COCO eval backend must be one of {BACKENDS}, got {backend!r}")
     if backend != "auto":
+        if not _installed(backend):  # one clear error instead of an ImportError deep in an evaluation
+            raise ValueError(f"COCO eval backend {backend!r} is not installed (pip install "
+                             f"{backend.replace('_', '-')}), or use backend 'auto'")
         return backend
     return next(b for b in ("hotcoco", "faster_coco_eval", "pycocotools") if _installed(b))
 
@@ -116,6 +121,7 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
                   iou_type: str = "bbox", backend: str = "auto") -> dict[str, float]:
     """Score COCO-format detections (``[{"image_id", "category_id", "bbox", "score"}, ...]`` or a json file
     of them) against ``gt_json``: the 12 standard numbers (AP ... ARl, x100) plus ``AP-<category>``."""
+    cocoeval = cocoeval_class(backend)  # a backend that is not installed fails before any work
     gt_json = Path(gt_json)
     if not gt_json.is_file():
         raise FileNotFoundError(f"ground-truth annotations {gt_json} do not exist")
@@ -140,7 +146,7 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
         else:
             logger.warning("no detections to evaluate against %s", gt_json)
             coco_dt = empty_detections(coco_gt)
-        coco_eval = cocoeval_class(backend)(coco_gt, coco_dt, iou_type)
+        coco_eval = cocoeval(coco_gt, coco_dt, iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()

@@ -1,0 +1,44 @@
+"""bench/run_all.py (``make bench``): a script is stopped at its time limit even when it hangs without output;
+RESULTS.md says on which machine each section was measured."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_run_all_kills_a_silent_hanging_script(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+
+    script = tmp_path / "hangs.py"
+    # It prints once, then hangs silently, with a child process holding its output pipe.
+    script.write_text("import subprocess, sys, time\nprint('started', flush=True)\n"
+                      "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\ntime.sleep(60)\n")
+    monkeypatch.setattr(run_all, "REPO", tmp_path)
+    start = time.perf_counter()
+    result = run_all.run_script(script, timeout=2)
+    assert time.perf_counter() - start < 20
+    assert result["rc"] != 0
+    assert result["tail"][0] == "started" and "killed after 2 s" in result["tail"][-1]
+
+
+def test_results_md_names_the_machine_of_each_section(monkeypatch):
+    """bench/results.json collects sections measured on different machines (gpu.sh on a GPU, make bench on a
+    CPU); RESULTS.md must say for each section where it was measured."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+
+    def section(machine: dict) -> dict:
+        return {"command": "python bench/x.py", "finished_utc": "2026-01-01 00:00:00", "notes": [],
+                "machine": machine, "rows": [dict(bench="b", metric="images/s", ours=2.0, peer=1.0, peer_name="p",
+                                                  higher_is_better=True, ratio=2.0)]}
+
+    cpu = dict(cpu="AMD EPYC", cpu_count=2, cuda=None, torch="2.x", torch_threads=2, loadavg_1min=3.5)
+    gpu = dict(cpu="Intel Xeon", cpu_count=16, cuda="NVIDIA H200", torch="2.x", torch_threads=16, loadavg_1min=0.1)
+    md = run_all.render({"scripts": {"bench_model": section(cpu), "bench_model_gpu": section(gpu)}})
+    cpu_part, gpu_part = md.split("## bench_model_gpu")
+    assert "Machine: CPU AMD EPYC (2 cores), 2 torch threads" in cpu_part.split("## bench_model")[-1]
+    assert "Machine: GPU NVIDIA H200, 16 torch threads" in gpu_part
