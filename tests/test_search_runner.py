@@ -95,6 +95,18 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert [r["decisions"] for r in _rows(tmp_path / "a")] == [r["decisions"] for r in _rows(tmp_path / "b")]
 
 
+def test_resume_at_a_batch_boundary_samples_with_the_policy_an_uninterrupted_run_used(tmp_path):
+    # stopped right after a batch finished (no child pending): the next child must be sampled by the same
+    # policy version, with the same decisions, as in a run that never stopped there
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo", "SEARCH.MAX_EVALS_THIS_RUN", 10), tmp_path / "a", CountingReward(),
+                 False).run()
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["policy"] for r in a] == [r["policy"] for r in b] == [i // 5 for i in range(20)]
+    assert [r["decisions"] for r in a] == [r["decisions"] for r in b]
+
+
 def test_resume_refuses_different_settings(tmp_path):
     SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
     with pytest.raises(ValueError, match="MODEL.NASNET"):
