@@ -231,6 +231,24 @@ def test_outputs_best_genotype_plot_and_drawing(tmp_path):
     assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["random"]
 
 
+def test_a_kill_while_writing_outputs_leaves_the_previous_best_genotype_loadable(tmp_path, monkeypatch):
+    SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    before = (tmp_path / "best_genotype.json").read_text()
+    real_write_text = Path.write_text
+
+    def torn_write(self, text, *a, **k):  # the process dies halfway through writing a file
+        real_write_text(self, text[: len(text) // 2], *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", torn_write)
+    with pytest.raises(KeyboardInterrupt):
+        SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, CountingReward(), False).run()
+    monkeypatch.undo()
+    for name in ("best_genotype.json", "best_genotype_ppo.json"):
+        Genotype.load(tmp_path / name)  # intact: the torn text went to a temporary file
+    assert (tmp_path / "best_genotype.json").read_text() == before
+
+
 def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["--config-file", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
