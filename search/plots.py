@@ -60,7 +60,7 @@ def plot_rewards(by_strategy: dict[str, list[Evaluation]], path: str | Path) -> 
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")  # a kill mid-write leaves the previous plot (a rerun removes tmp)
-    fig.savefig(tmp, dpi=110, format="png")
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     os.replace(tmp, path)
     return path
