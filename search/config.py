@@ -79,7 +79,7 @@ def get_cfg_defaults() -> CN:
     c.WORKERS.THREADS_PER_WORKER = 1  # torch threads in each CPU worker
     # Children kept in flight on Ray (0: one per GPU of the cluster, re-read as it grows or shrinks, or one
     # per CPU without GPUs, plus one queued for the next worker to free). The local backend keeps each of
-    # its NUM_WORKERS busy, with one child queued.
+    # its NUM_WORKERS busy, with one child queued; MAX_IN_FLIGHT > 0 caps that too.
     c.WORKERS.MAX_IN_FLIGHT = 0
     add_oneshot_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
     return c

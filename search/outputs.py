@@ -113,8 +113,9 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
     for name, evals in by_strategy.items():
         summary["strategies"][name] = strategy_summary(evals, name)
         top = best_evaluations(evals, cfg.SEARCH.TOP_K)
-        if top:
-            genotype_of(top[0], f"search_{name}_{top[0].id}").save(out / f"best_genotype_{name}.json")
+        if top:  # later runs load these (Genotype.load): written atomically, like every file here
+            best_of_strategy = genotype_of(top[0], f"search_{name}_{top[0].id}")
+            write_json_atomic(out / f"best_genotype_{name}.json", best_of_strategy.to_dict())
         overall += top
     top_all = sorted(overall, key=lambda e: (-e.reward, e.id))[:cfg.SEARCH.TOP_K]
     write_json_atomic(out / "top_k.json", [
@@ -122,8 +123,9 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
          "genotype": genotype_of(e, f"search_{e.strategy}_{e.id}").to_dict()} for e in top_all])
     if top_all:
         best = genotype_of(top_all[0], f"search_{top_all[0].strategy}_{top_all[0].id}")
+        write_json_atomic(out / "best_genotype.json", best.to_dict())
         summary["best"] = {"id": top_all[0].id, "strategy": top_all[0].strategy, "reward": top_all[0].reward,
-                           "genotype_file": str(best.save(out / "best_genotype.json"))}
+                           "genotype_file": str(out / "best_genotype.json")}
         draw_genotype(best, out / "best_cells.png",
                       f"best: {best.name} ({top_all[0].strategy}), reward {top_all[0].reward:.4f}")
         summary["best"]["drawing"] = str(out / "best_cells.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -58,6 +59,8 @@ def plot_rewards(by_strategy: dict[str, list[Evaluation]], path: str | Path) -> 
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp")  # a kill mid-write leaves the previous plot (a rerun removes tmp)
+    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    os.replace(tmp, path)
     return path

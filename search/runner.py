@@ -249,6 +249,15 @@ class SearchRunner:
         try:
             while True:
                 work_left = resubmit or any(st.sampled < s.BUDGET for st in states.values())
+                if in_flight or work_left:
+                    # Before sampling: a child is sampled by the policy that has every update due for the
+                    # children finished so far, as a resumed run's first child is. (A worker that freed
+                    # meanwhile already started the child queued for it, so it does not wait for this.)
+                    for st in states.values():
+                        n = st.step
+                        self._apply_due_updates(journal, st)
+                        self.stats.in_flight_at_updates += [len(in_flight)] * (st.step - n)
+                        self.stats.updates += st.step - n
                 if self.backend is None and work_left:
                     self._get_backend()  # built once there is work (loads the data)
                 free = self.backend.capacity() - len(in_flight) if self.backend is not None else 0
@@ -262,11 +271,6 @@ class SearchRunner:
                 if not in_flight:
                     break
                 self._observe_fill(states, resubmit, len(in_flight), limit)
-                for st in states.values():  # after the free workers got their children: they run meanwhile
-                    n = st.step
-                    self._apply_due_updates(journal, st)
-                    self.stats.in_flight_at_updates += [len(in_flight)] * (st.step - n)
-                    self.stats.updates += st.step - n
                 t_wait = time.perf_counter()
                 results = self.backend.wait()
                 self.stats.wait_seconds += time.perf_counter() - t_wait

@@ -187,16 +187,18 @@ class LocalProcessBackend(QueueBackend):
     child with it: the one it had said it started. That child is re-run in a fresh worker up to
     ``max_retries`` times, then recorded as failed. A worker that dies while idle or before it starts its
     child is replaced and charges no child; if workers keep dying before they run anything (a broken
-    set-up), the child is recorded as ``lost``."""
+    set-up), the child is recorded as ``lost``. ``max_in_flight`` > 0 caps the children in flight (as on
+    Ray): fewer than ``num_workers`` leaves the other workers unstarted."""
 
     def __init__(self, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
-                 use_cuda: bool | None = None, max_retries: int = 2):
+                 use_cuda: bool | None = None, max_retries: int = 2, max_in_flight: int = 0):
         use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
         n_gpu = torch.cuda.device_count() if use_cuda else 0
         self.evaluator, self.threads_per_worker = evaluator, threads_per_worker
         self.num_workers = num_workers or (n_gpu if n_gpu else 2)
         self.devices = [f"cuda:{i % n_gpu}" if n_gpu else "cpu" for i in range(self.num_workers)]
         self.max_retries = max(0, int(max_retries))
+        self.max_in_flight = max(0, int(max_in_flight))
         self.workers: list[_Worker | None] = [None] * self.num_workers
         self.queued: deque[Job] = deque()  # submitted, not yet handed to a worker (or to be re-run)
         self.deaths: dict[int, int] = {}   # eval id -> workers it killed
@@ -204,7 +206,10 @@ class LocalProcessBackend(QueueBackend):
         self.ctx = mp.get_context("spawn")
 
     def worker_count(self) -> int:
-        return self.num_workers
+        return min(self.num_workers, self.max_in_flight) if self.max_in_flight else self.num_workers
+
+    def capacity(self) -> int:
+        return self.max_in_flight if self.max_in_flight else self.num_workers + self.prefetch
 
     def worker_pids(self) -> list[int]:
         return [w.process.pid for w in self.workers if w is not None and w.process.is_alive()]
@@ -416,12 +421,13 @@ class RayBackend(QueueBackend):
 
 def make_backend(kind: str, evaluator: Evaluator, num_workers: int = 0, ray_address: str = "",
                  max_retries: int = 2, threads_per_worker: int = 1, max_in_flight: int = 0) -> QueueBackend:
-    """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children Ray keeps in
-    flight (the local backend keeps each of its ``num_workers`` busy)."""
+    """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children are kept in flight
+    (Ray, and local, where it caps the ``num_workers`` kept busy plus the one queued)."""
     if kind == "inline":
         return InlineBackend(evaluator)
     if kind == "local":
-        return LocalProcessBackend(evaluator, num_workers, threads_per_worker, max_retries=max_retries)
+        return LocalProcessBackend(evaluator, num_workers, threads_per_worker, max_retries=max_retries,
+                                   max_in_flight=max_in_flight)
     if kind == "ray":
         return RayBackend(evaluator, ray_address, num_workers, max_retries, threads_per_worker, max_in_flight)
     raise ValueError(f"WORKERS.BACKEND must be 'local', 'ray' or 'inline', got {kind!r}")

@@ -182,7 +182,8 @@ def test_search_where_every_child_failed_says_so_and_exits_1(tmp_path, monkeypat
 
 
 def test_collapsed_controller_is_flagged_but_its_result_is_kept(tmp_path, caplog):
-    cfg = load_cfg(None, ["SEARCH.BUDGET", "40", "SEARCH.BATCH_SIZE", "5", "CONTROLLER.HIDDEN", "16",
+    # (the controller has collapsed by its 9th update: batches 9 and 10 sample one genotype each)
+    cfg = load_cfg(None, ["SEARCH.BUDGET", "50", "SEARCH.BATCH_SIZE", "5", "CONTROLLER.HIDDEN", "16",
                           "CONTROLLER.LR", "1.0", "CONTROLLER.ENTROPY_WEIGHT", "0.0", "WORKERS.BACKEND", "inline"])
     summary = SearchRunner(cfg, tmp_path, SyntheticOpReward(0, noise=0.0), False).run()
     ppo = summary["strategies"]["ppo"]
@@ -195,3 +196,14 @@ def test_collapsed_controller_is_flagged_but_its_result_is_kept(tmp_path, caplog
     healthy = SearchRunner(load_cfg(None, ["SEARCH.BUDGET", "10", "SEARCH.BATCH_SIZE", "5", "WORKERS.BACKEND",
                                            "inline"]), tmp_path / "ok", SyntheticOpReward(0), False).run()
     assert not healthy["strategies"]["ppo"]["collapsed"] and healthy["problems"] == []
+
+
+def test_local_backend_honours_max_in_flight(tmp_path):
+    # WORKERS.MAX_IN_FLIGHT caps the local backend as it caps Ray: 3 workers configured, 2 children at most
+    out, log = tmp_path / "run", tmp_path / "calls.txt"
+    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 4, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3,
+                              "WORKERS.MAX_IN_FLIGHT", 2))
+    summary = SearchRunner(cfg, out, SleepingReward(0, median_s=0.1, log_path=str(log)), False).run()
+    assert summary["strategies"]["ppo"]["ok"] == summary["strategies"]["random"]["ok"] == 4
+    assert summary["queue"]["workers"] == 2 and summary["queue"]["max_in_flight"] == 2
+    assert _max_overlap([(s, e) for _, s, e in _calls(log)]) <= 2

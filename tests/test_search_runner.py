@@ -94,6 +94,18 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert [r["decisions"] for r in _rows(tmp_path / "a")] == [r["decisions"] for r in _rows(tmp_path / "b")]
 
 
+def test_resume_at_a_batch_boundary_samples_with_the_policy_an_uninterrupted_run_used(tmp_path):
+    # stopped right after a batch finished (no child pending): the next child must be sampled by the same
+    # policy version, with the same decisions, as in a run that never stopped there
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo", "SEARCH.MAX_EVALS_THIS_RUN", 10), tmp_path / "a", CountingReward(),
+                 False).run()
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
+    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    assert [r["policy"] for r in a] == [r["policy"] for r in b] == [i // 5 for i in range(20)]
+    assert [r["decisions"] for r in a] == [r["decisions"] for r in b]
+
+
 def test_resume_refuses_different_settings(tmp_path):
     SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
     with pytest.raises(ValueError, match="MODEL.NASNET"):
@@ -216,6 +228,24 @@ def test_outputs_best_genotype_plot_and_drawing(tmp_path):
                  SyntheticOpReward(0), False, fresh=True).run()
     assert not (tmp_path / "best_genotype_ppo.json").exists() and not (tmp_path / "controller_ppo.pth").exists()
     assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["random"]
+
+
+def test_a_kill_while_writing_outputs_leaves_the_previous_best_genotype_loadable(tmp_path, monkeypatch):
+    SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    before = (tmp_path / "best_genotype.json").read_text()
+    real_write_text = Path.write_text
+
+    def torn_write(self, text, *a, **k):  # the process dies halfway through writing a file
+        real_write_text(self, text[: len(text) // 2], *a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", torn_write)
+    with pytest.raises(KeyboardInterrupt):
+        SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, CountingReward(), False).run()
+    monkeypatch.undo()
+    for name in ("best_genotype.json", "best_genotype_ppo.json"):
+        Genotype.load(tmp_path / name)  # intact: the torn text went to a temporary file
+    assert (tmp_path / "best_genotype.json").read_text() == before
 
 
 def test_cli_rejects_bad_input(tmp_path, capsys):
