@@ -37,7 +37,8 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default")
     try:
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         opts = list(args.opts)
         if opts and opts[0] == "--":
             opts = opts[1:]
+        flags = [o for o in opts if o in parser._option_string_actions]
+        if flags:  # argparse.REMAINDER hands flags after the first override to the overrides
+            raise ValueError(f"{flags[0]} must come before the KEY VALUE overrides (got it after "
+                             f"{opts[0]}): options first, then overrides")
         if args.output_dir:
             opts += ["OUTPUT_DIR", args.output_dir]
         if args.no_resume:
