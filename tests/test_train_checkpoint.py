@@ -115,3 +115,36 @@ def test_truncated_weights_given_to_the_cli_are_one_clear_error(tmp_path, capsys
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert f"error: checkpoint {torn} is not a readable PyTorch checkpoint" in err and "Traceback" not in err, err
+
+
+def test_pruning_keeps_the_newest_checkpoints_and_never_the_just_written_one_away(tmp_path):
+    run = tmp_path / "run"
+    opts = ("SOLVER.MAX_STEPS", 4, "TRAIN.CHECKPOINT_PERIOD", 1)
+    Trainer(tiny_cfg(run, *opts, "TRAIN.KEEP_CHECKPOINTS", 10)).train(interrupt_at_step=3)
+    names = lambda: sorted(p.name for p in (run / "checkpoints").glob("ckpt_*.pth"))  # noqa: E731
+    assert names() == ["ckpt_00000001.pth", "ckpt_00000002.pth", "ckpt_00000003.pth"]
+    _truncate(run / "checkpoints" / "ckpt_00000003.pth")
+    # Resumed from step 2 (the newest intact one) with fewer checkpoints to keep: the checkpoint of step 3 it
+    # writes next must survive (the damaged file of step 3 is rewritten; a newer one would not count).
+    trainer = Trainer(tiny_cfg(run, *opts, "SOLVER.MAX_STEPS", 6, "TRAIN.KEEP_CHECKPOINTS", 1))
+    trainer.train(interrupt_at_step=3)
+    assert names() == ["ckpt_00000003.pth"]
+    assert trainer.last_checkpoint() == run / "checkpoints" / "ckpt_00000003.pth"
+    torch.load(run / "checkpoints" / "ckpt_00000003.pth", weights_only=False)
+
+
+def test_a_checkpoint_newer_than_the_resumed_one_does_not_push_out_the_new_ones(tmp_path):
+    run = tmp_path / "run"
+    opts = ("SOLVER.MAX_STEPS", 5, "TRAIN.CHECKPOINT_PERIOD", 2, "TRAIN.KEEP_CHECKPOINTS", 10)
+    Trainer(tiny_cfg(run, *opts)).train(interrupt_at_step=4)
+    _truncate(run / "checkpoints" / "ckpt_00000004.pth")  # resume falls back to step 2
+    trainer = Trainer(tiny_cfg(run, "SOLVER.MAX_STEPS", 5, "TRAIN.CHECKPOINT_PERIOD", 1,
+                               "TRAIN.KEEP_CHECKPOINTS", 1))
+    trainer.train(interrupt_at_step=3)
+    # The step-3 checkpoint just written is the one to resume from; the damaged step-4 file of the
+    # abandoned run is neither counted nor trusted.
+    assert (run / "checkpoints" / "ckpt_00000003.pth").is_file()
+    assert not (run / "checkpoints" / "ckpt_00000002.pth").exists()
+    resumed = Trainer(tiny_cfg(run, "SOLVER.MAX_STEPS", 5, "TRAIN.CHECKPOINT_PERIOD", 1,
+                               "TRAIN.KEEP_CHECKPOINTS", 1))
+    assert resumed.resume() == run / "checkpoints" / "ckpt_00000003.pth"

@@ -70,6 +70,11 @@ def test_cli_exports_a_backbone(tmp_path, capsys):
      "DATA.MIN_CROP_AREA must be in (0.0, 1.0], got 0.0"),
     (["--config-file", str(REPO / "configs/train/imagenet_smoke.yaml"), "SOLVER.WARMUP_FACTOR", "-0.5"],
      "SOLVER.WARMUP_FACTOR must be in [0.0, 1.0], got -0.5"),
+    # A flag after the overrides (argparse hands it to them): named, not "an odd number of overrides".
+    (["--config-file", str(REPO / "configs/train/cifar10_smoke.yaml"), "SOLVER.MAX_STEPS", "2", "--eval-only"],
+     "--eval-only comes after the KEY VALUE overrides"),
+    (["--config-file", str(REPO / "configs/train/cifar10_smoke.yaml"), "SOLVER.MAX_STEPS", "2", "--no-resume",
+      "--resume"], "--no-resume comes after the KEY VALUE overrides"),
 ])
 def test_cli_bad_input_is_one_clear_error(argv, message, capsys, tmp_path):
     assert main([*argv, "OUTPUT_DIR", str(tmp_path)] if "--config-file" in argv else argv) == 2

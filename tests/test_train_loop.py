@@ -187,6 +187,18 @@ def test_lr_schedules():
     assert f(1500) == pytest.approx(0.1) and f(2249) == pytest.approx(0.1) and f(2250) == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "step", "exponential", "constant"])
+def test_a_run_shorter_than_its_warmup_rises_at_the_warmup_slope(schedule):
+    # 5 warmup epochs of 10 steps, a 20-step run (a smoke run, MAX_STEPS): the LR of step t is
+    # WARMUP_FACTOR + (1 - WARMUP_FACTOR) * t / 50, as before the fvcore schedulers, not a warmup squeezed into 20.
+    from nasnet_det.classification.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.SOLVER.LR_SCHEDULE, cfg.SOLVER.WARMUP_EPOCHS, cfg.SOLVER.WARMUP_FACTOR = schedule, 5.0, 0.1
+    f = lr_multiplier_fn(cfg, total_steps=20, steps_per_epoch=10)
+    assert [f(t) for t in range(20)] == pytest.approx([0.1 + 0.9 * t / 50 for t in range(20)])
+
+
 def test_step_schedule_run_logs_the_lr_each_step_used(tmp_path):
     # 32 training images, batch 8: 4 steps per epoch, so the LR drops x0.1 for the 5th step (index 4, epoch 1)
     # and again for the 7th (epoch 1.5). Each train record must show the LR its step was taken with.

@@ -80,3 +80,31 @@ def test_model_ema_follows_slims_warm_up_and_timms_does_not():
         timm_ema = ModelEmaV3(model, decay=0.99, use_warmup=True, warmup_gamma=gamma, warmup_power=power)
         assert timm_ema.get_decay(0) == 0.0 != _slim_decay(0, 0.99)
         assert timm_ema.get_decay(50) != pytest.approx(_slim_decay(50, 0.99))
+
+
+def test_a_checkpoint_of_the_former_hand_written_rmsprop_continues_with_timms():
+    # The optimizer state that nasnet_det's own RMSpropTF saved (group key 'decay', no step count) resumes
+    # as the uninterrupted TensorFlow update would continue.
+    from nasnet_det.classification.optim import upgrade_former_rmsprop_state
+
+    torch.manual_seed(0)
+    w0 = torch.randn(4)
+    grads = [torch.randn(4) for _ in range(6)]
+    hp = dict(lr=0.1, decay=0.9, eps=1.0, momentum=0.9, weight_decay=4e-5)
+    w, ms, mom = w0.clone(), torch.ones(4), torch.zeros(4)
+    for g in grads[:3]:  # the former optimizer's three steps
+        g = g + hp["weight_decay"] * w
+        ms = 0.9 * ms + 0.1 * g * g
+        mom = 0.9 * mom + 0.1 * g / torch.sqrt(ms + 1.0)
+        w = w - mom
+    former = {"state": {0: {"square_avg": ms, "momentum_buffer": mom}},
+              "param_groups": [{"weight_decay": 4e-5, "lr": 0.1, "decay": 0.9, "eps": 1.0, "momentum": 0.9,
+                                "params": [0]}]}
+    p = torch.nn.Parameter(w.clone())
+    opt = RMSpropTF([{"params": [p], "weight_decay": 4e-5}], lr=0.1, alpha=0.9, eps=1.0, momentum=0.9)
+    opt.load_state_dict(former)
+    upgrade_former_rmsprop_state(opt, step=3)
+    for g in grads[3:]:
+        p.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(p.detach(), _tf_rmsprop(w0, grads, **hp))

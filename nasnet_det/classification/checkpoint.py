@@ -106,6 +106,8 @@ class TrainingCheckpointer(Checkpointer):
         save_checkpoint(self.model, path, **states, **extra)
         self.tag_last_checkpoint(path.relative_to(self.output_dir).as_posix())
         kept = self.checkpoints()
+        if path in kept:  # files of later steps belong to an abandoned run (resumed before them): never count
+            kept = kept[: kept.index(path) + 1]  # them, or they would push out the file just written
         for old in kept[: max(0, len(kept) - self.keep)]:
             old.unlink(missing_ok=True)
 

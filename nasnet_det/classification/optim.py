@@ -86,7 +86,8 @@ def lr_multiplier_fn(cfg, total_steps: int, steps_per_epoch: int) -> Callable[[i
     (staircase) / constant."""
     s = cfg.SOLVER
     total = max(1, total_steps)
-    warmup = min(total, int(round(s.WARMUP_EPOCHS * steps_per_epoch)))
+    configured_warmup = int(round(s.WARMUP_EPOCHS * steps_per_epoch))
+    warmup = min(total, configured_warmup)
     if s.LR_SCHEDULE == "cosine":
         main, scaling = CosineParamScheduler(1.0, s.MIN_LR_FACTOR), "rescaled"  # over the steps after warmup
     elif s.LR_SCHEDULE == "step":
@@ -97,8 +98,9 @@ def lr_multiplier_fn(cfg, total_steps: int, steps_per_epoch: int) -> Callable[[i
     else:
         main, scaling = _constant(1.0), "fixed"
     schedule: ParamScheduler = main
-    if warmup >= total:
-        schedule = LinearParamScheduler(s.WARMUP_FACTOR, s.WARMUP_FACTOR + (1.0 - s.WARMUP_FACTOR) * total / warmup)
+    if warmup >= total:  # the run ends inside the warmup: the LR rises at the configured warmup's slope
+        end = s.WARMUP_FACTOR + (1.0 - s.WARMUP_FACTOR) * total / configured_warmup
+        schedule = LinearParamScheduler(s.WARMUP_FACTOR, end)
     elif warmup > 0:
         schedule = CompositeParamScheduler([LinearParamScheduler(s.WARMUP_FACTOR, 1.0), main],
                                            interval_scaling=["rescaled", scaling],
