@@ -31,6 +31,7 @@ from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.process import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
+    if comm.get_world_size() > 1:  # a process spawned by detectron2's launch: do not outlive the launcher
+        die_with_parent()
     cfg = setup(args)
     if args.eval_only:
         # MODEL.WEIGHTS (the detector) replaces every NASNet tensor: don't require the ImageNet file too.
