@@ -189,3 +189,28 @@ def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):
         select_stages("train")
     with pytest.raises(StageError, match="stage 'search': SEARCH.CONFIG_FILE 'nope.yaml' does not exist"):
         run(tmp_path / "run", "SEARCH.CONFIG_FILE", "nope.yaml")
+
+
+
+def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Path, monkeypatch):
+    """The same command from another folder (or a moved checkout) must not rerun finished stages."""
+    from nasnet_det.genotypes import get_genotype
+    from nasnet_det.pipeline.stages import STAGES, Context
+
+    get_genotype("nasnet_a").save(tmp_path / "g.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+
+    def settings(cwd: Path) -> dict:
+        monkeypatch.chdir(cwd)
+        ctx = Context(load_pipeline_config("configs/pipeline/smoke.yaml", ["OUTPUT_DIR", str(out)]), out)
+        return {s.name: s.settings(ctx) for s in STAGES if s.name in ("search", "pretrain", "detect", "evaluate")}
+
+    assert settings(REPO) == settings(elsewhere)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(out), "SEARCH.GENOTYPE", "g.json"])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["search"]) == {"search": "ran"}
+    monkeypatch.chdir(elsewhere)
+    cfg = load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(out), "SEARCH.GENOTYPE", "../g.json"])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["search"]) == {"search": "skipped"}

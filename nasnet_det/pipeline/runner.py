@@ -110,7 +110,7 @@ class Pipeline:
         for key, path in inputs.items():
             if not Path(path).is_file():
                 raise StageError(stage.name, f"input {key} {path} does not exist")
-        checksums = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()}
+        checksums = {k: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for k, p in inputs.items()}
         digest = settings_hash(settings)
         prev = read_manifest(workdir)
         same = prev is not None and prev.get("config_hash") == digest and prev.get("inputs") == _relative(

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.pipeline.config import resolve_path
+from nasnet_det.pipeline.config import repo_root, resolve_path
 from nasnet_det.pipeline.launch import (
     StageError,
     genotype_opts,
@@ -59,8 +59,8 @@ def config_chain(stage: str, key: str, config_file: str) -> dict[str, str]:
     if not config_file or not path.is_file():
         raise StageError(stage, f"{key} {config_file!r} does not exist (expected a YAML config file of that tool)")
     chain: dict[str, str] = {}
-    while path is not None and str(path) not in chain:
-        chain[str(path)] = sha256_file(path)
+    while path is not None and _stable_name(path) not in chain:
+        chain[_stable_name(path)] = sha256_file(path)
         try:
             base = (yaml.safe_load(path.read_text()) or {}).get("_BASE_")
         except yaml.YAMLError as e:
@@ -72,6 +72,20 @@ def config_chain(stage: str, key: str, config_file: str) -> dict[str, str]:
             raise StageError(stage, f"{key}: {path} has _BASE_ {base!r}, which does not exist")
         path = nxt
     return chain
+
+
+def _stable_name(path: Path) -> str:
+    """A config file's name that does not depend on the working directory (relative to the checkout when
+    inside it), so the same command run from elsewhere, or a moved checkout, hashes the same."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def _file_setting(path: str) -> str:
+    return str(resolve_path(path).resolve())
 
 
 def _read_json(stage: str, path: Path, what: str) -> Any:
@@ -141,8 +155,8 @@ class SearchStage(Stage):
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SEARCH
-        if c.GENOTYPE:
-            return {"genotype": c.GENOTYPE}
+        if c.GENOTYPE:  # a JSON file by its absolute path (its content is checksummed as an input)
+            return {"genotype": _file_setting(c.GENOTYPE) if c.GENOTYPE.endswith(".json") else c.GENOTYPE}
         return _tool_settings(ctx, "SEARCH")
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
@@ -314,8 +328,8 @@ class PretrainStage(_ClassificationStage):
     name, node, tool = "pretrain", "PRETRAIN", "pretrain_imagenet.py"
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        if ctx.cfg.PRETRAIN.WEIGHTS:
-            return {"weights": ctx.cfg.PRETRAIN.WEIGHTS}
+        if ctx.cfg.PRETRAIN.WEIGHTS:  # checked against the NETWORK: a changed NETWORK checks them again
+            return {"weights": _file_setting(ctx.cfg.PRETRAIN.WEIGHTS), "network": dict(ctx.cfg.NETWORK)}
         return {**_tool_settings(ctx, "PRETRAIN"), **self.launch_settings(ctx), "network": dict(ctx.cfg.NETWORK)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
