@@ -214,3 +214,29 @@ def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Pa
     monkeypatch.chdir(elsewhere)
     cfg = load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(out), "SEARCH.GENOTYPE", "../g.json"])
     assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["search"]) == {"search": "skipped"}
+
+
+def test_a_stage_rerun_on_its_own_redoes_the_report(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    m = manifest(out, "evaluate")  # as if `--only evaluate` had rerun it with another result
+    m["metrics"]["bbox"]["coco_sample_val"]["AP50"] = 12.345
+    (out / "evaluate" / "manifest.json").write_text(json.dumps(m))
+    assert run(out, stages=["report"]) == {"report": "ran"}
+    assert "| 12.35 |" in (out / "report" / "report.md").read_text()
+    assert run(out, stages=["report"]) == {"report": "skipped"}
+
+
+def test_a_bad_given_artifact_leaves_the_stage_it_would_replace_intact(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    before = {s: manifest(out, s) for s in ("search", "pretrain")}
+    (tmp_path / "bad.json").write_text('{"normal": 3}')
+    with pytest.raises(StageError, match=r"stage 'search': SEARCH.GENOTYPE .*bad.json.*reduce"):
+        run(out, "SEARCH.GENOTYPE", str(tmp_path / "bad.json"))
+    (tmp_path / "bad.pth").write_text("not a checkpoint\n")
+    with pytest.raises(StageError, match=r"stage 'pretrain': PRETRAIN.WEIGHTS .*bad.pth is not a readable PyTorch"):
+        run(out, "PRETRAIN.WEIGHTS", str(tmp_path / "bad.pth"))
+    # the finished search (its journal) and pretraining (its weights) are still there, as they were
+    assert {s: manifest(out, s) for s in before} == before
+    assert journal_rows(out) == journal_rows(finished)
+    weights = "pretrain/model_final.pth"
+    assert (out / weights).read_bytes() == (finished / weights).read_bytes()

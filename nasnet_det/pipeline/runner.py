@@ -118,6 +118,7 @@ class Pipeline:
         if same and prev.get("status") == "done" and not force and self._outputs_exist(prev):
             self.say(f"{stage.name}: skipped (finished, settings and inputs unchanged)")
             return "skipped"
+        stage.validate(ctx, inputs)  # a bad given artifact stops here, before the folder is cleared
         if prev is not None and (not same or force) and workdir.exists():
             why = "forced" if force and same else "settings or inputs changed"
             self.say(f"{stage.name}: {why}; clearing {workdir} and starting it afresh")

@@ -26,7 +26,7 @@ from nasnet_det.pipeline.launch import (
     tool_path,
     torchrun_prefix,
 )
-from nasnet_det.pipeline.manifest import read_manifest, sha256_file
+from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
 
 
 @dataclass
@@ -117,6 +117,10 @@ class Stage:
         """(outputs: name -> path or value, metrics)."""
         return {}, {}
 
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+        """Check given artifacts (a genotype, weights) before the stage's folder is cleared for a rerun, so a
+        bad one stops the pipeline with the earlier results of this stage still there."""
+
     def check(self, ctx: Context) -> None:
         """Load the stage's config with its overrides before anything runs, so that a typo in the last
         stage's opts is found before hours of search and training (not in the search stage: ``nasnet_det``
@@ -163,17 +167,24 @@ class SearchStage(Stage):
         g = ctx.cfg.SEARCH.GENOTYPE
         return {"genotype": resolve_path(g)} if g and g.endswith(".json") else {}
 
+    def given_genotype(self, ctx: Context, inputs: dict[str, Path]):
+        from nasnet_det.genotypes import get_genotype
+
+        c = ctx.cfg.SEARCH
+        try:
+            return get_genotype(str(inputs.get("genotype", c.GENOTYPE)))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            raise StageError(self.name, f"SEARCH.GENOTYPE {c.GENOTYPE!r}: {e}") from None
+
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+        if ctx.cfg.SEARCH.GENOTYPE:
+            self.given_genotype(ctx, inputs)
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.SEARCH
         if c.GENOTYPE:
-            from nasnet_det.genotypes import get_genotype
-
-            try:
-                genotype = get_genotype(str(inputs.get("genotype", c.GENOTYPE)))
-            except (ValueError, KeyError, FileNotFoundError) as e:
-                raise StageError(self.name, f"SEARCH.GENOTYPE {c.GENOTYPE!r}: {e}") from None
             workdir.mkdir(parents=True, exist_ok=True)
-            genotype.save(workdir / "best_genotype.json")
+            self.given_genotype(ctx, inputs).save(workdir / "best_genotype.json")
             return
         argv = [python(ctx.cfg), str(tool_path(self.name, "search_cifar.py")),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir), *c.OPTS]
@@ -349,22 +360,33 @@ class PretrainStage(_ClassificationStage):
             _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
                                   [*network_opts("train", ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
 
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+        if not ctx.cfg.PRETRAIN.WEIGHTS:
+            return
+        # Given weights must fit the NETWORK and the chosen cell: find out now, not in the detection stage.
+        import torch
+        from torch import nn
+
+        from nasnet_det.detection.weights import load_pretrained_nasnet
+        from nasnet_det.pipeline.report import build_backbone
+
+        try:
+            torch.load(inputs["weights"], map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint
+            raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} is not a readable PyTorch file "
+                                        f"(expected a nasnet-det checkpoint or a timm / pretrainedmodels state "
+                                        f"dict .pth): {type(e).__name__}: {e}") from None
+        try:  # the path, not the loaded dict: a nasnet-det checkpoint's arch is checked too
+            load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])), inputs["weights"],
+                                   strict=True)
+        except Exception as e:  # noqa: BLE001 - a mismatched file is the same bad input
+            raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit NETWORK and the "
+                                        f"selected genotype {inputs['genotype']}: {e}") from None
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.PRETRAIN
         workdir.mkdir(parents=True, exist_ok=True)
-        if c.WEIGHTS:
-            # Given weights must fit the NETWORK and the chosen cell: find out now, not in the detection stage.
-            from torch import nn
-
-            from nasnet_det.detection.weights import load_pretrained_nasnet
-            from nasnet_det.pipeline.report import build_backbone
-
-            try:
-                load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])),
-                                       inputs["weights"], strict=True)
-            except Exception as e:  # noqa: BLE001 - an unreadable or mismatched file is the same bad input
-                raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit NETWORK and the "
-                                            f"selected genotype {inputs['genotype']}: {e}") from None
+        if c.WEIGHTS:  # checked by validate
             return
         argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
@@ -475,7 +497,10 @@ class ReportStage(Stage):
         return {"profile_image_size": ctx.cfg.REPORT.PROFILE_IMAGE_SIZE, "network": dict(ctx.cfg.NETWORK)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
-        return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
+        # The report shows every stage's manifest: a stage rerun on its own (--only) must redo the report.
+        manifests = {f"{s.name}_manifest": ctx.stage_dir(s.name) / MANIFEST_NAME for s in STAGES
+                     if s.name != self.name and (ctx.stage_dir(s.name) / MANIFEST_NAME).is_file()}
+        return {"genotype": ctx.outputs_of("select", self.name)["genotype"], **manifests}
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         from nasnet_det.pipeline.report import write_report
