@@ -240,3 +240,15 @@ def test_a_bad_given_artifact_leaves_the_stage_it_would_replace_intact(finished:
     assert journal_rows(out) == journal_rows(finished)
     weights = "pretrain/model_final.pth"
     assert (out / weights).read_bytes() == (finished / weights).read_bytes()
+
+
+def test_enabling_the_cifar_stage_later_retrains_nothing_else(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    before = {s: manifest(out, s) for s in ("search", "select", "pretrain", "detect", "evaluate")}
+    done = run(out, "CIFAR.ENABLED", "True", "CIFAR.OPTS",
+               "['SOLVER.MAX_STEPS', '2', 'SOLVER.BATCH_SIZE', '8', 'TRAIN.EVAL_PERIOD', '2', "
+               "'TRAIN.EVAL_BATCH_SIZE', '50', 'DATA.VAL_SIZE', '50', 'TRAIN.TENSORBOARD', 'False']")
+    assert done == {"search": "skipped", "select": "skipped", "cifar": "ran", "pretrain": "skipped",
+                    "detect": "skipped", "evaluate": "skipped", "report": "ran"}
+    assert {s: manifest(out, s) for s in before} == before
+    assert "**CIFAR-10 final training** (done)" in (out / "report" / "report.md").read_text()
