@@ -189,3 +189,66 @@ def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):
         select_stages("train")
     with pytest.raises(StageError, match="stage 'search': SEARCH.CONFIG_FILE 'nope.yaml' does not exist"):
         run(tmp_path / "run", "SEARCH.CONFIG_FILE", "nope.yaml")
+
+
+
+def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Path, monkeypatch):
+    """The same command from another folder (or a moved checkout) must not rerun finished stages."""
+    from nasnet_det.genotypes import get_genotype
+    from nasnet_det.pipeline.stages import STAGES, Context
+
+    get_genotype("nasnet_a").save(tmp_path / "g.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+
+    def settings(cwd: Path) -> dict:
+        monkeypatch.chdir(cwd)
+        ctx = Context(load_pipeline_config("configs/pipeline/smoke.yaml", ["OUTPUT_DIR", str(out)]), out)
+        return {s.name: s.settings(ctx) for s in STAGES if s.name in ("search", "pretrain", "detect", "evaluate")}
+
+    assert settings(REPO) == settings(elsewhere)
+    monkeypatch.chdir(tmp_path)
+    cfg = load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(out), "SEARCH.GENOTYPE", "g.json"])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["search"]) == {"search": "ran"}
+    monkeypatch.chdir(elsewhere)
+    cfg = load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(out), "SEARCH.GENOTYPE", "../g.json"])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["search"]) == {"search": "skipped"}
+
+
+def test_a_stage_rerun_on_its_own_redoes_the_report(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    m = manifest(out, "evaluate")  # as if `--only evaluate` had rerun it with another result
+    m["metrics"]["bbox"]["coco_sample_val"]["AP50"] = 12.345
+    (out / "evaluate" / "manifest.json").write_text(json.dumps(m))
+    assert run(out, stages=["report"]) == {"report": "ran"}
+    assert "| 12.35 |" in (out / "report" / "report.md").read_text()
+    assert run(out, stages=["report"]) == {"report": "skipped"}
+
+
+def test_a_bad_given_artifact_leaves_the_stage_it_would_replace_intact(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    before = {s: manifest(out, s) for s in ("search", "pretrain")}
+    (tmp_path / "bad.json").write_text('{"normal": 3}')
+    with pytest.raises(StageError, match=r"stage 'search': SEARCH.GENOTYPE .*bad.json.*reduce"):
+        run(out, "SEARCH.GENOTYPE", str(tmp_path / "bad.json"))
+    (tmp_path / "bad.pth").write_text("not a checkpoint\n")
+    with pytest.raises(StageError, match=r"stage 'pretrain': PRETRAIN.WEIGHTS .*bad.pth is not a readable PyTorch"):
+        run(out, "PRETRAIN.WEIGHTS", str(tmp_path / "bad.pth"))
+    # the finished search (its journal) and pretraining (its weights) are still there, as they were
+    assert {s: manifest(out, s) for s in before} == before
+    assert journal_rows(out) == journal_rows(finished)
+    weights = "pretrain/model_final.pth"
+    assert (out / weights).read_bytes() == (finished / weights).read_bytes()
+
+
+def test_enabling_the_cifar_stage_later_retrains_nothing_else(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    before = {s: manifest(out, s) for s in ("search", "select", "pretrain", "detect", "evaluate")}
+    done = run(out, "CIFAR.ENABLED", "True", "CIFAR.OPTS",
+               "['SOLVER.MAX_STEPS', '2', 'SOLVER.BATCH_SIZE', '8', 'TRAIN.EVAL_PERIOD', '2', "
+               "'TRAIN.EVAL_BATCH_SIZE', '50', 'DATA.VAL_SIZE', '50', 'TRAIN.TENSORBOARD', 'False']")
+    assert done == {"search": "skipped", "select": "skipped", "cifar": "ran", "pretrain": "skipped",
+                    "detect": "skipped", "evaluate": "skipped", "report": "ran"}
+    assert {s: manifest(out, s) for s in before} == before
+    assert "**CIFAR-10 final training** (done)" in (out / "report" / "report.md").read_text()

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nasnet_det.process import die_with_parent
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -43,6 +45,8 @@ def init_distributed(device: str = "auto") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
+        if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: do not outlive it
+            die_with_parent()
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set; launch with torchrun")

@@ -55,6 +55,7 @@ from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.process import die_with_parent
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
@@ -373,6 +374,8 @@ def finish_completed_run(cfg: CfgNode, trainer: Trainer):
 
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
+    if comm.get_world_size() > 1:  # a process spawned by detectron2's launch: do not outlive the launcher
+        die_with_parent()
     cfg = setup(args)
     if comm.is_main_process():
         NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()

@@ -99,7 +99,9 @@ class Pipeline:
                     continue
                 ran = self._run_stage(stage, force=force or rerun_later)
                 done[stage.name] = ran
-                rerun_later = rerun_later or ran != "skipped"
+                # An optional side stage (CIFAR final training) feeds only the report, which checks every
+                # manifest: enabling it must not retrain the stages after it.
+                rerun_later = rerun_later or (ran != "skipped" and not stage.optional)
         self.say(f"finished in {_fmt(time.time() - t0)}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
         return done
 
@@ -110,7 +112,7 @@ class Pipeline:
         for key, path in inputs.items():
             if not Path(path).is_file():
                 raise StageError(stage.name, f"input {key} {path} does not exist")
-        checksums = {k: {"path": str(p), "sha256": sha256_file(p)} for k, p in inputs.items()}
+        checksums = {k: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for k, p in inputs.items()}
         digest = settings_hash(settings)
         prev = read_manifest(workdir)
         same = prev is not None and prev.get("config_hash") == digest and prev.get("inputs") == _relative(
@@ -118,6 +120,7 @@ class Pipeline:
         if same and prev.get("status") == "done" and not force and self._outputs_exist(prev):
             self.say(f"{stage.name}: skipped (finished, settings and inputs unchanged)")
             return "skipped"
+        stage.validate(ctx, inputs)  # a bad given artifact stops here, before the folder is cleared
         if prev is not None and (not same or force) and workdir.exists():
             why = "forced" if force and same else "settings or inputs changed"
             self.say(f"{stage.name}: {why}; clearing {workdir} and starting it afresh")

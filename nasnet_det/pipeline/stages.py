@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.pipeline.config import resolve_path
+from nasnet_det.pipeline.config import repo_root, resolve_path
 from nasnet_det.pipeline.launch import (
     StageError,
     genotype_opts,
@@ -26,7 +26,7 @@ from nasnet_det.pipeline.launch import (
     tool_path,
     torchrun_prefix,
 )
-from nasnet_det.pipeline.manifest import read_manifest, sha256_file
+from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
 
 
 @dataclass
@@ -59,8 +59,8 @@ def config_chain(stage: str, key: str, config_file: str) -> dict[str, str]:
     if not config_file or not path.is_file():
         raise StageError(stage, f"{key} {config_file!r} does not exist (expected a YAML config file of that tool)")
     chain: dict[str, str] = {}
-    while path is not None and str(path) not in chain:
-        chain[str(path)] = sha256_file(path)
+    while path is not None and _stable_name(path) not in chain:
+        chain[_stable_name(path)] = sha256_file(path)
         try:
             base = (yaml.safe_load(path.read_text()) or {}).get("_BASE_")
         except yaml.YAMLError as e:
@@ -72,6 +72,20 @@ def config_chain(stage: str, key: str, config_file: str) -> dict[str, str]:
             raise StageError(stage, f"{key}: {path} has _BASE_ {base!r}, which does not exist")
         path = nxt
     return chain
+
+
+def _stable_name(path: Path) -> str:
+    """A config file's name that does not depend on the working directory (relative to the checkout when
+    inside it), so the same command run from elsewhere, or a moved checkout, hashes the same."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def _file_setting(path: str) -> str:
+    return str(resolve_path(path).resolve())
 
 
 def _read_json(stage: str, path: Path, what: str) -> Any:
@@ -102,6 +116,10 @@ class Stage:
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """(outputs: name -> path or value, metrics)."""
         return {}, {}
+
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+        """Check given artifacts (a genotype, weights) before the stage's folder is cleared for a rerun, so a
+        bad one stops the pipeline with the earlier results of this stage still there."""
 
     def check(self, ctx: Context) -> None:
         """Load the stage's config with its overrides before anything runs, so that a typo in the last
@@ -141,25 +159,32 @@ class SearchStage(Stage):
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SEARCH
-        if c.GENOTYPE:
-            return {"genotype": c.GENOTYPE}
+        if c.GENOTYPE:  # a JSON file by its absolute path (its content is checksummed as an input)
+            return {"genotype": _file_setting(c.GENOTYPE) if c.GENOTYPE.endswith(".json") else c.GENOTYPE}
         return _tool_settings(ctx, "SEARCH")
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         g = ctx.cfg.SEARCH.GENOTYPE
         return {"genotype": resolve_path(g)} if g and g.endswith(".json") else {}
 
+    def given_genotype(self, ctx: Context, inputs: dict[str, Path]):
+        from nasnet_det.genotypes import get_genotype
+
+        c = ctx.cfg.SEARCH
+        try:
+            return get_genotype(str(inputs.get("genotype", c.GENOTYPE)))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            raise StageError(self.name, f"SEARCH.GENOTYPE {c.GENOTYPE!r}: {e}") from None
+
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+        if ctx.cfg.SEARCH.GENOTYPE:
+            self.given_genotype(ctx, inputs)
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.SEARCH
         if c.GENOTYPE:
-            from nasnet_det.genotypes import get_genotype
-
-            try:
-                genotype = get_genotype(str(inputs.get("genotype", c.GENOTYPE)))
-            except (ValueError, KeyError, FileNotFoundError) as e:
-                raise StageError(self.name, f"SEARCH.GENOTYPE {c.GENOTYPE!r}: {e}") from None
             workdir.mkdir(parents=True, exist_ok=True)
-            genotype.save(workdir / "best_genotype.json")
+            self.given_genotype(ctx, inputs).save(workdir / "best_genotype.json")
             return
         argv = [python(ctx.cfg), str(tool_path(self.name, "search_cifar.py")),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir), *c.OPTS]
@@ -314,8 +339,8 @@ class PretrainStage(_ClassificationStage):
     name, node, tool = "pretrain", "PRETRAIN", "pretrain_imagenet.py"
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        if ctx.cfg.PRETRAIN.WEIGHTS:
-            return {"weights": ctx.cfg.PRETRAIN.WEIGHTS}
+        if ctx.cfg.PRETRAIN.WEIGHTS:  # checked against the NETWORK: a changed NETWORK checks them again
+            return {"weights": _file_setting(ctx.cfg.PRETRAIN.WEIGHTS), "network": dict(ctx.cfg.NETWORK)}
         return {**_tool_settings(ctx, "PRETRAIN"), **self.launch_settings(ctx), "network": dict(ctx.cfg.NETWORK)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
@@ -335,22 +360,33 @@ class PretrainStage(_ClassificationStage):
             _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
                                   [*network_opts("train", ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
 
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+        if not ctx.cfg.PRETRAIN.WEIGHTS:
+            return
+        # Given weights must fit the NETWORK and the chosen cell: find out now, not in the detection stage.
+        import torch
+        from torch import nn
+
+        from nasnet_det.detection.weights import load_pretrained_nasnet
+        from nasnet_det.pipeline.report import build_backbone
+
+        try:
+            torch.load(inputs["weights"], map_location="cpu", weights_only=False)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint
+            raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} is not a readable PyTorch file "
+                                        f"(expected a nasnet-det checkpoint or a timm / pretrainedmodels state "
+                                        f"dict .pth): {type(e).__name__}: {e}") from None
+        try:  # the path, not the loaded dict: a nasnet-det checkpoint's arch is checked too
+            load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])), inputs["weights"],
+                                   strict=True)
+        except Exception as e:  # noqa: BLE001 - a mismatched file is the same bad input
+            raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit NETWORK and the "
+                                        f"selected genotype {inputs['genotype']}: {e}") from None
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.PRETRAIN
         workdir.mkdir(parents=True, exist_ok=True)
-        if c.WEIGHTS:
-            # Given weights must fit the NETWORK and the chosen cell: find out now, not in the detection stage.
-            from torch import nn
-
-            from nasnet_det.detection.weights import load_pretrained_nasnet
-            from nasnet_det.pipeline.report import build_backbone
-
-            try:
-                load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])),
-                                       inputs["weights"], strict=True)
-            except Exception as e:  # noqa: BLE001 - an unreadable or mismatched file is the same bad input
-                raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit NETWORK and the "
-                                            f"selected genotype {inputs['genotype']}: {e}") from None
+        if c.WEIGHTS:  # checked by validate
             return
         argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
@@ -461,7 +497,10 @@ class ReportStage(Stage):
         return {"profile_image_size": ctx.cfg.REPORT.PROFILE_IMAGE_SIZE, "network": dict(ctx.cfg.NETWORK)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
-        return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
+        # The report shows every stage's manifest: a stage rerun on its own (--only) must redo the report.
+        manifests = {f"{s.name}_manifest": ctx.stage_dir(s.name) / MANIFEST_NAME for s in STAGES
+                     if s.name != self.name and (ctx.stage_dir(s.name) / MANIFEST_NAME).is_file()}
+        return {"genotype": ctx.outputs_of("select", self.name)["genotype"], **manifests}
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         from nasnet_det.pipeline.report import write_report

@@ -1,0 +1,65 @@
+"""Training workers die with their launcher (kill -9 of the pipeline / torchrun must not leave them writing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import nasnet_det.classification.distributed as distributed
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux-only")
+
+LAUNCHER = textwrap.dedent("""
+    import subprocess, sys, time
+    # like torchrun: the worker in its own session, so only the parent-death signal can reach it
+    worker = subprocess.Popen([sys.executable, "-c", "from nasnet_det.process import die_with_parent; "
+                               "import time, sys; die_with_parent(); print('ready', flush=True); time.sleep(60)"],
+                              start_new_session=True, stdout=subprocess.PIPE, text=True)
+    assert worker.stdout.readline().strip() == "ready"
+    print(worker.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie counts as dead
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_worker_dies_when_its_launcher_is_killed_9():
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        worker_pid = int(launcher.stdout.readline())
+        assert _alive(worker_pid)
+        launcher.send_signal(signal.SIGKILL)
+        launcher.wait()
+        deadline = time.time() + 10
+        while _alive(worker_pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not _alive(worker_pid), "the worker outlived its kill -9'd launcher"
+    finally:
+        launcher.kill()
+
+
+def test_torchrun_worker_asks_to_die_with_torchrun(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed, "die_with_parent", lambda: calls.append(1) or True)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    for k, v in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x"}.items():
+        monkeypatch.setenv(k, v)
+    info = distributed.init_distributed("cpu")
+    assert calls == [1] and info.world_size == 2 and info.rank == 1
