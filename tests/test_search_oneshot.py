@@ -201,3 +201,38 @@ def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys
     assert printed["best"]["strategy"] == DERIVE_NAME
     assert main([*base, "ONESHOT.REWARD_BATCH_SIZE", "0"]) == 2
     assert "ONESHOT.REWARD_BATCH_SIZE" in capsys.readouterr().err
+
+
+class _Killed(Exception):
+    """Stands for kill -9 in the middle of scoring a batch (the journal holds finished and pending rows)."""
+
+
+@pytest.mark.parametrize("kill_at_score", [5, 14])  # 2nd cell of controller batch 1; 2nd final sample
+def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp_path, data, kill_at_score):
+    cfg = _cfg()
+    OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
+    killed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
+    calls, score = [0], killed.score
+
+    def score_then_die(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at_score:
+            raise _Killed
+        return score(*args, **kwargs)
+
+    killed.score = score_then_die
+    with pytest.raises(_Killed):
+        killed.run()
+    journal = Journal(tmp_path / "resumed" / JOURNAL_NAME)
+    statuses = [r.status for r in journal.all()]
+    journal.close()
+    assert "pending" in statuses and "ok" in statuses  # the kill left a half-scored batch
+    OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data).run()
+    s_full, rows_full = _final_state(tmp_path / "full")
+    s_res, rows_res = _final_state(tmp_path / "resumed")
+    assert rows_res == rows_full
+    for k, v in s_full["controller"].items():
+        assert torch.equal(v, s_res["controller"][k]), f"controller.{k} differs after resuming"
+    tops = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / d / "top_k.json")
+                                                                             .read_text())] for d in ("full", "resumed")]
+    assert tops[0] == tops[1]
