@@ -235,9 +235,10 @@ class OneShotSearch:
         return correct / len(x)
 
     def _score_rows(self, journal: Journal | None, strategy: str, batch: int, actions: torch.Tensor,
-                    logp: torch.Tensor | None, genotypes: list, minibatch: int | None) -> list[float]:
-        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch).
-        Without a journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
+                    logp: torch.Tensor | None, genotypes: list, minibatch: int | None, policy: int) -> list[float]:
+        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch:
+        its finished cells keep their journaled reward). ``policy``: the controller updates so far. Without a
+        journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
         # Batch b of n cells holds the strategy's samples b*n .. b*n+n-1 (they finish in order, so the journal
         # files them under update batch b too).
         n, first = len(genotypes), batch * len(genotypes)
@@ -247,7 +248,7 @@ class OneShotSearch:
             pass
         elif not rows:
             lps = logp.tolist() if logp is not None else [None] * n
-            rows = journal.add_pending(strategy, first, batch, [(a, g.to_dict(), lp) for a, g, lp
+            rows = journal.add_pending(strategy, first, policy, [(a, g.to_dict(), lp) for a, g, lp
                                                                 in zip(actions.tolist(), genotypes, lps)])
         elif [r.decisions for r in rows] != actions.tolist():
             raise ValueError(f"{journal.path}: batch {batch} of {strategy} holds other cells than this run "
@@ -260,6 +261,9 @@ class OneShotSearch:
             else:
                 idx = torch.randperm(len(self.x_val), generator=self.gen)[:minibatch].to(self.device)
                 x, y = self.x_val[idx], self.y_val[idx]
+            if row is not None and row.status == "ok":  # scored before the interruption: the journal's reward
+                rewards.append(float(row.reward))     # is the one the uninterrupted run used (GPUs may not
+                continue                              # reproduce it bit for bit)
             reward = self.score(genotype, x, y)
             rewards.append(reward)
             if row is not None and row.status == "pending":
@@ -276,7 +280,8 @@ class OneShotSearch:
         o = self.cfg.ONESHOT
         batch = self.pos["epoch"] * o.CONTROLLER_STEPS + self.pos["step"]
         actions, logp, genotypes = self.sample_genotypes(self.cfg.SEARCH.BATCH_SIZE)
-        rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE)
+        rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE,
+                                   policy=batch)
         stats = self.trainer.update(actions, logp, torch.tensor(rewards))
         stats["reward"] = sum(rewards) / len(rewards)
         return stats
@@ -370,7 +375,8 @@ class OneShotSearch:
                 if self._should_stop():
                     return True
                 actions, _, genotypes = self.sample_genotypes(o.FINAL_SAMPLES)
-                self._score_rows(journal, DERIVE_NAME, 0, actions, None, genotypes, None)
+                self._score_rows(journal, DERIVE_NAME, 0, actions, None, genotypes, None,
+                                 policy=o.EPOCHS * o.CONTROLLER_STEPS)
                 for _ in genotypes:
                     self._tick(bar)
                 p.update(phase="done", step=0)

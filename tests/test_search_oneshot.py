@@ -227,10 +227,25 @@ def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp
     statuses = [r.status for r in journal.all()]
     journal.close()
     assert "pending" in statuses and "ok" in statuses  # the kill left a half-scored batch
-    OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data).run()
+    resumed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
+    rescored, score = [0], resumed.score
+
+    def counted(*args, **kwargs):
+        rescored[0] += 1
+        return score(*args, **kwargs)
+
+    resumed.score = counted
+    resumed.run()
+    # 2 epochs x 2 updates x 3 cells + 3 final samples; the cells finished before the kill keep their reward.
+    assert rescored[0] == 15 - (kill_at_score - 1)
     s_full, rows_full = _final_state(tmp_path / "full")
     s_res, rows_res = _final_state(tmp_path / "resumed")
     assert rows_res == rows_full
+    journal = Journal(tmp_path / "resumed" / JOURNAL_NAME)
+    policies = {(r.strategy, r.sample): r.policy for r in journal.all()}
+    journal.close()
+    # The policy version that sampled each cell: its update batch, and all 4 updates for the final samples.
+    assert policies == {**{(SEARCH_NAME, i): i // 3 for i in range(12)}, **{(DERIVE_NAME, i): 4 for i in range(3)}}
     for k, v in s_full["controller"].items():
         assert torch.equal(v, s_res["controller"][k]), f"controller.{k} differs after resuming"
     tops = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / d / "top_k.json")
