@@ -288,6 +288,7 @@ class OneShotSearch:
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from search.outputs import write_json_atomic
         from search.runner import JOURNAL_NAME, output_dir_lock
 
         t_start = time.perf_counter()
@@ -313,7 +314,7 @@ class OneShotSearch:
         summary["stopped_early"] = stopped
         summary["units_this_run"] = self.units_this_run
         summary["wall_seconds_this_run"] = time.perf_counter() - t_start
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(self.out / "summary.json", summary)  # a kill never leaves a torn summary
         return summary
 
     def restore_position(self) -> bool:
@@ -386,13 +387,16 @@ class OneShotSearch:
             bar.close()
 
     def _write_outputs(self, journal: Journal) -> dict[str, Any]:
-        from search.outputs import strategy_summary, write_outputs
+        from search.outputs import problems_of, strategy_summary, write_outputs
         from search.plots import plot_rewards
 
         # best_genotype.json / top_k.json come from the final samples only: they are scored on the whole
         # held-out split, the controller-phase scores on one minibatch each (a max over those is mostly noise).
         summary = write_outputs(journal, self.out, self.cfg, [DERIVE_NAME])
-        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME))
+        # Named by its policy (reinforce/ppo), so a controller that collapsed onto one cell is reported as in
+        # the regular search.
+        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME), str(self.cfg.ONESHOT.POLICY))
+        summary["problems"] = problems_of(summary)
         summary["reward_plot"] = str(plot_rewards({SEARCH_NAME: journal.all(SEARCH_NAME),
                                                    DERIVE_NAME: journal.all(DERIVE_NAME)}, self.out / "rewards.png"))
         summary["oneshot"] = {"position": dict(self.pos), "weight_steps_per_epoch": self.weight_steps,

@@ -251,3 +251,20 @@ def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp
     tops = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / d / "top_k.json")
                                                                              .read_text())] for d in ("full", "resumed")]
     assert tops[0] == tops[1]
+
+
+def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, data):
+    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search._build()
+    actions, logp, genotypes = search.sample_genotypes(1)
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    try:
+        for strategy in (SEARCH_NAME, DERIVE_NAME):  # every cell of the last controller batch is the same one
+            rows = journal.add_pending(strategy, 0, 0, [(actions[0].tolist(), genotypes[0].to_dict(), 0.0)] * 3)
+            for r in rows:
+                journal.finish(r.id, "ok", 0.5, 0.1, batch_size=3)
+        summary = search._write_outputs(journal)
+    finally:
+        journal.close()
+    assert summary["strategies"][SEARCH_NAME]["collapsed"] is True
+    assert any(p.startswith(f"{SEARCH_NAME}: the controller collapsed") for p in summary["problems"])
