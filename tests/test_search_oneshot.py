@@ -248,8 +248,8 @@ def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp
     assert policies == {**{(SEARCH_NAME, i): i // 3 for i in range(12)}, **{(DERIVE_NAME, i): 4 for i in range(3)}}
     for k, v in s_full["controller"].items():
         assert torch.equal(v, s_res["controller"][k]), f"controller.{k} differs after resuming"
-    tops = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / d / "top_k.json")
-                                                                             .read_text())] for d in ("full", "resumed")]
+    tops = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / d).read_text())]
+            for d in ("full/top_k.json", "resumed/top_k.json")]
     assert tops[0] == tops[1]
 
 
