@@ -196,7 +196,12 @@ def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys
             "SEARCH.BATCH_SIZE", "2", *_size_keys(1, 4), "CHILD.IMAGE_SIZE", "8", "DATA.SOURCE", "synthetic:48",
             "DATA.VAL_SIZE", "16", "ONESHOT.EPOCHS", "1", "ONESHOT.WEIGHT_STEPS", "2", "ONESHOT.BATCH_SIZE", "8",
             "ONESHOT.CONTROLLER_STEPS", "1", "ONESHOT.FINAL_SAMPLES", "2", "ONESHOT.DEVICE", "cpu"]
-    assert main(base) == 0
+    torch.set_num_threads(2)  # the supernet trains in the CLI's process: WORKERS.THREADS_PER_WORKER (1) is
+    try:                      # for the regular search's workers and must not cap it
+        assert main([*base, "WORKERS.THREADS_PER_WORKER", "1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     printed = json.loads(capsys.readouterr().out)
     assert printed["best"]["strategy"] == DERIVE_NAME
     assert main([*base, "ONESHOT.REWARD_BATCH_SIZE", "0"]) == 2
