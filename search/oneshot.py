@@ -242,8 +242,7 @@ class OneShotSearch:
         # Batch b of n cells holds the strategy's samples b*n .. b*n+n-1 (they finish in order, so the journal
         # files them under update batch b too).
         n, first = len(genotypes), batch * len(genotypes)
-        rows = [e for e in journal.all(strategy) if first <= e.sample < first + n] if journal is not None \
-            else [None] * n
+        rows = journal.samples(strategy, first, n) if journal is not None else [None] * n
         if journal is None:
             pass
         elif not rows:

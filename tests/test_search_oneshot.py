@@ -273,3 +273,22 @@ def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, d
         journal.close()
     assert summary["strategies"][SEARCH_NAME]["collapsed"] is True
     assert any(p.startswith(f"{SEARCH_NAME}: the controller collapsed") for p in summary["problems"])
+
+
+def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(tmp_path, data, monkeypatch):
+    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search._build()
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    try:
+        search.controller_step(journal)  # batch 0: samples 0..2
+        search.pos["step"] = 1
+        # A long search has tens of thousands of rows: reading them all on every step costs seconds per step.
+        monkeypatch.setattr(Journal, "all", lambda *a, **k: pytest.fail("controller step read the whole journal"))
+        search.controller_step(journal)  # batch 1: samples 3..5
+        monkeypatch.undo()
+        assert [r.sample for r in journal.samples(SEARCH_NAME, 2, 3)] == [2, 3, 4]
+        assert [(r.sample, r.batch, r.policy) for r in journal.samples(SEARCH_NAME, 3, 3)] == \
+            [(3, 1, 1), (4, 1, 1), (5, 1, 1)]
+        assert journal.samples(DERIVE_NAME, 0, 3) == [] and journal.samples(SEARCH_NAME, 6, 3) == []
+    finally:
+        journal.close()
