@@ -158,7 +158,12 @@ class OneShotSearch:
                           self.out / STATE_NAME)
 
     def _load(self) -> bool:
-        state = load_state(self.out / STATE_NAME)
+        try:
+            state = load_state(self.out / STATE_NAME)
+        except ValueError:  # load_state's advice (replay the journal) is the regular search's, not ours
+            raise ValueError(f"{self.out / STATE_NAME} cannot be read (a foreign or damaged file); delete it to "
+                             "restart the one-shot search from its beginning (the journal's cells are reused), "
+                             "or rerun with --fresh") from None
         if state is None:
             return False
         self.pos = dict(state["position"])

@@ -292,3 +292,9 @@ def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(
         assert journal.samples(DERIVE_NAME, 0, 3) == [] and journal.samples(SEARCH_NAME, 6, 3) == []
     finally:
         journal.close()
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, data):
+    (tmp_path / STATE_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=rf"{STATE_NAME} cannot be read.*delete it to restart the one-shot search"):
+        OneShotSearch(_cfg(), tmp_path, progress=False, data=data).run()
