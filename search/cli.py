@@ -72,14 +72,15 @@ def _search(args: argparse.Namespace) -> dict | int:
     remove_stale_tmp(out)  # temporaries of writes a kill interrupted
     if args.resume and not (out / JOURNAL_NAME).is_file():
         raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
-    # The driver only runs the small controller (and the children with the inline backend): more
-    # threads than the workers get would just contend with them for the cores.
-    torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
     try:
         if str(cfg.SEARCH.STRATEGY).strip().lower() == ONESHOT_STRATEGY:  # weight sharing: search/oneshot.py
             from search.oneshot import OneShotSearch
 
+            # The supernet trains in this process: it keeps torch's threads (there are no workers).
             return OneShotSearch(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
+        # The driver only runs the small controller (and the children with the inline backend): more
+        # threads than the workers get would just contend with them for the cores.
+        torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
         return SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
     except ImportError as e:  # a backend whose package is missing: a setting the user must change
         raise ValueError(str(e)) from None

@@ -163,6 +163,13 @@ class Journal:
                                (strategy, batch)).fetchall()
         return [Evaluation.from_row(r) for r in rows]
 
+    def samples(self, strategy: str, first: int, n: int) -> list[Evaluation]:
+        """The strategy's samples ``first`` .. ``first + n - 1`` that exist, in sampling order (an indexed
+        look-up: its cost does not grow with the journal)."""
+        rows = self.db.execute("SELECT * FROM evaluations WHERE strategy=? AND sample>=? AND sample<? "
+                               "ORDER BY sample", (strategy, first, first + n)).fetchall()
+        return [Evaluation.from_row(r) for r in rows]
+
     def pending(self) -> list[Evaluation]:
         """Children sampled but not finished (in flight when the last run stopped), in sampling order."""
         rows = self.db.execute("SELECT * FROM evaluations WHERE status='pending' ORDER BY id").fetchall()

@@ -158,7 +158,12 @@ class OneShotSearch:
                           self.out / STATE_NAME)
 
     def _load(self) -> bool:
-        state = load_state(self.out / STATE_NAME)
+        try:
+            state = load_state(self.out / STATE_NAME)
+        except ValueError:  # load_state's advice (replay the journal) is the regular search's, not ours
+            raise ValueError(f"{self.out / STATE_NAME} cannot be read (a foreign or damaged file); delete it to "
+                             "restart the one-shot search from its beginning (the journal's cells are reused), "
+                             "or rerun with --fresh") from None
         if state is None:
             return False
         self.pos = dict(state["position"])
@@ -235,19 +240,19 @@ class OneShotSearch:
         return correct / len(x)
 
     def _score_rows(self, journal: Journal | None, strategy: str, batch: int, actions: torch.Tensor,
-                    logp: torch.Tensor | None, genotypes: list, minibatch: int | None) -> list[float]:
-        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch).
-        Without a journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
+                    logp: torch.Tensor | None, genotypes: list, minibatch: int | None, policy: int) -> list[float]:
+        """Score the sampled cells (recording them in the journal first, or completing an interrupted batch:
+        its finished cells keep their journaled reward). ``policy``: the controller updates so far. Without a
+        journal (ranks > 0) nothing is recorded and rank 0's rewards are returned."""
         # Batch b of n cells holds the strategy's samples b*n .. b*n+n-1 (they finish in order, so the journal
         # files them under update batch b too).
         n, first = len(genotypes), batch * len(genotypes)
-        rows = [e for e in journal.all(strategy) if first <= e.sample < first + n] if journal is not None \
-            else [None] * n
+        rows = journal.samples(strategy, first, n) if journal is not None else [None] * n
         if journal is None:
             pass
         elif not rows:
             lps = logp.tolist() if logp is not None else [None] * n
-            rows = journal.add_pending(strategy, first, batch, [(a, g.to_dict(), lp) for a, g, lp
+            rows = journal.add_pending(strategy, first, policy, [(a, g.to_dict(), lp) for a, g, lp
                                                                 in zip(actions.tolist(), genotypes, lps)])
         elif [r.decisions for r in rows] != actions.tolist():
             raise ValueError(f"{journal.path}: batch {batch} of {strategy} holds other cells than this run "
@@ -260,6 +265,9 @@ class OneShotSearch:
             else:
                 idx = torch.randperm(len(self.x_val), generator=self.gen)[:minibatch].to(self.device)
                 x, y = self.x_val[idx], self.y_val[idx]
+            if row is not None and row.status == "ok":  # scored before the interruption: the journal's reward
+                rewards.append(float(row.reward))     # is the one the uninterrupted run used (GPUs may not
+                continue                              # reproduce it bit for bit)
             reward = self.score(genotype, x, y)
             rewards.append(reward)
             if row is not None and row.status == "pending":
@@ -276,13 +284,15 @@ class OneShotSearch:
         o = self.cfg.ONESHOT
         batch = self.pos["epoch"] * o.CONTROLLER_STEPS + self.pos["step"]
         actions, logp, genotypes = self.sample_genotypes(self.cfg.SEARCH.BATCH_SIZE)
-        rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE)
+        rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE,
+                                   policy=batch)
         stats = self.trainer.update(actions, logp, torch.tensor(rewards))
         stats["reward"] = sum(rewards) / len(rewards)
         return stats
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        from search.outputs import write_json_atomic
         from search.runner import JOURNAL_NAME, output_dir_lock
 
         t_start = time.perf_counter()
@@ -308,7 +318,7 @@ class OneShotSearch:
         summary["stopped_early"] = stopped
         summary["units_this_run"] = self.units_this_run
         summary["wall_seconds_this_run"] = time.perf_counter() - t_start
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(self.out / "summary.json", summary)  # a kill never leaves a torn summary
         return summary
 
     def restore_position(self) -> bool:
@@ -370,7 +380,8 @@ class OneShotSearch:
                 if self._should_stop():
                     return True
                 actions, _, genotypes = self.sample_genotypes(o.FINAL_SAMPLES)
-                self._score_rows(journal, DERIVE_NAME, 0, actions, None, genotypes, None)
+                self._score_rows(journal, DERIVE_NAME, 0, actions, None, genotypes, None,
+                                 policy=o.EPOCHS * o.CONTROLLER_STEPS)
                 for _ in genotypes:
                     self._tick(bar)
                 p.update(phase="done", step=0)
@@ -380,13 +391,16 @@ class OneShotSearch:
             bar.close()
 
     def _write_outputs(self, journal: Journal) -> dict[str, Any]:
-        from search.outputs import strategy_summary, write_outputs
+        from search.outputs import problems_of, strategy_summary, write_outputs
         from search.plots import plot_rewards
 
         # best_genotype.json / top_k.json come from the final samples only: they are scored on the whole
         # held-out split, the controller-phase scores on one minibatch each (a max over those is mostly noise).
         summary = write_outputs(journal, self.out, self.cfg, [DERIVE_NAME])
-        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME))
+        # Named by its policy (reinforce/ppo), so a controller that collapsed onto one cell is reported as in
+        # the regular search.
+        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME), str(self.cfg.ONESHOT.POLICY))
+        summary["problems"] = problems_of(summary)
         summary["reward_plot"] = str(plot_rewards({SEARCH_NAME: journal.all(SEARCH_NAME),
                                                    DERIVE_NAME: journal.all(DERIVE_NAME)}, self.out / "rewards.png"))
         summary["oneshot"] = {"position": dict(self.pos), "weight_steps_per_epoch": self.weight_steps,

@@ -196,8 +196,105 @@ def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys
             "SEARCH.BATCH_SIZE", "2", *_size_keys(1, 4), "CHILD.IMAGE_SIZE", "8", "DATA.SOURCE", "synthetic:48",
             "DATA.VAL_SIZE", "16", "ONESHOT.EPOCHS", "1", "ONESHOT.WEIGHT_STEPS", "2", "ONESHOT.BATCH_SIZE", "8",
             "ONESHOT.CONTROLLER_STEPS", "1", "ONESHOT.FINAL_SAMPLES", "2", "ONESHOT.DEVICE", "cpu"]
-    assert main(base) == 0
+    torch.set_num_threads(2)  # the supernet trains in the CLI's process: WORKERS.THREADS_PER_WORKER (1) is
+    try:                      # for the regular search's workers and must not cap it
+        assert main([*base, "WORKERS.THREADS_PER_WORKER", "1"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
     printed = json.loads(capsys.readouterr().out)
     assert printed["best"]["strategy"] == DERIVE_NAME
     assert main([*base, "ONESHOT.REWARD_BATCH_SIZE", "0"]) == 2
     assert "ONESHOT.REWARD_BATCH_SIZE" in capsys.readouterr().err
+
+
+class _Killed(Exception):
+    """Stands for kill -9 in the middle of scoring a batch (the journal holds finished and pending rows)."""
+
+
+@pytest.mark.parametrize("kill_at_score", [5, 14])  # 2nd cell of controller batch 1; 2nd final sample
+def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp_path, data, kill_at_score):
+    cfg = _cfg()
+    OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
+    killed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
+    calls, score = [0], killed.score
+
+    def score_then_die(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at_score:
+            raise _Killed
+        return score(*args, **kwargs)
+
+    killed.score = score_then_die
+    with pytest.raises(_Killed):
+        killed.run()
+    journal = Journal(tmp_path / "resumed" / JOURNAL_NAME)
+    statuses = [r.status for r in journal.all()]
+    journal.close()
+    assert "pending" in statuses and "ok" in statuses  # the kill left a half-scored batch
+    resumed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
+    rescored, score = [0], resumed.score
+
+    def counted(*args, **kwargs):
+        rescored[0] += 1
+        return score(*args, **kwargs)
+
+    resumed.score = counted
+    resumed.run()
+    # 2 epochs x 2 updates x 3 cells + 3 final samples; the cells finished before the kill keep their reward.
+    assert rescored[0] == 15 - (kill_at_score - 1)
+    s_full, rows_full = _final_state(tmp_path / "full")
+    s_res, rows_res = _final_state(tmp_path / "resumed")
+    assert rows_res == rows_full
+    journal = Journal(tmp_path / "resumed" / JOURNAL_NAME)
+    policies = {(r.strategy, r.sample): r.policy for r in journal.all()}
+    journal.close()
+    # The policy version that sampled each cell: its update batch, and all 4 updates for the final samples.
+    assert policies == {**{(SEARCH_NAME, i): i // 3 for i in range(12)}, **{(DERIVE_NAME, i): 4 for i in range(3)}}
+    for k, v in s_full["controller"].items():
+        assert torch.equal(v, s_res["controller"][k]), f"controller.{k} differs after resuming"
+    tops = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / d).read_text())]
+            for d in ("full/top_k.json", "resumed/top_k.json")]
+    assert tops[0] == tops[1]
+
+
+def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, data):
+    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search._build()
+    actions, logp, genotypes = search.sample_genotypes(1)
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    try:
+        for strategy in (SEARCH_NAME, DERIVE_NAME):  # every cell of the last controller batch is the same one
+            rows = journal.add_pending(strategy, 0, 0, [(actions[0].tolist(), genotypes[0].to_dict(), 0.0)] * 3)
+            for r in rows:
+                journal.finish(r.id, "ok", 0.5, 0.1, batch_size=3)
+        summary = search._write_outputs(journal)
+    finally:
+        journal.close()
+    assert summary["strategies"][SEARCH_NAME]["collapsed"] is True
+    assert any(p.startswith(f"{SEARCH_NAME}: the controller collapsed") for p in summary["problems"])
+
+
+def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(tmp_path, data, monkeypatch):
+    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search._build()
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    try:
+        search.controller_step(journal)  # batch 0: samples 0..2
+        search.pos["step"] = 1
+        # A long search has tens of thousands of rows: reading them all on every step costs seconds per step.
+        monkeypatch.setattr(Journal, "all", lambda *a, **k: pytest.fail("controller step read the whole journal"))
+        search.controller_step(journal)  # batch 1: samples 3..5
+        monkeypatch.undo()
+        assert [r.sample for r in journal.samples(SEARCH_NAME, 2, 3)] == [2, 3, 4]
+        assert [(r.sample, r.batch, r.policy) for r in journal.samples(SEARCH_NAME, 3, 3)] == \
+            [(3, 1, 1), (4, 1, 1), (5, 1, 1)]
+        assert journal.samples(DERIVE_NAME, 0, 3) == [] and journal.samples(SEARCH_NAME, 6, 3) == []
+    finally:
+        journal.close()
+
+
+def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, data):
+    (tmp_path / STATE_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=rf"{STATE_NAME} cannot be read.*delete it to restart the one-shot search"):
+        OneShotSearch(_cfg(), tmp_path, progress=False, data=data).run()
