@@ -45,6 +45,7 @@ from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype
 from search.journal import Journal, load_state
 from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
+from search.outputs import write_json_atomic
 from search.policy import PolicyTrainer
 from search.reward import ChildData, _augment, _to_tensor
 from search.supernet import SuperNet
@@ -308,7 +309,7 @@ class OneShotSearch:
         summary["stopped_early"] = stopped
         summary["units_this_run"] = self.units_this_run
         summary["wall_seconds_this_run"] = time.perf_counter() - t_start
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json_atomic(self.out / "summary.json", summary)
         return summary
 
     def restore_position(self) -> bool:

@@ -304,3 +304,39 @@ def test_atomic_writes_keep_the_old_file_when_the_writer_fails(tmp_path):
     target.write_bytes(target.read_bytes()[:50])
     with pytest.raises(ValueError, match=r"ckpt.pth is not a readable PyTorch checkpoint"):
         load_torch_file(target)
+
+
+@pytest.mark.parametrize("writer", ["genotype", "search_json"])
+def test_files_later_runs_read_are_replaced_atomically(tmp_path, monkeypatch, writer):
+    # Genotype.save (best_genotype.json, the pipeline's genotype.json) and the search's summary/top_k JSON
+    # were written in place: a kill mid-write left a torn file for the next stage to read.
+    from genotype_helpers import random_genotype
+
+    from search.outputs import write_json_atomic
+
+    target = tmp_path / "out.json"
+    write = {"genotype": lambda: random_genotype(0).save(target),
+             "search_json": lambda: write_json_atomic(target, {"best": 1})}[writer]
+    write()
+    before = target.read_text()
+
+    def killed(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(OSError, match="killed"):
+        write()
+    assert target.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_writes_give_the_permissions_of_a_plain_write(tmp_path):
+    # mkstemp/mkdtemp make 0600/0700 entries: checkpoints and data folders came out unreadable to the group.
+    from nasnet_det.utils.io import atomic_directory, atomic_torch_save
+
+    (tmp_path / "plain").write_bytes(b"")
+    (tmp_path / "plain_dir").mkdir()
+    atomic_torch_save({"w": torch.ones(1)}, tmp_path / "ckpt.pth")
+    with atomic_directory(tmp_path / "generated") as tmp:
+        (tmp / "x").write_text("1")
+    assert (tmp_path / "ckpt.pth").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert (tmp_path / "generated").stat().st_mode == (tmp_path / "plain_dir").stat().st_mode
