@@ -340,3 +340,24 @@ def test_atomic_writes_give_the_permissions_of_a_plain_write(tmp_path):
         (tmp / "x").write_text("1")
     assert (tmp_path / "ckpt.pth").stat().st_mode == (tmp_path / "plain").stat().st_mode
     assert (tmp_path / "generated").stat().st_mode == (tmp_path / "plain_dir").stat().st_mode
+
+
+def test_detection_start_removes_dead_temporaries_of_the_evaluation_too(tmp_path):
+    # coco_metrics.json is written atomically in inference/<dataset>/; a kill there left its temporary forever.
+    from detectron2.config import CfgNode
+
+    from nasnet_det.detection.train import remove_stale_outputs
+    from nasnet_det.utils.io import tmp_path_for
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = dead.stdout.strip()
+    evaluation = tmp_path / "inference" / "coco_val"
+    evaluation.mkdir(parents=True)
+    stale = [tmp_path / f".model_0000001.pth.{pid}-abcd1234.tmp", evaluation / f".coco_metrics.json.{pid}-abcd1234.tmp"]
+    for p in stale:
+        p.write_bytes(b"")
+    live = tmp_path_for(evaluation / "coco_metrics.json")
+    (evaluation / "coco_metrics.json").write_text("{}")
+    removed = remove_stale_outputs(CfgNode({"OUTPUT_DIR": str(tmp_path)}))
+    assert sorted(removed) == sorted(map(str, stale))
+    assert sorted(p.name for p in evaluation.iterdir()) == sorted(["coco_metrics.json", live.name])

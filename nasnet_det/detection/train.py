@@ -55,6 +55,7 @@ from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.utils.io import remove_stale_tmp
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
@@ -346,6 +347,15 @@ def start_over(output_dir: str) -> list[str]:
     return removed
 
 
+def remove_stale_outputs(cfg: CfgNode) -> list[str]:
+    """Temporaries of killed writes: checkpoints in OUTPUT_DIR, ``coco_metrics.json`` in inference/<dataset>/."""
+    removed = NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
+    inference = os.path.join(cfg.OUTPUT_DIR, "inference")
+    for name in sorted(os.listdir(inference)) if os.path.isdir(inference) else []:
+        removed += remove_stale_tmp(os.path.join(inference, name))
+    return [str(p) for p in removed]
+
+
 def finish_completed_run(cfg: CfgNode, trainer: Trainer):
     """Every iteration is done (a rerun of a finished command, or a kill after the last step): write
     ``model_final.pth`` and the final evaluation if the interrupted run did not get to them, then report."""
@@ -375,7 +385,7 @@ def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     cfg = setup(args)
     if comm.is_main_process():
-        NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
+        remove_stale_outputs(cfg)
     if args.eval_only:
         # MODEL.WEIGHTS (the detector) replaces every NASNet tensor: don't require the ImageNet file too.
         build_cfg = cfg.clone()
