@@ -361,3 +361,32 @@ def test_detection_start_removes_dead_temporaries_of_the_evaluation_too(tmp_path
     removed = remove_stale_outputs(CfgNode({"OUTPUT_DIR": str(tmp_path)}))
     assert sorted(removed) == sorted(map(str, stale))
     assert sorted(p.name for p in evaluation.iterdir()) == sorted(["coco_metrics.json", live.name])
+
+
+def test_detection_resume_keeps_counting_skipped_images(tmp_path):
+    # data/skipped_images restarted from 0 after a resume: the images the killed run had skipped were lost.
+    from types import SimpleNamespace
+
+    from detectron2.config import CfgNode
+    from detectron2.utils.events import EventStorage
+
+    from nasnet_det.detection.data import SkippingLoader
+    from nasnet_det.detection.train import ExactResume
+
+    def trainer_with(loader, start_iter):
+        cfg = CfgNode({"OUTPUT_DIR": str(tmp_path), "SOLVER": {"IMS_PER_BATCH": 1}})
+        return SimpleNamespace(_trainer=SimpleNamespace(data_loader=loader), start_iter=start_iter, cfg=cfg,
+                               storage=EventStorage(start_iter))
+
+    killed = SkippingLoader([], "training")
+    killed.skipped += ["a.jpg", "b.jpg"]
+    hook = ExactResume()
+    hook.trainer = trainer_with(killed, 4)
+    state = hook.state_dict()
+
+    resumed = SkippingLoader([], "training")
+    hook = ExactResume()
+    hook.trainer = trainer_with(resumed, 5)
+    hook.load_state_dict(state)
+    hook.before_train()
+    assert resumed.skipped == ["a.jpg", "b.jpg"]

@@ -123,7 +123,10 @@ class ExactResume(HookBase):
         storage = getattr(self.trainer, "storage", None)
         history = {k: [(float(v), int(i)) for v, i in buf.values()[-self.HISTORY:]]
                    for k, buf in (storage.histories().items() if storage is not None else ())}
-        return {"rng": _rng_state(), "history": history}
+        loader = getattr(getattr(self.trainer, "_trainer", None), "data_loader", None)
+        # the unreadable images met so far: a resumed run keeps counting from there (data/skipped_images)
+        skipped = list(loader.skipped) if isinstance(loader, SkippingLoader) else []
+        return {"rng": _rng_state(), "history": history, "skipped_images": skipped}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
@@ -144,6 +147,8 @@ class ExactResume(HookBase):
                 for value, iteration in values:
                     buf.update(value, iteration)
                 trainer.storage.histories()[key] = buf
+            if isinstance(loader, SkippingLoader) and comm.is_main_process():  # rank 0's list was saved
+                loader.skipped[:] = self._pending.get("skipped_images", [])
             self._pending = None
         if start > 0 and comm.is_main_process():
             drop_metrics_after(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start)
