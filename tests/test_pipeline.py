@@ -189,3 +189,16 @@ def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):
         select_stages("train")
     with pytest.raises(StageError, match="stage 'search': SEARCH.CONFIG_FILE 'nope.yaml' does not exist"):
         run(tmp_path / "run", "SEARCH.CONFIG_FILE", "nope.yaml")
+
+
+def test_a_start_removes_dead_temporaries_of_its_atomic_writes(tmp_path: Path):
+    # manifest.json, selection.json, ... are written atomically; a kill left their temporaries for good.
+    out = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [out / f".report.md.{dead.stdout.strip()}-abcd1234.tmp",
+             out / "select" / f".selection.json.{dead.stdout.strip()}-abcd1234.tmp"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    assert run(out, "SEARCH.GENOTYPE", "nasnet_a", stages=["search"]) == {"search": "ran"}
+    assert not any(p.exists() for p in stale)
