@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import os
 import sys
 import warnings
@@ -70,11 +71,13 @@ def exit_2_on_bad_input(command: Callable[..., int]) -> Callable[..., int]:
         try:
             return command(*args, **kwargs)
         except BAD_INPUT_ERRORS as e:
+            logging.getLogger(__name__).debug("details", exc_info=True)
             print(f"error: {bad_input_message(e)}", file=sys.stderr)
             return 2
         except FloatingPointError as e:
-            print(f"error: training diverged: {str(e).splitlines()[0]} (lower SOLVER.BASE_LR or check the "
-                  "data and annotations)", file=sys.stderr)
+            first = str(e).splitlines()[0] if str(e) else "loss is not finite"
+            hint = "" if "BASE_LR" in first else " (lower SOLVER.BASE_LR or check the data and annotations)"
+            print(f"error: training diverged: {first}{hint}", file=sys.stderr)
             return 1
 
     return wrapped

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nasnet_det.utils.io import atomic_write
+
 # The 13 operations of the paper (section 3), in the paper's order.
 OPS: tuple[str, ...] = (
     "identity",
@@ -208,7 +210,7 @@ class Genotype:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json() + "\n")
+        atomic_write(path, self.to_json() + "\n")  # read back by later runs and pipeline stages
         return path
 
     @classmethod

@@ -45,6 +45,7 @@ from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype
 from search.journal import Journal, load_state
 from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
+from search.outputs import write_json_atomic
 from search.policy import PolicyTrainer
 from search.reward import ChildData, _augment, _to_tensor
 from search.supernet import SuperNet
@@ -292,7 +293,6 @@ class OneShotSearch:
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from search.outputs import write_json_atomic
         from search.runner import JOURNAL_NAME, output_dir_lock
 
         t_start = time.perf_counter()

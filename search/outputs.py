@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
+from nasnet_det.utils.io import atomic_write
 from search.draw import draw_genotype
 from search.journal import Evaluation, Journal, finished_by_batch
 from search.plots import plot_rewards
@@ -85,9 +85,7 @@ def strategy_summary(evals: list[Evaluation], name: str = "") -> dict[str, Any]:
 
 def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON through a temporary file and a rename: a kill never leaves a torn file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 def problems_of(summary: dict[str, Any]) -> list[str]:

@@ -283,3 +283,19 @@ def test_nan_loss_ends_detection_training_with_one_line(tmp_path, capsys, monkey
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "training diverged" in lines[0] and "NaN" in lines[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_nan_loss_ends_classification_training_with_one_line(tmp_path, capsys, monkeypatch, restore_logging):
+    # The classification CLI had its own copy of the bad-input handler, without the NaN case: a traceback.
+    from nasnet_det.classification.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["--config-file", CIFAR_CFG, "--output-dir", str(tmp_path / "out"), "MODEL.NASNET.NUM_CELLS", "1",
+                 "MODEL.NASNET.FILTERS", "4", "DATA.SOURCE", "synthetic:32", "DATA.VAL_SIZE", "8",
+                 "DATA.NUM_WORKERS", "0", "SOLVER.MAX_STEPS", "3", "SOLVER.BATCH_SIZE", "8", "TRAIN.DEVICE", "cpu",
+                 "SOLVER.BASE_LR", "1e30"])
+    err = capsys.readouterr().err
+    assert code == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "training diverged" in lines[0] and "nan" in lines[0], err[-2000:]
+    assert "Traceback" not in err

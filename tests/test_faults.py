@@ -304,3 +304,89 @@ def test_atomic_writes_keep_the_old_file_when_the_writer_fails(tmp_path):
     target.write_bytes(target.read_bytes()[:50])
     with pytest.raises(ValueError, match=r"ckpt.pth is not a readable PyTorch checkpoint"):
         load_torch_file(target)
+
+
+@pytest.mark.parametrize("writer", ["genotype", "search_json"])
+def test_files_later_runs_read_are_replaced_atomically(tmp_path, monkeypatch, writer):
+    # Genotype.save (best_genotype.json, the pipeline's genotype.json) and the search's summary/top_k JSON
+    # were written in place: a kill mid-write left a torn file for the next stage to read.
+    from genotype_helpers import random_genotype
+
+    from search.outputs import write_json_atomic
+
+    target = tmp_path / "out.json"
+    write = {"genotype": lambda: random_genotype(0).save(target),
+             "search_json": lambda: write_json_atomic(target, {"best": 1})}[writer]
+    write()
+    before = target.read_text()
+
+    def killed(src, dst):
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(OSError, match="killed"):
+        write()
+    assert target.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_atomic_writes_give_the_permissions_of_a_plain_write(tmp_path):
+    # mkstemp/mkdtemp make 0600/0700 entries: checkpoints and data folders came out unreadable to the group.
+    from nasnet_det.utils.io import atomic_directory, atomic_torch_save
+
+    (tmp_path / "plain").write_bytes(b"")
+    (tmp_path / "plain_dir").mkdir()
+    atomic_torch_save({"w": torch.ones(1)}, tmp_path / "ckpt.pth")
+    with atomic_directory(tmp_path / "generated") as tmp:
+        (tmp / "x").write_text("1")
+    assert (tmp_path / "ckpt.pth").stat().st_mode == (tmp_path / "plain").stat().st_mode
+    assert (tmp_path / "generated").stat().st_mode == (tmp_path / "plain_dir").stat().st_mode
+
+
+def test_detection_start_removes_dead_temporaries_of_the_evaluation_too(tmp_path):
+    # coco_metrics.json is written atomically in inference/<dataset>/; a kill there left its temporary forever.
+    from detectron2.config import CfgNode
+
+    from nasnet_det.detection.train import remove_stale_outputs
+    from nasnet_det.utils.io import tmp_path_for
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = dead.stdout.strip()
+    evaluation = tmp_path / "inference" / "coco_val"
+    evaluation.mkdir(parents=True)
+    stale = [tmp_path / f".model_0000001.pth.{pid}-abcd1234.tmp", evaluation / f".coco_metrics.json.{pid}-abcd1234.tmp"]
+    for p in stale:
+        p.write_bytes(b"")
+    live = tmp_path_for(evaluation / "coco_metrics.json")
+    (evaluation / "coco_metrics.json").write_text("{}")
+    removed = remove_stale_outputs(CfgNode({"OUTPUT_DIR": str(tmp_path)}))
+    assert sorted(removed) == sorted(map(str, stale))
+    assert sorted(p.name for p in evaluation.iterdir()) == sorted(["coco_metrics.json", live.name])
+
+
+def test_detection_resume_keeps_counting_skipped_images(tmp_path):
+    # data/skipped_images restarted from 0 after a resume: the images the killed run had skipped were lost.
+    from types import SimpleNamespace
+
+    from detectron2.config import CfgNode
+    from detectron2.utils.events import EventStorage
+
+    from nasnet_det.detection.data import SkippingLoader
+    from nasnet_det.detection.train import ExactResume
+
+    def trainer_with(loader, start_iter):
+        cfg = CfgNode({"OUTPUT_DIR": str(tmp_path), "SOLVER": {"IMS_PER_BATCH": 1}})
+        return SimpleNamespace(_trainer=SimpleNamespace(data_loader=loader), start_iter=start_iter, cfg=cfg,
+                               storage=EventStorage(start_iter))
+
+    killed = SkippingLoader([], "training")
+    killed.skipped += ["a.jpg", "b.jpg"]
+    hook = ExactResume()
+    hook.trainer = trainer_with(killed, 4)
+    state = hook.state_dict()
+
+    resumed = SkippingLoader([], "training")
+    hook = ExactResume()
+    hook.trainer = trainer_with(resumed, 5)
+    hook.load_state_dict(state)
+    hook.before_train()
+    assert resumed.skipped == ["a.jpg", "b.jpg"]

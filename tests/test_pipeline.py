@@ -252,3 +252,16 @@ def test_enabling_the_cifar_stage_later_retrains_nothing_else(finished: Path, tm
                     "detect": "skipped", "evaluate": "skipped", "report": "ran"}
     assert {s: manifest(out, s) for s in before} == before
     assert "**CIFAR-10 final training** (done)" in (out / "report" / "report.md").read_text()
+
+
+def test_a_start_removes_dead_temporaries_of_its_atomic_writes(tmp_path: Path):
+    # manifest.json, selection.json, ... are written atomically; a kill left their temporaries for good.
+    out = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = [out / f".report.md.{dead.stdout.strip()}-abcd1234.tmp",
+             out / "select" / f".selection.json.{dead.stdout.strip()}-abcd1234.tmp"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    assert run(out, "SEARCH.GENOTYPE", "nasnet_a", stages=["search"]) == {"search": "ran"}
+    assert not any(p.exists() for p in stale)

@@ -12,7 +12,7 @@ import sys
 import warnings
 
 from nasnet_det.classification.config import load_config
-from nasnet_det.cli import BAD_INPUT_ERRORS, bad_input_message, check_no_options_after_overrides, check_output_dir
+from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
 
 
 def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
@@ -36,40 +36,34 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
     return p
 
 
+@exit_2_on_bad_input  # bad input: one error line naming the file or key, exit 2; a NaN loss: one line, exit 1
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     warnings.simplefilter("default")
-    try:
-        if args.export_backbone:
-            from nasnet_det.classification.export import export_backbone
+    if args.export_backbone:
+        from nasnet_det.classification.export import export_backbone
 
-            out = export_backbone(*args.export_backbone)
-            print(f"wrote {out}")
-            return 0
-        if not args.config_file:
-            raise ValueError("--config-file is required (see configs/train/)")
-        opts = list(args.opts)
-        if opts and opts[0] == "--":
-            opts = opts[1:]
-        check_no_options_after_overrides(opts, "nasnet-det train")
-        if args.output_dir:
-            opts += ["OUTPUT_DIR", args.output_dir]
-        if args.no_resume:
-            opts += ["TRAIN.AUTO_RESUME", "False"]
-        try:
-            cfg = load_config(args.config_file, opts)
-        except KeyError as exc:  # unknown config key: yacs raises KeyError
-            raise ValueError(exc.args[0] if exc.args else str(exc)) from None
-        check_output_dir(cfg.OUTPUT_DIR)
-        return _run(cfg, args)
-    except BAD_INPUT_ERRORS as exc:
-        # Bad input (paths, config values, data files missing keys, checkpoints): one clear line, not a
-        # traceback.
-        logging.getLogger(__name__).debug("details", exc_info=True)
-        print(f"error: {bad_input_message(exc)}", file=sys.stderr)
-        return 2
+        out = export_backbone(*args.export_backbone)
+        print(f"wrote {out}")
+        return 0
+    if not args.config_file:
+        raise ValueError("--config-file is required (see configs/train/)")
+    opts = list(args.opts)
+    if opts and opts[0] == "--":
+        opts = opts[1:]
+    check_no_options_after_overrides(opts, "nasnet-det train")
+    if args.output_dir:
+        opts += ["OUTPUT_DIR", args.output_dir]
+    if args.no_resume:
+        opts += ["TRAIN.AUTO_RESUME", "False"]
+    try:
+        cfg = load_config(args.config_file, opts)
+    except KeyError as exc:  # unknown config key: yacs raises KeyError
+        raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+    check_output_dir(cfg.OUTPUT_DIR)
+    return _run(cfg, args)
 
 
 def _run(cfg, args) -> int:

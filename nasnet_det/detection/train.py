@@ -56,6 +56,7 @@ from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.process import die_with_parent
+from nasnet_det.utils.io import remove_stale_tmp
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
@@ -123,7 +124,10 @@ class ExactResume(HookBase):
         storage = getattr(self.trainer, "storage", None)
         history = {k: [(float(v), int(i)) for v, i in buf.values()[-self.HISTORY:]]
                    for k, buf in (storage.histories().items() if storage is not None else ())}
-        return {"rng": _rng_state(), "history": history}
+        loader = getattr(getattr(self.trainer, "_trainer", None), "data_loader", None)
+        # the unreadable images met so far: a resumed run keeps counting from there (data/skipped_images)
+        skipped = list(loader.skipped) if isinstance(loader, SkippingLoader) else []
+        return {"rng": _rng_state(), "history": history, "skipped_images": skipped}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict
@@ -144,6 +148,8 @@ class ExactResume(HookBase):
                 for value, iteration in values:
                     buf.update(value, iteration)
                 trainer.storage.histories()[key] = buf
+            if isinstance(loader, SkippingLoader) and comm.is_main_process():  # rank 0's list was saved
+                loader.skipped[:] = self._pending.get("skipped_images", [])
             self._pending = None
         if start > 0 and comm.is_main_process():
             drop_metrics_after(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start)
@@ -347,6 +353,15 @@ def start_over(output_dir: str) -> list[str]:
     return removed
 
 
+def remove_stale_outputs(cfg: CfgNode) -> list[str]:
+    """Temporaries of killed writes: checkpoints in OUTPUT_DIR, ``coco_metrics.json`` in inference/<dataset>/."""
+    removed = NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
+    inference = os.path.join(cfg.OUTPUT_DIR, "inference")
+    for name in sorted(os.listdir(inference)) if os.path.isdir(inference) else []:
+        removed += remove_stale_tmp(os.path.join(inference, name))
+    return [str(p) for p in removed]
+
+
 def finish_completed_run(cfg: CfgNode, trainer: Trainer):
     """Every iteration is done (a rerun of a finished command, or a kill after the last step): write
     ``model_final.pth`` and the final evaluation if the interrupted run did not get to them, then report."""
@@ -378,7 +393,7 @@ def run(args: argparse.Namespace):
         die_with_parent()
     cfg = setup(args)
     if comm.is_main_process():
-        NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
+        remove_stale_outputs(cfg)
     if args.eval_only:
         # MODEL.WEIGHTS (the detector) replaces every NASNet tensor: don't require the ImageNet file too.
         build_cfg = cfg.clone()

@@ -176,7 +176,7 @@ def write_report(ctx, workdir: Path, stage_names: tuple[str, ...] | list) -> Pat
     genotype = sel.get("outputs", {}).get("genotype")
     if genotype:
         prof = backbone_profile(ctx.cfg, ctx.abspath(genotype), ctx.cfg.REPORT.PROFILE_IMAGE_SIZE)
-        (workdir / "backbone_profile.json").write_text(json.dumps(prof, indent=2) + "\n")
+        atomic_write_text(workdir / "backbone_profile.json", json.dumps(prof, indent=2) + "\n")
         lines += ["## Backbone", "", "| network | params | mult-adds | image size | output channels |",
                   "| --- | --- | --- | --- | --- |",
                   f"| {prof['num_cells']}@{prof['num_features']} (no classifier) | {prof['params'] / 1e6:.3f} M | "

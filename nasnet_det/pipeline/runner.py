@@ -24,6 +24,7 @@ from nasnet_det.pipeline.config import STAGES as STAGE_NAMES
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
 from nasnet_det.pipeline.stages import STAGES, Context, Stage
+from nasnet_det.utils.io import remove_stale_tmp
 
 
 def select_stages(start: str | None = None, until: str | None = None, only: str | None = None) -> list[str]:
@@ -86,6 +87,9 @@ class Pipeline:
         t0 = time.time()
         with _lock(self.ctx.out):
             self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
+            # temporaries of our atomic writes (manifests, selection.json, ...) that a kill interrupted
+            for folder in [self.ctx.out, *(self.ctx.stage_dir(s.name) for s in STAGES)]:
+                remove_stale_tmp(folder)
             for stage in STAGES:  # every stage's config loads, before hours of work in the earlier ones
                 if stage.name in chosen and stage.enabled(self.ctx):
                     stage.settings(self.ctx)

@@ -27,6 +27,7 @@ from nasnet_det.pipeline.launch import (
     torchrun_prefix,
 )
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from nasnet_det.utils.io import atomic_write
 
 
 @dataclass
@@ -265,7 +266,7 @@ class SelectStage(Stage):
         best = max(cands, key=key)
         best["genotype"].save(workdir / "genotype.json")
         draw_genotype(best["genotype"], workdir / "cells.png", f"selected: {best['genotype'].name}")
-        (workdir / "selection.json").write_text(json.dumps(
+        atomic_write(workdir / "selection.json", json.dumps(
             [{k_: (v.name if k_ == "genotype" else v) for k_, v in c_.items()} for c_ in cands], indent=2) + "\n")
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -31,14 +31,30 @@ def _tmp_prefix(target: Path) -> str:
     return f".{target.name}.{os.getpid()}-"
 
 
+def _process_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create 0600/0700 entries; the renamed result must get the permissions a plain open() or
+# mkdir() gives (checkpoints shared with a group, data folders read by other users).
+_UMASK = _process_umask()
+
+
 def tmp_path_for(target: str | os.PathLike, directory: bool = False) -> Path:
     """A fresh temporary path next to ``target`` (created: an empty file, or a folder)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if directory:
-        return Path(tempfile.mkdtemp(dir=target.parent, prefix=_tmp_prefix(target), suffix=TMP_SUFFIX))
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=_tmp_prefix(target), suffix=TMP_SUFFIX))
+        os.chmod(tmp, 0o777 & ~_UMASK)
+        return tmp
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_tmp_prefix(target), suffix=TMP_SUFFIX)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
