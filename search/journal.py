@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,22 @@ class Journal:
     def set_meta(self, key: str, value: Any) -> None:
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def claim(self, identity: dict[str, Any], config_dump: str,
+              upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        """Record the settings that define what this journal's evaluations mean, or refuse (``ValueError``
+        naming the differing keys) when it was written with others; ``upgrade`` brings an older form up to
+        date before comparing. The full config is kept beside it for reference."""
+        old = self.get_meta("identity")
+        if old is not None and upgrade is not None:
+            old = upgrade(old)
+        if old is not None and old != identity:
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            self.close()
+            raise ValueError(f"{self.path} was written with different settings ({', '.join(diff)}); "
+                             "resume with the original config, choose a new OUTPUT_DIR, or start over with --fresh")
+        self.set_meta("identity", identity)
+        self.set_meta("config", config_dump)
 
     def add_pending(self, strategy: str, first_sample: int, policy: int,
                     samples: list[tuple[list[int], dict, float | None]]) -> list[Evaluation]:

@@ -136,15 +136,7 @@ class OneShotSearch:
         from search.runner import JOURNAL_NAME
 
         journal = Journal(self.out / JOURNAL_NAME)
-        ident, old = self._identity(), journal.get_meta("identity")
-        if old is None:
-            journal.set_meta("identity", ident)
-        elif old != ident:
-            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-            journal.close()
-            raise ValueError(f"{self.out / JOURNAL_NAME} was written with different settings ({', '.join(diff)}); "
-                             "resume with the original config, choose a new OUTPUT_DIR, or start over with --fresh")
-        journal.set_meta("config", self.cfg.dump())
+        journal.claim(self._identity(), self.cfg.dump())
         return journal
 
     # ---- checkpoints -------------------------------------------------------------------------------------

@@ -111,18 +111,8 @@ class SearchRunner:
     # ---- set-up ------------------------------------------------------------------------------------------
     def _open_journal(self) -> Journal:
         journal = Journal(self.out / JOURNAL_NAME)
-        ident = json.loads(json.dumps(identity_of(self.cfg)))
-        old = journal.get_meta("identity")
-        if old is not None:  # perhaps written by an older version: compare in today's form
-            old = upgrade_identity(old)
-        if old is None or old == ident:
-            journal.set_meta("identity", ident)
-        else:
-            diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
-            journal.close()
-            raise ValueError(f"{self.out / JOURNAL_NAME} was written with different settings ({', '.join(diff)}); "
-                             "resume with the original config, choose a new OUTPUT_DIR, or start over with --fresh")
-        journal.set_meta("config", self.cfg.dump())
+        # an identity written by an older version is compared in today's form
+        journal.claim(json.loads(json.dumps(identity_of(self.cfg))), self.cfg.dump(), upgrade=upgrade_identity)
         return journal
 
     def _get_backend(self) -> QueueBackend:
