@@ -1,5 +1,6 @@
 """NASNet backbones in detectron2: registration, output shapes at odd sizes, C4 head, norm/freeze, config errors."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -106,7 +107,6 @@ def test_freeze_at_and_norm():
 @pytest.mark.parametrize("change,message", [
     (dict(GENOTYPE="no_such_cell"), "unknown genotype"),
     (dict(PENULTIMATE_FILTERS=1056), "exactly one of MODEL.NASNET.PENULTIMATE_FILTERS"),
-    (dict(FILTERS=0, PENULTIMATE_FILTERS=100), "not a multiple of 24"),
     (dict(OUT_FEATURES=["stride64"]), "unknown feature 'stride64'"),
     (dict(NORM="GN"), "MODEL.NASNET.NORM must be one of"),
     (dict(FREEZE_AT=7), "FREEZE_AT must be in 0..5"),
@@ -115,6 +115,15 @@ def test_config_errors_are_clear(change, message):
     cfg = tiny_cfg("fpn", **change)
     with pytest.raises(ValueError, match=message):
         build_backbone(cfg)
+
+
+def test_penultimate_filters_that_do_not_fit_the_cell_round_to_the_nearest_valid_value(caplog):
+    # NASNet-A concatenates 6 outputs: F must be a multiple of 24; any searched cell must still build.
+    cfg = tiny_cfg("c4", FILTERS=0, PENULTIMATE_FILTERS=100)
+    with caplog.at_level(logging.INFO, logger="nasnet_det.models.nasnet"):
+        nasnet = build_backbone(cfg).nasnet
+    assert nasnet.filters == 4  # F = 96, the nearest multiple of 24
+    assert "F=100 is not a multiple of 24: using f=4 (F=96)" in caplog.text
 
 
 def test_genotype_json_path(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nasnet_det.utils.io as io_utils
 from nasnet_det.models import build_nasnet
 from nasnet_det.space import Genotype
 from search.cli import main
@@ -233,13 +235,15 @@ def test_outputs_best_genotype_plot_and_drawing(tmp_path):
 def test_a_kill_while_writing_outputs_leaves_the_previous_best_genotype_loadable(tmp_path, monkeypatch):
     SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
     before = (tmp_path / "best_genotype.json").read_text()
-    real_write_text = Path.write_text
+    real_write = io_utils.atomic_open
 
-    def torn_write(self, text, *a, **k):  # the process dies halfway through writing a file
-        real_write_text(self, text[: len(text) // 2], *a, **k)
-        raise KeyboardInterrupt
+    @contextlib.contextmanager
+    def torn_write(path, mode="w", **kwargs):  # the process dies halfway through writing a file
+        with real_write(path, mode, **kwargs) as f:
+            f.write("{\"torn\": " if "b" not in mode else b"\x00")
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(Path, "write_text", torn_write)
+    monkeypatch.setattr(io_utils, "atomic_open", torn_write)
     with pytest.raises(KeyboardInterrupt):
         SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, CountingReward(), False).run()
     monkeypatch.undo()
