@@ -18,7 +18,6 @@ import sys
 import torch
 
 from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
-from nasnet_det.utils.io import remove_stale_tmp
 from search.config import load_cfg
 from search.oneshot_config import ONESHOT_STRATEGY
 from search.runner import JOURNAL_NAME, SearchRunner
@@ -69,7 +68,6 @@ def _search(args: argparse.Namespace) -> dict | int:
         opts += ["OUTPUT_DIR", args.output_dir]
     cfg = load_cfg(args.config_file or None, opts)
     out = check_output_dir(cfg.OUTPUT_DIR)
-    remove_stale_tmp(out)  # temporaries of writes a kill interrupted
     if args.resume and not (out / JOURNAL_NAME).is_file():
         raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
     try:

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from nasnet_det.classification.distributed import barrier, init_distributed
 from nasnet_det.models.pretrained import atomic_torch_save
+from nasnet_det.utils.io import remove_stale_tmp
 from search.config import check_cfg, identity_of
 from search.controller import Controller, decisions_to_genotype
 from search.journal import Journal, load_state
@@ -292,6 +293,7 @@ class OneShotSearch:
             return self._run_follower()
         self.out.mkdir(parents=True, exist_ok=True)
         with output_dir_lock(self.out):
+            remove_stale_tmp(self.out)  # temporaries of writes a kill interrupted
             if self.fresh:
                 for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
                           self.out / STATE_NAME, *self.out.glob("best_genotype*.json"),

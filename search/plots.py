@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from nasnet_det.utils.io import atomic_open  # noqa: E402
 from search.journal import Evaluation, finished_by_batch  # noqa: E402
 
 _COLOURS = {"ppo": "tab:blue", "reinforce": "tab:green", "random": "tab:orange"}
@@ -58,9 +58,9 @@ def plot_rewards(by_strategy: dict[str, list[Evaluation]], path: str | Path) -> 
     if ax.has_data():
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # a kill mid-write leaves the previous plot (a rerun removes tmp)
-    fig.savefig(tmp, dpi=110, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_open(path, "wb") as f:  # a kill mid-write leaves the previous plot
+            fig.savefig(f, dpi=110, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -25,6 +25,7 @@ import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
+from nasnet_det.utils.io import remove_stale_tmp
 from search.config import check_cfg, identity_of, upgrade_identity
 from search.controller import Controller, decisions_to_genotype, sample_uniform
 from search.journal import Evaluation, Journal, load_state, save_state
@@ -201,8 +202,7 @@ class SearchRunner:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         with output_dir_lock(self.out):
-            for tmp in self.out.glob(".*.tmp"):  # our temporary files that a kill left behind
-                tmp.unlink(missing_ok=True)
+            remove_stale_tmp(self.out)  # temporaries of writes a kill interrupted
             if self.fresh:  # the old run's journal, checkpoints and every output write_outputs makes
                 for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
                           *self.out.glob("controller_*.pth"), *self.out.glob("best_genotype*.json"),
