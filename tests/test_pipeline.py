@@ -265,3 +265,12 @@ def test_a_start_removes_dead_temporaries_of_its_atomic_writes(tmp_path: Path):
         p.write_bytes(b"")
     assert run(out, "SEARCH.GENOTYPE", "nasnet_a", stages=["search"]) == {"search": "ran"}
     assert not any(p.exists() for p in stale)
+
+
+def test_the_pipeline_driver_loads_neither_torch_nor_search():
+    """The driver only launches the tools: it writes manifests and the report without importing torch (seconds
+    of start-up) or the search package (layering)."""
+    code = ("import sys, nasnet_det.pipeline.cli, nasnet_det.pipeline.runner, nasnet_det.pipeline.stages; "
+            "print(sorted(m for m in ('torch', 'search', 'detectron2') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -17,13 +17,8 @@ from nasnet_det.utils.io import atomic_write
 MANIFEST_NAME = "manifest.json"
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """A crash leaves the old file or the new one, never half of one."""
-    return atomic_write(path, text)
-
-
 def atomic_write_json(path: str | Path, data: Any) -> Path:
-    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    return atomic_write(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -7,7 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nasnet_det.pipeline.manifest import atomic_write_text, read_manifest
+from nasnet_det.pipeline.manifest import read_manifest
+from nasnet_det.utils.io import atomic_write
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -176,7 +177,7 @@ def write_report(ctx, workdir: Path, stage_names: tuple[str, ...] | list) -> Pat
     genotype = sel.get("outputs", {}).get("genotype")
     if genotype:
         prof = backbone_profile(ctx.cfg, ctx.abspath(genotype), ctx.cfg.REPORT.PROFILE_IMAGE_SIZE)
-        atomic_write_text(workdir / "backbone_profile.json", json.dumps(prof, indent=2) + "\n")
+        atomic_write(workdir / "backbone_profile.json", json.dumps(prof, indent=2) + "\n")
         lines += ["## Backbone", "", "| network | params | mult-adds | image size | output channels |",
                   "| --- | --- | --- | --- | --- |",
                   f"| {prof['num_cells']}@{prof['num_features']} (no classifier) | {prof['params'] / 1e6:.3f} M | "
@@ -192,4 +193,4 @@ def write_report(ctx, workdir: Path, stage_names: tuple[str, ...] | list) -> Pat
                 lines.append(f"| {name} | {key}{'/' + sub if sub else ''} | `{path}` |")
     lines += ["", "Each stage folder holds its `manifest.json` (settings + hash, inputs + sha256, outputs, "
               "metrics, wall time, status) and `stage.log`.", ""]
-    return atomic_write_text(workdir / "report.md", "\n".join(lines))
+    return atomic_write(workdir / "report.md", "\n".join(lines))

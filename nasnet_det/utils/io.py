@@ -19,8 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 TMP_SUFFIX = ".tmp"
 # .<name>.<pid>-<random>.tmp (ours, with the writer's pid) or .<name>.<random>.tmp (earlier versions), where
 # <random> is tempfile's 8 characters: other hidden .tmp files are left alone.
@@ -85,6 +83,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save`` through a temporary file and a rename, so a kill never leaves a torn file."""
+    import torch  # here, not at module level: the pipeline driver writes manifests without loading torch
+
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
     return Path(path)
@@ -157,6 +157,8 @@ def load_torch_file(path: str | os.PathLike, role: str = "checkpoint", weights_o
         raise FileNotFoundError(f"{role} {path} does not exist")
     if path.stat().st_size == 0:
         raise DamagedFileError(f"{role} {path} is empty (0 bytes; a write was interrupted?)")
+    import torch  # see atomic_torch_save
+
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except UNREADABLE_CHECKPOINT_ERRORS as e:
