@@ -177,7 +177,7 @@ def row(bench: str, metric: str, ours: float, peer: float, peer_name: str, highe
 
 def print_row(r: dict[str, Any]) -> None:
     better = "higher" if r["higher_is_better"] else "lower"
-    print(f"{r['bench']:<44} {r['metric']:<16} ours {r['ours']:10.4g}  {r['peer_name']:<22} {r['peer']:10.4g}  "
+    print(f"{r['bench']:<44} {r['metric']:<16} ours {r['ours']:10.4g}  {r['peer_name']:<46} {r['peer']:10.4g}  "
           f"ratio {r['ratio']:.2f}x ({better} is better)", flush=True)
 
 

@@ -200,3 +200,50 @@ def test_folded_copy_for_eval_follows_every_weight_change():
     with torch.no_grad():
         a, b = model.eval().aux_head(h), cache.get(model).aux_head(h)
     assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
+
+
+def _layouts(model: torch.nn.Module) -> set[bool]:
+    """For each 4-D weight: is it channels_last (and not also plain contiguous, as 1x1 maps can be)?"""
+    return {p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            for p in model.parameters() if p.dim() == 4 and p.shape[-2:] != (1, 1) and p.shape[1] > 1}
+
+
+def test_channels_last_is_the_default_and_gives_the_nchw_outputs_and_gradients():
+    from fvcore.common.config import CfgNode
+
+    from nasnet_det.models import add_nasnet_model_config, nasnet_from_cfg
+
+    name, kwargs = MODELS["mobile"]
+    torch.manual_seed(0)
+    nhwc = with_random_bn_statistics(create_model(name, **kwargs))
+    nchw = create_model(name, channels_last=False, **kwargs)
+    nchw.load_state_dict(nhwc.state_dict())
+    nchw.eval()
+    assert _layouts(nhwc) == {True} and _layouts(nchw) == {False}
+    x, target = torch.randn(2, 3, 61, 61), torch.tensor([1, 7])
+    with torch.no_grad():
+        a, b = nhwc(x), nchw(x)
+    assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
+    for model in (nhwc, nchw):
+        model.train()
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout mask
+        F.cross_entropy(model(x), target).backward()
+    grads = dict(nchw.named_parameters())
+    for n, p in nhwc.named_parameters():
+        ref = grads[n].grad
+        if ref is None:  # the aux head, unused here
+            assert p.grad is None, n
+            continue
+        assert (p.grad - ref).abs().max().item() <= 1e-3 * max(1e-3, ref.abs().max().item()), n
+    # Loading weights keeps the layout; the fused copy follows the model, or the layout asked for.
+    nhwc.load_state_dict(nchw.state_dict())
+    assert _layouts(nhwc) == {True}
+    assert _layouts(nhwc.fuse_for_inference()) == {True}
+    assert _layouts(nhwc.fuse_for_inference(channels_last=False)) == {False}
+    assert _layouts(nhwc.set_channels_last(False)) == {False} and not nhwc.channels_last
+    # The config switch.
+    cfg = add_nasnet_model_config(CfgNode(), "search_child_tiny")
+    assert _layouts(nasnet_from_cfg(cfg, "cifar", 10)) == {True}
+    cfg.MODEL.NASNET.CHANNELS_LAST = False
+    assert _layouts(nasnet_from_cfg(cfg, "cifar", 10)) == {False}

@@ -94,7 +94,9 @@ class NASNetArch:
         """The network ``MODEL.NASNET`` describes (arguments as :func:`nasnet_det.models.nasnet_from_cfg`)."""
         from nasnet_det.models.config import nasnet_kwargs
 
-        return cls(**nasnet_kwargs(cfg_or_node, dataset, num_classes, **kwargs))
+        built = nasnet_kwargs(cfg_or_node, dataset, num_classes, **kwargs)
+        built.pop("channels_last")  # a memory layout, not part of what the network is
+        return cls(**built)
 
     # ---- use
     def to_dict(self) -> dict[str, Any]:

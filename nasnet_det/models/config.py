@@ -3,8 +3,8 @@
 
 ``MODEL.NASNET`` keys (see :func:`add_nasnet_model_config`): PRESET, GENOTYPE, NUM_CELLS (N),
 PENULTIMATE_FILTERS (F) or FILTERS (f), STEM_FILTERS, SKIP_REDUCTION_LAYER_INPUT, PAD_MODE,
-DROP_PATH_KEEP_PROB, BN_EPS, BN_MOMENTUM, AUX_HEAD, DROPOUT, WEIGHTS. The dataset (CIFAR or ImageNet stem)
-and the class count are not keys of the node: they follow from where the network is used.
+DROP_PATH_KEEP_PROB, BN_EPS, BN_MOMENTUM, AUX_HEAD, DROPOUT, WEIGHTS, CHANNELS_LAST. The dataset (CIFAR or
+ImageNet stem) and the class count are not keys of the node: they follow from where the network is used.
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ def add_nasnet_model_config(cfg: CfgNode, preset: str = "nasnet_a_cifar") -> Cfg
     n.AUX_HEAD = True  # classification only (a detector backbone has no classifier)
     n.DROPOUT = 0.0  # before the classifier
     n.WEIGHTS = ""  # initial NASNet weights (see above)
+    # Memory layout, not architecture (not in a preset or a checkpoint's arch): NHWC is much faster on the CPU
+    # (NASNet.set_channels_last); False runs NCHW.
+    n.CHANNELS_LAST = True
     apply_preset(n, preset)
     return cfg
 
@@ -247,7 +250,7 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
                 aux_head=bool(node["AUX_HEAD"]) and num_classes > 0,
                 drop_path_keep_prob=float(node["DROP_PATH_KEEP_PROB"]), dropout=float(node["DROPOUT"]),
                 bn_eps=float(node["BN_EPS"]), bn_momentum=float(node["BN_MOMENTUM"]), pad_mode=node["PAD_MODE"],
-                in_chans=in_chans, image_size=image_size)
+                in_chans=in_chans, image_size=image_size, channels_last=bool(node.get("CHANNELS_LAST", True)))
 
 
 def nasnet_from_cfg(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: int = 1000, *,
