@@ -4,14 +4,15 @@ same size, in the same process. Prints images/s of both and their ratio (trainer
 
 The trainer step is the one real runs take: auxiliary-head loss, ScheduledDropPath (at mid-training keep
 probability), gradient-norm clipping, SGD with momentum and weight decay, LR schedule and the weight EMA
-update, plus AMP / channels_last when asked. The plain step is forward + cross-entropy + backward + SGD on
-timm's ``NASNetALarge``. timm fixes N=6 and skip_reduction_layer_input, so both sides are NASNet-A 6@F with
+update, plus AMP when asked; both sides run in the same memory layout (channels_last, ours' default). The plain
+step is forward + cross-entropy + backward + SGD on timm's ``NASNetALarge``. timm fixes N=6 and
+skip_reduction_layer_input, so both sides are NASNet-A 6@F with
 F = --penultimate (a multiple of 24), the same stem width and timm's padding. The ratio is therefore what
 the recipe (and our network implementation) costs on top of a bare training step.
 
     python bench/bench_train_step.py                          # CPU-sized default: 6@288, 96 px, batch 8
-    python bench/bench_train_step.py --penultimate 4032 --stem 96 --size 331 --batch 32 --amp bf16 \
-        --channels-last                                       # paper-scale large on a GPU
+    python bench/bench_train_step.py --penultimate 4032 --stem 96 --size 331 --batch 32 --amp bf16
+                                                              # paper-scale large on a GPU
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def build_trainer(args: argparse.Namespace, output_dir: str):
         "SOLVER.OPTIMIZER": "sgd", "SOLVER.BASE_LR": 0.01, "SOLVER.MOMENTUM": 0.9, "SOLVER.WEIGHT_DECAY": 5e-5,
         "SOLVER.CLIP_GRAD_NORM": 5.0, "SOLVER.AUX_WEIGHT": 0.4, "SOLVER.EMA_DECAY": 0.9999,
         "SOLVER.LR_SCHEDULE": "cosine", "SOLVER.MAX_STEPS": 1_000_000, "SOLVER.BATCH_SIZE": args.batch,
-        "TRAIN.DEVICE": args.device, "TRAIN.AMP": args.amp, "TRAIN.CHANNELS_LAST": args.channels_last,
+        "TRAIN.DEVICE": args.device, "TRAIN.AMP": args.amp, "MODEL.NASNET.CHANNELS_LAST": not args.nchw,
         "TRAIN.TENSORBOARD": False,
     }
     trainer = Trainer(load_config(None, [str(v) for kv in opts.items() for v in kv]))
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                         "and a noisy machine do not favour whichever runs second)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--nchw", action="store_true", help="both in NCHW (default: both channels_last, ours as shipped)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = p.parse_args(argv)
     if args.penultimate % 24:

@@ -89,6 +89,9 @@ def test_old_keys_name_the_new_ones(tmp_path, capsys):
 
     with pytest.raises(KeyError, match="MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
         load_config(None, ["MODEL.NUM_CELLS", "2"])
+    with pytest.raises(KeyError, match="TRAIN.CHANNELS_LAST was renamed to MODEL.NASNET.CHANNELS_LAST"):
+        load_config(None, ["TRAIN.CHANNELS_LAST", "False"])
+    assert load_config(None, ["MODEL.NASNET.CHANNELS_LAST", "False"]).MODEL.NASNET.CHANNELS_LAST is False
     old = _write(tmp_path / "old.yaml", "MODEL:\n  WEIGHTS: x.pth\n")
     with pytest.raises(KeyError, match="old.yaml: MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS"):
         load_config(old)

@@ -293,7 +293,7 @@ def test_tensorboard_after_resume_and_a_fresh_run_in_a_used_folder(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_cuda_amp_and_channels_last_train(tmp_path, amp):
-    trainer = Trainer(tiny_cfg(tmp_path, "TRAIN.DEVICE", "cuda", "TRAIN.AMP", amp, "TRAIN.CHANNELS_LAST", True,
+    trainer = Trainer(tiny_cfg(tmp_path, "TRAIN.DEVICE", "cuda", "TRAIN.AMP", amp, "MODEL.NASNET.CHANNELS_LAST", True,
                                "SOLVER.MAX_STEPS", 3, "SOLVER.EMA_DECAY", 0.9))
     assert trainer.channels_last and trainer.scaler.is_enabled() == (amp == "fp16")
     result = trainer.train()

@@ -83,7 +83,6 @@ _C.SOLVER.EMA_WARMUP = True  # slim: decay of step t is min(EMA_DECAY, (1 + t) /
 _C.TRAIN = CN()
 _C.TRAIN.DEVICE = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
 _C.TRAIN.AMP = "none"  # "none", "bf16" or "fp16" (CUDA only)
-_C.TRAIN.CHANNELS_LAST = True  # CUDA only
 _C.TRAIN.SYNC_BN = False  # CUDA DDP only
 _C.TRAIN.FIND_UNUSED_PARAMETERS = False  # for genotypes whose cells leave an input unused
 _C.TRAIN.CHECKPOINT_PERIOD = 5000  # steps; a checkpoint is also written at the end
@@ -102,6 +101,8 @@ _C.TRAIN.NUM_THREADS = 0
 RENAMED_KEYS = {f"MODEL.{k}": f"MODEL.NASNET.{k}" for k in (
     "GENOTYPE", "NUM_CELLS", "PENULTIMATE_FILTERS", "FILTERS", "STEM_FILTERS", "SKIP_REDUCTION_LAYER_INPUT",
     "AUX_HEAD", "DROP_PATH_KEEP_PROB", "DROPOUT", "BN_EPS", "BN_MOMENTUM", "PAD_MODE", "WEIGHTS")}
+# The memory layout is the network's (and now applies on the CPU too).
+RENAMED_KEYS["TRAIN.CHANNELS_LAST"] = "MODEL.NASNET.CHANNELS_LAST"
 
 
 def get_cfg() -> CN:

@@ -4,7 +4,8 @@ The machinery comes from libraries: fvcore's ``Checkpointer`` and param schedule
 EMA (:mod:`.optim`, :mod:`.checkpoint`). What stays here: exact mid-epoch resume (the shuffle of an epoch depends
 only on (seed, epoch); a checkpoint records the samples of the current epoch consumed and every process's RNG
 state), the sharded sampler, gradient accumulation with ``no_sync``, the auxiliary-head loss, drop-path
-progress, AMP / channels_last on CUDA, and the export of ``model_final.pth`` in the format detection loads.
+progress, AMP on CUDA, the network's memory layout (MODEL.NASNET.CHANNELS_LAST), and the export of
+``model_final.pth`` in the format detection loads.
 Classification does not import detectron2 (installed separately; ImageNet pretraining must not need it).
 
 What "exact resume" covers: the data order (which images each step sees) is always restored exactly, and
@@ -140,7 +141,6 @@ class Trainer:
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         cuda = self.device.type == "cuda"
-        self.channels_last = cfg.TRAIN.CHANNELS_LAST and cuda
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP) if cuda else None
         if cfg.TRAIN.AMP != "none" and not cuda:
             logger.warning("TRAIN.AMP=%s needs CUDA; training in float32 on %s", cfg.TRAIN.AMP, self.device)
@@ -150,9 +150,8 @@ class Trainer:
         model = build_model(cfg, self.data.num_classes, self.data.image_size)
         if cfg.MODEL.NASNET.WEIGHTS:
             self._load_initial_weights(model, cfg.MODEL.NASNET.WEIGHTS)
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
+        model.to(self.device)  # keeps the layout MODEL.NASNET.CHANNELS_LAST gave the weights
+        self.channels_last = model.channels_last  # batches are moved to the device in that layout
         self.model = model
         self.ema = ModelEma(model, cfg.SOLVER.EMA_DECAY, warmup=cfg.SOLVER.EMA_WARMUP) \
             if cfg.SOLVER.EMA_DECAY > 0 else None
