@@ -69,7 +69,7 @@ def bench_one(name: str, args: argparse.Namespace) -> list[dict]:
     peer_name, size = PEERS[name]
     size = args.size or size
     batch = args.batch or (4 if name == "mobile" else 1)
-    iters = args.iters or 1
+    iters = args.iters or (2 if name == "mobile" else 1)
     dev = args.device
     models = build_models(name, args)
     x = torch.randn(batch, 3, size, size, device=dev)
@@ -156,8 +156,8 @@ def main() -> None:
     parser.add_argument("--model", choices=("mobile", "large", "both"), default="both")
     parser.add_argument("--batch", type=int, default=0, help="default: 4 mobile, 1 large")
     parser.add_argument("--size", type=int, default=0, help="default: 224 mobile, 331 large")
-    parser.add_argument("--iters", type=int, default=0, help="calls per timed repeat (default 1)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=0, help="calls per timed repeat (default: 2 mobile, 1 large)")
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU), both sides")
     parser.add_argument("--nchw", action="store_true", help="ours in NCHW (default: channels_last, as shipped)")

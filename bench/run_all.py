@@ -92,7 +92,8 @@ def render(data: dict) -> str:
     out = ["# Benchmark results", "",
            "Written by `make bench` (bench/run_all.py) from bench/results.json. Each row: ours and a peer measured "
            "in the same process, repeats interleaved, median. **ratio > 1 means ours is better** (faster, or less "
-           "memory). The CPU numbers come from a shared, loaded machine: compare ratios, not absolute values.",
+           "memory). The CPU numbers may come from a shared machine (each section gives its 1-minute load): compare "
+           "ratios, not absolute values.",
            ""]
     scripts_data = data.get("scripts", {})
     m = next((s["machine"] for s in scripts_data.values() if "machine" in s), None) or machine()

@@ -4,6 +4,8 @@ table is the search space's; the padding-free stride-2 pools equal explicit TF '
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -247,3 +249,18 @@ def test_channels_last_is_the_default_and_gives_the_nchw_outputs_and_gradients()
     assert _layouts(nasnet_from_cfg(cfg, "cifar", 10)) == {True}
     cfg.MODEL.NASNET.CHANNELS_LAST = False
     assert _layouts(nasnet_from_cfg(cfg, "cifar", 10)) == {False}
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_fast_path_gives_the_same_logits():
+    name, kwargs = MODELS["mobile"]
+    torch.manual_seed(0)
+    model = with_random_bn_statistics(create_model(name, **{**kwargs, "num_cells": 1}))
+    compiled = model.fuse_for_inference(compile=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        expected, got = model(x), compiled(x)
+    assert expected.abs().max() > 1e-2
+    assert (expected - got).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
+    assert compiled.is_fused
