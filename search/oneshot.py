@@ -59,10 +59,12 @@ PHASES = ("weights", "controller", "derive", "done")
 
 
 def build_supernet(cfg: CfgNode) -> SuperNet:
-    """The supernet of the children's network ``MODEL.NASNET`` (N, f, BN eps, padding), B = SEARCH.NUM_BLOCKS."""
+    """The supernet of the children's network ``MODEL.NASNET`` (N, f, BN eps, padding, memory layout),
+    B = SEARCH.NUM_BLOCKS."""
     net = cfg.MODEL.NASNET
     return SuperNet(cfg.SEARCH.NUM_BLOCKS, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
-                    bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE))
+                    bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE),
+                    channels_last=bool(net.get("CHANNELS_LAST", True)))
 
 
 def load_search_data(cfg: CfgNode) -> ChildData:

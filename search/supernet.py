@@ -100,7 +100,7 @@ class SuperNet(nn.Module):
     ``forward(x, genotype)`` returns the logits of the child network ``genotype`` with shared weights."""
 
     def __init__(self, num_blocks: int = 5, num_cells: int = 1, filters: int = 8, num_classes: int = 10,
-                 bn_eps: float = 1e-5, pad_mode: str = "tf", in_chans: int = 3):
+                 bn_eps: float = 1e-5, pad_mode: str = "tf", in_chans: int = 3, channels_last: bool = True):
         super().__init__()
         if num_blocks < 1 or num_cells < 1 or filters < 2:
             raise ValueError(f"need num_blocks >= 1, num_cells >= 1 and filters >= 2, got B={num_blocks}, "
@@ -140,6 +140,10 @@ class SuperNet(nn.Module):
         self.act = nn.ReLU()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.last_linear = nn.Linear(channels[outputs[-1]], num_classes)
+        # The memory layout (not in arch), as NASNet.set_channels_last: NHWC trains ~1.6x faster on a CPU.
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def check_genotype(self, genotype: Genotype) -> None:
         """``ValueError`` naming the cell when ``genotype`` is not a path of this supernet."""
@@ -149,6 +153,8 @@ class SuperNet(nn.Module):
         first_reduce.check_spec(genotype.reduce, "reduction cell")
 
     def forward(self, x: torch.Tensor, genotype: Genotype) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         outputs = {"conv0": self.conv0(x)}
         for name, h, h_prev, reduction in self.plan:
             spec = genotype.reduce if reduction else genotype.normal

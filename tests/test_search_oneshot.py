@@ -66,6 +66,22 @@ def test_every_sampled_cell_has_the_same_output_shape_in_both_cell_types():
         assert len(shapes) == 1, f"{name} output shape depends on the sampled cell: {shapes}"
 
 
+def test_supernet_runs_channels_last_by_default_with_the_nchw_outputs():
+    torch.manual_seed(0)
+    nhwc = SuperNet(num_blocks=3, num_cells=1, filters=4)
+    nchw = SuperNet(num_blocks=3, num_cells=1, filters=4, channels_last=False)
+    nchw.load_state_dict(nhwc.state_dict())
+    convs = [(a.weight, b.weight) for a, b in zip(nhwc.modules(), nchw.modules()) if isinstance(a, torch.nn.Conv2d)
+             and a.kernel_size != (1, 1) and a.weight.shape[1] > 1]  # others are both layouts at once
+    assert convs and all(a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+                         and b.is_contiguous() for a, b in convs)
+    x = torch.randn(2, 3, 8, 8)
+    for seed in range(3):
+        g = random_genotype(seed, 3)
+        a, b = nhwc(x, g), nchw(x, g)
+        assert (a - b).abs().max().item() < 1e-4 * max(1.0, b.abs().max().item())
+
+
 def _used_modules(net: SuperNet, genotype: Genotype) -> set[int]:
     used = set()
     for name, _, _, reduction in net.plan:
