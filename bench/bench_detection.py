@@ -85,7 +85,7 @@ def make_batch(n: int, size: int, device: str, seed: int = 0) -> list[dict]:
     return batch
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320, help="input height = width (default 320 on CPU)")
     parser.add_argument("--batch", type=int, default=2, help="images per training iteration")
@@ -95,6 +95,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-fuse", action="store_true", help="evaluate ours without folding BN")
     parser.add_argument("--no-record", action="store_true")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     dev = args.device
     models = {k: build(k, args) for k in ("peer", "fpn", "c4")}

@@ -123,12 +123,17 @@ def render(data: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=[], help="run scripts whose name contains one of these")
     parser.add_argument("--skip", nargs="*", default=[], help="skip scripts whose name contains one of these")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per script")
     parser.add_argument("--render-only", action="store_true")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     failed = []
     if not args.render_only:

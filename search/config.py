@@ -91,6 +91,10 @@ IDENTITY_KEYS = ("SEARCH.BATCH_SIZE", "SEARCH.NUM_BLOCKS", "SEARCH.SEED", "CONTR
                  "DATA")
 # The children's network keys moved from CHILD to MODEL.NASNET: the old names are errors naming the new ones.
 RENAMED_KEYS = {"CHILD.NUM_CELLS": "MODEL.NASNET.NUM_CELLS", "CHILD.FILTERS": "MODEL.NASNET.FILTERS"}
+# MODEL.NASNET keys that do not decide the children: a preset's name (the values beside it do) and the memory
+# layout (same results to float rounding), so a search resumes whatever they are (and journals from before a
+# key existed resume too).
+NOT_IDENTITY = ("PRESET", "CHANNELS_LAST")
 
 
 def identity_of(cfg: CN) -> dict:
@@ -100,7 +104,8 @@ def identity_of(cfg: CN) -> dict:
         for part in key.split("."):
             node = node[part]
         out[key] = node if not isinstance(node, CN) else _plain(node)
-    out["MODEL.NASNET"].pop("PRESET")  # a name for the values beside it: the values decide the children
+    for key in NOT_IDENTITY:
+        out["MODEL.NASNET"].pop(key, None)
     return out
 
 
@@ -117,7 +122,7 @@ def upgrade_identity(identity: Mapping[str, Any]) -> dict:
         out["CHILD"] = {k: v for k, v in child.items() if k not in ("NUM_CELLS", "FILTERS")}
         out["MODEL.NASNET"] = network
     if isinstance(out.get("MODEL.NASNET"), Mapping):
-        out["MODEL.NASNET"] = {k: v for k, v in out["MODEL.NASNET"].items() if k != "PRESET"}
+        out["MODEL.NASNET"] = {k: v for k, v in out["MODEL.NASNET"].items() if k not in NOT_IDENTITY}
     return out
 
 

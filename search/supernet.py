@@ -140,7 +140,7 @@ class SuperNet(nn.Module):
         self.act = nn.ReLU()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.last_linear = nn.Linear(channels[outputs[-1]], num_classes)
-        # The memory layout (not in arch), as NASNet.set_channels_last: NHWC trains ~1.6x faster on a CPU.
+        # The memory layout (not in arch), as NASNet.set_channels_last: NHWC trains faster on a CPU.
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)

@@ -42,3 +42,44 @@ def test_results_md_names_the_machine_of_each_section(monkeypatch):
     cpu_part, gpu_part = md.split("## bench_model_gpu")
     assert "Machine: CPU AMD EPYC (2 cores), 2 torch threads" in cpu_part.split("## bench_model")[-1]
     assert "Machine: GPU NVIDIA H200, 16 torch threads" in gpu_part
+
+
+def test_bench_model_cpu_path_of_the_gpu_commands_runs_and_reports_every_row():
+    """bench/gpu.sh runs bench_model.py with --amp (and the peers in channels_last); the same code on the CPU
+    (bf16 autocast), small: every row comes out, with a finite positive ratio."""
+    import math
+    import os
+    import re
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(BENCH.parent), OMP_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_model.py"), "--model", "large", "--size", "72",
+                           "--repeats", "1", "--amp", "--no-record"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = re.findall(r"^nasnet_a_large 72px b1 (.+?) +(?:images/s|MiB) .* ratio ([0-9.]+|nan)x", proc.stdout, re.M)
+    labels = {label for label, _ in rows}
+    assert labels == {"inference (fast)", "inference (as trained)", "train step", "inference peak mem (fast)",
+                      "train step peak mem"}, proc.stdout
+    assert len(rows) == 8 and all(math.isfinite(float(r)) and float(r) > 0 for _, r in rows), proc.stdout
+    assert "ours channels_last" in proc.stdout
+
+
+def test_every_command_of_gpu_sh_parses_with_its_script(monkeypatch):
+    """bench/gpu.sh runs on a GPU machine only, where a wrong flag would cost the whole device session: each of its
+    commands must be accepted by the argument parser of the script it calls."""
+    import importlib.util
+    import re
+    import shlex
+    import sys
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    commands = re.findall(r"\$PY (bench/\w+\.py)([^\n]*)", (BENCH / "gpu.sh").read_text())
+    assert {c for c, _ in commands} >= {"bench/bench_model.py", "bench/bench_detection.py", "bench/run_all.py"}
+    for script, args in commands:
+        spec = importlib.util.spec_from_file_location(f"gpu_sh_{Path(script).stem}", BENCH.parent / script)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)
+        spec.loader.exec_module(module)
+        module.build_parser().parse_args(shlex.split(args))  # SystemExit (exit 2) on an unknown flag

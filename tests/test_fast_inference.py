@@ -225,6 +225,10 @@ def test_channels_last_is_the_default_and_gives_the_nchw_outputs_and_gradients()
     x, target = torch.randn(2, 3, 61, 61), torch.tensor([1, 7])
     with torch.no_grad():
         a, b = nhwc(x), nchw(x)
+        maps = nhwc.forward_features(x, ["conv0", "cell_0"]), nchw.forward_features(x, ["conv0", "cell_0"])
+    for name in ("conv0", "cell_0"):  # the feature maps a detector gets are in the network's layout
+        assert maps[0][name].is_contiguous(memory_format=torch.channels_last) and not maps[0][name].is_contiguous()
+        assert maps[1][name].is_contiguous()
     assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
     for model in (nhwc, nchw):
         model.train()

@@ -129,6 +129,15 @@ def test_a_search_journaled_before_model_nasnet_still_resumes(tmp_path):
     # the preset's name is not a setting: paper.yaml's name for the same network resumes too
     SearchRunner(_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.PRESET", "search_child_paper", "MODEL.NASNET.NUM_CELLS", 1,
                       "MODEL.NASNET.FILTERS", 8), tmp_path, CountingReward(), False).run()
+    # nor is the memory layout, which journals from before MODEL.NASNET.CHANNELS_LAST do not record
+    journal = Journal(tmp_path / JOURNAL_NAME)
+    recorded = journal.get_meta("identity")
+    assert "CHANNELS_LAST" not in recorded["MODEL.NASNET"]
+    recorded["MODEL.NASNET"]["CHANNELS_LAST"] = True  # a journal that did record it
+    journal.set_meta("identity", recorded)
+    journal.close()
+    SearchRunner(_cfg("SEARCH.BUDGET", 6, "MODEL.NASNET.CHANNELS_LAST", False), tmp_path, CountingReward(),
+                 False).run()
     # ... and other children are still refused, naming the key
     journal = Journal(tmp_path / JOURNAL_NAME)
     journal.set_meta("identity", {**old, "CHILD": {**old["CHILD"], "FILTERS": 16}})

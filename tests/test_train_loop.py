@@ -30,6 +30,24 @@ def test_training_lowers_the_loss(tmp_path):
     assert result["images"] == 16 and 0.0 <= result["error"] <= 100.0
 
 
+def test_training_in_nchw_and_channels_last_gives_the_same_losses(tmp_path):
+    """MODEL.NASNET.CHANNELS_LAST is a memory layout only: the trainer feeds batches in the network's layout, and
+    both layouts train the same (to float rounding)."""
+    losses = {}
+    for layout in (True, False):
+        trainer = Trainer(tiny_cfg(tmp_path / str(layout), "SOLVER.MAX_STEPS", 3, "MODEL.NASNET.CHANNELS_LAST",
+                                   layout))
+        conv = trainer.model.conv0.conv.weight
+        assert trainer.channels_last is layout
+        assert conv.is_contiguous(memory_format=torch.channels_last if layout else torch.contiguous_format)
+        assert not conv.is_contiguous(memory_format=torch.contiguous_format if layout else torch.channels_last)
+        trainer.train()
+        records = (tmp_path / str(layout) / "metrics.jsonl").read_text().splitlines()
+        losses[layout] = [json.loads(line)["loss"] for line in records if json.loads(line)["type"] == "train"]
+    assert len(losses[True]) == 3
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)
+
+
 def _payload(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 

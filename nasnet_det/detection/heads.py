@@ -41,8 +41,9 @@ class NASNetCropHead(FusedAtInference, nn.Module):
         if x.shape[1] != self.in_channels:
             raise ValueError(f"NASNet ROI head expects {self.in_channels} channels "
                              f"({' + '.join(map(str, self.split_channels))} from {self.inputs}), got {x.shape[1]}")
-        outputs = dict(zip(self.inputs, torch.split(x, self.split_channels, dim=1)))
         nasnet = self.nasnet_for_forward()
+        x = nasnet.to_layout(x)  # ROIAlign gives NCHW crops
+        outputs = dict(zip(self.inputs, torch.split(x, self.split_channels, dim=1)))
         outputs = nasnet.run_cells(outputs, self.plans, keep=set())
         return nasnet.act(outputs[self.plans[-1].name])
 

@@ -161,10 +161,10 @@ def fuse_for_inference(model: nn.Module, channels_last: bool | None = None, comp
     mode).
 
     ``channels_last``: the copy's memory layout (default: the model's own; a NASNet converts its input).
-    ``compile``: wrap the copy in ``torch.compile`` with Inductor's freezing (weights become constants, so it
-    can prepack them and fuse the ReLUs and adds into the convolutions). On the 2-core CPU this took about a
-    minute to compile for one input shape and then ran NASNet-A mobile 1.5x faster again; every new input
-    shape compiles again, so it pays off for long runs at fixed sizes. It needs a C++ compiler on a CPU."""
+    ``compile``: wrap the copy in ``torch.compile`` with Inductor's freezing (called under ``inference_mode`` or
+    ``no_grad``, the weights become constants, so Inductor can prepack them and fuse the ReLUs and adds into the
+    convolutions). Compiling takes tens of seconds per input shape on a CPU (numbers: README, Speed), so it pays
+    off for long runs at fixed sizes; every new input shape compiles again. It needs a C++ compiler on a CPU."""
     fused = copy.deepcopy(model).eval()
     fold_batchnorm(fused)
     for module in list(fused.modules()):

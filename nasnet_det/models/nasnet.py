@@ -234,13 +234,14 @@ class NASNet(nn.Module):
         """Run in the channels_last (NHWC) memory layout, or back in NCHW. Same outputs (to float rounding).
 
         On by default: NASNet is mostly depthwise and 1x1 convolutions, which oneDNN runs much faster in NHWC
-        (CPU, 2 threads: mobile training step 1.5x, inference 1.6x; ``bench/bench_model.py --nchw`` compares).
+        (the README's benchmarks; ``bench/bench_model.py --nchw`` measures ours in NCHW).
         The 4-D weights are stored NHWC (loading a checkpoint keeps that) and the input is converted on entry,
         so the feature maps and gradients are NHWC too. Returns ``self``."""
         self.channels_last = bool(enabled)
         return self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
 
-    def _to_layout(self, x: torch.Tensor) -> torch.Tensor:
+    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in this network's memory layout (what its cells expect)."""
         if self.channels_last and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -293,7 +294,7 @@ class NASNet(nn.Module):
             if n not in known:
                 raise KeyError(f"no feature named {n!r}; available: {', '.join(f.name for f in self.feature_info)}")
         depth = max((p.index for p in self.plan if p.name in names), default=-1)
-        stem = self.conv0(self._to_layout(x))
+        stem = self.conv0(self.to_layout(x))
         outputs = self.run_cells({"conv0": stem}, self.plan[: depth + 1], keep=set(names))
         return {n: outputs[n] for n in names}
 
@@ -304,7 +305,7 @@ class NASNet(nn.Module):
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         aux: list[torch.Tensor] | None = [] if (return_aux and self.training and self.aux_head) else None
         last = self.plan[-1].name
-        outputs = self.run_cells({"conv0": self.conv0(self._to_layout(x))}, self.plan, keep={last}, aux=aux)
+        outputs = self.run_cells({"conv0": self.conv0(self.to_layout(x))}, self.plan, keep={last}, aux=aux)
         logits = self.forward_head(outputs[last])
         if return_aux:
             return logits, (aux[0] if aux else None)
