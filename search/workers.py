@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -71,7 +72,7 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
     return Result(job.eval_id, "failed", None, time.perf_counter() - t0, None, reason)
 
 
-class QueueBackend:
+class QueueBackend(ABC):
     """The interface of every backend: ``worker_count`` (children it runs at once), ``capacity`` (children worth
     keeping in flight now), ``submit``, ``wait`` (blocks until at least one submitted child finished;
     returns every result that is ready) and ``close``. ``run`` evaluates a list of jobs through it."""
@@ -80,19 +81,22 @@ class QueueBackend:
     # idling while the driver journals the result and samples (it costs that child one result of staleness).
     prefetch = 1
 
+    @abstractmethod
     def worker_count(self) -> int:
-        raise NotImplementedError
+        """Children this backend runs at once."""
 
     def capacity(self) -> int:
         return self.worker_count() + self.prefetch
 
+    @abstractmethod
     def submit(self, job: Job) -> None:
-        raise NotImplementedError
+        """Start (or queue) one child."""
 
+    @abstractmethod
     def wait(self) -> list[Result]:
-        raise NotImplementedError
+        """Block until a submitted child finished; every result that is ready."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: backends without resources keep it)
         pass
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def _read_json(stage: str, path: Path, what: str) -> Any:
         raise StageError(stage, f"{path} ({what}) is not valid JSON: {e}") from None
 
 
-class Stage:
+class Stage(ABC):
     name = ""
     optional = False
 
@@ -111,18 +112,19 @@ class Stage:
     def inputs(self, ctx: Context) -> dict[str, Path]:
         return {}
 
+    @abstractmethod
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
-        raise NotImplementedError
+        """Do the stage's work in ``workdir``."""
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         """(outputs: name -> path or value, metrics)."""
         return {}, {}
 
-    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
+    def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:  # noqa: B027 (an optional hook)
         """Check given artifacts (a genotype, weights) before the stage's folder is cleared for a rerun, so a
         bad one stops the pipeline with the earlier results of this stage still there."""
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: Context) -> None:  # noqa: B027 (an optional hook)
         """Load the stage's config with its overrides before anything runs, so that a typo in the last
         stage's opts is found before hours of search and training (not in the search stage: ``nasnet_det``
         does not import ``search``, and the search runs first anyway)."""
