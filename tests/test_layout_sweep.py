@@ -1,0 +1,61 @@
+"""The default memory layout computes what a plain reference computes, for every module the project trains.
+
+tests/layout_sweep.py runs each case in its own forked process under a time limit, so a wrong result, a
+segfault or a hang fails here with the module, stride, channel count, batch, threads and oneDNN ISA named.
+CI runs every module x stride x channel count (1..32; f = 8..32 for the networks) with batch and threads
+rotated, on this CPU's ISA and capped to AVX2; ``python tests/layout_sweep.py`` runs every combination.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import layout_sweep as ls
+
+
+def _failures(outcomes: list[ls.Outcome]) -> str:
+    return "\n".join(o.describe() for o in outcomes if o.failed)
+
+
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("isa", ls.available_isas())
+def test_every_module_matches_the_plain_reference(isa: str):
+    offset = ls.available_isas().index(isa)
+    outcomes = ls.sweep(ls.rotated_cases(offset), isa)
+    assert len(outcomes) == len(ls.rotated_cases(offset))
+    assert not any(o.failed for o in outcomes), "default layout differs from the plain reference:\n" + \
+        _failures(outcomes)
+
+
+def test_rotated_cases_cover_every_module_stride_channel_count_batch_and_thread_count():
+    cases = ls.rotated_cases(0)
+    for name in ls.MODULE_NAMES:
+        kind = ls.MODULE_KINDS[name]
+        mine = [c for c in cases if c.module == name]
+        assert {c.stride for c in mine} == set(kind.strides), name
+        expected = {c for c in ls.CHANNELS if c >= kind.min_channels}
+        if name in ls.NETWORK_KINDS:
+            expected = set(ls.NETWORK_FILTERS)
+        assert {c.channels for c in mine} == expected, name
+        assert {(c.batch, c.threads) for c in mine} == {(b, t) for b in ls.BATCHES for t in ls.THREADS}, name
+    # Another ISA sees another rotation: together they run more pairs.
+    assert set(cases) != set(ls.rotated_cases(1))
+
+
+def test_a_wrong_result_a_segfault_and_a_hang_fail_naming_the_case():
+    cases = [ls.Case("selftest_wrong", 1, 4, 2, 1), ls.Case("conv_3x3", 1, 4, 2, 1),
+             ls.Case("selftest_segfault", 1, 5, 1, 2), ls.Case("selftest_hang", 1, 6, 16, 1),
+             ls.Case("conv_3x3", 2, 7, 1, 1)]
+    outcomes = ls.sweep(cases, "native", timeout_s=10)
+    status = {o.case.module + str(o.case.stride): o.status for o in outcomes}
+    assert status == {"selftest_wrong1": "mismatch", "conv_3x31": "ok", "selftest_segfault1": "crash",
+                      "selftest_hang1": "hang", "conv_3x32": "ok"}
+    text = _failures(outcomes)
+    assert "selftest_wrong stride 1, 4 channels, batch 2, 1 thread (native ISA): mismatch" in text
+    assert "selftest_segfault stride 1, 5 channels, batch 1, 2 threads (native ISA): crash: killed by SIGSEGV" in text
+    assert "selftest_hang stride 1, 6 channels, batch 16, 1 thread (native ISA): hang: no result after 10 s" in text
+
+
+def test_an_unknown_module_is_named():
+    with pytest.raises(ValueError, match="unknown module 'conv_9x9'; known: identity, "):
+        ls.cases(["conv_9x9"])
