@@ -56,7 +56,7 @@ from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.process import die_with_parent
-from nasnet_det.utils.io import remove_stale_tmp
+from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
@@ -337,7 +337,8 @@ def setup(args: argparse.Namespace) -> CfgNode:
     register_datasets(cfg.DATASETS.COCO_FILES)
     register_builtin_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_dataset_classes(cfg)
-    default_setup(cfg, args)
+    with disk_full_errors(cfg.OUTPUT_DIR, folder=True, key="OUTPUT_DIR"):  # config.yaml, log.txt
+        default_setup(cfg, args)
     return cfg
 
 
@@ -387,11 +388,30 @@ def finish_completed_run(cfg: CfgNode, trainer: Trainer):
     return results
 
 
+class _NoTracebackForFullDisk(logging.Filter):
+    """detectron2's train loop logs every exception with its traceback before re-raising it. A full disk is
+    reported in one line naming the file (``exit_2_on_bad_input``): its traceback (torch's inline_container
+    RuntimeError) would only bury that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and full_disk_error(record.exc_info[1]))
+
+
+_NO_TRACEBACK_FOR_FULL_DISK = _NoTracebackForFullDisk()
+
+
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     if comm.get_world_size() > 1:  # a process spawned by detectron2's launch: do not outlive the launcher
         die_with_parent()
+    logging.getLogger("detectron2.engine.train_loop").addFilter(_NO_TRACEBACK_FOR_FULL_DISK)  # once: same object
     cfg = setup(args)
+    # detectron2's writers (metrics.json, log.txt, the COCO results) name no file when the disk is full
+    with disk_full_errors(cfg.OUTPUT_DIR, folder=True, key="OUTPUT_DIR"):
+        return _run(cfg, args)
+
+
+def _run(cfg: CfgNode, args: argparse.Namespace):
     if comm.is_main_process():
         remove_stale_outputs(cfg)
     if args.eval_only:

@@ -24,7 +24,7 @@ from nasnet_det.pipeline.config import STAGES as STAGE_NAMES
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
 from nasnet_det.pipeline.stages import STAGES, Context, Stage
-from nasnet_det.utils.io import remove_stale_tmp
+from nasnet_det.utils.io import DiskFullError, remove_stale_tmp
 
 
 def select_stages(start: str | None = None, until: str | None = None, only: str | None = None) -> list[str]:
@@ -151,7 +151,8 @@ class Pipeline:
             write_manifest(workdir, manifest)
             self.say(f"{stage.name}: {manifest['status']} after {_fmt(elapsed)}")
             if isinstance(e, Exception) and not isinstance(e, StageError):
-                raise StageError(stage.name, f"{type(e).__name__}: {e}") from e
+                detail = str(e) if isinstance(e, DiskFullError) else f"{type(e).__name__}: {e}"
+                raise StageError(stage.name, detail) from e
             raise
         elapsed = time.time() - t0
         manifest.update(status="done", outputs=_relative(outputs, ctx.out), metrics=metrics,
