@@ -22,6 +22,7 @@ SEARCH_CFG = str(REPO / "configs" / "search" / "smoke.yaml")
 CIFAR_CFG = str(REPO / "configs" / "train" / "cifar10_smoke.yaml")
 IMAGENET_CFG = str(REPO / "configs" / "train" / "imagenet_smoke.yaml")
 DET_CFG = str(REPO / "configs" / "detection" / "smoke-nasnet-c4.yaml")
+PIPELINE_CFG = str(REPO / "configs" / "pipeline" / "smoke.yaml")
 
 
 class Files:
@@ -94,6 +95,12 @@ def demo(f: Files, *args: str, opts: tuple[str, ...] = ()) -> tuple[Callable[[li
     base = ["DATASETS.COCO_FILES", f"['{f.dataset}']", "DATASETS.TEST", f"('{f.name}',)", "MODEL.ROI_HEADS.NUM_CLASSES",
             "2", "MODEL.NASNET.FILTERS", "4"]
     return demo_main, [*args, *base, *opts]
+
+
+def pipeline(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.pipeline.cli import main
+
+    return main, ["--config-file", PIPELINE_CFG, "--quiet", *args]
 
 
 @dataclass
@@ -202,6 +209,10 @@ CASES = [
                                                        str(f.broken_image_dir), "--output", str(f.root / "drawn"),
                                                        opts=("MODEL.WEIGHTS", str(f.root / "det.pth"))),
          lambda f: "broken.jpg"),
+    # ---- the pipeline (was a FileExistsError traceback from its lock)
+    Case("pipeline-output-dir-is-file", lambda f: pipeline(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
+    Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),
+         lambda f: "a_file"),
 ]
 
 
@@ -252,7 +263,7 @@ def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, mon
 def test_at_least_30_cases():
     assert len(CASES) >= 30
     tools = {c.id.split("-")[0] for c in CASES}
-    assert tools == {"search", "cifar", "imagenet", "detect", "demo"}
+    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline"}
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")

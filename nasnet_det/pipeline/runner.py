@@ -20,6 +20,7 @@ from typing import Any
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.cli import check_output_dir
 from nasnet_det.pipeline.config import STAGES as STAGE_NAMES
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
@@ -62,7 +63,7 @@ def _relative(value: Any, root: Path) -> Any:
 @contextmanager
 def _lock(out: Path) -> Iterator[None]:
     """One pipeline per output folder at a time (a second one would interleave the same stages)."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # an OUTPUT_DIR that is a file, or unwritable: one line naming it
     with open(out / ".pipeline.lock", "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
