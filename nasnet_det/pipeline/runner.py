@@ -4,6 +4,10 @@
 * interrupted (``running``, e.g. after kill -9) or ``failed`` with the same settings and inputs: rerun into
   the same folder, where the tool resumes from its own journal / checkpoint;
 * settings or inputs changed: the folder is cleared and the stage runs afresh, and so does every later stage.
+
+A stage's ``wall_seconds_total`` counts every attempt: an interrupted or failed one records its time when it
+ends; one that could not (kill -9, a crash) is counted by the next run from its recorded start to the newest
+file it wrote in the stage's folder (its output in ``stage.log``, checkpoints, the journal).
 """
 
 from __future__ import annotations
@@ -72,6 +76,27 @@ def _lock(out: Path) -> Iterator[None]:
         yield
 
 
+def time_spent_before(prev: dict[str, Any], workdir: Path) -> float:
+    """Seconds the earlier attempts of a stage took, from its last manifest. An attempt that ended (done,
+    failed, interrupted) recorded its total; one killed before it could (status still ``running``) lasted from
+    its ``attempt_started_at`` to the newest file it left in ``workdir`` (top level: stage.log, which gets the
+    tool's output as it comes, checkpoints, the journal), not to now: the time the job was down is no work."""
+    if "wall_seconds_total" in prev:
+        return float(prev["wall_seconds_total"])
+    before = float(prev.get("wall_seconds_before", 0.0))
+    start = prev.get("attempt_started_at")
+    if not isinstance(start, (int, float)):  # a manifest of an earlier version: its time is unknown
+        return before
+    last = start
+    with os.scandir(workdir) as entries:
+        for entry in entries:
+            try:
+                last = max(last, entry.stat(follow_symlinks=False).st_mtime)
+            except OSError:  # removed meanwhile
+                continue
+    return before + max(0.0, last - start)
+
+
 class Pipeline:
     def __init__(self, cfg: CN, quiet: bool = False, log=None):
         self.ctx = Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet)
@@ -132,15 +157,17 @@ class Pipeline:
             shutil.rmtree(workdir)
         resumed = same and prev.get("status") in ("running", "failed", "interrupted") and not force
         attempts = (prev.get("attempts", 0) if resumed else 0) + 1
+        t0 = time.time()
         manifest: dict[str, Any] = {
             "stage": stage.name, "status": "running", "config": settings, "config_hash": digest,
             "inputs": _relative(checksums, ctx.out), "outputs": {}, "metrics": {}, "attempts": attempts,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "wall_seconds_before": prev.get("wall_seconds_total", 0.0) if resumed else 0.0,
+            # for the next run, should this attempt be killed before it records its time
+            "attempt_started_at": t0,
+            "wall_seconds_before": time_spent_before(prev, workdir) if resumed else 0.0,
         }
         write_manifest(workdir, manifest)
         self.say(f"{stage.name}: {'resuming (attempt ' + str(attempts) + ')' if resumed else 'start'}")
-        t0 = time.time()
         try:
             stage.run(ctx, workdir, inputs)
             outputs, metrics = stage.collect(ctx, workdir)
