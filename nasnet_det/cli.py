@@ -113,6 +113,25 @@ def check_output_dir(path: str | os.PathLike, key: str = "OUTPUT_DIR") -> Path:
     return out
 
 
+class _PackageConsole(logging.StreamHandler):
+    """The handler :func:`show_package_logs` adds (known by its type, so it is added once)."""
+
+
+def show_package_logs() -> None:
+    """This package's INFO and WARNING lines on stdout, as detectron2 prints its own, for the detection
+    commands (which set up no logging of their own; where the application did, e.g. ``logging.basicConfig``,
+    the records keep going there instead). DEBUG stays hidden: it carries the tracebacks of errors that are
+    reported in one line. detectron2's ``setup_logger`` is not used: it stops propagation for good."""
+    logger = logging.getLogger("nasnet_det")
+    logger.setLevel(logging.INFO)
+    if logging.getLogger().handlers or any(isinstance(h, _PackageConsole) for h in logger.handlers):
+        return
+    handler = _PackageConsole(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)s [%(asctime)s %(name)s]: %(message)s",
+                                           datefmt="%m/%d %H:%M:%S"))
+    logger.addHandler(handler)
+
+
 def check_no_options_after_overrides(opts: list[str], prog: str = "nasnet-det") -> None:
     """``KEY VALUE`` overrides come last (argparse.REMAINDER): an ``--option`` among them would otherwise be
     read as a config key."""

@@ -267,6 +267,12 @@ def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):
 
 
 
+def test_a_meaningless_detection_input_size_is_refused_before_any_stage_runs(tmp_path: Path):
+    with pytest.raises(StageError, match=r"stage 'detect': .*INPUT.MIN_SIZE_TRAIN must be one or more sizes >= 1"):
+        run(tmp_path / "run", "DETECT.OPTS", "['INPUT.MIN_SIZE_TRAIN', '(0,)']")
+    assert not (tmp_path / "run" / "search").exists()
+
+
 def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Path, monkeypatch):
     """The same command from another folder (or a moved checkout) must not rerun finished stages."""
     from nasnet_det.genotypes import get_genotype
