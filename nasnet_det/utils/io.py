@@ -9,7 +9,8 @@ POSIX and Windows), so a reader sees the old file or the new one, never half of 
 A write that fails because the disk is full raises :class:`DiskFullError` (an ``OSError`` with errno
 ``ENOSPC``) whose one-line message names the file and says the disk is full: ``torch.save`` otherwise reports
 it as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, SQLite as ``database or disk is
-full``, a plain write as ``[Errno 28]`` without a path. The commands print that line (``nasnet_det.cli``).
+full`` or ``disk I/O error``, a plain write as ``[Errno 28]`` without a path. The commands print that line
+(``nasnet_det.cli``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def tmp_path_for(target: str | os.PathLike, directory: bool = False) -> Path:
 
 
 # errno values that mean "the disk is full" (a quota counts: the user frees space the same way).
-_DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded"}
+_DISK_FULL_ERRNOS = {errno.ENOSPC: "no space left on device",
+                     **({errno.EDQUOT: "disk quota exceeded"} if hasattr(errno, "EDQUOT") else {})}
 _SQLITE_FULL, _SQLITE_IOERR = 13, 10  # SQLite's result codes (module constants only from Python 3.11)
 # Free bytes under which an error that hides its errno counts as a full disk: the write that failed needed more.
 NEARLY_FULL_BYTES = 1 << 20
