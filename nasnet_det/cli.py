@@ -21,6 +21,7 @@ from typing import Any
 
 from nasnet_det.genotypes import PUBLISHED, get_genotype
 from nasnet_det.space import GenotypeError
+from nasnet_det.utils.io import DiskFullError, full_disk_error
 
 PLUGIN_GROUP = "nasnet_det.commands"
 
@@ -64,7 +65,8 @@ def bad_input_message(exc: BaseException) -> str:
 def exit_2_on_bad_input(command: Callable[..., int]) -> Callable[..., int]:
     """Bad input (a missing file, a config mismatch, a YAML syntax error, an unwritable OUTPUT_DIR) ends a
     command with one ``error:`` line and exit code 2 instead of a traceback. A diverged training run
-    (detectron2's ``FloatingPointError`` for a NaN / inf loss) ends with one line and exit code 1."""
+    (detectron2's ``FloatingPointError`` for a NaN / inf loss) and a full disk (the line names the file, see
+    :class:`nasnet_det.utils.io.DiskFullError`) end with one line and exit code 1."""
 
     @functools.wraps(command)
     def wrapped(*args, **kwargs) -> int:
@@ -78,6 +80,15 @@ def exit_2_on_bad_input(command: Callable[..., int]) -> Callable[..., int]:
             first = str(e).splitlines()[0] if str(e) else "loss is not finite"
             hint = "" if "BASE_LR" in first else " (lower SOLVER.BASE_LR or check the data and annotations)"
             print(f"error: training diverged: {first}{hint}", file=sys.stderr)
+            return 1
+        except Exception as e:
+            full = full_disk_error(e)  # the command's own run wraps it as a DiskFullError naming the file
+            if full is None:
+                raise
+            logging.getLogger(__name__).debug("details", exc_info=True)
+            if not isinstance(full, DiskFullError):  # a write outside the command's own wrapping: no path known
+                full = f"no space left on device: a write failed because the disk is full ({full})"
+            print(f"error: {full}", file=sys.stderr)
             return 1
 
     return wrapped
@@ -100,6 +111,25 @@ def check_output_dir(path: str | os.PathLike, key: str = "OUTPUT_DIR") -> Path:
     if not os.access(out, os.W_OK | os.X_OK):
         raise PermissionError(f"{key} {out} is not writable; choose a writable {key}")
     return out
+
+
+class _PackageConsole(logging.StreamHandler):
+    """The handler :func:`show_package_logs` adds (known by its type, so it is added once)."""
+
+
+def show_package_logs() -> None:
+    """This package's INFO and WARNING lines on stdout, as detectron2 prints its own, for the detection
+    commands (which set up no logging of their own; where the application did, e.g. ``logging.basicConfig``,
+    the records keep going there instead). DEBUG stays hidden: it carries the tracebacks of errors that are
+    reported in one line. detectron2's ``setup_logger`` is not used: it stops propagation for good."""
+    logger = logging.getLogger("nasnet_det")
+    logger.setLevel(logging.INFO)
+    if logging.getLogger().handlers or any(isinstance(h, _PackageConsole) for h in logger.handlers):
+        return
+    handler = _PackageConsole(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(levelname)s [%(asctime)s %(name)s]: %(message)s",
+                                           datefmt="%m/%d %H:%M:%S"))
+    logger.addHandler(handler)
 
 
 def check_no_options_after_overrides(opts: list[str], prog: str = "nasnet-det") -> None:

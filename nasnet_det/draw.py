@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import FancyBboxPatch  # noqa: E402
 
 from nasnet_det.space import NUM_INPUTS, CellSpec, Genotype  # noqa: E402
+from nasnet_det.utils.io import save_figure  # noqa: E402
 
 _STATE_NAMES = {0: "h_i", 1: "h_{i-1}"}
 
@@ -62,7 +63,4 @@ def draw_genotype(genotype: Genotype, path: str | Path, title: str = "") -> Path
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

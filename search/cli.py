@@ -14,10 +14,12 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 import torch
 
 from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
+from nasnet_det.utils.io import disk_full_errors
 from search.config import load_cfg
 from search.oneshot_config import ONESHOT_STRATEGY
 from search.runner import JOURNAL_NAME, SearchRunner
@@ -70,6 +72,12 @@ def _search(args: argparse.Namespace) -> dict | int:
     out = check_output_dir(cfg.OUTPUT_DIR)
     if args.resume and not (out / JOURNAL_NAME).is_file():
         raise FileNotFoundError(f"--resume: no journal at {out / JOURNAL_NAME}")
+    # SQLite (the journal) says only "database or disk is full": name OUTPUT_DIR
+    with disk_full_errors(out, folder=True, key="OUTPUT_DIR"):
+        return _run_search(cfg, out, args)
+
+
+def _run_search(cfg, out: Path, args: argparse.Namespace) -> dict:
     try:
         if str(cfg.SEARCH.STRATEGY).strip().lower() == ONESHOT_STRATEGY:  # weight sharing: search/oneshot.py
             from search.oneshot import OneShotSearch

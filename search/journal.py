@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from nasnet_det.models.pretrained import atomic_torch_save
+from nasnet_det.utils.io import as_disk_full_error
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (
@@ -88,6 +89,9 @@ class Journal:
             columns = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
         except sqlite3.DatabaseError as e:
             self.db.close()
+            full = as_disk_full_error(e, self.path)  # SQLite calls it a "disk I/O error": not a damaged file
+            if full is not None:
+                raise full from e
             raise ValueError(f"{self.path} is not a search journal (SQLite error: {e})") from None
         if "sample" not in columns:
             self._upgrade_batch_synchronous()

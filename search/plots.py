@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nasnet_det.utils.io import atomic_open  # noqa: E402
+from nasnet_det.utils.io import save_figure  # noqa: E402
 from search.journal import Evaluation, finished_by_batch  # noqa: E402
 
 _COLOURS = {"ppo": "tab:blue", "reinforce": "tab:green", "random": "tab:orange"}
@@ -58,9 +58,4 @@ def plot_rewards(by_strategy: dict[str, list[Evaluation]], path: str | Path) -> 
     if ax.has_data():
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_open(path, "wb") as f:  # a kill mid-write leaves the previous plot
-            fig.savefig(f, dpi=110, format=path.suffix.lstrip(".") or "png")
-    finally:
-        plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)  # a kill mid-write leaves the previous plot

@@ -22,6 +22,7 @@ SEARCH_CFG = str(REPO / "configs" / "search" / "smoke.yaml")
 CIFAR_CFG = str(REPO / "configs" / "train" / "cifar10_smoke.yaml")
 IMAGENET_CFG = str(REPO / "configs" / "train" / "imagenet_smoke.yaml")
 DET_CFG = str(REPO / "configs" / "detection" / "smoke-nasnet-c4.yaml")
+PIPELINE_CFG = str(REPO / "configs" / "pipeline" / "smoke.yaml")
 
 
 class Files:
@@ -94,6 +95,12 @@ def demo(f: Files, *args: str, opts: tuple[str, ...] = ()) -> tuple[Callable[[li
     base = ["DATASETS.COCO_FILES", f"['{f.dataset}']", "DATASETS.TEST", f"('{f.name}',)", "MODEL.ROI_HEADS.NUM_CLASSES",
             "2", "MODEL.NASNET.FILTERS", "4"]
     return demo_main, [*args, *base, *opts]
+
+
+def pipeline(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.pipeline.cli import main
+
+    return main, ["--config-file", PIPELINE_CFG, "--quiet", *args]
 
 
 @dataclass
@@ -180,6 +187,17 @@ CASES = [
     Case("detect-unregistered-dataset", lambda f: detect(f, opts=("DATASETS.TRAIN", "('nowhere',)")),
          lambda f: "nowhere"),
     Case("detect-resume-and-no-resume", lambda f: detect(f, "--resume", "--no-resume"), lambda f: "--no-resume"),
+    # sizes detectron2 takes without a word: MIN_SIZE_TRAIN 0 trained at full size
+    Case("detect-min-size-train-0", lambda f: detect(f, opts=("INPUT.MIN_SIZE_TRAIN", "(0,)")),
+         lambda f: "INPUT.MIN_SIZE_TRAIN"),
+    Case("detect-max-size-train-0", lambda f: detect(f, opts=("INPUT.MAX_SIZE_TRAIN", "0")),
+         lambda f: "INPUT.MAX_SIZE_TRAIN"),
+    Case("detect-min-size-test-negative", lambda f: detect(f, opts=("INPUT.MIN_SIZE_TEST", "-1")),
+         lambda f: "INPUT.MIN_SIZE_TEST"),
+    Case("detect-max-size-test-0", lambda f: detect(f, opts=("INPUT.MAX_SIZE_TEST", "0")),
+         lambda f: "INPUT.MAX_SIZE_TEST"),
+    # evaluated an untrained detector with only an INFO line
+    Case("detect-eval-only-without-weights", lambda f: detect(f, "--eval-only"), lambda f: "MODEL.WEIGHTS"),
     # ---- detection demo
     Case("demo-missing-input", lambda f: demo(f, "--config-file", DET_CFG, "--input", str(f.root / "nothing*.jpg"),
                                               "--output", str(f.root / "drawn"), opts=("MODEL.WEIGHTS",
@@ -202,6 +220,10 @@ CASES = [
                                                        str(f.broken_image_dir), "--output", str(f.root / "drawn"),
                                                        opts=("MODEL.WEIGHTS", str(f.root / "det.pth"))),
          lambda f: "broken.jpg"),
+    # ---- the pipeline (was a FileExistsError traceback from its lock)
+    Case("pipeline-output-dir-is-file", lambda f: pipeline(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
+    Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),
+         lambda f: "a_file"),
 ]
 
 
@@ -252,7 +274,7 @@ def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, mon
 def test_at_least_30_cases():
     assert len(CASES) >= 30
     tools = {c.id.split("-")[0] for c in CASES}
-    assert tools == {"search", "cifar", "imagenet", "detect", "demo"}
+    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline"}
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
@@ -283,6 +305,34 @@ def test_nan_loss_ends_detection_training_with_one_line(tmp_path, capsys, monkey
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "training diverged" in lines[0] and "NaN" in lines[0], err[-2000:]
     assert "Traceback" not in err
+
+
+def test_eval_only_with_an_explicit_empty_model_weights_warns_and_evaluates(tmp_path, caplog, monkeypatch,
+                                                                         restore_logging):
+    from nasnet_det.detection.train import train_main
+
+    monkeypatch.chdir(REPO)
+    f = Files(tmp_path)
+    _, argv = detect(f, "--eval-only", opts=("MODEL.WEIGHTS", ""))  # asked for on purpose
+    with caplog.at_level(logging.WARNING, logger="nasnet_det"):
+        assert train_main(argv) == 0
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and "randomly initialised" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert (f.root / "det_out" / "inference" / f.name / "coco_metrics.json").is_file()
+
+
+def test_input_sizes_keep_detectron2s_meanings():
+    from nasnet_det.cli import BadInputError
+    from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
+
+    cfg = get_nasnet_cfg()
+    cfg.INPUT.MIN_SIZE_TEST = 0  # detectron2: no resizing at test time
+    cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = (640, 800), "range"
+    validate_input_sizes(cfg)
+    cfg.INPUT.MIN_SIZE_TRAIN = (800, 640)
+    with pytest.raises(BadInputError, match="INPUT.MIN_SIZE_TRAIN .*MIN <= MAX"):
+        validate_input_sizes(cfg)
 
 
 def test_nan_loss_ends_classification_training_with_one_line(tmp_path, capsys, monkeypatch, restore_logging):

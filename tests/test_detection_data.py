@@ -129,3 +129,31 @@ def test_coco_sample_registers_with_all_80_categories():
     assert max(meta.thing_dataset_id_to_contiguous_id) == 90
     records = DatasetCatalog.get("det_test_coco_sample")
     assert len(records) == 32 and sum(len(r["annotations"]) for r in records) == 209
+
+
+def test_boxes_without_width_or_height_are_dropped_with_a_warning_that_counts_them(tmp_path, caplog):
+    # [x, y, -15, h] trained as the box [x - 15, y, x, y + h]: detectron2's transforms take the corners' min/max
+    import logging
+
+    j, im = write_dataset(tmp_path, n_images=2)
+    data = json.loads(j.read_text())
+    data["annotations"] += [
+        {"id": 7, "image_id": 1, "category_id": 3, "bbox": [30, 5, -15, 10], "area": 150, "iscrowd": 0},
+        {"id": 8, "image_id": 2, "category_id": 7, "bbox": [5, 5, 8, 0], "area": 0, "iscrowd": 0}]
+    j.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="nasnet_det"):
+        register_coco_dataset("det_test_degenerate", j, im)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(j) in warnings[0] and "dropped 2 of 4 boxes" in warnings[0], warnings
+    boxes = [a["bbox"] for r in DatasetCatalog.get("det_test_degenerate") for a in r["annotations"]]
+    assert boxes == [[2, 3, 10, 12], [2, 3, 10, 12]]  # the two good boxes, and nothing else
+    assert MetadataCatalog.get("det_test_degenerate").num_annotations == 2
+
+
+def test_a_bbox_that_is_not_four_numbers_is_refused(tmp_path):
+    j, im = write_dataset(tmp_path)
+    data = json.loads(j.read_text())
+    data["annotations"][1]["bbox"] = [1, 2, 3]
+    j.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"ann.json: annotation 2 has bbox \[1, 2, 3\]; expected \[x, y, width"):
+        register_coco_dataset("det_test_short_bbox", j, im)

@@ -3,6 +3,7 @@ every stage for real: search -> select -> pretrain (2 gloo processes) -> detect 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -119,41 +120,115 @@ def test_bad_stage_input_names_stage_and_keeps_earlier_artifacts(finished: Path,
     assert (out / "search" / "journal.sqlite").is_file() and (out / "select" / "genotype.json").is_file()
 
 
+SEARCH_OPTS_6 = TINY[1].replace("'SEARCH.BUDGET', '4'", "'SEARCH.BUDGET', '6'")
+
+
+def start_search_and_wait_for_a_child(out: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """The pipeline driver (``--until select``) in its own process group, once its search has finished at
+    least one of its 6 children (and not all)."""
+    argv = [sys.executable, str(REPO / "tools/run_pipeline.py"), "--config-file", str(SMOKE), "--quiet",
+            "--until", "select", *TINY, "SEARCH.OPTS", SEARCH_OPTS_6, "OUTPUT_DIR", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stderr,
+                            text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (out / "search" / "journal.sqlite").is_file():
+            try:
+                ok = [r for r in journal_rows(out) if r[2] == "ok"]
+            except sqlite3.OperationalError:
+                ok = []
+            if 1 <= len(ok) < 6:
+                return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    ended = proc.poll() is not None
+    kill_group(proc)
+    pytest.fail("the pipeline ended before it could be stopped" if ended else "the search never finished a child")
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s whole process group (as a crash would), if anything of it is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    children = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) if entry.name.isdigit() else None
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid is not None:
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has stopped; its parent just has not collected it yet
+
+
 def test_kill_9_in_the_middle_of_the_search_then_rerun_resumes(tmp_path: Path):
     out = tmp_path / "run"
-    search_opts = TINY[1].replace("'SEARCH.BUDGET', '4'", "'SEARCH.BUDGET', '6'")
-    argv = [sys.executable, str(REPO / "tools/run_pipeline.py"), "--config-file", str(SMOKE), "--quiet",
-            "--until", "select", *TINY, "SEARCH.OPTS", search_opts, "OUTPUT_DIR", str(out)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    try:
-        while time.time() < deadline:
-            if (out / "search" / "journal.sqlite").is_file():
-                try:
-                    ok = [r for r in journal_rows(out) if r[2] == "ok"]
-                except sqlite3.OperationalError:
-                    ok = []
-                if 1 <= len(ok) < 6:
-                    break
-            assert proc.poll() is None, "the pipeline ended before it could be killed"
-            time.sleep(0.1)
-        else:
-            pytest.fail("the search never finished a child")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the whole process group, as a crash would
-        proc.wait()
+    proc = start_search_and_wait_for_a_child(out)
+    kill_group(proc)
     assert manifest(out, "search")["status"] == "running"
     finished_before = [r for r in journal_rows(out) if r[2] == "ok"]
 
-    done = run(out, "SEARCH.OPTS", search_opts, stages=["search", "select"])
+    done = run(out, "SEARCH.OPTS", SEARCH_OPTS_6, stages=["search", "select"])
     assert done == {"search": "resumed", "select": "ran"}
     m = manifest(out, "search")
     assert m["status"] == "done" and m["attempts"] == 2
+    # the killed attempt's time counts (from its start to the last file it wrote: it finished a child first)
+    assert m["wall_seconds_before"] > 1.0
+    assert m["wall_seconds_total"] == pytest.approx(m["wall_seconds_before"] + m["wall_seconds"])
     rows = journal_rows(out)
     assert [r for r in rows if r[0] in {f[0] for f in finished_before}] == finished_before  # not redone
     assert sum(r[2] == "ok" for r in rows) == 6 and m["metrics"]["strategies"]["random"]["evaluations"] == 6
+
+
+def test_sigterm_stops_the_pipeline_as_ctrl_c_does_then_rerun_resumes(tmp_path: Path):
+    # was: exit 143 without a word, and the stage's manifest left "running" with its time lost
+    out = tmp_path / "run"
+    proc = start_search_and_wait_for_a_child(out, stderr=subprocess.PIPE)
+    below = descendants(proc.pid)  # the search tool and its worker
+    assert below
+    try:
+        proc.send_signal(signal.SIGTERM)  # to the driver alone, as `kill PID` or a scheduler's stop does
+        _, err = proc.communicate(timeout=60)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    lines = [ln for ln in err.splitlines() if "SIGTERM" in ln]
+    assert len(lines) == 1 and "rerun the same command" in lines[0], err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    deadline = time.time() + 10
+    while any(running(p) for p in below) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in below if running(p)], "the stage's tool kept running after the pipeline stopped"
+    m = manifest(out, "search")
+    assert m["status"] == "interrupted" and m["wall_seconds_total"] > 1.0
+    finished_before = [r for r in journal_rows(out) if r[2] == "ok"]
+
+    done = run(out, "SEARCH.OPTS", SEARCH_OPTS_6, stages=["search", "select"])
+    assert done == {"search": "resumed", "select": "ran"}
+    resumed = manifest(out, "search")
+    assert resumed["status"] == "done" and resumed["attempts"] == 2
+    assert resumed["wall_seconds_total"] == pytest.approx(m["wall_seconds_total"] + resumed["wall_seconds"])
+    assert [r for r in journal_rows(out) if r[0] in {f[0] for f in finished_before}] == finished_before
 
 
 def test_shortcuts_published_genotype_and_given_weights(finished: Path, tmp_path: Path):
@@ -190,6 +265,12 @@ def test_bad_stage_selection_or_config_file_is_one_clear_error(tmp_path: Path):
     with pytest.raises(StageError, match="stage 'search': SEARCH.CONFIG_FILE 'nope.yaml' does not exist"):
         run(tmp_path / "run", "SEARCH.CONFIG_FILE", "nope.yaml")
 
+
+
+def test_a_meaningless_detection_input_size_is_refused_before_any_stage_runs(tmp_path: Path):
+    with pytest.raises(StageError, match=r"stage 'detect': .*INPUT.MIN_SIZE_TRAIN must be one or more sizes >= 1"):
+        run(tmp_path / "run", "DETECT.OPTS", "['INPUT.MIN_SIZE_TRAIN', '(0,)']")
+    assert not (tmp_path / "run" / "search").exists()
 
 
 def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Path, monkeypatch):

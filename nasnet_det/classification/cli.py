@@ -13,6 +13,7 @@ import warnings
 
 from nasnet_det.classification.config import load_config
 from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
+from nasnet_det.utils.io import disk_full_errors
 
 
 def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as exc:  # unknown config key: yacs raises KeyError
         raise ValueError(exc.args[0] if exc.args else str(exc)) from None
     check_output_dir(cfg.OUTPUT_DIR)
-    return _run(cfg, args)
+    # TensorBoard's and the data generator's writes name no file when the disk is full: name OUTPUT_DIR
+    with disk_full_errors(cfg.OUTPUT_DIR, folder=True, key="OUTPUT_DIR"):
+        return _run(cfg, args)
 
 
 def _run(cfg, args) -> int:

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from nasnet_det.utils.io import disk_full_errors
+
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
     """How many rows have the target among the top-k logits, for each k (k is capped at the class count)."""
@@ -51,7 +53,7 @@ class MetricsWriter:
         if not self.active:
             return
         record = {"type": kind, "step": step, **values}
-        with self.path.open("a") as f:
+        with disk_full_errors(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         tb = self._tensorboard()
         if tb is not None:

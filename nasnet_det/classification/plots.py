@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nasnet_det.classification.metrics import read_metrics  # noqa: E402
+from nasnet_det.utils.io import save_figure  # noqa: E402
 
 
 def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> Path:
@@ -34,8 +35,4 @@ def plot_training_curves(metrics_path: str | Path, out_path: str | Path) -> Path
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-    return out_path
+    return save_figure(fig, out_path, dpi=100)

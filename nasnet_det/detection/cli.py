@@ -12,16 +12,14 @@ import argparse
 import json
 import sys
 
-from nasnet_det.cli import check_output_dir, exit_2_on_bad_input, merge_config
+from nasnet_det.cli import check_output_dir, exit_2_on_bad_input, merge_config, show_package_logs
 
 USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 
 
 @exit_2_on_bad_input
 def demo_main(argv: list[str] | None = None) -> int:
-    from detectron2.utils.logger import setup_logger
-
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg, validate_input_sizes
     from nasnet_det.detection.demo import run_demo
 
     parser = argparse.ArgumentParser(description="Draw NASNet Faster R-CNN detections on images")
@@ -31,8 +29,9 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    setup_logger(name="nasnet_det")
+    show_package_logs()
     cfg = merge_config(get_nasnet_cfg(), args.config_file, list(args.opts), merge=load_nasnet_cfg)
+    validate_input_sizes(cfg)
     check_output_dir(args.output, "--output")
     skipped: list = []
     written = run_demo(cfg, args.input, args.output, args.confidence_threshold, skipped=skipped)

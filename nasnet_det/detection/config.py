@@ -10,6 +10,7 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from nasnet_det.cli import BadInputError
 from nasnet_det.models.config import NODE, PRESETS, add_nasnet_model_config, prepare_nasnet_config
 
 NORMS = ("BN", "FrozenBN", "SyncBN")
@@ -59,3 +60,36 @@ def load_nasnet_cfg(cfg: CN, config_file: str | None = None, opts: list | None =
 def get_nasnet_cfg() -> CN:
     """detectron2's default config plus the NASNet keys."""
     return add_nasnet_config(get_cfg())
+
+
+def _sizes(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _is_size(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def validate_input_sizes(cfg: CN) -> None:
+    """The ``INPUT`` resize keys, as detectron2's ``ResizeShortestEdge`` reads them, refused where a value has no
+    meaning there: a shorter-side size of 0 in ``MIN_SIZE_TRAIN`` would silently train at full size, a
+    ``MAX_SIZE_*`` of 0 scales images to nothing. ``MIN_SIZE_TEST 0`` keeps detectron2's documented meaning
+    (no resizing at test time). Raises :class:`BadInputError` naming the key."""
+    i = cfg.INPUT
+    sampling = i.MIN_SIZE_TRAIN_SAMPLING
+    if sampling not in ("choice", "range"):
+        raise BadInputError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}")
+    train = _sizes(i.MIN_SIZE_TRAIN)
+    if not train or not all(_is_size(v, 1) for v in train):
+        raise BadInputError(f"INPUT.MIN_SIZE_TRAIN must be one or more sizes >= 1 (pixels of the shorter image "
+                            f"side), got {i.MIN_SIZE_TRAIN!r}")
+    if sampling == "range" and (len(train) != 2 or train[0] > train[1]):
+        raise BadInputError(f"INPUT.MIN_SIZE_TRAIN with INPUT.MIN_SIZE_TRAIN_SAMPLING 'range' must be (MIN, MAX) "
+                            f"with MIN <= MAX, got {i.MIN_SIZE_TRAIN!r}")
+    if not _is_size(i.MIN_SIZE_TEST, 0):
+        raise BadInputError(f"INPUT.MIN_SIZE_TEST must be a size >= 1 (pixels of the shorter image side), or 0 "
+                            f"for no resizing at test time, got {i.MIN_SIZE_TEST!r}")
+    for key in ("MAX_SIZE_TRAIN", "MAX_SIZE_TEST"):
+        if not _is_size(i[key], 1):
+            raise BadInputError(f"INPUT.{key} must be a size >= 1 (pixels of the longer image side), got "
+                                f"{i[key]!r}")

@@ -3,19 +3,26 @@
 Category ids may be sparse (COCO's 1..90); detectron2's ``load_coco_json`` maps them to contiguous ids in
 sorted-id order, which is the order of ``thing_classes`` set here. Images without annotations are kept
 (the training loader drops them when ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``; evaluation keeps them).
+
+A box whose width or height is <= 0 is dropped from the loaded data with a warning that counts them and names
+the file: detectron2 would turn ``[100, 50, -15, 40]`` into the box ``[85, 50, 100, 90]`` (its transforms
+take the corners' min / max) and train on it; its own ``filter_empty_instances`` drops only what is still
+empty after that.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import numbers
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
+from detectron2.data.datasets import load_coco_json
 from detectron2.data.samplers import TrainingSampler
 from PIL import Image
 
@@ -58,6 +65,11 @@ def validate_coco_json(json_file: str | Path, image_root: str | Path, check_imag
         if ann.get("image_id") not in image_ids:
             raise ValueError(f"{json_file}: annotation {ann.get('id')} refers to unknown image_id "
                              f"{ann.get('image_id')}")
+        bbox = ann.get("bbox")
+        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(
+                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox)):
+            raise ValueError(f"{json_file}: annotation {ann.get('id')} has bbox {bbox!r}; expected [x, y, width, "
+                             "height] (4 numbers, pixels)")
     if check_images:
         missing = [im["file_name"] for im in data["images"] if not (image_root / im["file_name"]).is_file()]
         if missing:
@@ -66,11 +78,28 @@ def validate_coco_json(json_file: str | Path, image_root: str | Path, check_imag
     return data
 
 
+def is_degenerate_box(bbox: Any) -> bool:
+    """A COCO ``[x, y, width, height]`` with a width or height <= 0 (or NaN): no box at all."""
+    return isinstance(bbox, (list, tuple)) and len(bbox) == 4 and not (bbox[2] > 0 and bbox[3] > 0)
+
+
+def load_coco_json_without_degenerate_boxes(json_file: str, image_root: str, name: str) -> list[dict]:
+    """detectron2's ``load_coco_json``, less the instances whose box :func:`is_degenerate_box` (counted and
+    named by :func:`register_coco_dataset`)."""
+    dicts = load_coco_json(json_file, image_root, name)
+    for d in dicts:
+        d["annotations"] = [a for a in d.get("annotations", []) if not is_degenerate_box(a.get("bbox"))]
+    return dicts
+
+
 def register_coco_dataset(name: str, json_file: str | Path, image_root: str | Path,
                           check_images: bool = True) -> int:
     """Validate and register ``name`` for detectron2; returns the number of images. Re-registering the same
-    files is a no-op; the same name for other files is an error."""
+    files is a no-op; the same name for other files is an error. Boxes with a width or height <= 0 are
+    dropped, with a warning that counts them."""
     data = validate_coco_json(json_file, image_root, check_images)
+    annotations = data.get("annotations", [])
+    degenerate = [a for a in annotations if is_degenerate_box(a.get("bbox"))]
     json_file, image_root = str(Path(json_file).resolve()), str(Path(image_root).resolve())
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
@@ -79,13 +108,23 @@ def register_coco_dataset(name: str, json_file: str | Path, image_root: str | Pa
         raise ValueError(f"dataset {name!r} is already registered with other files "
                          f"({getattr(meta, 'json_file', '?')})")
     cats = sorted(data["categories"], key=lambda c: c["id"])
-    register_coco_instances(name, {}, json_file, image_root)
-    # The same values load_coco_json sets later, available before the data is loaded (class-count checks).
-    MetadataCatalog.get(name).set(thing_classes=[c["name"] for c in cats],
+    if degenerate:
+        example = degenerate[0]
+        logger.warning("%s: dropped %d of %d boxes whose width or height is <= 0 (e.g. annotation %s: bbox %s); "
+                       "detectron2 would train on them as other boxes. Fix the file to use them (COCO evaluation "
+                       "still scores against the file as it is)", json_file, len(degenerate), len(annotations),
+                       example.get("id"), example.get("bbox"))
+    # What register_coco_instances does, with the loader that drops the degenerate boxes.
+    DatasetCatalog.register(name, functools.partial(load_coco_json_without_degenerate_boxes, json_file, image_root,
+                                                    name))
+    # json_file / image_root / evaluator_type as register_coco_instances sets them; thing_classes and the id map
+    # are what load_coco_json sets later, available before the data is loaded (class-count checks).
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco",
+                                  thing_classes=[c["name"] for c in cats],
                                   thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(cats)},
-                                  num_annotations=len(data.get("annotations", [])))
+                                  num_annotations=len(annotations) - len(degenerate))
     logger.info("registered %s: %d images, %d annotations, %d categories from %s", name, len(data["images"]),
-                len(data.get("annotations", [])), len(cats), json_file)
+                len(annotations) - len(degenerate), len(cats), json_file)
     return len(data["images"])
 
 

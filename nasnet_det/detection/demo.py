@@ -19,6 +19,7 @@ import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.data import image_is_readable, register_builtin_datasets, register_datasets
+from nasnet_det.utils.io import disk_full_errors
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -124,7 +125,8 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
             skipped.append(path)
             continue
         instances = predictor(image)["instances"].to("cpu")
-        draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
+        with disk_full_errors(target):
+            draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
         logger.info("%s: %d detections -> %s", path, len(instances), target)
         written.append(target)
     if skipped and not written:

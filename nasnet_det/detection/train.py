@@ -39,10 +39,10 @@ from fvcore.common.history_buffer import HistoryBuffer
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
-from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config
+from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config, show_package_logs
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, LAST_CHECKPOINT, NASNetDetectionCheckpointer
-from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg, validate_input_sizes
 from nasnet_det.detection.data import (
     ResumableTrainingSampler,
     SkippingLoader,
@@ -56,7 +56,7 @@ from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.process import die_with_parent
-from nasnet_det.utils.io import remove_stale_tmp
+from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
@@ -314,12 +314,34 @@ def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: b
         raise BadInputError(f"SOLVER.CHECKPOINT_PERIOD must be >= 1, got {cfg.SOLVER.CHECKPOINT_PERIOD}")
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES < 1:
         raise BadInputError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {cfg.MODEL.ROI_HEADS.NUM_CLASSES}")
+    validate_input_sizes(cfg)
     weights = cfg.MODEL.WEIGHTS
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
     # --eval-only loads every weight from MODEL.WEIGHTS: the ImageNet file is not needed then.
     if cfg.MODEL.NASNET.WEIGHTS and not eval_only and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
         raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {cfg.MODEL.NASNET.WEIGHTS} does not exist")
+
+
+def _given_on_command_line(opts: list[str], key: str) -> bool:
+    pairs = [o for o in opts if o != "--"]
+    return key in pairs[0::2]
+
+
+def check_eval_only_weights(cfg: CfgNode, args: argparse.Namespace) -> bool:
+    """``--eval-only`` evaluates MODEL.WEIGHTS (or, with ``--resume``, OUTPUT_DIR's last checkpoint): without
+    either it would score a randomly initialised detector, which is refused unless ``MODEL.WEIGHTS ""`` is given
+    on the command line. Returns True when the random weights are asked for (the caller warns)."""
+    if cfg.MODEL.WEIGHTS:
+        return False
+    if getattr(args, "resume", False) and NASNetDetectionCheckpointer(torch.nn.Module(),
+                                                                      save_dir=cfg.OUTPUT_DIR).has_checkpoint():
+        return False
+    if _given_on_command_line(list(args.opts), "MODEL.WEIGHTS"):
+        return True
+    raise BadInputError(f"--eval-only needs MODEL.WEIGHTS (a detector checkpoint, e.g. "
+                        f"OUTPUT_DIR/{FINAL_CHECKPOINT}), or --resume with a checkpoint in OUTPUT_DIR; to evaluate "
+                        "random weights on purpose, give MODEL.WEIGHTS \"\" on the command line")
 
 
 def setup(args: argparse.Namespace) -> CfgNode:
@@ -334,10 +356,15 @@ def setup(args: argparse.Namespace) -> CfgNode:
                               eval_only=getattr(args, "eval_only", False))
     cfg.freeze()
     check_output_dir(cfg.OUTPUT_DIR)
+    random_weights = getattr(args, "eval_only", False) and check_eval_only_weights(cfg, args)
     register_datasets(cfg.DATASETS.COCO_FILES)
     register_builtin_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_dataset_classes(cfg)
-    default_setup(cfg, args)
+    with disk_full_errors(cfg.OUTPUT_DIR, folder=True, key="OUTPUT_DIR"):  # config.yaml, log.txt
+        default_setup(cfg, args)
+    if random_weights:
+        logger.warning("--eval-only with MODEL.WEIGHTS \"\": evaluating a randomly initialised detector (no "
+                       "trained weights are loaded)")
     return cfg
 
 
@@ -387,11 +414,32 @@ def finish_completed_run(cfg: CfgNode, trainer: Trainer):
     return results
 
 
+class _NoTracebackForFullDisk(logging.Filter):
+    """detectron2's train loop logs every exception with its traceback before re-raising it. A full disk is
+    reported in one line naming the file (``exit_2_on_bad_input``): its traceback (torch's inline_container
+    RuntimeError) would only bury that line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[1] is not None and full_disk_error(record.exc_info[1]))
+
+
+_NO_TRACEBACK_FOR_FULL_DISK = _NoTracebackForFullDisk()
+
+
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     if comm.get_world_size() > 1:  # a process spawned by detectron2's launch: do not outlive the launcher
         die_with_parent()
+    if comm.is_main_process():  # this package's warnings (dropped boxes, random weights), as detectron2's own
+        show_package_logs()
+    logging.getLogger("detectron2.engine.train_loop").addFilter(_NO_TRACEBACK_FOR_FULL_DISK)  # once: same object
     cfg = setup(args)
+    # detectron2's writers (metrics.json, log.txt, the COCO results) name no file when the disk is full
+    with disk_full_errors(cfg.OUTPUT_DIR, folder=True, key="OUTPUT_DIR"):
+        return _run(cfg, args)
+
+
+def _run(cfg: CfgNode, args: argparse.Namespace):
     if comm.is_main_process():
         remove_stale_outputs(cfg)
     if args.eval_only:

@@ -7,12 +7,14 @@ the same command after an interruption or a failure: finished stages are skipped
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import warnings
 
 from nasnet_det.cli import exit_2_on_bad_input
 from nasnet_det.pipeline.config import STAGES, load_pipeline_config
 from nasnet_det.pipeline.runner import Pipeline, select_stages
+from nasnet_det.process import Terminated, sigterm_as_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_pipeline_config(args.config_file, opts)
     stages = select_stages(args.start, args.until, args.only)
     try:
-        Pipeline(cfg, quiet=args.quiet).run(stages, force=args.force)
+        with sigterm_as_interrupt():  # a scheduler's stop is handled as Ctrl-C is
+            Pipeline(cfg, quiet=args.quiet).run(stages, force=args.force)
+    except Terminated:
+        print("nasnet-det pipeline: stopped by SIGTERM; rerun the same command to resume", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("nasnet-det pipeline: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

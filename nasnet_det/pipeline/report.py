@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from nasnet_det.pipeline.manifest import read_manifest
-from nasnet_det.utils.io import atomic_write
+from nasnet_det.utils.io import atomic_write, save_figure
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -47,9 +47,7 @@ def plot_detection_loss(events: Path, out: Path) -> Path | None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out, dpi=100)
 
 
 def build_backbone(cfg, genotype_file: Path):

@@ -4,6 +4,10 @@
 * interrupted (``running``, e.g. after kill -9) or ``failed`` with the same settings and inputs: rerun into
   the same folder, where the tool resumes from its own journal / checkpoint;
 * settings or inputs changed: the folder is cleared and the stage runs afresh, and so does every later stage.
+
+A stage's ``wall_seconds_total`` counts every attempt: an interrupted or failed one records its time when it
+ends; one that could not (kill -9, a crash) is counted by the next run from its recorded start to the newest
+file it wrote in the stage's folder (its output in ``stage.log``, checkpoints, the journal).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from typing import Any
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.cli import check_output_dir
 from nasnet_det.pipeline.config import STAGES as STAGE_NAMES
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
 from nasnet_det.pipeline.stages import STAGES, Context, Stage
-from nasnet_det.utils.io import remove_stale_tmp
+from nasnet_det.utils.io import DiskFullError, remove_stale_tmp
 
 
 def select_stages(start: str | None = None, until: str | None = None, only: str | None = None) -> list[str]:
@@ -62,13 +67,34 @@ def _relative(value: Any, root: Path) -> Any:
 @contextmanager
 def _lock(out: Path) -> Iterator[None]:
     """One pipeline per output folder at a time (a second one would interleave the same stages)."""
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)  # an OUTPUT_DIR that is a file, or unwritable: one line naming it
     with open(out / ".pipeline.lock", "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise ValueError(f"another pipeline is running in {out} (it holds {out / '.pipeline.lock'})") from None
         yield
+
+
+def time_spent_before(prev: dict[str, Any], workdir: Path) -> float:
+    """Seconds the earlier attempts of a stage took, from its last manifest. An attempt that ended (done,
+    failed, interrupted) recorded its total; one killed before it could (status still ``running``) lasted from
+    its ``attempt_started_at`` to the newest file it left in ``workdir`` (top level: stage.log, which gets the
+    tool's output as it comes, checkpoints, the journal), not to now: the time the job was down is no work."""
+    if "wall_seconds_total" in prev:
+        return float(prev["wall_seconds_total"])
+    before = float(prev.get("wall_seconds_before", 0.0))
+    start = prev.get("attempt_started_at")
+    if not isinstance(start, (int, float)):  # a manifest of an earlier version: its time is unknown
+        return before
+    last = start
+    with os.scandir(workdir) as entries:
+        for entry in entries:
+            try:
+                last = max(last, entry.stat(follow_symlinks=False).st_mtime)
+            except OSError:  # removed meanwhile
+                continue
+    return before + max(0.0, last - start)
 
 
 class Pipeline:
@@ -131,15 +157,17 @@ class Pipeline:
             shutil.rmtree(workdir)
         resumed = same and prev.get("status") in ("running", "failed", "interrupted") and not force
         attempts = (prev.get("attempts", 0) if resumed else 0) + 1
+        t0 = time.time()
         manifest: dict[str, Any] = {
             "stage": stage.name, "status": "running", "config": settings, "config_hash": digest,
             "inputs": _relative(checksums, ctx.out), "outputs": {}, "metrics": {}, "attempts": attempts,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "wall_seconds_before": prev.get("wall_seconds_total", 0.0) if resumed else 0.0,
+            # for the next run, should this attempt be killed before it records its time
+            "attempt_started_at": t0,
+            "wall_seconds_before": time_spent_before(prev, workdir) if resumed else 0.0,
         }
         write_manifest(workdir, manifest)
         self.say(f"{stage.name}: {'resuming (attempt ' + str(attempts) + ')' if resumed else 'start'}")
-        t0 = time.time()
         try:
             stage.run(ctx, workdir, inputs)
             outputs, metrics = stage.collect(ctx, workdir)
@@ -151,7 +179,8 @@ class Pipeline:
             write_manifest(workdir, manifest)
             self.say(f"{stage.name}: {manifest['status']} after {_fmt(elapsed)}")
             if isinstance(e, Exception) and not isinstance(e, StageError):
-                raise StageError(stage.name, f"{type(e).__name__}: {e}") from e
+                detail = str(e) if isinstance(e, DiskFullError) else f"{type(e).__name__}: {e}"
+                raise StageError(stage.name, detail) from e
             raise
         elapsed = time.time() - t0
         manifest.update(status="done", outputs=_relative(outputs, ctx.out), metrics=metrics,
