@@ -2,8 +2,9 @@
 
 tests/layout_sweep.py runs each case in its own forked process under a time limit, so a wrong result, a
 segfault or a hang fails here with the module, stride, channel count, batch, threads and oneDNN ISA named.
-CI runs every module x stride x channel count (1..32; f = 8..32 for the networks) with batch and threads
-rotated, on this CPU's ISA and capped to AVX2; ``python tests/layout_sweep.py`` runs every combination.
+CI runs every module x stride x channel count (1..32; 1..16 capped to AVX2; f = 8..32 for the networks) with
+batch and threads rotated, on this CPU's ISA and, on an AVX-512 CPU, capped to AVX2; ``python
+tests/layout_sweep.py`` runs every combination (about 15 minutes per ISA on the 2-core development CPU).
 """
 
 from __future__ import annotations
@@ -17,12 +18,17 @@ def _failures(outcomes: list[ls.Outcome]) -> str:
     return "\n".join(o.describe() for o in outcomes if o.failed)
 
 
-@pytest.mark.timeout(1500)
+# The kernels' channel blocks: 16 floats on AVX-512, 8 on AVX2. A narrow-channel fault lies below one block;
+# CI covers two (the native ISA: every count 1..32).
+MAX_CHANNELS = {"AVX2": 16}
+
+
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("isa", ls.available_isas())
 def test_every_module_matches_the_plain_reference(isa: str):
-    offset = ls.available_isas().index(isa)
-    outcomes = ls.sweep(ls.rotated_cases(offset), isa)
-    assert len(outcomes) == len(ls.rotated_cases(offset))
+    cases = ls.rotated_cases(ls.available_isas().index(isa), MAX_CHANNELS.get(isa, 32))
+    outcomes = ls.sweep(cases, isa)
+    assert len(outcomes) == len(cases)
     assert not any(o.failed for o in outcomes), "default layout differs from the plain reference:\n" + \
         _failures(outcomes)
 

@@ -48,29 +48,39 @@ def _is_static(kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple
     return all(s == 1 and (d * (k - 1)) % 2 == 0 for k, s, d in zip(kernel, stride, dilation))
 
 
+# oneDNN's float32 kernels work on channels in blocks of one vector register: 8 floats on AVX2, 16 on AVX-512
+# (the widest any CPU has). Its strided 1x1 backward-weights kernels write past their workspace for an NHWC input
+# with fewer channels than that block (uxlfoundation/oneDNN#6035): wrong weight gradients, segfaults or hangs.
+NARROW_CHANNELS = 16
+
+
+def subsampled_conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       stride: tuple[int, int], groups: int = 1) -> torch.Tensor:
+    """A strided 1x1 convolution computed as the exact subsample ``x[..., ::s, ::s]`` (TF 'SAME' pads a 1x1
+    kernel by nothing) followed by a stride-1 convolution, which never reaches oneDNN's strided kernels."""
+    return F.conv2d(x[:, :, :: stride[0], :: stride[1]], weight, bias, 1, 0, 1, groups)
+
+
 class Conv2dSame(nn.Conv2d):
     """nn.Conv2d with TF 'SAME' padding, computed per input size where it is not symmetric.
 
-    A strided 1x1 convolution runs as the exact subsample ``x[..., ::s, ::s]`` (SAME pads a 1x1 kernel by
-    nothing) followed by a stride-1 convolution: oneDNN's strided 1x1 backward-weights kernels write past their
-    workspace for an NHWC input with fewer channels than the kernel's channel block (8 on AVX2, 16 on AVX-512;
-    uxlfoundation/oneDNN#6035), giving wrong weight gradients, segfaults or hangs. oneDNN itself reduces a
-    strided 1x1 convolution to the same subsample plus a stride-1 kernel, so this costs nothing measurable
-    (tests/layout_sweep.py checks every op of the space against a plain reference).
+    A strided 1x1 convolution of fewer than :data:`NARROW_CHANNELS` input channels runs as
+    :func:`subsampled_conv1x1` (oneDNN#6035, above). Only those: the subsample is slower than oneDNN's strided
+    kernel (0.66-0.88x for the op, 0.91x for a training step of a network of such cells; bench/RESULTS.md,
+    bench_strided_1x1), and from one block up that kernel is right (tests/layout_sweep.py checks 1..32).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, dilation: int | tuple[int, int] = 1, groups: int = 1):
         k, s, d = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self._subsample = k == (1, 1) and s != (1, 1)
-        self._dynamic = not self._subsample and not _is_static(k, s, d)
+        self.subsample = k == (1, 1) and s != (1, 1) and in_channels < NARROW_CHANNELS
+        self._dynamic = not _is_static(k, s, d)
         padding = (0, 0) if self._dynamic else tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
         super().__init__(in_channels, out_channels, k, s, padding, d, groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._subsample:
-            sh, sw = self.stride
-            return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias, 1, 0, 1, self.groups)
+        if self.subsample:
+            return subsampled_conv1x1(x, self.weight, self.bias, self.stride, self.groups)  # type: ignore[arg-type]
         if self._dynamic:
             x = _pad_same(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
         return super().forward(x)
