@@ -97,14 +97,14 @@ def main() -> None:
         with torch.no_grad():
             assert torch.allclose(ours(x), peer(x), atol=1e-5), "the workaround must compute the same convolution"
 
-        def step(conv):
+        def step(conv, x=x, peer=peer):
             def run():
                 peer.zero_grad(set_to_none=True)
                 x.grad = None
                 conv(x).sum().backward()
             return run
 
-        def forward(conv):
+        def forward(conv, x=x):
             def run():
                 with torch.no_grad():
                     conv(x)

@@ -163,10 +163,10 @@ def _aux_head(c: int, stride: int) -> Built:
 def _supernet_cell(c: int, stride: int) -> Built:
     """A one-shot SuperCell running a path with a concat block (its 2C -> C projection), the output
     convolutions and, for stride 2, the stride-2 op table."""
-    from search.supernet import SuperCell
     from torch import nn
 
     from nasnet_det.space import Block, CellSpec
+    from search.supernet import SuperCell
 
     reduction = stride == 2
     cell = SuperCell(2, c, c, c, reduction, 1, _norm())
@@ -247,7 +247,6 @@ def _c4_crop_head(f: int, stride: int) -> Built:
 def _rpn_head(c: int, stride: int) -> Built:
     """detectron2's StandardRPNHead on C-channel features of three FPN levels, as the backbone gives them."""
     from detectron2.modeling.proposal_generator.rpn import StandardRPNHead
-
     from torch import nn
 
     class RPNHeadOnLevels(nn.Module):  # the head takes a list of levels; the sweep passes tensors

@@ -9,9 +9,8 @@ tests/layout_sweep.py`` runs every combination (about 15 minutes per ISA on the 
 
 from __future__ import annotations
 
-import pytest
-
 import layout_sweep as ls
+import pytest
 
 
 def _failures(outcomes: list[ls.Outcome]) -> str:
