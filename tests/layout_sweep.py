@@ -391,13 +391,18 @@ class ReluReplay:
 
 
 def _reference(module):
-    """An NCHW copy (the NASNet layout flags off: they would convert inputs to channels_last)."""
+    """An NCHW copy (the NASNet layout flags off: they would convert inputs to channels_last) that computes
+    strided 1x1 convolutions as plain strided convolutions, not through the workaround under test."""
     import torch
+
+    from nasnet_det.models.ops import Conv2dSame
 
     ref = copy.deepcopy(module)
     for m in ref.modules():
         if hasattr(m, "channels_last") and isinstance(m.channels_last, bool):
             m.channels_last = False
+        if isinstance(m, Conv2dSame):
+            m.subsample = False
     return ref.to(memory_format=torch.contiguous_format)
 
 
