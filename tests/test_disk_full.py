@@ -73,6 +73,18 @@ def run_tool(entry: str, argv: list[str], timeout: int = 300) -> subprocess.Comp
 
 
 # ---- the writers, without a mount ---------------------------------------------------------------------------
+def test_a_full_disk_while_creating_a_temporary_names_the_file_it_stands_for(tmp_path):
+    # mkstemp fails on a disk out of inodes or blocks with the temporary's own name, which no user wrote
+    from nasnet_det.utils.io import as_disk_full_error, tmp_path_for
+
+    target = tmp_path / "metrics.jsonl"
+    tmp = tmp_path_for(target)
+    full = as_disk_full_error(OSError(errno.ENOSPC, "No space left on device", str(tmp)), tmp_path, folder=True)
+    assert full is not None and full.filename == str(target)
+    assert_says_disk_full(str(full), target)
+    assert tmp.name not in str(full)
+
+
 @needs_dev_full
 def test_a_checkpoint_save_on_a_full_device_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     # torch.save reported a full disk as "RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos"

@@ -66,14 +66,15 @@ class Conv2dSame(nn.Conv2d):
 
     A strided 1x1 convolution of fewer than :data:`NARROW_CHANNELS` input channels runs as
     :func:`subsampled_conv1x1` (oneDNN#6035, above). Only those: the subsample is slower than oneDNN's strided
-    kernel (0.66-0.88x for the op, 0.91x for a training step of a network of such cells; bench/RESULTS.md,
-    bench_strided_1x1), and from one block up that kernel is right (tests/layout_sweep.py checks 1..32).
+    kernel (0.56-0.93x for the op, 0.89x for a training step of a network of such cells; bench/RESULTS.md,
+    bench_strided_1x1), and from one block up that kernel is right (tests/layout_sweep.py checks 1..32). The
+    kernel blocks the channels of one group, so the threshold is on channels per group.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, dilation: int | tuple[int, int] = 1, groups: int = 1):
         k, s, d = _pair(kernel_size), _pair(stride), _pair(dilation)
-        self.subsample = k == (1, 1) and s != (1, 1) and in_channels < NARROW_CHANNELS
+        self.subsample = k == (1, 1) and s != (1, 1) and in_channels // groups < NARROW_CHANNELS
         self._dynamic = not _is_static(k, s, d)
         padding = (0, 0) if self._dynamic else tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
         super().__init__(in_channels, out_channels, k, s, padding, d, groups, bias=False)

@@ -31,7 +31,15 @@ from typing import IO, Any
 TMP_SUFFIX = ".tmp"
 # .<name>.<pid>-<random>.tmp (ours, with the writer's pid) or .<name>.<random>.tmp (earlier versions), where
 # <random> is tempfile's 8 characters: other hidden .tmp files are left alone.
-_TMP_RE = re.compile(r"^\..+\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+_TMP_RE = re.compile(r"^\.(?P<target>.+)\.(?:(?P<pid>\d+)-)?[a-z0-9_]{8}\.tmp$")
+
+
+def target_of_tmp(path: str | os.PathLike) -> Path:
+    """The file a temporary of :func:`tmp_path_for` stands for (``path`` itself if it is not one): what a
+    message should name."""
+    path = Path(path)
+    m = _TMP_RE.match(path.name)
+    return path.with_name(m["target"]) if m else path
 
 
 def _tmp_prefix(target: Path) -> str:
@@ -155,8 +163,8 @@ def as_disk_full_error(exc: BaseException, path: str | os.PathLike, folder: bool
         return DiskFullError(cause.errno, cause.strerror, cause.filename)
     code = cause.errno if isinstance(cause, OSError) else errno.ENOSPC
     named = getattr(cause, "filename", None)
-    if named:  # the OS error knows the file: more precise than the folder we were given
-        path, folder = named, False
+    if named:  # the OS error knows the file: more precise than the folder we were given (ours, not its temporary)
+        path, folder = target_of_tmp(named), False
     return DiskFullError(code, disk_full_message(path, folder, key, code), str(path))
 
 
