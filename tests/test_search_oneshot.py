@@ -16,7 +16,7 @@ from search.config import load_cfg
 from search.journal import Journal
 from search.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShotSearch
 from search.reward import ChildData
-from search.runner import JOURNAL_NAME
+from search.session import JOURNAL_NAME
 from search.supernet import SuperNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
