@@ -116,7 +116,6 @@ class OneShotSearch(SearchSession):
         torch.manual_seed(s.SEED)
         self.supernet = build_supernet(cfg).to(self.device)
         self.strategy = self.strategy_class(cfg)  # the controller (ONESHOT.POLICY trains it)
-        self.controller = self.strategy.controller
         self.w_opt = torch.optim.SGD(self.supernet.parameters(), lr=o.LR, momentum=o.MOMENTUM,
                                      weight_decay=o.WEIGHT_DECAY, nesterov=o.MOMENTUM > 0)
         self.gen = torch.Generator().manual_seed(s.SEED)  # every random choice of the search
