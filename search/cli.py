@@ -24,7 +24,7 @@ from search.config import load_cfg
 from search.oneshot import OneShotSearch
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
-from search.strategies import STRATEGIES
+from search.strategies.registry import STRATEGIES
 
 
 def build_parser() -> argparse.ArgumentParser:

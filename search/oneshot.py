@@ -44,9 +44,11 @@ from search.config import check_cfg
 from search.controller import decisions_to_genotype
 from search.journal import Journal, load_state
 from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
-from search.reward import ChildData, _augment, _to_tensor
+from search.outputs import problems_of, strategy_summary, write_outputs
+from search.plots import plot_rewards
+from search.reward import ChildData, _augment, _to_tensor, build_child
 from search.session import SearchSession
-from search.strategies import STRATEGIES
+from search.strategies.registry import STRATEGIES
 from search.supernet import SuperNet
 
 log = logging.getLogger(__name__)
@@ -366,9 +368,6 @@ class OneShotSearch(SearchSession):
             bar.close()
 
     def _write_outputs(self, journal: Journal) -> dict[str, Any]:
-        from search.outputs import problems_of, strategy_summary, write_outputs
-        from search.plots import plot_rewards
-
         # best_genotype.json / top_k.json come from the final samples only: they are scored on the whole
         # held-out split, the controller-phase scores on one minibatch each (a max over those is mostly noise).
         summary = write_outputs(journal, self.out, self.cfg, [DERIVE_NAME])
@@ -385,8 +384,6 @@ class OneShotSearch(SearchSession):
 
 def _child_params(genotype, cfg: CfgNode) -> int | None:
     """Parameters of the stand-alone child network of ``genotype`` (``MODEL.NASNET``, for top_k.json)."""
-    from search.reward import build_child
-
     try:
         model = build_child(genotype, cfg.MODEL.NASNET)
     except ValueError:

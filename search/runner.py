@@ -27,7 +27,8 @@ from search.controller import decisions_to_genotype
 from search.journal import Evaluation, Journal, load_state, save_state
 from search.outputs import write_outputs
 from search.session import SearchSession
-from search.strategies import STRATEGIES, Strategy
+from search.strategies.base import Strategy
+from search.strategies.registry import STRATEGIES
 from search.workers import Evaluator, Job, QueueBackend, Result, make_backend
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from search.journal import Journal, load_state
 from search.reward import SyntheticOpReward
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
-from search.strategies import STRATEGIES, Strategy
+from search.strategies.base import Strategy
+from search.strategies.registry import STRATEGIES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

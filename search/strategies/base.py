@@ -45,7 +45,8 @@ class Strategy(ABC):
 
 
 class StrategyRegistry:
-    """Strategy classes by the name ``SEARCH.STRATEGY`` uses (lower case)."""
+    """Strategy classes by the name ``SEARCH.STRATEGY`` uses (lower case); the search's registry is
+    :data:`search.strategies.registry.STRATEGIES`."""
 
     def __init__(self) -> None:
         self._classes: dict[str, type[Strategy]] = {}
@@ -75,5 +76,3 @@ class StrategyRegistry:
                              f"'{alone[0]}' (other strategies cannot be combined with it)")
         return chosen
 
-
-STRATEGIES = StrategyRegistry()

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from fvcore.common.config import CfgNode
 
-from search.oneshot_config import ONESHOT_STRATEGY
-from search.strategies.base import STRATEGIES
 from search.strategies.controller_policy import ControllerPolicy
 
 
-@STRATEGIES.register(ONESHOT_STRATEGY)
 class OneShot(ControllerPolicy):
     weight_sharing = True
 

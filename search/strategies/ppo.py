@@ -1,9 +1,7 @@
 """``SEARCH.STRATEGY ppo``: the controller trained with PPO's clipped surrogate (the paper's choice)."""
 
-from search.strategies.base import STRATEGIES
 from search.strategies.controller_policy import ControllerPolicy
 
 
-@STRATEGIES.register("ppo")
 class PPO(ControllerPolicy):
     algorithm = "ppo"

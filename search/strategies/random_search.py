@@ -5,10 +5,9 @@ from __future__ import annotations
 import torch
 
 from search.controller import sample_uniform
-from search.strategies.base import STRATEGIES, Strategy
+from search.strategies.base import Strategy
 
 
-@STRATEGIES.register("random")
 class RandomSearch(Strategy):
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
         return sample_uniform(n, self.num_blocks, generator), None

@@ -1,9 +1,7 @@
 """``SEARCH.STRATEGY reinforce``: the controller trained with plain REINFORCE."""
 
-from search.strategies.base import STRATEGIES
 from search.strategies.controller_policy import ControllerPolicy
 
 
-@STRATEGIES.register("reinforce")
 class Reinforce(ControllerPolicy):
     algorithm = "reinforce"
