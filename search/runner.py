@@ -89,8 +89,7 @@ class SearchRunner(SearchSession):
                  progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None):
         super().__init__(cfg, output_dir, fresh)
         self.strategy_classes = STRATEGIES.resolve(cfg.SEARCH.STRATEGY)
-        shared = [name for name, cls in self.strategy_classes.items() if cls.weight_sharing]
-        if shared:
+        if any(cls.weight_sharing for cls in self.strategy_classes.values()):
             raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r} trains no children: it runs in "
                              "search.oneshot.OneShotSearch (nasnet-det search picks it)")
         self.strategies = list(self.strategy_classes)
