@@ -21,8 +21,10 @@ import torch
 from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors
 from search.config import load_cfg
-from search.oneshot_config import ONESHOT_STRATEGY
-from search.runner import JOURNAL_NAME, SearchRunner
+from search.oneshot import OneShotSearch
+from search.runner import SearchRunner
+from search.session import JOURNAL_NAME
+from search.strategies.registry import STRATEGIES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,9 +81,7 @@ def _search(args: argparse.Namespace) -> dict | int:
 
 def _run_search(cfg, out: Path, args: argparse.Namespace) -> dict:
     try:
-        if str(cfg.SEARCH.STRATEGY).strip().lower() == ONESHOT_STRATEGY:  # weight sharing: search/oneshot.py
-            from search.oneshot import OneShotSearch
-
+        if any(cls.weight_sharing for cls in STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values()):
             # The supernet trains in this process: it keeps torch's threads (there are no workers).
             return OneShotSearch(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
         # The driver only runs the small controller (and the children with the inline backend): more

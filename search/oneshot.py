@@ -26,7 +26,6 @@ never duplicated.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -41,14 +40,15 @@ from tqdm import tqdm
 
 from nasnet_det.classification.distributed import barrier, init_distributed
 from nasnet_det.models.pretrained import atomic_torch_save
-from nasnet_det.utils.io import remove_stale_tmp
-from search.config import check_cfg, identity_of
-from search.controller import Controller, decisions_to_genotype
+from search.config import check_cfg
+from search.controller import decisions_to_genotype
 from search.journal import Journal, load_state
 from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
-from search.outputs import write_json_atomic
-from search.policy import PolicyTrainer
-from search.reward import ChildData, _augment, _to_tensor
+from search.outputs import problems_of, strategy_summary, write_outputs
+from search.plots import plot_rewards
+from search.reward import ChildData, _augment, _to_tensor, build_child
+from search.session import SearchSession
+from search.strategies.registry import STRATEGIES
 from search.supernet import SuperNet
 
 log = logging.getLogger(__name__)
@@ -74,20 +74,24 @@ def load_search_data(cfg: CfgNode) -> ChildData:
     return ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
 
 
-class OneShotSearch:
+class OneShotSearch(SearchSession):
     """Runs the weight-sharing search of ``cfg`` into ``output_dir`` (resuming from it when it holds a
     checkpoint). ``data`` replaces ``cfg.DATA`` (tests); ``max_units_this_run`` stops after that many
     supernet steps + controller updates + final scores in this run (tests of resuming; 0: no limit)."""
 
+    checkpoint_files = (STATE_NAME,)
+
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, progress: bool = True,
                  fresh: bool = False, data: ChildData | None = None, max_units_this_run: int = 0):
-        if str(cfg.SEARCH.STRATEGY).strip().lower() != ONESHOT_STRATEGY:
+        super().__init__(cfg, output_dir, fresh)
+        strategies = list(STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values())
+        if len(strategies) != 1 or not strategies[0].weight_sharing:
             raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r}: the weight-sharing search runs alone; "
                              f"set it to '{ONESHOT_STRATEGY}' (other strategies cannot be combined with it)")
+        self.strategy_class = strategies[0]
         check_cfg(cfg)
         check_oneshot_cfg(cfg)
-        self.cfg, self.out = cfg, Path(output_dir or cfg.OUTPUT_DIR)
-        self.progress, self.fresh, self.max_units = progress, fresh, max_units_this_run
+        self.progress, self.max_units = progress, max_units_this_run
         self.units_this_run = 0
         self._data = data
         dev = str(cfg.ONESHOT.DEVICE)
@@ -103,7 +107,7 @@ class OneShotSearch:
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        cfg, o, c, s = self.cfg, self.cfg.ONESHOT, self.cfg.CONTROLLER, self.cfg.SEARCH
+        cfg, o, s = self.cfg, self.cfg.ONESHOT, self.cfg.SEARCH
         data = self._data if self._data is not None else load_search_data(cfg)
         size = int(cfg.CHILD.IMAGE_SIZE)
         self.x_train = _to_tensor(data.x_train, size, self.device)
@@ -113,9 +117,7 @@ class OneShotSearch:
         self.weight_steps = o.WEIGHT_STEPS or max(1, len(self.x_train) // o.BATCH_SIZE)
         torch.manual_seed(s.SEED)
         self.supernet = build_supernet(cfg).to(self.device)
-        self.controller = Controller(s.NUM_BLOCKS, c.HIDDEN, c.INIT_RANGE)
-        self.trainer = PolicyTrainer(self.controller, str(o.POLICY), c.LR, c.ENTROPY_WEIGHT, c.BASELINE_DECAY,
-                                     c.PPO_EPOCHS, c.PPO_CLIP, c.GRAD_CLIP, c.NORMALIZE_ADVANTAGE)
+        self.strategy = self.strategy_class(cfg)  # the controller (ONESHOT.POLICY trains it)
         self.w_opt = torch.optim.SGD(self.supernet.parameters(), lr=o.LR, momentum=o.MOMENTUM,
                                      weight_decay=o.WEIGHT_DECAY, nesterov=o.MOMENTUM > 0)
         self.gen = torch.Generator().manual_seed(s.SEED)  # every random choice of the search
@@ -129,26 +131,19 @@ class OneShotSearch:
         self.model = self.supernet
         return loaded
 
-    def _identity(self) -> dict[str, Any]:
-        ident = json.loads(json.dumps(identity_of(self.cfg)))
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
         ident["SEARCH.STRATEGY"] = ONESHOT_STRATEGY
         ident["ONESHOT"] = {k: v for k, v in self.cfg.ONESHOT.items() if k not in ("DEVICE", "CHECKPOINT_EVERY")}
         return ident
-
-    def _open_journal(self) -> Journal:
-        from search.runner import JOURNAL_NAME
-
-        journal = Journal(self.out / JOURNAL_NAME)
-        journal.claim(self._identity(), self.cfg.dump())
-        return journal
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _save(self) -> None:
         if self.rank != 0:
             return
         atomic_torch_save({"position": dict(self.pos), "supernet": self.supernet.state_dict(),
-                           "w_opt": self.w_opt.state_dict(), "controller": self.controller.state_dict(),
-                           "trainer": self.trainer.state_dict(), "gen": self.gen.get_state(),
+                           "w_opt": self.w_opt.state_dict(), **self.strategy.state_dict(),
+                           "gen": self.gen.get_state(),
                            "torch_rng": torch.get_rng_state(),
                            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
                           self.out / STATE_NAME)
@@ -165,8 +160,7 @@ class OneShotSearch:
         self.pos = dict(state["position"])
         self.supernet.load_state_dict(state["supernet"])
         self.w_opt.load_state_dict(state["w_opt"])
-        self.controller.load_state_dict(state["controller"])
-        self.trainer.load_state_dict(state["trainer"])
+        self.strategy.load_state_dict(state)
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
@@ -194,7 +188,7 @@ class OneShotSearch:
 
     # ---- the two phases ----------------------------------------------------------------------------------
     def sample_genotypes(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-        actions, logp, _ = self.controller.sample(n, self.gen)
+        actions, logp = self.strategy.sample(n, self.gen)
         nb = self.cfg.SEARCH.NUM_BLOCKS
         return actions, logp, [decisions_to_genotype(a, nb) for a in actions.tolist()]
 
@@ -282,39 +276,26 @@ class OneShotSearch:
         actions, logp, genotypes = self.sample_genotypes(self.cfg.SEARCH.BATCH_SIZE)
         rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE,
                                    policy=batch)
-        stats = self.trainer.update(actions, logp, torch.tensor(rewards))
+        stats = self.strategy.update(actions, logp, torch.tensor(rewards))
         stats["reward"] = sum(rewards) / len(rewards)
         return stats
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        from search.runner import JOURNAL_NAME, output_dir_lock
+        self._t_start = time.perf_counter()
+        return self._run_follower() if self.rank != 0 else super().run()
 
-        t_start = time.perf_counter()
-        if self.rank != 0:
-            return self._run_follower()
-        self.out.mkdir(parents=True, exist_ok=True)
-        with output_dir_lock(self.out):
-            remove_stale_tmp(self.out)  # temporaries of writes a kill interrupted
-            if self.fresh:
-                for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
-                          self.out / STATE_NAME, *self.out.glob("best_genotype*.json"),
-                          *(self.out / n for n in ("top_k.json", "summary.json", "rewards.png", "best_cells.png"))]:
-                    f.unlink(missing_ok=True)
-            self._build()
-            journal = self._open_journal()
-            barrier()  # the other processes read the checkpoint after the fresh start removed it
-            resumed = self.restore_position()
-            try:
-                stopped = self._loop(journal, resumed)
-                summary = self._write_outputs(journal)
-            finally:
-                journal.close()
-            barrier()
+    def search(self, journal: Journal) -> dict[str, Any]:
+        """Rank 0, in the session frame (lock, journal, summary.json)."""
+        self._build()
+        barrier()  # the other processes read the checkpoint after the fresh start removed it
+        resumed = self.restore_position()
+        stopped = self._loop(journal, resumed)
+        summary = self._write_outputs(journal)
+        barrier()
         summary["stopped_early"] = stopped
         summary["units_this_run"] = self.units_this_run
-        summary["wall_seconds_this_run"] = time.perf_counter() - t_start
-        write_json_atomic(self.out / "summary.json", summary)  # a kill never leaves a torn summary
+        summary["wall_seconds_this_run"] = time.perf_counter() - self._t_start
         return summary
 
     def restore_position(self) -> bool:
@@ -387,15 +368,11 @@ class OneShotSearch:
             bar.close()
 
     def _write_outputs(self, journal: Journal) -> dict[str, Any]:
-        from search.outputs import problems_of, strategy_summary, write_outputs
-        from search.plots import plot_rewards
-
         # best_genotype.json / top_k.json come from the final samples only: they are scored on the whole
         # held-out split, the controller-phase scores on one minibatch each (a max over those is mostly noise).
         summary = write_outputs(journal, self.out, self.cfg, [DERIVE_NAME])
-        # Named by its policy (reinforce/ppo), so a controller that collapsed onto one cell is reported as in
-        # the regular search.
-        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME), str(self.cfg.ONESHOT.POLICY))
+        # A controller that collapsed onto one cell is reported as in the regular search.
+        summary["strategies"][SEARCH_NAME] = strategy_summary(journal.all(SEARCH_NAME), self.strategy.learns)
         summary["problems"] = problems_of(summary)
         summary["reward_plot"] = str(plot_rewards({SEARCH_NAME: journal.all(SEARCH_NAME),
                                                    DERIVE_NAME: journal.all(DERIVE_NAME)}, self.out / "rewards.png"))
@@ -407,8 +384,6 @@ class OneShotSearch:
 
 def _child_params(genotype, cfg: CfgNode) -> int | None:
     """Parameters of the stand-alone child network of ``genotype`` (``MODEL.NASNET``, for top_k.json)."""
-    from search.reward import build_child
-
     try:
         model = build_child(genotype, cfg.MODEL.NASNET)
     except ValueError:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,6 @@ from search.journal import Evaluation, Journal, finished_by_batch
 from search.plots import plot_rewards
 
 FIRST_LAST_FRACTION = 4  # "first/last batches mean" averages the first/last quarter of the batches
-LEARNED = ("ppo", "reinforce")  # strategies with a controller that can collapse
 
 
 def batch_means(evals: list[Evaluation]) -> list[float]:
@@ -57,7 +57,8 @@ def last_batch_distinct(evals: list[Evaluation]) -> tuple[int, int]:
     return 0, 0
 
 
-def strategy_summary(evals: list[Evaluation], name: str = "") -> dict[str, Any]:
+def strategy_summary(evals: list[Evaluation], learned: bool = False) -> dict[str, Any]:
+    """``learned``: the children came from a policy that learns (and so can collapse onto one genotype)."""
     finished = [e for e in evals if e.status != "pending"]
     ok = [e for e in finished if e.status == "ok"]
     means = batch_means(evals)
@@ -77,7 +78,7 @@ def strategy_summary(evals: list[Evaluation], name: str = "") -> dict[str, Any]:
         "batch_means": means,
         "last_batch_distinct_genotypes": distinct,
         # A controller that samples one genotype only has stopped exploring: more budget buys nothing.
-        "collapsed": name in LEARNED and size >= 2 and distinct == 1,
+        "collapsed": learned and size >= 2 and distinct == 1,
         "child_seconds_total": float(sum(e.seconds or 0.0 for e in finished)),
         "failures": [{"id": e.id, "status": e.status, "error": e.error} for e in finished if e.status != "ok"][:20],
     }
@@ -103,13 +104,16 @@ def problems_of(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[str]) -> dict[str, Any]:
+def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[str],
+                  learned: Collection[str] = ()) -> dict[str, Any]:
+    """Best genotypes, top-k, plot and drawing of ``strategies``; ``learned``: those of them whose policy
+    learns (checked for a collapse). Returns the summary."""
     by_strategy = {s: journal.all(s) for s in strategies}
     summary: dict[str, Any] = {"output_dir": str(out), "budget": cfg.SEARCH.BUDGET,
                                "batch_size": cfg.SEARCH.BATCH_SIZE, "strategies": {}}
     overall = []
     for name, evals in by_strategy.items():
-        summary["strategies"][name] = strategy_summary(evals, name)
+        summary["strategies"][name] = strategy_summary(evals, name in learned)
         top = best_evaluations(evals, cfg.SEARCH.TOP_K)
         if top:  # later runs load these (Genotype.load): written atomically, like every file here
             best_of_strategy = genotype_of(top[0], f"search_{name}_{top[0].id}")

@@ -9,14 +9,11 @@ flight (re-submitted with the same genotypes)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,27 +22,16 @@ import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
-from nasnet_det.utils.io import remove_stale_tmp
-from search.config import check_cfg, identity_of, upgrade_identity
-from search.controller import Controller, decisions_to_genotype, sample_uniform
+from search.config import check_cfg, upgrade_identity
+from search.controller import decisions_to_genotype
 from search.journal import Evaluation, Journal, load_state, save_state
-from search.outputs import write_json_atomic, write_outputs
-from search.policy import PolicyTrainer
+from search.outputs import write_outputs
+from search.session import SearchSession
+from search.strategies.base import Strategy
+from search.strategies.registry import STRATEGIES
 from search.workers import Evaluator, Job, QueueBackend, Result, make_backend
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("ppo", "reinforce", "random")
-JOURNAL_NAME = "journal.sqlite"
-LOCK_NAME = "journal.lock"
-
-
-def parse_strategies(spec: str) -> list[str]:
-    names = [s.strip().lower() for s in str(spec).split(",") if s.strip()]
-    bad = [s for s in names if s not in STRATEGIES]
-    if not names or bad:
-        raise ValueError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {', '.join(STRATEGIES)} "
-                         "separated by commas (e.g. 'ppo,random')")
-    return list(dict.fromkeys(names))
 
 
 def _sample_seed(seed: int, strategy: str, sample: int) -> int:
@@ -57,8 +43,7 @@ def _sample_seed(seed: int, strategy: str, sample: int) -> int:
 @dataclass
 class StrategyState:
     name: str
-    controller: Controller | None   # None: random search
-    trainer: PolicyTrainer | None
+    strategy: Strategy
     checkpoint: Path
     step: int = 0                   # policy updates applied
     sampled: int = 0                # children journaled
@@ -91,31 +76,31 @@ class QueueStats:
                 "idle_fills": self.idle_fills}
 
 
-class SearchRunner:
+class SearchRunner(SearchSession):
     """Runs every strategy of ``cfg`` into ``output_dir``. ``evaluator`` replaces child training (tests,
     synthetic rewards); by default one is built from ``cfg.DATA`` and ``cfg.CHILD``. ``backend`` replaces
     the one ``cfg.WORKERS`` describes (the caller closes it). ``fresh`` deletes the output directory's
     journal and controller checkpoints first (once the directory's lock is held)."""
 
+    checkpoint_files = ("controller_*.pth",)
+    upgrade_identity = staticmethod(upgrade_identity)  # an identity written by an older version
+
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
                  progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None):
-        self.cfg = cfg
-        self.out = Path(output_dir or cfg.OUTPUT_DIR)
-        self.strategies = parse_strategies(cfg.SEARCH.STRATEGY)
+        super().__init__(cfg, output_dir, fresh)
+        self.strategy_classes = STRATEGIES.resolve(cfg.SEARCH.STRATEGY)
+        if any(cls.weight_sharing for cls in self.strategy_classes.values()):
+            raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r} trains no children: it runs in "
+                             "search.oneshot.OneShotSearch (nasnet-det search picks it)")
+        self.strategies = list(self.strategy_classes)
         check_cfg(cfg)
-        self.evaluator, self.progress, self.fresh = evaluator, progress, fresh
+        self.evaluator, self.progress = evaluator, progress
         self.backend, self.owns_backend = backend, backend is None
         self.evals_this_run = 0
         self.stats = QueueStats()
         self.states: dict[str, StrategyState] = {}
 
     # ---- set-up ------------------------------------------------------------------------------------------
-    def _open_journal(self) -> Journal:
-        journal = Journal(self.out / JOURNAL_NAME)
-        # an identity written by an older version is compared in today's form
-        journal.claim(json.loads(json.dumps(identity_of(self.cfg))), self.cfg.dump(), upgrade=upgrade_identity)
-        return journal
-
     def _get_backend(self) -> QueueBackend:
         if self.backend is None:
             evaluator = self.evaluator if self.evaluator is not None else build_child_evaluator(self.cfg)
@@ -125,14 +110,11 @@ class SearchRunner:
         return self.backend
 
     def _open_strategy(self, journal: Journal, name: str) -> StrategyState:
-        s, c = self.cfg.SEARCH, self.cfg.CONTROLLER
-        controller = trainer = None
-        if name != "random":
-            torch.manual_seed(s.SEED)
-            controller = Controller(s.NUM_BLOCKS, c.HIDDEN, c.INIT_RANGE)
-            trainer = PolicyTrainer(controller, name, c.LR, c.ENTROPY_WEIGHT, c.BASELINE_DECAY, c.PPO_EPOCHS,
-                                    c.PPO_CLIP, c.GRAD_CLIP, c.NORMALIZE_ADVANTAGE)
-        st = StrategyState(name, controller, trainer, self.out / f"controller_{name}.pth")
+        s = self.cfg.SEARCH
+        # Each strategy starts from torch's generator seeded alike (a controller's initial weights), whichever
+        # strategies run beside it.
+        torch.manual_seed(s.SEED)
+        st = StrategyState(name, self.strategy_classes[name](self.cfg), self.out / f"controller_{name}.pth")
         st.sampled = journal.count(name)
         st.finished = st.sampled - journal.count(name, "pending")
         st.best = max((e.reward for e in journal.all(name) if e.status == "ok"), default=math.nan)
@@ -143,9 +125,7 @@ class SearchRunner:
             state = None
         if state is not None and int(state["step"]) <= st.finished // s.BATCH_SIZE:
             st.step = int(state["step"])
-            if controller is not None:
-                controller.load_state_dict(state["controller"])
-                trainer.load_state_dict(state["trainer"])
+            st.strategy.load_state_dict(state)
         elif state is not None:
             log.warning("%s is ahead of the journal; rebuilding the controller from the journal", st.checkpoint)
         self._apply_due_updates(journal, st)  # those a kill left out of the checkpoint (deterministic replay)
@@ -155,25 +135,22 @@ class SearchRunner:
     def _apply_due_updates(self, journal: Journal, st: StrategyState) -> None:
         while st.step < st.finished // self.cfg.SEARCH.BATCH_SIZE:
             used = policy_rewards(journal.batch(st.name, st.step), self.cfg.CONTROLLER.FAILED_REWARD)
-            if st.trainer is not None and used:
-                stats = st.trainer.update(torch.tensor([r.decisions for r, _ in used]),
-                                          torch.tensor([r.logprob for r, _ in used]),
-                                          torch.tensor([reward for _, reward in used]))
+            if used:
+                logprobs = [r.logprob for r, _ in used]
+                stats = st.strategy.update(torch.tensor([r.decisions for r, _ in used]),
+                                           None if None in logprobs else torch.tensor(logprobs),
+                                           torch.tensor([reward for _, reward in used]))
                 log.debug("%s update %d: %s", st.name, st.step, stats)
             st.step += 1
-            save_state(st.checkpoint, {"step": st.step, "strategy": st.name,
-                                       "controller": st.controller.state_dict() if st.controller else None,
-                                       "trainer": st.trainer.state_dict() if st.trainer else None})
+            # (a strategy's state beside the step; the controller strategies' keys are "controller", "trainer")
+            save_state(st.checkpoint, {"step": st.step, "strategy": st.name, **st.strategy.state_dict()})
 
     def _sample(self, journal: Journal, st: StrategyState, n: int) -> list[Evaluation]:
         """``n`` new children of one strategy, sampled together (one pass of the controller)."""
         nb = self.cfg.SEARCH.NUM_BLOCKS
         gen = torch.Generator().manual_seed(_sample_seed(self.cfg.SEARCH.SEED, st.name, st.sampled))
-        if st.controller is None:
-            actions, logprobs = sample_uniform(n, nb, gen).tolist(), [None] * n
-        else:
-            actions, logp, _ = st.controller.sample(n, gen)
-            actions, logprobs = actions.tolist(), logp.tolist()
+        decisions, logp = st.strategy.sample(n, gen)
+        actions, logprobs = decisions.tolist(), logp.tolist() if logp is not None else [None] * n
         children = journal.add_pending(st.name, st.sampled, st.step, [
             (a, decisions_to_genotype(a, nb).to_dict(), lp) for a, lp in zip(actions, logprobs)])
         st.sampled += n
@@ -199,31 +176,19 @@ class SearchRunner:
         return out
 
     # ---- main loop ---------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        with output_dir_lock(self.out):
-            remove_stale_tmp(self.out)  # temporaries of writes a kill interrupted
-            if self.fresh:  # the old run's journal, checkpoints and every output write_outputs makes
-                for f in [*(self.out / (JOURNAL_NAME + sfx) for sfx in ("", "-wal", "-shm")),
-                          *self.out.glob("controller_*.pth"), *self.out.glob("best_genotype*.json"),
-                          *(self.out / n for n in ("top_k.json", "summary.json", "rewards.png", "best_cells.png"))]:
-                    f.unlink(missing_ok=True)
-            journal = self._open_journal()
-            try:
-                self.states = states = {name: self._open_strategy(journal, name) for name in self.strategies}
-                stopped = self._run_queue(journal, states)
-            finally:
-                if self.backend is not None and self.owns_backend:
-                    self.backend.close()
-                    self.backend = None
-            summary = write_outputs(journal, self.out, self.cfg, self.strategies)
-            summary["stopped_early"] = stopped
-            summary["evaluations_this_run"] = self.evals_this_run
-            summary["queue"] = self.stats.summary()
-            for line in summary["problems"]:
-                log.warning("%s", line)
-            write_json_atomic(self.out / "summary.json", summary)
-            journal.close()
+    def search(self, journal: Journal) -> dict[str, Any]:
+        try:
+            self.states = states = {name: self._open_strategy(journal, name) for name in self.strategies}
+            stopped = self._run_queue(journal, states)
+        finally:
+            if self.backend is not None and self.owns_backend:
+                self.backend.close()
+                self.backend = None
+        learned = [name for name, st in states.items() if st.strategy.learns]
+        summary = write_outputs(journal, self.out, self.cfg, self.strategies, learned)
+        summary["stopped_early"] = stopped
+        summary["evaluations_this_run"] = self.evals_this_run
+        summary["queue"] = self.stats.summary()
         return summary
 
     def _run_queue(self, journal: Journal, states: dict[str, StrategyState]) -> bool:
@@ -318,25 +283,3 @@ def policy_rewards(rows: list[Evaluation], failed_reward: float | None) -> list[
         elif r.status == "failed" and failed_reward is not None:
             used.append((r, float(failed_reward)))
     return used
-
-
-@contextmanager
-def output_dir_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out/journal.lock`` so two searches never share an output directory
-    (they would evaluate the same children twice and collide in the journal). The OS drops the lock when
-    the process dies, so a killed search never leaves a stale lock behind."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    fh = open(out / LOCK_NAME, "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"{out} is in use by another search (lock {out / LOCK_NAME} is held); wait "
-                             "for it to finish or choose another OUTPUT_DIR") from None
-        yield
-    finally:
-        fh.close()  # releases the lock

@@ -251,7 +251,7 @@ def _journal(out: Path) -> list[tuple]:
 
 
 def test_search_survives_kill_9_anywhere(tmp_path):
-    from search.runner import JOURNAL_NAME
+    from search.session import JOURNAL_NAME
 
     entry = "search.cli:main"
     reference, out = tmp_path / "reference", tmp_path / "faulty"

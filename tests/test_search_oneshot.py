@@ -16,7 +16,7 @@ from search.config import load_cfg
 from search.journal import Journal
 from search.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShotSearch
 from search.reward import ChildData
-from search.runner import JOURNAL_NAME
+from search.session import JOURNAL_NAME
 from search.supernet import SuperNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -134,11 +134,11 @@ def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path,
     search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
     search._build()
     w0 = {k: v.clone() for k, v in search.supernet.state_dict().items()}
-    c0 = {k: v.clone() for k, v in search.controller.state_dict().items()}
+    c0 = {k: v.clone() for k, v in search.strategy.controller.state_dict().items()}
     loss = search.weight_step()
     assert loss > 0
     changed_w = [k for k, v in search.supernet.state_dict().items() if not torch.equal(v, w0[k])]
-    assert changed_w and all(torch.equal(v, c0[k]) for k, v in search.controller.state_dict().items())
+    assert changed_w and all(torch.equal(v, c0[k]) for k, v in search.strategy.controller.state_dict().items())
     journal = Journal(tmp_path / JOURNAL_NAME)
     try:
         stats = search.controller_step(journal)
@@ -147,7 +147,7 @@ def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path,
         journal.close()
     assert 0.0 <= stats["reward"] <= 1.0
     assert [r.status for r in rows] == ["ok"] * 3 and all(0 <= r.reward <= 1 for r in rows)
-    changed_c = [k for k, v in search.controller.state_dict().items() if not torch.equal(v, c0[k])]
+    changed_c = [k for k, v in search.strategy.controller.state_dict().items() if not torch.equal(v, c0[k])]
     assert changed_c
     # Only the ops of the one trained cell moved: most of the supernet is untouched by one step.
     assert len(changed_w) < len(w0) // 2

@@ -35,7 +35,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     search = OneShotSearch(_cfg("ONESHOT.EPOCHS", 1, "ONESHOT.BATCH_SIZE", 8), Path(out_dir) / "run", progress=False,
                            data=ChildData.from_arrays(x, y, 16))
     summary = search.run()
-    torch.save({"supernet": search.supernet.state_dict(), "controller": search.controller.state_dict(),
+    torch.save({"supernet": search.supernet.state_dict(), "controller": search.strategy.controller.state_dict(),
                 "summary": summary}, Path(out_dir) / f"rank_{rank}.pt")
     cleanup_distributed()
 

@@ -19,7 +19,8 @@ from search.cli import main
 from search.config import load_cfg
 from search.journal import load_state
 from search.reward import SleepingReward, SyntheticOpReward
-from search.runner import JOURNAL_NAME, SearchRunner
+from search.runner import SearchRunner
+from search.session import JOURNAL_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_BASE = 100_003  # the runner seeds child i with SEARCH.SEED * SEED_BASE + i (SEED 0 here: seed = id)

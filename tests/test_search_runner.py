@@ -19,7 +19,8 @@ from search.config import load_cfg
 from search.journal import Journal
 from search.policy import PolicyTrainer
 from search.reward import ChildEvaluator, SyntheticOpReward
-from search.runner import JOURNAL_NAME, SearchRunner
+from search.runner import SearchRunner
+from search.session import JOURNAL_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
