@@ -239,7 +239,7 @@ def test_shortcuts_published_genotype_and_given_weights(finished: Path, tmp_path
     assert json.loads((out / "select" / "genotype.json").read_text())["name"] == "nasnet_a"
     assert not (out / "search" / "journal.sqlite").exists()
     # weights of another cell are refused by the pretrain stage, before detection
-    mismatch = r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*does not fit NETWORK.*genotype.*nasnet_a"
+    mismatch = r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*does not fit MODEL.NASNET.*genotype.*nasnet_a"
     with pytest.raises(StageError, match=mismatch):
         run(out, "SEARCH.GENOTYPE", "nasnet_a", "PRETRAIN.WEIGHTS", str(finished / "pretrain" / "model_final.pth"),
             stages=["search", "select", "pretrain"])
