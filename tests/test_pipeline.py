@@ -454,7 +454,7 @@ def test_stage_registration_mistakes_are_one_clear_error(toy_stages):
     toy_stages.REGISTERED.pop("lost")
     register_stage(type("Hen", (Nameless,), {"name": "hen", "needs": ("egg",)}))
     register_stage(type("Egg", (Nameless,), {"name": "egg", "needs": ("hen",)}))
-    with pytest.raises(ValueError, match="stages hen, egg need each other in a circle"):
+    with pytest.raises(ValueError, match="stages hen, egg cannot be ordered: their needs form a circle"):
         pipeline_stages()
 
 
@@ -484,3 +484,20 @@ def test_the_network_is_the_model_nasnet_node_and_old_network_keys_name_the_new_
     assert {s.name: s.settings(ctx).get("network") for s in pipeline_stages()
             if s.name in ("pretrain", "detect", "evaluate", "report")} == dict.fromkeys(
         ("pretrain", "detect", "evaluate", "report"), network)
+
+
+def test_a_stage_reads_only_the_outputs_of_the_stages_it_needs(toy_stages, tmp_path: Path):
+    from nasnet_det.pipeline import register_stage
+
+    @register_stage
+    class Sneaky(toy_stages.Stage):
+        name, needs = "sneaky", ("search",)
+
+        def inputs(self, ctx):
+            return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
+
+        def run(self, ctx, workdir, inputs):
+            pass
+
+    with pytest.raises(StageError, match="stage 'sneaky': reads the outputs of stage 'select' but does not name"):
+        run(tmp_path, "SEARCH.GENOTYPE", "nasnet_a", stages=["search", "select", "sneaky"])

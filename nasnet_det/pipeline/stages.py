@@ -3,9 +3,9 @@
 A stage is one class marked ``@register_stage``: its ``name`` names its folder, its config node (the name in
 capitals, added by ``add_config``) and its ``--from``/``--until``/``--only`` choice; ``needs`` names the
 stages whose outputs it reads, which run before it (:func:`pipeline_stages`). A stage says what its result
-depends on (``settings``: hashed into the manifest; ``inputs``: files of earlier
-stages, checksummed), runs (the training stages as child processes of the existing tools, into the stage's
-folder, so the tool's own resume continues an interrupted run), and reports its ``outputs`` and ``metrics``.
+depends on (``settings``: hashed into the manifest; ``inputs``: files of earlier stages, checksummed), runs
+(the training stages as child processes of the existing tools, into the stage's folder, so the tool's own
+resume continues an interrupted run), and reports its ``outputs`` and ``metrics``.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class Context:
 
     def outputs_of(self, stage: str, needed_by: str) -> dict[str, Any]:
         """The outputs of an earlier, finished stage (absolute paths), or a StageError saying to run it."""
+        if stage not in REGISTERED[needed_by].needs:  # the order relies on `needs`: keep it the whole truth
+            raise StageError(needed_by, f"reads the outputs of stage '{stage}' but does not name it in its needs")
         m = read_manifest(self.stage_dir(stage))
         if not m or m.get("status") != "done":
             state = "has not run" if not m else f"is {m.get('status')}"
@@ -201,7 +203,8 @@ def pipeline_stages() -> list[Stage]:
         while todo:
             ready = next((c for c in todo if placed.issuperset(c.needs)), None)
             if ready is None:
-                raise ValueError(f"stages {', '.join(c.name for c in todo)} need each other in a circle")
+                raise ValueError(f"stages {', '.join(c.name for c in todo)} cannot be ordered: their needs "
+                                 "form a circle")
             order.append(ready)
             placed.add(ready.name)
             todo.remove(ready)
