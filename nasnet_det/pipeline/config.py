@@ -17,6 +17,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages import SHARED_NETWORK_KEYS, pipeline_stages
 
+NETWORK_PRESET = "nasnet_a_mobile"  # the default network (MODEL.NASNET.PRESET picks another)
 # The pipeline's network node before it was the MODEL.NASNET every tool uses: an old key is one clear error.
 RENAMED_KEYS = {f"NETWORK.{k}": f"MODEL.NASNET.{k}" for k in SHARED_NETWORK_KEYS}
 
@@ -30,10 +31,10 @@ def get_pipeline_cfg() -> CN:
     cfg.OUTPUT_DIR = "output/pipeline"
     cfg.PIPELINE = CN()
     cfg.PIPELINE.PYTHON = ""  # interpreter for the stage processes; "" = the one running the pipeline
-    # The network of pretraining, detection and evaluation (NASNet-A mobile's size by default); only the
+    # The network of pretraining, detection and evaluation (NASNet-A mobile by default); only the
     # keys the backbone and the detector must share are passed on (stages.SHARED_NETWORK_KEYS). The genotype
     # comes from the select stage (SEARCH.GENOTYPE gives one), the weights from the pretrain stage.
-    add_nasnet_model_config(cfg, "nasnet_a_mobile")
+    add_nasnet_model_config(cfg, NETWORK_PRESET)
     for stage in pipeline_stages():
         stage.add_config(cfg)
     return cfg
@@ -46,7 +47,7 @@ def check_pipeline_config(cfg: CN) -> None:
     for stage in pipeline_stages():
         stage.check_config(cfg)
     check_nasnet_node(cfg.MODEL.NASNET)
-    default = preset_node("nasnet_a_mobile")
+    default = preset_node(NETWORK_PRESET)
     for key, instead in (("GENOTYPE", "SEARCH.GENOTYPE, or the search and select stages"),
                          ("WEIGHTS", "PRETRAIN.WEIGHTS, or the pretrain stage")):
         if cfg.MODEL.NASNET[key] != default[key]:
