@@ -228,7 +228,7 @@ def cmd_genotype(argv: list[str]) -> int:
 def cmd_run(argv: list[str]) -> int:
     """The project's main job on the embedded default (``make run``): the smoke pipeline, CIFAR-10 search to
     COCO AP on the real sample shipped in the package. Options and ``KEY VALUE`` overrides go to the pipeline."""
-    from nasnet_det.pipeline.config import repo_root
+    from nasnet_det.pipeline.paths import repo_root
 
     return cmd_pipeline(["--config-file", str(repo_root() / "configs" / "pipeline" / "smoke.yaml"), *argv])
 

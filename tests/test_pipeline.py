@@ -239,7 +239,7 @@ def test_shortcuts_published_genotype_and_given_weights(finished: Path, tmp_path
     assert json.loads((out / "select" / "genotype.json").read_text())["name"] == "nasnet_a"
     assert not (out / "search" / "journal.sqlite").exists()
     # weights of another cell are refused by the pretrain stage, before detection
-    mismatch = r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*does not fit NETWORK.*genotype.*nasnet_a"
+    mismatch = r"(?s)stage 'pretrain': PRETRAIN.WEIGHTS .*does not fit MODEL.NASNET.*genotype.*nasnet_a"
     with pytest.raises(StageError, match=mismatch):
         run(out, "SEARCH.GENOTYPE", "nasnet_a", "PRETRAIN.WEIGHTS", str(finished / "pretrain" / "model_final.pth"),
             stages=["search", "select", "pretrain"])
@@ -276,7 +276,7 @@ def test_a_meaningless_detection_input_size_is_refused_before_any_stage_runs(tmp
 def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Path, monkeypatch):
     """The same command from another folder (or a moved checkout) must not rerun finished stages."""
     from nasnet_det.genotypes import get_genotype
-    from nasnet_det.pipeline.stages import STAGES, Context
+    from nasnet_det.pipeline.stages import Context, pipeline_stages
 
     get_genotype("nasnet_a").save(tmp_path / "g.json")
     elsewhere = tmp_path / "elsewhere"
@@ -286,7 +286,8 @@ def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Pa
     def settings(cwd: Path) -> dict:
         monkeypatch.chdir(cwd)
         ctx = Context(load_pipeline_config("configs/pipeline/smoke.yaml", ["OUTPUT_DIR", str(out)]), out)
-        return {s.name: s.settings(ctx) for s in STAGES if s.name in ("search", "pretrain", "detect", "evaluate")}
+        return {s.name: s.settings(ctx) for s in pipeline_stages() if s.name in ("search", "pretrain", "detect",
+                                                                                 "evaluate")}
 
     assert settings(REPO) == settings(elsewhere)
     monkeypatch.chdir(tmp_path)
@@ -355,3 +356,148 @@ def test_the_pipeline_driver_loads_neither_torch_nor_search():
             "print(sorted(m for m in ('torch', 'search', 'detectron2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+@pytest.fixture
+def toy_stages(monkeypatch):
+    """Stages registered in a test stay in it."""
+    from nasnet_det.pipeline import stages
+
+    monkeypatch.setattr(stages, "REGISTERED", dict(stages.REGISTERED))
+    return stages
+
+
+def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resumed(toy_stages, tmp_path: Path,
+                                                                                 capsys):
+    from fvcore.common.config import CfgNode as CN
+
+    from nasnet_det.pipeline import get_pipeline_cfg, register_stage, stage_names
+    from nasnet_det.pipeline.cli import build_parser
+
+    failures = ["once"]  # the toy stage's first attempt fails, as an interrupted tool would
+
+    @register_stage
+    class CountStage(toy_stages.Stage):  # registered before the stage it needs: the order follows `needs`
+        name, needs = "count", ("tally",)
+
+        @classmethod
+        def add_config(cls, cfg: CN) -> None:
+            cfg.COUNT = CN()
+            cfg.COUNT.TIMES = 2
+
+        def settings(self, ctx):
+            return {"times": ctx.cfg.COUNT.TIMES}
+
+        def inputs(self, ctx):
+            return {"tally": ctx.outputs_of("tally", self.name)["tally"]}
+
+        def run(self, ctx, workdir, inputs):
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "count.json").write_text(json.dumps([inputs["tally"].read_text()] * ctx.cfg.COUNT.TIMES))
+            if failures:
+                raise RuntimeError(f"toy failure {failures.pop()}")
+
+        def collect(self, ctx, workdir):
+            return {"count": str(workdir / "count.json")}, {"times": ctx.cfg.COUNT.TIMES}
+
+    @register_stage
+    class TallyStage(toy_stages.Stage):  # a stage without a config node
+        name, needs = "tally", ("select",)
+
+        def inputs(self, ctx):
+            return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
+
+        def run(self, ctx, workdir, inputs):
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "tally.txt").write_text(json.loads(inputs["genotype"].read_text())["name"])
+
+        def collect(self, ctx, workdir):
+            return {"tally": str(workdir / "tally.txt")}, {}
+
+    order = ["search", "select", "cifar", "pretrain", "detect", "evaluate", "tally", "count", "report"]
+    assert stage_names() == order  # the report stays last: it reads every stage's manifest
+    assert build_parser().parse_args(["--config-file", "x", "--only", "count"]).only == "count"
+    assert get_pipeline_cfg().COUNT.TIMES == 2 and "TALLY" not in get_pipeline_cfg()
+    with pytest.raises(KeyError, match="COUNT.NOT_A_KEY"):
+        load_pipeline_config(SMOKE, ["COUNT.NOT_A_KEY", "1"])
+
+    given = ("SEARCH.GENOTYPE", "nasnet_a", "COUNT.TIMES", "3")
+    with pytest.raises(StageError, match="stage 'count': RuntimeError: toy failure once"):
+        run(tmp_path, *given, stages=["search", "select", "tally", "count"])
+    assert manifest(tmp_path, "count")["status"] == "failed"
+    assert run(tmp_path, *given, stages=["search", "select", "tally", "count"]) == {
+        "search": "skipped", "select": "skipped", "tally": "skipped", "count": "resumed"}
+    m = manifest(tmp_path, "count")
+    assert m["status"] == "done" and m["attempts"] == 2 and m["metrics"] == {"times": 3}
+    assert json.loads((tmp_path / "count" / "count.json").read_text()) == ["nasnet_a"] * 3
+    # the report lists it in its place
+    assert run(tmp_path, *given, stages=["report"]) == {"report": "ran"}
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "| tally | done |" in report and "| count | done |" in report
+    assert report.index("| evaluate | not run |") < report.index("| tally | done |") < report.index("| count |")
+
+
+def test_stage_registration_mistakes_are_one_clear_error(toy_stages):
+    from nasnet_det.pipeline import pipeline_stages, register_stage
+
+    class Nameless(toy_stages.Stage):
+        def run(self, ctx, workdir, inputs):
+            pass
+
+    with pytest.raises(ValueError, match="Nameless: name must be a lower-case identifier"):
+        register_stage(Nameless)
+    with pytest.raises(ValueError, match="the name 'search' is taken by SearchStage"):
+        register_stage(type("Again", (Nameless,), {"name": "search"}))
+    register_stage(type("Lost", (Nameless,), {"name": "lost", "needs": ("nowhere",)}))
+    with pytest.raises(ValueError, match="stage 'lost' needs 'nowhere', which is not a registered stage"):
+        pipeline_stages()
+    toy_stages.REGISTERED.pop("lost")
+    register_stage(type("Hen", (Nameless,), {"name": "hen", "needs": ("egg",)}))
+    register_stage(type("Egg", (Nameless,), {"name": "egg", "needs": ("hen",)}))
+    with pytest.raises(ValueError, match="stages hen, egg cannot be ordered: their needs form a circle"):
+        pipeline_stages()
+
+
+def test_the_network_is_the_model_nasnet_node_and_old_network_keys_name_the_new_one(tmp_path: Path):
+    from nasnet_det.models.config import preset_node
+    from nasnet_det.pipeline import get_pipeline_cfg
+    from nasnet_det.pipeline.stages import Context, pipeline_stages
+
+    assert set(get_pipeline_cfg().MODEL.NASNET) == set(preset_node("nasnet_a_mobile"))
+    assert "NETWORK" not in get_pipeline_cfg()
+    with pytest.raises(KeyError, match="bad override: NETWORK.FILTERS was renamed to MODEL.NASNET.FILTERS"):
+        load_pipeline_config(SMOKE, ["NETWORK.FILTERS", "8"])
+    old = tmp_path / "old.yaml"
+    old.write_text(f"_BASE_: {SMOKE}\nNETWORK:\n  NUM_CELLS: 2\n")
+    with pytest.raises(KeyError, match=r"old.yaml: NETWORK.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+        load_pipeline_config(old)
+    with pytest.raises(ValueError, match="MODEL.NASNET.GENOTYPE is not used by the pipeline.*SEARCH.GENOTYPE"):
+        load_pipeline_config(SMOKE, ["MODEL.NASNET.GENOTYPE", "nasnet_a.json"])
+    # a preset sizes the network as in every tool (explicit keys win)
+    n = load_pipeline_config(None, ["MODEL.NASNET.PRESET", "nasnet_a_large", "MODEL.NASNET.NUM_CELLS", "2"])
+    n = n.MODEL.NASNET
+    assert (n.NUM_CELLS, n.PENULTIMATE_FILTERS, n.STEM_FILTERS, n.SKIP_REDUCTION_LAYER_INPUT) == (2, 4032, 96, True)
+    # a folder written with the NETWORK node resumes: the stages record the network as they did then
+    ctx = Context(load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(tmp_path)]), tmp_path)
+    network = {"NUM_CELLS": 1, "PENULTIMATE_FILTERS": 0, "FILTERS": 8, "STEM_FILTERS": 16,
+               "SKIP_REDUCTION_LAYER_INPUT": False, "PAD_MODE": "tf"}
+    assert {s.name: s.settings(ctx).get("network") for s in pipeline_stages()
+            if s.name in ("pretrain", "detect", "evaluate", "report")} == dict.fromkeys(
+        ("pretrain", "detect", "evaluate", "report"), network)
+
+
+def test_a_stage_reads_only_the_outputs_of_the_stages_it_needs(toy_stages, tmp_path: Path):
+    from nasnet_det.pipeline import register_stage
+
+    @register_stage
+    class Sneaky(toy_stages.Stage):
+        name, needs = "sneaky", ("search",)
+
+        def inputs(self, ctx):
+            return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
+
+        def run(self, ctx, workdir, inputs):
+            pass
+
+    with pytest.raises(StageError, match="stage 'sneaky': reads the outputs of stage 'select' but does not name"):
+        run(tmp_path, "SEARCH.GENOTYPE", "nasnet_a", stages=["search", "select", "sneaky"])

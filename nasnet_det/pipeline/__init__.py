@@ -5,8 +5,10 @@ writes into ``OUTPUT_DIR/<stage>/`` with a ``manifest.json``; rerunning skips fi
 interrupted one and reruns what changed (see :mod:`nasnet_det.pipeline.runner`).
 """
 
-from nasnet_det.pipeline.config import STAGES, get_pipeline_cfg, load_pipeline_config
+from nasnet_det.pipeline.config import get_pipeline_cfg, load_pipeline_config
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.runner import Pipeline, select_stages
+from nasnet_det.pipeline.stages import Stage, pipeline_stages, register_stage, stage_names
 
-__all__ = ["STAGES", "Pipeline", "StageError", "get_pipeline_cfg", "load_pipeline_config", "select_stages"]
+__all__ = ["Pipeline", "Stage", "StageError", "get_pipeline_cfg", "load_pipeline_config", "pipeline_stages",
+           "register_stage", "select_stages", "stage_names"]

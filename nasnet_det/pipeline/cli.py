@@ -12,8 +12,9 @@ import sys
 import warnings
 
 from nasnet_det.cli import exit_2_on_bad_input
-from nasnet_det.pipeline.config import STAGES, load_pipeline_config
+from nasnet_det.pipeline.config import load_pipeline_config
 from nasnet_det.pipeline.runner import Pipeline, select_stages
+from nasnet_det.pipeline.stages import stage_names
 from nasnet_det.process import Terminated, sigterm_as_interrupt
 
 
@@ -22,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True, metavar="FILE", help="pipeline YAML (see configs/pipeline/)")
     p.add_argument("--output-dir", default="", help="overrides OUTPUT_DIR")
-    p.add_argument("--from", dest="start", choices=STAGES, help="start at this stage (earlier ones must be done)")
-    p.add_argument("--until", choices=STAGES, help="stop after this stage")
-    p.add_argument("--only", choices=STAGES, help="run just this stage")
+    stages = stage_names()
+    p.add_argument("--from", dest="start", choices=stages, help="start at this stage (earlier ones must be done)")
+    p.add_argument("--until", choices=stages, help="stop after this stage")
+    p.add_argument("--only", choices=stages, help="run just this stage")
     p.add_argument("--force", action="store_true",
                    help="rerun the selected stages from scratch even when finished and unchanged")
     p.add_argument("--quiet", action="store_true", help="only the pipeline's own lines (stage logs: stage.log)")

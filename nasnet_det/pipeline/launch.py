@@ -1,6 +1,6 @@
-"""Running a stage's tool as a child process: command lines (plain, torchrun, detectron2 launch), the
-network overrides each tool understands, and a runner that tees the child's output to the console and to the
-stage's log and turns a failure into one message naming the stage."""
+"""Running a stage's tool as a child process: command lines (plain, torchrun, detectron2 launch), and a
+runner that tees the child's output to the console and to the stage's log and turns a failure into one
+message naming the stage."""
 
 from __future__ import annotations
 
@@ -12,12 +12,9 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.pipeline.config import repo_root
+from nasnet_det.pipeline.paths import repo_root
 from nasnet_det.utils.io import DiskFullError, as_disk_full_error, disk_full_errors
 
-# The one place that knows how each tool spells the network keys (classification and detection both use the
-# MODEL.NASNET node today); a rename changes only this table.
-NETWORK_PREFIX = {"train": "MODEL.NASNET.", "detect": "MODEL.NASNET."}
 LOG_NAME = "stage.log"
 
 
@@ -27,22 +24,6 @@ class StageError(ValueError):
     def __init__(self, stage: str, message: str):
         super().__init__(f"stage '{stage}': {message}")
         self.stage = stage
-
-
-def genotype_opts(tool: str, genotype: str | Path) -> list[str]:
-    return [NETWORK_PREFIX[tool] + "GENOTYPE", str(genotype)]
-
-
-def network_opts(tool: str, cfg: CN, genotype: str | Path) -> list[str]:
-    """``KEY VALUE`` overrides giving ``tool`` the pipeline's network (NETWORK node) and ``genotype``."""
-    n, p = cfg.NETWORK, NETWORK_PREFIX[tool]
-    return [*genotype_opts(tool, genotype),
-            p + "NUM_CELLS", str(n.NUM_CELLS),
-            p + "PENULTIMATE_FILTERS", str(n.PENULTIMATE_FILTERS),
-            p + "FILTERS", str(n.FILTERS),
-            p + "STEM_FILTERS", str(n.STEM_FILTERS),
-            p + "SKIP_REDUCTION_LAYER_INPUT", str(n.SKIP_REDUCTION_LAYER_INPUT),
-            p + "PAD_MODE", str(n.PAD_MODE)]
 
 
 def tool_path(stage: str, name: str) -> Path:

@@ -51,10 +51,11 @@ def plot_detection_loss(events: Path, out: Path) -> Path | None:
 
 
 def build_backbone(cfg, genotype_file: Path):
-    """The pipeline's NETWORK with the chosen cell, as the detector's backbone (no classifier, no aux head)."""
+    """The pipeline's MODEL.NASNET network with the chosen cell, as the detector's backbone (no classifier, no
+    aux head)."""
     from nasnet_det.models import build_nasnet
 
-    n = cfg.NETWORK
+    n = cfg.MODEL.NASNET
     size = dict(filters=n.FILTERS) if n.FILTERS > 0 else dict(penultimate_filters=n.PENULTIMATE_FILTERS)
     return build_nasnet(str(genotype_file), dataset="imagenet", num_cells=n.NUM_CELLS, num_classes=0,
                         aux_head=False, stem_filters=n.STEM_FILTERS,
@@ -65,15 +66,15 @@ def backbone_profile(cfg, genotype_file: Path, image_size: int) -> dict[str, Any
     from nasnet_det.models.profile import count_mult_adds, count_params
 
     model = build_backbone(cfg, genotype_file)
-    n = cfg.NETWORK
     return {"params": count_params(model), "mult_adds": count_mult_adds(model, image_size),
-            "image_size": image_size, "num_features": model.num_features, "num_cells": n.NUM_CELLS}
+            "image_size": image_size, "num_features": model.num_features, "num_cells": cfg.MODEL.NASNET.NUM_CELLS}
 
 
-def write_report(ctx, workdir: Path, stage_names: tuple[str, ...] | list) -> Path:
+def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
+    """``workdir/report.md`` on the stages ``stage_names`` (in run order; the stage table lists them all)."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = ctx.out
-    manifests = {s.name: read_manifest(ctx.stage_dir(s.name)) for s in stage_names if s.name != "report"}
+    manifests = {name: read_manifest(ctx.stage_dir(name)) for name in stage_names}
 
     def rel(p: Path | str) -> str:
         p = Path(p)

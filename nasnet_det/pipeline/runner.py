@@ -25,27 +25,27 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.cli import check_output_dir
-from nasnet_det.pipeline.config import STAGES as STAGE_NAMES
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
-from nasnet_det.pipeline.stages import STAGES, Context, Stage
+from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages, stage_names
 from nasnet_det.utils.io import DiskFullError, remove_stale_tmp
 
 
 def select_stages(start: str | None = None, until: str | None = None, only: str | None = None) -> list[str]:
     """The stage names ``--from``/``--until``/``--only`` pick, in order."""
+    names = stage_names()
     for flag, name in (("--from", start), ("--until", until), ("--only", only)):
-        if name is not None and name not in STAGE_NAMES:
-            raise ValueError(f"{flag} {name!r}: unknown stage; the stages are {', '.join(STAGE_NAMES)}")
+        if name is not None and name not in names:
+            raise ValueError(f"{flag} {name!r}: unknown stage; the stages are {', '.join(names)}")
     if only:
         if start or until:
             raise ValueError("--only cannot be combined with --from / --until")
         return [only]
-    lo = STAGE_NAMES.index(start) if start else 0
-    hi = STAGE_NAMES.index(until) if until else len(STAGE_NAMES) - 1
+    lo = names.index(start) if start else 0
+    hi = names.index(until) if until else len(names) - 1
     if lo > hi:
         raise ValueError(f"--from {start} comes after --until {until}")
-    return list(STAGE_NAMES[lo:hi + 1])
+    return names[lo:hi + 1]
 
 
 def _fmt(seconds: float) -> str:
@@ -107,20 +107,21 @@ class Pipeline:
 
     def run(self, stages: list[str] | None = None, force: bool = False) -> dict[str, str]:
         """Run the chosen stages (all by default); returns ``{stage: what happened}``."""
-        chosen = stages or list(STAGE_NAMES)
+        all_stages = pipeline_stages()
+        chosen = stages or [s.name for s in all_stages]
         done: dict[str, str] = {}
         rerun_later = False  # once a stage (re)runs, every later stage must too
         t0 = time.time()
         with _lock(self.ctx.out):
             self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
             # temporaries of our atomic writes (manifests, selection.json, ...) that a kill interrupted
-            for folder in [self.ctx.out, *(self.ctx.stage_dir(s.name) for s in STAGES)]:
+            for folder in [self.ctx.out, *(self.ctx.stage_dir(s.name) for s in all_stages)]:
                 remove_stale_tmp(folder)
-            for stage in STAGES:  # every stage's config loads, before hours of work in the earlier ones
+            for stage in all_stages:  # every stage's config loads, before hours of work in the earlier ones
                 if stage.name in chosen and stage.enabled(self.ctx):
                     stage.settings(self.ctx)
                     stage.check(self.ctx)
-            for stage in STAGES:
+            for stage in all_stages:
                 if stage.name not in chosen:
                     continue
                 if not stage.enabled(self.ctx):

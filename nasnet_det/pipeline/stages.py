@@ -1,8 +1,11 @@
 """The stages: search -> select -> cifar (optional) -> pretrain -> detect -> evaluate -> report.
 
-A stage says what its result depends on (``settings``: hashed into the manifest; ``inputs``: files of earlier
-stages, checksummed), runs (the training stages as child processes of the existing tools, into the stage's
-folder, so the tool's own resume continues an interrupted run), and reports its ``outputs`` and ``metrics``.
+A stage is one class marked ``@register_stage``: its ``name`` names its folder, its config node (the name in
+capitals, added by ``add_config``) and its ``--from``/``--until``/``--only`` choice; ``needs`` names the
+stages whose outputs it reads, which run before it (:func:`pipeline_stages`). A stage says what its result
+depends on (``settings``: hashed into the manifest; ``inputs``: files of earlier stages, checksummed), runs
+(the training stages as child processes of the existing tools, into the stage's folder, so the tool's own
+resume continues an interrupted run), and reports its ``outputs`` and ``metrics``.
 """
 
 from __future__ import annotations
@@ -12,23 +15,38 @@ import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.pipeline.config import repo_root, resolve_path
-from nasnet_det.pipeline.launch import (
-    StageError,
-    genotype_opts,
-    network_opts,
-    python,
-    run_tool,
-    tool_path,
-    torchrun_prefix,
-)
+from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path, torchrun_prefix
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from nasnet_det.pipeline.paths import repo_root, resolve_path
 from nasnet_det.utils.io import atomic_write
+
+# The MODEL.NASNET keys the pipeline passes to pretraining, detection and evaluation (with the selected
+# GENOTYPE): the backbone must load into the detector, so they are set once, in the pipeline's config. The
+# other keys of the node (DROPOUT, DROP_PATH_KEEP_PROB, ...) are each tool's own: its CONFIG_FILE and OPTS.
+SHARED_NETWORK_KEYS = ("NUM_CELLS", "PENULTIMATE_FILTERS", "FILTERS", "STEM_FILTERS", "SKIP_REDUCTION_LAYER_INPUT",
+                       "PAD_MODE")
+
+
+def genotype_opts(genotype: str | Path) -> list[str]:
+    return ["MODEL.NASNET.GENOTYPE", str(genotype)]
+
+
+def network_opts(cfg: CN, genotype: str | Path) -> list[str]:
+    """``KEY VALUE`` overrides giving a tool the pipeline's network (its shared ``MODEL.NASNET`` keys) and
+    ``genotype``."""
+    node = cfg.MODEL.NASNET
+    return [*genotype_opts(genotype), *(x for k in SHARED_NETWORK_KEYS for x in (f"MODEL.NASNET.{k}", str(node[k])))]
+
+
+def network_settings(cfg: CN) -> dict[str, Any]:
+    """The shared network keys, as a stage's settings record them (the NETWORK node's keys before it became
+    MODEL.NASNET, so a folder written then hashes the same and resumes)."""
+    return {k: cfg.MODEL.NASNET[k] for k in SHARED_NETWORK_KEYS}
 
 
 @dataclass
@@ -42,6 +60,8 @@ class Context:
 
     def outputs_of(self, stage: str, needed_by: str) -> dict[str, Any]:
         """The outputs of an earlier, finished stage (absolute paths), or a StageError saying to run it."""
+        if stage not in REGISTERED[needed_by].needs:  # the order relies on `needs`: keep it the whole truth
+            raise StageError(needed_by, f"reads the outputs of stage '{stage}' but does not name it in its needs")
         m = read_manifest(self.stage_dir(stage))
         if not m or m.get("status") != "done":
             state = "has not run" if not m else f"is {m.get('status')}"
@@ -100,8 +120,28 @@ def _read_json(stage: str, path: Path, what: str) -> Any:
 
 
 class Stage(ABC):
-    name = ""
-    optional = False
+    name: ClassVar[str] = ""
+    needs: ClassVar[tuple[str, ...]] = ()  # stages whose outputs this one reads: they run before it
+    runs_last: ClassVar[bool] = False  # after every other stage (the report reads all their manifests)
+    optional: ClassVar[bool] = False  # feeds only the report: running it does not rerun later stages
+    positive_keys: ClassVar[tuple[str, ...]] = ()  # keys of the stage's node that must be >= 1
+
+    @classmethod  # noqa: B027 (a stage may have no node)
+    def add_config(cls, cfg: CN) -> None:
+        """Add the stage's node (``cfg.<NAME>``) with its defaults to the pipeline's config."""
+
+    @classmethod
+    def check_config(cls, cfg: CN) -> None:
+        """Reject values of the stage's node that no run can use, naming the key."""
+        node_name = cls.name.upper()
+        node = cfg.get(node_name)
+        if node is None:
+            return
+        if "OPTS" in node and len(node.OPTS) % 2:
+            raise ValueError(f"{node_name}.OPTS must be KEY VALUE pairs (an even-length list), got {list(node.OPTS)}")
+        for key in cls.positive_keys:
+            if node[key] < 1:
+                raise ValueError(f"{node_name}.{key} must be >= 1, got {node[key]}")
 
     def enabled(self, ctx: Context) -> bool:
         return True
@@ -130,6 +170,52 @@ class Stage(ABC):
         does not import ``search``, and the search runs first anyway)."""
 
 
+S = TypeVar("S", bound=type[Stage])
+
+# The registered stage classes by name, in registration order (the order of this module).
+REGISTERED: dict[str, type[Stage]] = {}
+
+
+def register_stage(cls: S) -> S:
+    """Class decorator adding a stage to the pipeline: its folder, config node, ``--from`` choice and place in
+    the order all follow from the class."""
+    if not cls.name or cls.name != cls.name.lower() or not cls.name.isidentifier():
+        raise ValueError(f"stage {cls.__name__}: name must be a lower-case identifier, got {cls.name!r}")
+    if cls.name in REGISTERED:
+        raise ValueError(f"stage {cls.__name__}: the name {cls.name!r} is taken by {REGISTERED[cls.name].__name__}")
+    REGISTERED[cls.name] = cls
+    return cls
+
+
+def pipeline_stages() -> list[Stage]:
+    """One instance of each registered stage, in run order: every stage after the stages it ``needs`` (where
+    that leaves a choice, in registration order), and those that ``runs_last`` after all others."""
+    order: list[type[Stage]] = []
+    for last in (False, True):
+        todo = [c for c in REGISTERED.values() if c.runs_last == last]
+        placed = {c.name for c in order}
+        for c in todo:
+            for need in c.needs:
+                if need not in REGISTERED:
+                    raise ValueError(f"stage '{c.name}' needs '{need}', which is not a registered stage")
+                if REGISTERED[need].runs_last and not last:
+                    raise ValueError(f"stage '{c.name}' needs '{need}', which runs after every other stage")
+        while todo:
+            ready = next((c for c in todo if placed.issuperset(c.needs)), None)
+            if ready is None:
+                raise ValueError(f"stages {', '.join(c.name for c in todo)} cannot be ordered: their needs "
+                                 "form a circle")
+            order.append(ready)
+            placed.add(ready.name)
+            todo.remove(ready)
+    return [c() for c in order]
+
+
+def stage_names() -> list[str]:
+    """The stage names in run order (the choices of ``--from``/``--until``/``--only``)."""
+    return [s.name for s in pipeline_stages()]
+
+
 def _check_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> None:
     from nasnet_det.classification.config import load_config
 
@@ -155,10 +241,19 @@ def _tool_settings(ctx: Context, node: str) -> dict[str, Any]:
     return {"config": config_chain(node.lower(), f"{node}.CONFIG_FILE", c.CONFIG_FILE), "opts": list(c.OPTS)}
 
 
+@register_stage
 class SearchStage(Stage):
     """CIFAR-10 architecture search (``tools/search_cifar.py``), or a given genotype (the shortcut)."""
 
     name = "search"
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.SEARCH = CN()
+        cfg.SEARCH.CONFIG_FILE = "configs/search/smoke.yaml"
+        cfg.SEARCH.OPTS = []
+        # Shortcut: a published genotype ("nasnet_a") or a genotype JSON file; the search stage then does not run.
+        cfg.SEARCH.GENOTYPE = ""
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SEARCH
@@ -206,11 +301,22 @@ class SearchStage(Stage):
         return {k: str(workdir / v) if k != "kind" else v for k, v in outputs.items()}, {"strategies": metrics}
 
 
+@register_stage
 class SelectStage(Stage):
     """Pick the cell to carry on: the best reward of the search, or the best of its top k after training each
     longer on CIFAR-10 (``SELECT.TOP_K`` > 1)."""
 
-    name = "select"
+    name, needs, positive_keys = "select", ("search",), ("TOP_K",)
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.SELECT = CN()
+        # Re-rank the search's TOP_K best cells by training each with RERANK_CONFIG_FILE (a configs/train/
+        # CIFAR config) + RERANK_OPTS and keep the best held-out accuracy (the paper did this before choosing
+        # NASNet-A). TOP_K 1 keeps the best reward of the search.
+        cfg.SELECT.TOP_K = 1
+        cfg.SELECT.RERANK_CONFIG_FILE = "configs/train/cifar10_smoke.yaml"
+        cfg.SELECT.RERANK_OPTS = []
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SELECT
@@ -261,7 +367,7 @@ class SelectStage(Stage):
             rdir = workdir / f"rerank_{i}"
             argv = [python(ctx.cfg), str(tool_path(self.name, "train_cifar.py")),
                     "--config-file", str(resolve_path(c.RERANK_CONFIG_FILE)), "--output-dir", str(rdir),
-                    *genotype_opts("train", path), *c.RERANK_OPTS]
+                    *genotype_opts(path), *c.RERANK_OPTS]
             run_tool(self.name, argv, rdir, ctx.quiet)
             cand["rerank_top1"] = _read_json(self.name, rdir / "final_metrics.json", "re-rank metrics").get("top1")
         key = (lambda c_: c_["rerank_top1"]) if len(cands) > 1 else (lambda c_: 0)
@@ -308,10 +414,20 @@ class _ClassificationStage(Stage):
         return outputs, {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
 
 
+@register_stage
 class CifarStage(_ClassificationStage):
     """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
 
     name, node, tool, optional = "cifar", "CIFAR", "train_cifar.py", True
+    needs, positive_keys = ("select",), ("NPROC_PER_NODE",)
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.CIFAR = CN()
+        cfg.CIFAR.ENABLED = False
+        cfg.CIFAR.CONFIG_FILE = "configs/train/cifar10_smoke.yaml"
+        cfg.CIFAR.OPTS = []
+        cfg.CIFAR.NPROC_PER_NODE = 1  # > 1: torchrun --nproc-per-node (one process per GPU; gloo on a CPU)
 
     def enabled(self, ctx: Context) -> bool:
         return bool(ctx.cfg.CIFAR.ENABLED)
@@ -324,27 +440,44 @@ class CifarStage(_ClassificationStage):
 
     def check(self, ctx: Context) -> None:
         c = ctx.cfg.CIFAR
-        _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("train", "nasnet_a"), *c.OPTS],
+        _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
                               "cifar10")
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.CIFAR
         argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
-                *genotype_opts("train", inputs["genotype"]), *c.OPTS]
+                *genotype_opts(inputs["genotype"]), *c.OPTS]
         run_tool(self.name, argv, workdir, ctx.quiet)
 
 
+@register_stage
 class PretrainStage(_ClassificationStage):
-    """ImageNet pretraining at the NETWORK's N@F (``tools/pretrain_imagenet.py``, torchrun for > 1 process),
-    or given weights (the shortcut: our checkpoint, or a timm / pretrainedmodels state dict)."""
+    """ImageNet pretraining at the MODEL.NASNET's N@F (``tools/pretrain_imagenet.py``, torchrun for > 1
+    process), or given weights (the shortcut: our checkpoint, or a timm / pretrainedmodels state dict)."""
 
     name, node, tool = "pretrain", "PRETRAIN", "pretrain_imagenet.py"
+    needs, positive_keys = ("select",), ("NPROC_PER_NODE", "NNODES")
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.PRETRAIN = CN()
+        cfg.PRETRAIN.CONFIG_FILE = "configs/train/imagenet_smoke.yaml"
+        cfg.PRETRAIN.OPTS = []
+        # Shortcut: a nasnet-det checkpoint (.pth with arch + state_dict) or a timm / pretrainedmodels state
+        # dict of the MODEL.NASNET network; pretraining then does not run.
+        cfg.PRETRAIN.WEIGHTS = ""
+        # torchrun: processes per machine, machines, this machine's rank, rendezvous HOST:PORT (multi-machine
+        # only).
+        cfg.PRETRAIN.NPROC_PER_NODE = 1
+        cfg.PRETRAIN.NNODES = 1
+        cfg.PRETRAIN.NODE_RANK = 0
+        cfg.PRETRAIN.RDZV_ENDPOINT = ""
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        if ctx.cfg.PRETRAIN.WEIGHTS:  # checked against the NETWORK: a changed NETWORK checks them again
-            return {"weights": _file_setting(ctx.cfg.PRETRAIN.WEIGHTS), "network": dict(ctx.cfg.NETWORK)}
-        return {**_tool_settings(ctx, "PRETRAIN"), **self.launch_settings(ctx), "network": dict(ctx.cfg.NETWORK)}
+        if ctx.cfg.PRETRAIN.WEIGHTS:  # checked against the network: a changed network checks them again
+            return {"weights": _file_setting(ctx.cfg.PRETRAIN.WEIGHTS), "network": network_settings(ctx.cfg)}
+        return {**_tool_settings(ctx, "PRETRAIN"), **self.launch_settings(ctx), "network": network_settings(ctx.cfg)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         inputs = {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
@@ -353,7 +486,7 @@ class PretrainStage(_ClassificationStage):
             if not w.is_file():
                 raise StageError(self.name, f"PRETRAIN.WEIGHTS {ctx.cfg.PRETRAIN.WEIGHTS!r} does not exist "
                                             "(expected a nasnet-det checkpoint or a timm / pretrainedmodels "
-                                            "state dict .pth of the NETWORK)")
+                                            "state dict .pth of the MODEL.NASNET network)")
             inputs["weights"] = w
         return inputs
 
@@ -361,12 +494,12 @@ class PretrainStage(_ClassificationStage):
         c = ctx.cfg.PRETRAIN
         if not c.WEIGHTS:
             _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
-                                  [*network_opts("train", ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
+                                  [*network_opts(ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
 
     def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
         if not ctx.cfg.PRETRAIN.WEIGHTS:
             return
-        # Given weights must fit the NETWORK and the chosen cell: find out now, not in the detection stage.
+        # Given weights must fit the network and the chosen cell: find out now, not in the detection stage.
         import torch
         from torch import nn
 
@@ -383,7 +516,7 @@ class PretrainStage(_ClassificationStage):
             load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])), inputs["weights"],
                                    strict=True)
         except Exception as e:  # noqa: BLE001 - a mismatched file is the same bad input
-            raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit NETWORK and the "
+            raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit MODEL.NASNET and the "
                                         f"selected genotype {inputs['genotype']}: {e}") from None
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
@@ -393,7 +526,7 @@ class PretrainStage(_ClassificationStage):
             return
         argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
-                *network_opts("train", ctx.cfg, inputs["genotype"]), *c.OPTS]
+                *network_opts(ctx.cfg, inputs["genotype"]), *c.OPTS]
         run_tool(self.name, argv, workdir, ctx.quiet)
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -410,14 +543,26 @@ def _d2_launch(c: CN, eval_only: bool = False) -> list[str]:
             str(c.MACHINE_RANK), "--dist-url", c.DIST_URL]
 
 
+@register_stage
 class DetectStage(Stage):
     """Faster R-CNN training with the pretrained backbone (``tools/train_net.py``, detectron2 launch)."""
 
-    name = "detect"
+    name, needs, positive_keys = "detect", ("select", "pretrain"), ("NUM_GPUS", "NUM_MACHINES")
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.DETECT = CN()
+        cfg.DETECT.CONFIG_FILE = "configs/detection/smoke-nasnet-c4.yaml"
+        cfg.DETECT.OPTS = []
+        # detectron2 launch: processes per machine (GPUs; gloo processes on a CPU), machines, rank, rendezvous URL.
+        cfg.DETECT.NUM_GPUS = 1
+        cfg.DETECT.NUM_MACHINES = 1
+        cfg.DETECT.MACHINE_RANK = 0
+        cfg.DETECT.DIST_URL = "auto"
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.DETECT
-        return {**_tool_settings(ctx, "DETECT"), "network": dict(ctx.cfg.NETWORK),
+        return {**_tool_settings(ctx, "DETECT"), "network": network_settings(ctx.cfg),
                 "launch": [c.NUM_GPUS, c.NUM_MACHINES]}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
@@ -426,7 +571,7 @@ class DetectStage(Stage):
 
     def check(self, ctx: Context) -> None:
         _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE,
-                         [*network_opts("detect", ctx.cfg, "nasnet_a"), *ctx.cfg.DETECT.OPTS])
+                         [*network_opts(ctx.cfg, "nasnet_a"), *ctx.cfg.DETECT.OPTS])
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.DETECT
@@ -434,7 +579,7 @@ class DetectStage(Stage):
         argv = [python(ctx.cfg), str(tool_path(self.name, "train_net.py")),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), *_d2_launch(c), "--resume",
                 "OUTPUT_DIR", str(workdir), "DATASETS.TEST", "()",
-                *network_opts("detect", ctx.cfg, inputs["genotype"]),
+                *network_opts(ctx.cfg, inputs["genotype"]),
                 "MODEL.NASNET.WEIGHTS", str(inputs["backbone"]), *c.OPTS]
         run_tool(self.name, argv, workdir, ctx.quiet)
 
@@ -453,22 +598,29 @@ class DetectStage(Stage):
                 "config": str(workdir / "config.yaml")}, metrics
 
 
+@register_stage
 class EvaluateStage(Stage):
     """COCO box AP of the trained detector (``tools/train_net.py --eval-only``): the 12 numbers and per
     category."""
 
-    name = "evaluate"
+    name, needs, positive_keys = "evaluate", ("select", "detect"), ("NUM_GPUS",)
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.EVALUATE = CN()
+        cfg.EVALUATE.OPTS = []  # on top of DETECT.CONFIG_FILE + DETECT.OPTS (e.g. DATASETS.TEST)
+        cfg.EVALUATE.NUM_GPUS = 1
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         return {**_tool_settings(ctx, "DETECT"), "eval_opts": list(ctx.cfg.EVALUATE.OPTS),
-                "network": dict(ctx.cfg.NETWORK), "launch": ctx.cfg.EVALUATE.NUM_GPUS}
+                "network": network_settings(ctx.cfg), "launch": ctx.cfg.EVALUATE.NUM_GPUS}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"],
                 "detector": ctx.outputs_of("detect", self.name)["weights"]}
 
     def check(self, ctx: Context) -> None:
-        _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts("detect", ctx.cfg, "nasnet_a"),
+        _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
                                                                  *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
@@ -477,7 +629,7 @@ class EvaluateStage(Stage):
         c = ctx.cfg.DETECT
         argv = [python(ctx.cfg), str(tool_path(self.name, "train_net.py")),
                 "--config-file", str(resolve_path(c.CONFIG_FILE)), *_d2_launch(ctx.cfg.EVALUATE, eval_only=True),
-                "--eval-only", "OUTPUT_DIR", str(workdir), *network_opts("detect", ctx.cfg, inputs["genotype"]),
+                "--eval-only", "OUTPUT_DIR", str(workdir), *network_opts(ctx.cfg, inputs["genotype"]),
                 *c.OPTS, *ctx.cfg.EVALUATE.OPTS, "MODEL.WEIGHTS", str(inputs["detector"])]
         run_tool(self.name, argv, workdir, ctx.quiet)
 
@@ -491,28 +643,34 @@ class EvaluateStage(Stage):
             {"bbox": results}
 
 
+@register_stage
 class ReportStage(Stage):
     """``report.md`` with its PNGs (see :mod:`nasnet_det.pipeline.report`)."""
 
-    name = "report"
+    name, needs, runs_last = "report", ("select",), True
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.REPORT = CN()
+        cfg.REPORT.PROFILE_IMAGE_SIZE = 224  # image size of the backbone's mult-add count
+
+    def reported(self) -> list[Stage]:
+        return [s for s in pipeline_stages() if s.name != self.name]
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        return {"profile_image_size": ctx.cfg.REPORT.PROFILE_IMAGE_SIZE, "network": dict(ctx.cfg.NETWORK)}
+        return {"profile_image_size": ctx.cfg.REPORT.PROFILE_IMAGE_SIZE, "network": network_settings(ctx.cfg)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         # The report shows every stage's manifest: a stage rerun on its own (--only) must redo the report.
-        manifests = {f"{s.name}_manifest": ctx.stage_dir(s.name) / MANIFEST_NAME for s in STAGES
-                     if s.name != self.name and (ctx.stage_dir(s.name) / MANIFEST_NAME).is_file()}
+        manifests = {f"{s.name}_manifest": ctx.stage_dir(s.name) / MANIFEST_NAME for s in self.reported()
+                     if (ctx.stage_dir(s.name) / MANIFEST_NAME).is_file()}
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"], **manifests}
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         from nasnet_det.pipeline.report import write_report
 
-        write_report(ctx, workdir, STAGES)
+        write_report(ctx, workdir, [s.name for s in self.reported()])
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         return {"report": str(workdir / "report.md")}, {}
 
-
-STAGES: list[Stage] = [SearchStage(), SelectStage(), CifarStage(), PretrainStage(), DetectStage(), EvaluateStage(),
-                       ReportStage()]
