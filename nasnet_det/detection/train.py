@@ -53,9 +53,9 @@ from nasnet_det.detection.data import (
 )
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
+from nasnet_det.engine.process import die_with_parent
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
-from nasnet_det.process import die_with_parent
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
