@@ -19,8 +19,7 @@ from typing import Any
 
 import torch
 
-from nasnet_det.models.pretrained import atomic_torch_save
-from nasnet_det.utils.io import as_disk_full_error
+from nasnet_det.utils.io import as_disk_full_error, atomic_torch_save
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS evaluations (

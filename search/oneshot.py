@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
-from nasnet_det.classification.distributed import barrier, init_distributed
-from nasnet_det.models.pretrained import atomic_torch_save
+from nasnet_det.engine.distributed import barrier, init_distributed
+from nasnet_det.utils.io import atomic_torch_save
 from search.config import check_cfg
 from search.controller import decisions_to_genotype
 from search.journal import Journal, load_state

@@ -9,12 +9,10 @@ non-finite reward gives a ``failed`` result with the reason; the search goes on.
 
 from __future__ import annotations
 
-import ctypes
 import math
 import multiprocessing as mp
 import os
 import signal
-import sys
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -30,6 +28,7 @@ import torch
 
 import nasnet_det
 import search
+from nasnet_det.engine.process import die_with_parent
 from nasnet_det.space import Genotype
 
 Evaluator = Callable[[Genotype, int], dict[str, Any]]
@@ -130,24 +129,7 @@ class InlineBackend(QueueBackend):
 
 
 # --- local worker processes --------------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1
 _MAX_START_FAILURES = 3  # workers in a row that die before running a child: give up (broken set-up)
-
-
-def die_with_parent(parent_pid: int) -> bool:
-    """Make this process get SIGKILL when the process that started it dies (Linux ``prctl``), so workers
-    of a ``kill -9``'d driver do not live on holding a GPU. Returns False where that is not available."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    if os.getppid() != parent_pid:  # the driver died before prctl took effect
-        os._exit(1)
-    return True
 
 
 def _worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: int, parent_pid: int) -> None:

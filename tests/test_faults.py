@@ -375,7 +375,7 @@ def test_detection_resume_keeps_counting_skipped_images(tmp_path):
 
     def trainer_with(loader, start_iter):
         cfg = CfgNode({"OUTPUT_DIR": str(tmp_path), "SOLVER": {"IMS_PER_BATCH": 1}})
-        return SimpleNamespace(_trainer=SimpleNamespace(data_loader=loader), start_iter=start_iter, cfg=cfg,
+        return SimpleNamespace(data_loader=loader, start_iter=start_iter, cfg=cfg,
                                storage=EventStorage(start_iter))
 
     killed = SkippingLoader([], "training")

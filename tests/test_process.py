@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-import nasnet_det.classification.distributed as distributed
+import nasnet_det.engine.distributed as distributed
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux-only")
 
 LAUNCHER = textwrap.dedent("""
     import subprocess, sys, time
     # like torchrun: the worker in its own session, so only the parent-death signal can reach it
-    worker = subprocess.Popen([sys.executable, "-c", "from nasnet_det.process import die_with_parent; "
+    worker = subprocess.Popen([sys.executable, "-c", "from nasnet_det.engine.process import die_with_parent; "
                                "import time, sys; die_with_parent(); print('ready', flush=True); time.sleep(60)"],
                               start_new_session=True, stdout=subprocess.PIPE, text=True)
     assert worker.stdout.readline().strip() == "ready"

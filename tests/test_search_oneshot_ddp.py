@@ -26,8 +26,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     from test_search_oneshot import _cfg
 
-    from nasnet_det.classification.distributed import cleanup_distributed
     from nasnet_det.data.cifar import synthetic_cifar
+    from nasnet_det.engine.distributed import cleanup_distributed
     from search.oneshot import OneShotSearch
     from search.reward import ChildData
 

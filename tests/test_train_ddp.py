@@ -45,7 +45,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     from train_helpers import tiny_cfg
 
     from nasnet_det.classification import Trainer, accumulate_gradients
-    from nasnet_det.classification.distributed import cleanup_distributed, init_distributed
+    from nasnet_det.engine.distributed import cleanup_distributed, init_distributed
 
     info = init_distributed("cpu")
     assert (info.rank, info.world_size) == (rank, world_size)

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 from train_helpers import tiny_cfg
 
 from nasnet_det.classification import Trainer, accumulate_gradients, export_backbone
-from nasnet_det.classification.distributed import ShardedEpochSampler
 from nasnet_det.classification.optim import ModelEma, lr_multiplier_fn
+from nasnet_det.classification.sampler import ShardedEpochSampler
 from nasnet_det.models import build_nasnet
 from nasnet_det.models.pretrained import load_checkpoint, read_checkpoint
 

@@ -1,11 +1,11 @@
-"""Resumable training checkpoints: fvcore's ``Checkpointer`` writing our format atomically.
+"""Resumable training checkpoints: the engine's crash-safe fvcore ``Checkpointer`` writing our format.
 
 Layout: ``OUTPUT_DIR/checkpoints/ckpt_<step>.pth`` and ``OUTPUT_DIR/last_checkpoint`` (the newest one's path
 relative to OUTPUT_DIR). fvcore supplies the checkpointables (optimizer, scheduler, scaler, EMA: saved by
 ``state_dict()``, restored by ``load_state_dict()``) and the model loading with its key report. Changed here:
 
 - files are ``nasnet-det/v1`` payloads (``arch`` + ``state_dict``), so export and ``MODEL.NASNET.WEIGHTS`` read them;
-- checkpoint and pointer are written atomically (fvcore writes in place: a kill leaves a torn file);
+- checkpoint and pointer are written atomically (:class:`nasnet_det.engine.checkpoint.CrashSafeCheckpointer`);
 - a damaged checkpoint is named and the newest intact older one is used instead;
 - pruning keeps the newest ``keep`` files on disk, also those of an interrupted earlier session
   (fvcore's ``PeriodicCheckpointer`` only prunes what it wrote itself, and names files ``model_<iter>``,
@@ -21,15 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fvcore.common.checkpoint import Checkpointer
 from torch import nn
 
+from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, CrashSafeCheckpointer
 from nasnet_det.models.pretrained import read_checkpoint, save_checkpoint
-from nasnet_det.utils.io import atomic_write, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
-
-LAST_CHECKPOINT = "last_checkpoint"
 
 
 class DamagedCheckpointError(ValueError):
@@ -49,7 +46,7 @@ def read_intact_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                                      f"({type(exc).__name__}: {exc})") from exc
 
 
-class TrainingCheckpointer(Checkpointer):
+class TrainingCheckpointer(CrashSafeCheckpointer):
     """``verify(payload, path)`` runs on every loaded payload before anything is restored (arch checks)."""
 
     def __init__(self, model: nn.Module, output_dir: str | os.PathLike, keep: int, save_to_disk: bool,
@@ -86,25 +83,16 @@ class TrainingCheckpointer(Checkpointer):
     def get_checkpoint_file(self) -> str:
         return str(self.last_checkpoint() or "")
 
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write(self.output_dir / LAST_CHECKPOINT, last_filename_basename)
-
-    def remove_stale_temp_files(self) -> list[Path]:
-        """Delete the temporaries our atomic writes leave when a process is killed mid-write (only those
-        whose writer is gone: :func:`nasnet_det.utils.io.remove_stale_tmp`)."""
-        folders = (self.output_dir, self.output_dir / "checkpoints")
-        return [p for folder in folders for p in remove_stale_tmp(folder)]
+    @property
+    def tmp_folders(self) -> list[Path]:
+        return [self.output_dir, self.output_dir / "checkpoints"]
 
     # ---- save
-    def save(self, name: str, **extra: Any) -> None:
-        """Atomically write ``OUTPUT_DIR/<name>.pth`` (model, checkpointables, ``extra``), point
-        ``last_checkpoint`` at it and prune older checkpoints (no-op unless ``save_to_disk``)."""
-        if not self.save_to_disk:
-            return
-        path = self.output_dir / f"{name}.pth"
-        states = {key: obj.state_dict() for key, obj in self.checkpointables.items()}
+    def write(self, path: Path, states: dict[str, Any], extra: dict[str, Any]) -> None:
         save_checkpoint(self.model, path, **states, **extra)
-        self.tag_last_checkpoint(path.relative_to(self.output_dir).as_posix())
+
+    def after_save(self, path: Path) -> None:
+        """Prune: keep the newest ``keep`` checkpoints up to ``path``."""
         kept = self.checkpoints()
         if path in kept:  # files of later steps belong to an abandoned run (resumed before them): never count
             kept = kept[: kept.index(path) + 1]  # them, or they would push out the file just written

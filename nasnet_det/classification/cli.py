@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(cfg, args) -> int:
-    from nasnet_det.classification.distributed import cleanup_distributed
     from nasnet_det.classification.trainer import Trainer
+    from nasnet_det.engine.distributed import cleanup_distributed
 
     trainer = Trainer(cfg)
     try:

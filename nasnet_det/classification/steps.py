@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from nasnet_det.classification.distributed import all_gather_union, all_reduce_sum
 from nasnet_det.classification.metrics import topk_correct
+from nasnet_det.engine.distributed import all_gather_union, all_reduce_sum
 
 
 def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_weight: float,

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from timm.utils import random_seed
@@ -46,17 +44,14 @@ from nasnet_det.classification.checkpoint import (
     read_intact_checkpoint,
 )
 from nasnet_det.classification.data import ClassificationData, build_data
-from nasnet_det.classification.distributed import (
-    DistInfo,
-    ShardedEpochSampler,
-    all_gather_union,
-    all_reduce_sum,
-    barrier,
-    init_distributed,
-)
-from nasnet_det.classification.metrics import MetricsWriter, read_metrics
+from nasnet_det.classification.metrics import MetricsWriter
 from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler, upgrade_former_rmsprop_state
+from nasnet_det.classification.sampler import ShardedEpochSampler
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
+from nasnet_det.engine.checkpoint import remove_files
+from nasnet_det.engine.distributed import DistInfo, all_gather_union, all_reduce_sum, barrier, init_distributed
+from nasnet_det.engine.metrics import truncate_metrics
+from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.models import NASNetArch, nasnet_from_cfg
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
@@ -102,21 +97,6 @@ def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,
 
 
 # ----------------------------------------------------------------------------------------------- process
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def default_num_threads() -> int:
     """Usable cores / training processes on this machine, so that processes sharing a machine do not
     oversubscribe it. An ``OMP_NUM_THREADS`` the user exported wins outside torchrun (which sets it to 1)."""
@@ -223,9 +203,9 @@ class Trainer:
         self._gather_skipped()
         rng_states = [None] * self.dist.world_size
         if self.dist.distributed:
-            dist.all_gather_object(rng_states, _rng_state())
+            dist.all_gather_object(rng_states, capture_rng_state())
         else:
-            rng_states = [_rng_state()]
+            rng_states = [capture_rng_state()]
         self._last_saved_step = step = self.state.step
         return self.checkpointer.save_step(
             step, epoch=self.state.epoch, samples_in_epoch=self.state.samples_in_epoch,
@@ -246,7 +226,7 @@ class Trainer:
                                 set(extra.get("skipped_paths") or ()))
         rng_states = extra.get("rng_states") or []
         if extra.get("world_size") == self.dist.world_size and len(rng_states) == self.dist.world_size:
-            _set_rng_state(rng_states[self.dist.rank])
+            restore_rng_state(rng_states[self.dist.rank])
         else:
             random_seed(self.cfg.SEED + 1000 * self.state.step, self.dist.rank)
         self._last_saved_step = self.state.step
@@ -254,7 +234,9 @@ class Trainer:
             self._last_eval, self._last_eval_step = extra["last_eval"], self.state.step
         self.metrics.resume_at(self.state.step)
         if self.dist.is_main:
-            self._truncate_metrics(self.state.step)
+            # Records the interrupted run wrote after its last checkpoint are redone; a corrupt line elsewhere than
+            # the last raises naming the file and line.
+            truncate_metrics(self.metrics.path, self.state.step)
             logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", path, self.state.step,
                         self.state.epoch, self.state.samples_in_epoch)
         return path
@@ -264,18 +246,9 @@ class Trainer:
         old = self.checkpoints()
         if old or (self.output_dir / LAST_CHECKPOINT).is_file():
             logger.warning("not resuming: deleting %d old checkpoint(s) in %s", len(old), self.output_dir)
-        for path in [*old, self.output_dir / LAST_CHECKPOINT, *(self.output_dir / name for name in RUN_OUTPUTS)]:
-            path.unlink(missing_ok=True)
+        remove_files([*old, self.output_dir / LAST_CHECKPOINT, *(self.output_dir / name for name in RUN_OUTPUTS)])
         self.metrics.close()
         shutil.rmtree(self.metrics.tensorboard_dir, ignore_errors=True)
-
-    def _truncate_metrics(self, step: int) -> None:
-        # Records the interrupted run wrote after its last checkpoint are redone; drop them, and a half-written
-        # last line (read_metrics drops it; a corrupt line elsewhere raises naming the file and line).
-        path = self.metrics.path
-        if path.is_file():
-            kept = [r for r in read_metrics(path) if r["step"] <= step]
-            atomic_write(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # ---- data
     def _train_batches(self) -> tuple[Iterator, int]:

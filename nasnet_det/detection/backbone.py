@@ -120,30 +120,31 @@ class NASNetBackbone(FusedAtInference, Backbone):
         super().__init__()
         if not out_features:
             raise ValueError("MODEL.NASNET.OUT_FEATURES is empty")
-        self._cells = {name: resolve_feature(nasnet, name) for name in out_features}
-        deepest = max(_plan_index(nasnet, c) for c in self._cells.values())
+        self.cells = {name: resolve_feature(nasnet, name) for name in out_features}
+        deepest = max(_plan_index(nasnet, c) for c in self.cells.values())
         drop_modules(nasnet, [p.name for p in nasnet.plan if p.index > deepest])
         self.nasnet = nasnet
         info = {f.name: f for f in nasnet.feature_info}
-        self._out_features = list(out_features)
-        self._out_feature_channels = {n: info[c].channels for n, c in self._cells.items()}
-        self._out_feature_strides = {n: info[c].stride for n, c in self._cells.items()}
+        self.shapes = {n: ShapeSpec(channels=info[c].channels, stride=info[c].stride) for n, c in self.cells.items()}
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return dict(self.shapes)
 
     def cell_of(self, feature: str) -> str:
         """The NASNet output behind output ``feature`` (e.g. ``"stride8"`` -> ``"cell_3"``)."""
-        return self._cells[feature]
+        return self.cells[feature]
 
     @property
     def size_divisibility(self) -> int:
         # Padding to a multiple of the largest output stride S makes every stride-s cell map exactly H/s (the
         # cells use TF-SAME padding), so FPN's 2x upsampling lines up. Not 32 when the taps stop earlier.
         # (conv0, a VALID 3x3/2 conv, gives H/2 - 1 whatever the padding; see build_nasnet_fpn_backbone.)
-        return max(self._out_feature_strides.values())
+        return max(shape.stride for shape in self.shapes.values())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_divisible(x, self.size_divisibility)
-        feats = self.nasnet_for_forward().forward_features(x, list(dict.fromkeys(self._cells.values())))
-        return {n: feats[c] for n, c in self._cells.items()}
+        feats = self.nasnet_for_forward().forward_features(x, list(dict.fromkeys(self.cells.values())))
+        return {n: feats[c] for n, c in self.cells.items()}
 
 
 def c4_split(nasnet: NASNet) -> tuple[list[CellPlan], list[CellPlan], list[str]]:
@@ -173,15 +174,16 @@ class NASNetC4Backbone(FusedAtInference, Backbone):
         strides = {info[n].stride for n in inputs}
         if len(strides) != 1:
             raise ValueError(f"the C4 head reads {inputs} at different strides {sorted(strides)}; cannot concat")
-        self._out_features = ["c4"]
-        self._out_feature_channels = {"c4": sum(info[n].channels for n in inputs)}
-        self._out_feature_strides = {"c4": strides.pop()}
+        self.shape = ShapeSpec(channels=sum(info[n].channels for n in inputs), stride=strides.pop())
+
+    def output_shape(self) -> dict[str, ShapeSpec]:
+        return {"c4": self.shape}
 
     @property
     def size_divisibility(self) -> int:
         # The trunk stops at stride 16 (the stride-32 head runs on ROI crops), so 16 is enough; 32 would pad
         # e.g. 1200 px inputs to 1216 for nothing.
-        return self._out_feature_strides["c4"]
+        return self.shape.stride
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         _check_divisible(x, self.size_divisibility)
@@ -208,14 +210,23 @@ def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetBa
     return backbone
 
 
+class NASNetFPN(FPN):
+    """detectron2's FPN, padding its input to what its bottom-up needs too: FPN pads to the stride of its
+    last input only, and the NASNet also needs its own (possibly larger) taps to divide."""
+
+    @property
+    def size_divisibility(self) -> int:
+        return max(super().size_divisibility, self.bottom_up.size_divisibility)
+
+
 @BACKBONE_REGISTRY.register()
-def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
+def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetFPN:
     bottom_up = build_nasnet_backbone(cfg, input_shape)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     missing = [f for f in in_features if f not in bottom_up.output_shape()]
     if missing:
         raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not produced by the NASNet backbone; "
-                         f"MODEL.NASNET.OUT_FEATURES gives {bottom_up._out_features}")
+                         f"MODEL.NASNET.OUT_FEATURES gives {list(bottom_up.output_shape())}")
     # conv0 is a VALID 3x3/2 conv: its map is H/2 - 1, not H/2, so FPN's 2x upsampling of the stride-4 level
     # cannot be added to it. (conv0 stays usable as a plain build_nasnet_backbone output.)
     stem = [f for f in in_features if bottom_up.cell_of(f) == "conv0"]
@@ -225,11 +236,8 @@ def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> FPN:
     # The extra max-pooled level comes from the last FPN level, "p5" only when the taps reach stride 32.
     top_block = LastLevelMaxPool()
     top_block.in_feature = f"p{bottom_up.output_shape()[in_features[-1]].stride.bit_length() - 1}"
-    fpn = FPN(bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
-              norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
-    # FPN pads to the stride of its last input only; the NASNet also needs its own (larger) taps to divide.
-    fpn._size_divisibility = max(fpn.size_divisibility, bottom_up.size_divisibility)
-    return fpn
+    return NASNetFPN(bottom_up=bottom_up, in_features=in_features, out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
+                     norm=cfg.MODEL.FPN.NORM, top_block=top_block, fuse_type=cfg.MODEL.FPN.FUSE_TYPE)
 
 
 @BACKBONE_REGISTRY.register()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -19,11 +20,11 @@ from typing import Any
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, CrashSafeCheckpointer
 from nasnet_det.models.arch import CLASSIFIER_FIELDS, COMPARED_FIELDS
-from nasnet_det.utils.io import DamagedFileError, atomic_torch_save, atomic_write, load_torch_file, remove_stale_tmp
+from nasnet_det.utils.io import DamagedFileError, load_torch_file
 
 logger = logging.getLogger(__name__)
-LAST_CHECKPOINT = "last_checkpoint"
 FINAL_CHECKPOINT = "model_final.pth"
 _PERIODIC = re.compile(r"^model_(\d+)\.pth$")
 
@@ -40,44 +41,28 @@ def _is_nasnet_key(key: str) -> bool:
     return ".nasnet." in key and not key.endswith("num_batches_tracked")
 
 
-class NASNetDetectionCheckpointer(DetectionCheckpointer):
+class NASNetDetectionCheckpointer(CrashSafeCheckpointer, DetectionCheckpointer):
     """``DetectionCheckpointer`` whose loads raise ``ValueError`` when a NASNet tensor of the model is missing
     from the checkpoint or has another shape there. Other keys (e.g. a box predictor for another class count)
-    keep detectron2's log-only behaviour."""
+    keep detectron2's log-only behaviour. Saves are the engine's atomic ones (:class:`CrashSafeCheckpointer`)."""
+
+    loaded_path: str = ""  # the checkpoint resume_or_load resumed from
+    loading_path: str = ""  # the file being loaded, for the error message (_load_model does not see it)
+    role = "MODEL.WEIGHTS"  # how error messages call the file being loaded
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        self._loading_path = path  # for the error message; _load_model does not see the path
         if path and "://" not in path and not os.path.isfile(path):
             raise FileNotFoundError(f"MODEL.WEIGHTS {path} does not exist")
-        try:
-            return super().load(path, *args, **kwargs)
-        except Exception:
-            self._parsed_url_during_load = None  # detectron2 leaves it set on a failed load; the next must work
-            raise
+        # DetectionCheckpointer keeps per-load state that a failed load leaves set, failing every later load
+        # (the fallback past a damaged checkpoint): each load runs on a shallow copy, which shares the model and
+        # the checkpointables, so what it restores lands here and what it leaves behind is dropped with it.
+        attempt = copy.copy(self)
+        attempt.loading_path = path
+        return super(NASNetDetectionCheckpointer, attempt).load(path, *args, **kwargs)
 
-    # ---- crash-safe writes ----------------------------------------------------------------------------
-    def save(self, name: str, **kwargs: Any) -> None:
-        """fvcore's ``Checkpointer.save``, written through a temporary file and a rename."""
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info("Saving checkpoint to %s", save_file)
-        atomic_torch_save(data, save_file)
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_write(os.path.join(self.save_dir, LAST_CHECKPOINT), last_filename_basename)
-
-    def remove_stale_tmp(self) -> list[Path]:
-        removed = remove_stale_tmp(self.save_dir) if self.save_dir else []
-        for p in removed:
-            logger.info("removed %s, left by an interrupted save", p)
-        return removed
+    def write(self, path: Path, states: dict[str, Any], extra: dict[str, Any]) -> None:
+        self.logger.info("Saving checkpoint to %s", path)
+        super().write(path, states, extra)
 
     # ---- reads that name a damaged file and fall back ---------------------------------------------------
     def _load_file(self, filename: str) -> dict[str, Any]:
@@ -88,7 +73,7 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
                 raise
             except Exception as e:  # pickle / format errors of detectron2's other formats
                 raise DamagedFileError(f"{filename} is not a readable checkpoint: {type(e).__name__}: {e}") from e
-        loaded = load_torch_file(filename, self._role)
+        loaded = load_torch_file(filename, self.role)
         if not isinstance(loaded, dict):
             raise DamagedFileError(f"checkpoint {filename} holds a {type(loaded).__name__}, not a dict of "
                                    "weights ({'model': state_dict, ...} or a state dict)")
@@ -124,9 +109,6 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         """A ``last_checkpoint`` tag or any ``model_*.pth`` (a kill between the save and the tag)."""
         return bool(self.resume_candidates())
 
-    loaded_path: str = ""  # the checkpoint resume_or_load resumed from
-    _role = "MODEL.WEIGHTS"  # how error messages call the file being loaded
-
     def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
         """fvcore's ``resume_or_load``, but a damaged newest checkpoint is named and the next intact one used."""
         self.loaded_path = ""
@@ -135,7 +117,7 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
         damaged = []
         for candidate in self.resume_candidates():
             try:
-                self._role = "checkpoint"
+                self.role = "checkpoint"
                 loaded = self.load(candidate)
                 self.loaded_path = candidate
             except DamagedFileError as e:
@@ -143,7 +125,7 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
                 damaged.append(candidate)
                 continue
             finally:
-                self._role = "MODEL.WEIGHTS"
+                self.role = "MODEL.WEIGHTS"
             if damaged:
                 logger.warning("resumed from %s (skipped damaged %s)", candidate, ", ".join(damaged))
             return loaded
@@ -168,7 +150,7 @@ class NASNetDetectionCheckpointer(DetectionCheckpointer):
             if unexpected:
                 lines.append(f"{len(unexpected)} NASNet tensors of the checkpoint are not in the model, "
                              f"e.g. {', '.join(unexpected[:3])}")
-            where = getattr(self, "_loading_path", "") or "the checkpoint"
+            where = self.loading_path or "the checkpoint"
             raise ValueError(f"MODEL.WEIGHTS {where} was trained with another NASNet than this config builds:\n  "
                              + "\n  ".join(lines) + "\nSet " + ", ".join(ARCH_KEYS)
                              + " to the values the checkpoint was trained with.")

@@ -9,29 +9,35 @@ faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the officia
 pycocotools' numbers bit for bit; faster-coco-eval its 12 numbers, and per-category AP up to float rounding
 (~1e-14, its precision table sums in another order) (tests/test_detection_eval.py; bench/bench_eval.py times
 them all).
-detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension ``detectron2._C``, which
-this install lacks, so :class:`NASNetCOCOEvaluator` plugs the fastest installed backend into
-``COCOEvaluator`` instead.
+detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension, which this install lacks,
+and its ``COCOEvaluator`` offers no way to plug another COCOeval in: :class:`NASNetCOCOEvaluator` is a
+``DatasetEvaluator`` of its own, built on detectron2's public helpers.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from detectron2.evaluation import COCOEvaluator
-from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
+from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
+from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
+from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import create_small_table
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from nasnet_det.utils.io import atomic_write
+from nasnet_det.utils.io import atomic_torch_save, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -154,59 +160,103 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
     return {**stats_to_dict(coco_eval.stats), **per_category_ap(coco_eval, class_names)}
 
 
-@contextlib.contextmanager
-def _detectron2_cocoeval(cls: type) -> Iterator[None]:
-    """Make detectron2's COCOEvaluator use ``cls`` as its fast implementation for the duration."""
-    saved = d2_coco_evaluation.COCOeval_opt
-    d2_coco_evaluation.COCOeval_opt = cls
-    try:
-        yield
-    finally:
-        d2_coco_evaluation.COCOeval_opt = saved
+class NASNetCOCOEvaluator(DatasetEvaluator):
+    """COCO box evaluation in detectron2's ``DatasetEvaluator`` interface (``reset/process/evaluate``), as
+    detectron2's ``COCOEvaluator`` does it (same output files, category unmapping, per-category AP), with the
+    fastest installed COCOeval, the six AR numbers next to the six AP numbers, and real numbers (not six NaNs)
+    when the model detects nothing. Results: ``{"bbox": {"AP": ..., "AR100": ..., "AP-<category>": ...}}``,
+    also written to ``output_dir/coco_metrics.json``."""
 
-
-class NASNetCOCOEvaluator(COCOEvaluator):
-    """detectron2's ``COCOEvaluator`` with the fastest installed COCOeval (hotcoco, faster-coco-eval) as its
-    fast path, the six AR numbers added to the six AP numbers and per-category AP it reports, and real numbers
-    (not six NaNs) when the model detects nothing."""
-
-    def __init__(self, dataset_name: str, output_dir: str | None = None, backend: str = "auto", **kwargs: Any):
-        self._cocoeval_cls = cocoeval_class(backend)
-        kwargs.setdefault("tasks", ("bbox",))
-        super().__init__(dataset_name, output_dir=output_dir, use_fast_impl=False, **kwargs)
-        self._use_fast_impl = self._cocoeval_cls is not COCOeval
-        self._eval_img_ids: list[int] | None = None
-
-    def evaluate(self, img_ids=None):
-        with _detectron2_cocoeval(self._cocoeval_cls):
-            results = super().evaluate(img_ids)
-        if self._output_dir and results:
-            path = Path(self._output_dir) / "coco_metrics.json"
-            atomic_write(path, json.dumps(results, indent=1))  # a rerun checks it to tell a finished evaluation
-            self._logger.info("COCO metrics written to %s", path)
-        return results
-
-    def _eval_predictions(self, predictions, img_ids=None):
-        self._eval_img_ids = img_ids  # for the no-detections evaluation below
-        return super()._eval_predictions(predictions, img_ids)
-
-    def _evaluate_without_detections(self, iou_type: str):
-        """COCOeval of an empty result set (detectron2 skips it and reports six NaNs instead)."""
-        coco_eval = self._cocoeval_cls(self._coco_api, empty_detections(self._coco_api), iou_type)
-        # COCOeval's default maxDets: with no detections the limit changes nothing, and summarize() needs 100.
-        if self._eval_img_ids is not None:
-            coco_eval.params.imgIds = self._eval_img_ids
+    def __init__(self, dataset_name: str, output_dir: str | None = None, backend: str = "auto",
+                 distributed: bool = True, tasks: tuple[str, ...] = ("bbox",)):
+        if set(tasks) - {"bbox", "segm"}:
+            raise ValueError(f"NASNetCOCOEvaluator evaluates 'bbox' and 'segm', not {sorted(set(tasks))}")
+        self.cocoeval = cocoeval_class(backend)
+        self.dataset_name, self.output_dir, self.distributed, self.tasks = dataset_name, output_dir, distributed, tasks
+        self.metadata = MetadataCatalog.get(dataset_name)
+        json_file = self.metadata.get("json_file")
+        if json_file is None:  # a dataset in detectron2's format only: written out in COCO's
+            if output_dir is None:
+                raise ValueError(f"dataset {dataset_name} has no COCO json file: give the evaluator an output_dir "
+                                 "to write one")
+            json_file = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+            convert_to_coco_json(dataset_name, json_file)
         with contextlib.redirect_stdout(io.StringIO()):
+            self.coco_gt = COCO(PathManager.get_local_path(json_file))
+        self.predictions: list[dict[str, Any]] = []
+
+    def reset(self) -> None:
+        self.predictions = []
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for inp, out in zip(inputs, outputs):
+            if "instances" in out:
+                instances = out["instances"].to("cpu")
+                self.predictions.append({"image_id": inp["image_id"],
+                                         "instances": instances_to_coco_json(instances, inp["image_id"])})
+
+    def evaluate(self, img_ids: list[int] | None = None) -> dict[str, dict[str, float]]:
+        """Score the predictions (gathered on the main process, which alone returns results)."""
+        predictions = self.predictions
+        if self.distributed:
+            comm.synchronize()
+            predictions = list(itertools.chain(*comm.gather(predictions, dst=0)))
+            if not comm.is_main_process():
+                return {}
+        if not predictions:
+            logger.warning("evaluation of %s received no predictions", self.dataset_name)
+            return {}
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            atomic_torch_save(predictions, os.path.join(self.output_dir, "instances_predictions.pth"))
+        detections = self.coco_detections(predictions)
+        if self.output_dir:
+            atomic_write(os.path.join(self.output_dir, "coco_instances_results.json"), json.dumps(detections))
+        if "annotations" not in self.coco_gt.dataset:
+            logger.info("%s has no annotations to evaluate against", self.dataset_name)
+            return {}
+        results = {task: self.evaluate_task(detections, task, img_ids) for task in self.tasks}
+        if self.output_dir:
+            path = Path(self.output_dir) / "coco_metrics.json"
+            atomic_write(path, json.dumps(results, indent=1))  # a rerun checks it to tell a finished evaluation
+            logger.info("COCO metrics written to %s", path)
+        return copy.deepcopy(results)
+
+    def coco_detections(self, predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The predictions as COCO results, contiguous class ids mapped back to the dataset's category ids."""
+        detections = list(itertools.chain(*[p["instances"] for p in predictions]))
+        to_dataset_id = {v: k for k, v in self.metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
+        if to_dataset_id:
+            for det in detections:
+                if det["category_id"] not in to_dataset_id:
+                    raise ValueError(f"a prediction has class {det['category_id']}, but {self.dataset_name} has "
+                                     f"{len(to_dataset_id)} classes (0 to {len(to_dataset_id) - 1})")
+                det["category_id"] = to_dataset_id[det["category_id"]]
+        return detections
+
+    def evaluate_task(self, detections: list[dict[str, Any]], task: str, img_ids: list[int] | None):
+        if detections:
+            if task == "segm":  # mask AP uses the mask area when the results carry no box
+                detections = [{k: v for k, v in d.items() if k != "bbox"} for d in detections]
+            coco_dt = self.coco_gt.loadRes(detections)
+        else:
+            logger.warning("No detections from the model: AP and AR are 0 wherever there is ground truth")
+            coco_dt = empty_detections(self.coco_gt)
+        coco_eval = self.cocoeval(self.coco_gt, coco_dt, task)
+        coco_eval.params.maxDets = [1, 10, 100]  # COCOeval's default, as detectron2 sets it
+        if img_ids is not None:
+            coco_eval.params.imgIds = img_ids
+        summary = io.StringIO()
+        with contextlib.redirect_stdout(summary):
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()
-        return coco_eval
-
-    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
-        if coco_eval is None and iou_type in ("bbox", "segm"):
-            self._logger.warning("No detections from the model: AP and AR are 0 wherever there is ground truth")
-            coco_eval = self._evaluate_without_detections(iou_type)
-        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
-        if coco_eval is not None and iou_type in ("bbox", "segm"):
-            results.update({k: v for k, v in stats_to_dict(coco_eval.stats).items() if k.startswith("AR")})
+        if detections:
+            print(summary.getvalue(), end="")  # COCOeval's own summary, as detectron2's evaluation prints it
+        results = stats_to_dict(coco_eval.stats)
+        class_names = self.metadata.get("thing_classes")
+        if class_names and len(class_names) > 1:
+            results.update(per_category_ap(coco_eval, class_names))
+        logger.info("Evaluation results for %s (%s):\n%s", task, type(coco_eval).__name__,
+                    create_small_table(results))
         return results

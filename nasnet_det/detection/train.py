@@ -1,4 +1,5 @@
-"""Training and evaluation of NASNet Faster R-CNN in detectron2's style (``DefaultTrainer``).
+"""Training and evaluation of NASNet Faster R-CNN in detectron2's style: ``DefaultTrainer``'s workflow, built from
+detectron2's public parts (``SimpleTrainer`` / ``AMPTrainer``, ``create_ddp_model``, hooks constructed here).
 
 Rerunning the same command into the same OUTPUT_DIR resumes (model, optimizer, scheduler, iteration, RNG
 state and the position in the data stream); a finished run is reported as done. ``--no-resume`` starts over,
@@ -8,18 +9,12 @@ deleting the old checkpoints and metrics.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
-import json
 import logging
 import os
-import random
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import (
@@ -28,20 +23,33 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import DefaultTrainer, HookBase, default_argument_parser, default_setup, launch
-from detectron2.engine import defaults as d2_defaults
-from detectron2.engine.hooks import PeriodicCheckpointer, PeriodicWriter
-from detectron2.evaluation import verify_results
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    HookBase,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format, verify_results
 from detectron2.modeling import build_model
+from detectron2.solver import build_lr_scheduler, build_optimizer
 from detectron2.utils import comm
-from detectron2.utils.events import JSONWriter
+from detectron2.utils.events import EventWriter, JSONWriter
+from detectron2.utils.logger import setup_logger
 from fvcore.common.history_buffer import HistoryBuffer
+from fvcore.nn.precise_bn import get_bn_modules
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
 from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config, show_package_logs
 from nasnet_det.detection.backbone import set_drop_path_progress
-from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, LAST_CHECKPOINT, NASNetDetectionCheckpointer
+from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg, validate_input_sizes
 from nasnet_det.detection.data import (
     ResumableTrainingSampler,
@@ -53,9 +61,12 @@ from nasnet_det.detection.data import (
 )
 from nasnet_det.detection.evaluation import NASNetCOCOEvaluator
 from nasnet_det.detection.weights import load_pretrained_nasnet
+from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, remove_files
+from nasnet_det.engine.metrics import truncate_metrics
+from nasnet_det.engine.process import die_with_parent
+from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
-from nasnet_det.process import die_with_parent
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
 
 logger = logging.getLogger(__name__)
@@ -78,36 +89,16 @@ class DropPathSchedule(HookBase):
         set_drop_path_progress(self.trainer.model, progress)
 
 
-@contextlib.contextmanager
-def _ddp_options(**kwargs: Any) -> Iterator[None]:
-    """DefaultTrainer wraps the model with ``detectron2.engine.defaults.create_ddp_model`` and offers no
-    hook for DDP's arguments: pass ``kwargs`` through it while the trainer is built."""
-    if not kwargs:
-        yield
-        return
-    original = d2_defaults.create_ddp_model
-    d2_defaults.create_ddp_model = functools.partial(original, **kwargs)
-    try:
-        yield
-    finally:
-        d2_defaults.create_ddp_model = original
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            # a tensor, not an ndarray: checkpoints must load with torch.load(weights_only=True)
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+def ddp_options(cfg: CfgNode) -> dict[str, Any]:
+    """``DistributedDataParallel`` arguments beyond detectron2's defaults (none in a single process)."""
+    options: dict[str, Any] = {}
+    if comm.get_world_size() > 1:
+        # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
+        if leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE)):
+            options["find_unused_parameters"] = True
+        if cfg.MODEL.DEVICE == "cpu":  # gloo processes: detectron2 would pass device_ids=[local rank]
+            options["device_ids"] = None
+    return options
 
 
 class ExactResume(HookBase):
@@ -116,7 +107,7 @@ class ExactResume(HookBase):
     ``metrics.json`` rows of iterations the interrupted run did after its last checkpoint (they are redone)."""
 
     def __init__(self) -> None:
-        self._pending: dict | None = None
+        self.pending: dict | None = None
 
     HISTORY = 100  # last values per metric kept for the writers' smoothing windows (20 iterations)
 
@@ -124,66 +115,43 @@ class ExactResume(HookBase):
         storage = getattr(self.trainer, "storage", None)
         history = {k: [(float(v), int(i)) for v, i in buf.values()[-self.HISTORY:]]
                    for k, buf in (storage.histories().items() if storage is not None else ())}
-        loader = getattr(getattr(self.trainer, "_trainer", None), "data_loader", None)
+        loader = getattr(self.trainer, "data_loader", None)
         # the unreadable images met so far: a resumed run keeps counting from there (data/skipped_images)
         skipped = list(loader.skipped) if isinstance(loader, SkippingLoader) else []
-        return {"rng": _rng_state(), "history": history, "skipped_images": skipped}
+        return {"rng": capture_rng_state(), "history": history, "skipped_images": skipped}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self._pending = state_dict
+        self.pending = state_dict
 
     def before_train(self) -> None:
         trainer = self.trainer
         start = trainer.start_iter
-        loader = trainer._trainer.data_loader
+        loader = trainer.data_loader
         sampler = getattr(loader, "resumable_sampler", None)
         if sampler is not None and start > 0:
             sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
-        if self._pending is not None and start > 0:
-            _set_rng_state(self._pending["rng"])
+        if self.pending is not None and start > 0:
+            restore_rng_state(self.pending["rng"])
             # The smoothed values in metrics.json (medians over 20 iterations) then match an uninterrupted run's.
             # Only the histories: the latest values were already written before the checkpoint.
-            for key, values in self._pending.get("history", {}).items():
+            for key, values in self.pending.get("history", {}).items():
                 buf = HistoryBuffer()
                 for value, iteration in values:
                     buf.update(value, iteration)
                 trainer.storage.histories()[key] = buf
             if isinstance(loader, SkippingLoader) and comm.is_main_process():  # rank 0's list was saved
-                loader.skipped[:] = self._pending.get("skipped_images", [])
-            self._pending = None
+                loader.skipped[:] = self.pending.get("skipped_images", [])
+            self.pending = None
         if start > 0 and comm.is_main_process():
-            drop_metrics_after(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start)
-
-
-def drop_metrics_after(path: str, start_iter: int) -> int:
-    """Remove the rows of ``metrics.json`` (JSON lines) whose iteration is >= ``start_iter``; returns how many.
-
-    Rewritten in place (not replaced): detectron2's JSONWriter already holds the file open for appending."""
-    if not os.path.isfile(path):
-        return 0
-    with open(path, "rb") as f:
-        lines = f.read().splitlines(keepends=True)
-    kept = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line of a killed run
-            continue
-        if isinstance(row, dict) and row.get("iteration", -1) >= start_iter:
-            continue
-        kept.append(line if line.endswith(b"\n") else line + b"\n")
-    if kept != lines:
-        with open(path, "r+b") as f:
-            f.write(b"".join(kept))
-            f.truncate()
-    return len(lines) - len(kept)
+            # the rows of iterations >= start are redone; a torn or foreign line is dropped, not reported
+            truncate_metrics(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start - 1, "iteration", strict=False)
 
 
 class WriteMetricsAtCheckpoints(HookBase):
     """Flushes metrics.json right before each checkpoint, so that the metrics on disk always reach the newest
     checkpoint: a run killed after it resumes there with its log complete (rows after it are dropped and redone)."""
 
-    def __init__(self, checkpoint_period: int, writers: list):
+    def __init__(self, checkpoint_period: int, writers: list[EventWriter]):
         self.period = checkpoint_period
         self.writers = [w for w in writers if isinstance(w, JSONWriter)]
 
@@ -198,40 +166,96 @@ class SkippedImagesMetric(HookBase):
     """Puts the number of unreadable training images skipped so far into the event storage (metrics.json)."""
 
     def after_step(self) -> None:
-        loader = self.trainer._trainer.data_loader
+        loader = self.trainer.data_loader
         if isinstance(loader, SkippingLoader):
             self.trainer.storage.put_scalar("data/skipped_images", len(loader.skipped), smoothing_hint=False)
 
 
-class Trainer(DefaultTrainer):
-    def __init__(self, cfg: CfgNode):
-        # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
-        ddp: dict[str, Any] = {}
-        if comm.get_world_size() > 1:
-            if leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE)):
-                ddp["find_unused_parameters"] = True
-            if cfg.MODEL.DEVICE == "cpu":  # gloo processes: detectron2 would pass device_ids=[local rank]
-                ddp["device_ids"] = None
-        with _ddp_options(**ddp):
-            super().__init__(cfg)
+class Trainer(TrainerBase):
+    """``DefaultTrainer``'s workflow (build, ``resume_or_load``, ``train``, ``test``) from detectron2's public parts,
+    with the hooks and writers built and held here: DefaultTrainer offers no way to pass DDP's arguments or to
+    set its writers' period. Checkpoints keep DefaultTrainer's layout (``trainer`` -> ``_trainer``)."""
 
-    def build_hooks(self):
-        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network; saves must
-        # be atomic. Swapped in here, before the PeriodicCheckpointer hook takes the checkpointer.
-        self.checkpointer = NASNetDetectionCheckpointer(self.checkpointer.model, self.checkpointer.save_dir,
-                                                        trainer=weakref.proxy(self))
-        hooks = super().build_hooks()
+    def __init__(self, cfg: CfgNode):
+        super().__init__()
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # as DefaultTrainer: setup not called
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        self.optimizer = build_optimizer(cfg, model)
+        self.data_loader = self.build_train_loader(cfg)
+        self.model = create_ddp_model(model, broadcast_buffers=False, **ddp_options(cfg))
+        self.step_trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            self.model, self.data_loader, self.optimizer)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network; saves atomic.
+        self.checkpointer = NASNetDetectionCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.last_eval_results: OrderedDict | dict | None = None
         # detectron2 writes metrics every 20 iterations: a short run would leave one point of its loss curve.
-        for h in hooks:
-            if isinstance(h, PeriodicWriter):
-                h._period = max(1, min(h._period, self.max_iter // 20))
-        if self.cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0:
-            hooks.insert(0, DropPathSchedule())
-        # before the checkpointer: the skip count and the metrics reach disk with the checkpoint of their step
-        at = next((i for i, h in enumerate(hooks) if isinstance(h, PeriodicCheckpointer)), len(hooks))
-        writers = [w for h in hooks if isinstance(h, PeriodicWriter) for w in h._writers]
-        hooks[at:at] = [SkippedImagesMetric(), WriteMetricsAtCheckpoints(self.cfg.SOLVER.CHECKPOINT_PERIOD, writers)]
-        return hooks + [ExactResume()]
+        self.writer_period = max(1, min(20, self.max_iter // 20))
+        self.writers: list[EventWriter] = default_writers(cfg.OUTPUT_DIR, self.max_iter) \
+            if comm.is_main_process() else []
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self) -> list[HookBase | None]:
+        """DefaultTrainer's hooks (timer, LR schedule, PreciseBN, checkpointer, evaluation, writers) plus ours:
+        the drop-path schedule first, the skip count and the metrics flush right before the checkpointer (they
+        reach disk with the checkpoint of their step), the exact resume last."""
+        cfg = self.cfg.clone()
+        cfg.defrost()
+        cfg.DATALOADER.NUM_WORKERS = 0  # save some memory and time for PreciseBN
+        precise_bn = hooks.PreciseBN(cfg.TEST.EVAL_PERIOD, self.model, self.build_train_loader(cfg),
+                                     cfg.TEST.PRECISE_BN.NUM_ITER) \
+            if cfg.TEST.PRECISE_BN.ENABLED and get_bn_modules(self.model) else None
+        main = comm.is_main_process()
+
+        def test_and_save_results():
+            self.last_eval_results = self.test(self.cfg, self.model)
+            return self.last_eval_results
+
+        return [
+            DropPathSchedule() if cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB < 1.0 else None,
+            hooks.IterationTimer(),
+            hooks.LRScheduler(self.optimizer, self.scheduler),
+            precise_bn,  # before the checkpointer: it changes the weights the checkpoint saves
+            SkippedImagesMetric(),
+            WriteMetricsAtCheckpoints(cfg.SOLVER.CHECKPOINT_PERIOD, self.writers),
+            hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD) if main else None,
+            # after the checkpointer: if evaluation fails, the checkpoint is there to debug it
+            hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results),
+            hooks.PeriodicWriter(self.writers, period=self.writer_period) if main else None,  # evaluation included
+            ExactResume(),
+        ]
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from OUTPUT_DIR's last checkpoint (``resume`` and there is one), else load MODEL.WEIGHTS."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1  # the checkpoint holds the iteration that had just finished
+
+    def train(self) -> OrderedDict | dict | None:
+        """Train from ``start_iter``; returns the last evaluation when TEST.EXPECTED_RESULTS is set (verified)."""
+        super().train(self.start_iter, self.max_iter)
+        if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
+            if self.last_eval_results is None:
+                raise RuntimeError("TEST.EXPECTED_RESULTS is set but training ran no evaluation")
+            verify_results(self.cfg, self.last_eval_results)
+            return self.last_eval_results
+        return None
+
+    def run_step(self) -> None:
+        self.step_trainer.iter = self.iter
+        self.step_trainer.run_step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "_trainer": self.step_trainer.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.step_trainer.load_state_dict(state_dict["_trainer"])
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -256,28 +280,37 @@ class Trainer(DefaultTrainer):
         return loader
 
     @classmethod
-    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> SkippingLoader:
         mapper = SkipUnreadableMapper(DatasetMapper(cfg, False))
-        loader = SkippingLoader(build_detection_test_loader(cfg, dataset_name, mapper=mapper),
-                                f"evaluation on {dataset_name}")
-        cls._test_loaders[dataset_name] = loader
-        return loader
-
-    _test_loaders: dict[str, SkippingLoader] = {}
+        return SkippingLoader(build_detection_test_loader(cfg, dataset_name, mapper=mapper),
+                              f"evaluation on {dataset_name}")
 
     @classmethod
-    def test(cls, cfg: CfgNode, model: torch.nn.Module, evaluators=None):
-        """detectron2's ``test``, plus ``data/skipped_eval_images`` (unreadable images left out) per dataset."""
-        results = super().test(cfg, model, evaluators)
-        per_dataset = results if len(cfg.DATASETS.TEST) > 1 else OrderedDict({cfg.DATASETS.TEST[0]: results}) \
-            if cfg.DATASETS.TEST else {}
-        for name, res in per_dataset.items():
-            loader = cls._test_loaders.pop(name, None)
-            if loader is not None and isinstance(res, dict):
+    def test(cls, cfg: CfgNode, model: torch.nn.Module,
+             evaluators: list[DatasetEvaluator] | DatasetEvaluator | None = None) -> OrderedDict | dict:
+        """Evaluate ``model`` on each of DATASETS.TEST (DefaultTrainer's ``test``), adding
+        ``data/skipped_eval_images`` (unreadable images left out) to each dataset's results. One dataset's
+        results are returned as they are, several keyed by dataset name."""
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        if evaluators is not None and len(evaluators) != len(cfg.DATASETS.TEST):
+            raise ValueError(f"{len(evaluators)} evaluators for {len(cfg.DATASETS.TEST)} DATASETS.TEST")
+        results = OrderedDict()
+        for idx, name in enumerate(cfg.DATASETS.TEST):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
+            res = inference_on_dataset(model, loader, evaluator)
+            results[name] = res
+            if comm.is_main_process():
+                if not isinstance(res, dict):
+                    raise TypeError(f"the evaluator of {name} returned a {type(res).__name__}, not a dict")
+                logger.info("Evaluation results for %s in csv format:", name)
+                print_csv_format(res)
+            if isinstance(res, dict):
                 res["data"] = {"skipped_eval_images": len(loader.skipped)}
                 if loader.skipped:
                     logger.warning("evaluation on %s left out %d unreadable image(s)", name, len(loader.skipped))
-        return results
+        return next(iter(results.values())) if len(results) == 1 else results
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str | None = None):
@@ -370,11 +403,9 @@ def setup(args: argparse.Namespace) -> CfgNode:
 
 def start_over(output_dir: str) -> list[str]:
     """``--no-resume``: delete the checkpoints, ``last_checkpoint`` and ``metrics.json`` of an earlier run."""
-    removed = []
-    for name in sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []:
-        if (name.startswith("model_") and name.endswith(".pth")) or name in (LAST_CHECKPOINT, METRICS_FILE):
-            os.remove(os.path.join(output_dir, name))
-            removed.append(name)
+    names = sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    runs = [n for n in names if (n.startswith("model_") and n.endswith(".pth")) or n in (LAST_CHECKPOINT, METRICS_FILE)]
+    removed = [p.name for p in remove_files(os.path.join(output_dir, n) for n in runs)]
     if removed:
         logger.info("--no-resume: removed %s from %s", ", ".join(removed), output_dir)
     return removed
@@ -382,7 +413,7 @@ def start_over(output_dir: str) -> list[str]:
 
 def remove_stale_outputs(cfg: CfgNode) -> list[str]:
     """Temporaries of killed writes: checkpoints in OUTPUT_DIR, ``coco_metrics.json`` in inference/<dataset>/."""
-    removed = NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_tmp()
+    removed = NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).remove_stale_temp_files()
     inference = os.path.join(cfg.OUTPUT_DIR, "inference")
     for name in sorted(os.listdir(inference)) if os.path.isdir(inference) else []:
         removed += remove_stale_tmp(os.path.join(inference, name))

@@ -24,7 +24,7 @@ from torch import nn
 
 from nasnet_det.models.arch import NASNetArch
 from nasnet_det.models.nasnet import NASNet
-from nasnet_det.utils.io import atomic_torch_save, load_torch_file  # noqa: F401  (atomic_torch_save: re-exported)
+from nasnet_det.utils.io import atomic_torch_save, load_torch_file
 
 FORMAT = "nasnet-det/v1"
 _CELL_KEY = re.compile(r"^cell_(\d+)\.")

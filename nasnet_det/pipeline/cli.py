@@ -12,10 +12,10 @@ import sys
 import warnings
 
 from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.engine.process import Terminated, sigterm_as_interrupt
 from nasnet_det.pipeline.config import load_pipeline_config
 from nasnet_det.pipeline.runner import Pipeline, select_stages
 from nasnet_det.pipeline.stages import stage_names
-from nasnet_det.process import Terminated, sigterm_as_interrupt
 
 
 def build_parser() -> argparse.ArgumentParser:

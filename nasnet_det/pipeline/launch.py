@@ -5,13 +5,13 @@ message naming the stage."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.engine.process import die_with_parent
 from nasnet_det.pipeline.paths import repo_root
 from nasnet_det.utils.io import DiskFullError, as_disk_full_error, disk_full_errors
 
@@ -51,16 +51,6 @@ def torchrun_prefix(cfg: CN, nproc: int, nnodes: int = 1, node_rank: int = 0, rd
     else:
         cmd += ["--standalone"]
     return cmd
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """The child gets SIGKILL when the pipeline dies (kill -9 included): no orphan keeps writing."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def last_error_line(output: str) -> str:
@@ -119,7 +109,7 @@ def run_tool(stage: str, argv: list[str], workdir: Path, quiet: bool = False) ->
     try:
         log.write(("$ " + " ".join(argv) + "\n").encode())
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)  # no orphan keeps writing
         try:
             assert proc.stdout is not None
             while chunk := proc.stdout.read1(1 << 16):

@@ -1,9 +1,10 @@
-"""Process plumbing shared by the training tools."""
+"""Process plumbing of every launcher and child: SIGTERM as an interrupt, children that die with their parent."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import sys
 import threading
@@ -37,16 +38,21 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def die_with_parent() -> bool:
+def die_with_parent(parent_pid: int | None = None) -> bool:
     """Ask Linux to SIGKILL this process when the process that started it dies.
 
-    Training workers are started by a launcher (torchrun puts them in their own session; detectron2's
-    ``launch`` spawns them): without this, a ``kill -9`` of the launcher (or of the pipeline above it) leaves
-    the workers training on, writing checkpoints into the folder a resumed run is writing into. Returns False
-    where ``prctl`` is not available."""
+    Children are started by a launcher (torchrun puts them in their own session, detectron2's ``launch`` and
+    the search's worker pool spawn them, the pipeline runs each stage's tool): without this, a ``kill -9`` of
+    the launcher leaves them running, writing into the folder a resumed run is writing into (or holding a
+    GPU). With ``parent_pid``, a parent that died before the request took effect ends this process at once.
+    Also usable as ``Popen(preexec_fn=die_with_parent)``. Returns False where ``prctl`` is not available."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
     except (OSError, AttributeError):
         return False
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)
+    return True
