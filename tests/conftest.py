@@ -1,4 +1,4 @@
-"""Shared fixtures (helpers live in *_helpers.py modules, imported by name)."""
+"""Shared fixtures (helpers live in the tests/helpers package, imported as helpers.<module>)."""
 
 from __future__ import annotations
 

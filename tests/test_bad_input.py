@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from data_helpers import shapes_dataset
+from helpers.data import shapes_dataset
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,28 +1,16 @@
 """NASNet backbones in detectron2: registration, output shapes at odd sizes, C4 head, norm/freeze, config errors."""
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, build_backbone, build_model
 from detectron2.structures import ImageList
+from helpers.detection import CONFIGS, tiny_cfg
 
 import nasnet_det.detection  # noqa: F401  (registers)
 from nasnet_det.detection.config import get_nasnet_cfg
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
-
-
-def tiny_cfg(layout: str, **nasnet):
-    cfg = get_nasnet_cfg()
-    cfg.merge_from_file(str(CONFIGS / f"smoke-nasnet-{layout}.yaml"))
-    cfg.MODEL.NASNET.FILTERS = 4
-    cfg.MODEL.NASNET.STEM_FILTERS = 8
-    for k, v in nasnet.items():
-        cfg.MODEL.NASNET[k] = v
-    return cfg
 
 
 def test_registered():

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-from data_helpers import COCO_IMAGES, COCO_JSON, write_coco_json
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from helpers.data import COCO_IMAGES, COCO_JSON, write_coco_json
 from PIL import Image
 
 from nasnet_det.detection.config import get_nasnet_cfg

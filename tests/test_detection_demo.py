@@ -6,13 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from detectron2.modeling import build_model
+from helpers.detection import CONFIGS, tiny_cfg
 from PIL import Image
 
 import nasnet_det.detection  # noqa: F401  (registers)
-from nasnet_det.detection.config import get_nasnet_cfg
 from nasnet_det.detection.demo import output_paths, run_demo
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
 
 
 def images(folder: Path, names=("a.png", "b.png")) -> list[Path]:
@@ -20,16 +18,6 @@ def images(folder: Path, names=("a.png", "b.png")) -> list[Path]:
     for n in names:
         Image.new("RGB", (40, 32), (120, 30, 30)).save(folder / n)
     return [folder / n for n in names]
-
-
-def tiny_cfg(weights: Path | str = ""):
-    cfg = get_nasnet_cfg()
-    cfg.merge_from_file(str(CONFIGS / "smoke-nasnet-c4.yaml"))
-    cfg.MODEL.NASNET.NUM_CELLS, cfg.MODEL.NASNET.FILTERS, cfg.MODEL.NASNET.STEM_FILTERS = 2, 4, 8
-    cfg.DATASETS.COCO_FILES, cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = [], (), ()
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 32, 64
-    cfg.MODEL.WEIGHTS = str(weights)
-    return cfg
 
 
 def test_output_paths_refuse_to_overwrite_inputs(tmp_path):
@@ -50,20 +38,21 @@ def test_output_paths_refuse_clashing_names(tmp_path):
 def test_run_demo_checks_before_building_the_model(tmp_path):
     images(tmp_path / "in")
     with pytest.raises(FileNotFoundError, match="MODEL.WEIGHTS .*absent.pth does not exist"):
-        run_demo(tiny_cfg(tmp_path / "absent.pth"), [str(tmp_path / "in")], tmp_path / "out")
+        run_demo(tiny_cfg(NUM_CELLS=2, demo_weights=tmp_path / "absent.pth"), [str(tmp_path / "in")], tmp_path / "out")
     (tmp_path / "det.pth").write_bytes(b"not read: the output check comes first")
     with pytest.raises(ValueError, match="would overwrite the input image"):
-        run_demo(tiny_cfg(tmp_path / "det.pth"), [str(tmp_path / "in")], tmp_path / "in")
+        run_demo(tiny_cfg(NUM_CELLS=2, demo_weights=tmp_path / "det.pth"), [str(tmp_path / "in")], tmp_path / "in")
     assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.png", "b.png"]
 
 
 def test_run_demo_draws_and_rejects_another_nasnet(tmp_path):
     inputs = images(tmp_path / "in")
-    torch.save({"model": build_model(tiny_cfg()).state_dict()}, tmp_path / "det.pth")
-    written = run_demo(tiny_cfg(tmp_path / "det.pth"), [str(p) for p in inputs], tmp_path / "out", confidence=0.0)
+    torch.save({"model": build_model(tiny_cfg(NUM_CELLS=2, demo_weights="")).state_dict()}, tmp_path / "det.pth")
+    written = run_demo(tiny_cfg(NUM_CELLS=2, demo_weights=tmp_path / "det.pth"), [str(p) for p in inputs],
+                       tmp_path / "out", confidence=0.0)
     assert written == [tmp_path / "out" / "a.png", tmp_path / "out" / "b.png"]
     assert Image.open(written[0]).size == (40, 32)
-    cfg = tiny_cfg(tmp_path / "det.pth")
+    cfg = tiny_cfg(NUM_CELLS=2, demo_weights=tmp_path / "det.pth")
     cfg.MODEL.NASNET.FILTERS = 8
     with pytest.raises(ValueError, match=r"(?s)det.pth was trained with another NASNet.*MODEL.NASNET.FILTERS"):
         run_demo(cfg, [str(p) for p in inputs], tmp_path / "out2")
@@ -73,11 +62,11 @@ def test_run_demo_draws_and_rejects_another_nasnet(tmp_path):
 def test_run_demo_skips_unreadable_images_and_names_them(tmp_path, caplog):
     inputs = images(tmp_path / "in", names=("a.png", "b.png", "c.png"))
     inputs[1].write_bytes(inputs[1].read_bytes()[:40])  # truncated
-    torch.save({"model": build_model(tiny_cfg()).state_dict()}, tmp_path / "det.pth")
+    torch.save({"model": build_model(tiny_cfg(NUM_CELLS=2, demo_weights="")).state_dict()}, tmp_path / "det.pth")
     skipped: list = []
     with caplog.at_level(logging.WARNING, logger="nasnet_det"):
-        written = run_demo(tiny_cfg(tmp_path / "det.pth"), [str(tmp_path / "in")], tmp_path / "out", confidence=0.0,
-                           skipped=skipped)
+        written = run_demo(tiny_cfg(NUM_CELLS=2, demo_weights=tmp_path / "det.pth"), [str(tmp_path / "in")],
+                           tmp_path / "out", confidence=0.0, skipped=skipped)
     assert written == [tmp_path / "out" / "a.png", tmp_path / "out" / "c.png"]
     assert skipped == [inputs[1]]
     assert caplog.text.count("skipping unreadable image") == 1 and "b.png" in caplog.text

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import COCO_JSON, write_coco_json
 from detectron2.structures import Boxes, Instances
+from helpers.data import COCO_JSON, write_coco_json
 
 from nasnet_det.detection.data import register_coco_dataset
 from nasnet_det.detection.evaluation import STAT_NAMES, NASNetCOCOEvaluator, evaluate_coco, resolve_backend

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from data_helpers import shapes_dataset
 from detectron2.utils.env import seed_all_rng
+from helpers.data import shapes_dataset
 from PIL import Image
 
 from nasnet_det.detection.config import get_nasnet_cfg

@@ -1,11 +1,11 @@
 """ImageNet NASNet weights -> detector: every backbone/head key matched, values in place, mismatches rejected."""
 
-from pathlib import Path
 
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
+from helpers.detection import CONFIGS, tiny_cfg
 
 import nasnet_det.detection  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
@@ -14,16 +14,6 @@ from nasnet_det.detection.train import build_nasnet_detector
 from nasnet_det.detection.weights import load_pretrained_nasnet, to_detector_state_dict
 from nasnet_det.models import build_nasnet
 from nasnet_det.models.pretrained import save_checkpoint
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
-
-
-def tiny_cfg(layout: str, norm: str = "FrozenBN"):
-    cfg = get_nasnet_cfg()
-    cfg.merge_from_file(str(CONFIGS / f"smoke-nasnet-{layout}.yaml"))
-    cfg.MODEL.NASNET.NUM_CELLS, cfg.MODEL.NASNET.FILTERS, cfg.MODEL.NASNET.STEM_FILTERS = 2, 4, 8
-    cfg.MODEL.NASNET.NORM = norm
-    return cfg
 
 
 def pretrained_checkpoint(tmp_path, **overrides):
@@ -42,7 +32,7 @@ def pretrained_checkpoint(tmp_path, **overrides):
 @pytest.mark.parametrize("layout,norm", [("c4", "FrozenBN"), ("fpn", "BN")])
 def test_our_checkpoint_loads_every_backbone_key(tmp_path, layout, norm):
     source, path = pretrained_checkpoint(tmp_path)
-    cfg = tiny_cfg(layout, norm)
+    cfg = tiny_cfg(layout, NUM_CELLS=2, NORM=norm)
     cfg.MODEL.NASNET.WEIGHTS = str(path)
     model = build_nasnet_detector(cfg)
     report = load_pretrained_nasnet(model, path)  # loading again gives the report to inspect
@@ -63,7 +53,7 @@ def test_our_checkpoint_loads_every_backbone_key(tmp_path, layout, norm):
 
 def test_detector_state_dict_loads_through_detection_checkpointer(tmp_path):
     source, _ = pretrained_checkpoint(tmp_path)
-    model = build_model(tiny_cfg("c4"))
+    model = build_model(tiny_cfg("c4", NUM_CELLS=2, NORM="FrozenBN"))
     converted = to_detector_state_dict(model, source.state_dict(), arch=source.arch)
     torch.save({"model": converted}, tmp_path / "d2.pth")
     DetectionCheckpointer(model).load(str(tmp_path / "d2.pth"))
@@ -79,7 +69,7 @@ def test_genotype_and_size_mismatch_are_rejected(tmp_path):
     # f=8: with f=4 this genotype gives a 1-channel FactorizedReduce in cell_stem_0 (a zero-width half)
     model_other = build_nasnet(other, "imagenet", num_cells=2, filters=8, stem_filters=8)
     path = save_checkpoint(model_other, tmp_path / "other.pth")
-    cfg = tiny_cfg("c4")
+    cfg = tiny_cfg("c4", NUM_CELLS=2, NORM="FrozenBN")
     cfg.MODEL.NASNET.WEIGHTS = str(path)
     with pytest.raises(ValueError, match="genotype: checkpoint 'other'"):
         build_nasnet_detector(cfg)
@@ -101,22 +91,22 @@ def test_our_checkpoint_is_read_once_and_validated(tmp_path, monkeypatch):
     calls = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a[0]) or real_load(*a, **k))
-    load_pretrained_nasnet(build_model(tiny_cfg("fpn")), path)
+    load_pretrained_nasnet(build_model(tiny_cfg("fpn", NUM_CELLS=2, NORM="FrozenBN")), path)
     assert calls == [path]
     monkeypatch.undo()
     payload = torch.load(path, weights_only=False)
     del payload["arch"]
     torch.save(payload, tmp_path / "no_arch.pth")
     with pytest.raises(ValueError, match="no_arch.pth is a nasnet-det checkpoint without a valid 'arch' entry"):
-        load_pretrained_nasnet(build_model(tiny_cfg("fpn")), tmp_path / "no_arch.pth")
+        load_pretrained_nasnet(build_model(tiny_cfg("fpn", NUM_CELLS=2, NORM="FrozenBN")), tmp_path / "no_arch.pth")
 
 
 @pytest.mark.parametrize("layout", ["c4", "fpn"])
 def test_detector_checkpoint_of_another_nasnet_is_rejected(tmp_path, layout):
     """MODEL.WEIGHTS of another N@F / genotype must not half-load silently (the stock checkpointer only logs)."""
-    trained = build_model(tiny_cfg(layout))
+    trained = build_model(tiny_cfg(layout, NUM_CELLS=2, NORM="FrozenBN"))
     torch.save({"model": trained.state_dict()}, tmp_path / "det.pth")
-    cfg = tiny_cfg(layout)
+    cfg = tiny_cfg(layout, NUM_CELLS=2, NORM="FrozenBN")
     cfg.MODEL.NASNET.FILTERS = 8
     with pytest.raises(ValueError, match=r"(?s)another NASNet.*have another shape.*MODEL.NASNET.FILTERS") as err:
         NASNetDetectionCheckpointer(build_model(cfg)).load(str(tmp_path / "det.pth"))
@@ -134,9 +124,9 @@ def test_detector_checkpoint_of_another_nasnet_is_rejected(tmp_path, layout):
 
 def test_detector_checkpoint_with_other_classes_still_loads(tmp_path):
     """Only NASNet tensors are strict: a new box predictor (another class count) is detectron2's usual warning."""
-    trained = build_model(tiny_cfg("c4"))
+    trained = build_model(tiny_cfg("c4", NUM_CELLS=2, NORM="FrozenBN"))
     torch.save({"model": trained.state_dict()}, tmp_path / "det.pth")
-    cfg = tiny_cfg("c4", norm="BN")  # BN has num_batches_tracked, FrozenBN not: no architecture change
+    cfg = tiny_cfg("c4", NUM_CELLS=2, NORM="BN")  # BN has num_batches_tracked, FrozenBN not: no architecture change
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     model = build_model(cfg)
     NASNetDetectionCheckpointer(model).load(str(tmp_path / "det.pth"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_helpers import shapes_dataset
+from helpers.data import shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +108,7 @@ def detection_argv(data: Path, out: Path) -> list[str]:
             "SOLVER.BASE_LR", "0.01", "OUTPUT_DIR", str(out)]
 
 
+@pytest.mark.slow  # a kill -9 drill
 def test_detection_training_survives_kill_9_anywhere(tmp_path):
     entry = "nasnet_det.detection.train:train_main"
     reference = tmp_path / "reference"
@@ -183,6 +184,7 @@ def _steps(out: Path) -> list[tuple[str, int]]:
     return [(r["type"], r["step"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
 
 
+@pytest.mark.slow  # a kill -9 drill
 @pytest.mark.parametrize("job", ["cifar10", "imagenet"])
 def test_classification_training_survives_kill_9_anywhere(tmp_path, job):
     config = REPO / "configs" / "train" / ("cifar10_smoke.yaml" if job == "cifar10" else "imagenet_smoke.yaml")
@@ -250,6 +252,7 @@ def _journal(out: Path) -> list[tuple]:
         db.close()
 
 
+@pytest.mark.slow  # a kill -9 drill
 def test_search_survives_kill_9_anywhere(tmp_path):
     from search.session import JOURNAL_NAME
 
@@ -310,7 +313,7 @@ def test_atomic_writes_keep_the_old_file_when_the_writer_fails(tmp_path):
 def test_files_later_runs_read_are_replaced_atomically(tmp_path, monkeypatch, writer):
     # Genotype.save (best_genotype.json, the pipeline's genotype.json) and the search's summary/top_k JSON
     # were written in place: a kill mid-write left a torn file for the next stage to read.
-    from genotype_helpers import random_genotype
+    from helpers.genotypes import random_genotype
 
     from search.outputs import write_json_atomic
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from genotype_helpers import random_genotype
+from helpers.genotypes import random_genotype
 
 from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL
 from nasnet_det.models import build_nasnet, create_model

@@ -15,23 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.pipeline import SMOKE, TINY
 
 from nasnet_det.pipeline import Pipeline, StageError, load_pipeline_config
 from nasnet_det.pipeline.cli import main as pipeline_main
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE = REPO / "configs/pipeline/smoke.yaml"
-TINY = [
-    "SEARCH.OPTS", "['SEARCH.STRATEGY', 'random', 'SEARCH.BUDGET', '4', 'SEARCH.BATCH_SIZE', '2', "
-                   "'CHILD.MAX_STEPS', '3', 'DATA.TRAIN_LIMIT', '300', 'DATA.VAL_SIZE', '100', "
-                   "'WORKERS.NUM_WORKERS', '1']",
-    "PRETRAIN.OPTS", "['SOLVER.MAX_STEPS', '4', 'SOLVER.BATCH_SIZE', '4', 'SOLVER.ACCUM_STEPS', '1', "
-                     "'TRAIN.CHECKPOINT_PERIOD', '2', 'TRAIN.EVAL_PERIOD', '4', 'TRAIN.LOG_PERIOD', '1', "
-                     "'TRAIN.TENSORBOARD', 'False', 'DATA.FAKE_TRAIN_PER_CLASS', '8', 'DATA.FAKE_VAL_PER_CLASS', '2']",
-    "DETECT.OPTS", "['SOLVER.MAX_ITER', '4', 'SOLVER.CHECKPOINT_PERIOD', '2', 'SOLVER.IMS_PER_BATCH', '2', "
-                   "'INPUT.MIN_SIZE_TRAIN', '(96,)', 'INPUT.MIN_SIZE_TEST', '96', 'INPUT.MAX_SIZE_TEST', '128']",
-    "REPORT.PROFILE_IMAGE_SIZE", "64",
-]
 
 
 def manifest(out: Path, stage: str) -> dict:
@@ -181,6 +170,7 @@ def running(pid: int) -> bool:
     return state != "Z"  # a zombie has stopped; its parent just has not collected it yet
 
 
+@pytest.mark.slow  # a kill -9 drill
 def test_kill_9_in_the_middle_of_the_search_then_rerun_resumes(tmp_path: Path):
     out = tmp_path / "run"
     proc = start_search_and_wait_for_a_child(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from data_helpers import CIFAR_NPZ
+from helpers.data import CIFAR_NPZ
 
 from nasnet_det.data import (
     ArrayDataset,

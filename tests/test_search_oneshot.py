@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from genotype_helpers import random_genotype
+from helpers.genotypes import random_genotype
+from helpers.search import oneshot_cfg
 
 from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import NUM_INPUTS, OPS, Block, CellSpec, Genotype
 from search.cli import main
-from search.config import load_cfg
 from search.journal import Journal
 from search.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShotSearch
 from search.reward import ChildData
@@ -24,15 +24,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _size_keys(num_cells: int, filters: int) -> list[str]:
     return ["MODEL.NASNET.NUM_CELLS", str(num_cells), "MODEL.NASNET.FILTERS", str(filters)]
-
-
-def _cfg(*opts):
-    return load_cfg(None, ["SEARCH.STRATEGY", "oneshot", "SEARCH.NUM_BLOCKS", "2", "SEARCH.BATCH_SIZE", "3",
-                           "CONTROLLER.HIDDEN", "16", "CONTROLLER.LR", "0.01", *_size_keys(1, 4),
-                           "CHILD.IMAGE_SIZE", "8", "DATA.VAL_SIZE", "16", "ONESHOT.EPOCHS", "2",
-                           "ONESHOT.WEIGHT_STEPS", "3", "ONESHOT.BATCH_SIZE", "8", "ONESHOT.CONTROLLER_STEPS", "2",
-                           "ONESHOT.REWARD_BATCH_SIZE", "8", "ONESHOT.FINAL_SAMPLES", "3",
-                           "ONESHOT.CHECKPOINT_EVERY", "2", "ONESHOT.DEVICE", "cpu", *map(str, opts)])
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +122,7 @@ def test_a_path_uses_only_the_weights_of_its_ops():
 
 
 def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path, data):
-    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data)
     search._build()
     w0 = {k: v.clone() for k, v in search.supernet.state_dict().items()}
     c0 = {k: v.clone() for k, v in search.strategy.controller.state_dict().items()}
@@ -163,7 +154,7 @@ def _final_state(out: Path):
 
 @pytest.mark.parametrize("policy,stop_after", [("reinforce", 4), ("ppo", 7)])
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, data, policy, stop_after):
-    cfg = _cfg("ONESHOT.POLICY", policy)
+    cfg = oneshot_cfg("ONESHOT.POLICY", policy)
     full = OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
     assert full["stopped_early"] is False
     # Interrupted mid supernet phase (4: after a checkpoint at step 2 and one more step) or mid controller
@@ -187,7 +178,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, data, p
 
 
 def test_outputs_are_the_ones_select_reads(tmp_path, data):
-    summary = OneShotSearch(_cfg(), tmp_path, progress=False, data=data).run()
+    summary = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data).run()
     g = Genotype.load(tmp_path / "best_genotype.json").validate(2)
     top = json.loads((tmp_path / "top_k.json").read_text())
     assert top and top[0]["strategy"] == DERIVE_NAME
@@ -204,7 +195,7 @@ def test_outputs_are_the_ones_select_reads(tmp_path, data):
                                       (["SEARCH.STRATEGY", "oneshot,random"], "SEARCH.STRATEGY")])
 def test_bad_settings_are_refused_naming_the_key(tmp_path, data, opts, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        OneShotSearch(_cfg(*opts), tmp_path, progress=False, data=data)
+        OneShotSearch(oneshot_cfg(*opts), tmp_path, progress=False, data=data)
 
 
 def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys):
@@ -230,7 +221,7 @@ class _Killed(Exception):
 
 @pytest.mark.parametrize("kill_at_score", [5, 14])  # 2nd cell of controller batch 1; 2nd final sample
 def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp_path, data, kill_at_score):
-    cfg = _cfg()
+    cfg = oneshot_cfg()
     OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
     killed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
     calls, score = [0], killed.score
@@ -275,7 +266,7 @@ def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp
 
 
 def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, data):
-    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data)
     search._build()
     actions, logp, genotypes = search.sample_genotypes(1)
     journal = Journal(tmp_path / JOURNAL_NAME)
@@ -292,7 +283,7 @@ def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, d
 
 
 def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(tmp_path, data, monkeypatch):
-    search = OneShotSearch(_cfg(), tmp_path, progress=False, data=data)
+    search = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data)
     search._build()
     journal = Journal(tmp_path / JOURNAL_NAME)
     try:
@@ -313,4 +304,4 @@ def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, data):
     (tmp_path / STATE_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=rf"{STATE_NAME} cannot be read.*delete it to restart the one-shot search"):
-        OneShotSearch(_cfg(), tmp_path, progress=False, data=data).run()
+        OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data).run()

@@ -24,7 +24,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
-    from test_search_oneshot import _cfg
+    from helpers.search import oneshot_cfg
 
     from nasnet_det.data.cifar import synthetic_cifar
     from nasnet_det.engine.distributed import cleanup_distributed
@@ -32,8 +32,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     from search.reward import ChildData
 
     x, y = synthetic_cifar(64, size=32)
-    search = OneShotSearch(_cfg("ONESHOT.EPOCHS", 1, "ONESHOT.BATCH_SIZE", 8), Path(out_dir) / "run", progress=False,
-                           data=ChildData.from_arrays(x, y, 16))
+    search = OneShotSearch(oneshot_cfg("ONESHOT.EPOCHS", 1, "ONESHOT.BATCH_SIZE", 8), Path(out_dir) / "run",
+                           progress=False, data=ChildData.from_arrays(x, y, 16))
     summary = search.run()
     torch.save({"supernet": search.supernet.state_dict(), "controller": search.strategy.controller.state_dict(),
                 "summary": summary}, Path(out_dir) / f"rank_{rank}.pt")

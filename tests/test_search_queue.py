@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.search import queue_opts
 
 from search.cli import main
 from search.config import load_cfg
@@ -26,11 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 SEED_BASE = 100_003  # the runner seeds child i with SEARCH.SEED * SEED_BASE + i (SEED 0 here: seed = id)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _cfg(*opts) -> list[str]:
-    return ["SEARCH.STRATEGY", "ppo,random", "SEARCH.BATCH_SIZE", "2", "CONTROLLER.HIDDEN", "16",
-            "CONTROLLER.LR", "0.01", *map(str, opts)]
 
 
 def _rows(out: Path) -> list[dict]:
@@ -78,7 +74,7 @@ def _check_busy(out: Path, log: Path, summary: dict, workers: int, batch: int, b
 
 def test_local_queue_keeps_every_worker_busy(tmp_path):
     out, log = tmp_path / "run", tmp_path / "calls.txt"
-    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 10, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3))
+    cfg = load_cfg(None, queue_opts("SEARCH.BUDGET", 10, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3))
     summary = SearchRunner(cfg, out, SleepingReward(0, median_s=0.15, log_path=str(log)), False).run()
     assert summary["strategies"]["ppo"]["ok"] == summary["strategies"]["random"]["ok"] == 10
     _check_busy(out, log, summary, workers=3, batch=2, budget=10)
@@ -88,7 +84,7 @@ def test_local_queue_keeps_every_worker_busy(tmp_path):
 def test_ray_queue_keeps_more_workers_than_a_batch_busy(tmp_path):
     ray = pytest.importorskip("ray")
     out, log = tmp_path / "run", tmp_path / "calls.txt"
-    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "ray", "WORKERS.NUM_WORKERS", 3))
+    cfg = load_cfg(None, queue_opts("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "ray", "WORKERS.NUM_WORKERS", 3))
     summary = SearchRunner(cfg, out, SleepingReward(0, median_s=0.3, log_path=str(log)), False).run()
     assert not ray.is_initialized()
     assert summary["strategies"]["ppo"]["ok"] == summary["strategies"]["random"]["ok"] == 8
@@ -105,9 +101,10 @@ SearchRunner(cfg, sys.argv[1], SleepingReward(0, median_s=0.3, log_path=sys.argv
 """
 
 
+@pytest.mark.slow  # a kill -9 drill
 def test_kill_9_of_the_driver_mid_queue_resumes_exactly(tmp_path):
     out, log1, log2 = tmp_path / "run", tmp_path / "calls1.txt", tmp_path / "calls2.txt"
-    opts = _cfg("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 2)
+    opts = queue_opts("SEARCH.BUDGET", 8, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(out), str(log1), *opts], env=env,
                               stderr=subprocess.PIPE, text=True)
@@ -202,7 +199,7 @@ def test_collapsed_controller_is_flagged_but_its_result_is_kept(tmp_path, caplog
 def test_local_backend_honours_max_in_flight(tmp_path):
     # WORKERS.MAX_IN_FLIGHT caps the local backend as it caps Ray: 3 workers configured, 2 children at most
     out, log = tmp_path / "run", tmp_path / "calls.txt"
-    cfg = load_cfg(None, _cfg("SEARCH.BUDGET", 4, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3,
+    cfg = load_cfg(None, queue_opts("SEARCH.BUDGET", 4, "WORKERS.BACKEND", "local", "WORKERS.NUM_WORKERS", 3,
                               "WORKERS.MAX_IN_FLIGHT", 2))
     summary = SearchRunner(cfg, out, SleepingReward(0, median_s=0.1, log_path=str(log)), False).run()
     assert summary["strategies"]["ppo"]["ok"] == summary["strategies"]["random"]["ok"] == 4

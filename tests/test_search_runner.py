@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.search import runner_cfg
 
 import nasnet_det.utils.io as io_utils
 from nasnet_det.models import build_nasnet
@@ -26,11 +27,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _cfg(*opts):
-    return load_cfg(None, ["SEARCH.BUDGET", "20", "SEARCH.BATCH_SIZE", "5", "CONTROLLER.HIDDEN", "16",
-                           "CONTROLLER.LR", "0.01", "WORKERS.BACKEND", "inline", *map(str, opts)])
 
 
 def _rows(out: Path) -> list[sqlite3.Row]:
@@ -68,31 +64,32 @@ def _check_complete(out: Path, budget: int, first_run: list[sqlite3.Row]):
 def test_resume_after_max_evals_repeats_nothing(tmp_path, strategy):
     out = tmp_path / "run"
     r1 = CountingReward()
-    s1 = SearchRunner(_cfg("SEARCH.STRATEGY", strategy, "SEARCH.MAX_EVALS_THIS_RUN", 7), out, r1, False).run()
+    s1 = SearchRunner(runner_cfg("SEARCH.STRATEGY", strategy, "SEARCH.MAX_EVALS_THIS_RUN", 7), out, r1, False).run()
     assert s1["stopped_early"] and len(r1.calls) == 7
     first = _rows(out)
     # the queue samples a child only when a worker is free for it: nothing beyond the limit was sampled
     assert [r["status"] for r in first] == ["ok"] * 7
     r2 = CountingReward()
-    s2 = SearchRunner(_cfg("SEARCH.STRATEGY", strategy), out, r2, False).run()
+    s2 = SearchRunner(runner_cfg("SEARCH.STRATEGY", strategy), out, r2, False).run()
     assert not s2["stopped_early"] and len(r2.calls) == 13
     _check_complete(out, 20, first)
     if strategy == "random":  # later children are fresh samples, not replays of the first run's
         assert not set(r1.calls) & set(r2.calls)
     # a third run has nothing left to do
     r3 = CountingReward()
-    assert SearchRunner(_cfg("SEARCH.STRATEGY", strategy), out, r3, False).run()["strategies"][strategy]["ok"] == 20
+    summary = SearchRunner(runner_cfg("SEARCH.STRATEGY", strategy), out, r3, False).run()
+    assert summary["strategies"][strategy]["ok"] == 20
     assert r3.calls == []
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(kill_after=12), False).run()
+        SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(kill_after=12), False).run()
     first = _rows(tmp_path / "a")
     assert sum(r["status"] == "ok" for r in first) == 12
-    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
     _check_complete(tmp_path / "a", 20, first)
-    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
     # same sampled decisions as a run that was never interrupted (controller state + RNG restored)
     assert [r["decisions"] for r in _rows(tmp_path / "a")] == [r["decisions"] for r in _rows(tmp_path / "b")]
 
@@ -100,24 +97,26 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
 def test_resume_at_a_batch_boundary_samples_with_the_policy_an_uninterrupted_run_used(tmp_path):
     # stopped right after a batch finished (no child pending): the next child must be sampled by the same
     # policy version, with the same decisions, as in a run that never stopped there
-    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo", "SEARCH.MAX_EVALS_THIS_RUN", 10), tmp_path / "a", CountingReward(),
-                 False).run()
-    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
-    SearchRunner(_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo", "SEARCH.MAX_EVALS_THIS_RUN", 10), tmp_path / "a",
+                 CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "a", CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo"), tmp_path / "b", CountingReward(), False).run()
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
     assert [r["policy"] for r in a] == [r["policy"] for r in b] == [i // 5 for i in range(20)]
     assert [r["decisions"] for r in a] == [r["decisions"] for r in b]
 
 
 def test_resume_refuses_different_settings(tmp_path):
-    SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
     with pytest.raises(ValueError, match="MODEL.NASNET"):
-        SearchRunner(_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.FILTERS", 16), tmp_path, CountingReward(), False).run()
+        SearchRunner(runner_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.FILTERS", 16), tmp_path, CountingReward(),
+                     False).run()
 
 
 def test_a_search_journaled_before_model_nasnet_still_resumes(tmp_path):
     """Journals written when the children's network was CHILD.NUM_CELLS / FILTERS hold that identity."""
-    SearchRunner(_cfg("SEARCH.BUDGET", 5, "SEARCH.MAX_EVALS_THIS_RUN", 3), tmp_path, CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 5, "SEARCH.MAX_EVALS_THIS_RUN", 3), tmp_path, CountingReward(),
+                 False).run()
     journal = Journal(tmp_path / JOURNAL_NAME)
     old = journal.get_meta("identity")
     network = old.pop("MODEL.NASNET")
@@ -125,11 +124,12 @@ def test_a_search_journaled_before_model_nasnet_still_resumes(tmp_path):
     journal.set_meta("identity", old)  # as the version before MODEL.NASNET wrote it
     journal.close()
     rewards = CountingReward()
-    assert SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, rewards, False).run()["strategies"]["ppo"]["ok"] == 5
+    assert SearchRunner(runner_cfg("SEARCH.BUDGET", 5), tmp_path, rewards, False).run()["strategies"]["ppo"]["ok"] == 5
     assert len(rewards.calls) == 2
     # the preset's name is not a setting: paper.yaml's name for the same network resumes too
-    SearchRunner(_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.PRESET", "search_child_paper", "MODEL.NASNET.NUM_CELLS", 1,
-                      "MODEL.NASNET.FILTERS", 8), tmp_path, CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 5, "MODEL.NASNET.PRESET", "search_child_paper",
+                            "MODEL.NASNET.NUM_CELLS", 1, "MODEL.NASNET.FILTERS", 8), tmp_path, CountingReward(),
+                 False).run()
     # nor is the memory layout, which journals from before MODEL.NASNET.CHANNELS_LAST do not record
     journal = Journal(tmp_path / JOURNAL_NAME)
     recorded = journal.get_meta("identity")
@@ -137,14 +137,14 @@ def test_a_search_journaled_before_model_nasnet_still_resumes(tmp_path):
     recorded["MODEL.NASNET"]["CHANNELS_LAST"] = True  # a journal that did record it
     journal.set_meta("identity", recorded)
     journal.close()
-    SearchRunner(_cfg("SEARCH.BUDGET", 6, "MODEL.NASNET.CHANNELS_LAST", False), tmp_path, CountingReward(),
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 6, "MODEL.NASNET.CHANNELS_LAST", False), tmp_path, CountingReward(),
                  False).run()
     # ... and other children are still refused, naming the key
     journal = Journal(tmp_path / JOURNAL_NAME)
     journal.set_meta("identity", {**old, "CHILD": {**old["CHILD"], "FILTERS": 16}})
     journal.close()
     with pytest.raises(ValueError, match=r"different settings \(MODEL.NASNET\)"):
-        SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+        SearchRunner(runner_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
 
 
 class FlakyReward(SyntheticOpReward):
@@ -160,7 +160,7 @@ class FlakyReward(SyntheticOpReward):
 
 
 def test_failing_children_are_recorded_and_search_continues(tmp_path):
-    s = SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, FlakyReward(), False).run()["strategies"]["ppo"]
+    s = SearchRunner(runner_cfg("SEARCH.BUDGET", 10), tmp_path, FlakyReward(), False).run()["strategies"]["ppo"]
     assert (s["evaluations"], s["ok"], s["failed"]) == (10, 8, 2)
     rows = _rows(tmp_path)
     failed = [r for r in rows if r["status"] == "failed"]
@@ -184,7 +184,7 @@ def test_failed_children_enter_the_policy_update_with_failed_reward(tmp_path, mo
         return real_update(self, actions, old_logp, rewards)
 
     monkeypatch.setattr(PolicyTrainer, "update", spy)
-    SearchRunner(_cfg("SEARCH.BUDGET", 10, "CONTROLLER.FAILED_REWARD", failed_reward), tmp_path, FlakyReward(),
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 10, "CONTROLLER.FAILED_REWARD", failed_reward), tmp_path, FlakyReward(),
                  False).run()
     rows = _rows(tmp_path)
     first_batch = [r for r in rows if r["batch"] == 0]
@@ -203,23 +203,23 @@ def test_two_searches_cannot_share_an_output_dir(tmp_path):
         fcntl.flock(other.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         r = CountingReward()
         with pytest.raises(ValueError, match="in use by another search"):
-            SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, r, False).run()
+            SearchRunner(runner_cfg("SEARCH.BUDGET", 5), tmp_path, r, False).run()
         assert r.calls == [] and not (tmp_path / JOURNAL_NAME).exists()
     # once it is released (e.g. that search ended or was killed) the directory is usable again
-    s = SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    s = SearchRunner(runner_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
     assert s["strategies"]["ppo"]["ok"] == 5
 
 
 def test_bad_child_settings_fail_before_any_child(tmp_path):
     for key, value in (("CHILD.EPOCHS", 0), ("CHILD.BATCH_SIZE", 0), ("CHILD.MAX_STEPS", -1)):
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-            SearchRunner(_cfg(key, value), tmp_path, CountingReward(), False)
+            SearchRunner(runner_cfg(key, value), tmp_path, CountingReward(), False)
     with pytest.raises(ValueError, match=r"CHILD\.EPOCHS"):
         ChildEvaluator({**dict(load_cfg().CHILD), "EPOCHS": 0}, None)
 
 
 def test_outputs_best_genotype_plot_and_drawing(tmp_path):
-    s = SearchRunner(_cfg("SEARCH.STRATEGY", "ppo,random", "SEARCH.BUDGET", 10), tmp_path,
+    s = SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo,random", "SEARCH.BUDGET", 10), tmp_path,
                      SyntheticOpReward(0), False).run()
     best = Genotype.load(tmp_path / "best_genotype.json")
     rows = {r["id"]: r for r in _rows(tmp_path)}
@@ -236,14 +236,14 @@ def test_outputs_best_genotype_plot_and_drawing(tmp_path):
     assert len(top) == 5 and [t["reward"] for t in top] == sorted((t["reward"] for t in top), reverse=True)
     assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["ppo", "random"]
     # --fresh clears the old run's outputs with its journal: a new run that writes fewer must not mix them.
-    SearchRunner(_cfg("SEARCH.STRATEGY", "random", "SEARCH.BUDGET", 5, "SEARCH.MAX_EVALS_THIS_RUN", 2), tmp_path,
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "random", "SEARCH.BUDGET", 5, "SEARCH.MAX_EVALS_THIS_RUN", 2), tmp_path,
                  SyntheticOpReward(0), False, fresh=True).run()
     assert not (tmp_path / "best_genotype_ppo.json").exists() and not (tmp_path / "controller_ppo.pth").exists()
     assert Journal(tmp_path / JOURNAL_NAME).strategies() == ["random"]
 
 
 def test_a_kill_while_writing_outputs_leaves_the_previous_best_genotype_loadable(tmp_path, monkeypatch):
-    SearchRunner(_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 5), tmp_path, CountingReward(), False).run()
     before = (tmp_path / "best_genotype.json").read_text()
     real_write = io_utils.atomic_open
 
@@ -255,7 +255,7 @@ def test_a_kill_while_writing_outputs_leaves_the_previous_best_genotype_loadable
 
     monkeypatch.setattr(io_utils, "atomic_open", torn_write)
     with pytest.raises(KeyboardInterrupt):
-        SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, CountingReward(), False).run()
+        SearchRunner(runner_cfg("SEARCH.BUDGET", 10), tmp_path, CountingReward(), False).run()
     monkeypatch.undo()
     for name in ("best_genotype.json", "best_genotype_ppo.json"):
         Genotype.load(tmp_path / name)  # intact: the torn text went to a temporary file
@@ -314,7 +314,8 @@ CREATE TABLE evaluations (id INTEGER PRIMARY KEY AUTOINCREMENT, strategy TEXT NO
 def test_a_batch_synchronous_journal_is_upgraded_and_resumes(tmp_path):
     """A journal of the earlier batch-synchronous search: batch 0 done, batch 1 interrupted with the
     children of slots 0 and 3 finished and slots 1, 2 and 4 pending."""
-    SearchRunner(_cfg("SEARCH.BUDGET", 10, "SEARCH.MAX_EVALS_THIS_RUN", 7), tmp_path, CountingReward(), False).run()
+    SearchRunner(runner_cfg("SEARCH.BUDGET", 10, "SEARCH.MAX_EVALS_THIS_RUN", 7), tmp_path, CountingReward(),
+                 False).run()
     new = _rows(tmp_path)
     db = sqlite3.connect(tmp_path / JOURNAL_NAME)
     db.execute("DROP TABLE evaluations")
@@ -332,7 +333,7 @@ def test_a_batch_synchronous_journal_is_upgraded_and_resumes(tmp_path):
     db.close()
     (tmp_path / "controller_ppo.pth").unlink()  # rebuilt from the journal's batch 0
     rewards = CountingReward()
-    s = SearchRunner(_cfg("SEARCH.BUDGET", 10), tmp_path, rewards, False).run()["strategies"]["ppo"]
+    s = SearchRunner(runner_cfg("SEARCH.BUDGET", 10), tmp_path, rewards, False).run()["strategies"]["ppo"]
     assert s["ok"] == 10 and len(rewards.calls) == 3  # only the 3 pending children ran
     rows = _rows(tmp_path)
     assert [json.loads(rows[i]["genotype"]) for i in (6, 7, 9)] == \

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from data_helpers import CIFAR_NPZ
+from helpers.data import CIFAR_NPZ
 
 from nasnet_det.data.cifar import load_cifar10_npz, synthetic_cifar
 from nasnet_det.genotypes import NASNET_A

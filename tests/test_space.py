@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from genotype_helpers import random_genotype
+from helpers.genotypes import random_genotype
 
 from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL, PUBLISHED, get_genotype
 from nasnet_det.space import (

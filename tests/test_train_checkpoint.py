@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from train_helpers import tiny_cfg
+from helpers.train import tiny_cfg
 
 from nasnet_det.classification import Trainer
 from nasnet_det.classification.trainer import default_num_threads

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.train import tiny_cfg
 from torch.utils.data import DataLoader
-from train_helpers import tiny_cfg
 
 from nasnet_det.classification import Trainer
 from nasnet_det.data.imagenet import (

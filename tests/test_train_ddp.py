@@ -41,8 +41,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    from helpers.train import tiny_cfg
     from torch.nn.parallel import DistributedDataParallel
-    from train_helpers import tiny_cfg
 
     from nasnet_det.classification import Trainer, accumulate_gradients
     from nasnet_det.engine.distributed import cleanup_distributed, init_distributed

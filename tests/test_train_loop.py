@@ -7,9 +7,9 @@ import logging
 
 import pytest
 import torch
-from genotype_helpers import random_genotype
+from helpers.genotypes import random_genotype
+from helpers.train import tiny_cfg
 from torch.utils.data import Dataset
-from train_helpers import tiny_cfg
 
 from nasnet_det.classification import Trainer, accumulate_gradients, export_backbone
 from nasnet_det.classification.optim import ModelEma, lr_multiplier_fn

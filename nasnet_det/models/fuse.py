@@ -163,7 +163,7 @@ def fuse_for_inference(model: nn.Module, channels_last: bool | None = None, comp
     ``channels_last``: the copy's memory layout (default: the model's own; a NASNet converts its input).
     ``compile``: wrap the copy in ``torch.compile`` with Inductor's freezing (called under ``inference_mode`` or
     ``no_grad``, the weights become constants, so Inductor can prepack them and fuse the ReLUs and adds into the
-    convolutions). Compiling takes tens of seconds per input shape on a CPU (numbers: README, Speed), so it pays
+    convolutions). Compiling takes tens of seconds per input shape on a CPU (numbers: docs/benchmarks.md), so it pays
     off for long runs at fixed sizes; every new input shape compiles again. It needs a C++ compiler on a CPU."""
     fused = copy.deepcopy(model).eval()
     fold_batchnorm(fused)

@@ -234,7 +234,7 @@ class NASNet(nn.Module):
         """Run in the channels_last (NHWC) memory layout, or back in NCHW. Same outputs (to float rounding).
 
         On by default: NASNet is mostly depthwise and 1x1 convolutions, which oneDNN runs much faster in NHWC
-        (the README's benchmarks; ``bench/bench_model.py --nchw`` measures ours in NCHW).
+        (docs/benchmarks.md; ``bench/bench_model.py --nchw`` measures ours in NCHW).
         The 4-D weights are stored NHWC (loading a checkpoint keeps that) and the input is converted on entry,
         so the feature maps and gradients are NHWC too. Returns ``self``."""
         self.channels_last = bool(enabled)

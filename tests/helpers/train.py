@@ -1,4 +1,4 @@
-"""Tiny configs shared by the tests/test_train_*.py files."""
+"""The tiny classification config shared by the tests/test_train_*.py files."""
 
 from __future__ import annotations
 
