@@ -72,12 +72,13 @@ def test_search_children_sized_by_F_say_how_to_size_them_by_f():
 
 
 def test_large_pretraining_and_large_detection_configs_describe_the_same_backbone():
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from nasnet_det.config import load_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg
 
     pretrained = NASNetArch.from_cfg(load_config(REPO / "configs/train/imagenet_nasnet_a_large.yaml"))
     for name in ("faster_rcnn_nasnet_a_large_c4_800.yaml", "faster_rcnn_nasnet_a_large_c4_1200.yaml",
                  "faster_rcnn_nasnet_a_large_fpn_800.yaml"):
-        detector = NASNetArch.from_cfg(load_nasnet_cfg(get_nasnet_cfg(), str(REPO / "configs/detection" / name)),
+        detector = NASNetArch.from_cfg(load_cfg(get_nasnet_cfg(), str(REPO / "configs/detection" / name)),
                                        num_classes=0)
         assert pretrained.differences(detector, ignore=("num_classes", "aux_head")) == [], name
 
@@ -87,13 +88,13 @@ def test_old_keys_name_the_new_ones(tmp_path, capsys):
     from search.config import load_cfg
     from search.reward import ChildEvaluator
 
-    with pytest.raises(KeyError, match="MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+    with pytest.raises(ValueError, match="MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
         load_config(None, ["MODEL.NUM_CELLS", "2"])
-    with pytest.raises(KeyError, match="TRAIN.CHANNELS_LAST was renamed to MODEL.NASNET.CHANNELS_LAST"):
+    with pytest.raises(ValueError, match="TRAIN.CHANNELS_LAST was renamed to MODEL.NASNET.CHANNELS_LAST"):
         load_config(None, ["TRAIN.CHANNELS_LAST", "False"])
     assert load_config(None, ["MODEL.NASNET.CHANNELS_LAST", "False"]).MODEL.NASNET.CHANNELS_LAST is False
     old = _write(tmp_path / "old.yaml", "MODEL:\n  WEIGHTS: x.pth\n")
-    with pytest.raises(KeyError, match="old.yaml: MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS"):
+    with pytest.raises(ValueError, match="old.yaml: MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS"):
         load_config(old)
     assert train_main(["--config-file", str(old), "--output-dir", str(tmp_path / "out")]) == 2
     assert "MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS" in capsys.readouterr().err
@@ -169,8 +170,9 @@ def _shapes(model, skip=("last_linear.", "aux_head.")) -> dict[str, tuple]:
 
 def test_classification_detection_and_search_build_one_network_from_one_node():
     from nasnet_det.classification.trainer import build_model
+    from nasnet_det.config import load_cfg as load_detection_cfg
     from nasnet_det.detection.backbone import detector_nasnet
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg
     from search.config import load_cfg
     from search.reward import build_child
 
@@ -182,7 +184,7 @@ def test_classification_detection_and_search_build_one_network_from_one_node():
     # ImageNet: pretraining and the detector's backbone (no classifier)
     imagenet = ["DATA.DATASET", "imagenet", "DATA.FAKE_CLASSES", "3"]
     pretrain = build_model(load_config(None, SAME_NODE + imagenet), 3, 64)
-    backbone = detector_nasnet(load_nasnet_cfg(get_nasnet_cfg(), None, SAME_NODE))
+    backbone = detector_nasnet(load_detection_cfg(get_nasnet_cfg(), None, SAME_NODE))
     assert NASNetArch.from_model(pretrain).differences(NASNetArch.from_model(backbone),
                                                        ignore=("num_classes", "aux_head")) == []
     assert _shapes(pretrain) == _shapes(backbone)

@@ -74,7 +74,7 @@ def add_nasnet_model_config(cfg: CfgNode, preset: str = "nasnet_a_cifar") -> Cfg
     ``MODEL.NASNET.PRESET`` replaces every network key by that preset's value, and keys set explicitly (in
     the file, its ``_BASE_`` files, or the ``KEY VALUE`` overrides) win over the preset, whatever their
     order. :func:`prepare_nasnet_config` does this (defaults <- preset <- file <- overrides) before the
-    loader merges the file and overrides; the loaders of classification, detection and the search call it.
+    loader merges the file and overrides (:func:`nasnet_det.config.load_cfg` calls it).
     The size is one choice: a source that sets only ``FILTERS`` (f) to a positive value on top of a preset
     sized by ``PENULTIMATE_FILTERS`` (F) sets F to 0, and vice versa.
     ``WEIGHTS`` (an ImageNet-pretrained nasnet-det checkpoint, or a timm / pretrainedmodels state dict) is
@@ -129,30 +129,18 @@ def _lookup(tree: Mapping, dotted: str) -> tuple[bool, Any]:
 SIZE_KEYS = ("PENULTIMATE_FILTERS", "FILTERS")
 
 
-def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, opts: Sequence[Any] | None = None,
-                          renamed: Mapping[str, str] | None = None) -> list[str]:
-    """Before ``merge_from_file`` / ``merge_from_list``: reject keys of ``renamed`` (old -> new name) with
-    ``KeyError("OLD was renamed to NEW")``, and apply the ``MODEL.NASNET.PRESET`` the file or the
-    overrides name (the overrides win) to ``cfg``, so that explicit keys merged afterwards win over it.
+def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
+                          opts: Sequence[Any] | None = None) -> list[str]:
+    """Before ``merge_from_file`` / ``merge_from_list`` (:func:`nasnet_det.config.load_cfg` calls it): apply the
+    ``MODEL.NASNET.PRESET`` the file or the overrides name (the overrides win) to ``cfg``, so that explicit
+    keys merged afterwards win over it.
 
     Returns overrides to merge after ``opts``: the network is sized by one of F and f, so when the last
     source that sizes it (the ``_BASE_`` files, the file, then the overrides) sets only one of them to a
     positive value, the other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means
-    f = 8).
-    ``config_file`` must exist (the caller checks that first); invalid YAML raises ``ValueError``."""
-    renamed = renamed or {}
-    data: Mapping = {}
-    if config_file:
-        try:
-            data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
-        except yaml.YAMLError as e:  # bad input, named like a bad key (ValueError), not a traceback
-            raise ValueError(f"{config_file} is not valid YAML: {e}") from None
+    f = 8). ``config_file`` must exist and be valid YAML (the loader checks that first)."""
+    data: Mapping = (CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}) if config_file else {}
     pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
-    for old, new in renamed.items():
-        if _lookup(data, old)[0]:
-            raise KeyError(f"{config_file}: {old} was renamed to {new}")
-        if any(key == old for key, _ in pairs):
-            raise KeyError(f"bad override: {old} was renamed to {new}")
     found, preset = _lookup(data, f"{NODE}.PRESET")
     for key, value in pairs:
         if key == f"{NODE}.PRESET":

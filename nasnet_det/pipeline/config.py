@@ -13,6 +13,8 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.config import load_cfg
+
 STAGES: tuple[str, ...] = ("search", "select", "cifar", "pretrain", "detect", "evaluate", "report")
 
 _C = CN()
@@ -100,22 +102,7 @@ def resolve_path(path: str | Path) -> Path:
 
 def load_pipeline_config(config_file: str | Path | None, opts: list[str] | None = None) -> CN:
     """Defaults, the pipeline YAML (``_BASE_`` allowed) and ``KEY VALUE`` overrides; errors name the key."""
-    cfg = get_pipeline_cfg()
-    if config_file:
-        path = resolve_path(config_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"pipeline config file {config_file} does not exist")
-        try:
-            cfg.merge_from_file(str(path))
-        except KeyError as e:
-            raise KeyError(f"{path}: {e.args[0] if e.args else e}") from None
-    if opts:
-        if len(opts) % 2:
-            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError, ValueError) as e:
-            raise KeyError(f"bad pipeline override: {e.args[0] if e.args else e}") from None
+    cfg = load_cfg(_C, resolve_path(config_file) if config_file else None, opts)
     for node in ("SEARCH", "CIFAR", "PRETRAIN", "DETECT", "EVALUATE"):
         stage_opts = cfg[node].OPTS
         if len(stage_opts) % 2:
