@@ -113,7 +113,7 @@ def upgrade_identity(identity: Mapping[str, Any]) -> dict:
     out = dict(identity)
     child = out.get("CHILD")
     if "MODEL.NASNET" not in out and isinstance(child, Mapping) and {"NUM_CELLS", "FILTERS"} <= set(child):
-        # Those children were build_nasnet(genotype, "cifar", N, f, aux_head=False): preset search_child_tiny
+        # Those children were CIFAR networks of N cells at f, without aux head: preset search_child_tiny
         # at that N and f.
         network = _plain(preset_node("search_child_tiny"))
         network.update(NUM_CELLS=child["NUM_CELLS"], FILTERS=child["FILTERS"])

@@ -9,9 +9,9 @@ import pytest
 
 from nasnet_det.classification.config import load_config
 from nasnet_det.genotypes import NASNET_A
-from nasnet_det.models import NASNetArch, create_model, nasnet_from_cfg
+from nasnet_det.models import NASNetArch, create_model
 from nasnet_det.models.config import PRESETS, preset_node
-from nasnet_det.models.pretrained import save_checkpoint
+from nasnet_det.models.pretrained import read_arch, save_checkpoint
 from nasnet_det.space import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,10 +134,11 @@ def test_detection_cli_rejects_old_and_unknown_keys_with_exit_2(tmp_path, capsys
 def test_arch_record_equality_and_differences(tmp_path):
     model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8, num_classes=5)
     arch = NASNetArch.from_model(model)
-    # create_model overrides any build_nasnet argument, the dataset (the stem) included
+    # create_model overrides any NASNet argument of a preset, the dataset (the stem) included
     assert not create_model("nasnet_a_mobile", dataset="cifar", num_cells=1, filters=4).imagenet_stem
-    assert NASNetArch.from_checkpoint(save_checkpoint(model, tmp_path / "m.pth")) == arch
-    assert arch.build().arch == model.arch  # the nasnet-det/v1 record round-trips
+    assert read_arch(save_checkpoint(model, tmp_path / "m.pth")) == arch
+    assert create_model(arch).arch == model.arch  # the nasnet-det/v1 record round-trips
+    assert create_model(model.arch).arch == model.arch  # ... as the record or its dict
     renamed = Genotype(NASNET_A.normal, NASNET_A.reduce, name="renamed")
     assert NASNetArch.from_dict({**model.arch, "genotype": renamed.to_dict()}) == arch  # cells, not names
     # a record that leaves the stem width to the default equals one that states it
@@ -190,5 +191,5 @@ def test_classification_detection_and_search_build_one_network_from_one_node():
     assert _shapes(pretrain) == _shapes(backbone)
     assert backbone.arch["pad_mode"] == "timm" and backbone.arch["stem_filters"] == 16
     # the node alone (as the search ships it to its workers) builds the same network
-    assert _shapes(nasnet_from_cfg(dict(preset_node("search_child_tiny")), "cifar", 10)) == \
+    assert _shapes(create_model(dict(preset_node("search_child_tiny")), dataset="cifar", num_classes=10)) == \
         _shapes(build_child(NASNET_A, preset_node("search_child_tiny")))

@@ -57,7 +57,7 @@ from nasnet_det.classification.distributed import (
 from nasnet_det.classification.metrics import MetricsWriter, read_metrics
 from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler, upgrade_former_rmsprop_state
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
-from nasnet_det.models import NASNetArch, nasnet_from_cfg
+from nasnet_det.models import NASNetArch, create_model
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import load_state_dict_report
@@ -84,8 +84,8 @@ class TrainState:
 
 # ----------------------------------------------------------------------------------------------- model
 def build_model(cfg, num_classes: int, image_size: int) -> NASNet:
-    return nasnet_from_cfg(cfg, "cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet", num_classes,
-                           image_size=image_size)
+    return create_model(cfg, dataset="cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet",
+                        num_classes=num_classes, image_size=image_size)
 
 
 def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,

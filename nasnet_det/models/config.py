@@ -1,5 +1,6 @@
-"""The one config description of a NASNet: the ``MODEL.NASNET`` node, its named presets, and
-:func:`nasnet_from_cfg`, used alike by classification training, the detectors and the search's children.
+"""The one config description of a NASNet: the ``MODEL.NASNET`` node and its named presets, used alike by
+classification training, the detectors and the search's children (built by
+:func:`nasnet_det.models.create_model`).
 
 ``MODEL.NASNET`` keys (see :func:`add_nasnet_model_config`): PRESET, GENOTYPE, NUM_CELLS (N),
 PENULTIMATE_FILTERS (F) or FILTERS (f), STEM_FILTERS, SKIP_REDUCTION_LAYER_INPUT, PAD_MODE,
@@ -19,7 +20,7 @@ import yaml
 from fvcore.common.config import BASE_KEY, CfgNode
 
 from nasnet_det.genotypes import get_genotype
-from nasnet_det.models.nasnet import NASNet, filters_for_penultimate
+from nasnet_det.models.nasnet import filters_for_penultimate
 from nasnet_det.models.ops import PAD_MODES
 from nasnet_det.space import Genotype
 
@@ -188,14 +189,14 @@ def _positive(value: Any) -> bool:
         return False
 
 
-def _node_of(cfg_or_node: Mapping) -> Mapping:
+def node_of(cfg_or_node: Mapping) -> Mapping:
     """``MODEL.NASNET`` of a full config, or the node itself."""
     if "MODEL" in cfg_or_node:
         return cfg_or_node["MODEL"]["NASNET"]
     return cfg_or_node
 
 
-def _described(node: Mapping) -> str:
+def described(node: Mapping) -> str:
     return (f"{NODE} (GENOTYPE={node['GENOTYPE']!r}, NUM_CELLS={node['NUM_CELLS']}, "
             f"PENULTIMATE_FILTERS={node['PENULTIMATE_FILTERS']}, FILTERS={node['FILTERS']})")
 
@@ -222,7 +223,7 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
     """The :class:`NASNet` constructor arguments ``MODEL.NASNET`` describes (``genotype`` overrides
     ``GENOTYPE``, e.g. for a search child). ``num_classes=0`` builds a feature extractor: no classifier
     and no aux head."""
-    node = _node_of(cfg_or_node)
+    node = node_of(cfg_or_node)
     if dataset not in ("cifar", "imagenet"):
         raise ValueError(f"dataset must be 'cifar' or 'imagenet', got {dataset!r}")
     check_nasnet_node(node)
@@ -231,7 +232,7 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
         filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"],
                                                            strict=False)  # any searched cell: nearest F
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ValueError(f"{_described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+        raise ValueError(f"{described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     return dict(genotype=genotype, num_classes=num_classes, num_cells=node["NUM_CELLS"], filters=filters,
                 imagenet_stem=dataset == "imagenet", stem_filters=node["STEM_FILTERS"] or None,
                 skip_reduction_layer_input=bool(node["SKIP_REDUCTION_LAYER_INPUT"]),
@@ -239,19 +240,6 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
                 drop_path_keep_prob=float(node["DROP_PATH_KEEP_PROB"]), dropout=float(node["DROPOUT"]),
                 bn_eps=float(node["BN_EPS"]), bn_momentum=float(node["BN_MOMENTUM"]), pad_mode=node["PAD_MODE"],
                 in_chans=in_chans, image_size=image_size, channels_last=bool(node.get("CHANNELS_LAST", True)))
-
-
-def nasnet_from_cfg(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: int = 1000, *,
-                    image_size: int | None = None, in_chans: int = 3,
-                    genotype: Genotype | str | None = None) -> NASNet:
-    """The NASNet that ``MODEL.NASNET`` (of a full config, or the node itself) describes; see
-    :func:`nasnet_kwargs`. Bad values raise ``ValueError`` naming the ``MODEL.NASNET`` key."""
-    kwargs = nasnet_kwargs(cfg_or_node, dataset, num_classes, image_size=image_size, in_chans=in_chans,
-                           genotype=genotype)
-    try:
-        return NASNet(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{_described(_node_of(cfg_or_node))}: {e}") from e
 
 
 def preset_node(name: str) -> CfgNode:
