@@ -11,7 +11,7 @@ from genotype_helpers import random_genotype
 
 from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL
 from nasnet_det.models import create_model
-from nasnet_det.models.nasnet import filters_for_penultimate
+from nasnet_det.models.nasnet import NASNet, filters_for_penultimate
 from nasnet_det.models.ops import Pool2dSame, build_op, drop_path, same_pad_amounts
 from nasnet_det.models.pretrained import load_checkpoint, save_checkpoint
 from nasnet_det.space import OPS, CellSpec, Genotype
@@ -200,5 +200,7 @@ def test_bad_constructor_arguments():
         create_model("nasnet_a_cifar", drop_path_keep_prob=0.0)
     with pytest.raises(KeyError, match="unknown model 'nasnet_a_huge'"):
         create_model("nasnet_a_huge")
+    with pytest.raises(TypeError, match="NASNet takes a Genotype"):  # names and files: create_model resolves them
+        NASNet("nasnet_a")
     with pytest.raises(KeyError, match="no feature named 'cell_99'"):
         create_model("nasnet_a_cifar", num_cells=1, filters=4).forward_features(torch.randn(1, 3, 8, 8), ["cell_99"])
