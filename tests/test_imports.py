@@ -88,6 +88,14 @@ def test_nasnet_det_does_not_import_search():
     assert not wrong, "; ".join(wrong)
 
 
+
+def test_dispatcher_and_subcommands_do_not_import_each_other():
+    """``nasnet-det`` finds its subcommands as entry points; they report errors through nasnet_det.utils.errors."""
+    graph = import_graph()
+    subcommands = {"search.cli", "nasnet_det.classification.cli", "nasnet_det.detection.cli", "nasnet_det.pipeline.cli"}
+    assert not graph["nasnet_det.cli"] & subcommands, graph["nasnet_det.cli"]
+    assert not [m for m, targets in graph.items() if "nasnet_det.cli" in targets]
+
 if __name__ == "__main__":
     found = find_cycles(import_graph())
     for cycle in found:
