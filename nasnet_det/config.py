@@ -57,7 +57,7 @@ def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:
     return True, node
 
 
-def renamed_keys_of(defaults: Mapping) -> dict[str, str]:
+def _renames_for(defaults: Mapping) -> dict[str, str]:
     """The renames of :data:`RENAMED_KEYS` that apply to a config with these ``defaults``."""
     return {old: new for old, new in RENAMED_KEYS.items()
             if _lookup(defaults, new)[0] and not _lookup(defaults, old)[0]
@@ -65,7 +65,7 @@ def renamed_keys_of(defaults: Mapping) -> dict[str, str]:
 
 
 def _check_renamed(defaults: Mapping, config_file: str | None, data: Mapping, opts: list[str]) -> None:
-    for old, new in renamed_keys_of(defaults).items():
+    for old, new in _renames_for(defaults).items():
         if _lookup(data, old)[0]:
             raise BadInputError(f"{config_file}: {old} was renamed to {new}")
         if old in opts[0::2]:
