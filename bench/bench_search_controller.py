@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from _common import interleaved_median_times, print_row, record, row
 
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import create_model
 from search.controller import Controller
 from search.policy import PolicyTrainer
 
@@ -44,7 +44,8 @@ def main() -> None:
         rewards = torch.rand(args.batch, generator=g)
         trainer.update(actions, logp, rewards)
 
-    child = build_nasnet("nasnet_a", "cifar", args.child_cells, filters=args.child_filters, num_classes=10)
+    child = create_model("nasnet_a_cifar", num_cells=args.child_cells, filters=args.child_filters,
+                         drop_path_keep_prob=1.0, image_size=None)
     child.to(args.device).train()
     opt = torch.optim.SGD(child.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(32, 3, 32, 32, device=args.device)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
+from nasnet_det.config import check_overrides
+from nasnet_det.utils.errors import check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors
 from search.config import load_cfg
 from search.oneshot import OneShotSearch
@@ -66,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 @exit_2_on_bad_input
 def _search(args: argparse.Namespace) -> dict | int:
-    opts = list(args.opts)
-    check_no_options_after_overrides(opts, "nasnet-det search")
+    opts = check_overrides(args.opts, "nasnet-det search")
     if args.output_dir:
         opts += ["OUTPUT_DIR", args.output_dir]
     cfg = load_cfg(args.config_file or None, opts)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config, preset_node
+from nasnet_det import config as shared_config
+from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, preset_node
 from search.oneshot_config import add_oneshot_config
 
 
@@ -90,8 +90,6 @@ def get_cfg_defaults() -> CN:
 # incomparable results, so the runner refuses it.
 IDENTITY_KEYS = ("SEARCH.BATCH_SIZE", "SEARCH.NUM_BLOCKS", "SEARCH.SEED", "CONTROLLER", "MODEL.NASNET", "CHILD",
                  "DATA")
-# The children's network keys moved from CHILD to MODEL.NASNET: the old names are errors naming the new ones.
-RENAMED_KEYS = {"CHILD.NUM_CELLS": "MODEL.NASNET.NUM_CELLS", "CHILD.FILTERS": "MODEL.NASNET.FILTERS"}
 # MODEL.NASNET keys that do not decide the children: a preset's name (the values beside it do) and the memory
 # layout (same results to float rounding), so a search resumes whatever they are (and journals from before a
 # key existed resume too).
@@ -116,7 +114,7 @@ def upgrade_identity(identity: Mapping[str, Any]) -> dict:
     out = dict(identity)
     child = out.get("CHILD")
     if "MODEL.NASNET" not in out and isinstance(child, Mapping) and {"NUM_CELLS", "FILTERS"} <= set(child):
-        # Those children were build_nasnet(genotype, "cifar", N, f, aux_head=False): preset search_child_tiny
+        # Those children were CIFAR networks of N cells at f, without aux head: preset search_child_tiny
         # at that N and f.
         network = _plain(preset_node("search_child_tiny"))
         network.update(NUM_CELLS=child["NUM_CELLS"], FILTERS=child["FILTERS"])
@@ -134,42 +132,13 @@ def _plain(node):
 
 
 def load_cfg(config_file: str | None = None, opts: list[str] | None = None) -> CN:
-    """Defaults, merged with ``config_file`` (may use ``_BASE_``) and ``KEY VALUE`` overrides, checked
-    with :func:`check_cfg`. Unknown keys and bad values raise ``ValueError`` naming the key."""
-    cfg = get_cfg_defaults()
-    if config_file and not Path(config_file).is_file():
-        raise FileNotFoundError(f"config file {config_file} does not exist")
-    try:
-        opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
-    except KeyError as e:
-        raise ValueError(e.args[0]) from None
-    # A yaml.YAMLError propagates: nasnet_det.cli.bad_input_message names the file, line and column.
-    if config_file:
-        try:
-            cfg.merge_from_file(config_file)
-        except KeyError as e:  # fvcore: KeyError('Non-existent config key: X')
-            raise ValueError(f"{config_file}: {e.args[0] if e.args else e}") from None
-    if opts:
-        opts = [str(o) for o in opts]
-        if len(opts) % 2:
-            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        for key in opts[0::2]:
-            _check_key(cfg, key)
-        cfg.merge_from_list(opts)
+    """Defaults, merged with ``config_file`` (may use ``_BASE_``) and ``KEY VALUE`` overrides
+    (:func:`nasnet_det.config.load_cfg`), checked with :func:`check_cfg` and frozen. Unknown keys and bad
+    values raise ``ValueError`` naming the key."""
+    cfg = shared_config.load_cfg(get_cfg_defaults(), config_file, opts)
     check_cfg(cfg)
     cfg.freeze()
     return cfg
-
-
-def _check_key(cfg: CN, key: str) -> None:
-    node, path = cfg, []
-    for part in key.split("."):
-        if not isinstance(node, CN) or part not in node:
-            where = ".".join(path)
-            valid = ", ".join(sorted(node.keys())) if isinstance(node, CN) else "(none: it is a value)"
-            raise ValueError(f"unknown config key {key!r} in the overrides; keys under "
-                             f"{where or 'the top level'}: {valid}")
-        node, path = node[part], [*path, part]
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -180,8 +149,9 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
 def check_child_settings(child: Mapping[str, Any]) -> None:
     """Validate the ``CHILD`` settings once, before any child is trained (a bad value would otherwise
     fail every child of the search)."""
-    for old, new in RENAMED_KEYS.items():
-        if old.split(".")[1] in child:
+    for old, new in shared_config.RENAMED_KEYS.items():
+        section, _, name = old.partition(".")
+        if section == "CHILD" and name in child:
             raise ValueError(f"{old} was renamed to {new}")
     for name in ("EPOCHS", "BATCH_SIZE", "EVAL_BATCH_SIZE"):
         v = child.get(name)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nasnet_det.data.cifar import CIFAR_MEAN, CIFAR_STD, holdout_split
-from nasnet_det.models.config import nasnet_from_cfg
+from nasnet_det.models import create_model
 from nasnet_det.space import OPS, Genotype
 from search.config import check_child_network, check_child_settings, get_cfg_defaults
 
@@ -71,7 +71,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def build_child(genotype: Genotype, network: Mapping[str, Any]) -> torch.nn.Module:
     """The child network: ``network`` (a ``MODEL.NASNET`` node) with ``genotype``'s cells, for CIFAR-10."""
-    return nasnet_from_cfg(network, "cifar", num_classes=10, genotype=genotype)
+    return create_model(network, dataset="cifar", num_classes=10, genotype=genotype)
 
 
 def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,

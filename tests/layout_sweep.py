@@ -212,14 +212,15 @@ SWEEP_GENOTYPE = {
 
 
 def _detection_cfg(kind: str, f: int):
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from nasnet_det.config import load_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg
 
     root = Path(__file__).resolve().parents[1]
     genotype = Path(tempfile.mkdtemp(prefix="layout-sweep-")) / "genotype.json"
     genotype.write_text(json.dumps(SWEEP_GENOTYPE))
-    cfg = load_nasnet_cfg(get_nasnet_cfg(), str(root / "configs" / "detection" / f"smoke-nasnet-{kind}.yaml"),
-                          ["MODEL.NASNET.GENOTYPE", str(genotype), "MODEL.NASNET.FILTERS", f,
-                           "MODEL.NASNET.STEM_FILTERS", max(4, f)])
+    cfg = load_cfg(get_nasnet_cfg(), str(root / "configs" / "detection" / f"smoke-nasnet-{kind}.yaml"),
+                   ["MODEL.NASNET.GENOTYPE", str(genotype), "MODEL.NASNET.FILTERS", f,
+                    "MODEL.NASNET.STEM_FILTERS", max(4, f)])
     return cfg
 
 

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from nasnet_det.genotypes import get_genotype
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import create_model
 from nasnet_det.models.cell import leaves_input_unused, output_multiplier, unused_inputs
 from nasnet_det.space import COMBINES, OPS, Block, CellSpec, Genotype
 
@@ -36,7 +36,7 @@ def test_random_genotypes_of_every_concat_width_build_at_paper_filters():
     assert len(widths) >= 4  # the sample covers many concat widths, most not dividing 768 / 4 = 192
     for g in genotypes[:12] + [g for g in genotypes if 192 % output_multiplier(g.normal)][:4]:
         for F in (768, 1056):
-            model = build_nasnet(g, dataset="cifar", num_cells=1, penultimate_filters=F, aux_head=False)
+            model = create_model("nasnet_a_cifar", genotype=g, num_cells=1, penultimate_filters=F, aux_head=False)
             per_f = 4 * output_multiplier(g.normal)
             assert model.num_features % per_f == 0 and abs(model.num_features - F) <= per_f // 2 + 1
             if F == 768:
@@ -68,7 +68,8 @@ def _ddp_worker(rank: int, world: int, port: int, genotype_json: str, result) ->
     try:
         g = Genotype.from_json(genotype_json)
         torch.manual_seed(0)
-        model = build_nasnet(g, dataset="cifar", num_cells=1, filters=4, aux_head=False)
+        model = create_model("nasnet_a_cifar", genotype=g, num_cells=1, filters=4, aux_head=False,
+                             drop_path_keep_prob=1.0)
         ddp = DistributedDataParallel(model, find_unused_parameters=leaves_input_unused(g))
         opt = torch.optim.SGD(ddp.parameters(), lr=0.01)
         for _ in range(2):  # the second step is where DDP fails without find_unused_parameters
@@ -94,13 +95,12 @@ def test_searched_genotype_through_the_training_and_detection_configs_at_paper_f
 
     from nasnet_det.classification.config import load_config
     from nasnet_det.detection.config import get_nasnet_cfg
-    from nasnet_det.models import nasnet_from_cfg
 
     g = next(g for g in random_genotypes(60, seed=1) if 192 % output_multiplier(g.normal))  # 768 does not fit
     path = g.save(tmp_path / "searched.json")
     cfg = load_config(None, ["MODEL.NASNET.GENOTYPE", str(path), "MODEL.NASNET.NUM_CELLS", "1",
                              "MODEL.NASNET.PENULTIMATE_FILTERS", "768", "MODEL.NASNET.FILTERS", "0"])
-    net = nasnet_from_cfg(cfg, "cifar", 10)
+    net = create_model(cfg, dataset="cifar", num_classes=10)
     assert abs(net.num_features - 768) <= 2 * output_multiplier(g.normal)
     det = get_nasnet_cfg()
     det.MODEL.NASNET.GENOTYPE, det.MODEL.NASNET.NUM_CELLS = str(path), 1

@@ -279,7 +279,7 @@ def test_at_least_30_cases():
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_output_dir(tmp_path, capsys, restore_logging):
-    from nasnet_det.cli import check_output_dir
+    from nasnet_det.utils.errors import check_output_dir
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -323,8 +323,8 @@ def test_eval_only_with_an_explicit_empty_model_weights_warns_and_evaluates(tmp_
 
 
 def test_input_sizes_keep_detectron2s_meanings():
-    from nasnet_det.cli import BadInputError
     from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
+    from nasnet_det.utils.errors import BadInputError
 
     cfg = get_nasnet_cfg()
     cfg.INPUT.MIN_SIZE_TEST = 0  # detectron2: no resizing at test time

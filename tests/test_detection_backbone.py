@@ -202,12 +202,12 @@ def test_c4_trunk_plus_head_equals_full_network(skip):
     """backbone "c4" -> ROI head's crop network on the whole map == the full NASNet's last cell + ReLU, in eval
     mode with random (non-trivial) BN statistics, for both SKIP_REDUCTION_LAYER_INPUT settings."""
     from nasnet_det.detection.weights import load_pretrained_nasnet
-    from nasnet_det.models import build_nasnet
+    from nasnet_det.models import create_model
 
     cfg = tiny_cfg("c4", NUM_CELLS=2, SKIP_REDUCTION_LAYER_INPUT=skip, NORM="FrozenBN")
     model = build_model(cfg).eval()
-    full = build_nasnet("nasnet_a", "imagenet", num_cells=2, filters=4, stem_filters=8, num_classes=0,
-                        aux_head=False, skip_reduction_layer_input=skip).eval()
+    full = create_model("nasnet_a_mobile", num_cells=2, filters=4, stem_filters=8, num_classes=0, aux_head=False,
+                        dropout=0.0, skip_reduction_layer_input=skip).eval()
     with torch.no_grad():
         for m in full.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

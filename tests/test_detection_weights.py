@@ -12,7 +12,7 @@ from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.config import get_nasnet_cfg
 from nasnet_det.detection.train import build_nasnet_detector
 from nasnet_det.detection.weights import load_pretrained_nasnet, to_detector_state_dict
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import create_model
 from nasnet_det.models.pretrained import save_checkpoint
 
 
@@ -20,7 +20,7 @@ def pretrained_checkpoint(tmp_path, **overrides):
     kwargs = dict(num_cells=2, filters=4, stem_filters=8, num_classes=1000, image_size=64)
     kwargs.update(overrides)
     torch.manual_seed(0)
-    model = build_nasnet("nasnet_a", "imagenet", **kwargs)
+    model = create_model("nasnet_a_mobile", dropout=0.0, **kwargs)
     with torch.no_grad():  # non-trivial BN statistics, so that a silent skip would show
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -67,7 +67,7 @@ def test_genotype_and_size_mismatch_are_rejected(tmp_path):
 
     other = Genotype(NASNET_A.normal, NASNET_A.normal, name="other")  # normal cell used as reduction cell
     # f=8: with f=4 this genotype gives a 1-channel FactorizedReduce in cell_stem_0 (a zero-width half)
-    model_other = build_nasnet(other, "imagenet", num_cells=2, filters=8, stem_filters=8)
+    model_other = create_model("nasnet_a_mobile", genotype=other, num_cells=2, filters=8, stem_filters=8)
     path = save_checkpoint(model_other, tmp_path / "other.pth")
     cfg = tiny_cfg("c4", NUM_CELLS=2, NORM="FrozenBN")
     cfg.MODEL.NASNET.WEIGHTS = str(path)

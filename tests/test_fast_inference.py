@@ -213,7 +213,7 @@ def _layouts(model: torch.nn.Module) -> set[bool]:
 def test_channels_last_is_the_default_and_gives_the_nchw_outputs_and_gradients():
     from fvcore.common.config import CfgNode
 
-    from nasnet_det.models import add_nasnet_model_config, nasnet_from_cfg
+    from nasnet_det.models import add_nasnet_model_config
 
     name, kwargs = MODELS["mobile"]
     torch.manual_seed(0)
@@ -250,9 +250,9 @@ def test_channels_last_is_the_default_and_gives_the_nchw_outputs_and_gradients()
     assert _layouts(nhwc.set_channels_last(False)) == {False} and not nhwc.channels_last
     # The config switch.
     cfg = add_nasnet_model_config(CfgNode(), "search_child_tiny")
-    assert _layouts(nasnet_from_cfg(cfg, "cifar", 10)) == {True}
+    assert _layouts(create_model(cfg, dataset="cifar", num_classes=10)) == {True}
     cfg.MODEL.NASNET.CHANNELS_LAST = False
-    assert _layouts(nasnet_from_cfg(cfg, "cifar", 10)) == {False}
+    assert _layouts(create_model(cfg, dataset="cifar", num_classes=10)) == {False}
 
 
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None,

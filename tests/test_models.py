@@ -10,8 +10,8 @@ import torch
 from helpers.genotypes import random_genotype
 
 from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL
-from nasnet_det.models import build_nasnet, create_model
-from nasnet_det.models.nasnet import filters_for_penultimate
+from nasnet_det.models import create_model
+from nasnet_det.models.nasnet import NASNet, filters_for_penultimate
 from nasnet_det.models.ops import Pool2dSame, build_op, drop_path, same_pad_amounts
 from nasnet_det.models.pretrained import load_checkpoint, save_checkpoint
 from nasnet_det.space import OPS, CellSpec, Genotype
@@ -49,9 +49,11 @@ def test_tf_avg_pool_excludes_padding_timm_mode_counts_it():
                          ids=lambda g: g.name)
 @pytest.mark.parametrize("num_cells, filters", [(1, 4), (2, 6)])
 def test_any_genotype_builds_and_runs(genotype, num_cells, filters):
-    cifar = build_nasnet(genotype, "cifar", num_cells, filters=filters, num_classes=10)
+    cifar = create_model("nasnet_a_cifar", genotype=genotype, num_cells=num_cells, filters=filters,
+                         drop_path_keep_prob=1.0)
     assert cifar(torch.randn(2, 3, 17, 17)).shape == (2, 10)
-    imagenet = build_nasnet(genotype, "imagenet", num_cells, filters=filters, num_classes=7, stem_filters=8)
+    imagenet = create_model("nasnet_a_mobile", genotype=genotype, num_cells=num_cells, filters=filters, num_classes=7,
+                            stem_filters=8, dropout=0.0)
     out = imagenet.forward_features(torch.randn(1, 3, 45, 45))
     last = imagenet.feature_info[-1]
     assert out[last.name].shape == (1, last.channels, math.ceil(22 / 16), math.ceil(22 / 16))
@@ -154,17 +156,18 @@ def test_inference_mode_then_training_at_the_same_size():
 def test_reduction_concat_with_input_states():
     # The stride-2 output reduction of unused inputs (slim cell_output/reduction_<idx>).
     genotype = Genotype(NASNET_A.normal, CellSpec(NASNET_A.reduce.blocks, (0, 1, 3, 4, 5, 6)), "wide_reduce")
-    model = build_nasnet(genotype, "imagenet", 1, filters=8, stem_filters=8, num_classes=3)
+    model = create_model("nasnet_a_mobile", genotype=genotype, num_cells=1, filters=8, stem_filters=8, num_classes=3,
+                         dropout=0.0)
     assert model(torch.randn(1, 3, 45, 45)).shape == (1, 3)
     assert model.reduction_cell_0.out_channels == 6 * 16
     with pytest.raises(ValueError, match="cell_stem_0 \\(1 filters per op\\) cannot be built: a stride-2 factorized"):
-        build_nasnet(genotype, "imagenet", 1, filters=4, stem_filters=8)
+        create_model("nasnet_a_mobile", genotype=genotype, num_cells=1, filters=4, stem_filters=8)
     with pytest.raises(ValueError, match="need f >= 4"):
         create_model("nasnet_a_mobile", filters=3)
 
 
 def test_checkpoint_overrides_must_explain_mismatches(tmp_path):
-    model = build_nasnet(NASNET_A, "cifar", 1, filters=4)
+    model = create_model("nasnet_a_cifar", num_cells=1, filters=4, drop_path_keep_prob=1.0)
     path = save_checkpoint(model, tmp_path / "m.pth")
     retargeted, _ = load_checkpoint(path, num_classes=100)
     assert retargeted.last_linear.out_features == 100
@@ -174,7 +177,7 @@ def test_checkpoint_overrides_must_explain_mismatches(tmp_path):
 
 
 def test_checkpoint_round_trip_rebuilds_from_file(tmp_path):
-    model = build_nasnet(random_genotype(11, 3), "cifar", 1, filters=4).eval()
+    model = create_model("nasnet_a_cifar", genotype=random_genotype(11, 3), num_cells=1, filters=4).eval()
     path = save_checkpoint(model, tmp_path / "m.pth", step=7)
     loaded, payload = load_checkpoint(path)
     loaded.eval()
@@ -197,5 +200,7 @@ def test_bad_constructor_arguments():
         create_model("nasnet_a_cifar", drop_path_keep_prob=0.0)
     with pytest.raises(KeyError, match="unknown model 'nasnet_a_huge'"):
         create_model("nasnet_a_huge")
+    with pytest.raises(TypeError, match="NASNet takes a Genotype"):  # names and files: create_model resolves them
+        NASNet("nasnet_a")
     with pytest.raises(KeyError, match="no feature named 'cell_99'"):
         create_model("nasnet_a_cifar", num_cells=1, filters=4).forward_features(torch.randn(1, 3, 8, 8), ["cell_99"])

@@ -9,9 +9,9 @@ import pytest
 
 from nasnet_det.classification.config import load_config
 from nasnet_det.genotypes import NASNET_A
-from nasnet_det.models import NASNetArch, create_model, nasnet_from_cfg
+from nasnet_det.models import NASNetArch, create_model
 from nasnet_det.models.config import PRESETS, preset_node
-from nasnet_det.models.pretrained import save_checkpoint
+from nasnet_det.models.pretrained import read_arch, save_checkpoint
 from nasnet_det.space import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,12 +72,13 @@ def test_search_children_sized_by_F_say_how_to_size_them_by_f():
 
 
 def test_large_pretraining_and_large_detection_configs_describe_the_same_backbone():
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from nasnet_det.config import load_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg
 
     pretrained = NASNetArch.from_cfg(load_config(REPO / "configs/train/imagenet_nasnet_a_large.yaml"))
     for name in ("faster_rcnn_nasnet_a_large_c4_800.yaml", "faster_rcnn_nasnet_a_large_c4_1200.yaml",
                  "faster_rcnn_nasnet_a_large_fpn_800.yaml"):
-        detector = NASNetArch.from_cfg(load_nasnet_cfg(get_nasnet_cfg(), str(REPO / "configs/detection" / name)),
+        detector = NASNetArch.from_cfg(load_cfg(get_nasnet_cfg(), str(REPO / "configs/detection" / name)),
                                        num_classes=0)
         assert pretrained.differences(detector, ignore=("num_classes", "aux_head")) == [], name
 
@@ -87,13 +88,13 @@ def test_old_keys_name_the_new_ones(tmp_path, capsys):
     from search.config import load_cfg
     from search.reward import ChildEvaluator
 
-    with pytest.raises(KeyError, match="MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+    with pytest.raises(ValueError, match="MODEL.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
         load_config(None, ["MODEL.NUM_CELLS", "2"])
-    with pytest.raises(KeyError, match="TRAIN.CHANNELS_LAST was renamed to MODEL.NASNET.CHANNELS_LAST"):
+    with pytest.raises(ValueError, match="TRAIN.CHANNELS_LAST was renamed to MODEL.NASNET.CHANNELS_LAST"):
         load_config(None, ["TRAIN.CHANNELS_LAST", "False"])
     assert load_config(None, ["MODEL.NASNET.CHANNELS_LAST", "False"]).MODEL.NASNET.CHANNELS_LAST is False
     old = _write(tmp_path / "old.yaml", "MODEL:\n  WEIGHTS: x.pth\n")
-    with pytest.raises(KeyError, match="old.yaml: MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS"):
+    with pytest.raises(ValueError, match="old.yaml: MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS"):
         load_config(old)
     assert train_main(["--config-file", str(old), "--output-dir", str(tmp_path / "out")]) == 2
     assert "MODEL.WEIGHTS was renamed to MODEL.NASNET.WEIGHTS" in capsys.readouterr().err
@@ -133,10 +134,11 @@ def test_detection_cli_rejects_old_and_unknown_keys_with_exit_2(tmp_path, capsys
 def test_arch_record_equality_and_differences(tmp_path):
     model = create_model("nasnet_a_mobile", num_cells=1, filters=8, stem_filters=8, num_classes=5)
     arch = NASNetArch.from_model(model)
-    # create_model overrides any build_nasnet argument, the dataset (the stem) included
+    # create_model overrides any NASNet argument of a preset, the dataset (the stem) included
     assert not create_model("nasnet_a_mobile", dataset="cifar", num_cells=1, filters=4).imagenet_stem
-    assert NASNetArch.from_checkpoint(save_checkpoint(model, tmp_path / "m.pth")) == arch
-    assert arch.build().arch == model.arch  # the nasnet-det/v1 record round-trips
+    assert read_arch(save_checkpoint(model, tmp_path / "m.pth")) == arch
+    assert create_model(arch).arch == model.arch  # the nasnet-det/v1 record round-trips
+    assert create_model(model.arch).arch == model.arch  # ... as the record or its dict
     renamed = Genotype(NASNET_A.normal, NASNET_A.reduce, name="renamed")
     assert NASNetArch.from_dict({**model.arch, "genotype": renamed.to_dict()}) == arch  # cells, not names
     # a record that leaves the stem width to the default equals one that states it
@@ -169,8 +171,9 @@ def _shapes(model, skip=("last_linear.", "aux_head.")) -> dict[str, tuple]:
 
 def test_classification_detection_and_search_build_one_network_from_one_node():
     from nasnet_det.classification.trainer import build_model
+    from nasnet_det.config import load_cfg as load_detection_cfg
     from nasnet_det.detection.backbone import detector_nasnet
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg
     from search.config import load_cfg
     from search.reward import build_child
 
@@ -182,11 +185,11 @@ def test_classification_detection_and_search_build_one_network_from_one_node():
     # ImageNet: pretraining and the detector's backbone (no classifier)
     imagenet = ["DATA.DATASET", "imagenet", "DATA.FAKE_CLASSES", "3"]
     pretrain = build_model(load_config(None, SAME_NODE + imagenet), 3, 64)
-    backbone = detector_nasnet(load_nasnet_cfg(get_nasnet_cfg(), None, SAME_NODE))
+    backbone = detector_nasnet(load_detection_cfg(get_nasnet_cfg(), None, SAME_NODE))
     assert NASNetArch.from_model(pretrain).differences(NASNetArch.from_model(backbone),
                                                        ignore=("num_classes", "aux_head")) == []
     assert _shapes(pretrain) == _shapes(backbone)
     assert backbone.arch["pad_mode"] == "timm" and backbone.arch["stem_filters"] == 16
     # the node alone (as the search ships it to its workers) builds the same network
-    assert _shapes(nasnet_from_cfg(dict(preset_node("search_child_tiny")), "cifar", 10)) == \
+    assert _shapes(create_model(dict(preset_node("search_child_tiny")), dataset="cifar", num_classes=10)) == \
         _shapes(build_child(NASNET_A, preset_node("search_child_tiny")))

@@ -35,11 +35,11 @@ def test_genotype_command(capsys, tmp_path):
 
 def test_run_is_the_smoke_pipeline(monkeypatch):
     """`make run` calls `nasnet-det run`: the smoke pipeline from the checkout's configs, options passed on."""
-    import nasnet_det.cli as cli
+    import nasnet_det.pipeline.cli as pipeline_cli
 
     seen = []
-    monkeypatch.setattr(cli, "cmd_pipeline", lambda argv: seen.append(argv) or 0)
-    assert cli.main(["run", "--until", "search"]) == 0
+    monkeypatch.setattr(pipeline_cli, "main", lambda argv: seen.append(argv) or 0)
+    assert main(["run", "--until", "search"]) == 0
     (argv,) = seen
     assert argv[0] == "--config-file" and Path(argv[1]).is_file() and argv[1].endswith("configs/pipeline/smoke.yaml")
     assert argv[2:] == ["--until", "search"]

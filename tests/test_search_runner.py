@@ -13,7 +13,7 @@ import torch
 from helpers.search import runner_cfg
 
 import nasnet_det.utils.io as io_utils
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import create_model
 from nasnet_det.space import Genotype
 from search.cli import main
 from search.config import load_cfg
@@ -227,7 +227,7 @@ def test_outputs_best_genotype_plot_and_drawing(tmp_path):
     assert max(r["reward"] for r in rows.values()) == s["best"]["reward"]
     for name in ("best_genotype_ppo.json", "best_genotype_random.json"):
         Genotype.load(tmp_path / name)
-    net = build_nasnet(best, dataset="cifar", num_cells=1, filters=4, num_classes=10, aux_head=False)
+    net = create_model("nasnet_a_cifar", genotype=best, num_cells=1, filters=4, aux_head=False)
     assert net(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
     for png in ("rewards.png", "best_cells.png"):
         data = (tmp_path / png).read_bytes()

@@ -26,10 +26,10 @@ def _batch():
 
 
 def _model():
-    from nasnet_det.models import build_nasnet
+    from nasnet_det.models import create_model
 
     torch.manual_seed(0)
-    model = build_nasnet("nasnet_a", dataset="cifar", num_cells=1, filters=4, num_classes=10, image_size=16)
+    model = create_model("nasnet_a_cifar", num_cells=1, filters=4, image_size=16, drop_path_keep_prob=1.0)
     model.train()
     for m in model.modules():  # per-process batch statistics would differ from whole-batch ones
         if isinstance(m, torch.nn.BatchNorm2d):

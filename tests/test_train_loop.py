@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from nasnet_det.classification import Trainer, accumulate_gradients, export_backbone
 from nasnet_det.classification.optim import ModelEma, lr_multiplier_fn
 from nasnet_det.classification.sampler import ShardedEpochSampler
-from nasnet_det.models import build_nasnet
+from nasnet_det.models import create_model
 from nasnet_det.models.pretrained import load_checkpoint, read_checkpoint
 
 
@@ -82,7 +82,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path):
 
 def _frozen_bn_model():
     torch.manual_seed(0)
-    model = build_nasnet("nasnet_a", dataset="cifar", num_cells=1, filters=4, num_classes=10, image_size=16)
+    model = create_model("nasnet_a_cifar", num_cells=1, filters=4, image_size=16, drop_path_keep_prob=1.0)
     model.train()
     for m in model.modules():  # batch statistics would make micro-batches differ from the whole batch
         if isinstance(m, torch.nn.BatchNorm2d):

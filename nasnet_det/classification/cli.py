@@ -12,7 +12,8 @@ import sys
 import warnings
 
 from nasnet_det.classification.config import load_config
-from nasnet_det.cli import check_no_options_after_overrides, check_output_dir, exit_2_on_bad_input
+from nasnet_det.config import check_overrides
+from nasnet_det.utils.errors import check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors
 
 
@@ -51,18 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.config_file:
         raise ValueError("--config-file is required (see configs/train/)")
-    opts = list(args.opts)
-    if opts and opts[0] == "--":
-        opts = opts[1:]
-    check_no_options_after_overrides(opts, "nasnet-det train")
+    opts = check_overrides(args.opts, "nasnet-det train")
     if args.output_dir:
         opts += ["OUTPUT_DIR", args.output_dir]
     if args.no_resume:
         opts += ["TRAIN.AUTO_RESUME", "False"]
-    try:
-        cfg = load_config(args.config_file, opts)
-    except KeyError as exc:  # unknown config key: yacs raises KeyError
-        raise ValueError(exc.args[0] if exc.args else str(exc)) from None
+    cfg = load_config(args.config_file, opts)
     check_output_dir(cfg.OUTPUT_DIR)
     # TensorBoard's and the data generator's writes name no file when the disk is full: name OUTPUT_DIR
     with disk_full_errors(cfg.OUTPUT_DIR, folder=True, key="OUTPUT_DIR"):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, prepare_nasnet_config
+from nasnet_det.config import load_cfg
+from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node
 
 _C = CN()
 _C.OUTPUT_DIR = "output/train"
@@ -97,41 +98,16 @@ _C.TRAIN.TENSORBOARD = True
 _C.TRAIN.NUM_THREADS = 0
 
 
-# Network keys that moved under MODEL.NASNET: using the old name is an error that names the new one.
-RENAMED_KEYS = {f"MODEL.{k}": f"MODEL.NASNET.{k}" for k in (
-    "GENOTYPE", "NUM_CELLS", "PENULTIMATE_FILTERS", "FILTERS", "STEM_FILTERS", "SKIP_REDUCTION_LAYER_INPUT",
-    "AUX_HEAD", "DROP_PATH_KEEP_PROB", "DROPOUT", "BN_EPS", "BN_MOMENTUM", "PAD_MODE", "WEIGHTS")}
-# The memory layout is the network's (and now applies on the CPU too).
-RENAMED_KEYS["TRAIN.CHANNELS_LAST"] = "MODEL.NASNET.CHANNELS_LAST"
-
-
 def get_cfg() -> CN:
     """A copy of the defaults."""
     return _C.clone()
 
 
 def load_config(config_file: str | Path | None = None, opts: list[str] | None = None) -> CN:
-    """Defaults, merged with ``config_file`` (``_BASE_`` allowed) and ``KEY VALUE`` overrides.
-
-    Raises FileNotFoundError for a missing file and KeyError/ValueError naming the bad key.
-    """
-    cfg = get_cfg()
-    if config_file and not Path(config_file).is_file():
-        raise FileNotFoundError(f"config file {config_file} does not exist")
-    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
-    if config_file:
-        path = Path(config_file)
-        try:
-            cfg.merge_from_file(str(path))
-        except KeyError as exc:
-            raise KeyError(f"{path}: {exc.args[0] if exc.args else exc}") from None
-    if opts:
-        if len(opts) % 2:
-            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError) as exc:
-            raise KeyError(f"bad override: {exc.args[0] if exc.args else exc}") from None
+    """Defaults, merged with ``config_file`` (``_BASE_`` allowed) and ``KEY VALUE`` overrides
+    (:func:`nasnet_det.config.load_cfg`), checked and frozen. Bad input raises ``FileNotFoundError`` or
+    ``ValueError`` naming the file or key."""
+    cfg = load_cfg(_C, config_file, opts)
     validate_config(cfg)
     cfg.freeze()
     return cfg

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from nasnet_det.classification.checkpoint import read_intact_checkpoint
-from nasnet_det.models.nasnet import NASNet
+from nasnet_det.models import create_model
 from nasnet_det.models.pretrained import load_state_dict_report, save_checkpoint
 
 
@@ -21,7 +21,7 @@ def export_backbone(checkpoint: str | os.PathLike, out_path: str | os.PathLike, 
     source = "weights"
     if use_ema and payload.get("ema_state_dict") is not None:
         state_dict, source = payload["ema_state_dict"], "EMA weights"
-    model = NASNet.from_arch(payload["arch"])
+    model = create_model(payload["arch"])
     report = load_state_dict_report(model, state_dict)
     if report.missing or report.unexpected or report.shape_mismatch:
         raise ValueError(f"{checkpoint}: {source} do not fit the stored arch:\n{report}")

@@ -52,7 +52,7 @@ from nasnet_det.engine.checkpoint import remove_files
 from nasnet_det.engine.distributed import DistInfo, all_gather_union, all_reduce_sum, barrier, init_distributed
 from nasnet_det.engine.metrics import truncate_metrics
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
-from nasnet_det.models import NASNetArch, nasnet_from_cfg
+from nasnet_det.models import NASNetArch, create_model
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import load_state_dict_report
@@ -79,8 +79,8 @@ class TrainState:
 
 # ----------------------------------------------------------------------------------------------- model
 def build_model(cfg, num_classes: int, image_size: int) -> NASNet:
-    return nasnet_from_cfg(cfg, "cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet", num_classes,
-                           image_size=image_size)
+    return create_model(cfg, dataset="cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet",
+                        num_classes=num_classes, image_size=image_size)
 
 
 def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,

@@ -22,7 +22,7 @@ from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from torch import nn
 
 from nasnet_det.detection.config import NORMS
-from nasnet_det.models.config import nasnet_from_cfg
+from nasnet_det.models import create_model
 from nasnet_det.models.fuse import FusedForEval
 from nasnet_det.models.nasnet import CellPlan, NASNet
 
@@ -33,7 +33,7 @@ HEAD_START = "reduction_cell_1"  # first module of the C4 second stage
 
 def detector_nasnet(cfg) -> NASNet:
     """The full NASNet of ``cfg.MODEL.NASNET`` as a feature extractor (no classifier, no aux head)."""
-    return nasnet_from_cfg(cfg, "imagenet", num_classes=0, in_chans=len(cfg.MODEL.PIXEL_MEAN))
+    return create_model(cfg, dataset="imagenet", num_classes=0, in_chans=len(cfg.MODEL.PIXEL_MEAN))
 
 
 def resolve_feature(nasnet: NASNet, name: str) -> str:

@@ -12,14 +12,16 @@ import argparse
 import json
 import sys
 
-from nasnet_det.cli import check_output_dir, exit_2_on_bad_input, merge_config, show_package_logs
+from nasnet_det.utils.errors import check_output_dir, exit_2_on_bad_input
+from nasnet_det.utils.logs import show_package_logs
 
 USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 
 
 @exit_2_on_bad_input
 def demo_main(argv: list[str] | None = None) -> int:
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg, validate_input_sizes
+    from nasnet_det.config import load_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
     from nasnet_det.detection.demo import run_demo
 
     parser = argparse.ArgumentParser(description="Draw NASNet Faster R-CNN detections on images")
@@ -30,7 +32,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
     show_package_logs()
-    cfg = merge_config(get_nasnet_cfg(), args.config_file, list(args.opts), merge=load_nasnet_cfg)
+    cfg = load_cfg(get_nasnet_cfg(), args.config_file, args.opts)
     validate_input_sizes(cfg)
     check_output_dir(args.output, "--output")
     skipped: list = []

@@ -1,8 +1,8 @@
 """Config keys for NASNet detectors (the detectron2 ``add_xxx_config`` pattern).
 
 Call :func:`add_nasnet_config` on ``detectron2.config.get_cfg()`` before merging a file: yacs rejects keys it
-has never seen (:func:`get_nasnet_cfg` does that), then :func:`load_nasnet_cfg` to merge a file and overrides
-(it applies a ``MODEL.NASNET.PRESET`` they name before their explicit keys).
+has never seen (:func:`get_nasnet_cfg` does that), then merge a file and overrides with
+``nasnet_det.config.load_cfg(get_nasnet_cfg(), config_file, opts)``.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ from __future__ import annotations
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from nasnet_det.cli import BadInputError
-from nasnet_det.models.config import NODE, PRESETS, add_nasnet_model_config, prepare_nasnet_config
+from nasnet_det.models.config import add_nasnet_model_config
+from nasnet_det.utils.errors import BadInputError
 
 NORMS = ("BN", "FrozenBN", "SyncBN")
-# The network keys as classification named them before MODEL.NASNET (MODEL.GENOTYPE, ...; not MODEL.WEIGHTS,
-# which is detectron2's): an error naming the MODEL.NASNET key, not "Non-existent config key".
-RENAMED_KEYS = {f"MODEL.{key}": f"{NODE}.{key}" for key in PRESETS["nasnet_a_mobile"].values}
 
 
 def add_nasnet_config(cfg: CN) -> CN:
@@ -40,20 +37,6 @@ def add_nasnet_config(cfg: CN) -> CN:
 
     # COCO-format datasets to register before training: "name=path/to/annotations.json:path/to/images".
     cfg.DATASETS.COCO_FILES = []
-    return cfg
-
-
-def load_nasnet_cfg(cfg: CN, config_file: str | None = None, opts: list | None = None) -> CN:
-    """Merge ``config_file`` and ``KEY VALUE`` ``opts`` into ``cfg`` (from :func:`get_nasnet_cfg`), applying a
-    ``MODEL.NASNET.PRESET`` they name first so that their explicit keys win over it."""
-    opts = [*(opts or []), *prepare_nasnet_config(cfg, config_file, opts, RENAMED_KEYS)]
-    if config_file:
-        cfg.merge_from_file(config_file)
-    if opts:
-        try:  # yacs asserts: an unknown key or an odd count is bad input (KeyError), not a crash
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError) as e:
-            raise KeyError(f"bad override: {e.args[0] if e.args else e}") from None
     return cfg
 
 

@@ -47,10 +47,10 @@ from fvcore.nn.precise_bn import get_bn_modules
 
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401  (registers NASNetROIHeads)
-from nasnet_det.cli import BadInputError, check_output_dir, exit_2_on_bad_input, merge_config, show_package_logs
+from nasnet_det.config import load_cfg
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, NASNetDetectionCheckpointer
-from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg, validate_input_sizes
+from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
 from nasnet_det.detection.data import (
     ResumableTrainingSampler,
     SkippingLoader,
@@ -67,7 +67,9 @@ from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
+from nasnet_det.utils.logs import show_package_logs
 
 logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"  # detectron2's JSONWriter
@@ -379,8 +381,7 @@ def check_eval_only_weights(cfg: CfgNode, args: argparse.Namespace) -> bool:
 
 def setup(args: argparse.Namespace) -> CfgNode:
     """Config from file + opts, datasets registered and checked, detectron2's default setup done."""
-    cfg = get_nasnet_cfg()
-    merge_config(cfg, args.config_file, list(args.opts), merge=load_nasnet_cfg)
+    cfg = load_cfg(get_nasnet_cfg(), args.config_file, args.opts)
     cfg.DATASETS.COCO_FILES = list(cfg.DATASETS.COCO_FILES) + list(getattr(args, "dataset", []))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available; "

@@ -1,7 +1,8 @@
 """One record of what a NASNet is, compared the same way everywhere a network meets a checkpoint.
 
-:class:`NASNetArch` is made from a config (:meth:`NASNetArch.from_cfg`), a model (:meth:`from_model`), a
-checkpoint's ``arch`` entry (:meth:`from_dict`, the ``nasnet-det/v1`` format) or file (:meth:`from_checkpoint`).
+:class:`NASNetArch` is made from a config (:meth:`NASNetArch.from_cfg`), a model (:meth:`from_model`) or a
+checkpoint's ``arch`` entry (:meth:`from_dict`, the ``nasnet-det/v1`` format; of a file:
+:func:`nasnet_det.models.pretrained.read_arch`). :func:`nasnet_det.models.create_model` builds the network.
 Two records are equal when they build the same tensors and the same outputs; :meth:`differences` says how
 they differ, naming the ``MODEL.NASNET`` key that sets each field.
 """
@@ -10,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from nasnet_det.models.config import nasnet_kwargs
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.space import Genotype
 
@@ -83,17 +84,9 @@ class NASNetArch:
         return cls.from_dict(model.arch, where=type(model).__name__)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike) -> NASNetArch:
-        from nasnet_det.models.pretrained import read_checkpoint
-
-        return cls.from_dict(read_checkpoint(path)["arch"], where=f"{path} arch")
-
-    @classmethod
     def from_cfg(cls, cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: int = 1000,
                  **kwargs: Any) -> NASNetArch:
-        """The network ``MODEL.NASNET`` describes (arguments as :func:`nasnet_det.models.nasnet_from_cfg`)."""
-        from nasnet_det.models.config import nasnet_kwargs
-
+        """The network ``MODEL.NASNET`` describes (arguments as :func:`nasnet_det.models.create_model`)."""
         built = nasnet_kwargs(cfg_or_node, dataset, num_classes, **kwargs)
         built.pop("channels_last")  # a memory layout, not part of what the network is
         return cls(**built)
@@ -104,10 +97,6 @@ class NASNetArch:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         out["genotype"] = self.genotype.to_dict()
         return {**out, **self.extra}
-
-    def build(self, **overrides: Any) -> NASNet:
-        kwargs = {**self.to_dict(), **overrides}
-        return NASNet(Genotype.from_dict(kwargs.pop("genotype")), **kwargs)
 
     def _value(self, name: str) -> Any:
         if name == "genotype":  # the cells matter, not the name

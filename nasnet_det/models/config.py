@@ -1,5 +1,6 @@
-"""The one config description of a NASNet: the ``MODEL.NASNET`` node, its named presets, and
-:func:`nasnet_from_cfg`, used alike by classification training, the detectors and the search's children.
+"""The one config description of a NASNet: the ``MODEL.NASNET`` node and its named presets, used alike by
+classification training, the detectors and the search's children (built by
+:func:`nasnet_det.models.create_model`).
 
 ``MODEL.NASNET`` keys (see :func:`add_nasnet_model_config`): PRESET, GENOTYPE, NUM_CELLS (N),
 PENULTIMATE_FILTERS (F) or FILTERS (f), STEM_FILTERS, SKIP_REDUCTION_LAYER_INPUT, PAD_MODE,
@@ -19,7 +20,7 @@ import yaml
 from fvcore.common.config import BASE_KEY, CfgNode
 
 from nasnet_det.genotypes import get_genotype
-from nasnet_det.models.nasnet import NASNet, filters_for_penultimate
+from nasnet_det.models.nasnet import filters_for_penultimate
 from nasnet_det.models.ops import PAD_MODES
 from nasnet_det.space import Genotype
 
@@ -74,7 +75,7 @@ def add_nasnet_model_config(cfg: CfgNode, preset: str = "nasnet_a_cifar") -> Cfg
     ``MODEL.NASNET.PRESET`` replaces every network key by that preset's value, and keys set explicitly (in
     the file, its ``_BASE_`` files, or the ``KEY VALUE`` overrides) win over the preset, whatever their
     order. :func:`prepare_nasnet_config` does this (defaults <- preset <- file <- overrides) before the
-    loader merges the file and overrides; the loaders of classification, detection and the search call it.
+    loader merges the file and overrides (:func:`nasnet_det.config.load_cfg` calls it).
     The size is one choice: a source that sets only ``FILTERS`` (f) to a positive value on top of a preset
     sized by ``PENULTIMATE_FILTERS`` (F) sets F to 0, and vice versa.
     ``WEIGHTS`` (an ImageNet-pretrained nasnet-det checkpoint, or a timm / pretrainedmodels state dict) is
@@ -129,30 +130,18 @@ def _lookup(tree: Mapping, dotted: str) -> tuple[bool, Any]:
 SIZE_KEYS = ("PENULTIMATE_FILTERS", "FILTERS")
 
 
-def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None, opts: Sequence[Any] | None = None,
-                          renamed: Mapping[str, str] | None = None) -> list[str]:
-    """Before ``merge_from_file`` / ``merge_from_list``: reject keys of ``renamed`` (old -> new name) with
-    ``KeyError("OLD was renamed to NEW")``, and apply the ``MODEL.NASNET.PRESET`` the file or the
-    overrides name (the overrides win) to ``cfg``, so that explicit keys merged afterwards win over it.
+def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
+                          opts: Sequence[Any] | None = None) -> list[str]:
+    """Before ``merge_from_file`` / ``merge_from_list`` (:func:`nasnet_det.config.load_cfg` calls it): apply the
+    ``MODEL.NASNET.PRESET`` the file or the overrides name (the overrides win) to ``cfg``, so that explicit
+    keys merged afterwards win over it.
 
     Returns overrides to merge after ``opts``: the network is sized by one of F and f, so when the last
     source that sizes it (the ``_BASE_`` files, the file, then the overrides) sets only one of them to a
     positive value, the other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means
-    f = 8).
-    ``config_file`` must exist (the caller checks that first); invalid YAML raises ``ValueError``."""
-    renamed = renamed or {}
-    data: Mapping = {}
-    if config_file:
-        try:
-            data = CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}
-        except yaml.YAMLError as e:  # bad input, named like a bad key (ValueError), not a traceback
-            raise ValueError(f"{config_file} is not valid YAML: {e}") from None
+    f = 8). ``config_file`` must exist and be valid YAML (the loader checks that first)."""
+    data: Mapping = (CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}) if config_file else {}
     pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
-    for old, new in renamed.items():
-        if _lookup(data, old)[0]:
-            raise KeyError(f"{config_file}: {old} was renamed to {new}")
-        if any(key == old for key, _ in pairs):
-            raise KeyError(f"bad override: {old} was renamed to {new}")
     found, preset = _lookup(data, f"{NODE}.PRESET")
     for key, value in pairs:
         if key == f"{NODE}.PRESET":
@@ -200,14 +189,14 @@ def _positive(value: Any) -> bool:
         return False
 
 
-def _node_of(cfg_or_node: Mapping) -> Mapping:
+def node_of(cfg_or_node: Mapping) -> Mapping:
     """``MODEL.NASNET`` of a full config, or the node itself."""
     if "MODEL" in cfg_or_node:
         return cfg_or_node["MODEL"]["NASNET"]
     return cfg_or_node
 
 
-def _described(node: Mapping) -> str:
+def described(node: Mapping) -> str:
     return (f"{NODE} (GENOTYPE={node['GENOTYPE']!r}, NUM_CELLS={node['NUM_CELLS']}, "
             f"PENULTIMATE_FILTERS={node['PENULTIMATE_FILTERS']}, FILTERS={node['FILTERS']})")
 
@@ -234,7 +223,7 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
     """The :class:`NASNet` constructor arguments ``MODEL.NASNET`` describes (``genotype`` overrides
     ``GENOTYPE``, e.g. for a search child). ``num_classes=0`` builds a feature extractor: no classifier
     and no aux head."""
-    node = _node_of(cfg_or_node)
+    node = node_of(cfg_or_node)
     if dataset not in ("cifar", "imagenet"):
         raise ValueError(f"dataset must be 'cifar' or 'imagenet', got {dataset!r}")
     check_nasnet_node(node)
@@ -243,7 +232,7 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
         filters = node["FILTERS"] or filters_for_penultimate(genotype, node["PENULTIMATE_FILTERS"],
                                                            strict=False)  # any searched cell: nearest F
     except (ValueError, KeyError, FileNotFoundError) as e:
-        raise ValueError(f"{_described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+        raise ValueError(f"{described(node)}: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
     return dict(genotype=genotype, num_classes=num_classes, num_cells=node["NUM_CELLS"], filters=filters,
                 imagenet_stem=dataset == "imagenet", stem_filters=node["STEM_FILTERS"] or None,
                 skip_reduction_layer_input=bool(node["SKIP_REDUCTION_LAYER_INPUT"]),
@@ -251,19 +240,6 @@ def nasnet_kwargs(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: 
                 drop_path_keep_prob=float(node["DROP_PATH_KEEP_PROB"]), dropout=float(node["DROPOUT"]),
                 bn_eps=float(node["BN_EPS"]), bn_momentum=float(node["BN_MOMENTUM"]), pad_mode=node["PAD_MODE"],
                 in_chans=in_chans, image_size=image_size, channels_last=bool(node.get("CHANNELS_LAST", True)))
-
-
-def nasnet_from_cfg(cfg_or_node: Mapping, dataset: str = "imagenet", num_classes: int = 1000, *,
-                    image_size: int | None = None, in_chans: int = 3,
-                    genotype: Genotype | str | None = None) -> NASNet:
-    """The NASNet that ``MODEL.NASNET`` (of a full config, or the node itself) describes; see
-    :func:`nasnet_kwargs`. Bad values raise ``ValueError`` naming the ``MODEL.NASNET`` key."""
-    kwargs = nasnet_kwargs(cfg_or_node, dataset, num_classes, image_size=image_size, in_chans=in_chans,
-                           genotype=genotype)
-    try:
-        return NASNet(**kwargs)
-    except ValueError as e:
-        raise ValueError(f"{_described(_node_of(cfg_or_node))}: {e}") from e
 
 
 def preset_node(name: str) -> CfgNode:

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import Cell, output_multiplier
 from nasnet_det.models.ops import PAD_MODES, Conv2dSame
 from nasnet_det.space import Genotype
@@ -108,14 +107,17 @@ class NASNet(nn.Module):
     outputs of the named cells (see :attr:`feature_info`) and stops after the deepest one.
     """
 
-    def __init__(self, genotype: Genotype | str, num_classes: int = 1000, num_cells: int = 4,
+    def __init__(self, genotype: Genotype, num_classes: int = 1000, num_cells: int = 4,
                  filters: int = 44, *, imagenet_stem: bool = True, stem_filters: int | None = None,
                  skip_reduction_layer_input: bool = False, aux_head: bool = True,
                  drop_path_keep_prob: float = 1.0, dropout: float = 0.0, bn_eps: float = 1e-3,
                  bn_momentum: float = 0.1, pad_mode: str = "tf", in_chans: int = 3,
                  image_size: int | None = None, channels_last: bool = True):
         super().__init__()
-        genotype = get_genotype(genotype)
+        if not isinstance(genotype, Genotype):  # names and files are resolved once, by create_model
+            raise TypeError(f"NASNet takes a Genotype, got {type(genotype).__name__}; build from a genotype name "
+                            "or file with nasnet_det.models.create_model")
+        genotype.validate()
         # Everything needed to rebuild this network, stored in checkpoints (see nasnet_det.models.pretrained).
         self.arch: dict = dict(genotype=genotype.to_dict(), num_classes=num_classes, num_cells=num_cells,
                                filters=filters, imagenet_stem=imagenet_stem, stem_filters=stem_filters,
@@ -211,12 +213,6 @@ class NASNet(nn.Module):
         self._init_weights()
         self.set_drop_path_progress(0.0)
         self.set_channels_last(channels_last)
-
-    @classmethod
-    def from_arch(cls, arch: dict, **overrides) -> NASNet:
-        """Rebuild a network from its :attr:`arch` record (as stored in a checkpoint)."""
-        kwargs = {**arch, **overrides}
-        return cls(Genotype.from_dict(kwargs.pop("genotype"), where="checkpoint arch"), **kwargs)
 
     def _init_weights(self) -> None:
         # slim: variance scaling (factor 2, fan-out) for conv and FC weights. TF's fan-out of a depthwise

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from nasnet_det.models.arch import NASNetArch
+from nasnet_det.models.factory import create_model
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.utils.io import atomic_torch_save, load_torch_file
 
@@ -124,6 +125,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
+def read_arch(path: str | os.PathLike) -> NASNetArch:
+    """The arch record of one of our checkpoints."""
+    return NASNetArch.from_dict(read_checkpoint(path)["arch"], where=f"{path} arch")
+
+
 def _explained_by_overrides(key: str, overrides: dict[str, Any]) -> bool:
     """Whether a missing / unexpected / reshaped key follows from the requested overrides."""
     if "num_classes" in overrides and key.startswith(("last_linear.", "aux_head.classifier.")):
@@ -139,7 +145,7 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[NASNet, 
     tensor that does not fit is an error.
     """
     payload = read_checkpoint(path)
-    model = NASNetArch.from_dict(payload["arch"], f"{path} arch").build(**overrides)
+    model = create_model(NASNetArch.from_dict(payload["arch"], f"{path} arch"), **overrides)
     report = load_state_dict_report(model, payload["state_dict"])
     problems = [k for k in report.missing + report.unexpected + [k for k, _, _ in report.shape_mismatch]
                 if not _explained_by_overrides(k, overrides)]

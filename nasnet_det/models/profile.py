@@ -75,7 +75,7 @@ def row_preset(row: PaperRow) -> str:
 
 def build_row_model(row: PaperRow) -> NASNet:
     return create_model(row_preset(row), num_cells=row.num_cells, penultimate_filters=row.penultimate_filters,
-                        strict_filters=False, image_size=row.image_size)
+                        image_size=row.image_size)
 
 
 @dataclass(frozen=True)

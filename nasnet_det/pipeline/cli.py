@@ -11,11 +11,12 @@ import signal
 import sys
 import warnings
 
-from nasnet_det.cli import exit_2_on_bad_input
+from nasnet_det.config import check_overrides
 from nasnet_det.engine.process import Terminated, sigterm_as_interrupt
 from nasnet_det.pipeline.config import load_pipeline_config
 from nasnet_det.pipeline.runner import Pipeline, select_stages
 from nasnet_det.pipeline.stages import stage_names
+from nasnet_det.utils.errors import exit_2_on_bad_input
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     # fvcore and detectron2 call the deprecated torch.jit.script at import time; users can do nothing about it.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     args = build_parser().parse_args(argv)
-    opts = list(args.opts)
-    if opts and opts[0] == "--":
-        opts = opts[1:]
-    flags = [o for o in opts if o.startswith("--")]
-    if flags:
-        raise ValueError(f"{flags[0]} comes after the KEY VALUE overrides; put options first")
+    opts = check_overrides(args.opts, "nasnet-det pipeline")
     if args.output_dir:
         opts += ["OUTPUT_DIR", args.output_dir]
     cfg = load_pipeline_config(args.config_file, opts)

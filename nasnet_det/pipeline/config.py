@@ -14,12 +14,11 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.config import load_cfg
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.stages import SHARED_NETWORK_KEYS, pipeline_stages
+from nasnet_det.pipeline.stages import pipeline_stages
 
 NETWORK_PRESET = "nasnet_a_mobile"  # the default network (MODEL.NASNET.PRESET picks another)
-# The pipeline's network node before it was the MODEL.NASNET every tool uses: an old key is one clear error.
-RENAMED_KEYS = {f"NETWORK.{k}": f"MODEL.NASNET.{k}" for k in SHARED_NETWORK_KEYS}
 
 
 def get_pipeline_cfg() -> CN:
@@ -57,25 +56,7 @@ def check_pipeline_config(cfg: CN) -> None:
 
 def load_pipeline_config(config_file: str | Path | None, opts: list[str] | None = None) -> CN:
     """Defaults, the pipeline YAML (``_BASE_`` allowed) and ``KEY VALUE`` overrides; errors name the key."""
-    from nasnet_det.models.config import prepare_nasnet_config
-
-    cfg = get_pipeline_cfg()
-    path = resolve_path(config_file) if config_file else None
-    if path is not None and not path.is_file():
-        raise FileNotFoundError(f"pipeline config file {config_file} does not exist")
-    opts = [*(opts or []), *prepare_nasnet_config(cfg, path, opts, RENAMED_KEYS)]
-    if path is not None:
-        try:
-            cfg.merge_from_file(str(path))
-        except KeyError as e:
-            raise KeyError(f"{path}: {e.args[0] if e.args else e}") from None
-    if opts:
-        if len(opts) % 2:
-            raise ValueError(f"overrides must be KEY VALUE pairs, got an odd number: {opts}")
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, AssertionError, ValueError) as e:
-            raise KeyError(f"bad pipeline override: {e.args[0] if e.args else e}") from None
+    cfg = load_cfg(get_pipeline_cfg(), resolve_path(config_file) if config_file else None, opts)
     check_pipeline_config(cfg)
     cfg.freeze()
     return cfg

@@ -53,12 +53,12 @@ def plot_detection_loss(events: Path, out: Path) -> Path | None:
 def build_backbone(cfg, genotype_file: Path):
     """The pipeline's MODEL.NASNET network with the chosen cell, as the detector's backbone (no classifier, no
     aux head)."""
-    from nasnet_det.models import build_nasnet
+    from nasnet_det.models import create_model
 
     n = cfg.MODEL.NASNET
     size = dict(filters=n.FILTERS) if n.FILTERS > 0 else dict(penultimate_filters=n.PENULTIMATE_FILTERS)
-    return build_nasnet(str(genotype_file), dataset="imagenet", num_cells=n.NUM_CELLS, num_classes=0,
-                        aux_head=False, stem_filters=n.STEM_FILTERS,
+    return create_model("nasnet_a_mobile", genotype=str(genotype_file), num_cells=n.NUM_CELLS, num_classes=0,
+                        aux_head=False, dropout=0.0, image_size=None, stem_filters=n.STEM_FILTERS,
                         skip_reduction_layer_input=n.SKIP_REDUCTION_LAYER_INPUT, pad_mode=n.PAD_MODE, **size)
 
 

@@ -24,10 +24,10 @@ from typing import Any
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.cli import check_output_dir
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
 from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages, stage_names
+from nasnet_det.utils.errors import check_output_dir
 from nasnet_det.utils.io import DiskFullError, remove_stale_tmp
 
 

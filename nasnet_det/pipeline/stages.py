@@ -227,10 +227,11 @@ def _check_classification(stage: str, node: str, config_file: str, opts: list[st
 
 
 def _check_detection(stage: str, config_file: str, opts: list[str]) -> None:
-    from nasnet_det.detection.config import get_nasnet_cfg, load_nasnet_cfg, validate_input_sizes
+    from nasnet_det.config import load_cfg
+    from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
 
     try:
-        validate_input_sizes(load_nasnet_cfg(get_nasnet_cfg(), str(resolve_path(config_file)), list(opts)))
+        validate_input_sizes(load_cfg(get_nasnet_cfg(), resolve_path(config_file), opts))
     except (ValueError, KeyError, AssertionError, FileNotFoundError) as e:
         raise StageError(stage, f"DETECT.CONFIG_FILE {config_file} with DETECT.OPTS / EVALUATE.OPTS: "
                                 f"{e.args[0] if e.args else e}") from None

@@ -10,7 +10,7 @@ A write that fails because the disk is full raises :class:`DiskFullError` (an ``
 ``ENOSPC``) whose one-line message names the file and says the disk is full: ``torch.save`` otherwise reports
 it as ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``, SQLite as ``database or disk is
 full`` or ``disk I/O error``, a plain write as ``[Errno 28]`` without a path. The commands print that line
-(``nasnet_det.cli``).
+(``nasnet_det.utils.errors``).
 """
 
 from __future__ import annotations

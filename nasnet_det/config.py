@@ -1,0 +1,124 @@
+"""The one config loader of every tool: :func:`load_cfg` merges a YAML file (``_BASE_`` allowed) and ``KEY VALUE``
+overrides into an area's defaults (a yacs / fvcore / detectron2 ``CfgNode``).
+
+Each area keeps its own defaults and value checks (classification, search, pipeline, detection); the
+``MODEL.NASNET`` node they share is :func:`nasnet_det.models.config.add_nasnet_model_config`. Bad input
+raises :class:`BadInputError` (a ``ValueError``) or ``FileNotFoundError`` with one line naming the file or key.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+import yaml
+from fvcore.common.config import CfgNode
+
+from nasnet_det.utils.errors import BadInputError, bad_input_message
+
+Cfg = TypeVar("Cfg", bound=CfgNode)
+
+# Every key that was renamed, old -> new name: using an old name is an error naming the new one. A rename
+# applies to a config that has the new key but not the old one (detection keeps detectron2's MODEL.WEIGHTS,
+# so MODEL.WEIGHTS -> MODEL.NASNET.WEIGHTS applies to classification only).
+RENAMED_KEYS: dict[str, str] = {
+    # The network keys of classification moved under MODEL.NASNET.
+    **{f"MODEL.{k}": f"MODEL.NASNET.{k}" for k in (
+        "GENOTYPE", "NUM_CELLS", "PENULTIMATE_FILTERS", "FILTERS", "STEM_FILTERS", "SKIP_REDUCTION_LAYER_INPUT",
+        "AUX_HEAD", "DROP_PATH_KEEP_PROB", "DROPOUT", "BN_EPS", "BN_MOMENTUM", "PAD_MODE", "WEIGHTS")},
+    # The memory layout is the network's (and applies on the CPU too).
+    "TRAIN.CHANNELS_LAST": "MODEL.NASNET.CHANNELS_LAST",
+    # The search children's network moved from CHILD to MODEL.NASNET.
+    "CHILD.NUM_CELLS": "MODEL.NASNET.NUM_CELLS",
+    "CHILD.FILTERS": "MODEL.NASNET.FILTERS",
+    # The pipeline's network was a NETWORK node of its own.
+    **{f"NETWORK.{k}": f"MODEL.NASNET.{k}" for k in (
+        "NUM_CELLS", "PENULTIMATE_FILTERS", "FILTERS", "STEM_FILTERS", "SKIP_REDUCTION_LAYER_INPUT", "PAD_MODE")},
+}
+
+
+def check_overrides(opts: Sequence[Any] | None, prog: str = "nasnet-det") -> list[str]:
+    """The ``KEY VALUE`` overrides as strings, without ``--`` separators; :class:`BadInputError` for an
+    ``--option`` among them (argparse.REMAINDER hands it over, it would be read as a key) or an odd count."""
+    opts = [str(o) for o in opts or [] if str(o) != "--"]
+    flags = [o for o in opts if o.startswith("--")]
+    if flags:
+        raise BadInputError(f"{flags[0]} comes after the KEY VALUE overrides; put options first, e.g. "
+                            f"{prog} --config-file X.yaml {flags[0]} ... KEY VALUE")
+    if len(opts) % 2:
+        raise BadInputError(f"config overrides must be KEY VALUE pairs; {opts[-1]!r} has no value")
+    return opts
+
+
+def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _renames_for(defaults: Mapping) -> dict[str, str]:
+    """The renames of :data:`RENAMED_KEYS` that apply to a config with these ``defaults``."""
+    return {old: new for old, new in RENAMED_KEYS.items()
+            if _lookup(defaults, new)[0] and not _lookup(defaults, old)[0]}
+
+
+def _check_renamed(defaults: Mapping, config_file: str | None, data: Mapping, opts: list[str]) -> None:
+    for old, new in _renames_for(defaults).items():
+        if _lookup(data, old)[0]:
+            raise BadInputError(f"{config_file}: {old} was renamed to {new}")
+        if old in opts[0::2]:
+            raise BadInputError(f"bad override: {old} was renamed to {new}")
+
+
+def _unknown_key_hint(cfg: Mapping, key: str) -> str:
+    node, path = cfg, []
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            valid = ", ".join(sorted(node)) if isinstance(node, Mapping) else "(none: it is a value)"
+            return f"; keys under {'.'.join(path) or 'the top level'}: {valid}"
+        node, path = node[part], [*path, part]
+    return ""
+
+
+def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: Sequence[Any] | None = None) -> Cfg:
+    """A copy of ``defaults`` merged with ``config_file`` and the ``KEY VALUE`` ``opts`` (they win), not frozen.
+
+    Checked before anything is merged: the file exists and is YAML, the overrides are pairs with no
+    ``--option`` among them, and no key has an old name (:data:`RENAMED_KEYS`). Where the config has
+    ``MODEL.NASNET``, a ``MODEL.NASNET.PRESET`` named by the file or the overrides is applied first, so that
+    explicit keys win over it (:func:`nasnet_det.models.config.prepare_nasnet_config`). An unknown key is a
+    :class:`BadInputError` naming the file or the override."""
+    # Imported here: the pipeline's process loads its config without importing torch (models does).
+    from nasnet_det.models.config import prepare_nasnet_config
+
+    cfg = defaults.clone()
+    opts = check_overrides(opts)
+    config_file = str(config_file) if config_file else None
+    data: Mapping = {}
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        try:
+            data = CfgNode.load_yaml_with_base(config_file, allow_unsafe=True) or {}
+        except yaml.YAMLError as e:
+            raise BadInputError(bad_input_message(e, config_file)) from None
+    _check_renamed(cfg, config_file, data, opts)
+    if _lookup(cfg, "MODEL.NASNET")[0]:
+        opts += prepare_nasnet_config(cfg, config_file, opts)
+    if config_file:
+        try:
+            cfg.merge_from_file(config_file)
+        except KeyError as e:  # yacs: KeyError('Non-existent config key: X')
+            detail = e.args[0] if e.args else e
+            raise BadInputError(f"{config_file}: {detail} (unknown key, or a key of another section)") from None
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as e:  # yacs: KeyError('Non-existent key: X'), AssertionError
+        detail = str(e.args[0]) if e.args else type(e).__name__
+        unknown = next((k for k in opts[0::2] if not _lookup(cfg, k)[0]), None)
+        raise BadInputError(f"bad override: {detail}{_unknown_key_hint(cfg, unknown) if unknown else ''}") from None
+    return cfg
