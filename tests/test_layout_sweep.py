@@ -64,7 +64,7 @@ def test_a_wrong_result_a_segfault_and_a_hang_fail_naming_the_case():
     text = _failures(outcomes)
     assert "selftest_wrong stride 1, 4 channels, batch 2, 1 thread (native ISA): mismatch" in text
     assert "selftest_small_param stride 1, 8 channels, batch 16, 2 threads (native ISA): mismatch: " in text
-    assert "at small gradient" in text  # the small tensor is named, though its gradient is ~1/1000 of conv's
+    assert "at small gradient" in text  # the small tensor is named, though its gradient is ~1/100 of conv's
     assert "selftest_segfault stride 1, 5 channels, batch 1, 2 threads (native ISA): crash: killed by SIGSEGV" in text
     assert ("selftest_hang stride 1, 6 channels, batch 16, 1 thread (native ISA): hang: no result after 5 s, "
             "nor after 10 s on a second try") in text
