@@ -81,6 +81,8 @@ def cmd_run(argv: list[str]) -> int:
 
 
 BUILTINS: dict[str, Callable[[list[str]], int]] = {"profile": cmd_profile, "genotype": cmd_genotype, "run": cmd_run}
+# The entry points pyproject.toml declares (group nasnet_det.commands): missing means stale package metadata.
+OWN_COMMANDS = ("detect", "pipeline", "search", "train")
 
 
 def run_command(name: str, argv: list[str]) -> int:
@@ -88,6 +90,10 @@ def run_command(name: str, argv: list[str]) -> int:
     if name in BUILTINS:
         return BUILTINS[name](argv)
     plugins = _plugins()
+    if name in OWN_COMMANDS and name not in plugins:
+        print(f"nasnet-det: the {name!r} command is not registered: the installed package's metadata is older than "
+              "its code; reinstall the package (make setup, or pip install -e .)", file=sys.stderr)
+        return 2
     if name not in plugins:
         commands = sorted(set(BUILTINS) | set(plugins))
         print(f"nasnet-det: unknown command {name!r}; choose one of {', '.join(commands)}", file=sys.stderr)

@@ -92,7 +92,8 @@ def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: 
     ``MODEL.NASNET``, a ``MODEL.NASNET.PRESET`` named by the file or the overrides is applied first, so that
     explicit keys win over it (:func:`nasnet_det.models.config.prepare_nasnet_config`). An unknown key is a
     :class:`BadInputError` naming the file or the override."""
-    # Imported here: the pipeline's process loads its config without importing torch (models does).
+    # Imported here, not at the top: importing this module must not import torch (models does); the pipeline
+    # driver imports it before it knows whether it will load a config at all.
     from nasnet_det.models.config import prepare_nasnet_config
 
     cfg = defaults.clone()
@@ -115,10 +116,18 @@ def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: 
         except KeyError as e:  # yacs: KeyError('Non-existent config key: X')
             detail = e.args[0] if e.args else e
             raise BadInputError(f"{config_file}: {detail} (unknown key, or a key of another section)") from None
+        except BadInputError:
+            raise
+        except ValueError as e:  # yacs: ValueError('Type mismatch (...) for config key: X')
+            raise BadInputError(f"{config_file}: {e}") from None
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:  # yacs: KeyError('Non-existent key: X'), AssertionError
         detail = str(e.args[0]) if e.args else type(e).__name__
         unknown = next((k for k in opts[0::2] if not _lookup(cfg, k)[0]), None)
         raise BadInputError(f"bad override: {detail}{_unknown_key_hint(cfg, unknown) if unknown else ''}") from None
+    except BadInputError:
+        raise
+    except ValueError as e:  # yacs: a value of the wrong type
+        raise BadInputError(f"bad override: {e}") from None
     return cfg

@@ -39,6 +39,7 @@ from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
 from nasnet_det.engine.distributed import barrier, init_distributed
+from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.utils.io import atomic_torch_save
 from search.config import check_cfg
 from search.controller import decisions_to_genotype
@@ -143,9 +144,7 @@ class OneShotSearch(SearchSession):
             return
         atomic_torch_save({"position": dict(self.pos), "supernet": self.supernet.state_dict(),
                            "w_opt": self.w_opt.state_dict(), **self.strategy.state_dict(),
-                           "gen": self.gen.get_state(),
-                           "torch_rng": torch.get_rng_state(),
-                           "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
+                           "gen": self.gen.get_state(), "rng": capture_rng_state()},
                           self.out / STATE_NAME)
 
     def _load(self) -> bool:
@@ -162,9 +161,12 @@ class OneShotSearch(SearchSession):
         self.w_opt.load_state_dict(state["w_opt"])
         self.strategy.load_state_dict(state)
         self.gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if "rng" in state:
+            restore_rng_state(state["rng"])
+        else:  # a state file from before the engine's RNG capture: torch's generators only
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
         return True
 
     def _units_done(self) -> int:

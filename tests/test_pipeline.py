@@ -408,7 +408,7 @@ def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resume
     assert stage_names() == order  # the report stays last: it reads every stage's manifest
     assert build_parser().parse_args(["--config-file", "x", "--only", "count"]).only == "count"
     assert get_pipeline_cfg().COUNT.TIMES == 2 and "TALLY" not in get_pipeline_cfg()
-    with pytest.raises(KeyError, match="COUNT.NOT_A_KEY"):
+    with pytest.raises(ValueError, match="COUNT.NOT_A_KEY"):
         load_pipeline_config(SMOKE, ["COUNT.NOT_A_KEY", "1"])
 
     given = ("SEARCH.GENOTYPE", "nasnet_a", "COUNT.TIMES", "3")
@@ -455,14 +455,16 @@ def test_the_network_is_the_model_nasnet_node_and_old_network_keys_name_the_new_
 
     assert set(get_pipeline_cfg().MODEL.NASNET) == set(preset_node("nasnet_a_mobile"))
     assert "NETWORK" not in get_pipeline_cfg()
-    with pytest.raises(KeyError, match="bad override: NETWORK.FILTERS was renamed to MODEL.NASNET.FILTERS"):
+    with pytest.raises(ValueError, match="bad override: NETWORK.FILTERS was renamed to MODEL.NASNET.FILTERS"):
         load_pipeline_config(SMOKE, ["NETWORK.FILTERS", "8"])
     old = tmp_path / "old.yaml"
     old.write_text(f"_BASE_: {SMOKE}\nNETWORK:\n  NUM_CELLS: 2\n")
-    with pytest.raises(KeyError, match=r"old.yaml: NETWORK.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
+    with pytest.raises(ValueError, match=r"old.yaml: NETWORK.NUM_CELLS was renamed to MODEL.NASNET.NUM_CELLS"):
         load_pipeline_config(old)
     with pytest.raises(ValueError, match="MODEL.NASNET.GENOTYPE is not used by the pipeline.*SEARCH.GENOTYPE"):
         load_pipeline_config(SMOKE, ["MODEL.NASNET.GENOTYPE", "nasnet_a.json"])
+    with pytest.raises(ValueError, match="MODEL.NASNET.BN_EPS is not passed on by the pipeline.*DETECT.OPTS"):
+        load_pipeline_config(SMOKE, ["MODEL.NASNET.BN_EPS", "1e-5"])  # it would reach no stage
     # a preset sizes the network as in every tool (explicit keys win)
     n = load_pipeline_config(None, ["MODEL.NASNET.PRESET", "nasnet_a_large", "MODEL.NASNET.NUM_CELLS", "2"])
     n = n.MODEL.NASNET

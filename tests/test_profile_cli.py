@@ -43,3 +43,13 @@ def test_run_is_the_smoke_pipeline(monkeypatch):
     (argv,) = seen
     assert argv[0] == "--config-file" and Path(argv[1]).is_file() and argv[1].endswith("configs/pipeline/smoke.yaml")
     assert argv[2:] == ["--until", "search"]
+
+
+def test_a_project_command_missing_from_stale_package_metadata_says_to_reinstall(monkeypatch, capsys):
+    import nasnet_det.cli as cli
+
+    assert set(cli.OWN_COMMANDS) <= set(cli._plugins())  # this install is current
+    monkeypatch.setattr(cli, "_plugins", lambda: {})  # an install from before `pipeline` became an entry point
+    assert main(["pipeline", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert "'pipeline' command is not registered" in err and "reinstall the package (make setup" in err

@@ -65,6 +65,8 @@ class NASNetDetectionCheckpointer(CrashSafeCheckpointer, DetectionCheckpointer):
         super().write(path, states, extra)
 
     # ---- reads that name a damaged file and fall back ---------------------------------------------------
+    # _load_file / _load_model are fvcore Checkpointer's documented extension points (detectron2's own
+    # DetectionCheckpointer overrides the same two), not private state.
     def _load_file(self, filename: str) -> dict[str, Any]:
         if filename.endswith((".pkl", ".pyth")):
             try:

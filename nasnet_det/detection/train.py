@@ -65,7 +65,7 @@ from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, remove_files
 from nasnet_det.engine.metrics import truncate_metrics
 from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
-from nasnet_det.genotypes import get_genotype
+from nasnet_det.models import NASNet
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
@@ -91,12 +91,13 @@ class DropPathSchedule(HookBase):
         set_drop_path_progress(self.trainer.model, progress)
 
 
-def ddp_options(cfg: CfgNode) -> dict[str, Any]:
+def ddp_options(cfg: CfgNode, model: torch.nn.Module) -> dict[str, Any]:
     """``DistributedDataParallel`` arguments beyond detectron2's defaults (none in a single process)."""
     options: dict[str, Any] = {}
     if comm.get_world_size() > 1:
         # A searched cell that ignores one of its inputs leaves that input's preprocessing without gradient.
-        if leaves_input_unused(get_genotype(cfg.MODEL.NASNET.GENOTYPE)):
+        # The built network's genotype: the file is read once, when the model is built.
+        if any(leaves_input_unused(m.genotype) for m in model.modules() if isinstance(m, NASNet)):
             options["find_unused_parameters"] = True
         if cfg.MODEL.DEVICE == "cpu":  # gloo processes: detectron2 would pass device_ids=[local rank]
             options["device_ids"] = None
@@ -146,7 +147,8 @@ class ExactResume(HookBase):
             self.pending = None
         if start > 0 and comm.is_main_process():
             # the rows of iterations >= start are redone; a torn or foreign line is dropped, not reported
-            truncate_metrics(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start - 1, "iteration", strict=False)
+            truncate_metrics(os.path.join(trainer.cfg.OUTPUT_DIR, METRICS_FILE), start - 1, "iteration", strict=False,
+                             in_place=True)
 
 
 class WriteMetricsAtCheckpoints(HookBase):
@@ -186,7 +188,7 @@ class Trainer(TrainerBase):
         model = self.build_model(cfg)
         self.optimizer = build_optimizer(cfg, model)
         self.data_loader = self.build_train_loader(cfg)
-        self.model = create_ddp_model(model, broadcast_buffers=False, **ddp_options(cfg))
+        self.model = create_ddp_model(model, broadcast_buffers=False, **ddp_options(cfg, model))
         self.step_trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
             self.model, self.data_loader, self.optimizer)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)

@@ -16,14 +16,13 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.config import load_cfg
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.stages import pipeline_stages
+from nasnet_det.pipeline.stages import SHARED_NETWORK_KEYS, pipeline_stages
 
 NETWORK_PRESET = "nasnet_a_mobile"  # the default network (MODEL.NASNET.PRESET picks another)
 
 
 def get_pipeline_cfg() -> CN:
     """The defaults: the output folder, the stages' interpreter, the network, and each stage's node."""
-    # nasnet_det.models imports torch, which the driver does not need before it loads a config.
     from nasnet_det.models.config import add_nasnet_model_config
 
     cfg = CN()
@@ -46,12 +45,18 @@ def check_pipeline_config(cfg: CN) -> None:
     for stage in pipeline_stages():
         stage.check_config(cfg)
     check_nasnet_node(cfg.MODEL.NASNET)
-    default = preset_node(NETWORK_PRESET)
+    default = preset_node(cfg.MODEL.NASNET.PRESET or NETWORK_PRESET)
     for key, instead in (("GENOTYPE", "SEARCH.GENOTYPE, or the search and select stages"),
                          ("WEIGHTS", "PRETRAIN.WEIGHTS, or the pretrain stage")):
         if cfg.MODEL.NASNET[key] != default[key]:
             raise ValueError(f"MODEL.NASNET.{key} is not used by the pipeline (got {cfg.MODEL.NASNET[key]!r}); "
                              f"it comes from {instead}")
+    # Only the keys the backbone and the detector must share reach the stages; any other would be ignored.
+    for key in sorted(set(cfg.MODEL.NASNET) - {*SHARED_NETWORK_KEYS, "PRESET", "GENOTYPE", "WEIGHTS"}):
+        if key in default and cfg.MODEL.NASNET[key] != default[key]:
+            raise ValueError(f"MODEL.NASNET.{key} is not passed on by the pipeline (got {cfg.MODEL.NASNET[key]!r}; "
+                             f"only {', '.join(SHARED_NETWORK_KEYS)} are); set it for one stage in its OPTS, "
+                             f"e.g. PRETRAIN.OPTS or DETECT.OPTS")
 
 
 def load_pipeline_config(config_file: str | Path | None, opts: list[str] | None = None) -> CN:
