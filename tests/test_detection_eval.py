@@ -3,6 +3,7 @@ pycocotools' numbers exactly, also on crowd boxes, misses, duplicates and empty 
 
 import importlib.util
 import json
+import logging
 import math
 import random
 import sys
@@ -177,7 +178,7 @@ def test_no_detections_same_numbers_from_both_paths(tmp_path, backend):
         assert via_evaluator[k] == pytest.approx(v, nan_ok=True), k
 
 
-def test_coco_evaluator_path_gives_ap_100(tmp_path):
+def test_coco_evaluator_path_gives_ap_100(tmp_path, caplog):
     """Predictions equal to the ground truth, fed through detectron2's COCOEvaluator (process/evaluate)."""
     gt = synthetic_gt(tmp_path)
     (tmp_path / "images").mkdir()
@@ -198,7 +199,13 @@ def test_coco_evaluator_path_gives_ap_100(tmp_path):
         inst.scores = torch.linspace(1.0, 0.5, len(anns))
         inst.pred_classes = torch.tensor([id_map[a["category_id"]] for a in anns], dtype=torch.int64)
         evaluator.process([{"image_id": im["id"]}], [{"instances": inst}])
-    results = evaluator.evaluate()["bbox"]
+    with caplog.at_level(logging.INFO, logger="nasnet_det.detection.evaluation"):
+        results = evaluator.evaluate()["bbox"]
+    # the 12 COCO numbers in one table, the per-category APs in another (as detectron2 prints them)
+    summary = next(r.getMessage() for r in caplog.records if "Evaluation results for bbox" in r.getMessage())
+    assert "AR100" in summary and "AP-a" not in summary
+    per_category = next(r.getMessage() for r in caplog.records if "Per-category bbox AP" in r.getMessage())
+    assert "| a " in per_category and "100.000" in per_category
     for k in ("AP", "AP50", "AP75", "AR10", "AR100", "AP-a", "AP-b", "AP-c"):
         assert results[k] == pytest.approx(100.0, abs=1e-3), k
     saved = json.loads((tmp_path / "out" / "coco_metrics.json").read_text())

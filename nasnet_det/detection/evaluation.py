@@ -36,6 +36,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tabulate import tabulate
 
 from nasnet_det.utils.io import atomic_torch_save, atomic_write
 
@@ -254,9 +255,16 @@ class NASNetCOCOEvaluator(DatasetEvaluator):
         if detections:
             print(summary.getvalue(), end="")  # COCOeval's own summary, as detectron2's evaluation prints it
         results = stats_to_dict(coco_eval.stats)
-        class_names = self.metadata.get("thing_classes")
-        if class_names and len(class_names) > 1:
-            results.update(per_category_ap(coco_eval, class_names))
         logger.info("Evaluation results for %s (%s):\n%s", task, type(coco_eval).__name__,
                     create_small_table(results))
+        class_names = self.metadata.get("thing_classes")
+        if class_names and len(class_names) > 1:
+            per_category = per_category_ap(coco_eval, class_names)
+            results.update(per_category)
+            # as detectron2's COCOEvaluator prints it: (category, AP) pairs, three to a row
+            pairs = [(k[len("AP-"):], f"{v:.3f}") for k, v in per_category.items()]
+            rows = [sum(pairs[i:i + 3], ()) for i in range(0, len(pairs), 3)]
+            logger.info("Per-category %s AP:\n%s", task,
+                        tabulate(rows, tablefmt="pipe", floatfmt=".3f", headers=["category", "AP"] * 3,
+                                 numalign="left"))
         return results
