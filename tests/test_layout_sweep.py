@@ -2,9 +2,11 @@
 
 tests/layout_sweep.py runs each case in its own forked process under a time limit, so a wrong result, a
 segfault or a hang fails here with the module, stride, channel count, batch, threads and oneDNN ISA named.
-CI runs every module x stride x channel count (1..32; 1..16 capped to AVX2; f = 8..32 for the networks) with
-batch and threads rotated, on this CPU's ISA and, on an AVX-512 CPU, capped to AVX2; ``python
-tests/layout_sweep.py`` runs every combination (about 15 minutes per ISA on the 2-core development CPU).
+CI runs every module x stride x channel count (1..32; 1..16 capped to AVX2; f = 8..32 for the detection
+networks, 2..8 for the CIFAR ones) with batch and threads rotated (every pair for the narrow stride-2 cases of
+the strided-1x1 kinds), on this CPU's ISA and, on an AVX-512 CPU, capped to AVX2; ``python
+tests/layout_sweep.py`` runs every combination (about 15 minutes per ISA on the 2-core development CPU, more
+with the CIFAR networks).
 """
 
 from __future__ import annotations
