@@ -237,6 +237,15 @@ def _check_detection(stage: str, config_file: str, opts: list[str]) -> None:
                                 f"{e.args[0] if e.args else e}") from None
 
 
+def _tool_node(cfg: CN, node: str, config_file: str) -> CN:
+    """Add ``cfg.<node>``, the node of a stage that runs a tool: its config file and ``KEY VALUE`` overrides (read
+    back by :func:`_tool_settings`)."""
+    cfg[node] = CN()
+    cfg[node].CONFIG_FILE = config_file
+    cfg[node].OPTS = []
+    return cfg[node]
+
+
 def _tool_settings(ctx: Context, node: str) -> dict[str, Any]:
     c = ctx.cfg[node]
     return {"config": config_chain(node.lower(), f"{node}.CONFIG_FILE", c.CONFIG_FILE), "opts": list(c.OPTS)}
@@ -250,11 +259,9 @@ class SearchStage(Stage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        cfg.SEARCH = CN()
-        cfg.SEARCH.CONFIG_FILE = "configs/search/smoke.yaml"
-        cfg.SEARCH.OPTS = []
+        node = _tool_node(cfg, "SEARCH", "configs/search/smoke.yaml")
         # Shortcut: a published genotype ("nasnet_a") or a genotype JSON file; the search stage then does not run.
-        cfg.SEARCH.GENOTYPE = ""
+        node.GENOTYPE = ""
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SEARCH
@@ -424,11 +431,9 @@ class CifarStage(_ClassificationStage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        cfg.CIFAR = CN()
-        cfg.CIFAR.ENABLED = False
-        cfg.CIFAR.CONFIG_FILE = "configs/train/cifar10_smoke.yaml"
-        cfg.CIFAR.OPTS = []
-        cfg.CIFAR.NPROC_PER_NODE = 1  # > 1: torchrun --nproc-per-node (one process per GPU; gloo on a CPU)
+        node = _tool_node(cfg, "CIFAR", "configs/train/cifar10_smoke.yaml")
+        node.ENABLED = False
+        node.NPROC_PER_NODE = 1  # > 1: torchrun --nproc-per-node (one process per GPU; gloo on a CPU)
 
     def enabled(self, ctx: Context) -> bool:
         return bool(ctx.cfg.CIFAR.ENABLED)
@@ -462,18 +467,16 @@ class PretrainStage(_ClassificationStage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        cfg.PRETRAIN = CN()
-        cfg.PRETRAIN.CONFIG_FILE = "configs/train/imagenet_smoke.yaml"
-        cfg.PRETRAIN.OPTS = []
+        node = _tool_node(cfg, "PRETRAIN", "configs/train/imagenet_smoke.yaml")
         # Shortcut: a nasnet-det checkpoint (.pth with arch + state_dict) or a timm / pretrainedmodels state
         # dict of the MODEL.NASNET network; pretraining then does not run.
-        cfg.PRETRAIN.WEIGHTS = ""
+        node.WEIGHTS = ""
         # torchrun: processes per machine, machines, this machine's rank, rendezvous HOST:PORT (multi-machine
         # only).
-        cfg.PRETRAIN.NPROC_PER_NODE = 1
-        cfg.PRETRAIN.NNODES = 1
-        cfg.PRETRAIN.NODE_RANK = 0
-        cfg.PRETRAIN.RDZV_ENDPOINT = ""
+        node.NPROC_PER_NODE = 1
+        node.NNODES = 1
+        node.NODE_RANK = 0
+        node.RDZV_ENDPOINT = ""
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         if ctx.cfg.PRETRAIN.WEIGHTS:  # checked against the network: a changed network checks them again
@@ -552,14 +555,12 @@ class DetectStage(Stage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        cfg.DETECT = CN()
-        cfg.DETECT.CONFIG_FILE = "configs/detection/smoke-nasnet-c4.yaml"
-        cfg.DETECT.OPTS = []
+        node = _tool_node(cfg, "DETECT", "configs/detection/smoke-nasnet-c4.yaml")
         # detectron2 launch: processes per machine (GPUs; gloo processes on a CPU), machines, rank, rendezvous URL.
-        cfg.DETECT.NUM_GPUS = 1
-        cfg.DETECT.NUM_MACHINES = 1
-        cfg.DETECT.MACHINE_RANK = 0
-        cfg.DETECT.DIST_URL = "auto"
+        node.NUM_GPUS = 1
+        node.NUM_MACHINES = 1
+        node.MACHINE_RANK = 0
+        node.DIST_URL = "auto"
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.DETECT
