@@ -16,6 +16,7 @@ import yaml
 from fvcore.common.config import CfgNode
 
 from nasnet_det.utils.errors import BadInputError, bad_input_message
+from nasnet_det.utils.mapping import lookup
 
 Cfg = TypeVar("Cfg", bound=CfgNode)
 
@@ -51,24 +52,15 @@ def check_overrides(opts: Sequence[Any] | None, prog: str = "nasnet-det") -> lis
     return opts
 
 
-def _lookup(tree: Any, dotted: str) -> tuple[bool, Any]:
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def _renames_for(defaults: Mapping) -> dict[str, str]:
     """The renames of :data:`RENAMED_KEYS` that apply to a config with these ``defaults``."""
     return {old: new for old, new in RENAMED_KEYS.items()
-            if _lookup(defaults, new)[0] and not _lookup(defaults, old)[0]}
+            if lookup(defaults, new)[0] and not lookup(defaults, old)[0]}
 
 
 def _check_renamed(defaults: Mapping, config_file: str | None, data: Mapping, opts: list[str]) -> None:
     for old, new in _renames_for(defaults).items():
-        if _lookup(data, old)[0]:
+        if lookup(data, old)[0]:
             raise BadInputError(f"{config_file}: {old} was renamed to {new}")
         if old in opts[0::2]:
             raise BadInputError(f"bad override: {old} was renamed to {new}")
@@ -108,7 +100,7 @@ def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: 
         except yaml.YAMLError as e:
             raise BadInputError(bad_input_message(e, config_file)) from None
     _check_renamed(cfg, config_file, data, opts)
-    if _lookup(cfg, "MODEL.NASNET")[0]:
+    if lookup(cfg, "MODEL.NASNET")[0]:
         opts += prepare_nasnet_config(cfg, config_file, opts)
     if config_file:
         try:
@@ -124,7 +116,7 @@ def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: 
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:  # yacs: KeyError('Non-existent key: X'), AssertionError
         detail = str(e.args[0]) if e.args else type(e).__name__
-        unknown = next((k for k in opts[0::2] if not _lookup(cfg, k)[0]), None)
+        unknown = next((k for k in opts[0::2] if not lookup(cfg, k)[0]), None)
         raise BadInputError(f"bad override: {detail}{_unknown_key_hint(cfg, unknown) if unknown else ''}") from None
     except BadInputError:
         raise

@@ -23,6 +23,7 @@ from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.nasnet import filters_for_penultimate
 from nasnet_det.models.ops import PAD_MODES
 from nasnet_det.space import Genotype
+from nasnet_det.utils.mapping import lookup
 
 NODE = "MODEL.NASNET"
 
@@ -118,15 +119,6 @@ def apply_preset(node: CfgNode, name: str) -> None:
         node[key] = value
 
 
-def _lookup(tree: Mapping, dotted: str) -> tuple[bool, Any]:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 SIZE_KEYS = ("PENULTIMATE_FILTERS", "FILTERS")
 
 
@@ -142,7 +134,7 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
     f = 8). ``config_file`` must exist and be valid YAML (the loader checks that first)."""
     data: Mapping = (CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}) if config_file else {}
     pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
-    found, preset = _lookup(data, f"{NODE}.PRESET")
+    found, preset = lookup(data, f"{NODE}.PRESET")
     for key, value in pairs:
         if key == f"{NODE}.PRESET":
             found, preset = True, str(value)
@@ -178,7 +170,7 @@ def _size_sources(filename: str) -> list[dict[str, Any]]:
         if not base.startswith(("/", "https://", "http://")):
             base = os.path.join(os.path.dirname(filename), base)
         sources += _size_sources(base)
-    sources.append({k: v for k in SIZE_KEYS for found, v in [_lookup(raw, f"{NODE}.{k}")] if found})
+    sources.append({k: v for k in SIZE_KEYS for found, v in [lookup(raw, f"{NODE}.{k}")] if found})
     return sources
 
 
