@@ -4,17 +4,18 @@ trained by workers) and :class:`~search.oneshot.OneShotSearch` (weight sharing) 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 from fvcore.common.config import CfgNode
 
-from nasnet_det.utils.io import remove_stale_tmp
+from nasnet_det.engine.checkpoint import remove_files
+from nasnet_det.utils.io import exclusive_lock, remove_stale_tmp
 from search.config import identity_of
 from search.journal import Journal
 from search.outputs import write_json_atomic
@@ -53,9 +54,7 @@ class SearchSession(ABC):
         with output_dir_lock(self.out):
             remove_stale_tmp(self.out)  # temporaries of writes a kill interrupted
             if self.fresh:
-                for pattern in (*RUN_FILES, *self.checkpoint_files):
-                    for f in self.out.glob(pattern):
-                        f.unlink(missing_ok=True)
+                remove_files(f for pattern in (*RUN_FILES, *self.checkpoint_files) for f in self.out.glob(pattern))
             journal = Journal(self.out / JOURNAL_NAME)
             try:
                 journal.claim(self.identity(), self.cfg.dump(), upgrade=type(self).upgrade_identity)
@@ -68,23 +67,8 @@ class SearchSession(ABC):
         return summary
 
 
-@contextmanager
-def output_dir_lock(out: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out/journal.lock`` so two searches never share an output directory
-    (they would evaluate the same children twice and collide in the journal). The OS drops the lock when
-    the process dies, so a killed search never leaves a stale lock behind."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking
-        yield
-        return
-    fh = open(out / LOCK_NAME, "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"{out} is in use by another search (lock {out / LOCK_NAME} is held); wait "
-                             "for it to finish or choose another OUTPUT_DIR") from None
-        yield
-    finally:
-        fh.close()  # releases the lock
+def output_dir_lock(out: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``out/journal.lock`` so two searches never share an output directory (they would
+    evaluate the same children twice and collide in the journal)."""
+    return exclusive_lock(out / LOCK_NAME, f"{out} is in use by another search (lock {out / LOCK_NAME} is held); "
+                                           "wait for it to finish or choose another OUTPUT_DIR")

@@ -493,3 +493,14 @@ def test_a_stage_reads_only_the_outputs_of_the_stages_it_needs(toy_stages, tmp_p
 
     with pytest.raises(StageError, match="stage 'sneaky': reads the outputs of stage 'select' but does not name"):
         run(tmp_path, "SEARCH.GENOTYPE", "nasnet_a", stages=["search", "select", "sneaky"])
+
+
+def test_a_second_pipeline_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    from nasnet_det.pipeline.runner import _lock
+
+    with _lock(tmp_path):
+        with pytest.raises(ValueError, match=f"another pipeline is running in {tmp_path}"):
+            with _lock(tmp_path):
+                pass
+    with _lock(tmp_path):  # released when the first one ends
+        pass

@@ -12,7 +12,6 @@ file it wrote in the stage's folder (its output in ``stage.log``, checkpoints, t
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import sys
@@ -28,7 +27,7 @@ from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
 from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages, stage_names
 from nasnet_det.utils.errors import check_output_dir
-from nasnet_det.utils.io import DiskFullError, remove_stale_tmp
+from nasnet_det.utils.io import DiskFullError, exclusive_lock, remove_stale_tmp
 
 
 def select_stages(start: str | None = None, until: str | None = None, only: str | None = None) -> list[str]:
@@ -68,11 +67,8 @@ def _relative(value: Any, root: Path) -> Any:
 def _lock(out: Path) -> Iterator[None]:
     """One pipeline per output folder at a time (a second one would interleave the same stages)."""
     check_output_dir(out)  # an OUTPUT_DIR that is a file, or unwritable: one line naming it
-    with open(out / ".pipeline.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"another pipeline is running in {out} (it holds {out / '.pipeline.lock'})") from None
+    with exclusive_lock(out / ".pipeline.lock", f"another pipeline is running in {out} (it holds "
+                                                 f"{out / '.pipeline.lock'})"):
         yield
 
 

@@ -309,3 +309,21 @@ def load_torch_file(path: str | os.PathLike, role: str = "checkpoint", weights_o
     except UNREADABLE_CHECKPOINT_ERRORS as e:
         raise DamagedFileError(f"{role} {path} is not a readable PyTorch checkpoint (truncated, or another "
                                f"format?): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_file: str | os.PathLike, busy: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (created) for the block; another holder makes it a ValueError
+    saying ``busy``. The OS drops the lock when the process dies, so a killed job never leaves a stale one.
+    Without POSIX locks (not Unix) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(lock_file, "a+") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(busy) from None
+        yield
