@@ -54,8 +54,9 @@ from nasnet_det.engine.metrics import truncate_metrics
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.models import NASNetArch, create_model
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.models.hub import is_named_weights
 from nasnet_det.models.nasnet import NASNet
-from nasnet_det.models.pretrained import load_state_dict_report
+from nasnet_det.models.pretrained import load_named_weights, load_state_dict_report
 from nasnet_det.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -178,6 +179,9 @@ class Trainer:
 
     # ---- checkpoints
     def _load_initial_weights(self, model: NASNet, path: str) -> None:
+        if is_named_weights(path):  # timm://nasnetalarge, pretrainedmodels://nasnetamobile (models/hub.py)
+            logger.info("initialised weights from %s: %s", path, load_named_weights(model, path))
+            return
         payload = read_intact_checkpoint(path)
         check_same_arch(payload["arch"], model.arch, path, ignore=("num_classes", "aux_head"))
         report = load_state_dict_report(model, payload.get("ema_state_dict") or payload["state_dict"])

@@ -67,6 +67,7 @@ from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.models import NASNet
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.models.hub import check_named_weights, is_named_weights
 from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
 from nasnet_det.utils.logs import show_package_logs
@@ -356,8 +357,12 @@ def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: b
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
     # --eval-only loads every weight from MODEL.WEIGHTS: the ImageNet file is not needed then.
-    if cfg.MODEL.NASNET.WEIGHTS and not eval_only and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
-        raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {cfg.MODEL.NASNET.WEIGHTS} does not exist")
+    imagenet = cfg.MODEL.NASNET.WEIGHTS
+    if imagenet and not eval_only:
+        if is_named_weights(imagenet):  # timm://..., pretrainedmodels://...: fetched when the model is built
+            check_named_weights(imagenet)
+        elif not os.path.isfile(imagenet):
+            raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {imagenet} does not exist")
 
 
 def _given_on_command_line(opts: list[str], key: str) -> bool:
