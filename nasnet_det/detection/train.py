@@ -84,6 +84,34 @@ def build_nasnet_detector(cfg: CfgNode) -> torch.nn.Module:
     return model
 
 
+class AutocastForward(torch.nn.Module):
+    """Runs ``model``'s forward (the losses, in training) under ``torch.autocast``; the backward pass then runs
+    outside it, as PyTorch's AMP recipe has it. SimpleTrainer's documented way to change how the losses are
+    computed is to wrap the model; the wrapper is the step trainer's only, so checkpoints, hooks and DDP see the
+    model itself."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(*args, **kwargs)
+
+
+def build_step_trainer(cfg: CfgNode, model: torch.nn.Module, data_loader, optimizer) -> SimpleTrainer:
+    """The per-iteration trainer. ``SOLVER.AMP.ENABLED``: on CUDA detectron2's ``AMPTrainer`` (float16 autocast
+    and a gradient scaler); on a CPU, where AMPTrainer needs CUDA, bfloat16 autocast (bfloat16 has float32's
+    exponent range, so no gradient scaling is needed)."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        return AMPTrainer(model, data_loader, optimizer)
+    return SimpleTrainer(AutocastForward(model, "cpu", torch.bfloat16), data_loader, optimizer)
+
+
 class DropPathSchedule(HookBase):
     """ScheduledDropPath: drop probability grows linearly with training progress (slim / TF detector)."""
 
@@ -190,8 +218,7 @@ class Trainer(TrainerBase):
         self.optimizer = build_optimizer(cfg, model)
         self.data_loader = self.build_train_loader(cfg)
         self.model = create_ddp_model(model, broadcast_buffers=False, **ddp_options(cfg, model))
-        self.step_trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            self.model, self.data_loader, self.optimizer)
+        self.step_trainer = build_step_trainer(cfg, self.model, self.data_loader, self.optimizer)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network; saves atomic.
         self.checkpointer = NASNetDetectionCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
