@@ -83,7 +83,7 @@ _C.SOLVER.EMA_WARMUP = True  # slim: decay of step t is min(EMA_DECAY, (1 + t) /
 # ---------------------------------------------------------------------------------------------------------
 _C.TRAIN = CN()
 _C.TRAIN.DEVICE = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
-_C.TRAIN.AMP = "none"  # "none", "bf16" or "fp16" (CUDA only)
+_C.TRAIN.AMP = "none"  # "none", "bf16" (CUDA or CPU autocast) or "fp16" (CUDA only, with a gradient scaler)
 _C.TRAIN.SYNC_BN = False  # CUDA DDP only
 _C.TRAIN.FIND_UNUSED_PARAMETERS = False  # for genotypes whose cells leave an input unused
 _C.TRAIN.CHECKPOINT_PERIOD = 5000  # steps; a checkpoint is also written at the end
