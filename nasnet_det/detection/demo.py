@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.data import image_is_readable, register_builtin_datasets, register_datasets
-from nasnet_det.utils.io import disk_full_errors
+from nasnet_det.utils.io import atomic_write, disk_full_errors
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -149,6 +150,7 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
 SAMPLE_DATASET = "coco_sample_val"  # the 32 COCO photos shipped in the package (nasnet_det/data/sample)
 SAMPLE_IMAGES = 4
 TOP_BOXES = 5
+SAMPLE_LISTING = "detections.json"
 
 
 def top_scoring(instances, k: int):
@@ -162,7 +164,8 @@ def draw_sample_detections(cfg: CfgNode, output_dir: str | os.PathLike, num_imag
     """The ``top_k`` highest-scoring boxes of the detector ``cfg.MODEL.WEIGHTS``, labelled with class name and
     score by detectron2's ``Visualizer``, on the first ``num_images`` photos of the embedded COCO sample: a
     picture a person can check at a glance. No score threshold, so that a briefly trained detector shows its
-    best guesses too. Writes ``output_dir/<photo>.png``; returns, per image, (path, [(class, score, box)])."""
+    best guesses too. Writes ``output_dir/<photo>.png`` and ``detections.json`` (the boxes); returns, per image,
+    (path, [(class, score, box)])."""
     from detectron2.data import DatasetCatalog
 
     register_builtin_datasets([SAMPLE_DATASET])
@@ -185,4 +188,8 @@ def draw_sample_detections(cfg: CfgNode, output_dir: str | os.PathLike, num_imag
         drawn.append((target, [(classes[c], float(s), [float(v) for v in b]) for c, s, b in
                                zip(instances.pred_classes.tolist(), instances.scores.tolist(),
                                    instances.pred_boxes.tensor.tolist())]))
+    # what was drawn, for a report to list beside the pictures
+    listing = [{"image": path.name, "detections": [{"class": c, "score": sc, "box": b} for c, sc, b in boxes]}
+               for path, boxes in drawn]
+    atomic_write(out / SAMPLE_LISTING, json.dumps(listing, indent=1) + "\n")
     return drawn
