@@ -152,3 +152,22 @@ def test_unknown_name_or_scheme_lists_what_exists(caches, spec, listed):
     cfg.MODEL.NASNET.WEIGHTS = spec
     with pytest.raises(BadInputError, match="unknown weights scheme|has no NASNet weights"):
         validate_detection_config(cfg)
+
+
+def test_classification_trainer_starts_from_a_named_file_and_refuses_unknown_names(caches):
+    from nasnet_det.classification import Trainer
+    from nasnet_det.classification.config import load_config
+
+    cadene = _cache_cadene_mobile(caches)
+    opts = ["OUTPUT_DIR", caches / "out", "DATA.DATASET", "imagenet", "DATA.FAKE_CLASSES", 2,
+            "DATA.FAKE_TRAIN_PER_CLASS", 2, "DATA.FAKE_VAL_PER_CLASS", 1, "DATA.IMAGE_SIZE", 32, "DATA.NUM_WORKERS", 0,
+            "MODEL.NASNET.PRESET", "nasnet_a_mobile", "MODEL.NASNET.PENULTIMATE_FILTERS", 96,
+            "MODEL.NASNET.STEM_FILTERS", 8, "SOLVER.BATCH_SIZE", 2, "SOLVER.MAX_STEPS", 1, "TRAIN.DEVICE", "cpu",
+            "TRAIN.TENSORBOARD", False, "MODEL.NASNET.WEIGHTS", "pretrainedmodels://nasnetamobile"]
+    trainer = Trainer(load_config(None, [str(v) for v in opts]))
+    ours = trainer.model.state_dict()["cell_11.conv_1x1.conv.weight"]  # Cadene's cell_15 (stack 3, 4th cell)
+    assert torch.equal(ours, cadene["cell_15.conv_1x1.conv.weight"])
+    trainer.metrics.close()
+    with pytest.raises(BadInputError, match=r"^MODEL.NASNET.WEIGHTS 'timm://nasnetamobile': timm has no NASNet "
+                                            r"weights named 'nasnetamobile'; known: timm://nasnetalarge"):
+        load_config(None, ["MODEL.NASNET.WEIGHTS", "timm://nasnetamobile"])
