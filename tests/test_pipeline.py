@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.pipeline import SMOKE, TINY
+from helpers.pipeline import DRAW, SMOKE, TINY
 
 from nasnet_det.pipeline import Pipeline, StageError, load_pipeline_config
 from nasnet_det.pipeline.cli import main as pipeline_main
@@ -40,7 +40,7 @@ def journal_rows(out: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    done = run(out)
+    done = run(out, *DRAW)
     assert done == {"search": "ran", "select": "ran", "cifar": "disabled", "pretrain": "ran", "detect": "ran",
                     "evaluate": "ran", "report": "ran"}
     return out
@@ -69,7 +69,7 @@ def test_smoke_chain_end_to_end(finished: Path):
     assert "| AP | AP50 |" in report and "mult-adds" in report and "| search | done |" in report
     check_drawn_detections(finished / "report", report)
     # a second run of the same command skips everything
-    assert set(run(finished).values()) == {"skipped", "disabled"}
+    assert set(run(finished, *DRAW).values()) == {"skipped", "disabled"}
 
 
 def check_drawn_detections(report_dir: Path, report: str) -> None:

@@ -84,6 +84,8 @@ def sample_detections_section(ctx, detect: dict, workdir: Path) -> list[str]:
         return lines + ["Not drawn: no trained detector.", ""]
     folder = workdir / DETECTIONS_DIR
     shutil.rmtree(folder, ignore_errors=True)  # no picture of an earlier detector is left to be shown
+    if not ctx.cfg.REPORT.SAMPLE_DETECTIONS:
+        return lines + ["Not drawn (REPORT.SAMPLE_DETECTIONS False).", ""]
     argv = [python(ctx.cfg), str(tool_path("report", "demo.py")), "--config-file", str(ctx.abspath(outputs["config"])),
             "--samples", "--output", str(folder), "MODEL.WEIGHTS", str(ctx.abspath(outputs["weights"]))]
     try:
