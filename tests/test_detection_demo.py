@@ -3,6 +3,7 @@
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -92,3 +93,40 @@ def test_demo_and_score_commands_report_bad_input_in_one_line(tmp_path, capsys):
     assert main(["demo", "--config-file", str(CONFIGS / "smoke-nasnet-fpn.yaml"), "--input",
                  str(tmp_path / "nope.jpg"), "--output", str(tmp_path / "out")]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+def test_demo_samples_draw_the_top_boxes_labelled_on_four_coco_photos(tmp_path, capsys):
+    from detectron2.data.detection_utils import read_image
+
+    from nasnet_det.detection.cli import demo_main
+    from nasnet_det.detection.demo import SAMPLE_IMAGES, TOP_BOXES, draw_sample_detections
+
+    shrink = ["MODEL.NASNET.NUM_CELLS", "2", "MODEL.NASNET.FILTERS", "4", "MODEL.NASNET.STEM_FILTERS", "8",
+              "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"]  # as tiny_cfg(demo_weights=...)
+    cfg = tiny_cfg(NUM_CELLS=2, demo_weights="")
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "det.pth")
+    assert demo_main(["--config-file", str(CONFIGS / "smoke-nasnet-c4.yaml"), "--samples", "--output",
+                      str(tmp_path / "out"), *shrink, "MODEL.WEIGHTS", str(tmp_path / "det.pth")]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == SAMPLE_IMAGES and all(": " in line for line in printed)
+
+    cfg.MODEL.WEIGHTS = str(tmp_path / "det.pth")
+    drawn = draw_sample_detections(cfg, tmp_path / "again")
+    assert len(drawn) == SAMPLE_IMAGES == 4
+    for path, boxes in drawn:
+        assert (tmp_path / "out" / path.name).is_file()  # the CLI drew the same photos
+        assert 1 <= len(boxes) <= TOP_BOXES
+        scores = [s for _, s, _ in boxes]
+        assert scores == sorted(scores, reverse=True)
+        name, score, (x0, y0, x1, y1) = boxes[0]
+        assert name in printed[[p.split(":")[0] for p in printed].index(str(tmp_path / "out" / path.name))]
+        photo = read_image(str(next((CONFIGS.parents[1] / "nasnet_det/data/sample/coco_sample/images")
+                                    .glob(path.stem + ".*"))), format="RGB").astype(int)
+        picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        assert picture.shape == photo.shape
+        changed = np.abs(picture - photo).sum(axis=2) > 0
+        # the box is drawn: its outline changes pixels inside the box's extent (2 px margin for the line width)
+        h, w = changed.shape
+        y0, y1, x0, x1 = max(0, int(y0) - 2), min(h, int(y1) + 3), max(0, int(x0) - 2), min(w, int(x1) + 3)
+        assert changed[y0:y1, x0:x1].any(), path
+        assert changed.mean() < 0.5  # a drawing on the photo, not another picture

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.pipeline import SMOKE, TINY
+from helpers.pipeline import DRAW, SMOKE, TINY
 
 from nasnet_det.pipeline import Pipeline, StageError, load_pipeline_config
 from nasnet_det.pipeline.cli import main as pipeline_main
@@ -40,7 +40,7 @@ def journal_rows(out: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    done = run(out)
+    done = run(out, *DRAW)
     assert done == {"search": "ran", "select": "ran", "cifar": "disabled", "pretrain": "ran", "detect": "ran",
                     "evaluate": "ran", "report": "ran"}
     return out
@@ -67,8 +67,30 @@ def test_smoke_chain_end_to_end(finished: Path):
     for png in ("cells.png", "search_rewards.png", "pretrain_curves.png", "detection_loss.png"):
         assert f"]({png})" in report and (finished / "report" / png).stat().st_size > 1000
     assert "| AP | AP50 |" in report and "mult-adds" in report and "| search | done |" in report
+    check_drawn_detections(finished / "report", report)
     # a second run of the same command skips everything
-    assert set(run(finished).values()) == {"skipped", "disabled"}
+    assert set(run(finished, *DRAW).values()) == {"skipped", "disabled"}
+
+
+def check_drawn_detections(report_dir: Path, report: str) -> None:
+    """Four embedded COCO photos with the detector's top boxes drawn where it predicted them, shown in the report."""
+    import numpy as np
+    from PIL import Image
+
+    from nasnet_det.data.sample import coco_sample
+
+    listing = json.loads((report_dir / "detections" / "detections.json").read_text())
+    assert len(listing) == 4
+    for item in listing:
+        assert f"](detections/{item['image']})" in report and 1 <= len(item["detections"]) <= 5
+        top = item["detections"][0]
+        assert f"{top['class']} {top['score']:.2f}" in report
+        photo = np.asarray(Image.open(next(coco_sample()[1].glob(Path(item["image"]).stem + ".*"))).convert("RGB"))
+        picture = np.asarray(Image.open(report_dir / "detections" / item["image"]).convert("RGB"))
+        changed = np.abs(picture.astype(int) - photo.astype(int)).sum(axis=2) > 0
+        x0, y0, x1, y1 = (int(v) for v in top["box"])
+        assert changed[max(0, y0 - 2):y1 + 3, max(0, x0 - 2):x1 + 3].any()  # the box's outline is drawn there
+        assert changed.mean() < 0.5
 
 
 def test_failed_stage_then_a_fixed_config_reruns_that_stage_and_later_ones_only(finished: Path, tmp_path: Path,

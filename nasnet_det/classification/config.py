@@ -14,6 +14,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.config import load_cfg
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node
+from nasnet_det.models.hub import check_named_weights, is_named_weights
 
 _C = CN()
 _C.OUTPUT_DIR = "output/train"
@@ -22,7 +23,8 @@ _C.SEED = 0
 # ---------------------------------------------------------------------------------------------------------
 # Network: MODEL.NASNET (nasnet_det.models.config), starting at the nasnet_a_cifar preset (6@768). A config
 # file or override naming MODEL.NASNET.PRESET starts from that preset instead; explicit keys win over it.
-# MODEL.NASNET.WEIGHTS initialises from one of our checkpoints (fine-tuning); it must have the same arch.
+# MODEL.NASNET.WEIGHTS initialises from one of our checkpoints (fine-tuning; it must have the same arch), or from
+# published weights by name: timm://nasnetalarge, pretrainedmodels://nasnetamobile (nasnet_det/models/hub.py).
 _C.MODEL = CN()
 add_nasnet_model_config(_C, "nasnet_a_cifar")
 
@@ -83,7 +85,7 @@ _C.SOLVER.EMA_WARMUP = True  # slim: decay of step t is min(EMA_DECAY, (1 + t) /
 # ---------------------------------------------------------------------------------------------------------
 _C.TRAIN = CN()
 _C.TRAIN.DEVICE = "auto"  # "auto" (cuda if available), "cuda" or "cpu"
-_C.TRAIN.AMP = "none"  # "none", "bf16" or "fp16" (CUDA only)
+_C.TRAIN.AMP = "none"  # "none", "bf16" (CUDA or CPU autocast) or "fp16" (CUDA only, with a gradient scaler)
 _C.TRAIN.SYNC_BN = False  # CUDA DDP only
 _C.TRAIN.FIND_UNUSED_PARAMETERS = False  # for genotypes whose cells leave an input unused
 _C.TRAIN.CHECKPOINT_PERIOD = 5000  # steps; a checkpoint is also written at the end
@@ -116,6 +118,8 @@ def load_config(config_file: str | Path | None = None, opts: list[str] | None = 
 def validate_config(cfg: CN) -> None:
     """Reject values the trainer cannot use, naming the key."""
     check_nasnet_node(cfg.MODEL.NASNET)
+    if is_named_weights(cfg.MODEL.NASNET.WEIGHTS):  # timm://..., pretrainedmodels://...: a known name, up front
+        check_named_weights(cfg.MODEL.NASNET.WEIGHTS)
     choices = {
         "DATA.DATASET": ("cifar10", "imagenet"),
         "SOLVER.OPTIMIZER": ("sgd", "rmsprop"),

@@ -4,8 +4,8 @@ The machinery comes from libraries: fvcore's ``Checkpointer`` and param schedule
 EMA (:mod:`.optim`, :mod:`.checkpoint`). What stays here: exact mid-epoch resume (the shuffle of an epoch depends
 only on (seed, epoch); a checkpoint records the samples of the current epoch consumed and every process's RNG
 state), the sharded sampler, gradient accumulation with ``no_sync``, the auxiliary-head loss, drop-path
-progress, AMP on CUDA, the network's memory layout (MODEL.NASNET.CHANNELS_LAST), and the export of
-``model_final.pth`` in the format detection loads.
+progress, AMP (bf16 on CUDA or a CPU, fp16 on CUDA), the network's memory layout (MODEL.NASNET.CHANNELS_LAST),
+and the export of ``model_final.pth`` in the format detection loads.
 Classification does not import detectron2 (installed separately; ImageNet pretraining must not need it).
 
 What "exact resume" covers: the data order (which images each step sees) is always restored exactly, and
@@ -54,8 +54,10 @@ from nasnet_det.engine.metrics import truncate_metrics
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.models import NASNetArch, create_model
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.models.hub import is_named_weights
 from nasnet_det.models.nasnet import NASNet
-from nasnet_det.models.pretrained import load_state_dict_report
+from nasnet_det.models.pretrained import load_named_weights, load_state_dict_report
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -121,9 +123,11 @@ class Trainer:
         if self.dist.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         cuda = self.device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP) if cuda else None
-        if cfg.TRAIN.AMP != "none" and not cuda:
-            logger.warning("TRAIN.AMP=%s needs CUDA; training in float32 on %s", cfg.TRAIN.AMP, self.device)
+        # bf16 autocast runs on CUDA and on a CPU; fp16 needs CUDA's gradient scaler (and is slow on a CPU)
+        if cfg.TRAIN.AMP == "fp16" and not cuda:
+            raise BadInputError(f"TRAIN.AMP fp16 needs a CUDA device (training on {self.device}); on a CPU use "
+                                "TRAIN.AMP bf16")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP)
 
         self.data: ClassificationData = build_data(cfg, self.output_dir, self.dist.is_main)
         random_seed(cfg.SEED)  # identical initial weights on every process
@@ -178,6 +182,9 @@ class Trainer:
 
     # ---- checkpoints
     def _load_initial_weights(self, model: NASNet, path: str) -> None:
+        if is_named_weights(path):  # timm://nasnetalarge, pretrainedmodels://nasnetamobile (models/hub.py)
+            logger.info("initialised weights from %s: %s", path, load_named_weights(model, path))
+            return
         payload = read_intact_checkpoint(path)
         check_same_arch(payload["arch"], model.arch, path, ignore=("num_classes", "aux_head"))
         report = load_state_dict_report(model, payload.get("ema_state_dict") or payload["state_dict"])

@@ -2,7 +2,8 @@
 
 - ``train``  : detectron2's train_net arguments (``--config-file``, ``--eval-only``, ``--resume``,
                ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--dataset``, opts)
-- ``demo``   : ``--config-file``, ``--input`` images/folders/globs, ``--output`` folder, opts
+- ``demo``   : ``--config-file``, ``--input`` images/folders/globs or ``--samples`` (4 embedded COCO photos,
+  top-5 boxes), ``--output`` folder, opts
 - ``score``  : ``evaluate_coco`` on a ground-truth json and a detections json
 """
 
@@ -22,11 +23,15 @@ USAGE = "usage: nasnet-det detect {train,demo,score} ... (see --help of each)"
 def demo_main(argv: list[str] | None = None) -> int:
     from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
-    from nasnet_det.detection.demo import run_demo
+    from nasnet_det.detection.demo import SAMPLE_IMAGES, TOP_BOXES, draw_sample_detections, run_demo
 
     parser = argparse.ArgumentParser(description="Draw NASNet Faster R-CNN detections on images")
     parser.add_argument("--config-file", required=True)
-    parser.add_argument("--input", nargs="+", required=True, help="image files, folders or glob patterns")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
+    source.add_argument("--samples", action="store_true",
+                        help=f"the {SAMPLE_IMAGES} first photos of the embedded COCO sample, with the {TOP_BOXES} "
+                             "top-scoring boxes each (no threshold)")
     parser.add_argument("--output", required=True, help="folder for the drawn images")
     parser.add_argument("--confidence-threshold", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -35,6 +40,10 @@ def demo_main(argv: list[str] | None = None) -> int:
     cfg = load_cfg(get_nasnet_cfg(), args.config_file, args.opts)
     validate_input_sizes(cfg)
     check_output_dir(args.output, "--output")
+    if args.samples:
+        for path, boxes in draw_sample_detections(cfg, args.output):
+            print(f"{path}: " + ", ".join(f"{name} {score:.2f}" for name, score, _ in boxes))
+        return 0
     skipped: list = []
     written = run_demo(cfg, args.input, args.output, args.confidence_threshold, skipped=skipped)
     print(f"wrote {len(written)} images to {args.output}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.data import image_is_readable, register_builtin_datasets, register_datasets
-from nasnet_det.utils.io import disk_full_errors
+from nasnet_det.utils.io import atomic_write, disk_full_errors
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -88,30 +89,42 @@ def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.I
     return image
 
 
+def _check_weights(cfg: CfgNode) -> str:
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("MODEL.WEIGHTS is empty: give the trained detector checkpoint (e.g. output/model_final.pth)")
+    if "://" not in cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
+        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
+    return cfg.MODEL.WEIGHTS
+
+
+def build_predictor(cfg: CfgNode, score_threshold: float) -> DefaultPredictor:
+    """detectron2's ``DefaultPredictor`` with the detector checkpoint ``cfg.MODEL.WEIGHTS`` loaded by the
+    checkpointer that rejects another NASNet's weights, keeping boxes scored at least ``score_threshold``."""
+    weights = _check_weights(cfg)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.NASNET.WEIGHTS = ""  # the detector checkpoint has all weights
+    cfg.MODEL.WEIGHTS = ""  # loaded below
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = score_threshold
+    cfg.freeze()
+    predictor = DefaultPredictor(cfg)
+    NASNetDetectionCheckpointer(predictor.model).load(weights)
+    return predictor
+
+
 def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
              confidence: float = 0.5, skipped: list[Path] | None = None) -> list[Path]:
     """Predict on every input image (``cfg.MODEL.WEIGHTS`` = trained detector) and write the drawn
     images to ``output_dir`` under their own names; returns the written paths. Unreadable images are
     skipped, named once in the log and appended to ``skipped``."""
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: give the trained detector checkpoint (e.g. output/model_final.pth)")
-    if "://" not in cfg.MODEL.WEIGHTS and not Path(cfg.MODEL.WEIGHTS).is_file():
-        raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
+    _check_weights(cfg)
     paths = expand_inputs(inputs)
     targets = output_paths(paths, output_dir)  # before the (slow) model build
-    weights = cfg.MODEL.WEIGHTS
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.NASNET.WEIGHTS = ""  # the detector checkpoint has all weights
-    cfg.MODEL.WEIGHTS = ""  # loaded below by the checkpointer that rejects another NASNet's weights
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = confidence
-    cfg.freeze()
     register_datasets(cfg.DATASETS.COCO_FILES)
     names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
     register_builtin_datasets(names)
     metadata = MetadataCatalog.get(names[0]) if names else None
-    predictor = DefaultPredictor(cfg)
-    NASNetDetectionCheckpointer(predictor.model).load(weights)
+    predictor = build_predictor(cfg, confidence)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     skipped = [] if skipped is None else skipped
@@ -132,3 +145,51 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
     if skipped and not written:
         raise ValueError(f"none of the {len(skipped)} demo inputs is a readable image, e.g. {skipped[0]}")
     return written
+
+
+SAMPLE_DATASET = "coco_sample_val"  # the 32 COCO photos shipped in the package (nasnet_det/data/sample)
+SAMPLE_IMAGES = 4
+TOP_BOXES = 5
+SAMPLE_LISTING = "detections.json"
+
+
+def top_scoring(instances, k: int):
+    """The ``k`` highest-scoring detections (all of them when there are fewer)."""
+    order = instances.scores.argsort(descending=True)[:k]
+    return instances[order]
+
+
+def draw_sample_detections(cfg: CfgNode, output_dir: str | os.PathLike, num_images: int = SAMPLE_IMAGES,
+                           top_k: int = TOP_BOXES) -> list[tuple[Path, list[tuple[str, float, list[float]]]]]:
+    """The ``top_k`` highest-scoring boxes of the detector ``cfg.MODEL.WEIGHTS``, labelled with class name and
+    score by detectron2's ``Visualizer``, on the first ``num_images`` photos of the embedded COCO sample: a
+    picture a person can check at a glance. No score threshold, so that a briefly trained detector shows its
+    best guesses too. Writes ``output_dir/<photo>.png`` and ``detections.json`` (the boxes); returns, per image,
+    (path, [(class, score, box)])."""
+    from detectron2.data import DatasetCatalog
+
+    register_builtin_datasets([SAMPLE_DATASET])
+    metadata = MetadataCatalog.get(SAMPLE_DATASET)
+    classes = list(metadata.thing_classes)
+    if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(classes):
+        raise ValueError(f"the sample photos are labelled with the {len(classes)} COCO classes, the detector "
+                         f"has MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}")
+    photos = sorted(DatasetCatalog.get(SAMPLE_DATASET), key=lambda d: d["file_name"])[:num_images]
+    predictor = build_predictor(cfg, 0.0)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for photo in tqdm(photos, desc="sample detections"):
+        image = read_image(photo["file_name"], format="BGR")
+        instances = top_scoring(predictor(image)["instances"].to("cpu"), top_k)
+        target = out / (Path(photo["file_name"]).stem + ".png")
+        with disk_full_errors(target):
+            draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
+        drawn.append((target, [(classes[c], float(s), [float(v) for v in b]) for c, s, b in
+                               zip(instances.pred_classes.tolist(), instances.scores.tolist(),
+                                   instances.pred_boxes.tensor.tolist())]))
+    # what was drawn, for a report to list beside the pictures
+    listing = [{"image": path.name, "detections": [{"class": c, "score": sc, "box": b} for c, sc, b in boxes]}
+               for path, boxes in drawn]
+    atomic_write(out / SAMPLE_LISTING, json.dumps(listing, indent=1) + "\n")
+    return drawn

@@ -67,6 +67,7 @@ from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.models import NASNet
 from nasnet_det.models.cell import leaves_input_unused
+from nasnet_det.models.hub import check_named_weights, is_named_weights
 from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
 from nasnet_det.utils.logs import show_package_logs
@@ -81,6 +82,34 @@ def build_nasnet_detector(cfg: CfgNode) -> torch.nn.Module:
     if cfg.MODEL.NASNET.WEIGHTS:
         load_pretrained_nasnet(model, cfg.MODEL.NASNET.WEIGHTS, strict=True)
     return model
+
+
+class AutocastForward(torch.nn.Module):
+    """Runs ``model``'s forward (the losses, in training) under ``torch.autocast``; the backward pass then runs
+    outside it, as PyTorch's AMP recipe has it. SimpleTrainer's documented way to change how the losses are
+    computed is to wrap the model; the wrapper is the step trainer's only, so checkpoints, hooks and DDP see the
+    model itself."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(*args, **kwargs)
+
+
+def build_step_trainer(cfg: CfgNode, model: torch.nn.Module, data_loader, optimizer) -> SimpleTrainer:
+    """The per-iteration trainer. ``SOLVER.AMP.ENABLED``: on CUDA detectron2's ``AMPTrainer`` (float16 autocast
+    and a gradient scaler); on a CPU, where AMPTrainer needs CUDA, bfloat16 autocast (bfloat16 has float32's
+    exponent range, so no gradient scaling is needed)."""
+    if not cfg.SOLVER.AMP.ENABLED:
+        return SimpleTrainer(model, data_loader, optimizer)
+    if cfg.MODEL.DEVICE.startswith("cuda"):
+        return AMPTrainer(model, data_loader, optimizer)
+    return SimpleTrainer(AutocastForward(model, "cpu", torch.bfloat16), data_loader, optimizer)
 
 
 class DropPathSchedule(HookBase):
@@ -189,8 +218,7 @@ class Trainer(TrainerBase):
         self.optimizer = build_optimizer(cfg, model)
         self.data_loader = self.build_train_loader(cfg)
         self.model = create_ddp_model(model, broadcast_buffers=False, **ddp_options(cfg, model))
-        self.step_trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            self.model, self.data_loader, self.optimizer)
+        self.step_trainer = build_step_trainer(cfg, self.model, self.data_loader, self.optimizer)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         # MODEL.WEIGHTS / --resume of another NASNet must fail, not train on a half-loaded network; saves atomic.
         self.checkpointer = NASNetDetectionCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
@@ -356,8 +384,12 @@ def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: b
     if weights and "://" not in weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"MODEL.WEIGHTS {weights} does not exist")
     # --eval-only loads every weight from MODEL.WEIGHTS: the ImageNet file is not needed then.
-    if cfg.MODEL.NASNET.WEIGHTS and not eval_only and not os.path.isfile(cfg.MODEL.NASNET.WEIGHTS):
-        raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {cfg.MODEL.NASNET.WEIGHTS} does not exist")
+    imagenet = cfg.MODEL.NASNET.WEIGHTS
+    if imagenet and not eval_only:
+        if is_named_weights(imagenet):  # timm://..., pretrainedmodels://...: fetched when the model is built
+            check_named_weights(imagenet)
+        elif not os.path.isfile(imagenet):
+            raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS {imagenet} does not exist")
 
 
 def _given_on_command_line(opts: list[str], key: str) -> bool:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nasnet_det.models.arch import CLASSIFIER_FIELDS, NASNetArch
+from nasnet_det.models.hub import fetch_named_weights, is_named_weights
 from nasnet_det.models.nasnet import NASNet
 from nasnet_det.models.pretrained import (
     FORMAT,
@@ -74,7 +75,10 @@ def _check_our_payload(payload: dict, path: Path) -> None:
 
 
 def read_pretrained(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """(state dict, arch or None) from one of our checkpoints or a timm / pretrainedmodels state dict."""
+    """(state dict, arch or None) from one of our checkpoints or a timm / pretrainedmodels state dict, given by
+    path or by name (``timm://nasnetalarge``, ``pretrainedmodels://nasnetamobile``: :mod:`nasnet_det.models.hub`)."""
+    if is_named_weights(path):
+        return fetch_named_weights(str(path)), None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MODEL.NASNET.WEIGHTS: {path} does not exist")
@@ -97,7 +101,8 @@ def load_pretrained_nasnet(model: nn.Module, weights: str | os.PathLike | dict[s
     """Load ImageNet NASNet weights into every NASNet part of ``model`` and report what matched.
 
     ``weights``: a nasnet-det checkpoint path (its arch is checked against the model), or a timm /
-    pretrainedmodels state dict (path or dict; names converted). With ``strict``, a missing, unexpected or
+    pretrainedmodels state dict (path, dict, or a name such as ``timm://nasnetalarge``; names converted).
+    With ``strict``, a missing, unexpected or
     shape-mismatched tensor raises ``ValueError`` (the classifier and aux head are always ignored).
     """
     source = str(weights) if not isinstance(weights, dict) else "<state dict>"

@@ -24,7 +24,9 @@ from torch import nn
 
 from nasnet_det.models.arch import NASNetArch
 from nasnet_det.models.factory import create_model
+from nasnet_det.models.hub import fetch_named_weights
 from nasnet_det.models.nasnet import NASNet
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_torch_save, load_torch_file
 
 FORMAT = "nasnet-det/v1"
@@ -102,6 +104,19 @@ def load_external_weights(model: NASNet, state_dict: dict[str, torch.Tensor]) ->
     is reported as a shape mismatch and left at its initialisation.
     """
     return load_state_dict_report(model, convert_external_state_dict(state_dict, model), ("aux_head.",))
+
+
+def load_named_weights(model: NASNet, spec: str, key: str = "MODEL.NASNET.WEIGHTS") -> LoadReport:
+    """Load the published weights ``spec`` names (``timm://nasnetalarge``, ``pretrainedmodels://nasnetamobile``;
+    :mod:`nasnet_det.models.hub`) into a classifier. Only the classifier may differ (another class count, left at
+    its initialisation); any other tensor that does not fit means another network: :class:`BadInputError`."""
+    report = load_external_weights(model, fetch_named_weights(spec, key))
+    problems = [k for k in report.missing + report.unexpected + [k for k, _, _ in report.shape_mismatch]
+                if not k.startswith("last_linear.")]
+    if problems:
+        raise BadInputError(f"{key} {spec} does not fit MODEL.NASNET (set MODEL.NASNET.PRESET to the published "
+                            f"network, nasnet_a_mobile or nasnet_a_large): {report.headline()}; first: {problems[0]}")
+    return report
 
 
 def save_checkpoint(model: NASNet, path: str | os.PathLike, **extra: Any) -> Path:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.manifest import read_manifest
 from nasnet_det.utils.io import atomic_write, save_figure
 
@@ -68,6 +69,36 @@ def backbone_profile(cfg, genotype_file: Path, image_size: int) -> dict[str, Any
     model = build_backbone(cfg, genotype_file)
     return {"params": count_params(model), "mult_adds": count_mult_adds(model, image_size),
             "image_size": image_size, "num_features": model.num_features, "num_cells": cfg.MODEL.NASNET.NUM_CELLS}
+
+
+# Drawn detections (issue 21) -----------------------------------------------------------------------------
+DETECTIONS_DIR = "detections"  # under the report folder: the drawn photos and detections.json
+
+
+def sample_detections_section(ctx, detect: dict, workdir: Path) -> list[str]:
+    """Markdown showing the trained detector's top-scoring boxes on the embedded COCO photos, drawn by the demo
+    tool (``--samples``) in a process of its own: the pipeline driver does not load torch or detectron2."""
+    lines = ["## Sample detections", ""]
+    outputs = detect.get("outputs", {})
+    if detect.get("status") != "done" or not outputs.get("config"):
+        return lines + ["Not drawn: no trained detector.", ""]
+    folder = workdir / DETECTIONS_DIR
+    shutil.rmtree(folder, ignore_errors=True)  # no picture of an earlier detector is left to be shown
+    if not ctx.cfg.REPORT.SAMPLE_DETECTIONS:
+        return lines + ["Not drawn (REPORT.SAMPLE_DETECTIONS False).", ""]
+    argv = [python(ctx.cfg), str(tool_path("report", "demo.py")), "--config-file", str(ctx.abspath(outputs["config"])),
+            "--samples", "--output", str(folder), "MODEL.WEIGHTS", str(ctx.abspath(outputs["weights"]))]
+    try:
+        run_tool("report", argv, workdir, ctx.quiet)
+    except StageError as e:  # e.g. a detector of other classes than the sample's 80 COCO ones
+        return lines + [f"Not drawn: {e}", ""]
+    listing = json.loads((folder / "detections.json").read_text())
+    lines += ["The detector's top-scoring boxes (no score threshold) on photos of the embedded COCO sample, "
+              "labelled with class and score:", ""]
+    for item in listing:
+        found = ", ".join(f"{d['class']} {d['score']:.2f}" for d in item["detections"]) or "no boxes"
+        lines += [f"![{item['image']}]({DETECTIONS_DIR}/{item['image']})", "", f"`{item['image']}`: {found}", ""]
+    return lines
 
 
 def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
@@ -171,6 +202,7 @@ def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
             lines += ["", "</details>", ""]
     if not ev.get("metrics"):
         lines += ["Not evaluated.", ""]
+    lines += sample_detections_section(ctx, det, workdir)
 
     # Backbone size -------------------------------------------------------------------------------------
     genotype = sel.get("outputs", {}).get("genotype")

@@ -655,12 +655,15 @@ class ReportStage(Stage):
     def add_config(cls, cfg: CN) -> None:
         cfg.REPORT = CN()
         cfg.REPORT.PROFILE_IMAGE_SIZE = 224  # image size of the backbone's mult-add count
+        # draw the detector's top boxes on 4 embedded COCO photos (the demo tool, ~10 s of a CPU)
+        cfg.REPORT.SAMPLE_DETECTIONS = True
 
     def reported(self) -> list[Stage]:
         return [s for s in pipeline_stages() if s.name != self.name]
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        return {"profile_image_size": ctx.cfg.REPORT.PROFILE_IMAGE_SIZE, "network": network_settings(ctx.cfg)}
+        return {"profile_image_size": ctx.cfg.REPORT.PROFILE_IMAGE_SIZE, "network": network_settings(ctx.cfg),
+                "sample_detections": bool(ctx.cfg.REPORT.SAMPLE_DETECTIONS)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         # The report shows every stage's manifest: a stage rerun on its own (--only) must redo the report.

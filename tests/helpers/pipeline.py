@@ -16,4 +16,6 @@ TINY = [
     "DETECT.OPTS", "['SOLVER.MAX_ITER', '4', 'SOLVER.CHECKPOINT_PERIOD', '2', 'SOLVER.IMS_PER_BATCH', '2', "
                    "'INPUT.MIN_SIZE_TRAIN', '(96,)', 'INPUT.MIN_SIZE_TEST', '96', 'INPUT.MAX_SIZE_TEST', '128']",
     "REPORT.PROFILE_IMAGE_SIZE", "64",
+    "REPORT.SAMPLE_DETECTIONS", "False",  # ~10 s per report; the end-to-end run (DRAW below) turns it on
 ]
+DRAW = ["REPORT.SAMPLE_DETECTIONS", "True"]
