@@ -6,7 +6,7 @@ built with any genotype at a fixed N@f and input size, on a device.
   reduce preprocessing, each stem / FPN layer, keyed by the module and its input shape), measured once per
   (device, input size, N@f, backbone, torch version) and cached on disk; a cell's latency is the sum over its
   units plus a fixed part (the adds, concats and resizes between them: measured once, on NASNet-A);
-- ``flops``: fvcore mult-adds as the cost (no timing).
+- ``flops``: mult-adds as the cost (no timing).
 
 Every estimator also gives the backbone's params and mult-adds (:meth:`LatencyEstimator.profile`).
 An estimator is a class registered once in :data:`ESTIMATORS` (``SEARCH.LATENCY.ESTIMATOR`` names it).
@@ -32,7 +32,7 @@ from torch import nn
 
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import Cell
-from nasnet_det.models.profile import count_mult_adds, count_params
+from nasnet_det.models.profile import conv_mult_adds, count_params
 from nasnet_det.space import OPS, Genotype, cell_from_decisions
 from nasnet_det.utils.io import atomic_write
 
@@ -153,9 +153,8 @@ class LatencyEstimator(ABC):
 
     def profile(self, genotype: Genotype) -> CostProfile:
         model = detection_backbone(genotype, self.setting)
-        size = padded_size(self.setting.input_size, int(model.size_divisibility) or 1)
         with torch_threads(self.setting.threads):
-            macs = count_mult_adds(model, size)
+            macs = conv_mult_adds(model, input_for(model, self.setting, "cpu"))
             lat = self.latency_ms(genotype, model)
         return CostProfile(lat, count_params(model), macs)
 
