@@ -15,6 +15,7 @@ An estimator is a class registered once in :data:`ESTIMATORS` (``SEARCH.LATENCY.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -302,9 +303,8 @@ class LookupTableLatency(LatencyEstimator):
         for unit, x in unit_inputs(model, input_for(model, self.setting, device)):
             key = _unit_key(unit, x)
             if key not in self.units:
-                inp = torch.randn_like(x)
-                alone = copy.deepcopy(unit)
-                self.units[key] = median_ms(lambda: alone(inp), self.setting.warmup, self.setting.repeats, device)
+                run = functools.partial(copy.deepcopy(unit), torch.randn_like(x))  # the unit alone, on fresh data
+                self.units[key] = median_ms(run, self.setting.warmup, self.setting.repeats, device)
                 added += 1
             total += self.units[key]
         if added:

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from search.config import check_cfg, upgrade_identity
 from search.controller import decisions_to_genotype
 from search.journal import Evaluation, Journal, load_state, save_state
+from search.objective import with_objective
 from search.outputs import write_outputs
 from search.session import SearchSession
 from search.strategies.base import Strategy
 from search.strategies.registry import STRATEGIES
-from search.objective import with_objective
 from search.workers import COST_FIELDS, Evaluator, Job, QueueBackend, Result, make_backend
 
 log = logging.getLogger(__name__)
