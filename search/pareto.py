@@ -79,7 +79,8 @@ def write_pareto(evals: list[Evaluation], out: Path, cfg: CfgNode) -> dict[str, 
         "nasnet_a": {"latency_ms": ref.latency_ms, "mult_adds": ref.mult_adds, "backbone_params": ref.params,
                      "accuracy": None, "note": NASNET_A_NOTE},
         "front": [{**_row(e), "genotype": _named(e).to_dict()} for e in front],
-        "children": [_row(e) for e in points],
+        # every profiled child with its cell: a budget's k most accurate need not all be on the front
+        "children": [{**_row(e), "genotype": _named(e).to_dict()} for e in points],
     }
     atomic_write(out / PARETO_JSON, json.dumps(data, indent=2) + "\n")
     plot_pareto(points, front, metric, getattr(ref, "latency_ms" if metric == "latency_ms" else "mult_adds"),

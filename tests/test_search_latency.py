@@ -134,7 +134,8 @@ def _pareto_file(tmp_path: Path) -> Path:
     front = [{"id": i, "strategy": "ppo", "accuracy": acc, "reward": acc, "latency_ms": lat, "genotype": g}
              for i, (acc, lat) in enumerate([(0.5, 10.0), (0.6, 20.0), (0.7, 30.0)], start=1)]
     path = tmp_path / "pareto.json"
-    path.write_text(json.dumps({"metric": "latency_ms", "front": front, "children": front}))
+    dominated = {"id": 4, "strategy": "random", "accuracy": 0.55, "reward": 0.55, "latency_ms": 24.0, "genotype": g}
+    path.write_text(json.dumps({"metric": "latency_ms", "front": front, "children": [*front, dominated]}))
     return path
 
 
@@ -149,6 +150,9 @@ def _select(tmp_path: Path, budget: float) -> Path:
 def test_select_picks_the_most_accurate_cell_within_the_latency_budget(tmp_path):
     assert Genotype.load(_select(tmp_path, 25) / "genotype.json").name == "search_ppo_2"
     assert Genotype.load(_select(tmp_path, 100) / "genotype.json").name == "search_ppo_3"
+    # the k most accurate within the budget (re-ranked with SELECT.TOP_K k) include cells off the front
+    top = SelectStage().within_budget({"pareto": _pareto_file(tmp_path)}, 24.0, 3)
+    assert [c["genotype"].name for c in top] == ["search_ppo_2", "search_random_4", "search_ppo_1"]
     with pytest.raises(StageError, match=r"LATENCY_BUDGET_MS=5: no cell .* fastest is search_ppo_1 at 10\.0 ms"):
         _select(tmp_path, 5)
     with pytest.raises(ValueError, match=r"SELECT\.LATENCY_BUDGET_MS must be a number of ms >= 0"):

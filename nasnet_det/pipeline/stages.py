@@ -352,7 +352,8 @@ class SelectStage(Stage):
             raise ValueError(f"SELECT.LATENCY_BUDGET_MS must be a number of ms >= 0 (0: no budget), got {b!r}")
 
     def within_budget(self, inputs: dict[str, Path], budget: float, k: int) -> list[dict[str, Any]]:
-        """The ``k`` most accurate cells of the search's front whose backbone latency is within ``budget`` ms."""
+        """The ``k`` most accurate cells of the search whose backbone latency is within ``budget`` ms (the most
+        accurate one is on the front; the next ones need not be)."""
         from nasnet_det.space import Genotype
 
         if "pareto" not in inputs:
@@ -364,10 +365,10 @@ class SelectStage(Stage):
             raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: {inputs['pareto']} ranks cells by "
                                         f"{pareto.get('metric')}, not latency (SEARCH.LATENCY.ESTIMATOR flops); "
                                         "use the measure or lut estimator")
-        front = pareto.get("front") or []
-        fits = sorted((e for e in front if e["latency_ms"] <= budget), key=lambda e: (-e["accuracy"], e["id"]))
+        cells = pareto.get("children") or pareto.get("front") or []
+        fits = sorted((e for e in cells if e["latency_ms"] <= budget), key=lambda e: (-e["accuracy"], e["id"]))
         if not fits:
-            fastest = min(pareto.get("children") or front, key=lambda e: e["latency_ms"])
+            fastest = min(cells, key=lambda e: e["latency_ms"])
             raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: no cell of the search runs within "
                                         f"it; the fastest is search_{fastest['strategy']}_{fastest['id']} at "
                                         f"{fastest['latency_ms']:.1f} ms ({inputs['pareto']})")
