@@ -167,3 +167,20 @@ def test_the_hook_mult_add_count_equals_fvcores_on_a_detection_backbone():
         setting = LatencySetting(**{**TINY_SETTING.__dict__, "backbone": backbone, "input_size": 64})
         model = detection_backbone(get_genotype("nasnet_a"), setting)
         assert conv_mult_adds(model, input_for(model, setting, "cpu")) == count_mult_adds(model, 64)
+
+
+def test_the_report_shows_the_searchs_pareto_plot(tmp_path):
+    from nasnet_det.pipeline.manifest import MANIFEST_NAME, atomic_write_json
+    from nasnet_det.pipeline.report import write_report
+
+    ctx = Context(load_pipeline_config(SMOKE, ["OUTPUT_DIR", str(tmp_path)]), tmp_path)
+    search = ctx.stage_dir("search")
+    search.mkdir(parents=True)
+    (search / "pareto.png").write_bytes(b"\x89PNG")  # only copied, not read
+    atomic_write_json(search / MANIFEST_NAME, {"status": "done", "outputs": {
+        "kind": "searched", "pareto_plot": str(search / "pareto.png")}, "metrics": {"strategies": {}}})
+    atomic_write_json(ctx.stage_dir("select") / MANIFEST_NAME, {"status": "done", "outputs": {},
+                                                                 "metrics": {"latency_ms": 12.5}})
+    report = write_report(ctx, tmp_path / "report", ["search", "select"]).read_text()
+    assert "![search pareto](search_pareto.png)" in report and "runs in 12.5 ms" in report
+    assert (tmp_path / "report" / "search_pareto.png").is_file()
