@@ -29,6 +29,27 @@ def get_cfg_defaults() -> CN:
     c.SEARCH.SEED = 0
     c.SEARCH.MAX_EVALS_THIS_RUN = 0  # stop after this many finished evaluations in this run (0: no limit)
     c.SEARCH.TOP_K = 5               # genotypes kept in top_k.json
+    # What a child's reward is: "accuracy" (held-out accuracy, the paper's) or "latency" (MnasNet's
+    # ACC x (LAT / TARGET)^w, LAT the cell's detection backbone as SEARCH.LATENCY says; search/objective.py).
+    c.SEARCH.OBJECTIVE = "accuracy"
+    c.SEARCH.LATENCY = CN()
+    c.SEARCH.LATENCY.ESTIMATOR = "lut"     # measure | lut | flops (nasnet_det/latency.py)
+    c.SEARCH.LATENCY.TARGET_MS = 100.0     # T of the measure and lut estimators
+    c.SEARCH.LATENCY.TARGET_MULT_ADDS_M = 5000.0  # T of the flops estimator (million mult-adds)
+    c.SEARCH.LATENCY.CONSTRAINT = "soft"   # soft: w = WEIGHT always; hard: w = 0 within T, -1 beyond (MnasNet)
+    c.SEARCH.LATENCY.WEIGHT = -0.07        # MnasNet's w (soft constraint)
+    c.SEARCH.LATENCY.INPUT_SIZE = 600      # detection input (px, square; rounded up to the backbone's divisor)
+    c.SEARCH.LATENCY.DEVICE = "cpu"        # cpu | cuda: where the backbone is timed
+    c.SEARCH.LATENCY.BACKBONE = "FPN"      # FPN | C4 (nasnet_det/detection/backbone.py)
+    c.SEARCH.LATENCY.NUM_CELLS = 4         # N of the detection backbone (NASNet-A mobile: 4 @ f 44, F 1056)
+    c.SEARCH.LATENCY.FILTERS = 44          # f of the detection backbone (the same for every cell)
+    c.SEARCH.LATENCY.WARMUP = 2            # untimed runs before timing (measure; each lut entry)
+    c.SEARCH.LATENCY.REPEATS = 5           # timed runs: their median counts
+    c.SEARCH.LATENCY.THREADS = 1           # torch threads while timing on CPU (fixed: comparable numbers)
+    c.SEARCH.LATENCY.CACHE_DIR = "output/latency_lut"  # where lut tables are kept (one per device/size/N@f/torch)
+    # Record every child's latency, backbone params and mult-adds with the accuracy objective too (the
+    # latency objective always does): a Pareto front of an accuracy search.
+    c.SEARCH.LATENCY.RECORD = False
 
     c.CONTROLLER = CN()
     c.CONTROLLER.HIDDEN = 100        # paper: one-layer LSTM, 100 units
@@ -88,8 +109,11 @@ def get_cfg_defaults() -> CN:
 
 # Keys that define what a journal's evaluations mean: resuming with different values would mix
 # incomparable results, so the runner refuses it.
-IDENTITY_KEYS = ("SEARCH.BATCH_SIZE", "SEARCH.NUM_BLOCKS", "SEARCH.SEED", "CONTROLLER", "MODEL.NASNET", "CHILD",
-                 "DATA")
+IDENTITY_KEYS = ("SEARCH.BATCH_SIZE", "SEARCH.NUM_BLOCKS", "SEARCH.SEED", "SEARCH.OBJECTIVE", "CONTROLLER",
+                 "MODEL.NASNET", "CHILD", "DATA")
+# SEARCH.LATENCY keys that do not change a reward (where tables are kept, whether an accuracy search records
+# latencies); with the accuracy objective the node is no part of the identity at all.
+LATENCY_NOT_IDENTITY = ("CACHE_DIR", "RECORD")
 # MODEL.NASNET keys that do not decide the children: a preset's name (the values beside it do) and the memory
 # layout (same results to float rounding), so a search resumes whatever they are (and journals from before a
 # key existed resume too).
@@ -105,6 +129,8 @@ def identity_of(cfg: CN) -> dict:
         out[key] = node if not isinstance(node, CN) else _plain(node)
     for key in NOT_IDENTITY:
         out["MODEL.NASNET"].pop(key, None)
+    if cfg.SEARCH.OBJECTIVE != "accuracy":
+        out["SEARCH.LATENCY"] = {k: v for k, v in _plain(cfg.SEARCH.LATENCY).items() if k not in LATENCY_NOT_IDENTITY}
     return out
 
 
@@ -120,6 +146,7 @@ def upgrade_identity(identity: Mapping[str, Any]) -> dict:
         network.update(NUM_CELLS=child["NUM_CELLS"], FILTERS=child["FILTERS"])
         out["CHILD"] = {k: v for k, v in child.items() if k not in ("NUM_CELLS", "FILTERS")}
         out["MODEL.NASNET"] = network
+    out.setdefault("SEARCH.OBJECTIVE", "accuracy")  # journals from before the latency objective
     if isinstance(out.get("MODEL.NASNET"), Mapping):
         out["MODEL.NASNET"] = {k: v for k, v in out["MODEL.NASNET"].items() if k not in NOT_IDENTITY}
     return out
@@ -186,6 +213,31 @@ def check_cfg(cfg: CN) -> None:
              fr, "a finite number, or None to leave failed children out of the policy update")
     check_child_settings(cfg.CHILD)
     check_child_network(cfg.MODEL.NASNET)
+    check_latency_settings(s)
+
+
+def check_latency_settings(s: CN) -> None:
+    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once)."""
+    from nasnet_det.latency import BACKBONES, DEVICES, ESTIMATORS
+
+    lat = s.LATENCY
+    _require(s.OBJECTIVE in ("accuracy", "latency"), "SEARCH.OBJECTIVE", s.OBJECTIVE, "'accuracy' or 'latency'")
+    _require(lat.ESTIMATOR in ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
+             f"one of {', '.join(sorted(ESTIMATORS))}")
+    _require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
+    _require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
+    _require(lat.BACKBONE in BACKBONES, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(BACKBONES)}")
+    for key in ("TARGET_MS", "TARGET_MULT_ADDS_M"):
+        v = lat[key]
+        _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"SEARCH.LATENCY.{key}", v,
+                 "a number > 0")
+    _require(isinstance(lat.WEIGHT, (int, float)) and math.isfinite(lat.WEIGHT) and lat.WEIGHT <= 0,
+             "SEARCH.LATENCY.WEIGHT", lat.WEIGHT, "a number <= 0 (MnasNet: -0.07; slower cells score less)")
+    for key, least in (("INPUT_SIZE", 32), ("NUM_CELLS", 1), ("FILTERS", 4), ("REPEATS", 1), ("THREADS", 1)):
+        v = lat[key]
+        _require(isinstance(v, int) and v >= least, f"SEARCH.LATENCY.{key}", v, f"an integer >= {least}")
+    _require(isinstance(lat.WARMUP, int) and lat.WARMUP >= 0, "SEARCH.LATENCY.WARMUP", lat.WARMUP,
+             "an integer >= 0")
 
 
 def check_child_network(network: Mapping[str, Any]) -> None:

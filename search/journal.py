@@ -37,6 +37,10 @@ CREATE TABLE IF NOT EXISTS evaluations (
     seconds REAL,
     params INTEGER,
     error TEXT,
+    accuracy REAL,
+    latency_ms REAL,
+    mult_adds INTEGER,
+    backbone_params INTEGER,
     created REAL NOT NULL,
     finished REAL,
     UNIQUE (strategy, sample),
@@ -45,6 +49,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
 CREATE INDEX IF NOT EXISTS evaluations_by_status ON evaluations (strategy, status);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added after the first journals: (name, SQL type). An older journal gets them (NULL) on opening.
+_ADDED_COLUMNS = (("accuracy", "REAL"), ("latency_ms", "REAL"), ("mult_adds", "INTEGER"),
+                  ("backbone_params", "INTEGER"))
 
 
 @dataclass
@@ -63,12 +70,19 @@ class Evaluation:
     seconds: float | None
     params: int | None
     error: str | None
+    # The objective's record (search/objective.py): the raw accuracy (reward is the objective's) and the
+    # detection backbone's latency, mult-adds and params; None where nothing was profiled.
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    mult_adds: int | None = None
+    backbone_params: int | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Evaluation:
         return cls(row["id"], row["strategy"], row["sample"], row["policy"], row["batch"], row["slot"],
                    json.loads(row["decisions"]), json.loads(row["genotype"]), row["logprob"], row["status"],
-                   row["reward"], row["seconds"], row["params"], row["error"])
+                   row["reward"], row["seconds"], row["params"], row["error"], row["accuracy"],
+                   row["latency_ms"], row["mult_adds"], row["backbone_params"])
 
 
 class Journal:
@@ -94,6 +108,16 @@ class Journal:
             raise ValueError(f"{self.path} is not a search journal (SQLite error: {e})") from None
         if "sample" not in columns:
             self._upgrade_batch_synchronous()
+        else:
+            self._add_missing_columns(columns)
+
+    def _add_missing_columns(self, columns: set[str]) -> None:
+        """A journal written before the cost columns existed gets them (empty for its children)."""
+        missing = [(name, kind) for name, kind in _ADDED_COLUMNS if name not in columns]
+        if missing:
+            with self.db:
+                for name, kind in missing:
+                    self.db.execute(f"ALTER TABLE evaluations ADD COLUMN {name} {kind}")
 
     def _upgrade_batch_synchronous(self) -> None:
         """Rewrite a journal of the earlier batch-synchronous search in today's form. There, batch k was
@@ -159,9 +183,15 @@ class Journal:
         return [self.get(i) for i in ids]
 
     def finish(self, eval_id: int, status: str, reward: float | None = None, seconds: float | None = None,
-               params: int | None = None, error: str | None = None, batch_size: int = 1) -> Evaluation:
+               params: int | None = None, error: str | None = None, batch_size: int = 1,
+               costs: dict[str, Any] | None = None) -> Evaluation:
         """Record a child's result and append it to its strategy's update batches: it becomes slot
-        ``k % batch_size`` of batch ``k // batch_size``, where k counts the strategy's finished children."""
+        ``k % batch_size`` of batch ``k // batch_size``, where k counts the strategy's finished children.
+        ``costs``: any of accuracy, latency_ms, mult_adds, backbone_params (the objective's record)."""
+        costs = {k: v for k, v in (costs or {}).items() if v is not None}
+        bad = sorted(set(costs) - {name for name, _ in _ADDED_COLUMNS})
+        if bad:
+            raise ValueError(f"unknown cost fields {bad}")
         if status not in ("ok", "failed", "lost"):
             raise ValueError(f"status must be 'ok', 'failed' or 'lost', got {status!r}")
         with self.db:  # one transaction: the count and the update cannot be torn apart by a kill
@@ -169,9 +199,11 @@ class Journal:
             if row is None or row["status"] != "pending":
                 raise ValueError(f"child {eval_id} is not pending in {self.path}")
             k = self.count(row["strategy"]) - self.count(row["strategy"], "pending")
-            self.db.execute("UPDATE evaluations SET status=?, reward=?, seconds=?, params=?, error=?, finished=?, "
-                            "batch=?, slot=? WHERE id=?", (status, reward, seconds, params, error, time.time(),
-                                                           k // batch_size, k % batch_size, eval_id))
+            extra = "".join(f", {name}=?" for name in costs)
+            self.db.execute(f"UPDATE evaluations SET status=?, reward=?, seconds=?, params=?, error=?, finished=?, "
+                            f"batch=?, slot=?{extra} WHERE id=?",
+                            (status, reward, seconds, params, error, time.time(), k // batch_size,
+                             k % batch_size, *costs.values(), eval_id))
         return self.get(eval_id)
 
     def get(self, eval_id: int) -> Evaluation:

@@ -44,6 +44,7 @@ from nasnet_det.utils.io import atomic_torch_save
 from search.config import check_cfg
 from search.controller import decisions_to_genotype
 from search.journal import Journal, load_state
+from search.objective import Objective
 from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
@@ -51,6 +52,7 @@ from search.reward import ChildData, _augment, _to_tensor, build_child
 from search.session import SearchSession
 from search.strategies.registry import STRATEGIES
 from search.supernet import SuperNet
+from search.workers import COST_FIELDS
 
 log = logging.getLogger(__name__)
 SEARCH_NAME = "oneshot"          # journal strategy of the cells scored while training the controller
@@ -122,6 +124,8 @@ class OneShotSearch(SearchSession):
         self.w_opt = torch.optim.SGD(self.supernet.parameters(), lr=o.LR, momentum=o.MOMENTUM,
                                      weight_decay=o.WEIGHT_DECAY, nesterov=o.MOMENTUM > 0)
         self.gen = torch.Generator().manual_seed(s.SEED)  # every random choice of the search
+        self.objective = Objective(cfg)
+        self.objective.prepare(self.progress)
         self.pos = {"epoch": 0, "phase": "weights", "step": 0}
 
     def restore(self) -> bool:
@@ -260,11 +264,15 @@ class OneShotSearch(SearchSession):
             if row is not None and row.status == "ok":  # scored before the interruption: the journal's reward
                 rewards.append(float(row.reward))     # is the one the uninterrupted run used (GPUs may not
                 continue                              # reproduce it bit for bit)
-            reward = self.score(genotype, x, y)
+            # The objective makes the supernet's accuracy the reward (and profiles the cell), as the workers do
+            # for trained children (search/objective.py).
+            scored = self.objective.apply({"reward": self.score(genotype, x, y)}, genotype)
+            reward = float(scored["reward"])
             rewards.append(reward)
             if row is not None and row.status == "pending":
                 params = _child_params(genotype, self.cfg) if strategy == DERIVE_NAME else None
-                journal.finish(row.id, "ok", reward, time.perf_counter() - t0, params, batch_size=n)
+                journal.finish(row.id, "ok", reward, time.perf_counter() - t0, params, batch_size=n,
+                               costs={k: scored.get(k) for k in COST_FIELDS})
         if self.world > 1:  # every process updates its controller copy with the same (rank 0's) rewards
             t = torch.tensor(rewards, dtype=torch.float64, device=self.device)
             dist.broadcast(t, 0)

@@ -15,6 +15,7 @@ from nasnet_det.space import Genotype
 from nasnet_det.utils.io import atomic_write
 from search.draw import draw_genotype
 from search.journal import Evaluation, Journal, finished_by_batch
+from search.pareto import write_pareto
 from search.plots import plot_rewards
 
 FIRST_LAST_FRACTION = 4  # "first/last batches mean" averages the first/last quarter of the batches
@@ -122,6 +123,7 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
     top_all = sorted(overall, key=lambda e: (-e.reward, e.id))[:cfg.SEARCH.TOP_K]
     write_json_atomic(out / "top_k.json", [
         {"id": e.id, "strategy": e.strategy, "reward": e.reward, "params": e.params, "seconds": e.seconds,
+         "accuracy": e.accuracy, "latency_ms": e.latency_ms, "mult_adds": e.mult_adds,
          "genotype": genotype_of(e, f"search_{e.strategy}_{e.id}").to_dict()} for e in top_all])
     if top_all:
         best = genotype_of(top_all[0], f"search_{top_all[0].strategy}_{top_all[0].id}")
@@ -132,6 +134,8 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
                       f"best: {best.name} ({top_all[0].strategy}), reward {top_all[0].reward:.4f}")
         summary["best"]["drawing"] = str(out / "best_cells.png")
     summary["reward_plot"] = str(plot_rewards(by_strategy, out / "rewards.png"))
+    # The accuracy-latency front, when the children were profiled (SEARCH.OBJECTIVE latency, or LATENCY.RECORD)
+    summary["pareto"] = write_pareto([e for evals in by_strategy.values() for e in evals], out, cfg)
     summary["usable"] = bool(top_all)  # at least one child trained: there is a best genotype to use
     summary["problems"] = problems_of(summary)
     return summary

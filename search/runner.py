@@ -25,11 +25,12 @@ from tqdm import tqdm
 from search.config import check_cfg, upgrade_identity
 from search.controller import decisions_to_genotype
 from search.journal import Evaluation, Journal, load_state, save_state
+from search.objective import with_objective
 from search.outputs import write_outputs
 from search.session import SearchSession
 from search.strategies.base import Strategy
 from search.strategies.registry import STRATEGIES
-from search.workers import Evaluator, Job, QueueBackend, Result, make_backend
+from search.workers import COST_FIELDS, Evaluator, Job, QueueBackend, Result, make_backend
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,8 @@ class SearchRunner(SearchSession):
     def _get_backend(self) -> QueueBackend:
         if self.backend is None:
             evaluator = self.evaluator if self.evaluator is not None else build_child_evaluator(self.cfg)
+            # The objective turns each child's accuracy into its reward, in the worker (every strategy here)
+            evaluator = with_objective(evaluator, self.cfg, self.progress)
             w = self.cfg.WORKERS
             self.backend = make_backend(w.BACKEND, evaluator, w.NUM_WORKERS, w.RAY_ADDRESS, w.MAX_RETRIES,
                                         w.THREADS_PER_WORKER, w.MAX_IN_FLIGHT)
@@ -249,7 +252,7 @@ class SearchRunner(SearchSession):
 
     def _finish(self, journal: Journal, st: StrategyState, res: Result, bar: tqdm) -> None:
         journal.finish(res.eval_id, res.status, res.reward, res.seconds, res.params, res.error,
-                       batch_size=self.cfg.SEARCH.BATCH_SIZE)
+                       batch_size=self.cfg.SEARCH.BATCH_SIZE, costs={k: getattr(res, k) for k in COST_FIELDS})
         st.finished += 1
         st.in_flight -= 1
         self.evals_this_run += 1

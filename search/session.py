@@ -26,7 +26,7 @@ LOCK_NAME = "journal.lock"
 # What a fresh start deletes besides a session's own checkpoints: the journal (with SQLite's side files) and
 # everything search.outputs.write_outputs and the session write.
 RUN_FILES = (JOURNAL_NAME, JOURNAL_NAME + "-wal", JOURNAL_NAME + "-shm", "best_genotype*.json", "top_k.json",
-             "summary.json", "rewards.png", "best_cells.png")
+             "summary.json", "rewards.png", "best_cells.png", "pareto.json", "pareto.png")
 
 
 class SearchSession(ABC):

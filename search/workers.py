@@ -32,6 +32,8 @@ from nasnet_det.engine.process import die_with_parent
 from nasnet_det.space import Genotype
 
 Evaluator = Callable[[Genotype, int], dict[str, Any]]
+# What an evaluator may return beside reward and params, journaled with the child (search/objective.py).
+COST_FIELDS = ("accuracy", "latency_ms", "mult_adds", "backbone_params")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class Result:
     seconds: float | None = None
     params: int | None = None
     error: str | None = None
+    # The cell's detection-backbone costs and its raw accuracy, when the objective profiles (search/objective.py)
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    mult_adds: int | None = None
+    backbone_params: int | None = None
 
 
 def run_job(evaluator: Evaluator, job: Job) -> Result:
@@ -59,7 +66,8 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
         reward = float(out["reward"])
         if not math.isfinite(reward):
             raise FloatingPointError(f"reward is {reward}")
-        return Result(job.eval_id, "ok", reward, time.perf_counter() - t0, out.get("params"))
+        return Result(job.eval_id, "ok", reward, time.perf_counter() - t0, out.get("params"),
+                      **{k: out.get(k) for k in COST_FIELDS})
     except torch.cuda.OutOfMemoryError as e:
         torch.cuda.empty_cache()
         reason = f"out of memory: {str(e).splitlines()[0] if str(e) else 'CUDA OOM'}"

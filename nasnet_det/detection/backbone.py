@@ -25,15 +25,18 @@ from nasnet_det.detection.config import NORMS
 from nasnet_det.models import create_model
 from nasnet_det.models.fuse import FusedForEval
 from nasnet_det.models.nasnet import CellPlan, NASNet
+from nasnet_det.space import Genotype
 
 logger = logging.getLogger(__name__)
 
 HEAD_START = "reduction_cell_1"  # first module of the C4 second stage
 
 
-def detector_nasnet(cfg) -> NASNet:
-    """The full NASNet of ``cfg.MODEL.NASNET`` as a feature extractor (no classifier, no aux head)."""
-    return create_model(cfg, dataset="imagenet", num_classes=0, in_chans=len(cfg.MODEL.PIXEL_MEAN))
+def detector_nasnet(cfg, genotype: Genotype | None = None) -> NASNet:
+    """The full NASNet of ``cfg.MODEL.NASNET`` as a feature extractor (no classifier, no aux head);
+    ``genotype`` replaces ``MODEL.NASNET.GENOTYPE`` (e.g. a search child's cells, timed for latency)."""
+    extra = {} if genotype is None else {"genotype": genotype}
+    return create_model(cfg, dataset="imagenet", num_classes=0, in_chans=len(cfg.MODEL.PIXEL_MEAN), **extra)
 
 
 def resolve_feature(nasnet: NASNet, name: str) -> str:
@@ -203,9 +206,10 @@ def _check_input_channels(cfg, input_shape: ShapeSpec | None) -> None:
 
 
 @BACKBONE_REGISTRY.register()
-def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetBackbone:
+def build_nasnet_backbone(cfg, input_shape: ShapeSpec | None = None, *,
+                          genotype: Genotype | None = None) -> NASNetBackbone:
     _check_input_channels(cfg, input_shape)
-    backbone = NASNetBackbone(detector_nasnet(cfg), list(cfg.MODEL.NASNET.OUT_FEATURES))
+    backbone = NASNetBackbone(detector_nasnet(cfg, genotype), list(cfg.MODEL.NASNET.OUT_FEATURES))
     _finish(backbone, cfg)
     return backbone
 
@@ -220,8 +224,9 @@ class NASNetFPN(FPN):
 
 
 @BACKBONE_REGISTRY.register()
-def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetFPN:
-    bottom_up = build_nasnet_backbone(cfg, input_shape)
+def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None, *,
+                              genotype: Genotype | None = None) -> NASNetFPN:
+    bottom_up = build_nasnet_backbone(cfg, input_shape, genotype=genotype)
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
     missing = [f for f in in_features if f not in bottom_up.output_shape()]
     if missing:
@@ -241,8 +246,9 @@ def build_nasnet_fpn_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASN
 
 
 @BACKBONE_REGISTRY.register()
-def build_nasnet_c4_backbone(cfg, input_shape: ShapeSpec | None = None) -> NASNetC4Backbone:
+def build_nasnet_c4_backbone(cfg, input_shape: ShapeSpec | None = None, *,
+                             genotype: Genotype | None = None) -> NASNetC4Backbone:
     _check_input_channels(cfg, input_shape)
-    backbone = NASNetC4Backbone(detector_nasnet(cfg))
+    backbone = NASNetC4Backbone(detector_nasnet(cfg, genotype))
     _finish(backbone, cfg)
     return backbone

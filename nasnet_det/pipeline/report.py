@@ -161,6 +161,12 @@ def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
         lines.append("")
         if copy("search", "rewards_plot", "search_rewards.png"):
             lines += ["Reward per policy batch, per strategy:", "", "![search rewards](search_rewards.png)", ""]
+        # Latency-aware search (SEARCH.OBJECTIVE latency): accuracy against detection latency
+        if copy("search", "pareto_plot", "search_pareto.png"):
+            budget = sel.get("metrics", {}).get("latency_ms")
+            lines += ["Accuracy against detection-backbone latency (every child, the Pareto front, NASNet-A's "
+                      "latency marked)" + (f"; the chosen cell runs in {_num(budget, 1)} ms" if budget else "")
+                      + ":", "", "![search pareto](search_pareto.png)", ""]
 
     # Training stages -----------------------------------------------------------------------------------
     lines += ["## Training", ""]

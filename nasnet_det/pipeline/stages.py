@@ -303,6 +303,9 @@ class SearchStage(Stage):
         outputs = {"kind": "searched", "best_genotype": "best_genotype.json", "top_k": "top_k.json",
                    "summary": "summary.json", "journal": "journal.sqlite", "rewards_plot": "rewards.png",
                    "best_cells": "best_cells.png"}
+        # The accuracy-latency front, when the search profiled its children (SEARCH.OBJECTIVE latency)
+        outputs.update({k: v for k, v in (("pareto", "pareto.json"), ("pareto_plot", "pareto.png"))
+                        if (workdir / v).is_file()})
         metrics = {name: {k: s.get(k) for k in ("evaluations", "ok", "failed", "best_reward", "mean_reward",
                                                   "first_batches_mean", "last_batches_mean")}
                    for name, s in summary.get("strategies", {}).items()}
@@ -325,17 +328,57 @@ class SelectStage(Stage):
         cfg.SELECT.TOP_K = 1
         cfg.SELECT.RERANK_CONFIG_FILE = "configs/train/cifar10_smoke.yaml"
         cfg.SELECT.RERANK_OPTS = []
+        # > 0: keep only cells whose detection backbone runs within this many ms (the search's pareto.json, so
+        # a search with SEARCH.OBJECTIVE latency or SEARCH.LATENCY.RECORD) and pick the most accurate of them.
+        cfg.SELECT.LATENCY_BUDGET_MS = 0.0
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SELECT
+        budget = {"latency_budget_ms": float(c.LATENCY_BUDGET_MS)} if c.LATENCY_BUDGET_MS > 0 else {}
         if c.TOP_K <= 1 or ctx.cfg.SEARCH.GENOTYPE:
-            return {"top_k": 1}
-        return {"top_k": c.TOP_K, "rerank": config_chain(self.name, "SELECT.RERANK_CONFIG_FILE",
+            return {"top_k": 1, **budget}
+        return {"top_k": c.TOP_K, **budget, "rerank": config_chain(self.name, "SELECT.RERANK_CONFIG_FILE",
                                                          c.RERANK_CONFIG_FILE), "opts": list(c.RERANK_OPTS)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         out = ctx.outputs_of("search", self.name)
-        return {k: out[k] for k in ("best_genotype", "top_k") if k in out}
+        return {k: out[k] for k in ("best_genotype", "top_k", "pareto") if k in out}
+
+    @classmethod
+    def check_config(cls, cfg: CN) -> None:
+        super().check_config(cfg)
+        b = cfg.SELECT.LATENCY_BUDGET_MS
+        if not (isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0):
+            raise ValueError(f"SELECT.LATENCY_BUDGET_MS must be a number of ms >= 0 (0: no budget), got {b!r}")
+
+    def within_budget(self, inputs: dict[str, Path], budget: float, k: int) -> list[dict[str, Any]]:
+        """The ``k`` most accurate cells of the search whose backbone latency is within ``budget`` ms (the most
+        accurate one is on the front; the next ones need not be)."""
+        from nasnet_det.space import Genotype
+
+        if "pareto" not in inputs:
+            raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: the search recorded no latencies "
+                                        "(no pareto.json); run it with SEARCH.OBJECTIVE latency or "
+                                        "SEARCH.LATENCY.RECORD True")
+        pareto = _read_json(self.name, inputs["pareto"], "the search's Pareto front")
+        if pareto.get("metric") != "latency_ms":
+            raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: {inputs['pareto']} ranks cells by "
+                                        f"{pareto.get('metric')}, not latency (SEARCH.LATENCY.ESTIMATOR flops); "
+                                        "use the measure or lut estimator")
+        cells = pareto.get("children") or pareto.get("front") or []
+        fits = sorted((e for e in cells if e["latency_ms"] <= budget), key=lambda e: (-e["accuracy"], e["id"]))
+        if not fits:
+            fastest = min(cells, key=lambda e: e["latency_ms"])
+            raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: no cell of the search runs within "
+                                        f"it; the fastest is search_{fastest['strategy']}_{fastest['id']} at "
+                                        f"{fastest['latency_ms']:.1f} ms ({inputs['pareto']})")
+        out = []
+        for e in fits[:k]:
+            g = Genotype.from_dict(e["genotype"])
+            out.append({"genotype": Genotype(g.normal, g.reduce, f"search_{e['strategy']}_{e['id']}"),
+                        "reward": e.get("reward"), "accuracy": e["accuracy"], "latency_ms": e["latency_ms"],
+                        "id": e["id"], "strategy": e["strategy"]})
+        return out
 
     def candidates(self, inputs: dict[str, Path], k: int) -> list[dict[str, Any]]:
         from nasnet_det.space import Genotype
@@ -366,7 +409,10 @@ class SelectStage(Stage):
 
         c = ctx.cfg.SELECT
         k = 1 if ctx.cfg.SEARCH.GENOTYPE else c.TOP_K
-        cands = self.candidates(inputs, k)
+        if c.LATENCY_BUDGET_MS > 0 and not ctx.cfg.SEARCH.GENOTYPE:
+            cands = self.within_budget(inputs, float(c.LATENCY_BUDGET_MS), k)
+        else:
+            cands = self.candidates(inputs, k)
         workdir.mkdir(parents=True, exist_ok=True)
         for i, cand in enumerate(cands):
             if len(cands) == 1:
@@ -393,7 +439,7 @@ class SelectStage(Stage):
         chosen = next((c for c in sel if c["genotype"] == name), {})
         return ({"genotype": str(workdir / "genotype.json"), "cells": str(workdir / "cells.png")},
                 {"genotype": name, "reward": chosen.get("reward"), "rerank_top1": chosen.get("rerank_top1"),
-                 "candidates": len(sel)})
+                 "latency_ms": chosen.get("latency_ms"), "candidates": len(sel)})
 
 
 class _ClassificationStage(Stage):

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""How well the ``lut`` latency estimator ranks cells: its predicted latency against the measured latency of
+the FPN detection backbone (``measure``, the median of repeats) for random cells of the search space, at
+detection input size on this machine's CPU with a fixed thread count. Spearman rank correlation and the mean
+absolute percentage error; the peer is mult-adds (the ``flops`` estimator) as a latency proxy (Spearman only:
+it has no milliseconds). Goal (issue 20): Spearman >= 0.9. Each cell is measured twice: the
+Spearman between the two measurements is the ceiling any estimator can reach on the machine as loaded.
+
+    python bench/bench_latency_lut.py [--cells 20] [--input-size 448] [--num-cells 2] [--filters 32] [--backbone C4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import torch
+from _common import print_row, record, row
+
+from nasnet_det.latency import LatencySetting, make_estimator
+from search.controller import decisions_to_genotype, sample_uniform
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cells", type=int, default=20, help="random genotypes compared")
+    p.add_argument("--input-size", type=int, default=448)
+    p.add_argument("--num-cells", type=int, default=2, help="N of the backbone")
+    p.add_argument("--filters", type=int, default=32, help="f of the backbone")
+    p.add_argument("--backbone", default="C4", choices=("FPN", "C4"),
+                   help="C4 (default): the trunk is all cells; FPN adds 256-channel convs the cell does not change")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-record", action="store_true")
+    return p
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their average rank), without a scipy dependency."""
+    def ranks(x: np.ndarray) -> np.ndarray:
+        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+        ends = np.cumsum(counts)
+        return ((ends - counts + ends - 1) / 2)[inverse]
+    return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    # uniform samples of the space, as random search draws them
+    decisions = sample_uniform(args.cells, 5, torch.Generator().manual_seed(args.seed)).tolist()
+    with tempfile.TemporaryDirectory() as cache:  # a fresh table: its build time is part of the result
+        setting = LatencySetting(input_size=args.input_size, num_cells=args.num_cells, filters=args.filters,
+                                 backbone=args.backbone, threads=args.threads, warmup=1, repeats=args.repeats,
+                                 cache_dir=cache)
+        lut, measure, flops = (make_estimator(n, setting) for n in ("lut", "measure", "flops"))
+        t0 = time.perf_counter()
+        lut.build()
+        build_s = time.perf_counter() - t0
+        predicted, measured, again, macs = [], [], [], []
+        t0 = time.perf_counter()
+        for i in range(args.cells):
+            g = decisions_to_genotype(decisions[i], 5)
+            predicted.append(lut.latency_ms(g))
+            measured.append(measure.latency_ms(g))
+            again.append(measure.latency_ms(g))  # a second measurement: how repeatable the reference is here
+            macs.append(flops.profile(g).mult_adds)
+            print(f"cell {i}: lut {predicted[-1]:.1f} ms, measured {measured[-1]:.1f} / {again[-1]:.1f} ms, "
+                  f"{macs[-1] / 1e6:.0f} M mult-adds", flush=True)
+        compare_s = time.perf_counter() - t0
+    p, m = np.array(predicted), np.array(measured)
+    rho_lut = spearman(p, m)
+    rho_flops = spearman(np.array(macs), m)
+    rho_again = spearman(np.array(again), m)  # the noise ceiling of any estimator here
+    mape = float(np.mean(np.abs(p - m) / m) * 100)
+    setting_info = dict(cells=args.cells, input_size=args.input_size, num_cells=args.num_cells,
+                        filters=args.filters, backbone=args.backbone, threads=args.threads,
+                        repeats=args.repeats, lut_units=len(lut.units), lut_build_s=build_s, compare_s=compare_s,
+                        measured_ms_min=float(m.min()), measured_ms_max=float(m.max()),
+                        spearman_measured_twice=rho_again,
+                        mape_measured_twice=float(np.mean(np.abs(np.array(again) - m) / m) * 100))
+    name = f"lut vs measured, {args.backbone} {args.num_cells}@f{args.filters}, {args.input_size}px, cpu"
+    rows = [row(name, "spearman", rho_lut, rho_flops, "mult-adds (flops estimator) vs measured", True,
+                **setting_info),
+            row(name, "MAPE %", mape, float("nan"), "- (mult-adds have no ms)", False, **setting_info),
+            row(name, "spearman", rho_again, rho_lut, "(ours = measured twice: the noise ceiling; peer = lut)",
+                True, **setting_info)]
+    for r in rows:
+        print_row(r)
+    if not args.no_record:
+        record("bench_latency_lut", rows, notes=[
+            f"goal Spearman >= 0.9; {args.cells} uniform random cells; measured = median of {args.repeats} runs after "
+            f"1 warm-up, {args.threads} torch thread(s); the table built fresh ({build_s:.0f} s) in a temporary folder",
+            "machine shared with other jobs while it ran (see loadavg_1min): both columns are noisier than on an "
+            "idle machine"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""How fast a cell's detection backbone runs: estimators of the latency of the FPN or C4 trunk (backbone.py)
+built with any genotype at a fixed N@f and input size, on a device.
+
+- ``measure``: build the backbone, run it (warm-up, then the median of repeats) on the device;
+- ``lut``: FBNet-style lookup table of per-unit latencies (each op of a cell, each cell's 1x1 / factorized-
+  reduce preprocessing, each stem / FPN layer, keyed by the module and its input shape), measured once per
+  (device, input size, N@f, backbone, torch version) and cached on disk; a cell's latency is the sum over its
+  units plus a fixed part (the adds, concats and resizes between them: measured once, on NASNet-A);
+- ``flops``: mult-adds as the cost (no timing).
+
+Every estimator also gives the backbone's params and mult-adds (:meth:`LatencyEstimator.profile`).
+An estimator is a class registered once in :data:`ESTIMATORS` (``SEARCH.LATENCY.ESTIMATOR`` names it).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from nasnet_det.genotypes import get_genotype
+from nasnet_det.models.cell import Cell
+from nasnet_det.models.profile import conv_mult_adds, count_params
+from nasnet_det.space import OPS, Genotype, cell_from_decisions
+from nasnet_det.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+BACKBONES = {"FPN": "build_nasnet_fpn_backbone", "C4": "build_nasnet_c4_backbone"}
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class LatencySetting:
+    """What a latency means: the backbone (``FPN`` / ``C4``) of N cells at f filters, one ``input_size`` x
+    ``input_size`` image (rounded up to the backbone's size divisibility), on ``device`` with ``threads``
+    torch threads (CPU), timed as the median of ``repeats`` runs after ``warmup``."""
+
+    device: str = "cpu"
+    input_size: int = 600
+    num_cells: int = 4
+    filters: int = 44
+    backbone: str = "FPN"
+    warmup: int = 2
+    repeats: int = 5
+    threads: int = 1
+    cache_dir: str = "output/latency_lut"
+
+    def table_key(self) -> dict[str, Any]:
+        """What a lookup table depends on (the timing protocol aside)."""
+        return {"device": self.device, "input_size": self.input_size, "num_cells": self.num_cells,
+                "filters": self.filters, "backbone": self.backbone, "threads": self.threads,
+                "torch": torch.__version__}
+
+
+@dataclass(frozen=True)
+class CostProfile:
+    """The backbone's cost: latency in ms (None for ``flops``), trainable params and mult-adds."""
+
+    latency_ms: float | None
+    params: int
+    mult_adds: int
+
+
+def detection_backbone(genotype: Genotype | str, setting: LatencySetting) -> nn.Module:
+    """The detector's backbone (``setting.backbone``) with ``genotype``'s cells, N@f of ``setting``, in eval
+    mode (the inference-time module: FrozenBN, no drop path)."""
+    from nasnet_det.detection import backbone as builders
+    from nasnet_det.detection.config import get_nasnet_cfg
+
+    if setting.backbone not in BACKBONES:
+        raise ValueError(f"latency backbone {setting.backbone!r}: expected one of {', '.join(BACKBONES)}")
+    cfg = get_nasnet_cfg()
+    cfg.MODEL.BACKBONE.NAME = BACKBONES[setting.backbone]
+    cfg.MODEL.NASNET.NUM_CELLS, cfg.MODEL.NASNET.FILTERS = setting.num_cells, setting.filters
+    cfg.MODEL.NASNET.PENULTIMATE_FILTERS = 0
+    cfg.MODEL.FPN.IN_FEATURES = list(cfg.MODEL.NASNET.OUT_FEATURES)
+    genotype = get_genotype(genotype) if isinstance(genotype, str) else genotype
+    return getattr(builders, BACKBONES[setting.backbone])(cfg, genotype=genotype).eval()
+
+
+def padded_size(size: int, divisor: int) -> int:
+    return -(-size // divisor) * divisor
+
+
+def input_for(model: nn.Module, setting: LatencySetting, device: torch.device | str) -> torch.Tensor:
+    s = padded_size(setting.input_size, int(model.size_divisibility) or 1)
+    return torch.randn(1, 3, s, s, device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """``torch.set_num_threads(n)`` for the block (n <= 0: leave it), restored after."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@torch.inference_mode()
+def median_ms(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` runs after ``warmup`` (synchronised on CUDA)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(statistics.median(times))
+
+
+def _device(setting: LatencySetting) -> torch.device:
+    if setting.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("SEARCH.LATENCY.DEVICE='cuda' but no CUDA device is available here; use 'cpu'")
+    return torch.device(setting.device)
+
+
+class LatencyEstimator(ABC):
+    """The latency of a genotype's detection backbone under one :class:`LatencySetting`. ``cost`` is what the
+    objective compares with its target (ms; million mult-adds for ``flops``, :attr:`unit` says)."""
+
+    name: ClassVar[str]
+    unit: ClassVar[str] = "ms"
+
+    def __init__(self, setting: LatencySetting):
+        self.setting = setting
+
+    @abstractmethod
+    def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> float | None:
+        """Estimated milliseconds per image (None when the estimator does not time)."""
+
+    def profile(self, genotype: Genotype) -> CostProfile:
+        model = detection_backbone(genotype, self.setting)
+        with torch_threads(self.setting.threads):
+            macs = conv_mult_adds(model, input_for(model, self.setting, "cpu"))
+            lat = self.latency_ms(genotype, model)
+        return CostProfile(lat, count_params(model), macs)
+
+    @staticmethod
+    def cost(profile: CostProfile) -> float:
+        assert profile.latency_ms is not None
+        return profile.latency_ms
+
+
+S = TypeVar("S", bound=type[LatencyEstimator])
+ESTIMATORS: dict[str, type[LatencyEstimator]] = {}
+
+
+def register_estimator(cls: S) -> S:
+    if cls.name in ESTIMATORS:
+        raise ValueError(f"a latency estimator named {cls.name!r} is already registered")
+    ESTIMATORS[cls.name] = cls
+    return cls
+
+
+def make_estimator(name: str, setting: LatencySetting) -> LatencyEstimator:
+    if name not in ESTIMATORS:
+        raise ValueError(f"SEARCH.LATENCY.ESTIMATOR={name!r}: expected one of {', '.join(sorted(ESTIMATORS))}")
+    return ESTIMATORS[name](setting)
+
+
+@register_estimator
+class MeasuredLatency(LatencyEstimator):
+    """Times the whole backbone on the device."""
+
+    name = "measure"
+
+    def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> float:
+        device = _device(self.setting)
+        model = (model if model is not None else detection_backbone(genotype, self.setting)).to(device)
+        x = input_for(model, self.setting, device)
+        with torch_threads(self.setting.threads):
+            return median_ms(lambda: model(x), self.setting.warmup, self.setting.repeats, device)
+
+
+@register_estimator
+class MultAddCost(LatencyEstimator):
+    """No timing: the backbone's mult-adds (in millions) are the cost."""
+
+    name, unit = "flops", "M mult-adds"
+
+    def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> None:
+        return None
+
+    @staticmethod
+    def cost(profile: CostProfile) -> float:
+        return profile.mult_adds / 1e6
+
+
+# --- the lookup table -----------------------------------------------------------------------------------------
+def _unit_key(module: nn.Module, x: torch.Tensor) -> str:
+    """A unit's table key: its class, a digest of its repr (channels, kernels, strides, padding) and the
+    shape and memory layout of its input."""
+    digest = hashlib.sha1(repr(module).encode()).hexdigest()[:12]
+    layout = "cl" if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else "c"
+    return f"{type(module).__name__}:{digest}:{'x'.join(map(str, x.shape))}:{layout}"
+
+
+def _units(model: nn.Module) -> list[nn.Module]:
+    """What the table times separately: each direct child of a cell (an op, or a preprocessing conv), and each
+    leaf module outside the cells (stem conv and BN, FPN convs, the extra pooled level)."""
+    inside = set()
+    units: list[nn.Module] = []
+    for m in model.modules():
+        if isinstance(m, Cell):
+            for child in m.children():
+                units.append(child)
+                inside.update(id(x) for x in child.modules())
+    for m in model.modules():
+        if id(m) not in inside and not isinstance(m, Cell) and next(m.children(), None) is None:
+            units.append(m)
+    return units
+
+
+@torch.inference_mode()
+def unit_inputs(model: nn.Module, x: torch.Tensor) -> list[tuple[nn.Module, torch.Tensor]]:
+    """(unit, the input it gets) for every unit one forward of ``model`` on ``x`` runs, in run order."""
+    seen: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [u.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0])) if args else None)
+             for u in _units(model)]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def covering_genotypes(num_blocks: int = 5) -> list[Genotype]:
+    """One genotype per op of the space: every block applies that op to a cell input and to the previous
+    block's output, in both cells, so the table holds every op at every stage, stride and input."""
+    out = []
+    for i, op in enumerate(OPS):
+        d = []
+        for b in range(num_blocks):
+            d += [0, 1, i, i, 0] if b == 0 else [b + 1, b % 2, i, i, 0]
+        cell = cell_from_decisions(d, num_blocks)
+        out.append(Genotype(cell, cell, f"all_{op}"))
+    return out
+
+
+@register_estimator
+class LookupTableLatency(LatencyEstimator):
+    """FBNet's latency model on NASNet units. The table is a JSON file in ``setting.cache_dir``, named by a
+    digest of :meth:`LatencySetting.table_key` (a new device, input size, N@f or torch version is a new
+    table). :meth:`build` fills it from :func:`covering_genotypes` plus NASNet-A (whose measured total gives the
+    fixed part); a unit a cell has that the table lacks (e.g. an op reading a concat-combined state) is
+    timed once and added. Every write is atomic."""
+
+    name = "lut"
+
+    def __init__(self, setting: LatencySetting):
+        super().__init__(setting)
+        digest = hashlib.sha1(json.dumps(setting.table_key(), sort_keys=True).encode()).hexdigest()[:10]
+        self.path = Path(setting.cache_dir) / f"lut_{setting.backbone}_{setting.input_size}px_" \
+                                              f"{setting.num_cells}x{setting.filters}_{setting.device}_{digest}.json"
+        self.units: dict[str, float] = {}
+        self.fixed_ms: float | None = None
+        self._load()
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            if data.get("setting") != self.setting.table_key():
+                raise ValueError("it was built for other settings")
+            self.units, self.fixed_ms = {str(k): float(v) for k, v in data["units"].items()}, data["fixed_ms"]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            log.warning("latency table %s cannot be used (%s); rebuilding it", self.path, e)
+            self.units, self.fixed_ms = {}, None
+
+    def _save(self) -> None:
+        atomic_write(self.path, json.dumps({"setting": self.setting.table_key(), "timing": asdict(self.setting),
+                                            "fixed_ms": self.fixed_ms, "units": self.units}, indent=1) + "\n")
+
+    def _unit_sum(self, model: nn.Module, device: torch.device) -> float:
+        """Sum of the table's latencies over the units of ``model``, timing (and saving) the missing ones."""
+        total, added = 0.0, 0
+        for unit, x in unit_inputs(model, input_for(model, self.setting, device)):
+            key = _unit_key(unit, x)
+            if key not in self.units:
+                run = functools.partial(copy.deepcopy(unit), torch.randn_like(x))  # the unit alone, on fresh data
+                self.units[key] = median_ms(run, self.setting.warmup, self.setting.repeats, device)
+                added += 1
+            total += self.units[key]
+        if added:
+            self._save()
+        return total
+
+    def build(self, progress: bool = False) -> None:
+        """Fill the table (once: a complete table on disk is reused as is)."""
+        if self.fixed_ms is not None:
+            return
+        from tqdm import tqdm
+
+        device = _device(self.setting)
+        with torch_threads(self.setting.threads):
+            for g in tqdm(covering_genotypes(), desc="latency table", disable=not progress):
+                self._unit_sum(detection_backbone(g, self.setting).to(device), device)
+            ref = detection_backbone(get_genotype("nasnet_a"), self.setting).to(device)
+            x = input_for(ref, self.setting, device)
+            whole = median_ms(lambda: ref(x), self.setting.warmup, self.setting.repeats, device)
+            # What the units leave out (adds, concats, FPN resizes) in the reference cell; about constant.
+            self.fixed_ms = whole - self._unit_sum(ref, device)
+        self._save()
+
+    def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> float:
+        self.build()
+        device = _device(self.setting)
+        model = (model if model is not None else detection_backbone(genotype, self.setting)).to(device)
+        with torch_threads(self.setting.threads):
+            return self._unit_sum(model, device) + float(self.fixed_ms or 0.0)
