@@ -74,6 +74,7 @@ def test_a_bad_backend_name_or_ray_setting_is_one_line_naming_the_key(tmp_path: 
 
 @pytest.mark.ray
 @pytest.mark.slow  # a kill -9 drill
+@pytest.mark.timeout(900)  # the whole chain with a restart: ~5 minutes on the loaded 2-core machine
 def test_a_worker_killed_mid_stage_is_restarted_by_ray_and_nothing_finished_is_repeated(tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
@@ -137,3 +138,17 @@ def test_the_one_node_and_ray_cluster_configs_load_and_every_stage_config_they_n
     one = load_pipeline_config(REPO / "configs" / "pipeline" / "one_node.yaml", [])
     assert not one.CIFAR.ENABLED and one.SEARCH.CONFIG_FILE == "configs/search/one_gpu.yaml"
     assert one.MODEL.NASNET.NUM_CELLS == 4 and one.MODEL.NASNET.PENULTIMATE_FILTERS == 1056
+
+
+def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plainly():
+    from nasnet_det.pipeline.report import SMOKE_TAG, scale_lines, smoke_reasons
+
+    smoke = {"pretrain": {"metrics": {"top1": 50.0, "images": 8}}, "detect": {"metrics": {"iterations": 20}},
+             "evaluate": {"metrics": {"bbox": {"coco_sample_val": {"AP": 0.0}}}}}
+    reasons = smoke_reasons(smoke)
+    assert reasons == ["pretrain top-1 is on 8 held-out images", "the detector trained 20 iterations",
+                       "AP is on the embedded 32-photo COCO sample (coco_sample_val)"]
+    assert "**not accuracy**" in scale_lines(reasons)[0] and "checks the chain" in SMOKE_TAG
+    real = {"pretrain": {"metrics": {"top1": 74.0, "images": 50000}}, "detect": {"metrics": {"iterations": 90000}},
+            "evaluate": {"metrics": {"bbox": {"coco_2017_val": {"AP": 29.0}}}}, "search": None}
+    assert smoke_reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]
