@@ -122,7 +122,8 @@ def test_the_one_node_and_ray_cluster_configs_load_and_every_stage_config_they_n
     monkeypatch.chdir(tmp_path)
     if not one_gpu.is_file():
         (tmp_path / "configs" / "search").mkdir(parents=True)
-        (tmp_path / "configs" / "search" / "one_gpu.yaml").write_text("_BASE_: " + str(REPO / "configs/search/paper.yaml") + "\n")
+        stub = tmp_path / "configs" / "search" / "one_gpu.yaml"
+        stub.write_text(f"_BASE_: {REPO / 'configs/search/paper.yaml'}\n")
     for name, backend, workers in (("one_node", "local", {"pretrain": 8, "detect": 8, "evaluate": 8}),
                                    ("ray_cluster", "ray", {"pretrain": 32, "detect": 32, "evaluate": 8})):
         cfg = load_pipeline_config(REPO / "configs" / "pipeline" / f"{name}.yaml",

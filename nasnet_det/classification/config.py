@@ -162,7 +162,8 @@ def validate_config(cfg: CN) -> None:
             raise ValueError(f"{key} must be {wanted}, got {value}")
     if list(cfg.SOLVER.STEP_EPOCHS) != sorted(cfg.SOLVER.STEP_EPOCHS):
         raise ValueError(f"SOLVER.STEP_EPOCHS must be ascending, got {tuple(cfg.SOLVER.STEP_EPOCHS)}")
-    if cfg.DATA.DATASET == "imagenet" and not (cfg.DATA.TRAIN_DIR or cfg.DATA.IMAGE_SAMPLE or cfg.DATA.FAKE_CLASSES > 0):
+    d = cfg.DATA
+    if d.DATASET == "imagenet" and not (d.TRAIN_DIR or d.IMAGE_SAMPLE or d.FAKE_CLASSES > 0):
         raise ValueError("DATA.DATASET imagenet needs DATA.TRAIN_DIR and DATA.VAL_DIR (or DATA.IMAGE_SAMPLE "
                          "cifar10 for the embedded real photos, or DATA.FAKE_CLASSES > 0 for generated images)")
     if cfg.DATA.IMAGE_SAMPLE and cfg.DATA.FAKE_CLASSES > 0:

@@ -10,8 +10,12 @@ from pathlib import Path
 from torch.utils.data import Dataset, default_collate
 
 from nasnet_det.data import ArrayDataset, cifar_transforms, holdout_split, load_cifar10, load_cifar_source
-from nasnet_det.data.imagenet import build_imagenet_datasets, collate_skipping, make_fake_imagenet, \
-    make_sample_image_folder
+from nasnet_det.data.imagenet import (
+    build_imagenet_datasets,
+    collate_skipping,
+    make_fake_imagenet,
+    make_sample_image_folder,
+)
 from nasnet_det.engine.distributed import barrier
 
 logger = logging.getLogger(__name__)

@@ -21,8 +21,15 @@ from typing import Any, ClassVar, TypeVar
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.pipeline.launch import LOG_NAME, StageError, last_error_line, python, run_tool, tool_path, \
-    torchrun_prefix
+from nasnet_det.pipeline.launch import (
+    LOG_NAME,
+    StageError,
+    last_error_line,
+    python,
+    run_tool,
+    tool_path,
+    torchrun_prefix,
+)
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,8 @@ def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
             continue
         met = m.get("metrics", {})
         lines += [f"**{title}** ({m.get('status')}): top-1 {_num(met.get('top1'))}%, top-5 {_num(met.get('top5'))}% "
-                  f"on {met.get('images', '-')} held-out images{tag}; weights `{m.get('outputs', {}).get('weights')}`.", ""]
+                  f"on {met.get('images', '-')} held-out images{tag}; "
+                  f"weights `{m.get('outputs', {}).get('weights')}`.", ""]
         png = copy(stage, "curves", f"{stage}_curves.png")
         if png:
             lines += [f"![{stage} curves]({png})", ""]
