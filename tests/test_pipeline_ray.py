@@ -61,7 +61,7 @@ def test_the_chain_on_a_local_ray_cluster_with_two_gloo_workers(tmp_path: Path):
 
 @pytest.mark.ray
 @pytest.mark.slow  # a second local Ray cluster and Ray Train job (~1 minute here)
-def test_bad_input_in_a_ray_train_stage_is_one_error_line_without_retries_and_the_fix_continues(tmp_path: Path):
+def test_bad_input_in_a_ray_train_stage_is_one_error_line_without_retries(tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
     # bad input read only in the trainer (the config check before the chain cannot see it): one error line,
