@@ -60,17 +60,21 @@ def test_the_chain_on_a_local_ray_cluster_with_two_gloo_workers(tmp_path: Path):
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # a second local Ray cluster and Ray Train job (~1 minute here)
-def test_bad_input_in_a_ray_train_stage_is_one_error_line_without_retries(tmp_path: Path):
+@pytest.mark.slow  # a real search on the cluster and a Ray Train job (~2 minutes here)
+def test_the_search_runs_on_the_pipelines_ray_cluster_and_bad_input_in_a_ray_train_stage_is_not_retried(
+        tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
     # bad input read only in the trainer (the config check before the chain cannot see it): one error line,
     # no retries (they could not help)
     with pytest.raises(StageError, match=r"stage 'pretrain': .*no_such_folder"):
-        run(out, "PRETRAIN.OPTS", "['DATA.TRAIN_DIR', 'no_such_folder', 'DATA.VAL_DIR', 'no_such_folder']",
-            "DETECT.NUM_GPUS", "1")
+        run(out, "SEARCH.GENOTYPE", "", "DETECT.NUM_GPUS", "1",
+            "PRETRAIN.OPTS", "['DATA.TRAIN_DIR', 'no_such_folder', 'DATA.VAL_DIR', 'no_such_folder']")
     assert len(worker_pids(out, "pretrain", 0)) == 1 and manifest(out, "pretrain")["status"] == "failed"
-    assert manifest(out, "select")["status"] == "done"
+    # the search's children ran as Ray tasks of the cluster the pipeline started
+    log = (out / "search" / "stage.log").read_text()
+    assert "WORKERS.BACKEND ray WORKERS.RAY_ADDRESS" in log and "Connected to Ray cluster" in log
+    assert manifest(out, "search")["metrics"]["strategies"]["random"]["ok"] == 4
 
 
 def test_a_bad_backend_name_or_ray_setting_is_one_line_naming_the_key(tmp_path: Path):
