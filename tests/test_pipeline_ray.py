@@ -39,6 +39,7 @@ def worker_pids(out: Path, stage: str, rank: int) -> list[int]:
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(600)  # ~3-4 minutes on the loaded 2-core machine: above the 300 s default there
 def test_the_chain_on_a_local_ray_cluster_with_two_gloo_workers(tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
