@@ -184,7 +184,7 @@ class RayBackend(ExecutionBackend):
         try:
             import ray
         except ImportError:
-            raise StageError("pipeline", "PIPELINE.BACKEND ray needs ray[train]: pip install -e '.[ray]'") from None
+            raise ImportError("PIPELINE.BACKEND ray needs ray[train]: pip install -e '.[ray]'") from None
         if not ray.is_initialized():
             import nasnet_det
 
@@ -197,6 +197,7 @@ class RayBackend(ExecutionBackend):
             else:  # a new local cluster, never someone else's that happens to run on this machine
                 ray.init(address="local", num_cpus=r.NUM_CPUS or None, **kwargs)
             self._owns_ray = True
+        if not self._address:  # also of a Ray someone else connected (the search's children join it too)
             self._address = ray.get_runtime_context().gcs_address
         return ray
 
@@ -222,8 +223,8 @@ class RayBackend(ExecutionBackend):
             train_loop_config={"kind": kind, "argv": argv, "workdir": str(workdir), "cwd": os.getcwd()},
             scaling_config=ScalingConfig(num_workers=workers.world_size, use_gpu=r.GPUS_PER_WORKER > 0,
                                          resources_per_worker=resources),
-            # one run per stage folder: a retry of the pipeline starts a new Ray Train run, which resumes the
-            # trainer's own checkpoint in the stage folder (Ray Train's checkpoints are not used)
+            # a new Ray Train run per attempt of the stage: its workers, also those Ray Train restarts after a
+            # failure, resume the trainer's own checkpoint in the stage folder (Ray Train checkpoints are unused)
             run_config=RunConfig(storage_path=str(storage), name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
                                  failure_config=FailureConfig(max_failures=r.MAX_FAILURES)))
         (workdir / WORKERS_DIR / "rank0.exit").unlink(missing_ok=True)
