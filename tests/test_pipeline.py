@@ -60,6 +60,9 @@ def test_smoke_chain_end_to_end(finished: Path):
     # pretraining ran as two gloo processes (torchrun)
     log = (finished / "pretrain" / "stage.log").read_text()
     assert "torch.distributed.run --nproc-per-node 2" in log
+    # on real photos (the embedded CIFAR-10 sample as an image folder), not generated images
+    assert "sample_images/train (80 images)" in log and not (finished / "pretrain" / "fake_imagenet").exists()
+    assert (manifest(finished, "pretrain")["backend"], manifest(finished, "pretrain")["world_size"]) == ("local", 2)
     bbox = manifest(finished, "evaluate")["metrics"]["bbox"]["coco_sample_val"]
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(bbox)
     assert any(k.startswith("AP-") for k in bbox)

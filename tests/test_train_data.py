@@ -113,3 +113,29 @@ def test_corrupt_images_are_counted_once_survive_resume_and_are_reported_by_eval
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["skipped_images"]) for r in records if r["type"] == "train"] == [(12, 1)]
     assert [(r["step"], r["skipped_images"]) for r in records if r["type"] == "eval"] == [(12, 1)]
+
+
+def test_the_embedded_cifar10_sample_as_an_image_folder_is_its_real_photos(tmp_path: Path):
+    import numpy as np
+    from PIL import Image
+
+    from nasnet_det.classification.config import load_config
+    from nasnet_det.data.cifar import CIFAR10_CLASSES, load_cifar10_npz
+    from nasnet_det.data.imagenet import make_sample_image_folder
+    from nasnet_det.data.sample import cifar10_npz
+
+    train_dir, val_dir = make_sample_image_folder(tmp_path / "s", "cifar10", 3, 2)
+    assert check_image_folders(train_dir, val_dir) == sorted(CIFAR10_CLASSES)
+    x, y = load_cifar10_npz(cifar10_npz())
+    for split, per_class in ((train_dir, 3), (val_dir, 2)):
+        files = sorted(split.glob("*/*.png"))
+        assert len(files) == 10 * per_class
+        for f in files[:4]:  # the sample's own pixels (lossless), in the folder of its class
+            row = int(f.stem.split("_")[-1])
+            assert np.array_equal(np.asarray(Image.open(f)), x[row]) and f.parent.name == CIFAR10_CLASSES[y[row]]
+    with pytest.raises(ValueError, match=r"SAMPLE_TRAIN_PER_CLASS \+ DATA.SAMPLE_VAL_PER_CLASS must be <= 200"):
+        make_sample_image_folder(tmp_path / "t", "cifar10", 190, 20)
+    with pytest.raises(ValueError, match=r"DATA.IMAGE_SAMPLE must be one of cifar10 .*'coco'"):
+        load_config(None, ["DATA.DATASET", "imagenet", "DATA.IMAGE_SAMPLE", "coco"])
+    with pytest.raises(ValueError, match=r"DATA.IMAGE_SAMPLE 'cifar10' and DATA.FAKE_CLASSES 4 both choose"):
+        load_config(None, ["DATA.DATASET", "imagenet", "DATA.IMAGE_SAMPLE", "cifar10", "DATA.FAKE_CLASSES", "4"])

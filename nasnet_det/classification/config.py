@@ -46,6 +46,12 @@ _C.DATA.VAL_DIR = ""
 _C.DATA.FAKE_CLASSES = 0
 _C.DATA.FAKE_TRAIN_PER_CLASS = 16
 _C.DATA.FAKE_VAL_PER_CLASS = 4
+# imagenet smoke on real photos: "cifar10" writes the embedded CIFAR-10 sample as an ImageFolder under
+# OUTPUT_DIR/sample_images (SAMPLE_TRAIN / SAMPLE_VAL images per class of its 200) and uses it when
+# TRAIN_DIR/VAL_DIR are empty; "" = off.
+_C.DATA.IMAGE_SAMPLE = ""
+_C.DATA.SAMPLE_TRAIN_PER_CLASS = 160
+_C.DATA.SAMPLE_VAL_PER_CLASS = 40
 _C.DATA.IMAGE_SIZE = 224  # imagenet train crop / val crop
 _C.DATA.VAL_CROP_FRACTION = 0.875  # val: resize to IMAGE_SIZE / fraction, center crop IMAGE_SIZE
 _C.DATA.MIN_CROP_AREA = 0.08  # RandomResizedCrop scale lower bound
@@ -160,6 +166,16 @@ def validate_config(cfg: CN) -> None:
             raise ValueError(f"{key} must be {wanted}, got {value}")
     if list(cfg.SOLVER.STEP_EPOCHS) != sorted(cfg.SOLVER.STEP_EPOCHS):
         raise ValueError(f"SOLVER.STEP_EPOCHS must be ascending, got {tuple(cfg.SOLVER.STEP_EPOCHS)}")
-    if cfg.DATA.DATASET == "imagenet" and not (cfg.DATA.TRAIN_DIR or cfg.DATA.FAKE_CLASSES > 0):
-        raise ValueError("DATA.DATASET imagenet needs DATA.TRAIN_DIR and DATA.VAL_DIR "
-                         "(or DATA.FAKE_CLASSES > 0 for a generated smoke dataset)")
+    d = cfg.DATA
+    if d.DATASET == "imagenet" and not (d.TRAIN_DIR or d.IMAGE_SAMPLE or d.FAKE_CLASSES > 0):
+        raise ValueError("DATA.DATASET imagenet needs DATA.TRAIN_DIR and DATA.VAL_DIR (or DATA.IMAGE_SAMPLE "
+                         "cifar10 for the embedded real photos, or DATA.FAKE_CLASSES > 0 for generated images)")
+    if cfg.DATA.IMAGE_SAMPLE and cfg.DATA.FAKE_CLASSES > 0:
+        raise ValueError(f"DATA.IMAGE_SAMPLE {cfg.DATA.IMAGE_SAMPLE!r} and DATA.FAKE_CLASSES "
+                         f"{cfg.DATA.FAKE_CLASSES} both choose the smoke images; set DATA.FAKE_CLASSES 0")
+    if cfg.DATA.IMAGE_SAMPLE:
+        from nasnet_det.data.imagenet import SAMPLE_IMAGE_FOLDERS
+
+        if cfg.DATA.IMAGE_SAMPLE not in SAMPLE_IMAGE_FOLDERS:
+            raise ValueError(f"DATA.IMAGE_SAMPLE must be one of {', '.join(SAMPLE_IMAGE_FOLDERS)} (or empty), "
+                             f"got {cfg.DATA.IMAGE_SAMPLE!r}")

@@ -10,7 +10,12 @@ from pathlib import Path
 from torch.utils.data import Dataset, default_collate
 
 from nasnet_det.data import ArrayDataset, cifar_transforms, holdout_split, load_cifar10, load_cifar_source
-from nasnet_det.data.imagenet import build_imagenet_datasets, collate_skipping, make_fake_imagenet
+from nasnet_det.data.imagenet import (
+    build_imagenet_datasets,
+    collate_skipping,
+    make_fake_imagenet,
+    make_sample_image_folder,
+)
 from nasnet_det.engine.distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -58,7 +63,13 @@ def build_data(cfg, output_dir: str | Path, is_main: bool = True) -> Classificat
                                   ArrayDataset(x_val, y_val, cifar_transforms(False)),
                                   10, 32, default_collate, where)
     train_dir, val_dir = d.TRAIN_DIR, d.VAL_DIR
-    if not train_dir:
+    if not train_dir and d.IMAGE_SAMPLE:  # the embedded real photos as an ImageFolder
+        root = Path(output_dir) / "sample_images"
+        if is_main and not (root / "val").is_dir():
+            make_sample_image_folder(root, d.IMAGE_SAMPLE, d.SAMPLE_TRAIN_PER_CLASS, d.SAMPLE_VAL_PER_CLASS)
+        barrier()  # other ranks wait until rank 0 has written it
+        train_dir, val_dir = root / "train", root / "val"
+    elif not train_dir:
         root = Path(output_dir) / "fake_imagenet"
         if is_main and not (root / "val").is_dir():
             make_fake_imagenet(root, d.FAKE_CLASSES, d.FAKE_TRAIN_PER_CLASS, d.FAKE_VAL_PER_CLASS,

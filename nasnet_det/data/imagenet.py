@@ -3,7 +3,8 @@
 Layout: ``TRAIN_DIR/<class>/<image>`` and ``VAL_DIR/<class>/<image>`` with the same class folders
 (torchvision ``ImageFolder``; class index = position of the folder name in sorted order; hidden folders
 such as ``.ipynb_checkpoints`` are not classes).
-:func:`make_fake_imagenet` writes a tiny folder of real JPEG files for tests and smoke runs.
+:func:`make_sample_image_folder` writes the embedded CIFAR-10 sample (real photos) as such a folder, for smoke
+runs; :func:`make_fake_imagenet` writes a tiny folder of generated JPEG files, for tests.
 """
 
 from __future__ import annotations
@@ -139,6 +140,39 @@ def build_imagenet_datasets(train_dir: str | Path, val_dir: str | Path, image_si
                                                                min_crop_area, color_jitter))
     val = SkippingImageFolder(val_dir, imagenet_transforms(False, image_size, val_crop_fraction))
     return train, val
+
+
+SAMPLE_IMAGE_FOLDERS = ("cifar10",)  # the embedded samples DATA.IMAGE_SAMPLE can name
+
+
+def make_sample_image_folder(root: str | Path, sample: str, train_per_class: int,
+                             val_per_class: int) -> tuple[Path, Path]:
+    """Write ``root/train`` and ``root/val`` ImageFolder trees (PNG, lossless) of an embedded real-photo sample:
+    ``cifar10`` = the first ``train_per_class`` and the next ``val_per_class`` images of each class of the
+    2000-image CIFAR-10 sample (200 per class), one folder per class name. Built atomically, as
+    :func:`make_fake_imagenet`. Returns (train_dir, val_dir)."""
+    from nasnet_det.data.cifar import CIFAR10_CLASSES, load_cifar10_npz
+    from nasnet_det.data.sample import cifar10_npz
+
+    if sample not in SAMPLE_IMAGE_FOLDERS:
+        raise ValueError(f"DATA.IMAGE_SAMPLE must be one of {', '.join(SAMPLE_IMAGE_FOLDERS)}, got {sample!r}")
+    x, y = load_cifar10_npz(cifar10_npz())
+    per_class = int(np.bincount(y, minlength=len(CIFAR10_CLASSES)).min())
+    if train_per_class < 1 or val_per_class < 1 or train_per_class + val_per_class > per_class:
+        raise ValueError(f"DATA.SAMPLE_TRAIN_PER_CLASS + DATA.SAMPLE_VAL_PER_CLASS must be <= {per_class} (the "
+                         f"sample's images per class), each >= 1; got {train_per_class} + {val_per_class}")
+    root = Path(root)
+    remove_stale_tmp(root.parent)
+    with atomic_directory(root) as tmp:
+        for c, name in enumerate(CIFAR10_CLASSES):
+            rows = np.flatnonzero(y == c)
+            for split, part in (("train", rows[:train_per_class]),
+                                ("val", rows[train_per_class:train_per_class + val_per_class])):
+                folder = tmp / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in part:
+                    Image.fromarray(x[i]).save(folder / f"{sample}_{i:05d}.png")
+    return root / "train", root / "val"
 
 
 def make_fake_imagenet(root: str | Path, num_classes: int = 3, train_per_class: int = 8,

@@ -15,6 +15,7 @@ from pathlib import Path
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.config import load_cfg
+from nasnet_det.pipeline.backends import add_backend_config, check_backend_config
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages import SHARED_NETWORK_KEYS, pipeline_stages
 
@@ -29,6 +30,7 @@ def get_pipeline_cfg() -> CN:
     cfg.OUTPUT_DIR = "output/pipeline"
     cfg.PIPELINE = CN()
     cfg.PIPELINE.PYTHON = ""  # interpreter for the stage processes; "" = the one running the pipeline
+    add_backend_config(cfg.PIPELINE)  # PIPELINE.BACKEND local | ray, and each backend's keys
     # The network of pretraining, detection and evaluation (NASNet-A mobile by default); only the
     # keys the backbone and the detector must share are passed on (stages.SHARED_NETWORK_KEYS). The genotype
     # comes from the select stage (SEARCH.GENOTYPE gives one), the weights from the pretrain stage.
@@ -42,6 +44,7 @@ def check_pipeline_config(cfg: CN) -> None:
     """Reject values no pipeline can run with; ``ValueError`` names the key."""
     from nasnet_det.models.config import check_nasnet_node, preset_node
 
+    check_backend_config(cfg.PIPELINE)
     for stage in pipeline_stages():
         stage.check_config(cfg)
     check_nasnet_node(cfg.MODEL.NASNET)

@@ -12,6 +12,7 @@ file it wrote in the stage's folder (its output in ``stage.log``, checkpoints, t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -108,7 +109,7 @@ class Pipeline:
         done: dict[str, str] = {}
         rerun_later = False  # once a stage (re)runs, every later stage must too
         t0 = time.time()
-        with _lock(self.ctx.out):
+        with _lock(self.ctx.out), contextlib.closing(self.ctx.backend):  # a local Ray cluster stops at the end
             self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
             # temporaries of our atomic writes (manifests, selection.json, ...) that a kill interrupted
             for folder in [self.ctx.out, *(self.ctx.stage_dir(s.name) for s in all_stages)]:
@@ -158,6 +159,8 @@ class Pipeline:
         manifest: dict[str, Any] = {
             "stage": stage.name, "status": "running", "config": settings, "config_hash": digest,
             "inputs": _relative(checksums, ctx.out), "outputs": {}, "metrics": {}, "attempts": attempts,
+            # where it ran (PIPELINE.BACKEND) and on how many training processes
+            "backend": ctx.backend.name, "world_size": stage.workers(ctx).world_size,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             # for the next run, should this attempt be killed before it records its time
             "attempt_started_at": t0,
@@ -180,6 +183,7 @@ class Pipeline:
                 raise StageError(stage.name, detail) from e
             raise
         elapsed = time.time() - t0
+        manifest.update(ctx.backend.run_record(workdir))
         manifest.update(status="done", outputs=_relative(outputs, ctx.out), metrics=metrics,
                         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds=elapsed,
                         wall_seconds_total=manifest["wall_seconds_before"] + elapsed)

@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import shutil
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path, torchrun_prefix
+from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backend
+from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from nasnet_det.pipeline.paths import repo_root, resolve_path
 from nasnet_det.utils.io import atomic_write
@@ -54,6 +55,11 @@ class Context:
     cfg: CN
     out: Path
     quiet: bool = False
+    backend: ExecutionBackend = field(default=None)  # type: ignore[assignment]  # PIPELINE.BACKEND's
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = create_backend(self.cfg)
 
     def stage_dir(self, name: str) -> Path:
         return self.out / name
@@ -145,6 +151,10 @@ class Stage(ABC):
 
     def enabled(self, ctx: Context) -> bool:
         return True
+
+    def workers(self, ctx: Context) -> Workers:
+        """The training processes the stage runs on (the manifest records their number as world_size)."""
+        return Workers()
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         return {}
@@ -293,7 +303,8 @@ class SearchStage(Stage):
             self.given_genotype(ctx, inputs).save(workdir / "best_genotype.json")
             return
         argv = [python(ctx.cfg), str(tool_path(self.name, "search_cifar.py")),
-                "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir), *c.OPTS]
+                "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
+                *ctx.backend.search_opts(), *c.OPTS]
         run_tool(self.name, argv, workdir, ctx.quiet)
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -419,10 +430,11 @@ class SelectStage(Stage):
                 break
             path = cand["genotype"].save(workdir / f"candidate_{i}.json")
             rdir = workdir / f"rerank_{i}"
-            argv = [python(ctx.cfg), str(tool_path(self.name, "train_cifar.py")),
-                    "--config-file", str(resolve_path(c.RERANK_CONFIG_FILE)), "--output-dir", str(rdir),
-                    *genotype_opts(path), *c.RERANK_OPTS]
-            run_tool(self.name, argv, rdir, ctx.quiet)
+            # one process each, where the backend runs training (a Ray worker on a cluster)
+            ctx.backend.run_classification(self.name, rdir, "train_cifar.py", "cifar10",
+                                           ["--config-file", str(resolve_path(c.RERANK_CONFIG_FILE)),
+                                            "--output-dir", str(rdir), *genotype_opts(path), *c.RERANK_OPTS],
+                                           Workers(), ctx.quiet)
             cand["rerank_top1"] = _read_json(self.name, rdir / "final_metrics.json", "re-rank metrics").get("top1")
         key = (lambda c_: c_["rerank_top1"]) if len(cands) > 1 else (lambda c_: 0)
         best = max(cands, key=key)
@@ -445,14 +457,15 @@ class SelectStage(Stage):
 class _ClassificationStage(Stage):
     node = ""
     tool = ""
+    dataset = ""
 
-    def launch_prefix(self, ctx: Context) -> list[str]:
+    def workers(self, ctx: Context) -> Workers:
         c = ctx.cfg[self.node]
-        try:
-            return torchrun_prefix(ctx.cfg, c.NPROC_PER_NODE, c.get("NNODES", 1), c.get("NODE_RANK", 0),
-                                   c.get("RDZV_ENDPOINT", ""))
-        except ValueError as e:
-            raise StageError(self.name, f"{self.node}: {e}") from None
+        return Workers(c.NPROC_PER_NODE, c.get("NNODES", 1), c.get("NODE_RANK", 0), c.get("RDZV_ENDPOINT", ""))
+
+    def train(self, ctx: Context, workdir: Path, args: list[str]) -> None:
+        ctx.backend.run_classification(self.name, workdir, self.tool, self.dataset, args, self.workers(ctx),
+                                       ctx.quiet)
 
     def launch_settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg[self.node]
@@ -472,7 +485,7 @@ class _ClassificationStage(Stage):
 class CifarStage(_ClassificationStage):
     """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
 
-    name, node, tool, optional = "cifar", "CIFAR", "train_cifar.py", True
+    name, node, tool, dataset, optional = "cifar", "CIFAR", "train_cifar.py", "cifar10", True
     needs, positive_keys = ("select",), ("NPROC_PER_NODE",)
 
     @classmethod
@@ -497,10 +510,8 @@ class CifarStage(_ClassificationStage):
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.CIFAR
-        argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
-                "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
-                *genotype_opts(inputs["genotype"]), *c.OPTS]
-        run_tool(self.name, argv, workdir, ctx.quiet)
+        self.train(ctx, workdir, ["--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
+                                  *genotype_opts(inputs["genotype"]), *c.OPTS])
 
 
 @register_stage
@@ -508,7 +519,7 @@ class PretrainStage(_ClassificationStage):
     """ImageNet pretraining at the MODEL.NASNET's N@F (``tools/pretrain_imagenet.py``, torchrun for > 1
     process), or given weights (the shortcut: our checkpoint, or a timm / pretrainedmodels state dict)."""
 
-    name, node, tool = "pretrain", "PRETRAIN", "pretrain_imagenet.py"
+    name, node, tool, dataset = "pretrain", "PRETRAIN", "pretrain_imagenet.py", "imagenet"
     needs, positive_keys = ("select",), ("NPROC_PER_NODE", "NNODES")
 
     @classmethod
@@ -574,23 +585,14 @@ class PretrainStage(_ClassificationStage):
         workdir.mkdir(parents=True, exist_ok=True)
         if c.WEIGHTS:  # checked by validate
             return
-        argv = [*self.launch_prefix(ctx), str(tool_path(self.name, self.tool)),
-                "--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
-                *network_opts(ctx.cfg, inputs["genotype"]), *c.OPTS]
-        run_tool(self.name, argv, workdir, ctx.quiet)
+        self.train(ctx, workdir, ["--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
+                                  *network_opts(ctx.cfg, inputs["genotype"]), *c.OPTS])
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if ctx.cfg.PRETRAIN.WEIGHTS:
             return {"kind": "given", "weights": str(resolve_path(ctx.cfg.PRETRAIN.WEIGHTS).resolve())}, {}
         outputs, metrics = super().collect(ctx, workdir)
         return {"kind": "pretrained", **outputs}, metrics
-
-
-def _d2_launch(c: CN, eval_only: bool = False) -> list[str]:
-    if eval_only:
-        return ["--num-gpus", str(c.NUM_GPUS)]
-    return ["--num-gpus", str(c.NUM_GPUS), "--num-machines", str(c.NUM_MACHINES), "--machine-rank",
-            str(c.MACHINE_RANK), "--dist-url", c.DIST_URL]
 
 
 @register_stage
@@ -608,6 +610,10 @@ class DetectStage(Stage):
         node.MACHINE_RANK = 0
         node.DIST_URL = "auto"
 
+    def workers(self, ctx: Context) -> Workers:
+        c = ctx.cfg.DETECT
+        return Workers(c.NUM_GPUS, c.NUM_MACHINES, c.MACHINE_RANK, "" if c.DIST_URL == "auto" else c.DIST_URL)
+
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.DETECT
         return {**_tool_settings(ctx, "DETECT"), "network": network_settings(ctx.cfg),
@@ -624,12 +630,11 @@ class DetectStage(Stage):
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.DETECT
         # Evaluation is the next stage's job: no test set while training (detectron2 would evaluate at the end).
-        argv = [python(ctx.cfg), str(tool_path(self.name, "train_net.py")),
-                "--config-file", str(resolve_path(c.CONFIG_FILE)), *_d2_launch(c), "--resume",
-                "OUTPUT_DIR", str(workdir), "DATASETS.TEST", "()",
-                *network_opts(ctx.cfg, inputs["genotype"]),
-                "MODEL.NASNET.WEIGHTS", str(inputs["backbone"]), *c.OPTS]
-        run_tool(self.name, argv, workdir, ctx.quiet)
+        ctx.backend.run_detection(self.name, workdir, resolve_path(c.CONFIG_FILE),
+                                  ["--resume", "OUTPUT_DIR", str(workdir), "DATASETS.TEST", "()",
+                                   *network_opts(ctx.cfg, inputs["genotype"]),
+                                   "MODEL.NASNET.WEIGHTS", str(inputs["backbone"]), *c.OPTS],
+                                  self.workers(ctx), eval_only=False, quiet=ctx.quiet)
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if not (workdir / "model_final.pth").is_file():
@@ -659,6 +664,9 @@ class EvaluateStage(Stage):
         cfg.EVALUATE.OPTS = []  # on top of DETECT.CONFIG_FILE + DETECT.OPTS (e.g. DATASETS.TEST)
         cfg.EVALUATE.NUM_GPUS = 1
 
+    def workers(self, ctx: Context) -> Workers:
+        return Workers(ctx.cfg.EVALUATE.NUM_GPUS)
+
     def settings(self, ctx: Context) -> dict[str, Any]:
         return {**_tool_settings(ctx, "DETECT"), "eval_opts": list(ctx.cfg.EVALUATE.OPTS),
                 "network": network_settings(ctx.cfg), "launch": ctx.cfg.EVALUATE.NUM_GPUS}
@@ -675,11 +683,10 @@ class EvaluateStage(Stage):
         if workdir.is_dir():  # evaluation has nothing to resume: start clean so no stale result is read
             shutil.rmtree(workdir / "inference", ignore_errors=True)
         c = ctx.cfg.DETECT
-        argv = [python(ctx.cfg), str(tool_path(self.name, "train_net.py")),
-                "--config-file", str(resolve_path(c.CONFIG_FILE)), *_d2_launch(ctx.cfg.EVALUATE, eval_only=True),
-                "--eval-only", "OUTPUT_DIR", str(workdir), *network_opts(ctx.cfg, inputs["genotype"]),
-                *c.OPTS, *ctx.cfg.EVALUATE.OPTS, "MODEL.WEIGHTS", str(inputs["detector"])]
-        run_tool(self.name, argv, workdir, ctx.quiet)
+        ctx.backend.run_detection(self.name, workdir, resolve_path(c.CONFIG_FILE),
+                                  ["OUTPUT_DIR", str(workdir), *network_opts(ctx.cfg, inputs["genotype"]),
+                                   *c.OPTS, *ctx.cfg.EVALUATE.OPTS, "MODEL.WEIGHTS", str(inputs["detector"])],
+                                  self.workers(ctx), eval_only=True, quiet=ctx.quiet)
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         found = sorted((workdir / "inference").glob("*/coco_metrics.json"))

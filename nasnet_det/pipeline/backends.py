@@ -1,0 +1,259 @@
+"""Where the training stages run (``PIPELINE.BACKEND``): each backend is one class registered with
+``@register_backend``; the stages ask ``ctx.backend`` to run a tool and never compare backend names.
+
+* ``local`` (default): each stage's tool as a child process on this machine (torchrun for several
+  classification processes, detectron2's ``launch`` for several detection processes).
+* ``ray``: one command on the head node runs every stage on a Ray cluster (``PIPELINE.RAY.ADDRESS``; empty
+  starts a local one): the search's children as Ray tasks (the search's own Ray backend), pretraining / CIFAR
+  training and detection / evaluation as Ray Train ``TorchTrainer`` jobs whose workers run the same trainers
+  in the process group Ray Train set up (:mod:`nasnet_det.pipeline.ray_train`). A worker that dies is
+  restarted by Ray Train (``FailureConfig``), and the trainer resumes from the stage folder's checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from fvcore.common.config import CfgNode as CN
+
+from nasnet_det.pipeline.launch import (
+    LOG_NAME,
+    StageError,
+    last_error_line,
+    python,
+    run_tool,
+    tool_path,
+    torchrun_prefix,
+)
+
+
+@dataclass(frozen=True)
+class Workers:
+    """How many training processes a stage asks for: ``per_machine`` x ``machines`` (the local backend's
+    torchrun / detectron2 launch also needs this machine's rank and the rendezvous address)."""
+
+    per_machine: int = 1
+    machines: int = 1
+    machine_rank: int = 0
+    rendezvous: str = ""
+
+    @property
+    def world_size(self) -> int:
+        return self.per_machine * self.machines
+
+
+class ExecutionBackend(ABC):
+    name: ClassVar[str] = ""
+
+    def __init__(self, cfg: CN):
+        self.cfg = cfg
+
+    @classmethod  # noqa: B027 (a backend may have no keys)
+    def add_config(cls, node: CN) -> None:
+        """Add the backend's keys to ``PIPELINE`` (``PIPELINE.<NAME>``)."""
+
+    @classmethod  # noqa: B027
+    def check_config(cls, node: CN) -> None:
+        """Reject values of ``PIPELINE`` no run can use, naming the key."""
+
+    def search_opts(self) -> list[str]:
+        """``KEY VALUE`` overrides that put the search's children where this backend runs things."""
+        return []
+
+    @abstractmethod
+    def run_classification(self, stage: str, workdir: Path, tool: str, dataset: str, args: list[str],
+                           workers: Workers, quiet: bool) -> None:
+        """Run ``tools/<tool>`` (``nasnet_det.classification.cli``) with ``args`` on ``workers`` processes."""
+
+    @abstractmethod
+    def run_detection(self, stage: str, workdir: Path, config_file: Path, args: list[str], workers: Workers,
+                      eval_only: bool, quiet: bool) -> None:
+        """Run ``tools/train_net.py --config-file config_file [--eval-only] args`` (``nasnet_det.detection.train``)
+        on ``workers`` processes."""
+
+    def run_record(self, workdir: Path) -> dict[str, Any]:
+        """What the manifest of a stage that ran in ``workdir`` records about how it ran (e.g. restarts)."""
+        return {}
+
+    def close(self) -> None:  # noqa: B027
+        """Release what the backend started (a local Ray cluster)."""
+
+
+B = TypeVar("B", bound=type[ExecutionBackend])
+BACKENDS: dict[str, type[ExecutionBackend]] = {}
+
+
+def register_backend(cls: B) -> B:
+    if not cls.name or cls.name in BACKENDS:
+        raise ValueError(f"backend {cls.__name__}: name {cls.name!r} is empty or taken")
+    BACKENDS[cls.name] = cls
+    return cls
+
+
+def add_backend_config(node: CN) -> None:
+    node.BACKEND = "local"  # where the stages run: one of BACKENDS (local | ray)
+    for cls in BACKENDS.values():
+        cls.add_config(node)
+
+
+def check_backend_config(node: CN) -> None:
+    if node.BACKEND not in BACKENDS:
+        raise ValueError(f"PIPELINE.BACKEND must be one of {', '.join(BACKENDS)}, got {node.BACKEND!r}")
+    for cls in BACKENDS.values():
+        cls.check_config(node)
+
+
+def create_backend(cfg: CN) -> ExecutionBackend:
+    return BACKENDS[cfg.PIPELINE.BACKEND](cfg)
+
+
+@register_backend
+class LocalBackend(ExecutionBackend):
+    """Child processes on this machine: torchrun / detectron2 launch for several processes."""
+
+    name = "local"
+
+    def run_classification(self, stage: str, workdir: Path, tool: str, dataset: str, args: list[str],
+                           workers: Workers, quiet: bool) -> None:
+        try:
+            prefix = torchrun_prefix(self.cfg, workers.per_machine, workers.machines, workers.machine_rank,
+                                     workers.rendezvous)
+        except ValueError as e:
+            raise StageError(stage, f"{stage.upper()}: {e}") from None
+        run_tool(stage, [*prefix, str(tool_path(stage, tool)), *args], workdir, quiet)
+
+    def run_detection(self, stage: str, workdir: Path, config_file: Path, args: list[str], workers: Workers,
+                      eval_only: bool, quiet: bool) -> None:
+        launch = ["--num-gpus", str(workers.per_machine)]
+        if eval_only:
+            launch += ["--eval-only"]
+        else:
+            launch += ["--num-machines", str(workers.machines), "--machine-rank", str(workers.machine_rank),
+                       "--dist-url", workers.rendezvous or "auto"]
+        argv = [python(self.cfg), str(tool_path(stage, "train_net.py")), "--config-file", str(config_file), *launch,
+                *args]
+        run_tool(stage, argv, workdir, quiet)
+
+
+def _error_line(workdir: Path) -> str:
+    log = workdir / LOG_NAME
+    return last_error_line(log.read_text(errors="replace")[-(1 << 16):]) if log.is_file() else ""
+
+
+@register_backend
+class RayBackend(ExecutionBackend):
+    """Every stage on a Ray cluster: the search as Ray tasks, the training stages as Ray Train jobs."""
+
+    name = "ray"
+
+    def __init__(self, cfg: CN):
+        super().__init__(cfg)
+        self._owns_ray = False
+        self._address = ""
+
+    @classmethod
+    def add_config(cls, node: CN) -> None:
+        node.RAY = CN()
+        # "" starts a local Ray cluster on this machine; "auto" joins the one `ray start` runs here;
+        # "HOST:6379" (or ray://HOST:10001) another cluster's head.
+        node.RAY.ADDRESS = ""
+        node.RAY.NUM_CPUS = 0  # CPUs of a local cluster (0: Ray's default, every core)
+        # Ray Train's storage (run state, worker errors): "" = OUTPUT_DIR/ray_train. On several machines
+        # OUTPUT_DIR must be shared storage anyway (rank 0 may run on any node and writes the stage folder).
+        node.RAY.STORAGE_PATH = ""
+        node.RAY.MAX_FAILURES = 2  # worker-group restarts per training stage; each resumes the checkpoint
+        node.RAY.CPUS_PER_WORKER = 1  # per training worker (its torch threads)
+        node.RAY.GPUS_PER_WORKER = 0  # 0: CPU workers (gloo); 1: one GPU per worker (nccl)
+
+    @classmethod
+    def check_config(cls, node: CN) -> None:
+        r = node.RAY
+        for key, low in (("NUM_CPUS", 0), ("MAX_FAILURES", 0), ("CPUS_PER_WORKER", 0), ("GPUS_PER_WORKER", 0)):
+            if r[key] < low:
+                raise ValueError(f"PIPELINE.RAY.{key} must be >= {low}, got {r[key]}")
+        if r.CPUS_PER_WORKER == 0 and r.GPUS_PER_WORKER == 0:
+            raise ValueError("PIPELINE.RAY.CPUS_PER_WORKER and GPUS_PER_WORKER are both 0: a worker needs one")
+
+    def _ray(self):
+        """Ray, connected (started on first use, so a run whose stages are all finished starts nothing)."""
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("PIPELINE.BACKEND ray needs ray[train]: pip install -e '.[ray]'") from None
+        if not ray.is_initialized():
+            import nasnet_det
+
+            r = self.cfg.PIPELINE.RAY
+            # Ship the package with the job, as the search does, so cluster workers import this checkout.
+            kwargs: dict[str, Any] = dict(runtime_env={"py_modules": [str(Path(nasnet_det.__file__).parent)]},
+                                          include_dashboard=False, log_to_driver=False)
+            if r.ADDRESS:
+                ray.init(address=r.ADDRESS, **kwargs)
+            else:  # a new local cluster, never someone else's that happens to run on this machine
+                ray.init(address="local", num_cpus=r.NUM_CPUS or None, **kwargs)
+            self._owns_ray = True
+        if not self._address:  # also of a Ray someone else connected (the search's children join it too)
+            self._address = ray.get_runtime_context().gcs_address
+        return ray
+
+    def search_opts(self) -> list[str]:
+        self._ray()  # the search's children join this cluster
+        return ["WORKERS.BACKEND", "ray", "WORKERS.RAY_ADDRESS", self._address]
+
+    def _fit(self, stage: str, workdir: Path, kind: str, argv: list[str], workers: Workers) -> None:
+        ray = self._ray()
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+
+        from nasnet_det.pipeline.ray_train import WORKERS_DIR, exit_code, train_loop_per_worker
+
+        r = self.cfg.PIPELINE.RAY
+        workdir.mkdir(parents=True, exist_ok=True)
+        storage = Path(r.STORAGE_PATH or Path(self.cfg.OUTPUT_DIR) / "ray_train").resolve()
+        resources = {"CPU": r.CPUS_PER_WORKER, **({"GPU": r.GPUS_PER_WORKER} if r.GPUS_PER_WORKER else {})}
+        with open(workdir / LOG_NAME, "a") as log:
+            log.write(f"$ ray train {kind} on {workers.world_size} worker(s) {resources}: {' '.join(argv)}\n")
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"kind": kind, "argv": argv, "workdir": str(workdir), "cwd": os.getcwd()},
+            scaling_config=ScalingConfig(num_workers=workers.world_size, use_gpu=r.GPUS_PER_WORKER > 0,
+                                         resources_per_worker=resources),
+            # a new Ray Train run per attempt of the stage: its workers, also those Ray Train restarts after a
+            # failure, resume the trainer's own checkpoint in the stage folder (Ray Train checkpoints are unused)
+            run_config=RunConfig(storage_path=str(storage), name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
+                                 failure_config=FailureConfig(max_failures=r.MAX_FAILURES)))
+        (workdir / WORKERS_DIR / "rank0.exit").unlink(missing_ok=True)
+        try:
+            trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            raise StageError(stage, f"the Ray Train job failed after {r.MAX_FAILURES} restart(s) "
+                                    f"(PIPELINE.RAY.MAX_FAILURES): {_error_line(workdir) or e}") from None
+        if exit_code(workdir):
+            raise StageError(stage, _error_line(workdir) or f"the trainer exited with code {exit_code(workdir)}")
+
+    def run_classification(self, stage: str, workdir: Path, tool: str, dataset: str, args: list[str],
+                           workers: Workers, quiet: bool) -> None:
+        self._fit(stage, workdir, "classification", [*args, "DATA.DATASET", dataset], workers)
+
+    def run_detection(self, stage: str, workdir: Path, config_file: Path, args: list[str], workers: Workers,
+                      eval_only: bool, quiet: bool) -> None:
+        self._fit(stage, workdir, "detection",
+                  ["--config-file", str(config_file), *(["--eval-only"] if eval_only else []), *args], workers)
+
+    def run_record(self, workdir: Path) -> dict[str, Any]:
+        from nasnet_det.pipeline.ray_train import WORKERS_DIR
+
+        starts = workdir / WORKERS_DIR / "rank0.jsonl"  # rank 0's (re)starts over every Ray Train job of the stage
+        return {"ray_worker_starts": len(starts.read_text().splitlines())} if starts.is_file() else {}
+
+    def close(self) -> None:
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+            self._owns_ray = False
