@@ -12,7 +12,8 @@ TINY = [
                    "'WORKERS.NUM_WORKERS', '1']",
     "PRETRAIN.OPTS", "['SOLVER.MAX_STEPS', '4', 'SOLVER.BATCH_SIZE', '4', 'SOLVER.ACCUM_STEPS', '1', "
                      "'TRAIN.CHECKPOINT_PERIOD', '2', 'TRAIN.EVAL_PERIOD', '4', 'TRAIN.LOG_PERIOD', '1', "
-                     "'TRAIN.TENSORBOARD', 'False', 'DATA.SAMPLE_TRAIN_PER_CLASS', '8', 'DATA.SAMPLE_VAL_PER_CLASS', '2']",
+                     "'TRAIN.TENSORBOARD', 'False', 'DATA.SAMPLE_TRAIN_PER_CLASS', '8', "
+                     "'DATA.SAMPLE_VAL_PER_CLASS', '2']",
     "DETECT.OPTS", "['SOLVER.MAX_ITER', '4', 'SOLVER.CHECKPOINT_PERIOD', '2', 'SOLVER.IMS_PER_BATCH', '2', "
                    "'INPUT.MIN_SIZE_TRAIN', '(96,)', 'INPUT.MIN_SIZE_TEST', '96', 'INPUT.MAX_SIZE_TEST', '128']",
     "REPORT.PROFILE_IMAGE_SIZE", "64",
