@@ -37,8 +37,9 @@ def get_cfg_defaults() -> CN:
     c.SEARCH.ZERO_COST.BATCH_SIZE = 64  # training images of the data-dependent proxies' minibatch
     # SEARCH.STRATEGY predictor (search/strategies/predictor.py, BANANAS-style): after INITIAL random children,
     # an ensemble of ENSEMBLE bootstrap ridge regressions (RIDGE_ALPHA) fitted to the finished children every
-    # SEARCH.BATCH_SIZE results proposes the next ones: MUTATIONS mutants (1-3 decisions re-drawn) of each of the TOP_PARENTS
-    # best children (plus as many random cells), ranked by the upper confidence bound mean + KAPPA * std.
+    # SEARCH.BATCH_SIZE results proposes the next ones: MUTATIONS mutants (1-3 decisions re-drawn) of each of
+    # the TOP_PARENTS best children (plus as many random cells), ranked by the upper confidence bound
+    # mean + KAPPA * std.
     c.SEARCH.PREDICTOR = CN()
     c.SEARCH.PREDICTOR.INITIAL = 10
     c.SEARCH.PREDICTOR.TOP_PARENTS = 5
