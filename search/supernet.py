@@ -35,6 +35,7 @@ from torch import nn
 
 from nasnet_det.models.ops import Conv2dSame, FactorizedReduce, ReLUConvBN, build_op
 from nasnet_det.space import NUM_INPUTS, OPS, CellSpec, Genotype
+from search.controller import decision_slots, sample_uniform
 
 SIDES = ("left", "right")
 
@@ -183,3 +184,13 @@ def recalibrate_bn(supernet: SuperNet, genotype: Genotype, batches: list[torch.T
     for x in batches:
         supernet(x, genotype)
     supernet.train(was_training)
+
+
+def fair_paths(num_blocks: int, generator: torch.Generator) -> torch.Tensor:
+    """13 paths ([13, 2 x 5B] decisions) in which every op slot takes every op exactly once (FairNAS's strict
+    fairness); inputs and combines are drawn uniformly."""
+    paths = sample_uniform(len(OPS), num_blocks, generator)
+    for j, slot in enumerate(decision_slots(num_blocks)):
+        if slot.kind == "op":
+            paths[:, j] = torch.randperm(len(OPS), generator=generator)
+    return paths

@@ -31,7 +31,7 @@ from nasnet_det.space import OPS, Genotype, cell_to_decisions
 from search.controller import decision_slots, sample_uniform
 from search.estimators.base import Estimator, register_estimator
 from search.reward import ChildData, _augment, _to_tensor
-from search.supernet import SuperNet, recalibrate_bn
+from search.supernet import SuperNet, fair_paths, recalibrate_bn
 
 DEFAULT_RECALIBRATION_BATCHES = 8
 FEW_SHOT_DECISION = 2  # the split decision: op_1 of the normal cell's block 0 (decisions: in, in, op, op, combine)
@@ -44,15 +44,6 @@ def genotype_decisions(genotype: Genotype) -> list[int]:
 def few_shot_split(decisions: list[int], splits: int) -> int:
     """The sub-supernet that owns a cell: its first op decision modulo ``splits``."""
     return int(decisions[FEW_SHOT_DECISION]) % splits
-
-
-def fair_paths(num_blocks: int, generator: torch.Generator) -> torch.Tensor:
-    """13 paths ([13, 2 x 5B] decisions) in which every op slot takes every op exactly once (FairNAS)."""
-    paths = sample_uniform(len(OPS), num_blocks, generator)
-    for j, slot in enumerate(decision_slots(num_blocks)):
-        if slot.kind == "op":
-            paths[:, j] = torch.randperm(len(OPS), generator=generator)
-    return paths
 
 
 class SupernetEstimator(Estimator):
