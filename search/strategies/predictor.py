@@ -6,7 +6,8 @@ The first ``SEARCH.PREDICTOR.INITIAL`` children are uniform random cells. From t
 one-hot of the 2 x 5B decisions and each cell's op counts -> reward); each new child is chosen from
 ``MUTATIONS`` mutants (1 to 3 decisions re-drawn) of each of the ``TOP_PARENTS`` best children so far plus
 as many uniform random cells, by the upper confidence bound ``mean + KAPPA * std`` over the ensemble
-(BANANAS's ensemble of networks estimates its uncertainty the same way). A cell already journaled is never proposed again.
+(BANANAS's ensemble of networks estimates its uncertainty the same way). A cell already journaled is never
+proposed again.
 
 Why ridge and not a forest or MLPs: with the few tens of children a CPU search affords, a linear model of
 this encoding ranked held-out cells better (SyntheticOpReward, 40 children, B=2: Spearman 0.63 against 0.36
