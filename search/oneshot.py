@@ -42,16 +42,16 @@ from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.utils.io import atomic_torch_save
 from search.config import check_cfg
-from search.controller import decisions_to_genotype
+from search.controller import decisions_to_genotype, sample_uniform
 from search.journal import Journal, load_state
 from search.objective import Objective
-from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
+from search.oneshot_config import NEW_KEY_DEFAULTS, NOT_IDENTITY, ONESHOT_STRATEGY, check_oneshot_cfg
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
-from search.reward import ChildData, _augment, _to_tensor, build_child
+from search.reward import ChildData, _augment, _to_tensor, build_child, load_search_data
 from search.session import SearchSession
 from search.strategies.registry import STRATEGIES
-from search.supernet import SuperNet
+from search.supernet import SuperNet, fair_paths, recalibrate_bn
 from search.workers import COST_FIELDS
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,8 @@ def build_supernet(cfg: CfgNode) -> SuperNet:
     net = cfg.MODEL.NASNET
     return SuperNet(cfg.SEARCH.NUM_BLOCKS, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
                     bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE),
-                    channels_last=bool(net.get("CHANNELS_LAST", True)))
-
-
-def load_search_data(cfg: CfgNode) -> ChildData:
-    from nasnet_det.data.cifar import load_cifar_source
-
-    x, y = load_cifar_source(cfg.DATA.SOURCE)
-    return ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
+                    channels_last=bool(net.get("CHANNELS_LAST", True)),
+                    track_running_stats=cfg.ONESHOT.BN_RECALIBRATION_BATCHES > 0)
 
 
 class OneShotSearch(SearchSession):
@@ -139,7 +133,8 @@ class OneShotSearch(SearchSession):
     def identity(self) -> dict[str, Any]:
         ident = super().identity()
         ident["SEARCH.STRATEGY"] = ONESHOT_STRATEGY
-        ident["ONESHOT"] = {k: v for k, v in self.cfg.ONESHOT.items() if k not in ("DEVICE", "CHECKPOINT_EVERY")}
+        ident["ONESHOT"] = {k: v for k, v in self.cfg.ONESHOT.items()
+                            if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
         return ident
 
     # ---- checkpoints -------------------------------------------------------------------------------------
@@ -173,16 +168,20 @@ class OneShotSearch(SearchSession):
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
         return True
 
+    def controller_epochs_before(self, epoch: int) -> int:
+        """Epochs with a controller phase before ``epoch`` (the warm-up epochs have none)."""
+        return max(0, epoch - self.cfg.ONESHOT.WARMUP_EPOCHS)
+
     def _units_done(self) -> int:
         o, p = self.cfg.ONESHOT, self.pos
-        per_epoch = self.weight_steps + o.CONTROLLER_STEPS
-        done = p["epoch"] * per_epoch
+        done = p["epoch"] * self.weight_steps + self.controller_epochs_before(p["epoch"]) * o.CONTROLLER_STEPS
         if p["phase"] == "weights":
             done += p["step"]
         elif p["phase"] == "controller":
             done += self.weight_steps + p["step"]
         else:
-            done = o.EPOCHS * per_epoch + (o.FINAL_SAMPLES if p["phase"] == "done" else 0)
+            done = o.EPOCHS * self.weight_steps + self.controller_epochs_before(o.EPOCHS) * o.CONTROLLER_STEPS
+            done += o.FINAL_SAMPLES if p["phase"] == "done" else 0
         return done
 
     def _tick(self, bar: tqdm) -> None:
@@ -206,34 +205,53 @@ class OneShotSearch(SearchSession):
         lr = o.LR_MIN + 0.5 * (o.LR - o.LR_MIN) * (1 + math.cos(math.pi * done / total))
         for group in self.w_opt.param_groups:
             group["lr"] = lr
-        _, _, (genotype,) = self.sample_genotypes(1)
-        idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE]
-        xb = self.x_train[idx.to(self.device)]
-        if self.cfg.CHILD.AUGMENT:  # augment the whole batch so the generator stays in step across processes
-            xb = _augment(xb, self.gen)
-        mine = slice(self.rank, None, self.world)  # this process's share of the batch
+        nb = self.cfg.SEARCH.NUM_BLOCKS
+        if self.pos["epoch"] < o.WARMUP_EPOCHS:  # SPOS warm-up: uniform paths (FairNAS: 13 fair ones)
+            paths = fair_paths(nb, self.gen) if o.FAIRNESS else sample_uniform(1, nb, self.gen)
+            genotypes = [decisions_to_genotype(a, nb) for a in paths.tolist()]
+        else:
+            _, _, genotypes = self.sample_genotypes(1)
         model = self.model if self.model is not None else self.supernet
         model.train()
-        loss = F.cross_entropy(model(xb[mine], genotype), self.y_train[idx.to(self.device)][mine])
-        if not torch.isfinite(loss):
-            raise ValueError(f"the supernet's training loss became {float(loss.detach())} at epoch "
-                             f"{self.pos['epoch']} step {self.pos['step']}; lower ONESHOT.LR (now {o.LR})")
         self.w_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total_loss = 0.0
+        for genotype in genotypes:  # gradients of every path accumulated, one update
+            idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE]
+            xb = self.x_train[idx.to(self.device)]
+            if self.cfg.CHILD.AUGMENT:  # augment the whole batch so the generator stays in step across processes
+                xb = _augment(xb, self.gen)
+            mine = slice(self.rank, None, self.world)  # this process's share of the batch
+            loss = F.cross_entropy(model(xb[mine], genotype), self.y_train[idx.to(self.device)][mine])
+            if not torch.isfinite(loss):
+                raise ValueError(f"the supernet's training loss became {float(loss.detach())} at epoch "
+                                 f"{self.pos['epoch']} step {self.pos['step']}; lower ONESHOT.LR (now {o.LR})")
+            (loss / len(genotypes)).backward()
+            total_loss += float(loss.detach()) / len(genotypes)
         if o.GRAD_CLIP > 0:
             torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), o.GRAD_CLIP)
         self.w_opt.step()
-        return float(loss.detach())
+        return total_loss
 
     @torch.no_grad()
     def score(self, genotype, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Accuracy of ``genotype`` with the shared weights (batch-statistics BN, as ENAS)."""
+        """Accuracy of ``genotype`` with the shared weights: batch-statistics BN, as ENAS, or with
+        ``ONESHOT.BN_RECALIBRATION_BATCHES`` > 0 running statistics recomputed for this cell first."""
+        if self.cfg.ONESHOT.BN_RECALIBRATION_BATCHES > 0:
+            recalibrate_bn(self.supernet, genotype, self.recalibration_batches())
         self.supernet.eval()
         bs = int(self.cfg.CHILD.EVAL_BATCH_SIZE)
         correct = 0
         for i in range(0, len(x), bs):
             correct += int((self.supernet(x[i:i + bs], genotype).argmax(1) == y[i:i + bs]).sum())
         return correct / len(x)
+
+    def recalibration_batches(self) -> list[torch.Tensor]:
+        """The same ``ONESHOT.BN_RECALIBRATION_BATCHES`` training minibatches for every cell (from SEARCH.SEED,
+        apart from the search's generator, so a resumed search recalibrates alike)."""
+        o = self.cfg.ONESHOT
+        gen = torch.Generator().manual_seed(int(self.cfg.SEARCH.SEED) + 1)
+        return [self.x_train[torch.randperm(len(self.x_train), generator=gen)[:o.BATCH_SIZE].to(self.device)]
+                for _ in range(o.BN_RECALIBRATION_BATCHES)]
 
     def _score_rows(self, journal: Journal | None, strategy: str, batch: int, actions: torch.Tensor,
                     logp: torch.Tensor | None, genotypes: list, minibatch: int | None, policy: int) -> list[float]:
@@ -282,7 +300,7 @@ class OneShotSearch(SearchSession):
     def controller_step(self, journal: Journal | None) -> dict[str, float]:
         """Sample SEARCH.BATCH_SIZE cells, score each on a held-out minibatch, update the policy."""
         o = self.cfg.ONESHOT
-        batch = self.pos["epoch"] * o.CONTROLLER_STEPS + self.pos["step"]
+        batch = self.controller_epochs_before(self.pos["epoch"]) * o.CONTROLLER_STEPS + self.pos["step"]
         actions, logp, genotypes = self.sample_genotypes(self.cfg.SEARCH.BATCH_SIZE)
         rewards = self._score_rows(journal, SEARCH_NAME, batch, actions, logp, genotypes, o.REWARD_BATCH_SIZE,
                                    policy=batch)
@@ -334,7 +352,8 @@ class OneShotSearch(SearchSession):
 
     def _loop(self, journal: Journal | None, resumed: bool) -> bool:
         o, p = self.cfg.ONESHOT, self.pos
-        total = o.EPOCHS * (self.weight_steps + o.CONTROLLER_STEPS) + o.FINAL_SAMPLES
+        total = (o.EPOCHS * self.weight_steps + self.controller_epochs_before(o.EPOCHS) * o.CONTROLLER_STEPS
+                 + o.FINAL_SAMPLES)
         bar = tqdm(total=total, initial=self._units_done(), desc="search[oneshot]",
                    disable=not self.progress or self.rank != 0, dynamic_ncols=True)
         if resumed:
@@ -353,6 +372,8 @@ class OneShotSearch(SearchSession):
                             self._save()
                     p.update(phase="controller", step=0)
                     self._save()
+                if p["epoch"] < o.WARMUP_EPOCHS:  # no controller phase in the warm-up
+                    p["step"] = o.CONTROLLER_STEPS
                 while p["step"] < o.CONTROLLER_STEPS:
                     if self._should_stop():
                         return True
@@ -368,7 +389,7 @@ class OneShotSearch(SearchSession):
                     return True
                 actions, _, genotypes = self.sample_genotypes(o.FINAL_SAMPLES)
                 self._score_rows(journal, DERIVE_NAME, 0, actions, None, genotypes, None,
-                                 policy=o.EPOCHS * o.CONTROLLER_STEPS)
+                                 policy=self.controller_epochs_before(o.EPOCHS) * o.CONTROLLER_STEPS)
                 for _ in genotypes:
                     self._tick(bar)
                 p.update(phase="done", step=0)

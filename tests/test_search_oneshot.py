@@ -305,3 +305,24 @@ def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, data):
     (tmp_path / STATE_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=rf"{STATE_NAME} cannot be read.*delete it to restart the one-shot search"):
         OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data).run()
+
+
+def test_warm_up_fairness_and_bn_recalibration_resume_like_an_uninterrupted_run(tmp_path, data):
+    """The supernet fixes in the one-shot search: epoch 0 is a FairNAS warm-up (no controller phase), and
+    every cell is scored after recalibrating BatchNorm; a search interrupted in the warm-up resumes exactly."""
+    cfg = oneshot_cfg("ONESHOT.WARMUP_EPOCHS", 1, "ONESHOT.FAIRNESS", True, "ONESHOT.BN_RECALIBRATION_BATCHES", 1,
+                      "CHILD.IMAGE_SIZE", 8)
+    full = OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
+    part = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data, max_units_this_run=2).run()
+    assert full["stopped_early"] is False and part["stopped_early"] is True
+    OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data).run()
+    s_full, rows_full = _final_state(tmp_path / "full")
+    s_res, rows_res = _final_state(tmp_path / "resumed")
+    assert rows_full == rows_res
+    assert len([r for r in rows_full if r[0] == SEARCH_NAME]) == (2 - 1) * 2 * 3  # no controller in the warm-up
+    assert {r[1] for r in rows_full if r[0] == SEARCH_NAME} == {0, 1}  # its batches are numbered from 0
+    for k, v in s_full["supernet"].items():
+        assert torch.equal(v, s_res["supernet"][k]), f"supernet.{k} differs after resuming"
+    assert any(k.endswith("running_mean") for k in s_full["supernet"])  # recalibration keeps statistics
+    with pytest.raises(ValueError, match="ONESHOT.WARMUP_EPOCHS=2: expected an integer >= 0 and below"):
+        OneShotSearch(oneshot_cfg("ONESHOT.WARMUP_EPOCHS", 2), tmp_path / "bad", data=data)
