@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import logging
+import platform
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -60,9 +61,23 @@ class LatencySetting:
 
     def table_key(self) -> dict[str, Any]:
         """What a lookup table depends on (the timing protocol aside)."""
-        return {"device": self.device, "input_size": self.input_size, "num_cells": self.num_cells,
-                "filters": self.filters, "backbone": self.backbone, "threads": self.threads,
-                "torch": torch.__version__}
+        return {"device": self.device, "device_name": device_name(self.device), "input_size": self.input_size,
+                "num_cells": self.num_cells, "filters": self.filters, "backbone": self.backbone,
+                "threads": self.threads, "torch": torch.__version__}
+
+
+def device_name(device: str) -> str:
+    """The processor a table was timed on (a cache folder copied or shared between machines must not lend one
+    machine's timings to another): the GPU's name, or the CPU model of /proc/cpuinfo."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,17 @@ def test_select_picks_the_most_accurate_cell_within_the_latency_budget(tmp_path)
         _select(tmp_path, 5)
     with pytest.raises(ValueError, match=r"SELECT\.LATENCY_BUDGET_MS must be a number of ms >= 0"):
         load_pipeline_config(SMOKE, ["SELECT.LATENCY_BUDGET_MS", "-1.0"])
+    with pytest.raises(ValueError, match=r"LATENCY_BUDGET_MS=20 needs a search .* SEARCH\.GENOTYPE 'nasnet_a'"):
+        load_pipeline_config(SMOKE, ["SELECT.LATENCY_BUDGET_MS", "20.0", "SEARCH.GENOTYPE", "nasnet_a"])
+
+
+def test_a_malformed_pareto_file_is_one_line_naming_it(tmp_path):
+    path = _pareto_file(tmp_path)
+    data = json.loads(path.read_text())
+    del data["children"][1]["latency_ms"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(StageError, match=r"pareto\.json: an entry lacks latency_ms .* rerun the search stage"):
+        SelectStage().within_budget({"pareto": path}, 24.0, 1)
 
 
 def test_the_hook_mult_add_count_equals_fvcores_on_a_detection_backbone():

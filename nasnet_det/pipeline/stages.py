@@ -361,6 +361,9 @@ class SelectStage(Stage):
         b = cfg.SELECT.LATENCY_BUDGET_MS
         if not (isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0):
             raise ValueError(f"SELECT.LATENCY_BUDGET_MS must be a number of ms >= 0 (0: no budget), got {b!r}")
+        if b and cfg.SEARCH.GENOTYPE:
+            raise ValueError(f"SELECT.LATENCY_BUDGET_MS={b:g} needs a search to choose from, but SEARCH.GENOTYPE "
+                             f"{cfg.SEARCH.GENOTYPE!r} gives the cell; set one of them")
 
     def within_budget(self, inputs: dict[str, Path], budget: float, k: int) -> list[dict[str, Any]]:
         """The ``k`` most accurate cells of the search whose backbone latency is within ``budget`` ms (the most
@@ -377,6 +380,11 @@ class SelectStage(Stage):
                                         f"{pareto.get('metric')}, not latency (SEARCH.LATENCY.ESTIMATOR flops); "
                                         "use the measure or lut estimator")
         cells = pareto.get("children") or pareto.get("front") or []
+        for e in cells:
+            missing = [key for key in ("latency_ms", "accuracy", "genotype", "id", "strategy") if key not in e]
+            if missing or not isinstance(e["latency_ms"], (int, float)):
+                raise StageError(self.name, f"{inputs['pareto']}: an entry lacks {', '.join(missing)} or its "
+                                            "latency_ms is not a number; rerun the search stage to rewrite it")
         fits = sorted((e for e in cells if e["latency_ms"] <= budget), key=lambda e: (-e["accuracy"], e["id"]))
         if not fits:
             fastest = min(cells, key=lambda e: e["latency_ms"])
