@@ -29,6 +29,22 @@ def get_cfg_defaults() -> CN:
     c.SEARCH.SEED = 0
     c.SEARCH.MAX_EVALS_THIS_RUN = 0  # stop after this many finished evaluations in this run (0: no limit)
     c.SEARCH.TOP_K = 5               # genotypes kept in top_k.json
+    # SEARCH.STRATEGY zero_cost (search/strategies/zero_cost.py): CANDIDATES random cells are scored by PROXY
+    # (an estimator of search/estimators, at initialisation) and the SEARCH.BUDGET best are trained as children.
+    c.SEARCH.ZERO_COST = CN()
+    c.SEARCH.ZERO_COST.PROXY = "synflow"
+    c.SEARCH.ZERO_COST.CANDIDATES = 200
+    c.SEARCH.ZERO_COST.BATCH_SIZE = 64  # training images of the data-dependent proxies' minibatch
+    # SEARCH.STRATEGY predictor (search/strategies/predictor.py, BANANAS-style): after INITIAL random children,
+    # a random forest fitted to the finished children every SEARCH.BATCH_SIZE results proposes the next ones:
+    # MUTATIONS one-decision mutants of each of the TOP_PARENTS best children (plus as many random cells),
+    # ranked by the upper confidence bound mean + KAPPA * std over the forest's trees.
+    c.SEARCH.PREDICTOR = CN()
+    c.SEARCH.PREDICTOR.INITIAL = 10
+    c.SEARCH.PREDICTOR.TOP_PARENTS = 5
+    c.SEARCH.PREDICTOR.MUTATIONS = 20
+    c.SEARCH.PREDICTOR.TREES = 50
+    c.SEARCH.PREDICTOR.KAPPA = 1.0
 
     c.CONTROLLER = CN()
     c.CONTROLLER.HIDDEN = 100        # paper: one-layer LSTM, 100 units
@@ -178,6 +194,13 @@ def check_cfg(cfg: CN) -> None:
                    ("WORKERS.NUM_WORKERS", w.NUM_WORKERS), ("WORKERS.MAX_RETRIES", w.MAX_RETRIES),
                    ("WORKERS.MAX_IN_FLIGHT", w.MAX_IN_FLIGHT)):
         _require(isinstance(v, int) and v >= 0, key, v, "an integer >= 0")
+    z, pr = s.ZERO_COST, s.PREDICTOR
+    for key, v in (("SEARCH.ZERO_COST.CANDIDATES", z.CANDIDATES), ("SEARCH.ZERO_COST.BATCH_SIZE", z.BATCH_SIZE),
+                   ("SEARCH.PREDICTOR.INITIAL", pr.INITIAL), ("SEARCH.PREDICTOR.TOP_PARENTS", pr.TOP_PARENTS),
+                   ("SEARCH.PREDICTOR.MUTATIONS", pr.MUTATIONS), ("SEARCH.PREDICTOR.TREES", pr.TREES)):
+        _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, v, "an integer >= 1")
+    _require(isinstance(pr.KAPPA, (int, float)) and math.isfinite(pr.KAPPA) and pr.KAPPA >= 0,
+             "SEARCH.PREDICTOR.KAPPA", pr.KAPPA, "a finite number >= 0")
     _require(isinstance(d.VAL_SIZE, int) and d.VAL_SIZE >= 1, "DATA.VAL_SIZE", d.VAL_SIZE, "an integer >= 1")
     _require(c.LR > 0, "CONTROLLER.LR", c.LR, "a number > 0")
     _require(0 <= c.BASELINE_DECAY < 1, "CONTROLLER.BASELINE_DECAY", c.BASELINE_DECAY, "a number in [0, 1)")
