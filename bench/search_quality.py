@@ -302,6 +302,156 @@ def budget_study(budgets: Sequence[Budget], data: BenchData, cache: TruthCache, 
     return out
 
 
+# ------------------------------------------------------------------------------------------ the cell set
+@dataclass
+class CellTruth:
+    """The fixed cell set at one budget: NASNet-A's accuracy per seed and each random cell's (seed 0, plus
+    every seed for the first ``noise_cells``); ``truth`` is each cell's mean over its seeds."""
+
+    genotypes: list[Genotype]      # NASNet-A first, then the random cells
+    accuracies: list[list[float]]  # per cell, per seed
+    seconds_per_cell: float
+
+    @property
+    def truth(self) -> list[float]:
+        return [float(np.mean(a)) for a in self.accuracies]
+
+    @property
+    def random_seed0(self) -> list[float]:
+        return [a[0] for a in self.accuracies[1:]]
+
+
+def cell_truth(budget: Budget, data: BenchData, cache: TruthCache, cells: int, seeds: int, noise_cells: int,
+               tolerance: float, cell_seed: int = 0, log: Callable[[str], None] = print) -> CellTruth:
+    randoms = [g for g, _ in size_matched_cells(cells, budget.network(), tolerance, cell_seed)]
+    genotypes = [NASNET_A, *randoms]
+    acc, secs = [], []
+    for i, g in enumerate(genotypes):
+        n_seeds = seeds if i <= noise_cells else 1
+        entries = [ground_truth(cache, g, budget, data, s, log) for s in range(n_seeds)]
+        acc.append([e["accuracy"] for e in entries])
+        secs += [e["seconds"] for e in entries]
+    return CellTruth(genotypes, acc, float(np.median(secs)))
+
+
+# ------------------------------------------------------------------------------------------- estimators
+def search_cfg(budget: Budget, config: str | None, opts: Sequence[str]) -> Any:
+    """The search config the estimators and strategies run with: the budget's network and image size, one
+    in-process worker (the bench owns the one core it measures on), then ``config`` and ``opts``."""
+    from search.config import load_cfg
+
+    base = ["MODEL.NASNET.NUM_CELLS", str(budget.num_cells), "MODEL.NASNET.FILTERS", str(budget.filters),
+            "CHILD.IMAGE_SIZE", str(budget.image_size), "WORKERS.BACKEND", "inline"]
+    return load_cfg(config, [*base, *opts])
+
+
+def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: CellTruth, seed: int = 0,
+                        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each estimator prepared on the search split (never the holdout) and scored on every cell of the set:
+    rank correlations with the ground truth (bootstrap 95% CIs) and seconds per cell (its preparation
+    spread over the cells, plus scoring)."""
+    from search.estimators import build_estimator
+
+    out = []
+    for name in names:
+        est = build_estimator(name, cfg, key="--estimators")
+        t0 = time.perf_counter()
+        est.prepare(data.search, seed)
+        prep = time.perf_counter() - t0
+        scores = [float(est.score(g)) for g in cells.genotypes]
+        total = time.perf_counter() - t0
+        corr = rank_correlations(scores, cells.truth, seed=seed)
+        res = {"estimator": name, **corr, "seconds_per_cell": total / len(scores), "prepare_seconds": prep,
+               "scores": scores}
+        log(f"  {name:<12} kendall {corr['kendall']:+.3f} [{corr['kendall_lo']:+.3f}, {corr['kendall_hi']:+.3f}]  "
+            f"spearman {corr['spearman']:+.3f} [{corr['spearman_lo']:+.3f}, {corr['spearman_hi']:+.3f}]  "
+            f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)")
+        out.append(res)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- strategies
+def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple[Genotype, float]:
+    """One search of ``strategy`` on the search split: (its found cell, wall seconds)."""
+    from search.oneshot import OneShotSearch
+    from search.reward import ChildEvaluator
+    from search.runner import SearchRunner
+    from search.strategies.registry import STRATEGIES
+
+    cls = STRATEGIES.resolve(strategy)[strategy]
+    t0 = time.perf_counter()
+    if cls.weight_sharing:
+        OneShotSearch(cfg, out_dir, progress=False, fresh=True, data=data.search).run()
+        found = out_dir / "best_genotype.json"
+    else:
+        evaluator = ChildEvaluator(dict(cfg.CHILD), data.search, dict(cfg.MODEL.NASNET))
+        SearchRunner(cfg, out_dir, evaluator=evaluator, progress=False, fresh=True).run()
+        found = out_dir / f"best_genotype_{strategy}.json"
+    if not found.is_file():
+        raise RuntimeError(f"the {strategy} search left no {found.name} in {out_dir} (no child finished?)")
+    return Genotype.load(found), time.perf_counter() - t0
+
+
+def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], budget: Budget, cfg_of: Callable[[str, int], Any],
+                        data: BenchData, cache: TruthCache, cells: CellTruth, work: Path,
+                        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each strategy searched once per seed; its found cell trained alone at ``budget`` (seed 0, like the
+    random cells) and ranked among the random cells and against NASNet-A (seed 0)."""
+    rand = cells.random_seed0
+    mean, std = float(np.mean(rand)), float(np.std(rand, ddof=1))
+    nas = cells.accuracies[0][0]
+    out = []
+    for strategy in strategies:
+        for seed in search_seeds:
+            cfg = cfg_of(strategy, seed)
+            key = {"strategy": strategy, "seed": seed, "data": data.key,
+                   "cfg": hashlib.sha1(cfg.dump().encode()).hexdigest()[:16]}
+            skey = "search|" + json.dumps(key, sort_keys=True)
+            hit = cache.entries.get(skey)
+            if hit is None:
+                log(f"  searching: {strategy} seed {seed}")
+                found, secs = run_search(strategy, cfg, data, work / f"{strategy}_{seed}")
+                hit = {"key": skey, "kind": "search", "budget": "", "genotype": found.to_dict(),
+                       "search_seconds": round(secs, 1), "seconds": 0.0}
+                cache.put(hit)
+            found = Genotype.from_dict(hit["genotype"])
+            acc = ground_truth(cache, found, budget, data, 0, log)["accuracy"]
+            res = {"strategy": strategy, "seed": seed, "accuracy": acc, "search_seconds": hit["search_seconds"],
+                   "rank_among_random": rank_among(acc, rand), "of": len(rand) + 1,
+                   "z_over_random": (acc - mean) / std if std > 0 else float("nan"),
+                   "at_or_above_nasnet_a": bool(acc >= nas), "genotype": found.to_dict()}
+            log(f"  {strategy} seed {seed}: found cell {acc:.4f} (random {mean:.4f} +- {std:.4f}, z {res['z_over_random']:+.2f}, "
+                f"rank {res['rank_among_random']}/{res['of']}, NASNet-A {nas:.4f}); search {hit['search_seconds']:.0f} s")
+            out.append(res)
+    return out
+
+
+def result_rows(study: Sequence[Mapping[str, Any]], estimators: Sequence[Mapping[str, Any]],
+                strategies: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The section's rows for bench/results.json (bench/_common.row): the budget study (NASNet-A's margin
+    against the seed noise), each estimator's Kendall tau against the params baseline's, each strategy's
+    found cell against the random cells' mean."""
+    from _common import row
+
+    rows = []
+    for b in study:
+        rows.append(row(f"{SCRIPT} budget {b['budget']}", "NASNet-A margin", b["margin"], b["seed_noise"],
+                        "seed noise (std)", True, **settings))
+    base = next((e for e in estimators if e["estimator"] == "params"), None)
+    for e in estimators:
+        rows.append(row(f"{SCRIPT} estimator {e['estimator']}", "kendall tau", e["kendall"],
+                        base["kendall"] if base else float("nan"), "params (size baseline)", True,
+                        kendall_ci=[e["kendall_lo"], e["kendall_hi"]], spearman=e["spearman"],
+                        spearman_ci=[e["spearman_lo"], e["spearman_hi"]], seconds_per_cell=e["seconds_per_cell"],
+                        **settings))
+    for s in strategies:
+        rows.append(row(f"{SCRIPT} strategy {s['strategy']} seed {s['seed']}", "found cell acc", s["accuracy"],
+                        s["random_mean"], "random cells' mean", True, rank=f"{s['rank_among_random']}/{s['of']}",
+                        z_over_random=s["z_over_random"], at_or_above_nasnet_a=s["at_or_above_nasnet_a"],
+                        search_seconds=s["search_seconds"], **settings))
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -324,6 +474,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="", help="also write the figures here")
     p.add_argument("--results", default=str(RESULTS_JSON), help="results file to write the section to ('' : none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--estimators", default="", help="comma-separated (default: every registered estimator)")
+    p.add_argument("--strategies", default="", help="comma-separated strategies to search with and judge")
+    p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--search-config", default="", help="search config of the estimators and strategies")
+    p.add_argument("--search-opts", nargs="*", default=[], help="KEY VALUE overrides of the search config")
+    p.add_argument("--work-dir", default="", help="keep the searches' outputs here (default: a temporary folder)")
     return p
 
 
@@ -332,15 +488,53 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     data = load_bench_data(args.data, args.holdout, args.search_val, args.split_seed, args.test)
     cache = TruthCache(args.cache)
+    settings = {"data": data.description, "cells": args.cells, "size_tolerance": args.size_tolerance,
+                "batch_size": args.batch_size, "lr": args.lr, "torch_threads": args.threads}
     if args.command == "budget":
         budgets = [Budget.parse(b, args.batch_size, args.lr) for b in args.budgets]
-        res = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
+        study = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
+                             args.cell_seed)
+        out: dict[str, Any] = {"data": data.description, "budget_study": study}
+        estimators: list[dict[str, Any]] = []
+        strategies: list[dict[str, Any]] = []
+    else:
+        import tempfile
+
+        budget = Budget.parse(args.budget, args.batch_size, args.lr)
+        study = budget_study([budget], data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
+                             args.cell_seed)
+        cells = cell_truth(budget, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
                            args.cell_seed)
-        out = {"data": data.description, "budget_study": res}
-        if args.json:
-            Path(args.json).write_text(json.dumps(out, indent=1))
-        return 0
-    raise BadInputError(f"command {args.command!r} not implemented yet")
+        from search.estimators import ESTIMATORS
+
+        names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else sorted(ESTIMATORS)
+        cfg = search_cfg(budget, args.search_config or None, args.search_opts)
+        print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
+        estimators = evaluate_estimators(names, cfg, data, cells, args.cell_seed)
+        strategies = []
+        names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+        if names:
+            print(f"== strategies {', '.join(names)}, search seeds {args.search_seeds}")
+            with tempfile.TemporaryDirectory() as tmp:
+                def cfg_of(strategy: str, seed: int) -> Any:
+                    return search_cfg(budget, args.search_config or None,
+                                      [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)])
+                strategies = evaluate_strategies(names, args.search_seeds, budget, cfg_of, data, cache, cells,
+                                                 Path(args.work_dir or tmp))
+        rand = cells.random_seed0
+        for s in strategies:
+            s["random_mean"] = float(np.mean(rand))
+        out = {"data": data.description, "budget_study": study, "estimators": estimators, "strategies": strategies,
+               "nasnet_a_seed0": cells.accuracies[0][0], "random_seed0": rand,
+               "search_config": args.search_config, "search_opts": args.search_opts}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+    if args.results:
+        notes = [data.description, f"ground truth: {args.seeds} seeds for NASNet-A and {args.noise_cells} random "
+                 f"cells (seed noise), 1 for the others; random cells within {args.size_tolerance:.0%} of NASNet-A's "
+                 f"parameters; {study[-1]['seconds_per_cell']:.0f} s per cell at {study[-1]['budget']}"]
+        record(SCRIPT, result_rows(study, estimators, strategies, settings), notes=notes, path=Path(args.results))
+    return 0
 
 
 if __name__ == "__main__":
