@@ -82,7 +82,7 @@ class SearchRunner(SearchSession):
     the one ``cfg.WORKERS`` describes (the caller closes it). ``fresh`` deletes the output directory's
     journal and controller checkpoints first (once the directory's lock is held)."""
 
-    checkpoint_files = ("controller_*.pth",)
+    checkpoint_files = ("controller_*.pth", "zero_cost_scores.json")  # (the zero_cost strategy's proxy scores)
     upgrade_identity = staticmethod(upgrade_identity)  # an identity written by an older version
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
@@ -129,6 +129,7 @@ class SearchRunner(SearchSession):
         elif state is not None:
             log.warning("%s is ahead of the journal; rebuilding the controller from the journal", st.checkpoint)
         self._apply_due_updates(journal, st)  # those a kill left out of the checkpoint (deterministic replay)
+        st.strategy.attach(self.out, [r.decisions for r in journal.all(name)])
         return st
 
     # ---- policy ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -30,6 +31,12 @@ class Strategy(ABC):
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decisions LongTensor [n, 2 x 5B] and their log-probabilities [n] (None without a policy)."""
+
+    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
+        """Called once by the runner before the first ``sample``: the search's output folder (for a strategy's
+        own resumable files) and the decisions journaled so far by this strategy, in sample order (a resumed
+        strategy whose proposals depend on what it already proposed continues from there)."""
+        return None  # the built-in strategies need neither
 
     def update(self, decisions: torch.Tensor, logprobs: torch.Tensor | None, rewards: torch.Tensor
                ) -> dict[str, float]:

@@ -5,11 +5,15 @@ from search.oneshot_config import ONESHOT_STRATEGY
 from search.strategies.base import StrategyRegistry
 from search.strategies.oneshot import OneShot
 from search.strategies.ppo import PPO
+from search.strategies.predictor import Predictor
 from search.strategies.random_search import RandomSearch
 from search.strategies.reinforce import Reinforce
+from search.strategies.zero_cost import ZeroCost
 
 STRATEGIES = StrategyRegistry()
 STRATEGIES.register("ppo")(PPO)
 STRATEGIES.register("reinforce")(Reinforce)
 STRATEGIES.register("random")(RandomSearch)
 STRATEGIES.register(ONESHOT_STRATEGY)(OneShot)
+STRATEGIES.register("zero_cost")(ZeroCost)
+STRATEGIES.register("predictor")(Predictor)

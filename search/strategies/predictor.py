@@ -1,0 +1,126 @@
+"""``SEARCH.STRATEGY predictor``: a BANANAS-style predictor-guided search on the asynchronous queue.
+
+The first ``SEARCH.PREDICTOR.INITIAL`` children are uniform random cells. From then on, every
+``SEARCH.BATCH_SIZE`` finished children a random forest (``TREES`` trees, scikit-learn) is fitted to all
+finished children (:func:`encode`: the one-hot of the 2 x 5B decisions and each cell's op counts -> reward); each new child is chosen from
+``MUTATIONS`` one-decision mutants of each of the ``TOP_PARENTS`` best children so far plus as many uniform
+random cells, by the upper confidence bound ``mean + KAPPA * std`` over the trees (the spread of the trees
+is the surrogate's uncertainty, which BANANAS's ensemble of networks estimates the same way). A cell already
+journaled is never proposed again.
+
+State: the finished children it learned from (``state_dict``); the forest is refitted from them, so a
+resumed search proposes what the uninterrupted one would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fvcore.common.config import CfgNode
+from sklearn.ensemble import RandomForestRegressor
+
+from nasnet_det.space import OPS
+from search.controller import decision_slots, sample_uniform
+from search.strategies.base import Strategy
+
+
+def encode(decisions: np.ndarray, num_blocks: int) -> np.ndarray:
+    """[n, 2 x 5B] decisions -> fixed-length features: the one-hot of every decision, then each cell's count
+    of every op (how often it is used, wherever: lets the surrogate generalise across the slots, as the op
+    features of NAS predictors do)."""
+    slots = decision_slots(num_blocks)
+    sizes = [s.num_valid for s in slots]
+    decisions = np.asarray(decisions)
+    rows = np.arange(len(decisions))[:, None]
+    hot = np.zeros((len(decisions), sum(sizes)), dtype=np.float32)
+    hot[rows, np.cumsum([0, *sizes[:-1]])[None, :] + decisions] = 1.0
+    counts = np.zeros((len(decisions), 2, len(OPS)), dtype=np.float32)
+    for j, s in enumerate(slots):
+        if s.kind == "op":
+            np.add.at(counts, (np.arange(len(decisions)), s.cell, decisions[:, j]), 1.0)
+    return np.concatenate([hot, counts.reshape(len(decisions), -1)], 1)
+
+
+class Predictor(Strategy):
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        self.p, self.seed = cfg.SEARCH.PREDICTOR, int(cfg.SEARCH.SEED)
+        self.sizes = [s.num_valid for s in decision_slots(self.num_blocks)]
+        self.decisions: list[list[int]] = []  # finished children learned from
+        self.rewards: list[float] = []
+        self.seen: set[tuple[int, ...]] = set()  # every cell proposed (journaled) so far
+        self.forest: RandomForestRegressor | None = None
+
+    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
+        self.seen = {tuple(d) for d in sampled}
+
+    # ---- the surrogate -----------------------------------------------------------------------------------
+    def _fit(self) -> None:
+        if len(self.rewards) < max(2, int(self.p.INITIAL)):
+            self.forest = None
+            return
+        self.forest = RandomForestRegressor(n_estimators=int(self.p.TREES), min_samples_leaf=1,
+                                            random_state=self.seed + len(self.rewards))
+        self.forest.fit(encode(np.array(self.decisions), self.num_blocks), np.array(self.rewards))
+
+    def predict(self, decisions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std over the trees of the predicted reward of each row."""
+        assert self.forest is not None
+        x = encode(decisions, self.num_blocks)
+        per_tree = np.stack([tree.predict(x) for tree in self.forest.estimators_])
+        return per_tree.mean(0), per_tree.std(0)
+
+    def update(self, decisions: torch.Tensor, logprobs: torch.Tensor | None, rewards: torch.Tensor
+               ) -> dict[str, float]:
+        self.decisions += decisions.tolist()
+        self.rewards += [float(r) for r in rewards]
+        self._fit()
+        return {"children": float(len(self.rewards)), "best": max(self.rewards)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decisions": self.decisions, "rewards": self.rewards}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.decisions, self.rewards = [list(d) for d in state["decisions"]], [float(r) for r in state["rewards"]]
+        self._fit()
+
+    # ---- proposals ---------------------------------------------------------------------------------------
+    def _mutants(self, parent: list[int], count: int, generator: torch.Generator) -> list[list[int]]:
+        out = []
+        slots = torch.randint(0, len(parent), (count,), generator=generator).tolist()
+        shifts = torch.rand(count, generator=generator).tolist()
+        for slot, u in zip(slots, shifts):
+            child = list(parent)
+            n = self.sizes[slot]
+            if n > 1:  # another valid option of that decision, uniformly
+                child[slot] = (parent[slot] + 1 + int(u * (n - 1))) % n
+            out.append(child)
+        return out
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        if self.forest is None:  # the initial random children
+            pool = sample_uniform(max(4 * n, 16), self.num_blocks, generator).tolist()
+            scores = None
+        else:
+            order = np.argsort(-np.array(self.rewards), kind="stable")[:int(self.p.TOP_PARENTS)]
+            pool = [m for i in order for m in self._mutants(self.decisions[i], int(self.p.MUTATIONS), generator)]
+            pool += sample_uniform(len(pool), self.num_blocks, generator).tolist()
+            mean, std = self.predict(np.array(pool))
+            scores = mean + float(self.p.KAPPA) * std
+        ranked = range(len(pool)) if scores is None else np.argsort(-scores, kind="stable")
+        chosen: list[list[int]] = []
+        for i in ranked:
+            key = tuple(pool[i])
+            if key not in self.seen:
+                self.seen.add(key)
+                chosen.append(pool[i])
+                if len(chosen) == n:
+                    break
+        while len(chosen) < n:  # every proposal was journaled already: fresh random cells
+            d = sample_uniform(1, self.num_blocks, generator)[0].tolist()
+            if tuple(d) not in self.seen:
+                self.seen.add(tuple(d))
+                chosen.append(d)
+        return torch.tensor(chosen, dtype=torch.long), None

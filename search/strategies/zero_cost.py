@@ -1,0 +1,99 @@
+"""``SEARCH.STRATEGY zero_cost``: rank ``SEARCH.ZERO_COST.CANDIDATES`` uniformly drawn cells by a cheap
+estimator at initialisation (``SEARCH.ZERO_COST.PROXY``: a zero-cost proxy or a size baseline of
+:mod:`search.estimators`), then train the ``SEARCH.BUDGET`` best-ranked as ordinary children, so the found
+cell (``best_genotype_zero_cost.json``) is the best of them by its real reward, journaled like any child.
+
+The candidates and the seed come from ``SEARCH.SEED``; the proxy's scores are kept in
+``zero_cost_scores.json`` as they are computed (a rerun continues the scoring, then the queue, from where
+it stopped)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from fvcore.common.config import CfgNode
+from tqdm import tqdm
+
+from nasnet_det.utils.errors import BadInputError
+from search.controller import decisions_to_genotype, sample_uniform
+from search.estimators import Estimator, build_estimator
+from search.outputs import write_json_atomic
+from search.strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+SCORES_NAME = "zero_cost_scores.json"
+SAVE_EVERY = 10  # candidates scored between writes of the scores file
+
+
+class ZeroCost(Strategy):
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)
+        self.cfg, z = cfg, cfg.SEARCH.ZERO_COST
+        self.estimator: Estimator = build_estimator(z.PROXY, cfg, key="SEARCH.ZERO_COST.PROXY")
+        if z.CANDIDATES < cfg.SEARCH.BUDGET:
+            raise BadInputError(f"SEARCH.ZERO_COST.CANDIDATES={z.CANDIDATES}: expected at least SEARCH.BUDGET "
+                                f"({cfg.SEARCH.BUDGET}), the children trained from the best-ranked candidates")
+        self.output_dir: Path | None = None
+        self.position = 0  # ranked candidates handed out so far
+        self.ranked: list[list[int]] | None = None
+
+    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
+        self.output_dir, self.position = output_dir, len(sampled)
+
+    def candidates(self) -> list[list[int]]:
+        """The distinct uniformly drawn cells (their decisions), in drawing order."""
+        gen = torch.Generator().manual_seed(int(self.cfg.SEARCH.SEED) * 7_919 + 19)
+        drawn = sample_uniform(int(self.cfg.SEARCH.ZERO_COST.CANDIDATES), self.num_blocks, gen).tolist()
+        return [list(d) for d in dict.fromkeys(tuple(d) for d in drawn)]
+
+    def scores(self, candidates: list[list[int]]) -> list[float]:
+        """The proxy's score of every candidate, continuing the scores file of an interrupted run."""
+        path = self.output_dir / SCORES_NAME if self.output_dir is not None else None
+        header = {"proxy": self.estimator.name, "seed": int(self.cfg.SEARCH.SEED)}
+        done: list[float] = []
+        if path is not None and path.is_file():
+            saved: dict[str, Any] = json.loads(path.read_text())
+            if {k: saved.get(k) for k in header} == header and saved["candidates"] == candidates[:len(saved["scores"])]:
+                done = [float(s) for s in saved["scores"]]
+            else:
+                log.warning("%s was written for other settings; scoring the candidates again", path)
+        if len(done) < len(candidates):
+            self.estimator.prepare(self._data() if self.estimator.needs_data else None, int(self.cfg.SEARCH.SEED))
+        bar = tqdm(total=len(candidates), initial=len(done), desc=f"zero_cost[{self.estimator.name}]",
+                   dynamic_ncols=True, disable=len(done) == len(candidates))
+        try:
+            for i in range(len(done), len(candidates)):
+                done.append(float(self.estimator.score(decisions_to_genotype(candidates[i], self.num_blocks))))
+                bar.update(1)
+                if path is not None and (len(done) % SAVE_EVERY == 0 or len(done) == len(candidates)):
+                    write_json_atomic(path, {**header, "candidates": candidates[:len(done)], "scores": done})
+        finally:
+            bar.close()
+        return done
+
+    def _data(self):
+        from search.oneshot import load_search_data  # (search.oneshot imports the strategy registry)
+
+        return load_search_data(self.cfg)
+
+    def ranking(self) -> list[list[int]]:
+        """The candidates, best proxy score first (ties: drawing order)."""
+        if self.ranked is None:
+            cands = self.candidates()
+            scores = self.scores(cands)
+            order = sorted(range(len(cands)), key=lambda i: (-scores[i], i))
+            self.ranked = [cands[i] for i in order]
+        return self.ranked
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
+        ranked = self.ranking()
+        if self.position + n > len(ranked):  # fewer distinct candidates than the budget (a tiny space)
+            raise BadInputError(f"SEARCH.ZERO_COST.CANDIDATES={self.cfg.SEARCH.ZERO_COST.CANDIDATES} drew only "
+                                f"{len(ranked)} distinct cells, fewer than SEARCH.BUDGET; raise it")
+        out = ranked[self.position:self.position + n]
+        self.position += n
+        return torch.tensor(out, dtype=torch.long), None
