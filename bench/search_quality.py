@@ -39,7 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +48,9 @@ if __package__ in (None, ""):  # run as a script: bench/_common.py puts the repo
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import RESULTS_JSON, record  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from _common import RESULTS_JSON, record  # noqa: E402
 from nasnet_det.data.cifar import holdout_split, load_cifar_source  # noqa: E402
 from nasnet_det.genotypes import NASNET_A  # noqa: E402
 from nasnet_det.space import Genotype  # noqa: E402
@@ -74,15 +74,16 @@ class Budget:
     filters: int
     batch_size: int = 32
     lr: float = 0.05
+    device: str = "cpu"  # where it trains: not part of the cache key (the same result to rounding)
 
     @classmethod
-    def parse(cls, text: str, batch_size: int = 32, lr: float = 0.05) -> Budget:
+    def parse(cls, text: str, batch_size: int = 32, lr: float = 0.05, device: str = "cpu") -> Budget:
         """``STEPS@SIZEpx:N@f``, e.g. ``400@16px:1@8``."""
         try:
             run, net = text.split(":")
             steps, size = run.split("@")
             n, f = net.split("@")
-            b = cls(int(steps), int(size.removesuffix("px")), int(n), int(f), batch_size, lr)
+            b = cls(int(steps), int(size.removesuffix("px")), int(n), int(f), batch_size, lr, device)
         except ValueError:
             raise BadInputError(f"--budget {text!r}: expected STEPS@SIZEpx:N@f, e.g. 400@16px:1@8") from None
         if min(b.steps, b.num_cells, b.filters) < 1 or b.image_size < 8:
@@ -116,6 +117,9 @@ class BenchData:
     truth: ChildData
     key: str
     description: str
+    source: str = ""
+    holdout: int = 0
+    split_seed: int = 0
 
 
 def load_bench_data(source: str, holdout: int, search_val: int, split_seed: int = 0,
@@ -138,7 +142,7 @@ def load_bench_data(source: str, holdout: int, search_val: int, split_seed: int 
             f"searches and estimators see only the {len(x_rest)} ({len(x_rest) - search_val} train / "
             f"{search_val} val)")
     key = f"{source}|holdout={holdout}|split_seed={split_seed}|test={test}"
-    return BenchData(search, truth, key, desc)
+    return BenchData(search, truth, key, desc, source, holdout, split_seed)
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -223,7 +227,7 @@ def ground_truth(cache: TruthCache, genotype: Genotype, budget: Budget, data: Be
     if hit is not None:
         return hit
     t0 = time.perf_counter()
-    r = train_child(genotype, budget.child(), data.truth, seed=seed, network=budget.network())
+    r = train_child(genotype, budget.child(), data.truth, seed=seed, network=budget.network(), device=budget.device)
     entry = {"key": cache.key(genotype, budget, data.key, seed), "genotype": genotype.to_dict(),
              "name": genotype.name, "budget": budget.label, "seed": seed, "accuracy": r["reward"],
              "params": r["params"], "steps": r["steps"], "seconds": round(time.perf_counter() - t0, 2),
@@ -335,13 +339,18 @@ def cell_truth(budget: Budget, data: BenchData, cache: TruthCache, cells: int, s
 
 
 # ------------------------------------------------------------------------------------------- estimators
-def search_cfg(budget: Budget, config: str | None, opts: Sequence[str]) -> Any:
-    """The search config the estimators and strategies run with: the budget's network and image size, one
-    in-process worker (the bench owns the one core it measures on), then ``config`` and ``opts``."""
+def search_cfg(budget: Budget, config: str | None, opts: Sequence[str], data: BenchData | None = None) -> Any:
+    """The search config the estimators and strategies run with: ``config``, then the budget's network and
+    image size, one in-process worker (the bench owns the one core it measures on), the bench's data with
+    the holdout as ``DATA.VAL_SIZE`` (a strategy that loads ``cfg.DATA`` itself -- zero_cost's data-dependent
+    proxies -- draws its images from the search's side only), then ``opts``."""
     from search.config import load_cfg
 
     base = ["MODEL.NASNET.NUM_CELLS", str(budget.num_cells), "MODEL.NASNET.FILTERS", str(budget.filters),
             "CHILD.IMAGE_SIZE", str(budget.image_size), "WORKERS.BACKEND", "inline"]
+    if data is not None:
+        base += ["DATA.SOURCE", data.source, "DATA.VAL_SIZE", str(data.holdout), "DATA.SPLIT_SEED",
+                 str(data.split_seed), "DATA.TRAIN_LIMIT", "0"]
     return load_cfg(config, [*base, *opts])
 
 
@@ -392,9 +401,9 @@ def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple
     return Genotype.load(found), time.perf_counter() - t0
 
 
-def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], budget: Budget, cfg_of: Callable[[str, int], Any],
-                        data: BenchData, cache: TruthCache, cells: CellTruth, work: Path,
-                        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], budget: Budget,
+                        cfg_of: Callable[[str, int], Any], data: BenchData, cache: TruthCache, cells: CellTruth,
+                        work: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Each strategy searched once per seed; its found cell trained alone at ``budget`` (seed 0, like the
     random cells) and ranked among the random cells and against NASNet-A (seed 0)."""
     rand = cells.random_seed0
@@ -420,8 +429,9 @@ def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], 
                    "rank_among_random": rank_among(acc, rand), "of": len(rand) + 1,
                    "z_over_random": (acc - mean) / std if std > 0 else float("nan"),
                    "at_or_above_nasnet_a": bool(acc >= nas), "genotype": found.to_dict()}
-            log(f"  {strategy} seed {seed}: found cell {acc:.4f} (random {mean:.4f} +- {std:.4f}, z {res['z_over_random']:+.2f}, "
-                f"rank {res['rank_among_random']}/{res['of']}, NASNet-A {nas:.4f}); search {hit['search_seconds']:.0f} s")
+            log(f"  {strategy} seed {seed}: found cell {acc:.4f} (random {mean:.4f} +- {std:.4f}, "
+                f"z {res['z_over_random']:+.2f}, rank {res['rank_among_random']}/{res['of']}, NASNet-A {nas:.4f}); "
+                f"search {hit['search_seconds']:.0f} s")
             out.append(res)
     return out
 
@@ -455,7 +465,8 @@ def result_rows(study: Sequence[Mapping[str, Any]], estimators: Sequence[Mapping
 # ------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("budget", "run"))
+    p.add_argument("command", nargs="?", default="run", choices=("budget", "run"),
+                   help="run (default, what make bench runs) or budget")
     p.add_argument("--data", default="npz:builtin", help="data source (default: the embedded 2,000-image sample)")
     p.add_argument("--holdout", type=int, default=500, help="images held out for the ground truth")
     p.add_argument("--search-val", type=int, default=300, help="of the rest, the search's own val split")
@@ -474,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default="", help="also write the figures here")
     p.add_argument("--results", default=str(RESULTS_JSON), help="results file to write the section to ('' : none)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the ground truth trains (cpu, cuda)")
     p.add_argument("--estimators", default="", help="comma-separated (default: every registered estimator)")
     p.add_argument("--strategies", default="", help="comma-separated strategies to search with and judge")
     p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
@@ -491,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"data": data.description, "cells": args.cells, "size_tolerance": args.size_tolerance,
                 "batch_size": args.batch_size, "lr": args.lr, "torch_threads": args.threads}
     if args.command == "budget":
-        budgets = [Budget.parse(b, args.batch_size, args.lr) for b in args.budgets]
+        budgets = [Budget.parse(b, args.batch_size, args.lr, args.device) for b in args.budgets]
         study = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
                              args.cell_seed)
         out: dict[str, Any] = {"data": data.description, "budget_study": study}
@@ -500,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         import tempfile
 
-        budget = Budget.parse(args.budget, args.batch_size, args.lr)
+        budget = Budget.parse(args.budget, args.batch_size, args.lr, args.device)
         study = budget_study([budget], data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
                              args.cell_seed)
         cells = cell_truth(budget, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
@@ -508,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         from search.estimators import ESTIMATORS
 
         names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else sorted(ESTIMATORS)
-        cfg = search_cfg(budget, args.search_config or None, args.search_opts)
+        cfg = search_cfg(budget, args.search_config or None, args.search_opts, data)
         print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
         estimators = evaluate_estimators(names, cfg, data, cells, args.cell_seed)
         strategies = []
@@ -518,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 def cfg_of(strategy: str, seed: int) -> Any:
                     return search_cfg(budget, args.search_config or None,
-                                      [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)])
+                                      [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)], data)
                 strategies = evaluate_strategies(names, args.search_seeds, budget, cfg_of, data, cache, cells,
                                                  Path(args.work_dir or tmp))
         rand = cells.random_seed0
