@@ -22,7 +22,7 @@ Subcommands:
   bench/results.json (``--results``) for bench/RESULTS.md.
 
     python bench/search_quality.py budget --data npz:/work/shared/data/cifar10-subset.npz \\
-        --budgets 300@16px:1@8 1000@16px:1@8 --cache bench/cache/search_quality.jsonl
+        --budgets 300@16px:1@8 1000@16px:1@8
     python bench/search_quality.py run --budget 1000@16px:1@8 --strategies zero_cost,predictor [...]
 
 Full CIFAR-10 on one GPU (docs/search.md): ``--data folder:datasets/cifar10 --holdout 10000
@@ -354,24 +354,39 @@ def search_cfg(budget: Budget, config: str | None, opts: Sequence[str], data: Be
     return load_cfg(config, [*base, *opts])
 
 
+def cfg_hash(cfg: Any) -> str:
+    return hashlib.sha1(cfg.dump().encode()).hexdigest()[:16]
+
+
 def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: CellTruth, seed: int = 0,
+                        cache: TruthCache | None = None,
                         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Each estimator prepared on the search split (never the holdout) and scored on every cell of the set:
     rank correlations with the ground truth (bootstrap 95% CIs) and seconds per cell (its preparation
-    spread over the cells, plus scoring)."""
+    spread over the cells, plus scoring). With ``cache``, each estimator's scores and seconds are kept there
+    (keyed by estimator, config, data, seed and the cells), so a rerun does not score again."""
     from search.estimators import build_estimator
 
+    cache = cache or TruthCache(None)
+    cell_keys = [genotype_key(g) for g in cells.genotypes]
     out = []
     for name in names:
-        est = build_estimator(name, cfg, key="--estimators")
-        t0 = time.perf_counter()
-        est.prepare(data.search, seed)
-        prep = time.perf_counter() - t0
-        scores = [float(est.score(g)) for g in cells.genotypes]
-        total = time.perf_counter() - t0
+        key = "estimator|" + json.dumps({"name": name, "cfg": cfg_hash(cfg), "data": data.key, "seed": seed,
+                                         "cells": hashlib.sha1("".join(cell_keys).encode()).hexdigest()[:16]})
+        hit = cache.entries.get(key)
+        if hit is None:
+            est = build_estimator(name, cfg, key="--estimators")
+            t0 = time.perf_counter()
+            est.prepare(data.search, seed)
+            prep = time.perf_counter() - t0
+            scores = [float(est.score(g)) for g in cells.genotypes]
+            hit = {"key": key, "kind": "estimator", "budget": "", "seconds": 0.0, "scores": scores,
+                   "prepare_seconds": prep, "total_seconds": time.perf_counter() - t0}
+            cache.put(hit)
+        scores, prep = hit["scores"], hit["prepare_seconds"]
         corr = rank_correlations(scores, cells.truth, seed=seed)
-        res = {"estimator": name, **corr, "seconds_per_cell": total / len(scores), "prepare_seconds": prep,
-               "scores": scores}
+        res = {"estimator": name, **corr, "seconds_per_cell": hit["total_seconds"] / len(scores),
+               "prepare_seconds": prep, "scores": scores}
         log(f"  {name:<12} kendall {corr['kendall']:+.3f} [{corr['kendall_lo']:+.3f}, {corr['kendall_hi']:+.3f}]  "
             f"spearman {corr['spearman']:+.3f} [{corr['spearman_lo']:+.3f}, {corr['spearman_hi']:+.3f}]  "
             f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)")
@@ -381,7 +396,8 @@ def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: 
 
 # ------------------------------------------------------------------------------------------- strategies
 def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple[Genotype, float]:
-    """One search of ``strategy`` on the search split: (its found cell, wall seconds)."""
+    """One search of ``strategy`` on the search split: (its found cell, wall seconds of this run). An
+    interrupted search in ``out_dir`` (same config) resumes from its journal / checkpoint."""
     from search.oneshot import OneShotSearch
     from search.reward import ChildEvaluator
     from search.runner import SearchRunner
@@ -390,11 +406,11 @@ def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple
     cls = STRATEGIES.resolve(strategy)[strategy]
     t0 = time.perf_counter()
     if cls.weight_sharing:
-        OneShotSearch(cfg, out_dir, progress=False, fresh=True, data=data.search).run()
+        OneShotSearch(cfg, out_dir, progress=False, data=data.search).run()
         found = out_dir / "best_genotype.json"
     else:
         evaluator = ChildEvaluator(dict(cfg.CHILD), data.search, dict(cfg.MODEL.NASNET))
-        SearchRunner(cfg, out_dir, evaluator=evaluator, progress=False, fresh=True).run()
+        SearchRunner(cfg, out_dir, evaluator=evaluator, progress=False).run()
         found = out_dir / f"best_genotype_{strategy}.json"
     if not found.is_file():
         raise RuntimeError(f"the {strategy} search left no {found.name} in {out_dir} (no child finished?)")
@@ -403,7 +419,8 @@ def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple
 
 def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], budget: Budget,
                         cfg_of: Callable[[str, int], Any], data: BenchData, cache: TruthCache, cells: CellTruth,
-                        work: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                        work: Path, log: Callable[[str], None] = print,
+                        on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Each strategy searched once per seed; its found cell trained alone at ``budget`` (seed 0, like the
     random cells) and ranked among the random cells and against NASNet-A (seed 0)."""
     rand = cells.random_seed0
@@ -413,26 +430,28 @@ def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], 
     for strategy in strategies:
         for seed in search_seeds:
             cfg = cfg_of(strategy, seed)
-            key = {"strategy": strategy, "seed": seed, "data": data.key,
-                   "cfg": hashlib.sha1(cfg.dump().encode()).hexdigest()[:16]}
+            key = {"strategy": strategy, "seed": seed, "data": data.key, "cfg": cfg_hash(cfg)}
             skey = "search|" + json.dumps(key, sort_keys=True)
             hit = cache.entries.get(skey)
             if hit is None:
                 log(f"  searching: {strategy} seed {seed}")
-                found, secs = run_search(strategy, cfg, data, work / f"{strategy}_{seed}")
+                found, secs = run_search(strategy, cfg, data, work / f"{strategy}_{seed}_{key['cfg']}")
                 hit = {"key": skey, "kind": "search", "budget": "", "genotype": found.to_dict(),
                        "search_seconds": round(secs, 1), "seconds": 0.0}
                 cache.put(hit)
             found = Genotype.from_dict(hit["genotype"])
             acc = ground_truth(cache, found, budget, data, 0, log)["accuracy"]
             res = {"strategy": strategy, "seed": seed, "accuracy": acc, "search_seconds": hit["search_seconds"],
-                   "rank_among_random": rank_among(acc, rand), "of": len(rand) + 1,
+                   "rank_among_random": rank_among(acc, rand), "of": len(rand) + 1, "random_mean": mean,
+                   "random_std": std,
                    "z_over_random": (acc - mean) / std if std > 0 else float("nan"),
                    "at_or_above_nasnet_a": bool(acc >= nas), "genotype": found.to_dict()}
             log(f"  {strategy} seed {seed}: found cell {acc:.4f} (random {mean:.4f} +- {std:.4f}, "
                 f"z {res['z_over_random']:+.2f}, rank {res['rank_among_random']}/{res['of']}, NASNet-A {nas:.4f}); "
                 f"search {hit['search_seconds']:.0f} s")
             out.append(res)
+            if on_result is not None:
+                on_result(res)
     return out
 
 
@@ -481,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--noise-cells", type=int, default=2, help="random cells also trained with every seed")
-    p.add_argument("--cache", default="bench/cache/search_quality.jsonl")
+    p.add_argument("--cache", default="output/bench/search_quality.jsonl",
+                   help="ground-truth cache (JSON lines; resumable)")
     p.add_argument("--json", default="", help="also write the figures here")
     p.add_argument("--results", default=str(RESULTS_JSON), help="results file to write the section to ('' : none)")
     p.add_argument("--threads", type=int, default=1)
@@ -502,50 +522,59 @@ def main(argv: list[str] | None = None) -> int:
     cache = TruthCache(args.cache)
     settings = {"data": data.description, "cells": args.cells, "size_tolerance": args.size_tolerance,
                 "batch_size": args.batch_size, "lr": args.lr, "torch_threads": args.threads}
-    if args.command == "budget":
-        budgets = [Budget.parse(b, args.batch_size, args.lr, args.device) for b in args.budgets]
-        study = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
-                             args.cell_seed)
-        out: dict[str, Any] = {"data": data.description, "budget_study": study}
-        estimators: list[dict[str, Any]] = []
-        strategies: list[dict[str, Any]] = []
-    else:
+    out: dict[str, Any] = {"data": data.description, "budget_study": [], "estimators": [], "strategies": []}
+
+    def write() -> None:
+        """The figures so far (after each phase and each strategy's search: an interrupt keeps them)."""
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        if args.results:
+            study = out["budget_study"]
+            notes = [data.description, f"ground truth: {args.seeds} seeds for NASNet-A and {args.noise_cells} "
+                     f"random cells (seed noise), 1 for the others; random cells within {args.size_tolerance:.0%} "
+                     f"of NASNet-A's parameters; {study[-1]['seconds_per_cell']:.0f} s per cell at "
+                     f"{study[-1]['budget']}"]
+            if out.get("search_opts") is not None:
+                notes.append(f"searches: {args.search_config or 'search defaults'} + {' '.join(args.search_opts)}")
+            record(SCRIPT, result_rows(study, out["estimators"], out["strategies"], settings), notes=notes,
+                   path=Path(args.results))
+
+    budgets = [Budget.parse(b, args.batch_size, args.lr, args.device)
+               for b in (args.budgets if args.command == "budget" else [args.budget])]
+    out["budget_study"] = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells,
+                                       args.size_tolerance, args.cell_seed)
+    if args.command == "run":
         import tempfile
 
-        budget = Budget.parse(args.budget, args.batch_size, args.lr, args.device)
-        study = budget_study([budget], data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
-                             args.cell_seed)
-        cells = cell_truth(budget, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
-                           args.cell_seed)
         from search.estimators import ESTIMATORS
 
+        budget = budgets[0]
+        cells = cell_truth(budget, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
+                           args.cell_seed)
+        rand = cells.random_seed0
+        out.update(nasnet_a_seed0=cells.accuracies[0][0], random_seed0=rand, search_config=args.search_config,
+                   search_opts=args.search_opts)
         names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else sorted(ESTIMATORS)
         cfg = search_cfg(budget, args.search_config or None, args.search_opts, data)
         print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
-        estimators = evaluate_estimators(names, cfg, data, cells, args.cell_seed)
-        strategies = []
+        out["estimators"] = evaluate_estimators(names, cfg, data, cells, args.cell_seed, cache)
+        write()
         names = [n.strip() for n in args.strategies.split(",") if n.strip()]
         if names:
             print(f"== strategies {', '.join(names)}, search seeds {args.search_seeds}")
+
+            def cfg_of(strategy: str, seed: int) -> Any:
+                return search_cfg(budget, args.search_config or None,
+                                  [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)], data)
+
+            def found(result: dict[str, Any]) -> None:
+                out["strategies"].append(result)
+                write()
+
             with tempfile.TemporaryDirectory() as tmp:
-                def cfg_of(strategy: str, seed: int) -> Any:
-                    return search_cfg(budget, args.search_config or None,
-                                      [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)], data)
-                strategies = evaluate_strategies(names, args.search_seeds, budget, cfg_of, data, cache, cells,
-                                                 Path(args.work_dir or tmp))
-        rand = cells.random_seed0
-        for s in strategies:
-            s["random_mean"] = float(np.mean(rand))
-        out = {"data": data.description, "budget_study": study, "estimators": estimators, "strategies": strategies,
-               "nasnet_a_seed0": cells.accuracies[0][0], "random_seed0": rand,
-               "search_config": args.search_config, "search_opts": args.search_opts}
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
-    if args.results:
-        notes = [data.description, f"ground truth: {args.seeds} seeds for NASNet-A and {args.noise_cells} random "
-                 f"cells (seed noise), 1 for the others; random cells within {args.size_tolerance:.0%} of NASNet-A's "
-                 f"parameters; {study[-1]['seconds_per_cell']:.0f} s per cell at {study[-1]['budget']}"]
-        record(SCRIPT, result_rows(study, estimators, strategies, settings), notes=notes, path=Path(args.results))
+                evaluate_strategies(names, args.search_seeds, budget, cfg_of, data, cache, cells,
+                                    Path(args.work_dir or tmp), on_result=found)
+    write()
     return 0
 
 
