@@ -36,15 +36,17 @@ def get_cfg_defaults() -> CN:
     c.SEARCH.ZERO_COST.CANDIDATES = 200
     c.SEARCH.ZERO_COST.BATCH_SIZE = 64  # training images of the data-dependent proxies' minibatch
     # SEARCH.STRATEGY predictor (search/strategies/predictor.py, BANANAS-style): after INITIAL random children,
-    # a random forest fitted to the finished children every SEARCH.BATCH_SIZE results proposes the next ones:
-    # MUTATIONS one-decision mutants of each of the TOP_PARENTS best children (plus as many random cells),
-    # ranked by the upper confidence bound mean + KAPPA * std over the forest's trees.
+    # an ensemble of ENSEMBLE bootstrap ridge regressions (RIDGE_ALPHA) fitted to the finished children every
+    # SEARCH.BATCH_SIZE results proposes the next ones: MUTATIONS mutants (1-3 decisions re-drawn) of each of
+    # the TOP_PARENTS best children (plus as many random cells), ranked by the upper confidence bound
+    # mean + KAPPA * std.
     c.SEARCH.PREDICTOR = CN()
     c.SEARCH.PREDICTOR.INITIAL = 10
     c.SEARCH.PREDICTOR.TOP_PARENTS = 5
     c.SEARCH.PREDICTOR.MUTATIONS = 20
-    c.SEARCH.PREDICTOR.TREES = 50
-    c.SEARCH.PREDICTOR.KAPPA = 1.0
+    c.SEARCH.PREDICTOR.ENSEMBLE = 10
+    c.SEARCH.PREDICTOR.RIDGE_ALPHA = 1.0
+    c.SEARCH.PREDICTOR.KAPPA = 0.5
 
     c.CONTROLLER = CN()
     c.CONTROLLER.HIDDEN = 100        # paper: one-layer LSTM, 100 units
@@ -197,10 +199,10 @@ def check_cfg(cfg: CN) -> None:
     z, pr = s.ZERO_COST, s.PREDICTOR
     for key, v in (("SEARCH.ZERO_COST.CANDIDATES", z.CANDIDATES), ("SEARCH.ZERO_COST.BATCH_SIZE", z.BATCH_SIZE),
                    ("SEARCH.PREDICTOR.INITIAL", pr.INITIAL), ("SEARCH.PREDICTOR.TOP_PARENTS", pr.TOP_PARENTS),
-                   ("SEARCH.PREDICTOR.MUTATIONS", pr.MUTATIONS), ("SEARCH.PREDICTOR.TREES", pr.TREES)):
+                   ("SEARCH.PREDICTOR.MUTATIONS", pr.MUTATIONS), ("SEARCH.PREDICTOR.ENSEMBLE", pr.ENSEMBLE)):
         _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, v, "an integer >= 1")
-    _require(isinstance(pr.KAPPA, (int, float)) and math.isfinite(pr.KAPPA) and pr.KAPPA >= 0,
-             "SEARCH.PREDICTOR.KAPPA", pr.KAPPA, "a finite number >= 0")
+    for key, v in (("SEARCH.PREDICTOR.KAPPA", pr.KAPPA), ("SEARCH.PREDICTOR.RIDGE_ALPHA", pr.RIDGE_ALPHA)):
+        _require(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, key, v, "a finite number >= 0")
     _require(isinstance(d.VAL_SIZE, int) and d.VAL_SIZE >= 1, "DATA.VAL_SIZE", d.VAL_SIZE, "an integer >= 1")
     _require(c.LR > 0, "CONTROLLER.LR", c.LR, "a number > 0")
     _require(0 <= c.BASELINE_DECAY < 1, "CONTROLLER.BASELINE_DECAY", c.BASELINE_DECAY, "a number in [0, 1)")

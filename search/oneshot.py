@@ -47,7 +47,7 @@ from search.journal import Journal, load_state
 from search.oneshot_config import ONESHOT_STRATEGY, check_oneshot_cfg
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
-from search.reward import ChildData, _augment, _to_tensor, build_child
+from search.reward import ChildData, _augment, _to_tensor, build_child, load_search_data
 from search.session import SearchSession
 from search.strategies.registry import STRATEGIES
 from search.supernet import SuperNet
@@ -66,13 +66,6 @@ def build_supernet(cfg: CfgNode) -> SuperNet:
     return SuperNet(cfg.SEARCH.NUM_BLOCKS, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
                     bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE),
                     channels_last=bool(net.get("CHANNELS_LAST", True)))
-
-
-def load_search_data(cfg: CfgNode) -> ChildData:
-    from nasnet_det.data.cifar import load_cifar_source
-
-    x, y = load_cifar_source(cfg.DATA.SOURCE)
-    return ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
 
 
 class OneShotSearch(SearchSession):

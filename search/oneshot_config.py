@@ -28,6 +28,11 @@ def add_oneshot_config(cfg: CN) -> None:
     o.FINAL_SAMPLES = 20           # cells sampled from the trained controller, scored on the whole held-out split
     o.CHECKPOINT_EVERY = 50        # supernet steps between checkpoints (every controller update saves one)
     o.DEVICE = "auto"              # auto: cuda when available, else cpu
+    # Known fixes of weight-sharing rankings (the supernet estimators of search/estimators/supernet.py use them
+    # too): BatchNorm statistics recomputed on this many training minibatches (ONESHOT.BATCH_SIZE images each)
+    # before each cell is scored (0: batch statistics, as ENAS)
+    o.BN_RECALIBRATION_BATCHES = 0
+    o.FEW_SHOT_SPLITS = 4          # sub-supernets of the fewshot estimators (split on the first op decision)
 
 
 def check_oneshot_cfg(cfg: CN) -> None:
@@ -40,10 +45,12 @@ def check_oneshot_cfg(cfg: CN) -> None:
 
     need(str(o.POLICY) in ("reinforce", "ppo"), "POLICY", "'reinforce' or 'ppo'")
     for key in ("EPOCHS", "BATCH_SIZE", "CONTROLLER_STEPS", "REWARD_BATCH_SIZE", "FINAL_SAMPLES",
-                "CHECKPOINT_EVERY"):
+                "CHECKPOINT_EVERY", "FEW_SHOT_SPLITS"):
         need(isinstance(o[key], int) and not isinstance(o[key], bool) and o[key] >= 1, key, "an integer >= 1")
     need(isinstance(o.WEIGHT_STEPS, int) and o.WEIGHT_STEPS >= 0, "WEIGHT_STEPS",
          "an integer >= 0 (0: one pass over the training split per epoch)")
+    need(isinstance(o.BN_RECALIBRATION_BATCHES, int) and o.BN_RECALIBRATION_BATCHES >= 0, "BN_RECALIBRATION_BATCHES",
+         "an integer >= 0 (0: score with the batch's statistics)")
     for key in ("LR", "LR_MIN", "MOMENTUM", "WEIGHT_DECAY", "GRAD_CLIP"):
         v = o[key]
         need(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, key, "a finite number >= 0")

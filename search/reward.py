@@ -43,6 +43,14 @@ class ChildData:
         return cls(x[tr], y[tr].astype(np.int64), x[va], y[va].astype(np.int64))
 
 
+def load_search_data(cfg: Any) -> ChildData:
+    """The training / held-out split of the search config's ``DATA`` (a ``CfgNode``)."""
+    from nasnet_det.data.cifar import load_cifar_source
+
+    x, y = load_cifar_source(cfg.DATA.SOURCE)
+    return ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
+
+
 def _to_tensor(x: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     t = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)

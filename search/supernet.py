@@ -21,8 +21,9 @@ and keeps the cell output at C channels for any cell. The child network trained 
 C and ``concat`` blocks of 2C and an output of (sum of loose-end widths) channels; the supernet's approximation
 of those wider layers is the projections above.
 
-BatchNorm in the supernet always uses the batch's statistics (``track_running_stats=False``), in training
-and when scoring, as ENAS does: running statistics shared by all paths would describe none of them.
+BatchNorm in the supernet uses the batch's statistics (``track_running_stats=False``), in training and when
+scoring, as ENAS does: running statistics shared by all paths would describe none of them. The alternative,
+:func:`recalibrate_bn`, recomputes running statistics for one path before it is scored.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class SuperNet(nn.Module):
     ``forward(x, genotype)`` returns the logits of the child network ``genotype`` with shared weights."""
 
     def __init__(self, num_blocks: int = 5, num_cells: int = 1, filters: int = 8, num_classes: int = 10,
-                 bn_eps: float = 1e-5, pad_mode: str = "tf", in_chans: int = 3, channels_last: bool = True):
+                 bn_eps: float = 1e-5, pad_mode: str = "tf", in_chans: int = 3, channels_last: bool = True,
+                 track_running_stats: bool = False):
         super().__init__()
         if num_blocks < 1 or num_cells < 1 or filters < 2:
             raise ValueError(f"need num_blocks >= 1, num_cells >= 1 and filters >= 2, got B={num_blocks}, "
@@ -108,7 +110,8 @@ class SuperNet(nn.Module):
         self.num_blocks, self.num_cells, self.filters = num_blocks, num_cells, filters
         self.arch = dict(num_blocks=num_blocks, num_cells=num_cells, filters=filters, num_classes=num_classes,
                          bn_eps=bn_eps, pad_mode=pad_mode, in_chans=in_chans)
-        norm = functools.partial(nn.BatchNorm2d, eps=bn_eps, track_running_stats=False)
+        # track_running_stats: keep running statistics, for recalibrate_bn (training still uses the batch's)
+        norm = functools.partial(nn.BatchNorm2d, eps=bn_eps, track_running_stats=track_running_stats)
         stem = 3 * filters
         self.conv0 = nn.Sequential()
         self.conv0.add_module("conv", Conv2dSame(in_chans, stem, 3, 1))
@@ -161,3 +164,22 @@ class SuperNet(nn.Module):
             outputs[name] = getattr(self, name)(outputs[h], outputs[h_prev] if h_prev else None, spec)
         feats = self.global_pool(self.act(outputs[self.plan[-1][0]])).flatten(1)
         return self.last_linear(feats)
+
+
+@torch.no_grad()
+def recalibrate_bn(supernet: SuperNet, genotype: Genotype, batches: list[torch.Tensor]) -> None:
+    """Recompute every BatchNorm's running statistics for the path of ``genotype`` alone: reset them, then
+    average the statistics of ``batches`` (training images, train-mode forward passes, no gradients), so that
+    scoring in eval mode uses statistics of this cell instead of the batch's or of a mixture of paths
+    (arXiv 2002.04289). Needs a supernet built with ``track_running_stats=True``."""
+    bns = [m for m in supernet.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns or not all(m.track_running_stats for m in bns):
+        raise ValueError("recalibrate_bn needs a SuperNet built with track_running_stats=True")
+    was_training = supernet.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches, not an exponential one
+    supernet.train()
+    for x in batches:
+        supernet(x, genotype)
+    supernet.train(was_training)

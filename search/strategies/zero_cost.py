@@ -20,8 +20,12 @@ from tqdm import tqdm
 
 from nasnet_det.utils.errors import BadInputError
 from search.controller import decisions_to_genotype, sample_uniform
-from search.estimators import Estimator, build_estimator
+
+# (the package search.estimators registers every estimator when its base is imported; importing the package
+# itself would close an import cycle through the supernet estimator, which runs search.oneshot)
+from search.estimators.base import Estimator, build_estimator
 from search.outputs import write_json_atomic
+from search.reward import ChildData, load_search_data
 from search.strategies.base import Strategy
 
 log = logging.getLogger(__name__)
@@ -75,9 +79,7 @@ class ZeroCost(Strategy):
             bar.close()
         return done
 
-    def _data(self):
-        from search.oneshot import load_search_data  # (search.oneshot imports the strategy registry)
-
+    def _data(self) -> ChildData:
         return load_search_data(self.cfg)
 
     def ranking(self) -> list[list[int]]:

@@ -1,0 +1,105 @@
+"""Supernet estimators (search/estimators/supernet.py): seed-deterministic scores, FairNAS's strict fairness,
+BatchNorm recalibration used in scoring, and few-shot splits that partition the space."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from nasnet_det.data.cifar import synthetic_cifar
+from nasnet_det.space import OPS
+from search.config import load_cfg
+from search.controller import decisions_to_genotype, sample_uniform
+from search.estimators import build_estimator
+from search.estimators.supernet import FEW_SHOT_DECISION, few_shot_split, genotype_decisions, supernet_accuracy
+from search.reward import ChildData
+from search.supernet import recalibrate_bn
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_cfg(*opts):
+    return load_cfg(None, ["SEARCH.NUM_BLOCKS", "2", "MODEL.NASNET.FILTERS", "4", "CHILD.IMAGE_SIZE", "8",
+                           "ONESHOT.EPOCHS", "1", "ONESHOT.WEIGHT_STEPS", "2", "ONESHOT.BATCH_SIZE", "8",
+                           "ONESHOT.CONTROLLER_STEPS", "1", "SEARCH.BATCH_SIZE", "2", "ONESHOT.FINAL_SAMPLES", "2",
+                           "ONESHOT.FEW_SHOT_SPLITS", "2", "ONESHOT.BN_RECALIBRATION_BATCHES", "2",
+                           *map(str, opts)])
+
+
+@pytest.fixture(scope="module")
+def tiny_data():
+    x, y = synthetic_cifar(60)
+    return ChildData.from_arrays(x, y, 20)
+
+
+def cells(n, seed=0):
+    return [decisions_to_genotype(d, 2) for d in sample_uniform(n, 2, torch.Generator().manual_seed(seed)).tolist()]
+
+
+@pytest.mark.parametrize("name", ["spos", "fairnas_bn", "fewshot"])
+def test_supernet_estimators_are_finite_and_seed_deterministic(name, tiny_data):
+    g = cells(2)
+    scores = []
+    for _ in range(2):
+        est = build_estimator(name, tiny_cfg())
+        est.prepare(tiny_data, seed=1)
+        scores.append([est.score(c) for c in g])
+    assert all(math.isfinite(s) and 0 <= s <= 1 for s in scores[0])
+    assert scores[0] == scores[1]
+
+
+def test_the_one_shot_search_supernet_scores_cells(tiny_data):
+    est = build_estimator("supernet", tiny_cfg())  # today's search (controller-sampled paths), run once
+    est.prepare(tiny_data, seed=1)
+    scores = [est.score(c) for c in cells(2)]
+    assert all(0 <= s <= 1 for s in scores) and scores == [est.score(c) for c in cells(2)]
+
+
+def test_fairnas_trains_every_op_of_a_slot_equally_often(tiny_data):
+    fair = build_estimator("fairnas", tiny_cfg())
+    fair.prepare(tiny_data, seed=0)
+    counts = fair.op_counts  # [op decisions (8 for B=2), 13 ops]: paths trained with that op there
+    assert counts.shape == (8, len(OPS)) and (counts == 2).all()  # 2 updates x each op once per slot
+    spos = build_estimator("spos", tiny_cfg())
+    spos.prepare(tiny_data, seed=0)
+    assert spos.op_counts.sum() == 2 * 8 and (spos.op_counts != spos.op_counts[:, :1]).any()  # not fair
+
+
+def test_bn_recalibration_changes_the_running_stats_and_is_used_in_scoring(tiny_data):
+    est = build_estimator("spos_bn", tiny_cfg())
+    est.prepare(tiny_data, seed=0)
+    a, b = cells(2, seed=3)
+    net = est.nets[0]
+    bn = net.conv0.bn
+    score_a = est.score(a)  # recalibrates for a, then scores in eval mode with those statistics
+    stats_a = bn.running_mean.clone()
+    assert not torch.equal(stats_a, torch.zeros_like(stats_a))  # reset to 0, then measured
+    x, y = est.x_val, est.y_val
+    net.eval()
+    logits_a = net(x, a)
+    assert score_a == supernet_accuracy(net, a, x, y, 256)
+    recalibrate_bn(net, b, est.recalibration_batches())  # another cell's statistics
+    net.eval()
+    cell_bn = [m for m in net.cell_0.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert not torch.allclose(logits_a, net(x, a))  # the running statistics are what eval mode scores with
+    assert any(m.num_batches_tracked.item() == 2 for m in cell_bn)
+    assert est.score(a) == score_a  # the same batches every time: the score does not depend on the order
+
+
+def test_few_shot_splits_partition_the_space(tiny_data):
+    splits = 3
+    owners = [few_shot_split([0, 0, op] + [0] * 17, splits) for op in range(len(OPS))]
+    assert sorted(set(owners)) == [0, 1, 2]  # every op belongs to exactly one split, none is empty
+    est = build_estimator("fewshot", tiny_cfg("ONESHOT.FEW_SHOT_SPLITS", splits, "ONESHOT.WEIGHT_STEPS", 6))
+    est.prepare(tiny_data, seed=0)
+    assert len(est.nets) == splits and len({id(n) for n in est.nets}) == splits
+    for g in cells(6):
+        d = genotype_decisions(g)
+        assert est.supernet_for(g) is est.nets[d[FEW_SHOT_DECISION] % splits]
+    # the split decision is op decision 0: 3 shared uniform updates, then 1 update per split in its subspace
+    assert est.op_counts[0].sum() == 6
+    for k in range(splits):  # a split's updates draw the split decision from its own ops only
+        assert all(op % splits == k for op in est.draw_paths(k)[:, FEW_SHOT_DECISION].tolist() for _ in range(5))
