@@ -511,6 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--search-config", default="", help="search config of the estimators and strategies")
     p.add_argument("--search-opts", nargs="*", default=[], help="KEY VALUE overrides of the search config")
+    p.add_argument("--estimator-opts", nargs="*", default=[],
+                   help="KEY VALUE overrides for the estimators only (e.g. the supernets' ONESHOT.* budget)")
     p.add_argument("--work-dir", default="", help="keep the searches' outputs here (default: a temporary folder)")
     return p
 
@@ -555,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         out.update(nasnet_a_seed0=cells.accuracies[0][0], random_seed0=rand, search_config=args.search_config,
                    search_opts=args.search_opts)
         names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else sorted(ESTIMATORS)
-        cfg = search_cfg(budget, args.search_config or None, args.search_opts, data)
+        cfg = search_cfg(budget, args.search_config or None, [*args.search_opts, *args.estimator_opts], data)
         print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
         out["estimators"] = evaluate_estimators(names, cfg, data, cells, args.cell_seed, cache)
         write()
