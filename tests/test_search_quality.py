@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 import torch
 
 from nasnet_det.genotypes import NASNET_A
@@ -37,6 +38,12 @@ def test_rank_correlations_of_known_rankings(sq):
     rng = np.random.default_rng(0)
     noise = sq.rank_correlations(rng.permutation(30), np.arange(30), n_resamples=500)
     assert noise["kendall_lo"] < 0 < noise["kendall_hi"]  # an unrelated ranking: the CI spans 0
+    # the batched statistics the bootstrap uses are scipy's, ties included
+    a, b = rng.integers(0, 5, (7, 12)), rng.integers(0, 4, (7, 12))
+    for fn, ref in ((sq._kendall_tau_b, lambda x, y: scipy.stats.kendalltau(x, y)[0]),
+                    (sq._spearman_rho, lambda x, y: scipy.stats.spearmanr(x, y)[0])):
+        assert fn(a, b) == pytest.approx([ref(x, y) for x, y in zip(a, b)])
+    assert sq._kendall_tau_b(np.ones(5), np.arange(5)) == 0  # a constant side carries no ranking
     with pytest.raises(BadInputError, match=">= 3 paired"):
         sq.rank_correlations([1, 2], [1, 2])
 
