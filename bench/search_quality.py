@@ -1,0 +1,605 @@
+#!/usr/bin/env python
+"""One protocol by which every search strategy and every cheap estimator is judged (issue 19).
+
+Ground truth: stand-alone training (``search.reward.train_child``) of a fixed set of cells at one budget
+(SGD steps, image size, N@f, seeds) -- NASNet-A, ``--cells`` random cells whose parameter counts are within
+``--size-tolerance`` (30%) of NASNet-A's at the same N@f (so size does not decide), and each strategy's found
+cell -- scored on a held-out split of ``--holdout`` images that no search and no estimator ever sees (or on
+``--test NPZ``, a separate test set, when given). Every trained cell's accuracy is cached on disk
+(``--cache``, one JSON line per cell, keyed by genotype, budget, data and seed): nothing is trained twice
+and an interrupted run resumes where it stopped.
+
+Subcommands:
+
+* ``budget``: for each ``--budgets`` setting (``STEPS@SIZEpx:N@f``, e.g. ``400@16px:1@8``), train NASNet-A and
+  ``--noise-cells`` random cells with ``--seeds`` seeds and every random cell with one, and report NASNet-A's
+  margin over the random cells' mean against the seed noise (pooled std of one cell across seeds). The
+  first budget at which the margin exceeds the noise is the one to judge by.
+* ``run``: at ``--budget``, every estimator registered in ``search.estimators`` (Kendall tau and Spearman
+  against the ground truth of the random cells + NASNet-A, bootstrap 95% CIs, seconds per cell), and every
+  strategy of ``--strategies`` (its search on the search split, its found cell's ground-truth accuracy, its
+  rank among the random cells and against NASNet-A, the search's seconds). Writes its section to
+  bench/results.json (``--results``) for bench/RESULTS.md.
+
+    python bench/search_quality.py budget --data npz:/work/shared/data/cifar10-subset.npz \\
+        --budgets 300@16px:1@8 1000@16px:1@8
+    python bench/search_quality.py run --budget 1000@16px:1@8 --strategies zero_cost,predictor [...]
+
+Full CIFAR-10 on one GPU (docs/search.md): ``--data folder:datasets/cifar10 --holdout 10000
+--test npz:cifar10-test.npz --budget 15000@32px:2@16 --seeds 3`` (about 20 epochs of 40,000 images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: bench/_common.py puts the repository on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import RESULTS_JSON, record  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from nasnet_det.data.cifar import holdout_split, load_cifar_source  # noqa: E402
+from nasnet_det.genotypes import NASNET_A  # noqa: E402
+from nasnet_det.space import Genotype  # noqa: E402
+from nasnet_det.utils.errors import BadInputError  # noqa: E402
+from search.controller import decisions_to_genotype, sample_uniform  # noqa: E402
+from search.reward import ChildData, build_child, default_child_network, train_child  # noqa: E402
+
+SCRIPT = "search_quality"
+NUM_BLOCKS = 5
+
+
+# ----------------------------------------------------------------------------------------------- budget
+@dataclass(frozen=True)
+class Budget:
+    """How each ground-truth cell is trained: ``steps`` SGD steps of batch ``batch_size`` on
+    ``image_size``-px images, a CIFAR network of ``num_cells`` cells per stage at ``filters`` filters."""
+
+    steps: int
+    image_size: int
+    num_cells: int
+    filters: int
+    batch_size: int = 32
+    lr: float = 0.05
+    device: str = "cpu"  # where it trains: not part of the cache key (the same result to rounding)
+
+    @classmethod
+    def parse(cls, text: str, batch_size: int = 32, lr: float = 0.05, device: str = "cpu") -> Budget:
+        """``STEPS@SIZEpx:N@f``, e.g. ``400@16px:1@8``."""
+        try:
+            run, net = text.split(":")
+            steps, size = run.split("@")
+            n, f = net.split("@")
+            b = cls(int(steps), int(size.removesuffix("px")), int(n), int(f), batch_size, lr, device)
+        except ValueError:
+            raise BadInputError(f"--budget {text!r}: expected STEPS@SIZEpx:N@f, e.g. 400@16px:1@8") from None
+        if min(b.steps, b.num_cells, b.filters) < 1 or b.image_size < 8:
+            raise BadInputError(f"--budget {text!r}: steps, N and f must be >= 1 and the image size >= 8 px")
+        return b
+
+    @property
+    def label(self) -> str:
+        return f"{self.steps}@{self.image_size}px:{self.num_cells}@{self.filters}"
+
+    def child(self) -> dict[str, Any]:
+        """The ``CHILD`` settings of ``train_child``: the step cap decides the length (EPOCHS is only an
+        upper bound)."""
+        return dict(EPOCHS=10**6, MAX_STEPS=self.steps, BATCH_SIZE=self.batch_size, EVAL_BATCH_SIZE=256,
+                    LR=self.lr, MOMENTUM=0.9, WEIGHT_DECAY=5e-4, AUGMENT=True, IMAGE_SIZE=self.image_size)
+
+    def network(self) -> dict[str, Any]:
+        net = default_child_network()
+        net.update(NUM_CELLS=self.num_cells, FILTERS=self.filters)
+        return net
+
+
+# ------------------------------------------------------------------------------------------------- data
+@dataclass
+class BenchData:
+    """The bench's splits. ``search``: what searches and estimators may use (its own train / val split).
+    ``truth``: the ground truth's training images (all of the search's) and its held-out images (the
+    holdout, or the test set), which no search sees. ``key`` names the data for the cache."""
+
+    search: ChildData
+    truth: ChildData
+    key: str
+    description: str
+    source: str = ""
+    holdout: int = 0
+    split_seed: int = 0
+
+
+def load_bench_data(source: str, holdout: int, search_val: int, split_seed: int = 0,
+                    test: str = "") -> BenchData:
+    x, y = load_cifar_source(source)
+    if not 0 < holdout < len(x) - search_val - 1:
+        raise BadInputError(f"--holdout {holdout}: expected 1 .. {len(x) - search_val - 2} for the {len(x)} "
+                            f"images of {source} with --search-val {search_val}")
+    rest, held = holdout_split(len(x), holdout, split_seed)
+    x_rest, y_rest = x[rest], y[rest].astype(np.int64)
+    search = ChildData.from_arrays(x_rest, y_rest, search_val, split_seed)
+    if test:
+        x_test, y_test = load_cifar_source(test if ":" in test else f"npz:{test}")
+        truth = ChildData(x_rest, y_rest, x_test, y_test.astype(np.int64))
+        scored_on = f"the test set {test} ({len(x_test)} images)"
+    else:
+        truth = ChildData(x_rest, y_rest, x[held], y[held].astype(np.int64))
+        scored_on = f"a held-out split of {holdout} images no search sees"
+    desc = (f"{source} ({len(x)} images): ground truth trained on {len(x_rest)}, scored on {scored_on}; "
+            f"searches and estimators see only the {len(x_rest)} ({len(x_rest) - search_val} train / "
+            f"{search_val} val)")
+    key = f"{source}|holdout={holdout}|split_seed={split_seed}|test={test}"
+    return BenchData(search, truth, key, desc, source, holdout, split_seed)
+
+
+# ------------------------------------------------------------------------------------------------ cells
+def param_count(genotype: Genotype, network: Mapping[str, Any]) -> int:
+    return sum(p.numel() for p in build_child(genotype, network).parameters())
+
+
+def within_size(params: int, reference: int, tolerance: float) -> bool:
+    """Whether ``params`` lies within ``tolerance`` (a fraction) of ``reference``."""
+    return abs(params - reference) <= tolerance * reference
+
+
+def size_matched_cells(n: int, network: Mapping[str, Any], tolerance: float = 0.3, seed: int = 0,
+                       reference: Genotype = NASNET_A, max_draws: int = 0) -> list[tuple[Genotype, int]]:
+    """``n`` uniformly random cells (normal + reduction) whose networks at ``network`` have parameter counts
+    within ``tolerance`` of ``reference``'s, drawn in a fixed order from ``seed``: (genotype, params) each.
+    Refuses (BadInputError) when ``max_draws`` draws (default 50 n) do not give ``n``."""
+    ref = param_count(reference, network)
+    gen = torch.Generator().manual_seed(seed)
+    max_draws = max_draws or 50 * n
+    out: list[tuple[Genotype, int]] = []
+    draws = 0
+    while len(out) < n:
+        if draws >= max_draws:
+            raise BadInputError(f"--size-tolerance {tolerance}: only {len(out)} of {n} random cells within "
+                                f"{tolerance:.0%} of {reference.name or 'the reference'}'s {ref} parameters "
+                                f"in {max_draws} draws; widen the tolerance")
+        draws += 1
+        decisions = sample_uniform(1, NUM_BLOCKS, gen)[0].tolist()
+        g = decisions_to_genotype(decisions, NUM_BLOCKS, name=f"random_{seed}_{draws - 1}")
+        p = param_count(g, network)
+        if within_size(p, ref, tolerance):
+            out.append((g, p))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ cache
+def genotype_key(genotype: Genotype) -> str:
+    """The genotype's cells, not its name: the same cell found by two strategies is trained once."""
+    d = genotype.to_dict()
+    d.pop("name", None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TruthCache:
+    """Ground-truth accuracies on disk, one JSON line per trained cell (appended and flushed as each
+    finishes, so an interrupt loses at most the cell in training). A torn last line is skipped on reading."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.entries[e["key"]] = e
+
+    @staticmethod
+    def key(genotype: Genotype, budget: Budget, data_key: str, seed: int) -> str:
+        return f"{genotype_key(genotype)}|{budget.label}|bs{budget.batch_size}|lr{budget.lr}|{data_key}|seed{seed}"
+
+    def get(self, genotype: Genotype, budget: Budget, data_key: str, seed: int) -> dict[str, Any] | None:
+        return self.entries.get(self.key(genotype, budget, data_key, seed))
+
+    def put(self, entry: dict[str, Any]) -> None:
+        self.entries[entry["key"]] = entry
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def ground_truth(cache: TruthCache, genotype: Genotype, budget: Budget, data: BenchData, seed: int,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The cell's stand-alone held-out accuracy at ``budget`` and ``seed`` (from the cache, or trained now
+    and cached): ``{"accuracy", "params", "seconds", ...}``."""
+    hit = cache.get(genotype, budget, data.key, seed)
+    if hit is not None:
+        return hit
+    t0 = time.perf_counter()
+    r = train_child(genotype, budget.child(), data.truth, seed=seed, network=budget.network(), device=budget.device)
+    entry = {"key": cache.key(genotype, budget, data.key, seed), "genotype": genotype.to_dict(),
+             "name": genotype.name, "budget": budget.label, "seed": seed, "accuracy": r["reward"],
+             "params": r["params"], "steps": r["steps"], "seconds": round(time.perf_counter() - t0, 2),
+             "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
+    cache.put(entry)
+    log(f"  [{budget.label}] {genotype.name or genotype_key(genotype)} seed {seed}: acc {r['reward']:.4f} "
+        f"({r['params']} params, {entry['seconds']:.0f} s)")
+    return entry
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def _kendall_tau_b(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Kendall's tau-b over the last axis, batched over the others (bootstrap resamples at once): the sum
+    over pairs of sign(a_i - a_j) sign(b_i - b_j), over the square root of the untied pairs of each side.
+    A side without untied pairs (constant) gives 0: it carries no ranking."""
+    a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+    sa = np.sign(a[..., :, None] - a[..., None, :])
+    sb = np.sign(b[..., :, None] - b[..., None, :])
+    num = (sa * sb).sum((-2, -1))
+    den = np.sqrt((sa * sa).sum((-2, -1)) * (sb * sb).sum((-2, -1)))
+    return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
+
+
+def _spearman_rho(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho over the last axis, batched: the Pearson correlation of the (average-tie) ranks."""
+    ra = stats.rankdata(np.moveaxis(a, axis, -1), axis=-1)
+    rb = stats.rankdata(np.moveaxis(b, axis, -1), axis=-1)
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    den = np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+    num = (ra * rb).sum(-1)
+    return np.divide(num, den, out=np.zeros_like(num, dtype=float), where=den > 0)
+
+
+def rank_correlations(scores: Sequence[float], truth: Sequence[float], n_resamples: int = 2000,
+                      seed: int = 0) -> dict[str, float]:
+    """Kendall tau-b and Spearman rho of ``scores`` against ``truth`` (scipy.stats.kendalltau / spearmanr),
+    each with a paired bootstrap 95% percentile interval (scipy.stats.bootstrap, cells resampled with
+    replacement; the resamples' statistics computed batched, the same definitions)."""
+    s, t = np.asarray(scores, float), np.asarray(truth, float)
+    if len(s) != len(t) or len(s) < 3:
+        raise BadInputError(f"rank correlation needs >= 3 paired values, got {len(s)} scores and {len(t)} truths")
+    out: dict[str, float] = {"n": len(s)}
+    for name, point_fn, batched in (("kendall", stats.kendalltau, _kendall_tau_b),
+                                    ("spearman", stats.spearmanr, _spearman_rho)):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            point = float(point_fn(s, t)[0])
+        res = stats.bootstrap((s, t), batched, paired=True, vectorized=True, n_resamples=n_resamples,
+                              confidence_level=0.95, method="percentile", random_state=seed)
+        out[name] = point
+        out[f"{name}_lo"] = float(res.confidence_interval.low)
+        out[f"{name}_hi"] = float(res.confidence_interval.high)
+    return out
+
+
+def rank_among(value: float, others: Iterable[float]) -> int:
+    """1-based rank of ``value`` among ``others`` + itself, best (highest) first; ties go in its favour."""
+    return 1 + sum(o > value for o in others)
+
+
+def pooled_seed_std(per_cell: Mapping[str, Sequence[float]]) -> float:
+    """Seed noise: the pooled sample std of each cell's accuracies across seeds (cells with >= 2 seeds)."""
+    num = sum((len(v) - 1) * float(np.var(v, ddof=1)) for v in per_cell.values() if len(v) >= 2)
+    dof = sum(len(v) - 1 for v in per_cell.values() if len(v) >= 2)
+    return math.sqrt(num / dof) if dof else float("nan")
+
+
+# ---------------------------------------------------------------------------------------- budget study
+def budget_study(budgets: Sequence[Budget], data: BenchData, cache: TruthCache, cells: int, seeds: int,
+                 noise_cells: int, tolerance: float, cell_seed: int = 0,
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """For each budget: NASNet-A's margin over the size-matched random cells' mean against the seed noise."""
+    out = []
+    for b in budgets:
+        log(f"== budget {b.label} (batch {b.batch_size}, LR {b.lr}): NASNet-A and {noise_cells} random cells x "
+            f"{seeds} seeds, {cells} random cells x 1 seed; {data.description}")
+        randoms = size_matched_cells(cells, b.network(), tolerance, cell_seed)
+        nas = [ground_truth(cache, NASNET_A, b, data, s, log)["accuracy"] for s in range(seeds)]
+        per_cell = {"NASNet-A": nas}
+        for g, _ in randoms[:noise_cells]:
+            per_cell[g.name] = [ground_truth(cache, g, b, data, s, log)["accuracy"] for s in range(seeds)]
+        rand = [ground_truth(cache, g, b, data, 0, log)["accuracy"] for g, _ in randoms]
+        noise = pooled_seed_std(per_cell)
+        margin = float(np.mean(nas) - np.mean(rand))
+        seconds = [e["seconds"] for e in cache.entries.values() if e["budget"] == b.label]
+        res = {"budget": b.label, "nasnet_a_mean": float(np.mean(nas)), "nasnet_a_seeds": nas,
+               "random_mean": float(np.mean(rand)), "random_std": float(np.std(rand, ddof=1)),
+               "random": rand, "margin": margin, "seed_noise": noise, "separates": bool(margin > noise),
+               "nasnet_a_rank_seed0": rank_among(nas[0], rand), "cells": len(rand),
+               "seconds_per_cell": float(np.median(seconds)) if seconds else float("nan"),
+               "params_nasnet_a": param_count(NASNET_A, b.network()),
+               "params_random": [p for _, p in randoms]}
+        log(f"-> {b.label}: NASNet-A {res['nasnet_a_mean']:.4f} ({', '.join(f'{a:.3f}' for a in nas)}), random "
+            f"{res['random_mean']:.4f} +- {res['random_std']:.4f} ({len(rand)} cells); margin {margin:+.4f} vs seed "
+            f"noise {noise:.4f}: {'SEPARATES' if res['separates'] else 'does not separate'}; NASNet-A seed 0 ranks "
+            f"{res['nasnet_a_rank_seed0']}/{len(rand) + 1}; {res['seconds_per_cell']:.0f} s/cell")
+        out.append(res)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the cell set
+@dataclass
+class CellTruth:
+    """The fixed cell set at one budget: NASNet-A's accuracy per seed and each random cell's (seed 0, plus
+    every seed for the first ``noise_cells``); ``truth`` is each cell's mean over its seeds."""
+
+    genotypes: list[Genotype]      # NASNet-A first, then the random cells
+    accuracies: list[list[float]]  # per cell, per seed
+    seconds_per_cell: float
+
+    @property
+    def truth(self) -> list[float]:
+        return [float(np.mean(a)) for a in self.accuracies]
+
+    @property
+    def random_seed0(self) -> list[float]:
+        return [a[0] for a in self.accuracies[1:]]
+
+
+def cell_truth(budget: Budget, data: BenchData, cache: TruthCache, cells: int, seeds: int, noise_cells: int,
+               tolerance: float, cell_seed: int = 0, log: Callable[[str], None] = print) -> CellTruth:
+    randoms = [g for g, _ in size_matched_cells(cells, budget.network(), tolerance, cell_seed)]
+    genotypes = [NASNET_A, *randoms]
+    acc, secs = [], []
+    for i, g in enumerate(genotypes):
+        n_seeds = seeds if i <= noise_cells else 1
+        entries = [ground_truth(cache, g, budget, data, s, log) for s in range(n_seeds)]
+        acc.append([e["accuracy"] for e in entries])
+        secs += [e["seconds"] for e in entries]
+    return CellTruth(genotypes, acc, float(np.median(secs)))
+
+
+# ------------------------------------------------------------------------------------------- estimators
+def search_cfg(budget: Budget, config: str | None, opts: Sequence[str], data: BenchData | None = None) -> Any:
+    """The search config the estimators and strategies run with: ``config``, then the budget's network and
+    image size, one in-process worker (the bench owns the one core it measures on), the bench's data with
+    the holdout as ``DATA.VAL_SIZE`` (a strategy that loads ``cfg.DATA`` itself -- zero_cost's data-dependent
+    proxies -- draws its images from the search's side only), then ``opts``."""
+    from search.config import load_cfg
+
+    base = ["MODEL.NASNET.NUM_CELLS", str(budget.num_cells), "MODEL.NASNET.FILTERS", str(budget.filters),
+            "CHILD.IMAGE_SIZE", str(budget.image_size), "WORKERS.BACKEND", "inline"]
+    if data is not None:
+        base += ["DATA.SOURCE", data.source, "DATA.VAL_SIZE", str(data.holdout), "DATA.SPLIT_SEED",
+                 str(data.split_seed), "DATA.TRAIN_LIMIT", "0"]
+    return load_cfg(config, [*base, *opts])
+
+
+def cfg_hash(cfg: Any) -> str:
+    return hashlib.sha1(cfg.dump().encode()).hexdigest()[:16]
+
+
+def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: CellTruth, seed: int = 0,
+                        cache: TruthCache | None = None,
+                        log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each estimator prepared on the search split (never the holdout) and scored on every cell of the set:
+    rank correlations with the ground truth (bootstrap 95% CIs) and seconds per cell (its preparation
+    spread over the cells, plus scoring). With ``cache``, each estimator's scores and seconds are kept there
+    (keyed by estimator, config, data, seed and the cells), so a rerun does not score again."""
+    from search.estimators import build_estimator
+
+    cache = cache or TruthCache(None)
+    cell_keys = [genotype_key(g) for g in cells.genotypes]
+    out = []
+    for name in names:
+        key = "estimator|" + json.dumps({"name": name, "cfg": cfg_hash(cfg), "data": data.key, "seed": seed,
+                                         "cells": hashlib.sha1("".join(cell_keys).encode()).hexdigest()[:16]})
+        hit = cache.entries.get(key)
+        if hit is None:
+            est = build_estimator(name, cfg, key="--estimators")
+            t0 = time.perf_counter()
+            est.prepare(data.search, seed)
+            prep = time.perf_counter() - t0
+            scores = [float(est.score(g)) for g in cells.genotypes]
+            hit = {"key": key, "kind": "estimator", "budget": "", "seconds": 0.0, "scores": scores,
+                   "prepare_seconds": prep, "total_seconds": time.perf_counter() - t0}
+            cache.put(hit)
+        scores, prep = hit["scores"], hit["prepare_seconds"]
+        corr = rank_correlations(scores, cells.truth, seed=seed)
+        res = {"estimator": name, **corr, "seconds_per_cell": hit["total_seconds"] / len(scores),
+               "prepare_seconds": prep, "scores": scores}
+        log(f"  {name:<12} kendall {corr['kendall']:+.3f} [{corr['kendall_lo']:+.3f}, {corr['kendall_hi']:+.3f}]  "
+            f"spearman {corr['spearman']:+.3f} [{corr['spearman_lo']:+.3f}, {corr['spearman_hi']:+.3f}]  "
+            f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)")
+        out.append(res)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- strategies
+def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple[Genotype, float]:
+    """One search of ``strategy`` on the search split: (its found cell, wall seconds of this run). An
+    interrupted search in ``out_dir`` (same config) resumes from its journal / checkpoint."""
+    from search.oneshot import OneShotSearch
+    from search.reward import ChildEvaluator
+    from search.runner import SearchRunner
+    from search.strategies.registry import STRATEGIES
+
+    cls = STRATEGIES.resolve(strategy)[strategy]
+    t0 = time.perf_counter()
+    if cls.weight_sharing:
+        OneShotSearch(cfg, out_dir, progress=False, data=data.search).run()
+        found = out_dir / "best_genotype.json"
+    else:
+        evaluator = ChildEvaluator(dict(cfg.CHILD), data.search, dict(cfg.MODEL.NASNET))
+        SearchRunner(cfg, out_dir, evaluator=evaluator, progress=False).run()
+        found = out_dir / f"best_genotype_{strategy}.json"
+    if not found.is_file():
+        raise RuntimeError(f"the {strategy} search left no {found.name} in {out_dir} (no child finished?)")
+    return Genotype.load(found), time.perf_counter() - t0
+
+
+def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], budget: Budget,
+                        cfg_of: Callable[[str, int], Any], data: BenchData, cache: TruthCache, cells: CellTruth,
+                        work: Path, log: Callable[[str], None] = print,
+                        on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Each strategy searched once per seed; its found cell trained alone at ``budget`` (seed 0, like the
+    random cells) and ranked among the random cells and against NASNet-A (seed 0)."""
+    rand = cells.random_seed0
+    mean, std = float(np.mean(rand)), float(np.std(rand, ddof=1))
+    nas = cells.accuracies[0][0]
+    out = []
+    for strategy in strategies:
+        for seed in search_seeds:
+            cfg = cfg_of(strategy, seed)
+            key = {"strategy": strategy, "seed": seed, "data": data.key, "cfg": cfg_hash(cfg)}
+            skey = "search|" + json.dumps(key, sort_keys=True)
+            hit = cache.entries.get(skey)
+            if hit is None:
+                log(f"  searching: {strategy} seed {seed}")
+                found, secs = run_search(strategy, cfg, data, work / f"{strategy}_{seed}_{key['cfg']}")
+                hit = {"key": skey, "kind": "search", "budget": "", "genotype": found.to_dict(),
+                       "search_seconds": round(secs, 1), "seconds": 0.0}
+                cache.put(hit)
+            found = Genotype.from_dict(hit["genotype"])
+            acc = ground_truth(cache, found, budget, data, 0, log)["accuracy"]
+            res = {"strategy": strategy, "seed": seed, "accuracy": acc, "search_seconds": hit["search_seconds"],
+                   "rank_among_random": rank_among(acc, rand), "of": len(rand) + 1, "random_mean": mean,
+                   "random_std": std,
+                   "z_over_random": (acc - mean) / std if std > 0 else float("nan"),
+                   "at_or_above_nasnet_a": bool(acc >= nas), "genotype": found.to_dict()}
+            log(f"  {strategy} seed {seed}: found cell {acc:.4f} (random {mean:.4f} +- {std:.4f}, "
+                f"z {res['z_over_random']:+.2f}, rank {res['rank_among_random']}/{res['of']}, NASNet-A {nas:.4f}); "
+                f"search {hit['search_seconds']:.0f} s")
+            out.append(res)
+            if on_result is not None:
+                on_result(res)
+    return out
+
+
+def result_rows(study: Sequence[Mapping[str, Any]], estimators: Sequence[Mapping[str, Any]],
+                strategies: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The section's rows for bench/results.json (bench/_common.row): the budget study (NASNet-A's margin
+    against the seed noise), each estimator's Kendall tau against the params baseline's, each strategy's
+    found cell against the random cells' mean."""
+    from _common import row
+
+    rows = []
+    for b in study:
+        rows.append(row(f"{SCRIPT} budget {b['budget']}", "NASNet-A margin", b["margin"], b["seed_noise"],
+                        "seed noise (std)", True, **settings))
+    base = next((e for e in estimators if e["estimator"] == "params"), None)
+    for e in estimators:
+        rows.append(row(f"{SCRIPT} estimator {e['estimator']}", "kendall tau", e["kendall"],
+                        base["kendall"] if base else float("nan"), "params (size baseline)", True,
+                        kendall_ci=[e["kendall_lo"], e["kendall_hi"]], spearman=e["spearman"],
+                        spearman_ci=[e["spearman_lo"], e["spearman_hi"]], seconds_per_cell=e["seconds_per_cell"],
+                        **settings))
+    for s in strategies:
+        rows.append(row(f"{SCRIPT} strategy {s['strategy']} seed {s['seed']}", "found cell acc", s["accuracy"],
+                        s["random_mean"], "random cells' mean", True, rank=f"{s['rank_among_random']}/{s['of']}",
+                        z_over_random=s["z_over_random"], at_or_above_nasnet_a=s["at_or_above_nasnet_a"],
+                        search_seconds=s["search_seconds"], **settings))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", nargs="?", default="run", choices=("budget", "run"),
+                   help="run (default, what make bench runs) or budget")
+    p.add_argument("--data", default="npz:builtin", help="data source (default: the embedded 2,000-image sample)")
+    p.add_argument("--holdout", type=int, default=500, help="images held out for the ground truth")
+    p.add_argument("--search-val", type=int, default=300, help="of the rest, the search's own val split")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--test", default="", help="score the ground truth on this NPZ instead of the holdout")
+    p.add_argument("--budgets", nargs="*", default=["300@16px:1@8"], help="budget study settings")
+    p.add_argument("--budget", default="300@16px:1@8", help="the ground truth's budget for `run`")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--cells", type=int, default=16, help="size-matched random cells")
+    p.add_argument("--size-tolerance", type=float, default=0.3)
+    p.add_argument("--cell-seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--noise-cells", type=int, default=2, help="random cells also trained with every seed")
+    p.add_argument("--cache", default="output/bench/search_quality.jsonl",
+                   help="ground-truth cache (JSON lines; resumable)")
+    p.add_argument("--json", default="", help="also write the figures here")
+    p.add_argument("--results", default=str(RESULTS_JSON), help="results file to write the section to ('' : none)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the ground truth trains (cpu, cuda)")
+    p.add_argument("--estimators", default="", help="comma-separated (default: every registered estimator)")
+    p.add_argument("--strategies", default="", help="comma-separated strategies to search with and judge")
+    p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--search-config", default="", help="search config of the estimators and strategies")
+    p.add_argument("--search-opts", nargs="*", default=[], help="KEY VALUE overrides of the search config")
+    p.add_argument("--estimator-opts", nargs="*", default=[],
+                   help="KEY VALUE overrides for the estimators only (e.g. the supernets' ONESHOT.* budget)")
+    p.add_argument("--work-dir", default="", help="keep the searches' outputs here (default: a temporary folder)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_bench_data(args.data, args.holdout, args.search_val, args.split_seed, args.test)
+    cache = TruthCache(args.cache)
+    settings = {"data": data.description, "cells": args.cells, "size_tolerance": args.size_tolerance,
+                "batch_size": args.batch_size, "lr": args.lr, "torch_threads": args.threads}
+    out: dict[str, Any] = {"data": data.description, "budget_study": [], "estimators": [], "strategies": []}
+
+    def write() -> None:
+        """The figures so far (after each phase and each strategy's search: an interrupt keeps them)."""
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        if args.results:
+            study = out["budget_study"]
+            notes = [data.description, f"ground truth: {args.seeds} seeds for NASNet-A and {args.noise_cells} "
+                     f"random cells (seed noise), 1 for the others; random cells within {args.size_tolerance:.0%} "
+                     f"of NASNet-A's parameters; {study[-1]['seconds_per_cell']:.0f} s per cell at "
+                     f"{study[-1]['budget']}"]
+            if out.get("search_opts") is not None:
+                notes.append(f"searches: {args.search_config or 'search defaults'} + {' '.join(args.search_opts)}")
+            record(SCRIPT, result_rows(study, out["estimators"], out["strategies"], settings), notes=notes,
+                   path=Path(args.results))
+
+    budgets = [Budget.parse(b, args.batch_size, args.lr, args.device)
+               for b in (args.budgets if args.command == "budget" else [args.budget])]
+    out["budget_study"] = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells,
+                                       args.size_tolerance, args.cell_seed)
+    if args.command == "run":
+        import tempfile
+
+        from search.estimators import ESTIMATORS
+
+        budget = budgets[0]
+        cells = cell_truth(budget, data, cache, args.cells, args.seeds, args.noise_cells, args.size_tolerance,
+                           args.cell_seed)
+        rand = cells.random_seed0
+        out.update(nasnet_a_seed0=cells.accuracies[0][0], random_seed0=rand, search_config=args.search_config,
+                   search_opts=args.search_opts)
+        names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else sorted(ESTIMATORS)
+        cfg = search_cfg(budget, args.search_config or None, [*args.search_opts, *args.estimator_opts], data)
+        print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
+        out["estimators"] = evaluate_estimators(names, cfg, data, cells, args.cell_seed, cache)
+        write()
+        names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+        if names:
+            print(f"== strategies {', '.join(names)}, search seeds {args.search_seeds}")
+
+            def cfg_of(strategy: str, seed: int) -> Any:
+                return search_cfg(budget, args.search_config or None,
+                                  [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)], data)
+
+            def found(result: dict[str, Any]) -> None:
+                out["strategies"].append(result)
+                write()
+
+            with tempfile.TemporaryDirectory() as tmp:
+                evaluate_strategies(names, args.search_seeds, budget, cfg_of, data, cache, cells,
+                                    Path(args.work_dir or tmp), on_result=found)
+    write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
