@@ -90,7 +90,8 @@ def classification_run(args: argparse.Namespace, amp: str, out: Path) -> tuple[f
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=("detection", "classification"), required=True)
+    p.add_argument("--task", choices=("detection", "classification"),
+                   help="default: both (on a CPU at check size: the smoke detector, a 6@96 classifier at 64 px)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--batch", type=int, default=0, help="images per iteration (default: detection 4, "
@@ -100,6 +101,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="detection: the tiny smoke detector (a CPU check)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+    if args.task:
+        return run_task(args)
+    status = 0
+    for task in ("detection", "classification"):  # `make bench` (bench/run_all.py) passes no arguments
+        one = argparse.Namespace(**vars(args))
+        one.task = task
+        if not one.device.startswith("cuda"):
+            one.smoke, one.iters = True, min(one.iters, 3)
+            if task == "classification":
+                one.penultimate, one.size = 96, one.size or 64
+        status |= run_task(one)
+    return status
+
+
+def run_task(args: argparse.Namespace) -> int:
     cuda = args.device.startswith("cuda")
     if args.task == "detection":
         args.batch, args.size = args.batch or 4, args.size or 600

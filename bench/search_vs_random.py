@@ -103,8 +103,8 @@ def real(budget: int, out: Path, npz: Path) -> None:
     print(f"== tiny real CIFAR-10 run: {npz.name}, children 1@4, 16 px, 40 SGD steps, 2000 train / 500 held-out "
           f"images, budget {budget} per strategy, batch 4, 2 local worker processes ==")
     cfg = load_cfg(str(REPO / "configs/search/smoke.yaml"),
-                   ["DATA.SOURCE", f"npz:{npz}", "SEARCH.BUDGET", str(budget), "SEARCH.BATCH_SIZE", "4",
-                    "CHILD.MAX_STEPS", "40"])
+                   ["DATA.SOURCE", f"npz:{npz}", "SEARCH.STRATEGY", "ppo,random", "SEARCH.BUDGET", str(budget),
+                    "SEARCH.BATCH_SIZE", "4", "CHILD.MAX_STEPS", "40"])
     t0 = time.perf_counter()
     s = SearchRunner(cfg, out / "real", progress=False).run()["strategies"]
     print(row("real", s), f"[{time.perf_counter() - t0:.1f}s]")

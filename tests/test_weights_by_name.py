@@ -144,6 +144,8 @@ def test_not_cached_online_download_failure_is_one_line(caches, monkeypatch):
     ("timm://resnet50", "known: timm://nasnetalarge"),
     ("pretrainedmodels://nasnet", "known: pretrainedmodels://nasnetalarge, pretrainedmodels://nasnetamobile"),
     ("hf://nasnetalarge", "unknown weights scheme 'hf://'; known: timm://"),
+    ("timm://nasnetalarge.bogus", "known: timm://nasnetalarge"),  # an unknown tag: refused here, not a traceback
+    ("pretrainedmodels://nasnetamobile.x", "known: pretrainedmodels://nasnetalarge"),
 ])
 def test_unknown_name_or_scheme_lists_what_exists(caches, spec, listed):
     with pytest.raises(BadInputError, match=f"^MODEL.NASNET.WEIGHTS '{spec}': .*{listed}"):

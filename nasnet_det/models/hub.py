@@ -74,8 +74,12 @@ def _source(spec: str, key: str) -> tuple[WeightSource, str]:
         raise BadInputError(f"{key} {spec!r}: unknown weights scheme {scheme + SEPARATOR!r}; known: {known}, "
                             "or a file path")
     source = WEIGHT_SOURCES[scheme]
-    names = _names_or_missing(source)
-    if name not in names and name.split(".", 1)[0] not in names:
+    try:
+        names = source.names()
+    except ImportError:
+        raise BadInputError(f"{key} {spec!r}: the {scheme}{SEPARATOR} scheme needs {source.library}, which is not "
+                            f"installed: pip install {source.library} (or pip install -e .[pretrained])") from None
+    if name not in names:  # exact: a tag the library does not know would fail in its own fetch with a traceback
         raise BadInputError(f"{key} {spec!r}: {source.library} has no NASNet weights named {name!r}; known: "
                             + ", ".join(f"{scheme}{SEPARATOR}{n}" for n in names))
     return source, name
@@ -144,7 +148,7 @@ class TimmWeights(WeightSource):
             return load_state_dict_from_hf(cfg.hf_hub_id)
         except (LocalEntryNotFoundError, OSError) as e:
             hub = Path(constants.HF_HUB_CACHE) / f"models--{cfg.hf_hub_id.replace('/', '--')}"
-            how = f"huggingface-cli download {cfg.hf_hub_id} model.safetensors (cache {hub})"
+            how = f"hf download {cfg.hf_hub_id} model.safetensors (cache {hub})"
             if url:
                 how += f", or curl -L -o {_torch_hub_file(url)} {url}"
             state = "HF_HUB_OFFLINE is set" if offline() else f"the download failed ({type(e).__name__})"
