@@ -161,8 +161,9 @@ def machine() -> dict[str, Any]:
 
 
 def ratio(ours: float, peer: float, higher_is_better: bool) -> float:
-    """How many times better ours is (> 1: ours wins), for a higher- or lower-is-better metric."""
-    if not peer or not ours:
+    """How many times better ours is (> 1: ours wins), for a higher- or lower-is-better metric; none (NaN) unless
+    both are positive (the ratio of two negative correlations would read backwards)."""
+    if not (ours > 0 and peer > 0):
         return float("nan")
     return ours / peer if higher_is_better else peer / ours
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """How well the ``lut`` latency estimator ranks cells: its predicted latency against the measured latency of
-the FPN detection backbone (``measure``, the median of repeats) for random cells of the search space, at
+the C4 (or FPN) detection backbone (``measure``, the median of repeats) for random cells of the search space, at
 detection input size on this machine's CPU with a fixed thread count. Spearman rank correlation and the mean
 absolute percentage error; the peer is mult-adds (the ``flops`` estimator) as a latency proxy (Spearman only:
 it has no milliseconds). Goal (issue 20): Spearman >= 0.9. Each cell is measured twice: the
@@ -59,6 +59,7 @@ def main() -> None:
         t0 = time.perf_counter()
         lut.build()
         build_s = time.perf_counter() - t0
+        built_units = len(lut.units)  # units the covering cells did not reach are timed when a cell first needs them
         predicted, measured, again, macs = [], [], [], []
         t0 = time.perf_counter()
         for i in range(args.cells):
@@ -77,24 +78,25 @@ def main() -> None:
     mape = float(np.mean(np.abs(p - m) / m) * 100)
     setting_info = dict(cells=args.cells, input_size=args.input_size, num_cells=args.num_cells,
                         filters=args.filters, backbone=args.backbone, threads=args.threads,
-                        repeats=args.repeats, lut_units=len(lut.units), lut_build_s=build_s, compare_s=compare_s,
+                        repeats=args.repeats, lut_units_built=built_units,
+                        lut_units_added_on_demand=len(lut.units) - built_units,
+                        lut_build_s=build_s, compare_s=compare_s,
                         measured_ms_min=float(m.min()), measured_ms_max=float(m.max()),
                         spearman_measured_twice=rho_again,
                         mape_measured_twice=float(np.mean(np.abs(np.array(again) - m) / m) * 100))
     name = f"lut vs measured, {args.backbone} {args.num_cells}@f{args.filters}, {args.input_size}px, cpu"
     rows = [row(name, "spearman", rho_lut, rho_flops, "mult-adds (flops estimator) vs measured", True,
                 **setting_info),
-            row(name, "MAPE %", mape, float("nan"), "- (mult-adds have no ms)", False, **setting_info),
-            row(name, "spearman", rho_again, rho_lut, "(ours = measured twice: the noise ceiling; peer = lut)",
-                True, **setting_info)]
+            row(name, "MAPE %", mape, float("nan"), "- (mult-adds have no ms)", False, **setting_info)]
     for r in rows:
         print_row(r)
     if not args.no_record:
         record("bench_latency_lut", rows, notes=[
             f"goal Spearman >= 0.9; {args.cells} uniform random cells; measured = median of {args.repeats} runs after "
-            f"1 warm-up, {args.threads} torch thread(s); the table built fresh ({build_s:.0f} s) in a temporary folder",
-            "machine shared with other jobs while it ran (see loadavg_1min): both columns are noisier than on an "
-            "idle machine"])
+            f"1 warm-up, {args.threads} torch thread(s); the table built fresh ({built_units} units, {build_s:.0f} s) "
+            f"in a temporary folder, {len(lut.units) - built_units} more units timed on demand during the comparison",
+            f"noise ceiling: the same cells measured twice agree to Spearman {rho_again:.2f} (MAPE "
+            f"{setting_info['mape_measured_twice']:.1f}%) on this machine as loaded (loadavg_1min in 'machine')"])
 
 
 if __name__ == "__main__":
