@@ -1,10 +1,12 @@
 """``nasnet-det export``: a trained NASNet Faster R-CNN to TorchScript or ONNX, optionally checked on images.
 
-    nasnet-det export --config-file CFG --format torchscript|onnx --output PATH [--check IMAGE ...] [KEY VALUE ...]
+    nasnet-det export --config-file CFG --format torchscript|onnx --output PATH [--check IMAGE ...]
+                      [--check-existing] [KEY VALUE ...]
 
 ``MODEL.WEIGHTS`` names the trained detector. The model is traced on the first ``--check`` image (a photo of
 the package's COCO sample without one). ``--check`` runs the eager and the exported model on every image, prints
-one comparison line each and exits 1 unless all agree (tolerance: nasnet_det.detection.export). Bad input
+one comparison line each and exits 1 unless all agree (tolerance: nasnet_det.detection.export);
+``--check-existing`` checks the file already at ``--output`` instead of exporting. Bad input
 (a config key, a missing file or image, an unsupported format, a model that cannot be exported): one ``error:``
 line, exit 2.
 """
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="the exported file (.ts / .onnx)")
     parser.add_argument("--check", nargs="+", metavar="IMAGE", default=[],
                         help="images on which the exported model must detect what the eager one does")
+    parser.add_argument("--check-existing", action="store_true",
+                        help="do not export: check the file already at --output against the eager model")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     argv = list(sys.argv[1:] if argv is None else argv)
     # --check takes several images, so the KEY VALUE overrides start at the first config key
@@ -58,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_cfg(get_nasnet_cfg(), args.config_file, args.opts)
     validate_input_sizes(cfg)
     model = load_eager_model(cfg)
-    trace_image = args.check[0] if args.check else SAMPLE_IMAGE
-    path = export_model(model, preprocess(cfg, trace_image), args.format, args.output)
-    print(f"wrote {args.format} model to {path}")
+    if args.check_existing:
+        if not args.check:
+            raise BadInputError("--check-existing needs --check IMAGE ...")
+        path = Path(args.output)
+    else:
+        trace_image = args.check[0] if args.check else SAMPLE_IMAGE
+        path = export_model(model, preprocess(cfg, trace_image), args.format, args.output)
+        print(f"wrote {args.format} model to {path}")
     if not args.check:
         return 0
     comparisons = check_exported(cfg, model, path, args.format, args.check)
