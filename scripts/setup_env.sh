@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create / update the project virtualenv (.venv) and install everything nasnet-det needs:
 #   1. pinned torch + torchvision          (requirements/constraints.txt)
-#   2. this package, editable, with extras  (pip install -e .[test,ray])
+#   2. this package, editable, with extras  (pip install -e .[test,ray,export])
 #   3. detectron2: official source first; if that is unreachable, the PyPI republish
 #      sal-detectron2 (pure Python, its compiled _C extension removed)
 #   4. a smoke check (imports, torchvision.ops.nms, a detectron2 Faster R-CNN training forward)
@@ -69,8 +69,8 @@ pip_install --upgrade pip
 pip_install torch torchvision "setuptools<81" wheel
 
 # --------------------------------------------------------------------------- this package
-log "installing nasnet-det (editable) with extras [test,ray]"
-pip_install -e "$ROOT[test,ray]"
+log "installing nasnet-det (editable) with extras [test,ray,export]"
+pip_install -e "$ROOT[test,ray,export]"
 
 # --------------------------------------------------------------------------- detectron2
 SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"

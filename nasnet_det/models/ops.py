@@ -12,7 +12,6 @@ average pools (its ``AvgPool2dSame``); ``pad_mode="timm"`` reproduces that, so l
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -26,7 +25,11 @@ PAD_MODES = ("tf", "timm")
 def same_pad_amounts(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
     """TF 'SAME' padding (before, after) for one spatial dimension."""
     effective = (kernel - 1) * dilation + 1
-    total = max((math.ceil(size / stride) - 1) * stride + effective - size, 0)
+    # Integer ops only, and clamp for a traced size (a tensor while torch.jit.trace runs): the exported graph
+    # then computes the padding from its input's size instead of keeping the traced input's as constants. The
+    # ceiling as (size + stride - 1) // stride: no floor division of a negative number, which ONNX truncates.
+    total = ((size + stride - 1) // stride - 1) * stride + effective - size
+    total = total.clamp(min=0) if isinstance(total, torch.Tensor) else max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -38,7 +41,7 @@ def _pad_same(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
               dilation: tuple[int, int] = (1, 1), value: float = 0.0) -> torch.Tensor:
     top, bottom = same_pad_amounts(x.shape[-2], kernel[0], stride[0], dilation[0])
     left, right = same_pad_amounts(x.shape[-1], kernel[1], stride[1], dilation[1])
-    if top == bottom == left == right == 0:
+    if not torch.jit.is_tracing() and top == bottom == left == right == 0:  # traced: sizes vary
         return x
     return F.pad(x, (left, right, top, bottom), value=value)
 
@@ -111,12 +114,30 @@ class Pool2dSame(nn.Module):
         # ceil_mode (a last window running past the input) covers exactly the same windows without copying the
         # input into a padded one: max pooling ignores both, count_include_pad=False counts only real pixels
         # (TF), and timm's zero padding is a fixed k*k divisor.
+        if torch.jit.is_tracing():
+            return self._explicitly_padded(x)
         pad = (same_pad_amounts(x.shape[-2], k, s)[0], same_pad_amounts(x.shape[-1], k, s)[0])
         if self.kind == "max":
             return F.max_pool2d(x, k, s, pad, ceil_mode=True)
         if self.pad_mode == "timm":
             return F.avg_pool2d(x, k, s, pad, ceil_mode=True, divisor_override=k * k)
         return F.avg_pool2d(x, k, s, pad, ceil_mode=True, count_include_pad=False)
+
+    def _explicitly_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same pooling with the 'SAME' padding as an explicit ``F.pad`` and none in the pool, for tracing
+        (TorchScript, ONNX): a pool's own padding is a constant of the exported graph (ONNX MaxPool/AveragePool
+        ``pads`` attribute), which cannot follow the input size; a Pad node takes the amounts as a tensor."""
+        k, s = self.kernel_size, self.stride
+        top, bottom = same_pad_amounts(x.shape[-2], k, s)
+        left, right = same_pad_amounts(x.shape[-1], k, s)
+        pads = (left, right, top, bottom)
+        if self.kind == "max":
+            return F.max_pool2d(F.pad(x, pads, value=float("-inf")), k, s)
+        summed = F.avg_pool2d(F.pad(x, pads), k, s)
+        if self.pad_mode == "timm":  # zero padding counted: the mean over k*k
+            return summed
+        real = F.avg_pool2d(F.pad(torch.ones_like(x[:1, :1]), pads), k, s)  # share of real pixels per window
+        return summed / real
 
 
 class ReLUConvBN(nn.Module):
@@ -257,7 +278,7 @@ class FactorizedReduce(nn.Module):
         # is x[1::2, 1::2] plus a zero row (column) only where the height (width) is odd.
         shifted = x[:, :, 1::2, 1::2]
         missing_h, missing_w = path_1.shape[-2] - shifted.shape[-2], path_1.shape[-1] - shifted.shape[-1]
-        if missing_h or missing_w:
+        if torch.jit.is_tracing() or missing_h or missing_w:  # traced: the amounts follow the input's size
             shifted = F.pad(shifted, (0, missing_w, 0, missing_h))
         path_2 = self.path_2(shifted)
         return self.final_path_bn(torch.cat([path_1, path_2], 1))
