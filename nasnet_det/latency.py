@@ -297,18 +297,29 @@ class LookupTableLatency(LatencyEstimator):
         self._load()
 
     def _load(self) -> None:
+        self.units, self.fixed_ms = self._read()
+
+    def _read(self) -> tuple[dict[str, float], float | None]:
+        """The table on disk (units, fixed part); empty when there is none or it cannot be used."""
         if not self.path.is_file():
-            return
+            return {}, None
         try:
             data = json.loads(self.path.read_text())
             if data.get("setting") != self.setting.table_key():
                 raise ValueError("it was built for other settings")
-            self.units, self.fixed_ms = {str(k): float(v) for k, v in data["units"].items()}, data["fixed_ms"]
+            return {str(k): float(v) for k, v in data["units"].items()}, data["fixed_ms"]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("latency table %s cannot be used (%s); rebuilding it", self.path, e)
-            self.units, self.fixed_ms = {}, None
+            return {}, None
 
     def _save(self) -> None:
+        # Workers of one search add the units their cells need to the same file: merge what the others saved
+        # since this table was read, so one worker's save does not drop another's timings (atomic writes keep
+        # the file whole; a unit lost to a race in between is only timed again).
+        saved_units, saved_fixed_ms = self._read()
+        self.units = {**saved_units, **self.units}
+        if self.fixed_ms is None:
+            self.fixed_ms = saved_fixed_ms
         atomic_write(self.path, json.dumps({"setting": self.setting.table_key(), "timing": asdict(self.setting),
                                             "fixed_ms": self.fixed_ms, "units": self.units}, indent=1) + "\n")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers.pipeline import SMOKE
 from helpers.search import oneshot_cfg, runner_cfg
 
@@ -120,6 +121,22 @@ def test_lut_is_built_once_per_setting_and_reused(tmp_path):
     other = make_estimator("lut", LatencySetting(**{**setting.__dict__, "input_size": 64}))
     assert other.path != lut.path and not other.units
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporaries left
+    # two workers that read the table before either added a unit: each save keeps the other's new units
+    first, second = make_estimator("lut", setting), make_estimator("lut", setting)
+    from search.controller import decisions_to_genotype, sample_uniform
+
+    cells = [decisions_to_genotype(d, 5) for d in sample_uniform(40, 5, torch.Generator().manual_seed(1)).tolist()]
+    for cell in cells:
+        first.latency_ms(cell)
+        if len(first.units) > len(lut.units):
+            break
+    for cell in reversed(cells):
+        second.latency_ms(cell)
+        if set(second.units) - set(first.units):
+            break
+    new_first, new_second = set(first.units) - set(lut.units), set(second.units) - set(first.units)
+    assert new_first and new_second
+    assert new_first | new_second <= set(make_estimator("lut", setting).units)
 
 
 @pytest.mark.parametrize("key,value", [("SEARCH.OBJECTIVE", "speed"), ("SEARCH.LATENCY.ESTIMATOR", "guess"),
