@@ -63,7 +63,16 @@ def _run_detection(argv: list[str]) -> int:
     from nasnet_det.detection.train import argument_parser, run
     from nasnet_det.utils.errors import exit_2_on_bad_input
 
-    comm.create_local_process_group(ray.train.get_context().get_local_world_size())
+    local = ray.train.get_context().get_local_world_size()
+    # detectron2's per-machine groups (ranks r // local) assume the same number of workers on every machine; Ray
+    # may place them unevenly (3 + 1), and mismatched group creation would hang, so refuse it in one line.
+    counts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(counts, local)
+    if len(set(counts)) != 1:
+        raise RuntimeError(f"Ray placed this stage's workers unevenly over the machines ({counts} workers per "
+                           "worker's machine); detectron2 needs the same number on each: give every machine the "
+                           "same resources, with a world size that is a multiple of the workers per machine")
+    comm.create_local_process_group(local)
     if torch.cuda.is_available():
         torch.cuda.set_device(ray.train.torch.get_device())
     args = argument_parser().parse_args(argv)
