@@ -138,6 +138,11 @@ LATENCY_NOT_IDENTITY = ("CACHE_DIR", "RECORD")
 NOT_IDENTITY = ("PRESET", "CHANNELS_LAST")
 
 
+# A strategy's own node is part of the identity when the search runs that strategy (searches without it, and
+# journals from before the node existed, resume as before): its settings decide which children it proposes.
+STRATEGY_IDENTITY_NODES = {"zero_cost": "ZERO_COST", "predictor": "PREDICTOR"}
+
+
 def identity_of(cfg: CN) -> dict:
     out = {}
     for key in IDENTITY_KEYS:
@@ -147,6 +152,10 @@ def identity_of(cfg: CN) -> dict:
         out[key] = node if not isinstance(node, CN) else _plain(node)
     for key in NOT_IDENTITY:
         out["MODEL.NASNET"].pop(key, None)
+    strategies = {name.strip() for name in str(cfg.SEARCH.STRATEGY).split(",")}
+    for name, node in STRATEGY_IDENTITY_NODES.items():
+        if name in strategies:
+            out[f"SEARCH.{node}"] = _plain(cfg.SEARCH[node])
     if cfg.SEARCH.OBJECTIVE != "accuracy":
         out["SEARCH.LATENCY"] = {k: v for k, v in _plain(cfg.SEARCH.LATENCY).items() if k not in LATENCY_NOT_IDENTITY}
     return out

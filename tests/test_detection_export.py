@@ -44,39 +44,58 @@ def export(tmp_path, layout, fmt, *extra, check=None):
                  str(out), "--check", *images, *extra, "MODEL.WEIGHTS", str(weights(tmp_path, layout)), *TINY]), out
 
 
+def _perturb_onnx_weight(out: Path) -> None:
+    model = onnx.load(str(out))
+    weight = next(t for t in model.graph.initializer if "box_predictor.bbox_pred.weight" in t.name)
+    weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5, weight.name))
+    onnx.save(model, str(out))
+
+
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 @pytest.mark.parametrize("layout", ["fpn", "c4"])
-def test_export_passes_check_on_other_image_sizes(tmp_path, capsys, layout, fmt):
+def test_export_passes_check_on_other_image_sizes_and_a_file_that_differs_fails(tmp_path, capsys, layout, fmt):
     rc, out = export(tmp_path, layout, fmt)
     text = capsys.readouterr().out
     assert rc == 0, text
     assert out.is_file() and "check passed on 2 images" in text
     assert text.count(": agree: ") == 2 and "tall.png: agree" in text
+    if (layout, fmt) == ("fpn", "onnx"):  # a weight of the exported file changed: --check fails
+        _perturb_onnx_weight(out)
+        rc, _ = export(tmp_path, "fpn", "onnx", "--check-existing")
+        captured = capsys.readouterr()
+        assert rc == 1 and ": DIFFER: " in captured.out and "check failed" in captured.err
+    if (layout, fmt) == ("c4", "torchscript"):  # the eager model of another score threshold: --check fails
+        rc = main(["--config-file", str(CONFIGS / "smoke-nasnet-c4.yaml"), "--format", "torchscript", "--output",
+                   str(out), "--check", *photos(tmp_path), "--check-existing", "MODEL.WEIGHTS",
+                   str(tmp_path / "c4.pth"), *TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"])
+        captured = capsys.readouterr()
+        assert rc == 1 and ": DIFFER: " in captured.out, captured.out
 
 
-def test_onnx_file_with_a_perturbed_weight_fails_check(tmp_path, capsys):
-    rc, out = export(tmp_path, "fpn", "onnx")
-    assert rc == 0
-    model = onnx.load(str(out))
-    weight = next(t for t in model.graph.initializer if "box_predictor.bbox_pred.weight" in t.name)
-    values = onnx.numpy_helper.to_array(weight) * 1.5
-    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
-    onnx.save(model, str(out))
-    capsys.readouterr()
+def test_a_trace_image_without_detections_and_a_damaged_file_are_one_line(tmp_path, capsys):
+    # no detections on the trace image: the traced graph would return none for every image, so it is refused
+    rc, out = export(tmp_path, "fpn", "onnx", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.01")
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "trace image gives no detections" in err and not out.exists()
+    out.write_bytes(b"not a model")
     rc, _ = export(tmp_path, "fpn", "onnx", "--check-existing")
-    captured = capsys.readouterr()
-    assert rc == 1 and ": DIFFER: " in captured.out and "check failed" in captured.err
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "is not an ONNX model" in err
 
 
-def test_torchscript_file_of_another_score_threshold_fails_check(tmp_path, capsys):
-    rc, out = export(tmp_path, "c4", "torchscript")
-    assert rc == 0
-    capsys.readouterr()
-    rc = main(["--config-file", str(CONFIGS / "smoke-nasnet-c4.yaml"), "--format", "torchscript", "--output",
-               str(out), "--check", *photos(tmp_path), "--check-existing", "MODEL.WEIGHTS",
-               str(tmp_path / "c4.pth"), *TINY, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.3"])
-    captured = capsys.readouterr()
-    assert rc == 1 and ": DIFFER: " in captured.out, captured.out
+def test_check_compares_detections_in_any_order_and_an_image_without_any_compares_nothing():
+    import numpy as np
+
+    from nasnet_det.detection.export import compare
+
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 20]], dtype=np.float32)
+    classes, scores = np.array([1, 1]), np.array([0.5, 0.5000001], dtype=np.float32)
+    # near-equal scores in the other order: the same detections
+    assert compare("a", (boxes, classes, scores), (boxes[::-1], classes[::-1], scores[::-1])).agree
+    moved = boxes.copy()
+    moved[0, 0] += 1.0
+    assert not compare("a", (boxes, classes, scores), (moved, classes, scores)).agree
+    assert not compare("a", (boxes[:0], classes[:0], scores[:0]), (boxes[:0], classes[:0], scores[:0])).agree
 
 
 @pytest.mark.parametrize("argv, message", [

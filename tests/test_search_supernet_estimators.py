@@ -102,3 +102,19 @@ def test_few_shot_splits_partition_the_space(tiny_data):
     assert est.op_counts[0].sum() == 6
     for k in range(splits):  # a split's updates draw the split decision from its own ops only
         assert all(op % splits == k for op in est.draw_paths(k)[:, FEW_SHOT_DECISION].tolist() for _ in range(5))
+
+
+def test_few_shot_splits_train_at_the_same_learning_rates(tiny_data, monkeypatch):
+    lrs = []
+    step = torch.optim.SGD.step
+
+    def recording_step(opt, *args, **kwargs):
+        lrs.append(opt.param_groups[0]["lr"])
+        return step(opt, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    est = build_estimator("fewshot", tiny_cfg("ONESHOT.FEW_SHOT_SPLITS", 2, "ONESHOT.WEIGHT_STEPS", 8))
+    est.prepare(tiny_data, seed=0)
+    shared, first, second = lrs[:4], lrs[4:6], lrs[6:8]
+    assert len(lrs) == 8 and first == second  # both splits: the same rest of the schedule
+    assert shared[0] > first[0] > first[1]

@@ -68,11 +68,23 @@ def test_zero_cost_trains_the_best_ranked_candidates_and_resumes(tmp_path):
     assert (best.normal, best.reduce) == (found.normal, found.reduce)
 
 
+def test_a_zero_cost_search_resumed_with_other_proxy_settings_is_refused(tmp_path):
+    # the proxy's minibatch changes every score (NASWOT's log-det grows with it): mixing them would rank
+    # candidates by incomparable numbers
+    def cfg_of(*opts):
+        return _cfg("zero_cost", "SEARCH.BUDGET", 2, "SEARCH.ZERO_COST.CANDIDATES", 4, *opts)
+
+    SearchRunner(cfg_of("SEARCH.MAX_EVALS_THIS_RUN", 1), tmp_path, SyntheticOpReward(noise=0.0), progress=False).run()
+    with pytest.raises(ValueError, match=r"different settings \(SEARCH\.ZERO_COST"):
+        SearchRunner(cfg_of("SEARCH.ZERO_COST.BATCH_SIZE", 8), tmp_path, SyntheticOpReward(noise=0.0),
+                     progress=False).run()
+
+
 def test_zero_cost_bad_settings_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="SEARCH.ZERO_COST.PROXY='flops'"):
-        SearchRunner(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", "flops"), tmp_path, SyntheticOpReward()).run()
+        SearchRunner(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", "flops"), tmp_path / "a", SyntheticOpReward()).run()
     with pytest.raises(ValueError, match="SEARCH.ZERO_COST.CANDIDATES=5: expected at least SEARCH.BUDGET"):
-        SearchRunner(_cfg("zero_cost", "SEARCH.ZERO_COST.CANDIDATES", 5, "SEARCH.BUDGET", 6), tmp_path,
+        SearchRunner(_cfg("zero_cost", "SEARCH.ZERO_COST.CANDIDATES", 5, "SEARCH.BUDGET", 6), tmp_path / "b",
                      SyntheticOpReward()).run()
 
 

@@ -91,6 +91,11 @@ def export_model(model: torch.nn.Module, image: torch.Tensor, fmt: str, output: 
     if fmt not in FORMATS:
         raise BadInputError(f"--format {fmt!r} is not supported; expected one of {', '.join(FORMATS)}")
     output = Path(output)
+    # A trace records only the branches its image takes: on an image with no detections, torchvision's NMS takes
+    # its "no boxes" branch and the exported graph would return nothing for every image.
+    if len(eager_detections(model, image)[0]) == 0:
+        raise BadInputError("the trace image gives no detections, so the traced graph would return none for every "
+                            "image; trace on an image where the model finds objects (the first --check image)")
     output.parent.mkdir(parents=True, exist_ok=True)
     # eval(): torch.onnx.export restores the adapter's training flag afterwards, recursively into the model.
     adapter = TracingAdapter(model, [{"image": image}], _inference).eval()
@@ -114,7 +119,10 @@ def load_exported(path: str | Path, fmt: str) -> Callable[[torch.Tensor], Detect
     if not Path(path).is_file():
         raise FileNotFoundError(f"exported model {path} does not exist")
     if fmt == "torchscript":
-        module = torch.jit.load(str(path))
+        try:
+            module = torch.jit.load(str(path))
+        except RuntimeError as e:
+            raise BadInputError(f"{path} is not a TorchScript file ({str(e).strip().splitlines()[0]})") from e
 
         def run_ts(image: torch.Tensor) -> Detections:
             with torch.no_grad():
@@ -126,7 +134,10 @@ def load_exported(path: str | Path, fmt: str) -> Callable[[torch.Tensor], Detect
             import onnxruntime as ort
         except ImportError as e:
             raise BadInputError("running an ONNX file needs onnxruntime: pip install 'nasnet-det[export]'") from e
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        try:
+            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (InvalidProtobuf, Fail, ...)
+            raise BadInputError(f"{path} is not an ONNX model onnxruntime can load ({type(e).__name__})") from e
 
         def run_onnx(image: torch.Tensor) -> Detections:
             boxes, classes, scores, _ = session.run(None, {"image": image.numpy()})
@@ -147,20 +158,32 @@ class Comparison:
 
     @property
     def agree(self) -> bool:
-        return (not self.error and self.eager_count == self.exported_count and self.classes_equal
+        # an image with no detections on either side compares nothing: it does not count as agreement
+        return (not self.error and self.eager_count == self.exported_count > 0 and self.classes_equal
                 and self.box_diff_px <= BOX_ATOL_PX and self.score_diff <= SCORE_ATOL)
 
     def line(self) -> str:
         verdict = "agree" if self.agree else "DIFFER"
         if self.error:
             return f"{self.image}: {verdict}: the exported model failed on it: {self.error}"
+        if self.eager_count == self.exported_count == 0:
+            return f"{self.image}: {verdict}: no detections, eager or exported: nothing to compare (use images " \
+                   "with objects)"
         return (f"{self.image}: {verdict}: {self.eager_count} eager / {self.exported_count} exported detections, "
                 f"max |box diff| {self.box_diff_px:.2g} px (<= {BOX_ATOL_PX}), max |score diff| "
                 f"{self.score_diff:.2g} (<= {SCORE_ATOL}), classes {'equal' if self.classes_equal else 'differ'}")
 
 
+def _canonical(d: Detections) -> Detections:
+    """Detections sorted by class, then box corners: two backends may order near-equal scores differently (the
+    detector's order), which is no difference in the detections."""
+    boxes, classes, scores = (np.asarray(a) for a in d)
+    order = np.lexsort((scores, *boxes.reshape(-1, 4).T[::-1], classes))
+    return boxes[order], classes[order], scores[order]
+
+
 def compare(image: str, eager: Detections, exported: Detections) -> Comparison:
-    (eb, ec, es), (xb, xc, xs) = eager, exported
+    (eb, ec, es), (xb, xc, xs) = _canonical(eager), _canonical(exported)
     same = len(eb) == len(xb)
     nan = float("nan")
     return Comparison(

@@ -98,8 +98,10 @@ class SupernetEstimator(Estimator):
             self.op_counts[np.arange(len(op_cols)), row] += 1
         return paths
 
-    def train(self, supernet: SuperNet, first: int, updates: int, split: int | None, bar: tqdm) -> None:
-        """``updates`` SGD updates, steps ``first..`` of the cosine schedule over :meth:`total_updates`."""
+    def train(self, supernet: SuperNet, first: int, updates: int, split: int | None, bar: tqdm,
+              stride: float = 1.0) -> None:
+        """``updates`` SGD updates at positions ``first, first + stride, ...`` of the cosine schedule over
+        :meth:`total_updates`."""
         from search.controller import decisions_to_genotype
 
         o = self.cfg.ONESHOT
@@ -107,7 +109,8 @@ class SupernetEstimator(Estimator):
                               nesterov=o.MOMENTUM > 0)
         total = self.total_updates()
         supernet.train()
-        for step in range(first, first + updates):
+        for i in range(updates):
+            step = first + i * stride
             for group in opt.param_groups:
                 group["lr"] = o.LR_MIN + 0.5 * (o.LR - o.LR_MIN) * (1 + math.cos(math.pi * step / total))
             opt.zero_grad(set_to_none=True)
@@ -136,9 +139,13 @@ class SupernetEstimator(Estimator):
             warm = total // 2
             self.train(shared, 0, warm, None, bar)
             nets = []
+            per_split = (total - warm) // self.splits
             for k in range(self.splits):  # each split inherits the shared weights (few-shot NAS)
                 net = copy.deepcopy(shared)
-                self.train(net, warm + k * ((total - warm) // self.splits), (total - warm) // self.splits, k, bar)
+                # every split runs the same rest of the schedule (warm -> total in its own updates), so their
+                # scores stay comparable: one schedule cut in consecutive pieces would train split 0 at high
+                # learning rates and the last near LR_MIN
+                self.train(net, warm, per_split, k, bar, stride=(total - warm) / max(per_split, 1))
                 nets.append(net)
             return nets
 

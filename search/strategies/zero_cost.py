@@ -57,7 +57,11 @@ class ZeroCost(Strategy):
     def scores(self, candidates: list[list[int]]) -> list[float]:
         """The proxy's score of every candidate, continuing the scores file of an interrupted run."""
         path = self.output_dir / SCORES_NAME if self.output_dir is not None else None
-        header = {"proxy": self.estimator.name, "seed": int(self.cfg.SEARCH.SEED)}
+        # everything a score depends on: another proxy minibatch, network or image size is another score
+        header = {"proxy": self.estimator.name, "seed": int(self.cfg.SEARCH.SEED),
+                  "zero_cost": {k: v for k, v in self.cfg.SEARCH.ZERO_COST.items()},
+                  "network": {k: v for k, v in self.cfg.MODEL.NASNET.items() if k not in ("PRESET", "CHANNELS_LAST")},
+                  "image_size": int(self.cfg.CHILD.IMAGE_SIZE)}
         done: list[float] = []
         if path is not None and path.is_file():
             saved: dict[str, Any] = json.loads(path.read_text())
