@@ -88,7 +88,7 @@ def classification_run(args: argparse.Namespace, amp: str, out: Path) -> tuple[f
     return statistics.median(times[1:]), losses
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=("detection", "classification"),
                    help="default: both (on a CPU at check size: the smoke detector, a 6@96 classifier at 64 px)")
@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--penultimate", type=int, default=1056, help="classification: F of NASNet-A 6@F")
     p.add_argument("--smoke", action="store_true", help="detection: the tiny smoke detector (a CPU check)")
     p.add_argument("--no-record", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.task:
         return run_task(args)
     status = 0
