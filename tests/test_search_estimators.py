@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from helpers.search import random_cells, scores_of_two_builds
 from torch import nn
 
 from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.utils.errors import BadInputError
 from search.config import load_cfg
-from search.controller import decisions_to_genotype, sample_uniform
 from search.estimators import ESTIMATORS, build_estimator
 from search.estimators.zero_cost import naswot, synflow
 from search.reward import ChildData
@@ -32,19 +32,9 @@ def tiny_data():
     return ChildData.from_arrays(x, y, 20)
 
 
-def cells(n, num_blocks=2, seed=0):
-    return [decisions_to_genotype(d, num_blocks)
-            for d in sample_uniform(n, num_blocks, torch.Generator().manual_seed(seed)).tolist()]
-
-
 @pytest.mark.parametrize("name", ZERO_COST)
 def test_every_zero_cost_estimator_is_finite_and_seed_deterministic(name, tiny_data):
-    g = cells(2)
-    scores = []
-    for _ in range(2):
-        est = build_estimator(name, tiny_cfg())
-        est.prepare(tiny_data, seed=3)
-        scores.append([est.score(c) for c in g])
+    scores = scores_of_two_builds(name, tiny_cfg(), tiny_data, 3, random_cells(2))
     assert all(math.isfinite(s) for s in scores[0])
     assert scores[0] == scores[1]
     assert scores[0][0] != scores[0][1]  # two different cells: the score tells them apart

@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
+from helpers.search import random_cells, scores_of_two_builds
 from torch import nn
 
 from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import OPS
 from search.config import load_cfg
-from search.controller import decisions_to_genotype, sample_uniform
 from search.estimators import build_estimator
 from search.estimators.supernet import FEW_SHOT_DECISION, few_shot_split, genotype_decisions, supernet_accuracy
 from search.reward import ChildData
@@ -35,18 +35,9 @@ def tiny_data():
     return ChildData.from_arrays(x, y, 20)
 
 
-def cells(n, seed=0):
-    return [decisions_to_genotype(d, 2) for d in sample_uniform(n, 2, torch.Generator().manual_seed(seed)).tolist()]
-
-
 @pytest.mark.parametrize("name", ["spos", "fairnas_bn", "fewshot"])
 def test_supernet_estimators_are_finite_and_seed_deterministic(name, tiny_data):
-    g = cells(2)
-    scores = []
-    for _ in range(2):
-        est = build_estimator(name, tiny_cfg())
-        est.prepare(tiny_data, seed=1)
-        scores.append([est.score(c) for c in g])
+    scores = scores_of_two_builds(name, tiny_cfg(), tiny_data, 1, random_cells(2))
     assert all(math.isfinite(s) and 0 <= s <= 1 for s in scores[0])
     assert scores[0] == scores[1]
 
@@ -54,8 +45,8 @@ def test_supernet_estimators_are_finite_and_seed_deterministic(name, tiny_data):
 def test_the_one_shot_search_supernet_scores_cells(tiny_data):
     est = build_estimator("supernet", tiny_cfg())  # today's search (controller-sampled paths), run once
     est.prepare(tiny_data, seed=1)
-    scores = [est.score(c) for c in cells(2)]
-    assert all(0 <= s <= 1 for s in scores) and scores == [est.score(c) for c in cells(2)]
+    scores = [est.score(c) for c in random_cells(2)]
+    assert all(0 <= s <= 1 for s in scores) and scores == [est.score(c) for c in random_cells(2)]
 
 
 def test_fairnas_trains_every_op_of_a_slot_equally_often(tiny_data):
@@ -71,7 +62,7 @@ def test_fairnas_trains_every_op_of_a_slot_equally_often(tiny_data):
 def test_bn_recalibration_changes_the_running_stats_and_is_used_in_scoring(tiny_data):
     est = build_estimator("spos_bn", tiny_cfg("ONESHOT.BN_RECALIBRATION_BATCHES", 3))
     est.prepare(tiny_data, seed=0)  # 2 training updates
-    a, b = cells(2, seed=3)
+    a, b = random_cells(2, seed=3)
     net = est.nets[0]
     bn = net.conv0.bn
     score_a = est.score(a)  # recalibrates for a, then scores in eval mode with those statistics
@@ -95,7 +86,7 @@ def test_few_shot_splits_partition_the_space(tiny_data):
     est = build_estimator("fewshot", tiny_cfg("ONESHOT.FEW_SHOT_SPLITS", splits, "ONESHOT.WEIGHT_STEPS", 6))
     est.prepare(tiny_data, seed=0)
     assert len(est.nets) == splits and len({id(n) for n in est.nets}) == splits
-    for g in cells(6):
+    for g in random_cells(6):
         d = genotype_decisions(g)
         assert est.supernet_for(g) is est.nets[d[FEW_SHOT_DECISION] % splits]
     # the split decision is op decision 0: 3 shared uniform updates, then 1 update per split in its subspace

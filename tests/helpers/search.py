@@ -42,3 +42,25 @@ def queue_opts(*opts: object) -> list[str]:
 def oneshot_cfg(*opts: object) -> CfgNode:
     """The weight-sharing search's config, ``opts`` applied last."""
     return load_cfg(None, tiny_opts("oneshot", *opts))
+
+
+def random_cells(n: int, num_blocks: int = 2, seed: int = 0) -> list:
+    """``n`` uniformly drawn genotypes of ``num_blocks`` blocks (as random search draws them)."""
+    import torch
+
+    from search.controller import decisions_to_genotype, sample_uniform
+
+    return [decisions_to_genotype(d, num_blocks)
+            for d in sample_uniform(n, num_blocks, torch.Generator().manual_seed(seed)).tolist()]
+
+
+def scores_of_two_builds(name: str, cfg: CfgNode, data, seed: int, genotypes: list) -> list[list[float]]:
+    """The scores of ``genotypes`` by estimator ``name`` built and prepared twice from the same seed."""
+    from search.estimators import build_estimator
+
+    scores = []
+    for _ in range(2):
+        est = build_estimator(name, cfg)
+        est.prepare(data, seed=seed)
+        scores.append([est.score(g) for g in genotypes])
+    return scores
