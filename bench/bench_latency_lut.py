@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 from _common import print_row, record, row
+from scipy.stats import spearmanr
 
 from nasnet_det.latency import LatencySetting, make_estimator
 from search.controller import decisions_to_genotype, sample_uniform
@@ -36,15 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-record", action="store_true")
     return p
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (ties get their average rank), without a scipy dependency."""
-    def ranks(x: np.ndarray) -> np.ndarray:
-        _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-        ends = np.cumsum(counts)
-        return ((ends - counts + ends - 1) / 2)[inverse]
-    return float(np.corrcoef(ranks(np.asarray(a)), ranks(np.asarray(b)))[0, 1])
 
 
 def main() -> None:
@@ -72,9 +64,9 @@ def main() -> None:
                   f"{macs[-1] / 1e6:.0f} M mult-adds", flush=True)
         compare_s = time.perf_counter() - t0
     p, m = np.array(predicted), np.array(measured)
-    rho_lut = spearman(p, m)
-    rho_flops = spearman(np.array(macs), m)
-    rho_again = spearman(np.array(again), m)  # the noise ceiling of any estimator here
+    rho_lut = float(spearmanr(p, m).statistic)
+    rho_flops = float(spearmanr(macs, m).statistic)
+    rho_again = float(spearmanr(again, m).statistic)  # the noise ceiling of any estimator here
     mape = float(np.mean(np.abs(p - m) / m) * 100)
     setting_info = dict(cells=args.cells, input_size=args.input_size, num_cells=args.num_cells,
                         filters=args.filters, backbone=args.backbone, threads=args.threads,
