@@ -19,6 +19,7 @@ from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
 from nasnet_det.utils.errors import BadInputError
+from search.config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
 from search.controller import decisions_to_genotype, sample_uniform
 
 # (the package search.estimators registers every estimator when its base is imported; importing the package
@@ -60,7 +61,7 @@ class ZeroCost(Strategy):
         # everything a score depends on: another proxy minibatch, network or image size is another score
         header = {"proxy": self.estimator.name, "seed": int(self.cfg.SEARCH.SEED),
                   "zero_cost": {k: v for k, v in self.cfg.SEARCH.ZERO_COST.items()},
-                  "network": {k: v for k, v in self.cfg.MODEL.NASNET.items() if k not in ("PRESET", "CHANNELS_LAST")},
+                  "network": {k: v for k, v in self.cfg.MODEL.NASNET.items() if k not in NETWORK_NOT_IDENTITY},
                   "image_size": int(self.cfg.CHILD.IMAGE_SIZE)}
         done: list[float] = []
         if path is not None and path.is_file():
