@@ -29,32 +29,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from nasnet_det.space import Genotype  # noqa: E402
 from search.config import load_cfg  # noqa: E402
 from search.controller import decisions_to_genotype, sample_uniform  # noqa: E402
 from search.oneshot import DERIVE_NAME, SEARCH_NAME, OneShotSearch  # noqa: E402
 from search.reward import train_child  # noqa: E402
-
-
-def kendall_tau_b(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (ties in either ranking handled as scipy.stats.kendalltau does)."""
-    n, conc, disc, ties_a, ties_b = len(a), 0, 0, 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif da == db:
-                conc += 1
-            else:
-                disc += 1
-    denom = np.sqrt((conc + disc + ties_a) * (conc + disc + ties_b))
-    return float((conc - disc) / denom) if denom else float("nan")
 
 
 def run_seed(config: str, opts: list[str], seed: int, cells: int, n_random: int, work: Path) -> dict:
@@ -86,7 +67,8 @@ def run_seed(config: str, opts: list[str], seed: int, cells: int, n_random: int,
     found_supernet = search.score(found, search.x_val, search.y_val)
     found_alone = train_child(found, child, data, seed=seed * 1000 + 999, network=network)["reward"]
     res = {"seed": seed, "search_seconds": search_s, "scored_cells": scored,
-           "tau": kendall_tau_b(supernet_acc, alone_acc), "supernet_acc": supernet_acc, "alone_acc": alone_acc,
+           "tau": float(stats.kendalltau(supernet_acc, alone_acc).statistic),  # tau-b, ties as scipy counts them
+           "supernet_acc": supernet_acc, "alone_acc": alone_acc,
            "found_supernet": found_supernet, "found_alone": found_alone,
            "random_alone": alone_acc[:n_random], "child_seconds_mean": float(np.mean(child_s)),
            "found_genotype": found.to_dict()}
