@@ -36,6 +36,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -342,6 +343,10 @@ class CellTruth:
         return [float(np.mean(a)) for a in self.accuracies]
 
     @property
+    def names(self) -> list[str]:
+        return ["NASNet-A", *(f"random cell {i}" for i in range(1, len(self.genotypes)))]
+
+    @property
     def random_seed0(self) -> list[float]:
         return [a[0] for a in self.accuracies[1:]]
 
@@ -400,22 +405,48 @@ def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: 
             t0 = time.perf_counter()
             est.prepare(data.search, seed)
             prep = time.perf_counter() - t0
-            scores = [float(est.score(g)) for g in cells.genotypes]
+            scores, unscored = [], {}
+            for i, g in enumerate(cells.genotypes):
+                try:
+                    scores.append(float(est.score(g)))
+                except ValueError as e:  # a cell outside what the estimator can score (its supernet's paths)
+                    scores.append(None)
+                    unscored[cells.names[i]] = str(e)
             hit = {"key": key, "kind": "estimator", "budget": "", "seconds": 0.0, "scores": scores,
-                   "prepare_seconds": prep, "total_seconds": time.perf_counter() - t0}
+                   "unscored": unscored, "prepare_seconds": prep, "total_seconds": time.perf_counter() - t0}
             cache.put(hit)
         scores, prep = hit["scores"], hit["prepare_seconds"]
-        corr = rank_correlations(scores, cells.truth, seed=seed)
-        res = {"estimator": name, **corr, "seconds_per_cell": hit["total_seconds"] / len(scores),
-               "prepare_seconds": prep, "scores": scores}
+        scored = [i for i, v in enumerate(scores) if v is not None]
+        corr = rank_correlations([scores[i] for i in scored], [cells.truth[i] for i in scored], seed=seed)
+        res = {"estimator": name, **corr, "seconds_per_cell": hit["total_seconds"] / len(scored),
+               "prepare_seconds": prep, "scores": scores, "unscored": sorted(hit.get("unscored", {}))}
         log(f"  {name:<12} kendall {corr['kendall']:+.3f} [{corr['kendall_lo']:+.3f}, {corr['kendall_hi']:+.3f}]  "
             f"spearman {corr['spearman']:+.3f} [{corr['spearman_lo']:+.3f}, {corr['spearman_hi']:+.3f}]  "
-            f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)")
+            f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)"
+            + (f"; cannot score {', '.join(res['unscored'])}" if res["unscored"] else ""))
         out.append(res)
     return out
 
 
 # ------------------------------------------------------------------------------------------- strategies
+STRATEGY_SPEC = re.compile(r"^(?P<name>[a-z_]+)(?:\[(?P<opts>[^\[\]]*)\])?$")
+
+
+def parse_strategies(text: str) -> dict[str, tuple[str, list[str]]]:
+    """``--strategies``: comma-separated ``NAME`` or ``NAME[KEY=VALUE;KEY=VALUE]`` (a strategy with config
+    overrides of its own, e.g. ``zero_cost[SEARCH.ZERO_COST.PROXY=params]``) -> {entry: (name, opts)}."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    for entry in (e.strip() for e in re.split(r",(?![^\[]*\])", text)):
+        if not entry:
+            continue
+        m = STRATEGY_SPEC.match(entry)
+        pairs = [p.strip() for p in (m.group("opts") or "").split(";") if p.strip()] if m else []
+        if m is None or any(p.count("=") != 1 or p.startswith("=") for p in pairs):
+            raise BadInputError(f"--strategies entry {entry!r}: expected NAME or NAME[KEY=VALUE;KEY=VALUE]")
+        out[entry] = (m.group("name"), [x for p in pairs for x in p.split("=")])
+    return out
+
+
 def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple[Genotype, float]:
     """One search of ``strategy`` on the search split: (its found cell, wall seconds of this run). An
     interrupted search in ``out_dir`` (same config) resumes from its journal / checkpoint."""
@@ -456,7 +487,8 @@ def evaluate_strategies(strategies: Sequence[str], search_seeds: Sequence[int], 
             hit = cache.entries.get(skey)
             if hit is None:
                 log(f"  searching: {strategy} seed {seed}")
-                found, secs = run_search(strategy, cfg, data, work / f"{strategy}_{seed}_{key['cfg']}")
+                name = str(cfg.SEARCH.STRATEGY)
+                found, secs = run_search(name, cfg, data, work / f"{name}_{seed}_{key['cfg']}")
                 hit = {"key": skey, "kind": "search", "budget": "", "genotype": found.to_dict(),
                        "search_seconds": round(secs, 1), "seconds": 0.0}
                 cache.put(hit)
@@ -528,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="where the ground truth trains (cpu, cuda)")
     p.add_argument("--estimators", default="", help="comma-separated (default: every registered estimator)")
-    p.add_argument("--strategies", default="", help="comma-separated strategies to search with and judge")
+    p.add_argument("--strategies", default="",
+                   help="comma-separated strategies to search with and judge; NAME[KEY=VALUE;...] adds overrides "
+                        "of its own, e.g. zero_cost[SEARCH.ZERO_COST.PROXY=params]")
     p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2])
     p.add_argument("--search-config", default="", help="search config of the estimators and strategies")
     p.add_argument("--search-opts", nargs="*", default=[], help="KEY VALUE overrides of the search config")
@@ -582,13 +616,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
         out["estimators"] = evaluate_estimators(names, cfg, data, cells, args.cell_seed, cache)
         write()
-        names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+        specs = parse_strategies(args.strategies)
+        names = list(specs)
         if names:
             print(f"== strategies {', '.join(names)}, search seeds {args.search_seeds}")
 
-            def cfg_of(strategy: str, seed: int) -> Any:
+            def cfg_of(entry: str, seed: int) -> Any:
+                strategy, opts = specs[entry]
                 return search_cfg(budget, args.search_config or None,
-                                  [*args.search_opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)], data)
+                                  [*args.search_opts, *opts, "SEARCH.STRATEGY", strategy, "SEARCH.SEED", str(seed)],
+                                  data)
 
             def found(result: dict[str, Any]) -> None:
                 out["strategies"].append(result)

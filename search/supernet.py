@@ -17,7 +17,11 @@ op outputs; ``concat`` concatenates them (2C) and projects back to C with the bl
 block, and the cell output, see C channels whatever was chosen. The cell output follows ENAS: the states of
 the cell's concat list (the paper's loose ends) each go through their own 1x1 conv to C and are summed, then
 one BN, which is exactly ENAS's "concat the loose ends, 1x1 conv with the weights gathered by state index"
-and keeps the cell output at C channels for any cell. The child network trained alone has ``add`` blocks of
+and keeps the cell output at C channels for any cell. A sampled cell's loose ends are block states only
+(:func:`nasnet_det.space.unused_states`), but a published cell may also concatenate a cell input (NASNet-A's
+normal cell keeps ``h_{i-1}``); ``loose_inputs=True`` gives the two input states their own output convs too,
+for the estimators that score such cells (they train those convs by adding each input to the sampled paths'
+concat lists half of the time, :func:`with_loose_inputs`). The child network trained alone has ``add`` blocks of
 C and ``concat`` blocks of 2C and an output of (sum of loose-end widths) channels; the supernet's approximation
 of those wider layers is the projections above.
 
@@ -51,9 +55,10 @@ class SuperCell(nn.Module):
     runs the path of ``spec``. ``h_prev=None`` (first cell) uses ``h`` as both inputs."""
 
     def __init__(self, num_blocks: int, c_in: int, c_prev: int, filters: int, reduction: bool,
-                 prev_stride: int, norm, pad_mode: str = "tf"):
+                 prev_stride: int, norm, pad_mode: str = "tf", loose_inputs: bool = False):
         super().__init__()
         self.num_blocks, self.reduction, self.filters = num_blocks, reduction, filters
+        self.loose_inputs = loose_inputs
         c = filters
         self.preprocess_0 = ReLUConvBN(c_in, c, 1, 1, norm)
         if prev_stride == 2:
@@ -72,6 +77,17 @@ class SuperCell(nn.Module):
         self.out_conv = nn.ModuleList(nn.Conv2d(c, c, 1, bias=False) for _ in range(num_blocks))
         self.out_bn = norm(c)
         self.out_channels = c
+        if loose_inputs:
+            # on a forked RNG: every other weight is initialised as in a supernet without them
+            # (a reduction cell's inputs have twice its resolution: the child network's factorized reduction)
+            with torch.random.fork_rng(devices=[]):
+                self.input_out_conv = nn.ModuleList(
+                    FactorizedReduce(c, c, 2, norm, relu=False) if reduction else nn.Conv2d(c, c, 1, bias=False)
+                    for _ in range(NUM_INPUTS))
+
+    def output_conv(self, state: int) -> nn.Module:
+        """The 1x1 conv that brings loose end ``state`` into the cell output."""
+        return self.input_out_conv[state] if state < NUM_INPUTS else self.out_conv[state - NUM_INPUTS]
 
     def op_module(self, block: int, side: str, input_index: int, op: str) -> nn.Module:
         """The shared module that runs ``op`` on ``input_index`` in slot ``side`` of ``block``."""
@@ -80,9 +96,10 @@ class SuperCell(nn.Module):
     def check_spec(self, spec: CellSpec, where: str = "cell") -> None:
         spec.validate(where, self.num_blocks)
         inputs_out = [i for i in spec.concat if i < NUM_INPUTS]
-        if inputs_out:
-            raise ValueError(f"{where}: the supernet's cell output is built from block states only; concat "
-                             f"list {list(spec.concat)} contains input state(s) {inputs_out}")
+        if inputs_out and not self.loose_inputs:
+            raise ValueError(f"{where}: this supernet's cell output is built from block states only (a supernet "
+                             f"built with loose_inputs=True also takes cell inputs); concat list "
+                             f"{list(spec.concat)} contains input state(s) {inputs_out}")
 
     def forward(self, h: torch.Tensor, h_prev: torch.Tensor | None, spec: CellSpec) -> torch.Tensor:
         states = [self.preprocess_0(h), self.preprocess_1(h if h_prev is None else h_prev)]
@@ -93,7 +110,7 @@ class SuperCell(nn.Module):
                 states.append(left + right)
             else:
                 states.append(self.concat_proj[b](torch.cat([left, right], 1)))
-        out = sum(self.out_conv[i - NUM_INPUTS](self.out_act(states[i])) for i in spec.concat)
+        out = sum(self.output_conv(i)(self.out_act(states[i])) for i in spec.concat)
         return self.out_bn(out)
 
 
@@ -103,7 +120,7 @@ class SuperNet(nn.Module):
 
     def __init__(self, num_blocks: int = 5, num_cells: int = 1, filters: int = 8, num_classes: int = 10,
                  bn_eps: float = 1e-5, pad_mode: str = "tf", in_chans: int = 3, channels_last: bool = True,
-                 track_running_stats: bool = False):
+                 track_running_stats: bool = False, loose_inputs: bool = False):
         super().__init__()
         if num_blocks < 1 or num_cells < 1 or filters < 2:
             raise ValueError(f"need num_blocks >= 1, num_cells >= 1 and filters >= 2, got B={num_blocks}, "
@@ -126,7 +143,7 @@ class SuperNet(nn.Module):
             assert h is not None
             prev_stride = 2 if prev is not None and strides[prev] != strides[h] else 1
             cell = SuperCell(num_blocks, channels[h], channels[prev] if prev else channels[h], cell_filters,
-                             reduction, prev_stride, norm, pad_mode)
+                             reduction, prev_stride, norm, pad_mode, loose_inputs)
             self.add_module(name, cell)
             self.plan.append((name, h, prev, reduction))
             channels[name] = cell.out_channels
@@ -184,6 +201,17 @@ def recalibrate_bn(supernet: SuperNet, genotype: Genotype, batches: list[torch.T
     for x in batches:
         supernet(x, genotype)
     supernet.train(was_training)
+
+
+def with_loose_inputs(genotype: Genotype, generator: torch.Generator, p: float = 0.5) -> Genotype:
+    """``genotype`` with each cell input added to each cell's concat list with probability ``p`` (drawn from
+    ``generator``): training paths of a ``loose_inputs`` supernet, so that the input states' output convs
+    are trained as often as a block's."""
+    def extend(spec: CellSpec) -> CellSpec:
+        extra = [i for i in range(NUM_INPUTS) if float(torch.rand((), generator=generator)) < p]
+        return CellSpec(spec.blocks, tuple(extra) + tuple(spec.concat)) if extra else spec
+
+    return Genotype(extend(genotype.normal), extend(genotype.reduce))
 
 
 def fair_paths(num_blocks: int, generator: torch.Generator) -> torch.Tensor:

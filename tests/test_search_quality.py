@@ -71,6 +71,17 @@ def test_size_matching_accepts_within_and_refuses(sq):
         sq.size_matched_cells(4, net, 0.0, seed=1, max_draws=5)
 
 
+def test_strategy_entries_with_overrides_of_their_own(sq):
+    specs = sq.parse_strategies("random, zero_cost[SEARCH.ZERO_COST.PROXY=params;SEARCH.ZERO_COST.CANDIDATES=8],"
+                                "zero_cost")
+    assert specs == {"random": ("random", []), "zero_cost": ("zero_cost", []),
+                     "zero_cost[SEARCH.ZERO_COST.PROXY=params;SEARCH.ZERO_COST.CANDIDATES=8]":
+                         ("zero_cost", ["SEARCH.ZERO_COST.PROXY", "params", "SEARCH.ZERO_COST.CANDIDATES", "8"])}
+    for bad in ("zero_cost[SEARCH.ZERO_COST.PROXY]", "zero_cost[=params]", "Zero-cost", "random[a=b"):
+        with pytest.raises(BadInputError, match="--strategies entry"):
+            sq.parse_strategies(bad)
+
+
 def test_budget_parse(sq):
     b = sq.Budget.parse("400@16px:1@8")
     assert (b.steps, b.image_size, b.num_cells, b.filters) == (400, 16, 1, 8) and b.label == "400@16px:1@8"
@@ -106,20 +117,29 @@ def test_holdout_is_never_in_the_search_split(sq):
 def test_protocol_end_to_end_tiny(sq, tmp_path):
     results, out = tmp_path / "results.json", tmp_path / "out.json"
     argv = ["run", "--data", "synthetic:240", "--holdout", "60", "--search-val", "40", "--budget", "3@8px:1@4",
-            "--cells", "3", "--seeds", "2", "--noise-cells", "1", "--estimators", "params,madds,synflow",
-            "--strategies", "random", "--search-seeds", "0", "--search-opts", "SEARCH.BUDGET", "2",
+            "--cells", "3", "--seeds", "2", "--noise-cells", "1", "--estimators", "params,madds,synflow,supernet,spos",
+            "--estimator-opts", "ONESHOT.EPOCHS", "2", "ONESHOT.WEIGHT_STEPS", "1", "ONESHOT.CONTROLLER_STEPS", "1",
+            "ONESHOT.FINAL_SAMPLES", "1", "ONESHOT.BATCH_SIZE", "8",
+            "--strategies", "random,zero_cost[SEARCH.ZERO_COST.PROXY=params;SEARCH.ZERO_COST.CANDIDATES=3]",
+            "--search-seeds", "0", "--search-opts", "SEARCH.BUDGET", "2",
             "SEARCH.BATCH_SIZE", "2", "CHILD.MAX_STEPS", "2", "--cache", str(tmp_path / "cache.jsonl"),
             "--json", str(out), "--results", str(results), "--threads", str(torch.get_num_threads())]
     assert sq.main(argv) == 0
     res = json.loads(out.read_text())
     est = {e["estimator"]: e for e in res["estimators"]}
-    assert set(est) == {"params", "madds", "synflow"}
+    assert set(est) == {"params", "madds", "synflow", "supernet", "spos"}
     for e in est.values():
-        assert e["n"] == 4 and len(e["scores"]) == 4 and e["seconds_per_cell"] > 0
+        assert len(e["scores"]) == 4 and e["seconds_per_cell"] > 0
         for k in ("kendall", "spearman"):
             assert -1 <= e[f"{k}_lo"] <= e[f"{k}_hi"] <= 1 and -1 <= e[k] <= 1
-    (s,) = res["strategies"]
-    assert s["strategy"] == "random" and 1 <= s["rank_among_random"] <= s["of"] == 4 and 0 <= s["accuracy"] <= 1
+    # today's one-shot supernet cannot score NASNet-A (a cell input among its loose ends): ranked without it
+    assert est["supernet"]["n"] == 3 and est["supernet"]["unscored"] == ["NASNet-A"]
+    assert est["supernet"]["scores"][0] is None
+    assert all(e["n"] == 4 and e["unscored"] == [] for name, e in est.items() if name != "supernet")
+    random_search, zero_cost = res["strategies"]
+    assert random_search["strategy"] == "random" and zero_cost["strategy"].startswith("zero_cost[")
+    for s in (random_search, zero_cost):
+        assert 1 <= s["rank_among_random"] <= s["of"] == 4 and 0 <= s["accuracy"] <= 1
     (b,) = res["budget_study"]
     assert b["budget"] == "3@8px:1@4" and b["cells"] == 3 and len(b["nasnet_a_seeds"]) == 2 and b["seed_noise"] >= 0
     section = json.loads(results.read_text())["scripts"]["search_quality"]

@@ -109,3 +109,48 @@ def test_few_shot_splits_train_at_the_same_learning_rates(tiny_data, monkeypatch
     shared, first, second = lrs[:4], lrs[4:6], lrs[6:8]
     assert len(lrs) == 8 and first == second  # both splits: the same rest of the schedule
     assert shared[0] > first[0] > first[1]
+
+
+def test_single_path_supernets_score_nasnet_a_which_concatenates_a_cell_input(tiny_data):
+    from nasnet_det.genotypes import NASNET_A
+
+    assert any(i < 2 for i in NASNET_A.normal.concat)  # h_{i-1} is one of its normal cell's loose ends
+    est = build_estimator("spos", tiny_cfg("SEARCH.NUM_BLOCKS", 5, "ONESHOT.WEIGHT_STEPS", 8))
+    est.prepare(tiny_data, seed=0)
+    assert 0 <= est.score(NASNET_A) <= 1
+    # the input states' output convs were trained (the paths add inputs to their concat lists)
+    fresh = dict(est.new_supernet().named_parameters())
+    trained = {k: v for k, v in est.nets[0].named_parameters() if "input_out_conv" in k}
+    assert trained and all(not torch.equal(v, fresh[k]) for k, v in trained.items())
+
+
+def test_loose_input_convs_leave_every_other_initial_weight_unchanged():
+    from search.supernet import SuperNet
+
+    torch.manual_seed(3)
+    plain = SuperNet(2, 1, 4).state_dict()
+    torch.manual_seed(3)
+    loose = SuperNet(2, 1, 4, loose_inputs=True).state_dict()
+    assert set(loose) - set(plain) and all(torch.equal(plain[k], loose[k]) for k in plain)
+
+
+def test_with_loose_inputs_adds_each_input_half_of_the_time():
+    from search.supernet import with_loose_inputs
+
+    gen = torch.Generator().manual_seed(0)
+    cell = random_cells(1)[0]
+    drawn = [with_loose_inputs(cell, gen) for _ in range(400)]
+    for side in ("normal", "reduce"):
+        base = getattr(cell, side).concat
+        for state in (0, 1):
+            share = sum(state in getattr(g, side).concat for g in drawn) / len(drawn)
+            assert 0.4 < share < 0.6
+        assert all(set(base) <= set(getattr(g, side).concat) for g in drawn)
+
+
+def test_the_one_shot_search_supernet_refuses_a_cell_input_loose_end_naming_the_cell(tiny_data):
+    from nasnet_det.genotypes import NASNET_A
+    from search.supernet import SuperNet
+
+    with pytest.raises(ValueError, match="normal cell: this supernet's cell output is built from block states"):
+        SuperNet(5, 1, 4).check_genotype(NASNET_A)

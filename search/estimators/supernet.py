@@ -3,8 +3,11 @@
 weight decay, clipping; ``ONESHOT.EPOCHS`` x ``ONESHOT.WEIGHT_STEPS`` updates) on the images of ``CHILD``.
 
 * ``supernet``: today's one-shot search (:class:`search.oneshot.OneShotSearch`, controller-sampled paths)
-  run in a temporary folder; its supernet scores the cells.
-* ``spos``: single-path uniform training (SPOS): one uniformly drawn path per update.
+  run in a temporary folder; its supernet scores the cells (not those that concatenate a cell input, such as
+  NASNet-A: its paths never do).
+* ``spos``: single-path uniform training (SPOS): one uniformly drawn path per update. The paths of spos,
+  fairnas and fewshot add each cell input to their concat lists half of the time, so these supernets also
+  score cells whose output concatenates an input (NASNet-A).
 * ``fairnas``: strict fairness (FairNAS): each update accumulates the gradients of 13 paths in which every
   op slot takes each of the 13 ops exactly once (inputs and combines drawn uniformly), then steps once.
 * ``fewshot``: ``ONESHOT.FEW_SHOT_SPLITS`` sub-supernets split on the first op decision (op_1 of the normal
@@ -31,7 +34,7 @@ from nasnet_det.space import OPS, Genotype, cell_to_decisions
 from search.controller import decision_slots, sample_uniform
 from search.estimators.base import Estimator, register_estimator
 from search.reward import ChildData, _augment, _to_tensor
-from search.supernet import SuperNet, fair_paths, recalibrate_bn
+from search.supernet import SuperNet, fair_paths, recalibrate_bn, with_loose_inputs
 
 DEFAULT_RECALIBRATION_BATCHES = 8
 FEW_SHOT_DECISION = 2  # the split decision: op_1 of the normal cell's block 0 (decisions: in, in, op, op, combine)
@@ -52,6 +55,9 @@ class SupernetEstimator(Estimator):
     sampling: ClassVar[str] = "uniform"
     few_shot: ClassVar[bool] = False
     recalibrate: ClassVar[bool] = False
+    #: input states may be loose ends (NASNet-A's normal cell concatenates one): trained on paths that add
+    #: each input to the concat list half of the time (:func:`search.supernet.with_loose_inputs`)
+    loose_inputs: ClassVar[bool] = True
 
     def prepare(self, data: ChildData | None, seed: int) -> None:
         super().prepare(data, seed)
@@ -79,7 +85,7 @@ class SupernetEstimator(Estimator):
         return SuperNet(self.num_blocks, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
                         bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE),
                         channels_last=bool(net.get("CHANNELS_LAST", True)),
-                        track_running_stats=self.recalibrate).to(self.device)
+                        track_running_stats=self.recalibrate, loose_inputs=self.loose_inputs).to(self.device)
 
     def total_updates(self) -> int:
         o = self.cfg.ONESHOT
@@ -118,8 +124,10 @@ class SupernetEstimator(Estimator):
             for path in paths.tolist():
                 idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE].to(self.device)
                 xb = _augment(self.x_train[idx], self.gen) if self.cfg.CHILD.AUGMENT else self.x_train[idx]
-                loss = F.cross_entropy(supernet(xb, decisions_to_genotype(path, self.num_blocks)),
-                                       self.y_train[idx]) / len(paths)
+                genotype = decisions_to_genotype(path, self.num_blocks)
+                if self.loose_inputs:
+                    genotype = with_loose_inputs(genotype, self.gen)
+                loss = F.cross_entropy(supernet(xb, genotype), self.y_train[idx]) / len(paths)
                 if not torch.isfinite(loss):
                     raise ValueError(f"estimator {self.name!r}: the supernet's loss became {float(loss)} at "
                                      f"update {step}; lower ONESHOT.LR (now {o.LR})")
@@ -179,7 +187,10 @@ def supernet_accuracy(net: SuperNet, genotype: Genotype, x: torch.Tensor, y: tor
 
 
 class OneShotSupernet(SupernetEstimator):
-    """Today's one-shot search (controller-sampled paths, ONESHOT.POLICY), its supernet as the estimator."""
+    """Today's one-shot search (controller-sampled paths, ONESHOT.POLICY), its supernet as the estimator. Its
+    paths' loose ends are block states only, so it cannot score a cell that concatenates a cell input."""
+
+    loose_inputs = False
 
     def train_supernets(self) -> list[SuperNet]:
         from search.oneshot import OneShotSearch  # (search.oneshot imports the strategy registry, which imports us)
