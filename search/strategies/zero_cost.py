@@ -1,6 +1,7 @@
 """``SEARCH.STRATEGY zero_cost``: rank ``SEARCH.ZERO_COST.CANDIDATES`` uniformly drawn cells by a cheap
-estimator at initialisation (``SEARCH.ZERO_COST.PROXY``: a zero-cost proxy or a size baseline of
-:mod:`search.estimators`), then train the ``SEARCH.BUDGET`` best-ranked as ordinary children, so the found
+estimator (``SEARCH.ZERO_COST.PROXY``: a zero-cost proxy or a size baseline of :mod:`search.estimators` at
+initialisation, or a supernet estimator -- ``fewshot_bn`` makes this the few-shot supernet search -- whose
+supernets are trained once before the ranking), then train the ``SEARCH.BUDGET`` best-ranked as ordinary children, so the found
 cell (``best_genotype_zero_cost.json``) is the best of them by its real reward, journaled like any child.
 
 The candidates and the seed come from ``SEARCH.SEED``; the proxy's scores are kept in
