@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-import torch
 
 from nasnet_det.genotypes import NASNET_A
 from nasnet_det.utils.errors import BadInputError
@@ -114,7 +113,7 @@ def test_holdout_is_never_in_the_search_split(sq):
         sq.load_bench_data("synthetic:200", holdout=0, search_val=30)
 
 
-def test_protocol_end_to_end_tiny(sq, tmp_path):
+def test_protocol_end_to_end_tiny(sq, tmp_path, one_torch_thread):
     results, out = tmp_path / "results.json", tmp_path / "out.json"
     argv = ["run", "--data", "synthetic:240", "--holdout", "60", "--search-val", "40", "--budget", "3@8px:1@4",
             "--cells", "3", "--seeds", "2", "--noise-cells", "1", "--estimators", "params,madds,synflow,supernet,spos",
@@ -123,7 +122,7 @@ def test_protocol_end_to_end_tiny(sq, tmp_path):
             "--strategies", "random,zero_cost[SEARCH.ZERO_COST.PROXY=params;SEARCH.ZERO_COST.CANDIDATES=3]",
             "--search-seeds", "0", "--search-opts", "SEARCH.BUDGET", "2",
             "SEARCH.BATCH_SIZE", "2", "CHILD.MAX_STEPS", "2", "--cache", str(tmp_path / "cache.jsonl"),
-            "--json", str(out), "--results", str(results), "--threads", str(torch.get_num_threads())]
+            "--json", str(out), "--results", str(results), "--threads", "1"]
     assert sq.main(argv) == 0
     res = json.loads(out.read_text())
     est = {e["estimator"]: e for e in res["estimators"]}

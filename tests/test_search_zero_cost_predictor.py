@@ -124,9 +124,10 @@ def test_predictor_beats_random_search_on_the_synthetic_reward(tmp_path):
 def test_a_few_shot_supernet_ranks_the_candidates_of_a_zero_cost_search(tmp_path):
     """SEARCH.STRATEGY zero_cost with a supernet estimator as its proxy is the few-shot supernet search: the
     sub-supernets are trained once, then rank the candidates, and the best ranked are trained as children."""
-    cfg = _cfg("zero_cost", "SEARCH.BUDGET", 2, "SEARCH.ZERO_COST.PROXY", "fewshot_bn", "SEARCH.ZERO_COST.CANDIDATES", 4,
-               "DATA.SOURCE", "synthetic:80", "DATA.VAL_SIZE", 20, "ONESHOT.EPOCHS", 1, "ONESHOT.WEIGHT_STEPS", 2,
-               "ONESHOT.BATCH_SIZE", 8, "ONESHOT.FEW_SHOT_SPLITS", 2, "ONESHOT.BN_RECALIBRATION_BATCHES", 1)
+    cfg = _cfg("zero_cost", "SEARCH.BUDGET", 2, "SEARCH.ZERO_COST.PROXY", "fewshot_bn",
+               "SEARCH.ZERO_COST.CANDIDATES", 4, "DATA.SOURCE", "synthetic:80", "DATA.VAL_SIZE", 20,
+               "ONESHOT.EPOCHS", 1, "ONESHOT.WEIGHT_STEPS", 2, "ONESHOT.BATCH_SIZE", 8, "ONESHOT.FEW_SHOT_SPLITS", 2,
+               "ONESHOT.BN_RECALIBRATION_BATCHES", 1)
     SearchRunner(cfg, tmp_path, SyntheticOpReward(noise=0.0), progress=False).run()
     saved = json.loads((tmp_path / SCORES_NAME).read_text())
     assert saved["proxy"] == "fewshot_bn" and len(saved["scores"]) == 4

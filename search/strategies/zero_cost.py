@@ -1,8 +1,9 @@
 """``SEARCH.STRATEGY zero_cost``: rank ``SEARCH.ZERO_COST.CANDIDATES`` uniformly drawn cells by a cheap
 estimator (``SEARCH.ZERO_COST.PROXY``: a zero-cost proxy or a size baseline of :mod:`search.estimators` at
 initialisation, or a supernet estimator -- ``fewshot_bn`` makes this the few-shot supernet search -- whose
-supernets are trained once before the ranking), then train the ``SEARCH.BUDGET`` best-ranked as ordinary children, so the found
-cell (``best_genotype_zero_cost.json``) is the best of them by its real reward, journaled like any child.
+supernets are trained once before the ranking), then train the ``SEARCH.BUDGET`` best-ranked as ordinary
+children, so the found cell (``best_genotype_zero_cost.json``) is the best of them by its real reward, journaled
+like any child.
 
 The candidates and the seed come from ``SEARCH.SEED``; the proxy's scores are kept in
 ``zero_cost_scores.json`` as they are computed (a rerun continues the scoring, then the queue, from where
