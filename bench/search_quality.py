@@ -392,6 +392,7 @@ def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: 
     spread over the cells, plus scoring). With ``cache``, each estimator's scores and seconds are kept there
     (keyed by estimator, config, data, seed and the cells), so a rerun does not score again."""
     from search.estimators import build_estimator
+    from search.supernet import UnscorableCellError
 
     cache = cache or TruthCache(None)
     cell_keys = [genotype_key(g) for g in cells.genotypes]
@@ -409,7 +410,7 @@ def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: 
             for i, g in enumerate(cells.genotypes):
                 try:
                     scores.append(float(est.score(g)))
-                except ValueError as e:  # a cell outside what the estimator can score (its supernet's paths)
+                except UnscorableCellError as e:  # a valid cell its supernet has no path for (any other error stops)
                     scores.append(None)
                     unscored[cells.names[i]] = str(e)
             hit = {"key": key, "kind": "estimator", "budget": "", "seconds": 0.0, "scores": scores,
@@ -423,7 +424,7 @@ def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: 
         log(f"  {name:<12} kendall {corr['kendall']:+.3f} [{corr['kendall_lo']:+.3f}, {corr['kendall_hi']:+.3f}]  "
             f"spearman {corr['spearman']:+.3f} [{corr['spearman_lo']:+.3f}, {corr['spearman_hi']:+.3f}]  "
             f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)"
-            + (f"; cannot score {', '.join(res['unscored'])}" if res["unscored"] else ""))
+            + "".join(f"\n    cannot score {c}: {why}" for c, why in sorted(hit.get("unscored", {}).items())))
         out.append(res)
     return out
 
@@ -523,7 +524,8 @@ def result_rows(study: Sequence[Mapping[str, Any]], estimators: Sequence[Mapping
     for e in estimators:
         rows.append(row(f"{SCRIPT} estimator {e['estimator']}", "kendall tau", e["kendall"],
                         base["kendall"] if base else float("nan"), "params (size baseline)", True,
-                        kendall_ci=[e["kendall_lo"], e["kendall_hi"]], spearman=e["spearman"],
+                        kendall_ci=[e["kendall_lo"], e["kendall_hi"]], spearman=e["spearman"], scored_cells=e["n"],
+                        unscored=e.get("unscored", []),
                         spearman_ci=[e["spearman_lo"], e["spearman_hi"]], seconds_per_cell=e["seconds_per_cell"],
                         **settings))
     for s in strategies:

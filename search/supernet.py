@@ -50,6 +50,11 @@ def _table_key(block: int, side: str, input_index: int, reduction: bool) -> str:
     return f"b{block}_{side}_{kind}"
 
 
+class UnscorableCellError(ValueError):
+    """A valid cell that this supernet has no path for (a cell input among its loose ends, without
+    ``loose_inputs``): an estimator built on it cannot score the cell."""
+
+
 class SuperCell(nn.Module):
     """All cells of one position (normal or reduction) with shared weights; ``forward(h, h_prev, spec)``
     runs the path of ``spec``. ``h_prev=None`` (first cell) uses ``h`` as both inputs."""
@@ -97,9 +102,9 @@ class SuperCell(nn.Module):
         spec.validate(where, self.num_blocks)
         inputs_out = [i for i in spec.concat if i < NUM_INPUTS]
         if inputs_out and not self.loose_inputs:
-            raise ValueError(f"{where}: this supernet's cell output is built from block states only (a supernet "
-                             f"built with loose_inputs=True also takes cell inputs); concat list "
-                             f"{list(spec.concat)} contains input state(s) {inputs_out}")
+            raise UnscorableCellError(f"{where}: this supernet's cell output is built from block states only (a "
+                                      f"supernet built with loose_inputs=True also takes cell inputs); concat list "
+                                      f"{list(spec.concat)} contains input state(s) {inputs_out}")
 
     def forward(self, h: torch.Tensor, h_prev: torch.Tensor | None, spec: CellSpec) -> torch.Tensor:
         states = [self.preprocess_0(h), self.preprocess_1(h if h_prev is None else h_prev)]

@@ -150,7 +150,11 @@ def test_with_loose_inputs_adds_each_input_half_of_the_time():
 
 def test_the_one_shot_search_supernet_refuses_a_cell_input_loose_end_naming_the_cell(tiny_data):
     from nasnet_det.genotypes import NASNET_A
-    from search.supernet import SuperNet
+    from search.supernet import SuperNet, UnscorableCellError
 
-    with pytest.raises(ValueError, match="normal cell: this supernet's cell output is built from block states"):
+    with pytest.raises(UnscorableCellError, match="normal cell: this supernet's cell output is built from block"):
         SuperNet(5, 1, 4).check_genotype(NASNET_A)
+    # an invalid cell is another error (the bench ranks an estimator without the cells it cannot score, only)
+    with pytest.raises(ValueError) as e:
+        SuperNet(2, 1, 4).check_genotype(NASNET_A)
+    assert not isinstance(e.value, UnscorableCellError)
