@@ -416,15 +416,15 @@ def evaluate_estimators(names: Sequence[str], cfg: Any, data: BenchData, cells: 
             hit = {"key": key, "kind": "estimator", "budget": "", "seconds": 0.0, "scores": scores,
                    "unscored": unscored, "prepare_seconds": prep, "total_seconds": time.perf_counter() - t0}
             cache.put(hit)
-        scores, prep = hit["scores"], hit["prepare_seconds"]
+        scores, prep, unscored = hit["scores"], hit["prepare_seconds"], hit.get("unscored", {})
         scored = [i for i, v in enumerate(scores) if v is not None]
         corr = rank_correlations([scores[i] for i in scored], [cells.truth[i] for i in scored], seed=seed)
         res = {"estimator": name, **corr, "seconds_per_cell": hit["total_seconds"] / len(scored),
-               "prepare_seconds": prep, "scores": scores, "unscored": sorted(hit.get("unscored", {}))}
+               "prepare_seconds": prep, "scores": scores, "unscored": sorted(unscored)}
         log(f"  {name:<12} kendall {corr['kendall']:+.3f} [{corr['kendall_lo']:+.3f}, {corr['kendall_hi']:+.3f}]  "
             f"spearman {corr['spearman']:+.3f} [{corr['spearman_lo']:+.3f}, {corr['spearman_hi']:+.3f}]  "
             f"{res['seconds_per_cell']:.2f} s/cell (prepare {prep:.1f} s)"
-            + "".join(f"\n    cannot score {c}: {why}" for c, why in sorted(hit.get("unscored", {}).items())))
+            + "".join(f"\n    cannot score {c}: {why}" for c, why in sorted(unscored.items())))
         out.append(res)
     return out
 
