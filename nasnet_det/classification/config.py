@@ -64,6 +64,12 @@ _C.DATA.NUM_WORKERS = 4
 _C.SOLVER = CN()
 _C.SOLVER.OPTIMIZER = "sgd"  # "sgd" or "rmsprop" (TF-style: eps inside the sqrt, as in the paper)
 _C.SOLVER.BASE_LR = 0.025
+# The global batch (images per optimizer step: BATCH_SIZE x ACCUM_STEPS x processes) that BASE_LR, MAX_STEPS and
+# EMA_DECAY are stated for. At another global batch the trainer derives the effective values (LR by LR_SCALING,
+# MAX_STEPS inversely so the same images are seen, EMA decay ** ratio), prints them and writes OUTPUT_DIR/
+# schedule.json (nasnet_det/engine/scaling.py). 0 = use them as written at any batch (the smoke configs).
+_C.SOLVER.REFERENCE_BATCH_SIZE = 0
+_C.SOLVER.LR_SCALING = "linear"  # "linear" (Goyal et al. 2017), "sqrt" or "none"
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
 _C.SOLVER.WEIGHT_DECAY = 5e-4
@@ -130,6 +136,7 @@ def validate_config(cfg: CN) -> None:
         "DATA.DATASET": ("cifar10", "imagenet"),
         "SOLVER.OPTIMIZER": ("sgd", "rmsprop"),
         "SOLVER.LR_SCHEDULE": ("cosine", "step", "exponential", "constant"),
+        "SOLVER.LR_SCALING": ("linear", "sqrt", "none"),
         "TRAIN.AMP": ("none", "bf16", "fp16"),
         "TRAIN.DEVICE": ("auto", "cuda", "cpu"),
     }
@@ -144,6 +151,9 @@ def validate_config(cfg: CN) -> None:
         section, name = key.split(".")
         if cfg[section][name] < 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[section][name]}")
+    if cfg.SOLVER.REFERENCE_BATCH_SIZE < 0:
+        raise ValueError(f"SOLVER.REFERENCE_BATCH_SIZE must be >= 0 (0: BASE_LR and MAX_STEPS as written), got "
+                         f"{cfg.SOLVER.REFERENCE_BATCH_SIZE}")
     if cfg.SOLVER.MAX_STEPS <= 0 and cfg.SOLVER.EPOCHS <= 0:
         raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_STEPS to a positive value")
     # (key, low, high, low inclusive, high inclusive)

@@ -35,6 +35,12 @@ def add_nasnet_config(cfg: CN) -> CN:
     n.NORM = "FrozenBN"  # one of NORMS
     n.FUSE_BN_AT_INFERENCE = False  # eval mode runs a BN-folded copy of the NASNet: same outputs, faster (fuse.py)
 
+    # The images per iteration that SOLVER.BASE_LR, MAX_ITER, STEPS, WARMUP_ITERS, CHECKPOINT_PERIOD and
+    # TEST.EVAL_PERIOD are stated for (detectron2's 1x: 16). At the run's actual batch (IMS_PER_BATCH, which
+    # follows the process count when SOLVER.REFERENCE_WORLD_SIZE > 0) the trainer derives the effective values
+    # linearly, prints them and writes OUTPUT_DIR/schedule.json (nasnet_det/engine/scaling.py). 0 = as written.
+    cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 0
+
     # COCO-format datasets to register before training: "name=path/to/annotations.json:path/to/images".
     cfg.DATASETS.COCO_FILES = []
     return cfg
