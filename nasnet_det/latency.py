@@ -5,7 +5,9 @@ built with any genotype at a fixed N@f and input size, on a device.
 - ``lut``: FBNet-style lookup table of per-unit latencies (each op of a cell, each cell's 1x1 / factorized-
   reduce preprocessing, each stem / FPN layer, keyed by the module and its input shape), measured once per
   (device, input size, N@f, backbone, torch version) and cached on disk; a cell's latency is the sum over its
-  units plus a fixed part (the adds, concats and resizes between them: measured once, on NASNet-A);
+  units plus a fixed part (the adds, concats and resizes between them: measured once, on NASNet-A). On CUDA a
+  unit is timed with CUDA events over back-to-back calls (:func:`cuda_event_ms`), as its kernels run inside a
+  whole network, not one launch and one sync per call (which at batch 1 would time mostly the launch);
 - ``flops``: mult-adds as the cost (no timing).
 
 Every estimator also gives the backbone's params and mult-adds (:meth:`LatencyEstimator.profile`).
@@ -60,10 +62,14 @@ class LatencySetting:
     cache_dir: str = "output/latency_lut"
 
     def table_key(self) -> dict[str, Any]:
-        """What a lookup table depends on (the timing protocol aside)."""
-        return {"device": self.device, "device_name": device_name(self.device), "input_size": self.input_size,
-                "num_cells": self.num_cells, "filters": self.filters, "backbone": self.backbone,
-                "threads": self.threads, "torch": torch.__version__}
+        """What a lookup table depends on (the repeat counts aside). A CUDA table also names its unit timer: a
+        table timed one synced call at a time (before CUDA events) is not reused."""
+        key = {"device": self.device, "device_name": device_name(self.device), "input_size": self.input_size,
+               "num_cells": self.num_cells, "filters": self.filters, "backbone": self.backbone,
+               "threads": self.threads, "torch": torch.__version__}
+        if self.device == "cuda":
+            key["unit_timer"] = "cuda_events"
+        return key
 
 
 def device_name(device: str) -> str:
@@ -147,6 +153,33 @@ def median_ms(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.de
     return float(statistics.median(times))
 
 
+@torch.inference_mode()
+def cuda_event_ms(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> float:
+    """Mean time of ``fn`` in ms on CUDA ``device``: ``warmup`` calls, then ``repeats`` calls back to back between
+    two CUDA events and one synchronize. The calls queue behind each other as a network's layers do, so the figure
+    is the unit's GPU time within a whole-network pass, not a launch plus a host sync per call."""
+    n = max(1, repeats)
+    with torch.cuda.device(device):
+        for _ in range(warmup):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / n
+
+
+Timer = Callable[[Callable[[], Any], int, int, torch.device], float]
+
+
+def unit_timer(device: torch.device) -> Timer:
+    """How the lookup table times one unit on ``device``: CUDA events over back-to-back calls on a GPU; on the
+    CPU the median of synchronous runs, as the whole backbone is timed."""
+    return cuda_event_ms if device.type == "cuda" else median_ms
+
+
 def _device(setting: LatencySetting) -> torch.device:
     if setting.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("SEARCH.LATENCY.DEVICE='cuda' but no CUDA device is available here; use 'cpu'")
@@ -162,6 +195,19 @@ class LatencyEstimator(ABC):
 
     def __init__(self, setting: LatencySetting):
         self.setting = setting
+        self.cuda_device: torch.device | None = None  # the GPU a search worker was given (None: the current one)
+
+    def place_on(self, device: str | torch.device) -> None:
+        """Time on ``device``, the GPU of the search worker this estimator runs in, when the setting times on CUDA
+        (a CPU setting stays on the CPU, and a CPU worker leaves a CUDA setting on the current GPU)."""
+        device = torch.device(device)
+        if self.setting.device == "cuda" and device.type == "cuda":
+            self.cuda_device = device
+
+    def timing_device(self) -> torch.device:
+        """Where this estimator times: the setting's device, on the worker's GPU when it was placed on one."""
+        device = _device(self.setting)
+        return self.cuda_device if device.type == "cuda" and self.cuda_device is not None else device
 
     @abstractmethod
     def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> float | None:
@@ -204,7 +250,7 @@ class MeasuredLatency(LatencyEstimator):
     name = "measure"
 
     def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> float:
-        device = _device(self.setting)
+        device = self.timing_device()
         model = (model if model is not None else detection_backbone(genotype, self.setting)).to(device)
         x = input_for(model, self.setting, device)
         with torch_threads(self.setting.threads):
@@ -326,11 +372,12 @@ class LookupTableLatency(LatencyEstimator):
     def _unit_sum(self, model: nn.Module, device: torch.device) -> float:
         """Sum of the table's latencies over the units of ``model``, timing (and saving) the missing ones."""
         total, added = 0.0, 0
+        timer = unit_timer(device)
         for unit, x in unit_inputs(model, input_for(model, self.setting, device)):
             key = _unit_key(unit, x)
             if key not in self.units:
                 run = functools.partial(copy.deepcopy(unit), torch.randn_like(x))  # the unit alone, on fresh data
-                self.units[key] = median_ms(run, self.setting.warmup, self.setting.repeats, device)
+                self.units[key] = timer(run, self.setting.warmup, self.setting.repeats, device)
                 added += 1
             total += self.units[key]
         if added:
@@ -343,7 +390,7 @@ class LookupTableLatency(LatencyEstimator):
             return
         from tqdm import tqdm
 
-        device = _device(self.setting)
+        device = self.timing_device()
         with torch_threads(self.setting.threads):
             for g in tqdm(covering_genotypes(), desc="latency table", disable=not progress):
                 self._unit_sum(detection_backbone(g, self.setting).to(device), device)
@@ -356,7 +403,7 @@ class LookupTableLatency(LatencyEstimator):
 
     def latency_ms(self, genotype: Genotype, model: nn.Module | None = None) -> float:
         self.build()
-        device = _device(self.setting)
+        device = self.timing_device()
         model = (model if model is not None else detection_backbone(genotype, self.setting)).to(device)
         with torch_threads(self.setting.threads):
             return self._unit_sum(model, device) + float(self.fixed_ms or 0.0)

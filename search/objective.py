@@ -13,7 +13,7 @@ its backbone's latency (ms), params and mult-adds (and its accuracy beside the r
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from fvcore.common.config import CfgNode
@@ -21,8 +21,7 @@ from fvcore.common.config import CfgNode
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.latency import CostProfile, LatencyEstimator, LatencySetting, LookupTableLatency, make_estimator
 from nasnet_det.space import Genotype
-
-Evaluator = Callable[[Genotype, int], dict[str, Any]]
+from search.workers import DevicePlaced, Evaluator
 
 
 def latency_setting(cfg: CfgNode) -> LatencySetting:
@@ -64,6 +63,10 @@ class Objective:
         if self.enabled and isinstance(self.estimator, LookupTableLatency):
             self.estimator.build(progress)
 
+    def place_on(self, device: str) -> None:
+        """Time cells on ``device``, the search worker's (a CUDA latency setting times on the worker's GPU)."""
+        self.estimator.place_on(device)
+
     def profile(self, genotype: Genotype | str) -> CostProfile:
         genotype = get_genotype(genotype) if isinstance(genotype, str) else genotype
         key = json.dumps(genotype.to_dict()["normal"]) + json.dumps(genotype.to_dict()["reduce"])
@@ -89,10 +92,16 @@ class Objective:
 
 class ObjectiveEvaluator:
     """Picklable: runs ``evaluator`` (in the worker) and turns its accuracy into the objective's reward, with
-    the cell's backbone timed there too (``measure`` times on the worker's device)."""
+    the cell's backbone timed there too. It forwards the worker's device (:class:`search.workers.DevicePlaced`)
+    to the evaluator it wraps and to the estimator, so both train and time on the worker's GPU."""
 
     def __init__(self, evaluator: Evaluator, objective: Objective):
         self.evaluator, self.objective = evaluator, objective
+
+    def place_on(self, device: str) -> None:
+        if isinstance(self.evaluator, DevicePlaced):
+            self.evaluator.place_on(device)
+        self.objective.place_on(device)
 
     def __call__(self, genotype: Genotype, seed: int) -> dict[str, Any]:
         return self.objective.apply(self.evaluator(genotype, seed), genotype)

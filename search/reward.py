@@ -172,7 +172,7 @@ def default_child_network() -> dict[str, Any]:
 class ChildEvaluator:
     """Picklable evaluator for the work queue: trains one child (network ``network``, a ``MODEL.NASNET``
     node, default :func:`default_child_network`) on the arrays it carries.
-    ``device`` is set by the worker it lands on; ``CHILD.DEVICE`` other than "auto" overrides it."""
+    ``device`` is set by the worker it lands on (:meth:`place_on`); ``CHILD.DEVICE`` other than "auto" overrides it."""
 
     def __init__(self, child: dict[str, Any], data: ChildData, network: Mapping[str, Any] | None = None):
         check_child_settings(child)
@@ -180,6 +180,9 @@ class ChildEvaluator:
         check_child_network(network)
         self.child, self.data, self.network = dict(child), data, network
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def place_on(self, device: str) -> None:
+        self.device = device
 
     def __call__(self, genotype: Genotype, seed: int) -> dict[str, Any]:
         forced = str(self.child.get("DEVICE", "auto"))

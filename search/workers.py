@@ -2,6 +2,7 @@
 workers), or on Ray (one child per GPU of a cluster, with retries).
 
 Every backend takes a picklable *evaluator* ``fn(genotype, seed) -> {"reward": float, "params": int, ...}``
+(one that trains on a device is :class:`DevicePlaced`: each worker gives it its own; a wrapper forwards it)
 and is an asynchronous queue: ``submit`` a job whenever ``capacity()`` allows one more in flight, ``wait``
 for the results that are ready (at least one). An evaluator that raises, runs out of memory or returns a
 non-finite reward gives a ``failed`` result with the reason; the search goes on.
@@ -22,18 +23,37 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 import nasnet_det
 import search
 from nasnet_det.engine.process import die_with_parent
+from nasnet_det.engine.ray_env import ray_runtime_env
 from nasnet_det.space import Genotype
 
 Evaluator = Callable[[Genotype, int], dict[str, Any]]
 # What an evaluator may return beside reward and params, journaled with the child (search/objective.py).
 COST_FIELDS = ("accuracy", "latency_ms", "mult_adds", "backbone_params")
+
+
+@runtime_checkable
+class DevicePlaced(Protocol):
+    """An evaluator that runs where its worker tells it: :meth:`place_on` gets the worker's device ("cuda:i" for
+    the i-th local GPU worker, "cuda" in a Ray task that was given a GPU, "cpu"). An evaluator that wraps another
+    (search/objective.py) implements it by forwarding the device to what it wraps."""
+
+    def place_on(self, device: str) -> None: ...
+
+
+def place_on_device(evaluator: Evaluator, device: str) -> None:
+    """Put a worker on ``device``: a CUDA device with an index becomes the process's current GPU (so code that says
+    plain "cuda" -- a latency estimator, a library default -- lands there too), and the evaluator gets it."""
+    if torch.device(device).type == "cuda" and torch.device(device).index is not None:
+        torch.cuda.set_device(torch.device(device))
+    if isinstance(evaluator, DevicePlaced):
+        evaluator.place_on(device)
 
 
 @dataclass(frozen=True)
@@ -147,8 +167,7 @@ def _worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: i
     die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle: it stops us
     torch.set_num_threads(max(1, threads))
-    if hasattr(evaluator, "device"):
-        evaluator.device = device
+    place_on_device(evaluator, device)
     conn.send("ready")
     while True:
         try:
@@ -326,10 +345,21 @@ class LocalProcessBackend(QueueBackend):
 
 # --- Ray ---------------------------------------------------------------------------------------------
 def _ray_run(evaluator: Evaluator, job: Job, threads: int) -> Result:
+    import ray
+
     torch.set_num_threads(max(1, threads))
-    if hasattr(evaluator, "device"):  # Ray sets CUDA_VISIBLE_DEVICES to the GPU it assigned
-        evaluator.device = "cuda" if torch.cuda.is_available() else "cpu"
+    # A task given a GPU sees only that one (Ray sets CUDA_VISIBLE_DEVICES): "cuda" is it. A task given none runs
+    # on the CPU, whatever the evaluator was built with on the driver.
+    place_on_device(evaluator, "cuda" if ray.get_gpu_ids() else "cpu")
     return run_job(evaluator, job)
+
+
+def search_runtime_env() -> dict[str, Any]:
+    """The Ray job's runtime_env of a search: our two packages shipped with the job (Ray zips and uploads them
+    once, by content hash), so that cluster workers import this code without a shared filesystem or an install of
+    this repo (the third-party dependencies, torch, fvcore, ..., must be installed on the cluster's nodes), and the
+    data / cache variables of this environment (:func:`nasnet_det.engine.ray_env.worker_env_vars`)."""
+    return ray_runtime_env([Path(search.__file__).parent, Path(nasnet_det.__file__).parent])
 
 
 class RayBackend(QueueBackend):
@@ -348,10 +378,7 @@ class RayBackend(QueueBackend):
             raise ImportError("WORKERS.BACKEND ray needs ray: pip install 'ray[default]' "
                               "(or pip install -e '.[ray]')") from None
         self.ray = ray
-        # Ship our two packages with the job (Ray zips and uploads them once, by content hash), so that
-        # cluster workers import this code without a shared filesystem or an install of this repo. The
-        # third-party dependencies (torch, fvcore, ...) must be installed on the cluster's nodes.
-        runtime_env = {"py_modules": [str(Path(search.__file__).parent), str(Path(nasnet_det.__file__).parent)]}
+        runtime_env = search_runtime_env()
         self.owns_ray = not ray.is_initialized()
         if self.owns_ray:
             kwargs: dict[str, Any] = dict(runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
@@ -361,9 +388,12 @@ class RayBackend(QueueBackend):
                 ray.init(num_cpus=num_workers or max(2, torch.cuda.device_count()), **kwargs)
         self.use_gpu = ray.cluster_resources().get("GPU", 0) > 0
         # With someone else's ray.init our runtime_env was not applied, and Ray accepts local directories
-        # only there: that caller ships (or installs) this code itself.
+        # only there: that caller ships (or installs) this code itself; the environment variables go with each
+        # task (a task's env_vars are merged into the job's).
+        task_env = {} if self.owns_ray or not runtime_env.get("env_vars") else \
+            {"runtime_env": {"env_vars": runtime_env["env_vars"]}}
         self.remote = ray.remote(_ray_run).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0,
-                                                   max_retries=max_retries)
+                                                   max_retries=max_retries, **task_env)
         self.evaluator_ref = ray.put(evaluator)
         self.threads, self.max_retries, self.max_in_flight = threads_per_worker, max_retries, max_in_flight
         self.refs: dict[Any, Job] = {}

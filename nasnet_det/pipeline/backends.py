@@ -8,19 +8,24 @@
   training and detection / evaluation as Ray Train ``TorchTrainer`` jobs whose workers run the same trainers
   in the process group Ray Train set up (:mod:`nasnet_det.pipeline.ray_train`). A worker that dies is
   restarted by Ray Train (``FailureConfig``), and the trainer resumes from the stage folder's checkpoint.
+  Each worker asks for ``PIPELINE.RAY.GPUS_PER_WORKER`` GPUs (-1, the default: one when the cluster has GPUs,
+  see :func:`ray_worker_resources`); a worker given none has every GPU hidden from it (it trains on the CPU).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.engine.ray_env import ray_runtime_env, worker_env_vars
 from nasnet_det.pipeline.launch import (
     LOG_NAME,
     StageError,
@@ -30,6 +35,8 @@ from nasnet_det.pipeline.launch import (
     tool_path,
     torchrun_prefix,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,56 @@ def _error_line(workdir: Path) -> str:
     return last_error_line(log.read_text(errors="replace")[-(1 << 16):]) if log.is_file() else ""
 
 
+@dataclass(frozen=True)
+class WorkerResources:
+    """What each Ray Train worker of a stage asks for, why (``note``), and a ``warning`` when GPUs go unused."""
+
+    cpus: float
+    gpus: float
+    note: str
+    warning: str = ""
+
+    def as_dict(self) -> dict[str, float]:
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
+
+
+def ray_worker_resources(cpus_per_worker: float, gpus_per_worker: float,
+                         cluster: Mapping[str, float]) -> WorkerResources:
+    """The resources of one Ray Train worker under ``PIPELINE.RAY.CPUS_PER_WORKER`` / ``GPUS_PER_WORKER`` on a
+    cluster with ``cluster`` resources (``ray.cluster_resources()``). ``GPUS_PER_WORKER`` -1 (auto) is one GPU when
+    the cluster has GPUs, else a CPU worker; an explicit 0 on a cluster with GPUs is allowed, with a warning."""
+    cluster_gpus = float(cluster.get("GPU", 0) or 0)
+    if gpus_per_worker < 0:
+        gpus = 1.0 if cluster_gpus > 0 else 0.0
+        note = (f"PIPELINE.RAY.GPUS_PER_WORKER -1 (auto): the cluster has {cluster_gpus:g} GPU(s), so "
+                + ("one GPU per worker (nccl)" if gpus else "CPU workers (gloo)"))
+    else:
+        gpus = float(gpus_per_worker)
+        note = f"PIPELINE.RAY.GPUS_PER_WORKER {gpus:g}: " + (f"{gpus:g} GPU(s) per worker (nccl)" if gpus else
+                                                               "CPU workers (gloo)")
+    if gpus == 0 and cpus_per_worker <= 0:
+        raise ValueError(f"PIPELINE.RAY.CPUS_PER_WORKER is {cpus_per_worker:g} and the cluster has no GPU for "
+                         "GPUS_PER_WORKER -1: a worker needs a CPU (set CPUS_PER_WORKER >= 1)")
+    warning = ""
+    if gpus == 0 and cluster_gpus > 0:
+        warning = (f"PIPELINE.RAY.GPUS_PER_WORKER is 0: the stage trains on CPUs although the cluster has "
+                   f"{cluster_gpus:g} GPUs")
+    elif gpus > 0 and cluster_gpus == 0:  # an autoscaler may add GPU nodes: wait rather than fail
+        warning = (f"PIPELINE.RAY.GPUS_PER_WORKER is {gpus:g} but the cluster has no GPU now: the stage waits until "
+                   "GPU nodes join")
+    return WorkerResources(float(cpus_per_worker), gpus, note, warning)
+
+
+def train_worker_runtime_env(resources: WorkerResources, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The runtime_env of a stage's Ray Train workers: the data / cache variables of the driver's environment
+    (also when someone else's ``ray.init`` left out ours), and, for a worker given no GPU, every GPU hidden
+    (Ray leaves them visible to it, and the trainers would pick ``cuda:LOCAL_RANK`` over a gloo group)."""
+    env_vars = worker_env_vars(environ)
+    if not resources.gpus:
+        env_vars["CUDA_VISIBLE_DEVICES"] = ""  # in the worker's environment from its start, before any CUDA call
+    return {"env_vars": env_vars}
+
+
 @register_backend
 class RayBackend(ExecutionBackend):
     """Every stage on a Ray cluster: the search as Ray tasks, the training stages as Ray Train jobs."""
@@ -168,16 +225,19 @@ class RayBackend(ExecutionBackend):
         node.RAY.STORAGE_PATH = ""
         node.RAY.MAX_FAILURES = 2  # worker-group restarts per training stage; each resumes the checkpoint
         node.RAY.CPUS_PER_WORKER = 1  # per training worker (its torch threads)
-        node.RAY.GPUS_PER_WORKER = 0  # 0: CPU workers (gloo); 1: one GPU per worker (nccl)
+        # -1: auto, one GPU per worker when the cluster has GPUs, else CPU workers; 0: CPU workers (gloo, every
+        # GPU hidden from them); 1: one GPU per worker (nccl)
+        node.RAY.GPUS_PER_WORKER = -1
 
     @classmethod
     def check_config(cls, node: CN) -> None:
         r = node.RAY
-        for key, low in (("NUM_CPUS", 0), ("MAX_FAILURES", 0), ("CPUS_PER_WORKER", 0), ("GPUS_PER_WORKER", 0)):
+        for key, low in (("NUM_CPUS", 0), ("MAX_FAILURES", 0), ("CPUS_PER_WORKER", 0), ("GPUS_PER_WORKER", -1)):
             if r[key] < low:
                 raise ValueError(f"PIPELINE.RAY.{key} must be >= {low}, got {r[key]}")
-        if r.CPUS_PER_WORKER == 0 and r.GPUS_PER_WORKER == 0:
-            raise ValueError("PIPELINE.RAY.CPUS_PER_WORKER and GPUS_PER_WORKER are both 0: a worker needs one")
+        if r.CPUS_PER_WORKER == 0 and r.GPUS_PER_WORKER <= 0:
+            raise ValueError(f"PIPELINE.RAY.CPUS_PER_WORKER is 0 and GPUS_PER_WORKER is {r.GPUS_PER_WORKER}: a worker "
+                             "needs a CPU, or an explicit GPUS_PER_WORKER >= 1")
 
     def _ray(self):
         """Ray, connected (started on first use, so a run whose stages are all finished starts nothing)."""
@@ -189,8 +249,9 @@ class RayBackend(ExecutionBackend):
             import nasnet_det
 
             r = self.cfg.PIPELINE.RAY
-            # Ship the package with the job, as the search does, so cluster workers import this checkout.
-            kwargs: dict[str, Any] = dict(runtime_env={"py_modules": [str(Path(nasnet_det.__file__).parent)]},
+            # Ship the package with the job, as the search does, so cluster workers import this checkout, with the
+            # data / cache variables of this environment.
+            kwargs: dict[str, Any] = dict(runtime_env=ray_runtime_env([Path(nasnet_det.__file__).parent]),
                                           include_dashboard=False, log_to_driver=False)
             if r.ADDRESS:
                 ray.init(address=r.ADDRESS, **kwargs)
@@ -215,18 +276,24 @@ class RayBackend(ExecutionBackend):
         r = self.cfg.PIPELINE.RAY
         workdir.mkdir(parents=True, exist_ok=True)
         storage = Path(r.STORAGE_PATH or Path(self.cfg.OUTPUT_DIR) / "ray_train").resolve()
-        resources = {"CPU": r.CPUS_PER_WORKER, **({"GPU": r.GPUS_PER_WORKER} if r.GPUS_PER_WORKER else {})}
+        resources = ray_worker_resources(r.CPUS_PER_WORKER, r.GPUS_PER_WORKER, ray.cluster_resources())
         with open(workdir / LOG_NAME, "a") as log:
-            log.write(f"$ ray train {kind} on {workers.world_size} worker(s) {resources}: {' '.join(argv)}\n")
+            log.write(f"ray train: {resources.note}\n")
+            if resources.warning:
+                log.write(f"warning: {resources.warning}\n")
+                logger.warning("stage %s: %s", stage, resources.warning)
+            log.write(f"$ ray train {kind} on {workers.world_size} worker(s) {resources.as_dict()}: "
+                      f"{' '.join(argv)}\n")
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"kind": kind, "argv": argv, "workdir": str(workdir), "cwd": os.getcwd()},
-            scaling_config=ScalingConfig(num_workers=workers.world_size, use_gpu=r.GPUS_PER_WORKER > 0,
-                                         resources_per_worker=resources),
+            scaling_config=ScalingConfig(num_workers=workers.world_size, use_gpu=resources.gpus > 0,
+                                         resources_per_worker=resources.as_dict()),
             # a new Ray Train run per attempt of the stage: its workers, also those Ray Train restarts after a
             # failure, resume the trainer's own checkpoint in the stage folder (Ray Train checkpoints are unused)
             run_config=RunConfig(storage_path=str(storage), name=f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}",
-                                 failure_config=FailureConfig(max_failures=r.MAX_FAILURES)))
+                                 failure_config=FailureConfig(max_failures=r.MAX_FAILURES),
+                                 worker_runtime_env=train_worker_runtime_env(resources)))
         (workdir / WORKERS_DIR / "rank0.exit").unlink(missing_ok=True)
         try:
             trainer.fit()

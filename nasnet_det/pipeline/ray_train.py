@@ -73,8 +73,9 @@ def _run_detection(argv: list[str]) -> int:
                            "worker's machine); detectron2 needs the same number on each: give every machine the "
                            "same resources, with a world size that is a multiple of the workers per machine")
     comm.create_local_process_group(local)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(ray.train.torch.get_device())
+    device = ray.train.torch.get_device()  # cpu for a worker given no GPU (its GPUs are hidden from it)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     args = argument_parser().parse_args(argv)
     rc = exit_2_on_bad_input(run)(args)  # bad input: its error line in the log, exit code 2; else the results
     return rc if isinstance(rc, int) else 0
