@@ -102,15 +102,15 @@ steps() {
     step env          30 $PY bench/gpu_checks.py env
     # 2. the tests that need CUDA (skipped everywhere else)
     step gpu_tests    70 $PY -m pytest -q -p no:cacheprovider -m gpu tests
-    # 3. the trainers as they ship on a GPU: bf16 / AMP, a kill -9 and a resume
+    # 3-4. the trainers as they ship on a GPU: bf16 / AMP, a kill -9 and a resume
     step cls_resume   60 $PY bench/gpu_checks.py train-resume --task classification
     step det_resume   75 $PY bench/gpu_checks.py train-resume --task detection
-    # 4. NASNet-A vs the peer ports (the peers also in channels_last), bf16 autocast both sides as TRAIN.AMP ships
+    # 5-6. NASNet-A vs the peer ports (the peers also in channels_last), bf16 autocast both sides as TRAIN.AMP ships
     step model_mobile 75 $PY bench/bench_model.py --device cuda --model mobile --batch 64 --iters 10 --repeats 3 --amp bf16
     step model_large  80 $PY bench/bench_model.py --device cuda --model large --batch 16 --iters 4 --repeats 3 --amp bf16 --tag large
-    # 5. the latency estimators on the GPU: lut against measure
+    # 7. the latency estimators on the GPU: lut against measure
     step latency      40 $PY bench/bench_latency_lut.py --device cuda --cells 10 --repeats 5
-    # 6. where the search's workers land
+    # 8. where the search's workers land
     step workers      40 $PY bench/gpu_checks.py workers --estimator measure SEARCH.LATENCY.DEVICE cuda
 }
 

@@ -21,7 +21,7 @@ SCRIPT = REPO / "scripts" / "setup_env.sh"
 
 def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None, **env: str):
     """Run ``setup_env.sh --print-torch-plan`` with a venv under ``tmp_path`` (holding torch ``installed``,
-    a version string, when given) and a fake nvidia-smi reporting ``driver`` (none on PATH when None)."""
+    a version string, when given) and a fake nvidia-smi reporting ``driver`` (when None: the machine's, if any)."""
     venv, bin_dir = tmp_path / "venv", tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     full_env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CUDA", "TORCH_INDEX_URL", "PYTHONPATH")}
@@ -38,9 +38,7 @@ def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None
         smi = bin_dir / "nvidia-smi"
         smi.write_text(f"#!/bin/sh\necho '{driver}'\n")
         smi.chmod(0o755)
-    # only the fake nvidia-smi, never the machine's
-    full_env["PATH"] = f"{bin_dir}:" + ":".join(p for p in os.environ["PATH"].split(":")
-                                               if not (Path(p) / "nvidia-smi").exists())
+    full_env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"  # the fake nvidia-smi first
     proc = subprocess.run(["bash", str(SCRIPT), "--print-torch-plan"], env=full_env, capture_output=True, text=True,
                           timeout=60)
     assert not venv.exists() or installed is not None, "the plan must create nothing"
