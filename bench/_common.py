@@ -23,7 +23,8 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-RESULTS_JSON = BENCH_DIR / "results.json"
+# bench/gpu.sh points this at its one results file of the run (BENCH_RESULTS_JSON); otherwise bench/results.json.
+RESULTS_JSON = Path(os.environ.get("BENCH_RESULTS_JSON") or BENCH_DIR / "results.json")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

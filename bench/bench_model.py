@@ -17,7 +17,8 @@ is ours beyond the memory layout. Measured, repeats interleaved, median:
 
     python bench/bench_model.py                                   # CPU: mobile batch 4, large batch 1
     python bench/bench_model.py --model mobile --nchw             # ours in NCHW too (MODEL.NASNET.CHANNELS_LAST False)
-    python bench/bench_model.py --model mobile --batch 32 --device cuda --amp --compile
+    python bench/bench_model.py --model mobile --batch 32 --device cuda --amp --compile   # bf16 autocast
+    python bench/bench_model.py --model mobile --batch 32 --device cuda --amp fp16
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from nasnet_det.models import create_model
 from nasnet_det.models.pretrained import load_external_weights
 
 PEERS = {"mobile": ("pretrainedmodels nasnetamobile", 224), "large": ("timm nasnetalarge", 331)}
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 CL = torch.channels_last
 
 
@@ -46,6 +48,13 @@ def peer_model(name: str) -> torch.nn.Module:
     import timm
 
     return timm.create_model("nasnetalarge", pretrained=False)
+
+
+def autocast_context(device: str, amp: str) -> contextlib.AbstractContextManager:
+    """``--amp``'s autocast on ``device`` (bf16 unless ``amp`` says fp16), or nothing without ``--amp``."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=AMP_DTYPES[amp])
 
 
 def build_models(name: str, args: argparse.Namespace) -> dict[str, torch.nn.Module]:
@@ -75,8 +84,7 @@ def bench_one(name: str, args: argparse.Namespace) -> list[dict]:
     x = torch.randn(batch, 3, size, size, device=dev)
     inputs = {k: x.contiguous(memory_format=CL) if k == "peer_cl" else x for k in models}
     target = torch.randint(0, 1000, (batch,), device=dev)
-    amp = torch.autocast(dev.split(":")[0], dtype=torch.bfloat16 if dev == "cpu" else torch.float16) \
-        if args.amp else contextlib.nullcontext()
+    amp = autocast_context(dev, args.amp)
 
     for m in models.values():
         m.eval()
@@ -126,7 +134,7 @@ def bench_one(name: str, args: argparse.Namespace) -> list[dict]:
     tt = interleaved_median_times({k: train_step(k) for k in trained}, args.repeats, iters, dev)
     tmem = {k: peak_memory_mb(train_step(k), dev) for k in ("peer", "ours")}
 
-    setting = dict(batch=batch, size=size, device=dev, amp=args.amp, ours_layout=layout, compile=args.compile,
+    setting = dict(batch=batch, size=size, device=dev, amp=args.amp or "none", ours_layout=layout, compile=args.compile,
                    threads=torch.get_num_threads(), repeats=args.repeats, iters=iters,
                    fast_vs_plain_max_abs_diff=diff)
     b = f"nasnet_a_{name} {size}px b{batch}"
@@ -162,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iters", type=int, default=0, help="calls per timed repeat (default: 2 mobile, 1 large)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU), both sides")
+    parser.add_argument("--amp", nargs="?", const="bf16", default="", choices=tuple(AMP_DTYPES),
+                        help="autocast, both sides: bf16 (the default of --amp alone: what the trainers' TRAIN.AMP "
+                        "bf16 ships) or fp16")
     parser.add_argument("--nchw", action="store_true", help="ours in NCHW (default: channels_last, as shipped)")
     parser.add_argument("--compile", action="store_true",
                         help="also ours fast + torch.compile (about a minute per model on a 2-core CPU)")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``make bench``: run every script under bench/ (CPU-sized defaults), then write bench/RESULTS.md.
+"""``make bench``: run every benchmark script under bench/ (CPU-sized defaults), then write bench/RESULTS.md.
 
 Each script measures ours and a peer in one process and records its rows in bench/results.json (see
 _common.record); this runner also records each script's command, exit code, duration and last output lines
@@ -27,10 +27,11 @@ from _common import BENCH_DIR, REPO, RESULTS_JSON, machine
 
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 SELF = Path(__file__).name
+NOT_BENCHMARKS = {SELF, "gpu_checks.py"}  # gpu_checks.py: bench/gpu.sh's checks, each run with its arguments
 
 
 def scripts(only: list[str], skip: list[str]) -> list[Path]:
-    found = sorted(p for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_") and p.name != SELF)
+    found = sorted(p for p in BENCH_DIR.glob("*.py") if not p.name.startswith("_") and p.name not in NOT_BENCHMARKS)
     if only:
         found = [p for p in found if any(o in p.stem for o in only)]
     return [p for p in found if not any(s in p.stem for s in skip)]

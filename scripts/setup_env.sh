@@ -1,15 +1,31 @@
 #!/usr/bin/env bash
 # Create / update the project virtualenv (.venv) and install everything nasnet-det needs:
-#   1. pinned torch + torchvision          (requirements/constraints.txt)
+#   1. pinned torch + torchvision          (requirements/constraints.txt), the CUDA build TORCH_CUDA names
 #   2. this package, editable, with extras  (pip install -e .[test,ray,export])
 #   3. detectron2: official source first; if that is unreachable, the PyPI republish
 #      sal-detectron2 (pure Python, its compiled _C extension removed)
 #   4. a smoke check (imports, torchvision.ops.nms, a detectron2 Faster R-CNN training forward)
 #
-# Idempotent: a stamp (.venv/.installed) holds a hash of pyproject.toml, this script and the
-# constraints file; when it matches, nothing is reinstalled and the script exits in seconds.
+# Idempotent: a stamp (.venv/.installed) holds a hash of pyproject.toml, this script, the constraints file
+# and the torch build chosen (TORCH_CUDA, TORCH_INDEX_URL); when it matches, nothing is reinstalled and the
+# script exits in seconds. Changing TORCH_CUDA replaces torch and torchvision.
 #
-# Environment knobs:
+# Which torch build (the pinned versions either way):
+#   TORCH_CUDA=pypi    (default) the wheel on PyPI, what `pip install torch` gets: on Linux x86_64 a CUDA 13.0
+#                      build, which needs an NVIDIA driver >= 580 (older drivers: torch.cuda.is_available() is
+#                      False and every `auto` device runs on the CPU)
+#   TORCH_CUDA=cu126 | cu128   CUDA 12.6 / 12.8 builds, NVIDIA driver >= 525
+#   TORCH_CUDA=cu130           CUDA 13.0 build from PyTorch's index, NVIDIA driver >= 580
+#   TORCH_CUDA=cpu             CPU-only build (smaller download, no CUDA)
+#   TORCH_INDEX_URL=URL        where torch/torchvision come from (default for cuXXX / cpu: PyTorch's wheel index
+#                              https://download.pytorch.org/whl/<build>; for pypi: pip's configured index)
+# The build installed (torch.__version__, torch.version.cuda) is printed and recorded in .venv/.torch-build;
+# when nvidia-smi exists the driver is printed, with a one-line warning if the build needs a newer one.
+#
+#   scripts/setup_env.sh --print-torch-plan   print the torch build, the pip commands it would run and the
+#                                             stamp hash, then exit (installs nothing, creates nothing)
+#
+# Other environment knobs:
 #   VENV=path          venv location (default: <repo>/.venv)
 #   PYTHON=python3     interpreter used to create the venv
 #   FORCE=1            ignore the stamp and redo every step
@@ -31,21 +47,129 @@ D2_FALLBACK_SPEC="sal-detectron2==0.7.2"
 D2_FALLBACK_DIR="$VENV/detectron2-fallback"
 D2_PTH_NAME="detectron2-fallback.pth"
 
+TORCH_BUILD_FILE="$VENV/.torch-build"
+
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
 
 START=$SECONDS
 log() { printf '[setup_env] %s\n' "$*"; }
+fail() { printf '[setup_env] error: %s\n' "$*" >&2; exit 2; }
+
+PLAN_ONLY=0
+for arg in "$@"; do
+    case "$arg" in
+        --print-torch-plan) PLAN_ONLY=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) fail "unknown argument '$arg' (expected --print-torch-plan or --help)" ;;
+    esac
+done
+
+# --------------------------------------------------------------------------- which torch build
+# Oldest NVIDIA driver of each build, and of each CUDA major version: the same numbers as
+# nasnet_det/engine/devices.py TORCH_BUILDS / MIN_DRIVER (which cannot be imported before torch is installed;
+# tests/test_setup_env.py checks that the tables agree).
+declare -A BUILD_MIN_DRIVER=([cu126]=525 [cu128]=525 [cu130]=580 [cpu]=0)
+declare -A CUDA_MIN_DRIVER=([11]=450 [12]=525 [13]=580)
+PYPI_LINUX_X86_64_BUILD=cu130   # what PyPI's torch wheel is built with on Linux x86_64
+
+TORCH_CUDA="${TORCH_CUDA:-pypi}"
+case "$TORCH_CUDA" in
+    pypi)
+        TORCH_INDEX="${TORCH_INDEX_URL:-}"
+        if [[ "$(uname -s)-$(uname -m)" == Linux-x86_64 ]]; then
+            BUILD_FOR_DRIVER=$PYPI_LINUX_X86_64_BUILD
+            BUILD_DESC="the PyPI wheel (a CUDA 13.0 build on Linux x86_64)"
+        else
+            BUILD_FOR_DRIVER=""
+            BUILD_DESC="the PyPI wheel for $(uname -s) $(uname -m)"
+        fi ;;
+    cu126|cu128|cu130|cpu)
+        TORCH_INDEX="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$TORCH_CUDA}"
+        BUILD_FOR_DRIVER=$TORCH_CUDA
+        if [[ $TORCH_CUDA == cpu ]]; then
+            BUILD_DESC="the CPU-only build"
+        else
+            BUILD_DESC="the CUDA ${TORCH_CUDA:2:2}.${TORCH_CUDA:4} build"
+        fi ;;
+    *) fail "TORCH_CUDA must be one of pypi (default), cu126, cu128, cu130, cpu; got '$TORCH_CUDA'" ;;
+esac
+if [[ -n "$TORCH_INDEX" && ! "$TORCH_INDEX" =~ ^(https?|file):// ]]; then
+    fail "TORCH_INDEX_URL must be the http(s):// or file:// URL of a pip index, got '$TORCH_INDEX'"
+fi
+NEED_DRIVER=""
+[[ -n "$BUILD_FOR_DRIVER" ]] && NEED_DRIVER="${BUILD_MIN_DRIVER[$BUILD_FOR_DRIVER]}"
+TORCH_PIP_ARGS=(-c "$CONSTRAINTS")
+[[ -n "$TORCH_INDEX" ]] && TORCH_PIP_ARGS+=(--index-url "$TORCH_INDEX")
+TORCH_PIP_ARGS+=(torch torchvision)
+
+# The build installed now, from torch's version label (2.14.1+cu128 -> cu128; no label: the PyPI wheel).
+installed_torch_build() {
+    [[ -x "$PY" ]] || { echo none; return; }
+    "$PY" -c '
+from importlib.metadata import PackageNotFoundError, version
+try:
+    v = version("torch")
+except PackageNotFoundError:
+    v = ""
+print((v.split("+", 1)[1] if "+" in v else "pypi") if v else "none")' 2>/dev/null || echo none
+}
+
+# When nvidia-smi answers: the driver, and one warning line if it is older than the build needs ($1).
+check_driver() {
+    local need="$1" driver major fits=""
+    command -v nvidia-smi >/dev/null 2>&1 || return 0
+    driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')"
+    if [[ -z "$driver" ]]; then
+        log "nvidia-smi found no GPU / driver"
+        return 0
+    fi
+    log "NVIDIA driver $driver"
+    major="${driver%%.*}"
+    [[ -n "$need" && "$need" -gt 0 && "$major" =~ ^[0-9]+$ ]] || return 0
+    if (( major < need )); then
+        for b in cu130 cu128 cu126; do
+            if (( BUILD_MIN_DRIVER[$b] <= major )); then fits=$b; break; fi
+        done
+        log "WARNING: TORCH_CUDA=$TORCH_CUDA ($BUILD_DESC) needs an NVIDIA driver >= $need but this machine has" \
+            "$driver: torch.cuda.is_available() will be False and every auto device will run on the CPU;" \
+            "update the driver or use TORCH_CUDA=${fits:-cpu}"
+    fi
+}
 
 compute_hash() {
-    cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" "$CONSTRAINTS" | sha256sum | cut -d' ' -f1
+    { cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup_env.sh" "$CONSTRAINTS"
+      printf 'TORCH_CUDA=%s\nTORCH_INDEX=%s\n' "$TORCH_CUDA" "$TORCH_INDEX"; } | sha256sum | cut -d' ' -f1
 }
 HASH="$(compute_hash)"
+INSTALLED_BUILD="$(installed_torch_build)"
+REPLACE_TORCH=0
+[[ "$INSTALLED_BUILD" != none && "$INSTALLED_BUILD" != "$TORCH_CUDA" ]] && REPLACE_TORCH=1
+
+if (( PLAN_ONLY )); then
+    need_text=""
+    if [[ -n "$NEED_DRIVER" ]]; then
+        if (( NEED_DRIVER > 0 )); then need_text=", needs an NVIDIA driver >= $NEED_DRIVER"; else need_text=", no GPU driver needed"; fi
+    fi
+    log "torch plan: TORCH_CUDA=$TORCH_CUDA, $BUILD_DESC$need_text"
+    log "index: ${TORCH_INDEX:-PyPI (or the index pip is configured with)}"
+    if (( REPLACE_TORCH )); then
+        log "installed now: $INSTALLED_BUILD, to be replaced"
+        log "would run: python -m pip uninstall -y torch torchvision"
+    else
+        log "installed now: $INSTALLED_BUILD"
+    fi
+    log "would run: python -m pip install ${TORCH_PIP_ARGS[*]}"
+    log "stamp hash: $HASH"
+    check_driver "$NEED_DRIVER"
+    exit 0
+fi
 
 # --------------------------------------------------------------------------- no-op fast path
 if [[ "${FORCE:-0}" != 1 && -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$HASH" ]]; then
     touch "$STAMP"   # keep make's mtime check happy after e.g. a fresh checkout
-    log "environment up to date ($VENV, detectron2: $(cat "$D2_SOURCE_FILE" 2>/dev/null || echo unknown)); nothing to do"
+    log "environment up to date ($VENV; $(grep -s '^torch' "$TORCH_BUILD_FILE" | paste -sd' ' || true);" \
+        "detectron2: $(cat "$D2_SOURCE_FILE" 2>/dev/null || echo unknown)); nothing to do"
     exit 0
 fi
 
@@ -63,10 +187,24 @@ rm -f "$STAMP"
 pip_install() { "$PY" -m pip install -c "$CONSTRAINTS" "$@"; }
 
 # --------------------------------------------------------------------------- torch
-log "installing pinned torch/torchvision (+ setuptools<81, pip, wheel)"
+log "torch: TORCH_CUDA=$TORCH_CUDA, $BUILD_DESC, from ${TORCH_INDEX:-PyPI}"
+check_driver "$NEED_DRIVER"
 pip_install --upgrade pip
+if (( REPLACE_TORCH )); then
+    # The pin (torch==2.14.1) matches every build, so pip would keep the installed one: remove it first.
+    log "replacing the installed torch build ($INSTALLED_BUILD) with $TORCH_CUDA"
+    "$PY" -m pip uninstall -y torch torchvision
+fi
+"$PY" -m pip install "${TORCH_PIP_ARGS[@]}"
 # setuptools<81: detectron2 imports pkg_resources, which newer setuptools no longer ships.
-pip_install torch torchvision "setuptools<81" wheel
+pip_install "setuptools<81" wheel
+read -r TORCH_VERSION TORCH_BUILT_CUDA < <("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda or "none")')
+printf 'TORCH_CUDA=%s\nTORCH_INDEX_URL=%s\ntorch=%s\ntorch.version.cuda=%s\n' "$TORCH_CUDA" "${TORCH_INDEX:-PyPI}" \
+    "$TORCH_VERSION" "$TORCH_BUILT_CUDA" > "$TORCH_BUILD_FILE"
+log "installed torch $TORCH_VERSION (CUDA: $TORCH_BUILT_CUDA); recorded in $TORCH_BUILD_FILE"
+if [[ -z "$NEED_DRIVER" && "$TORCH_BUILT_CUDA" != none ]]; then  # the build was not known before installing
+    check_driver "${CUDA_MIN_DRIVER[${TORCH_BUILT_CUDA%%.*}]:-}"
+fi
 
 # --------------------------------------------------------------------------- this package
 log "installing nasnet-det (editable) with extras [test,ray,export]"

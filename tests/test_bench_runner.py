@@ -44,9 +44,37 @@ def test_results_md_names_the_machine_of_each_section(monkeypatch):
     assert "Machine: GPU NVIDIA H200, 16 torch threads" in gpu_part
 
 
+def test_bench_model_amp_is_bf16_as_the_trainers_ship_it(monkeypatch):
+    """``--amp`` alone autocasts to bfloat16 on CUDA too (TRAIN.AMP bf16 is what the trainers ship); fp16 is
+    asked for by name."""
+    import warnings
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_model
+
+    parser = bench_model.build_parser()
+    with warnings.catch_warnings():  # no GPU here: torch says it disables CUDA autocast; its dtype stays
+        warnings.simplefilter("ignore")
+        for argv, dtype in ((["--amp"], torch.bfloat16), (["--amp", "fp16"], torch.float16),
+                            (["--amp", "--compile"], torch.bfloat16)):
+            args = parser.parse_args(["--device", "cuda", *argv])
+            assert bench_model.autocast_context(args.device, args.amp).fast_dtype == dtype, argv
+    assert not isinstance(bench_model.autocast_context("cuda", parser.parse_args([]).amp), torch.autocast)
+
+
+def test_make_bench_leaves_out_the_gpu_checks(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import run_all
+
+    names = {p.name for p in run_all.scripts([], [])}
+    assert "bench_model.py" in names and "gpu_checks.py" not in names and "run_all.py" not in names
+
+
 def test_bench_model_cpu_path_of_the_gpu_commands_runs_and_reports_every_row():
-    """bench/gpu.sh runs bench_model.py with --amp (and the peers in channels_last); the same code on the CPU
-    (bf16 autocast), small: every row comes out, with a finite positive ratio."""
+    """bench/gpu.sh runs bench_model.py with --amp bf16 (and the peers in channels_last); the same code on the
+    CPU, small: every row comes out, with a finite positive ratio."""
     import math
     import os
     import re
@@ -78,7 +106,7 @@ def test_every_command_of_gpu_sh_parses_with_its_script(monkeypatch):
     script_text = (BENCH / "gpu.sh").read_text().replace("\\\n", " ")  # continued lines joined
     commands = [(script, re.split(r"\s(?:\|\||&&|;|\||>)\s", args)[0])  # the command's own arguments only
                 for script, args in re.findall(r"\$PY (bench/\w+\.py)([^\n]*)", script_text)]
-    assert {c for c, _ in commands} >= {"bench/bench_model.py", "bench/bench_detection.py", "bench/run_all.py"}
+    assert {c for c, _ in commands} >= {"bench/bench_model.py", "bench/bench_latency_lut.py", "bench/gpu_checks.py"}
     for script, args in commands:
         spec = importlib.util.spec_from_file_location(f"gpu_sh_{Path(script).stem}", BENCH.parent / script)
         module = importlib.util.module_from_spec(spec)
