@@ -36,8 +36,8 @@ from nasnet_det.utils.logs import show_package_logs
 
 # Trainer and its parts are imported from here by the tools and tests that predate nasnet_det.detection.trainer.
 __all__ = ["SCHEDULE_FILE", "ExactResume", "Trainer", "argument_parser", "build_nasnet_detector", "effective_config",
-           "finish_completed_run", "prepare_devices", "remove_stale_outputs", "run", "setup", "start_over",
-           "train_main", "unevaluated_datasets", "validate_detection_config"]
+           "finalize_completed_run", "finish_completed_run", "prepare_devices", "remove_stale_outputs", "run",
+           "setup", "start_over", "train_main", "unevaluated_datasets", "validate_detection_config"]
 logger = logging.getLogger(__name__)
 
 
@@ -164,19 +164,24 @@ def unevaluated_datasets(cfg: CfgNode) -> list[str]:
     return [n for n in cfg.DATASETS.TEST if not evaluated(n)]
 
 
-def finish_completed_run(cfg: CfgNode, trainer: Trainer):
-    """Every iteration is done (a rerun of a finished command, or a kill after the last step): write
-    ``model_final.pth`` and the final evaluation if the interrupted run did not get to them, then report.
-
-    Rank 0 writes the file and, once every rank has passed the barrier after it, alone decides from the files
-    which datasets to evaluate; every rank evaluates that list. Ranks reading the files themselves could see no
-    ``model_final.pth`` yet, or disagree, and one would enter evaluation's collectives alone (a hang)."""
-    results = None
+def finalize_completed_run(cfg: CfgNode, trainer: Trainer) -> list[str]:
+    """Every iteration is done: rank 0 writes ``model_final.pth`` if the interrupted run did not get to it and,
+    once every rank has passed the barrier after that, alone decides from the files which DATASETS.TEST still
+    need their final evaluation. Returns that list, the same on every rank: ranks reading the files themselves
+    could find no ``model_final.pth`` yet, or disagree, and one would enter evaluation's collectives alone (a
+    hang)."""
     if comm.is_main_process() and os.path.basename(trainer.checkpointer.loaded_path) != FINAL_CHECKPOINT:
         logger.info("all %d iterations are done but %s is missing: writing it", trainer.max_iter, FINAL_CHECKPOINT)
         trainer.checkpointer.save(FINAL_CHECKPOINT[: -len(".pth")], iteration=trainer.start_iter - 1)
     comm.synchronize()
-    unevaluated = comm.all_gather(unevaluated_datasets(cfg) if comm.is_main_process() else None)[0]
+    return comm.all_gather(unevaluated_datasets(cfg) if comm.is_main_process() else None)[0]
+
+
+def finish_completed_run(cfg: CfgNode, trainer: Trainer):
+    """A rerun of a finished command, or a kill after the last step: ``model_final.pth`` and the final evaluation
+    are completed if the interrupted run did not get to them (:func:`finalize_completed_run`), then reported."""
+    results = None
+    unevaluated = finalize_completed_run(cfg, trainer)
     if unevaluated:
         logger.info("the final evaluation of %s is missing: evaluating %s", ", ".join(unevaluated), FINAL_CHECKPOINT)
         eval_cfg = cfg.clone()
