@@ -110,12 +110,15 @@ def test_a_real_run_trains_the_effective_schedule_and_writes_schedule_json(tmp_p
     # trains 2 iterations of 2 images at LR 0.005
     cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.REFERENCE_WORLD_SIZE, cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 4, 2, 4
     cfg.SOLVER.CHECKPOINT_PERIOD = 1
+    cfg.MODEL.NASNET.DROP_PATH_KEEP_PROB = 0.7
     trainer = Trainer(cfg)
     kinds = [type(h) for h in trainer.build_hooks() if h is not None]
     assert kinds.index(GatherRngStates) < kinds.index(PeriodicCheckpointer)  # every rank's RNG reaches the save
     trainer.train()
     assert trainer.max_iter == 2 and len(trainer.storage.history("total_loss").values()) == 2
     assert trainer.optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.005)
+    # ScheduledDropPath follows the effective iterations: set before step 2 of 2 (of 1 written: progress 0)
+    assert trainer.model.roi_heads.res5.nasnet.cell_2.drop_prob == pytest.approx(0.3 * (1 / 2))
     saved = sorted(p.name for p in (tmp_path / "out").glob("model_*.pth"))
     assert saved == ["model_0000001.pth", "model_final.pth"]  # CHECKPOINT_PERIOD 1 of 4 images -> 2 of 2
     record = json.loads((tmp_path / "out" / SCHEDULE_FILE).read_text())
