@@ -8,7 +8,8 @@ from helpers.data import shapes_dataset
 from test_detection_train import train_cfg
 
 from nasnet_det.detection.data import register_coco_dataset
-from nasnet_det.detection.train import AutocastForward, Trainer
+from nasnet_det.detection.precision import AutocastForward
+from nasnet_det.detection.train import Trainer
 
 STEPS = 3
 # bfloat16 keeps 8 bits of mantissa (~0.4% per rounding); over a few steps of a tiny detector the total loss

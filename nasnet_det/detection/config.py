@@ -18,12 +18,13 @@ NORMS = ("BN", "FrozenBN", "SyncBN")
 
 def add_nasnet_config(cfg: CN) -> CN:
     """Add ``MODEL.NASNET`` (:func:`nasnet_det.models.config.add_nasnet_model_config`, default preset
-    ``nasnet_a_mobile``) plus the detection keys ``MODEL.NASNET.OUT_FEATURES / FREEZE_AT / NORM`` and
-    ``DATASETS.COCO_FILES``. ``MODEL.NASNET.WEIGHTS`` is the ImageNet-pretrained NASNet (a nasnet-det
-    checkpoint or a timm / pretrainedmodels state dict), loaded after the detector is built; ``MODEL.WEIGHTS``
-    (a detectron2 checkpoint) is loaded afterwards and overrides it. The backbone has no classifier, so
-    ``AUX_HEAD`` and ``DROPOUT`` are unused; ``DROP_PATH_KEEP_PROB`` applies to every NASNet cell (C4: trunk
-    and second stage, as TF)."""
+    ``nasnet_a_mobile``) plus the detection keys ``MODEL.NASNET.OUT_FEATURES / FREEZE_AT / NORM``,
+    ``SOLVER.REFERENCE_IMS_PER_BATCH``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FILES``.
+    ``MODEL.NASNET.WEIGHTS`` is the ImageNet-pretrained NASNet (a nasnet-det checkpoint or a timm /
+    pretrainedmodels state dict), loaded after the detector is built; ``MODEL.WEIGHTS`` (a detectron2
+    checkpoint) is loaded afterwards and overrides it. The backbone has no classifier, so ``AUX_HEAD`` and
+    ``DROPOUT`` are unused; ``DROP_PATH_KEEP_PROB`` applies to every NASNet cell (C4: trunk and second stage,
+    as TF)."""
     add_nasnet_model_config(cfg, "nasnet_a_mobile")
     n = cfg.MODEL.NASNET
     # Multi-scale taps for build_nasnet_backbone / build_nasnet_fpn_backbone: cell names ("cell_3",
@@ -40,6 +41,9 @@ def add_nasnet_config(cfg: CN) -> CN:
     # follows the process count when SOLVER.REFERENCE_WORLD_SIZE > 0) the trainer derives the effective values
     # linearly, prints them and writes OUTPUT_DIR/schedule.json (nasnet_det/engine/scaling.py). 0 = as written.
     cfg.SOLVER.REFERENCE_IMS_PER_BATCH = 0
+    # With SOLVER.AMP.ENABLED: the autocast dtype (nasnet_det/detection/precision.py). "auto": bfloat16 on GPUs
+    # that compute it natively (compute capability >= 8) and on a CPU, else float16 with a gradient scaler.
+    cfg.SOLVER.AMP.PRECISION = "auto"
 
     # COCO-format datasets to register before training: "name=path/to/annotations.json:path/to/images".
     cfg.DATASETS.COCO_FILES = []

@@ -184,12 +184,15 @@ def detection_schedule(cfg, processes: int, train_images: int = 0) -> DetectionS
     def inverse(n: int) -> int:
         return int(round(n / scale))
 
+    def period(n: int) -> int:  # a positive period stays one (0 = never: a short period must not switch it off)
+        return max(1, inverse(n)) if n > 0 else n
+
     max_iter = max(1, inverse(s.MAX_ITER))
     epochs = max_iter * ims / train_images if train_images else 0.0
     return DetectionSchedule(processes, ims, ims // processes if ims % processes == 0 else 0, reference, ref_world,
                              float(s.BASE_LR), float(s.BASE_LR * scale), max_iter,
                              tuple(inverse(x) for x in s.STEPS), inverse(s.WARMUP_ITERS),
-                             max(1, inverse(s.CHECKPOINT_PERIOD)), inverse(cfg.TEST.EVAL_PERIOD), float(epochs),
+                             max(1, inverse(s.CHECKPOINT_PERIOD)), period(cfg.TEST.EVAL_PERIOD), float(epochs),
                              int(train_images))
 
 
