@@ -1,5 +1,5 @@
 """The recipe follows the global batch: effective LR, steps and EMA decay from SOLVER.REFERENCE_BATCH_SIZE
-(nasnet_det/engine/scaling.py), recorded in schedule.json."""
+(nasnet_det/engine/scaling.py), recorded in schedule.json; each process draws its own augmentation."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers.train import tiny_cfg
@@ -14,7 +15,8 @@ from helpers.train import tiny_cfg
 from nasnet_det.classification import Trainer
 from nasnet_det.classification.config import load_config
 from nasnet_det.classification.optim import lr_multiplier_fn
-from nasnet_det.classification.sampler import ShardedEpochSampler
+from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
+from nasnet_det.engine.distributed import DistInfo
 from nasnet_det.engine.scaling import classification_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,3 +127,21 @@ def test_resume_at_another_global_batch_continues_at_its_effective_lr(tmp_path, 
     assert resumed.scheduler.base_lrs == [0.2, 0.2] and resumed.state.step == 4
     assert json.loads((tmp_path / "schedule.json").read_text())["start_step"] == 2
 
+
+def test_each_process_draws_its_own_augmentation_in_loader_workers(tmp_path):
+    # Every training image is the same, so two batches differ only by their random crops, flips and cutouts.
+    npz = tmp_path / "same.npz"
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    np.savez(npz, x_train=np.repeat(image[None], 48, axis=0), y_train=np.zeros(48, np.uint8))
+    trainer = Trainer(tiny_cfg(tmp_path / "run", "DATA.SOURCE", f"npz:{npz}", "DATA.NUM_WORKERS", 1))
+    first = {}
+    for rank in (0, 1):  # the loader process `rank` of 2 builds (no process group needed to build it)
+        trainer.dist = DistInfo(rank, 2, rank, torch.device("cpu"))
+        batches, _ = trainer._train_batches()
+        first[rank] = next(batches)[0]
+        del batches  # stops its worker
+    assert not torch.equal(first[0], first[1])
+    # Rank 0 keeps the seed single-process runs always had, so they (and their resume) are unchanged.
+    assert train_loader_seed(3, 2, 40, 0) == 3 * 1_000_003 + 2 * 7919 + 40
+    # torch seeds its CPU generator with a seed's low 32 bits: there, 4096 processes' seeds all differ.
+    assert len({train_loader_seed(3, 2, 40, rank) % 2 ** 32 for rank in range(4096)}) == 4096

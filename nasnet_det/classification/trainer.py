@@ -53,7 +53,7 @@ from nasnet_det.classification.optim import (
     set_base_lr,
     upgrade_former_rmsprop_state,
 )
-from nasnet_det.classification.sampler import ShardedEpochSampler
+from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
 from nasnet_det.engine.checkpoint import remove_files
 from nasnet_det.engine.devices import describe_device
@@ -280,7 +280,7 @@ class Trainer:
             collate_fn=self.data.collate_fn, num_workers=cfg.DATA.NUM_WORKERS,
             pin_memory=self.device.type == "cuda",
             # Worker seeds come from this generator, not the global RNG, so resuming does not shift it.
-            generator=torch.Generator().manual_seed(cfg.SEED * 1_000_003 + self.state.epoch * 7919 + skip))
+            generator=torch.Generator().manual_seed(train_loader_seed(cfg.SEED, self.state.epoch, skip, d.rank)))
         return iter(loader), len(loader) // cfg.SOLVER.ACCUM_STEPS
 
     # ---- loop
