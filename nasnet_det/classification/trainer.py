@@ -155,9 +155,14 @@ class Trainer:
         if self.dist.distributed:
             if cfg.TRAIN.SYNC_BN and cuda:
                 self.ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # SOLVER.AUX_WEIGHT 0 with an aux head: the loss does not compute the head (steps.py), so its
+            # parameters get no gradient, which DDP must be told to expect (else it fails at the next step). The
+            # head stays in the network: checkpoints keep the config's architecture.
+            aux_unused = model.aux_head is not None and s.AUX_WEIGHT == 0
             self.ddp_model = DistributedDataParallel(
                 self.ddp_model, device_ids=[self.device.index] if cuda else None,
-                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype))
+                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype)
+                or aux_unused)
         self.optimizer = build_optimizer(cfg, model, lr=self.schedule.lr)
         # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
         random_seed(cfg.SEED, 7919 * self.dist.rank)
