@@ -139,3 +139,21 @@ def test_the_embedded_cifar10_sample_as_an_image_folder_is_its_real_photos(tmp_p
         load_config(None, ["DATA.DATASET", "imagenet", "DATA.IMAGE_SAMPLE", "coco"])
     with pytest.raises(ValueError, match=r"DATA.IMAGE_SAMPLE 'cifar10' and DATA.FAKE_CLASSES 4 both choose"):
         load_config(None, ["DATA.DATASET", "imagenet", "DATA.IMAGE_SAMPLE", "cifar10", "DATA.FAKE_CLASSES", "4"])
+
+
+def test_a_flat_val_folder_is_one_line_naming_data_val_dir_and_the_valprep_step(tmp_path, fake, capsys):
+    from nasnet_det.classification.cli import main
+
+    train_dir, val_dir = fake
+    flat = tmp_path / "val_flat"  # ImageNet's validation archive unpacks so: images, no class folders
+    flat.mkdir()
+    for i, image in enumerate(sorted(val_dir.rglob("*.JPEG"))):
+        shutil.copy(image, flat / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    config = Path(__file__).resolve().parents[1] / "configs/train/imagenet_smoke.yaml"
+    argv = ["--config-file", str(config), "--output-dir", str(tmp_path / "run"), "DATA.TRAIN_DIR", str(train_dir),
+            "DATA.VAL_DIR", str(flat)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: DATA.VAL_DIR {flat} holds 6 images directly and no class sub-folders; it must "
+                          "hold one sub-folder per class, named as in DATA.TRAIN_DIR")
+    assert "valprep" in err and err.count("\n") == 1 and "Traceback" not in err

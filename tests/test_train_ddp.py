@@ -3,6 +3,7 @@ training run keeps both replicas (and their weight EMAs) identical while only ra
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -105,3 +106,43 @@ def test_ddp_two_cpu_processes(tmp_path):
         assert torch.equal(value, a["ema"][name]), f"EMA {name}"
     records = (run / "metrics.jsonl").read_text().splitlines()
     assert sum('"type": "train"' in r for r in records) == 3  # rank 0 alone writes the log
+
+
+def _aux_off_worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    from helpers.train import tiny_cfg
+
+    from nasnet_det.classification import Trainer
+    from nasnet_det.engine.distributed import cleanup_distributed, init_distributed
+
+    info = init_distributed("cpu")
+    # The recipe states LR 0.1 and 2 steps for 16 images per step; 2 processes x 4 images train 8 per step.
+    cfg = tiny_cfg(Path(out_dir) / "run", "SOLVER.AUX_WEIGHT", 0.0, "SOLVER.BATCH_SIZE", 4,
+                   "SOLVER.REFERENCE_BATCH_SIZE", 16, "SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 2,
+                   "SOLVER.LR_SCHEDULE", "constant", "TRAIN.EVAL_PERIOD", 2)
+    trainer = Trainer(cfg, info)
+    aux_before = {n: p.detach().clone() for n, p in trainer.model.aux_head.named_parameters()}
+    trainer.train()
+    torch.save({"state_dict": trainer.model.state_dict(), "aux_before": aux_before,
+                "lr": [g["lr"] for g in trainer.optimizer.param_groups], "total_steps": trainer.total_steps},
+               Path(out_dir) / f"aux_off_{rank}.pt")
+    cleanup_distributed()
+
+
+def test_ddp_with_the_aux_head_weighted_0_trains_at_the_global_batchs_lr(tmp_path):
+    # SOLVER.AUX_WEIGHT 0 with MODEL.NASNET.AUX_HEAD on: the aux head gets no gradient, which DDP must expect
+    # (it used to fail at the second step). The recipe's LR and steps follow the world size.
+    mp.spawn(_aux_off_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"aux_off_{r}.pt", weights_only=False) for r in (0, 1))
+    for name, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][name]), name
+    for name, value in a["aux_before"].items():  # untrained: no gradient, so no update and no weight decay
+        assert torch.equal(a["state_dict"][f"aux_head.{name}"], value), name
+    assert a["lr"] == b["lr"] == [0.05, 0.05] and a["total_steps"] == b["total_steps"] == 4
+    schedule = json.loads((tmp_path / "run" / "schedule.json").read_text())
+    assert (schedule["processes"], schedule["global_batch"], schedule["steps"]) == (2, 8, 4)
+    steps = [json.loads(r)["step"] for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if '"type": "train"' in r]
+    assert steps == [1, 2, 3, 4]

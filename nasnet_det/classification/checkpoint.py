@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 
 from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, CrashSafeCheckpointer
+from nasnet_det.models import NASNetArch
 from nasnet_det.models.pretrained import read_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,19 @@ def read_intact_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as exc:  # torn zip, 0 bytes, unpickling error
         raise DamagedCheckpointError(f"checkpoint {path} is damaged or unreadable "
                                      f"({type(exc).__name__}: {exc})") from exc
+
+
+def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,
+                    ignore: tuple[str, ...] = ()) -> None:
+    """Raise a ValueError naming both archs if a checkpoint's network differs from the run's."""
+    theirs, ours = NASNetArch.from_dict(checkpoint_arch, f"{path} arch"), NASNetArch.from_dict(model_arch)
+    differ = theirs.differing_fields(ours, ignore)
+    if differ:
+        raise ValueError(
+            f"checkpoint {path} holds a different network than this run (differs in {', '.join(differ)}):\n  "
+            + "\n  ".join([*theirs.differences(ours, ignore, names=("checkpoint", "this run")),
+                           f"checkpoint: {theirs.describe()}", f"this run:   {ours.describe()}"])
+            + "\nuse another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
 
 
 class TrainingCheckpointer(CrashSafeCheckpointer):

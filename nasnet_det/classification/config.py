@@ -67,7 +67,8 @@ _C.SOLVER.BASE_LR = 0.025
 # The global batch (images per optimizer step: BATCH_SIZE x ACCUM_STEPS x processes) that BASE_LR, MAX_STEPS and
 # EMA_DECAY are stated for. At another global batch the trainer derives the effective values (LR by LR_SCALING,
 # MAX_STEPS inversely so the same images are seen, EMA decay ** ratio), prints them and writes OUTPUT_DIR/
-# schedule.json (nasnet_det/engine/scaling.py). 0 = use them as written at any batch (the smoke configs).
+# schedule.json (nasnet_det/engine/scaling.py). 0 = use them as written at any batch (the smoke configs). EPOCHS and
+# the *_EPOCHS keys follow any batch as written; TRAIN.*_PERIOD count the run's own steps.
 _C.SOLVER.REFERENCE_BATCH_SIZE = 0
 _C.SOLVER.LR_SCALING = "linear"  # "linear" (Goyal et al. 2017), "sqrt" or "none"
 _C.SOLVER.MOMENTUM = 0.9

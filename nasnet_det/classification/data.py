@@ -11,12 +11,14 @@ from torch.utils.data import Dataset, default_collate
 
 from nasnet_det.data import ArrayDataset, cifar_transforms, holdout_split, load_cifar10, load_cifar_source
 from nasnet_det.data.imagenet import (
+    IMG_EXTENSIONS,
     build_imagenet_datasets,
     collate_skipping,
     make_fake_imagenet,
     make_sample_image_folder,
 )
 from nasnet_det.engine.distributed import barrier
+from nasnet_det.utils.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,21 @@ class ClassificationData:
     image_size: int
     collate_fn: Callable
     description: str
+
+
+def check_not_flat(folder: str | Path, key: str) -> None:
+    """Raise one line naming ``key`` when ``folder`` holds images directly and no class sub-folders: ImageNet's
+    validation archive unpacks so (50,000 JPEGs, labels in the devkit), and the labels need one folder per class."""
+    root = Path(folder)
+    if not root.is_dir() or any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+        return  # missing folders and class layouts are checked with the datasets (nasnet_det/data/imagenet.py)
+    images = sum(p.is_file() and p.suffix.lower() in IMG_EXTENSIONS for p in root.iterdir())
+    if images:
+        raise BadInputError(
+            f"{key} {root} holds {images} images directly and no class sub-folders; it must hold one sub-folder "
+            "per class, named as in DATA.TRAIN_DIR (n01440764/ ...): move each image into its class folder first "
+            "(the usual ImageNet valprep step; e.g. torchvision.datasets.ImageNet(ROOT, split='val') with "
+            "ILSVRC2012_img_val.tar and the devkit in ROOT writes ROOT/val/<class>/)")
 
 
 def build_data(cfg, output_dir: str | Path, is_main: bool = True) -> ClassificationData:
@@ -78,6 +95,9 @@ def build_data(cfg, output_dir: str | Path, is_main: bool = True) -> Classificat
         train_dir, val_dir = root / "train", root / "val"
     elif not val_dir:
         raise ValueError("DATA.VAL_DIR is empty; give the ImageNet validation folder (one sub-folder per class)")
+    else:
+        check_not_flat(train_dir, "DATA.TRAIN_DIR")
+        check_not_flat(val_dir, "DATA.VAL_DIR")
     train, val = build_imagenet_datasets(train_dir, val_dir, d.IMAGE_SIZE, d.VAL_CROP_FRACTION,
                                          d.MIN_CROP_AREA, d.COLOR_JITTER)
     where = (f"ImageFolder train {train_dir} ({len(train)} images), val {val_dir} ({len(val)}), "

@@ -25,7 +25,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 __all__ = ["ModelEma", "RMSpropTF", "build_optimizer", "build_scheduler", "lr_multiplier_fn", "parameter_groups",
-           "upgrade_former_rmsprop_state"]
+           "set_base_lr", "upgrade_former_rmsprop_state"]
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -38,13 +38,16 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias:
         ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
 
 
-def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+    """``cfg.SOLVER``'s optimizer at ``lr``: the run's effective LR (the trainer passes its schedule's, see
+    nasnet_det/engine/scaling.py); None = ``SOLVER.BASE_LR`` as written."""
     s = cfg.SOLVER
+    lr = s.BASE_LR if lr is None else lr
     groups = parameter_groups(model, s.WEIGHT_DECAY, s.WEIGHT_DECAY_NORM_AND_BIAS)
     if s.OPTIMIZER == "sgd":
-        return torch.optim.SGD(groups, lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
+        return torch.optim.SGD(groups, lr=lr, momentum=s.MOMENTUM, nesterov=s.NESTEROV)
     if s.OPTIMIZER == "rmsprop":  # coupled weight decay (L2 in the loss), as slim
-        return RMSpropTF(groups, lr=s.BASE_LR, alpha=s.RMSPROP_DECAY, eps=s.RMSPROP_EPS, momentum=s.MOMENTUM)
+        return RMSpropTF(groups, lr=lr, alpha=s.RMSPROP_DECAY, eps=s.RMSPROP_EPS, momentum=s.MOMENTUM)
     raise ValueError(f"SOLVER.OPTIMIZER must be 'sgd' or 'rmsprop', got {s.OPTIMIZER!r}")
 
 
@@ -112,6 +115,19 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, total_steps: int,
                     steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per optimizer step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier_fn(cfg, total_steps, steps_per_epoch))
+
+
+def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float) -> bool:
+    """Make ``lr`` the base LR of ``optimizer``'s groups and of ``scheduler`` (a :func:`build_scheduler` LambdaLR),
+    with the current LR at ``lr`` x the schedule's multiplier of the current step. Returns False (and changes
+    nothing) when every base LR is ``lr`` already."""
+    if all(base == lr for base in scheduler.base_lrs):
+        return False
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, multiplier in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * multiplier(scheduler.last_epoch)
+    return True
 
 
 class ModelEma(ModelEmaV3):

@@ -35,3 +35,17 @@ class ShardedEpochSampler(torch.utils.data.Sampler[int]):
         per_rank = len(range(self.rank, self.size, self.world_size)) if not self.shuffle \
             else -(-self.size // self.world_size)
         return max(0, per_rank - self.skip)
+
+
+# An odd multiplier (2^32 / golden ratio): rank x it mod 2^32 differs for every rank below 2^32.
+_RANK_MULTIPLIER = 0x9E3779B9
+
+
+def train_loader_seed(seed: int, epoch: int, skip: int, rank: int) -> int:
+    """The seed of a process's training DataLoader generator, from which its workers' RNG seeds are drawn.
+
+    Each process must draw its own augmentation (random crops, flips, cutouts): with one seed for all, every
+    process's workers would draw the same random numbers. Rank 0 keeps the seed it always had (single-process
+    runs and their resume are unchanged). torch's CPU generator (mt19937) uses only a seed's low 32 bits, so the
+    rank term lives there: no two processes share a seed at the same epoch and position."""
+    return seed * 1_000_003 + epoch * 7919 + skip + (rank * _RANK_MULTIPLIER) % 2 ** 32

@@ -17,9 +17,15 @@ from nasnet_det.engine.distributed import all_gather_union, all_reduce_sum
 
 def classification_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, aux_weight: float,
                         label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total loss incl. aux head, main loss, logits). Always calls ``model(x, return_aux=True)`` so DDP
-    hooks fire; losses are computed in float32 even under autocast."""
-    logits, aux_logits = model(x, return_aux=True)
+    """(total loss incl. aux head, main loss, logits); losses are computed in float32 even under autocast.
+
+    With ``aux_weight`` 0 the aux head is not computed (no work for nothing): DDP's unused-parameter detection,
+    which the trainer then turns on, traverses the graph from the forward's outputs and requires each of them to
+    take part in the loss."""
+    if aux_weight > 0:
+        logits, aux_logits = model(x, return_aux=True)
+    else:
+        logits, aux_logits = model(x), None
     main = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     total = main
     if aux_logits is not None and aux_weight > 0:

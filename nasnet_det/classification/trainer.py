@@ -41,18 +41,27 @@ from tqdm import tqdm
 from nasnet_det.classification.checkpoint import (
     LAST_CHECKPOINT,
     TrainingCheckpointer,
+    check_same_arch,
     read_intact_checkpoint,
 )
 from nasnet_det.classification.data import ClassificationData, build_data
 from nasnet_det.classification.metrics import MetricsWriter
-from nasnet_det.classification.optim import ModelEma, build_optimizer, build_scheduler, upgrade_former_rmsprop_state
-from nasnet_det.classification.sampler import ShardedEpochSampler
+from nasnet_det.classification.optim import (
+    ModelEma,
+    build_optimizer,
+    build_scheduler,
+    set_base_lr,
+    upgrade_former_rmsprop_state,
+)
+from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.classification.steps import accumulate_gradients, evaluate, to_device
 from nasnet_det.engine.checkpoint import remove_files
+from nasnet_det.engine.devices import describe_device
 from nasnet_det.engine.distributed import DistInfo, all_gather_union, all_reduce_sum, barrier, init_distributed
 from nasnet_det.engine.metrics import truncate_metrics
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
-from nasnet_det.models import NASNetArch, create_model
+from nasnet_det.engine.scaling import classification_schedule
+from nasnet_det.models import create_model
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.hub import is_named_weights
 from nasnet_det.models.nasnet import NASNet
@@ -64,6 +73,7 @@ logger = logging.getLogger(__name__)
 
 # Files a finished run leaves next to its checkpoints; a fresh run in the same folder removes them.
 RUN_OUTPUTS = ("metrics.jsonl", "final_metrics.json", "model_final.pth", "training_curves.png")
+SCHEDULE_FILE = "schedule.json"  # the effective LR / steps / EMA of the current run (rewritten at each start)
 
 
 @dataclass
@@ -83,19 +93,6 @@ class TrainState:
 def build_model(cfg, num_classes: int, image_size: int) -> NASNet:
     return create_model(cfg, dataset="cifar" if cfg.DATA.DATASET == "cifar10" else "imagenet",
                         num_classes=num_classes, image_size=image_size)
-
-
-def check_same_arch(checkpoint_arch: dict, model_arch: dict, path: str | Path,
-                    ignore: tuple[str, ...] = ()) -> None:
-    """Raise a ValueError naming both archs if a checkpoint's network differs from the run's."""
-    theirs, ours = NASNetArch.from_dict(checkpoint_arch, f"{path} arch"), NASNetArch.from_dict(model_arch)
-    differ = theirs.differing_fields(ours, ignore)
-    if differ:
-        raise ValueError(
-            f"checkpoint {path} holds a different network than this run (differs in {', '.join(differ)}):\n  "
-            + "\n  ".join([*theirs.differences(ours, ignore, names=("checkpoint", "this run")),
-                           f"checkpoint: {theirs.describe()}", f"this run:   {ours.describe()}"])
-            + "\nuse another OUTPUT_DIR, or set MODEL.NASNET.* to the checkpoint's architecture")
 
 
 # ----------------------------------------------------------------------------------------------- process
@@ -130,27 +127,11 @@ class Trainer:
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.TRAIN.AMP)
 
         self.data: ClassificationData = build_data(cfg, self.output_dir, self.dist.is_main)
-        random_seed(cfg.SEED)  # identical initial weights on every process
-        model = build_model(cfg, self.data.num_classes, self.data.image_size)
-        if cfg.MODEL.NASNET.WEIGHTS:
-            self._load_initial_weights(model, cfg.MODEL.NASNET.WEIGHTS)
-        model.to(self.device)  # keeps the layout MODEL.NASNET.CHANNELS_LAST gave the weights
-        self.channels_last = model.channels_last  # batches are moved to the device in that layout
-        self.model = model
-        self.ema = ModelEma(model, cfg.SOLVER.EMA_DECAY, warmup=cfg.SOLVER.EMA_WARMUP) \
-            if cfg.SOLVER.EMA_DECAY > 0 else None
-        self.ddp_model: nn.Module = model
-        if self.dist.distributed:
-            if cfg.TRAIN.SYNC_BN and cuda:
-                self.ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            self.ddp_model = DistributedDataParallel(
-                self.ddp_model, device_ids=[self.device.index] if cuda else None,
-                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype))
-        self.optimizer = build_optimizer(cfg, model)
-        # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
-        random_seed(cfg.SEED, 7919 * self.dist.rank)
-
         s = cfg.SOLVER
+        # The effective LR, steps and EMA decay at this run's global batch (BATCH_SIZE x ACCUM_STEPS x processes):
+        # the one rule of nasnet_det/engine/scaling.py, which `nasnet-det plan` prints too. MAX_STEPS counts steps
+        # of REFERENCE_BATCH_SIZE images; REFERENCE_BATCH_SIZE 0 keeps every value as written.
+        self.schedule = classification_schedule(s, self.dist.world_size, len(self.data.train))
         per_rank = len(ShardedEpochSampler(len(self.data.train), self.dist.rank, self.dist.world_size))
         self.steps_per_epoch = per_rank // s.BATCH_SIZE // s.ACCUM_STEPS
         if self.steps_per_epoch < 1:
@@ -158,7 +139,34 @@ class Trainer:
                 f"training set too small: {len(self.data.train)} images over {self.dist.world_size} process(es) "
                 f"give {per_rank} per process, fewer than SOLVER.BATCH_SIZE x SOLVER.ACCUM_STEPS = "
                 f"{s.BATCH_SIZE} x {s.ACCUM_STEPS}")
-        self.total_steps = s.MAX_STEPS if s.MAX_STEPS > 0 else s.EPOCHS * self.steps_per_epoch
+        if self.steps_per_epoch != self.schedule.steps_per_epoch:  # `plan` would print other epochs than we run
+            raise RuntimeError(f"steps per epoch: the sampler gives {self.steps_per_epoch}, engine/scaling.py "
+                               f"counts {self.schedule.steps_per_epoch}")
+        self.total_steps = self.schedule.steps
+        random_seed(cfg.SEED)  # identical initial weights on every process
+        model = build_model(cfg, self.data.num_classes, self.data.image_size)
+        if cfg.MODEL.NASNET.WEIGHTS:
+            self._load_initial_weights(model, cfg.MODEL.NASNET.WEIGHTS)
+        model.to(self.device)  # keeps the layout MODEL.NASNET.CHANNELS_LAST gave the weights
+        self.channels_last = model.channels_last  # batches are moved to the device in that layout
+        self.model = model
+        self.ema = ModelEma(model, self.schedule.ema_decay, warmup=s.EMA_WARMUP) if s.EMA_DECAY > 0 else None
+        self.ddp_model: nn.Module = model
+        if self.dist.distributed:
+            if cfg.TRAIN.SYNC_BN and cuda:
+                self.ddp_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # SOLVER.AUX_WEIGHT 0 with an aux head: the loss does not compute the head (steps.py), so its
+            # parameters get no gradient, which DDP must be told to expect (else it fails at the next step). The
+            # head stays in the network: checkpoints keep the config's architecture.
+            aux_unused = model.aux_head is not None and s.AUX_WEIGHT == 0
+            self.ddp_model = DistributedDataParallel(
+                self.ddp_model, device_ids=[self.device.index] if cuda else None,
+                find_unused_parameters=cfg.TRAIN.FIND_UNUSED_PARAMETERS or leaves_input_unused(model.genotype)
+                or aux_unused)
+        self.optimizer = build_optimizer(cfg, model, lr=self.schedule.lr)
+        # Augmentation and drop-path masks must differ between processes (weights were seeded alike).
+        random_seed(cfg.SEED, 7919 * self.dist.rank)
+
         self.scheduler = build_scheduler(cfg, self.optimizer, self.total_steps, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         states = dict(optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler)
@@ -217,7 +225,7 @@ class Trainer:
         return self.checkpointer.save_step(
             step, epoch=self.state.epoch, samples_in_epoch=self.state.samples_in_epoch,
             skipped_paths=sorted(self.state.skipped_paths), rng_states=rng_states, world_size=self.dist.world_size,
-            total_steps=self.total_steps, config=self.cfg.dump(),
+            total_steps=self.total_steps, schedule=self.schedule.as_dict(), config=self.cfg.dump(),
             # A rerun of a finished run reuses this instead of evaluating (and logging) the same step again.
             last_eval=self._last_eval if self._last_eval_step == step else None)
 
@@ -229,6 +237,14 @@ class Trainer:
         if extra.get("total_steps") not in (None, self.total_steps):
             logger.warning("%s was trained for %s total steps, this run plans %s: the LR and drop-path schedules "
                            "change from here", path, extra["total_steps"], self.total_steps)
+        # The optimizer and scheduler states hold the LR the checkpoint trained at, which differs when the global
+        # batch changed (another process count) or BASE_LR was edited: this run's effective LR decides from here.
+        trained_at = sorted(set(self.scheduler.base_lrs))
+        if set_base_lr(self.optimizer, self.scheduler, self.schedule.lr) and self.dist.is_main:
+            saved = extra.get("schedule") or {}
+            logger.warning("%s was trained at LR %s (global batch %s); this run's effective LR is %.6g (global "
+                           "batch %d): continuing at that", path, ", ".join(f"{lr:.6g}" for lr in trained_at),
+                           saved.get("global_batch", "unrecorded"), self.schedule.lr, self.schedule.global_batch)
         self.state = TrainState(extra["step"], extra["epoch"], extra["samples_in_epoch"],
                                 set(extra.get("skipped_paths") or ()))
         rng_states = extra.get("rng_states") or []
@@ -269,7 +285,7 @@ class Trainer:
             collate_fn=self.data.collate_fn, num_workers=cfg.DATA.NUM_WORKERS,
             pin_memory=self.device.type == "cuda",
             # Worker seeds come from this generator, not the global RNG, so resuming does not shift it.
-            generator=torch.Generator().manual_seed(cfg.SEED * 1_000_003 + self.state.epoch * 7919 + skip))
+            generator=torch.Generator().manual_seed(train_loader_seed(cfg.SEED, self.state.epoch, skip, d.rank)))
         return iter(loader), len(loader) // cfg.SOLVER.ACCUM_STEPS
 
     # ---- loop
@@ -398,6 +414,8 @@ class Trainer:
             logger.info("data: %s; %d steps (%d per epoch), batch %d x %d accum x %d processes", self.data.description,
                         self.total_steps, self.steps_per_epoch, cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.ACCUM_STEPS,
                         self.dist.world_size)
+            logger.info("schedule: %s", self.schedule.describe())
+            self._write_schedule()
         eval_period = cfg.TRAIN.EVAL_PERIOD
         pbar = tqdm(total=self.total_steps, initial=self.state.step, desc="train", dynamic_ncols=True) \
             if self.dist.is_main else None
@@ -452,6 +470,13 @@ class Trainer:
         self.metrics.close()
         return final
 
+    def _write_schedule(self) -> None:
+        """OUTPUT_DIR/schedule.json: the effective settings this run trains with, where, and in which precision."""
+        record = {**self.schedule.as_dict(), "start_step": self.state.step, "amp": self.cfg.TRAIN.AMP,
+                  "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
+                  **describe_device(self.device)}
+        atomic_write(self.output_dir / SCHEDULE_FILE, json.dumps(record, indent=2) + "\n")
+
     def _epoch_len(self) -> int:
         return len(ShardedEpochSampler(len(self.data.train), self.dist.rank, self.dist.world_size))
 
@@ -459,7 +484,8 @@ class Trainer:
         from nasnet_det.classification.export import export_backbone
         from nasnet_det.classification.plots import plot_training_curves
 
-        atomic_write(self.output_dir / "final_metrics.json", json.dumps(final, indent=2) + "\n")
+        record = {**final, "global_batch": self.schedule.global_batch, "effective_lr": self.schedule.lr}
+        atomic_write(self.output_dir / "final_metrics.json", json.dumps(record, indent=2) + "\n")
         last = self.last_checkpoint()
         if last is not None:
             export_backbone(last, self.output_dir / "model_final.pth")

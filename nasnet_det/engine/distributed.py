@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nasnet_det.engine.devices import resolve_device
 from nasnet_det.engine.process import die_with_parent
 
 
@@ -27,23 +28,24 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("TRAIN.DEVICE is 'cuda' but no CUDA device is available; use TRAIN.DEVICE cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+def pick_device(requested: str, local_rank: int = 0, key: str = "TRAIN.DEVICE",
+                announce: bool = True) -> torch.device:
+    """The device of the process of ``local_rank`` (:func:`nasnet_det.engine.devices.resolve_device`): ``auto``
+    logs what it chose, ``cuda`` without a usable GPU is a one-line BadInputError naming ``key`` and why."""
+    return resolve_device(requested, key, local_rank, announce=announce)
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", key: str = "TRAIN.DEVICE") -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1 in the environment).
 
-    Backend: nccl on CUDA, gloo on CPU. Without the env vars this is a single process.
+    ``device``: the config's device setting, ``key`` its name (for the log line and the error). Backend: nccl
+    on CUDA, gloo on CPU. Without the env vars this is a single process.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local_rank)
+    # Every process resolves its own GPU; rank 0 alone says what "auto" chose (the others chose alike).
+    dev = pick_device(device, local_rank, key, announce=rank == 0)
     if world_size > 1 and not dist.is_initialized():
         if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: do not outlive it
             die_with_parent()
