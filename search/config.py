@@ -246,6 +246,13 @@ def check_cfg(cfg: CN) -> None:
     _require(fr is None or (isinstance(fr, (int, float)) and math.isfinite(fr)), "CONTROLLER.FAILED_REWARD",
              fr, "a finite number, or None to leave failed children out of the policy update")
     check_child_settings(cfg.CHILD)
+    dev = str(cfg.CHILD.get("DEVICE", "auto"))
+    _require(dev in ("auto", "cpu", "cuda") or dev.startswith("cuda:"), "CHILD.DEVICE", dev,
+             "auto, cpu, cuda or cuda:N")
+    if dev.startswith("cuda") and w.BACKEND != "ray":  # on Ray the children run on the cluster's GPUs, not here
+        from nasnet_det.engine.devices import require_cuda
+
+        require_cuda("CHILD.DEVICE", dev)  # one line saying why (torch's CUDA build, the driver)
     check_child_network(cfg.MODEL.NASNET)
     check_latency_settings(s)
 

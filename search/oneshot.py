@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
+from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.utils.io import atomic_torch_save
@@ -92,9 +93,9 @@ class OneShotSearch(SearchSession):
         self.units_this_run = 0
         self._data = data
         dev = str(cfg.ONESHOT.DEVICE)
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"ONESHOT.DEVICE={dev!r} but no CUDA device is available; use 'auto' or 'cpu'")
-        info = init_distributed("cpu" if dev == "cpu" else "auto")  # joins torchrun's group, if launched so
+        if dev.startswith("cuda"):
+            require_cuda("ONESHOT.DEVICE", dev)  # one line saying why (torch's build, the driver)
+        info = init_distributed("cpu" if dev == "cpu" else "auto", key="ONESHOT.DEVICE")  # torchrun's group
         self.rank, self.world = info.rank, info.world_size
         self.device = info.device if dev in ("auto", "cpu") or self.world > 1 else torch.device(dev)
         if self.world > 1 and cfg.ONESHOT.BATCH_SIZE % self.world:

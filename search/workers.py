@@ -10,6 +10,7 @@ non-finite reward gives a ``failed`` result with the reason; the search goes on.
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -35,6 +36,8 @@ from nasnet_det.space import Genotype
 
 Evaluator = Callable[[Genotype, int], dict[str, Any]]
 # What an evaluator may return beside reward and params, journaled with the child (search/objective.py).
+logger = logging.getLogger(__name__)
+
 COST_FIELDS = ("accuracy", "latency_ms", "mult_adds", "backbone_params")
 
 
@@ -205,11 +208,19 @@ class LocalProcessBackend(QueueBackend):
 
     def __init__(self, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
                  use_cuda: bool | None = None, max_retries: int = 2, max_in_flight: int = 0):
+        chosen = use_cuda is None
         use_cuda = torch.cuda.is_available() if use_cuda is None else use_cuda
         n_gpu = torch.cuda.device_count() if use_cuda else 0
         self.evaluator, self.threads_per_worker = evaluator, threads_per_worker
         self.num_workers = num_workers or (n_gpu if n_gpu else 2)
         self.devices = [f"cuda:{i % n_gpu}" if n_gpu else "cpu" for i in range(self.num_workers)]
+        if chosen:  # say where the children train: a GPU machine whose CUDA does not work must not go unnoticed
+            if n_gpu:
+                logger.info("search workers: %d, on %s", self.num_workers, ", ".join(sorted(set(self.devices))))
+            else:
+                from nasnet_det.engine.devices import cuda_unavailable_reason
+
+                logger.warning("search workers: %d on the CPU (%s)", self.num_workers, cuda_unavailable_reason())
         self.max_retries = max(0, int(max_retries))
         self.max_in_flight = max(0, int(max_in_flight))
         self.workers: list[_Worker | None] = [None] * self.num_workers
