@@ -69,15 +69,14 @@ def _throughput_rows(pc: PlanContext, node: str, images: float | None, processes
     key = THROUGHPUT_KEYS[node][0]
     if value <= 0 or images is None:
         why = f"unknown ({node}.{key} 0)" if value <= 0 else "unknown (the amount of work is not known)"
-        return [("throughput", why if value <= 0 else f"{value:g} {unit} ({source})"), ("expected time", why)], \
+        return [("throughput", why if value <= 0 else f"{value:g} {unit}; {source}"), ("expected time", why)], \
             {"throughput": {"value": value, "unit": unit, "source": source},
              "expected": {"wall_hours": None, "gpu_hours": None}}
     device_hours = runs * images / value / 3600
     wall = device_hours / processes
     kind = "GPU" if gpu else "CPU-process"
-    return [("throughput", f"{value:g} {unit} ({source})"),
-            ("expected time", f"{hours(wall)} wall, {device_hours:,.1f} {kind}-hours (at {value:g} {unit}, "
-                              "per-device throughput independent of the device count)")], \
+    return [("throughput", f"{value:g} {unit}; {source}"),
+            ("expected time", f"{hours(wall)} wall, {device_hours:,.1f} {kind}-hours")], \
         {"throughput": {"value": value, "unit": unit, "source": source},
          "expected": {"wall_hours": wall, "gpu_hours": device_hours if gpu else 0.0, "device_hours": device_hours}}
 
@@ -273,7 +272,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
                  ("per child", f"{steps:,} steps of {batch} images = {epochs:.1f} epochs of {n_train:,} images "
                                f"(CHILD.EPOCHS {v['CHILD.EPOCHS']}, MAX_STEPS {v['CHILD.MAX_STEPS']}); CHILD.DEVICE "
                                f"{v['CHILD.DEVICE']}"),
-                 ("throughput", f"{per_child:g} {unit} ({source})" if per_child > 0 else
+                 ("throughput", f"{per_child:g} {unit}; {source}" if per_child > 0 else
                   "unknown (SEARCH.GPU_HOURS_PER_CHILD 0)")]
         gpu_hours = children * per_child
         if per_child > 0 and in_use > 0:

@@ -14,7 +14,7 @@ from fvcore.common.config import CfgNode as CN
 # node -> (key, unit as the plan prints it)
 THROUGHPUT_KEYS: dict[str, tuple[str, str]] = {
     "SEARCH": ("GPU_HOURS_PER_CHILD", "GPU-hours per child"),
-    "SELECT": ("IMAGES_PER_SECOND_PER_GPU", "images/s per device (re-ranking training)"),
+    "SELECT": ("IMAGES_PER_SECOND_PER_GPU", "images/s per device"),
     "CIFAR": ("IMAGES_PER_SECOND_PER_GPU", "images/s per device"),
     "PRETRAIN": ("IMAGES_PER_SECOND_PER_GPU", "images/s per device"),
     "DETECT": ("IMAGES_PER_SECOND_PER_GPU", "images/s per device"),
