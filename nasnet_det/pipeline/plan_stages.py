@@ -153,7 +153,7 @@ def _classification_data(tcfg: CN) -> DataFound:
 def _classification(pc: PlanContext, stage: str, node: str, config_key: str, config_file: str, opts: list[str],
                     pipeline_opts: list[str], dataset: str, workers: Workers, count_key: str,
                     runs: int = 1) -> StagePlan:
-    tcfg = _load_classification(stage, config_key, config_file, [*opts, *pipeline_opts], dataset)
+    tcfg = _load_classification(stage, config_key, config_file, [*pipeline_opts, *opts], dataset)
     data = _classification_data(tcfg)
     s = classification_schedule(tcfg.SOLVER, workers.world_size, data.images)
     gpu, checks = _device_checks(pc, stage, "TRAIN.DEVICE", tcfg.TRAIN.DEVICE, workers, count_key)
