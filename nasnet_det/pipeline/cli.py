@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = select_stages(args.start, args.until, args.only)
     try:
         with sigterm_as_interrupt():  # a scheduler's stop is handled as Ctrl-C is
-            Pipeline(cfg, quiet=args.quiet).run(stages, force=args.force)
+            Pipeline(cfg, quiet=args.quiet, config_file=args.config_file).run(stages, force=args.force)
     except Terminated:
         print("nasnet-det pipeline: stopped by SIGTERM; rerun the same command to resume", file=sys.stderr)
         return 128 + signal.SIGTERM

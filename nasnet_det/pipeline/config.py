@@ -18,6 +18,7 @@ from nasnet_det.config import load_cfg
 from nasnet_det.pipeline.backends import add_backend_config, check_backend_config
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages import SHARED_NETWORK_KEYS, pipeline_stages
+from nasnet_det.pipeline.throughput import add_throughput_config, check_throughput_config
 
 NETWORK_PRESET = "nasnet_a_mobile"  # the default network (MODEL.NASNET.PRESET picks another)
 
@@ -37,6 +38,8 @@ def get_pipeline_cfg() -> CN:
     add_nasnet_model_config(cfg, NETWORK_PRESET)
     for stage in pipeline_stages():
         stage.add_config(cfg)
+    # What `nasnet-det plan` estimates each stage's time from (not part of any stage's settings: reruns nothing)
+    add_throughput_config(cfg)
     return cfg
 
 
@@ -47,6 +50,7 @@ def check_pipeline_config(cfg: CN) -> None:
     check_backend_config(cfg.PIPELINE)
     for stage in pipeline_stages():
         stage.check_config(cfg)
+    check_throughput_config(cfg)
     check_nasnet_node(cfg.MODEL.NASNET)
     default = preset_node(cfg.MODEL.NASNET.PRESET or NETWORK_PRESET)
     for key, instead in (("GENOTYPE", "SEARCH.GENOTYPE, or the search and select stages"),

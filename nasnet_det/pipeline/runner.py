@@ -25,7 +25,8 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.launch import StageError
-from nasnet_det.pipeline.manifest import read_manifest, settings_hash, sha256_file, write_manifest
+from nasnet_det.pipeline.manifest import atomic_write_json, read_manifest, settings_hash, sha256_file, write_manifest
+from nasnet_det.pipeline.plan import PLAN_NAME, Plan
 from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages, stage_names
 from nasnet_det.utils.errors import check_output_dir
 from nasnet_det.utils.io import DiskFullError, exclusive_lock, remove_stale_tmp
@@ -95,9 +96,11 @@ def time_spent_before(prev: dict[str, Any], workdir: Path) -> float:
 
 
 class Pipeline:
-    def __init__(self, cfg: CN, quiet: bool = False, log=None):
+    def __init__(self, cfg: CN, quiet: bool = False, log=None, config_file: str = ""):
         self.ctx = Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet)
         self._log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.config_file = config_file
+        self.plan: Plan | None = None
 
     def say(self, msg: str) -> None:
         self._log(f"[pipeline] {msg}")
@@ -118,6 +121,7 @@ class Pipeline:
                 if stage.name in chosen and stage.enabled(self.ctx):
                     stage.settings(self.ctx)
                     stage.check(self.ctx)
+            self._plan([s.name for s in all_stages if s.name in chosen])
             for stage in all_stages:
                 if stage.name not in chosen:
                     continue
@@ -132,6 +136,16 @@ class Pipeline:
                 rerun_later = rerun_later or (ran != "skipped" and not stage.optional)
         self.say(f"finished in {_fmt(time.time() - t0)}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
         return done
+
+    def _plan(self, chosen: list[str]) -> None:
+        """Print what each chosen stage will do (``nasnet-det plan`` for this machine) and keep it in
+        ``OUTPUT_DIR/plan.json`` and, for each stage that runs, in its manifest (never in its settings hash: a
+        plan that changes, e.g. a throughput figure, reruns nothing)."""
+        from nasnet_det.pipeline.plan_stages import make_plan
+
+        self.plan = make_plan(self.ctx.cfg, chosen, config_file=self.config_file, ctx=self.ctx)
+        self._log(self.plan.format())
+        atomic_write_json(self.ctx.out / PLAN_NAME, self.plan.as_dict())
 
     def _run_stage(self, stage: Stage, force: bool) -> str:
         ctx, workdir = self.ctx, self.ctx.stage_dir(stage.name)
@@ -166,6 +180,9 @@ class Pipeline:
             "attempt_started_at": t0,
             "wall_seconds_before": time_spent_before(prev, workdir) if resumed else 0.0,
         }
+        planned = self.plan.stage(stage.name) if self.plan is not None else None
+        if planned is not None:  # what it was expected to do (not hashed: config_hash is the settings' alone)
+            manifest["plan"] = planned.as_dict()
         write_manifest(workdir, manifest)
         self.say(f"{stage.name}: {'resuming (attempt ' + str(attempts) + ')' if resumed else 'start'}")
         try:
