@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from helpers.pipeline import DRAW, SMOKE, TINY
 
 from nasnet_det.pipeline import Pipeline, StageError, load_pipeline_config
@@ -63,6 +64,11 @@ def test_smoke_chain_end_to_end(finished: Path):
     # on real photos (the embedded CIFAR-10 sample as an image folder), not generated images
     assert "sample_images/train (80 images)" in log and not (finished / "pretrain" / "fake_imagenet").exists()
     assert (manifest(finished, "pretrain")["backend"], manifest(finished, "pretrain")["world_size"]) == ("local", 2)
+    # the device each training stage ran on (its config says "cpu" or "auto") and the batch it derived, recorded
+    pre, det = manifest(finished, "pretrain")["metrics"], manifest(finished, "detect")["metrics"]
+    assert (pre["device"], pre["torch_cuda"], pre["global_batch"]) == ("cpu", torch.version.cuda or "cpu", 32)
+    assert (det["device"], det["global_batch"]) == ("cpu", 4) and det["effective_lr"] > 0
+    assert manifest(finished, "pretrain")["outputs"]["schedule"] == "pretrain/schedule.json"
     bbox = manifest(finished, "evaluate")["metrics"]["bbox"]["coco_sample_val"]
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(bbox)
     assert any(k.startswith("AP-") for k in bbox)

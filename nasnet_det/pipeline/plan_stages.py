@@ -367,7 +367,12 @@ def plan_detect(pc: PlanContext, stage: Stage) -> StagePlan:
         stated = (f"stated for {s.reference_ims} images per iteration" if s.reference_ims > 0 else
                   f"stated for SOLVER.IMS_PER_BATCH {sv.IMS_PER_BATCH}" if s.reference_world_size > 0 else
                   "as written (SOLVER.REFERENCE_IMS_PER_BATCH 0)")
-        amp = ("fp16 (detectron2 AMPTrainer)" if gpu else "bf16 autocast (CPU)") if sv.AMP.ENABLED else "off: fp32"
+        precision = sv.AMP.get("PRECISION", "auto")
+        on_gpu = {"auto": "bf16 where the GPU computes it natively (A100, H100, ...), else fp16 with a gradient "
+                          "scaler (SOLVER.AMP.PRECISION auto; detectron2 AMPTrainer)",
+                  "bfloat16": "bf16 (detectron2 AMPTrainer)", "float16": "fp16 with a gradient scaler (detectron2 "
+                                                                         "AMPTrainer)"}.get(precision, precision)
+        amp = (on_gpu if gpu else "bf16 autocast (CPU)") if sv.AMP.ENABLED else "off: fp32"
         rows += [("batch", f"{s.ims_per_device or '-'} per device = {s.ims_per_batch} images per iteration "
                            f"(global){rule}"),
                  ("learning rate", f"{s.lr:.6g} (BASE_LR {s.base_lr:g} {stated}); {s.lr_per_image:.6g} per image"),

@@ -125,6 +125,29 @@ def _read_json(stage: str, path: Path, what: str) -> Any:
         raise StageError(stage, f"{path} ({what}) is not valid JSON: {e}") from None
 
 
+SCHEDULE_FILE = "schedule.json"  # the trainers' effective batch, LR, steps and device (nasnet_det/engine/scaling.py)
+
+
+def _schedule_output(workdir: Path) -> dict[str, str]:
+    return {"schedule": str(workdir / SCHEDULE_FILE)} if (workdir / SCHEDULE_FILE).is_file() else {}
+
+
+def _trained_with(stage: str, workdir: Path) -> dict[str, Any]:
+    """What the manifest records of how a training stage ran, from the trainer's ``schedule.json``: the device it
+    chose (``auto`` included), the global batch and the effective LR. Empty when the trainer wrote none."""
+    path = workdir / SCHEDULE_FILE
+    if not path.is_file():
+        return {}
+    schedule = _read_json(stage, path, "the trainer's effective schedule")
+    # classification writes the device record's keys at the top level, detection under "device"
+    device = schedule["device"] if isinstance(schedule.get("device"), dict) else schedule
+    name = f"{device.get('device')} ({device['name']})" if device.get("name") else device.get("device")
+    picked = {"device": name, "torch_cuda": device.get("torch_cuda"),
+              "global_batch": schedule.get("global_batch", schedule.get("ims_per_batch")),
+              "effective_lr": schedule.get("lr"), "amp": schedule.get("amp_dtype", schedule.get("precision"))}
+    return {k: v for k, v in picked.items() if v is not None}
+
+
 class Stage(ABC):
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()  # stages whose outputs this one reads: they run before it
@@ -486,7 +509,8 @@ class _ClassificationStage(Stage):
                 raise StageError(self.name, f"the training finished without writing {workdir / f}")
         outputs = {"weights": str(workdir / "model_final.pth"), "final_metrics": str(workdir / "final_metrics.json"),
                    "metrics": str(workdir / "metrics.jsonl"), "curves": str(workdir / "training_curves.png")}
-        return outputs, {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
+        metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
+        return {**outputs, **_schedule_output(workdir)}, {**metrics, **_trained_with(self.name, workdir)}
 
 
 @register_stage
@@ -656,7 +680,8 @@ class DetectStage(Stage):
                 metrics = {"iterations": losses[-1].get("iteration", 0) + 1,
                            "first_total_loss": losses[0]["total_loss"], "last_total_loss": losses[-1]["total_loss"]}
         return {"weights": str(workdir / "model_final.pth"), "events": str(events),
-                "config": str(workdir / "config.yaml")}, metrics
+                "config": str(workdir / "config.yaml"), **_schedule_output(workdir)}, \
+            {**metrics, **_trained_with(self.name, workdir)}
 
 
 @register_stage
