@@ -82,7 +82,7 @@ def cmd_run(argv: list[str]) -> int:
 
 BUILTINS: dict[str, Callable[[list[str]], int]] = {"profile": cmd_profile, "genotype": cmd_genotype, "run": cmd_run}
 # The entry points pyproject.toml declares (group nasnet_det.commands): missing means stale package metadata.
-OWN_COMMANDS = ("detect", "pipeline", "search", "train")
+OWN_COMMANDS = ("detect", "export", "pipeline", "plan", "search", "train")
 
 
 def run_command(name: str, argv: list[str]) -> int:
