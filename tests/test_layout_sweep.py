@@ -75,3 +75,59 @@ def test_a_wrong_result_a_segfault_and_a_hang_fail_naming_the_case():
 def test_an_unknown_module_is_named():
     with pytest.raises(ValueError, match="unknown module 'conv_9x9'; known: identity, "):
         ls.cases(["conv_9x9"])
+
+
+@pytest.fixture
+def torch_threads():
+    """run_case sets the process's thread count: give the test process its own back afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_relu_input_within_rounding_of_zero_passes_and_would_fail_without_the_mask_replay(torch_threads,
+                                                                                              monkeypatch):
+    # selftest_kink: one channel's ReLU input is -2^-26 in float32 and +2^-26 in float64 (correct kernels on both
+    # sides), as issue 31's BatchNorm output was -1.03e-7 / +1.03e-7: that channel's gradient is zero on one side
+    # only. The sweep's reference takes the tested run's side and says how many inputs it replayed.
+    case = ls.Case("selftest_kink", 1, 4, 2, 1)
+    ratio, where = ls.run_case(case)
+    assert ratio <= 1.0, where
+    assert "64 ReLU inputs within rounding of zero had the other sign in float64" in where
+    # Without the replay the same correct computation fails: the replay is what keeps it a pass.
+    monkeypatch.setattr(ls.ReluReplay, "replay", lambda self, module, count=False: [])
+    ratio, where = ls.run_case(case)
+    assert ratio > 1.0 and where.startswith("input 0 gradient"), where
+
+
+def test_issue_31_sep_conv_3x3_repro_passes_the_sweeps_judgement(torch_threads):
+    """Issue 31's report, on its own inputs: sep_conv_3x3 (stride 2, 10 channels) + a 3x3 conv, batch 16,
+    32 px, channels_last, 2 threads. Measured on the development CPU (native and ONEDNN_MAX_CPU_ISA=AVX2):
+    one bn_sep_1 output, +1.03e-7 in float64, is -1.03e-7 in float32 (ATen's channels_last BatchNorm sums its
+    batch mean less exactly than the NCHW one), so act_2 drops it; against an unreplayed float64 reference
+    the 1x1 conv's weight gradient is 1.1e-3 of its largest entry off, all in that channel's row (rank 1),
+    3.5e-6 once the masks are replayed; the 1x1 weight-gradient kernel itself is 1.9e-7 from an einsum on the
+    same grad_output and input (docs/reliability.md). A kernel defect would still fail here."""
+    import torch
+    from torch import nn
+
+    from nasnet_det.models.ops import build_op
+
+    torch.set_num_threads(2)
+    torch.manual_seed(1010)
+    x = torch.randn(16, 10, 32, 32)
+    torch.manual_seed(0)
+    module = nn.Sequential(build_op("sep_conv_3x3", 10, 10, 2, lambda k: nn.BatchNorm2d(k)),
+                           nn.Conv2d(10, 10, 3, padding=1)).train()
+    plain = ls._reference(module)
+    exact = ls._reference(module).double()
+    module = module.to(memory_format=torch.channels_last)
+    relus = ls.ReluReplay()
+    test = ls._run(module, [x], "channels_last", 1, torch.float32, relus.record(module))
+    with torch.backends.mkldnn.flags(enabled=False):
+        plain_result = ls._run(plain, [x], "nchw", 1, torch.float32, relus.replay(plain))
+        truth = ls._run(exact, [x], "nchw", 1, torch.float64, relus.replay(exact, count=True))
+    ratio, where = ls.compare(test, plain_result, truth)
+    assert ratio <= 1.0, f"{where} ({relus.flipped} ReLU inputs replayed)"
