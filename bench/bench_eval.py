@@ -7,7 +7,8 @@ Ground truth: a real COCO set (``--gt``; default: the package's real sample,
 hundred, a share of its boxes turned into crowd regions. Predictions (seeded): most ground-truth boxes found
 with jitter, some missed, some duplicated, false positives of random classes, a few images left empty.
 Each evaluator runs the whole path (read the ground-truth json, load the results, evaluate, accumulate,
-summarize); the 12 numbers must equal pycocotools' (max abs diff printed), the time is the median of repeats.
+summarize); the 12 numbers, as evaluate_coco reports them (x100, NaN for COCOeval's -1), must equal
+pycocotools' (max abs diff printed), the time is the median of repeats.
 Ours is also compared with the backend it runs on, alone (``hotcoco alone``: that library's own COCO, loadRes
 and COCOeval), which bounds what our wrapping costs.
 
@@ -81,6 +82,22 @@ def make_eval_set(gt: dict, copies: int, seed: int) -> tuple[dict, list[dict]]:
     return dict(gt, images=images, annotations=anns), dets
 
 
+def reported(stats) -> np.ndarray:
+    """The 12 numbers as evaluate_coco reports them (its own conversion: x100, NaN for -1), so that ours is
+    compared with the others exactly."""
+    from nasnet_det.detection.evaluation import stats_to_dict
+
+    return np.asarray(list(stats_to_dict(stats).values()))
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference of two sets of the 12 numbers; inf where one is NaN (no ground truth) and not the other."""
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return float("inf")
+    both = ~np.isnan(a)
+    return float(np.max(np.abs(a[both] - b[both]), initial=0.0))
+
+
 def run_pycocotools(gt_path: Path, dets: list[dict]) -> np.ndarray:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -89,14 +106,14 @@ def run_pycocotools(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = COCO(str(gt_path))
         e = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def run_ours(gt_path: Path, dets: list[dict]) -> np.ndarray:
     from nasnet_det.detection.evaluation import STAT_NAMES, evaluate_coco
 
     res = evaluate_coco(gt_path, dets)
-    return np.asarray([res[k] / 100 if res[k] == res[k] else -1.0 for k in STAT_NAMES])
+    return np.asarray([res[k] for k in STAT_NAMES])
 
 
 def run_faster_coco_eval(gt_path: Path, dets: list[dict]) -> np.ndarray:
@@ -106,7 +123,7 @@ def run_faster_coco_eval(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = COCO(str(gt_path))
         e = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), "bbox", print_function=print)
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def run_hotcoco(gt_path: Path, dets: list[dict]) -> np.ndarray:
@@ -116,7 +133,7 @@ def run_hotcoco(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = hotcoco.COCO(str(gt_path))
         e = hotcoco.COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def run_detectron2_opt(gt_path: Path, dets: list[dict]) -> np.ndarray:
@@ -127,7 +144,7 @@ def run_detectron2_opt(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = COCO(str(gt_path))
         e = COCOeval_opt(coco_gt, coco_gt.loadRes(dets), "bbox")
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def resolve_backend(backend: str) -> str:
@@ -189,7 +206,7 @@ def main() -> None:
                 notes.append(f"{name}: not measured ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
                 print(notes[-1], flush=True)
                 continue
-            diff = diffs[name] = float(np.max(np.abs(stats - reference)))
+            diff = diffs[name] = max_abs_diff(stats, reference)
             verdict = "identical" if diff == 0 else "equal up to float rounding" if diff <= 1e-12 else "DIFFERENT"
             notes.append(f"{name}: max |stat - pycocotools stat| = {diff:.3g} ({verdict})")
             print(notes[-1], flush=True)
@@ -209,7 +226,7 @@ def main() -> None:
     med = {n: statistics.median(t) for n, t in times.items()}
     setting = dict(images=len(gt["images"]), boxes=len(gt["annotations"]), detections=len(dets),
                    repeats=args.repeats, pycocotools_repeats=pycocotools_repeats,
-                   stats_pycocotools=[float(s) for s in reference])
+                   stats_pycocotools_x100=[float(s) for s in reference])
     for n in names[1:]:
         rows.append(row(f"COCO bbox eval: {n}", "seconds", med[n], med["pycocotools"], "pycocotools", False,
                         max_abs_stat_diff=diffs[n], **setting))
