@@ -186,6 +186,7 @@ def main() -> None:
     if args.repeats < 1 or pycocotools_repeats < 1:
         raise SystemExit("error: --repeats and --pycocotools-repeats must be at least 1")
     load_before = os.getloadavg()
+    loads_1min = [load_before[0]]  # sampled after each round of repeats too
     gt, dets = make_eval_set(json.loads(args.gt.read_text()), args.copies, args.seed)
     crowd = sum(a["iscrowd"] for a in gt["annotations"])
     print(f"{len(gt['images'])} images, {len(gt['annotations'])} boxes ({crowd} crowd), {len(dets)} detections "
@@ -222,6 +223,7 @@ def main() -> None:
                 start = time.perf_counter()
                 fns[n](gt_path, dets)
                 times[n].append(time.perf_counter() - start)
+            loads_1min.append(os.getloadavg()[0])
     load_after = os.getloadavg()
     med = {n: statistics.median(t) for n, t in times.items()}
     setting = dict(images=len(gt["images"]), boxes=len(gt["annotations"]), detections=len(dets),
@@ -240,7 +242,8 @@ def main() -> None:
     notes.append("times per run (s): " + "; ".join(f"{n} " + ", ".join(f"{t:.3f}" for t in ts)
                                                       for n, ts in times.items()))
     notes.append(f"load average (1, 5, 15 min) before the run {format_load(load_before)}, after it "
-                 f"{format_load(load_after)}")
+                 f"{format_load(load_after)}; 1-min load during the run {min(loads_1min):.2f}-{max(loads_1min):.2f} "
+                 f"({os.cpu_count()} CPUs)")
     for note in notes[-2:]:
         print(note, flush=True)
     if not args.no_record:
