@@ -7,9 +7,15 @@ Ground truth: a real COCO set (``--gt``; default: the package's real sample,
 hundred, a share of its boxes turned into crowd regions. Predictions (seeded): most ground-truth boxes found
 with jitter, some missed, some duplicated, false positives of random classes, a few images left empty.
 Each evaluator runs the whole path (read the ground-truth json, load the results, evaluate, accumulate,
-summarize); the 12 numbers must equal pycocotools' (max abs diff printed), the time is the median of repeats.
+summarize); the 12 numbers, as evaluate_coco reports them (x100, NaN for COCOeval's -1), must equal
+pycocotools' (max abs diff printed), the time is the median of repeats.
+Ours is also compared with the backend it runs on, alone (``hotcoco alone``: that library's own COCO, loadRes
+and COCOeval), which bounds what our wrapping costs.
 
     python bench/bench_eval.py [--gt annotations.json] [--copies 12] [--repeats 3]
+    # COCO-val scale (5,120 images, ~37k boxes): pycocotools (~1 min a run) timed on its one reference run
+    python bench/bench_eval.py --gt coco128/annotations.json --copies 40 --pycocotools-repeats 1 \
+        --section bench_eval_coco_val_scale
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import random
 import statistics
 import tempfile
@@ -75,6 +82,22 @@ def make_eval_set(gt: dict, copies: int, seed: int) -> tuple[dict, list[dict]]:
     return dict(gt, images=images, annotations=anns), dets
 
 
+def reported(stats) -> np.ndarray:
+    """The 12 numbers as evaluate_coco reports them (its own conversion: x100, NaN for -1), so that ours is
+    compared with the others exactly."""
+    from nasnet_det.detection.evaluation import stats_to_dict
+
+    return np.asarray(list(stats_to_dict(stats).values()))
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference of two sets of the 12 numbers; inf where one is NaN (no ground truth) and not the other."""
+    if not np.array_equal(np.isnan(a), np.isnan(b)):
+        return float("inf")
+    both = ~np.isnan(a)
+    return float(np.max(np.abs(a[both] - b[both]), initial=0.0))
+
+
 def run_pycocotools(gt_path: Path, dets: list[dict]) -> np.ndarray:
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -83,14 +106,14 @@ def run_pycocotools(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = COCO(str(gt_path))
         e = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def run_ours(gt_path: Path, dets: list[dict]) -> np.ndarray:
     from nasnet_det.detection.evaluation import STAT_NAMES, evaluate_coco
 
     res = evaluate_coco(gt_path, dets)
-    return np.asarray([res[k] / 100 if res[k] == res[k] else -1.0 for k in STAT_NAMES])
+    return np.asarray([res[k] for k in STAT_NAMES])
 
 
 def run_faster_coco_eval(gt_path: Path, dets: list[dict]) -> np.ndarray:
@@ -100,7 +123,7 @@ def run_faster_coco_eval(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = COCO(str(gt_path))
         e = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), "bbox", print_function=print)
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def run_hotcoco(gt_path: Path, dets: list[dict]) -> np.ndarray:
@@ -110,7 +133,7 @@ def run_hotcoco(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = hotcoco.COCO(str(gt_path))
         e = hotcoco.COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
 
 def run_detectron2_opt(gt_path: Path, dets: list[dict]) -> np.ndarray:
@@ -121,8 +144,27 @@ def run_detectron2_opt(gt_path: Path, dets: list[dict]) -> np.ndarray:
         coco_gt = COCO(str(gt_path))
         e = COCOeval_opt(coco_gt, coco_gt.loadRes(dets), "bbox")
         e.evaluate(), e.accumulate(), e.summarize()
-    return np.asarray(e.stats[:12])
+    return reported(e.stats)
 
+
+def resolve_backend(backend: str) -> str:
+    from nasnet_det.detection.evaluation import resolve_backend as resolve
+
+    return resolve(backend)
+
+
+def fresh(dets: list[dict]) -> list[dict]:
+    """A copy of the detections for one run: pycocotools' and faster-coco-eval's loadRes write id, area,
+    iscrowd and a box polygon into the dicts they get, which the next evaluator would read."""
+    return [dict(d) for d in dets]
+
+
+def format_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in load)
+
+
+# The library evaluate_coco runs on (its backend 'auto'), by the name of its row here.
+BACKEND_ALONE = {"hotcoco": "hotcoco", "faster_coco_eval": "faster-coco-eval", "pycocotools": "pycocotools"}
 
 EVALUATORS: dict[str, Callable[[Path, list[dict]], np.ndarray]] = {
     "ours (evaluate_coco)": run_ours,
@@ -137,11 +179,20 @@ def main() -> None:
     parser.add_argument("--gt", type=Path, default=default_gt(), help="COCO ground-truth json (default: %(default)s)")
     parser.add_argument("--copies", type=int, default=12, help="repeat the images this many times")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pycocotools-repeats", type=int, default=None,
+                        help="timed runs of pycocotools (default: --repeats); 1 = only its reference run, which "
+                             "checks the others' numbers and is timed too (at COCO-val scale one run takes ~1 min)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--section", default="bench_eval", help="results section to record the rows under")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     if not args.gt.is_file():
         raise SystemExit(f"error: --gt {args.gt} does not exist (a COCO annotations json is expected)")
+    pycocotools_repeats = args.repeats if args.pycocotools_repeats is None else args.pycocotools_repeats
+    if args.repeats < 1 or pycocotools_repeats < 1:
+        raise SystemExit("error: --repeats and --pycocotools-repeats must be at least 1")
+    load_before = os.getloadavg()
+    loads_1min = [load_before[0]]  # sampled after each round of repeats too
     gt, dets = make_eval_set(json.loads(args.gt.read_text()), args.copies, args.seed)
     crowd = sum(a["iscrowd"] for a in gt["annotations"])
     print(f"{len(gt['images'])} images, {len(gt['annotations'])} boxes ({crowd} crowd), {len(dets)} detections "
@@ -150,37 +201,60 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gt_path = Path(tmp) / "gt.json"
         gt_path.write_text(json.dumps(gt))
-        reference = run_pycocotools(gt_path, dets)
+        start = time.perf_counter()
+        reference = run_pycocotools(gt_path, fresh(dets))
+        reference_seconds = time.perf_counter() - start
         names = ["pycocotools"]
         fns = {"pycocotools": run_pycocotools}
         for name, fn in EVALUATORS.items():
             try:
-                stats = fn(gt_path, dets)
+                stats = fn(gt_path, fresh(dets))
             except Exception as e:  # an evaluator that is not installed or cannot run here
                 notes.append(f"{name}: not measured ({type(e).__name__}: {str(e).splitlines()[0][:160]})")
                 print(notes[-1], flush=True)
                 continue
-            diff = diffs[name] = float(np.max(np.abs(stats - reference)))
+            diff = diffs[name] = max_abs_diff(stats, reference)
             verdict = "identical" if diff == 0 else "equal up to float rounding" if diff <= 1e-12 else "DIFFERENT"
             notes.append(f"{name}: max |stat - pycocotools stat| = {diff:.3g} ({verdict})")
             print(notes[-1], flush=True)
             fns[name] = fn
             names.append(name)
         times: dict[str, list[float]] = {n: [] for n in names}
+        if pycocotools_repeats < args.repeats:  # its reference run (after no warm-up, as for every repeat) counts
+            times["pycocotools"].append(reference_seconds)
         for _ in range(args.repeats):  # interleaved repeats
             for n in names:
+                if n == "pycocotools" and len(times[n]) >= pycocotools_repeats:
+                    continue
+                given = fresh(dets)
                 start = time.perf_counter()
-                fns[n](gt_path, dets)
+                fns[n](gt_path, given)
                 times[n].append(time.perf_counter() - start)
+            loads_1min.append(os.getloadavg()[0])
+    load_after = os.getloadavg()
     med = {n: statistics.median(t) for n, t in times.items()}
-    setting = dict(images=len(gt["images"]), detections=len(dets), repeats=args.repeats,
-                   stats_pycocotools=[float(s) for s in reference])
+    setting = dict(images=len(gt["images"]), boxes=len(gt["annotations"]), detections=len(dets),
+                   repeats=args.repeats, pycocotools_repeats=pycocotools_repeats,
+                   stats_pycocotools_x100=[float(s) for s in reference])
     for n in names[1:]:
         rows.append(row(f"COCO bbox eval: {n}", "seconds", med[n], med["pycocotools"], "pycocotools", False,
                         max_abs_stat_diff=diffs[n], **setting))
         print_row(rows[-1])
+    backend = resolve_backend("auto")
+    ours, alone = "ours (evaluate_coco)", BACKEND_ALONE[backend]
+    if ours in med and alone in med:  # what our wrapping costs over the library it runs on
+        rows.append(row(f"COCO bbox eval: ours (evaluate_coco on {backend})", "seconds", med[ours], med[alone],
+                        f"{alone} alone", False, max_abs_stat_diff=diffs[ours], **setting))
+        print_row(rows[-1])
+    notes.append("times per run (s): " + "; ".join(f"{n} " + ", ".join(f"{t:.3f}" for t in ts)
+                                                      for n, ts in times.items()))
+    notes.append(f"load average (1, 5, 15 min) before the run {format_load(load_before)}, after it "
+                 f"{format_load(load_after)}; 1-min load during the run {min(loads_1min):.2f}-{max(loads_1min):.2f} "
+                 f"({os.cpu_count()} CPUs)")
+    for note in notes[-2:]:
+        print(note, flush=True)
     if not args.no_record:
-        record("bench_eval", rows, notes=notes)
+        record(args.section, rows, notes=notes)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Table-driven: each case is (tool, argv builder, text the message must contain). 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -67,6 +68,18 @@ class Files:
                 Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
                     root / "inet" / split / c / "0.jpg")
         (root / "empty_class" / "train" / "cat").mkdir(parents=True)
+        # detections for `nasnet-det detect score` (against ann.json): a good one, broken ones, a file not JSON
+        self.not_json = root / "not_json.json"
+        self.not_json.write_text("{oops")
+        det = {"image_id": 1, "category_id": 1, "bbox": [2, 2, 10, 10], "score": 0.5}
+        self.dets = root / "dets.json"
+        self.dets.write_text(json.dumps([det]))
+        self.dets_without_score = root / "dets_noscore.json"
+        self.dets_without_score.write_text(json.dumps([det, {k: v for k, v in det.items() if k != "score"}]))
+        self.dets_unknown_image = root / "dets_unknown_image.json"
+        self.dets_unknown_image.write_text(json.dumps([dict(det, image_id=77)]))
+        self.dets_short_box = root / "dets_short_box.json"
+        self.dets_short_box.write_text(json.dumps([dict(det, bbox=[1, 2, 3])]))
 
 
 def search(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
@@ -95,6 +108,12 @@ def demo(f: Files, *args: str, opts: tuple[str, ...] = ()) -> tuple[Callable[[li
     base = ["DATASETS.COCO_FILES", f"['{f.dataset}']", "DATASETS.TEST", f"('{f.name}',)", "MODEL.ROI_HEADS.NUM_CLASSES",
             "2", "MODEL.NASNET.FILTERS", "4"]
     return demo_main, [*args, *base, *opts]
+
+
+def score(f: Files, gt: Path, detections: Path, backend: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.detection.cli import score_main
+
+    return score_main, [str(gt), str(detections), "--backend", backend]
 
 
 def pipeline(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
@@ -220,6 +239,22 @@ CASES = [
                                                        str(f.broken_image_dir), "--output", str(f.root / "drawn"),
                                                        opts=("MODEL.WEIGHTS", str(f.root / "det.pth"))),
          lambda f: "broken.jpg"),
+    # ---- detection score, with the fastest backend (auto) and with pycocotools: each reads the files itself
+    *[case for backend in ("auto", "pycocotools") for case in (
+        Case(f"score-gt-not-json-{backend}", lambda f, b=backend: score(f, f.not_json, f.dets, b),
+             lambda f: "not_json.json"),
+        Case(f"score-detections-not-json-{backend}",
+             lambda f, b=backend: score(f, f.root / "ann.json", f.not_json, b), lambda f: "not_json.json"),
+        # hotcoco scored a detection without "score" as 1; pycocotools stopped with a bare KeyError
+        Case(f"score-detection-without-score-{backend}",
+             lambda f, b=backend: score(f, f.root / "ann.json", f.dets_without_score, b),
+             lambda f: "dets_noscore.json: detection 1 must be a dict with keys"),
+        Case(f"score-unknown-image-{backend}",
+             lambda f, b=backend: score(f, f.root / "ann.json", f.dets_unknown_image, b),
+             lambda f: "dets_unknown_image.json"),
+        Case(f"score-short-box-{backend}", lambda f, b=backend: score(f, f.root / "ann.json", f.dets_short_box, b),
+             lambda f: "dets_short_box.json: detection 0 has bbox [1, 2, 3]"),
+    )],
     # ---- the pipeline (was a FileExistsError traceback from its lock)
     Case("pipeline-output-dir-is-file", lambda f: pipeline(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
     Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),

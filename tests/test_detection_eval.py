@@ -9,6 +9,7 @@ import random
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from detectron2.structures import Boxes, Instances
@@ -227,3 +228,135 @@ def test_auto_backend_falls_back_when_fast_evaluators_are_missing(tmp_path, monk
     fallback = evaluate_coco(gt, dets, backend="auto")
     for k, v in official.items():
         assert fallback[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+def repeat_eval_set(gt_json: Path, detections: list[dict], copies: int, out: Path) -> tuple[Path, list[dict]]:
+    """``copies`` copies of a ground truth and its detections under new image and annotation ids."""
+    data = json.loads(gt_json.read_text())
+    step = max(im["id"] for im in data["images"])
+    images, anns, dets = [], [], []
+    for c in range(copies):
+        images += [dict(im, id=im["id"] + c * step, file_name=f"{c}_{im['file_name']}") for im in data["images"]]
+        anns += [dict(a, id=len(anns) + i + 1, image_id=a["image_id"] + c * step)
+                 for i, a in enumerate(data["annotations"])]
+        dets += [dict(d, image_id=d["image_id"] + c * step) for d in detections]
+    out.write_text(json.dumps({"images": images, "annotations": anns, "categories": data["categories"]}))
+    return out, dets
+
+
+@pytest.fixture(scope="module")
+def large_eval_set(tmp_path_factory) -> tuple[Path, list[dict], dict[str, float]]:
+    """The hard set 25 times over (1,000 images, ~3,000 boxes): a scale where loading shows, still cheap;
+    with pycocotools' numbers."""
+    tmp = tmp_path_factory.mktemp("large_eval")
+    gt, dets = repeat_eval_set(*hard_gt_and_detections(tmp), copies=25, out=tmp / "large_gt.json")
+    return gt, dets, evaluate_coco(gt, dets, backend="pycocotools")
+
+
+@pytest.fixture
+def pycocotools_unusable(monkeypatch):
+    """pycocotools' COCO can be neither built nor asked to load results: what uses it fails."""
+    from pycocotools.coco import COCO
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pycocotools' COCO was used")
+
+    monkeypatch.setattr(COCO, "__init__", refuse)
+    monkeypatch.setattr(COCO, "loadRes", refuse)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_backend_reads_and_scores_in_its_own_library_at_scale(large_eval_set, pycocotools_unusable, backend,
+                                                                     tmp_path):
+    """A fast backend reads the ground truth and loads the results itself (pycocotools' json reading alone took
+    longer than hotcoco's whole evaluation at COCO-val scale), in evaluate_coco and in the evaluator used in
+    training, and still gives pycocotools' numbers."""
+    require(backend)
+    gt, dets, official = large_eval_set
+    assert len(dets) > 2500 and 5 < official["AP"] < 95
+    fast = evaluate_coco(gt, dets, backend=backend)
+    assert official.keys() == fast.keys()
+    for k, v in official.items():
+        assert fast[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+    name = f"det_test_large_{backend}"
+    register_coco_dataset(name, gt, tmp_path, check_images=False)
+    evaluator = NASNetCOCOEvaluator(name, distributed=False, backend=backend)
+    via_evaluator = evaluator.evaluate_task(dets, "bbox", img_ids=None)
+    for k, v in official.items():
+        assert via_evaluator[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+def square_masks_gt_and_detections(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Polygon ground truth and RLE detections (some shifted, one of another class): mask AP well inside (0, 100)."""
+    from pycocotools import mask as mask_utils
+
+    rng = random.Random(5)
+    images, anns, dets = [], [], []
+    for i in range(1, 9):
+        images.append({"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48})
+        for _ in range(rng.randint(1, 3)):
+            x, y, w, h = rng.randint(0, 30), rng.randint(0, 20), rng.randint(6, 30), rng.randint(6, 25)
+            cat = rng.choice((1, 2))
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cat, "bbox": [x, y, w, h],
+                         "area": w * h, "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+            mask = np.zeros((48, 64), dtype=np.uint8, order="F")
+            dx = rng.choice((0, 0, 2, 5))
+            mask[y:y + h, min(63, x + dx):x + w + dx] = 1
+            rle = mask_utils.encode(mask)
+            rle["counts"] = rle["counts"].decode()
+            dets.append({"image_id": i, "category_id": cat if rng.random() < 0.85 else 3 - cat,
+                         "segmentation": rle, "score": round(rng.random(), 3)})
+    path = tmp_path / "masks_gt.json"
+    path.write_text(json.dumps({"images": images, "annotations": anns,
+                                "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}))
+    return path, dets
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+def test_fast_backend_equals_pycocotools_on_masks(tmp_path, backend):
+    """Mask results (RLE, no box) loaded by the fast backend's own loadRes: pycocotools' numbers."""
+    require(backend)
+    gt, dets = square_masks_gt_and_detections(tmp_path)
+    official = evaluate_coco(gt, dets, iou_type="segm", backend="pycocotools")
+    fast = evaluate_coco(gt, dets, iou_type="segm", backend=backend)
+    assert 5 < official["AP"] < 95
+    for k, v in official.items():
+        assert fast[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", *FAST_BACKENDS])
+def test_evaluation_leaves_the_callers_detections_as_they_are(tmp_path, backend):
+    """pycocotools' and faster-coco-eval's loadRes write into the dicts they get (a mask result got a numpy box,
+    which the next backend's loadRes then choked on): evaluate_coco hands them copies."""
+    require(backend)
+    gt, dets = square_masks_gt_and_detections(tmp_path)
+    before = json.dumps(dets)
+    evaluate_coco(gt, dets, iou_type="segm", backend=backend)
+    box_gt, box_dets = hard_gt_and_detections(tmp_path)
+    box_before = json.dumps(box_dets)
+    evaluate_coco(box_gt, box_dets, backend=backend)
+    assert json.dumps(dets) == before and json.dumps(box_dets) == box_before
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", *FAST_BACKENDS])
+@pytest.mark.parametrize("annotations", ["no key", "empty list"])
+def test_evaluator_without_ground_truth_writes_detections_and_scores_nothing(tmp_path, backend, annotations):
+    """A test split (no boxes: no "annotations", or an empty list) is not scored, with every backend (hotcoco
+    cannot tell the two apart); the detections are still written."""
+    require(backend)
+    data = {"images": [{"id": 1, "file_name": "1.jpg", "width": 50, "height": 40}],
+            "categories": [{"id": 3, "name": "a"}, {"id": 8, "name": "b"}]}
+    if annotations == "empty list":
+        data["annotations"] = []
+    gt = tmp_path / "test_split.json"
+    gt.write_text(json.dumps(data))
+    name = f"det_test_no_gt_{backend}_{annotations.replace(' ', '_')}"
+    register_coco_dataset(name, gt, tmp_path, check_images=False)
+    evaluator = NASNetCOCOEvaluator(name, output_dir=str(tmp_path / "out"), distributed=False, backend=backend)
+    inst = Instances((40, 50), pred_boxes=Boxes(torch.tensor([[1.0, 2.0, 20.0, 30.0]])), scores=torch.tensor([0.9]),
+                     pred_classes=torch.tensor([1]))
+    evaluator.process([{"image_id": 1}], [{"instances": inst}])
+    assert evaluator.evaluate() == {}
+    written = json.loads((tmp_path / "out" / "coco_instances_results.json").read_text())
+    assert [d["category_id"] for d in written] == [8]
+    assert not (tmp_path / "out" / "coco_metrics.json").exists()

@@ -5,10 +5,13 @@ the model detects nothing: all 12 numbers and ``AP-<category>``, 0 where there i
 there is none (COCOeval's -1), as COCOeval itself reports them for an empty result set.
 
 Backends, fastest first (``auto`` takes the first one installed): ``hotcoco`` (Rust, ~10x faster than
-faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). hotcoco gives
+faster-coco-eval here), ``faster_coco_eval`` (C++), ``pycocotools`` (the official code). Each runs end to end
+in its own library (:class:`CocoBackend`): its ``COCO`` reads the ground-truth json and loads the results
+(``loadRes``), its ``COCOeval`` scores them; no dataset is converted from one library to another (at COCO-val
+scale pycocotools' json reading alone took longer than all of hotcoco's evaluation). hotcoco gives
 pycocotools' numbers bit for bit; faster-coco-eval its 12 numbers, and per-category AP up to float rounding
 (~1e-14, its precision table sums in another order) (tests/test_detection_eval.py; bench/bench_eval.py times
-them all).
+them all, and ours against the backend it runs on, alone).
 detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension, which this install lacks,
 and its ``COCOEvaluator`` offers no way to plug another COCOeval in: :class:`NASNetCOCOEvaluator` is a
 ``DatasetEvaluator`` of its own, built on detectron2's public helpers.
@@ -23,6 +26,8 @@ import itertools
 import json
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +39,9 @@ from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_torch_save, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -59,14 +63,6 @@ def faster_coco_eval_available() -> bool:
     return _installed("faster_coco_eval")
 
 
-def hotcoco_cocoeval(coco_gt: COCO, coco_dt: COCO, iou_type: str = "bbox"):
-    """hotcoco's COCOeval (Rust) on pycocotools ``COCO`` objects, whose datasets it reads as dicts. It has
-    pycocotools' interface (``params``, ``evaluate/accumulate/summarize``, ``stats``, ``eval['precision']``)."""
-    import hotcoco
-
-    return hotcoco.COCOeval(hotcoco.COCO(coco_gt.dataset), hotcoco.COCO(coco_dt.dataset), iou_type)
-
-
 def resolve_backend(backend: str = "auto") -> str:
     """The backend ``backend`` names; 'auto' = the fastest installed (hotcoco, faster_coco_eval, pycocotools)."""
     if backend not in BACKENDS:
@@ -79,22 +75,101 @@ def resolve_backend(backend: str = "auto") -> str:
     return next(b for b in ("hotcoco", "faster_coco_eval", "pycocotools") if _installed(b))
 
 
-def cocoeval_class(backend: str = "auto"):
-    """The COCOeval class (or factory with its signature) for ``backend``."""
+@dataclass(frozen=True)
+class CocoBackend:
+    """One COCO library end to end: ``coco`` is its COCO class (``coco(path)`` reads a ground-truth json,
+    ``coco()`` is an empty set; its objects have pycocotools' ``getImgIds/getCatIds/loadImgs/loadCats/loadRes``),
+    ``cocoeval`` its COCOeval (``cocoeval(coco_gt, coco_dt, iou_type)``, pycocotools' ``params``,
+    ``evaluate/accumulate/summarize``, ``stats``, ``eval['precision']``)."""
+
+    name: str
+    coco: Callable[..., Any]
+    cocoeval: Callable[..., Any]
+    # loadRes writes id, area, iscrowd (and a box's polygon, a mask's box) into the detection dicts it is given
+    loads_in_place: bool
+    # what loadRes raises on a malformed detection (hotcoco checks every field: "load_res[3]: field 'bbox': ...")
+    bad_result_errors: tuple[type[Exception], ...] = ()
+
+    def load_ground_truth(self, path: str | os.PathLike) -> Any:
+        """The ground truth read from ``path`` (a json that is not COCO's is one error naming the file)."""
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return self.coco(str(path))
+        except (ValueError, AssertionError) as e:  # malformed json (pycocotools: AssertionError for a non-dict)
+            raise BadInputError(f"{path} is not a COCO annotations json: {first_line(e)}") from e
+
+    def load_results(self, coco_gt: Any, detections: list[dict[str, Any]], source: str) -> Any:
+        """``detections`` (COCO results) as a result set over ``coco_gt``, the caller's dicts left as they are;
+        an empty one where there are none (pycocotools' ``loadRes`` rejects an empty list)."""
+        if not detections:
+            return empty_detections(coco_gt)
+        if self.loads_in_place:
+            detections = [dict(d) for d in detections]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                return coco_gt.loadRes(detections)
+        except self.bad_result_errors as e:
+            raise BadInputError(f"{source}: {first_line(e)}") from e
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
+
+
+def coco_backend(backend: str = "auto") -> CocoBackend:
+    """The COCO library ``backend`` names ('auto': the fastest installed), with its COCO and COCOeval."""
     backend = resolve_backend(backend)
-    if backend == "pycocotools":
-        return COCOeval
     if backend == "hotcoco":
-        return hotcoco_cocoeval
-    from faster_coco_eval import COCOeval_faster
+        import hotcoco
 
-    class FasterCOCOeval(COCOeval_faster):
-        """COCOeval_faster with the pycocotools constructor signature (and its printed summary)."""
+        return CocoBackend("hotcoco", hotcoco.COCO, hotcoco.COCOeval, loads_in_place=False,
+                           bad_result_errors=(ValueError,))
+    if backend == "faster_coco_eval":
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster
 
-        def __init__(self, coco_gt=None, coco_dt=None, iou_type: str = "bbox"):
-            super().__init__(coco_gt, coco_dt, iou_type, print_function=print)
+        class FasterCOCOeval(COCOeval_faster):
+            """COCOeval_faster with the pycocotools constructor signature (and its printed summary)."""
 
-    return FasterCOCOeval
+            def __init__(self, coco_gt=None, coco_dt=None, iou_type: str = "bbox"):
+                super().__init__(coco_gt, coco_dt, iou_type, print_function=print)
+
+        return CocoBackend("faster_coco_eval", FasterCOCO, FasterCOCOeval, loads_in_place=True)
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return CocoBackend("pycocotools", COCO, COCOeval, loads_in_place=True)
+
+
+def class_names_of(coco_gt: Any) -> list[str]:
+    """The category names of a COCO set, by category id."""
+    return [c["name"] for c in sorted(coco_gt.loadCats(coco_gt.getCatIds()), key=lambda c: c["id"])]
+
+
+def has_boxes(coco_gt: Any) -> bool:
+    """Whether a COCO set has ground-truth annotations (a test split has none, or no "annotations" key)."""
+    try:
+        return bool(coco_gt.getAnnIds())
+    except KeyError:  # pycocotools / faster-coco-eval on a json without "annotations"
+        return False
+
+
+def check_detections(detections: list, source: str, iou_type: str) -> None:
+    """Every detection is a dict with the keys COCOeval reads, and a box of 4 numbers' length. hotcoco would
+    score one without "score" as 1 and one without "bbox" as a miss; pycocotools stops with a bare KeyError
+    or IndexError."""
+    needed = {"image_id", "category_id", "score", "bbox" if iou_type == "bbox" else "segmentation"}
+    boxes = iou_type == "bbox"
+    # one generator pass, the slow loop with its messages only for a bad file: this runs on every evaluation
+    if all(isinstance(d, dict) and needed <= d.keys()
+           and (not boxes or (isinstance(d["bbox"], (list, tuple)) and len(d["bbox"]) == 4)) for d in detections):
+        return
+    for i, det in enumerate(detections):
+        if not isinstance(det, dict) or not needed <= det.keys():
+            have = sorted(det) if isinstance(det, dict) else type(det).__name__
+            raise BadInputError(f"{source}: detection {i} must be a dict with keys {sorted(needed)}, got {have}")
+        if boxes and (not isinstance(det["bbox"], (list, tuple)) or len(det["bbox"]) != 4):
+            raise BadInputError(f"{source}: detection {i} has bbox {det['bbox']!r}, expected [x, y, width, height]")
 
 
 def per_category_ap(coco_eval, class_names: list[str]) -> dict[str, float]:
@@ -113,14 +188,14 @@ def stats_to_dict(stats) -> dict[str, float]:
     return {n: float(s * 100) if s >= 0 else float("nan") for n, s in zip(STAT_NAMES, stats[:12])}
 
 
-def empty_detections(coco_gt: COCO) -> COCO:
-    """A COCO result set with no detections (``loadRes`` rejects an empty list), so that COCOeval gives 0
-    wherever there is ground truth and -1 where there is none, exactly as with detections."""
-    coco_dt = COCO()
-    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
-                       "categories": list(coco_gt.dataset["categories"]), "annotations": []}
+def empty_detections(coco_gt: Any) -> Any:
+    """A result set with no detections, of ``coco_gt``'s library, so that COCOeval gives 0 wherever there is
+    ground truth and -1 where there is none, exactly as with detections."""
+    coco_dt = type(coco_gt)()
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt.createIndex()
+        coco_dt.dataset = {"images": coco_gt.loadImgs(coco_gt.getImgIds()),
+                           "categories": coco_gt.loadCats(coco_gt.getCatIds()), "annotations": []}
+        coco_dt.createIndex()  # hotcoco indexes on assignment already: a no-op there
     return coco_dt
 
 
@@ -128,37 +203,38 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
                   iou_type: str = "bbox", backend: str = "auto") -> dict[str, float]:
     """Score COCO-format detections (``[{"image_id", "category_id", "bbox", "score"}, ...]`` or a json file
     of them) against ``gt_json``: the 12 standard numbers (AP ... ARl, x100) plus ``AP-<category>``."""
-    cocoeval = cocoeval_class(backend)  # a backend that is not installed fails before any work
+    coco = coco_backend(backend)  # a backend that is not installed fails before any work
     gt_json = Path(gt_json)
     if not gt_json.is_file():
         raise FileNotFoundError(f"ground-truth annotations {gt_json} do not exist")
+    source = "detections"
     if not isinstance(detections, list):
         det_path = Path(detections)
         if not det_path.is_file():
             raise FileNotFoundError(f"detections file {det_path} does not exist")
-        detections = json.loads(det_path.read_text())
+        source = str(det_path)
+        try:
+            detections = json.loads(det_path.read_text())
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{det_path} is not valid JSON: {e}") from e
         if not isinstance(detections, list):
-            raise ValueError(f"{det_path}: expected a JSON list of detections")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(gt_json))
-    class_names = [c["name"] for c in sorted(coco_gt.dataset["categories"], key=lambda c: c["id"])]
-    known = set(coco_gt.getImgIds())
-    unknown = {d["image_id"] for d in detections} - known
+            raise BadInputError(f"{det_path}: expected a JSON list of detections")
+    check_detections(detections, source, iou_type)
+    coco_gt = coco.load_ground_truth(gt_json)
+    unknown = {d["image_id"] for d in detections} - set(coco_gt.getImgIds())
     if unknown:
-        raise ValueError(f"detections refer to image ids not in {gt_json}: {sorted(unknown)[:5]}")
+        raise BadInputError(f"{source}: detections refer to image ids not in {gt_json}: {sorted(unknown)[:5]}")
+    if not detections:
+        logger.warning("no detections to evaluate against %s", gt_json)
+    coco_dt = coco.load_results(coco_gt, detections, source)
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
-        if detections:
-            coco_dt = coco_gt.loadRes(detections)
-        else:
-            logger.warning("no detections to evaluate against %s", gt_json)
-            coco_dt = empty_detections(coco_gt)
-        coco_eval = cocoeval(coco_gt, coco_dt, iou_type)
+        coco_eval = coco.cocoeval(coco_gt, coco_dt, iou_type)
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
     logger.info("COCO %s evaluation (%s):\n%s", iou_type, type(coco_eval).__name__, summary.getvalue())
-    return {**stats_to_dict(coco_eval.stats), **per_category_ap(coco_eval, class_names)}
+    return {**stats_to_dict(coco_eval.stats), **per_category_ap(coco_eval, class_names_of(coco_gt))}
 
 
 class NASNetCOCOEvaluator(DatasetEvaluator):
@@ -172,7 +248,7 @@ class NASNetCOCOEvaluator(DatasetEvaluator):
                  distributed: bool = True, tasks: tuple[str, ...] = ("bbox",)):
         if set(tasks) - {"bbox", "segm"}:
             raise ValueError(f"NASNetCOCOEvaluator evaluates 'bbox' and 'segm', not {sorted(set(tasks))}")
-        self.cocoeval = cocoeval_class(backend)
+        self.coco = coco_backend(backend)
         self.dataset_name, self.output_dir, self.distributed, self.tasks = dataset_name, output_dir, distributed, tasks
         self.metadata = MetadataCatalog.get(dataset_name)
         json_file = self.metadata.get("json_file")
@@ -182,8 +258,7 @@ class NASNetCOCOEvaluator(DatasetEvaluator):
                                  "to write one")
             json_file = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
             convert_to_coco_json(dataset_name, json_file)
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.coco_gt = COCO(PathManager.get_local_path(json_file))
+        self.coco_gt = self.coco.load_ground_truth(PathManager.get_local_path(json_file))
         self.predictions: list[dict[str, Any]] = []
 
     def reset(self) -> None:
@@ -213,7 +288,7 @@ class NASNetCOCOEvaluator(DatasetEvaluator):
         detections = self.coco_detections(predictions)
         if self.output_dir:
             atomic_write(os.path.join(self.output_dir, "coco_instances_results.json"), json.dumps(detections))
-        if "annotations" not in self.coco_gt.dataset:
+        if not has_boxes(self.coco_gt):
             logger.info("%s has no annotations to evaluate against", self.dataset_name)
             return {}
         results = {task: self.evaluate_task(detections, task, img_ids) for task in self.tasks}
@@ -236,14 +311,12 @@ class NASNetCOCOEvaluator(DatasetEvaluator):
         return detections
 
     def evaluate_task(self, detections: list[dict[str, Any]], task: str, img_ids: list[int] | None):
-        if detections:
-            if task == "segm":  # mask AP uses the mask area when the results carry no box
-                detections = [{k: v for k, v in d.items() if k != "bbox"} for d in detections]
-            coco_dt = self.coco_gt.loadRes(detections)
-        else:
+        if task == "segm":  # mask AP uses the mask area when the results carry no box
+            detections = [{k: v for k, v in d.items() if k != "bbox"} for d in detections]
+        if not detections:
             logger.warning("No detections from the model: AP and AR are 0 wherever there is ground truth")
-            coco_dt = empty_detections(self.coco_gt)
-        coco_eval = self.cocoeval(self.coco_gt, coco_dt, task)
+        coco_dt = self.coco.load_results(self.coco_gt, detections, f"predictions on {self.dataset_name}")
+        coco_eval = self.coco.cocoeval(self.coco_gt, coco_dt, task)
         coco_eval.params.maxDets = [1, 10, 100]  # COCOeval's default, as detectron2 sets it
         if img_ids is not None:
             coco_eval.params.imgIds = img_ids
