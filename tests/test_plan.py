@@ -240,6 +240,36 @@ def test_ray_workers_without_a_gpu_fail_a_stage_that_should_run_on_gpus():
         assert not [c for c in plan.checks if "GPUS_PER_WORKER" in c.message]
 
 
+def warns(plan, stage: str) -> list[str]:
+    return [c.message for c in plan.checks if c.level == "WARN" and c.stage == stage]
+
+
+def test_a_ray_plan_warns_when_the_cluster_has_too_few_gpus_or_none_for_auto():
+    """PIPELINE.BACKEND ray: a stage waits for GPUs the cluster lacks (WARN with the numbers), GPUS_PER_WORKER -1 on
+    a cluster without GPUs trains TRAIN.DEVICE auto on the CPU (WARN), and a device-cpu stage asks for no GPU."""
+    here = plan_of("paper.yaml", "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.GPUS_PER_WORKER", "-1",
+                   stages=["pretrain", "detect"])  # the local cluster on this machine, without a GPU
+    assert warns(here, "pretrain") == ["PIPELINE.RAY.GPUS_PER_WORKER -1 (auto) and the local Ray cluster on this "
+                                       "machine has no GPU: its 8 Ray Train workers train on the CPU (TRAIN.DEVICE "
+                                       "auto)"]
+    assert "Ray Train workers, no GPU, gloo" in dict(here.stage("pretrain").rows)["processes"]
+    assert warns(here, "detect") == ["8 Ray Train workers x 1 GPU(s) (PIPELINE.RAY.GPUS_PER_WORKER -1) need 8 GPUs "
+                                     "but the local Ray cluster on this machine has 0: the stage waits until GPU "
+                                     "nodes join"]
+    short = plan_of("paper.yaml", "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.GPUS_PER_WORKER", "2", gpus=4,
+                    stages=["pretrain"])
+    assert warns(short, "pretrain") == ["4 Ray Train workers x 2 GPU(s) (PIPELINE.RAY.GPUS_PER_WORKER 2) need 8 GPUs "
+                                        "but the planned cluster (--gpus x --nodes) has 4: the stage waits until GPU "
+                                        "nodes join"]
+    elsewhere = plan_of("paper.yaml", "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.ADDRESS", "head:6379",
+                        stages=["pretrain"])
+    assert warns(elsewhere, "pretrain") == [] and "GPUs, nccl" in dict(elsewhere.stage("pretrain").rows)["processes"]
+    smoke = plan_of("smoke.yaml", "PIPELINE.BACKEND", "ray", machine=GPUS, stages=["pretrain", "detect"])
+    for name in ("pretrain", "detect"):
+        assert "Ray Train workers, no GPU, gloo" in dict(smoke.stage(name).rows)["processes"]
+        assert not [m for m in fails(smoke, name) + warns(smoke, name) if "GPU" in m]
+
+
 def test_a_detection_batch_the_processes_cannot_share_is_a_fail():
     plan = plan_of("paper.yaml", "DETECT.OPTS", "['SOLVER.REFERENCE_WORLD_SIZE', '0']", gpus=3, stages=["detect"])
     assert [m for m in fails(plan, "detect") if "batch" in m] == [

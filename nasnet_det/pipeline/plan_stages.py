@@ -17,7 +17,7 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.engine.scaling import classification_schedule, detection_schedule
-from nasnet_det.pipeline.backends import Workers
+from nasnet_det.pipeline.backends import Workers, device_kind
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.plan import Check, Machine, Plan, StagePlan, Target, hours
@@ -85,18 +85,11 @@ def _device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: W
                    count_key: str) -> tuple[bool, list[Check]]:
     """(whether the stage trains on GPUs, the checks of its devices) for a stage asking ``key value``
     ("cpu" trains on the CPU on purpose; "auto" / "cuda" expect GPUs)."""
+    if pc.backend == "ray":
+        return _ray_device_checks(pc, stage, key, value, workers)
     if value == "cpu":
         return False, []
     m, checks = pc.machine, []
-    if pc.backend == "ray":
-        if pc.cfg.PIPELINE.RAY.GPUS_PER_WORKER <= 0:
-            outcome = "trains on the CPU" if value == "auto" else "fails (no CUDA device)"
-            n = workers.world_size
-            checks.append(Check("FAIL", stage, f"PIPELINE.RAY.GPUS_PER_WORKER 0: its {_plural(n, 'Ray Train worker')} "
-                                               f"{'gets' if n == 1 else 'get'} no GPU, so {key} {value} {outcome}; "
-                                               "set PIPELINE.RAY.GPUS_PER_WORKER 1"))
-            return False, checks
-        return True, checks
     if not pc.target.this_machine:
         if not m.cuda:
             checks.append(Check("WARN", stage, f"planned for {_plural(workers.per_machine, 'GPU')} per machine; this "
@@ -112,6 +105,44 @@ def _device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: W
     return True, checks
 
 
+def _ray_cluster_gpus(pc: PlanContext) -> tuple[int | None, str]:
+    """The GPUs of the Ray cluster a plan can know, and what it is: planned for ``--gpus`` x ``--nodes``, or the
+    local cluster a run starts on this machine (PIPELINE.RAY.ADDRESS ""); None for another cluster's."""
+    if not pc.target.this_machine:
+        if pc.target.gpus is None:
+            return None, "the cluster"
+        return pc.target.gpus * (pc.target.nodes or 1), "the planned cluster (--gpus x --nodes)"
+    if not pc.cfg.PIPELINE.RAY.ADDRESS:
+        return (pc.machine.gpus if pc.machine.cuda else 0), "the local Ray cluster on this machine"
+    return None, f"the cluster at {pc.cfg.PIPELINE.RAY.ADDRESS}"
+
+
+def _ray_device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: Workers
+                       ) -> tuple[bool, list[Check]]:
+    """What :func:`nasnet_det.pipeline.backends.ray_worker_resources` will ask Ray for, as the plan sees it:
+    no GPU for ``key cpu`` (gloo workers), else ``PIPELINE.RAY.GPUS_PER_WORKER`` GPUs per worker."""
+    kind = device_kind(value)
+    if kind == "cpu":
+        return False, []
+    gpus_per_worker, n = pc.cfg.PIPELINE.RAY.GPUS_PER_WORKER, workers.world_size
+    cluster, what = _ray_cluster_gpus(pc)
+    if gpus_per_worker == 0:
+        outcome = "trains on the CPU" if kind == "auto" else "fails (no CUDA device)"
+        return False, [Check("FAIL", stage, f"PIPELINE.RAY.GPUS_PER_WORKER 0: its {_plural(n, 'Ray Train worker')} "
+                                            f"{'gets' if n == 1 else 'get'} no GPU, so {key} {value} {outcome}; "
+                                            "set PIPELINE.RAY.GPUS_PER_WORKER 1")]
+    if kind == "auto" and gpus_per_worker < 0 and cluster == 0:
+        return False, [Check("WARN", stage, f"PIPELINE.RAY.GPUS_PER_WORKER -1 (auto) and {what} has no GPU: its "
+                                            f"{_plural(n, 'Ray Train worker')} train on the CPU ({key} auto)")]
+    per_worker = 1 if gpus_per_worker < 0 else gpus_per_worker
+    needed = per_worker * n
+    if cluster is not None and cluster < needed:
+        return True, [Check("WARN", stage, f"{_plural(n, 'Ray Train worker')} x {per_worker:g} GPU(s) "
+                                           f"(PIPELINE.RAY.GPUS_PER_WORKER {gpus_per_worker:g}) need {needed:g} GPUs "
+                                           f"but {what} has {cluster}: the stage waits until GPU nodes join")]
+    return True, []
+
+
 def _multi_machine_check(pc: PlanContext, stage: str, machines: int, missing: bool, keys: str) -> list[Check]:
     """A multi-machine launch of the local backend needs a rendezvous and one command per machine."""
     if pc.backend != "local" or machines <= 1 or not missing:
@@ -120,8 +151,9 @@ def _multi_machine_check(pc: PlanContext, stage: str, machines: int, missing: bo
                   f"{_plural(machines, 'machine')} with the local backend: run the same command on each, with {keys}")]
 
 
-def _launch_row(pc: PlanContext, workers: Workers, launcher: str) -> tuple[str, str]:
-    how = "Ray Train workers" if pc.backend == "ray" else launcher if workers.world_size > 1 else "one process"
+def _launch_row(pc: PlanContext, workers: Workers, launcher: str, gpu: bool) -> tuple[str, str]:
+    how = (f"Ray Train workers, {'GPUs, nccl' if gpu else 'no GPU, gloo'}" if pc.backend == "ray" else
+           launcher if workers.world_size > 1 else "one process")
     return "processes", (f"{workers.world_size} = {workers.per_machine} per machine x "
                          f"{_plural(workers.machines, 'machine')} ({how})")
 
@@ -168,7 +200,7 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
         steps = f"{s.steps:,} = SOLVER.MAX_STEPS as written" if tcfg.SOLVER.MAX_STEPS > 0 else None
     steps = steps or f"{s.steps:,} = SOLVER.EPOCHS {tcfg.SOLVER.EPOCHS} x {s.steps_per_epoch:,} steps per epoch"
     rows = [_config_row(config_file, f"{node}.OPTS" if node != "SELECT" else "SELECT.RERANK_OPTS", opts),
-            _launch_row(pc, workers, "torchrun"),
+            _launch_row(pc, workers, "torchrun", gpu),
             ("devices", f"{_plural(workers.world_size, 'GPU')}, one per process (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"
              if gpu else f"CPU (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"),
             ("batch", f"{s.batch_per_process} per device x {s.accum_steps} accumulation x {workers.world_size} = "
@@ -346,7 +378,7 @@ def plan_detect(pc: PlanContext, stage: Stage) -> StagePlan:
     gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", dcfg.MODEL.DEVICE, workers, "DETECT.NUM_GPUS")
     checks += _multi_machine_check(pc, name, workers.machines, c.DIST_URL == "auto",
                                    "DETECT.MACHINE_RANK 0..N-1 and a shared DETECT.DIST_URL tcp://HOST:PORT")
-    rows = [_config_row(c.CONFIG_FILE, "DETECT.OPTS", list(c.OPTS)), _launch_row(pc, workers, "detectron2 launch"),
+    rows = [_config_row(c.CONFIG_FILE, "DETECT.OPTS", list(c.OPTS)), _launch_row(pc, workers, "detectron2 launch", gpu),
             ("devices", f"{_plural(world, 'GPU')}, one per process (MODEL.DEVICE {dcfg.MODEL.DEVICE})" if gpu else
              f"CPU (MODEL.DEVICE {dcfg.MODEL.DEVICE})")]
     values: dict[str, Any] = {"processes": world, "per_machine": workers.per_machine, "machines": workers.machines,
@@ -399,7 +431,7 @@ def plan_evaluate(pc: PlanContext, stage: Stage) -> StagePlan:
         checks.append(Check("FAIL", name, "DATASETS.TEST is empty (DETECT.CONFIG_FILE + DETECT.OPTS + EVALUATE.OPTS): "
                                           "nothing to evaluate"))
     rows = [_config_row(cfg.DETECT.CONFIG_FILE, "DETECT.OPTS + EVALUATE.OPTS", opts),
-            _launch_row(pc, workers, "detectron2 launch"),
+            _launch_row(pc, workers, "detectron2 launch", gpu),
             ("devices", f"{_plural(workers.world_size, 'GPU')} (MODEL.DEVICE {ecfg.MODEL.DEVICE})" if gpu else
              f"CPU (MODEL.DEVICE {ecfg.MODEL.DEVICE})"),
             ("images", f"{data.images:,} ({', '.join(tests)}), 1 per device at a time" if data.images else
