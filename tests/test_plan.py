@@ -351,3 +351,12 @@ def test_the_search_keys_the_plan_reads_are_what_the_search_loads(config, tmp_pa
                                                           "SEARCH.OPTS", str(opts)])
     searched = load_search_cfg(str(REPO / "configs/search" / config), opts)
     assert _search_settings(cfg) == {k: lookup(searched, k)[1] for k in SEARCH_DEFAULTS}
+
+
+def test_the_searchs_own_opts_win_over_the_backends_as_in_the_run():
+    """SearchStage.run passes [*backend.search_opts(), *SEARCH.OPTS]: the plan reads them in that order."""
+    cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray", "SEARCH.OPTS",
+                                                          "['WORKERS.BACKEND', 'local']"])
+    assert _search_settings(cfg)["WORKERS.BACKEND"] == "local"
+    cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray"])
+    assert _search_settings(cfg)["WORKERS.BACKEND"] == "ray"

@@ -224,8 +224,9 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
 
 
 def _search_settings(cfg: CN) -> dict[str, Any]:
-    """The search keys the plan reads: SEARCH.CONFIG_FILE (``_BASE_`` merged as the search does), then
-    SEARCH.OPTS, then what the pipeline's backend adds (Ray: the children on its cluster)."""
+    """The search keys the plan reads: SEARCH.CONFIG_FILE (``_BASE_`` merged as the search does), then what the
+    pipeline's backend adds (Ray: the children on its cluster), then SEARCH.OPTS, in the order SearchStage.run
+    passes them (SEARCH.OPTS win)."""
     c = cfg.SEARCH
     path = resolve_path(c.CONFIG_FILE)
     if not path.is_file():
@@ -235,7 +236,7 @@ def _search_settings(cfg: CN) -> dict[str, Any]:
     for key, default in SEARCH_DEFAULTS.items():
         found, value = lookup(raw, key)
         values[key] = value if found else default
-    opts = [*c.OPTS, *(["WORKERS.BACKEND", "ray"] if cfg.PIPELINE.BACKEND == "ray" else [])]
+    opts = [*(["WORKERS.BACKEND", "ray"] if cfg.PIPELINE.BACKEND == "ray" else []), *c.OPTS]
     for key, value in zip(opts[::2], opts[1::2]):
         if key in values:
             try:  # as yacs decodes a command-line value
