@@ -360,3 +360,18 @@ def test_the_searchs_own_opts_win_over_the_backends_as_in_the_run():
     assert _search_settings(cfg)["WORKERS.BACKEND"] == "local"
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray"])
     assert _search_settings(cfg)["WORKERS.BACKEND"] == "ray"
+
+
+def test_search_children_on_the_cpu_here_fail_when_the_config_states_gpu_hours():
+    """Planning for this machine, without a GPU: CHILD.DEVICE auto with SEARCH.GPU_HOURS_PER_CHILD > 0 (the config
+    expects GPUs) is a FAIL; without a stated GPU throughput it stays a WARN; planned for elsewhere, a WARN."""
+    auto = ["SEARCH.OPTS", "['CHILD.DEVICE', 'auto', 'WORKERS.BACKEND', 'local']"]
+    stated = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "2.4", stages=["search"])
+    assert [m for m in fails(stated, "search") if "CPU" in m] == [
+        "CHILD.DEVICE auto: the children train on the CPU here (2 CPU workers); SEARCH.GPU_HOURS_PER_CHILD 2.4 is "
+        "GPU time: test: no GPU"]
+    unstated = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "0.0", stages=["search"])
+    assert [m for m in fails(unstated, "search") if "CPU" in m] == []
+    assert [m for m in warns(unstated, "search") if "CPU" in m] != []
+    elsewhere = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "2.4", gpus=8, stages=["search"])
+    assert [m for m in fails(elsewhere, "search") if "CPU" in m or "GPU" in m] == []

@@ -254,6 +254,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     strategies = [x.strip() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
     checks: list[Check] = []
     backend, on_cpu = v["WORKERS.BACKEND"], v["CHILD.DEVICE"] == "cpu"
+    per_child, unit, source = stated_throughput(cfg, "SEARCH")
     if backend == "ray":  # one child per GPU of the cluster
         gpus = cfg.PRETRAIN.NPROC_PER_NODE * cfg.PRETRAIN.NNODES
         where = ("a Ray cluster of --gpus x --nodes GPUs" if not pc.target.this_machine else
@@ -272,10 +273,11 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
             if not pc.target.this_machine:
                 checks.append(Check("WARN", name, f"planned for {_plural(gpus, 'GPU')}; this machine, without a "
                                                   "usable GPU, cannot run it"))
-            else:
-                checks.append(Check("FAIL" if v["CHILD.DEVICE"] != "auto" else "WARN", name,
+            else:  # a FAIL where the config expects GPUs: CHILD.DEVICE cuda, or a stated GPU throughput
+                gpu_time = f"; SEARCH.GPU_HOURS_PER_CHILD {per_child:g} is GPU time" if per_child > 0 else ""
+                checks.append(Check("FAIL" if v["CHILD.DEVICE"] != "auto" or per_child > 0 else "WARN", name,
                                     f"CHILD.DEVICE {v['CHILD.DEVICE']}: the children train on the CPU here "
-                                    f"({workers} CPU workers): {pc.machine.reason}"))
+                                    f"({workers} CPU workers){gpu_time}: {pc.machine.reason}"))
     else:
         gpus, workers, where = (1 if pc.machine.cuda else 0), 1, f"in the search's own process ({backend})"
     parallel = min(workers, v["WORKERS.MAX_IN_FLIGHT"]) if v["WORKERS.MAX_IN_FLIGHT"] else workers
@@ -284,7 +286,6 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
                           held_out_of_folder=True)
     rows = [_config_row(cfg.SEARCH.CONFIG_FILE, "SEARCH.OPTS", list(cfg.SEARCH.OPTS)),
             ("strategy", ", ".join(strategies))]
-    per_child, unit, source = stated_throughput(cfg, "SEARCH")
     values: dict[str, Any] = {"strategies": strategies, "workers": parallel, "gpus": in_use}
     if "oneshot" in strategies:  # a weight-sharing supernet, trained once: no children trained one by one
         rows += [("children", "none trained one by one (the weight-sharing supernet: ONESHOT.*)"),
