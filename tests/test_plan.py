@@ -375,3 +375,57 @@ def test_search_children_on_the_cpu_here_fail_when_the_config_states_gpu_hours()
     assert [m for m in warns(unstated, "search") if "CPU" in m] != []
     elsewhere = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "2.4", gpus=8, stages=["search"])
     assert [m for m in fails(elsewhere, "search") if "CPU" in m or "GPU" in m] == []
+
+
+def test_the_pipelines_plan_lists_the_image_folders_without_counting_them(tmp_path: Path, monkeypatch):
+    """A pipeline's start must not walk ImageNet's 1.28M files: the class folders are listed, each checked for an
+    image, and the epochs use ILSVRC-2012's published size; `nasnet-det plan` still counts."""
+    from nasnet_det.pipeline import plan_data
+
+    train, val = tmp_path / "imagenet/train", tmp_path / "imagenet/val"
+    for root in (train, val):
+        for c in ("n01440764", "n01443537"):
+            (root / c / "nested").mkdir(parents=True)
+            for i in range(3):
+                (root / c / "nested" / f"{c}_{i}.JPEG").write_bytes(b"")
+    opts = ("PRETRAIN.OPTS", f"['DATA.TRAIN_DIR', '{train}', 'DATA.VAL_DIR', '{val}']")
+    cfg = load_pipeline_config(PIPELINES / "paper.yaml", list(opts))
+    counted = make_plan(cfg, ["pretrain"], Target(GPUS))
+    assert counted.stage("pretrain").values["data"]["train_images"] == 6
+
+    def no_walk(*args):
+        raise AssertionError("the pipeline's plan counted every image")
+
+    monkeypatch.setattr(plan_data, "_count_images", no_walk)
+    quick = make_plan(cfg, ["pretrain"], Target(GPUS), count_images=False)
+    data = quick.stage("pretrain").values["data"]
+    assert data["train_images"] == DATASET_IMAGES["imagenet"] and fails(quick, "pretrain") == []
+    assert f"train {train}: 2 class folders, each with images (not counted)" in data["summary"]
+    for f in (train / "n01443537" / "nested").iterdir():
+        f.unlink()
+    empty = make_plan(cfg, ["pretrain"], Target(GPUS), count_images=False)
+    assert fails(empty, "pretrain") == [f"DATA.TRAIN_DIR {train}: 1 class folder(s) without images (e.g. "
+                                        "n01443537); ImageFolder refuses an empty class"]
+
+
+def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_still_skip(tmp_path: Path, monkeypatch):
+    from nasnet_det.pipeline import plan_stages
+
+    lines: list[str] = []
+
+    def run() -> dict[str, str]:
+        cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["OUTPUT_DIR", str(tmp_path), "SEARCH.GENOTYPE",
+                                                              "nasnet_a"])
+        return Pipeline(cfg, quiet=True, log=lines.append, config_file="smoke.yaml").run(["search", "select"])
+
+    assert run() == {"search": "ran", "select": "ran"}
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/imagenet/train")
+
+    monkeypatch.setattr(plan_stages, "make_plan", unreadable)
+    lines.clear()
+    assert run() == {"search": "skipped", "select": "skipped"}
+    assert [ln for ln in lines if "WARNING" in ln or ln.startswith("plan of")] == [
+        "[pipeline] WARNING: no plan (PermissionError: [Errno 13] Permission denied: '/data/imagenet/train'); the "
+        "stages run without it"]

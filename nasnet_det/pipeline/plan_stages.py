@@ -40,6 +40,7 @@ class PlanContext:
     cfg: CN
     ctx: Context
     target: Target
+    count_images: bool = True  # count every image of the data folders (False: list them; a pipeline's start)
 
     @property
     def backend(self) -> str:
@@ -167,12 +168,12 @@ def _load_classification(stage: str, node: str, config_file: str, opts: list[str
         raise StageError(stage, f"{node} {config_file} with its opts: {e.args[0] if e.args else e}") from None
 
 
-def _classification_data(tcfg: CN) -> DataFound:
+def _classification_data(tcfg: CN, count: bool) -> DataFound:
     d = tcfg.DATA
     if d.DATASET == "cifar10":
         return cifar10_source(d.SOURCE, "DATA.SOURCE", d.VAL_SIZE, d.LIMIT_TRAIN)
     if d.TRAIN_DIR:
-        return imagenet_folders(d.TRAIN_DIR, d.VAL_DIR)
+        return imagenet_folders(d.TRAIN_DIR, d.VAL_DIR, count=count)
     if d.IMAGE_SAMPLE:
         from nasnet_det.data.cifar import CIFAR10_CLASSES
 
@@ -186,7 +187,7 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
                     pipeline_opts: list[str], dataset: str, workers: Workers, count_key: str,
                     runs: int = 1) -> StagePlan:
     tcfg = _load_classification(stage, config_key, config_file, [*pipeline_opts, *opts], dataset)
-    data = _classification_data(tcfg)
+    data = _classification_data(tcfg, pc.count_images)
     s = classification_schedule(tcfg.SOLVER, workers.world_size, data.images)
     gpu, checks = _device_checks(pc, stage, "TRAIN.DEVICE", tcfg.TRAIN.DEVICE, workers, count_key)
     if s.reference_batch > 0:
@@ -376,7 +377,8 @@ def plan_detect(pc: PlanContext, stage: Stage) -> StagePlan:
     dcfg = _load_detection(name, c.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *c.OPTS])
     workers = stage.workers(pc.ctx)
     world = workers.world_size
-    data = coco_datasets(list(dcfg.DATASETS.TRAIN), "DATASETS.TRAIN", list(dcfg.DATASETS.COCO_FILES), True)
+    data = coco_datasets(list(dcfg.DATASETS.TRAIN), "DATASETS.TRAIN", list(dcfg.DATASETS.COCO_FILES), True,
+                         pc.count_images)
     gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", dcfg.MODEL.DEVICE, workers, "DETECT.NUM_GPUS")
     checks += _multi_machine_check(pc, name, workers.machines, c.DIST_URL == "auto",
                                    "DETECT.MACHINE_RANK 0..N-1 and a shared DETECT.DIST_URL tcp://HOST:PORT")
@@ -427,7 +429,7 @@ def plan_evaluate(pc: PlanContext, stage: Stage) -> StagePlan:
     ecfg = _load_detection(name, cfg.DETECT.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *opts])
     workers = stage.workers(pc.ctx)
     tests = list(ecfg.DATASETS.TEST)
-    data = coco_datasets(tests, "DATASETS.TEST", list(ecfg.DATASETS.COCO_FILES), False)
+    data = coco_datasets(tests, "DATASETS.TEST", list(ecfg.DATASETS.COCO_FILES), False, pc.count_images)
     gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", ecfg.MODEL.DEVICE, workers, "EVALUATE.NUM_GPUS")
     if not tests:
         checks.append(Check("FAIL", name, "DATASETS.TEST is empty (DETECT.CONFIG_FILE + DETECT.OPTS + EVALUATE.OPTS): "
@@ -459,14 +461,15 @@ PLANNERS: dict[str, Callable[[PlanContext, Stage], StagePlan]] = {
 
 
 def make_plan(cfg: CN, stages: list[str] | None = None, target: Target | None = None, config_file: str = "",
-              ctx: Context | None = None) -> Plan:
+              ctx: Context | None = None, count_images: bool = True) -> Plan:
     """The plan of the pipeline config ``cfg`` for the ``stages`` named (default: all, in order). A plan for
     another machine: ``cfg`` loaded with :func:`nasnet_det.pipeline.plan.scale_opts` and ``target`` naming
-    its gpus / nodes. ``ctx``: the running pipeline's stage context. Bad input (a stage config that does not
-    load) raises ``ValueError`` naming the stage and key."""
+    its gpus / nodes. ``ctx``: the running pipeline's stage context. ``count_images`` False: the data folders are
+    listed, not counted (ImageNet: a 1.28M-file walk), and the epochs use the datasets' published sizes. Bad
+    input (a stage config that does not load) raises ``ValueError`` naming the stage and key."""
     target = target or Target(Machine.this_one())
     ctx = ctx or Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet=True)
-    pc = PlanContext(cfg, ctx, target)
+    pc = PlanContext(cfg, ctx, target, count_images)
     planned = []
     for stage in pipeline_stages():
         if stages is not None and stage.name not in stages:
