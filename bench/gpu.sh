@@ -3,13 +3,18 @@
 #
 #   bash bench/gpu.sh [--budget SECONDS] [--out DIR] [--skip STEP]... [--no-setup] [--dry-run] [--help]
 #
-# From a fresh clone it first sets the environment up: scripts/setup_env.sh creates .venv and installs torch (the
-# CUDA build TORCH_CUDA names: TORCH_CUDA=cu128 bash bench/gpu.sh on a driver older than 580, see README) and the
-# rest; with nothing changed it reinstalls nothing. Setup time is printed and is not part of the budget. Then each
-# step runs under its own fixed time cap (`timeout`); a step that fails or times out is recorded and the next runs:
+# On a device machine with a time limit per command, set up first, as its own command (detectron2's source build
+# alone can take many minutes; setup is outside the 540 s budget), then run the steps:
+#   bash scripts/setup_env.sh                      (TORCH_CUDA=cu128 on a driver older than 580, see README)
+#   bash bench/gpu.sh --no-setup --out "$OUT"      (the results file and log under $OUT, so they come back)
+# Without --no-setup it runs scripts/setup_env.sh itself first (with nothing changed it reinstalls nothing; an
+# unset TORCH_CUDA keeps the build the venv was set up with); setup time is printed, not part of the budget. Then
+# each step runs under its own fixed time cap (`timeout`); a step that fails or times out is recorded and the next
+# runs:
 #   1 env           the NVIDIA driver, torch's CUDA build, each device, bf16 support. Without a usable GPU the
 #                   run stops here, with one line saying why (exit 2)
-#   2 gpu_tests     pytest -m gpu: the tests marked gpu
+#   2 gpu_tests     pytest -m gpu on the test files that mark tests gpu (grep -rl "mark.gpu" tests/), not a
+#                   collection of the whole suite
 #   3 cls_resume    nasnet-det train (configs/train/cifar10_smoke.yaml) on CUDA with TRAIN.AMP bf16, killed (kill
 #                   -9) after its first checkpoint, resumed with --resume to the end (bench/gpu_checks.py)
 #   4 det_resume    tools/train_net.py (configs/detection/smoke-nasnet-c4.yaml) on CUDA with SOLVER.AMP.ENABLED,
@@ -31,6 +36,7 @@
 #   --no-setup   use $PY (default .venv/bin/python) as it is: no scripts/setup_env.sh
 #   --dry-run    print the steps with their caps and check that they fit the budget; runs nothing
 # Exit: 0 every step that ran is ok, 1 a step failed or timed out, 2 bad arguments, setup failed or no usable GPU.
+# (Set PY to another interpreter to use it; a path with spaces is fine.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -97,21 +103,26 @@ step() {  # step NAME CAP command...: run it under its cap (or, in a dry run, pr
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$cap" "$rc" "$((SECONDS - start))" "$state" "$*" >> "$TSV"
 }
 
+# The test files with gpu-marked tests: collecting the whole suite (every detectron2 / Ray import) costs tens of
+# seconds of the step's cap for tests -m gpu would deselect anyway.
+mapfile -t GPU_TEST_FILES < <(grep -rlE "mark\.gpu\b" tests --include='*.py' | sort)
+(( ${#GPU_TEST_FILES[@]} )) || GPU_TEST_FILES=(tests)
+
 steps() {
     # 1. the environment; the gate before it has already stopped a run without a usable GPU
-    step env          30 $PY bench/gpu_checks.py env
+    step env          30 "$PY" bench/gpu_checks.py env
     # 2. the tests that need CUDA (skipped everywhere else)
-    step gpu_tests    70 $PY -m pytest -q -p no:cacheprovider -m gpu tests
+    step gpu_tests    70 "$PY" -m pytest -q -p no:cacheprovider -m gpu "${GPU_TEST_FILES[@]}"
     # 3-4. the trainers as they ship on a GPU: bf16 / AMP, a kill -9 and a resume
-    step cls_resume   60 $PY bench/gpu_checks.py train-resume --task classification
-    step det_resume   75 $PY bench/gpu_checks.py train-resume --task detection
+    step cls_resume   60 "$PY" bench/gpu_checks.py train-resume --task classification
+    step det_resume   75 "$PY" bench/gpu_checks.py train-resume --task detection
     # 5-6. NASNet-A vs the peer ports (the peers also in channels_last), bf16 autocast both sides as TRAIN.AMP ships
-    step model_mobile 75 $PY bench/bench_model.py --device cuda --model mobile --batch 64 --iters 10 --repeats 3 --amp bf16
-    step model_large  80 $PY bench/bench_model.py --device cuda --model large --batch 16 --iters 4 --repeats 3 --amp bf16 --tag large
+    step model_mobile 75 "$PY" bench/bench_model.py --device cuda --model mobile --batch 64 --iters 10 --repeats 3 --amp bf16
+    step model_large  80 "$PY" bench/bench_model.py --device cuda --model large --batch 16 --iters 4 --repeats 3 --amp bf16 --tag large
     # 7. the latency estimators on the GPU: lut against measure
-    step latency      40 $PY bench/bench_latency_lut.py --device cuda --cells 10 --repeats 5
+    step latency      40 "$PY" bench/bench_latency_lut.py --device cuda --cells 10 --repeats 5
     # 8. where the search's workers land
-    step workers      40 $PY bench/gpu_checks.py workers --estimator measure SEARCH.LATENCY.DEVICE cuda
+    step workers      40 "$PY" bench/gpu_checks.py workers --estimator measure SEARCH.LATENCY.DEVICE cuda
 }
 
 if (( DRY )); then

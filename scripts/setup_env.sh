@@ -21,6 +21,9 @@
 #                              https://download.pytorch.org/whl/<build>; for pypi: pip's configured index)
 # The build installed (torch.__version__, torch.version.cuda) is printed and recorded in .venv/.torch-build;
 # when nvidia-smi exists the driver is printed, with a one-line warning if the build needs a newer one.
+# TORCH_CUDA unset: the build recorded in .venv/.torch-build is kept (with its TORCH_INDEX_URL unless that is
+# set), so after `TORCH_CUDA=cu128 make setup` a later `make setup` or `bash bench/gpu.sh` stays on cu128; with
+# nothing recorded, pypi. The script says which it used.
 #
 #   scripts/setup_env.sh --print-torch-plan   print the torch build, the pip commands it would run and the
 #                                             stamp hash, then exit (installs nothing, creates nothing)
@@ -73,6 +76,21 @@ declare -A BUILD_MIN_DRIVER=([cu126]=525 [cu128]=525 [cu130]=580 [cpu]=0)
 declare -A CUDA_MIN_DRIVER=([11]=450 [12]=525 [13]=580)
 PYPI_LINUX_X86_64_BUILD=cu130   # what PyPI's torch wheel is built with on Linux x86_64
 
+# TORCH_CUDA unset: the build this venv was set up with (.venv/.torch-build), else the PyPI wheel.
+if [[ -z "${TORCH_CUDA:-}" && -f "$TORCH_BUILD_FILE" ]]; then
+    RECORDED_CUDA="$(sed -n 's/^TORCH_CUDA=//p' "$TORCH_BUILD_FILE" | head -n1)"
+    RECORDED_INDEX="$(sed -n 's/^TORCH_INDEX_URL=//p' "$TORCH_BUILD_FILE" | head -n1)"
+    case "$RECORDED_CUDA" in
+        pypi|cu126|cu128|cu130|cpu)
+            TORCH_CUDA=$RECORDED_CUDA
+            if [[ -z "${TORCH_INDEX_URL:-}" && -n "$RECORDED_INDEX" && "$RECORDED_INDEX" != PyPI ]]; then
+                TORCH_INDEX_URL=$RECORDED_INDEX
+            fi
+            log "TORCH_CUDA unset: keeping the build recorded in $TORCH_BUILD_FILE (TORCH_CUDA=$TORCH_CUDA);" \
+                "set TORCH_CUDA to change it" ;;
+        *) log "TORCH_CUDA unset and $TORCH_BUILD_FILE records no known build ('$RECORDED_CUDA'): using pypi" ;;
+    esac
+fi
 TORCH_CUDA="${TORCH_CUDA:-pypi}"
 case "$TORCH_CUDA" in
     pypi)
@@ -117,11 +135,19 @@ print((v.split("+", 1)[1] if "+" in v else "pypi") if v else "none")' 2>/dev/nul
 
 # When nvidia-smi answers: the driver, and one warning line if it is older than the build needs ($1).
 check_driver() {
-    local need="$1" driver major fits=""
+    local need="$1" driver major fits="" rc=0
     command -v nvidia-smi >/dev/null 2>&1 || return 0
-    driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')"
-    if [[ -z "$driver" ]]; then
-        log "nvidia-smi found no GPU / driver"
+    # nvidia-smi exits non-zero (9: no driver loaded) on a machine whose driver is broken or missing: say so
+    # rather than let `set -e` end the script without a word.
+    driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | tr -d ' ')" \
+        || rc=$?
+    if (( rc )) || [[ ! "$driver" =~ ^[0-9]+(\.[0-9]+)*$ ]]; then
+        if (( rc )); then
+            log "nvidia-smi failed (exit $rc): the NVIDIA driver could not be read; torch will not see a GPU" \
+                "until nvidia-smi works"
+        else
+            log "nvidia-smi found no GPU / driver${driver:+ (it said: $driver)}"
+        fi
         return 0
     fi
     log "NVIDIA driver $driver"
@@ -198,7 +224,9 @@ fi
 "$PY" -m pip install "${TORCH_PIP_ARGS[@]}"
 # setuptools<81: detectron2 imports pkg_resources, which newer setuptools no longer ships.
 pip_install "setuptools<81" wheel
-read -r TORCH_VERSION TORCH_BUILT_CUDA < <("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda or "none")')
+TORCH_INFO="$("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda or "none")')" \
+    || fail "torch was installed but does not import in $VENV (the traceback is above)"
+read -r TORCH_VERSION TORCH_BUILT_CUDA <<<"$TORCH_INFO"
 printf 'TORCH_CUDA=%s\nTORCH_INDEX_URL=%s\ntorch=%s\ntorch.version.cuda=%s\n' "$TORCH_CUDA" "${TORCH_INDEX:-PyPI}" \
     "$TORCH_VERSION" "$TORCH_BUILT_CUDA" > "$TORCH_BUILD_FILE"
 log "installed torch $TORCH_VERSION (CUDA: $TORCH_BUILT_CUDA); recorded in $TORCH_BUILD_FILE"
@@ -211,7 +239,8 @@ log "installing nasnet-det (editable) with extras [test,ray,export]"
 pip_install -e "$ROOT[test,ray,export]"
 
 # --------------------------------------------------------------------------- detectron2
-SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+    || fail "$PY could not name its site-packages folder (the error is above)"
 
 d2_importable() { "$PY" -c 'import detectron2, detectron2.modeling, detectron2.config' >/dev/null 2>&1; }
 

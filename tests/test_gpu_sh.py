@@ -36,6 +36,15 @@ def test_dry_run_lists_every_step_with_its_cap_within_the_budget():
     assert caps + 5 * len(rows) + 20 + 10 == int(total.group(1)) <= 540  # + kill grace, GPU check, report
 
 
+def test_the_gpu_tests_step_collects_only_the_files_that_mark_tests_gpu():
+    proc = gpu_sh("--dry-run")
+    marked = sorted(str(p.relative_to(REPO)) for p in (REPO / "tests").rglob("*.py")
+                    if re.search(r"mark\.gpu\b", p.read_text()))
+    assert marked, "no gpu-marked test left: the step would fall back to the whole suite"
+    (row,) = re.findall(r"^2 gpu_tests +\d+ s  (.+)$", proc.stdout, re.M)
+    assert row == f"{sys.executable} -m pytest -q -p no:cacheprovider -m gpu {' '.join(marked)}"
+
+
 def test_dry_run_with_a_smaller_budget_or_skips_drops_the_later_steps():
     proc = gpu_sh("--dry-run", "--budget", "200", "--skip", "gpu_tests")
     assert proc.returncode == 0, proc.stderr

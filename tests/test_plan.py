@@ -240,6 +240,36 @@ def test_ray_workers_without_a_gpu_fail_a_stage_that_should_run_on_gpus():
         assert not [c for c in plan.checks if "GPUS_PER_WORKER" in c.message]
 
 
+def warns(plan, stage: str) -> list[str]:
+    return [c.message for c in plan.checks if c.level == "WARN" and c.stage == stage]
+
+
+def test_a_ray_plan_warns_when_the_cluster_has_too_few_gpus_or_none_for_auto():
+    """PIPELINE.BACKEND ray: a stage waits for GPUs the cluster lacks (WARN with the numbers), GPUS_PER_WORKER -1 on
+    a cluster without GPUs trains TRAIN.DEVICE auto on the CPU (WARN), and a device-cpu stage asks for no GPU."""
+    here = plan_of("paper.yaml", "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.GPUS_PER_WORKER", "-1",
+                   stages=["pretrain", "detect"])  # the local cluster on this machine, without a GPU
+    assert warns(here, "pretrain") == ["PIPELINE.RAY.GPUS_PER_WORKER -1 (auto) and the local Ray cluster on this "
+                                       "machine has no GPU: its 8 Ray Train workers train on the CPU (TRAIN.DEVICE "
+                                       "auto)"]
+    assert "Ray Train workers, no GPU, gloo" in dict(here.stage("pretrain").rows)["processes"]
+    assert warns(here, "detect") == ["8 Ray Train workers x 1 GPU(s) (PIPELINE.RAY.GPUS_PER_WORKER -1) need 8 GPUs "
+                                     "but the local Ray cluster on this machine has 0: the stage waits until GPU "
+                                     "nodes join"]
+    short = plan_of("paper.yaml", "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.GPUS_PER_WORKER", "2", gpus=4,
+                    stages=["pretrain"])
+    assert warns(short, "pretrain") == ["4 Ray Train workers x 2 GPU(s) (PIPELINE.RAY.GPUS_PER_WORKER 2) need 8 GPUs "
+                                        "but the planned cluster (--gpus x --nodes) has 4: the stage waits until GPU "
+                                        "nodes join"]
+    elsewhere = plan_of("paper.yaml", "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.ADDRESS", "head:6379",
+                        stages=["pretrain"])
+    assert warns(elsewhere, "pretrain") == [] and "GPUs, nccl" in dict(elsewhere.stage("pretrain").rows)["processes"]
+    smoke = plan_of("smoke.yaml", "PIPELINE.BACKEND", "ray", machine=GPUS, stages=["pretrain", "detect"])
+    for name in ("pretrain", "detect"):
+        assert "Ray Train workers, no GPU, gloo" in dict(smoke.stage(name).rows)["processes"]
+        assert not [m for m in fails(smoke, name) + warns(smoke, name) if "GPU" in m]
+
+
 def test_a_detection_batch_the_processes_cannot_share_is_a_fail():
     plan = plan_of("paper.yaml", "DETECT.OPTS", "['SOLVER.REFERENCE_WORLD_SIZE', '0']", gpus=3, stages=["detect"])
     assert [m for m in fails(plan, "detect") if "batch" in m] == [
@@ -321,3 +351,81 @@ def test_the_search_keys_the_plan_reads_are_what_the_search_loads(config, tmp_pa
                                                           "SEARCH.OPTS", str(opts)])
     searched = load_search_cfg(str(REPO / "configs/search" / config), opts)
     assert _search_settings(cfg) == {k: lookup(searched, k)[1] for k in SEARCH_DEFAULTS}
+
+
+def test_the_searchs_own_opts_win_over_the_backends_as_in_the_run():
+    """SearchStage.run passes [*backend.search_opts(), *SEARCH.OPTS]: the plan reads them in that order."""
+    cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray", "SEARCH.OPTS",
+                                                          "['WORKERS.BACKEND', 'local']"])
+    assert _search_settings(cfg)["WORKERS.BACKEND"] == "local"
+    cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray"])
+    assert _search_settings(cfg)["WORKERS.BACKEND"] == "ray"
+
+
+def test_search_children_on_the_cpu_here_fail_when_the_config_states_gpu_hours():
+    """Planning for this machine, without a GPU: CHILD.DEVICE auto with SEARCH.GPU_HOURS_PER_CHILD > 0 (the config
+    expects GPUs) is a FAIL; without a stated GPU throughput it stays a WARN; planned for elsewhere, a WARN."""
+    auto = ["SEARCH.OPTS", "['CHILD.DEVICE', 'auto', 'WORKERS.BACKEND', 'local']"]
+    stated = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "2.4", stages=["search"])
+    assert [m for m in fails(stated, "search") if "CPU" in m] == [
+        "CHILD.DEVICE auto: the children train on the CPU here (2 CPU workers); SEARCH.GPU_HOURS_PER_CHILD 2.4 is "
+        "GPU time: test: no GPU"]
+    unstated = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "0.0", stages=["search"])
+    assert [m for m in fails(unstated, "search") if "CPU" in m] == []
+    assert [m for m in warns(unstated, "search") if "CPU" in m] != []
+    elsewhere = plan_of("paper.yaml", *auto, "SEARCH.GPU_HOURS_PER_CHILD", "2.4", gpus=8, stages=["search"])
+    assert [m for m in fails(elsewhere, "search") if "CPU" in m or "GPU" in m] == []
+
+
+def test_the_pipelines_plan_lists_the_image_folders_without_counting_them(tmp_path: Path, monkeypatch):
+    """A pipeline's start must not walk ImageNet's 1.28M files: the class folders are listed, each checked for an
+    image, and the epochs use ILSVRC-2012's published size; `nasnet-det plan` still counts."""
+    from nasnet_det.pipeline import plan_data
+
+    train, val = tmp_path / "imagenet/train", tmp_path / "imagenet/val"
+    for root in (train, val):
+        for c in ("n01440764", "n01443537"):
+            (root / c / "nested").mkdir(parents=True)
+            for i in range(3):
+                (root / c / "nested" / f"{c}_{i}.JPEG").write_bytes(b"")
+    opts = ("PRETRAIN.OPTS", f"['DATA.TRAIN_DIR', '{train}', 'DATA.VAL_DIR', '{val}']")
+    cfg = load_pipeline_config(PIPELINES / "paper.yaml", list(opts))
+    counted = make_plan(cfg, ["pretrain"], Target(GPUS))
+    assert counted.stage("pretrain").values["data"]["train_images"] == 6
+
+    def no_walk(*args):
+        raise AssertionError("the pipeline's plan counted every image")
+
+    monkeypatch.setattr(plan_data, "_count_images", no_walk)
+    quick = make_plan(cfg, ["pretrain"], Target(GPUS), count_images=False)
+    data = quick.stage("pretrain").values["data"]
+    assert data["train_images"] == DATASET_IMAGES["imagenet"] and fails(quick, "pretrain") == []
+    assert f"train {train}: 2 class folders, each with images (not counted)" in data["summary"]
+    for f in (train / "n01443537" / "nested").iterdir():
+        f.unlink()
+    empty = make_plan(cfg, ["pretrain"], Target(GPUS), count_images=False)
+    assert fails(empty, "pretrain") == [f"DATA.TRAIN_DIR {train}: 1 class folder(s) without images (e.g. "
+                                        "n01443537); ImageFolder refuses an empty class"]
+
+
+def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_still_skip(tmp_path: Path, monkeypatch):
+    from nasnet_det.pipeline import plan_stages
+
+    lines: list[str] = []
+
+    def run() -> dict[str, str]:
+        cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["OUTPUT_DIR", str(tmp_path), "SEARCH.GENOTYPE",
+                                                              "nasnet_a"])
+        return Pipeline(cfg, quiet=True, log=lines.append, config_file="smoke.yaml").run(["search", "select"])
+
+    assert run() == {"search": "ran", "select": "ran"}
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/data/imagenet/train")
+
+    monkeypatch.setattr(plan_stages, "make_plan", unreadable)
+    lines.clear()
+    assert run() == {"search": "skipped", "select": "skipped"}
+    assert [ln for ln in lines if "WARNING" in ln or ln.startswith("plan of")] == [
+        "[pipeline] WARNING: no plan (PermissionError: [Errno 13] Permission denied: '/data/imagenet/train'); the "
+        "stages run without it"]

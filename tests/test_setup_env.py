@@ -19,11 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "setup_env.sh"
 
 
-def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None, **env: str):
+def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None, smi_exit: int = 0,
+         recorded: str | None = None, **env: str):
     """Run ``setup_env.sh --print-torch-plan`` with a venv under ``tmp_path`` (holding torch ``installed``,
-    a version string, when given) and a fake nvidia-smi reporting ``driver`` (when None: the machine's, if any)."""
+    a version string, when given, and ``recorded`` as its .torch-build) and a fake nvidia-smi printing ``driver``
+    and exiting ``smi_exit`` (when ``driver`` is None: the machine's nvidia-smi, if any)."""
     venv, bin_dir = tmp_path / "venv", tmp_path / "bin"
-    bin_dir.mkdir(exist_ok=True)
+    bin_dir.mkdir(parents=True, exist_ok=True)
     full_env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CUDA", "TORCH_INDEX_URL", "PYTHONPATH")}
     full_env.update(VENV=str(venv), **env)
     if installed is not None:
@@ -34,9 +36,11 @@ def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None
         dist.mkdir(parents=True)
         (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {installed}\n")
         full_env["PYTHONPATH"] = str(site)
+        if recorded is not None:
+            (venv / ".torch-build").write_text(recorded)
     if driver is not None:
         smi = bin_dir / "nvidia-smi"
-        smi.write_text(f"#!/bin/sh\necho '{driver}'\n")
+        smi.write_text(f"#!/bin/sh\necho '{driver}'\nexit {smi_exit}\n")
         smi.chmod(0o755)
     full_env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"  # the fake nvidia-smi first
     proc = subprocess.run(["bash", str(SCRIPT), "--print-torch-plan"], env=full_env, capture_output=True, text=True,
@@ -133,3 +137,35 @@ def test_the_scripts_driver_table_is_devices_py():
 
     assert table("BUILD_MIN_DRIVER") == TORCH_BUILDS
     assert {int(k): v for k, v in table("CUDA_MIN_DRIVER").items()} == MIN_DRIVER
+
+
+def test_an_nvidia_smi_that_fails_is_one_line_not_a_silent_exit(tmp_path):
+    """A machine whose nvidia-smi exists but cannot talk to the driver (it prints a message and exits 9)."""
+    proc = plan(tmp_path, driver="NVIDIA-SMI has failed because it could not communicate with the NVIDIA driver",
+                smi_exit=9, TORCH_CUDA="cu128")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "nvidia-smi" in ln]
+    assert lines == ["[setup_env] nvidia-smi failed (exit 9): the NVIDIA driver could not be read; torch will not "
+                     "see a GPU until nvidia-smi works"]
+    assert "stamp hash" in proc.stdout and "WARNING" not in proc.stdout
+
+
+RECORDED_CU128 = ("TORCH_CUDA=cu128\nTORCH_INDEX_URL=https://download.pytorch.org/whl/cu128\ntorch=2.14.1+cu128\n"
+                  "torch.version.cuda=12.8\n")
+
+
+def test_an_unset_torch_cuda_keeps_the_build_the_venv_records(tmp_path):
+    """After `TORCH_CUDA=cu128 make setup`, a plain rerun (a stale stamp, bench/gpu.sh) stays on cu128."""
+    kept = plan(tmp_path, installed="2.14.1+cu128", recorded=RECORDED_CU128)
+    assert kept.returncode == 0, kept.stderr
+    assert ("[setup_env] TORCH_CUDA unset: keeping the build recorded in "
+            f"{tmp_path / 'venv' / '.torch-build'} (TORCH_CUDA=cu128); set TORCH_CUDA to change it") in kept.stdout
+    assert "TORCH_CUDA=cu128, the CUDA 12.8 build" in kept.stdout and "uninstall" not in kept.stdout
+    assert pip_line(kept.stdout).endswith("--index-url https://download.pytorch.org/whl/cu128 torch torchvision")
+    explicit = plan(tmp_path / "b", installed="2.14.1+cu128", TORCH_CUDA="cu128")
+    stamp = re.compile(r"stamp hash: (\w+)")
+    assert stamp.search(kept.stdout).group(1) == stamp.search(explicit.stdout).group(1)
+    changed = plan(tmp_path / "c", installed="2.14.1+cu128", recorded=RECORDED_CU128, TORCH_CUDA="pypi")
+    assert "pip uninstall -y torch torchvision" in changed.stdout and "keeping" not in changed.stdout
+    fresh = plan(tmp_path / "d", installed="2.14.1")  # nothing recorded: the PyPI wheel
+    assert "TORCH_CUDA=pypi" in fresh.stdout and "keeping" not in fresh.stdout

@@ -8,8 +8,10 @@
   training and detection / evaluation as Ray Train ``TorchTrainer`` jobs whose workers run the same trainers
   in the process group Ray Train set up (:mod:`nasnet_det.pipeline.ray_train`). A worker that dies is
   restarted by Ray Train (``FailureConfig``), and the trainer resumes from the stage folder's checkpoint.
-  Each worker asks for ``PIPELINE.RAY.GPUS_PER_WORKER`` GPUs (-1, the default: one when the cluster has GPUs,
-  see :func:`ray_worker_resources`); a worker given none has every GPU hidden from it (it trains on the CPU).
+  A stage whose config trains on the CPU (TRAIN.DEVICE / MODEL.DEVICE cpu) asks for no GPU; otherwise each
+  worker asks for ``PIPELINE.RAY.GPUS_PER_WORKER`` GPUs (-1, the default: one for ``cuda``, and for ``auto`` one
+  when the cluster has GPUs, see :func:`ray_worker_resources`); a worker given none has every GPU hidden from it
+  and joins a gloo process group (it trains on the CPU).
 """
 
 from __future__ import annotations
@@ -74,14 +76,15 @@ class ExecutionBackend(ABC):
 
     @abstractmethod
     def run_classification(self, stage: str, workdir: Path, tool: str, dataset: str, args: list[str],
-                           workers: Workers, quiet: bool) -> None:
-        """Run ``tools/<tool>`` (``nasnet_det.classification.cli``) with ``args`` on ``workers`` processes."""
+                           workers: Workers, quiet: bool, device: str) -> None:
+        """Run ``tools/<tool>`` (``nasnet_det.classification.cli``) with ``args`` on ``workers`` processes;
+        ``device``: the TRAIN.DEVICE the loaded config asks for (cpu | cuda | auto)."""
 
     @abstractmethod
     def run_detection(self, stage: str, workdir: Path, config_file: Path, args: list[str], workers: Workers,
-                      eval_only: bool, quiet: bool) -> None:
+                      eval_only: bool, quiet: bool, device: str) -> None:
         """Run ``tools/train_net.py --config-file config_file [--eval-only] args`` (``nasnet_det.detection.train``)
-        on ``workers`` processes."""
+        on ``workers`` processes; ``device``: the MODEL.DEVICE the loaded config asks for."""
 
     def run_record(self, workdir: Path) -> dict[str, Any]:
         """What the manifest of a stage that ran in ``workdir`` records about how it ran (e.g. restarts)."""
@@ -126,7 +129,7 @@ class LocalBackend(ExecutionBackend):
     name = "local"
 
     def run_classification(self, stage: str, workdir: Path, tool: str, dataset: str, args: list[str],
-                           workers: Workers, quiet: bool) -> None:
+                           workers: Workers, quiet: bool, device: str) -> None:
         try:
             prefix = torchrun_prefix(self.cfg, workers.per_machine, workers.machines, workers.machine_rank,
                                      workers.rendezvous)
@@ -135,7 +138,7 @@ class LocalBackend(ExecutionBackend):
         run_tool(stage, [*prefix, str(tool_path(stage, tool)), *args], workdir, quiet)
 
     def run_detection(self, stage: str, workdir: Path, config_file: Path, args: list[str], workers: Workers,
-                      eval_only: bool, quiet: bool) -> None:
+                      eval_only: bool, quiet: bool, device: str) -> None:
         launch = ["--num-gpus", str(workers.per_machine)]
         if eval_only:
             launch += ["--eval-only"]
@@ -154,41 +157,73 @@ def _error_line(workdir: Path) -> str:
 
 @dataclass(frozen=True)
 class WorkerResources:
-    """What each Ray Train worker of a stage asks for, why (``note``), and a ``warning`` when GPUs go unused."""
+    """What each Ray Train worker of a stage asks for, why (``note``), and a ``warning`` when GPUs go unused or the
+    cluster has too few of them now."""
 
     cpus: float
     gpus: float
     note: str
     warning: str = ""
 
+    @property
+    def process_group(self) -> str:
+        """The torch.distributed backend of the workers: nccl on GPUs, gloo on CPUs."""
+        return "nccl" if self.gpus else "gloo"
+
     def as_dict(self) -> dict[str, float]:
         return {"CPU": self.cpus, **({"GPU": self.gpus} if self.gpus else {})}
 
 
-def ray_worker_resources(cpus_per_worker: float, gpus_per_worker: float,
-                         cluster: Mapping[str, float]) -> WorkerResources:
-    """The resources of one Ray Train worker under ``PIPELINE.RAY.CPUS_PER_WORKER`` / ``GPUS_PER_WORKER`` on a
-    cluster with ``cluster`` resources (``ray.cluster_resources()``). ``GPUS_PER_WORKER`` -1 (auto) is one GPU when
-    the cluster has GPUs, else a CPU worker; an explicit 0 on a cluster with GPUs is allowed, with a warning."""
+def device_kind(device: str) -> str:
+    """A stage's TRAIN.DEVICE / MODEL.DEVICE as ``cpu``, ``cuda`` (also ``cuda:N``) or ``auto``."""
+    value = str(device).strip().lower()
+    return "cuda" if value.startswith("cuda") else value if value in ("cpu", "auto") else "auto"
+
+
+def ray_worker_resources(cpus_per_worker: float, gpus_per_worker: float, cluster: Mapping[str, float],
+                         device: str = "auto", world_size: int = 1, device_key: str = "the stage's device"
+                         ) -> WorkerResources:
+    """The resources of one of ``world_size`` Ray Train workers of a stage whose config asks for ``device``
+    (``device_key``: TRAIN.DEVICE / MODEL.DEVICE), under ``PIPELINE.RAY.CPUS_PER_WORKER`` / ``GPUS_PER_WORKER``,
+    on a cluster with ``cluster`` resources (``ray.cluster_resources()``).
+
+    ``cpu``: CPU workers (gloo), whatever the cluster has. ``cuda``: ``GPUS_PER_WORKER`` GPUs per worker (-1: one).
+    ``auto``: ``GPUS_PER_WORKER`` -1 is one GPU when the cluster has GPUs, else a CPU worker; an explicit 0 on a
+    cluster with GPUs is allowed, with a warning. Asking for more GPUs than the cluster has now is a warning (an
+    autoscaler may add GPU nodes: the stage waits for them)."""
     cluster_gpus = float(cluster.get("GPU", 0) or 0)
-    if gpus_per_worker < 0:
+    kind = device_kind(device)
+    if kind == "cpu":
+        gpus = 0.0
+        note = f"{device_key} {device}: CPU workers (gloo), every GPU hidden from them"
+    elif kind == "cuda":
+        if gpus_per_worker == 0:
+            raise ValueError(f"{device_key} is {device} but PIPELINE.RAY.GPUS_PER_WORKER is 0: a worker without a GPU "
+                             "cannot train on CUDA (set GPUS_PER_WORKER 1, or -1)")
+        gpus = 1.0 if gpus_per_worker < 0 else float(gpus_per_worker)
+        note = f"{device_key} {device}, PIPELINE.RAY.GPUS_PER_WORKER {gpus_per_worker:g}: {gpus:g} GPU(s) per worker " \
+               "(nccl)"
+    elif gpus_per_worker < 0:
         gpus = 1.0 if cluster_gpus > 0 else 0.0
-        note = (f"PIPELINE.RAY.GPUS_PER_WORKER -1 (auto): the cluster has {cluster_gpus:g} GPU(s), so "
-                + ("one GPU per worker (nccl)" if gpus else "CPU workers (gloo)"))
+        note = (f"{device_key} {device}, PIPELINE.RAY.GPUS_PER_WORKER -1 (auto): the cluster has {cluster_gpus:g} "
+                "GPU(s), so " + ("one GPU per worker (nccl)" if gpus else "CPU workers (gloo)"))
     else:
         gpus = float(gpus_per_worker)
         note = f"PIPELINE.RAY.GPUS_PER_WORKER {gpus:g}: " + (f"{gpus:g} GPU(s) per worker (nccl)" if gpus else
                                                                "CPU workers (gloo)")
     if gpus == 0 and cpus_per_worker <= 0:
-        raise ValueError(f"PIPELINE.RAY.CPUS_PER_WORKER is {cpus_per_worker:g} and the cluster has no GPU for "
-                         "GPUS_PER_WORKER -1: a worker needs a CPU (set CPUS_PER_WORKER >= 1)")
+        raise ValueError(f"PIPELINE.RAY.CPUS_PER_WORKER is {cpus_per_worker:g} and the stage's workers get no GPU "
+                         f"({device_key} {device}, GPUS_PER_WORKER {gpus_per_worker:g}): a worker needs a CPU (set "
+                         "CPUS_PER_WORKER >= 1)")
     warning = ""
-    if gpus == 0 and cluster_gpus > 0:
+    needed = gpus * world_size
+    if gpus == 0 and cluster_gpus > 0 and kind != "cpu":
         warning = (f"PIPELINE.RAY.GPUS_PER_WORKER is 0: the stage trains on CPUs although the cluster has "
                    f"{cluster_gpus:g} GPUs")
-    elif gpus > 0 and cluster_gpus == 0:  # an autoscaler may add GPU nodes: wait rather than fail
-        warning = (f"PIPELINE.RAY.GPUS_PER_WORKER is {gpus:g} but the cluster has no GPU now: the stage waits until "
-                   "GPU nodes join")
+    elif gpus > 0 and cluster_gpus < needed:  # an autoscaler may add GPU nodes: wait rather than fail
+        warning = (f"the stage's {world_size} Ray Train worker(s) x {gpus:g} GPU(s) (PIPELINE.RAY.GPUS_PER_WORKER "
+                   f"{gpus_per_worker:g}) need {needed:g} GPUs but the cluster has {cluster_gpus:g} now: the stage "
+                   "waits until GPU nodes join")
     return WorkerResources(float(cpus_per_worker), gpus, note, warning)
 
 
@@ -226,7 +261,7 @@ class RayBackend(ExecutionBackend):
         node.RAY.MAX_FAILURES = 2  # worker-group restarts per training stage; each resumes the checkpoint
         node.RAY.CPUS_PER_WORKER = 1  # per training worker (its torch threads)
         # -1: auto, one GPU per worker when the cluster has GPUs, else CPU workers; 0: CPU workers (gloo, every
-        # GPU hidden from them); 1: one GPU per worker (nccl)
+        # GPU hidden from them); 1: one GPU per worker (nccl). A stage whose config says device cpu gets none.
         node.RAY.GPUS_PER_WORKER = -1
 
     @classmethod
@@ -266,26 +301,33 @@ class RayBackend(ExecutionBackend):
         self._ray()  # the search's children join this cluster
         return ["WORKERS.BACKEND", "ray", "WORKERS.RAY_ADDRESS", self._address]
 
-    def _fit(self, stage: str, workdir: Path, kind: str, argv: list[str], workers: Workers) -> None:
+    def _fit(self, stage: str, workdir: Path, kind: str, argv: list[str], workers: Workers, device: str,
+             device_key: str) -> None:
         ray = self._ray()
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
+        from ray.train.torch import TorchConfig, TorchTrainer
 
         from nasnet_det.pipeline.ray_train import WORKERS_DIR, exit_code, train_loop_per_worker
 
         r = self.cfg.PIPELINE.RAY
         workdir.mkdir(parents=True, exist_ok=True)
         storage = Path(r.STORAGE_PATH or Path(self.cfg.OUTPUT_DIR) / "ray_train").resolve()
-        resources = ray_worker_resources(r.CPUS_PER_WORKER, r.GPUS_PER_WORKER, ray.cluster_resources())
+        try:
+            resources = ray_worker_resources(r.CPUS_PER_WORKER, r.GPUS_PER_WORKER, ray.cluster_resources(), device,
+                                             workers.world_size, device_key)
+        except ValueError as e:
+            raise StageError(stage, str(e)) from None
         with open(workdir / LOG_NAME, "a") as log:
             log.write(f"ray train: {resources.note}\n")
             if resources.warning:
-                log.write(f"warning: {resources.warning}\n")
-                logger.warning("stage %s: %s", stage, resources.warning)
+                log.write(f"WARNING: {resources.warning}\n")
+                logger.warning("WARNING stage %s: %s", stage, resources.warning)
             log.write(f"$ ray train {kind} on {workers.world_size} worker(s) {resources.as_dict()}: "
                       f"{' '.join(argv)}\n")
         trainer = TorchTrainer(
             train_loop_per_worker,
+            # gloo for CPU workers: Ray Train's default follows use_gpu, said here so a CPU stage never gets nccl
+            torch_config=TorchConfig(backend=resources.process_group),
             train_loop_config={"kind": kind, "argv": argv, "workdir": str(workdir), "cwd": os.getcwd()},
             scaling_config=ScalingConfig(num_workers=workers.world_size, use_gpu=resources.gpus > 0,
                                          resources_per_worker=resources.as_dict()),
@@ -304,13 +346,15 @@ class RayBackend(ExecutionBackend):
             raise StageError(stage, _error_line(workdir) or f"the trainer exited with code {exit_code(workdir)}")
 
     def run_classification(self, stage: str, workdir: Path, tool: str, dataset: str, args: list[str],
-                           workers: Workers, quiet: bool) -> None:
-        self._fit(stage, workdir, "classification", [*args, "DATA.DATASET", dataset], workers)
+                           workers: Workers, quiet: bool, device: str) -> None:
+        self._fit(stage, workdir, "classification", [*args, "DATA.DATASET", dataset], workers, device,
+                  "TRAIN.DEVICE")
 
     def run_detection(self, stage: str, workdir: Path, config_file: Path, args: list[str], workers: Workers,
-                      eval_only: bool, quiet: bool) -> None:
+                      eval_only: bool, quiet: bool, device: str) -> None:
         self._fit(stage, workdir, "detection",
-                  ["--config-file", str(config_file), *(["--eval-only"] if eval_only else []), *args], workers)
+                  ["--config-file", str(config_file), *(["--eval-only"] if eval_only else []), *args], workers,
+                  device, "MODEL.DEVICE")
 
     def run_record(self, workdir: Path) -> dict[str, Any]:
         from nasnet_det.pipeline.ray_train import WORKERS_DIR

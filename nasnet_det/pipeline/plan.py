@@ -88,12 +88,9 @@ def scale_opts(gpus: int | None, nodes: int | None) -> list[str]:
     """Pipeline ``KEY VALUE`` overrides that plan for ``gpus`` GPUs per machine on ``nodes`` machines: the training
     stages get gpus x nodes processes (CIFAR, the re-ranking and evaluation run on one machine: gpus), and
     ``gpus`` alone means one machine. None leaves the config's own counts."""
-    from nasnet_det.pipeline.config import get_pipeline_cfg
-
     for flag, n in (("--gpus", gpus), ("--nodes", nodes)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
             raise ValueError(f"{flag} must be a whole number >= 1, got {n!r}")
-    defaults = get_pipeline_cfg()
     opts: list[str] = []
     if gpus is not None:
         opts += ["PRETRAIN.NPROC_PER_NODE", str(gpus), "CIFAR.NPROC_PER_NODE", str(gpus), "DETECT.NUM_GPUS",
@@ -101,8 +98,6 @@ def scale_opts(gpus: int | None, nodes: int | None) -> list[str]:
     machines = nodes if nodes is not None else (1 if gpus is not None else None)
     if machines is not None:
         opts += ["PRETRAIN.NNODES", str(machines), "DETECT.NUM_MACHINES", str(machines)]
-        if "NNODES" in defaults.CIFAR:
-            opts += ["CIFAR.NNODES", str(machines)]
     return opts
 
 

@@ -4,6 +4,10 @@ for the plan's table, the training images it counted (0: not known), and the pro
 plan) and remarks (WARN lines), naming the key and the path.
 
 Paths are read as the stage's tool will read them: relative ones from the working directory the pipeline runs in.
+
+Counting every image (ILSVRC-2012: 1.28M files in 1,000 folders, COCO train2017: 118k) is what ``nasnet-det plan``
+does (``count=True``); the plan a pipeline prints when it starts (``count=False``) only lists the class folders
+and looks for one image in each, so a start stays quick on any file system.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ COCO_2017 = {
 # Images of the evaluation sets a plan turns into time (val2017: COCO's 5,000 images).
 COCO_EVAL_IMAGES = {"coco_2017_val": 5000, "coco_2017_val_100": 100}
 CIFAR10_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
-CIFAR10_TRAIN_IMAGES = 50_000
+CIFAR10_TRAIN_IMAGES = DATASET_IMAGES["cifar10"]
 
 
 @dataclass
@@ -56,14 +60,29 @@ def _count_images(folder: str, extensions: tuple[str, ...]) -> int:
                if f.lower().endswith(extensions))
 
 
+def _has_image(folder: str, extensions: tuple[str, ...]) -> bool:
+    """Whether ImageFolder would find an image in one class folder (recursively, following links), reading its
+    entries only up to the first image: a folder of 1,300 images costs one directory read, not 1,300 names."""
+    subfolders = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir():
+                subfolders.append(entry.path)
+            elif entry.name.lower().endswith(extensions):
+                return True
+    return any(_has_image(sub, extensions) for sub in subfolders)
+
+
 def _class_folders(root: Path) -> list[str]:
     with os.scandir(root) as entries:
         return sorted(e.name for e in entries if e.is_dir())
 
 
-def imagenet_folders(train_dir: str, val_dir: str, key: str = "DATA") -> DataFound:
+def imagenet_folders(train_dir: str, val_dir: str, key: str = "DATA", count: bool = True) -> DataFound:
     """ImageNet as ImageFolder trees: ``train_dir`` and ``val_dir`` each one folder per class, the same classes.
-    ILSVRC-2012's validation images come in one flat folder: they must be sorted into class folders first."""
+    ILSVRC-2012's validation images come in one flat folder: they must be sorted into class folders first.
+    ``count`` False: the class folders are listed and each checked for an image, not counted (the plan then uses
+    ILSVRC-2012's published size)."""
     exts = _image_extensions()
     problems: list[str] = []
     counts: dict[str, tuple[list[str], int]] = {}
@@ -79,32 +98,35 @@ def imagenet_folders(train_dir: str, val_dir: str, key: str = "DATA") -> DataFou
             continue
         classes = _class_folders(root)
         if not classes:
-            flat = _count_images(str(root), exts)
-            what = f"a flat folder of {flat:,} images" if flat else "a folder without class sub-folders or images"
+            flat = _count_images(str(root), exts) if count else int(_has_image(str(root), exts))
+            what = (f"a flat folder of {flat:,} images" if count else "a flat folder of images") if flat else \
+                "a folder without class sub-folders or images"
             problems.append(f"{name} {shown(folder)} is {what}, not one folder per class: sort the validation images "
                             "into their classes' folders (the usual valprep.sh step, by the devkit's labels)"
                             if name.endswith("VAL_DIR") else f"{name} {shown(folder)} is {what}, not one folder "
                             "per class")
             continue
-        per_class = {c: _count_images(str(root / c), exts) for c in classes}
+        per_class = {c: _count_images(str(root / c), exts) if count else int(_has_image(str(root / c), exts))
+                     for c in classes}
         empty = [c for c, n in per_class.items() if n == 0]
         if empty:
             problems.append(f"{name} {shown(folder)}: {len(empty)} class folder(s) without images (e.g. {empty[0]}); "
                             "ImageFolder refuses an empty class")
-        counts[name] = (classes, sum(per_class.values()))
+        counts[name] = (classes, sum(per_class.values()) if count else 0)
     train, val = counts.get(f"{key}.TRAIN_DIR"), counts.get(f"{key}.VAL_DIR")
     if train and val and train[0] != val[0]:
         only = sorted(set(train[0]) ^ set(val[0]))
         problems.append(f"{key}.VAL_DIR has {len(val[0])} class folders and {key}.TRAIN_DIR {len(train[0])}; the "
                         f"names must be the same (e.g. {only[0] if only else 'the order'} differs)")
-    parts = [f"{what} {shown(folder)}: " + (f"{counts[k][1]:,} images in {len(counts[k][0]):,} classes"
+    found = "{1:,} images in {0:,} classes" if count else "{0:,} class folders, each with images (not counted)"
+    parts = [f"{what} {shown(folder)}: " + (found.format(len(counts[k][0]), counts[k][1])
                                             if k in counts else "not set" if not folder
                                             else "MISSING" if not Path(folder).expanduser().is_dir()
                                             else "not class folders")
              for what, folder, k in (("train", train_dir, f"{key}.TRAIN_DIR"), ("val", val_dir, f"{key}.VAL_DIR"))]
-    if not train:  # the recipe's epochs, until the folder is there to count
+    if not train or not count:  # the recipe's epochs, until the folder is there to count
         parts.append(f"planned with ILSVRC-2012's {DATASET_IMAGES['imagenet']:,} training images")
-    return DataFound("; ".join(parts), train[1] if train else DATASET_IMAGES["imagenet"], problems)
+    return DataFound("; ".join(parts), train[1] if train and count else DATASET_IMAGES["imagenet"], problems)
 
 
 def cifar10_source(source: str, key: str, val_size: int = 0, limit: int = 0,
@@ -153,12 +175,14 @@ def _npz_images(path: str) -> int:
         return 0
 
 
-def coco_datasets(names: list[str], key: str, coco_files: list[str], for_training: bool) -> DataFound:
+def coco_datasets(names: list[str], key: str, coco_files: list[str], for_training: bool, count: bool = True
+                  ) -> DataFound:
     """The COCO-format datasets ``names`` (``DATASETS.TRAIN`` or ``TEST``): the builtin ``coco_2017_*`` under
     ``DETECTRON2_DATASETS`` (default ``datasets``, read when the tool starts), ``DATASETS.COCO_FILES`` entries
     (``name=annotations.json:images``), the embedded ``coco_sample_*``. ``images``: the images of all of them
     (detectron2 concatenates the sets), where each is known without reading a large file (a builtin set's
-    published size, found or not: the recipe's epochs are planned before the data is there); else 0."""
+    published size, found or not: the recipe's epochs are planned before the data is there); else 0. ``count``
+    False: an image folder is found, its files not counted."""
     root = os.environ.get("DETECTRON2_DATASETS", "datasets")
     given = {}
     for spec in coco_files:
@@ -185,9 +209,12 @@ def coco_datasets(names: list[str], key: str, coco_files: list[str], for_trainin
                                 "coco/{train2017,val2017} + coco/annotations/instances_{train,val}2017.json)")
                 parts.append(f"{name}: MISSING ({where})")
                 continue
-            with os.scandir(Path(image_root).expanduser()) as entries:
-                files = sum(1 for e in entries if e.is_file())
-            parts.append(f"{name}: {shown(image_root)} ({files:,} files) + {Path(json_file).name}")
+            if count:
+                with os.scandir(Path(image_root).expanduser()) as entries:
+                    files = f"{sum(1 for e in entries if e.is_file()):,} files"
+            else:
+                files = "found, not counted"
+            parts.append(f"{name}: {shown(image_root)} ({files}) + {Path(json_file).name}")
             continue
         remarks.append(f"{key} {name}: not a dataset the plan can check (a detectron2 builtin other than "
                        "coco_2017_*, or registered elsewhere)")

@@ -17,7 +17,7 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.engine.scaling import classification_schedule, detection_schedule
-from nasnet_det.pipeline.backends import Workers
+from nasnet_det.pipeline.backends import Workers, device_kind
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.plan import Check, Machine, Plan, StagePlan, Target, hours
@@ -40,6 +40,7 @@ class PlanContext:
     cfg: CN
     ctx: Context
     target: Target
+    count_images: bool = True  # count every image of the data folders (False: list them; a pipeline's start)
 
     @property
     def backend(self) -> str:
@@ -85,18 +86,11 @@ def _device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: W
                    count_key: str) -> tuple[bool, list[Check]]:
     """(whether the stage trains on GPUs, the checks of its devices) for a stage asking ``key value``
     ("cpu" trains on the CPU on purpose; "auto" / "cuda" expect GPUs)."""
+    if pc.backend == "ray":
+        return _ray_device_checks(pc, stage, key, value, workers)
     if value == "cpu":
         return False, []
     m, checks = pc.machine, []
-    if pc.backend == "ray":
-        if pc.cfg.PIPELINE.RAY.GPUS_PER_WORKER <= 0:
-            outcome = "trains on the CPU" if value == "auto" else "fails (no CUDA device)"
-            n = workers.world_size
-            checks.append(Check("FAIL", stage, f"PIPELINE.RAY.GPUS_PER_WORKER 0: its {_plural(n, 'Ray Train worker')} "
-                                               f"{'gets' if n == 1 else 'get'} no GPU, so {key} {value} {outcome}; "
-                                               "set PIPELINE.RAY.GPUS_PER_WORKER 1"))
-            return False, checks
-        return True, checks
     if not pc.target.this_machine:
         if not m.cuda:
             checks.append(Check("WARN", stage, f"planned for {_plural(workers.per_machine, 'GPU')} per machine; this "
@@ -112,6 +106,44 @@ def _device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: W
     return True, checks
 
 
+def _ray_cluster_gpus(pc: PlanContext) -> tuple[int | None, str]:
+    """The GPUs of the Ray cluster a plan can know, and what it is: planned for ``--gpus`` x ``--nodes``, or the
+    local cluster a run starts on this machine (PIPELINE.RAY.ADDRESS ""); None for another cluster's."""
+    if not pc.target.this_machine:
+        if pc.target.gpus is None:
+            return None, "the cluster"
+        return pc.target.gpus * (pc.target.nodes or 1), "the planned cluster (--gpus x --nodes)"
+    if not pc.cfg.PIPELINE.RAY.ADDRESS:
+        return (pc.machine.gpus if pc.machine.cuda else 0), "the local Ray cluster on this machine"
+    return None, f"the cluster at {pc.cfg.PIPELINE.RAY.ADDRESS}"
+
+
+def _ray_device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: Workers
+                       ) -> tuple[bool, list[Check]]:
+    """What :func:`nasnet_det.pipeline.backends.ray_worker_resources` will ask Ray for, as the plan sees it:
+    no GPU for ``key cpu`` (gloo workers), else ``PIPELINE.RAY.GPUS_PER_WORKER`` GPUs per worker."""
+    kind = device_kind(value)
+    if kind == "cpu":
+        return False, []
+    gpus_per_worker, n = pc.cfg.PIPELINE.RAY.GPUS_PER_WORKER, workers.world_size
+    cluster, what = _ray_cluster_gpus(pc)
+    if gpus_per_worker == 0:
+        outcome = "trains on the CPU" if kind == "auto" else "fails (no CUDA device)"
+        return False, [Check("FAIL", stage, f"PIPELINE.RAY.GPUS_PER_WORKER 0: its {_plural(n, 'Ray Train worker')} "
+                                            f"{'gets' if n == 1 else 'get'} no GPU, so {key} {value} {outcome}; "
+                                            "set PIPELINE.RAY.GPUS_PER_WORKER 1")]
+    if kind == "auto" and gpus_per_worker < 0 and cluster == 0:
+        return False, [Check("WARN", stage, f"PIPELINE.RAY.GPUS_PER_WORKER -1 (auto) and {what} has no GPU: its "
+                                            f"{_plural(n, 'Ray Train worker')} train on the CPU ({key} auto)")]
+    per_worker = 1 if gpus_per_worker < 0 else gpus_per_worker
+    needed = per_worker * n
+    if cluster is not None and cluster < needed:
+        return True, [Check("WARN", stage, f"{_plural(n, 'Ray Train worker')} x {per_worker:g} GPU(s) "
+                                           f"(PIPELINE.RAY.GPUS_PER_WORKER {gpus_per_worker:g}) need {needed:g} GPUs "
+                                           f"but {what} has {cluster}: the stage waits until GPU nodes join")]
+    return True, []
+
+
 def _multi_machine_check(pc: PlanContext, stage: str, machines: int, missing: bool, keys: str) -> list[Check]:
     """A multi-machine launch of the local backend needs a rendezvous and one command per machine."""
     if pc.backend != "local" or machines <= 1 or not missing:
@@ -120,8 +152,9 @@ def _multi_machine_check(pc: PlanContext, stage: str, machines: int, missing: bo
                   f"{_plural(machines, 'machine')} with the local backend: run the same command on each, with {keys}")]
 
 
-def _launch_row(pc: PlanContext, workers: Workers, launcher: str) -> tuple[str, str]:
-    how = "Ray Train workers" if pc.backend == "ray" else launcher if workers.world_size > 1 else "one process"
+def _launch_row(pc: PlanContext, workers: Workers, launcher: str, gpu: bool) -> tuple[str, str]:
+    how = (f"Ray Train workers, {'GPUs, nccl' if gpu else 'no GPU, gloo'}" if pc.backend == "ray" else
+           launcher if workers.world_size > 1 else "one process")
     return "processes", (f"{workers.world_size} = {workers.per_machine} per machine x "
                          f"{_plural(workers.machines, 'machine')} ({how})")
 
@@ -135,12 +168,12 @@ def _load_classification(stage: str, node: str, config_file: str, opts: list[str
         raise StageError(stage, f"{node} {config_file} with its opts: {e.args[0] if e.args else e}") from None
 
 
-def _classification_data(tcfg: CN) -> DataFound:
+def _classification_data(tcfg: CN, count: bool) -> DataFound:
     d = tcfg.DATA
     if d.DATASET == "cifar10":
         return cifar10_source(d.SOURCE, "DATA.SOURCE", d.VAL_SIZE, d.LIMIT_TRAIN)
     if d.TRAIN_DIR:
-        return imagenet_folders(d.TRAIN_DIR, d.VAL_DIR)
+        return imagenet_folders(d.TRAIN_DIR, d.VAL_DIR, count=count)
     if d.IMAGE_SAMPLE:
         from nasnet_det.data.cifar import CIFAR10_CLASSES
 
@@ -154,7 +187,7 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
                     pipeline_opts: list[str], dataset: str, workers: Workers, count_key: str,
                     runs: int = 1) -> StagePlan:
     tcfg = _load_classification(stage, config_key, config_file, [*pipeline_opts, *opts], dataset)
-    data = _classification_data(tcfg)
+    data = _classification_data(tcfg, pc.count_images)
     s = classification_schedule(tcfg.SOLVER, workers.world_size, data.images)
     gpu, checks = _device_checks(pc, stage, "TRAIN.DEVICE", tcfg.TRAIN.DEVICE, workers, count_key)
     if s.reference_batch > 0:
@@ -168,7 +201,7 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
         steps = f"{s.steps:,} = SOLVER.MAX_STEPS as written" if tcfg.SOLVER.MAX_STEPS > 0 else None
     steps = steps or f"{s.steps:,} = SOLVER.EPOCHS {tcfg.SOLVER.EPOCHS} x {s.steps_per_epoch:,} steps per epoch"
     rows = [_config_row(config_file, f"{node}.OPTS" if node != "SELECT" else "SELECT.RERANK_OPTS", opts),
-            _launch_row(pc, workers, "torchrun"),
+            _launch_row(pc, workers, "torchrun", gpu),
             ("devices", f"{_plural(workers.world_size, 'GPU')}, one per process (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"
              if gpu else f"CPU (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"),
             ("batch", f"{s.batch_per_process} per device x {s.accum_steps} accumulation x {workers.world_size} = "
@@ -192,8 +225,9 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
 
 
 def _search_settings(cfg: CN) -> dict[str, Any]:
-    """The search keys the plan reads: SEARCH.CONFIG_FILE (``_BASE_`` merged as the search does), then
-    SEARCH.OPTS, then what the pipeline's backend adds (Ray: the children on its cluster)."""
+    """The search keys the plan reads: SEARCH.CONFIG_FILE (``_BASE_`` merged as the search does), then what the
+    pipeline's backend adds (Ray: the children on its cluster), then SEARCH.OPTS, in the order SearchStage.run
+    passes them (SEARCH.OPTS win)."""
     c = cfg.SEARCH
     path = resolve_path(c.CONFIG_FILE)
     if not path.is_file():
@@ -203,7 +237,7 @@ def _search_settings(cfg: CN) -> dict[str, Any]:
     for key, default in SEARCH_DEFAULTS.items():
         found, value = lookup(raw, key)
         values[key] = value if found else default
-    opts = [*c.OPTS, *(["WORKERS.BACKEND", "ray"] if cfg.PIPELINE.BACKEND == "ray" else [])]
+    opts = [*(["WORKERS.BACKEND", "ray"] if cfg.PIPELINE.BACKEND == "ray" else []), *c.OPTS]
     for key, value in zip(opts[::2], opts[1::2]):
         if key in values:
             try:  # as yacs decodes a command-line value
@@ -221,6 +255,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     strategies = [x.strip() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
     checks: list[Check] = []
     backend, on_cpu = v["WORKERS.BACKEND"], v["CHILD.DEVICE"] == "cpu"
+    per_child, unit, source = stated_throughput(cfg, "SEARCH")
     if backend == "ray":  # one child per GPU of the cluster
         gpus = cfg.PRETRAIN.NPROC_PER_NODE * cfg.PRETRAIN.NNODES
         where = ("a Ray cluster of --gpus x --nodes GPUs" if not pc.target.this_machine else
@@ -239,10 +274,11 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
             if not pc.target.this_machine:
                 checks.append(Check("WARN", name, f"planned for {_plural(gpus, 'GPU')}; this machine, without a "
                                                   "usable GPU, cannot run it"))
-            else:
-                checks.append(Check("FAIL" if v["CHILD.DEVICE"] != "auto" else "WARN", name,
+            else:  # a FAIL where the config expects GPUs: CHILD.DEVICE cuda, or a stated GPU throughput
+                gpu_time = f"; SEARCH.GPU_HOURS_PER_CHILD {per_child:g} is GPU time" if per_child > 0 else ""
+                checks.append(Check("FAIL" if v["CHILD.DEVICE"] != "auto" or per_child > 0 else "WARN", name,
                                     f"CHILD.DEVICE {v['CHILD.DEVICE']}: the children train on the CPU here "
-                                    f"({workers} CPU workers): {pc.machine.reason}"))
+                                    f"({workers} CPU workers){gpu_time}: {pc.machine.reason}"))
     else:
         gpus, workers, where = (1 if pc.machine.cuda else 0), 1, f"in the search's own process ({backend})"
     parallel = min(workers, v["WORKERS.MAX_IN_FLIGHT"]) if v["WORKERS.MAX_IN_FLIGHT"] else workers
@@ -251,7 +287,6 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
                           held_out_of_folder=True)
     rows = [_config_row(cfg.SEARCH.CONFIG_FILE, "SEARCH.OPTS", list(cfg.SEARCH.OPTS)),
             ("strategy", ", ".join(strategies))]
-    per_child, unit, source = stated_throughput(cfg, "SEARCH")
     values: dict[str, Any] = {"strategies": strategies, "workers": parallel, "gpus": in_use}
     if "oneshot" in strategies:  # a weight-sharing supernet, trained once: no children trained one by one
         rows += [("children", "none trained one by one (the weight-sharing supernet: ONESHOT.*)"),
@@ -342,11 +377,12 @@ def plan_detect(pc: PlanContext, stage: Stage) -> StagePlan:
     dcfg = _load_detection(name, c.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *c.OPTS])
     workers = stage.workers(pc.ctx)
     world = workers.world_size
-    data = coco_datasets(list(dcfg.DATASETS.TRAIN), "DATASETS.TRAIN", list(dcfg.DATASETS.COCO_FILES), True)
+    data = coco_datasets(list(dcfg.DATASETS.TRAIN), "DATASETS.TRAIN", list(dcfg.DATASETS.COCO_FILES), True,
+                         pc.count_images)
     gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", dcfg.MODEL.DEVICE, workers, "DETECT.NUM_GPUS")
     checks += _multi_machine_check(pc, name, workers.machines, c.DIST_URL == "auto",
                                    "DETECT.MACHINE_RANK 0..N-1 and a shared DETECT.DIST_URL tcp://HOST:PORT")
-    rows = [_config_row(c.CONFIG_FILE, "DETECT.OPTS", list(c.OPTS)), _launch_row(pc, workers, "detectron2 launch"),
+    rows = [_config_row(c.CONFIG_FILE, "DETECT.OPTS", list(c.OPTS)), _launch_row(pc, workers, "detectron2 launch", gpu),
             ("devices", f"{_plural(world, 'GPU')}, one per process (MODEL.DEVICE {dcfg.MODEL.DEVICE})" if gpu else
              f"CPU (MODEL.DEVICE {dcfg.MODEL.DEVICE})")]
     values: dict[str, Any] = {"processes": world, "per_machine": workers.per_machine, "machines": workers.machines,
@@ -393,13 +429,13 @@ def plan_evaluate(pc: PlanContext, stage: Stage) -> StagePlan:
     ecfg = _load_detection(name, cfg.DETECT.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *opts])
     workers = stage.workers(pc.ctx)
     tests = list(ecfg.DATASETS.TEST)
-    data = coco_datasets(tests, "DATASETS.TEST", list(ecfg.DATASETS.COCO_FILES), False)
+    data = coco_datasets(tests, "DATASETS.TEST", list(ecfg.DATASETS.COCO_FILES), False, pc.count_images)
     gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", ecfg.MODEL.DEVICE, workers, "EVALUATE.NUM_GPUS")
     if not tests:
         checks.append(Check("FAIL", name, "DATASETS.TEST is empty (DETECT.CONFIG_FILE + DETECT.OPTS + EVALUATE.OPTS): "
                                           "nothing to evaluate"))
     rows = [_config_row(cfg.DETECT.CONFIG_FILE, "DETECT.OPTS + EVALUATE.OPTS", opts),
-            _launch_row(pc, workers, "detectron2 launch"),
+            _launch_row(pc, workers, "detectron2 launch", gpu),
             ("devices", f"{_plural(workers.world_size, 'GPU')} (MODEL.DEVICE {ecfg.MODEL.DEVICE})" if gpu else
              f"CPU (MODEL.DEVICE {ecfg.MODEL.DEVICE})"),
             ("images", f"{data.images:,} ({', '.join(tests)}), 1 per device at a time" if data.images else
@@ -425,14 +461,15 @@ PLANNERS: dict[str, Callable[[PlanContext, Stage], StagePlan]] = {
 
 
 def make_plan(cfg: CN, stages: list[str] | None = None, target: Target | None = None, config_file: str = "",
-              ctx: Context | None = None) -> Plan:
+              ctx: Context | None = None, count_images: bool = True) -> Plan:
     """The plan of the pipeline config ``cfg`` for the ``stages`` named (default: all, in order). A plan for
     another machine: ``cfg`` loaded with :func:`nasnet_det.pipeline.plan.scale_opts` and ``target`` naming
-    its gpus / nodes. ``ctx``: the running pipeline's stage context. Bad input (a stage config that does not
-    load) raises ``ValueError`` naming the stage and key."""
+    its gpus / nodes. ``ctx``: the running pipeline's stage context. ``count_images`` False: the data folders are
+    listed, not counted (ImageNet: a 1.28M-file walk), and the epochs use the datasets' published sizes. Bad
+    input (a stage config that does not load) raises ``ValueError`` naming the stage and key."""
     target = target or Target(Machine.this_one())
     ctx = ctx or Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet=True)
-    pc = PlanContext(cfg, ctx, target)
+    pc = PlanContext(cfg, ctx, target, count_images)
     planned = []
     for stage in pipeline_stages():
         if stages is not None and stage.name not in stages:

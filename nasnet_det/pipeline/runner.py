@@ -138,12 +138,19 @@ class Pipeline:
         return done
 
     def _plan(self, chosen: list[str]) -> None:
-        """Print what each chosen stage will do (``nasnet-det plan`` for this machine) and keep it in
-        ``OUTPUT_DIR/plan.json`` and, for each stage that runs, in its manifest (never in its settings hash: a
-        plan that changes, e.g. a throughput figure, reruns nothing)."""
+        """Print what each chosen stage will do (``nasnet-det plan`` for this machine, the data folders listed
+        rather than counted, so a start stays quick) and keep it in ``OUTPUT_DIR/plan.json`` and, for each stage
+        that runs, in its manifest (never in its settings hash: a plan that changes, e.g. a throughput figure,
+        reruns nothing). The plan informs; a plan that cannot be made (unreadable data folder) is one WARNING line
+        and the run goes on, so finished stages still skip."""
         from nasnet_det.pipeline.plan_stages import make_plan
 
-        self.plan = make_plan(self.ctx.cfg, chosen, config_file=self.config_file, ctx=self.ctx)
+        try:
+            self.plan = make_plan(self.ctx.cfg, chosen, config_file=self.config_file, ctx=self.ctx,
+                                  count_images=False)
+        except Exception as e:  # noqa: BLE001 - whatever the plan hits, the stages decide for themselves
+            self.say(f"WARNING: no plan ({type(e).__name__}: {e}); the stages run without it")
+            return
         self._log(self.plan.format())
         atomic_write_json(self.ctx.out / PLAN_NAME, self.plan.as_dict())
 

@@ -249,22 +249,26 @@ def stage_names() -> list[str]:
     return [s.name for s in pipeline_stages()]
 
 
-def _check_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> None:
+def _check_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> CN:
+    """The stage's training config, loaded as its tool will load it (bad input: one line naming the key)."""
     from nasnet_det.classification.config import load_config
 
     try:
-        load_config(resolve_path(config_file), [*opts, "DATA.DATASET", dataset])
+        return load_config(resolve_path(config_file), [*opts, "DATA.DATASET", dataset])
     except (ValueError, KeyError, FileNotFoundError) as e:
         raise StageError(stage, f"{node}.CONFIG_FILE {config_file} with {node}.OPTS: "
                                 f"{e.args[0] if e.args else e}") from None
 
 
-def _check_detection(stage: str, config_file: str, opts: list[str]) -> None:
+def _check_detection(stage: str, config_file: str, opts: list[str]) -> CN:
+    """The stage's detectron2 config, loaded as ``tools/train_net.py`` will load it (bad input: one line)."""
     from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
 
     try:
-        validate_input_sizes(load_cfg(get_nasnet_cfg(), resolve_path(config_file), opts))
+        dcfg = load_cfg(get_nasnet_cfg(), resolve_path(config_file), opts)
+        validate_input_sizes(dcfg)
+        return dcfg
     except (ValueError, KeyError, AssertionError, FileNotFoundError) as e:
         raise StageError(stage, f"DETECT.CONFIG_FILE {config_file} with DETECT.OPTS / EVALUATE.OPTS: "
                                 f"{e.args[0] if e.args else e}") from None
@@ -456,6 +460,10 @@ class SelectStage(Stage):
         else:
             cands = self.candidates(inputs, k)
         workdir.mkdir(parents=True, exist_ok=True)
+        device = "cpu"  # the re-ranking's TRAIN.DEVICE, where the backend places its process (read when it trains)
+        if len(cands) > 1:
+            device = _check_classification(self.name, "SELECT.RERANK", c.RERANK_CONFIG_FILE,
+                                           [*genotype_opts("nasnet_a"), *c.RERANK_OPTS], "cifar10").TRAIN.DEVICE
         for i, cand in enumerate(cands):
             if len(cands) == 1:
                 break
@@ -465,7 +473,7 @@ class SelectStage(Stage):
             ctx.backend.run_classification(self.name, rdir, "train_cifar.py", "cifar10",
                                            ["--config-file", str(resolve_path(c.RERANK_CONFIG_FILE)),
                                             "--output-dir", str(rdir), *genotype_opts(path), *c.RERANK_OPTS],
-                                           Workers(), ctx.quiet)
+                                           Workers(), ctx.quiet, device)
             cand["rerank_top1"] = _read_json(self.name, rdir / "final_metrics.json", "re-rank metrics").get("top1")
         key = (lambda c_: c_["rerank_top1"]) if len(cands) > 1 else (lambda c_: 0)
         best = max(cands, key=key)
@@ -494,9 +502,13 @@ class _ClassificationStage(Stage):
         c = ctx.cfg[self.node]
         return Workers(c.NPROC_PER_NODE, c.get("NNODES", 1), c.get("NODE_RANK", 0), c.get("RDZV_ENDPOINT", ""))
 
+    def training_config(self, ctx: Context) -> CN:
+        """The stage's training config as :meth:`check` loads it."""
+        raise NotImplementedError
+
     def train(self, ctx: Context, workdir: Path, args: list[str]) -> None:
         ctx.backend.run_classification(self.name, workdir, self.tool, self.dataset, args, self.workers(ctx),
-                                       ctx.quiet)
+                                       ctx.quiet, self.training_config(ctx).TRAIN.DEVICE)
 
     def launch_settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg[self.node]
@@ -535,10 +547,13 @@ class CifarStage(_ClassificationStage):
     def inputs(self, ctx: Context) -> dict[str, Path]:
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
 
-    def check(self, ctx: Context) -> None:
+    def training_config(self, ctx: Context) -> CN:
         c = ctx.cfg.CIFAR
-        _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
-                              "cifar10")
+        return _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
+                                     "cifar10")
+
+    def check(self, ctx: Context) -> None:
+        self.training_config(ctx)
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.CIFAR
@@ -583,11 +598,14 @@ class PretrainStage(_ClassificationStage):
             inputs["weights"] = w
         return inputs
 
-    def check(self, ctx: Context) -> None:
+    def training_config(self, ctx: Context) -> CN:
         c = ctx.cfg.PRETRAIN
-        if not c.WEIGHTS:
-            _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
-                                  [*network_opts(ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
+        return _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
+                                     [*network_opts(ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
+
+    def check(self, ctx: Context) -> None:
+        if not ctx.cfg.PRETRAIN.WEIGHTS:
+            self.training_config(ctx)
 
     def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
         if not ctx.cfg.PRETRAIN.WEIGHTS:
@@ -655,9 +673,13 @@ class DetectStage(Stage):
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"],
                 "backbone": ctx.outputs_of("pretrain", self.name)["weights"]}
 
+    def detection_config(self, ctx: Context) -> CN:
+        """The detectron2 config as the training loads it (its MODEL.DEVICE places the workers)."""
+        return _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE,
+                                [*network_opts(ctx.cfg, "nasnet_a"), *ctx.cfg.DETECT.OPTS])
+
     def check(self, ctx: Context) -> None:
-        _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE,
-                         [*network_opts(ctx.cfg, "nasnet_a"), *ctx.cfg.DETECT.OPTS])
+        self.detection_config(ctx)
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.DETECT
@@ -666,7 +688,8 @@ class DetectStage(Stage):
                                   ["--resume", "OUTPUT_DIR", str(workdir), "DATASETS.TEST", "()",
                                    *network_opts(ctx.cfg, inputs["genotype"]),
                                    "MODEL.NASNET.WEIGHTS", str(inputs["backbone"]), *c.OPTS],
-                                  self.workers(ctx), eval_only=False, quiet=ctx.quiet)
+                                  self.workers(ctx), eval_only=False, quiet=ctx.quiet,
+                                  device=self.detection_config(ctx).MODEL.DEVICE)
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if not (workdir / "model_final.pth").is_file():
@@ -709,8 +732,12 @@ class EvaluateStage(Stage):
                 "detector": ctx.outputs_of("detect", self.name)["weights"]}
 
     def check(self, ctx: Context) -> None:
-        _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
-                                                                 *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
+        self.detection_config(ctx)
+
+    def detection_config(self, ctx: Context) -> CN:
+        """The detectron2 config as the evaluation loads it (its MODEL.DEVICE places the workers)."""
+        return _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
+                                                                        *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         if workdir.is_dir():  # evaluation has nothing to resume: start clean so no stale result is read
@@ -719,7 +746,8 @@ class EvaluateStage(Stage):
         ctx.backend.run_detection(self.name, workdir, resolve_path(c.CONFIG_FILE),
                                   ["OUTPUT_DIR", str(workdir), *network_opts(ctx.cfg, inputs["genotype"]),
                                    *c.OPTS, *ctx.cfg.EVALUATE.OPTS, "MODEL.WEIGHTS", str(inputs["detector"])],
-                                  self.workers(ctx), eval_only=True, quiet=ctx.quiet)
+                                  self.workers(ctx), eval_only=True, quiet=ctx.quiet,
+                                  device=self.detection_config(ctx).MODEL.DEVICE)
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         found = sorted((workdir / "inference").glob("*/coco_metrics.json"))
