@@ -38,6 +38,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
+from nasnet_det.detection.data import load_coco_file
 from nasnet_det.utils.io import atomic_torch_save, atomic_write
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
     gt_json = Path(gt_json)
     if not gt_json.is_file():
         raise FileNotFoundError(f"ground-truth annotations {gt_json} do not exist")
+    load_coco_file(gt_json)  # one line naming the file and the record that pycocotools would fail on
     if not isinstance(detections, list):
         det_path = Path(detections)
         if not det_path.is_file():
