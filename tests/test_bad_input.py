@@ -107,6 +107,11 @@ class Files:
             "duplicate-image-ids": coco("dup_image_ids.json", changed(lambda d: d["images"][1].update(
                 id=d["images"][0]["id"]))),  # was: 2 images registered, 1 loaded, AP printed, exit 0
         }
+        (root / "images16").mkdir()  # the dataset's pictures as 16-bit PNGs: trained on as white images
+        for image in good["images"]:
+            grey = np.asarray(Image.open(root / "images" / image["file_name"]).convert("L"), np.uint16) * 257
+            Image.fromarray(grey).save(root / "images16" / image["file_name"])
+        self.coco["16-bit-images"] = f"{self.name}={root / 'ann.json'}:{root / 'images16'}"
         self.dets_json = root / "dets.json"
         self.dets_json.write_text("[]")
         self.backbone_pth = root / "backbone.pth"  # what nasnet-det train / --export-backbone writes
@@ -329,13 +334,15 @@ CASES = [
         ("utf16", ("utf16.json", "UTF-16", "expected")),
         ("duplicate-annotation-ids", ("dup_ann_ids.json", "annotations[1] has id 1", "unique")),
         ("segmentation-only", ("segm_only.json", "annotation 1 has no 'bbox'", "expected")),
-        ("duplicate-image-ids", ("dup_image_ids.json", "images[1] has id 1", "unique")))],
+        ("duplicate-image-ids", ("dup_image_ids.json", "images[1] has id 1", "unique")),
+        ("16-bit-images", ("ann.json", "0.png", "I;16", "expected 8-bit images")))],
     *[Case(f"detect-eval-coco-{kind}", lambda f, kind=kind: detect_on(f, f.coco[kind], "--eval-only", opts=(
         "MODEL.WEIGHTS", str(f.root / "full.pth"))), lambda f, expect=expect: expect) for kind, expect in (
         ("image-without-file-name", ("no_file_name.json", "file_name")),
         ("duplicate-annotation-ids", ("dup_ann_ids.json", "unique")),
         ("segmentation-only", ("segm_only.json", "bbox")),
-        ("duplicate-image-ids", ("dup_image_ids.json", "unique")))],
+        ("duplicate-image-ids", ("dup_image_ids.json", "unique")),
+        ("16-bit-images", ("ann.json", "I;16")))],
     Case("detect-score-coco-duplicate-image-ids", lambda f: score(f, f.coco["duplicate-image-ids"]),
          lambda f: ("dup_image_ids.json", "unique")),
     Case("detect-score-coco-top-level-list", lambda f: score(f, f.coco["top-level-list"]),

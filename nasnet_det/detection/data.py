@@ -98,7 +98,36 @@ def validate_coco_json(json_file: str | Path, image_root: str | Path, check_imag
         if missing:
             raise FileNotFoundError(f"{json_file}: {len(missing)} of {len(data['images'])} image files are missing "
                                     f"under {image_root}, e.g. {', '.join(missing[:5])}")
+        wide = wide_mode_images([image_root / im["file_name"] for im in data["images"]])
+        if wide:
+            path, mode = wide[0]
+            raise BadInputError(f"{json_file}: {len(wide)} of {len(data['images'])} images are 16-bit or float "
+                                f"(e.g. {path}, PIL mode {mode}); detectron2's training and evaluation reader clips "
+                                "them to 255 (a white image); expected 8-bit images: convert them (16-bit values / "
+                                "257)")
     return data
+
+
+# JPEG files are 8-bit for PIL; other formats (PNG, TIFF) may hold 16-bit or float pixels
+EIGHT_BIT_SUFFIXES = (".jpg", ".jpeg")
+
+
+def wide_mode_images(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """(path, mode) of the images whose PIL mode is 16-bit or float (``I;16*``, ``I``, ``F``): detectron2's
+    ``read_image`` converts those to RGB by clipping. Only the headers of non-JPEG files are read; a file PIL
+    cannot open is left to the loader's unreadable-image handling."""
+    wide = []
+    for path in paths:
+        if path.suffix.lower() in EIGHT_BIT_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+        except Exception:  # noqa: BLE001 - unreadable: skipped and named by SkippingLoader
+            continue
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            wide.append((path, mode))
+    return wide
 
 
 def load_coco_file(json_file: str | Path) -> dict:
