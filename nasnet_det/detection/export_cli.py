@@ -3,11 +3,13 @@
     nasnet-det export --config-file CFG --format torchscript|onnx --output PATH [--check IMAGE ...]
                       [--check-existing] [KEY VALUE ...]
 
-``MODEL.WEIGHTS`` names the trained detector. The model is traced on the first ``--check`` image (a photo of
-the package's COCO sample without one). ``--check`` runs the eager and the exported model on every image, prints
-one comparison line each and exits 1 unless all agree (tolerance: nasnet_det.detection.export);
-``--check-existing`` checks the file already at ``--output`` instead of exporting. Bad input
-(a config key, a missing file or image, an unsupported format, a model that cannot be exported): one ``error:``
+``MODEL.WEIGHTS`` names the trained detector. The ``KEY VALUE`` overrides start at the first upper-case
+``SECTION.KEY`` that is not an option's value, so a path such as ``--output MODEL.onnx`` stays a path. The
+model is traced on the first ``--check`` image (a photo of the package's COCO sample without one). ``--check``
+runs the eager and the exported model on every image, prints one comparison line each and exits 1 unless all
+agree (tolerance: nasnet_det.detection.export); ``--check-existing`` checks the file already at ``--output``
+instead of exporting. Bad input (a config key, a missing file or image, a file that is not an image, an
+unsupported format, a model that cannot be exported): one ``error:``
 line, exit 2.
 """
 
