@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from nasnet_det.genotypes import PUBLISHED, get_genotype
 from nasnet_det.space import GenotypeError
+from nasnet_det.utils.errors import exit_2_on_bad_input
+from nasnet_det.utils.io import atomic_write, disk_full_errors
 
 PLUGIN_GROUP = "nasnet_det.commands"
 
@@ -25,6 +29,32 @@ def _plugins() -> dict[str, Callable[[list[str]], int]]:
     return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}  # type: ignore[misc]
 
 
+def check_output_file(path: str, option: str) -> Path:
+    """``path`` can be written: not a folder, its folder a writable folder (created when missing). Checked before
+    the work whose result it will hold; raises a one-line ``IsADirectoryError`` / ``NotADirectoryError`` /
+    ``PermissionError`` naming ``option`` and the path."""
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"{option} {out} is a folder; give the path of the file to write")
+    folder = out.parent
+    for parent in (folder, *folder.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"{option} {out}: {parent} is a file, not a folder; choose another path")
+        if parent.exists():
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"{option} {out}: its folder {folder} cannot be created ({e.strerror or e}); choose "
+                              "another path") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {out}: the folder {folder} is not writable; choose another path")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise PermissionError(f"{option} {out} is not writable; choose another path")
+    return out
+
+
+@exit_2_on_bad_input
 def cmd_profile(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nasnet-det profile",
                                      description="Params and mult-adds of NASNet-A configurations vs the paper.")
@@ -32,6 +62,7 @@ def cmd_profile(argv: list[str]) -> int:
                         help="only the rows the implementation must reproduce (skips the slow extra rows)")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     args = parser.parse_args(argv)
+    json_path = check_output_file(args.json, "--json") if args.json else None  # before 30-60 s of profiling
 
     from tqdm import tqdm
 
@@ -40,12 +71,12 @@ def cmd_profile(argv: list[str]) -> int:
     rows = [r for r in PAPER_ROWS if r.checked or not args.checked_only]
     results = [profile_row(r) for r in tqdm(rows, desc="profiling", unit="model", file=sys.stderr)]
     print(format_table(results))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([dict(model=r.row.label, image_size=r.row.image_size, params=r.params,
-                            paper_params_m=r.row.params_m, mult_adds=r.mult_adds,
-                            paper_mult_adds_m=r.row.mult_adds_m, checked=r.row.checked,
-                            within_tolerance=r.within_tolerance) for r in results], f, indent=2)
+    if json_path is not None:
+        numbers = [dict(model=r.row.label, image_size=r.row.image_size, params=r.params, paper_params_m=r.row.params_m,
+                        mult_adds=r.mult_adds, paper_mult_adds_m=r.row.mult_adds_m, checked=r.row.checked,
+                        within_tolerance=r.within_tolerance) for r in results]
+        with disk_full_errors(json_path):
+            atomic_write(json_path, json.dumps(numbers, indent=2) + "\n")
     failed = [r.row.label for r in results if r.row.checked and not r.within_tolerance]
     if failed:
         print(f"out of tolerance: {', '.join(failed)}", file=sys.stderr)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nasnet_det.utils.io import atomic_write
+from nasnet_det.utils.jsonfile import load_json_text, read_json_file
 
 # The 13 operations of the paper (section 3), in the paper's order.
 OPS: tuple[str, ...] = (
@@ -46,6 +47,11 @@ DEFAULT_NUM_BLOCKS = 5
 
 class GenotypeError(ValueError):
     """A cell or genotype that does not describe a valid NASNet cell."""
+
+
+# what a genotype file holds, for the messages about one that cannot be read
+GENOTYPE_JSON = ("a genotype JSON object {\"name\": ..., \"normal\": {\"blocks\": [[input_1, input_2, op_1, op_2, "
+                 "combine], ...]}, \"reduce\": {...}}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +95,8 @@ class Block:
 
 def unused_states(blocks: Sequence[Block]) -> tuple[int, ...]:
     """The paper's literal output rule: block outputs that no later block reads."""
-    used = {i for b in blocks for i in b.inputs()}
+    # only integer inputs can name a state; any other value is reported by CellSpec.validate (not a TypeError here)
+    used = {i for b in blocks for i in b.inputs() if isinstance(i, int)}
     return tuple(NUM_INPUTS + j for j in range(len(blocks)) if NUM_INPUTS + j not in used)
 
 
@@ -130,15 +137,18 @@ class CellSpec:
         for b, block in enumerate(self.blocks):
             loc = f"{where}, block {b}"
             for slot, idx in (("input_1", block.input_1), ("input_2", block.input_2)):
-                if not isinstance(idx, int) or isinstance(idx, bool) or not 0 <= idx < NUM_INPUTS + b:
+                if not isinstance(idx, int) or isinstance(idx, bool):
+                    raise GenotypeError(f"{loc}: {slot}={idx!r} is not a state index; expected an integer "
+                                        f"0..{NUM_INPUTS + b - 1} (0=h_i, 1=h_i-1, 2.. = earlier blocks)")
+                if not 0 <= idx < NUM_INPUTS + b:
                     raise GenotypeError(
                         f"{loc}: {slot}={idx!r} is out of range; block {b} can read states "
                         f"0..{NUM_INPUTS + b - 1} (0=h_i, 1=h_i-1, 2.. = earlier blocks)")
             for slot, op in (("op_1", block.op_1), ("op_2", block.op_2)):
-                if op not in OPS:
+                if not isinstance(op, str) or op not in OPS:
                     raise GenotypeError(f"{loc}: {slot}={op!r} is not a known operation; "
                                         f"choose one of {', '.join(OPS)}")
-            if block.combine not in COMBINES:
+            if not isinstance(block.combine, str) or block.combine not in COMBINES:
                 raise GenotypeError(f"{loc}: combine={block.combine!r}; expected one of {COMBINES}")
         if not self.concat:
             raise GenotypeError(f"{where}: the output concatenates no state")
@@ -201,10 +211,7 @@ class Genotype:
 
     @classmethod
     def from_json(cls, text: str, where: str = "genotype") -> Genotype:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise GenotypeError(f"{where}: not valid JSON ({e})") from None
+        data = load_json_text(text, where, GENOTYPE_JSON, GenotypeError)
         return cls.from_dict(data, where)
 
     def save(self, path: str | Path) -> Path:
@@ -218,7 +225,7 @@ class Genotype:
         path = Path(path)
         if not path.is_file():
             raise GenotypeError(f"genotype file {path} does not exist")
-        return cls.from_json(path.read_text(), where=str(path))
+        return cls.from_dict(read_json_file(path, GENOTYPE_JSON, GenotypeError), where=str(path))
 
 
 def decisions_per_cell(num_blocks: int = DEFAULT_NUM_BLOCKS) -> int:

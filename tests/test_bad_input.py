@@ -80,6 +80,62 @@ class Files:
         self.dets_unknown_image.write_text(json.dumps([dict(det, image_id=77)]))
         self.dets_short_box = root / "dets_short_box.json"
         self.dets_short_box.write_text(json.dumps([dict(det, bbox=[1, 2, 3])]))
+        self.bad_files()
+
+    def bad_files(self) -> None:
+        """Genotype, COCO and weight files that a new user met (issue 31): each must be one line."""
+        import json
+
+        import torch
+
+        root = self.root
+        cell = {"blocks": [[0, 1, "identity", "identity", "add"]]}
+        self.g_list = root / "g_list.json"  # a block input given as a list
+        self.g_list.write_text(json.dumps({"normal": {"blocks": [[[0], 1, "identity", "identity", "add"]]},
+                                           "reduce": cell}))
+        self.g_latin1 = root / "g_latin1.json"
+        self.g_latin1.write_bytes(json.dumps({"name": "café", "normal": cell, "reduce": cell},
+                                             ensure_ascii=False).encode("latin-1"))
+        self.g_deep = root / "g_deep.json"
+        self.g_deep.write_text("[" * 100_000 + "]" * 100_000)
+        good = json.loads((root / "ann.json").read_text())
+
+        def coco(name: str, data, encoding: str = "utf-8") -> str:
+            (root / name).write_bytes(json.dumps(data).encode(encoding))
+            return f"{self.name}={root / name}:{root / 'images'}"
+
+        def changed(edit) -> dict:
+            data = json.loads(json.dumps(good))
+            edit(data)
+            return data
+
+        self.coco = {
+            "cat-without-id": coco("cat_no_id.json", changed(lambda d: d["categories"][1].pop("id"))),
+            "image-without-file-name": coco("no_file_name.json", changed(lambda d: d["images"][1].pop("file_name"))),
+            "top-level-list": coco("top_list.json", [good]),
+            "utf16": coco("utf16.json", good, "utf-16"),
+            "duplicate-annotation-ids": coco("dup_ann_ids.json", changed(
+                lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]))),
+            "segmentation-only": coco("segm_only.json", changed(lambda d: d["annotations"][0].pop("bbox"))),
+            "duplicate-image-ids": coco("dup_image_ids.json", changed(lambda d: d["images"][1].update(
+                id=d["images"][0]["id"]))),  # was: 2 images registered, 1 loaded, AP printed, exit 0
+        }
+        (root / "images16").mkdir()  # the dataset's pictures as 16-bit PNGs: trained on as white images
+        for image in good["images"]:
+            grey = np.asarray(Image.open(root / "images" / image["file_name"]).convert("L"), np.uint16) * 257
+            Image.fromarray(grey).save(root / "images16" / image["file_name"])
+        self.coco["16-bit-images"] = f"{self.name}={root / 'ann.json'}:{root / 'images16'}"
+        self.dets_json = root / "dets_empty.json"
+        self.dets_json.write_text("[]")
+        self.backbone_pth = root / "backbone.pth"  # what nasnet-det train / --export-backbone writes
+        torch.save({"format": "nasnet-det/v1", "arch": {"num_cells": 1}, "state_dict": {"conv0.conv.weight":
+                                                                                      torch.zeros(1)}},
+                   self.backbone_pth)
+        self.timm_pth = root / "timm_nasnet.pth"  # an ImageNet classifier's state dict
+        torch.save({"conv0.conv.weight": torch.zeros(1), "cell_0.comb_iter_0_left.weight": torch.zeros(1),
+                    "last_linear.weight": torch.zeros(1)}, self.timm_pth)
+        self.not_an_image = root / "photo.jpg"
+        self.not_an_image.write_text("not a picture\n")
 
 
 def search(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
@@ -116,6 +172,37 @@ def score(f: Files, gt: Path, detections: Path, backend: str) -> tuple[Callable[
     return score_main, [str(gt), str(detections), "--backend", backend]
 
 
+def detect_on(f: Files, spec: str, *args: str, opts: tuple[str, ...] = ()) -> tuple[Callable[[list[str]], int],
+                                                                                   list[str]]:
+    """Detection training / evaluation on the dataset ``spec`` (NAME=JSON:IMAGES) instead of the good one."""
+    main, argv = detect(f, *args, opts=opts)
+    return main, [spec if a == f.dataset else a for a in argv]
+
+
+def score_coco(f: Files, gt: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.detection.cli import score_main
+
+    return score_main, [gt.split("=", 1)[1].rpartition(":")[0], str(f.dets_json)]
+
+
+def export(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.detection.export_cli import main
+
+    return main, ["--config-file", DET_CFG, *args]
+
+
+def profile(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.cli import main
+
+    return main, ["profile", "--checked-only", *args]
+
+
+def demo_images(f: Files, *opts: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    """The demo on the good dataset's images, with config overrides ``opts``."""
+    return demo(f, "--config-file", DET_CFG, "--input", str(f.root / "images"), "--output", str(f.root / "drawn"),
+                opts=opts)
+
+
 def pipeline(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
     from nasnet_det.pipeline.cli import main
 
@@ -126,7 +213,7 @@ def pipeline(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str
 class Case:
     id: str
     build: Callable[[Files], tuple[Callable[[list[str]], int], list[str]]]
-    expect: Callable[[Files], str]  # text the error message must contain (a file or a key)
+    expect: Callable[[Files], str | tuple[str, ...]]  # text(s) the error message must contain (a file or a key, ...)
 
 
 CASES = [
@@ -155,8 +242,9 @@ CASES = [
                                                    f"npz:{f.keyless_npz}"), lambda f: "x_train"),
     Case("cifar-batch-size-0", lambda f: train(f, CIFAR_CFG, "SOLVER.BATCH_SIZE", "0"), lambda f: "SOLVER.BATCH_SIZE"),
     Case("cifar-truncated-weights", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o6"), "DATA.SOURCE",
-                                                    "synthetic:32", "DATA.VAL_SIZE", "8", "MODEL.NASNET.WEIGHTS",
-                                                    str(f.truncated_pth)), lambda f: "truncated.pth"),
+                                                    "synthetic:32", "DATA.VAL_SIZE", "8", "SOLVER.BATCH_SIZE", "8",
+                                                    "MODEL.NASNET.WEIGHTS", str(f.truncated_pth)),
+         lambda f: "truncated.pth"),
     Case("cifar-export-text-checkpoint", lambda f: (train(f, CIFAR_CFG)[0], ["--export-backbone", str(f.text_pth),
                                                                               str(f.root / "bb.pth")]),
          lambda f: "notes.pth"),
@@ -255,6 +343,79 @@ CASES = [
         Case(f"score-short-box-{backend}", lambda f, b=backend: score(f, f.root / "ann.json", f.dets_short_box, b),
              lambda f: "dets_short_box.json: detection 0 has bbox [1, 2, 3]"),
     )],
+    # ---- issue 31: genotype files (TypeError: unhashable type 'list', UnicodeDecodeError, RecursionError)
+    Case("cifar-genotype-input-is-a-list", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o7"),
+                                                           "MODEL.NASNET.GENOTYPE", str(f.g_list)),
+         lambda f: ("g_list.json", "input_1=[0]", "expected an integer")),
+    Case("cifar-genotype-latin1", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o8"),
+                                                  "MODEL.NASNET.GENOTYPE", str(f.g_latin1)),
+         lambda f: ("g_latin1.json", "not UTF-8", "expected a genotype JSON")),
+    Case("cifar-genotype-nested-100k-deep", lambda f: train(f, CIFAR_CFG, "--output-dir", str(f.root / "o9"),
+                                                            "MODEL.NASNET.GENOTYPE", str(f.g_deep)),
+         lambda f: ("g_deep.json", "nested too deeply", "expected a genotype JSON")),
+    Case("detect-genotype-input-is-a-list", lambda f: detect(f, opts=("MODEL.NASNET.GENOTYPE", str(f.g_list))),
+         lambda f: ("g_list.json", "input_1")),
+    Case("pipeline-genotype-input-is-a-list", lambda f: pipeline(f, "OUTPUT_DIR", str(f.root / "pipe"),
+                                                                 "SEARCH.GENOTYPE", str(f.g_list)),
+         lambda f: ("SEARCH.GENOTYPE", "g_list.json", "input_1")),
+    Case("pipeline-genotype-latin1", lambda f: pipeline(f, "OUTPUT_DIR", str(f.root / "pipe"), "SEARCH.GENOTYPE",
+                                                        str(f.g_latin1)), lambda f: ("g_latin1.json", "UTF-8")),
+    # ---- issue 31: COCO files, for training, evaluation, the demo and `detect score`
+    *[Case(f"detect-coco-{kind}", lambda f, kind=kind: detect_on(f, f.coco[kind]),
+           lambda f, expect=expect: expect) for kind, expect in (
+        ("cat-without-id", ("cat_no_id.json", "categories[1] has no 'id'", "expected")),
+        ("image-without-file-name", ("no_file_name.json", "image 2 has no 'file_name'", "expected")),
+        ("top-level-list", ("top_list.json", "top level is a JSON list", "expected")),
+        ("utf16", ("utf16.json", "UTF-16", "expected")),
+        ("duplicate-annotation-ids", ("dup_ann_ids.json", "annotations[1] has id 1", "unique")),
+        ("segmentation-only", ("segm_only.json", "annotation 1 has no 'bbox'", "expected")),
+        ("duplicate-image-ids", ("dup_image_ids.json", "images[1] has id 1", "unique")),
+        ("16-bit-images", ("ann.json", "0.png", "I;16", "expected 8-bit images")))],
+    *[Case(f"detect-eval-coco-{kind}", lambda f, kind=kind: detect_on(f, f.coco[kind], "--eval-only", opts=(
+        "MODEL.WEIGHTS", str(f.root / "full.pth"))), lambda f, expect=expect: expect) for kind, expect in (
+        ("image-without-file-name", ("no_file_name.json", "file_name")),
+        ("duplicate-annotation-ids", ("dup_ann_ids.json", "unique")),
+        ("segmentation-only", ("segm_only.json", "bbox")),
+        ("duplicate-image-ids", ("dup_image_ids.json", "unique")),
+        ("16-bit-images", ("ann.json", "I;16")))],
+    Case("detect-score-coco-duplicate-image-ids", lambda f: score_coco(f, f.coco["duplicate-image-ids"]),
+         lambda f: ("dup_image_ids.json", "unique")),
+    Case("detect-score-coco-top-level-list", lambda f: score_coco(f, f.coco["top-level-list"]),
+         lambda f: ("top_list.json", "top level")),
+    Case("demo-coco-duplicate-image-ids", lambda f: demo_images(f, "DATASETS.COCO_FILES",
+                                                                f"['{f.coco['duplicate-image-ids']}']",
+                                                                "MODEL.WEIGHTS", str(f.root / "full.pth")),
+         lambda f: ("dup_image_ids.json", "unique")),
+    # ---- issue 31: weights ("Unsupported type found in checkpoint! format: <class 'str'>", a URLError traceback)
+    Case("detect-backbone-as-model-weights", lambda f: detect(f, opts=("MODEL.WEIGHTS", str(f.backbone_pth))),
+         lambda f: ("MODEL.WEIGHTS", "backbone.pth", "MODEL.NASNET.WEIGHTS")),
+    Case("detect-eval-backbone-as-model-weights", lambda f: detect(f, "--eval-only", opts=("MODEL.WEIGHTS",
+                                                                                        str(f.backbone_pth))),
+         lambda f: ("MODEL.WEIGHTS", "backbone.pth", "MODEL.NASNET.WEIGHTS")),
+    Case("detect-eval-timm-state-dict-as-model-weights", lambda f: detect(f, "--eval-only", opts=(
+        "MODEL.WEIGHTS", str(f.timm_pth))), lambda f: ("MODEL.WEIGHTS", "timm_nasnet.pth", "MODEL.NASNET.WEIGHTS")),
+    Case("demo-backbone-as-model-weights", lambda f: demo_images(f, "MODEL.WEIGHTS", str(f.backbone_pth)),
+         lambda f: ("MODEL.WEIGHTS", "backbone.pth", "MODEL.NASNET.WEIGHTS")),
+    Case("detect-eval-unreachable-url-weights", lambda f: detect(f, "--eval-only", opts=(
+        "MODEL.WEIGHTS", "http://127.0.0.1:9/x.pth")),
+         lambda f: ("MODEL.WEIGHTS", "http://127.0.0.1:9/x.pth", "download failed")),
+    # ---- issue 31: export
+    Case("export-check-not-an-image", lambda f: export(f, "--format", "onnx", "--output", str(f.root / "m.onnx"),
+                                                       "--check", str(f.not_an_image), "MODEL.WEIGHTS",
+                                                       str(f.root / "full.pth")),
+         lambda f: ("--check", "photo.jpg", "not a readable image")),
+    # a relative --output / --check that looks like a config key was taken for one ("expected one argument")
+    Case("export-output-named-like-a-key", lambda f: export(f, "--format", "bogus", "--output", "MODEL.onnx",
+                                                            "MODEL.WEIGHTS", str(f.root / "full.pth")),
+         lambda f: ("--format 'bogus'",)),
+    Case("export-check-named-like-a-key", lambda f: export(f, "--format", "onnx", "--output", str(f.root / "m.onnx"),
+                                                           "--check", "INPUT.JPG", "MODEL.WEIGHTS",
+                                                           str(f.root / "full.pth")),
+         lambda f: ("--check image INPUT.JPG does not exist",)),
+    # ---- issue 31: profile --json into a place it cannot write: a traceback after 30-55 s of work
+    Case("profile-json-under-a-file", lambda f: profile(f, "--json", str(f.a_file / "profile.json")),
+         lambda f: ("--json", "a_file")),
+    Case("profile-json-is-a-folder", lambda f: profile(f, "--json", str(f.root)), lambda f: ("--json", "folder")),
     # ---- the pipeline (was a FileExistsError traceback from its lock)
     Case("pipeline-output-dir-is-file", lambda f: pipeline(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
     Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),
@@ -293,6 +454,11 @@ def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, mon
     f = Files(tmp_path)
     if case.id == "demo-only-unreadable-images":
         _det_checkpoint(f)
+    if case.id.startswith("profile-"):  # the output is checked before any (30-55 s of) profiling
+        import nasnet_det.models.profile
+
+        monkeypatch.setattr(nasnet_det.models.profile, "profile_row",
+                            lambda row: pytest.fail("profiled before checking the --json path"))
     main, argv = case.build(f)
     try:
         code = main(argv)
@@ -303,13 +469,15 @@ def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, mon
     assert "Traceback" not in err
     error_lines = [line for line in err.splitlines() if "error:" in line]
     assert len(error_lines) == 1, err[-2000:]
-    assert case.expect(f) in error_lines[0], error_lines[0]
+    expected = case.expect(f)
+    for text in (expected,) if isinstance(expected, str) else expected:
+        assert text in error_lines[0], error_lines[0]
 
 
 def test_at_least_30_cases():
     assert len(CASES) >= 30
     tools = {c.id.split("-")[0] for c in CASES}
-    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline"}
+    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline", "export", "profile"}
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")

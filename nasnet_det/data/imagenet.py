@@ -21,6 +21,7 @@ from torch.utils.data import default_collate
 from torchvision import datasets
 from torchvision import transforms as T
 
+from nasnet_det.utils.images import to_rgb8
 from nasnet_det.utils.io import atomic_directory, remove_stale_tmp
 
 INCEPTION_MEAN = (0.5, 0.5, 0.5)  # Inception preprocessing maps pixels to [-1, 1]
@@ -90,7 +91,8 @@ class SkippingImageFolder(datasets.ImageFolder):
         path, target = self.samples[index]
         with open(path, "rb") as f:
             img = Image.open(f)
-            img = img.convert("RGB")  # forces a full decode, so truncated files fail here
+            img.load()  # a full decode, so truncated files fail here
+            img = to_rgb8(img, path)  # 16-bit and other modes scaled to 8 bits, not clipped to white
         if self.transform is not None:
             img = self.transform(img)
         return img, target

@@ -18,10 +18,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, CrashSafeCheckpointer
 from nasnet_det.models.arch import CLASSIFIER_FIELDS, COMPARED_FIELDS
+from nasnet_det.models.pretrained import FORMAT as BACKBONE_FORMAT
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import DamagedFileError, load_torch_file
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,21 @@ ARCH_KEYS = ("MODEL.BACKBONE.NAME",
              *[key for name, key in COMPARED_FIELDS.items()
                if key.startswith("MODEL.NASNET.") and name not in CLASSIFIER_FIELDS],
              "MODEL.NASNET.OUT_FEATURES")
+
+
+# the top-level modules of a classification NASNet (ours, timm's, pretrainedmodels'); a detector's keys start with
+# backbone. / proposal_generator. / roi_heads.
+_CLASSIFIER_MODULE = re.compile(r"^(module\.)?(conv0|cell_stem_[01]|cell_\d+|reduction_cell_\d+|last_linear|aux_head)"
+                                r"\.")
+_DETECTOR_MODULE = re.compile(r"^(module\.)?(backbone|proposal_generator|roi_heads)\.")
+
+
+def looks_like_backbone(state: Any) -> bool:
+    """Whether ``state`` is the state dict of an ImageNet / CIFAR NASNet classifier rather than of a detector."""
+    if not isinstance(state, dict) or not state:
+        return False
+    keys = [k for k in state if isinstance(k, str)]
+    return any(_CLASSIFIER_MODULE.match(k) for k in keys) and not any(_DETECTOR_MODULE.match(k) for k in keys)
 
 
 def _is_nasnet_key(key: str) -> bool:
@@ -58,7 +77,14 @@ class NASNetDetectionCheckpointer(CrashSafeCheckpointer, DetectionCheckpointer):
         # the checkpointables, so what it restores lands here and what it leaves behind is dropped with it.
         attempt = copy.copy(self)
         attempt.loading_path = path
-        return super(NASNetDetectionCheckpointer, attempt).load(path, *args, **kwargs)
+        try:
+            return super(NASNetDetectionCheckpointer, attempt).load(path, *args, **kwargs)
+        except OSError as e:  # URLError, HTTPError, timeouts, refused connections of the download
+            if "://" not in path:
+                raise
+            reason = getattr(e, "reason", None) or e.strerror or e
+            raise BadInputError(f"{self.role} {path}: the download failed ({type(e).__name__}: {reason}); check the "
+                                "URL and the network, or download the file and give its path") from None
 
     def write(self, path: Path, states: dict[str, Any], extra: dict[str, Any]) -> None:
         self.logger.info("Saving checkpoint to %s", path)
@@ -79,11 +105,22 @@ class NASNetDetectionCheckpointer(CrashSafeCheckpointer, DetectionCheckpointer):
         if not isinstance(loaded, dict):
             raise DamagedFileError(f"checkpoint {filename} holds a {type(loaded).__name__}, not a dict of "
                                    "weights ({'model': state_dict, ...} or a state dict)")
+        if loaded.get("format") == BACKBONE_FORMAT or looks_like_backbone(loaded.get("model", loaded)):
+            raise BadInputError(f"{self.role} {filename} looks like an ImageNet NASNet backbone (a classification "
+                                "checkpoint), not a detector checkpoint; give it as MODEL.NASNET.WEIGHTS "
+                                "(MODEL.WEIGHTS is a trained detector, e.g. output/model_final.pth, or empty)")
         if "model" not in loaded:
             loaded = {"model": loaded}
         if not isinstance(loaded["model"], dict):
             raise DamagedFileError(f"checkpoint {filename}: its 'model' entry is a {type(loaded['model']).__name__}, "
                                    "not a state dict")
+        # detectron2 would stop at the first one with "Unsupported type found in checkpoint!", naming no file
+        other = next((k for k, v in loaded["model"].items() if not isinstance(v, (torch.Tensor, np.ndarray))), None)
+        if other is not None:
+            kind = type(loaded["model"][other]).__name__
+            raise DamagedFileError(f"checkpoint {filename}: weight {other!r} is a {kind}, not a tensor; "
+                                   "expected a detector checkpoint ({'model': state_dict, ...} or a "
+                                   "state dict)")
         return loaded
 
     def resume_candidates(self) -> list[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import numbers
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +24,9 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.data.samplers import TrainingSampler
 from PIL import Image
+
+from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.jsonfile import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -38,43 +40,140 @@ def parse_dataset_spec(spec: str) -> tuple[str, str, str]:
     return name.strip(), json_file, image_root
 
 
+COCO_JSON = ("a COCO detection file: a JSON object with the lists 'images' (id, file_name, width, height), "
+             "'annotations' (id, image_id, category_id, bbox) and 'categories' (id, name)")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_box(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+
+
+_SINGULAR = {"images": "image", "annotations": "annotation", "categories": "category"}
+
+
+def _record(kind: str, index: int, entry: Any) -> str:
+    """``annotation 7`` (its id), or ``annotations[3]`` (its place in the file) for one without an id."""
+    if isinstance(entry, dict) and "id" in entry:
+        return f"{_SINGULAR[kind]} {entry['id']!r:.40}"
+    return f"{kind}[{index}]"
+
+
+def _check_records(json_file: Path, kind: str, entries: list, required: dict[str, tuple[Callable[[Any], bool], str]],
+                   expected: str) -> None:
+    """Every entry of ``data[kind]`` is an object whose ``required`` keys pass their checks and whose ids are
+    unique; raises ``BadInputError`` naming the file, the record and what was expected."""
+    first_of: dict[Any, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise BadInputError(f"{json_file}: {kind}[{i}] is {type(entry).__name__} {entry!r:.60}; expected an "
+                                f"object with {expected}")
+        for key, (ok, what) in required.items():
+            if key not in entry:
+                raise BadInputError(f"{json_file}: {_record(kind, i, entry)} has no {key!r}; expected every entry of "
+                                    f"{kind!r} to have {expected}")
+            if not ok(entry[key]):
+                raise BadInputError(f"{json_file}: {_record(kind, i, entry)} has {key} {entry[key]!r:.60}; expected "
+                                    f"{what}")
+        if entry["id"] in first_of:  # pycocotools keeps the last of them; detectron2 asserts on annotations
+            raise BadInputError(f"{json_file}: {kind}[{i}] has id {entry['id']!r}, as {kind}[{first_of[entry['id']]}] "
+                                f"does; expected the ids in {kind!r} to be unique")
+        first_of[entry["id"]] = i
+
+
 def validate_coco_json(json_file: str | Path, image_root: str | Path, check_images: bool = True) -> dict:
-    """Load and check a COCO detection json; returns it. Raises with the file and the problem named."""
+    """Load and check a COCO detection json (:func:`load_coco_file`) and its image folder; returns the json."""
     json_file, image_root = Path(json_file), Path(image_root)
     if not json_file.is_file():
         raise FileNotFoundError(f"COCO annotations {json_file} do not exist")
     if not image_root.is_dir():
         raise FileNotFoundError(f"image folder {image_root} (for {json_file}) does not exist")
-    try:
-        data = json.loads(json_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{json_file}: not valid JSON ({e})") from e
-    for key in ("images", "categories"):
-        if not isinstance(data.get(key), list):
-            raise ValueError(f"{json_file}: missing the {key!r} list of a COCO detection file")
-    if not data["images"]:
-        raise ValueError(f"{json_file}: the dataset is empty (no entries in 'images')")
-    if not data["categories"]:
-        raise ValueError(f"{json_file}: no categories")
-    cat_ids = {c["id"] for c in data["categories"]}
-    image_ids = {im["id"] for im in data["images"]}
-    for ann in data.get("annotations", []):
-        if ann.get("category_id") not in cat_ids:
-            raise ValueError(f"{json_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, "
-                             f"which is not in 'categories'")
-        if ann.get("image_id") not in image_ids:
-            raise ValueError(f"{json_file}: annotation {ann.get('id')} refers to unknown image_id "
-                             f"{ann.get('image_id')}")
-        bbox = ann.get("bbox")
-        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(
-                isinstance(v, numbers.Real) and not isinstance(v, bool) for v in bbox)):
-            raise ValueError(f"{json_file}: annotation {ann.get('id')} has bbox {bbox!r}; expected [x, y, width, "
-                             "height] (4 numbers, pixels)")
+    data = load_coco_file(json_file)
     if check_images:
         missing = [im["file_name"] for im in data["images"] if not (image_root / im["file_name"]).is_file()]
         if missing:
             raise FileNotFoundError(f"{json_file}: {len(missing)} of {len(data['images'])} image files are missing "
                                     f"under {image_root}, e.g. {', '.join(missing[:5])}")
+        wide = wide_mode_images([image_root / im["file_name"] for im in data["images"]])
+        if wide:
+            path, mode = wide[0]
+            raise BadInputError(f"{json_file}: {len(wide)} of {len(data['images'])} images are 16-bit or float "
+                                f"(e.g. {path}, PIL mode {mode}); detectron2's training and evaluation reader clips "
+                                "them to 255 (a white image); expected 8-bit images: convert them (16-bit values / "
+                                "257)")
+    return data
+
+
+# JPEG files are 8-bit for PIL; other formats (PNG, TIFF) may hold 16-bit or float pixels
+EIGHT_BIT_SUFFIXES = (".jpg", ".jpeg")
+
+
+def wide_mode_images(paths: Iterable[Path]) -> list[tuple[Path, str]]:
+    """(path, mode) of the images whose PIL mode is 16-bit or float (``I;16*``, ``I``, ``F``): detectron2's
+    ``read_image`` converts those to RGB by clipping. Only the headers of non-JPEG files are read; a file PIL
+    cannot open is left to the loader's unreadable-image handling."""
+    wide = []
+    for path in paths:
+        if path.suffix.lower() in EIGHT_BIT_SUFFIXES:
+            continue
+        try:
+            with Image.open(path) as image:
+                mode = image.mode
+        except Exception:  # noqa: BLE001 - unreadable: skipped and named by SkippingLoader
+            continue
+        if mode.startswith("I;16") or mode in ("I", "F"):
+            wide.append((path, mode))
+    return wide
+
+
+def load_coco_file(json_file: str | Path) -> dict:
+    """Load and check a COCO detection json; returns it. Anything that detectron2's ``load_coco_json`` or
+    pycocotools would fail on (a traceback, an assertion) or read silently wrong (duplicate image ids: one image
+    loaded for several registered) raises ``BadInputError`` with one line naming the file, the record and what
+    was expected; a missing file is a ``FileNotFoundError``."""
+    json_file = Path(json_file)
+    if not json_file.is_file():
+        raise FileNotFoundError(f"COCO annotations {json_file} do not exist")
+    data = read_json_file(json_file, COCO_JSON)
+    if not isinstance(data, dict):
+        raise BadInputError(f"{json_file}: the top level is a JSON {type(data).__name__}; expected {COCO_JSON}")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise BadInputError(f"{json_file}: missing the {key!r} list of a COCO detection file")
+    if "annotations" in data and not isinstance(data["annotations"], list):
+        raise BadInputError(f"{json_file}: 'annotations' is a {type(data['annotations']).__name__}; expected a list")
+    if not data["images"]:
+        raise BadInputError(f"{json_file}: the dataset is empty (no entries in 'images')")
+    if not data["categories"]:
+        raise BadInputError(f"{json_file}: no categories")
+    integer = (_is_int, "an integer")
+    positive = (lambda v: _is_int(v) and v > 0, "a positive integer (pixels)")
+    text = (lambda v: isinstance(v, str) and bool(v), "a non-empty string")
+    _check_records(json_file, "images", data["images"], {"id": integer, "file_name": text, "width": positive,
+                                                         "height": positive}, "id, file_name, width and height")
+    _check_records(json_file, "categories", data["categories"], {"id": integer, "name": text}, "id and name")
+    cat_ids = {c["id"] for c in data["categories"]}
+    image_ids = {im["id"] for im in data["images"]}
+    box = (_is_box, "[x, y, width, height] (4 numbers, pixels); this detector trains and scores boxes, so "
+                    "every annotation needs one (an annotation with only a segmentation has none)")
+    annotations = data.get("annotations", [])
+    _check_records(json_file, "annotations", annotations, {"id": integer, "image_id": integer,
+                                                           "category_id": integer, "bbox": box},
+                   "id, image_id, category_id and bbox")
+    for i, ann in enumerate(annotations):
+        if ann["category_id"] not in cat_ids:
+            raise BadInputError(f"{json_file}: {_record('annotations', i, ann)} has category_id {ann['category_id']}, "
+                                "which is not in 'categories'")
+        if ann["image_id"] not in image_ids:
+            raise BadInputError(f"{json_file}: {_record('annotations', i, ann)} refers to unknown image_id "
+                                f"{ann['image_id']}")
+        if ann.get("ignore", 0) != 0:  # detectron2's load_coco_json asserts it away
+            raise BadInputError(f"{json_file}: {_record('annotations', i, ann)} has ignore {ann['ignore']!r}; "
+                                "expected 0 or no 'ignore' key (mark crowd regions with iscrowd 1)")
     return data
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.engine import DefaultPredictor
 from PIL import Image, ImageDraw
 from tqdm import tqdm
@@ -20,6 +20,7 @@ import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.detection.data import image_is_readable, register_builtin_datasets, register_datasets
+from nasnet_det.utils.images import read_rgb8
 from nasnet_det.utils.io import atomic_write, disk_full_errors
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,12 @@ def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.I
     return image
 
 
+def read_bgr8(path: str | os.PathLike) -> np.ndarray:
+    """An image file as ``DefaultPredictor`` takes it: HxWx3 uint8 BGR (it converts to INPUT.FORMAT itself), with
+    16-bit and other modes scaled to 8 bits correctly (:func:`nasnet_det.utils.images.read_rgb8`)."""
+    return convert_PIL_to_numpy(read_rgb8(path), "BGR")
+
+
 def _check_weights(cfg: CfgNode) -> str:
     if not cfg.MODEL.WEIGHTS:
         raise ValueError("MODEL.WEIGHTS is empty: give the trained detector checkpoint (e.g. output/model_final.pth)")
@@ -130,7 +137,7 @@ def run_demo(cfg: CfgNode, inputs: list[str], output_dir: str | os.PathLike,
     skipped = [] if skipped is None else skipped
     for path, target in tqdm(list(zip(paths, targets)), desc="demo"):
         try:
-            image = read_image(str(path), format="BGR")  # DefaultPredictor takes BGR, converts to INPUT.FORMAT
+            image = read_bgr8(path)
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a damaged file
             if image_is_readable(str(path)):
                 raise
@@ -180,7 +187,7 @@ def draw_sample_detections(cfg: CfgNode, output_dir: str | os.PathLike, num_imag
     out.mkdir(parents=True, exist_ok=True)
     drawn = []
     for photo in tqdm(photos, desc="sample detections"):
-        image = read_image(photo["file_name"], format="BGR")
+        image = read_bgr8(photo["file_name"])
         instances = top_scoring(predictor(image)["instances"].to("cpu"), top_k)
         target = out / (Path(photo["file_name"]).stem + ".png")
         with disk_full_errors(target):

@@ -41,6 +41,7 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import create_small_table
 from tabulate import tabulate
 
+from nasnet_det.detection.data import load_coco_file
 from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_torch_save, atomic_write
 
@@ -207,6 +208,7 @@ def evaluate_coco(gt_json: str | os.PathLike, detections: str | os.PathLike | li
     gt_json = Path(gt_json)
     if not gt_json.is_file():
         raise FileNotFoundError(f"ground-truth annotations {gt_json} do not exist")
+    load_coco_file(gt_json)  # one line naming the file and the record that pycocotools would fail on
     source = "detections"
     if not isinstance(detections, list):
         det_path = Path(detections)

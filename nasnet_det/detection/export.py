@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from detectron2.data.detection_utils import convert_PIL_to_numpy
 from detectron2.export import TracingAdapter
 from detectron2.modeling import build_model
 
@@ -33,6 +33,7 @@ import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
 from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.images import read_rgb8
 
 logger = logging.getLogger(__name__)
 FORMATS = ("torchscript", "onnx")
@@ -70,7 +71,7 @@ def preprocess(cfg: CfgNode, path: str | Path) -> torch.Tensor:
     """The exported model's input for an image file: as ``DefaultPredictor`` prepares it (resize, channel order)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"image {path} does not exist")
-    image = read_image(str(path), format=cfg.INPUT.FORMAT)
+    image = convert_PIL_to_numpy(read_rgb8(path), cfg.INPUT.FORMAT)  # 16-bit and other modes: correct 8 bits
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     image = resize.get_transform(image).apply_image(image)
     return torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)), dtype=torch.float32)
