@@ -67,6 +67,10 @@ class Files:
                 Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
                     root / "inet" / split / c / "0.jpg")
         (root / "empty_class" / "train" / "cat").mkdir(parents=True)
+        # a search output folder whose journal is garbage
+        self.damaged_search = root / "damaged_search"
+        self.damaged_search.mkdir()
+        (self.damaged_search / "journal.sqlite").write_bytes(b"not a database\n" * 64)
 
 
 def search(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
@@ -121,6 +125,15 @@ CASES = [
     Case("search-option-after-overrides", lambda f: search(f, "SEARCH.BUDGET", "4", "--fresh"), lambda f: "--fresh"),
     Case("search-output-dir-is-file", lambda f: search(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
     Case("search-odd-overrides", lambda f: search(f, "SEARCH.BUDGET"), lambda f: "KEY VALUE"),
+    Case("search-damaged-journal", lambda f: search(f, "OUTPUT_DIR", str(f.damaged_search)),
+         lambda f: f"{f.damaged_search / 'journal.sqlite'} is not a readable search journal"),
+    Case("search-damaged-journal-way-out", lambda f: search(f, "OUTPUT_DIR", str(f.damaged_search)),
+         lambda f: "rerun with SEARCH.DAMAGED_JOURNAL restart"),
+    Case("search-damaged-journal-choice", lambda f: search(f, "SEARCH.DAMAGED_JOURNAL", "sometimes"),
+         lambda f: "SEARCH.DAMAGED_JOURNAL"),
+    Case("search-ray-address-nothing-answers",
+         lambda f: search(f, "OUTPUT_DIR", str(f.root / "s_ray"), "WORKERS.BACKEND", "ray", "WORKERS.RAY_ADDRESS",
+                          "127.0.0.1:1"), lambda f: "WORKERS.RAY_ADDRESS '127.0.0.1:1': nothing accepts a connection"),
     # ---- train CLI, CIFAR
     Case("cifar-missing-config", lambda f: train(f, str(f.root / "nope.yaml")), lambda f: "nope.yaml"),
     Case("cifar-yaml-syntax", lambda f: train(f, str(f.bad_yaml)), lambda f: "bad.yaml"),
@@ -222,6 +235,10 @@ CASES = [
          lambda f: "broken.jpg"),
     # ---- the pipeline (was a FileExistsError traceback from its lock)
     Case("pipeline-output-dir-is-file", lambda f: pipeline(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
+    Case("pipeline-ray-address-nothing-answers",
+         lambda f: pipeline(f, "OUTPUT_DIR", str(f.root / "p_ray"), "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.ADDRESS",
+                            "127.0.0.1:1"),
+         lambda f: "PIPELINE.RAY.ADDRESS '127.0.0.1:1': nothing accepts a connection"),
     Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),
          lambda f: "a_file"),
 ]

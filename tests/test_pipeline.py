@@ -636,3 +636,12 @@ def test_the_damaged_journal_way_out_resumes_the_search_stage_in_its_folder(fini
     assert done == {"search": "resumed"} and not any("clearing" in ln for ln in said), said
     assert [p.read_bytes() for p in (out / "search").glob("journal.sqlite.damaged-*")] == [b"garbage\n" * 100]
     assert len(journal_rows(out)) == 4
+
+
+def test_a_stage_whose_input_stage_has_an_unreadable_manifest_names_it(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    (out / "select" / "manifest.json").write_text("{")
+    with pytest.raises(StageError, match=r"stage 'pretrain': needs the outputs of stage 'select', which has an "
+                                         r"unreadable \S+/select/manifest.json \(JSONDecodeError: .*\) in \S+; run "
+                                         r"the pipeline from 'select' \(--from select\)"):
+        run(out, stages=["pretrain"])

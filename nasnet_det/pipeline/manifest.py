@@ -1,7 +1,8 @@
 """Per-stage manifests: ``OUTPUT_DIR/<stage>/manifest.json``, written atomically.
 
 A manifest records what a stage was run with (its settings and their hash, its input files with checksums),
-what it produced (outputs, metrics), how long it took and how it ended (``running``, ``done``, ``failed``).
+what it produced (outputs, with each output file's size and SHA-256 in ``output_checksums``, metrics), how long it
+took and how it ended (``running``, ``done``, ``failed``).
 The runner compares it with the current settings and inputs to decide: skip, resume, or start over.
 """
 

@@ -22,7 +22,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backend
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
-from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, sha256_file
 from nasnet_det.pipeline.paths import repo_root, resolve_path
 from nasnet_det.utils.io import atomic_write
 
@@ -68,9 +68,11 @@ class Context:
         """The outputs of an earlier, finished stage (absolute paths), or a StageError saying to run it."""
         if stage not in REGISTERED[needed_by].needs:  # the order relies on `needs`: keep it the whole truth
             raise StageError(needed_by, f"reads the outputs of stage '{stage}' but does not name it in its needs")
-        m = read_manifest(self.stage_dir(stage))
+        m, unreadable = read_manifest_checked(self.stage_dir(stage))
         if not m or m.get("status") != "done":
             state = "has not run" if not m else f"is {m.get('status')}"
+            if unreadable is not None:
+                state = f"has an unreadable {self.stage_dir(stage) / MANIFEST_NAME} ({unreadable})"
             raise StageError(needed_by, f"needs the outputs of stage '{stage}', which {state} in {self.out}; "
                                         f"run the pipeline from '{stage}' (--from {stage})")
         return {k: self.abspath(v) if isinstance(v, str) and k != "kind" else v
