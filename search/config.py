@@ -29,6 +29,9 @@ def get_cfg_defaults() -> CN:
     c.SEARCH.SEED = 0
     c.SEARCH.MAX_EVALS_THIS_RUN = 0  # stop after this many finished evaluations in this run (0: no limit)
     c.SEARCH.TOP_K = 5               # genotypes kept in top_k.json
+    # A journal.sqlite that is not a readable journal (garbage, truncated): "stop" says so and stops; "restart"
+    # moves it (and the checkpoints that went with it) aside to <name>.damaged-<time> and searches again.
+    c.SEARCH.DAMAGED_JOURNAL = "stop"
     # What a child's reward is: "accuracy" (held-out accuracy, the paper's) or "latency" (MnasNet's
     # ACC x (LAT / TARGET)^w, LAT the cell's detection backbone as SEARCH.LATENCY says; search/objective.py).
     c.SEARCH.OBJECTIVE = "accuracy"
@@ -232,6 +235,8 @@ def check_cfg(cfg: CN) -> None:
                    ("WORKERS.NUM_WORKERS", w.NUM_WORKERS), ("WORKERS.MAX_RETRIES", w.MAX_RETRIES),
                    ("WORKERS.MAX_IN_FLIGHT", w.MAX_IN_FLIGHT)):
         _require(isinstance(v, int) and v >= 0, key, v, "an integer >= 0")
+    _require(s.DAMAGED_JOURNAL in ("stop", "restart"), "SEARCH.DAMAGED_JOURNAL", s.DAMAGED_JOURNAL,
+             "'stop' or 'restart'")
     z, pr = s.ZERO_COST, s.PREDICTOR
     for key, v in (("SEARCH.ZERO_COST.CANDIDATES", z.CANDIDATES), ("SEARCH.ZERO_COST.BATCH_SIZE", z.BATCH_SIZE),
                    ("SEARCH.PREDICTOR.INITIAL", pr.INITIAL), ("SEARCH.PREDICTOR.TOP_PARENTS", pr.TOP_PARENTS),

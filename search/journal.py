@@ -85,8 +85,18 @@ class Evaluation:
                    row["latency_ms"], row["mult_adds"], row["backbone_params"])
 
 
+# The columns every journal has had (a table of that name without them is not ours).
+_REQUIRED_COLUMNS = {"id", "strategy", "status", "decisions", "genotype", "reward"}
+
+
+class DamagedJournalError(ValueError):
+    """The journal file exists but is not a readable search journal (garbage, truncated, a foreign database)."""
+
+
 class Journal:
-    """One SQLite file per output directory. Safe to reopen; every write is committed immediately."""
+    """One SQLite file per output directory. Safe to reopen; every write is committed immediately. Opening
+    checks the file (SQLite's quick_check and the evaluations table's columns): a damaged one raises
+    :class:`DamagedJournalError` naming it, before anything is written to it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -94,22 +104,43 @@ class Journal:
         self.db = sqlite3.connect(str(self.path))
         self.db.row_factory = sqlite3.Row
         try:
-            # WAL + synchronous=NORMAL: a killed search loses nothing that was committed (only a power
-            # cut can drop the last few), and a commit costs no fsync, which matters for cheap children.
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(_SCHEMA)
-            columns = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
+            problem = self._damage()
+            if problem is None:
+                # WAL + synchronous=NORMAL: a killed search loses nothing that was committed (only a power
+                # cut can drop the last few), and a commit costs no fsync, which matters for cheap children.
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(_SCHEMA)
+                columns = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
         except sqlite3.DatabaseError as e:
             self.db.close()
             full = as_disk_full_error(e, self.path)  # SQLite calls it a "disk I/O error": not a damaged file
             if full is not None:
                 raise full from e
-            raise ValueError(f"{self.path} is not a search journal (SQLite error: {e})") from None
+            raise DamagedJournalError(f"{self.path} is not a readable search journal (SQLite: {e})") from None
+        if problem is not None:
+            self.db.close()
+            raise DamagedJournalError(f"{self.path} is not a readable search journal ({problem})")
         if "sample" not in columns:
             self._upgrade_batch_synchronous()
         else:
             self._add_missing_columns(columns)
+
+    def _damage(self) -> str | None:
+        """What is wrong with an existing journal file (SQLite's quick_check, then our table), or None. Raises
+        ``sqlite3.DatabaseError`` for a file that is no database at all."""
+        rows = [r[0] for r in self.db.execute("PRAGMA quick_check(3)")]
+        if rows != ["ok"]:
+            return "SQLite integrity check: " + "; ".join(map(str, rows))
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "evaluations" in tables:
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
+            missing = sorted(_REQUIRED_COLUMNS - columns)
+            if missing:
+                return f"its evaluations table lacks the columns {', '.join(missing)}"
+        elif tables - {"meta", "sqlite_sequence"}:
+            return f"a database with other tables ({', '.join(sorted(tables))}), without the evaluations table"
+        return None
 
     def _add_missing_columns(self, columns: set[str]) -> None:
         """A journal written before the cost columns existed gets them (empty for its children)."""

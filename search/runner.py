@@ -22,6 +22,7 @@ import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
+from nasnet_det.engine.ray_env import check_ray_address
 from search.config import check_cfg, upgrade_identity
 from search.controller import decisions_to_genotype
 from search.journal import Evaluation, Journal, load_state, save_state
@@ -104,10 +105,12 @@ class SearchRunner(SearchSession):
     # ---- set-up ------------------------------------------------------------------------------------------
     def _get_backend(self) -> QueueBackend:
         if self.backend is None:
+            w = self.cfg.WORKERS
+            if w.BACKEND == "ray":  # a cluster address nothing answers: say so before the data is loaded
+                check_ray_address(w.RAY_ADDRESS, "WORKERS.RAY_ADDRESS")
             evaluator = self.evaluator if self.evaluator is not None else build_child_evaluator(self.cfg)
             # The objective turns each child's accuracy into its reward, in the worker (every strategy here)
             evaluator = with_objective(evaluator, self.cfg, self.progress)
-            w = self.cfg.WORKERS
             self.backend = make_backend(w.BACKEND, evaluator, w.NUM_WORKERS, w.RAY_ADDRESS, w.MAX_RETRIES,
                                         w.THREADS_PER_WORKER, w.MAX_IN_FLIGHT)
         return self.backend

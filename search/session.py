@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ from fvcore.common.config import CfgNode
 from nasnet_det.engine.checkpoint import remove_files
 from nasnet_det.utils.io import exclusive_lock, remove_stale_tmp
 from search.config import identity_of
-from search.journal import Journal
+from search.journal import DamagedJournalError, Journal
 from search.outputs import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class SearchSession(ABC):
             remove_stale_tmp(self.out)  # temporaries of writes a kill interrupted
             if self.fresh:
                 remove_files(f for pattern in (*RUN_FILES, *self.checkpoint_files) for f in self.out.glob(pattern))
-            journal = Journal(self.out / JOURNAL_NAME)
+            journal = self._open_journal()
             try:
                 journal.claim(self.identity(), self.cfg.dump(), upgrade=type(self).upgrade_identity)
                 summary = self.search(journal)
@@ -65,6 +66,28 @@ class SearchSession(ABC):
                 log.warning("%s", line)
             write_json_atomic(self.out / "summary.json", summary)  # a kill never leaves a torn summary
         return summary
+
+
+    def _open_journal(self) -> Journal:
+        """The output directory's journal; a damaged one stops the search with one line, or, with
+        ``SEARCH.DAMAGED_JOURNAL restart``, is moved aside (never deleted) with the checkpoints that went with
+        it, and the search starts again."""
+        path = self.out / JOURNAL_NAME
+        try:
+            return Journal(path)
+        except DamagedJournalError as e:
+            if self.cfg.SEARCH.DAMAGED_JOURNAL != "restart":
+                raise DamagedJournalError(f"{e}; to search again from the start, rerun with SEARCH.DAMAGED_JOURNAL "
+                                          f"restart (it moves the journal aside to {JOURNAL_NAME}.damaged-<time>, "
+                                          "deleting nothing)") from None
+        suffix = ".damaged-" + time.strftime("%Y%m%dT%H%M%S")
+        moved = [f for pattern in (JOURNAL_NAME, JOURNAL_NAME + "-wal", JOURNAL_NAME + "-shm",
+                                   *self.checkpoint_files) for f in sorted(self.out.glob(pattern))]
+        for f in moved:
+            f.rename(f.with_name(f.name + suffix))
+        log.warning("SEARCH.DAMAGED_JOURNAL restart: moved the damaged %s aside (%s); the search starts again",
+                    path, ", ".join(f.name + suffix for f in moved))
+        return Journal(path)
 
 
 def output_dir_lock(out: Path) -> contextlib.AbstractContextManager[None]:

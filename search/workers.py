@@ -31,7 +31,7 @@ import torch
 import nasnet_det
 import search
 from nasnet_det.engine.process import die_with_parent
-from nasnet_det.engine.ray_env import ray_runtime_env
+from nasnet_det.engine.ray_env import check_ray_address, ray_runtime_env
 from nasnet_det.space import Genotype
 
 Evaluator = Callable[[Genotype, int], dict[str, Any]]
@@ -394,6 +394,7 @@ class RayBackend(QueueBackend):
         if self.owns_ray:
             kwargs: dict[str, Any] = dict(runtime_env=runtime_env, include_dashboard=False, log_to_driver=False)
             if address:
+                check_ray_address(address, "WORKERS.RAY_ADDRESS")  # ray.init would retry for minutes
                 ray.init(address=address, **kwargs)
             else:  # NUM_WORKERS 0 means one per GPU: give a local Ray a CPU slot for each of them
                 ray.init(num_cpus=num_workers or max(2, torch.cuda.device_count()), **kwargs)

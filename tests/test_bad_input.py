@@ -80,6 +80,10 @@ class Files:
         self.dets_unknown_image.write_text(json.dumps([dict(det, image_id=77)]))
         self.dets_short_box = root / "dets_short_box.json"
         self.dets_short_box.write_text(json.dumps([dict(det, bbox=[1, 2, 3])]))
+        # a search output folder whose journal is garbage
+        self.damaged_search = root / "damaged_search"
+        self.damaged_search.mkdir()
+        (self.damaged_search / "journal.sqlite").write_bytes(b"not a database\n" * 64)
         self.bad_files()
 
     def bad_files(self) -> None:
@@ -227,6 +231,15 @@ CASES = [
     Case("search-option-after-overrides", lambda f: search(f, "SEARCH.BUDGET", "4", "--fresh"), lambda f: "--fresh"),
     Case("search-output-dir-is-file", lambda f: search(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
     Case("search-odd-overrides", lambda f: search(f, "SEARCH.BUDGET"), lambda f: "KEY VALUE"),
+    Case("search-damaged-journal", lambda f: search(f, "OUTPUT_DIR", str(f.damaged_search)),
+         lambda f: f"{f.damaged_search / 'journal.sqlite'} is not a readable search journal"),
+    Case("search-damaged-journal-way-out", lambda f: search(f, "OUTPUT_DIR", str(f.damaged_search)),
+         lambda f: "rerun with SEARCH.DAMAGED_JOURNAL restart"),
+    Case("search-damaged-journal-choice", lambda f: search(f, "SEARCH.DAMAGED_JOURNAL", "sometimes"),
+         lambda f: "SEARCH.DAMAGED_JOURNAL"),
+    Case("search-ray-address-nothing-answers",
+         lambda f: search(f, "OUTPUT_DIR", str(f.root / "s_ray"), "WORKERS.BACKEND", "ray", "WORKERS.RAY_ADDRESS",
+                          "127.0.0.1:1"), lambda f: "WORKERS.RAY_ADDRESS '127.0.0.1:1': nothing accepts a connection"),
     # ---- train CLI, CIFAR
     Case("cifar-missing-config", lambda f: train(f, str(f.root / "nope.yaml")), lambda f: "nope.yaml"),
     Case("cifar-yaml-syntax", lambda f: train(f, str(f.bad_yaml)), lambda f: "bad.yaml"),
@@ -418,6 +431,10 @@ CASES = [
     Case("profile-json-is-a-folder", lambda f: profile(f, "--json", str(f.root)), lambda f: ("--json", "folder")),
     # ---- the pipeline (was a FileExistsError traceback from its lock)
     Case("pipeline-output-dir-is-file", lambda f: pipeline(f, "OUTPUT_DIR", str(f.a_file)), lambda f: "a_file"),
+    Case("pipeline-ray-address-nothing-answers",
+         lambda f: pipeline(f, "OUTPUT_DIR", str(f.root / "p_ray"), "PIPELINE.BACKEND", "ray", "PIPELINE.RAY.ADDRESS",
+                            "127.0.0.1:1"),
+         lambda f: "PIPELINE.RAY.ADDRESS '127.0.0.1:1': nothing accepts a connection"),
     Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),
          lambda f: "a_file"),
 ]

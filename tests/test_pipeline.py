@@ -536,3 +536,113 @@ def test_a_second_pipeline_on_the_same_folder_is_refused_while_the_first_runs(tm
                 pass
     with _lock(tmp_path):  # released when the first one ends
         pass
+
+
+# ---- damaged files (issue 31): finished work is never deleted because of a damaged input -------------------
+def run_said(out: Path, *extra: str, stages=None) -> tuple[dict[str, str], list[str]]:
+    """``run`` with the finished run's settings (DRAW), and the pipeline's lines."""
+    said: list[str] = []
+    cfg = load_pipeline_config(SMOKE, [*TINY, *DRAW, "OUTPUT_DIR", str(out), *extra])
+    return Pipeline(cfg, quiet=True, log=said.append).run(stages), said
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_damaged_backbone_leaves_the_finished_detection_intact_and_its_own_stage_repairs_it(finished: Path,
+                                                                                             tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    detect = folder_bytes(out / "detect")
+    (out / "pretrain" / "model_final.pth").write_bytes(b"")
+    # detection alone: its input is not what pretraining recorded; one line naming it, the folder as it was
+    with pytest.raises(StageError, match=r"stage 'detect': input backbone \S+/pretrain/model_final.pth is damaged "
+                                         r"\(it is not the file stage 'pretrain' recorded when it finished: 0 bytes, "
+                                         r"\d+ when its stage finished\); \S+/detect is left as it is; rerun stage "
+                                         r"'pretrain' \(--from pretrain\)"):
+        run(out, stages=["detect"])
+    assert folder_bytes(out / "detect") == detect and manifest(out, "detect") == manifest(finished, "detect")
+    # the whole pipeline: pretraining is not skipped but runs again into its folder, where it resumes its own
+    # checkpoint and writes the backbone again; nothing finished after it is deleted
+    done, said = run_said(out)
+    assert done["pretrain"] == "resumed"
+    assert any(ln.startswith("[pipeline] pretrain: output ") and "model_final.pth is damaged (0 bytes, " in ln and
+               ln.endswith("the stage runs again into its folder, resuming its own checkpoints") for ln in said)
+    torch.load(out / "pretrain" / "model_final.pth", map_location="cpu", weights_only=False)
+    if (out / "pretrain" / "model_final.pth").read_bytes() == (finished / "pretrain" / "model_final.pth").read_bytes():
+        # the same backbone again: the finished detection is kept as it is
+        assert done["detect"] == "skipped" and folder_bytes(out / "detect") == detect, said
+    else:  # another backbone (retrained steps): the detection is redone on it
+        assert done["detect"] == "ran", said
+    assert set(run(out, *DRAW).values()) == {"skipped", "disabled"}
+
+
+def test_a_damaged_output_of_a_finished_stage_is_repaired_by_rerunning_it_into_its_folder(finished: Path,
+                                                                                         tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    (out / "detect" / "model_final.pth").write_bytes(b"")
+    done, said = run_said(out)
+    assert done == {"search": "skipped", "select": "skipped", "cifar": "disabled", "pretrain": "skipped",
+                    "detect": "resumed", "evaluate": "ran", "report": "ran"}
+    assert any(ln.startswith("[pipeline] detect: output ") and "detect/model_final.pth is damaged (0 bytes" in ln
+               and "resuming its own checkpoints" in ln for ln in said)
+    assert not any("clearing" in ln for ln in said if ln.startswith(("[pipeline] detect", "[pipeline] pretrain"))), said
+    torch.load(out / "detect" / "model_final.pth", map_location="cpu", weights_only=False)
+    assert manifest(out, "detect")["output_checksums"]["weights"]["size"] > 0
+    assert set(run(out, *DRAW).values()) == {"skipped", "disabled"}
+
+
+@pytest.mark.parametrize("stage", ["search", "detect"])
+def test_an_unreadable_manifest_is_said_and_the_stage_resumes_in_its_folder(finished: Path, tmp_path: Path,
+                                                                            stage: str):
+    out = copy_run(finished, tmp_path / "run")
+    path = out / stage / "manifest.json"
+    path.write_text(path.read_text()[:100])  # truncated
+    kept = {p.name: p.read_bytes() for p in (out / stage).glob("*") if p.suffix in (".pth", ".sqlite")}
+    done, said = run_said(out)
+    assert f"[pipeline] {stage}: {path} is unreadable (JSONDecodeError: " in "\n".join(said)
+    assert any(ln.endswith("the stage runs again into its folder, resuming its own checkpoints") for ln in said
+               if "is unreadable" in ln)
+    assert done[stage] == "resumed" and not any(ln.startswith(f"[pipeline] {stage}: ") and "clearing" in ln
+                                                for ln in said), said
+    assert manifest(out, stage)["status"] == "done"
+    if stage == "search":  # the journal had every child: nothing retrained, and so nothing after it either
+        assert journal_rows(out) == journal_rows(finished)
+        assert all(v in ("skipped", "disabled") for k, v in done.items() if k not in ("search", "report"))
+    else:
+        assert {k: v for k, v in kept.items() if k != "model_final.pth"}.items() <= folder_bytes(out / stage).items()
+
+
+def test_a_damaged_journal_of_a_finished_search_is_said_and_the_pipeline_keeps_going(finished: Path,
+                                                                                     tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    (out / "search" / "journal.sqlite").write_bytes(b"garbage\n" * 100)
+    done, said = run_said(out)
+    assert set(done.values()) == {"skipped", "disabled"}, said
+    line = next(ln for ln in said if "journal.sqlite is damaged" in ln)
+    assert line.startswith("[pipeline] search: ") and "results are intact, so it stays finished" in line
+    assert (out / "search" / "journal.sqlite").read_bytes() == b"garbage\n" * 100
+
+
+def test_the_damaged_journal_way_out_resumes_the_search_stage_in_its_folder(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    m = manifest(out, "search")
+    m["status"] = "interrupted"  # a search that did not finish, with a damaged journal
+    (out / "search" / "manifest.json").write_text(json.dumps(m))
+    (out / "search" / "journal.sqlite").write_bytes(b"garbage\n" * 100)
+    with pytest.raises(StageError, match=r"stage 'search'.*SEARCH.DAMAGED_JOURNAL restart"):
+        run(out, *DRAW, stages=["search"])
+    opts = TINY[1][:-1] + ", 'SEARCH.DAMAGED_JOURNAL', 'restart']"
+    done, said = run_said(out, "SEARCH.OPTS", opts, stages=["search"])
+    assert done == {"search": "resumed"} and not any("clearing" in ln for ln in said), said
+    assert [p.read_bytes() for p in (out / "search").glob("journal.sqlite.damaged-*")] == [b"garbage\n" * 100]
+    assert len(journal_rows(out)) == 4
+
+
+def test_a_stage_whose_input_stage_has_an_unreadable_manifest_names_it(finished: Path, tmp_path: Path):
+    out = copy_run(finished, tmp_path / "run")
+    (out / "select" / "manifest.json").write_text("{")
+    with pytest.raises(StageError, match=r"stage 'pretrain': needs the outputs of stage 'select', which has an "
+                                         r"unreadable \S+/select/manifest.json \(JSONDecodeError: .*\) in \S+; run "
+                                         r"the pipeline from 'select' \(--from select\)"):
+        run(out, stages=["pretrain"])

@@ -4,6 +4,7 @@ killed in the middle of a stage, which Ray Train restarts and the trainer resume
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -161,3 +162,58 @@ def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plai
     real = {"pretrain": {"metrics": {"top1": 74.0, "images": 50000}}, "detect": {"metrics": {"iterations": 90000}},
             "evaluate": {"metrics": {"bbox": {"coco_2017_val": {"AP": 29.0}}}}, "search": None}
     assert smoke_reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]
+
+
+def live_descendants(pid: int) -> list[tuple[int, int, str]]:
+    """``(pid, start time, name)`` of every live process below ``pid`` (Linux /proc)."""
+    from nasnet_det.pipeline.ray_local import descendants
+
+    return [(p["pid"], p["start"], p["name"]) for p in descendants(pid)]
+
+
+def still_running(procs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    from nasnet_det.pipeline.ray_local import _stat
+
+    return [p for p in procs if (_stat(p[0]) or (0, None))[1] == p[1]]
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a kill -9 drill
+@pytest.mark.timeout(600)
+def test_a_rerun_stops_what_the_local_ray_cluster_of_a_killed_pipeline_left_running(tmp_path: Path):
+    pytest.importorskip("ray.train.torch")
+    out = tmp_path / "run"
+    steps = ["PRETRAIN.OPTS", TINY[TINY.index("PRETRAIN.OPTS") + 1].replace("'SOLVER.MAX_STEPS', '4'",
+                                                                          "'SOLVER.MAX_STEPS', '400'")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "nasnet_det.cli", "pipeline", "--config-file", str(SMOKE),
+                             "--quiet", *TINY, *RAY, *steps, "OUTPUT_DIR", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ray_procs: list[tuple[int, int, str]] = []
+    try:
+        deadline = time.time() + 300
+        while not worker_pids(out, "pretrain", 1):  # the cluster is up, its agents too, and a job runs on it
+            assert proc.poll() is None and time.time() < deadline, "the pretraining never started on Ray"
+            time.sleep(0.5)
+        time.sleep(2)
+        ray_procs = live_descendants(proc.pid)
+        assert any(name.startswith("ray::") for _, _, name in ray_procs), ray_procs  # its agents among them
+        os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as a crash or the OOM killer would
+        proc.wait()
+        time.sleep(1)
+        assert still_running(ray_procs)  # orphaned, for now
+        # the rerun (here of a finished stage only) stops them as it starts, and says so
+        said: list[str] = []
+        cfg = load_pipeline_config(SMOKE, [*TINY, *RAY, *steps, "OUTPUT_DIR", str(out)])
+        assert Pipeline(cfg, quiet=True, log=said.append).run(["search"]) == {"search": "skipped"}
+        assert still_running(ray_procs) == []
+        line = next(ln for ln in said if "left by the local Ray cluster of a pipeline that was killed" in ln)
+        assert f"driver pid {proc.pid}" in line and "ray::" in line
+        assert not (out / "ray_local_cluster.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid, _, _ in still_running(ray_procs):  # whatever the assertions above left
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

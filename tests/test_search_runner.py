@@ -345,3 +345,34 @@ def test_a_batch_synchronous_journal_is_upgraded_and_resumes(tmp_path):
     assert [(r["batch"], r["slot"]) for r in (rows[5], rows[8])] == [(1, 0), (1, 1)]
     assert sorted(r["slot"] for r in rows if r["batch"] == 1) == [0, 1, 2, 3, 4]
     assert [r["sample"] for r in rows] == list(range(10)) and [r["policy"] for r in rows] == [0] * 5 + [1] * 5
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign"])
+def test_a_damaged_journal_is_one_line_with_a_way_out_that_moves_it_aside(tmp_path, damage):
+    out = tmp_path / "run"
+    SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo", "SEARCH.MAX_EVALS_THIS_RUN", 7), out, CountingReward(),
+                 False).run()  # a half-finished search
+    path = out / JOURNAL_NAME
+    if damage == "garbage":
+        path.write_bytes(b"this is not a database\n" * 50)
+    elif damage == "truncated":  # the header survives, the pages do not
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    else:  # a database, but not a journal
+        path.unlink()
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
+            db.execute("CREATE TABLE evaluations (x INTEGER)")
+    damaged = path.read_bytes()
+    for _ in range(2):  # the same line each time, and the file left as it was
+        with pytest.raises(ValueError, match=r"journal.sqlite is not a readable search journal .*; to search again "
+                                             r"from the start, rerun with SEARCH.DAMAGED_JOURNAL restart") as e:
+            SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo"), out, CountingReward(), False).run()
+        assert "\n" not in str(e.value) and path.read_bytes() == damaged
+    # the way out: the journal (and the controller checkpoint that went with it) moved aside, never deleted
+    reward = CountingReward()
+    summary = SearchRunner(runner_cfg("SEARCH.STRATEGY", "ppo", "SEARCH.DAMAGED_JOURNAL", "restart"), out, reward,
+                           False).run()
+    aside = list(out.glob(JOURNAL_NAME + ".damaged-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == damaged
+    assert summary["strategies"]["ppo"]["ok"] == 20 and len(reward.calls) == 20
+    with pytest.raises(ValueError, match=r"SEARCH.DAMAGED_JOURNAL='sometimes': expected 'stop' or 'restart'"):
+        runner_cfg("SEARCH.DAMAGED_JOURNAL", "sometimes")

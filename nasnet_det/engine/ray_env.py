@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nasnet_det.utils.errors import BadInputError
+
 # Where the tools find data and weights: detectron2's dataset root, torch hub's and Hugging Face's caches
 # (nasnet_det/models/hub.py), and Hugging Face's offline flag.
 PATH_ENV_VARS = ("DETECTRON2_DATASETS", "TORCH_HOME", "XDG_CACHE_HOME", "HF_HOME", "HF_HUB_CACHE")
@@ -34,3 +36,31 @@ def ray_runtime_env(modules: Iterable[Path], environ: Mapping[str, str] | None =
     if env_vars:
         env["env_vars"] = env_vars
     return env
+
+
+# Seconds a Ray address gets to accept a connection before we say nothing answers there (ray.init itself retries
+# for minutes, "Failed to get cluster ID from GCS", before it gives up).
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_ray_address(address: str, key: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse, in one line naming ``key``, a Ray address (``HOST:PORT`` of a head's GCS, or ``ray://HOST:PORT``
+    of a Ray client server) where nothing accepts a connection within ``timeout_s``. ``""``, ``local`` and
+    ``auto`` (Ray finds or starts the cluster on this machine) are not probed."""
+    import socket
+
+    if address in ("", "local", "auto"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise BadInputError(f"{key} {address!r}: expected HOST:PORT of a Ray head (or ray://HOST:PORT), \"auto\", or "
+                         "\"\" for a local cluster")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        why = f"no answer within {timeout_s:g} s" if isinstance(e, TimeoutError) else \
+            (e.strerror or type(e).__name__).lower()
+        raise BadInputError(f"{key} {address!r}: nothing accepts a connection at {host}:{port} ({why}); start "
+                            f"the Ray head there (ray start --head) or correct {key}") from None

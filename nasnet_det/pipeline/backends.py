@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.engine.ray_env import ray_runtime_env, worker_env_vars
+from nasnet_det.engine.ray_env import check_ray_address, ray_runtime_env, worker_env_vars
 from nasnet_det.pipeline.launch import (
     LOG_NAME,
     StageError,
@@ -37,6 +37,7 @@ from nasnet_det.pipeline.launch import (
     tool_path,
     torchrun_prefix,
 )
+from nasnet_det.pipeline.ray_local import LocalClusterRecord, stop_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +90,10 @@ class ExecutionBackend(ABC):
     def run_record(self, workdir: Path) -> dict[str, Any]:
         """What the manifest of a stage that ran in ``workdir`` records about how it ran (e.g. restarts)."""
         return {}
+
+    def stop_leftovers(self, out: Path) -> str | None:
+        """Stop what an earlier run in ``out`` started and left running when it was killed; the line saying so."""
+        return None
 
     def close(self) -> None:  # noqa: B027
         """Release what the backend started (a local Ray cluster)."""
@@ -246,6 +251,7 @@ class RayBackend(ExecutionBackend):
     def __init__(self, cfg: CN):
         super().__init__(cfg)
         self._owns_ray = False
+        self._local: LocalClusterRecord | None = None  # of the local cluster we started
         self._address = ""
 
     @classmethod
@@ -289,9 +295,13 @@ class RayBackend(ExecutionBackend):
             kwargs: dict[str, Any] = dict(runtime_env=ray_runtime_env([Path(nasnet_det.__file__).parent]),
                                           include_dashboard=False, log_to_driver=False)
             if r.ADDRESS:
+                check_ray_address(r.ADDRESS, "PIPELINE.RAY.ADDRESS")  # ray.init would retry for minutes
                 ray.init(address=r.ADDRESS, **kwargs)
             else:  # a new local cluster, never someone else's that happens to run on this machine
                 ray.init(address="local", num_cpus=r.NUM_CPUS or None, **kwargs)
+                # its processes, for the run after a kill -9 of this one (which would leave Ray's agents running)
+                self._local = LocalClusterRecord(Path(self.cfg.OUTPUT_DIR).resolve())
+                self._local.start()
             self._owns_ray = True
         if not self._address:  # also of a Ray someone else connected (the search's children join it too)
             self._address = ray.get_runtime_context().gcs_address
@@ -362,9 +372,15 @@ class RayBackend(ExecutionBackend):
         starts = workdir / WORKERS_DIR / "rank0.jsonl"  # rank 0's (re)starts over every Ray Train job of the stage
         return {"ray_worker_starts": len(starts.read_text().splitlines())} if starts.is_file() else {}
 
+    def stop_leftovers(self, out: Path) -> str | None:
+        return stop_leftovers(out)
+
     def close(self) -> None:
         if self._owns_ray:
             import ray
 
             ray.shutdown()
             self._owns_ray = False
+        if self._local is not None:
+            self._local.stop()
+            self._local = None

@@ -1,9 +1,20 @@
 """Run the stages in order, deciding for each from its manifest: skip, resume, or start over.
 
-* finished, with the same settings and the same input checksums (and nothing before it rerun): skipped;
+* finished, with the same settings and the same input checksums, its outputs as it left them: skipped;
 * interrupted (``running``, e.g. after kill -9) or ``failed`` with the same settings and inputs: rerun into
   the same folder, where the tool resumes from its own journal / checkpoint;
-* settings or inputs changed: the folder is cleared and the stage runs afresh, and so does every later stage.
+* settings or inputs changed: the folder is cleared and the stage runs afresh; a later stage reruns when what it
+  reads changed (its inputs' checksums), so an earlier stage redone to the same files leaves it finished.
+
+Nothing finished is lost to a damaged file:
+
+* a finished stage counts as finished only while its output files match the size and SHA-256 recorded when it
+  finished; otherwise it runs again into its folder (a tool with its own resume repairs it from its checkpoints),
+  said in one line. Outputs a stage keeps only as a record (the search's journal) are said and left as they are;
+* a stage's inputs (earlier stages' outputs) are checked against what their stage recorded before its folder
+  is touched: a damaged one stops the pipeline with one line naming the file, the folder left intact;
+* an unreadable manifest is said in one line and the stage runs again into its folder, resuming its own
+  checkpoints (its folder is not cleared: what it holds is unknown, not outdated).
 
 A stage's ``wall_seconds_total`` counts every attempt: an interrupted or failed one records its time when it
 ends; one that could not (kill -9, a crash) is counted by the next run from its recorded start to the newest
@@ -25,10 +36,20 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.launch import StageError
-from nasnet_det.pipeline.manifest import atomic_write_json, read_manifest, settings_hash, sha256_file, write_manifest
+from nasnet_det.pipeline.manifest import (
+    MANIFEST_NAME,
+    atomic_write_json,
+    file_mismatch,
+    file_record,
+    read_manifest,
+    read_manifest_checked,
+    settings_hash,
+    sha256_file,
+    write_manifest,
+)
 from nasnet_det.pipeline.plan import PLAN_NAME, Plan
 from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages, stage_names
-from nasnet_det.utils.errors import check_output_dir
+from nasnet_det.utils.errors import BadInputError, check_output_dir
 from nasnet_det.utils.io import DiskFullError, exclusive_lock, remove_stale_tmp
 
 
@@ -110,10 +131,12 @@ class Pipeline:
         all_stages = pipeline_stages()
         chosen = stages or [s.name for s in all_stages]
         done: dict[str, str] = {}
-        rerun_later = False  # once a stage (re)runs, every later stage must too
         t0 = time.time()
         with _lock(self.ctx.out), contextlib.closing(self.ctx.backend):  # a local Ray cluster stops at the end
             self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
+            leftovers = self.ctx.backend.stop_leftovers(self.ctx.out)  # of a run that was killed (kill -9)
+            if leftovers:
+                self.say(leftovers)
             # temporaries of our atomic writes (manifests, selection.json, ...) that a kill interrupted
             for folder in [self.ctx.out, *(self.ctx.stage_dir(s.name) for s in all_stages)]:
                 remove_stale_tmp(folder)
@@ -129,11 +152,9 @@ class Pipeline:
                     self.say(f"{stage.name}: disabled ({stage.name.upper()}.ENABLED False)")
                     done[stage.name] = "disabled"
                     continue
-                ran = self._run_stage(stage, force=force or rerun_later)
-                done[stage.name] = ran
-                # An optional side stage (CIFAR final training) feeds only the report, which checks every
-                # manifest: enabling it must not retrain the stages after it.
-                rerun_later = rerun_later or (ran != "skipped" and not stage.optional)
+                # A later stage is not forced when an earlier one reran: its inputs' checksums say whether what
+                # it reads changed (a stage repaired to the same files must not cost the finished ones after it).
+                done[stage.name] = self._run_stage(stage, force=force)
         self.say(f"finished in {_fmt(time.time() - t0)}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
         return done
 
@@ -162,20 +183,39 @@ class Pipeline:
             if not Path(path).is_file():
                 raise StageError(stage.name, f"input {key} {path} does not exist")
         checksums = {k: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)} for k, p in inputs.items()}
+        self._check_inputs_intact(stage, checksums)  # before anything in the stage's folder is touched
         digest = settings_hash(settings)
-        prev = read_manifest(workdir)
+        prev, unreadable = read_manifest_checked(workdir)
+        resume_note = ", resuming its own checkpoints" if stage.resumes else ""
+        if unreadable is not None:
+            self.say(f"{stage.name}: {workdir / MANIFEST_NAME} is unreadable ({unreadable}): the stage runs again "
+                     f"into its folder{resume_note}")
         same = prev is not None and prev.get("config_hash") == digest and prev.get("inputs") == _relative(
             checksums, ctx.out)
-        if same and prev.get("status") == "done" and not force and self._outputs_exist(prev):
-            self.say(f"{stage.name}: skipped (finished, settings and inputs unchanged)")
-            return "skipped"
+        repair: dict[str, dict[str, Any]] | None = None
+        if same and prev.get("status") == "done" and not force:
+            damaged = self._damaged_outputs(prev)
+            for key, path, why in damaged:
+                if key in stage.kept_outputs:
+                    self.say(f"{stage.name}: {path} is damaged ({why}); the stage's results are intact, so it stays "
+                             f"finished and the file is kept as it is{stage.kept_outputs[key]}")
+            redo = [(path, why) for key, path, why in damaged if key not in stage.kept_outputs]
+            if not redo:
+                self.say(f"{stage.name}: skipped (finished, settings and inputs unchanged)")
+                return "skipped"
+            more = f" (and {len(redo) - 1} more damaged output(s))" if len(redo) > 1 else ""
+            self.say(f"{stage.name}: output {redo[0][0]} is damaged ({redo[0][1]}){more}: the stage runs again "
+                     f"into its folder{resume_note}")
+            # what the damaged files are now: a rerun that leaves one as it is has not repaired it
+            repair = {path: file_record(path) for path, _ in redo if Path(path).is_file()}
         stage.validate(ctx, inputs)  # a bad given artifact stops here, before the folder is cleared
         if prev is not None and (not same or force) and workdir.exists():
             why = "forced" if force and same else "settings or inputs changed"
             self.say(f"{stage.name}: {why}; clearing {workdir} and starting it afresh")
             shutil.rmtree(workdir)
-        resumed = same and prev.get("status") in ("running", "failed", "interrupted") and not force
-        attempts = (prev.get("attempts", 0) if resumed else 0) + 1
+        resumed = (same and prev.get("status") in ("running", "failed", "interrupted") and not force) \
+            or repair is not None or unreadable is not None
+        attempts = (prev.get("attempts", 0) if prev is not None and resumed else 0) + 1
         t0 = time.time()
         manifest: dict[str, Any] = {
             "stage": stage.name, "status": "running", "config": settings, "config_hash": digest,
@@ -185,7 +225,7 @@ class Pipeline:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             # for the next run, should this attempt be killed before it records its time
             "attempt_started_at": t0,
-            "wall_seconds_before": time_spent_before(prev, workdir) if resumed else 0.0,
+            "wall_seconds_before": time_spent_before(prev, workdir) if resumed and prev is not None else 0.0,
         }
         planned = self.plan.stage(stage.name) if self.plan is not None else None
         if planned is not None:  # what it was expected to do (not hashed: config_hash is the settings' alone)
@@ -195,6 +235,10 @@ class Pipeline:
         try:
             stage.run(ctx, workdir, inputs)
             outputs, metrics = stage.collect(ctx, workdir)
+            for path, record in (repair or {}).items():
+                if file_mismatch(path, record) is None:
+                    raise StageError(stage.name, f"ran again to repair {path}, but left it as it was (damaged); "
+                                                 f"rerun it from scratch with --force --only {stage.name}")
         except BaseException as e:
             elapsed = time.time() - t0
             manifest.update(status="failed" if isinstance(e, Exception) else "interrupted",
@@ -203,24 +247,71 @@ class Pipeline:
             write_manifest(workdir, manifest)
             self.say(f"{stage.name}: {manifest['status']} after {_fmt(elapsed)}")
             if isinstance(e, Exception) and not isinstance(e, StageError):
-                detail = str(e) if isinstance(e, DiskFullError) else f"{type(e).__name__}: {e}"
+                detail = str(e) if isinstance(e, (DiskFullError, BadInputError)) else f"{type(e).__name__}: {e}"
                 raise StageError(stage.name, detail) from e
             raise
         elapsed = time.time() - t0
         manifest.update(ctx.backend.run_record(workdir))
         manifest.update(status="done", outputs=_relative(outputs, ctx.out), metrics=metrics,
+                        output_checksums=_output_records(outputs, ctx.out),
                         finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"), wall_seconds=elapsed,
                         wall_seconds_total=manifest["wall_seconds_before"] + elapsed)
         write_manifest(workdir, manifest)
         self.say(f"{stage.name}: done in {_fmt(elapsed)}")
         return "resumed" if resumed else "ran"
 
-    def _outputs_exist(self, manifest: dict[str, Any]) -> bool:
-        def paths(v: Any) -> Iterator[str]:
-            if isinstance(v, dict):
-                for x in v.values():
-                    yield from paths(x)
-            elif isinstance(v, str) and (v.endswith((".json", ".pth", ".md", ".sqlite"))):
-                yield v
+    def _damaged_outputs(self, manifest: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """``(key, path, how)`` of each output of a finished stage that is no longer what the stage wrote: its
+        size and SHA-256 differ from those recorded when it finished (a manifest of an earlier version recorded
+        none: missing or empty files then)."""
+        damaged = []
+        records = manifest.get("output_checksums")
+        if isinstance(records, dict):
+            for key, record in records.items():
+                path = Path(self.ctx.abspath(record.get("path", "")))
+                why = file_mismatch(path, record)
+                if why is not None:
+                    damaged.append((key.split(".")[0], str(path), why))
+            return damaged
+        for key, p in _output_paths(manifest.get("outputs", {})):
+            if p.endswith((".json", ".pth", ".md", ".sqlite")):
+                path = Path(self.ctx.abspath(p))
+                if not path.is_file() or path.stat().st_size == 0:
+                    damaged.append((key.split(".")[0], str(path), "it is empty" if path.is_file() else
+                                    "it does not exist"))
+        return damaged
 
-        return all(Path(self.ctx.abspath(p)).exists() for p in paths(manifest.get("outputs", {})))
+    def _check_inputs_intact(self, stage: Stage, checksums: dict[str, dict[str, str]]) -> None:
+        """An input that an earlier stage produced must still be the file that stage recorded when it finished;
+        a damaged one stops the pipeline here, before this stage's folder is cleared."""
+        recorded: dict[str, tuple[str, dict[str, Any]]] = {}
+        for other in stage_names():
+            if other == stage.name:
+                continue
+            m = read_manifest(self.ctx.stage_dir(other))
+            if m and m.get("status") == "done" and isinstance(m.get("output_checksums"), dict):
+                for record in m["output_checksums"].values():
+                    recorded[str(Path(self.ctx.abspath(record.get("path", ""))).resolve())] = (other, record)
+        for key, current in checksums.items():
+            producer, record = recorded.get(current["path"], (None, None))
+            if record is not None and current["sha256"] != record.get("sha256"):
+                raise StageError(stage.name, f"input {key} {current['path']} is damaged (it is not the file stage "
+                                             f"'{producer}' recorded when it finished: "
+                                             f"{file_mismatch(current['path'], record)}); "
+                                             f"{self.ctx.stage_dir(stage.name)} is left as it is; rerun stage "
+                                             f"'{producer}' (--from {producer}) to redo it")
+
+
+def _output_paths(outputs: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """``(dotted key, path)`` of every path a stage's outputs name (nested dicts: ``coco_metrics.<dataset>``)."""
+    for k, v in outputs.items():
+        if isinstance(v, dict):
+            yield from _output_paths(v, f"{prefix}{k}.")
+        elif isinstance(v, str) and k != "kind":
+            yield f"{prefix}{k}", v
+
+
+def _output_records(outputs: dict[str, Any], root: Path) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each output file, as the stage left it (the next run checks them before skipping)."""
+    return {key: {"path": _relative(str(Path(p).resolve()), root), **file_record(p)}
+            for key, p in _output_paths(outputs) if Path(p).is_file()}

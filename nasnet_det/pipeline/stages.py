@@ -22,7 +22,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backend
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
-from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, sha256_file
 from nasnet_det.pipeline.paths import repo_root, resolve_path
 from nasnet_det.utils.io import atomic_write
 
@@ -68,9 +68,11 @@ class Context:
         """The outputs of an earlier, finished stage (absolute paths), or a StageError saying to run it."""
         if stage not in REGISTERED[needed_by].needs:  # the order relies on `needs`: keep it the whole truth
             raise StageError(needed_by, f"reads the outputs of stage '{stage}' but does not name it in its needs")
-        m = read_manifest(self.stage_dir(stage))
+        m, unreadable = read_manifest_checked(self.stage_dir(stage))
         if not m or m.get("status") != "done":
             state = "has not run" if not m else f"is {m.get('status')}"
+            if unreadable is not None:
+                state = f"has an unreadable {self.stage_dir(stage) / MANIFEST_NAME} ({unreadable})"
             raise StageError(needed_by, f"needs the outputs of stage '{stage}', which {state} in {self.out}; "
                                         f"run the pipeline from '{stage}' (--from {stage})")
         return {k: self.abspath(v) if isinstance(v, str) and k != "kind" else v
@@ -152,8 +154,10 @@ class Stage(ABC):
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()  # stages whose outputs this one reads: they run before it
     runs_last: ClassVar[bool] = False  # after every other stage (the report reads all their manifests)
-    optional: ClassVar[bool] = False  # feeds only the report: running it does not rerun later stages
     positive_keys: ClassVar[tuple[str, ...]] = ()  # keys of the stage's node that must be >= 1
+    resumes: ClassVar[bool] = False  # its tool resumes from its own checkpoints / journal in the stage's folder
+    # outputs (by key) kept only as a record: damaged, they are said (with this note) but do not redo the stage
+    kept_outputs: ClassVar[dict[str, str]] = {}
 
     @classmethod  # noqa: B027 (a stage may have no node)
     def add_config(cls, cfg: CN) -> None:
@@ -292,7 +296,9 @@ def _tool_settings(ctx: Context, node: str) -> dict[str, Any]:
 class SearchStage(Stage):
     """CIFAR-10 architecture search (``tools/search_cifar.py``), or a given genotype (the shortcut)."""
 
-    name = "search"
+    name, resumes = "search", True
+    # The journal serves a search that is not finished yet; the finished one's results are its other outputs.
+    kept_outputs = {"journal": " (only a search that is not finished reads it)"}
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
@@ -304,7 +310,12 @@ class SearchStage(Stage):
         c = ctx.cfg.SEARCH
         if c.GENOTYPE:  # a JSON file by its absolute path (its content is checksummed as an input)
             return {"genotype": _file_setting(c.GENOTYPE) if c.GENOTYPE.endswith(".json") else c.GENOTYPE}
-        return _tool_settings(ctx, "SEARCH")
+        settings = _tool_settings(ctx, "SEARCH")
+        # how to recover from a damaged journal says nothing about the result: adding it must resume the
+        # search in its folder, not clear it (the damaged journal with it)
+        pairs = list(zip(settings["opts"][::2], settings["opts"][1::2]))
+        settings["opts"] = [x for k, v in pairs if k != "SEARCH.DAMAGED_JOURNAL" for x in (k, v)]
+        return settings
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         g = ctx.cfg.SEARCH.GENOTYPE
@@ -494,6 +505,7 @@ class SelectStage(Stage):
 
 
 class _ClassificationStage(Stage):
+    resumes = True
     node = ""
     tool = ""
     dataset = ""
@@ -529,7 +541,7 @@ class _ClassificationStage(Stage):
 class CifarStage(_ClassificationStage):
     """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
 
-    name, node, tool, dataset, optional = "cifar", "CIFAR", "train_cifar.py", "cifar10", True
+    name, node, tool, dataset = "cifar", "CIFAR", "train_cifar.py", "cifar10"
     needs, positive_keys = ("select",), ("NPROC_PER_NODE",)
 
     @classmethod
@@ -649,7 +661,7 @@ class PretrainStage(_ClassificationStage):
 class DetectStage(Stage):
     """Faster R-CNN training with the pretrained backbone (``tools/train_net.py``, detectron2 launch)."""
 
-    name, needs, positive_keys = "detect", ("select", "pretrain"), ("NUM_GPUS", "NUM_MACHINES")
+    name, needs, positive_keys, resumes = "detect", ("select", "pretrain"), ("NUM_GPUS", "NUM_MACHINES"), True
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
