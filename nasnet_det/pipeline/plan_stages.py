@@ -204,7 +204,7 @@ def _search_settings(cfg: CN) -> dict[str, Any]:
     try:  # read as the search reads it: plain YAML, no repeated key, _BASE_ files checked
         raw = load_config_tree(path, python_objects=False).merged
     except (ValueError, FileNotFoundError, yaml.YAMLError) as e:
-        raise StageError("search", f"SEARCH.CONFIG_FILE {c.CONFIG_FILE}: {bad_input_message(e, str(path))}") from None
+        raise StageError("search", f"SEARCH.CONFIG_FILE: {bad_input_message(e, str(path))}") from None
     values = {}
     for key, default in SEARCH_DEFAULTS.items():
         found, value = lookup(raw, key)
