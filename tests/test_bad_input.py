@@ -390,7 +390,7 @@ def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, mon
 def test_at_least_30_cases():
     assert len(CASES) >= 30
     tools = {c.id.split("-")[0] for c in CASES}
-    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline"}
+    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline", "plan"}
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
