@@ -106,6 +106,8 @@ BAD_CONFIGS: list[tuple[str, Callable[[Files], str], str]] = [
                                          f.config("sect.yaml", "_BASE_: scalar.yaml\nSOLVER:\n  X: 2\n"))[1],
      "scalar.yaml sets SOLVER to the value 5"),
     ("python-config", lambda f: f.config("lazy.py", "model = dict()\n"), "lazy.py: a Python config"),
+    ("not-utf8", lambda f: ((f.root / "latin1.yaml").write_bytes(b"A: caf\xe9\n"), str(f.root / "latin1.yaml"))[1],
+     "latin1.yaml is not a text file in UTF-8"),
 ]
 
 

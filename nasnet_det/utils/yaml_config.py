@@ -100,35 +100,45 @@ def read_yaml(filename: str, python_objects: bool = True) -> Any:
     if filename.endswith(".py"):
         raise BadInputError(f"{filename}: a Python config (detectron2 LazyConfig) is code, and this project's tools "
                             "read YAML configs only; use a .yaml config (see configs/)")
-    with _open(filename) as stream:
-        loader = yaml.SafeLoader(stream)
-        try:
-            root = loader.get_single_node()  # composes the document: syntax errors (YAMLError) name file and line
-            if root is None:
-                return None
-            python_tags = _check_nodes(root, filename)
-            if not python_tags:
-                return loader.construct_document(root)
-        finally:
-            loader.dispose()
+    try:
+        root = _compose(filename)
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{filename} is not a text file in UTF-8 ({e.reason} at byte {e.start}); expected a "
+                            "YAML config") from None
+    if root is None:
+        return None
+    python_tags = _check_nodes(root, filename)
+    if not python_tags:
+        return _construct(yaml.SafeLoader, root)
     tag, line = python_tags[0]
     if not unsafe_yaml_allowed():
         raise BadInputError(f"{filename} line {line}: the tag {tag} would build a Python object (run code named "
                             f"by the file); configs are read as plain YAML. Remove the tag, or set "
                             f"{ALLOW_UNSAFE_ENV}=1 to load a file you trust")
     if not python_objects:
-        plain = _PlainLoader("")
-        try:
-            return plain.construct_document(root)
-        finally:
-            plain.dispose()
+        return _construct(_PlainLoader, root)
     logger.warning("%s: loading Python objects (%s at line %d) because %s=1 is set; this runs code named by the "
                    "file: use it only with files you trust", filename, tag, line, ALLOW_UNSAFE_ENV)
-    unsafe = yaml.UnsafeLoader("")  # builds the Python objects of the document composed (and checked) above
+    return _construct(yaml.UnsafeLoader, root)
+
+
+def _compose(filename: str) -> yaml.Node | None:
+    """The document's nodes (syntax errors are YAMLErrors naming the file and line), nothing constructed yet."""
+    with _open(filename) as stream:
+        loader = yaml.SafeLoader(stream)
+        try:
+            return loader.get_single_node()
+        finally:
+            loader.dispose()
+
+
+def _construct(loader_class: type, root: yaml.Node) -> Any:
+    """The data of a composed (and checked) document, built by ``loader_class``'s constructors."""
+    loader = loader_class("")
     try:
-        return unsafe.construct_document(root)
+        return loader.construct_document(root)
     finally:
-        unsafe.dispose()
+        loader.dispose()
 
 
 def _open(filename: str):
