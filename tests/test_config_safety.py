@@ -106,3 +106,22 @@ def test_a_chain_of_64_files_is_read(tmp_path):
 @pytest.mark.parametrize("config", sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")))
 def test_the_projects_configs_read_as_fvcore_read_them(config):
     assert load_config_tree(REPO / config).merged == CfgNode.load_yaml_with_base(str(REPO / config))
+
+
+def test_through_the_training_cli_the_switch_runs_the_tag_and_warns(tmp_path, monkeypatch, caplog, capsys):
+    from nasnet_det.classification.cli import main
+
+    folder = tmp_path / "made_by_config"
+    config = tmp_path / "tag.yaml"
+    # str(os.mkdir(...)) is "None": an unknown data source, so the run stops right after loading the config
+    config.write_text(f"_BASE_: {REPO / 'configs' / 'train' / 'cifar10_smoke.yaml'}\nDATA:\n  SOURCE: "
+                      f"!!python/object/apply:builtins.str [!!python/object/apply:os.mkdir ['{folder}']]\n")
+    monkeypatch.delenv(ALLOW_UNSAFE_ENV, raising=False)
+    assert main(["--config-file", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "tag.yaml line 3: the tag !!python/object/apply:builtins.str" in capsys.readouterr().err
+    assert not folder.exists()
+    monkeypatch.setenv(ALLOW_UNSAFE_ENV, "1")
+    with caplog.at_level(logging.WARNING):
+        assert main(["--config-file", str(config), "--output-dir", str(tmp_path / "out")]) == 2
+    assert folder.is_dir()
+    assert any(ALLOW_UNSAFE_ENV in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
