@@ -33,12 +33,12 @@ PEER = "same, float32"
 def detection_run(args: argparse.Namespace, amp: bool, out: Path) -> tuple[float, list[float]]:
     from detectron2.utils.env import seed_all_rng
 
+    from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg
     from nasnet_det.detection.train import Trainer
 
-    cfg = get_nasnet_cfg()
     name = "smoke-nasnet-fpn.yaml" if args.smoke else "faster_rcnn_nasnet_a_mobile_fpn_600.yaml"
-    cfg.merge_from_file(str(REPO / "configs" / "detection" / name))
+    cfg = load_cfg(get_nasnet_cfg(), REPO / "configs" / "detection" / name)  # plain YAML, as the tools read it
     if args.smoke:
         cfg.MODEL.NASNET.FILTERS, cfg.MODEL.NASNET.STEM_FILTERS = 4, 8
     else:

@@ -30,14 +30,16 @@ def build(which: str, args: argparse.Namespace) -> torch.nn.Module:
     from detectron2 import model_zoo
     from detectron2.modeling import build_model
 
+    from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg
 
-    cfg = get_nasnet_cfg()
+    # plain YAML, as the tools read it (merge_from_file falls back to yaml.unsafe_load)
     if which == "peer":
-        cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+        cfg = load_cfg(get_nasnet_cfg(), model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
         cfg.MODEL.RESNETS.NORM = "BN"  # for the calibration pass (see calibrate_frozen_bn)
     else:
-        cfg.merge_from_file(str(REPO / "configs" / "detection" / f"faster_rcnn_nasnet_a_mobile_{which}_600.yaml"))
+        config = REPO / "configs" / "detection" / f"faster_rcnn_nasnet_a_mobile_{which}_600.yaml"
+        cfg = load_cfg(get_nasnet_cfg(), config)
         cfg.MODEL.NASNET.FUSE_BN_AT_INFERENCE = not args.no_fuse
         cfg.MODEL.NASNET.NORM, cfg.MODEL.NASNET.FREEZE_AT = "BN", 0
     cfg.MODEL.WEIGHTS = ""

@@ -78,10 +78,11 @@ def main() -> None:
 
 def model_cfg(layout: str, args: argparse.Namespace):
     """The input settings the export's preprocessing reads (INPUT.FORMAT, MIN/MAX_SIZE_TEST)."""
+    from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg
 
-    cfg = get_nasnet_cfg()
-    cfg.merge_from_file(str(REPO / "configs" / "detection" / f"faster_rcnn_nasnet_a_mobile_{layout}_600.yaml"))
+    # plain YAML, as the tools read it (merge_from_file falls back to yaml.unsafe_load)
+    cfg = load_cfg(get_nasnet_cfg(), REPO / "configs" / "detection" / f"faster_rcnn_nasnet_a_mobile_{layout}_600.yaml")
     cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = args.size, args.size * 5 // 3
     return cfg
 

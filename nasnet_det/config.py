@@ -17,6 +17,7 @@ from fvcore.common.config import CfgNode
 
 from nasnet_det.utils.errors import BadInputError, bad_input_message
 from nasnet_det.utils.mapping import lookup
+from nasnet_det.utils.yaml_config import load_config_tree
 
 Cfg = TypeVar("Cfg", bound=CfgNode)
 
@@ -76,14 +77,37 @@ def _unknown_key_hint(cfg: Mapping, key: str) -> str:
     return ""
 
 
+def _merge_file_data(cfg: CfgNode, config_file: str, data: Mapping) -> None:
+    """Merge a file's loaded keys (:func:`load_config_tree`) into ``cfg``, as ``merge_from_file`` would, without
+    reading the file again (fvcore's and detectron2's ``merge_from_file`` fall back to ``yaml.unsafe_load``)."""
+    try:
+        loaded = type(cfg)(dict(data))
+        # detectron2 configs carry a VERSION; its merge_from_file upgrades old ones, which this project has none of
+        version = loaded.get("VERSION", cfg.get("VERSION"))
+        if "VERSION" in cfg and version != cfg.VERSION:
+            raise BadInputError(f"{config_file}: VERSION {version!r}; expected {cfg.VERSION} (detectron2's current "
+                                "config version) or no VERSION key")
+        cfg.merge_from_other_cfg(loaded)
+    except KeyError as e:  # yacs: KeyError('Non-existent config key: X')
+        detail = e.args[0] if e.args else e
+        raise BadInputError(f"{config_file}: {detail} (unknown key, or a key of another section)") from None
+    except BadInputError:
+        raise
+    except (ValueError, AssertionError) as e:  # yacs: ValueError('Type mismatch (...) for config key: X'); an
+        # AssertionError for a value of a type a config cannot hold
+        raise BadInputError(f"{config_file}: {e}") from None
+
+
 def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: Sequence[Any] | None = None) -> Cfg:
     """A copy of ``defaults`` merged with ``config_file`` and the ``KEY VALUE`` ``opts`` (they win), not frozen.
 
-    Checked before anything is merged: the file exists and is YAML, the overrides are pairs with no
-    ``--option`` among them, and no key has an old name (:data:`RENAMED_KEYS`). Where the config has
-    ``MODEL.NASNET``, a ``MODEL.NASNET.PRESET`` named by the file or the overrides is applied first, so that
-    explicit keys win over it (:func:`nasnet_det.models.config.prepare_nasnet_config`). An unknown key is a
-    :class:`BadInputError` naming the file or the override."""
+    The file and its ``_BASE_`` files are read as plain YAML by
+    :func:`nasnet_det.utils.yaml_config.load_config_tree` (no Python objects unless NASNET_DET_ALLOW_UNSAFE_YAML=1,
+    no key given twice, no ``_BASE_`` cycle). Checked before anything is merged: the file exists and is YAML,
+    the overrides are pairs with no ``--option`` among them, and no key has an old name (:data:`RENAMED_KEYS`).
+    Where the config has ``MODEL.NASNET``, a ``MODEL.NASNET.PRESET`` named by the file or the overrides is
+    applied first, so that explicit keys win over it (:func:`nasnet_det.models.config.prepare_nasnet_config`).
+    An unknown key is a :class:`BadInputError` naming the file or the override."""
     # Imported here, not at the top: importing this module must not import torch (models does); the pipeline
     # driver imports it before it knows whether it will load a config at all.
     from nasnet_det.models.config import prepare_nasnet_config
@@ -91,27 +115,20 @@ def load_cfg(defaults: Cfg, config_file: str | os.PathLike | None = None, opts: 
     cfg = defaults.clone()
     opts = check_overrides(opts)
     config_file = str(config_file) if config_file else None
-    data: Mapping = {}
+    tree = None
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file {config_file} does not exist")
-        try:
-            data = CfgNode.load_yaml_with_base(config_file, allow_unsafe=True) or {}
+        try:  # read once, safely (Python tags, repeated keys, bad _BASE_ files: one line naming the file)
+            tree = load_config_tree(config_file)
         except yaml.YAMLError as e:
             raise BadInputError(bad_input_message(e, config_file)) from None
+    data: Mapping = tree.merged if tree else {}
     _check_renamed(cfg, config_file, data, opts)
     if lookup(cfg, "MODEL.NASNET")[0]:
-        opts += prepare_nasnet_config(cfg, config_file, opts)
+        opts += prepare_nasnet_config(cfg, config_file, opts, tree=tree)
     if config_file:
-        try:
-            cfg.merge_from_file(config_file)
-        except KeyError as e:  # yacs: KeyError('Non-existent config key: X')
-            detail = e.args[0] if e.args else e
-            raise BadInputError(f"{config_file}: {detail} (unknown key, or a key of another section)") from None
-        except BadInputError:
-            raise
-        except ValueError as e:  # yacs: ValueError('Type mismatch (...) for config key: X')
-            raise BadInputError(f"{config_file}: {e}") from None
+        _merge_file_data(cfg, config_file, data)
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError) as e:  # yacs: KeyError('Non-existent key: X'), AssertionError

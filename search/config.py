@@ -245,7 +245,8 @@ def check_cfg(cfg: CN) -> None:
     for key, v in (("SEARCH.PREDICTOR.KAPPA", pr.KAPPA), ("SEARCH.PREDICTOR.RIDGE_ALPHA", pr.RIDGE_ALPHA)):
         _require(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0, key, v, "a finite number >= 0")
     _require(isinstance(d.VAL_SIZE, int) and d.VAL_SIZE >= 1, "DATA.VAL_SIZE", d.VAL_SIZE, "an integer >= 1")
-    _require(c.LR > 0, "CONTROLLER.LR", c.LR, "a number > 0")
+    _require(isinstance(c.LR, (int, float)) and math.isfinite(c.LR) and c.LR > 0, "CONTROLLER.LR", c.LR,
+             "a finite number > 0")
     _require(0 <= c.BASELINE_DECAY < 1, "CONTROLLER.BASELINE_DECAY", c.BASELINE_DECAY, "a number in [0, 1)")
     fr = c.FAILED_REWARD
     _require(fr is None or (isinstance(fr, (int, float)) and math.isfinite(fr)), "CONTROLLER.FAILED_REWARD",

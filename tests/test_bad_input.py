@@ -84,6 +84,7 @@ class Files:
         self.damaged_search = root / "damaged_search"
         self.damaged_search.mkdir()
         (self.damaged_search / "journal.sqlite").write_bytes(b"not a database\n" * 64)
+        self.made_by_config = root / "made_by_config"  # the folder a config's Python tag would create
         self.bad_files()
 
     def bad_files(self) -> None:
@@ -140,6 +141,47 @@ class Files:
                     "last_linear.weight": torch.zeros(1)}, self.timm_pth)
         self.not_an_image = root / "photo.jpg"
         self.not_an_image.write_text("not a picture\n")
+
+    def config(self, name: str, text: str) -> str:
+        """A config file ``name`` with ``text`` (made when a case is built); its path."""
+        (self.root / name).write_text(text)
+        return str(self.root / name)
+
+    def python_tag(self) -> str:
+        return self.config("tag.yaml", f"SOLVER:\n  X: !!python/object/apply:os.mkdir ['{self.made_by_config}']\n")
+
+    def chain(self, length: int) -> str:
+        """chain0.yaml -> chain1.yaml -> ... (each the _BASE_ of the one before)."""
+        for i in range(length):
+            self.config(f"chain{i}.yaml", f"_BASE_: chain{i + 1}.yaml\n")
+        self.config(f"chain{length}.yaml", "{}\n")
+        return str(self.root / "chain0.yaml")
+
+
+# Config files every config loader must refuse with one line naming the file (and key): (case id suffix, how to
+# make the file, text the line must contain). Old code: a Python tag ran, a repeated key was taken silently, a
+# _BASE_ cycle or a deep chain was a RecursionError, a _BASE_ number an AttributeError, _BASE_ "" "Is a directory"
+# without the key, a list at the top level a TypeError, a base's SOLVER: 5 an AssertionError.
+BAD_CONFIGS: list[tuple[str, Callable[[Files], str], str]] = [
+    ("python-tag", Files.python_tag, "tag.yaml line 2"),
+    ("repeated-key", lambda f: f.config("dup.yaml", "SOLVER:\n  BATCH_SIZE: 0\n  BATCH_SIZE: 8\n"),
+     "SOLVER.BATCH_SIZE is given twice (lines 2 and 3)"),
+    ("repeated-key-in-base", lambda f: (f.config("dupbase.yaml", "A: 1\nA: 2\n"),
+                                        f.config("child.yaml", "_BASE_: dupbase.yaml\n"))[1], "dupbase.yaml"),
+    ("base-is-itself", lambda f: f.config("self.yaml", "_BASE_: self.yaml\n"), "cycle"),
+    ("base-cycle", lambda f: (f.config("b.yaml", "_BASE_: a.yaml\n"), f.config("a.yaml", "_BASE_: b.yaml\n"))[1],
+     "a.yaml -> b.yaml -> a.yaml"),
+    ("base-chain-600", lambda f: f.chain(600), "more than 64 files"),
+    ("base-number", lambda f: f.config("num.yaml", "_BASE_: 5\n"), "_BASE_ must be a YAML file name"),
+    ("base-empty", lambda f: f.config("emptybase.yaml", "_BASE_: ''\n"), "_BASE_ must be a YAML file name"),
+    ("top-level-list", lambda f: f.config("list.yaml", "- a\n- b\n"), "list.yaml: expected a mapping"),
+    ("base-value-vs-section", lambda f: (f.config("scalar.yaml", "SOLVER: 5\n"),
+                                         f.config("sect.yaml", "_BASE_: scalar.yaml\nSOLVER:\n  X: 2\n"))[1],
+     "scalar.yaml sets SOLVER to the value 5"),
+    ("python-config", lambda f: f.config("lazy.py", "model = dict()\n"), "lazy.py: a Python config"),
+    ("not-utf8", lambda f: ((f.root / "latin1.yaml").write_bytes(b"A: caf\xe9\n"), str(f.root / "latin1.yaml"))[1],
+     "latin1.yaml is not a text file in UTF-8"),
+]
 
 
 def search(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
@@ -218,6 +260,80 @@ class Case:
     id: str
     build: Callable[[Files], tuple[Callable[[list[str]], int], list[str]]]
     expect: Callable[[Files], str | tuple[str, ...]]  # text(s) the error message must contain (a file or a key, ...)
+
+
+def plan(f: Files, *args: str) -> tuple[Callable[[list[str]], int], list[str]]:
+    from nasnet_det.pipeline.plan_cli import main
+
+    return main, ["--config-file", PIPELINE_CFG, *args]
+
+
+def _entry_points(make: Callable[[Files], str]) -> dict[str, Callable[[Files], tuple]]:
+    """The bad config ``make`` writes, given to every tool that reads a config (and to a pipeline stage)."""
+    return {
+        "cifar": lambda f: train(f, make(f)),
+        "detect": lambda f: (detect(f)[0], ["--config-file", make(f)]),
+        "search": lambda f: (search(f)[0], ["--no-progress", "--config-file", make(f)]),
+        "pipeline": lambda f: (pipeline(f)[0], ["--config-file", make(f), "--quiet"]),
+        "pipeline-stage": lambda f: pipeline(f, "--output-dir", str(f.root / "run"), "SEARCH.CONFIG_FILE", make(f)),
+        "plan": lambda f: (plan(f)[0], ["--config-file", make(f)]),
+        "plan-stage": lambda f: plan(f, "DETECT.CONFIG_FILE", make(f)),
+    }
+
+
+CONFIG_CASES = [
+    # every entry point x every bad config file (item 31: each is a class, fixed for every loader)
+    *(Case(f"{tool}-{bad}", build, lambda f, text=text: text)
+      for bad, make, text in BAD_CONFIGS for tool, build in _entry_points(make).items()),
+    # values that failed inside torch in its own words ("num_workers option should be non-negative"), no key named
+    Case("cifar-num-workers-negative", lambda f: train(f, CIFAR_CFG, "DATA.NUM_WORKERS", "-1"),
+         lambda f: "DATA.NUM_WORKERS"),
+    Case("cifar-base-lr-negative", lambda f: train(f, CIFAR_CFG, "SOLVER.BASE_LR", "-0.1"), lambda f: "SOLVER.BASE_LR"),
+    Case("cifar-momentum-negative", lambda f: train(f, CIFAR_CFG, "SOLVER.MOMENTUM", "-0.5"),
+         lambda f: "SOLVER.MOMENTUM"),
+    Case("cifar-weight-decay-negative", lambda f: train(f, CIFAR_CFG, "SOLVER.WEIGHT_DECAY", "-0.001"),
+         lambda f: "SOLVER.WEIGHT_DECAY"),
+    Case("cifar-null-value", lambda f: train(f, f.config("null.yaml", "SOLVER:\n  MAX_STEPS: null\n")),
+         lambda f: "SOLVER.MAX_STEPS"),
+    Case("detect-num-workers-negative", lambda f: detect(f, opts=("DATALOADER.NUM_WORKERS", "-1")),
+         lambda f: "DATALOADER.NUM_WORKERS"),
+    Case("detect-base-lr-negative", lambda f: detect(f, opts=("SOLVER.BASE_LR", "-0.1")), lambda f: "SOLVER.BASE_LR"),
+    Case("detect-momentum-negative", lambda f: detect(f, opts=("SOLVER.MOMENTUM", "-0.5")),
+         lambda f: "SOLVER.MOMENTUM"),
+    Case("detect-weight-decay-negative", lambda f: detect(f, opts=("SOLVER.WEIGHT_DECAY", "-0.001")),
+         lambda f: "SOLVER.WEIGHT_DECAY"),
+    Case("search-controller-lr-inf", lambda f: (search(f)[0], ["--no-progress", "--config-file", f.config(
+        "inf.yaml", f"_BASE_: {SEARCH_CFG}\nCONTROLLER:\n  LR: .inf\n")]), lambda f: "CONTROLLER.LR"),
+    Case("search-child-lr-negative", lambda f: search(f, "CHILD.LR", "-0.1"), lambda f: "CHILD.LR"),
+    # an odd override count names the user's last key, not a value a tool appends
+    Case("cifar-tool-odd-overrides", lambda f: (_tool_main("train_cifar"), ["--config-file", CIFAR_CFG,
+                                                                             "SOLVER.MAX_STEPS"]),
+         lambda f: "'SOLVER.MAX_STEPS' has no value"),
+    Case("imagenet-tool-odd-overrides", lambda f: (_tool_main("pretrain_imagenet"), ["--config-file", IMAGENET_CFG,
+                                                                                      "SOLVER.MAX_STEPS"]),
+         lambda f: "'SOLVER.MAX_STEPS' has no value"),
+    Case("pipeline-odd-overrides", lambda f: pipeline(f, "OUTPUT_DIR"), lambda f: "'OUTPUT_DIR' has no value"),
+    Case("plan-odd-overrides", lambda f: plan(f, "OUTPUT_DIR"), lambda f: "'OUTPUT_DIR' has no value"),
+]
+
+
+def _tool_main(name: str) -> Callable[[list[str]], int]:
+    """``main`` of tools/NAME.py as ``python tools/NAME.py ARGV`` runs it (``sys.argv`` set, ``SystemExit`` caught)."""
+    import runpy
+    import sys
+
+    def run(argv: list[str]) -> int:
+        old = sys.argv
+        sys.argv = [str(REPO / "tools" / f"{name}.py"), *argv]
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as e:
+            return int(e.code or 0)
+        finally:
+            sys.argv = old
+        return 0
+
+    return run
 
 
 CASES = [
@@ -437,6 +553,7 @@ CASES = [
          lambda f: "PIPELINE.RAY.ADDRESS '127.0.0.1:1': nothing accepts a connection"),
     Case("pipeline-output-dir-under-file", lambda f: pipeline(f, "--output-dir", str(f.a_file / "run")),
          lambda f: "a_file"),
+    *CONFIG_CASES,
 ]
 
 
@@ -489,12 +606,14 @@ def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, mon
     expected = case.expect(f)
     for text in (expected,) if isinstance(expected, str) else expected:
         assert text in error_lines[0], error_lines[0]
+    assert not f.made_by_config.exists(), "a config file ran code"
 
 
 def test_at_least_30_cases():
     assert len(CASES) >= 30
     tools = {c.id.split("-")[0] for c in CASES}
-    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline", "export", "profile", "score"}
+    assert tools == {"search", "cifar", "imagenet", "detect", "demo", "pipeline", "plan", "export", "profile",
+                     "score"}
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")

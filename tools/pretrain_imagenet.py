@@ -15,7 +15,4 @@ import sys
 from nasnet_det.classification.cli import main
 
 if __name__ == "__main__":
-    argv = sys.argv[1:]
-    if "--export-backbone" not in argv:
-        argv += ["DATA.DATASET", "imagenet"]  # this tool's dataset, whatever the config says
-    sys.exit(main(argv))
+    sys.exit(main(sys.argv[1:], dataset="imagenet"))  # this tool's dataset, whatever the config says

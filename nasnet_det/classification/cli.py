@@ -39,7 +39,9 @@ def build_parser(prog: str = "nasnet-det train") -> argparse.ArgumentParser:
 
 
 @exit_2_on_bad_input  # bad input: one error line naming the file or key, exit 2; a NaN loss: one line, exit 1
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, dataset: str | None = None) -> int:
+    """``dataset``: the tool's own ``DATA.DATASET`` (tools/train_cifar.py, tools/pretrain_imagenet.py), added
+    after the user's overrides are checked, so that a missing value is named as the user's key."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         opts += ["OUTPUT_DIR", args.output_dir]
     if args.no_resume:
         opts += ["TRAIN.AUTO_RESUME", "False"]
+    if dataset:
+        opts += ["DATA.DATASET", dataset]  # this tool's dataset, whatever the config says
     cfg = load_config(args.config_file, opts)
     check_output_dir(cfg.OUTPUT_DIR)
     # TensorBoard's and the data generator's writes name no file when the disk is full: name OUTPUT_DIR

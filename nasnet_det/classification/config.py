@@ -129,7 +129,10 @@ def load_config(config_file: str | Path | None = None, opts: list[str] | None = 
 
 
 def validate_config(cfg: CN) -> None:
-    """Reject values the trainer cannot use, naming the key."""
+    """Reject values the trainer cannot use, naming the key (before torch would, in its own words)."""
+    for key, value, default in _leaves(cfg, _C):
+        if value is None and default is not None:  # yacs lets null / None replace any value
+            raise ValueError(f"{key} must be set (got null/None; the default is {default!r})")
     check_nasnet_node(cfg.MODEL.NASNET)
     if is_named_weights(cfg.MODEL.NASNET.WEIGHTS):  # timm://..., pretrainedmodels://...: a known name, up front
         check_named_weights(cfg.MODEL.NASNET.WEIGHTS)
@@ -146,6 +149,12 @@ def validate_config(cfg: CN) -> None:
         value = cfg[section][name]
         if value not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    for key in ("DATA.NUM_WORKERS", "DATA.VAL_SIZE", "DATA.LIMIT_TRAIN", "DATA.CUTOUT", "SOLVER.MAX_STEPS",
+                "TRAIN.EVAL_PERIOD", "TRAIN.NUM_THREADS"):
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
     positive = ("SOLVER.BATCH_SIZE", "SOLVER.ACCUM_STEPS", "TRAIN.EVAL_BATCH_SIZE", "TRAIN.CHECKPOINT_PERIOD",
                 "TRAIN.LOG_PERIOD", "TRAIN.KEEP_CHECKPOINTS")
     for key in positive:
@@ -158,7 +167,18 @@ def validate_config(cfg: CN) -> None:
     if cfg.SOLVER.MAX_STEPS <= 0 and cfg.SOLVER.EPOCHS <= 0:
         raise ValueError("set SOLVER.EPOCHS or SOLVER.MAX_STEPS to a positive value")
     # (key, low, high, low inclusive, high inclusive)
-    ranges = (("SOLVER.EMA_DECAY", 0.0, 1.0, True, False),
+    ranges = (("SOLVER.BASE_LR", 0.0, math.inf, False, False),
+              ("SOLVER.MOMENTUM", 0.0, 1.0, True, False),
+              ("SOLVER.WEIGHT_DECAY", 0.0, math.inf, True, False),
+              ("SOLVER.RMSPROP_DECAY", 0.0, 1.0, True, False),
+              ("SOLVER.RMSPROP_EPS", 0.0, math.inf, False, False),
+              ("SOLVER.CLIP_GRAD_NORM", 0.0, math.inf, True, False),
+              ("SOLVER.LABEL_SMOOTHING", 0.0, 1.0, True, False),
+              ("SOLVER.AUX_WEIGHT", 0.0, math.inf, True, False),
+              ("SOLVER.EPOCHS", 0.0, math.inf, True, False),
+              ("SOLVER.EXP_DECAY_RATE", 0.0, 1.0, False, True),
+              ("SOLVER.EXP_DECAY_EPOCHS", 0.0, math.inf, False, False),
+              ("SOLVER.EMA_DECAY", 0.0, 1.0, True, False),
               ("SOLVER.WARMUP_FACTOR", 0.0, 1.0, True, True),
               ("SOLVER.WARMUP_EPOCHS", 0.0, math.inf, True, False),
               ("SOLVER.GAMMA", 0.0, math.inf, False, False),
@@ -170,6 +190,8 @@ def validate_config(cfg: CN) -> None:
     for key, low, high, low_in, high_in in ranges:
         section, name = key.split(".")
         value = cfg[section][name]
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{key} must be a number, got {value!r}")
         ok = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
         if not ok:
             wanted = f"{'>=' if low_in else '>'} {low}" if high == math.inf else \
@@ -190,3 +212,13 @@ def validate_config(cfg: CN) -> None:
         if cfg.DATA.IMAGE_SAMPLE not in SAMPLE_IMAGE_FOLDERS:
             raise ValueError(f"DATA.IMAGE_SAMPLE must be one of {', '.join(SAMPLE_IMAGE_FOLDERS)} (or empty), "
                              f"got {cfg.DATA.IMAGE_SAMPLE!r}")
+
+
+def _leaves(cfg: CN, defaults: CN, prefix: str = ""):
+    """``(dotted key, value, default)`` of every value of ``cfg`` that has a default."""
+    for key, value in cfg.items():
+        default = defaults.get(key) if isinstance(defaults, CN) else None
+        if isinstance(value, CN):
+            yield from _leaves(value, default, f"{prefix}{key}.")
+        elif isinstance(defaults, CN) and key in defaults:
+            yield f"{prefix}{key}", value, default

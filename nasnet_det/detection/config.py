@@ -7,6 +7,8 @@ has never seen (:func:`get_nasnet_cfg` does that), then merge a file and overrid
 
 from __future__ import annotations
 
+import math
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -86,3 +88,33 @@ def validate_input_sizes(cfg: CN) -> None:
         if not _is_size(i[key], 1):
             raise BadInputError(f"INPUT.{key} must be a size >= 1 (pixels of the longer image side), got "
                                 f"{i[key]!r}")
+
+
+def validate_solver_values(cfg: CN) -> None:
+    """The optimizer and data-loader values that torch would refuse only when training starts, in its own words
+    ("Invalid learning rate: -0.1", "num_workers option should be non-negative"); :class:`BadInputError` naming
+    the key here, before anything runs."""
+    s = cfg.SOLVER
+    workers = cfg.DATALOADER.NUM_WORKERS
+    if not _is_size(workers, 0):
+        raise BadInputError(f"DATALOADER.NUM_WORKERS must be an integer >= 0 (0: load in the training process), "
+                            f"got {workers!r}")
+    # (key, value, low, high, low inclusive, high inclusive)
+    ranges = [("SOLVER.BASE_LR", s.BASE_LR, 0.0, math.inf, False, False),
+              ("SOLVER.BASE_LR_END", s.BASE_LR_END, 0.0, math.inf, True, False),
+              ("SOLVER.MOMENTUM", s.MOMENTUM, 0.0, 1.0, True, False),
+              ("SOLVER.WEIGHT_DECAY", s.WEIGHT_DECAY, 0.0, math.inf, True, False),
+              ("SOLVER.WEIGHT_DECAY_NORM", s.WEIGHT_DECAY_NORM, 0.0, math.inf, True, False),
+              ("SOLVER.GAMMA", s.GAMMA, 0.0, math.inf, False, False),
+              ("SOLVER.WARMUP_FACTOR", s.WARMUP_FACTOR, 0.0, 1.0, True, True),
+              ("SOLVER.WARMUP_ITERS", s.WARMUP_ITERS, 0, math.inf, True, False)]
+    if s.WEIGHT_DECAY_BIAS is not None:  # None: as WEIGHT_DECAY
+        ranges.append(("SOLVER.WEIGHT_DECAY_BIAS", s.WEIGHT_DECAY_BIAS, 0.0, math.inf, True, False))
+    if s.CLIP_GRADIENTS.ENABLED:
+        ranges.append(("SOLVER.CLIP_GRADIENTS.CLIP_VALUE", s.CLIP_GRADIENTS.CLIP_VALUE, 0.0, math.inf, False, False))
+    for key, value, low, high, low_in, high_in in ranges:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and (value >= low if low_in else value > low) and (value <= high if high_in else value < high)):
+            wanted = (f"{'>=' if low_in else '>'} {low}" if high == math.inf else
+                      f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}")
+            raise BadInputError(f"{key} must be a number {wanted}, got {value!r}")

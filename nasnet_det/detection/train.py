@@ -20,7 +20,7 @@ from detectron2.utils import comm
 
 from nasnet_det.config import load_cfg
 from nasnet_det.detection.checkpoint import FINAL_CHECKPOINT, NASNetDetectionCheckpointer
-from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
+from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes, validate_solver_values
 from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
 from nasnet_det.detection.hooks import METRICS_FILE, ExactResume
 from nasnet_det.detection.precision import validate_amp_precision
@@ -59,8 +59,7 @@ def validate_detection_config(cfg: CfgNode, num_processes: int = 1, eval_only: b
                             f"{cfg.SOLVER.IMS_PER_BATCH}")
     if cfg.SOLVER.MAX_ITER < 1:
         raise BadInputError(f"SOLVER.MAX_ITER must be >= 1, got {cfg.SOLVER.MAX_ITER}")
-    if cfg.SOLVER.BASE_LR <= 0:
-        raise BadInputError(f"SOLVER.BASE_LR must be > 0, got {cfg.SOLVER.BASE_LR}")
+    validate_solver_values(cfg)  # BASE_LR, MOMENTUM, WEIGHT_DECAY..., DATALOADER.NUM_WORKERS
     if cfg.SOLVER.CHECKPOINT_PERIOD < 1:
         raise BadInputError(f"SOLVER.CHECKPOINT_PERIOD must be >= 1, got {cfg.SOLVER.CHECKPOINT_PERIOD}")
     for key in ("REFERENCE_IMS_PER_BATCH", "REFERENCE_WORLD_SIZE"):

@@ -10,20 +10,19 @@ ImageNet stem) and the class count are not keys of the node: they follow from wh
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from fvcore.common.config import BASE_KEY, CfgNode
+from fvcore.common.config import CfgNode
 
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.nasnet import filters_for_penultimate
 from nasnet_det.models.ops import PAD_MODES
 from nasnet_det.space import Genotype
 from nasnet_det.utils.mapping import lookup
+from nasnet_det.utils.yaml_config import ConfigTree, load_config_tree
 
 NODE = "MODEL.NASNET"
 
@@ -123,7 +122,7 @@ SIZE_KEYS = ("PENULTIMATE_FILTERS", "FILTERS")
 
 
 def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
-                          opts: Sequence[Any] | None = None) -> list[str]:
+                          opts: Sequence[Any] | None = None, tree: ConfigTree | None = None) -> list[str]:
     """Before ``merge_from_file`` / ``merge_from_list`` (:func:`nasnet_det.config.load_cfg` calls it): apply the
     ``MODEL.NASNET.PRESET`` the file or the overrides name (the overrides win) to ``cfg``, so that explicit
     keys merged afterwards win over it.
@@ -131,8 +130,11 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
     Returns overrides to merge after ``opts``: the network is sized by one of F and f, so when the last
     source that sizes it (the ``_BASE_`` files, the file, then the overrides) sets only one of them to a
     positive value, the other is set to 0 (``MODEL.NASNET.FILTERS 8`` on top of a preset sized by F means
-    f = 8). ``config_file`` must exist and be valid YAML (the loader checks that first)."""
-    data: Mapping = (CfgNode.load_yaml_with_base(str(config_file), allow_unsafe=True) or {}) if config_file else {}
+    f = 8). ``tree`` is ``config_file`` as the loader read it (:func:`load_config_tree`; read here when not
+    given), so that the file is read once."""
+    if tree is None and config_file:
+        tree = load_config_tree(config_file)
+    data: Mapping = tree.merged if tree else {}
     pairs = list(zip([str(k) for k in list(opts or [])[0::2]], list(opts or [])[1::2]))
     found, preset = lookup(data, f"{NODE}.PRESET")
     for key, value in pairs:
@@ -141,8 +143,12 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
     if found and preset:
         apply_preset(cfg.MODEL.NASNET, str(preset))
 
+    # The size keys (F, f) that each file of the _BASE_ tree sets itself, in the order they are merged (bases
+    # first), so that a file sizing the network by one of them overrides its bases' size; the overrides last.
+    file_sizes = [{k: v for k in SIZE_KEYS for found, v in [lookup(own, f"{NODE}.{k}")] if found}
+                  for _, own in (tree.files if tree else [])]
     sizing: dict[str, Any] = {}
-    for source in (*(_size_sources(str(config_file)) if config_file else []),
+    for source in (*file_sizes,
                    {k.rsplit(".", 1)[1]: v for k, v in pairs if k in {f"{NODE}.{s}" for s in SIZE_KEYS}}):
         if source:
             sizing = source
@@ -152,26 +158,6 @@ def prepare_nasnet_config(cfg: CfgNode, config_file: str | Path | None = None,
             other = next(k for k in SIZE_KEYS if k != key)
             return [f"{NODE}.{other}", "0"]
     return []
-
-
-def _size_sources(filename: str) -> list[dict[str, Any]]:
-    """The size keys (F, f) that each file of ``filename``'s ``_BASE_`` tree sets itself, in the order fvcore
-    merges them (bases first), so that a file sizing the network by one of them overrides its bases' size."""
-    with CfgNode._open_cfg(filename) as f:
-        try:
-            raw = yaml.safe_load(f) or {}
-        except yaml.constructor.ConstructorError:  # as load_yaml_with_base(allow_unsafe=True), which read it first
-            f.seek(0)
-            raw = yaml.unsafe_load(f) or {}
-    sources: list[dict[str, Any]] = []
-    bases = raw.get(BASE_KEY, []) if isinstance(raw, Mapping) else []
-    for base in [bases] if isinstance(bases, str) else bases:  # resolved as fvcore resolves them
-        base = os.path.expanduser(base) if base.startswith("~") else base
-        if not base.startswith(("/", "https://", "http://")):
-            base = os.path.join(os.path.dirname(filename), base)
-        sources += _size_sources(base)
-    sources.append({k: v for k in SIZE_KEYS for found, v in [lookup(raw, f"{NODE}.{k}")] if found})
-    return sources
 
 
 def _positive(value: Any) -> bool:

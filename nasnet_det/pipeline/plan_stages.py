@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.engine.scaling import classification_schedule, detection_schedule
@@ -24,7 +25,9 @@ from nasnet_det.pipeline.plan import Check, Machine, Plan, StagePlan, Target, ho
 from nasnet_det.pipeline.plan_data import DataFound, cifar10_source, coco_datasets, imagenet_folders
 from nasnet_det.pipeline.stages import Context, Stage, genotype_opts, network_opts, pipeline_stages
 from nasnet_det.pipeline.throughput import THROUGHPUT_KEYS, stated_throughput
+from nasnet_det.utils.errors import bad_input_message
 from nasnet_det.utils.mapping import lookup
+from nasnet_det.utils.yaml_config import load_config_tree
 
 # The search config keys a plan reads, with search/config.py's defaults (``nasnet_det`` does not import
 # ``search``; tests/test_plan.py checks them against ``search.config.get_cfg_defaults()``).
@@ -232,7 +235,10 @@ def _search_settings(cfg: CN) -> dict[str, Any]:
     path = resolve_path(c.CONFIG_FILE)
     if not path.is_file():
         raise StageError("search", f"SEARCH.CONFIG_FILE {c.CONFIG_FILE!r} does not exist (expected a search YAML)")
-    raw = CN.load_yaml_with_base(str(path), allow_unsafe=False)
+    try:  # read as the search reads it: plain YAML, no repeated key, _BASE_ files checked
+        raw = load_config_tree(path, python_objects=False).merged
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as e:
+        raise StageError("search", f"SEARCH.CONFIG_FILE: {bad_input_message(e, str(path))}") from None
     values = {}
     for key, default in SEARCH_DEFAULTS.items():
         found, value = lookup(raw, key)

@@ -24,7 +24,9 @@ from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backe
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, sha256_file
 from nasnet_det.pipeline.paths import repo_root, resolve_path
+from nasnet_det.utils.errors import bad_input_message
 from nasnet_det.utils.io import atomic_write
+from nasnet_det.utils.yaml_config import load_config_tree
 
 # The MODEL.NASNET keys the pipeline passes to pretraining, detection and evaluation (with the selected
 # GENOTYPE): the backbone must load into the detector, so they are set once, in the pipeline's config. The
@@ -84,23 +86,20 @@ class Context:
 
 
 def config_chain(stage: str, key: str, config_file: str) -> dict[str, str]:
-    """``{path: sha256}`` of a stage's config file and its ``_BASE_`` files (so editing any changes the hash)."""
+    """``{path: sha256}`` of a stage's config file and its ``_BASE_`` files (so editing any changes the hash),
+    read as the stage's tool reads them (:func:`load_config_tree`): a cycle, a bad ``_BASE_``, a repeated key or a
+    Python tag is the stage's error before the tool starts."""
     path = resolve_path(config_file)
     if not config_file or not path.is_file():
         raise StageError(stage, f"{key} {config_file!r} does not exist (expected a YAML config file of that tool)")
+    try:
+        files = [Path(name) for name, _ in load_config_tree(path, python_objects=False).files]
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as e:
+        raise StageError(stage, f"{key}: {bad_input_message(e, str(path))}") from None
     chain: dict[str, str] = {}
-    while path is not None and _stable_name(path) not in chain:
-        chain[_stable_name(path)] = sha256_file(path)
-        try:
-            base = (yaml.safe_load(path.read_text()) or {}).get("_BASE_")
-        except yaml.YAMLError as e:
-            raise StageError(stage, f"{key}: {path} is not valid YAML ({e})") from None
-        if not base:
-            break
-        nxt = Path(base) if Path(base).is_absolute() else path.parent / base
-        if not nxt.is_file():
-            raise StageError(stage, f"{key}: {path} has _BASE_ {base!r}, which does not exist")
-        path = nxt
+    for file in [files[-1], *files[:-1]]:  # the stage's own file first, then its bases
+        if "://" not in str(file):
+            chain.setdefault(_stable_name(file), sha256_file(file))
     return chain
 
 
