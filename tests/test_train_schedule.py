@@ -14,10 +14,10 @@ from helpers.train import tiny_cfg
 
 from nasnet_det.classification import Trainer
 from nasnet_det.classification.config import load_config
-from nasnet_det.classification.optim import lr_multiplier_fn
 from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.engine.distributed import DistInfo
 from nasnet_det.engine.scaling import classification_schedule
+from nasnet_det.utils.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,23 +108,31 @@ def test_paper_configs_derive_the_published_recipe(config, processes, lr, steps)
     assert schedule.lr == pytest.approx(lr) and schedule.steps == steps
 
 
-def test_resume_at_another_global_batch_continues_at_its_effective_lr(tmp_path, caplog):
-    # As a run resumed on twice the processes: the recipe (LR 0.1 for 8 images per step, 8 steps) is the same,
-    # the global batch doubles (here by accumulation, which a single process can do).
+def test_resume_at_another_global_batch_is_refused_saying_how_to_keep_the_batch(tmp_path):
+    # As a run resumed on twice the processes: its 2 steps done are steps of 8 images, this run's would be of 16,
+    # so the rest of the schedule (4 steps of 16 planned from 8 of 8) would train another number of images.
     opts = ("SOLVER.REFERENCE_BATCH_SIZE", 8, "SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 8,
             "SOLVER.LR_SCHEDULE", "cosine", "TRAIN.CHECKPOINT_PERIOD", 2)
     assert Trainer(tiny_cfg(tmp_path, *opts)).train(interrupt_at_step=2) == {"interrupted_at_step": 2}
     resumed = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.ACCUM_STEPS", 2))
-    assert resumed.total_steps == 4
+    with pytest.raises(BadInputError, match=r"was trained at a global batch of 8 images per step, this run's is 16 "
+                                            r"\(SOLVER.BATCH_SIZE 8 x SOLVER.ACCUM_STEPS 2 x 1 process\(es\)\).*"
+                                            r"resume with a global batch of 8: SOLVER.ACCUM_STEPS 1, or start over"):
+        resumed.train()
+    # half the per-process batch, twice the accumulation: the same global batch resumes
+    same = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.BATCH_SIZE", 4, "SOLVER.ACCUM_STEPS", 2))
+    assert same.train()["step"] == 8 and same.total_steps == 8
+
+
+def test_resume_with_an_edited_base_lr_continues_at_the_new_lr(tmp_path, caplog):
+    opts = ("SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 4, "SOLVER.LR_SCHEDULE", "constant",
+            "TRAIN.CHECKPOINT_PERIOD", 2)
+    assert Trainer(tiny_cfg(tmp_path, *opts)).train(interrupt_at_step=2) == {"interrupted_at_step": 2}
+    resumed = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.BASE_LR", 0.2))
     with caplog.at_level(logging.WARNING):
         resumed.train()
-    assert "was trained for 8 total steps, this run plans 4" in caplog.text
-    assert "was trained at LR 0.1 (global batch 8); this run's effective LR is 0.2 (global batch 16)" in caplog.text
-    multiplier = lr_multiplier_fn(resumed.cfg, 4, resumed.steps_per_epoch)
-    assert [r["lr"] for r in _train_records(tmp_path)] == pytest.approx(
-        [0.1, 0.1 * lr_multiplier_fn(resumed.cfg, 8, resumed.steps_per_epoch)(1)] +
-        [0.2 * multiplier(2), 0.2 * multiplier(3)])
-    assert resumed.scheduler.base_lrs == [0.2, 0.2] and resumed.state.step == 4
+    assert "was trained at LR 0.1 (global batch 8); this run's effective LR is 0.2 (global batch 8)" in caplog.text
+    assert [r["lr"] for r in _train_records(tmp_path)] == pytest.approx([0.1, 0.1, 0.2, 0.2])
     assert json.loads((tmp_path / "schedule.json").read_text())["start_step"] == 2
 
 
