@@ -17,6 +17,7 @@ from nasnet_det.classification.config import load_config
 from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.engine.distributed import DistInfo
 from nasnet_det.engine.scaling import classification_schedule
+from nasnet_det.pipeline.stages import _trained_with
 from nasnet_det.utils.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,13 +44,18 @@ def test_lr_steps_and_ema_follow_the_global_batch_and_are_recorded(tmp_path):
     schedule = json.loads((tmp_path / "schedule.json").read_text())
     assert {k: schedule[k] for k in ("processes", "batch_per_process", "accum_steps", "global_batch",
                                      "reference_batch", "lr_scaling", "steps", "steps_per_epoch", "train_images",
-                                     "start_step", "device", "amp", "amp_dtype")} == {
+                                     "start_step", "amp")} == {
         "processes": 1, "batch_per_process": 8, "accum_steps": 4, "global_batch": 32, "reference_batch": 16,
         "lr_scaling": "linear", "steps": 3, "steps_per_epoch": 2, "train_images": 64, "start_step": 0,
-        "device": "cpu", "amp": "none", "amp_dtype": "float32"}
+        "amp": "float32"}
+    assert schedule["device"] == {"device": "cpu", "torch": torch.__version__,
+                                  "torch_cuda": torch.version.cuda or "cpu"}
     assert schedule["lr"] == pytest.approx(0.2) and schedule["base_lr"] == pytest.approx(0.1)
     assert schedule["ema_decay"] == pytest.approx(0.81) and schedule["epochs"] == pytest.approx(1.5)
-    assert schedule["torch"] == torch.__version__
+    # what the pipeline's manifest records of the run, read from this file
+    assert _trained_with("pretrain", tmp_path) == {"device": "cpu", "torch_cuda": torch.version.cuda or "cpu",
+                                                   "global_batch": 32, "effective_lr": pytest.approx(0.2),
+                                                   "amp": "float32"}
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["global_batch"] == 32 and final["effective_lr"] == pytest.approx(0.2)
 

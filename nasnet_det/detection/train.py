@@ -24,11 +24,11 @@ from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
 from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
 from nasnet_det.detection.hooks import METRICS_FILE, ExactResume
 from nasnet_det.detection.precision import validate_amp_precision
-from nasnet_det.detection.trainer import SCHEDULE_FILE, Trainer, build_nasnet_detector, effective_config
+from nasnet_det.detection.trainer import Trainer, build_nasnet_detector, effective_config
 from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, remove_files
 from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.process import die_with_parent
-from nasnet_det.engine.scaling import detection_schedule
+from nasnet_det.engine.scaling import SCHEDULE_FILE, detection_schedule
 from nasnet_det.models.hub import check_named_weights, is_named_weights
 from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp

@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 LR_SCALINGS = ("linear", "sqrt", "none")
+# OUTPUT_DIR/<this>: a trainer's effective schedule (``as_dict``), where it resumed ("start_step" / "start_iter"),
+# the autocast dtype ("amp": "bfloat16", "float16" or "float32") and the device (engine/devices.describe_device)
+SCHEDULE_FILE = "schedule.json"
 
 # Training-set sizes a plan turns steps into epochs with (the trainers count the real data set).
 DATASET_IMAGES = {
