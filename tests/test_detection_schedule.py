@@ -13,6 +13,7 @@ import pytest
 import torch
 from detectron2.config import CfgNode
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.utils import comm
 from helpers.data import shapes_dataset
 from test_detection_train import train_cfg
 
@@ -212,6 +213,37 @@ def test_a_float32_checkpoint_resumes_in_mixed_precision(monkeypatch, bf16_gpu, 
         trainer.load_state_dict(float32)
     assert trainer.iter == 3 and amp.grad_scaler.is_enabled() == (not bf16_gpu)
     assert ("gradient-scaler state" in caplog.text) == (not bf16_gpu)  # only float16 has a scale to lose
+
+
+def _loader_seed(loader) -> int:
+    """The seed of the generator the training DataLoader draws its workers' base seed from."""
+    inner = loader.loader  # SkippingLoader -> detectron2's aspect-ratio grouping -> torch's DataLoader
+    while not isinstance(inner, torch.utils.data.DataLoader):
+        inner = inner.dataset
+    return inner.generator.initial_seed()
+
+
+def test_each_rank_and_each_resume_point_seeds_its_loader_workers_apart(monkeypatch):
+    # Workers seed their augmentation from the loader's generator (detectron2's worker_init_reset_seed): the same
+    # seed on every rank made every rank's workers draw the same crops and flips.
+    cfg = get_nasnet_cfg()
+    cfg.SEED = 7
+    dataset = [{"file_name": f"{i}.jpg", "height": 8, "width": 8, "image_id": i, "annotations": []}
+               for i in range(4)]
+    loaders = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(comm, "get_rank", lambda rank=rank: rank)
+        loaders[rank] = Trainer.build_train_loader(cfg, dataset)
+    assert _loader_seed(loaders[0]) == 7  # a fresh single-process run draws as before
+    assert _loader_seed(loaders[1]) != 7
+    # a resumed run (ExactResume.before_train) reseeds for the iteration it starts at: not a replay of the start
+    from nasnet_det.detection.hooks import reseed_train_loader, train_loader_seed
+
+    resumed = {train_loader_seed(7, rank, start) for rank in (0, 1) for start in (0, 100, 200)}
+    assert len(resumed) == 6
+    assert reseed_train_loader(loaders[0], train_loader_seed(7, 0, 100))
+    assert _loader_seed(loaders[0]) == train_loader_seed(7, 0, 100) != 7
+    assert train_loader_seed(-1, 1, 100) is None  # SEED < 0: detectron2's random seed
 
 
 # ---- mixed precision -------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from nasnet_det.detection.hooks import (
     GatherRngStates,
     SkippedImagesMetric,
     WriteMetricsAtCheckpoints,
+    train_loader_seed,
 )
 from nasnet_det.detection.precision import amp_dtype, build_step_trainer, resumable_step_state
 from nasnet_det.detection.weights import load_pretrained_nasnet
@@ -269,10 +270,12 @@ class Trainer(TrainerBase):
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dataset))
         # seed: the DataLoader draws its base seed from its own generator, not from the global RNG whose state
-        # a resumed run restores (the draw happens lazily, at the first batch).
+        # a resumed run restores (the draw happens lazily, at the first batch); one per rank, and ExactResume
+        # reseeds it for the iteration a resumed run starts at (hooks.train_loader_seed).
         loader = SkippingLoader(build_detection_train_loader(cfg, mapper=SkipUnreadableMapper(DatasetMapper(cfg, True)),
                                                              dataset=dataset, sampler=sampler,
-                                                             seed=cfg.SEED if cfg.SEED >= 0 else None), "training")
+                                                             seed=train_loader_seed(cfg.SEED, comm.get_rank())),
+                                "training")
         loader.resumable_sampler = sampler
         return loader
 
