@@ -140,8 +140,9 @@ class ExactResume(HookBase):
         if sampler is not None and start > 0:
             # images this rank has drawn: trainer.cfg holds the effective batch (nasnet_det/engine/scaling.py)
             sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
-        if start > 0:
-            reseed_train_loader(loader, train_loader_seed(int(trainer.cfg.SEED), comm.get_rank(), start))
+        cfg = getattr(trainer, "cfg", None)
+        if start > 0 and cfg is not None:
+            reseed_train_loader(loader, train_loader_seed(int(cfg.get("SEED", -1)), comm.get_rank(), start))
         if self.pending is not None and start > 0:
             self.restore_rng(self.pending, start)
             # The smoothed values in metrics.json (medians over 20 iterations) then match an uninterrupted run's.
