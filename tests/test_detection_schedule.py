@@ -340,6 +340,41 @@ def test_cpu_processes_on_a_gpu_machine_see_no_gpu_and_use_gloo(monkeypatch, dev
         train_main(["--config-file", str(CONFIGS / "smoke-nasnet-c4.yaml"), "--num-gpus", "2",
                     "MODEL.DEVICE", device])
     assert seen == {"env": visible, "nprocs": 2, "backend": backend}
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # the caller (here: this test process) keeps its GPUs
+
+
+def _no_launch(monkeypatch) -> list[int]:
+    started: list[int] = []
+    monkeypatch.setattr(torch.multiprocessing, "start_processes",
+                        lambda fn, args=(), nprocs=1, **kwargs: started.append(nprocs))
+    return started
+
+
+def test_bad_config_for_several_processes_is_one_line_before_any_process_starts(monkeypatch, capsys):
+    started = _no_launch(monkeypatch)
+    argv = ["--config-file", str(CONFIGS / "smoke-nasnet-c4.yaml"), "--num-gpus", "2", "MODEL.DEVICE", "cpu",
+            "SOLVER.IMS_PER_BATCH", "3"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: SOLVER.IMS_PER_BATCH 3 must be divisible by the number of processes (2) with "
+                   "SOLVER.REFERENCE_WORLD_SIZE 0"]
+    assert started == []
+
+
+def test_a_checkpoint_of_another_batch_is_refused_before_any_process_starts(monkeypatch, capsys, tmp_path):
+    # a 1-process run's checkpoint (2 images per iteration); 2 processes with REFERENCE_WORLD_SIZE 1 would take 4
+    cfg = config(SMOKE[0])
+    torch.save({"model": {}, "trainer": {"iteration": 3, "batch": schedule_record(detection_schedule(cfg, 1))}},
+               tmp_path / "model_0000003.pth")
+    started = _no_launch(monkeypatch)
+    argv = ["--config-file", str(CONFIGS / SMOKE[0]), "--num-gpus", "2", "MODEL.DEVICE", "cpu",
+            "OUTPUT_DIR", str(tmp_path), "SOLVER.REFERENCE_WORLD_SIZE", "1"]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: the checkpoint in OUTPUT_DIR was trained with "
+                                               f"{cfg.SOLVER.IMS_PER_BATCH} images per iteration on 1 process(es)")
+    assert started == []
+    assert train_main(["--no-resume", *argv]) == 0 and started == [2]  # starting over is not refused
 
 
 def test_cuda_without_a_usable_gpu_is_one_line(monkeypatch, capsys):
