@@ -8,8 +8,10 @@ detectron2's ``REFERENCE_WORLD_SIZE``, timm's ``--lr-base``):
 
 * learning rate   = BASE_LR x global / reference           (``LR_SCALING sqrt``: x sqrt(global / reference))
 * steps           = reference steps x reference / global   (so the run sees the same number of images)
-* warm-up, milestones, checkpoint / evaluation periods in steps: the same inverse rule; those stated in epochs
-  already follow the batch
+* warm-up and LR milestones in steps: the same inverse rule; those stated in epochs already follow the batch
+* checkpoint / evaluation / log periods: classification's (``TRAIN.*_PERIOD``) count the run's own steps and are
+  not scaled; detection's (``SOLVER.CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD``) follow the inverse rule, as
+  detectron2's ``auto_scale_workers`` scales them
 * weight EMA decay = decay ** (global / reference)          (the same averaging horizon in images)
 
 A reference of 0 turns the rule off: the values are used as written at any batch (the smoke configs).
