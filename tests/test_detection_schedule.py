@@ -102,6 +102,19 @@ def test_bad_batch_settings_are_one_line_naming_the_key(change, world, message):
         validate_detection_config(cfg, world)
 
 
+def test_lr_steps_that_scale_onto_each_other_or_to_zero_are_one_line():
+    cfg = config(MOBILE[0])  # STEPS (60000, 80000) for 16 images/iteration
+    cfg.SOLVER.STEPS = (3, 4)
+    cfg.SOLVER.MAX_ITER = 8
+    with pytest.raises(BadInputError, match=r"^SOLVER.STEPS \(3, 4\) scale to \(0, 0\) at 128 images/iteration"):
+        detection_schedule(cfg, 64)
+    assert detection_schedule(cfg, 8).steps == (3, 4)
+    cfg.SOLVER.IMS_PER_BATCH = 12  # not the batch of 8 devices
+    with pytest.raises(BadInputError, match=r"^SOLVER.IMS_PER_BATCH 12 must be divisible by "
+                                            r"SOLVER.REFERENCE_WORLD_SIZE 8"):
+        detection_schedule(cfg, 1)
+
+
 def test_a_real_run_trains_the_effective_schedule_and_writes_schedule_json(tmp_path):
     from detectron2.engine.hooks import PeriodicCheckpointer
 

@@ -98,6 +98,19 @@ def test_smoke_configs_run_as_written_on_any_number_of_processes(config):
                                                                      solver.EMA_DECAY)
 
 
+def test_an_epochs_schedule_reports_its_passes_and_clamps_the_warm_up(tmp_path):
+    # 1001 images at 32 per step: 31 steps per pass, 992 images; 600 passes are 594.6 epochs of images
+    solver = tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 0, "SOLVER.EPOCHS", 600, "SOLVER.BATCH_SIZE", 32,
+                      "SOLVER.WARMUP_EPOCHS", 700.0).SOLVER
+    schedule = classification_schedule(solver, 1, 1001)
+    assert schedule.steps == 600 * 31 and schedule.passes == 600
+    assert "18,600 steps = 600 passes (594.6 epochs of 1,001 images; the last partial step of each pass is " \
+           "dropped)" in schedule.describe()
+    assert schedule.warmup_steps == schedule.steps  # WARMUP_EPOCHS past the end: the whole run warms up
+    # a MAX_STEPS run, or passes that lose nothing, report epochs as before
+    assert "600 passes" not in classification_schedule(solver, 1, 992).describe()
+
+
 @pytest.mark.parametrize("config, processes, lr, steps", [
     # slim's own batch: 50 replicas x 32 = 1600 images per step, LR 2.0, 250k steps
     ("imagenet_nasnet_a_mobile.yaml", 50, 2.0, 250_000),
