@@ -42,6 +42,7 @@ from nasnet_det.classification.checkpoint import (
     LAST_CHECKPOINT,
     TrainingCheckpointer,
     check_same_arch,
+    check_same_global_batch,
     read_intact_checkpoint,
 )
 from nasnet_det.classification.data import ClassificationData, build_data
@@ -232,7 +233,7 @@ class Trainer:
         """Restore model, optimizer, scheduler, scaler, EMA, data position and RNG from ``path`` (default: the
         last checkpoint; a damaged one is named and the newest intact older one used). Returns the file used."""
         path, extra = self.checkpointer.load_newest_intact(Path(path) if path else None)
-        self._check_same_global_batch(extra.get("schedule"), path)
+        check_same_global_batch(extra.get("schedule"), self.schedule, path)
         upgrade_former_rmsprop_state(self.optimizer, extra["step"])
         if extra.get("total_steps") not in (None, self.total_steps):
             logger.warning("%s was trained for %s total steps, this run plans %s: the LR and drop-path schedules "
@@ -263,31 +264,6 @@ class Trainer:
             logger.info("resumed from %s at step %d (epoch %d, %d samples into it)", path, self.state.step,
                         self.state.epoch, self.state.samples_in_epoch)
         return path
-
-    def _check_same_global_batch(self, saved: dict | None, path: Path) -> None:
-        """With ``SOLVER.REFERENCE_BATCH_SIZE`` > 0 the step count follows the global batch: a checkpoint's steps
-        are steps of the batch it trained with, so at another batch the rest of the run (its step count, LR and
-        drop-path schedules) would train another number of images. Raises :class:`BadInputError` saying how to
-        resume; a checkpoint without the record, or a run without a reference batch, passes."""
-        if self.schedule.reference_batch <= 0 or not saved or "global_batch" not in saved:
-            return
-        old, new = int(saved["global_batch"]), self.schedule.global_batch
-        if old == new:
-            return
-        s, processes = self.cfg.SOLVER, self.dist.world_size
-        per_step = s.BATCH_SIZE * processes
-        if old % per_step == 0:
-            keep = f"SOLVER.ACCUM_STEPS {old // per_step}"
-        elif old % processes == 0:
-            keep = f"SOLVER.BATCH_SIZE {old // processes} SOLVER.ACCUM_STEPS 1 (or a split of it into BATCH_SIZE x " \
-                   "ACCUM_STEPS)"
-        else:
-            keep = f"a process count that divides it ({saved.get('processes', '?')} did)"
-        raise BadInputError(
-            f"{path} was trained at a global batch of {old} images per step, this run's is {new} "
-            f"(SOLVER.BATCH_SIZE {s.BATCH_SIZE} x SOLVER.ACCUM_STEPS {s.ACCUM_STEPS} x {processes} process(es)): "
-            f"its steps count other batches, so the rest of the schedule would train another number of images; "
-            f"resume with a global batch of {old}: {keep}, or start over with --no-resume")
 
     def _clear_previous_run(self) -> None:
         # A fresh run in a used folder must not mix its log, curves, exports or checkpoints with the old run's.
@@ -497,9 +473,8 @@ class Trainer:
 
     def _write_schedule(self) -> None:
         """OUTPUT_DIR/schedule.json: the effective settings this run trains with, where, and in which precision."""
-        record = {**self.schedule.as_dict(), "start_step": self.state.step,
-                  "amp": str(self.amp_dtype or torch.float32).removeprefix("torch."),
-                  "device": describe_device(self.device)}
+        record = {**self.schedule.as_dict(), "start_step": self.state.step, "device": describe_device(self.device),
+                  "amp": str(self.amp_dtype or torch.float32).removeprefix("torch.")}
         atomic_write(self.output_dir / SCHEDULE_FILE, json.dumps(record, indent=2) + "\n")
 
     def _epoch_len(self) -> int:
