@@ -129,8 +129,8 @@ def test_paper_configs_derive_the_published_recipe(config, processes, lr, steps)
 
 def test_resume_at_another_global_batch_is_refused_saying_how_to_keep_the_batch(tmp_path):
     # As a run resumed on twice the processes: its 2 steps done are steps of 8 images, this run's would be of 16,
-    # so the rest of the schedule (4 steps of 16 planned from 8 of 8) would train another number of images.
-    opts = ("SOLVER.REFERENCE_BATCH_SIZE", 8, "SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 8,
+    # so the rest of the schedule (2 steps of 16 planned from 4 of 8) would train another number of images.
+    opts = ("SOLVER.REFERENCE_BATCH_SIZE", 8, "SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 4,
             "SOLVER.LR_SCHEDULE", "cosine", "TRAIN.CHECKPOINT_PERIOD", 2)
     assert Trainer(tiny_cfg(tmp_path, *opts)).train(interrupt_at_step=2) == {"interrupted_at_step": 2}
     resumed = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.ACCUM_STEPS", 2))
@@ -140,7 +140,7 @@ def test_resume_at_another_global_batch_is_refused_saying_how_to_keep_the_batch(
         resumed.train()
     # half the per-process batch, twice the accumulation: the same global batch resumes
     same = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.BATCH_SIZE", 4, "SOLVER.ACCUM_STEPS", 2))
-    assert same.train()["step"] == 8 and same.total_steps == 8
+    assert same.train()["step"] == 4 and same.total_steps == 4
 
 
 def test_resume_with_an_edited_base_lr_continues_at_the_new_lr(tmp_path, caplog):
