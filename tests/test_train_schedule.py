@@ -14,10 +14,11 @@ from helpers.train import tiny_cfg
 
 from nasnet_det.classification import Trainer
 from nasnet_det.classification.config import load_config
-from nasnet_det.classification.optim import lr_multiplier_fn
 from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.engine.distributed import DistInfo
 from nasnet_det.engine.scaling import classification_schedule
+from nasnet_det.pipeline.stages import _trained_with
+from nasnet_det.utils.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,13 +44,18 @@ def test_lr_steps_and_ema_follow_the_global_batch_and_are_recorded(tmp_path):
     schedule = json.loads((tmp_path / "schedule.json").read_text())
     assert {k: schedule[k] for k in ("processes", "batch_per_process", "accum_steps", "global_batch",
                                      "reference_batch", "lr_scaling", "steps", "steps_per_epoch", "train_images",
-                                     "start_step", "device", "amp", "amp_dtype")} == {
+                                     "start_step", "amp")} == {
         "processes": 1, "batch_per_process": 8, "accum_steps": 4, "global_batch": 32, "reference_batch": 16,
         "lr_scaling": "linear", "steps": 3, "steps_per_epoch": 2, "train_images": 64, "start_step": 0,
-        "device": "cpu", "amp": "none", "amp_dtype": "float32"}
+        "amp": "float32"}
+    assert schedule["device"] == {"device": "cpu", "torch": torch.__version__,
+                                  "torch_cuda": torch.version.cuda or "cpu"}
     assert schedule["lr"] == pytest.approx(0.2) and schedule["base_lr"] == pytest.approx(0.1)
     assert schedule["ema_decay"] == pytest.approx(0.81) and schedule["epochs"] == pytest.approx(1.5)
-    assert schedule["torch"] == torch.__version__
+    # what the pipeline's manifest records of the run, read from this file
+    assert _trained_with("pretrain", tmp_path) == {"device": "cpu", "torch_cuda": torch.version.cuda or "cpu",
+                                                   "global_batch": 32, "effective_lr": pytest.approx(0.2),
+                                                   "amp": "float32"}
     final = json.loads((tmp_path / "final_metrics.json").read_text())
     assert final["global_batch"] == 32 and final["effective_lr"] == pytest.approx(0.2)
 
@@ -92,6 +98,19 @@ def test_smoke_configs_run_as_written_on_any_number_of_processes(config):
                                                                      solver.EMA_DECAY)
 
 
+def test_an_epochs_schedule_reports_its_passes_and_clamps_the_warm_up(tmp_path):
+    # 1001 images at 32 per step: 31 steps per pass, 992 images; 600 passes are 594.6 epochs of images
+    solver = tiny_cfg(tmp_path, "SOLVER.MAX_STEPS", 0, "SOLVER.EPOCHS", 600, "SOLVER.BATCH_SIZE", 32,
+                      "SOLVER.WARMUP_EPOCHS", 700.0).SOLVER
+    schedule = classification_schedule(solver, 1, 1001)
+    assert schedule.steps == 600 * 31 and schedule.passes == 600
+    assert "18,600 steps = 600 passes (594.6 epochs of 1,001 images; the last partial step of each pass is " \
+           "dropped)" in schedule.describe()
+    assert schedule.warmup_steps == schedule.steps  # WARMUP_EPOCHS past the end: the whole run warms up
+    # a MAX_STEPS run, or passes that lose nothing, report epochs as before
+    assert "600 passes" not in classification_schedule(solver, 1, 992).describe()
+
+
 @pytest.mark.parametrize("config, processes, lr, steps", [
     # slim's own batch: 50 replicas x 32 = 1600 images per step, LR 2.0, 250k steps
     ("imagenet_nasnet_a_mobile.yaml", 50, 2.0, 250_000),
@@ -108,23 +127,31 @@ def test_paper_configs_derive_the_published_recipe(config, processes, lr, steps)
     assert schedule.lr == pytest.approx(lr) and schedule.steps == steps
 
 
-def test_resume_at_another_global_batch_continues_at_its_effective_lr(tmp_path, caplog):
-    # As a run resumed on twice the processes: the recipe (LR 0.1 for 8 images per step, 8 steps) is the same,
-    # the global batch doubles (here by accumulation, which a single process can do).
-    opts = ("SOLVER.REFERENCE_BATCH_SIZE", 8, "SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 8,
+def test_resume_at_another_global_batch_is_refused_saying_how_to_keep_the_batch(tmp_path):
+    # As a run resumed on twice the processes: its 2 steps done are steps of 8 images, this run's would be of 16,
+    # so the rest of the schedule (2 steps of 16 planned from 4 of 8) would train another number of images.
+    opts = ("SOLVER.REFERENCE_BATCH_SIZE", 8, "SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 4,
             "SOLVER.LR_SCHEDULE", "cosine", "TRAIN.CHECKPOINT_PERIOD", 2)
     assert Trainer(tiny_cfg(tmp_path, *opts)).train(interrupt_at_step=2) == {"interrupted_at_step": 2}
     resumed = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.ACCUM_STEPS", 2))
-    assert resumed.total_steps == 4
+    with pytest.raises(BadInputError, match=r"was trained at a global batch of 8 images per step, this run's is 16 "
+                                            r"\(SOLVER.BATCH_SIZE 8 x SOLVER.ACCUM_STEPS 2 x 1 process\(es\)\).*"
+                                            r"resume with a global batch of 8: SOLVER.ACCUM_STEPS 1, or start over"):
+        resumed.train()
+    # half the per-process batch, twice the accumulation: the same global batch resumes
+    same = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.BATCH_SIZE", 4, "SOLVER.ACCUM_STEPS", 2))
+    assert same.train()["step"] == 4 and same.total_steps == 4
+
+
+def test_resume_with_an_edited_base_lr_continues_at_the_new_lr(tmp_path, caplog):
+    opts = ("SOLVER.BASE_LR", 0.1, "SOLVER.MAX_STEPS", 4, "SOLVER.LR_SCHEDULE", "constant",
+            "TRAIN.CHECKPOINT_PERIOD", 2)
+    assert Trainer(tiny_cfg(tmp_path, *opts)).train(interrupt_at_step=2) == {"interrupted_at_step": 2}
+    resumed = Trainer(tiny_cfg(tmp_path, *opts, "SOLVER.BASE_LR", 0.2))
     with caplog.at_level(logging.WARNING):
         resumed.train()
-    assert "was trained for 8 total steps, this run plans 4" in caplog.text
-    assert "was trained at LR 0.1 (global batch 8); this run's effective LR is 0.2 (global batch 16)" in caplog.text
-    multiplier = lr_multiplier_fn(resumed.cfg, 4, resumed.steps_per_epoch)
-    assert [r["lr"] for r in _train_records(tmp_path)] == pytest.approx(
-        [0.1, 0.1 * lr_multiplier_fn(resumed.cfg, 8, resumed.steps_per_epoch)(1)] +
-        [0.2 * multiplier(2), 0.2 * multiplier(3)])
-    assert resumed.scheduler.base_lrs == [0.2, 0.2] and resumed.state.step == 4
+    assert "was trained at LR 0.1 (global batch 8); this run's effective LR is 0.2 (global batch 8)" in caplog.text
+    assert [r["lr"] for r in _train_records(tmp_path)] == pytest.approx([0.1, 0.1, 0.2, 0.2])
     assert json.loads((tmp_path / "schedule.json").read_text())["start_step"] == 2
 
 

@@ -24,8 +24,10 @@ from typing import Any
 from torch import nn
 
 from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, CrashSafeCheckpointer
+from nasnet_det.engine.scaling import ClassificationSchedule
 from nasnet_det.models import NASNetArch
 from nasnet_det.models.pretrained import read_checkpoint, save_checkpoint
+from nasnet_det.utils.errors import BadInputError
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +149,30 @@ class TrainingCheckpointer(CrashSafeCheckpointer):
                     logger.warning("%s; trying the next older checkpoint", exc)
         raise DamagedCheckpointError(f"no intact checkpoint to resume from: {', '.join(map(str, damaged))} "
                                      "are damaged; delete them (or use --no-resume) to start over")
+
+
+def check_same_global_batch(saved: dict[str, Any] | None, schedule: ClassificationSchedule, path: Path) -> None:
+    """With ``SOLVER.REFERENCE_BATCH_SIZE`` > 0 the step count follows the global batch: a checkpoint's steps are
+    steps of the batch it trained with (``saved``: its recorded schedule), so at another batch the rest of the run
+    (its step count, LR and drop-path schedules) would train another number of images. Raises
+    :class:`BadInputError` saying how to resume; a checkpoint without the record, or a run without a reference
+    batch, passes."""
+    if schedule.reference_batch <= 0 or not saved or "global_batch" not in saved:
+        return
+    old, new = int(saved["global_batch"]), schedule.global_batch
+    if old == new:
+        return
+    processes = schedule.processes
+    per_step = schedule.batch_per_process * processes
+    if old % per_step == 0:
+        keep = f"SOLVER.ACCUM_STEPS {old // per_step}"
+    elif old % processes == 0:
+        keep = f"SOLVER.BATCH_SIZE {old // processes} SOLVER.ACCUM_STEPS 1 (or a split of it into BATCH_SIZE x " \
+               "ACCUM_STEPS)"
+    else:
+        keep = f"a process count that divides it ({saved.get('processes', '?')} did)"
+    raise BadInputError(
+        f"{path} was trained at a global batch of {old} images per step, this run's is {new} (SOLVER.BATCH_SIZE "
+        f"{schedule.batch_per_process} x SOLVER.ACCUM_STEPS {schedule.accum_steps} x {processes} process(es)): its "
+        f"steps count other batches, so the rest of the schedule would train another number of images; resume "
+        f"with a global batch of {old}: {keep}, or start over with --no-resume")

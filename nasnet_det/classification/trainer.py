@@ -42,6 +42,7 @@ from nasnet_det.classification.checkpoint import (
     LAST_CHECKPOINT,
     TrainingCheckpointer,
     check_same_arch,
+    check_same_global_batch,
     read_intact_checkpoint,
 )
 from nasnet_det.classification.data import ClassificationData, build_data
@@ -60,7 +61,7 @@ from nasnet_det.engine.devices import describe_device
 from nasnet_det.engine.distributed import DistInfo, all_gather_union, all_reduce_sum, barrier, init_distributed
 from nasnet_det.engine.metrics import truncate_metrics
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
-from nasnet_det.engine.scaling import classification_schedule
+from nasnet_det.engine.scaling import SCHEDULE_FILE, classification_schedule
 from nasnet_det.models import create_model
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.models.hub import is_named_weights
@@ -73,7 +74,6 @@ logger = logging.getLogger(__name__)
 
 # Files a finished run leaves next to its checkpoints; a fresh run in the same folder removes them.
 RUN_OUTPUTS = ("metrics.jsonl", "final_metrics.json", "model_final.pth", "training_curves.png")
-SCHEDULE_FILE = "schedule.json"  # the effective LR / steps / EMA of the current run (rewritten at each start)
 
 
 @dataclass
@@ -233,6 +233,7 @@ class Trainer:
         """Restore model, optimizer, scheduler, scaler, EMA, data position and RNG from ``path`` (default: the
         last checkpoint; a damaged one is named and the newest intact older one used). Returns the file used."""
         path, extra = self.checkpointer.load_newest_intact(Path(path) if path else None)
+        check_same_global_batch(extra.get("schedule"), self.schedule, path)
         upgrade_former_rmsprop_state(self.optimizer, extra["step"])
         if extra.get("total_steps") not in (None, self.total_steps):
             logger.warning("%s was trained for %s total steps, this run plans %s: the LR and drop-path schedules "
@@ -472,9 +473,8 @@ class Trainer:
 
     def _write_schedule(self) -> None:
         """OUTPUT_DIR/schedule.json: the effective settings this run trains with, where, and in which precision."""
-        record = {**self.schedule.as_dict(), "start_step": self.state.step, "amp": self.cfg.TRAIN.AMP,
-                  "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else "float32",
-                  **describe_device(self.device)}
+        record = {**self.schedule.as_dict(), "start_step": self.state.step, "device": describe_device(self.device),
+                  "amp": str(self.amp_dtype or torch.float32).removeprefix("torch.")}
         atomic_write(self.output_dir / SCHEDULE_FILE, json.dumps(record, indent=2) + "\n")
 
     def _epoch_len(self) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import numpy as np
 from detectron2.engine import HookBase
@@ -13,6 +14,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventWriter, JSONWriter
 from fvcore.common.history_buffer import HistoryBuffer
+from torch.utils.data import DataLoader
 
 from nasnet_det.detection.backbone import set_drop_path_progress
 from nasnet_det.detection.data import SkippingLoader
@@ -42,6 +44,33 @@ def reseeded_rng(seed: int, start_iter: int, rank: int) -> int | None:
     if seed < 0:
         return None
     return int(np.random.SeedSequence([seed, start_iter, rank]).generate_state(1)[0] % 2**31)
+
+
+def train_loader_seed(seed: int, rank: int, start_iter: int = 0) -> int | None:
+    """The seed of ``rank``'s training-loader generator (its workers' seeds derive from it: detectron2's
+    ``worker_init_reset_seed``) for a run starting at ``start_iter``: distinct per rank, so that every rank's
+    workers do not draw the same augmentation, and per resume point, so that a resumed run does not replay the
+    draws its start did. Rank 0 of a fresh run keeps ``seed`` itself (< 0: None, a random seed)."""
+    if seed < 0:
+        return None
+    if rank == 0 and start_iter == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, start_iter]).generate_state(1)[0] % 2**31)
+
+
+def reseed_train_loader(loader: Any, seed: int | None) -> bool:
+    """Seed the generator of the ``torch.utils.data.DataLoader`` inside ``loader`` (a :class:`SkippingLoader` of
+    detectron2's train loader, aspect-ratio grouped or not). The loader draws its workers' base seed from that
+    generator lazily, when its iteration starts, so this takes effect until then. Returns whether it could."""
+    inner = loader
+    for _ in range(4):  # SkippingLoader -> AspectRatioGroupedDataset -> DataLoader
+        if isinstance(inner, DataLoader):
+            break
+        inner = inner.loader if isinstance(inner, SkippingLoader) else getattr(inner, "dataset", None)
+    if seed is None or not isinstance(inner, DataLoader) or inner.generator is None:
+        return False
+    inner.generator.manual_seed(seed)
+    return True
 
 
 class ExactResume(HookBase):
@@ -111,6 +140,9 @@ class ExactResume(HookBase):
         if sampler is not None and start > 0:
             # images this rank has drawn: trainer.cfg holds the effective batch (nasnet_det/engine/scaling.py)
             sampler.start = start * (trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        cfg = getattr(trainer, "cfg", None)
+        if start > 0 and cfg is not None:
+            reseed_train_loader(loader, train_loader_seed(int(cfg.get("SEED", -1)), comm.get_rank(), start))
         if self.pending is not None and start > 0:
             self.restore_rng(self.pending, start)
             # The smoothed values in metrics.json (medians over 20 iterations) then match an uninterrupted run's.

@@ -8,6 +8,7 @@ On a CPU, where AMPTrainer needs CUDA, the losses are computed under ``torch.aut
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +18,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer
 from nasnet_det.utils.errors import BadInputError
 
 AMP_PRECISIONS = ("auto", "bfloat16", "float16")
+logger = logging.getLogger(__name__)
 
 
 def validate_amp_precision(cfg: CfgNode) -> None:
@@ -75,3 +77,17 @@ def build_step_trainer(cfg: CfgNode, model: torch.nn.Module, data_loader, optimi
         raise BadInputError(f"SOLVER.AMP.PRECISION {cfg.SOLVER.AMP.PRECISION} needs CUDA but MODEL.DEVICE is "
                             f"{cfg.MODEL.DEVICE!r}; use bfloat16 or auto on a CPU")
     return SimpleTrainer(AutocastForward(model, "cpu", torch.bfloat16), data_loader, optimizer)
+
+
+def resumable_step_state(step_trainer: SimpleTrainer, saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's step-trainer state (``_trainer``) as ``step_trainer.load_state_dict`` takes it. A float32
+    run (``SimpleTrainer``) saved no ``grad_scaler``, which ``AMPTrainer`` requires: it gets the fresh scaler's
+    state (a disabled bfloat16 scaler's is empty; a float16 one starts its loss scale afresh, which the log says)."""
+    state = dict(saved)
+    if isinstance(step_trainer, AMPTrainer) and not state.get("grad_scaler"):
+        scaler = step_trainer.grad_scaler
+        if scaler.is_enabled():
+            logger.warning("the checkpoint has no float16 gradient-scaler state (it was trained in float32 or "
+                           "bfloat16): the scaler starts afresh")
+        state["grad_scaler"] = scaler.state_dict()
+    return state

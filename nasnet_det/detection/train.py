@@ -24,11 +24,17 @@ from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes, va
 from nasnet_det.detection.data import check_dataset_classes, register_builtin_datasets, register_datasets
 from nasnet_det.detection.hooks import METRICS_FILE, ExactResume
 from nasnet_det.detection.precision import validate_amp_precision
-from nasnet_det.detection.trainer import SCHEDULE_FILE, Trainer, build_nasnet_detector, effective_config
+from nasnet_det.detection.trainer import (
+    Trainer,
+    build_nasnet_detector,
+    check_same_batch,
+    effective_config,
+    written_record,
+)
 from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, remove_files
 from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.process import die_with_parent
-from nasnet_det.engine.scaling import detection_schedule
+from nasnet_det.engine.scaling import SCHEDULE_FILE, detection_schedule
 from nasnet_det.models.hub import check_named_weights, is_named_weights
 from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors, full_disk_error, remove_stale_tmp
@@ -36,8 +42,9 @@ from nasnet_det.utils.logs import show_package_logs
 
 # Trainer and its parts are imported from here by the tools and tests that predate nasnet_det.detection.trainer.
 __all__ = ["SCHEDULE_FILE", "ExactResume", "Trainer", "argument_parser", "build_nasnet_detector", "effective_config",
-           "finalize_completed_run", "finish_completed_run", "prepare_devices", "remove_stale_outputs", "run",
-           "setup", "start_over", "train_main", "unevaluated_datasets", "validate_detection_config"]
+           "check_resumable_schedule", "finalize_completed_run", "finish_completed_run", "prepare_devices",
+           "remove_stale_outputs", "run", "setup", "start_over", "train_main", "unevaluated_datasets",
+           "validate_detection_config"]
 logger = logging.getLogger(__name__)
 
 
@@ -251,13 +258,37 @@ def _run(cfg: CfgNode, args: argparse.Namespace):
     return trainer.train()
 
 
+def check_resumable_schedule(cfg: CfgNode, processes: int) -> None:
+    """The launcher's view of what :meth:`Trainer.load_state_dict` checks: OUTPUT_DIR's newest checkpoint was
+    trained with the batch (and, for one without the record, the schedule) this run would have on ``processes``
+    processes (:func:`nasnet_det.detection.trainer.check_same_batch`). Read on the CPU without building the model
+    (memory-mapped: only the trainer state is read), so that the refusal is one line before any process starts. A
+    checkpoint that cannot be read is left to the trainer, which names it and resumes from an earlier one."""
+    candidates = NASNetDetectionCheckpointer(torch.nn.Module(), save_dir=cfg.OUTPUT_DIR).resume_candidates()
+    if not candidates:
+        return
+    try:
+        saved = torch.load(candidates[0], map_location="cpu", weights_only=False, mmap=True)
+    except Exception:  # noqa: BLE001 (any damage: the trainer's resume reports it and falls back)
+        return
+    state = saved.get("trainer") if isinstance(saved, dict) else None
+    if isinstance(state, dict) and "iteration" in state:
+        check_same_batch(state.get("batch"), detection_schedule(cfg, processes), written_record(cfg))
+
+
 def prepare_devices(args: argparse.Namespace) -> str:
     """Before detectron2's ``launch`` and any CUDA call: ``MODEL.DEVICE`` (config file + opts, as :func:`setup`
     reads them) decides what the processes may see. ``cpu``: the GPUs are hidden (``CUDA_VISIBLE_DEVICES=""``,
-    inherited by the spawned processes), else ``launch`` would start NCCL processes, one per GPU, and assert that
-    there are ``--num-gpus`` of them; hidden, it starts gloo processes. ``cuda``: a usable GPU per process, or one
-    line saying why not. Returns MODEL.DEVICE."""
-    device = load_cfg(get_nasnet_cfg(), args.config_file, args.opts).MODEL.DEVICE
+    inherited by the spawned processes; :func:`train_main` restores the variable when ``launch`` returns), else
+    ``launch`` would start NCCL processes, one per GPU, and assert that there are ``--num-gpus`` of them; hidden,
+    it starts gloo processes. With ``--num-gpus 1`` the run is in this process, where torch may have counted the
+    GPUs before (the count is cached): then the variable hides nothing from it. ``cuda``: a usable GPU per
+    process, or one line saying why not. The config's values and OUTPUT_DIR's checkpoint are checked here too
+    (:func:`validate_detection_config`, :func:`check_resumable_schedule`), so that bad input is one line,
+    not a traceback of each launched process. Returns MODEL.DEVICE."""
+    cfg = load_cfg(get_nasnet_cfg(), args.config_file, args.opts)
+    processes = max(1, args.num_gpus) * max(1, args.num_machines)
+    device = cfg.MODEL.DEVICE
     if device == "cpu":
         # Set before torch first asks CUDA for its devices: the CUDA runtime reads the variable once per process.
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -266,6 +297,13 @@ def prepare_devices(args: argparse.Namespace) -> str:
         if args.num_gpus > torch.cuda.device_count():
             raise BadInputError(f"--num-gpus {args.num_gpus} with MODEL.DEVICE {device}, but this machine has "
                                 f"{torch.cuda.device_count()} usable GPU(s)")
+        if device != "cuda" and args.num_gpus > 1:
+            raise BadInputError(f"MODEL.DEVICE {device} pins every one of the --num-gpus {args.num_gpus} processes "
+                                "to that GPU: use MODEL.DEVICE cuda (each process takes its own), or restrict the "
+                                "GPUs with CUDA_VISIBLE_DEVICES")
+    validate_detection_config(cfg, processes, eval_only=args.eval_only)
+    if not args.eval_only and not getattr(args, "no_resume", False):
+        check_resumable_schedule(cfg, processes)
     return device
 
 
@@ -275,7 +313,14 @@ def train_main(argv: list[str] | None = None) -> int:
     args = argument_parser().parse_args(argv)
     if args.resume and args.no_resume:
         raise BadInputError("--resume and --no-resume contradict each other; give one")
-    prepare_devices(args)
-    launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        prepare_devices(args)
+        launch(run, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    finally:  # the caller (a test, a notebook) keeps the GPUs it saw
+        if visible is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
     return 0

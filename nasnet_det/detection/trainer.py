@@ -19,7 +19,7 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.engine import AMPTrainer, HookBase, TrainerBase, create_ddp_model, default_writers, hooks
+from detectron2.engine import HookBase, TrainerBase, create_ddp_model, default_writers, hooks
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format, verify_results
 from detectron2.modeling import build_model
 from detectron2.solver import build_lr_scheduler, build_optimizer
@@ -39,18 +39,18 @@ from nasnet_det.detection.hooks import (
     GatherRngStates,
     SkippedImagesMetric,
     WriteMetricsAtCheckpoints,
+    train_loader_seed,
 )
-from nasnet_det.detection.precision import amp_dtype, build_step_trainer
+from nasnet_det.detection.precision import amp_dtype, build_step_trainer, resumable_step_state
 from nasnet_det.detection.weights import load_pretrained_nasnet
 from nasnet_det.engine.devices import describe_device
-from nasnet_det.engine.scaling import DetectionSchedule, apply_detection_schedule, detection_schedule
+from nasnet_det.engine.scaling import SCHEDULE_FILE, DetectionSchedule, apply_detection_schedule, detection_schedule
 from nasnet_det.models import NASNet
 from nasnet_det.models.cell import leaves_input_unused
 from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_write
 
 logger = logging.getLogger(__name__)
-SCHEDULE_FILE = "schedule.json"  # the run's effective batch, LR and iteration counts
 
 
 def build_nasnet_detector(cfg: CfgNode) -> torch.nn.Module:
@@ -84,20 +84,56 @@ def effective_config(cfg: CfgNode, world_size: int, train_images: int = 0) -> tu
     return apply_detection_schedule(cfg, schedule), schedule
 
 
-def check_same_batch(saved: dict[str, int] | None, schedule: DetectionSchedule) -> None:
+def schedule_record(schedule: DetectionSchedule) -> dict[str, Any]:
+    """What a checkpoint records of the schedule its iterations count in (``batch`` in its trainer state)."""
+    return {"ims_per_batch": schedule.ims_per_batch, "processes": schedule.processes, "max_iter": schedule.max_iter,
+            "steps": list(schedule.steps), "lr": schedule.lr}
+
+
+def written_record(cfg: CfgNode) -> dict[str, Any]:
+    """The schedule ``cfg`` states, read as written (no process-count or reference rule applied)."""
+    s = cfg.SOLVER
+    return {"ims_per_batch": s.IMS_PER_BATCH, "max_iter": s.MAX_ITER, "steps": list(s.STEPS), "lr": float(s.BASE_LR)}
+
+
+def _same(a: dict[str, Any], b: dict[str, Any], key: str) -> bool:
+    return abs(a[key] - b[key]) <= 1e-9 * max(abs(a[key]), abs(b[key])) if key == "lr" else a[key] == b[key]
+
+
+def check_same_batch(saved: dict[str, Any] | None, schedule: DetectionSchedule, written: dict[str, Any]) -> None:
     """A checkpoint's iteration counts batches of the size it was trained with: resumed at another global batch
     (another number of processes with ``SOLVER.REFERENCE_WORLD_SIZE`` > 0), the rest of its LR schedule and data
-    stream would run in other units. Raises :class:`BadInputError` saying how to resume; ``saved`` None (an older
-    checkpoint) passes."""
-    if not saved or saved["ims_per_batch"] == schedule.ims_per_batch:
-        return
-    raise BadInputError(
-        f"the checkpoint in OUTPUT_DIR was trained with {saved['ims_per_batch']} images per iteration on "
-        f"{saved['processes']} process(es); this run has {schedule.ims_per_batch} on {schedule.processes} "
-        "(SOLVER.IMS_PER_BATCH follows the process count when SOLVER.REFERENCE_WORLD_SIZE > 0), whose iterations "
-        f"count other batches: resume on {saved['processes']} process(es), or keep its batch with "
-        f"SOLVER.REFERENCE_WORLD_SIZE 0 SOLVER.IMS_PER_BATCH {saved['ims_per_batch']} (a multiple of the process "
-        "count), or rerun with --no-resume to start over")
+    stream would run in other units. Raises :class:`BadInputError` saying how to resume.
+
+    ``saved`` None: a checkpoint from before the batch was recorded, when a config's values were used as written;
+    it resumes only if this run's effective schedule is ``written`` (``cfg``'s values as written), else the
+    reference rules would change what its iterations mean. A recorded schedule whose iterations, LR steps or LR
+    were edited (at the same batch) resumes with the new values, and the log says so."""
+    now = schedule_record(schedule)
+    if not saved:
+        if all(_same(now, written, k) for k in written):
+            return
+        raise BadInputError(
+            f"the checkpoint in OUTPUT_DIR records no batch or schedule (it predates SOLVER.REFERENCE_IMS_PER_BATCH,"
+            f" when configs were run as written: {written['ims_per_batch']} images/iteration, {written['max_iter']} "
+            f"iterations, LR {written['lr']:g}); this run would train {now['ims_per_batch']} images/iteration on "
+            f"{schedule.processes} process(es), {now['max_iter']} iterations, LR {now['lr']:g}: to keep the old "
+            f"meaning resume with SOLVER.REFERENCE_WORLD_SIZE 0 SOLVER.REFERENCE_IMS_PER_BATCH 0 "
+            f"SOLVER.IMS_PER_BATCH {written['ims_per_batch']} (the batch it trained with), or rerun with "
+            "--no-resume to start over")
+    if saved["ims_per_batch"] != schedule.ims_per_batch:
+        raise BadInputError(
+            f"the checkpoint in OUTPUT_DIR was trained with {saved['ims_per_batch']} images per iteration on "
+            f"{saved['processes']} process(es); this run has {schedule.ims_per_batch} on {schedule.processes} "
+            "(SOLVER.IMS_PER_BATCH follows the process count when SOLVER.REFERENCE_WORLD_SIZE > 0), whose iterations "
+            f"count other batches: resume on {saved['processes']} process(es), or keep its batch with "
+            f"SOLVER.REFERENCE_WORLD_SIZE 0 SOLVER.IMS_PER_BATCH {saved['ims_per_batch']} (a multiple of the process "
+            "count), or rerun with --no-resume to start over")
+    changed = [f"{k} {saved[k]} -> {now[k]}" for k in ("max_iter", "steps", "lr") if k in saved and not
+               _same(saved, now, k)]
+    if changed:
+        logger.warning("the checkpoint in OUTPUT_DIR was trained with another schedule at the same batch (%s): "
+                       "continuing with this run's", ", ".join(changed))
 
 
 class Trainer(TrainerBase):
@@ -114,6 +150,7 @@ class Trainer(TrainerBase):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):  # as DefaultTrainer: setup not called
             setup_logger()
         dataset = self.build_train_dataset(cfg)  # its size turns the iterations into epochs
+        self.written_schedule = written_record(cfg)  # what an older, unrecorded checkpoint trained with
         cfg, self.schedule = effective_config(cfg, comm.get_world_size(), len(dataset))
         model = self.build_model(cfg)
         self.optimizer = build_optimizer(cfg, model)
@@ -133,15 +170,17 @@ class Trainer(TrainerBase):
         self.writers: list[EventWriter] = default_writers(cfg.OUTPUT_DIR, self.max_iter) \
             if comm.is_main_process() else []
         self.register_hooks(self.build_hooks())
+        self.device = getattr(model, "device", torch.device(cfg.MODEL.DEVICE))
         if comm.is_main_process():
             logger.info("schedule: %s", self.schedule.describe())
-            self.write_schedule(getattr(model, "device", torch.device(cfg.MODEL.DEVICE)))
 
-    def write_schedule(self, device: torch.device) -> dict[str, Any]:
-        """``OUTPUT_DIR/schedule.json``: the effective schedule, the training precision and the device."""
-        dtype = amp_dtype(self.cfg)
-        record = {**self.schedule.as_dict(), "amp": dtype is not None,
-                  "precision": str(dtype or torch.float32).removeprefix("torch."), "device": describe_device(device)}
+    def write_schedule(self) -> dict[str, Any]:
+        """``OUTPUT_DIR/schedule.json`` (:data:`SCHEDULE_FILE`): the effective schedule, the iteration training
+        starts from, the training precision and the device. Written when training starts: after the resume check,
+        so a refused resume leaves the last run's record."""
+        record = {**self.schedule.as_dict(), "start_iter": self.start_iter,
+                  "amp": str(amp_dtype(self.cfg) or torch.float32).removeprefix("torch."),
+                  "device": describe_device(self.device)}
         os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)
         atomic_write(os.path.join(self.cfg.OUTPUT_DIR, SCHEDULE_FILE), json.dumps(record, indent=2) + "\n")
         return record
@@ -187,6 +226,8 @@ class Trainer(TrainerBase):
 
     def train(self) -> OrderedDict | dict | None:
         """Train from ``start_iter``; returns the last evaluation when TEST.EXPECTED_RESULTS is set (verified)."""
+        if comm.is_main_process():
+            self.write_schedule()
         super().train(self.start_iter, self.max_iter)
         if len(self.cfg.TEST.EXPECTED_RESULTS) and comm.is_main_process():
             if self.last_eval_results is None:
@@ -201,18 +242,12 @@ class Trainer(TrainerBase):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "_trainer": self.step_trainer.state_dict(),
-                "batch": {"ims_per_batch": self.schedule.ims_per_batch, "processes": self.schedule.processes}}
+                "batch": schedule_record(self.schedule)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        check_same_batch(state_dict.get("batch"), self.schedule)
+        check_same_batch(state_dict.get("batch"), self.schedule, self.written_schedule)
         super().load_state_dict(state_dict)
-        step = dict(state_dict["_trainer"])
-        scaler = getattr(self.step_trainer, "grad_scaler", None)
-        if isinstance(self.step_trainer, AMPTrainer) and scaler.is_enabled() and not step.get("grad_scaler"):
-            logger.warning("the checkpoint has no float16 gradient-scaler state (it was trained in float32 or "
-                           "bfloat16): the scaler starts afresh")
-            step["grad_scaler"] = scaler.state_dict()
-        self.step_trainer.load_state_dict(step)
+        self.step_trainer.load_state_dict(resumable_step_state(self.step_trainer, state_dict["_trainer"]))
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -235,10 +270,12 @@ class Trainer(TrainerBase):
         if cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler":
             sampler = ResumableTrainingSampler(len(dataset))
         # seed: the DataLoader draws its base seed from its own generator, not from the global RNG whose state
-        # a resumed run restores (the draw happens lazily, at the first batch).
+        # a resumed run restores (the draw happens lazily, at the first batch); one per rank, and ExactResume
+        # reseeds it for the iteration a resumed run starts at (hooks.train_loader_seed).
         loader = SkippingLoader(build_detection_train_loader(cfg, mapper=SkipUnreadableMapper(DatasetMapper(cfg, True)),
                                                              dataset=dataset, sampler=sampler,
-                                                             seed=cfg.SEED if cfg.SEED >= 0 else None), "training")
+                                                             seed=train_loader_seed(cfg.SEED, comm.get_rank())),
+                                "training")
         loader.resumable_sampler = sampler
         return loader
 

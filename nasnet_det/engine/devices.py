@@ -77,16 +77,40 @@ def require_cuda(key: str, value: str = "cuda") -> None:
                             f"or set {key} cpu to train on the CPU on purpose")
 
 
-def resolve_device(requested: str, key: str, local_rank: int = 0, announce: bool = True) -> torch.device:
-    """``requested`` ("auto", "cpu", "cuda" or "cuda:i") as a device for the process of ``local_rank``.
+def local_process_count(local_processes: int | None = None) -> int:
+    """Training processes on this machine: ``local_processes`` when given, else torchrun's ``LOCAL_WORLD_SIZE``
+    (1 outside torchrun)."""
+    if local_processes is not None:
+        return max(1, local_processes)
+    value = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, int(value)) if value.isdigit() else 1
 
-    ``auto`` logs what it chose (and, on a CPU, why not CUDA); ``cuda`` without a usable GPU raises
-    :class:`BadInputError` naming ``key`` and the reason."""
+
+def _gpu_of(local_rank: int, key: str, requested: str, local: int) -> torch.device:
+    # One GPU per process: two NCCL processes on one GPU fail later ("Duplicate GPU detected"), and two
+    # processes of any backend sharing a GPU train at half speed each with twice the memory.
+    count = torch.cuda.device_count()
+    if max(local, local_rank + 1) > count:
+        raise BadInputError(f"{key} {requested} with {max(local, local_rank + 1)} training processes on this machine "
+                            f"but {count} usable GPU(s): start at most {count} process(es) per machine (torchrun "
+                            f"--nproc-per-node / --num-gpus), one per GPU")
+    return torch.device("cuda", local_rank)
+
+
+def resolve_device(requested: str, key: str, local_rank: int = 0, announce: bool = True,
+                   local_processes: int | None = None) -> torch.device:
+    """``requested`` ("auto", "cpu", "cuda" or "cuda:i") as a device for the process of ``local_rank``, one of
+    ``local_processes`` on this machine (default: :func:`local_process_count`).
+
+    ``auto`` logs what it chose (and, on a CPU, why not CUDA); ``cuda`` without a usable GPU, more processes
+    than GPUs, or ``cuda:i`` for several processes (all would share GPU i) raise :class:`BadInputError` naming
+    ``key`` and the reason."""
+    local = local_process_count(local_processes)
     if requested == "cpu":
         return torch.device("cpu")
     if requested == "auto":
         if torch.cuda.is_available():
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            device = _gpu_of(local_rank, key, requested, local)
             if announce:
                 logger.info("%s auto: using %s (%s)", key, device, torch.cuda.get_device_name(device))
             return device
@@ -96,7 +120,11 @@ def resolve_device(requested: str, key: str, local_rank: int = 0, announce: bool
     if requested == "cuda" or requested.startswith("cuda:"):
         require_cuda(key, requested)
         if requested == "cuda":
-            return torch.device("cuda", local_rank % torch.cuda.device_count())
+            return _gpu_of(local_rank, key, requested, local)
+        if local > 1:
+            raise BadInputError(f"{key} {requested} pins every one of the {local} training processes on this "
+                                f"machine to that GPU: use {key} cuda (each process takes the GPU of its local "
+                                "rank), or restrict the GPUs with CUDA_VISIBLE_DEVICES")
         return torch.device(requested)
     raise BadInputError(f"{key} must be auto, cpu, cuda or cuda:N, got {requested!r}")
 

@@ -8,8 +8,10 @@ detectron2's ``REFERENCE_WORLD_SIZE``, timm's ``--lr-base``):
 
 * learning rate   = BASE_LR x global / reference           (``LR_SCALING sqrt``: x sqrt(global / reference))
 * steps           = reference steps x reference / global   (so the run sees the same number of images)
-* warm-up, milestones, checkpoint / evaluation periods in steps: the same inverse rule; those stated in epochs
-  already follow the batch
+* warm-up and LR milestones in steps: the same inverse rule; those stated in epochs already follow the batch
+* checkpoint / evaluation / log periods: classification's (``TRAIN.*_PERIOD``) count the run's own steps and are
+  not scaled; detection's (``SOLVER.CHECKPOINT_PERIOD``, ``TEST.EVAL_PERIOD``) follow the inverse rule, as
+  detectron2's ``auto_scale_workers`` scales them
 * weight EMA decay = decay ** (global / reference)          (the same averaging horizon in images)
 
 A reference of 0 turns the rule off: the values are used as written at any batch (the smoke configs).
@@ -22,7 +24,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nasnet_det.utils.errors import BadInputError
+
 LR_SCALINGS = ("linear", "sqrt", "none")
+# OUTPUT_DIR/<this>: a trainer's effective schedule (``as_dict``), where it resumed ("start_step" / "start_iter"),
+# the autocast dtype ("amp": "bfloat16", "float16" or "float32") and the device (engine/devices.describe_device)
+SCHEDULE_FILE = "schedule.json"
 
 # Training-set sizes a plan turns steps into epochs with (the trainers count the real data set).
 DATASET_IMAGES = {
@@ -68,6 +75,7 @@ class ClassificationSchedule:
     warmup_steps: int
     ema_decay: float  # effective (0: no EMA)
     train_images: int  # the training set's size the epochs are counted in (0: unknown)
+    passes: int = 0  # SOLVER.EPOCHS when the run is counted in passes over the data (0: MAX_STEPS counts it)
 
     @property
     def lr_per_image(self) -> float:
@@ -80,6 +88,9 @@ class ClassificationSchedule:
         scaled = (f"stated for {self.reference_batch} images/step, {self.lr_scaling} scaling"
                   if self.reference_batch > 0 else "as written (SOLVER.REFERENCE_BATCH_SIZE 0)")
         epochs = f" = {self.epochs:.1f} epochs of {self.train_images:,} images" if self.train_images else ""
+        if self.passes and self.train_images and abs(self.epochs - self.passes) > 1e-9:
+            epochs = (f" = {self.passes} passes ({self.epochs:.1f} epochs of {self.train_images:,} images; the last "
+                      "partial step of each pass is dropped)")
         ema = f", EMA decay {self.ema_decay:.6g}" if self.ema_decay > 0 else ""
         return (f"global batch {self.global_batch} = {self.batch_per_process} per process x {self.accum_steps} "
                 f"accumulation x {self.processes} process(es); LR {self.lr:.6g} (BASE_LR {self.base_lr:g} "
@@ -108,13 +119,14 @@ def classification_schedule(solver, processes: int, train_images: int = 0) -> Cl
     else:
         steps = solver.EPOCHS * steps_per_epoch
     epochs = steps * global_batch / train_images if train_images else 0.0
-    warmup = int(round(solver.WARMUP_EPOCHS * steps_per_epoch))
+    warmup = min(int(steps), int(round(solver.WARMUP_EPOCHS * steps_per_epoch)))  # a warm-up past the end is all of it
     ema = solver.EMA_DECAY
     if ema > 0 and reference > 0:
         ema = ema ** (global_batch / reference)
     return ClassificationSchedule(processes, solver.BATCH_SIZE, solver.ACCUM_STEPS, global_batch, reference, rule,
                                   float(solver.BASE_LR), float(lr), int(steps), int(steps_per_epoch), float(epochs),
-                                  warmup, float(ema), int(train_images))
+                                  warmup, float(ema), int(train_images),
+                                  int(solver.EPOCHS) if solver.MAX_STEPS <= 0 else 0)
 
 
 @dataclass(frozen=True)
@@ -172,7 +184,7 @@ def detection_schedule(cfg, processes: int, train_images: int = 0) -> DetectionS
     ims = s.IMS_PER_BATCH
     if ref_world > 0 and ref_world != processes:
         if ims % ref_world:
-            raise ValueError(f"SOLVER.IMS_PER_BATCH {ims} must be divisible by SOLVER.REFERENCE_WORLD_SIZE "
+            raise BadInputError(f"SOLVER.IMS_PER_BATCH {ims} must be divisible by SOLVER.REFERENCE_WORLD_SIZE "
                              f"{ref_world} (it is the batch of that many devices)")
         ims = int(round(ims * processes / ref_world))
     reference = int(s.get("REFERENCE_IMS_PER_BATCH", 0))
@@ -188,10 +200,16 @@ def detection_schedule(cfg, processes: int, train_images: int = 0) -> DetectionS
         return max(1, inverse(n)) if n > 0 else n
 
     max_iter = max(1, inverse(s.MAX_ITER))
+    steps = tuple(inverse(x) for x in s.STEPS)
+    # LR steps that scale to iteration 0 or onto each other would silently drop a decay of the recipe
+    if any(x > 0 and y < 1 for x, y in zip(s.STEPS, steps)) or len(set(steps)) < len(set(s.STEPS)):
+        raise BadInputError(f"SOLVER.STEPS {tuple(s.STEPS)} scale to {steps} at {ims} images/iteration (x "
+                            f"{1 / scale:g}): steps at iteration 0 or on each other; state them for a batch closer to "
+                            "this one, or set the batch with SOLVER.IMS_PER_BATCH")
     epochs = max_iter * ims / train_images if train_images else 0.0
     return DetectionSchedule(processes, ims, ims // processes if ims % processes == 0 else 0, reference, ref_world,
                              float(s.BASE_LR), float(s.BASE_LR * scale), max_iter,
-                             tuple(inverse(x) for x in s.STEPS), inverse(s.WARMUP_ITERS),
+                             steps, inverse(s.WARMUP_ITERS),
                              max(1, inverse(s.CHECKPOINT_PERIOD)), period(cfg.TEST.EVAL_PERIOD), float(epochs),
                              int(train_images))
 

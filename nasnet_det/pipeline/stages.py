@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 from fvcore.common.config import CfgNode as CN
 
+from nasnet_det.engine.scaling import SCHEDULE_FILE
 from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backend
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, sha256_file
@@ -126,7 +127,6 @@ def _read_json(stage: str, path: Path, what: str) -> Any:
         raise StageError(stage, f"{path} ({what}) is not valid JSON: {e}") from None
 
 
-SCHEDULE_FILE = "schedule.json"  # the trainers' effective batch, LR, steps and device (nasnet_det/engine/scaling.py)
 
 
 def _schedule_output(workdir: Path) -> dict[str, str]:
@@ -140,12 +140,12 @@ def _trained_with(stage: str, workdir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     schedule = _read_json(stage, path, "the trainer's effective schedule")
-    # classification writes the device record's keys at the top level, detection under "device"
-    device = schedule["device"] if isinstance(schedule.get("device"), dict) else schedule
+    device = schedule.get("device") or {}  # both trainers: engine/devices.describe_device's record
     name = f"{device.get('device')} ({device['name']})" if device.get("name") else device.get("device")
     picked = {"device": name, "torch_cuda": device.get("torch_cuda"),
+              # classification's images per optimizer step, detection's per iteration
               "global_batch": schedule.get("global_batch", schedule.get("ims_per_batch")),
-              "effective_lr": schedule.get("lr"), "amp": schedule.get("amp_dtype", schedule.get("precision"))}
+              "effective_lr": schedule.get("lr"), "amp": schedule.get("amp")}
     return {k: v for k, v in picked.items() if v is not None}
 
 
