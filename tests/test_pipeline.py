@@ -73,7 +73,7 @@ def test_smoke_chain_end_to_end(finished: Path):
     # the detector fits the person boxes of the embedded sample and is scored on those training photos
     bbox = manifest(finished, "evaluate")["metrics"]["bbox"]["coco_sample_person"]
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(bbox)
-    assert "AP-person" in bbox
+    assert not any(k.startswith("AP-") for k in bbox)  # one category: detectron2 gives no per-category AP
     report = (finished / "report" / "report.md").read_text()
     for png in ("cells.png", "search_rewards.png", "pretrain_curves.png", "detection_loss.png"):
         assert f"]({png})" in report and (finished / "report" / png).stat().st_size > 1000
@@ -136,17 +136,18 @@ def iou(a: list[float], b: list[float]) -> float:
     return w * h / union if union > 0 else 0.0
 
 
-@pytest.mark.slow  # smoke.yaml's own detector schedule (make run's): minutes on the 2-core machine
-@pytest.mark.timeout(900)
+@pytest.mark.slow  # make run's own pretraining and detector schedule: minutes on the 2-core machine
+@pytest.mark.timeout(1200)
 def test_make_runs_detector_fits_its_training_photos(finished: Path, tmp_path: Path):
-    """The detection settings of make run (smoke.yaml's DETECT, not the fixture's few iterations) on the fixture's
-    chain: the AP on the training photos is at least 5 (gradients reach the backbone, the RPN and the box head),
-    the report says what that AP is, and the detector's top box on each drawn photo lands on a person."""
+    """make run's pretraining and detection settings (smoke.yaml's PRETRAIN and DETECT, not the fixture's few
+    steps) after the fixture's search: the AP on the training photos is at least 5 (gradients reach the backbone,
+    the RPN and the box head), the report says what that AP is, and the detector's top box on each drawn photo
+    lands on a person."""
     out = copy_run(finished, tmp_path / "run")
-    i = TINY.index("DETECT.OPTS")
-    cfg = load_pipeline_config(SMOKE, [*TINY[:i], *TINY[i + 2:], "OUTPUT_DIR", str(out), *DRAW])
-    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["detect", "evaluate", "report"]) == {
-        "detect": "ran", "evaluate": "ran", "report": "ran"}
+    tiny_search = TINY[TINY.index("SEARCH.OPTS"):TINY.index("SEARCH.OPTS") + 2]
+    cfg = load_pipeline_config(SMOKE, [*tiny_search, "OUTPUT_DIR", str(out), *DRAW])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["pretrain", "detect", "evaluate", "report"]) == {
+        "pretrain": "ran", "detect": "ran", "evaluate": "ran", "report": "ran"}
     ap = manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_person"]["AP"]
     assert ap >= 5
     report = (out / "report" / "report.md").read_text()
