@@ -104,12 +104,15 @@ def test_every_command_of_gpu_sh_parses_with_its_script(monkeypatch):
 
     monkeypatch.syspath_prepend(str(BENCH))
     script_text = (BENCH / "gpu.sh").read_text().replace("\\\n", " ")  # continued lines joined
-    commands = [(script, re.split(r"\s(?:\|\||&&|;|\||>)\s", args)[0])  # the command's own arguments only
-                for script, args in re.findall(r"\$PY (bench/\w+\.py)([^\n]*)", script_text)]
+    commands = [(script, re.split(r"\s(?:\|\||&&|;|\||>)\s|\)", args)[0])  # its own arguments (not a $(...)'s ")")
+                for script, args in re.findall(r"\"?\$PY\"? (bench/\w+\.py)([^\n]*)", script_text)]  # $PY or "$PY"
     assert {c for c, _ in commands} >= {"bench/bench_model.py", "bench/bench_latency_lut.py", "bench/gpu_checks.py"}
     for script, args in commands:
         spec = importlib.util.spec_from_file_location(f"gpu_sh_{Path(script).stem}", BENCH.parent / script)
         module = importlib.util.module_from_spec(spec)
         monkeypatch.setitem(sys.modules, spec.name, module)
         spec.loader.exec_module(module)
+        args = re.split(r"\s\d?>", args)[0]  # up to a redirection (2>&1)
+        args = re.sub(r"\$\{\w+:\+([^}]*)\}", r"\1", args)  # ${SET:+--flag "$SET"}: as when it is set
+        args = re.sub(r"\$\{?\w+\}?", "1", args)  # a shell variable ("$BUDGET", "$OUT/x") as a value that parses
         module.build_parser().parse_args(shlex.split(args))  # SystemExit (exit 2) on an unknown flag
