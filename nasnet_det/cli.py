@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nasnet_det.genotypes import PUBLISHED, get_genotype
 from nasnet_det.space import GenotypeError
-from nasnet_det.utils.errors import exit_2_on_bad_input
+from nasnet_det.utils.errors import check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import atomic_write, disk_full_errors
 
 PLUGIN_GROUP = "nasnet_det.commands"
@@ -36,19 +36,7 @@ def check_output_file(path: str, option: str) -> Path:
     out = Path(path)
     if out.is_dir():
         raise IsADirectoryError(f"{option} {out} is a folder; give the path of the file to write")
-    folder = out.parent
-    for parent in (folder, *folder.parents):
-        if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(f"{option} {out}: {parent} is a file, not a folder; choose another path")
-        if parent.exists():
-            break
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"{option} {out}: its folder {folder} cannot be created ({e.strerror or e}); choose "
-                              "another path") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{option} {out}: the folder {folder} is not writable; choose another path")
+    check_output_dir(out.parent, key=option)  # the folder: created when missing, writable (one line naming it)
     if out.exists() and not os.access(out, os.W_OK):
         raise PermissionError(f"{option} {out} is not writable; choose another path")
     return out
