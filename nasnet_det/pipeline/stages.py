@@ -513,9 +513,9 @@ class _ClassificationStage(Stage):
         c = ctx.cfg[self.node]
         return Workers(c.NPROC_PER_NODE, c.get("NNODES", 1), c.get("NODE_RANK", 0), c.get("RDZV_ENDPOINT", ""))
 
+    @abstractmethod
     def training_config(self, ctx: Context) -> CN:
         """The stage's training config as :meth:`check` loads it."""
-        raise NotImplementedError
 
     def train(self, ctx: Context, workdir: Path, args: list[str]) -> None:
         ctx.backend.run_classification(self.name, workdir, self.tool, self.dataset, args, self.workers(ctx),
