@@ -86,18 +86,28 @@ def test_a_bad_backend_name_or_ray_setting_is_one_line_naming_the_key(tmp_path: 
         load_pipeline_config(SMOKE, ["PIPELINE.RAY.MAX_FAILURES", "-1"])
 
 
+def pretrain_steps_opts(steps: int) -> list[str]:
+    """TINY's PRETRAIN.OPTS with ``steps`` pretraining steps instead of 4."""
+    return ["PRETRAIN.OPTS", TINY[TINY.index("PRETRAIN.OPTS") + 1].replace("'SOLVER.MAX_STEPS', '4'",
+                                                                         f"'SOLVER.MAX_STEPS', '{steps}'")]
+
+
+def start_ray_pipeline(out: Path, pretrain_steps: int, stderr: int) -> subprocess.Popen:
+    """The tiny smoke pipeline on a local Ray cluster in a child process (a kill drill's victim), pretraining for
+    ``pretrain_steps`` steps so that it is still running when the drill kills it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "nasnet_det.cli", "pipeline", "--config-file", str(SMOKE),
+                             "--quiet", *TINY, *RAY, *pretrain_steps_opts(pretrain_steps), "OUTPUT_DIR", str(out)],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+
+
 @pytest.mark.ray
 @pytest.mark.slow  # a kill -9 drill
 @pytest.mark.timeout(900)  # the whole chain with a restart: ~5 minutes on the loaded 2-core machine
 def test_a_worker_killed_mid_stage_is_restarted_by_ray_and_nothing_finished_is_repeated(tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
-    steps = ["PRETRAIN.OPTS", TINY[TINY.index("PRETRAIN.OPTS") + 1].replace("'SOLVER.MAX_STEPS', '4'",
-                                                                          "'SOLVER.MAX_STEPS', '24'")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "nasnet_det.cli", "pipeline", "--config-file", str(SMOKE),
-                             "--quiet", *TINY, *RAY, *steps, "OUTPUT_DIR", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_ray_pipeline(out, pretrain_steps=24, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 240
         while not ((out / "pretrain" / "checkpoints" / "ckpt_00000004.pth").is_file()
@@ -183,12 +193,7 @@ def still_running(procs: list[tuple[int, int, str]]) -> list[tuple[int, int, str
 def test_a_rerun_stops_what_the_local_ray_cluster_of_a_killed_pipeline_left_running(tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
-    steps = ["PRETRAIN.OPTS", TINY[TINY.index("PRETRAIN.OPTS") + 1].replace("'SOLVER.MAX_STEPS', '4'",
-                                                                          "'SOLVER.MAX_STEPS', '400'")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "nasnet_det.cli", "pipeline", "--config-file", str(SMOKE),
-                             "--quiet", *TINY, *RAY, *steps, "OUTPUT_DIR", str(out)],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_ray_pipeline(out, pretrain_steps=400, stderr=subprocess.DEVNULL)
     ray_procs: list[tuple[int, int, str]] = []
     try:
         deadline = time.time() + 300
@@ -204,7 +209,7 @@ def test_a_rerun_stops_what_the_local_ray_cluster_of_a_killed_pipeline_left_runn
         assert still_running(ray_procs)  # orphaned, for now
         # the rerun (here of a finished stage only) stops them as it starts, and says so
         said: list[str] = []
-        cfg = load_pipeline_config(SMOKE, [*TINY, *RAY, *steps, "OUTPUT_DIR", str(out)])
+        cfg = load_pipeline_config(SMOKE, [*TINY, *RAY, *pretrain_steps_opts(400), "OUTPUT_DIR", str(out)])
         assert Pipeline(cfg, quiet=True, log=said.append).run(["search"]) == {"search": "skipped"}
         assert still_running(ray_procs) == []
         line = next(ln for ln in said if "left by the local Ray cluster of a pipeline that was killed" in ln)
