@@ -101,6 +101,27 @@ def start_ray_pipeline(out: Path, pretrain_steps: int, stderr: int) -> subproces
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
 
 
+def recorded_snapshot(out: Path, driver: int, timeout_s: float = 60) -> list[tuple[int, int, str]]:
+    """The live processes below ``driver`` once the pipeline's record lists every one of them. The record is
+    refreshed every second, so a process Ray started in the last second is not in it yet (a kill -9 at that moment
+    would leave it running); the drill is about what the record lists, so it waits for the record to catch up."""
+    from nasnet_det.pipeline.ray_local import RECORD_NAME
+
+    deadline = time.time() + timeout_s
+    while True:
+        procs = live_descendants(driver)
+        try:
+            record = json.loads((out / RECORD_NAME).read_text())
+            recorded = {(p["pid"], p["start"]) for p in record["processes"]}
+        except (OSError, ValueError, KeyError):  # not written yet, or being replaced
+            recorded = set()
+        missing = [p for p in procs if (p[0], p[1]) not in recorded]
+        if procs and not missing:
+            return procs
+        assert time.time() < deadline, f"the record never listed {missing}"
+        time.sleep(0.3)
+
+
 @pytest.mark.ray
 @pytest.mark.slow  # a kill -9 drill
 @pytest.mark.timeout(900)  # the whole chain with a restart: ~5 minutes on the loaded 2-core machine
@@ -200,8 +221,7 @@ def test_a_rerun_stops_what_the_local_ray_cluster_of_a_killed_pipeline_left_runn
         while not worker_pids(out, "pretrain", 1):  # the cluster is up, its agents too, and a job runs on it
             assert proc.poll() is None and time.time() < deadline, "the pretraining never started on Ray"
             time.sleep(0.5)
-        time.sleep(2)
-        ray_procs = live_descendants(proc.pid)
+        ray_procs = recorded_snapshot(out, proc.pid)
         assert any(name.startswith("ray::") for _, _, name in ray_procs), ray_procs  # its agents among them
         os.kill(proc.pid, signal.SIGKILL)  # the driver alone, as a crash or the OOM killer would
         proc.wait()

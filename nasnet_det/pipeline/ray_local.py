@@ -2,7 +2,8 @@
 ``OUTPUT_DIR/ray_local_cluster.json``, so that the next run stops what a killed pipeline left.
 
 A kill -9 of the pipeline's driver takes Ray's GCS and raylet down with it, but their agents (``ray::DashboardAgent``,
-``ray::RuntimeEnvAgent``) notice only a minute or two later. The record names the driver and every process below it
+``ray::RuntimeEnvAgent``) notice only a minute or two later. The record (refreshed every second: a /proc walk of a
+few milliseconds) names the driver and every process below it
 (Linux: ``/proc``) by pid and start time: a later run stops a recorded process only when its driver is gone and the
 pid still belongs to the process that was recorded (same start time), never a process that merely reuses the pid.
 """
@@ -70,7 +71,7 @@ class LocalClusterRecord:
     :meth:`start` and again every ``period_s`` (Ray starts agents and workers after ``ray.init`` returns), removed
     at :meth:`stop` (after ``ray.shutdown``)."""
 
-    def __init__(self, out: Path, period_s: float = 5.0):
+    def __init__(self, out: Path, period_s: float = 1.0):
         self.out, self.period_s = out, period_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
