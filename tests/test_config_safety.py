@@ -64,7 +64,7 @@ def test_the_switch_loads_python_objects_with_a_warning(tmp_path, monkeypatch, c
 def test_readers_of_keys_only_run_nothing_even_with_the_switch(tmp_path, monkeypatch):
     """The pipeline hashes a stage's config files (config_chain) in its own process: the Python objects are for
     the stage's tool to build, once."""
-    from nasnet_det.pipeline.stages import config_chain
+    from nasnet_det.pipeline.stages.base import config_chain
 
     config, folder = _tagged(tmp_path)
     monkeypatch.setenv(ALLOW_UNSAFE_ENV, "1")

@@ -23,7 +23,7 @@ from nasnet_det.detection.precision import AutocastForward, amp_dtype, build_ste
 from nasnet_det.detection.train import SCHEDULE_FILE, Trainer, effective_config, train_main, validate_detection_config
 from nasnet_det.detection.trainer import schedule_record, written_record
 from nasnet_det.engine.scaling import DATASET_IMAGES, detection_schedule
-from nasnet_det.pipeline.stages import _trained_with
+from nasnet_det.pipeline.stages.base import _trained_with
 from nasnet_det.utils.errors import BadInputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"

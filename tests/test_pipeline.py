@@ -383,10 +383,10 @@ def test_the_pipeline_driver_loads_neither_torch_nor_search():
 @pytest.fixture
 def toy_stages(monkeypatch):
     """Stages registered in a test stay in it."""
-    from nasnet_det.pipeline import stages
+    from nasnet_det.pipeline.stages import base
 
-    monkeypatch.setattr(stages, "REGISTERED", dict(stages.REGISTERED))
-    return stages
+    monkeypatch.setattr(base, "REGISTERED", dict(base.REGISTERED))
+    return base
 
 
 def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resumed(toy_stages, tmp_path: Path,

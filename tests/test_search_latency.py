@@ -16,7 +16,8 @@ from helpers.search import oneshot_cfg, runner_cfg
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.latency import LatencySetting, make_estimator
 from nasnet_det.pipeline import StageError, load_pipeline_config
-from nasnet_det.pipeline.stages import Context, SelectStage
+from nasnet_det.pipeline.stages import Context
+from nasnet_det.pipeline.stages.select import SelectStage
 from nasnet_det.space import Genotype
 from search.config import load_cfg
 from search.journal import Journal

@@ -17,7 +17,7 @@ from nasnet_det.classification.config import load_config
 from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.engine.distributed import DistInfo
 from nasnet_det.engine.scaling import classification_schedule
-from nasnet_det.pipeline.stages import _trained_with
+from nasnet_det.pipeline.stages.base import _trained_with
 from nasnet_det.utils.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]

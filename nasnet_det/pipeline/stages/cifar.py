@@ -1,0 +1,55 @@
+"""The cifar stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fvcore.common.config import CfgNode as CN
+
+from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.stages.base import (
+    Context,
+    _check_classification,
+    _ClassificationStage,
+    _tool_node,
+    _tool_settings,
+    genotype_opts,
+    register_stage,
+)
+
+
+@register_stage
+class CifarStage(_ClassificationStage):
+    """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
+
+    name, node, tool, dataset = "cifar", "CIFAR", "train_cifar.py", "cifar10"
+    needs, positive_keys = ("select",), ("NPROC_PER_NODE",)
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        node = _tool_node(cfg, "CIFAR", "configs/train/cifar10_smoke.yaml")
+        node.ENABLED = False
+        node.NPROC_PER_NODE = 1  # > 1: torchrun --nproc-per-node (one process per GPU; gloo on a CPU)
+
+    def enabled(self, ctx: Context) -> bool:
+        return bool(ctx.cfg.CIFAR.ENABLED)
+
+    def settings(self, ctx: Context) -> dict[str, Any]:
+        return {**_tool_settings(ctx, "CIFAR"), **self.launch_settings(ctx)}
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
+
+    def training_config(self, ctx: Context) -> CN:
+        c = ctx.cfg.CIFAR
+        return _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
+                                     "cifar10")
+
+    def check(self, ctx: Context) -> None:
+        self.training_config(ctx)
+
+    def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
+        c = ctx.cfg.CIFAR
+        self.train(ctx, workdir, ["--config-file", str(resolve_path(c.CONFIG_FILE)), "--output-dir", str(workdir),
+                                  *genotype_opts(inputs["genotype"]), *c.OPTS])

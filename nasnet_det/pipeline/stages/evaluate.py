@@ -1,0 +1,75 @@
+"""The evaluate stage."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from fvcore.common.config import CfgNode as CN
+
+from nasnet_det.pipeline.backends import Workers
+from nasnet_det.pipeline.launch import StageError
+from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.stages.base import (
+    Context,
+    Stage,
+    _check_detection,
+    _tool_settings,
+    network_opts,
+    network_settings,
+    register_stage,
+)
+
+
+@register_stage
+class EvaluateStage(Stage):
+    """COCO box AP of the trained detector (``tools/train_net.py --eval-only``): the 12 numbers and per
+    category."""
+
+    name, needs, positive_keys = "evaluate", ("select", "detect"), ("NUM_GPUS",)
+
+    @classmethod
+    def add_config(cls, cfg: CN) -> None:
+        cfg.EVALUATE = CN()
+        cfg.EVALUATE.OPTS = []  # on top of DETECT.CONFIG_FILE + DETECT.OPTS (e.g. DATASETS.TEST)
+        cfg.EVALUATE.NUM_GPUS = 1
+
+    def workers(self, ctx: Context) -> Workers:
+        return Workers(ctx.cfg.EVALUATE.NUM_GPUS)
+
+    def settings(self, ctx: Context) -> dict[str, Any]:
+        return {**_tool_settings(ctx, "DETECT"), "eval_opts": list(ctx.cfg.EVALUATE.OPTS),
+                "network": network_settings(ctx.cfg), "launch": ctx.cfg.EVALUATE.NUM_GPUS}
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        return {"genotype": ctx.outputs_of("select", self.name)["genotype"],
+                "detector": ctx.outputs_of("detect", self.name)["weights"]}
+
+    def check(self, ctx: Context) -> None:
+        self.detection_config(ctx)
+
+    def detection_config(self, ctx: Context) -> CN:
+        """The detectron2 config as the evaluation loads it (its MODEL.DEVICE places the workers)."""
+        return _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
+                                                                        *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
+
+    def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
+        if workdir.is_dir():  # evaluation has nothing to resume: start clean so no stale result is read
+            shutil.rmtree(workdir / "inference", ignore_errors=True)
+        c = ctx.cfg.DETECT
+        ctx.backend.run_detection(self.name, workdir, resolve_path(c.CONFIG_FILE),
+                                  ["OUTPUT_DIR", str(workdir), *network_opts(ctx.cfg, inputs["genotype"]),
+                                   *c.OPTS, *ctx.cfg.EVALUATE.OPTS, "MODEL.WEIGHTS", str(inputs["detector"])],
+                                  self.workers(ctx), eval_only=True, quiet=ctx.quiet,
+                                  device=self.detection_config(ctx).MODEL.DEVICE)
+
+    def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        found = sorted((workdir / "inference").glob("*/coco_metrics.json"))
+        if not found:
+            raise StageError(self.name, f"the evaluation wrote no {workdir}/inference/<dataset>/coco_metrics.json "
+                                        "(is DATASETS.TEST empty?)")
+        results = {p.parent.name: json.loads(p.read_text()).get("bbox", {}) for p in found}
+        return {"coco_metrics": {k: str(workdir / "inference" / k / "coco_metrics.json") for k in results}}, \
+            {"bbox": results}
