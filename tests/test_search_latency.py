@@ -210,6 +210,8 @@ def test_the_report_shows_the_searchs_pareto_plot(tmp_path):
         "kind": "searched", "pareto_plot": str(search / "pareto.png")}, "metrics": {"strategies": {}}})
     atomic_write_json(ctx.stage_dir("select") / MANIFEST_NAME, {"status": "done", "outputs": {},
                                                                  "metrics": {"latency_ms": 12.5}})
-    report = write_report(ctx, tmp_path / "report", ["search", "select"]).read_text()
+    from nasnet_det.pipeline.stages.search import SearchStage
+
+    report = write_report(ctx, tmp_path / "report", [SearchStage(), SelectStage()]).read_text()
     assert "![search pareto](search_pareto.png)" in report and "runs in 12.5 ms" in report
     assert (tmp_path / "report" / "search_pareto.png").is_file()

@@ -24,6 +24,7 @@ from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backe
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, sha256_file
 from nasnet_det.pipeline.paths import repo_root, resolve_path
+from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.utils.errors import bad_input_message
 from nasnet_det.utils.yaml_config import load_config_tree
 
@@ -155,6 +156,7 @@ class Stage(ABC):
     resumes: ClassVar[bool] = False  # its tool resumes from its own checkpoints / journal in the stage's folder
     # outputs (by key) kept only as a record: damaged, they are said (with this note) but do not redo the stage
     kept_outputs: ClassVar[dict[str, str]] = {}
+    report_first: ClassVar[bool] = False  # its report sections come before the other stages' (the run's result)
 
     @classmethod  # noqa: B027 (a stage may have no node)
     def add_config(cls, cfg: CN) -> None:
@@ -197,6 +199,10 @@ class Stage(ABC):
     def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:  # noqa: B027 (an optional hook)
         """Check given artifacts (a genotype, weights) before the stage's folder is cleared for a rerun, so a
         bad one stops the pipeline with the earlier results of this stage still there."""
+
+    def report_sections(self, report: Report) -> list[ReportSection]:
+        """The stage's sections of ``report.md``, from the manifests in ``report`` (its own may be missing)."""
+        return []
 
     def check(self, ctx: Context) -> None:  # noqa: B027 (an optional hook)
         """Load the stage's config with its overrides before anything runs, so that a typo in the last
@@ -294,6 +300,7 @@ class _ClassificationStage(Stage):
     node = ""
     tool = ""
     dataset = ""
+    title = ""  # in the report
 
     def workers(self, ctx: Context) -> Workers:
         c = ctx.cfg[self.node]
@@ -320,3 +327,19 @@ class _ClassificationStage(Stage):
                    "metrics": str(workdir / "metrics.jsonl"), "curves": str(workdir / "training_curves.png")}
         metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
         return {**outputs, **_schedule_output(workdir)}, {**metrics, **_trained_with(self.name, workdir)}
+
+    def report_sections(self, report: Report) -> list[ReportSection]:
+        m = report.manifests.get(self.name)
+        if not m:
+            return [ReportSection("Training", [f"{self.title}: not run.", ""])]
+        if m.get("outputs", {}).get("kind") == "given":
+            return [ReportSection("Training", [f"{self.title}: not run; weights given "
+                                               f"(`{m['outputs'].get('weights')}`).", ""])]
+        met = m.get("metrics", {})
+        lines = [f"**{self.title}** ({m.get('status')}): top-1 {fmt_num(met.get('top1'))}%, top-5 "
+                 f"{fmt_num(met.get('top5'))}% on {met.get('images', '-')} held-out images{report.tag}; "
+                 f"weights `{m.get('outputs', {}).get('weights')}`.", ""]
+        png = report.copy(self.name, "curves", f"{self.name}_curves.png")
+        if png:
+            lines += [f"![{self.name} curves]({png})", ""]
+        return [ReportSection("Training", lines)]

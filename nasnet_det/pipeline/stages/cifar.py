@@ -24,6 +24,7 @@ class CifarStage(_ClassificationStage):
     """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
 
     name, node, tool, dataset = "cifar", "CIFAR", "train_cifar.py", "cifar10"
+    title = "CIFAR-10 final training"
     needs, positive_keys = ("select",), ("NPROC_PER_NODE",)
 
     @classmethod

@@ -11,6 +11,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.backends import Workers
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.report import Report, ReportSection, fmt_num, plot_detection_loss
 from nasnet_det.pipeline.stages.base import (
     Context,
     Stage,
@@ -85,3 +86,15 @@ class DetectStage(Stage):
         return {"weights": str(workdir / "model_final.pth"), "events": str(events),
                 "config": str(workdir / "config.yaml"), **_schedule_output(workdir)}, \
             {**metrics, **_trained_with(self.name, workdir)}
+
+    def report_sections(self, report: Report) -> list[ReportSection]:
+        det, lines = report.manifest(self.name), []
+        if det.get("status") == "done":
+            met = det.get("metrics", {})
+            lines += [f"**Faster R-CNN** ({det.get('status')}): {met.get('iterations', '-')} iterations, total loss "
+                      f"{fmt_num(met.get('first_total_loss'), 3)} -> {fmt_num(met.get('last_total_loss'), 3)}; "
+                      f"detector `{det.get('outputs', {}).get('weights')}`.", ""]
+            if plot_detection_loss(Path(report.ctx.abspath(det["outputs"].get("events", ""))),
+                                   report.workdir / "detection_loss.png"):
+                lines += ["![detection loss](detection_loss.png)", ""]
+        return [ReportSection("Training", lines)]

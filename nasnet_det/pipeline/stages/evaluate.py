@@ -12,6 +12,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.backends import Workers
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.report import AP_KEYS, Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
     Context,
     Stage,
@@ -73,3 +74,19 @@ class EvaluateStage(Stage):
         results = {p.parent.name: json.loads(p.read_text()).get("bbox", {}) for p in found}
         return {"coco_metrics": {k: str(workdir / "inference" / k / "coco_metrics.json") for k in results}}, \
             {"bbox": results}
+
+    def report_sections(self, report: Report) -> list[ReportSection]:
+        ev, lines = report.manifest(self.name), []
+        for dataset, res in ev.get("metrics", {}).get("bbox", {}).items():
+            lines += [f"Dataset `{dataset}`{report.tag}:", "", "| " + " | ".join(AP_KEYS) + " |",
+                      "|" + " --- |" * len(AP_KEYS), "| " + " | ".join(fmt_num(res.get(k)) for k in AP_KEYS) + " |", ""]
+            # Categories without ground truth in the dataset have no AP (NaN): leave them out.
+            per_cat = sorted((k[3:], v) for k, v in res.items() if k.startswith("AP-") and v == v)
+            if per_cat:
+                lines += [f"<details><summary>per-category AP ({len(per_cat)} categories with ground truth)"
+                          "</summary>", "", "| category | AP |", "| --- | --- |"]
+                lines += [f"| {c} | {fmt_num(v)} |" for c, v in per_cat]
+                lines += ["", "</details>", ""]
+        if not ev.get("metrics"):
+            lines += ["Not evaluated.", ""]
+        return [ReportSection("COCO box AP", lines)]

@@ -28,6 +28,7 @@ class PretrainStage(_ClassificationStage):
     process), or given weights (the shortcut: our checkpoint, or a timm / pretrainedmodels state dict)."""
 
     name, node, tool, dataset = "pretrain", "PRETRAIN", "pretrain_imagenet.py", "imagenet"
+    title = "ImageNet pretraining"
     needs, positive_keys = ("select",), ("NPROC_PER_NODE", "NNODES")
 
     @classmethod
@@ -76,7 +77,7 @@ class PretrainStage(_ClassificationStage):
         from torch import nn
 
         from nasnet_det.detection.weights import load_pretrained_nasnet
-        from nasnet_det.pipeline.report import build_backbone
+        from nasnet_det.models import create_model
 
         try:
             torch.load(inputs["weights"], map_location="cpu", weights_only=False)
@@ -85,8 +86,8 @@ class PretrainStage(_ClassificationStage):
                                         f"(expected a nasnet-det checkpoint or a timm / pretrainedmodels state "
                                         f"dict .pth): {type(e).__name__}: {e}") from None
         try:  # the path, not the loaded dict: a nasnet-det checkpoint's arch is checked too
-            load_pretrained_nasnet(nn.Sequential(build_backbone(ctx.cfg, inputs["genotype"])), inputs["weights"],
-                                   strict=True)
+            backbone = create_model(ctx.cfg, num_classes=0, genotype=str(inputs["genotype"]))  # no classifier
+            load_pretrained_nasnet(nn.Sequential(backbone), inputs["weights"], strict=True)
         except Exception as e:  # noqa: BLE001 - a mismatched file is the same bad input
             raise StageError(self.name, f"PRETRAIN.WEIGHTS {inputs['weights']} does not fit MODEL.NASNET and the "
                                         f"selected genotype {inputs['genotype']}: {e}") from None

@@ -40,7 +40,7 @@ class ReportStage(Stage):
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         from nasnet_det.pipeline.report import write_report
 
-        write_report(ctx, workdir, [s.name for s in self.reported()])
+        write_report(ctx, workdir, self.reported())
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         return {"report": str(workdir / "report.md")}, {}

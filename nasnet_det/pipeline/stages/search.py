@@ -9,6 +9,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
     Context,
     Stage,
@@ -87,3 +88,26 @@ class SearchStage(Stage):
                                                   "first_batches_mean", "last_batches_mean")}
                    for name, s in summary.get("strategies", {}).items()}
         return {k: str(workdir / v) if k != "kind" else v for k, v in outputs.items()}, {"strategies": metrics}
+
+    def report_sections(self, report: Report) -> list[ReportSection]:
+        search, lines = report.manifest(self.name), []
+        if search.get("outputs", {}).get("kind") == "given":
+            given = search.get("config", {}).get("genotype")
+            lines += [f"Not run: the genotype was given (`SEARCH.GENOTYPE {given}`).", ""]
+        elif search.get("status") == "done":
+            lines += ["| strategy | children | ok | failed | best reward | mean reward | first-quarter batch mean | "
+                      "last-quarter batch mean |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for name, s in search.get("metrics", {}).get("strategies", {}).items():
+                lines.append(f"| {name} | {s.get('evaluations')} | {s.get('ok')} | {s.get('failed')} | "
+                             f"{fmt_num(s.get('best_reward'), 4)} | {fmt_num(s.get('mean_reward'), 4)} | "
+                             f"{fmt_num(s.get('first_batches_mean'), 4)} | {fmt_num(s.get('last_batches_mean'), 4)} |")
+            lines.append("")
+            if report.copy(self.name, "rewards_plot", "search_rewards.png"):
+                lines += ["Reward per policy batch, per strategy:", "", "![search rewards](search_rewards.png)", ""]
+            # Latency-aware search (SEARCH.OBJECTIVE latency): accuracy against detection latency
+            if report.copy(self.name, "pareto_plot", "search_pareto.png"):
+                budget = report.manifest("select").get("metrics", {}).get("latency_ms")
+                lines += ["Accuracy against detection-backbone latency (every child, the Pareto front, NASNet-A's "
+                          "latency marked)" + (f"; the chosen cell runs in {fmt_num(budget, 1)} ms" if budget else "")
+                          + ":", "", "![search pareto](search_pareto.png)", ""]
+        return [ReportSection("Search", lines)]

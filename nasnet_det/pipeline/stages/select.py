@@ -11,6 +11,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.backends import Workers
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
     Context,
     Stage,
@@ -29,6 +30,7 @@ class SelectStage(Stage):
     longer on CIFAR-10 (``SELECT.TOP_K`` > 1)."""
 
     name, needs, positive_keys = "select", ("search",), ("TOP_K",)
+    report_first = True  # the chosen cell: the run's result
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
@@ -164,3 +166,12 @@ class SelectStage(Stage):
         return ({"genotype": str(workdir / "genotype.json"), "cells": str(workdir / "cells.png")},
                 {"genotype": name, "reward": chosen.get("reward"), "rerank_top1": chosen.get("rerank_top1"),
                  "latency_ms": chosen.get("latency_ms"), "candidates": len(sel)})
+
+    def report_sections(self, report: Report) -> list[ReportSection]:
+        sel, lines = report.manifest(self.name), []
+        if report.copy(self.name, "cells", "cells.png"):
+            g = sel.get("metrics", {})
+            lines += [f"Genotype **{g.get('genotype')}** (search reward {fmt_num(g.get('reward'), 4)}"
+                      + (f", re-ranked CIFAR top-1 {fmt_num(g.get('rerank_top1'))}%" if g.get("rerank_top1") else "")
+                      + f"; file `{sel.get('outputs', {}).get('genotype')}`).", "", "![cells](cells.png)", ""]
+        return [ReportSection("Chosen cell", lines)]
