@@ -1,7 +1,7 @@
-"""The framework of the pipeline's stages: :class:`Stage`, :func:`register_stage`, the run order
+"""The framework of the pipeline's stages: :class:`Stage`, the registry :data:`STAGES`, the run order
 (:func:`pipeline_stages`), the :class:`Context` a stage runs in, and the helpers the stages share.
 
-A stage is one class marked ``@register_stage``: its ``name`` names its folder, its config node (the name in
+A stage is one class marked ``@STAGES.register()``: its ``name`` names its folder, its config node (the name in
 capitals, added by ``add_config``) and its ``--from``/``--until``/``--only`` choice; ``needs`` names the
 stages whose outputs it reads, which run before it (:func:`pipeline_stages`). A stage says what its result
 depends on (``settings``: hashed into the manifest; ``inputs``: files of earlier stages, checksummed), runs
@@ -14,7 +14,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import yaml
 from fvcore.common.config import CfgNode as CN
@@ -26,6 +26,7 @@ from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, s
 from nasnet_det.pipeline.paths import repo_root, resolve_path
 from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.utils.errors import bad_input_message
+from nasnet_det.utils.registry import Registry
 from nasnet_det.utils.yaml_config import load_config_tree
 
 # The MODEL.NASNET keys the pipeline passes to pretraining, detection and evaluation (with the selected
@@ -68,7 +69,7 @@ class Context:
 
     def outputs_of(self, stage: str, needed_by: str) -> dict[str, Any]:
         """The outputs of an earlier, finished stage (absolute paths), or a StageError saying to run it."""
-        if stage not in REGISTERED[needed_by].needs:  # the order relies on `needs`: keep it the whole truth
+        if stage not in STAGES.get(needed_by).needs:  # the order relies on `needs`: keep it the whole truth
             raise StageError(needed_by, f"reads the outputs of stage '{stage}' but does not name it in its needs")
         m, unreadable = read_manifest_checked(self.stage_dir(stage))
         if not m or m.get("status") != "done":
@@ -210,35 +211,31 @@ class Stage(ABC):
         does not import ``search``, and the search runs first anyway)."""
 
 
-S = TypeVar("S", bound=type[Stage])
+# The registered stage classes by name, in registration order (the order nasnet_det.pipeline.stages imports them):
+# ``@STAGES.register()`` adds a stage; its folder, config node, ``--from`` choice and place in the order all
+# follow from the class.
+STAGES = Registry("stage")
 
-# The registered stage classes by name, in registration order (the order nasnet_det.pipeline.stages imports them).
-REGISTERED: dict[str, type[Stage]] = {}
 
-
-def register_stage(cls: S) -> S:
-    """Class decorator adding a stage to the pipeline: its folder, config node, ``--from`` choice and place in
-    the order all follow from the class."""
-    if not cls.name or cls.name != cls.name.lower() or not cls.name.isidentifier():
+def _check_stage_name(key: str, cls: type[Stage]) -> None:
+    if not cls.name or cls.name != cls.name.lower() or not cls.name.isidentifier() or cls.name != key:
         raise ValueError(f"stage {cls.__name__}: name must be a lower-case identifier, got {cls.name!r}")
-    if cls.name in REGISTERED:
-        raise ValueError(f"stage {cls.__name__}: the name {cls.name!r} is taken by {REGISTERED[cls.name].__name__}")
-    REGISTERED[cls.name] = cls
-    return cls
 
 
 def pipeline_stages() -> list[Stage]:
     """One instance of each registered stage, in run order: every stage after the stages it ``needs`` (where
     that leaves a choice, in registration order), and those that ``runs_last`` after all others."""
+    for key, cls in STAGES:
+        _check_stage_name(key, cls)
     order: list[type[Stage]] = []
     for last in (False, True):
-        todo = [c for c in REGISTERED.values() if c.runs_last == last]
+        todo = [c for c in STAGES.values() if c.runs_last == last]
         placed = {c.name for c in order}
         for c in todo:
             for need in c.needs:
-                if need not in REGISTERED:
+                if need not in STAGES:
                     raise ValueError(f"stage '{c.name}' needs '{need}', which is not a registered stage")
-                if REGISTERED[need].runs_last and not last:
+                if STAGES.get(need).runs_last and not last:
                     raise ValueError(f"stage '{c.name}' needs '{need}', which runs after every other stage")
         while todo:
             ready = next((c for c in todo if placed.issuperset(c.needs)), None)

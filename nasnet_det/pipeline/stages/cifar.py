@@ -9,17 +9,17 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages.base import (
+    STAGES,
     Context,
     _check_classification,
     _ClassificationStage,
     _tool_node,
     _tool_settings,
     genotype_opts,
-    register_stage,
 )
 
 
-@register_stage
+@STAGES.register()
 class CifarStage(_ClassificationStage):
     """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
 

@@ -13,6 +13,7 @@ from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.report import Report, ReportSection, fmt_num, plot_detection_loss
 from nasnet_det.pipeline.stages.base import (
+    STAGES,
     Context,
     Stage,
     _check_detection,
@@ -22,11 +23,10 @@ from nasnet_det.pipeline.stages.base import (
     _trained_with,
     network_opts,
     network_settings,
-    register_stage,
 )
 
 
-@register_stage
+@STAGES.register()
 class DetectStage(Stage):
     """Faster R-CNN training with the pretrained backbone (``tools/train_net.py``, detectron2 launch)."""
 

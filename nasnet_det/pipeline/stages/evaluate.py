@@ -14,17 +14,17 @@ from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.report import AP_KEYS, Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
+    STAGES,
     Context,
     Stage,
     _check_detection,
     _tool_settings,
     network_opts,
     network_settings,
-    register_stage,
 )
 
 
-@register_stage
+@STAGES.register()
 class EvaluateStage(Stage):
     """COCO box AP of the trained detector (``tools/train_net.py --eval-only``): the 12 numbers and per
     category."""

@@ -10,6 +10,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages.base import (
+    STAGES,
     Context,
     _check_classification,
     _ClassificationStage,
@@ -18,11 +19,10 @@ from nasnet_det.pipeline.stages.base import (
     _tool_settings,
     network_opts,
     network_settings,
-    register_stage,
 )
 
 
-@register_stage
+@STAGES.register()
 class PretrainStage(_ClassificationStage):
     """ImageNet pretraining at the MODEL.NASNET's N@F (``tools/pretrain_imagenet.py``, torchrun for > 1
     process), or given weights (the shortcut: our checkpoint, or a timm / pretrainedmodels state dict)."""

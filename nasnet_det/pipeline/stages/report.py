@@ -8,10 +8,10 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.manifest import MANIFEST_NAME
-from nasnet_det.pipeline.stages.base import Context, Stage, network_settings, pipeline_stages, register_stage
+from nasnet_det.pipeline.stages.base import STAGES, Context, Stage, network_settings, pipeline_stages
 
 
-@register_stage
+@STAGES.register()
 class ReportStage(Stage):
     """``report.md`` with its PNGs (see :mod:`nasnet_det.pipeline.report`)."""
 

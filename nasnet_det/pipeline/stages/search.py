@@ -11,17 +11,17 @@ from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
+    STAGES,
     Context,
     Stage,
     _file_setting,
     _read_json,
     _tool_node,
     _tool_settings,
-    register_stage,
 )
 
 
-@register_stage
+@STAGES.register()
 class SearchStage(Stage):
     """CIFAR-10 architecture search (``tools/search_cifar.py``), or a given genotype (the shortcut)."""
 

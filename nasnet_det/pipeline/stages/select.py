@@ -13,18 +13,18 @@ from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
+    STAGES,
     Context,
     Stage,
     _check_classification,
     _read_json,
     config_chain,
     genotype_opts,
-    register_stage,
 )
 from nasnet_det.utils.io import atomic_write
 
 
-@register_stage
+@STAGES.register()
 class SelectStage(Stage):
     """Pick the cell to carry on: the best reward of the search, or the best of its top k after training each
     longer on CIFAR-10 (``SELECT.TOP_K`` > 1)."""
