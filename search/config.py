@@ -265,15 +265,16 @@ def check_cfg(cfg: CN) -> None:
 
 def check_latency_settings(s: CN) -> None:
     """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once)."""
-    from nasnet_det.latency import BACKBONES, DEVICES, ESTIMATORS
+    from nasnet_det.latency import DEVICES, ESTIMATORS, backbone_variants
 
     lat = s.LATENCY
     _require(s.OBJECTIVE in ("accuracy", "latency"), "SEARCH.OBJECTIVE", s.OBJECTIVE, "'accuracy' or 'latency'")
     _require(lat.ESTIMATOR in ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
-             f"one of {', '.join(sorted(ESTIMATORS))}")
+             f"one of {', '.join(sorted(ESTIMATORS.names()))}")
     _require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
     _require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
-    _require(lat.BACKBONE in BACKBONES, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(BACKBONES)}")
+    backbones = backbone_variants()
+    _require(lat.BACKBONE in backbones, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(backbones)}")
     for key in ("TARGET_MS", "TARGET_MULT_ADDS_M"):
         v = lat[key]
         _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"SEARCH.LATENCY.{key}", v,
