@@ -10,14 +10,11 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.manifest import read_manifest
 from nasnet_det.utils.io import atomic_write, save_figure
-
-if TYPE_CHECKING:
-    from nasnet_det.pipeline.stages.base import Context, Stage
 
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -149,7 +146,7 @@ class Report:
     """What a stage's report section is written from: the run (``ctx``), the report's folder, and the manifest
     of each reported stage (``None``: not run). ``tag`` marks a figure of a smoke-scale run."""
 
-    ctx: Context
+    ctx: Any  # the stages' Context (stages.base imports this module, not the reverse)
     workdir: Path
     manifests: dict[str, dict | None]
     tag: str = ""
@@ -169,8 +166,9 @@ class Report:
         return name
 
 
-def write_report(ctx: Context, workdir: Path, stages: Sequence[Stage]) -> Path:
-    """``workdir/report.md`` on ``stages`` (in run order; the stage table lists them all)."""
+def write_report(ctx: Any, workdir: Path, stages: Sequence[Any]) -> Path:
+    """``workdir/report.md`` of the run ``ctx`` (a stages' Context) on ``stages`` (Stage instances in run order;
+    the stage table lists them all)."""
     workdir.mkdir(parents=True, exist_ok=True)
     out = ctx.out
     manifests = {s.name: read_manifest(ctx.stage_dir(s.name)) for s in stages}
