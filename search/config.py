@@ -264,7 +264,8 @@ def check_cfg(cfg: CN) -> None:
 
 
 def check_latency_settings(s: CN) -> None:
-    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once)."""
+    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once; the
+    backbone when latencies are estimated)."""
     from nasnet_det.latency import DEVICES, ESTIMATORS, backbone_variants
 
     lat = s.LATENCY
@@ -273,8 +274,9 @@ def check_latency_settings(s: CN) -> None:
              f"one of {', '.join(sorted(ESTIMATORS.names()))}")
     _require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
     _require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
-    backbones = backbone_variants()
-    _require(lat.BACKBONE in backbones, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(backbones)}")
+    if s.OBJECTIVE == "latency" or lat.RECORD:  # the choices are detectron2's registry: imported only when used
+        backbones = backbone_variants()
+        _require(lat.BACKBONE in backbones, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(backbones)}")
     for key in ("TARGET_MS", "TARGET_MULT_ADDS_M"):
         v = lat[key]
         _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"SEARCH.LATENCY.{key}", v,

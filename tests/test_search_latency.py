@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from search.oneshot import DERIVE_NAME, OneShotSearch
 from search.reward import ChildData, SyntheticOpReward
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -145,6 +149,21 @@ def test_lut_is_built_once_per_setting_and_reused(tmp_path):
 def test_bad_latency_settings_are_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         load_cfg(None, [key, value])
+
+
+def test_the_latency_backbones_are_the_nasnet_detector_backbones_detectron2_has_registered():
+    with pytest.raises(ValueError, match=r"SEARCH\.LATENCY\.BACKBONE='RetinaNet': expected one of FPN, C4"):
+        load_cfg(None, ["SEARCH.OBJECTIVE", "latency", "SEARCH.LATENCY.BACKBONE", "RetinaNet"])
+    assert load_cfg(None, ["SEARCH.LATENCY.RECORD", "True", "SEARCH.LATENCY.BACKBONE", "C4"]).SEARCH.LATENCY.BACKBONE
+
+
+def test_loading_a_search_config_does_not_import_detectron2():
+    """A search that estimates no latency never builds a detector: its config check must not cost detectron2's
+    import (seconds, in every process that loads the config)."""
+    code = ("import sys; from search.config import load_cfg; load_cfg('configs/search/smoke.yaml'); "
+            "print('detectron2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def _pareto_file(tmp_path: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The cifar stage."""
+"""The cifar stage (optional): final CIFAR-10 training of the chosen cell."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The detect stage."""
+"""The detect stage: Faster R-CNN training with the pretrained backbone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pretrain stage."""
+"""The pretrain stage: ImageNet pretraining of the pipeline's network with the chosen cell, or given weights."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The report stage."""
+"""The report stage: ``report.md`` from every stage's manifest and report sections."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.manifest import MANIFEST_NAME
+from nasnet_det.pipeline.report import write_report
 from nasnet_det.pipeline.stages.base import STAGES, Context, Stage, network_settings, pipeline_stages
 
 
@@ -38,8 +39,6 @@ class ReportStage(Stage):
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"], **manifests}
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
-        from nasnet_det.pipeline.report import write_report
-
         write_report(ctx, workdir, self.reported())
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:

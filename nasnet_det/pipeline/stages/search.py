@@ -1,4 +1,4 @@
-"""The search stage."""
+"""The search stage: the CIFAR-10 architecture search (``tools/search_cifar.py``), or a given genotype."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The select stage."""
+"""The select stage: the cell the later stages use (the search's best, re-ranked or within a latency budget)."""
 
 from __future__ import annotations
 
