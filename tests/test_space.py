@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers.genotypes import random_genotype
 
-from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL, PUBLISHED, get_genotype
+from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL, PUBLISHED, found_genotype, get_genotype
 from nasnet_det.search_space import SearchSpace, cell_from_decisions, cell_to_decisions
 from nasnet_det.space import OPS, Block, CellSpec, Genotype, GenotypeError, unused_states
 
@@ -62,6 +62,15 @@ def test_decisions_round_trip():
     assert space.genotype(space.decisions(NASNET_A_LITERAL), "nasnet_a_literal") == NASNET_A_LITERAL
     with pytest.raises(ValueError, match="expected 50 decisions for B=5, got 25"):
         space.genotype(decisions)
+
+
+def test_found_cells_are_validated_and_named_by_strategy_and_id():
+    found = found_genotype(NASNET_A.to_dict(), "ppo", 7)
+    assert found.name == "search_ppo_7" and (found.normal, found.reduce) == (NASNET_A.normal, NASNET_A.reduce)
+    broken = NASNET_A.to_dict()
+    broken["reduce"]["blocks"][0][2] = "conv_9x9"
+    with pytest.raises(GenotypeError, match="op_1='conv_9x9' is not a known operation"):
+        found_genotype(broken, "ppo", 7)
 
 
 def test_uniform_draws_are_the_journaled_ones():
