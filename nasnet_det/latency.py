@@ -38,7 +38,8 @@ from torch import nn
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import Cell
 from nasnet_det.models.profile import conv_mult_adds, count_params
-from nasnet_det.space import OPS, Genotype, cell_from_decisions
+from nasnet_det.search_space import cell_from_decisions
+from nasnet_det.space import OPS, Genotype
 from nasnet_det.utils.io import atomic_write
 from nasnet_det.utils.registry import Registry
 

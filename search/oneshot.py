@@ -41,9 +41,9 @@ from tqdm import tqdm
 from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
+from nasnet_det.search_space import SearchSpace
 from nasnet_det.utils.io import atomic_torch_save
 from search.config import check_cfg
-from search.controller import decisions_to_genotype, sample_uniform
 from search.journal import Journal, load_state
 from search.objective import Objective
 from search.oneshot_config import NEW_KEY_DEFAULTS, NOT_IDENTITY, ONESHOT_STRATEGY, check_oneshot_cfg
@@ -195,8 +195,8 @@ class OneShotSearch(SearchSession):
     # ---- the two phases ----------------------------------------------------------------------------------
     def sample_genotypes(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list]:
         actions, logp = self.strategy.sample(n, self.gen)
-        nb = self.cfg.SEARCH.NUM_BLOCKS
-        return actions, logp, [decisions_to_genotype(a, nb) for a in actions.tolist()]
+        space = SearchSpace(self.cfg.SEARCH.NUM_BLOCKS)
+        return actions, logp, [space.genotype(a) for a in actions.tolist()]
 
     def weight_step(self) -> float:
         """One supernet SGD step on one sampled cell; returns the loss."""
@@ -206,10 +206,10 @@ class OneShotSearch(SearchSession):
         lr = o.LR_MIN + 0.5 * (o.LR - o.LR_MIN) * (1 + math.cos(math.pi * done / total))
         for group in self.w_opt.param_groups:
             group["lr"] = lr
-        nb = self.cfg.SEARCH.NUM_BLOCKS
+        space = SearchSpace(self.cfg.SEARCH.NUM_BLOCKS)
         if self.pos["epoch"] < o.WARMUP_EPOCHS:  # SPOS warm-up: uniform paths (FairNAS: 13 fair ones)
-            paths = fair_paths(nb, self.gen) if o.FAIRNESS else sample_uniform(1, nb, self.gen)
-            genotypes = [decisions_to_genotype(a, nb) for a in paths.tolist()]
+            paths = fair_paths(space.num_blocks, self.gen) if o.FAIRNESS else space.sample(1, self.gen)
+            genotypes = [space.genotype(a) for a in paths.tolist()]
         else:
             _, _, genotypes = self.sample_genotypes(1)
         model = self.model if self.model is not None else self.supernet

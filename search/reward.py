@@ -82,7 +82,7 @@ def build_child(genotype: Genotype, network: Mapping[str, Any]) -> torch.nn.Modu
     return create_model(network, dataset="cifar", num_classes=10, genotype=genotype)
 
 
-def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,
+def train_child(genotype: Genotype, child: dict[str, Any], data: ChildData, seed: int = 0,
                 device: str | torch.device = "cpu", network: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train the CIFAR network ``network`` (a ``MODEL.NASNET`` node; default: the search's default,
     preset ``search_child_tiny``) with ``genotype``'s cells, with SGD + cosine LR as ``child`` (``CHILD``)
@@ -90,8 +90,6 @@ def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildDat
     :class:`ChildDiverged` on NaN."""
     check_child_settings(child)
     network = default_child_network() if network is None else network
-    if isinstance(genotype, dict):
-        genotype = Genotype.from_dict(genotype)
     device = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 from nasnet_det.models.ops import Conv2dSame, FactorizedReduce, ReLUConvBN, build_op
+from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import NUM_INPUTS, OPS, CellSpec, Genotype
-from search.controller import decision_slots, sample_uniform
 
 SIDES = ("left", "right")
 
@@ -222,8 +222,8 @@ def with_loose_inputs(genotype: Genotype, generator: torch.Generator, p: float =
 def fair_paths(num_blocks: int, generator: torch.Generator) -> torch.Tensor:
     """13 paths ([13, 2 x 5B] decisions) in which every op slot takes every op exactly once (FairNAS's strict
     fairness); inputs and combines are drawn uniformly."""
-    paths = sample_uniform(len(OPS), num_blocks, generator)
-    for j, slot in enumerate(decision_slots(num_blocks)):
-        if slot.kind == "op":
-            paths[:, j] = torch.randperm(len(OPS), generator=generator)
+    space = SearchSpace(num_blocks)
+    paths = space.sample(len(OPS), generator)
+    for j in space.op_columns:
+        paths[:, j] = torch.randperm(len(OPS), generator=generator)
     return paths

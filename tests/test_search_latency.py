@@ -128,9 +128,10 @@ def test_lut_is_built_once_per_setting_and_reused(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporaries left
     # two workers that read the table before either added a unit: each save keeps the other's new units
     first, second = make_estimator("lut", setting), make_estimator("lut", setting)
-    from search.controller import decisions_to_genotype, sample_uniform
+    from nasnet_det.search_space import SearchSpace
 
-    cells = [decisions_to_genotype(d, 5) for d in sample_uniform(40, 5, torch.Generator().manual_seed(1)).tolist()]
+    space = SearchSpace(5)
+    cells = [space.genotype(d) for d in space.sample(40, torch.Generator().manual_seed(1)).tolist()]
     for cell in cells:
         first.latency_ms(cell)
         if len(first.units) > len(lut.units):

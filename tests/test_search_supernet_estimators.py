@@ -14,7 +14,7 @@ from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import OPS
 from search.config import load_cfg
 from search.estimators import build_estimator
-from search.estimators.supernet import FEW_SHOT_DECISION, few_shot_split, genotype_decisions, supernet_accuracy
+from search.estimators.supernet import FEW_SHOT_DECISION, few_shot_split, supernet_accuracy
 from search.reward import ChildData
 from search.supernet import recalibrate_bn
 
@@ -87,7 +87,7 @@ def test_few_shot_splits_partition_the_space(tiny_data):
     est.prepare(tiny_data, seed=0)
     assert len(est.nets) == splits and len({id(n) for n in est.nets}) == splits
     for g in random_cells(6):
-        d = genotype_decisions(g)
+        d = est.space.decisions(g)
         assert est.supernet_for(g) is est.nets[d[FEW_SHOT_DECISION] % splits]
     # the split decision is op decision 0: 3 shared uniform updates, then 1 update per split in its subspace
     assert est.op_counts[0].sum() == 6

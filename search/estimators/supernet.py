@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from functools import cached_property
 from typing import ClassVar
 
 import numpy as np
@@ -30,18 +31,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nasnet_det.space import OPS, Genotype, cell_to_decisions
-from search.controller import decision_slots, sample_uniform
+from nasnet_det.search_space import SearchSpace
+from nasnet_det.space import OPS, Genotype
 from search.estimators.base import Estimator, register_estimator
 from search.reward import ChildData, _augment, _to_tensor
 from search.supernet import SuperNet, fair_paths, recalibrate_bn, with_loose_inputs
 
 DEFAULT_RECALIBRATION_BATCHES = 8
 FEW_SHOT_DECISION = 2  # the split decision: op_1 of the normal cell's block 0 (decisions: in, in, op, op, combine)
-
-
-def genotype_decisions(genotype: Genotype) -> list[int]:
-    return cell_to_decisions(genotype.normal) + cell_to_decisions(genotype.reduce)
 
 
 def few_shot_split(decisions: list[int], splits: int) -> int:
@@ -72,12 +69,16 @@ class SupernetEstimator(Estimator):
         self.gen = torch.Generator().manual_seed(self.seed)
         self.splits = int(o.FEW_SHOT_SPLITS) if self.few_shot else 1
         #: paths trained per (op decision, op): FairNAS makes every row equal
-        self.op_counts = np.zeros((sum(s.kind == "op" for s in decision_slots(self.num_blocks)), len(OPS)), int)
+        self.op_counts = np.zeros((len(self.space.op_columns), len(OPS)), int)
         self.nets = self.train_supernets()
 
     @property
     def num_blocks(self) -> int:
         return int(self.cfg.SEARCH.NUM_BLOCKS)
+
+    @cached_property
+    def space(self) -> SearchSpace:
+        return SearchSpace(self.num_blocks)
 
     def new_supernet(self) -> SuperNet:
         net = self.cfg.MODEL.NASNET
@@ -94,12 +95,12 @@ class SupernetEstimator(Estimator):
     def draw_paths(self, split: int | None) -> torch.Tensor:
         """The paths of one update; ``split``: restrict the split decision to that few-shot split's ops."""
         paths = (fair_paths(self.num_blocks, self.gen) if self.sampling == "fair"
-                 else sample_uniform(1, self.num_blocks, self.gen))
+                 else self.space.sample(1, self.gen))
         if split is not None:  # an op of the split, uniformly
             ops = [i for i in range(len(OPS)) if i % self.splits == split]
             pick = torch.randint(0, len(ops), (len(paths),), generator=self.gen)
             paths[:, FEW_SHOT_DECISION] = torch.tensor(ops)[pick]
-        op_cols = [j for j, s in enumerate(decision_slots(self.num_blocks)) if s.kind == "op"]
+        op_cols = self.space.op_columns
         for row in paths[:, op_cols].tolist():
             self.op_counts[np.arange(len(op_cols)), row] += 1
         return paths
@@ -108,8 +109,6 @@ class SupernetEstimator(Estimator):
               stride: float = 1.0) -> None:
         """``updates`` SGD updates at positions ``first, first + stride, ...`` of the cosine schedule over
         :meth:`total_updates`."""
-        from search.controller import decisions_to_genotype
-
         o = self.cfg.ONESHOT
         opt = torch.optim.SGD(supernet.parameters(), lr=o.LR, momentum=o.MOMENTUM, weight_decay=o.WEIGHT_DECAY,
                               nesterov=o.MOMENTUM > 0)
@@ -124,7 +123,7 @@ class SupernetEstimator(Estimator):
             for path in paths.tolist():
                 idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE].to(self.device)
                 xb = _augment(self.x_train[idx], self.gen) if self.cfg.CHILD.AUGMENT else self.x_train[idx]
-                genotype = decisions_to_genotype(path, self.num_blocks)
+                genotype = self.space.genotype(path)
                 if self.loose_inputs:
                     genotype = with_loose_inputs(genotype, self.gen)
                 loss = F.cross_entropy(supernet(xb, genotype), self.y_train[idx]) / len(paths)
@@ -158,7 +157,7 @@ class SupernetEstimator(Estimator):
             return nets
 
     def supernet_for(self, genotype: Genotype) -> SuperNet:
-        return self.nets[few_shot_split(genotype_decisions(genotype), self.splits) if self.few_shot else 0]
+        return self.nets[few_shot_split(self.space.decisions(genotype), self.splits) if self.few_shot else 0]
 
     def recalibration_batches(self) -> list[torch.Tensor]:
         """The same training minibatches for every cell (drawn from the seed), so scores stay comparable."""

@@ -70,7 +70,7 @@ class SelectStage(Stage):
     def within_budget(self, inputs: dict[str, Path], budget: float, k: int) -> list[dict[str, Any]]:
         """The ``k`` most accurate cells of the search whose backbone latency is within ``budget`` ms (the most
         accurate one is on the front; the next ones need not be)."""
-        from nasnet_det.space import Genotype
+        from nasnet_det.genotypes import found_cell_name, found_genotype
 
         if "pareto" not in inputs:
             raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: the search recorded no latencies "
@@ -90,18 +90,19 @@ class SelectStage(Stage):
         fits = sorted((e for e in cells if e["latency_ms"] <= budget), key=lambda e: (-e["accuracy"], e["id"]))
         if not fits:
             fastest = min(cells, key=lambda e: e["latency_ms"])
+            name = found_cell_name(fastest["strategy"], fastest["id"])
             raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: no cell of the search runs within "
-                                        f"it; the fastest is search_{fastest['strategy']}_{fastest['id']} at "
+                                        f"it; the fastest is {name} at "
                                         f"{fastest['latency_ms']:.1f} ms ({inputs['pareto']})")
         out = []
         for e in fits[:k]:
-            g = Genotype.from_dict(e["genotype"])
-            out.append({"genotype": Genotype(g.normal, g.reduce, f"search_{e['strategy']}_{e['id']}"),
+            out.append({"genotype": found_genotype(e["genotype"], e["strategy"], e["id"]),
                         "reward": e.get("reward"), "accuracy": e["accuracy"], "latency_ms": e["latency_ms"],
                         "id": e["id"], "strategy": e["strategy"]})
         return out
 
     def candidates(self, inputs: dict[str, Path], k: int) -> list[dict[str, Any]]:
+        from nasnet_det.genotypes import found_genotype
         from nasnet_det.space import Genotype
 
         if "top_k" not in inputs:
@@ -117,11 +118,11 @@ class SelectStage(Stage):
         out = []
         for e in top[:k]:
             try:
-                g = Genotype.from_dict(e["genotype"])
+                g = found_genotype(e["genotype"], e.get("strategy"), e.get("id"))
             except (ValueError, KeyError, TypeError) as err:
                 raise StageError(self.name, f"{inputs['top_k']}: entry {e.get('id')} has no valid genotype "
                                             f"({err})") from None
-            out.append({"genotype": Genotype(g.normal, g.reduce, f"search_{e.get('strategy')}_{e.get('id')}"),
+            out.append({"genotype": g,
                         "reward": e.get("reward"), "id": e.get("id"), "strategy": e.get("strategy")})
         return out
 
