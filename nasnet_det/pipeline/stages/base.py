@@ -114,11 +114,11 @@ def _stable_name(path: Path) -> str:
         return str(path)
 
 
-def _file_setting(path: str) -> str:
+def file_setting(path: str) -> str:
     return str(resolve_path(path).resolve())
 
 
-def _read_json(stage: str, path: Path, what: str) -> Any:
+def read_json(stage: str, path: Path, what: str) -> Any:
     if not path.is_file():
         raise StageError(stage, f"expected {what} at {path}, but the file does not exist")
     try:
@@ -129,17 +129,17 @@ def _read_json(stage: str, path: Path, what: str) -> Any:
 
 
 
-def _schedule_output(workdir: Path) -> dict[str, str]:
+def schedule_output(workdir: Path) -> dict[str, str]:
     return {"schedule": str(workdir / SCHEDULE_FILE)} if (workdir / SCHEDULE_FILE).is_file() else {}
 
 
-def _trained_with(stage: str, workdir: Path) -> dict[str, Any]:
+def trained_with(stage: str, workdir: Path) -> dict[str, Any]:
     """What the manifest records of how a training stage ran, from the trainer's ``schedule.json``: the device it
     chose (``auto`` included), the global batch and the effective LR. Empty when the trainer wrote none."""
     path = workdir / SCHEDULE_FILE
     if not path.is_file():
         return {}
-    schedule = _read_json(stage, path, "the trainer's effective schedule")
+    schedule = read_json(stage, path, "the trainer's effective schedule")
     device = schedule.get("device") or {}  # both trainers: engine/devices.describe_device's record
     name = f"{device.get('device')} ({device['name']})" if device.get("name") else device.get("device")
     picked = {"device": name, "torch_cuda": device.get("torch_cuda"),
@@ -253,7 +253,7 @@ def stage_names() -> list[str]:
     return [s.name for s in pipeline_stages()]
 
 
-def _check_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> CN:
+def check_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> CN:
     """The stage's training config, loaded as its tool will load it (bad input: one line naming the key)."""
     from nasnet_det.classification.config import load_config
 
@@ -264,7 +264,7 @@ def _check_classification(stage: str, node: str, config_file: str, opts: list[st
                                 f"{e.args[0] if e.args else e}") from None
 
 
-def _check_detection(stage: str, config_file: str, opts: list[str]) -> CN:
+def check_detection(stage: str, config_file: str, opts: list[str]) -> CN:
     """The stage's detectron2 config, loaded as ``tools/train_net.py`` will load it (bad input: one line)."""
     from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg, validate_input_sizes
@@ -278,21 +278,24 @@ def _check_detection(stage: str, config_file: str, opts: list[str]) -> CN:
                                 f"{e.args[0] if e.args else e}") from None
 
 
-def _tool_node(cfg: CN, node: str, config_file: str) -> CN:
+def tool_node(cfg: CN, node: str, config_file: str) -> CN:
     """Add ``cfg.<node>``, the node of a stage that runs a tool: its config file and ``KEY VALUE`` overrides (read
-    back by :func:`_tool_settings`)."""
+    back by :func:`tool_settings`)."""
     cfg[node] = CN()
     cfg[node].CONFIG_FILE = config_file
     cfg[node].OPTS = []
     return cfg[node]
 
 
-def _tool_settings(ctx: Context, node: str) -> dict[str, Any]:
+def tool_settings(ctx: Context, node: str) -> dict[str, Any]:
     c = ctx.cfg[node]
     return {"config": config_chain(node.lower(), f"{node}.CONFIG_FILE", c.CONFIG_FILE), "opts": list(c.OPTS)}
 
 
-class _ClassificationStage(Stage):
+class ClassificationStage(Stage):
+    """A stage that trains with a classification tool (``tool``, on ``dataset``) configured by its node's
+    CONFIG_FILE and OPTS, on NPROC_PER_NODE processes per machine (torchrun for more than one)."""
+
     resumes = True
     node = ""
     tool = ""
@@ -316,14 +319,14 @@ class _ClassificationStage(Stage):
         return {k.lower(): c[k] for k in ("NPROC_PER_NODE", "NNODES") if k in c}
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        final = _read_json(self.name, workdir / "final_metrics.json", "the training's final metrics")
+        final = read_json(self.name, workdir / "final_metrics.json", "the training's final metrics")
         for f in ("model_final.pth",):
             if not (workdir / f).is_file():
                 raise StageError(self.name, f"the training finished without writing {workdir / f}")
         outputs = {"weights": str(workdir / "model_final.pth"), "final_metrics": str(workdir / "final_metrics.json"),
                    "metrics": str(workdir / "metrics.jsonl"), "curves": str(workdir / "training_curves.png")}
         metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
-        return {**outputs, **_schedule_output(workdir)}, {**metrics, **_trained_with(self.name, workdir)}
+        return {**outputs, **schedule_output(workdir)}, {**metrics, **trained_with(self.name, workdir)}
 
     def report_sections(self, report: Report) -> list[ReportSection]:
         m = report.manifests.get(self.name)

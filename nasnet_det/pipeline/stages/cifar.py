@@ -10,17 +10,17 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages.base import (
     STAGES,
+    ClassificationStage,
     Context,
-    _check_classification,
-    _ClassificationStage,
-    _tool_node,
-    _tool_settings,
+    check_classification,
     genotype_opts,
+    tool_node,
+    tool_settings,
 )
 
 
 @STAGES.register()
-class CifarStage(_ClassificationStage):
+class CifarStage(ClassificationStage):
     """Final CIFAR-10 training of the chosen cell (``tools/train_cifar.py``; optional: CIFAR.ENABLED)."""
 
     name, node, tool, dataset = "cifar", "CIFAR", "train_cifar.py", "cifar10"
@@ -29,7 +29,7 @@ class CifarStage(_ClassificationStage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        node = _tool_node(cfg, "CIFAR", "configs/train/cifar10_smoke.yaml")
+        node = tool_node(cfg, "CIFAR", "configs/train/cifar10_smoke.yaml")
         node.ENABLED = False
         node.NPROC_PER_NODE = 1  # > 1: torchrun --nproc-per-node (one process per GPU; gloo on a CPU)
 
@@ -37,14 +37,14 @@ class CifarStage(_ClassificationStage):
         return bool(ctx.cfg.CIFAR.ENABLED)
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        return {**_tool_settings(ctx, "CIFAR"), **self.launch_settings(ctx)}
+        return {**tool_settings(ctx, "CIFAR"), **self.launch_settings(ctx)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
 
     def training_config(self, ctx: Context) -> CN:
         c = ctx.cfg.CIFAR
-        return _check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
+        return check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
                                      "cifar10")
 
     def check(self, ctx: Context) -> None:

@@ -16,13 +16,13 @@ from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
     Stage,
-    _check_detection,
-    _schedule_output,
-    _tool_node,
-    _tool_settings,
-    _trained_with,
+    check_detection,
     network_opts,
     network_settings,
+    schedule_output,
+    tool_node,
+    tool_settings,
+    trained_with,
 )
 
 
@@ -34,7 +34,7 @@ class DetectStage(Stage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        node = _tool_node(cfg, "DETECT", "configs/detection/smoke-nasnet-c4.yaml")
+        node = tool_node(cfg, "DETECT", "configs/detection/smoke-nasnet-c4.yaml")
         # detectron2 launch: processes per machine (GPUs; gloo processes on a CPU), machines, rank, rendezvous URL.
         node.NUM_GPUS = 1
         node.NUM_MACHINES = 1
@@ -47,7 +47,7 @@ class DetectStage(Stage):
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.DETECT
-        return {**_tool_settings(ctx, "DETECT"), "network": network_settings(ctx.cfg),
+        return {**tool_settings(ctx, "DETECT"), "network": network_settings(ctx.cfg),
                 "launch": [c.NUM_GPUS, c.NUM_MACHINES]}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
@@ -56,7 +56,7 @@ class DetectStage(Stage):
 
     def detection_config(self, ctx: Context) -> CN:
         """The detectron2 config as the training loads it (its MODEL.DEVICE places the workers)."""
-        return _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE,
+        return check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE,
                                 [*network_opts(ctx.cfg, "nasnet_a"), *ctx.cfg.DETECT.OPTS])
 
     def check(self, ctx: Context) -> None:
@@ -84,8 +84,8 @@ class DetectStage(Stage):
                 metrics = {"iterations": losses[-1].get("iteration", 0) + 1,
                            "first_total_loss": losses[0]["total_loss"], "last_total_loss": losses[-1]["total_loss"]}
         return {"weights": str(workdir / "model_final.pth"), "events": str(events),
-                "config": str(workdir / "config.yaml"), **_schedule_output(workdir)}, \
-            {**metrics, **_trained_with(self.name, workdir)}
+                "config": str(workdir / "config.yaml"), **schedule_output(workdir)}, \
+            {**metrics, **trained_with(self.name, workdir)}
 
     def report_sections(self, report: Report) -> list[ReportSection]:
         det, lines = report.manifest(self.name), []

@@ -17,10 +17,10 @@ from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
     Stage,
-    _check_detection,
-    _tool_settings,
+    check_detection,
     network_opts,
     network_settings,
+    tool_settings,
 )
 
 
@@ -41,7 +41,7 @@ class EvaluateStage(Stage):
         return Workers(ctx.cfg.EVALUATE.NUM_GPUS)
 
     def settings(self, ctx: Context) -> dict[str, Any]:
-        return {**_tool_settings(ctx, "DETECT"), "eval_opts": list(ctx.cfg.EVALUATE.OPTS),
+        return {**tool_settings(ctx, "DETECT"), "eval_opts": list(ctx.cfg.EVALUATE.OPTS),
                 "network": network_settings(ctx.cfg), "launch": ctx.cfg.EVALUATE.NUM_GPUS}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
@@ -53,7 +53,7 @@ class EvaluateStage(Stage):
 
     def detection_config(self, ctx: Context) -> CN:
         """The detectron2 config as the evaluation loads it (its MODEL.DEVICE places the workers)."""
-        return _check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
+        return check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
                                                                         *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:

@@ -11,19 +11,19 @@ from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.stages.base import (
     STAGES,
+    ClassificationStage,
     Context,
-    _check_classification,
-    _ClassificationStage,
-    _file_setting,
-    _tool_node,
-    _tool_settings,
+    check_classification,
+    file_setting,
     network_opts,
     network_settings,
+    tool_node,
+    tool_settings,
 )
 
 
 @STAGES.register()
-class PretrainStage(_ClassificationStage):
+class PretrainStage(ClassificationStage):
     """ImageNet pretraining at the MODEL.NASNET's N@F (``tools/pretrain_imagenet.py``, torchrun for > 1
     process), or given weights (the shortcut: our checkpoint, or a timm / pretrainedmodels state dict)."""
 
@@ -33,7 +33,7 @@ class PretrainStage(_ClassificationStage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        node = _tool_node(cfg, "PRETRAIN", "configs/train/imagenet_smoke.yaml")
+        node = tool_node(cfg, "PRETRAIN", "configs/train/imagenet_smoke.yaml")
         # Shortcut: a nasnet-det checkpoint (.pth with arch + state_dict) or a timm / pretrainedmodels state
         # dict of the MODEL.NASNET network; pretraining then does not run.
         node.WEIGHTS = ""
@@ -46,8 +46,8 @@ class PretrainStage(_ClassificationStage):
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         if ctx.cfg.PRETRAIN.WEIGHTS:  # checked against the network: a changed network checks them again
-            return {"weights": _file_setting(ctx.cfg.PRETRAIN.WEIGHTS), "network": network_settings(ctx.cfg)}
-        return {**_tool_settings(ctx, "PRETRAIN"), **self.launch_settings(ctx), "network": network_settings(ctx.cfg)}
+            return {"weights": file_setting(ctx.cfg.PRETRAIN.WEIGHTS), "network": network_settings(ctx.cfg)}
+        return {**tool_settings(ctx, "PRETRAIN"), **self.launch_settings(ctx), "network": network_settings(ctx.cfg)}
 
     def inputs(self, ctx: Context) -> dict[str, Path]:
         inputs = {"genotype": ctx.outputs_of("select", self.name)["genotype"]}
@@ -62,7 +62,7 @@ class PretrainStage(_ClassificationStage):
 
     def training_config(self, ctx: Context) -> CN:
         c = ctx.cfg.PRETRAIN
-        return _check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
+        return check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
                                      [*network_opts(ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
 
     def check(self, ctx: Context) -> None:

@@ -14,10 +14,10 @@ from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
     Stage,
-    _file_setting,
-    _read_json,
-    _tool_node,
-    _tool_settings,
+    file_setting,
+    read_json,
+    tool_node,
+    tool_settings,
 )
 
 
@@ -31,15 +31,15 @@ class SearchStage(Stage):
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
-        node = _tool_node(cfg, "SEARCH", "configs/search/smoke.yaml")
+        node = tool_node(cfg, "SEARCH", "configs/search/smoke.yaml")
         # Shortcut: a published genotype ("nasnet_a") or a genotype JSON file; the search stage then does not run.
         node.GENOTYPE = ""
 
     def settings(self, ctx: Context) -> dict[str, Any]:
         c = ctx.cfg.SEARCH
         if c.GENOTYPE:  # a JSON file by its absolute path (its content is checksummed as an input)
-            return {"genotype": _file_setting(c.GENOTYPE) if c.GENOTYPE.endswith(".json") else c.GENOTYPE}
-        settings = _tool_settings(ctx, "SEARCH")
+            return {"genotype": file_setting(c.GENOTYPE) if c.GENOTYPE.endswith(".json") else c.GENOTYPE}
+        settings = tool_settings(ctx, "SEARCH")
         # how to recover from a damaged journal says nothing about the result: adding it must resume the
         # search in its folder, not clear it (the damaged journal with it)
         pairs = list(zip(settings["opts"][::2], settings["opts"][1::2]))
@@ -77,7 +77,7 @@ class SearchStage(Stage):
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         if ctx.cfg.SEARCH.GENOTYPE:
             return {"kind": "given", "best_genotype": str(workdir / "best_genotype.json")}, {}
-        summary = _read_json(self.name, workdir / "summary.json", "the search summary")
+        summary = read_json(self.name, workdir / "summary.json", "the search summary")
         outputs = {"kind": "searched", "best_genotype": "best_genotype.json", "top_k": "top_k.json",
                    "summary": "summary.json", "journal": "journal.sqlite", "rewards_plot": "rewards.png",
                    "best_cells": "best_cells.png"}

@@ -16,10 +16,10 @@ from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
     Stage,
-    _check_classification,
-    _read_json,
+    check_classification,
     config_chain,
     genotype_opts,
+    read_json,
 )
 from nasnet_det.utils.io import atomic_write
 
@@ -76,7 +76,7 @@ class SelectStage(Stage):
             raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: the search recorded no latencies "
                                         "(no pareto.json); run it with SEARCH.OBJECTIVE latency or "
                                         "SEARCH.LATENCY.RECORD True")
-        pareto = _read_json(self.name, inputs["pareto"], "the search's Pareto front")
+        pareto = read_json(self.name, inputs["pareto"], "the search's Pareto front")
         if pareto.get("metric") != "latency_ms":
             raise StageError(self.name, f"SELECT.LATENCY_BUDGET_MS={budget:g}: {inputs['pareto']} ranks cells by "
                                         f"{pareto.get('metric')}, not latency (SEARCH.LATENCY.ESTIMATOR flops); "
@@ -111,7 +111,7 @@ class SelectStage(Stage):
             except (ValueError, KeyError, FileNotFoundError) as e:
                 raise StageError(self.name, f"{inputs['best_genotype']}: not a valid genotype ({e})") from None
             return [{"genotype": g, "reward": None}]
-        top = _read_json(self.name, inputs["top_k"], "the search's top-k list")
+        top = read_json(self.name, inputs["top_k"], "the search's top-k list")
         if not isinstance(top, list) or not top:
             raise StageError(self.name, f"{inputs['top_k']}: expected a non-empty list of evaluated cells "
                                         "(did every child of the search fail?)")
@@ -138,7 +138,7 @@ class SelectStage(Stage):
         workdir.mkdir(parents=True, exist_ok=True)
         device = "cpu"  # the re-ranking's TRAIN.DEVICE, where the backend places its process (read when it trains)
         if len(cands) > 1:
-            device = _check_classification(self.name, "SELECT.RERANK", c.RERANK_CONFIG_FILE,
+            device = check_classification(self.name, "SELECT.RERANK", c.RERANK_CONFIG_FILE,
                                            [*genotype_opts("nasnet_a"), *c.RERANK_OPTS], "cifar10").TRAIN.DEVICE
         for i, cand in enumerate(cands):
             if len(cands) == 1:
@@ -150,7 +150,7 @@ class SelectStage(Stage):
                                            ["--config-file", str(resolve_path(c.RERANK_CONFIG_FILE)),
                                             "--output-dir", str(rdir), *genotype_opts(path), *c.RERANK_OPTS],
                                            Workers(), ctx.quiet, device)
-            cand["rerank_top1"] = _read_json(self.name, rdir / "final_metrics.json", "re-rank metrics").get("top1")
+            cand["rerank_top1"] = read_json(self.name, rdir / "final_metrics.json", "re-rank metrics").get("top1")
         key = (lambda c_: c_["rerank_top1"]) if len(cands) > 1 else (lambda c_: 0)
         best = max(cands, key=key)
         best["genotype"].save(workdir / "genotype.json")
@@ -159,7 +159,7 @@ class SelectStage(Stage):
             [{k_: (v.name if k_ == "genotype" else v) for k_, v in c_.items()} for c_ in cands], indent=2) + "\n")
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        sel = _read_json(self.name, workdir / "selection.json", "the selection")
+        sel = read_json(self.name, workdir / "selection.json", "the selection")
         from nasnet_det.space import Genotype
 
         name = Genotype.load(workdir / "genotype.json").name
