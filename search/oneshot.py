@@ -44,11 +44,11 @@ from search.config import check_cfg
 from search.controller import decisions_to_genotype
 from search.journal import Journal, load_state
 from search.objective import Objective
-from search.oneshot_config import NEW_KEY_DEFAULTS, NOT_IDENTITY, ONESHOT_STRATEGY, check_oneshot_cfg
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
 from search.reward import ChildData, build_child, load_search_data
 from search.session import SearchSession
+from search.strategies.oneshot import OneShot
 from search.strategies.registry import STRATEGIES
 from search.supernet_trainer import SupernetTrainer
 from search.workers import COST_FIELDS
@@ -56,7 +56,7 @@ from search.workers import COST_FIELDS
 log = logging.getLogger(__name__)
 SEARCH_NAME = "oneshot"          # journal strategy of the cells scored while training the controller
 DERIVE_NAME = "oneshot_derive"   # journal strategy of the final samples (scored on the whole held-out split)
-STATE_NAME = "oneshot_state.pth"
+STATE_NAME = OneShot.owned_files[0]
 PHASES = ("weights", "controller", "derive", "done")
 
 
@@ -65,7 +65,7 @@ class OneShotSearch(SearchSession):
     checkpoint). ``data`` replaces ``cfg.DATA`` (tests); ``max_units_this_run`` stops after that many
     supernet steps + controller updates + final scores in this run (tests of resuming; 0: no limit)."""
 
-    checkpoint_files = (STATE_NAME,)
+    checkpoint_files = OneShot.owned_files
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, progress: bool = True,
                  fresh: bool = False, data: ChildData | None = None, max_units_this_run: int = 0):
@@ -73,10 +73,10 @@ class OneShotSearch(SearchSession):
         strategies = list(STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values())
         if len(strategies) != 1 or not strategies[0].weight_sharing:
             raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r}: the weight-sharing search runs alone; "
-                             f"set it to '{ONESHOT_STRATEGY}' (other strategies cannot be combined with it)")
+                             f"set it to '{OneShot.name}' (other strategies cannot be combined with it)")
         self.strategy_class = strategies[0]
         check_cfg(cfg)
-        check_oneshot_cfg(cfg)
+        OneShot.check_config(cfg)
         self.progress, self.max_units = progress, max_units_this_run
         self.units_this_run = 0
         self._data = data
@@ -118,9 +118,8 @@ class OneShotSearch(SearchSession):
 
     def identity(self) -> dict[str, Any]:
         ident = super().identity()
-        ident["SEARCH.STRATEGY"] = ONESHOT_STRATEGY
-        ident["ONESHOT"] = {k: v for k, v in self.cfg.ONESHOT.items()
-                            if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
+        ident["SEARCH.STRATEGY"] = OneShot.name
+        ident.update(OneShot.identity(self.cfg))
         return ident
 
     # ---- checkpoints -------------------------------------------------------------------------------------
