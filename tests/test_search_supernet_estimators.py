@@ -15,9 +15,9 @@ from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import OPS
 from search.config import load_cfg
 from search.estimators import build_estimator
-from search.supernet_trainer import FEW_SHOT_DECISION, few_shot_split, genotype_decisions, supernet_accuracy
 from search.reward import ChildData
 from search.supernet import recalibrate_bn
+from search.supernet_trainer import FEW_SHOT_DECISION, few_shot_split, genotype_decisions, supernet_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -57,7 +57,8 @@ def test_fairnas_trains_every_op_of_a_slot_equally_often(tiny_data):
     assert counts.shape == (8, len(OPS)) and (counts == 2).all()  # 2 updates x each op once per slot
     spos = build_estimator("spos", tiny_cfg())
     spos.prepare(tiny_data, seed=0)
-    assert spos.trainer.op_counts.sum() == 2 * 8 and (spos.trainer.op_counts != spos.trainer.op_counts[:, :1]).any()  # not fair
+    counts = spos.trainer.op_counts
+    assert counts.sum() == 2 * 8 and (counts != counts[:, :1]).any()  # not fair
 
 
 def test_bn_recalibration_changes_the_running_stats_and_is_used_in_scoring(tiny_data):
@@ -93,7 +94,8 @@ def test_few_shot_splits_partition_the_space(tiny_data):
     # the split decision is op decision 0: 3 shared uniform updates, then 1 update per split in its subspace
     assert est.trainer.op_counts[0].sum() == 6
     for k in range(splits):  # a split's updates draw the split decision from its own ops only
-        assert all(op % splits == k for op in est.trainer.draw_paths(False, k, splits)[:, FEW_SHOT_DECISION].tolist() for _ in range(5))
+        drawn = [op for _ in range(5) for op in est.trainer.draw_paths(False, k, splits)[:, FEW_SHOT_DECISION].tolist()]
+        assert all(op % splits == k for op in drawn)
 
 
 def test_few_shot_splits_train_at_the_same_learning_rates(tiny_data, monkeypatch):
@@ -159,3 +161,12 @@ def test_the_one_shot_search_supernet_refuses_a_cell_input_loose_end_naming_the_
     with pytest.raises(ValueError) as e:
         SuperNet(2, 1, 4).check_genotype(NASNET_A)
     assert not isinstance(e.value, UnscorableCellError)
+
+
+def test_the_supernet_trainer_runs_one_cosine_schedule_from_lr_to_lr_min(tiny_data):
+    from search.supernet_trainer import SupernetTrainer
+
+    trainer = SupernetTrainer(tiny_cfg("ONESHOT.LR", 0.1, "ONESHOT.LR_MIN", 0.001), tiny_data, torch.device("cpu"), 0)
+    assert trainer.total_updates == 2  # ONESHOT.EPOCHS x ONESHOT.WEIGHT_STEPS
+    assert trainer.learning_rate(0) == 0.1 and math.isclose(trainer.learning_rate(2), 0.001)
+    assert trainer.learning_rate(0.5) > trainer.learning_rate(1) > trainer.learning_rate(1.5) > 0.001
