@@ -10,7 +10,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det import config as shared_config
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, preset_node
-from search.oneshot_config import add_oneshot_config
+from search.strategies.oneshot import OneShot
 
 
 def get_cfg_defaults() -> CN:
@@ -124,7 +124,7 @@ def get_cfg_defaults() -> CN:
     # per CPU without GPUs, plus one queued for the next worker to free). The local backend keeps each of
     # its NUM_WORKERS busy, with one child queued; MAX_IN_FLIGHT > 0 caps that too.
     c.WORKERS.MAX_IN_FLIGHT = 0
-    add_oneshot_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
+    OneShot.add_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
     return c
 
 
