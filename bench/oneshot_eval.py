@@ -34,37 +34,36 @@ from scipy import stats  # noqa: E402
 from nasnet_det.search_space import SearchSpace  # noqa: E402
 from nasnet_det.space import Genotype  # noqa: E402
 from search.config import load_cfg  # noqa: E402
-from search.oneshot import DERIVE_NAME, SEARCH_NAME, OneShotSearch  # noqa: E402
-from search.reward import train_child  # noqa: E402
+from search.reward import load_search_data, train_child  # noqa: E402
+from search.runner import SearchRunner  # noqa: E402
+from search.strategies.oneshot import DERIVE_NAME, SEARCH_NAME, OneShot  # noqa: E402
 
 
 def run_seed(config: str, opts: list[str], seed: int, cells: int, n_random: int, work: Path) -> dict:
     cfg = load_cfg(config, [*opts, "SEARCH.SEED", str(seed)])
     out = work / f"seed_{seed}"
     t0 = time.perf_counter()
-    summary = OneShotSearch(cfg, out, progress=False, fresh=True).run()
+    summary = SearchRunner(cfg, out, progress=False, fresh=True).run()
     search_s = time.perf_counter() - t0
     scored = summary["strategies"][SEARCH_NAME]["evaluations"] + summary["strategies"][DERIVE_NAME]["evaluations"]
     found = Genotype.load(out / "best_genotype.json")
 
-    search = OneShotSearch(cfg, out, progress=False)
-    assert search.restore(), "the search left no checkpoint"
-    from search.oneshot import load_search_data
-
     data = load_search_data(cfg)
+    search = OneShot(cfg, data=data)
+    assert search.restore(out), "the search left no checkpoint"
     child, network = dict(cfg.CHILD), dict(cfg.MODEL.NASNET)
     gen = torch.Generator().manual_seed(10_000 + seed)
     space = SearchSpace(cfg.SEARCH.NUM_BLOCKS)
     randoms = [space.genotype(a) for a in space.sample(cells, gen).tolist()]
     supernet_acc, alone_acc, child_s = [], [], []
     for i, g in enumerate(randoms):
-        supernet_acc.append(search.score(g, search.x_val, search.y_val))
+        supernet_acc.append(search.score(g))
         t = time.perf_counter()
         alone_acc.append(train_child(g, child, data, seed=seed * 1000 + i, network=network)["reward"])
         child_s.append(time.perf_counter() - t)
         print(f"  seed {seed} cell {i:2d}: supernet {supernet_acc[-1]:.3f}  alone {alone_acc[-1]:.3f}  "
               f"[{child_s[-1]:.0f}s]", flush=True)
-    found_supernet = search.score(found, search.x_val, search.y_val)
+    found_supernet = search.score(found)
     found_alone = train_child(found, child, data, seed=seed * 1000 + 999, network=network)["reward"]
     res = {"seed": seed, "search_seconds": search_s, "scored_cells": scored,
            "tau": float(stats.kendalltau(supernet_acc, alone_acc).statistic),  # tau-b, ties as scipy counts them

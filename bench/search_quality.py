@@ -450,7 +450,6 @@ def parse_strategies(text: str) -> dict[str, tuple[str, list[str]]]:
 def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple[Genotype, float]:
     """One search of ``strategy`` on the search split: (its found cell, wall seconds of this run). An
     interrupted search in ``out_dir`` (same config) resumes from its journal / checkpoint."""
-    from search.oneshot import OneShotSearch
     from search.reward import ChildEvaluator
     from search.runner import SearchRunner
     from search.strategies.registry import STRATEGIES
@@ -458,7 +457,7 @@ def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple
     cls = STRATEGIES.resolve(strategy)[strategy]
     t0 = time.perf_counter()
     if cls.weight_sharing:
-        OneShotSearch(cfg, out_dir, progress=False, data=data.search).run()
+        SearchRunner(cfg, out_dir, progress=False, data=data.search).run()
         found = out_dir / "best_genotype.json"
     else:
         evaluator = ChildEvaluator(dict(cfg.CHILD), data.search, dict(cfg.MODEL.NASNET))

@@ -22,7 +22,6 @@ from nasnet_det.config import check_overrides
 from nasnet_det.utils.errors import check_output_dir, exit_2_on_bad_input
 from nasnet_det.utils.io import disk_full_errors
 from search.config import load_cfg
-from search.oneshot import OneShotSearch
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
 from search.strategies.registry import STRATEGIES
@@ -81,12 +80,11 @@ def _search(args: argparse.Namespace) -> dict | int:
 
 def _run_search(cfg, out: Path, args: argparse.Namespace) -> dict:
     try:
-        if any(cls.weight_sharing for cls in STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values()):
-            # The supernet trains in this process: it keeps torch's threads (there are no workers).
-            return OneShotSearch(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
-        # The driver only runs the small controller (and the children with the inline backend): more
-        # threads than the workers get would just contend with them for the cores.
-        torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
+        if not any(cls.weight_sharing for cls in STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values()):
+            # The driver only runs the small controller (and the children with the inline backend): more
+            # threads than the workers get would just contend with them for the cores. (A weight-sharing
+            # strategy trains its supernet in this process: it keeps torch's threads.)
+            torch.set_num_threads(max(1, cfg.WORKERS.THREADS_PER_WORKER))
         return SearchRunner(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
     except ImportError as e:  # a backend whose package is missing: a setting the user must change
         raise ValueError(str(e)) from None

@@ -5,32 +5,44 @@ Each strategy's policy is updated every ``SEARCH.BATCH_SIZE`` finished children,
 recorded when they were sampled (PPO's ratio accounts for children sampled by an older policy), and its
 controller checkpointed. Rerunning with the same output directory resumes where it stopped: the journal
 says which updates were due (any missing from the checkpoint are replayed) and which children were in
-flight (re-submitted with the same genotypes)."""
+flight (re-submitted with the same genotypes).
+
+It is the one engine of every strategy, weight sharing included (``oneshot``, as a ``Strategy`` over one
+execution engine in NNI): a strategy may propose whole batches (:meth:`Strategy.propose`), have its own budget,
+update batches and final candidates (journaled under their own name; the best cells then come from them only),
+keep its own checkpoint (:attr:`Strategy.own_checkpoint`), and supply an evaluator of its own, run in this process
+by the inline backend (the supernet is not sent to workers)."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
+from nasnet_det.engine.distributed import barrier
 from nasnet_det.engine.ray_env import check_ray_address
 from search.config import check_cfg, upgrade_identity
 from search.journal import Evaluation, Journal, load_state, save_state
 from search.objective import with_objective
-from search.outputs import write_outputs
+from search.outputs import problems_of, strategy_summary, write_outputs
+from search.plots import plot_rewards
 from search.session import SearchSession
 from search.strategies.base import Strategy
 from search.strategies.registry import STRATEGIES
-from search.workers import COST_FIELDS, Evaluator, Job, QueueBackend, Result, make_backend
+from search.workers import COST_FIELDS, Evaluator, InlineBackend, Job, QueueBackend, Result, make_backend
+
+if TYPE_CHECKING:
+    from search.reward import ChildData
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +58,7 @@ class StrategyState:
     name: str
     strategy: Strategy
     checkpoint: Path
+    budget: int = 0                 # children it proposes in the whole search
     step: int = 0                   # policy updates applied
     sampled: int = 0                # children journaled
     finished: int = 0               # of those, finished (ok, failed or lost)
@@ -87,22 +100,61 @@ class SearchRunner(SearchSession):
     upgrade_identity = staticmethod(upgrade_identity)  # an identity written by an older version
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
-                 progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None):
+                 progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None,
+                 data: ChildData | None = None):
         super().__init__(cfg, output_dir, fresh)
         self.strategy_classes = STRATEGIES.resolve(cfg.SEARCH.STRATEGY)
-        if any(cls.weight_sharing for cls in self.strategy_classes.values()):
-            raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r} trains no children: it runs in "
-                             "search.oneshot.OneShotSearch (nasnet-det search picks it)")
         self.strategies = list(self.strategy_classes)
         check_cfg(cfg)
+        for cls in self.strategy_classes.values():
+            if hasattr(cls, "check_config"):
+                cls.check_config(cfg)
+        self.checkpoint_files = (*type(self).checkpoint_files,
+                                 *(f for cls in self.strategy_classes.values() for f in cls.owned_files))
+        self.data = data  # replaces cfg.DATA for the strategies that score their own children (tests)
         self.evaluator, self.progress = evaluator, progress
         self.backend, self.owns_backend = backend, backend is None
         self.evals_this_run = 0
         self.stats = QueueStats()
         self.states: dict[str, StrategyState] = {}
 
+    def identity(self) -> dict[str, Any]:
+        ident = super().identity()
+        for name, cls in self.strategy_classes.items():
+            if hasattr(cls, "identity"):  # the settings of the strategy's own config node
+                ident["SEARCH.STRATEGY"] = name
+                ident.update(cls.identity(self.cfg))
+        return ident
+
+    def run(self) -> dict[str, Any]:
+        sharing = [name for name, cls in self.strategy_classes.items() if cls.weight_sharing]
+        if sharing and int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
+            return self._follow(sharing[0])
+        return super().run()
+
+    def _follow(self, name: str) -> dict[str, Any]:
+        """Ranks > 0 of a distributed weight-sharing search (which runs alone): the strategy's steps without
+        the journal, writing nothing."""
+        strategy = self._new_strategy(name)
+        self.states = {name: StrategyState(name, strategy, self.out / f"controller_{name}.pth")}
+        strategy.out = self.out
+        strategy.follow()
+        barrier()
+        return {"output_dir": str(self.out), "strategies": {}, "best": None, "stopped_early": False,
+                "rank": int(os.environ.get("RANK", "0"))}
+
     # ---- set-up ------------------------------------------------------------------------------------------
+    def _new_strategy(self, name: str) -> Strategy:
+        cls = self.strategy_classes[name]
+        if cls.weight_sharing:  # the supernet's data (and, in tests, their replacement)
+            return cls(self.cfg, data=self.data, progress=self.progress)
+        return cls(self.cfg)
+
     def _get_backend(self) -> QueueBackend:
+        own = next((e for st in self.states.values() if (e := st.strategy.evaluator()) is not None), None)
+        if self.backend is None and own is not None:
+            # Scored in this process (the supernet is not sent to workers); the strategy applies the objective.
+            self.backend, self.owns_backend = InlineBackend(own), True
         if self.backend is None:
             w = self.cfg.WORKERS
             if w.BACKEND == "ray":  # a cluster address nothing answers: say so before the data is loaded
@@ -119,28 +171,37 @@ class SearchRunner(SearchSession):
         # Each strategy starts from torch's generator seeded alike (a controller's initial weights), whichever
         # strategies run beside it.
         torch.manual_seed(s.SEED)
-        st = StrategyState(name, self.strategy_classes[name](self.cfg), self.out / f"controller_{name}.pth")
-        st.sampled = journal.count(name)
-        st.finished = st.sampled - journal.count(name, "pending")
-        st.best = max((e.reward for e in journal.all(name) if e.status == "ok"), default=math.nan)
+        strategy = self._new_strategy(name)
+        st = StrategyState(name, strategy, self.out / f"controller_{name}.pth", budget=strategy.budget(self.cfg))
+        names = strategy.journal_names or (name,)
+        rows = [r for n in names for r in journal.all(n)]
+        st.sampled = len(rows)
+        st.finished = sum(r.status != "pending" for r in rows)
+        st.best = max((e.reward for e in rows if e.status == "ok"), default=math.nan)
+        if strategy.own_checkpoint:
+            strategy.attach_rows(self.out, rows)
+            st.step = strategy.updates_done()
+            self._apply_due_updates(journal, st)  # (the strategy regenerates each replayed batch)
+            return st
         try:
             state = load_state(st.checkpoint)
         except ValueError as e:  # the journal holds everything the checkpoint does: rebuild from it
             log.warning("%s; rebuilding it from the journal", e)
             state = None
-        if state is not None and int(state["step"]) <= st.finished // s.BATCH_SIZE:
+        if state is not None and int(state["step"]) <= strategy.updates_due(st.finished):
             st.step = int(state["step"])
             st.strategy.load_state_dict(state)
         elif state is not None:
             log.warning("%s is ahead of the journal; rebuilding the controller from the journal", st.checkpoint)
         self._apply_due_updates(journal, st)  # those a kill left out of the checkpoint (deterministic replay)
-        st.strategy.attach(self.out, [r.decisions for r in journal.all(name)])
+        st.strategy.attach_rows(self.out, rows)
         return st
 
     # ---- policy ------------------------------------------------------------------------------------------
     def _apply_due_updates(self, journal: Journal, st: StrategyState) -> None:
-        while st.step < st.finished // self.cfg.SEARCH.BATCH_SIZE:
-            used = policy_rewards(journal.batch(st.name, st.step), self.cfg.CONTROLLER.FAILED_REWARD)
+        while st.step < st.strategy.updates_due(st.finished):
+            name, batch = st.strategy.update_batch(st.name, st.step)
+            used = policy_rewards(journal.batch(name, batch), self.cfg.CONTROLLER.FAILED_REWARD)
             if used:
                 logprobs = [r.logprob for r, _ in used]
                 stats = st.strategy.update(torch.tensor([r.decisions for r, _ in used]),
@@ -148,17 +209,22 @@ class SearchRunner(SearchSession):
                                            torch.tensor([reward for _, reward in used]))
                 log.debug("%s update %d: %s", st.name, st.step, stats)
             st.step += 1
+            if st.strategy.own_checkpoint:  # (its update wrote it)
+                continue
             # (a strategy's state beside the step; the controller strategies' keys are "controller", "trainer")
             save_state(st.checkpoint, {"step": st.step, "strategy": st.name, **st.strategy.state_dict()})
 
     def _sample(self, journal: Journal, st: StrategyState, n: int) -> list[Evaluation]:
         """``n`` new children of one strategy, sampled together (one pass of the controller)."""
         gen = torch.Generator().manual_seed(_sample_seed(self.cfg.SEARCH.SEED, st.name, st.sampled))
-        decisions, logp = st.strategy.sample(n, gen)
-        actions, logprobs = decisions.tolist(), logp.tolist() if logp is not None else [None] * n
-        children = journal.add_pending(st.name, st.sampled, st.step, [
+        proposal = st.strategy.propose(n, gen, st.sampled, st.step)
+        if proposal is None:
+            return []
+        actions = proposal.decisions.tolist()
+        logprobs = proposal.logprobs.tolist() if proposal.logprobs is not None else [None] * len(actions)
+        children = journal.add_pending(proposal.name or st.name, proposal.first, proposal.policy, [
             (a, st.strategy.space.genotype(a).to_dict(), lp) for a, lp in zip(actions, logprobs)])
-        st.sampled += n
+        st.sampled += len(actions)
         return children
 
     def _next_children(self, journal: Journal, states: dict[str, StrategyState], resubmit: deque[Evaluation],
@@ -166,11 +232,12 @@ class SearchRunner(SearchSession):
         """Up to ``free`` children: those in flight when the last run stopped first (same genotypes), then
         new samples, each going to the strategy with the fewest children in flight (ties: fewest sampled)."""
         out = [resubmit.popleft() for _ in range(min(free, len(resubmit)))]
-        load = {name: st.in_flight + sum(c.strategy == name for c in out) for name, st in states.items()}
+        owner = _journal_owners(states)
+        load = {name: st.in_flight + sum(owner[c.strategy] is st for c in out) for name, st in states.items()}
         sampled = {name: st.sampled for name, st in states.items()}
         want = dict.fromkeys(states, 0)
         for _ in range(free - len(out)):
-            open_ = [name for name in states if sampled[name] < self.cfg.SEARCH.BUDGET]
+            open_ = [name for name in states if sampled[name] < states[name].budget]
             if not open_:
                 break
             name = min(open_, key=lambda k: (load[k], sampled[k]))
@@ -189,26 +256,47 @@ class SearchRunner(SearchSession):
             if self.backend is not None and self.owns_backend:
                 self.backend.close()
                 self.backend = None
-        learned = [name for name, st in states.items() if st.strategy.learns]
-        summary = write_outputs(journal, self.out, self.cfg, self.strategies, learned)
+        final = [n for st in states.values() for n in st.strategy.final_names]
+        if final:
+            summary = self._final_outputs(journal, final)
+        else:
+            learned = [name for name, st in states.items() if st.strategy.learns]
+            summary = write_outputs(journal, self.out, self.cfg, self.strategies, learned)
+        barrier()  # (a distributed search's other processes wait for the outputs)
         summary["stopped_early"] = stopped
         summary["evaluations_this_run"] = self.evals_this_run
         summary["queue"] = self.stats.summary()
+        return summary
+
+    def _final_outputs(self, journal: Journal, final: list[str]) -> dict[str, Any]:
+        """The outputs of strategies with final candidates: the best cells come from those; the strategies'
+        other children are summarised (a controller that collapsed onto one cell is reported)."""
+        summary = write_outputs(journal, self.out, self.cfg, final)
+        for name, st in self.states.items():
+            summary["strategies"][name] = strategy_summary(journal.all(name), st.strategy.learns)
+        summary["problems"] = problems_of(summary)
+        summary["reward_plot"] = str(plot_rewards({n: journal.all(n) for st in self.states.values()
+                                                   for n in st.strategy.journal_names or (st.name,)},
+                                                  self.out / "rewards.png"))
+        for name, st in self.states.items():
+            if st.strategy.summary() is not None:
+                summary[name] = st.strategy.summary()
         return summary
 
     def _run_queue(self, journal: Journal, states: dict[str, StrategyState]) -> bool:
         """Keep every worker busy until the budgets are spent; True when SEARCH.MAX_EVALS_THIS_RUN stopped it."""
         s = self.cfg.SEARCH
         limit = s.MAX_EVALS_THIS_RUN
-        resubmit = deque(e for e in journal.pending() if e.strategy in states)
+        owner = _journal_owners(states)
+        resubmit = deque(e for e in journal.pending() if e.strategy in owner)
         in_flight: dict[int, StrategyState] = {}
-        total = s.BUDGET * len(states)
+        total = sum(st.budget for st in states.values())
         bar = tqdm(total=total, initial=min(sum(st.finished for st in states.values()), total),
                    desc=f"search[{','.join(states)}]", disable=not self.progress, dynamic_ncols=True)
         t0 = None
         try:
             while True:
-                work_left = resubmit or any(st.sampled < s.BUDGET for st in states.values())
+                work_left = resubmit or any(st.sampled < st.budget for st in states.values())
                 if in_flight or work_left:
                     # Before sampling: a child is sampled by the policy that has every update due for the
                     # children finished so far, as a resumed run's first child is. (A worker that freed
@@ -225,7 +313,7 @@ class SearchRunner(SearchSession):
                     free = min(free, limit - self.evals_this_run - len(in_flight))
                 for child in self._next_children(journal, states, resubmit, max(0, free)):
                     self.backend.submit(Job(child.id, child.genotype, s.SEED * 100_003 + child.id))
-                    st = in_flight[child.id] = states[child.strategy]
+                    st = in_flight[child.id] = owner[child.strategy]
                     st.in_flight += 1
                     t0 = time.perf_counter() if t0 is None else t0
                 if not in_flight:
@@ -239,7 +327,7 @@ class SearchRunner(SearchSession):
                 self.stats.wall_seconds = time.perf_counter() - t0
         finally:
             bar.close()
-        left = bool(journal.pending()) or any(st.sampled < s.BUDGET for st in states.values())
+        left = bool(journal.pending()) or any(st.sampled < st.budget for st in states.values())
         for st in states.values():
             self._apply_due_updates(journal, st)
         return bool(limit) and self.evals_this_run >= limit and left
@@ -248,13 +336,15 @@ class SearchRunner(SearchSession):
         cap = self.backend.capacity()
         self.stats.workers = max(self.stats.workers, self.backend.worker_count())
         self.stats.max_in_flight = max(self.stats.max_in_flight, n)
-        work_left = resubmit or any(st.sampled < self.cfg.SEARCH.BUDGET for st in states.values())
+        work_left = resubmit or any(st.sampled < st.budget for st in states.values())
         if n < cap and work_left and not (limit and self.evals_this_run + n >= limit):
             self.stats.idle_fills += 1
 
     def _finish(self, journal: Journal, st: StrategyState, res: Result, bar: tqdm) -> None:
+        row = journal.get(res.eval_id)
         journal.finish(res.eval_id, res.status, res.reward, res.seconds, res.params, res.error,
-                       batch_size=self.cfg.SEARCH.BATCH_SIZE, costs={k: getattr(res, k) for k in COST_FIELDS})
+                       batch_size=st.strategy.batch_size_of(row.strategy),
+                       costs={k: getattr(res, k) for k in COST_FIELDS})
         st.finished += 1
         st.in_flight -= 1
         self.evals_this_run += 1
@@ -265,6 +355,11 @@ class SearchRunner(SearchSession):
             tqdm.write(f"[{st.name}] child {res.eval_id} {res.status}: {res.error}")
         bar.update(1)
         bar.set_postfix_str(" ".join(f"{name}={x.best:.4f}" for name, x in self.states.items()))
+
+
+def _journal_owners(states: dict[str, StrategyState]) -> dict[str, StrategyState]:
+    """The strategy whose children each journal strategy name files."""
+    return {n: st for st in states.values() for n in st.strategy.journal_names or (st.name,)}
 
 
 def build_child_evaluator(cfg: CfgNode) -> Evaluator:

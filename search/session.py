@@ -1,6 +1,6 @@
 """The frame every search runs in: one output directory, locked, optionally emptied of the previous run
-(``--fresh``), with one journal and a ``summary.json``. :class:`~search.runner.SearchRunner` (children
-trained by workers) and :class:`~search.oneshot.OneShotSearch` (weight sharing) fill in :meth:`search`."""
+(``--fresh``), with one journal and a ``summary.json``. :class:`~search.runner.SearchRunner`, the one search
+engine (every strategy, weight sharing included), fills in :meth:`search`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The one supernet trainer: SGD (Nesterov) on paths of a :class:`~search.supernet.SuperNet` under one cosine
-schedule, and the scoring of a cell with the shared weights. The one-shot search (:mod:`search.oneshot`,
+schedule, and the scoring of a cell with the shared weights. The one-shot search (:mod:`search.strategies.oneshot`,
 controller-sampled paths) and the supernet estimators (:mod:`search.estimators.supernet`) both train with it.
 
 Its options are the known fixes of weight-sharing rankings:

@@ -24,10 +24,10 @@ from nasnet_det.space import Genotype
 from search.config import load_cfg
 from search.journal import Journal
 from search.objective import mnasnet_reward
-from search.oneshot import DERIVE_NAME, OneShotSearch
 from search.reward import ChildData, SyntheticOpReward
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
+from search.strategies.oneshot import DERIVE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,7 @@ def test_latency_objective_applies_to_the_oneshot_search(tmp_path):
     data = ChildData.from_arrays(x, y, 16)
     cfg = oneshot_cfg(*_latency_opts(tmp_path), "SEARCH.LATENCY.TARGET_MS", 50.0, "ONESHOT.EPOCHS", 1,
                      "ONESHOT.CONTROLLER_STEPS", 1, "ONESHOT.FINAL_SAMPLES", 2)
-    OneShotSearch(cfg, tmp_path / "s", progress=False, data=data).run()
+    SearchRunner(cfg, tmp_path / "s", progress=False, data=data).run()
     _check_costs_and_pareto(tmp_path / "s", {DERIVE_NAME}, 50.0)
 
 

@@ -1,4 +1,5 @@
-"""The weight-sharing search: supernet paths, one search step, resume, outputs and config errors."""
+"""The weight-sharing search (``SEARCH.STRATEGY oneshot`` on the search engine): supernet paths, one search
+step, resume, outputs and config errors."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import NUM_INPUTS, OPS, Block, CellSpec, Genotype
 from search.cli import main
 from search.journal import Journal
-from search.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShotSearch
 from search.reward import ChildData
+from search.runner import SearchRunner, StrategyState
 from search.session import JOURNAL_NAME
+from search.strategies.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShot
 from search.supernet import SuperNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -122,23 +124,24 @@ def test_a_path_uses_only_the_weights_of_its_ops():
 
 
 def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path, data):
-    search = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data)
-    search._build()
-    w0 = {k: v.clone() for k, v in search.supernet.state_dict().items()}
-    c0 = {k: v.clone() for k, v in search.strategy.controller.state_dict().items()}
-    loss = search.weight_step()
+    strategy = OneShot(oneshot_cfg(), data=data)
+    w0 = {k: v.clone() for k, v in strategy.supernet.state_dict().items()}
+    c0 = {k: v.clone() for k, v in strategy.controller.state_dict().items()}
+    loss = strategy.weight_step()
     assert loss > 0
-    changed_w = [k for k, v in search.supernet.state_dict().items() if not torch.equal(v, w0[k])]
-    assert changed_w and all(torch.equal(v, c0[k]) for k, v in search.strategy.controller.state_dict().items())
-    journal = Journal(tmp_path / JOURNAL_NAME)
-    try:
-        stats = search.controller_step(journal)
-        rows = journal.all(SEARCH_NAME)
-    finally:
-        journal.close()
-    assert 0.0 <= stats["reward"] <= 1.0
-    assert [r.status for r in rows] == ["ok"] * 3 and all(0 <= r.reward <= 1 for r in rows)
-    changed_c = [k for k, v in search.strategy.controller.state_dict().items() if not torch.equal(v, c0[k])]
+    changed_w = [k for k, v in strategy.supernet.state_dict().items() if not torch.equal(v, w0[k])]
+    assert changed_w and all(torch.equal(v, c0[k]) for k, v in strategy.controller.state_dict().items())
+    strategy.attach_rows(tmp_path, [])
+    strategy.pos.update(phase="controller", step=0)  # (the supernet phase done)
+    batch = strategy.propose(1, torch.Generator(), 0, 0)
+    assert (batch.name, batch.first, batch.policy, len(batch.decisions)) == (SEARCH_NAME, 0, 0, 3)
+    assert strategy.propose(1, torch.Generator(), 3, 0) is None  # the engine waits for the batch's rewards
+    rewards = [strategy.score_next(strategy.space.genotype(a), 0)["reward"] for a in batch.decisions.tolist()]
+    assert all(0 <= r <= 1 for r in rewards)
+    stats = strategy.update(batch.decisions, batch.logprobs, torch.tensor(rewards))
+    assert 0.0 <= stats["reward"] <= 1.0 and strategy.pos == {"epoch": 0, "phase": "controller", "step": 1}
+    assert (tmp_path / STATE_NAME).is_file()
+    changed_c = [k for k, v in strategy.controller.state_dict().items() if not torch.equal(v, c0[k])]
     assert changed_c
     # Only the ops of the one trained cell moved: most of the supernet is untouched by one step.
     assert len(changed_w) < len(w0) // 2
@@ -152,17 +155,46 @@ def _final_state(out: Path):
     return state, rows
 
 
-@pytest.mark.parametrize("policy,stop_after", [("reinforce", 4), ("ppo", 7)])
-def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, data, policy, stop_after):
+class _Killed(BaseException):
+    """Stands for kill -9 (a BaseException, as KeyboardInterrupt: the engine does not take it for a failed cell)."""
+
+
+def _search(cfg, out: Path, data: ChildData, monkeypatch=None, kill_after_units: int = 0) -> dict | None:
+    """Run (or resume) the search; with ``kill_after_units`` killed at the start of the next supernet step or
+    policy update after that many of them in this run (the journal may hold a finished batch not yet learnt)."""
+    if not kill_after_units:
+        return SearchRunner(cfg, out, progress=False, data=data).run()
+    calls = [0]
+
+    def counted(method):
+        def run_unit(self, *args, **kwargs):
+            calls[0] += 1
+            if calls[0] > kill_after_units:
+                raise _Killed
+            return method(self, *args, **kwargs)
+        return run_unit
+
+    with monkeypatch.context() as m:
+        m.setattr(OneShot, "weight_step", counted(OneShot.weight_step))
+        m.setattr(OneShot, "update", counted(OneShot.update))
+        with pytest.raises(_Killed):
+            SearchRunner(cfg, out, progress=False, data=data).run()
+    return None
+
+
+@pytest.mark.parametrize("policy,kill_after", [("reinforce", 4), ("ppo", 7)])
+def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, data, monkeypatch, policy, kill_after):
     cfg = oneshot_cfg("ONESHOT.POLICY", policy)
-    full = OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
+    full = _search(cfg, tmp_path / "full", data)
     assert full["stopped_early"] is False
-    # Interrupted mid supernet phase (4: after a checkpoint at step 2 and one more step) or mid controller
-    # phase (7), then resumed by a new process-like instance, possibly more than once.
-    part = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data, max_units_this_run=stop_after).run()
-    assert part["stopped_early"] is True
-    OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data, max_units_this_run=3).run()
-    resumed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data).run()
+    # Killed mid supernet phase (4: after a checkpoint at step 2 and one more step) or before a policy update
+    # (7: its batch journaled, not learnt yet), then resumed by a new process-like instance, more than once:
+    # once stopped by SEARCH.MAX_EVALS_THIS_RUN (at the end of the batch that reaches it).
+    _search(cfg, tmp_path / "resumed", data, monkeypatch, kill_after)
+    limited = oneshot_cfg("ONESHOT.POLICY", policy, "SEARCH.MAX_EVALS_THIS_RUN", 2)
+    part = _search(limited, tmp_path / "resumed", data)
+    assert part["stopped_early"] is True and part["evaluations_this_run"] == 3
+    resumed = _search(cfg, tmp_path / "resumed", data)
     assert resumed["stopped_early"] is False
     s_full, rows_full = _final_state(tmp_path / "full")
     s_res, rows_res = _final_state(tmp_path / "resumed")
@@ -178,7 +210,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path, data, p
 
 
 def test_outputs_are_the_ones_select_reads(tmp_path, data):
-    summary = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data).run()
+    summary = _search(oneshot_cfg(), tmp_path, data)
     g = Genotype.load(tmp_path / "best_genotype.json").validate(2)
     top = json.loads((tmp_path / "top_k.json").read_text())
     assert top and top[0]["strategy"] == DERIVE_NAME
@@ -187,6 +219,7 @@ def test_outputs_are_the_ones_select_reads(tmp_path, data):
     assert top[0]["params"] and top[0]["params"] > 0
     assert (tmp_path / "rewards.png").is_file() and (tmp_path / "summary.json").is_file()
     assert set(summary["strategies"]) == {SEARCH_NAME, DERIVE_NAME}
+    assert summary[SEARCH_NAME]["position"] == {"epoch": 2, "phase": "done", "step": 0}
 
 
 @pytest.mark.parametrize("opts,key", [(["ONESHOT.POLICY", "a2c"], "ONESHOT.POLICY"),
@@ -195,7 +228,7 @@ def test_outputs_are_the_ones_select_reads(tmp_path, data):
                                       (["SEARCH.STRATEGY", "oneshot,random"], "SEARCH.STRATEGY")])
 def test_bad_settings_are_refused_naming_the_key(tmp_path, data, opts, key):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-        OneShotSearch(oneshot_cfg(*opts), tmp_path, progress=False, data=data)
+        SearchRunner(oneshot_cfg(*opts), tmp_path, progress=False, data=data)
 
 
 def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys):
@@ -215,39 +248,35 @@ def test_cli_runs_the_oneshot_strategy_and_exits_2_on_a_bad_key(tmp_path, capsys
     assert "ONESHOT.REWARD_BATCH_SIZE" in capsys.readouterr().err
 
 
-class _Killed(Exception):
-    """Stands for kill -9 in the middle of scoring a batch (the journal holds finished and pending rows)."""
-
-
 @pytest.mark.parametrize("kill_at_score", [5, 14])  # 2nd cell of controller batch 1; 2nd final sample
-def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp_path, data, kill_at_score):
+def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp_path, data, monkeypatch,
+                                                                             kill_at_score):
     cfg = oneshot_cfg()
-    OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
-    killed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
-    calls, score = [0], killed.score
+    _search(cfg, tmp_path / "full", data)
+    calls, score = [0], OneShot.score
 
-    def score_then_die(*args, **kwargs):
+    def score_then_die(self, *args, **kwargs):
         calls[0] += 1
         if calls[0] == kill_at_score:
             raise _Killed
-        return score(*args, **kwargs)
+        return score(self, *args, **kwargs)
 
-    killed.score = score_then_die
-    with pytest.raises(_Killed):
-        killed.run()
+    with monkeypatch.context() as m:
+        m.setattr(OneShot, "score", score_then_die)
+        with pytest.raises(_Killed):
+            _search(cfg, tmp_path / "resumed", data)
     journal = Journal(tmp_path / "resumed" / JOURNAL_NAME)
     statuses = [r.status for r in journal.all()]
     journal.close()
     assert "pending" in statuses and "ok" in statuses  # the kill left a half-scored batch
-    resumed = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data)
-    rescored, score = [0], resumed.score
+    rescored = [0]
 
-    def counted(*args, **kwargs):
+    def counted(self, *args, **kwargs):
         rescored[0] += 1
-        return score(*args, **kwargs)
+        return score(self, *args, **kwargs)
 
-    resumed.score = counted
-    resumed.run()
+    monkeypatch.setattr(OneShot, "score", counted)
+    _search(cfg, tmp_path / "resumed", data)
     # 2 epochs x 2 updates x 3 cells + 3 final samples; the cells finished before the kill keep their reward.
     assert rescored[0] == 15 - (kill_at_score - 1)
     s_full, rows_full = _final_state(tmp_path / "full")
@@ -266,16 +295,18 @@ def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp
 
 
 def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, data):
-    search = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data)
-    search._build()
-    actions, logp, genotypes = search.sample_genotypes(1)
+    runner = SearchRunner(oneshot_cfg(), tmp_path, progress=False, data=data)
+    strategy = OneShot(oneshot_cfg(), data=data)
+    runner.states = {SEARCH_NAME: StrategyState(SEARCH_NAME, strategy, tmp_path / "unused")}
+    actions, _ = strategy.sample(1, torch.Generator())
+    genotype = strategy.space.genotype(actions[0].tolist())
     journal = Journal(tmp_path / JOURNAL_NAME)
     try:
-        for strategy in (SEARCH_NAME, DERIVE_NAME):  # every cell of the last controller batch is the same one
-            rows = journal.add_pending(strategy, 0, 0, [(actions[0].tolist(), genotypes[0].to_dict(), 0.0)] * 3)
+        for name in (SEARCH_NAME, DERIVE_NAME):  # every cell of the last controller batch is the same one
+            rows = journal.add_pending(name, 0, 0, [(actions[0].tolist(), genotype.to_dict(), 0.0)] * 3)
             for r in rows:
                 journal.finish(r.id, "ok", 0.5, 0.1, batch_size=3)
-        summary = search._write_outputs(journal)
+        summary = runner._final_outputs(journal, [DERIVE_NAME])
     finally:
         journal.close()
     assert summary["strategies"][SEARCH_NAME]["collapsed"] is True
@@ -283,20 +314,25 @@ def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, d
 
 
 def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(tmp_path, data, monkeypatch):
-    search = OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data)
-    search._build()
+    queue = SearchRunner._run_queue
+
+    def queue_reading_no_whole_journal(self, *args):
+        # A long search has tens of thousands of rows: reading them all on every step costs seconds per step.
+        with monkeypatch.context() as m:
+            m.setattr(Journal, "all", lambda *a, **k: pytest.fail("a search step read the whole journal"))
+            return queue(self, *args)
+
+    monkeypatch.setattr(SearchRunner, "_run_queue", queue_reading_no_whole_journal)
+    _search(oneshot_cfg(), tmp_path, data)
+    monkeypatch.undo()
     journal = Journal(tmp_path / JOURNAL_NAME)
     try:
-        search.controller_step(journal)  # batch 0: samples 0..2
-        search.pos["step"] = 1
-        # A long search has tens of thousands of rows: reading them all on every step costs seconds per step.
-        monkeypatch.setattr(Journal, "all", lambda *a, **k: pytest.fail("controller step read the whole journal"))
-        search.controller_step(journal)  # batch 1: samples 3..5
-        monkeypatch.undo()
         assert [r.sample for r in journal.samples(SEARCH_NAME, 2, 3)] == [2, 3, 4]
         assert [(r.sample, r.batch, r.policy) for r in journal.samples(SEARCH_NAME, 3, 3)] == \
             [(3, 1, 1), (4, 1, 1), (5, 1, 1)]
-        assert journal.samples(DERIVE_NAME, 0, 3) == [] and journal.samples(SEARCH_NAME, 6, 3) == []
+        assert [(r.sample, r.batch, r.policy) for r in journal.samples(DERIVE_NAME, 0, 3)] == \
+            [(0, 0, 4), (1, 0, 4), (2, 0, 4)]
+        assert journal.samples(SEARCH_NAME, 12, 3) == []
     finally:
         journal.close()
 
@@ -304,18 +340,18 @@ def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(
 def test_a_damaged_checkpoint_is_named_with_what_to_do(tmp_path, data):
     (tmp_path / STATE_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=rf"{STATE_NAME} cannot be read.*delete it to restart the one-shot search"):
-        OneShotSearch(oneshot_cfg(), tmp_path, progress=False, data=data).run()
+        _search(oneshot_cfg(), tmp_path, data)
 
 
-def test_warm_up_fairness_and_bn_recalibration_resume_like_an_uninterrupted_run(tmp_path, data):
+def test_warm_up_fairness_and_bn_recalibration_resume_like_an_uninterrupted_run(tmp_path, data, monkeypatch):
     """The supernet fixes in the one-shot search: epoch 0 is a FairNAS warm-up (no controller phase), and
     every cell is scored after recalibrating BatchNorm; a search interrupted in the warm-up resumes exactly."""
     cfg = oneshot_cfg("ONESHOT.WARMUP_EPOCHS", 1, "ONESHOT.FAIRNESS", True, "ONESHOT.BN_RECALIBRATION_BATCHES", 1,
                       "CHILD.IMAGE_SIZE", 8)
-    full = OneShotSearch(cfg, tmp_path / "full", progress=False, data=data).run()
-    part = OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data, max_units_this_run=2).run()
-    assert full["stopped_early"] is False and part["stopped_early"] is True
-    OneShotSearch(cfg, tmp_path / "resumed", progress=False, data=data).run()
+    full = _search(cfg, tmp_path / "full", data)
+    _search(cfg, tmp_path / "resumed", data, monkeypatch, kill_after_units=2)
+    assert full["stopped_early"] is False
+    _search(cfg, tmp_path / "resumed", data)
     s_full, rows_full = _final_state(tmp_path / "full")
     s_res, rows_res = _final_state(tmp_path / "resumed")
     assert rows_full == rows_res
@@ -325,4 +361,4 @@ def test_warm_up_fairness_and_bn_recalibration_resume_like_an_uninterrupted_run(
         assert torch.equal(v, s_res["supernet"][k]), f"supernet.{k} differs after resuming"
     assert any(k.endswith("running_mean") for k in s_full["supernet"])  # recalibration keeps statistics
     with pytest.raises(ValueError, match="ONESHOT.WARMUP_EPOCHS=2: expected an integer >= 0 and below"):
-        OneShotSearch(oneshot_cfg("ONESHOT.WARMUP_EPOCHS", 2), tmp_path / "bad", data=data)
+        SearchRunner(oneshot_cfg("ONESHOT.WARMUP_EPOCHS", 2), tmp_path / "bad", data=data)

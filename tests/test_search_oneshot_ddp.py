@@ -1,5 +1,6 @@
 """The weight-sharing search under torch.distributed (two gloo processes on CPU): the replicas of the supernet
-and the controller stay identical, and only rank 0 writes the journal and the outputs."""
+and the controller stay identical, and only rank 0 writes the journal and the outputs (the others follow the
+strategy's steps without a journal)."""
 
 from __future__ import annotations
 
@@ -28,14 +29,15 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
     from nasnet_det.data.cifar import synthetic_cifar
     from nasnet_det.engine.distributed import cleanup_distributed
-    from search.oneshot import OneShotSearch
     from search.reward import ChildData
+    from search.runner import SearchRunner
 
     x, y = synthetic_cifar(64, size=32)
-    search = OneShotSearch(oneshot_cfg("ONESHOT.EPOCHS", 1, "ONESHOT.BATCH_SIZE", 8), Path(out_dir) / "run",
-                           progress=False, data=ChildData.from_arrays(x, y, 16))
+    search = SearchRunner(oneshot_cfg("ONESHOT.EPOCHS", 1, "ONESHOT.BATCH_SIZE", 8), Path(out_dir) / "run",
+                          progress=False, data=ChildData.from_arrays(x, y, 16))
     summary = search.run()
-    torch.save({"supernet": search.supernet.state_dict(), "controller": search.strategy.controller.state_dict(),
+    strategy = search.states["oneshot"].strategy
+    torch.save({"supernet": strategy.supernet.state_dict(), "controller": strategy.controller.state_dict(),
                 "summary": summary}, Path(out_dir) / f"rank_{rank}.pt")
     cleanup_distributed()
 

@@ -93,8 +93,9 @@ def test_unknown_or_uncombinable_strategies_get_one_line_naming_the_registered_o
         assert name in err
     with pytest.raises(ValueError, match="runs alone"):
         SearchRunner(load_cfg(None, ["SEARCH.STRATEGY", "ppo,oneshot"]), tmp_path)
-    with pytest.raises(ValueError, match="trains no children"):
-        SearchRunner(load_cfg(None, ["SEARCH.STRATEGY", "oneshot"]), tmp_path)
+    # one engine for every strategy: the weight-sharing one runs on it, its checkpoint among the search's files
+    runner = SearchRunner(load_cfg(None, ["SEARCH.STRATEGY", "oneshot"]), tmp_path)
+    assert "oneshot_state.pth" in runner.checkpoint_files
     with pytest.raises(ValueError, match="already registered"):
         STRATEGIES.register("ppo")(ToyMutation)
 

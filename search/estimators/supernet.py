@@ -3,8 +3,8 @@
 ``ONESHOT.*`` (LR schedule, batch, momentum,
 weight decay, clipping; ``ONESHOT.EPOCHS`` x ``ONESHOT.WEIGHT_STEPS`` updates) on the images of ``CHILD``.
 
-* ``supernet``: today's one-shot search (:class:`search.oneshot.OneShotSearch`, controller-sampled paths)
-  run in a temporary folder; its supernet scores the cells (not those that concatenate a cell input, such as
+* ``supernet``: today's one-shot search (``SEARCH.STRATEGY oneshot``, controller-sampled paths) run by the
+  search engine in a temporary folder; its supernet scores the cells (not those that concatenate a cell input, such as
   NASNet-A: its paths never do).
 * ``spos``: single-path uniform training (SPOS): one uniformly drawn path per update. The paths of spos,
   fairnas and fewshot add each cell input to their concat lists half of the time, so these supernets also
@@ -75,16 +75,16 @@ class OneShotSupernet(SupernetEstimator):
     loose_inputs = False
 
     def train_supernets(self) -> list[SuperNet]:
-        from search.oneshot import OneShotSearch  # (search.oneshot imports the strategy registry, which imports us)
+        from search.runner import SearchRunner  # (the runner imports the strategy registry, which imports us)
 
         cfg = self.cfg.clone()
         cfg.defrost()
         cfg.SEARCH.STRATEGY, cfg.SEARCH.SEED = "oneshot", self.seed
         cfg.ONESHOT.BN_RECALIBRATION_BATCHES = 0
         with tempfile.TemporaryDirectory(prefix="supernet_estimator_") as out:
-            search = OneShotSearch(cfg, out, progress=False, fresh=True, data=self.data)
+            search = SearchRunner(cfg, out, progress=False, fresh=True, data=self.data)
             search.run()
-            trained = search.supernet.state_dict()
+            trained = search.states["oneshot"].strategy.supernet.state_dict()
         net = self.trainer.new_supernet()
         # the search's supernet keeps no running statistics; a recalibrating one gets fresh buffers
         net.load_state_dict(trained, strict=not self.recalibrate)

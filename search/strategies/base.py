@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -16,6 +17,18 @@ from nasnet_det.search_space import SearchSpace
 S = TypeVar("S", bound=type["Strategy"])
 
 
+@dataclass
+class Proposal:
+    """Children a strategy proposes at once: journaled under ``name`` as samples ``first`` .. ``first + n - 1``,
+    drawn by the policy after ``policy`` updates."""
+
+    name: str
+    first: int
+    policy: int
+    decisions: torch.Tensor
+    logprobs: torch.Tensor | None
+
+
 class Strategy(ABC):
     """Built from the search config. ``sample`` draws ``n`` children from a caller-seeded generator (the
     caller derives it from the seed and sample index, so a resumed search draws the same numbers);
@@ -23,13 +36,65 @@ class Strategy(ABC):
 
     #: has a policy that learns (and so can collapse onto one genotype: the summary checks it)
     learns: ClassVar[bool] = False
-    #: scores cells with the shared weights of a supernet (search/oneshot.py) instead of training children;
-    #: such a search runs alone
+    #: scores cells with the shared weights of a supernet (search/strategies/oneshot.py) instead of training
+    #: children; such a search runs alone
     weight_sharing: ClassVar[bool] = False
+    #: the journal strategies its children are filed under (None: the name it is registered by)
+    journal_names: ClassVar[tuple[str, ...] | None] = None
+    #: files of the output folder the strategy writes itself (a fresh start deletes them)
+    owned_files: ClassVar[tuple[str, ...]] = ()
+    #: keeps its own checkpoint (loaded in :meth:`attach_rows`, counted by :meth:`updates_done`): the engine
+    #: writes no controller checkpoint for it
+    own_checkpoint: ClassVar[bool] = False
+    #: journal strategies of its final candidates: when set, the search's best cells come from them only
+    final_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: CfgNode):
         self.num_blocks = int(cfg.SEARCH.NUM_BLOCKS)
+        self.batch_size = int(cfg.SEARCH.BATCH_SIZE)
         self.space = SearchSpace(self.num_blocks)  # what the decisions mean
+
+    # ---- what the engine asks (the defaults: children trained by workers, SEARCH.BUDGET of them) ----------
+    @classmethod
+    def budget(cls, cfg: CfgNode) -> int:
+        """Children the strategy proposes in the whole search."""
+        return int(cfg.SEARCH.BUDGET)
+
+    def evaluator(self) -> Callable[..., dict[str, Any]] | None:
+        """An evaluator of the strategy's own (``search.workers.Evaluator``), run in the driver process by the
+        inline backend (weight sharing: the supernet stays here); None: children are trained by the workers."""
+        return None
+
+    def propose(self, n: int, generator: torch.Generator, sampled: int, step: int) -> Proposal | None:
+        """The next ``n`` children (``sampled`` proposed and ``step`` updates applied so far); None: none now."""
+        decisions, logp = self.sample(n, generator)
+        return Proposal("", sampled, step, decisions, logp)
+
+    def updates_due(self, finished: int) -> int:
+        """Policy updates due once ``finished`` of its children have finished."""
+        return finished // self.batch_size
+
+    def update_batch(self, name: str, step: int) -> tuple[str, int]:
+        """(journal strategy, batch) of update ``step`` of the strategy registered as ``name``."""
+        return name, step
+
+    def batch_size_of(self, journal_name: str) -> int:
+        """The update batch size the journal files the strategy's finished children of ``journal_name`` by."""
+        return self.batch_size
+
+    def summary(self) -> dict[str, Any] | None:
+        """The strategy's own section of ``summary.json`` (None: none)."""
+        return None
+
+    def updates_done(self) -> int:
+        """Updates held by the strategy's own checkpoint (``own_checkpoint``)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no checkpoint of its own")
+
+    def attach_rows(self, output_dir: Path, rows: list[Any]) -> None:
+        """Called once by the runner before the first ``sample`` with the strategy's journal rows
+        (:class:`search.journal.Evaluation`, in sample order); the default passes their decisions to
+        :meth:`attach`."""
+        self.attach(output_dir, [r.decisions for r in rows])
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
