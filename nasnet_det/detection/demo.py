@@ -72,21 +72,34 @@ def output_paths(paths: list[Path], output_dir: str | os.PathLike) -> list[Path]
 def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.Image:
     """Boxes with class names and scores. Uses detectron2's ``Visualizer`` when its OpenCV dependency is
     installed, otherwise a plain PIL drawing of the same boxes."""
-    try:
-        from detectron2.utils.visualizer import Visualizer  # imports cv2
-    except ImportError:
-        Visualizer = None
+    Visualizer = visualizer_class()
     if Visualizer is not None:
         vis = Visualizer(image_rgb, metadata=metadata).draw_instance_predictions(instances)
         return Image.fromarray(np.asarray(vis.get_image()))
     names = list(metadata.get("thing_classes", [])) if metadata is not None else []
+    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
+    return draw_labelled_boxes(image_rgb, [(box, f"{names[cls] if cls < len(names) else cls} {score:.0%}") for
+                                           box, cls, score in zip(boxes, instances.pred_classes.tolist(),
+                                                                  instances.scores.tolist())], (0, 255, 0))
+
+
+def visualizer_class():
+    """detectron2's ``Visualizer``, or None when its OpenCV dependency is not installed."""
+    try:
+        from detectron2.utils.visualizer import Visualizer  # imports cv2
+    except ImportError:
+        return None
+    return Visualizer
+
+
+def draw_labelled_boxes(image_rgb: np.ndarray, boxes: list[tuple[list[float], str]], colour: tuple[int, int, int],
+                        ) -> Image.Image:
+    """A plain PIL drawing of (box, label) pairs: what the pictures are without OpenCV."""
     image = Image.fromarray(np.ascontiguousarray(image_rgb))
     draw = ImageDraw.Draw(image)
-    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
-    for box, cls, score in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist()):
-        label = f"{names[cls] if cls < len(names) else cls} {score:.0%}"
-        draw.rectangle(box, outline=(0, 255, 0), width=2)
-        draw.text((box[0] + 2, box[1] + 1), label, fill=(0, 255, 0))
+    for box, label in boxes:
+        draw.rectangle(box, outline=colour, width=2)
+        draw.text((box[0] + 2, box[1] + 1), label, fill=colour)
     return image
 
 
@@ -177,21 +190,13 @@ def sample_dataset(cfg: CfgNode) -> str:
 def draw_ground_truth(image_rgb: np.ndarray, record: dict, metadata) -> Image.Image:
     """The boxes of a dataset record (detectron2's dataset dict), labelled with their class names: detectron2's
     ``Visualizer.draw_dataset_dict`` when OpenCV is installed, otherwise a plain PIL drawing."""
-    try:
-        from detectron2.utils.visualizer import Visualizer  # imports cv2
-    except ImportError:
-        Visualizer = None
+    Visualizer = visualizer_class()
     if Visualizer is not None:
         vis = Visualizer(image_rgb, metadata=metadata).draw_dataset_dict(record)
         return Image.fromarray(np.asarray(vis.get_image()))
     names = list(metadata.get("thing_classes", []))
-    image = Image.fromarray(np.ascontiguousarray(image_rgb))
-    draw = ImageDraw.Draw(image)
-    for ann in record.get("annotations", []):
-        box = xyxy(ann)
-        draw.rectangle(box, outline=(255, 160, 0), width=2)
-        draw.text((box[0] + 2, box[1] + 1), names[ann["category_id"]], fill=(255, 160, 0))
-    return image
+    return draw_labelled_boxes(image_rgb, [(xyxy(ann), names[ann["category_id"]])
+                                           for ann in record.get("annotations", [])], (255, 160, 0))
 
 
 def xyxy(annotation: dict) -> list[float]:
