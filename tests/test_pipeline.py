@@ -136,18 +136,24 @@ def iou(a: list[float], b: list[float]) -> float:
     return w * h / union if union > 0 else 0.0
 
 
-@pytest.mark.slow  # make run's own pretraining and detector schedule: minutes on the 2-core machine
-@pytest.mark.timeout(1200)
-def test_make_runs_detector_fits_its_training_photos(finished: Path, tmp_path: Path):
-    """make run's pretraining and detection settings (smoke.yaml's PRETRAIN and DETECT, not the fixture's few
-    steps) after the fixture's search: the AP on the training photos is at least 5 (gradients reach the backbone,
-    the RPN and the box head), the report says what that AP is, and the detector's top box on each drawn photo
-    lands on a person."""
-    out = copy_run(finished, tmp_path / "run")
-    tiny_search = TINY[TINY.index("SEARCH.OPTS"):TINY.index("SEARCH.OPTS") + 2]
-    cfg = load_pipeline_config(SMOKE, [*tiny_search, "OUTPUT_DIR", str(out), *DRAW])
-    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run(["pretrain", "detect", "evaluate", "report"]) == {
-        "pretrain": "ran", "detect": "ran", "evaluate": "ran", "report": "ran"}
+# The fit test's cell: NASNet-A, fixed, not whatever a search picks (the AP depends on the cell, and a search's
+# pick on the machine's float rounding).
+FIT_CELL = "nasnet_a"
+
+
+@pytest.mark.slow  # make run's pretraining and detector schedule: 23-26 min at load average 9-26 on the 2-core VM
+@pytest.mark.timeout(3600)  # (not timed on an idle machine; make run, with its search, took 7.4 min at load 3-4)
+def test_make_runs_detector_fits_its_training_photos(tmp_path: Path):
+    """make run's chain with its own pretraining and detection settings (smoke.yaml as it is: SEED 0 in both) on a
+    fixed cell: the AP on the training photos is at least 5 (gradients reach the backbone, the RPN and the box
+    head), the report says what that AP is, and the detector's top box on each drawn photo lands on a person.
+    Measured with SEED 0, 1, 2 in both stages (docs/pipeline.md): AP 30.4, 28.8 and 24.5, so 5 has a wide
+    margin."""
+    out = tmp_path / "run"
+    cfg = load_pipeline_config(SMOKE, ["SEARCH.GENOTYPE", FIT_CELL, "OUTPUT_DIR", str(out), *DRAW])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run() == {
+        "search": "ran", "select": "ran", "cifar": "disabled", "pretrain": "ran", "detect": "ran", "evaluate": "ran",
+        "report": "ran"}
     ap = manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_person"]["AP"]
     assert ap >= 5
     report = (out / "report" / "report.md").read_text()
@@ -155,7 +161,7 @@ def test_make_runs_detector_fits_its_training_photos(finished: Path, tmp_path: P
     check_drawn_detections(out / "report", report)
     for item in json.loads((out / "report" / "detections" / "detections.json").read_text()):
         top = item["detections"][0]["box"]
-        # on a person: overlaps a ground-truth box by IoU 0.3 or more (one run: 0.45-0.80 on the 4 photos)
+        # on a person: overlaps a ground-truth box by IoU 0.3 or more (measured: 0.59-0.91 with the three seeds)
         assert max(iou(top, t["box"]) for t in item["truth"]) >= 0.3, item["image"]
 
 
