@@ -24,7 +24,7 @@ from _common import print_row, record, row
 from scipy.stats import spearmanr
 
 from nasnet_det.latency import LatencySetting, make_estimator
-from search.controller import decisions_to_genotype, sample_uniform
+from nasnet_det.search_space import SearchSpace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +51,8 @@ def main() -> None:
 
         raise SystemExit(f"error: --device cuda but CUDA is not usable here: {cuda_unavailable_reason()}")
     # uniform samples of the space, as random search draws them
-    decisions = sample_uniform(args.cells, 5, torch.Generator().manual_seed(args.seed)).tolist()
+    space = SearchSpace(5)
+    decisions = space.sample(args.cells, torch.Generator().manual_seed(args.seed)).tolist()
     with tempfile.TemporaryDirectory() as cache:  # a fresh table: its build time is part of the result
         setting = LatencySetting(input_size=args.input_size, num_cells=args.num_cells, filters=args.filters,
                                  backbone=args.backbone, threads=args.threads, warmup=1, repeats=args.repeats,
@@ -64,7 +65,7 @@ def main() -> None:
         predicted, measured, again, macs = [], [], [], []
         t0 = time.perf_counter()
         for i in range(args.cells):
-            g = decisions_to_genotype(decisions[i], 5)
+            g = space.genotype(decisions[i])
             predicted.append(lut.latency_ms(g))
             measured.append(measure.latency_ms(g))
             again.append(measure.latency_ms(g))  # a second measurement: how repeatable the reference is here

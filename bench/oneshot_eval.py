@@ -31,9 +31,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from nasnet_det.search_space import SearchSpace  # noqa: E402
 from nasnet_det.space import Genotype  # noqa: E402
 from search.config import load_cfg  # noqa: E402
-from search.controller import decisions_to_genotype, sample_uniform  # noqa: E402
 from search.oneshot import DERIVE_NAME, SEARCH_NAME, OneShotSearch  # noqa: E402
 from search.reward import train_child  # noqa: E402
 
@@ -54,8 +54,8 @@ def run_seed(config: str, opts: list[str], seed: int, cells: int, n_random: int,
     data = load_search_data(cfg)
     child, network = dict(cfg.CHILD), dict(cfg.MODEL.NASNET)
     gen = torch.Generator().manual_seed(10_000 + seed)
-    nb = cfg.SEARCH.NUM_BLOCKS
-    randoms = [decisions_to_genotype(a, nb) for a in sample_uniform(cells, nb, gen).tolist()]
+    space = SearchSpace(cfg.SEARCH.NUM_BLOCKS)
+    randoms = [space.genotype(a) for a in space.sample(cells, gen).tolist()]
     supernet_acc, alone_acc, child_s = [], [], []
     for i, g in enumerate(randoms):
         supernet_acc.append(search.score(g, search.x_val, search.y_val))

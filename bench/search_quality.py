@@ -54,9 +54,9 @@ from scipy import stats  # noqa: E402
 
 from nasnet_det.data.cifar import holdout_split, load_cifar_source  # noqa: E402
 from nasnet_det.genotypes import NASNET_A  # noqa: E402
+from nasnet_det.search_space import SearchSpace  # noqa: E402
 from nasnet_det.space import Genotype  # noqa: E402
 from nasnet_det.utils.errors import BadInputError  # noqa: E402
-from search.controller import decisions_to_genotype, sample_uniform  # noqa: E402
 from search.reward import ChildData, build_child, default_child_network, train_child  # noqa: E402
 
 SCRIPT = "search_quality"
@@ -162,7 +162,7 @@ def size_matched_cells(n: int, network: Mapping[str, Any], tolerance: float = 0.
     within ``tolerance`` of ``reference``'s, drawn in a fixed order from ``seed``: (genotype, params) each.
     Refuses (BadInputError) when ``max_draws`` draws (default 50 n) do not give ``n``."""
     ref = param_count(reference, network)
-    gen = torch.Generator().manual_seed(seed)
+    gen, space = torch.Generator().manual_seed(seed), SearchSpace(NUM_BLOCKS)
     max_draws = max_draws or 50 * n
     out: list[tuple[Genotype, int]] = []
     draws = 0
@@ -172,8 +172,7 @@ def size_matched_cells(n: int, network: Mapping[str, Any], tolerance: float = 0.
                                 f"{tolerance:.0%} of {reference.name or 'the reference'}'s {ref} parameters "
                                 f"in {max_draws} draws; widen the tolerance")
         draws += 1
-        decisions = sample_uniform(1, NUM_BLOCKS, gen)[0].tolist()
-        g = decisions_to_genotype(decisions, NUM_BLOCKS, name=f"random_{seed}_{draws - 1}")
+        g = space.genotype(space.sample(1, gen)[0].tolist(), name=f"random_{seed}_{draws - 1}")
         p = param_count(g, network)
         if within_size(p, ref, tolerance):
             out.append((g, p))

@@ -10,11 +10,16 @@ NASNet-B and NASNet-C are known only from the paper's text and Figures 8/9. The 
 uses a different cell interface (4 input states, all states fed forward, add+LayerNorm/InstanceNorm
 combines) that this search space does not express. They are therefore not buildable here; asking for one
 raises an error that says so.
+
+A cell a search found is named by :func:`found_cell_name` (``search_{strategy}_{id}``) wherever it is written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from nasnet_det.space import Block, CellSpec, Genotype, GenotypeError
 
@@ -92,3 +97,14 @@ def get_genotype(name_or_path: str | Path | Genotype) -> Genotype:
         return Genotype.load(path)
     raise GenotypeError(f"unknown genotype {key!r}: not a published cell ({', '.join(PUBLISHED)}) "
                         "and not an existing .json file")
+
+
+def found_cell_name(strategy: str, evaluation_id: int) -> str:
+    """The name of a cell a search found: its strategy and its evaluation id in the search's journal."""
+    return f"search_{strategy}_{evaluation_id}"
+
+
+def found_genotype(genotype: Mapping[str, Any], strategy: str, evaluation_id: int) -> Genotype:
+    """A found cell as the search records it (a journal row's, ``top_k.json``'s or ``pareto.json``'s genotype
+    mapping), validated and named by :func:`found_cell_name`."""
+    return replace(Genotype.from_dict(genotype), name=found_cell_name(strategy, evaluation_id))

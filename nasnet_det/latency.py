@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import platform
+import re
 import statistics
 import time
 from abc import ABC, abstractmethod
@@ -29,7 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,11 +38,12 @@ from torch import nn
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.models.cell import Cell
 from nasnet_det.models.profile import conv_mult_adds, count_params
-from nasnet_det.space import OPS, Genotype, cell_from_decisions
+from nasnet_det.search_space import cell_from_decisions
+from nasnet_det.space import OPS, Genotype
 from nasnet_det.utils.io import atomic_write
+from nasnet_det.utils.registry import Registry
 
 log = logging.getLogger(__name__)
-BACKBONES = {"FPN": "build_nasnet_fpn_backbone", "C4": "build_nasnet_c4_backbone"}
 DEVICES = ("cpu", "cuda")
 
 
@@ -95,21 +97,36 @@ class CostProfile:
     mult_adds: int
 
 
+def backbone_variants() -> dict[str, str]:
+    """``SEARCH.LATENCY.BACKBONE``'s choices: each NASNet detector backbone registered in detectron2's
+    ``BACKBONE_REGISTRY`` as ``build_nasnet_<variant>_backbone`` (``FPN``, ``C4``), with its registered name (the
+    multi-tap ``build_nasnet_backbone`` is a part of the FPN one, not a detector's backbone)."""
+    from detectron2.modeling import BACKBONE_REGISTRY
+
+    import nasnet_det.detection.backbone  # noqa: F401 (registers the NASNet backbones)
+
+    found = (re.fullmatch(r"build_nasnet_(\w+)_backbone", name) for name, _ in BACKBONE_REGISTRY)
+    return {m.group(1).upper(): m.group(0) for m in found if m}
+
+
 def detection_backbone(genotype: Genotype | str, setting: LatencySetting) -> nn.Module:
     """The detector's backbone (``setting.backbone``) with ``genotype``'s cells, N@f of ``setting``, in eval
-    mode (the inference-time module: FrozenBN, no drop path)."""
-    from nasnet_det.detection import backbone as builders
+    mode (the inference-time module: FrozenBN, no drop path): ``MODEL.BACKBONE.NAME``'s builder in detectron2's
+    ``BACKBONE_REGISTRY``, given the cells as a :class:`Genotype` (a searched cell has no file to name)."""
+    from detectron2.modeling import BACKBONE_REGISTRY
+
     from nasnet_det.detection.config import get_nasnet_cfg
 
-    if setting.backbone not in BACKBONES:
-        raise ValueError(f"latency backbone {setting.backbone!r}: expected one of {', '.join(BACKBONES)}")
+    variants = backbone_variants()
+    if setting.backbone not in variants:
+        raise ValueError(f"latency backbone {setting.backbone!r}: expected one of {', '.join(variants)}")
     cfg = get_nasnet_cfg()
-    cfg.MODEL.BACKBONE.NAME = BACKBONES[setting.backbone]
+    cfg.MODEL.BACKBONE.NAME = variants[setting.backbone]
     cfg.MODEL.NASNET.NUM_CELLS, cfg.MODEL.NASNET.FILTERS = setting.num_cells, setting.filters
     cfg.MODEL.NASNET.PENULTIMATE_FILTERS = 0
     cfg.MODEL.FPN.IN_FEATURES = list(cfg.MODEL.NASNET.OUT_FEATURES)
     genotype = get_genotype(genotype) if isinstance(genotype, str) else genotype
-    return getattr(builders, BACKBONES[setting.backbone])(cfg, genotype=genotype).eval()
+    return BACKBONE_REGISTRY.get(cfg.MODEL.BACKBONE.NAME)(cfg, genotype=genotype).eval()
 
 
 def padded_size(size: int, divisor: int) -> int:
@@ -226,24 +243,14 @@ class LatencyEstimator(ABC):
         return profile.latency_ms
 
 
-S = TypeVar("S", bound=type[LatencyEstimator])
-ESTIMATORS: dict[str, type[LatencyEstimator]] = {}
-
-
-def register_estimator(cls: S) -> S:
-    if cls.name in ESTIMATORS:
-        raise ValueError(f"a latency estimator named {cls.name!r} is already registered")
-    ESTIMATORS[cls.name] = cls
-    return cls
+ESTIMATORS = Registry("SEARCH.LATENCY.ESTIMATOR")  # @ESTIMATORS.register() adds one, named by its ``name``
 
 
 def make_estimator(name: str, setting: LatencySetting) -> LatencyEstimator:
-    if name not in ESTIMATORS:
-        raise ValueError(f"SEARCH.LATENCY.ESTIMATOR={name!r}: expected one of {', '.join(sorted(ESTIMATORS))}")
-    return ESTIMATORS[name](setting)
+    return ESTIMATORS.lookup(name)(setting)
 
 
-@register_estimator
+@ESTIMATORS.register()
 class MeasuredLatency(LatencyEstimator):
     """Times the whole backbone on the device."""
 
@@ -257,7 +264,7 @@ class MeasuredLatency(LatencyEstimator):
             return median_ms(lambda: model(x), self.setting.warmup, self.setting.repeats, device)
 
 
-@register_estimator
+@ESTIMATORS.register()
 class MultAddCost(LatencyEstimator):
     """No timing: the backbone's mult-adds (in millions) are the cost."""
 
@@ -323,7 +330,7 @@ def covering_genotypes(num_blocks: int = 5) -> list[Genotype]:
     return out
 
 
-@register_estimator
+@ESTIMATORS.register()
 class LookupTableLatency(LatencyEstimator):
     """FBNet's latency model on NASNet units. The table is a JSON file in ``setting.cache_dir``, named by a
     digest of :meth:`LatencySetting.table_key` (a new device, input size, N@f or torch version is a new

@@ -10,13 +10,15 @@ Block ``b`` may read any state ``< 2 + b``. A cell's output is the channel conca
 listed in ``CellSpec.concat``. The paper's rule ("all unused hidden states are concatenated") is
 :func:`unused_states`; the released NASNet-A cells use an explicit list that differs from it, which is why
 a cell stores its concat list.
+
+The searches' integer encoding of these cells (decisions, sampling, mutation) is
+:mod:`nasnet_det.search_space`.
 """
 
 from __future__ import annotations
 
 import json
-import numbers
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,36 +228,3 @@ class Genotype:
         if not path.is_file():
             raise GenotypeError(f"genotype file {path} does not exist")
         return cls.from_dict(read_json_file(path, GENOTYPE_JSON, GenotypeError), where=str(path))
-
-
-def decisions_per_cell(num_blocks: int = DEFAULT_NUM_BLOCKS) -> int:
-    """The controller makes 5 decisions per block (2 inputs, 2 ops, 1 combine)."""
-    return 5 * num_blocks
-
-
-def cell_from_decisions(decisions: Iterable[int], num_blocks: int = DEFAULT_NUM_BLOCKS,
-                        concat: Sequence[int] | None = None) -> CellSpec:
-    """Build a cell from the controller's integer choices, 5 per block:
-    (input_1, input_2, op_1 index into OPS, op_2 index, combine index into COMBINES)."""
-    d = list(decisions)
-    if len(d) != decisions_per_cell(num_blocks):
-        raise GenotypeError(f"expected {decisions_per_cell(num_blocks)} decisions for {num_blocks} blocks, "
-                            f"got {len(d)}")
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in d):
-        raise GenotypeError(f"decisions must be integers, got {d}")
-    blocks = []
-    for b in range(num_blocks):
-        i1, i2, o1, o2, c = d[5 * b: 5 * b + 5]
-        for name, value, hi in (("op_1", o1, len(OPS)), ("op_2", o2, len(OPS)), ("combine", c, len(COMBINES))):
-            if not 0 <= value < hi:
-                raise GenotypeError(f"block {b}: {name} choice {value} is out of range 0..{hi - 1}")
-        blocks.append(Block(int(i1), int(i2), OPS[int(o1)], OPS[int(o2)], COMBINES[int(c)]))
-    return CellSpec(tuple(blocks), None if concat is None else tuple(concat)).validate()
-
-
-def cell_to_decisions(cell: CellSpec) -> list[int]:
-    """Inverse of :func:`cell_from_decisions` (the concat list is not a decision)."""
-    out: list[int] = []
-    for b in cell.blocks:
-        out += [b.input_1, b.input_2, OPS.index(b.op_1), OPS.index(b.op_2), COMBINES.index(b.combine)]
-    return out

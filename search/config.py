@@ -10,7 +10,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det import config as shared_config
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node, preset_node
-from search.oneshot_config import add_oneshot_config
+from search.strategies.oneshot import OneShot
 
 
 def get_cfg_defaults() -> CN:
@@ -124,7 +124,7 @@ def get_cfg_defaults() -> CN:
     # per CPU without GPUs, plus one queued for the next worker to free). The local backend keeps each of
     # its NUM_WORKERS busy, with one child queued; MAX_IN_FLIGHT > 0 caps that too.
     c.WORKERS.MAX_IN_FLIGHT = 0
-    add_oneshot_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
+    OneShot.add_config(c)  # ONESHOT.*: the weight-sharing strategy (SEARCH.STRATEGY oneshot)
     return c
 
 
@@ -264,16 +264,19 @@ def check_cfg(cfg: CN) -> None:
 
 
 def check_latency_settings(s: CN) -> None:
-    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once)."""
-    from nasnet_det.latency import BACKBONES, DEVICES, ESTIMATORS
+    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once; the
+    backbone when latencies are estimated)."""
+    from nasnet_det.latency import DEVICES, ESTIMATORS, backbone_variants
 
     lat = s.LATENCY
     _require(s.OBJECTIVE in ("accuracy", "latency"), "SEARCH.OBJECTIVE", s.OBJECTIVE, "'accuracy' or 'latency'")
     _require(lat.ESTIMATOR in ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
-             f"one of {', '.join(sorted(ESTIMATORS))}")
+             f"one of {', '.join(sorted(ESTIMATORS.names()))}")
     _require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
     _require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
-    _require(lat.BACKBONE in BACKBONES, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(BACKBONES)}")
+    if s.OBJECTIVE == "latency" or lat.RECORD:  # the choices are detectron2's registry: imported only when used
+        backbones = backbone_variants()
+        _require(lat.BACKBONE in backbones, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(backbones)}")
     for key in ("TARGET_MS", "TARGET_MULT_ADDS_M"):
         v = lat[key]
         _require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"SEARCH.LATENCY.{key}", v,

@@ -3,46 +3,18 @@
 For each block of the normal cell, then of the reduction cell, it picks (input_1, input_2, op_1, op_2,
 combine). Every decision has its own softmax classifier and its own embedding (fed to the next step).
 The softmax over input choices of block ``b`` has exactly ``2 + b`` outputs (the states that exist), so an invalid cell
-cannot be sampled.
+cannot be sampled. The decisions and their meaning are the search space's
+(:class:`nasnet_det.search_space.SearchSpace`).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasnet_det.space import COMBINES, NUM_INPUTS, OPS, Genotype, cell_from_decisions, decisions_per_cell
-
-
-@dataclass(frozen=True)
-class DecisionSlot:
-    cell: int        # 0 normal, 1 reduction
-    block: int
-    kind: str        # "input", "op" or "combine"
-    num_valid: int   # options allowed at this step
-
-
-def decision_slots(num_blocks: int) -> list[DecisionSlot]:
-    slots = []
-    for cell in range(2):
-        for b in range(num_blocks):
-            n_in = NUM_INPUTS + b
-            slots += [DecisionSlot(cell, b, "input", n_in), DecisionSlot(cell, b, "input", n_in),
-                      DecisionSlot(cell, b, "op", len(OPS)), DecisionSlot(cell, b, "op", len(OPS)),
-                      DecisionSlot(cell, b, "combine", len(COMBINES))]
-    return slots
-
-
-def decisions_to_genotype(decisions: list[int], num_blocks: int, name: str = "") -> Genotype:
-    """Map one sample's 2 x 5B integers to a genotype (concat = the paper's unused-states rule)."""
-    n = decisions_per_cell(num_blocks)
-    if len(decisions) != 2 * n:
-        raise ValueError(f"expected {2 * n} decisions for B={num_blocks}, got {len(decisions)}")
-    return Genotype(cell_from_decisions(decisions[:n], num_blocks),
-                    cell_from_decisions(decisions[n:], num_blocks), name).validate(num_blocks)
+from nasnet_det.search_space import SearchSpace
+from nasnet_det.space import Genotype
 
 
 class Controller(nn.Module):
@@ -52,17 +24,17 @@ class Controller(nn.Module):
     def __init__(self, num_blocks: int = 5, hidden: int = 100, init_range: float = 0.1):
         super().__init__()
         self.num_blocks, self.hidden = num_blocks, hidden
-        self.slots = decision_slots(num_blocks)
+        self.space = SearchSpace(num_blocks)
         self.lstm = nn.LSTMCell(hidden, hidden)
         self.start = nn.Parameter(torch.zeros(1, hidden))
-        self.heads = nn.ModuleList(nn.Linear(hidden, s.num_valid) for s in self.slots)
-        self.embeds = nn.ModuleList(nn.Embedding(s.num_valid, hidden) for s in self.slots)
+        self.heads = nn.ModuleList(nn.Linear(hidden, s.num_valid) for s in self.space.slots)
+        self.embeds = nn.ModuleList(nn.Embedding(s.num_valid, hidden) for s in self.space.slots)
         for p in self.parameters():
             nn.init.uniform_(p, -init_range, init_range)
 
     @property
     def num_decisions(self) -> int:
-        return len(self.slots)
+        return self.space.num_decisions
 
     def _run(self, n: int, actions: torch.Tensor | None, generator: torch.Generator | None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -71,7 +43,7 @@ class Controller(nn.Module):
         c = torch.zeros(n, self.hidden, device=dev)
         x = self.start.expand(n, -1)
         chosen, logps, ents = [], [], []
-        for t, slot in enumerate(self.slots):
+        for t, slot in enumerate(self.space.slots):
             h, c = self.lstm(x, (h, c))
             logp_all = F.log_softmax(self.heads[t](h), dim=-1)
             if actions is None:
@@ -101,10 +73,5 @@ class Controller(nn.Module):
         return logp, ent
 
     def genotypes(self, actions: torch.Tensor) -> list[Genotype]:
-        return [decisions_to_genotype(row.tolist(), self.num_blocks) for row in actions]
+        return [self.space.genotype(row.tolist()) for row in actions]
 
-
-def sample_uniform(n: int, num_blocks: int, generator: torch.Generator) -> torch.Tensor:
-    """Random-search decisions: every valid option of every decision equally likely."""
-    cols = [torch.randint(0, s.num_valid, (n,), generator=generator) for s in decision_slots(num_blocks)]
-    return torch.stack(cols, 1)

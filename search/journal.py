@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from nasnet_det.genotypes import found_genotype
+from nasnet_det.space import Genotype
 from nasnet_det.utils.io import as_disk_full_error, atomic_torch_save
 
 _SCHEMA = """
@@ -83,6 +85,10 @@ class Evaluation:
                    json.loads(row["decisions"]), json.loads(row["genotype"]), row["logprob"], row["status"],
                    row["reward"], row["seconds"], row["params"], row["error"], row["accuracy"],
                    row["latency_ms"], row["mult_adds"], row["backbone_params"])
+
+    def found_genotype(self) -> Genotype:
+        """This child's cell as a found cell (validated, named ``search_{strategy}_{id}``)."""
+        return found_genotype(self.genotype, self.strategy, self.id)
 
 
 # The columns every journal has had (a table of that name without them is not ours).

@@ -27,14 +27,12 @@ never duplicated.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
@@ -43,33 +41,22 @@ from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.utils.io import atomic_torch_save
 from search.config import check_cfg
-from search.controller import decisions_to_genotype, sample_uniform
 from search.journal import Journal, load_state
 from search.objective import Objective
-from search.oneshot_config import NEW_KEY_DEFAULTS, NOT_IDENTITY, ONESHOT_STRATEGY, check_oneshot_cfg
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
-from search.reward import ChildData, _augment, _to_tensor, build_child, load_search_data
+from search.reward import ChildData, build_child, load_search_data
 from search.session import SearchSession
+from search.strategies.oneshot import OneShot
 from search.strategies.registry import STRATEGIES
-from search.supernet import SuperNet, fair_paths, recalibrate_bn
+from search.supernet_trainer import SupernetTrainer
 from search.workers import COST_FIELDS
 
 log = logging.getLogger(__name__)
 SEARCH_NAME = "oneshot"          # journal strategy of the cells scored while training the controller
 DERIVE_NAME = "oneshot_derive"   # journal strategy of the final samples (scored on the whole held-out split)
-STATE_NAME = "oneshot_state.pth"
+STATE_NAME = OneShot.owned_files[0]
 PHASES = ("weights", "controller", "derive", "done")
-
-
-def build_supernet(cfg: CfgNode) -> SuperNet:
-    """The supernet of the children's network ``MODEL.NASNET`` (N, f, BN eps, padding, memory layout),
-    B = SEARCH.NUM_BLOCKS."""
-    net = cfg.MODEL.NASNET
-    return SuperNet(cfg.SEARCH.NUM_BLOCKS, int(net.NUM_CELLS), int(net.FILTERS), num_classes=10,
-                    bn_eps=float(net.BN_EPS), pad_mode=str(net.PAD_MODE),
-                    channels_last=bool(net.get("CHANNELS_LAST", True)),
-                    track_running_stats=cfg.ONESHOT.BN_RECALIBRATION_BATCHES > 0)
 
 
 class OneShotSearch(SearchSession):
@@ -77,7 +64,7 @@ class OneShotSearch(SearchSession):
     checkpoint). ``data`` replaces ``cfg.DATA`` (tests); ``max_units_this_run`` stops after that many
     supernet steps + controller updates + final scores in this run (tests of resuming; 0: no limit)."""
 
-    checkpoint_files = (STATE_NAME,)
+    checkpoint_files = OneShot.owned_files
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, progress: bool = True,
                  fresh: bool = False, data: ChildData | None = None, max_units_this_run: int = 0):
@@ -85,10 +72,10 @@ class OneShotSearch(SearchSession):
         strategies = list(STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values())
         if len(strategies) != 1 or not strategies[0].weight_sharing:
             raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r}: the weight-sharing search runs alone; "
-                             f"set it to '{ONESHOT_STRATEGY}' (other strategies cannot be combined with it)")
+                             f"set it to '{OneShot.name}' (other strategies cannot be combined with it)")
         self.strategy_class = strategies[0]
         check_cfg(cfg)
-        check_oneshot_cfg(cfg)
+        OneShot.check_config(cfg)
         self.progress, self.max_units = progress, max_units_this_run
         self.units_this_run = 0
         self._data = data
@@ -105,20 +92,17 @@ class OneShotSearch(SearchSession):
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        cfg, o, s = self.cfg, self.cfg.ONESHOT, self.cfg.SEARCH
+        cfg = self.cfg
         data = self._data if self._data is not None else load_search_data(cfg)
-        size = int(cfg.CHILD.IMAGE_SIZE)
-        self.x_train = _to_tensor(data.x_train, size, self.device)
-        self.y_train = torch.from_numpy(data.y_train).to(self.device)
-        self.x_val = _to_tensor(data.x_val, size, self.device)
-        self.y_val = torch.from_numpy(data.y_val).to(self.device)
-        self.weight_steps = o.WEIGHT_STEPS or max(1, len(self.x_train) // o.BATCH_SIZE)
-        torch.manual_seed(s.SEED)
-        self.supernet = build_supernet(cfg).to(self.device)
+        self.trainer = SupernetTrainer(cfg, data, self.device, int(cfg.SEARCH.SEED),
+                                       recalibration=int(cfg.ONESHOT.BN_RECALIBRATION_BATCHES),
+                                       rank=self.rank, world=self.world)
+        self.x_val, self.y_val = self.trainer.x_val, self.trainer.y_val
+        self.weight_steps = self.trainer.steps_per_epoch
+        self.supernet = self.trainer.new_supernet()  # (torch's generator seeded with SEARCH.SEED first)
         self.strategy = self.strategy_class(cfg)  # the controller (ONESHOT.POLICY trains it)
-        self.w_opt = torch.optim.SGD(self.supernet.parameters(), lr=o.LR, momentum=o.MOMENTUM,
-                                     weight_decay=o.WEIGHT_DECAY, nesterov=o.MOMENTUM > 0)
-        self.gen = torch.Generator().manual_seed(s.SEED)  # every random choice of the search
+        self.w_opt = self.trainer.optimizer(self.supernet)
+        self.gen = self.trainer.gen  # every random choice of the search
         self.objective = Objective(cfg)
         self.objective.prepare(self.progress)
         self.pos = {"epoch": 0, "phase": "weights", "step": 0}
@@ -133,9 +117,8 @@ class OneShotSearch(SearchSession):
 
     def identity(self) -> dict[str, Any]:
         ident = super().identity()
-        ident["SEARCH.STRATEGY"] = ONESHOT_STRATEGY
-        ident["ONESHOT"] = {k: v for k, v in self.cfg.ONESHOT.items()
-                            if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
+        ident["SEARCH.STRATEGY"] = OneShot.name
+        ident.update(OneShot.identity(self.cfg))
         return ident
 
     # ---- checkpoints -------------------------------------------------------------------------------------
@@ -195,64 +178,22 @@ class OneShotSearch(SearchSession):
     # ---- the two phases ----------------------------------------------------------------------------------
     def sample_genotypes(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list]:
         actions, logp = self.strategy.sample(n, self.gen)
-        nb = self.cfg.SEARCH.NUM_BLOCKS
-        return actions, logp, [decisions_to_genotype(a, nb) for a in actions.tolist()]
+        return actions, logp, [self.trainer.space.genotype(a) for a in actions.tolist()]
 
     def weight_step(self) -> float:
         """One supernet SGD step on one sampled cell; returns the loss."""
         o = self.cfg.ONESHOT
-        total = o.EPOCHS * self.weight_steps
-        done = self.pos["epoch"] * self.weight_steps + self.pos["step"]
-        lr = o.LR_MIN + 0.5 * (o.LR - o.LR_MIN) * (1 + math.cos(math.pi * done / total))
-        for group in self.w_opt.param_groups:
-            group["lr"] = lr
-        nb = self.cfg.SEARCH.NUM_BLOCKS
         if self.pos["epoch"] < o.WARMUP_EPOCHS:  # SPOS warm-up: uniform paths (FairNAS: 13 fair ones)
-            paths = fair_paths(nb, self.gen) if o.FAIRNESS else sample_uniform(1, nb, self.gen)
-            genotypes = [decisions_to_genotype(a, nb) for a in paths.tolist()]
+            genotypes = [self.trainer.space.genotype(a) for a in self.trainer.draw_paths(o.FAIRNESS).tolist()]
         else:
             _, _, genotypes = self.sample_genotypes(1)
-        model = self.model if self.model is not None else self.supernet
-        model.train()
-        self.w_opt.zero_grad(set_to_none=True)
-        total_loss = 0.0
-        for genotype in genotypes:  # gradients of every path accumulated, one update
-            idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE]
-            xb = self.x_train[idx.to(self.device)]
-            if self.cfg.CHILD.AUGMENT:  # augment the whole batch so the generator stays in step across processes
-                xb = _augment(xb, self.gen)
-            mine = slice(self.rank, None, self.world)  # this process's share of the batch
-            loss = F.cross_entropy(model(xb[mine], genotype), self.y_train[idx.to(self.device)][mine])
-            if not torch.isfinite(loss):
-                raise ValueError(f"the supernet's training loss became {float(loss.detach())} at epoch "
-                                 f"{self.pos['epoch']} step {self.pos['step']}; lower ONESHOT.LR (now {o.LR})")
-            (loss / len(genotypes)).backward()
-            total_loss += float(loss.detach()) / len(genotypes)
-        if o.GRAD_CLIP > 0:
-            torch.nn.utils.clip_grad_norm_(self.supernet.parameters(), o.GRAD_CLIP)
-        self.w_opt.step()
-        return total_loss
+        done = self.pos["epoch"] * self.weight_steps + self.pos["step"]
+        return self.trainer.update(self.supernet, self.w_opt, genotypes, done, model=self.model)
 
-    @torch.no_grad()
     def score(self, genotype, x: torch.Tensor, y: torch.Tensor) -> float:
         """Accuracy of ``genotype`` with the shared weights: batch-statistics BN, as ENAS, or with
         ``ONESHOT.BN_RECALIBRATION_BATCHES`` > 0 running statistics recomputed for this cell first."""
-        if self.cfg.ONESHOT.BN_RECALIBRATION_BATCHES > 0:
-            recalibrate_bn(self.supernet, genotype, self.recalibration_batches())
-        self.supernet.eval()
-        bs = int(self.cfg.CHILD.EVAL_BATCH_SIZE)
-        correct = 0
-        for i in range(0, len(x), bs):
-            correct += int((self.supernet(x[i:i + bs], genotype).argmax(1) == y[i:i + bs]).sum())
-        return correct / len(x)
-
-    def recalibration_batches(self) -> list[torch.Tensor]:
-        """The same ``ONESHOT.BN_RECALIBRATION_BATCHES`` training minibatches for every cell (from SEARCH.SEED,
-        apart from the search's generator, so a resumed search recalibrates alike)."""
-        o = self.cfg.ONESHOT
-        gen = torch.Generator().manual_seed(int(self.cfg.SEARCH.SEED) + 1)
-        return [self.x_train[torch.randperm(len(self.x_train), generator=gen)[:o.BATCH_SIZE].to(self.device)]
-                for _ in range(o.BN_RECALIBRATION_BATCHES)]
+        return self.trainer.score(self.supernet, genotype, x, y)
 
     def _score_rows(self, journal: Journal | None, strategy: str, batch: int, actions: torch.Tensor,
                     logp: torch.Tensor | None, genotypes: list, minibatch: int | None, policy: int) -> list[float]:

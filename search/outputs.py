@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 from fvcore.common.config import CfgNode
 
-from nasnet_det.space import Genotype
 from nasnet_det.utils.io import atomic_write
 from search.draw import draw_genotype
 from search.journal import Evaluation, Journal, finished_by_batch
@@ -43,11 +42,6 @@ def first_last_means(means: list[float]) -> tuple[float | None, float | None]:
 def best_evaluations(evals: list[Evaluation], k: int) -> list[Evaluation]:
     ok = [e for e in evals if e.status == "ok"]
     return sorted(ok, key=lambda e: (-e.reward, e.id))[:k]
-
-
-def genotype_of(e: Evaluation, name: str) -> Genotype:
-    g = Genotype.from_dict(e.genotype)
-    return Genotype(g.normal, g.reduce, name)
 
 
 def last_batch_distinct(evals: list[Evaluation]) -> tuple[int, int]:
@@ -117,17 +111,16 @@ def write_outputs(journal: Journal, out: Path, cfg: CfgNode, strategies: list[st
         summary["strategies"][name] = strategy_summary(evals, name in learned)
         top = best_evaluations(evals, cfg.SEARCH.TOP_K)
         if top:  # later runs load these (Genotype.load): written atomically, like every file here
-            best_of_strategy = genotype_of(top[0], f"search_{name}_{top[0].id}")
-            write_json_atomic(out / f"best_genotype_{name}.json", best_of_strategy.to_dict())
+            top[0].found_genotype().save(out / f"best_genotype_{name}.json")
         overall += top
     top_all = sorted(overall, key=lambda e: (-e.reward, e.id))[:cfg.SEARCH.TOP_K]
     write_json_atomic(out / "top_k.json", [
         {"id": e.id, "strategy": e.strategy, "reward": e.reward, "params": e.params, "seconds": e.seconds,
          "accuracy": e.accuracy, "latency_ms": e.latency_ms, "mult_adds": e.mult_adds,
-         "genotype": genotype_of(e, f"search_{e.strategy}_{e.id}").to_dict()} for e in top_all])
+         "genotype": e.found_genotype().to_dict()} for e in top_all])
     if top_all:
-        best = genotype_of(top_all[0], f"search_{top_all[0].strategy}_{top_all[0].id}")
-        write_json_atomic(out / "best_genotype.json", best.to_dict())
+        best = top_all[0].found_genotype()
+        best.save(out / "best_genotype.json")
         summary["best"] = {"id": top_all[0].id, "strategy": top_all[0].strategy, "reward": top_all[0].reward,
                            "genotype_file": str(out / "best_genotype.json")}
         draw_genotype(best, out / "best_cells.png",

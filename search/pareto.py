@@ -17,7 +17,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from fvcore.common.config import CfgNode  # noqa: E402
 
-from nasnet_det.space import Genotype  # noqa: E402
 from nasnet_det.utils.io import atomic_write, save_figure  # noqa: E402
 from search.journal import Evaluation  # noqa: E402
 
@@ -49,11 +48,6 @@ def pareto_front(evals: list[Evaluation], metric: str) -> list[Evaluation]:
     return front
 
 
-def _named(e: Evaluation) -> Genotype:
-    g = Genotype.from_dict(e.genotype)
-    return Genotype(g.normal, g.reduce, f"search_{e.strategy}_{e.id}")
-
-
 def _row(e: Evaluation) -> dict[str, Any]:
     return {"id": e.id, "strategy": e.strategy, "accuracy": _accuracy(e), "reward": e.reward,
             "latency_ms": e.latency_ms, "mult_adds": e.mult_adds, "backbone_params": e.backbone_params}
@@ -78,9 +72,9 @@ def write_pareto(evals: list[Evaluation], out: Path, cfg: CfgNode) -> dict[str, 
                     "threads": lat.THREADS, "objective": cfg.SEARCH.OBJECTIVE},
         "nasnet_a": {"latency_ms": ref.latency_ms, "mult_adds": ref.mult_adds, "backbone_params": ref.params,
                      "accuracy": None, "note": NASNET_A_NOTE},
-        "front": [{**_row(e), "genotype": _named(e).to_dict()} for e in front],
+        "front": [{**_row(e), "genotype": e.found_genotype().to_dict()} for e in front],
         # every profiled child with its cell: a budget's k most accurate need not all be on the front
-        "children": [{**_row(e), "genotype": _named(e).to_dict()} for e in points],
+        "children": [{**_row(e), "genotype": e.found_genotype().to_dict()} for e in points],
     }
     atomic_write(out / PARETO_JSON, json.dumps(data, indent=2) + "\n")
     plot_pareto(points, front, metric, getattr(ref, "latency_ms" if metric == "latency_ms" else "mult_adds"),

@@ -77,12 +77,18 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def cosine_factor(step: float, total: int) -> float:
+    """The cosine schedule's factor at ``step`` of ``total``: 1 -> 0 (the children's LR multiplier; the supernet's
+    LR is LR_MIN + (LR - LR_MIN) x this)."""
+    return 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def build_child(genotype: Genotype, network: Mapping[str, Any]) -> torch.nn.Module:
     """The child network: ``network`` (a ``MODEL.NASNET`` node) with ``genotype``'s cells, for CIFAR-10."""
     return create_model(network, dataset="cifar", num_classes=10, genotype=genotype)
 
 
-def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildData, seed: int = 0,
+def train_child(genotype: Genotype, child: dict[str, Any], data: ChildData, seed: int = 0,
                 device: str | torch.device = "cpu", network: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Train the CIFAR network ``network`` (a ``MODEL.NASNET`` node; default: the search's default,
     preset ``search_child_tiny``) with ``genotype``'s cells, with SGD + cosine LR as ``child`` (``CHILD``)
@@ -90,8 +96,6 @@ def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildDat
     :class:`ChildDiverged` on NaN."""
     check_child_settings(child)
     network = default_child_network() if network is None else network
-    if isinstance(genotype, dict):
-        genotype = Genotype.from_dict(genotype)
     device = torch.device(device)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -106,7 +110,7 @@ def train_child(genotype: Genotype | dict, child: dict[str, Any], data: ChildDat
         total = min(total, int(child["MAX_STEPS"]))
     opt = torch.optim.SGD(model.parameters(), lr=float(child["LR"]), momentum=float(child["MOMENTUM"]),
                           weight_decay=float(child["WEIGHT_DECAY"]), nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_factor(s, total))
     model.train()
     step = 0
     while step < total:

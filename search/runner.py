@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from nasnet_det.engine.ray_env import check_ray_address
 from search.config import check_cfg, upgrade_identity
-from search.controller import decisions_to_genotype
 from search.journal import Evaluation, Journal, load_state, save_state
 from search.objective import with_objective
 from search.outputs import write_outputs
@@ -154,12 +153,11 @@ class SearchRunner(SearchSession):
 
     def _sample(self, journal: Journal, st: StrategyState, n: int) -> list[Evaluation]:
         """``n`` new children of one strategy, sampled together (one pass of the controller)."""
-        nb = self.cfg.SEARCH.NUM_BLOCKS
         gen = torch.Generator().manual_seed(_sample_seed(self.cfg.SEARCH.SEED, st.name, st.sampled))
         decisions, logp = st.strategy.sample(n, gen)
         actions, logprobs = decisions.tolist(), logp.tolist() if logp is not None else [None] * n
         children = journal.add_pending(st.name, st.sampled, st.step, [
-            (a, decisions_to_genotype(a, nb).to_dict(), lp) for a, lp in zip(actions, logprobs)])
+            (a, st.strategy.space.genotype(a).to_dict(), lp) for a, lp in zip(actions, logprobs)])
         st.sampled += n
         return children
 

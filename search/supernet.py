@@ -1,8 +1,9 @@
 """A one-shot (ENAS-style) supernet over the full NASNet space: every cell sampled by the controller is a
 path through one set of shared weights.
 
-Layout (CIFAR skeleton of :class:`nasnet_det.models.NASNet`: 3x3 stem to 3f, 3 stacks of N normal cells,
-a reduction cell before stacks 2 and 3, filters f, 2f, 4f). Each :class:`SuperCell` holds, for every block
+Layout: the CIFAR skeleton of :class:`nasnet_det.models.NASNet` (3x3 stem to 3f, then its cells stacked by
+:func:`nasnet_det.models.nasnet.stack_cells`: 3 stacks of N normal cells, a reduction cell before stacks 2 and 3,
+filters f, 2f, 4f). Each :class:`SuperCell` holds, for every block
 ``b`` and both of its slots (left / right):
 
 * all 13 operations of :data:`nasnet_det.space.OPS`, built by the child networks' own
@@ -37,9 +38,10 @@ import functools
 import torch
 from torch import nn
 
+from nasnet_det.models.nasnet import stack_cells
 from nasnet_det.models.ops import Conv2dSame, FactorizedReduce, ReLUConvBN, build_op
+from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import NUM_INPUTS, OPS, CellSpec, Genotype
-from search.controller import decision_slots, sample_uniform
 
 SIDES = ("left", "right")
 
@@ -139,33 +141,17 @@ class SuperNet(nn.Module):
         self.conv0 = nn.Sequential()
         self.conv0.add_module("conv", Conv2dSame(in_chans, stem, 3, 1))
         self.conv0.add_module("bn", norm(stem))
-        channels, strides = {"conv0": stem}, {"conv0": 1}
-        outputs: list[str | None] = [None, "conv0"]
-        self.plan: list[tuple[str, str, str | None, bool]] = []  # (name, h, h_prev, reduction)
 
-        def add(name: str, reduction: bool, cell_filters: int, prev: str | None) -> None:
-            h = outputs[-1]
-            assert h is not None
-            prev_stride = 2 if prev is not None and strides[prev] != strides[h] else 1
-            cell = SuperCell(num_blocks, channels[h], channels[prev] if prev else channels[h], cell_filters,
-                             reduction, prev_stride, norm, pad_mode, loose_inputs)
-            self.add_module(name, cell)
-            self.plan.append((name, h, prev, reduction))
-            channels[name] = cell.out_channels
-            strides[name] = strides[h] * (2 if reduction else 1)
-            outputs.append(name)
+        def make_cell(name: str, reduction: bool, c_in: int, c_prev: int | None, cell_filters: int,
+                      prev_stride: int) -> SuperCell:
+            return SuperCell(num_blocks, c_in, c_in if c_prev is None else c_prev, cell_filters, reduction,
+                             prev_stride, norm, pad_mode, loose_inputs)
 
-        scale = 1
-        for i in range(3 * num_cells):  # same order and wiring as NASNet's CIFAR skeleton
-            prev = outputs[-2]
-            if i in (num_cells, 2 * num_cells):
-                scale *= 2
-                add(f"reduction_cell_{(i // num_cells) - 1}", True, filters * scale, outputs[-2])
-                prev = outputs[-2]
-            add(f"cell_{i}", False, filters * scale, prev)
+        plans, channels, _ = stack_cells(self, num_cells, filters, stem, 1, make_cell)  # NASNet's CIFAR skeleton
+        self.plan: list[tuple[str, str, str | None, bool]] = [(p.name, p.h, p.h_prev, p.reduction) for p in plans]
         self.act = nn.ReLU()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.last_linear = nn.Linear(channels[outputs[-1]], num_classes)
+        self.last_linear = nn.Linear(channels[plans[-1].name], num_classes)
         # The memory layout (not in arch), as NASNet.set_channels_last: NHWC trains faster on a CPU.
         self.channels_last = channels_last
         if channels_last:
@@ -222,8 +208,8 @@ def with_loose_inputs(genotype: Genotype, generator: torch.Generator, p: float =
 def fair_paths(num_blocks: int, generator: torch.Generator) -> torch.Tensor:
     """13 paths ([13, 2 x 5B] decisions) in which every op slot takes every op exactly once (FairNAS's strict
     fairness); inputs and combines are drawn uniformly."""
-    paths = sample_uniform(len(OPS), num_blocks, generator)
-    for j, slot in enumerate(decision_slots(num_blocks)):
-        if slot.kind == "op":
-            paths[:, j] = torch.randperm(len(OPS), generator=generator)
+    space = SearchSpace(num_blocks)
+    paths = space.sample(len(OPS), generator)
+    for j in space.op_columns:
+        paths[:, j] = torch.randperm(len(OPS), generator=generator)
     return paths

@@ -64,7 +64,7 @@ def test_the_switch_loads_python_objects_with_a_warning(tmp_path, monkeypatch, c
 def test_readers_of_keys_only_run_nothing_even_with_the_switch(tmp_path, monkeypatch):
     """The pipeline hashes a stage's config files (config_chain) in its own process: the Python objects are for
     the stage's tool to build, once."""
-    from nasnet_det.pipeline.stages import config_chain
+    from nasnet_det.pipeline.stages.base import config_chain
 
     config, folder = _tagged(tmp_path)
     monkeypatch.setenv(ALLOW_UNSAFE_ENV, "1")
@@ -125,3 +125,37 @@ def test_through_the_training_cli_the_switch_runs_the_tag_and_warns(tmp_path, mo
         assert main(["--config-file", str(config), "--output-dir", str(tmp_path / "out")]) == 2
     assert folder.is_dir()
     assert any(ALLOW_UNSAFE_ENV in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+@pytest.mark.parametrize("config", ["configs/search/smoke.yaml", "configs/train/cifar10_smoke.yaml",
+                                    "configs/detection/smoke-nasnet-c4.yaml", "configs/pipeline/smoke.yaml"])
+def test_a_config_load_reads_each_of_its_files_once(config: str, monkeypatch):
+    """MODEL.NASNET.PRESET is applied before the file's own keys from the one read of the file (was: read four
+    times per load, by the loader, the preset step, the per-file sizing step and merge_from_file)."""
+    import builtins
+    import collections
+    import os
+
+    from nasnet_det.pipeline.config import load_pipeline_config
+    from search.config import load_cfg as load_search_cfg
+
+    def load_detection(path: Path) -> CfgNode:
+        from nasnet_det.detection.config import get_nasnet_cfg
+
+        return load_cfg(get_nasnet_cfg(), path)
+
+    loaders = {"search": load_search_cfg, "train": lambda p: load_cfg(classification_defaults(), p),
+               "detection": load_detection, "pipeline": load_pipeline_config}
+    loader = loaders[config.split("/")[1]]
+    loader(REPO / config)  # imports done, caches warm: only the load below is counted
+    reads: collections.Counter[str] = collections.Counter()
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith(".yaml"):
+            reads[os.path.realpath(file)] += 1
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    loader(REPO / config)
+    assert str((REPO / config).resolve()) in reads and set(reads.values()) == {1}, dict(reads)

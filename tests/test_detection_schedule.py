@@ -23,7 +23,7 @@ from nasnet_det.detection.precision import AutocastForward, amp_dtype, build_ste
 from nasnet_det.detection.train import SCHEDULE_FILE, Trainer, effective_config, train_main, validate_detection_config
 from nasnet_det.detection.trainer import schedule_record, written_record
 from nasnet_det.engine.scaling import DATASET_IMAGES, detection_schedule
-from nasnet_det.pipeline.stages import _trained_with
+from nasnet_det.pipeline.stages.base import trained_with
 from nasnet_det.utils.errors import BadInputError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "detection"
@@ -145,7 +145,7 @@ def test_a_real_run_trains_the_effective_schedule_and_writes_schedule_json(tmp_p
     assert record["train_images"] == 3 and record["epochs"] == pytest.approx(2 * 2 / 3)
     assert record["lr_per_image"] == pytest.approx(0.0025)
     assert record["amp"] == "float32" and record["start_iter"] == 0
-    assert _trained_with("detect", tmp_path / "out") == {"device": "cpu", "torch_cuda": torch.version.cuda or "cpu",
+    assert trained_with("detect", tmp_path / "out") == {"device": "cpu", "torch_cuda": torch.version.cuda or "cpu",
                                                          "global_batch": 2, "effective_lr": pytest.approx(0.005),
                                                          "amp": "float32"}
     assert record["device"]["device"] == "cpu" and record["device"]["torch"] == torch.__version__

@@ -174,13 +174,14 @@ def test_the_pipeline_stage_error_says_the_disk_is_full(tmp_path, small_disk, ca
     # was: "stage 'detect': train_net.py exited with code 1: RuntimeError: [enforce fail at inline_container..."
     from test_pipeline import SMOKE, TINY
 
+    from nasnet_det.models import create_model
     from nasnet_det.models.pretrained import save_checkpoint
     from nasnet_det.pipeline.cli import main as pipeline_main
     from nasnet_det.pipeline.config import load_pipeline_config
-    from nasnet_det.pipeline.report import build_backbone
 
     out = tmp_path / "run"
-    weights = save_checkpoint(build_backbone(load_pipeline_config(SMOKE, []), "nasnet_a"), tmp_path / "bb.pth")
+    weights = save_checkpoint(create_model(load_pipeline_config(SMOKE, []), num_classes=0, genotype="nasnet_a"),
+                              tmp_path / "bb.pth")
     detect = small_disk(out / "detect")  # the detection stage's folder is on a 1 MiB disk
     rc = pipeline_main(["--config-file", str(SMOKE), "--quiet", "--until", "detect", *TINY, "OUTPUT_DIR", str(out),
                         "SEARCH.GENOTYPE", "nasnet_a", "PRETRAIN.WEIGHTS", str(weights)])

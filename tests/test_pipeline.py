@@ -444,23 +444,35 @@ def test_the_pipeline_driver_loads_neither_torch_nor_search():
 
 @pytest.fixture
 def toy_stages(monkeypatch):
-    """Stages registered in a test stay in it."""
-    from nasnet_det.pipeline import stages
+    """Stages registered in a test stay in it: ``register`` adds one to a copy of the registry, ``reset`` starts
+    the copy again from the real stages."""
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(stages, "REGISTERED", dict(stages.REGISTERED))
-    return stages
+    from nasnet_det.pipeline.stages import base
+    from nasnet_det.utils.registry import Registry
+
+    real = base.STAGES
+
+    def reset() -> None:
+        copy = Registry(real.key)
+        for name, cls in real:
+            copy.register(cls, name=name)
+        monkeypatch.setattr(base, "STAGES", copy)
+
+    reset()
+    return SimpleNamespace(Stage=base.Stage, register=lambda cls: base.STAGES.register(cls), reset=reset)
 
 
 def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resumed(toy_stages, tmp_path: Path,
                                                                                  capsys):
     from fvcore.common.config import CfgNode as CN
 
-    from nasnet_det.pipeline import get_pipeline_cfg, register_stage, stage_names
+    from nasnet_det.pipeline import get_pipeline_cfg, stage_names
     from nasnet_det.pipeline.cli import build_parser
 
     failures = ["once"]  # the toy stage's first attempt fails, as an interrupted tool would
 
-    @register_stage
+    @toy_stages.register
     class CountStage(toy_stages.Stage):  # registered before the stage it needs: the order follows `needs`
         name, needs = "count", ("tally",)
 
@@ -484,7 +496,7 @@ def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resume
         def collect(self, ctx, workdir):
             return {"count": str(workdir / "count.json")}, {"times": ctx.cfg.COUNT.TIMES}
 
-    @register_stage
+    @toy_stages.register
     class TallyStage(toy_stages.Stage):  # a stage without a config node
         name, needs = "tally", ("select",)
 
@@ -522,22 +534,28 @@ def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resume
 
 
 def test_stage_registration_mistakes_are_one_clear_error(toy_stages):
-    from nasnet_det.pipeline import pipeline_stages, register_stage
+    from nasnet_det.pipeline import pipeline_stages
 
     class Nameless(toy_stages.Stage):
         def run(self, ctx, workdir, inputs):
             pass
 
+    toy_stages.register(Nameless)
     with pytest.raises(ValueError, match="Nameless: name must be a lower-case identifier"):
-        register_stage(Nameless)
-    with pytest.raises(ValueError, match="the name 'search' is taken by SearchStage"):
-        register_stage(type("Again", (Nameless,), {"name": "search"}))
-    register_stage(type("Lost", (Nameless,), {"name": "lost", "needs": ("nowhere",)}))
+        pipeline_stages()
+    toy_stages.reset()
+    toy_stages.register(type("Shouting", (Nameless,), {"name": "SHOUT"}))
+    with pytest.raises(ValueError, match="Shouting: name must be a lower-case identifier, got 'SHOUT'"):
+        pipeline_stages()
+    toy_stages.reset()
+    with pytest.raises(ValueError, match=r"stage: 'search' is registered twice \(<class .*SearchStage'>"):
+        toy_stages.register(type("Again", (Nameless,), {"name": "search"}))
+    toy_stages.register(type("Lost", (Nameless,), {"name": "lost", "needs": ("nowhere",)}))
     with pytest.raises(ValueError, match="stage 'lost' needs 'nowhere', which is not a registered stage"):
         pipeline_stages()
-    toy_stages.REGISTERED.pop("lost")
-    register_stage(type("Hen", (Nameless,), {"name": "hen", "needs": ("egg",)}))
-    register_stage(type("Egg", (Nameless,), {"name": "egg", "needs": ("hen",)}))
+    toy_stages.reset()
+    toy_stages.register(type("Hen", (Nameless,), {"name": "hen", "needs": ("egg",)}))
+    toy_stages.register(type("Egg", (Nameless,), {"name": "egg", "needs": ("hen",)}))
     with pytest.raises(ValueError, match="stages hen, egg cannot be ordered: their needs form a circle"):
         pipeline_stages()
 
@@ -573,9 +591,7 @@ def test_the_network_is_the_model_nasnet_node_and_old_network_keys_name_the_new_
 
 
 def test_a_stage_reads_only_the_outputs_of_the_stages_it_needs(toy_stages, tmp_path: Path):
-    from nasnet_det.pipeline import register_stage
-
-    @register_stage
+    @toy_stages.register
     class Sneaky(toy_stages.Stage):
         name, needs = "sneaky", ("search",)
 

@@ -80,7 +80,7 @@ def test_the_search_runs_on_the_pipelines_ray_cluster_and_bad_input_in_a_ray_tra
 
 
 def test_a_bad_backend_name_or_ray_setting_is_one_line_naming_the_key(tmp_path: Path):
-    with pytest.raises(ValueError, match=r"PIPELINE.BACKEND must be one of local, ray, got 'slurm'"):
+    with pytest.raises(ValueError, match=r"PIPELINE.BACKEND='slurm': expected one of local, ray"):
         load_pipeline_config(SMOKE, ["PIPELINE.BACKEND", "slurm"])
     with pytest.raises(ValueError, match=r"PIPELINE.RAY.MAX_FAILURES must be >= 0, got -1"):
         load_pipeline_config(SMOKE, ["PIPELINE.RAY.MAX_FAILURES", "-1"])

@@ -144,7 +144,10 @@ def test_the_smoke_stages_train_on_cpu_workers_with_gloo_on_a_gpu_cluster(tmp_pa
     nccl group around CPU tensors), and the plan says the same."""
     from nasnet_det.pipeline.plan import Machine, Target
     from nasnet_det.pipeline.plan_stages import make_plan
-    from nasnet_det.pipeline.stages import Context, DetectStage, EvaluateStage, PretrainStage
+    from nasnet_det.pipeline.stages import Context
+    from nasnet_det.pipeline.stages.detect import DetectStage
+    from nasnet_det.pipeline.stages.evaluate import EvaluateStage
+    from nasnet_det.pipeline.stages.pretrain import PretrainStage
 
     recorded_ray(GPU_CLUSTER)
     cfg = load_pipeline_config(SMOKE, ["PIPELINE.BACKEND", "ray", "OUTPUT_DIR", str(tmp_path / "run"),

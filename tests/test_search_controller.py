@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from nasnet_det.space import NUM_INPUTS, OPS
+from nasnet_det.search_space import SearchSpace
+from nasnet_det.space import NUM_INPUTS
 from search.config import load_cfg
-from search.controller import Controller, decision_slots, decisions_to_genotype, sample_uniform
+from search.controller import Controller
 from search.policy import PolicyTrainer
 from search.reward import SyntheticOpReward
 from search.runner import SearchRunner
@@ -25,7 +26,7 @@ def test_sampled_genotypes_are_valid_and_inputs_masked(num_blocks):
     assert actions.shape == (64, 2 * 5 * num_blocks)
     assert torch.isfinite(logp).all() and (logp < 0).all() and (ent > 0).all()
     for row in actions.tolist():
-        g = decisions_to_genotype(row, num_blocks).validate(num_blocks)
+        g = SearchSpace(num_blocks).genotype(row).validate(num_blocks)
         for cell in (g.normal, g.reduce):
             for b, block in enumerate(cell.blocks):
                 assert max(block.inputs()) < NUM_INPUTS + b
@@ -56,12 +57,6 @@ def test_evaluate_rejects_out_of_range_decisions():
     actions[0, 0] = 2  # block 0 can only read states 0 and 1
     with pytest.raises(ValueError, match="decision 0"):
         c.evaluate(actions)
-
-
-def test_uniform_sampler_covers_all_ops():
-    a = sample_uniform(400, 5, torch.Generator().manual_seed(0))
-    op_cols = [i for i, s in enumerate(decision_slots(5)) if s.kind == "op"]
-    assert set(a[:, op_cols].flatten().tolist()) == set(range(len(OPS)))
 
 
 def test_policy_update_raises_probability_of_rewarded_actions():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ from helpers.search import oneshot_cfg, runner_cfg
 from nasnet_det.genotypes import get_genotype
 from nasnet_det.latency import LatencySetting, make_estimator
 from nasnet_det.pipeline import StageError, load_pipeline_config
-from nasnet_det.pipeline.stages import Context, SelectStage
+from nasnet_det.pipeline.stages import Context
+from nasnet_det.pipeline.stages.select import SelectStage
 from nasnet_det.space import Genotype
 from search.config import load_cfg
 from search.journal import Journal
@@ -25,6 +28,8 @@ from search.oneshot import DERIVE_NAME, OneShotSearch
 from search.reward import ChildData, SyntheticOpReward
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
+
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -123,9 +128,10 @@ def test_lut_is_built_once_per_setting_and_reused(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporaries left
     # two workers that read the table before either added a unit: each save keeps the other's new units
     first, second = make_estimator("lut", setting), make_estimator("lut", setting)
-    from search.controller import decisions_to_genotype, sample_uniform
+    from nasnet_det.search_space import SearchSpace
 
-    cells = [decisions_to_genotype(d, 5) for d in sample_uniform(40, 5, torch.Generator().manual_seed(1)).tolist()]
+    space = SearchSpace(5)
+    cells = [space.genotype(d) for d in space.sample(40, torch.Generator().manual_seed(1)).tolist()]
     for cell in cells:
         first.latency_ms(cell)
         if len(first.units) > len(lut.units):
@@ -144,6 +150,21 @@ def test_lut_is_built_once_per_setting_and_reused(tmp_path):
 def test_bad_latency_settings_are_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         load_cfg(None, [key, value])
+
+
+def test_the_latency_backbones_are_the_nasnet_detector_backbones_detectron2_has_registered():
+    with pytest.raises(ValueError, match=r"SEARCH\.LATENCY\.BACKBONE='RetinaNet': expected one of FPN, C4"):
+        load_cfg(None, ["SEARCH.OBJECTIVE", "latency", "SEARCH.LATENCY.BACKBONE", "RetinaNet"])
+    assert load_cfg(None, ["SEARCH.LATENCY.RECORD", "True", "SEARCH.LATENCY.BACKBONE", "C4"]).SEARCH.LATENCY.BACKBONE
+
+
+def test_loading_a_search_config_does_not_import_detectron2():
+    """A search that estimates no latency never builds a detector: its config check must not cost detectron2's
+    import (seconds, in every process that loads the config)."""
+    code = ("import sys; from search.config import load_cfg; load_cfg('configs/search/smoke.yaml'); "
+            "print('detectron2' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr
 
 
 def _pareto_file(tmp_path: Path) -> Path:
@@ -209,6 +230,8 @@ def test_the_report_shows_the_searchs_pareto_plot(tmp_path):
         "kind": "searched", "pareto_plot": str(search / "pareto.png")}, "metrics": {"strategies": {}}})
     atomic_write_json(ctx.stage_dir("select") / MANIFEST_NAME, {"status": "done", "outputs": {},
                                                                  "metrics": {"latency_ms": 12.5}})
-    report = write_report(ctx, tmp_path / "report", ["search", "select"]).read_text()
+    from nasnet_det.pipeline.stages.search import SearchStage
+
+    report = write_report(ctx, tmp_path / "report", [SearchStage(), SelectStage()]).read_text()
     assert "![search pareto](search_pareto.png)" in report and "runs in 12.5 ms" in report
     assert (tmp_path / "report" / "search_pareto.png").is_file()

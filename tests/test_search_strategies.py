@@ -11,7 +11,6 @@ import torch
 
 from search.cli import main
 from search.config import load_cfg
-from search.controller import sample_uniform
 from search.journal import Journal, load_state
 from search.reward import SyntheticOpReward
 from search.runner import SearchRunner
@@ -34,7 +33,7 @@ class ToyMutation(Strategy):
         self.best_reward, self.updates = -math.inf, 0
 
     def sample(self, n, generator):
-        fresh = sample_uniform(n, self.num_blocks, generator)
+        fresh = self.space.sample(n, generator)
         if self.best is None:
             return fresh, None
         out = torch.tensor([self.best] * n)

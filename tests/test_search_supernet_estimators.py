@@ -1,4 +1,5 @@
-"""Supernet estimators (search/estimators/supernet.py): seed-deterministic scores, FairNAS's strict fairness,
+"""Supernet estimators (search/estimators/supernet.py, on the supernet trainer of search/supernet_trainer.py):
+seed-deterministic scores, FairNAS's strict fairness,
 BatchNorm recalibration used in scoring, and few-shot splits that partition the space."""
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import OPS
 from search.config import load_cfg
 from search.estimators import build_estimator
-from search.estimators.supernet import FEW_SHOT_DECISION, few_shot_split, genotype_decisions, supernet_accuracy
 from search.reward import ChildData
 from search.supernet import recalibrate_bn
+from search.supernet_trainer import FEW_SHOT_DECISION, few_shot_split, supernet_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,11 +53,12 @@ def test_the_one_shot_search_supernet_scores_cells(tiny_data):
 def test_fairnas_trains_every_op_of_a_slot_equally_often(tiny_data):
     fair = build_estimator("fairnas", tiny_cfg())
     fair.prepare(tiny_data, seed=0)
-    counts = fair.op_counts  # [op decisions (8 for B=2), 13 ops]: paths trained with that op there
+    counts = fair.trainer.op_counts  # [op decisions (8 for B=2), 13 ops]: paths trained with that op there
     assert counts.shape == (8, len(OPS)) and (counts == 2).all()  # 2 updates x each op once per slot
     spos = build_estimator("spos", tiny_cfg())
     spos.prepare(tiny_data, seed=0)
-    assert spos.op_counts.sum() == 2 * 8 and (spos.op_counts != spos.op_counts[:, :1]).any()  # not fair
+    counts = spos.trainer.op_counts
+    assert counts.sum() == 2 * 8 and (counts != counts[:, :1]).any()  # not fair
 
 
 def test_bn_recalibration_changes_the_running_stats_and_is_used_in_scoring(tiny_data):
@@ -67,11 +69,11 @@ def test_bn_recalibration_changes_the_running_stats_and_is_used_in_scoring(tiny_
     bn = net.conv0.bn
     score_a = est.score(a)  # recalibrates for a, then scores in eval mode with those statistics
     assert bn.num_batches_tracked.item() == 3  # reset, then the 3 recalibration batches
-    x, y = est.x_val, est.y_val
+    x, y = est.trainer.x_val, est.trainer.y_val
     net.eval()
     logits_a = net(x, a)
     assert score_a == supernet_accuracy(net, a, x, y, 256)
-    recalibrate_bn(net, b, est.recalibration_batches())  # another cell's statistics
+    recalibrate_bn(net, b, est.trainer.recalibration_batches())  # another cell's statistics
     net.eval()
     cell_bn = [m for m in net.cell_0.modules() if isinstance(m, nn.BatchNorm2d)]
     assert not torch.allclose(logits_a, net(x, a))  # the running statistics are what eval mode scores with
@@ -87,12 +89,13 @@ def test_few_shot_splits_partition_the_space(tiny_data):
     est.prepare(tiny_data, seed=0)
     assert len(est.nets) == splits and len({id(n) for n in est.nets}) == splits
     for g in random_cells(6):
-        d = genotype_decisions(g)
+        d = est.trainer.space.decisions(g)
         assert est.supernet_for(g) is est.nets[d[FEW_SHOT_DECISION] % splits]
     # the split decision is op decision 0: 3 shared uniform updates, then 1 update per split in its subspace
-    assert est.op_counts[0].sum() == 6
+    assert est.trainer.op_counts[0].sum() == 6
     for k in range(splits):  # a split's updates draw the split decision from its own ops only
-        assert all(op % splits == k for op in est.draw_paths(k)[:, FEW_SHOT_DECISION].tolist() for _ in range(5))
+        drawn = [op for _ in range(5) for op in est.trainer.draw_paths(False, k, splits)[:, FEW_SHOT_DECISION].tolist()]
+        assert all(op % splits == k for op in drawn)
 
 
 def test_few_shot_splits_train_at_the_same_learning_rates(tiny_data, monkeypatch):
@@ -119,7 +122,7 @@ def test_single_path_supernets_score_nasnet_a_which_concatenates_a_cell_input(ti
     est.prepare(tiny_data, seed=0)
     assert 0 <= est.score(NASNET_A) <= 1
     # the input states' output convs were trained (the paths add inputs to their concat lists)
-    fresh = dict(est.new_supernet().named_parameters())
+    fresh = dict(est.trainer.new_supernet().named_parameters())
     trained = {k: v for k, v in est.nets[0].named_parameters() if "input_out_conv" in k}
     assert trained and all(not torch.equal(v, fresh[k]) for k, v in trained.items())
 
@@ -158,3 +161,12 @@ def test_the_one_shot_search_supernet_refuses_a_cell_input_loose_end_naming_the_
     with pytest.raises(ValueError) as e:
         SuperNet(2, 1, 4).check_genotype(NASNET_A)
     assert not isinstance(e.value, UnscorableCellError)
+
+
+def test_the_supernet_trainer_runs_one_cosine_schedule_from_lr_to_lr_min(tiny_data):
+    from search.supernet_trainer import SupernetTrainer
+
+    trainer = SupernetTrainer(tiny_cfg("ONESHOT.LR", 0.1, "ONESHOT.LR_MIN", 0.001), tiny_data, torch.device("cpu"), 0)
+    assert trainer.total_updates == 2  # ONESHOT.EPOCHS x ONESHOT.WEIGHT_STEPS
+    assert trainer.learning_rate(0) == 0.1 and math.isclose(trainer.learning_rate(2), 0.001)
+    assert trainer.learning_rate(0.5) > trainer.learning_rate(1) > trainer.learning_rate(1.5) > 0.001

@@ -15,7 +15,7 @@ from helpers.data import CIFAR_NPZ
 
 from nasnet_det.data.cifar import load_cifar10_npz, synthetic_cifar
 from nasnet_det.genotypes import NASNET_A
-from search.controller import decisions_to_genotype, sample_uniform
+from nasnet_det.search_space import SearchSpace
 from search.reward import ChildData, ChildEvaluator, default_child_network, train_child
 from search.workers import InlineBackend, Job, LocalProcessBackend, run_job
 
@@ -37,8 +37,9 @@ def _data(n: int = 300, val: int = 100) -> ChildData:
 def _jobs(n: int) -> list[Job]:
     import torch
 
-    acts = sample_uniform(n, 5, torch.Generator().manual_seed(0))
-    return [Job(i, decisions_to_genotype(a, 5).to_dict(), seed=i) for i, a in enumerate(acts.tolist())]
+    space = SearchSpace(5)
+    acts = space.sample(n, torch.Generator().manual_seed(0))
+    return [Job(i, space.genotype(a).to_dict(), seed=i) for i, a in enumerate(acts.tolist())]
 
 
 def test_train_child_learns_synthetic_data():

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import Genotype
 from search.config import load_cfg
-from search.controller import decisions_to_genotype
 from search.estimators import build_estimator
 from search.journal import Journal
 from search.reward import SyntheticOpReward
@@ -59,12 +59,12 @@ def test_zero_cost_trains_the_best_ranked_candidates_and_resumes(tmp_path):
     # the children are the 4 candidates the proxy ranks highest, best first
     est = build_estimator("synflow", cfg_of())
     est.prepare(None, 0)
-    scores = [est.score(decisions_to_genotype(d, 2)) for d in saved["candidates"]]
+    scores = [est.score(SearchSpace(2).genotype(d)) for d in saved["candidates"]]
     assert scores == pytest.approx(saved["scores"])
     top = [saved["candidates"][i] for i in np.argsort(-np.array(scores), kind="stable")[:4]]
     assert [d for d, _, _ in rows] == top
     best = Genotype.load(whole / "best_genotype_zero_cost.json")  # the found cell: the best trained child
-    found = decisions_to_genotype(max(rows, key=lambda r: r[2])[0], 2)
+    found = SearchSpace(2).genotype(max(rows, key=lambda r: r[2])[0])
     assert (best.normal, best.reduce) == (found.normal, found.reduce)
 
 
@@ -113,8 +113,8 @@ def test_predictor_beats_random_search_on_the_synthetic_reward(tmp_path):
         for name in ("predictor", "random"):
             rows = _decisions(out, name)
             best = max(rows, key=lambda r: r[2])[0]  # the cell the search picks (by its noisy reward)
-            found[name] = reward.clean(decisions_to_genotype(best, 2))
-            late[name] = np.mean([reward.clean(decisions_to_genotype(d, 2)) for d, _, _ in rows[20:]])
+            found[name] = reward.clean(SearchSpace(2).genotype(best))
+            late[name] = np.mean([reward.clean(SearchSpace(2).genotype(d)) for d, _, _ in rows[20:]])
         found_margin.append(found["predictor"] - found["random"])
         later.append(late["predictor"] - late["random"])
     assert min(later) > 0.05, later

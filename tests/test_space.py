@@ -1,23 +1,17 @@
-"""The search space as data: validation messages, JSON round trip, decision encoding."""
+"""The search space as data (validation messages, JSON round trip) and as the searches' decisions (encoding,
+sampling, mutation)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 from helpers.genotypes import random_genotype
 
-from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL, PUBLISHED, get_genotype
-from nasnet_det.space import (
-    OPS,
-    Block,
-    CellSpec,
-    Genotype,
-    GenotypeError,
-    cell_from_decisions,
-    cell_to_decisions,
-    unused_states,
-)
+from nasnet_det.genotypes import NASNET_A, NASNET_A_LITERAL, PUBLISHED, found_genotype, get_genotype
+from nasnet_det.search_space import SearchSpace, cell_from_decisions, cell_to_decisions
+from nasnet_det.space import OPS, Block, CellSpec, Genotype, GenotypeError, unused_states
 
 
 def test_thirteen_ops_in_paper_order():
@@ -64,6 +58,45 @@ def test_decisions_round_trip():
     decisions = cell_to_decisions(NASNET_A.reduce)
     assert len(decisions) == 25
     assert cell_from_decisions(decisions, concat=NASNET_A.reduce.concat) == NASNET_A.reduce
+    space = SearchSpace(5)
+    assert space.genotype(space.decisions(NASNET_A_LITERAL), "nasnet_a_literal") == NASNET_A_LITERAL
+    with pytest.raises(ValueError, match="expected 50 decisions for B=5, got 25"):
+        space.genotype(decisions)
+
+
+def test_found_cells_are_validated_and_named_by_strategy_and_id():
+    found = found_genotype(NASNET_A.to_dict(), "ppo", 7)
+    assert found.name == "search_ppo_7" and (found.normal, found.reduce) == (NASNET_A.normal, NASNET_A.reduce)
+    broken = NASNET_A.to_dict()
+    broken["reduce"]["blocks"][0][2] = "conv_9x9"
+    with pytest.raises(GenotypeError, match="op_1='conv_9x9' is not a known operation"):
+        found_genotype(broken, "ppo", 7)
+
+
+def test_uniform_draws_are_the_journaled_ones():
+    """The draws of a seeded generator are those of the searches before the space was an object (journals
+    of earlier runs resume with the same cells), and they cover every option of every decision."""
+    space = SearchSpace(2)
+    assert space.sample(2, torch.Generator().manual_seed(0)).tolist() == [
+        [0, 1, 12, 3, 1, 2, 0, 10, 5, 0, 0, 1, 9, 2, 1, 1, 2, 12, 3, 1],
+        [1, 0, 4, 12, 1, 2, 0, 0, 1, 1, 1, 0, 9, 2, 0, 0, 0, 8, 7, 0]]
+    many = SearchSpace(5).sample(400, torch.Generator().manual_seed(0))
+    for j, size in enumerate(SearchSpace(5).sizes):
+        assert set(many[:, j].tolist()) == set(range(size))
+
+
+def test_mutants_change_one_to_three_decisions_to_valid_options():
+    space = SearchSpace(2)
+    parent = [1, 1, 3, 1, 1, 1, 2, 2, 12, 0, 0, 1, 9, 11, 1, 0, 0, 2, 3, 0]
+    # the predictor strategy's mutants of the journaled searches (same generator, same children)
+    assert space.mutate(parent, 3, torch.Generator().manual_seed(2)) == [
+        [1, 1, 3, 1, 1, 1, 2, 7, 12, 0, 0, 1, 9, 11, 1, 0, 0, 2, 3, 0],
+        [1, 1, 3, 1, 1, 1, 2, 2, 12, 0, 0, 1, 9, 9, 1, 0, 0, 2, 3, 0],
+        [1, 1, 3, 1, 1, 1, 2, 9, 12, 0, 0, 1, 9, 11, 0, 0, 0, 2, 3, 0]]
+    for child in space.mutate(parent, 50, torch.Generator().manual_seed(3)):
+        changed = sum(a != b for a, b in zip(child, parent))
+        assert 1 <= changed <= 3  # every decision has at least 2 options: a re-drawn one changes
+        space.genotype(child)  # valid
 
 
 @pytest.mark.parametrize("blocks, message", [

@@ -17,7 +17,7 @@ from nasnet_det.classification.config import load_config
 from nasnet_det.classification.sampler import ShardedEpochSampler, train_loader_seed
 from nasnet_det.engine.distributed import DistInfo
 from nasnet_det.engine.scaling import classification_schedule
-from nasnet_det.pipeline.stages import _trained_with
+from nasnet_det.pipeline.stages.base import trained_with
 from nasnet_det.utils.errors import BadInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_lr_steps_and_ema_follow_the_global_batch_and_are_recorded(tmp_path):
     assert schedule["lr"] == pytest.approx(0.2) and schedule["base_lr"] == pytest.approx(0.1)
     assert schedule["ema_decay"] == pytest.approx(0.81) and schedule["epochs"] == pytest.approx(1.5)
     # what the pipeline's manifest records of the run, read from this file
-    assert _trained_with("pretrain", tmp_path) == {"device": "cpu", "torch_cuda": torch.version.cuda or "cpu",
+    assert trained_with("pretrain", tmp_path) == {"device": "cpu", "torch_cuda": torch.version.cuda or "cpu",
                                                    "global_batch": 32, "effective_lr": pytest.approx(0.2),
                                                    "amp": "float32"}
     final = json.loads((tmp_path / "final_metrics.json").read_text())

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import torch
 
 from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.registry import Registry
 
 SEPARATOR = "://"
 
@@ -31,7 +32,7 @@ SEPARATOR = "://"
 class WeightSource(ABC):
     """One ``SCHEME://NAME`` family of published NASNet weights."""
 
-    scheme: str = ""
+    name: str = ""  # the scheme (``NAME://``): the source's key in WEIGHT_SOURCES
     library: str = ""  # the package that holds the names and downloads the files
 
     @abstractmethod
@@ -43,14 +44,7 @@ class WeightSource(ABC):
         """The library's state dict for ``name`` (from its cache, downloaded there when missing and allowed)."""
 
 
-WEIGHT_SOURCES: dict[str, WeightSource] = {}
-
-
-def register_weight_source(cls: type[WeightSource]) -> type[WeightSource]:
-    if cls.scheme in WEIGHT_SOURCES:
-        raise ValueError(f"weight source {cls.scheme!r} is registered twice")
-    WEIGHT_SOURCES[cls.scheme] = cls()
-    return cls
+WEIGHT_SOURCES = Registry("weights scheme")  # @WEIGHT_SOURCES.register() adds a WeightSource, keyed by its scheme
 
 
 def is_named_weights(spec: str | os.PathLike) -> bool:
@@ -70,10 +64,10 @@ def offline() -> bool:
 def _source(spec: str, key: str) -> tuple[WeightSource, str]:
     scheme, _, name = spec.partition(SEPARATOR)
     if scheme not in WEIGHT_SOURCES:
-        known = ", ".join(f"{s}://{n}" for s, src in WEIGHT_SOURCES.items() for n in _names_or_missing(src))
+        known = ", ".join(f"{s}://{n}" for s, src in WEIGHT_SOURCES for n in _names_or_missing(src()))
         raise BadInputError(f"{key} {spec!r}: unknown weights scheme {scheme + SEPARATOR!r}; known: {known}, "
                             "or a file path")
-    source = WEIGHT_SOURCES[scheme]
+    source = WEIGHT_SOURCES.get(scheme)()
     try:
         names = source.names()
     except ImportError:
@@ -121,9 +115,9 @@ def _from_torch_hub(url: str, where: str) -> dict[str, torch.Tensor]:
                             f"({type(e).__name__}: {e}); {by_hand}") from e
 
 
-@register_weight_source
+@WEIGHT_SOURCES.register()
 class TimmWeights(WeightSource):
-    scheme = "timm"
+    name = "timm"
     library = "timm"
 
     def names(self) -> list[str]:
@@ -155,9 +149,9 @@ class TimmWeights(WeightSource):
             raise BadInputError(f"{key}: not in the cache and {state}; get it by hand: {how}") from e
 
 
-@register_weight_source
+@WEIGHT_SOURCES.register()
 class PretrainedModelsWeights(WeightSource):
-    scheme = "pretrainedmodels"
+    name = "pretrainedmodels"
     library = "pretrainedmodels"
     SETTING = "imagenet"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,48 @@ def aux_kernel_size(image_size: int, stride: int, imagenet_stem: bool) -> int:
     return max(1, (size - 5) // 3 + 1) if size >= 5 else 1
 
 
+def stack_cells(parent: nn.Module, num_cells: int, filters: int, stem_channels: int, stem_stride: int,
+                make_cell: Callable[[str, bool, int, int | None, int, int], nn.Module], *,
+                imagenet_stem: bool = False, skip_reduction_layer_input: bool = False
+                ) -> tuple[list[CellPlan], dict[str, int], dict[str, int]]:
+    """The NASNet skeleton after the stem ``conv0``: the ImageNet stem cells (f/4, f/2), then 3 stacks of N normal
+    cells (f, 2f, 4f) with a reduction cell before stacks 2 and 3, each fed by the two previous outputs (slim's
+    ``cell_outputs``). ``make_cell(name, reduction, c_in, c_prev, filters, prev_stride)`` builds a cell (with an
+    ``out_channels`` attribute; ``c_prev`` None: the first cell has one input); the cells are added to ``parent``
+    in order. Returns the cells' plans and every output's channels and stride (by name, ``conv0`` included).
+    The search's supernet (search/supernet.py) stacks its cells with it too."""
+    channels: dict[str, int] = {"conv0": stem_channels}
+    strides: dict[str, int] = {"conv0": stem_stride}
+    plans: list[CellPlan] = []
+    outputs: list[str | None] = [None, "conv0"]  # slim's cell_outputs
+
+    def add(name: str, reduction: bool, cell_filters: int, prev: str | None) -> None:
+        h = outputs[-1]
+        assert h is not None
+        prev_stride = 2 if prev is not None and strides[prev] != strides[h] else 1
+        cell = make_cell(name, reduction, channels[h], channels[prev] if prev else None, cell_filters, prev_stride)
+        parent.add_module(name, cell)
+        plans.append(CellPlan(name, h, prev, reduction, cell_filters, len(plans)))
+        channels[name] = cell.out_channels
+        strides[name] = strides[h] * (2 if reduction else 1)
+        outputs.append(name)
+
+    if imagenet_stem:
+        add("cell_stem_0", True, filters // 4, outputs[-2])
+        add("cell_stem_1", True, filters // 2, outputs[-2])
+    reduction_at = [num_cells, 2 * num_cells]
+    scale = 1
+    for i in range(3 * num_cells):
+        prev = outputs[-2]
+        if i in reduction_at:
+            scale *= 2
+            add(f"reduction_cell_{reduction_at.index(i)}", True, filters * scale, outputs[-2])
+            if not skip_reduction_layer_input:
+                prev = outputs[-2]
+        add(f"cell_{i}", False, filters * scale, prev)
+    return plans, channels, strides
+
+
 class NASNet(nn.Module):
     """A NASNet classifier for any genotype.
 
@@ -148,47 +191,22 @@ class NASNet(nn.Module):
             self.conv0.add_module("conv", Conv2dSame(in_chans, stem_filters, 3, 1))
         self.conv0.add_module("bn", norm(stem_filters))
 
-        channels: dict[str, int] = {"conv0": stem_filters}
-        strides: dict[str, int] = {"conv0": 2 if imagenet_stem else 1}
-        plans: list[CellPlan] = []
-        outputs: list[str | None] = [None, "conv0"]  # slim's cell_outputs
-
-        def add(name: str, reduction: bool, cell_filters: int, prev: str | None) -> None:
-            h = outputs[-1]
-            assert h is not None
-            prev_stride = 2 if prev is not None and strides[prev] != strides[h] else 1
+        def make_cell(name: str, reduction: bool, c_in: int, c_prev: int | None, cell_filters: int,
+                      prev_stride: int) -> Cell:
             spec = genotype.reduce if reduction else genotype.normal
             try:
-                cell = Cell(spec, channels[h], channels[prev] if prev else None, cell_filters, reduction,
-                            prev_stride, norm, pad_mode)
+                return Cell(spec, c_in, c_prev, cell_filters, reduction, prev_stride, norm, pad_mode)
             except ValueError as e:
                 raise ValueError(f"{name} ({cell_filters} filters per op) cannot be built: {e}. Use more "
                                  f"filters (the ImageNet stem cells use f//4 and f//2 of f={filters})") from None
-            self.add_module(name, cell)
-            plans.append(CellPlan(name, h, prev, reduction, cell_filters, len(plans)))
-            channels[name] = cell.out_channels
-            strides[name] = strides[h] * (2 if reduction else 1)
-            outputs.append(name)
 
-        if imagenet_stem:
-            if filters < 4:
-                raise ValueError(f"the ImageNet stem cells use f//4 and f//2 filters per op: f={filters} is too "
-                                 "small (need f >= 4)")
-            add("cell_stem_0", True, filters // 4, outputs[-2])
-            add("cell_stem_1", True, filters // 2, outputs[-2])
-        reduction_at = [num_cells, 2 * num_cells]
-        scale = 1
-        self.aux_after = None
-        for i in range(3 * num_cells):
-            prev = outputs[-2]
-            if i in reduction_at:
-                scale *= 2
-                add(f"reduction_cell_{reduction_at.index(i)}", True, filters * scale, outputs[-2])
-                if not skip_reduction_layer_input:
-                    prev = outputs[-2]
-            add(f"cell_{i}", False, filters * scale, prev)
-            if i == 2 * num_cells - 1:
-                self.aux_after = f"cell_{i}"
+        if imagenet_stem and filters < 4:
+            raise ValueError(f"the ImageNet stem cells use f//4 and f//2 filters per op: f={filters} is too "
+                             "small (need f >= 4)")
+        plans, channels, strides = stack_cells(self, num_cells, filters, stem_filters, 2 if imagenet_stem else 1,
+                                               make_cell, imagenet_stem=imagenet_stem,
+                                               skip_reduction_layer_input=skip_reduction_layer_input)
+        self.aux_after = f"cell_{2 * num_cells - 1}"  # the aux head reads the last cell of the second stack
         self.plan: tuple[CellPlan, ...] = tuple(plans)
         self.feature_info: tuple[FeatureInfo, ...] = tuple(
             FeatureInfo(n, channels[n], strides[n]) for n in ["conv0"] + [p.name for p in plans])

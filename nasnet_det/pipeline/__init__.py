@@ -8,7 +8,7 @@ interrupted one and reruns what changed (see :mod:`nasnet_det.pipeline.runner`).
 from nasnet_det.pipeline.config import get_pipeline_cfg, load_pipeline_config
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.runner import Pipeline, select_stages
-from nasnet_det.pipeline.stages import Stage, pipeline_stages, register_stage, stage_names
+from nasnet_det.pipeline.stages import STAGES, Stage, pipeline_stages, stage_names
 
-__all__ = ["Pipeline", "Stage", "StageError", "get_pipeline_cfg", "load_pipeline_config", "pipeline_stages",
-           "register_stage", "select_stages", "stage_names"]
+__all__ = ["STAGES", "Pipeline", "Stage", "StageError", "get_pipeline_cfg", "load_pipeline_config", "pipeline_stages",
+           "select_stages", "stage_names"]

@@ -1,5 +1,5 @@
 """Where the training stages run (``PIPELINE.BACKEND``): each backend is one class registered with
-``@register_backend``; the stages ask ``ctx.backend`` to run a tool and never compare backend names.
+``@BACKENDS.register()``; the stages ask ``ctx.backend`` to run a tool and never compare backend names.
 
 * ``local`` (default): each stage's tool as a child process on this machine (torchrun for several
   classification processes, detectron2's ``launch`` for several detection processes).
@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from fvcore.common.config import CfgNode as CN
 
@@ -38,6 +38,8 @@ from nasnet_det.pipeline.launch import (
     torchrun_prefix,
 )
 from nasnet_det.pipeline.ray_local import LocalClusterRecord, stop_leftovers
+from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.registry import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +101,7 @@ class ExecutionBackend(ABC):
         """Release what the backend started (a local Ray cluster)."""
 
 
-B = TypeVar("B", bound=type[ExecutionBackend])
-BACKENDS: dict[str, type[ExecutionBackend]] = {}
-
-
-def register_backend(cls: B) -> B:
-    if not cls.name or cls.name in BACKENDS:
-        raise ValueError(f"backend {cls.__name__}: name {cls.name!r} is empty or taken")
-    BACKENDS[cls.name] = cls
-    return cls
+BACKENDS = Registry("PIPELINE.BACKEND")  # @BACKENDS.register() adds one, named by its ``name``
 
 
 def add_backend_config(node: CN) -> None:
@@ -117,17 +111,18 @@ def add_backend_config(node: CN) -> None:
 
 
 def check_backend_config(node: CN) -> None:
-    if node.BACKEND not in BACKENDS:
-        raise ValueError(f"PIPELINE.BACKEND must be one of {', '.join(BACKENDS)}, got {node.BACKEND!r}")
+    chosen = BACKENDS.lookup(node.BACKEND)  # an unknown name: one line naming the key and the known names
+    if node.BACKEND != chosen.name:  # the name as registered: the plan and the manifests compare it
+        raise BadInputError(f"PIPELINE.BACKEND={node.BACKEND!r}: expected {chosen.name!r} (lower case)")
     for cls in BACKENDS.values():
         cls.check_config(node)
 
 
 def create_backend(cfg: CN) -> ExecutionBackend:
-    return BACKENDS[cfg.PIPELINE.BACKEND](cfg)
+    return BACKENDS.get(cfg.PIPELINE.BACKEND)(cfg)
 
 
-@register_backend
+@BACKENDS.register()
 class LocalBackend(ExecutionBackend):
     """Child processes on this machine: torchrun / detectron2 launch for several processes."""
 
@@ -242,7 +237,7 @@ def train_worker_runtime_env(resources: WorkerResources, environ: Mapping[str, s
     return {"env_vars": env_vars}
 
 
-@register_backend
+@BACKENDS.register()
 class RayBackend(ExecutionBackend):
     """Every stage on a Ray cluster: the search as Ray tasks, the training stages as Ray Train jobs."""
 

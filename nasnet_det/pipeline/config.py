@@ -17,7 +17,8 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.config import load_cfg
 from nasnet_det.pipeline.backends import add_backend_config, check_backend_config
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.stages import SHARED_NETWORK_KEYS, pipeline_stages
+from nasnet_det.pipeline.stages import pipeline_stages
+from nasnet_det.pipeline.stages.base import SHARED_NETWORK_KEYS
 from nasnet_det.pipeline.throughput import add_throughput_config, check_throughput_config
 
 NETWORK_PRESET = "nasnet_a_mobile"  # the default network (MODEL.NASNET.PRESET picks another)

@@ -23,7 +23,8 @@ from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
 from nasnet_det.pipeline.plan import Check, Machine, Plan, StagePlan, Target, hours
 from nasnet_det.pipeline.plan_data import DataFound, cifar10_source, coco_datasets, imagenet_folders
-from nasnet_det.pipeline.stages import Context, Stage, genotype_opts, network_opts, pipeline_stages
+from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages
+from nasnet_det.pipeline.stages.base import genotype_opts, network_opts
 from nasnet_det.pipeline.throughput import THROUGHPUT_KEYS, stated_throughput
 from nasnet_det.utils.errors import bad_input_message
 from nasnet_det.utils.mapping import lookup

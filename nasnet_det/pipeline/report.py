@@ -1,11 +1,16 @@
-"""``report.md`` and the PNGs beside it, from the stage manifests and the artifacts they name."""
+"""``report.md`` and the PNGs beside it, from the stage manifests and the artifacts they name.
+
+The report's own parts (the scale, the stage table, the drawn detections, the backbone's size, the artifacts)
+are written here; each stage adds its sections (:meth:`Stage.report_sections`), in run order."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.manifest import read_manifest
@@ -21,7 +26,7 @@ def _fmt_time(seconds: float | None) -> str:
     return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
-def _num(v: Any, digits: int = 2) -> str:
+def fmt_num(v: Any, digits: int = 2) -> str:
     return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"
 
 
@@ -51,22 +56,12 @@ def plot_detection_loss(events: Path, out: Path) -> Path | None:
     return save_figure(fig, out, dpi=100)
 
 
-def build_backbone(cfg, genotype_file: Path):
-    """The pipeline's MODEL.NASNET network with the chosen cell, as the detector's backbone (no classifier, no
-    aux head)."""
-    from nasnet_det.models import create_model
-
-    n = cfg.MODEL.NASNET
-    size = dict(filters=n.FILTERS) if n.FILTERS > 0 else dict(penultimate_filters=n.PENULTIMATE_FILTERS)
-    return create_model("nasnet_a_mobile", genotype=str(genotype_file), num_cells=n.NUM_CELLS, num_classes=0,
-                        aux_head=False, dropout=0.0, image_size=None, stem_filters=n.STEM_FILTERS,
-                        skip_reduction_layer_input=n.SKIP_REDUCTION_LAYER_INPUT, pad_mode=n.PAD_MODE, **size)
-
-
 def backbone_profile(cfg, genotype_file: Path, image_size: int) -> dict[str, Any]:
+    from nasnet_det.models import create_model
     from nasnet_det.models.profile import count_mult_adds, count_params
 
-    model = build_backbone(cfg, genotype_file)
+    # the pipeline's MODEL.NASNET network with the chosen cell as the detector's backbone (no classifier)
+    model = create_model(cfg, num_classes=0, genotype=str(genotype_file))
     return {"params": count_params(model), "mult_adds": count_mult_adds(model, image_size),
             "image_size": image_size, "num_features": model.num_features, "num_cells": cfg.MODEL.NASNET.NUM_CELLS}
 
@@ -78,7 +73,7 @@ DETECTIONS_DIR = "detections"  # under the report folder: the drawn photos and d
 def sample_detections_section(ctx, detect: dict, workdir: Path) -> list[str]:
     """Markdown showing the trained detector's top-scoring boxes on the embedded COCO photos, drawn by the demo
     tool (``--samples``) in a process of its own: the pipeline driver does not load torch or detectron2."""
-    lines = ["## Sample detections", ""]
+    lines: list[str] = []
     outputs = detect.get("outputs", {})
     if detect.get("status") != "done" or not outputs.get("config"):
         return lines + ["Not drawn: no trained detector.", ""]
@@ -165,35 +160,70 @@ TRAINING_FIT = ("AP on the training photos (a fit of the training data, smoke sc
 SMOKE_TAG = " *(smoke scale: checks the chain, not accuracy)*"
 
 
-def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
-    """``workdir/report.md`` on the stages ``stage_names`` (in run order; the stage table lists them all)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = ctx.out
-    manifests = {name: read_manifest(ctx.stage_dir(name)) for name in stage_names}
+class ReportSection(NamedTuple):
+    """A section of ``report.md``: its title (``## title``; consecutive sections of one title share the heading)
+    and its lines."""
 
-    def rel(p: Path | str) -> str:
-        p = Path(p)
-        try:
-            return str(p.resolve().relative_to(out))
-        except ValueError:
-            return str(p)
+    title: str
+    lines: list[str]
 
-    def copy(stage: str, key: str, name: str) -> str | None:
-        m = manifests.get(stage)
+
+@dataclass
+class Report:
+    """What a stage's report section is written from: the run (``ctx``), the report's folder, and the manifest
+    of each reported stage (``None``: not run). ``tag`` marks a figure of a smoke-scale run."""
+
+    ctx: Any  # the stages' Context (stages.base imports this module, not the reverse)
+    workdir: Path
+    manifests: dict[str, dict | None]
+    tag: str = ""
+
+    def manifest(self, stage: str) -> dict:
+        """The stage's manifest (empty when it has not run)."""
+        return self.manifests.get(stage) or {}
+
+    def copy(self, stage: str, key: str, name: str) -> str | None:
+        """Copy output ``key`` of a finished ``stage`` into the report's folder as ``name`` (``None``: no such
+        file)."""
+        m = self.manifests.get(stage)
         src = m and m.get("status") == "done" and m.get("outputs", {}).get(key)
-        if not src or not Path(ctx.abspath(src)).is_file():
+        if not src or not Path(self.ctx.abspath(src)).is_file():
             return None
-        shutil.copyfile(ctx.abspath(src), workdir / name)
+        shutil.copyfile(self.ctx.abspath(src), self.workdir / name)
         return name
 
+
+def write_report(ctx: Any, workdir: Path, stages: Sequence[Any]) -> Path:
+    """``workdir/report.md`` of the run ``ctx`` (a stages' Context) on ``stages`` (Stage instances in run order;
+    the stage table lists them all)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = ctx.out
+    manifests = {s.name: read_manifest(ctx.stage_dir(s.name)) for s in stages}
     lines = ["# nasnet-det pipeline report", "", f"Output folder: `{out}`", ""]
     training_sets = detector_training_sets(ctx, manifests.get("detect") or {})
     smoke = smoke_reasons(manifests, training_sets)
-    tag = SMOKE_TAG if smoke else ""
+    report = Report(ctx, workdir, manifests, SMOKE_TAG if smoke else "")
     lines += scale_lines(smoke)
+    lines += stage_table(manifests)
 
-    # Time per stage ------------------------------------------------------------------------------------
-    lines += ["## Stages", "", "| stage | status | wall time | attempts | folder |", "| --- | --- | --- | --- | --- |"]
+    # The stages' sections: those that give the run's result (the chosen cell) first, then in run order
+    title = None
+    for stage in sorted(stages, key=lambda s: not s.report_first):
+        for section in stage.report_sections(report):
+            if section.title != title:
+                lines += [f"## {section.title}", ""]
+                title = section.title
+            lines += section.lines
+
+    lines += ["## Sample detections", "", *sample_detections_section(ctx, report.manifest("detect"), workdir)]
+    lines += backbone_section(report)
+    lines += artifact_table(manifests)
+    return atomic_write(workdir / "report.md", "\n".join(lines))
+
+
+def stage_table(manifests: dict[str, dict | None]) -> list[str]:
+    """Status, wall time and attempts of every stage, and the total time."""
+    lines = ["## Stages", "", "| stage | status | wall time | attempts | folder |", "| --- | --- | --- | --- | --- |"]
     total = 0.0
     for name, m in manifests.items():
         if not m:
@@ -202,104 +232,31 @@ def write_report(ctx, workdir: Path, stage_names: list[str]) -> Path:
         total += m.get("wall_seconds_total") or 0.0
         lines.append(f"| {name} | {m.get('status')} | {_fmt_time(m.get('wall_seconds_total'))} | "
                      f"{m.get('attempts', 1)} | `{name}/` |")
-    lines += [f"| **total** | | {_fmt_time(total)} | | |", ""]
+    return lines + [f"| **total** | | {_fmt_time(total)} | | |", ""]
 
-    # Cells ---------------------------------------------------------------------------------------------
-    sel = manifests.get("select") or {}
-    lines += ["## Chosen cell", ""]
-    if copy("select", "cells", "cells.png"):
-        g = sel.get("metrics", {})
-        lines += [f"Genotype **{g.get('genotype')}** (search reward {_num(g.get('reward'), 4)}"
-                  + (f", re-ranked CIFAR top-1 {_num(g.get('rerank_top1'))}%" if g.get("rerank_top1") else "")
-                  + f"; file `{sel.get('outputs', {}).get('genotype')}`).", "", "![cells](cells.png)", ""]
 
-    # Search --------------------------------------------------------------------------------------------
-    search = manifests.get("search") or {}
-    lines += ["## Search", ""]
-    if search.get("outputs", {}).get("kind") == "given":
-        lines += [f"Not run: the genotype was given (`SEARCH.GENOTYPE {search.get('config', {}).get('genotype')}`).",
-                  ""]
-    elif search.get("status") == "done":
-        lines += ["| strategy | children | ok | failed | best reward | mean reward | first-quarter batch mean | "
-                  "last-quarter batch mean |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for name, s in search.get("metrics", {}).get("strategies", {}).items():
-            lines.append(f"| {name} | {s.get('evaluations')} | {s.get('ok')} | {s.get('failed')} | "
-                         f"{_num(s.get('best_reward'), 4)} | {_num(s.get('mean_reward'), 4)} | "
-                         f"{_num(s.get('first_batches_mean'), 4)} | {_num(s.get('last_batches_mean'), 4)} |")
-        lines.append("")
-        if copy("search", "rewards_plot", "search_rewards.png"):
-            lines += ["Reward per policy batch, per strategy:", "", "![search rewards](search_rewards.png)", ""]
-        # Latency-aware search (SEARCH.OBJECTIVE latency): accuracy against detection latency
-        if copy("search", "pareto_plot", "search_pareto.png"):
-            budget = sel.get("metrics", {}).get("latency_ms")
-            lines += ["Accuracy against detection-backbone latency (every child, the Pareto front, NASNet-A's "
-                      "latency marked)" + (f"; the chosen cell runs in {_num(budget, 1)} ms" if budget else "")
-                      + ":", "", "![search pareto](search_pareto.png)", ""]
+def backbone_section(report: Report) -> list[str]:
+    """Params and mult-adds of the chosen cell's backbone (nothing before a cell is chosen)."""
+    genotype = report.manifest("select").get("outputs", {}).get("genotype")
+    if not genotype:
+        return []
+    ctx = report.ctx
+    prof = backbone_profile(ctx.cfg, ctx.abspath(genotype), ctx.cfg.REPORT.PROFILE_IMAGE_SIZE)
+    atomic_write(report.workdir / "backbone_profile.json", json.dumps(prof, indent=2) + "\n")
+    return ["## Backbone", "", "| network | params | mult-adds | image size | output channels |",
+            "| --- | --- | --- | --- | --- |",
+            f"| {prof['num_cells']}@{prof['num_features']} (no classifier) | {prof['params'] / 1e6:.3f} M | "
+            f"{prof['mult_adds'] / 1e6:.1f} M | {prof['image_size']} | {prof['num_features']} |", ""]
 
-    # Training stages -----------------------------------------------------------------------------------
-    lines += ["## Training", ""]
-    for stage, title in (("cifar", "CIFAR-10 final training"), ("pretrain", "ImageNet pretraining")):
-        m = manifests.get(stage)
-        if not m:
-            lines += [f"{title}: not run.", ""]
-            continue
-        if m.get("outputs", {}).get("kind") == "given":
-            lines += [f"{title}: not run; weights given (`{m['outputs'].get('weights')}`).", ""]
-            continue
-        met = m.get("metrics", {})
-        lines += [f"**{title}** ({m.get('status')}): top-1 {_num(met.get('top1'))}%, top-5 {_num(met.get('top5'))}% "
-                  f"on {met.get('images', '-')} held-out images{tag}; "
-                  f"weights `{m.get('outputs', {}).get('weights')}`.", ""]
-        png = copy(stage, "curves", f"{stage}_curves.png")
-        if png:
-            lines += [f"![{stage} curves]({png})", ""]
-    det = manifests.get("detect") or {}
-    if det.get("status") == "done":
-        met = det.get("metrics", {})
-        lines += [f"**Faster R-CNN** ({det.get('status')}): {met.get('iterations', '-')} iterations, total loss "
-                  f"{_num(met.get('first_total_loss'), 3)} -> {_num(met.get('last_total_loss'), 3)}; detector "
-                  f"`{det.get('outputs', {}).get('weights')}`.", ""]
-        if plot_detection_loss(Path(ctx.abspath(det["outputs"].get("events", ""))), workdir / "detection_loss.png"):
-            lines += ["![detection loss](detection_loss.png)", ""]
 
-    # COCO AP -------------------------------------------------------------------------------------------
-    ev = manifests.get("evaluate") or {}
-    lines += ["## COCO box AP", ""]
-    for dataset, res in ev.get("metrics", {}).get("bbox", {}).items():
-        if dataset in training_sets:
-            lines += [f"**{TRAINING_FIT}: {_num(res.get('AP'), 1)}** (dataset `{dataset}`, the detector's "
-                      "`DATASETS.TRAIN`).", ""]
-        lines += [f"Dataset `{dataset}`{tag}:", "", "| " + " | ".join(AP_KEYS) + " |", "|" + " --- |" * len(AP_KEYS),
-                  "| " + " | ".join(_num(res.get(k)) for k in AP_KEYS) + " |", ""]
-        # Categories without ground truth in the dataset have no AP (NaN): leave them out.
-        per_cat = sorted((k[3:], v) for k, v in res.items() if k.startswith("AP-") and v == v)
-        if per_cat:
-            lines += [f"<details><summary>per-category AP ({len(per_cat)} categories with ground truth)</summary>",
-                      "", "| category | AP |", "| --- | --- |"]
-            lines += [f"| {c} | {_num(v)} |" for c, v in per_cat]
-            lines += ["", "</details>", ""]
-    if not ev.get("metrics"):
-        lines += ["Not evaluated.", ""]
-    lines += sample_detections_section(ctx, det, workdir)
-
-    # Backbone size -------------------------------------------------------------------------------------
-    genotype = sel.get("outputs", {}).get("genotype")
-    if genotype:
-        prof = backbone_profile(ctx.cfg, ctx.abspath(genotype), ctx.cfg.REPORT.PROFILE_IMAGE_SIZE)
-        atomic_write(workdir / "backbone_profile.json", json.dumps(prof, indent=2) + "\n")
-        lines += ["## Backbone", "", "| network | params | mult-adds | image size | output channels |",
-                  "| --- | --- | --- | --- | --- |",
-                  f"| {prof['num_cells']}@{prof['num_features']} (no classifier) | {prof['params'] / 1e6:.3f} M | "
-                  f"{prof['mult_adds'] / 1e6:.1f} M | {prof['image_size']} | {prof['num_features']} |", ""]
-
-    # Artifacts -----------------------------------------------------------------------------------------
-    lines += ["## Artifacts", "", "| stage | artifact | path |", "| --- | --- | --- |"]
+def artifact_table(manifests: dict[str, dict | None]) -> list[str]:
+    """Every output of every stage, by path."""
+    lines = ["## Artifacts", "", "| stage | artifact | path |", "| --- | --- | --- |"]
     for name, m in manifests.items():
         for key, value in (m or {}).get("outputs", {}).items():
             for sub, path in (value.items() if isinstance(value, dict) else [("", value)]):
                 if key == "kind":
                     continue
                 lines.append(f"| {name} | {key}{'/' + sub if sub else ''} | `{path}` |")
-    lines += ["", "Each stage folder holds its `manifest.json` (settings + hash, inputs + sha256, outputs, "
-              "metrics, wall time, status) and `stage.log`.", ""]
-    return atomic_write(workdir / "report.md", "\n".join(lines))
+    return lines + ["", "Each stage folder holds its `manifest.json` (settings + hash, inputs + sha256, outputs, "
+                    "metrics, wall time, status) and `stage.log`.", ""]

@@ -11,6 +11,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from fvcore.common.config import CfgNode
 
+from nasnet_det.search_space import SearchSpace
+
 S = TypeVar("S", bound=type["Strategy"])
 
 
@@ -27,6 +29,7 @@ class Strategy(ABC):
 
     def __init__(self, cfg: CfgNode):
         self.num_blocks = int(cfg.SEARCH.NUM_BLOCKS)
+        self.space = SearchSpace(self.num_blocks)  # what the decisions mean
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:

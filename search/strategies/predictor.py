@@ -26,8 +26,8 @@ import torch
 from fvcore.common.config import CfgNode
 from sklearn.linear_model import Ridge
 
+from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS
-from search.controller import decision_slots, sample_uniform
 from search.strategies.base import Strategy
 
 
@@ -35,8 +35,8 @@ def encode(decisions: np.ndarray, num_blocks: int) -> np.ndarray:
     """[n, 2 x 5B] decisions -> fixed-length features: the one-hot of every decision, then each cell's count
     of every op (how often it is used, wherever: lets the surrogate generalise across the slots, as the op
     features of NAS predictors do)."""
-    slots = decision_slots(num_blocks)
-    sizes = [s.num_valid for s in slots]
+    space = SearchSpace(num_blocks)
+    slots, sizes = space.slots, space.sizes
     decisions = np.asarray(decisions)
     rows = np.arange(len(decisions))[:, None]
     hot = np.zeros((len(decisions), sum(sizes)), dtype=np.float32)
@@ -52,7 +52,6 @@ class Predictor(Strategy):
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
         self.p, self.seed = cfg.SEARCH.PREDICTOR, int(cfg.SEARCH.SEED)
-        self.sizes = [s.num_valid for s in decision_slots(self.num_blocks)]
         self.decisions: list[list[int]] = []  # finished children learned from
         self.rewards: list[float] = []
         self.seen: set[tuple[int, ...]] = set()  # every cell proposed (journaled) so far
@@ -94,28 +93,14 @@ class Predictor(Strategy):
         self._fit()
 
     # ---- proposals ---------------------------------------------------------------------------------------
-    def _mutants(self, parent: list[int], count: int, generator: torch.Generator) -> list[list[int]]:
-        """``count`` copies of ``parent`` with 1 to 3 decisions (uniformly many, uniformly which) re-drawn to
-        another valid option."""
-        out = []
-        for _ in range(count):
-            child = list(parent)
-            changes = int(torch.randint(1, 4, (1,), generator=generator))
-            for slot in torch.randperm(len(parent), generator=generator)[:changes].tolist():
-                n = self.sizes[slot]
-                if n > 1:
-                    child[slot] = (parent[slot] + int(torch.randint(1, n, (1,), generator=generator))) % n
-            out.append(child)
-        return out
-
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, None]:
         if not self.members:  # the initial random children
-            pool = sample_uniform(max(4 * n, 16), self.num_blocks, generator).tolist()
+            pool = self.space.sample(max(4 * n, 16), generator).tolist()
             scores = None
         else:
             order = np.argsort(-np.array(self.rewards), kind="stable")[:int(self.p.TOP_PARENTS)]
-            pool = [m for i in order for m in self._mutants(self.decisions[i], int(self.p.MUTATIONS), generator)]
-            pool += sample_uniform(len(pool), self.num_blocks, generator).tolist()
+            pool = [m for i in order for m in self.space.mutate(self.decisions[i], int(self.p.MUTATIONS), generator)]
+            pool += self.space.sample(len(pool), generator).tolist()
             mean, std = self.predict(np.array(pool))
             scores = mean + float(self.p.KAPPA) * std
         ranked = range(len(pool)) if scores is None else np.argsort(-scores, kind="stable")
@@ -128,7 +113,7 @@ class Predictor(Strategy):
                 if len(chosen) == n:
                     break
         while len(chosen) < n:  # every proposal was journaled already: fresh random cells
-            d = sample_uniform(1, self.num_blocks, generator)[0].tolist()
+            d = self.space.sample(1, generator)[0].tolist()
             if tuple(d) not in self.seen:
                 self.seen.add(tuple(d))
                 chosen.append(d)

@@ -1,7 +1,6 @@
 """Every strategy ``SEARCH.STRATEGY`` can name. A new strategy is a module of this package (a
 :class:`~search.strategies.base.Strategy` subclass) plus its line below."""
 
-from search.oneshot_config import ONESHOT_STRATEGY
 from search.strategies.base import StrategyRegistry
 from search.strategies.oneshot import OneShot
 from search.strategies.ppo import PPO
@@ -14,6 +13,6 @@ STRATEGIES = StrategyRegistry()
 STRATEGIES.register("ppo")(PPO)
 STRATEGIES.register("reinforce")(Reinforce)
 STRATEGIES.register("random")(RandomSearch)
-STRATEGIES.register(ONESHOT_STRATEGY)(OneShot)
+STRATEGIES.register(OneShot.name)(OneShot)
 STRATEGIES.register("zero_cost")(ZeroCost)
 STRATEGIES.register("predictor")(Predictor)

@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from nasnet_det.utils.errors import BadInputError
 from search.config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
-from search.controller import decisions_to_genotype, sample_uniform
 
 # (the package search.estimators registers every estimator when its base is imported; importing the package
 # itself would close an import cycle through the supernet estimator, which runs search.oneshot)
@@ -54,7 +53,7 @@ class ZeroCost(Strategy):
     def candidates(self) -> list[list[int]]:
         """The distinct uniformly drawn cells (their decisions), in drawing order."""
         gen = torch.Generator().manual_seed(int(self.cfg.SEARCH.SEED) * 7_919 + 19)
-        drawn = sample_uniform(int(self.cfg.SEARCH.ZERO_COST.CANDIDATES), self.num_blocks, gen).tolist()
+        drawn = self.space.sample(int(self.cfg.SEARCH.ZERO_COST.CANDIDATES), gen).tolist()
         return [list(d) for d in dict.fromkeys(tuple(d) for d in drawn)]
 
     def scores(self, candidates: list[list[int]]) -> list[float]:
@@ -78,7 +77,7 @@ class ZeroCost(Strategy):
                    dynamic_ncols=True, disable=len(done) == len(candidates))
         try:
             for i in range(len(done), len(candidates)):
-                done.append(float(self.estimator.score(decisions_to_genotype(candidates[i], self.num_blocks))))
+                done.append(float(self.estimator.score(self.space.genotype(candidates[i]))))
                 bar.update(1)
                 if path is not None and (len(done) % SAVE_EVERY == 0 or len(done) == len(candidates)):
                     write_json_atomic(path, {**header, "candidates": candidates[:len(done)], "scores": done})

@@ -48,10 +48,10 @@ def random_cells(n: int, num_blocks: int = 2, seed: int = 0) -> list:
     """``n`` uniformly drawn genotypes of ``num_blocks`` blocks (as random search draws them)."""
     import torch
 
-    from search.controller import decisions_to_genotype, sample_uniform
+    from nasnet_det.search_space import SearchSpace
 
-    return [decisions_to_genotype(d, num_blocks)
-            for d in sample_uniform(n, num_blocks, torch.Generator().manual_seed(seed)).tolist()]
+    space = SearchSpace(num_blocks)
+    return [space.genotype(d) for d in space.sample(n, torch.Generator().manual_seed(seed)).tolist()]
 
 
 def scores_of_two_builds(name: str, cfg: CfgNode, data, seed: int, genotypes: list) -> list[list[float]]:
