@@ -38,6 +38,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: the process that started this one, as it was when this module was first imported (early in every tool, before
+#: the seconds of torch / detectron2 imports and setup): a worker that asks to die with its launcher only after
+#: those seconds passes it, so that a launcher killed in the meantime still ends the worker (the request alone
+#: would never fire: the worker has already been handed to another parent). Not for ``preexec_fn`` use: a forked
+#: child inherits its parent's value.
+PARENT_PID_AT_IMPORT = os.getppid()
+
+
 def die_with_parent(parent_pid: int | None = None) -> bool:
     """Ask Linux to SIGKILL this process when the process that started it dies.
 
