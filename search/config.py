@@ -35,7 +35,7 @@ def _each_hook_once(plugins: Iterable[type], hook: str) -> Iterator[Any]:
     seen = set()
     for cls in plugins:
         method = getattr(cls, hook)
-        key = (method.__func__, cls.config_node)
+        key = (getattr(method, "__func__", method), cls.config_node)
         if key not in seen:
             seen.add(key)
             yield method
