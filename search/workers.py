@@ -103,17 +103,6 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
     return Result(job.eval_id, "failed", None, time.perf_counter() - t0, None, reason)
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    """The ``WORKERS`` settings a backend is built from (each backend reads those it has)."""
-
-    num_workers: int = 0
-    ray_address: str = ""
-    max_retries: int = 2
-    threads_per_worker: int = 1
-    max_in_flight: int = 0
-
-
 #: every backend by the name ``WORKERS.BACKEND`` uses (its class's ``name``)
 BACKENDS = Registry("WORKERS.BACKEND")
 
@@ -150,9 +139,10 @@ class QueueBackend(ABC):
         pass
 
     @classmethod
-    @abstractmethod
-    def from_settings(cls, evaluator: Evaluator, settings: WorkerSettings) -> QueueBackend:
-        """The backend evaluating with ``evaluator``, as ``settings`` say."""
+    def from_settings(cls, evaluator: Evaluator, **settings: Any) -> QueueBackend:
+        """The backend evaluating with ``evaluator``, as the ``WORKERS`` settings (:func:`make_backend`'s keyword
+        arguments) say; each backend reads those it has (default: none)."""
+        return cls(evaluator)
 
     def run(self, jobs: list[Job]) -> Iterator[Result]:
         waiting, in_flight = deque(jobs), 0
@@ -176,10 +166,6 @@ class InlineBackend(QueueBackend):
         self.queued: deque[Job] = deque()
 
     prefetch = 0  # the driver is the worker: nothing to overlap
-
-    @classmethod
-    def from_settings(cls, evaluator: Evaluator, settings: WorkerSettings) -> InlineBackend:
-        return cls(evaluator)
 
     def worker_count(self) -> int:
         return 1
@@ -265,9 +251,9 @@ class LocalProcessBackend(QueueBackend):
         self.ctx = mp.get_context("spawn")
 
     @classmethod
-    def from_settings(cls, evaluator: Evaluator, settings: WorkerSettings) -> LocalProcessBackend:
-        return cls(evaluator, settings.num_workers, settings.threads_per_worker, max_retries=settings.max_retries,
-                   max_in_flight=settings.max_in_flight)
+    def from_settings(cls, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
+                      max_retries: int = 2, max_in_flight: int = 0, **settings: Any) -> LocalProcessBackend:
+        return cls(evaluator, num_workers, threads_per_worker, max_retries=max_retries, max_in_flight=max_in_flight)
 
     def worker_count(self) -> int:
         return min(self.num_workers, self.max_in_flight) if self.max_in_flight else self.num_workers
@@ -454,9 +440,9 @@ class RayBackend(QueueBackend):
         self._slots, self._slots_read = 1, -math.inf
 
     @classmethod
-    def from_settings(cls, evaluator: Evaluator, settings: WorkerSettings) -> RayBackend:
-        return cls(evaluator, settings.ray_address, settings.num_workers, settings.max_retries,
-                   settings.threads_per_worker, settings.max_in_flight)
+    def from_settings(cls, evaluator: Evaluator, ray_address: str = "", num_workers: int = 0, max_retries: int = 2,
+                      threads_per_worker: int = 1, max_in_flight: int = 0, **settings: Any) -> RayBackend:
+        return cls(evaluator, ray_address, num_workers, max_retries, threads_per_worker, max_in_flight)
 
     def worker_count(self) -> int:
         if self.max_in_flight > 0:
@@ -506,5 +492,6 @@ def make_backend(kind: str, evaluator: Evaluator, num_workers: int = 0, ray_addr
                  max_retries: int = 2, threads_per_worker: int = 1, max_in_flight: int = 0) -> QueueBackend:
     """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children are kept in flight
     (Ray, and local, where it caps the ``num_workers`` kept busy plus the one queued)."""
-    settings = WorkerSettings(num_workers, ray_address, max_retries, threads_per_worker, max_in_flight)
-    return BACKENDS.lookup(kind).from_settings(evaluator, settings)
+    return BACKENDS.lookup(kind).from_settings(evaluator, num_workers=num_workers, ray_address=ray_address,
+                                               max_retries=max_retries, threads_per_worker=threads_per_worker,
+                                               max_in_flight=max_in_flight)
