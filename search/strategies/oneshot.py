@@ -96,5 +96,6 @@ class OneShot(ControllerPolicy):
         """The journal identity's ``SEARCH.STRATEGY`` (a weight-sharing journal is no other strategy's) and
         ``ONESHOT`` entries: the node without the keys that do not change what the search computes, and without
         keys added later while they keep their defaults (so older journals resume)."""
-        return {"SEARCH.STRATEGY": cls.name, "ONESHOT": {k: v for k, v in cfg.ONESHOT.items()
-                            if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}}
+        node = {k: v for k, v in cfg.ONESHOT.items()
+                if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
+        return {"SEARCH.STRATEGY": cls.name, "ONESHOT": node}
