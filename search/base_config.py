@@ -191,16 +191,19 @@ def check_base_cfg(cfg: CN) -> None:
 
 
 def check_latency_settings(s: CN) -> None:
-    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once)."""
-    from nasnet_det.latency import BACKBONES, DEVICES, ESTIMATORS
+    """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once; the
+    backbone when latencies are estimated)."""
+    from nasnet_det.latency import DEVICES, ESTIMATORS, backbone_variants
 
     lat = s.LATENCY
     require(s.OBJECTIVE in ("accuracy", "latency"), "SEARCH.OBJECTIVE", s.OBJECTIVE, "'accuracy' or 'latency'")
     require(lat.ESTIMATOR in ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
-             f"one of {', '.join(sorted(ESTIMATORS))}")
+            f"one of {', '.join(sorted(ESTIMATORS.names()))}")
     require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
     require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
-    require(lat.BACKBONE in BACKBONES, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(BACKBONES)}")
+    if s.OBJECTIVE == "latency" or lat.RECORD:  # the choices are detectron2's registry: imported only when used
+        backbones = backbone_variants()
+        require(lat.BACKBONE in backbones, "SEARCH.LATENCY.BACKBONE", lat.BACKBONE, f"one of {', '.join(backbones)}")
     for key in ("TARGET_MS", "TARGET_MULT_ADDS_M"):
         v = lat[key]
         require(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"SEARCH.LATENCY.{key}", v,
