@@ -25,7 +25,7 @@ from search.config import load_cfg
 from search.oneshot import OneShotSearch
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
-from search.strategies.registry import STRATEGIES
+from search.strategies import resolve_strategies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def _search(args: argparse.Namespace) -> dict | int:
 
 def _run_search(cfg, out: Path, args: argparse.Namespace) -> dict:
     try:
-        if any(cls.weight_sharing for cls in STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values()):
+        if any(cls.weight_sharing for cls in resolve_strategies(cfg.SEARCH.STRATEGY).values()):
             # The supernet trains in this process: it keeps torch's threads (there are no workers).
             return OneShotSearch(cfg, out, progress=not args.no_progress, fresh=args.fresh).run()
         # The driver only runs the small controller (and the children with the inline backend): more

@@ -47,8 +47,8 @@ from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
 from search.reward import ChildData, build_child, load_search_data
 from search.session import SearchSession
+from search.strategies import resolve_strategies
 from search.strategies.oneshot import OneShot
-from search.strategies.registry import STRATEGIES
 from search.supernet_trainer import SupernetTrainer
 from search.workers import COST_FIELDS
 
@@ -69,7 +69,7 @@ class OneShotSearch(SearchSession):
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, progress: bool = True,
                  fresh: bool = False, data: ChildData | None = None, max_units_this_run: int = 0):
         super().__init__(cfg, output_dir, fresh)
-        strategies = list(STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values())
+        strategies = list(resolve_strategies(cfg.SEARCH.STRATEGY).values())
         if len(strategies) != 1 or not strategies[0].weight_sharing:
             raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r}: the weight-sharing search runs alone; "
                              f"set it to '{OneShot.name}' (other strategies cannot be combined with it)")
@@ -114,12 +114,6 @@ class OneShotSearch(SearchSession):
         loaded = self._load()
         self.model = self.supernet
         return loaded
-
-    def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        ident["SEARCH.STRATEGY"] = OneShot.name
-        ident.update(OneShot.identity(self.cfg))
-        return ident
 
     # ---- checkpoints -------------------------------------------------------------------------------------
     def _save(self) -> None:

@@ -28,8 +28,7 @@ from search.journal import Evaluation, Journal, load_state, save_state
 from search.objective import with_objective
 from search.outputs import write_outputs
 from search.session import SearchSession
-from search.strategies.base import Strategy
-from search.strategies.registry import STRATEGIES
+from search.strategies import STRATEGIES, Strategy, resolve_strategies
 from search.workers import COST_FIELDS, Evaluator, Job, QueueBackend, Result, make_backend
 
 log = logging.getLogger(__name__)
@@ -83,13 +82,12 @@ class SearchRunner(SearchSession):
     the one ``cfg.WORKERS`` describes (the caller closes it). ``fresh`` deletes the output directory's
     journal and controller checkpoints first (once the directory's lock is held)."""
 
-    checkpoint_files = ("controller_*.pth", "zero_cost_scores.json")  # (the zero_cost strategy's proxy scores)
     upgrade_identity = staticmethod(upgrade_identity)  # an identity written by an older version
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
                  progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None):
         super().__init__(cfg, output_dir, fresh)
-        self.strategy_classes = STRATEGIES.resolve(cfg.SEARCH.STRATEGY)
+        self.strategy_classes = resolve_strategies(cfg.SEARCH.STRATEGY)
         if any(cls.weight_sharing for cls in self.strategy_classes.values()):
             raise ValueError(f"SEARCH.STRATEGY={cfg.SEARCH.STRATEGY!r} trains no children: it runs in "
                              "search.oneshot.OneShotSearch (nasnet-det search picks it)")
@@ -100,6 +98,13 @@ class SearchRunner(SearchSession):
         self.evals_this_run = 0
         self.stats = QueueStats()
         self.states: dict[str, StrategyState] = {}
+
+    @property
+    def checkpoint_files(self) -> tuple[str, ...]:
+        """The controller checkpoints and the files every registered strategy owns: the journal may hold
+        children of strategies this run does not choose (a search resumes with others), and a fresh start
+        must not leave their files behind."""
+        return ("controller_*.pth", *(p for cls in STRATEGIES.values() for p in cls.owned_files))
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _get_backend(self) -> QueueBackend:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 from fvcore.common.config import CfgNode
 from fvcore.common.config import CfgNode as CN
 
+from search.strategies.base import STRATEGIES
 from search.strategies.controller_policy import ControllerPolicy
 
 # keys added after journals existed: left out of a search's identity at these values, so those journals resume
@@ -21,6 +22,7 @@ NEW_KEY_DEFAULTS = {"BN_RECALIBRATION_BATCHES": 0, "WARMUP_EPOCHS": 0, "FAIRNESS
 NOT_IDENTITY = ("DEVICE", "CHECKPOINT_EVERY", "FEW_SHOT_SPLITS")
 
 
+@STRATEGIES.register()
 class OneShot(ControllerPolicy):
     name: ClassVar[str] = "oneshot"
     config_node: ClassVar[str | None] = "ONESHOT"
@@ -91,7 +93,9 @@ class OneShot(ControllerPolicy):
 
     @classmethod
     def identity(cls, cfg: CN) -> dict[str, Any]:
-        """The journal identity's ``ONESHOT`` entry: the node without the keys that do not change what the search
-        computes, and without keys added later while they keep their defaults (so older journals resume)."""
-        return {"ONESHOT": {k: v for k, v in cfg.ONESHOT.items()
-                            if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}}
+        """The journal identity's ``SEARCH.STRATEGY`` (a weight-sharing journal is no other strategy's) and
+        ``ONESHOT`` entries: the node without the keys that do not change what the search computes, and without
+        keys added later while they keep their defaults (so older journals resume)."""
+        node = {k: v for k, v in cfg.ONESHOT.items()
+                if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
+        return {"SEARCH.STRATEGY": cls.name, "ONESHOT": node}
