@@ -452,9 +452,9 @@ def run_search(strategy: str, cfg: Any, data: BenchData, out_dir: Path) -> tuple
     interrupted search in ``out_dir`` (same config) resumes from its journal / checkpoint."""
     from search.reward import ChildEvaluator
     from search.runner import SearchRunner
-    from search.strategies.registry import STRATEGIES
+    from search.strategies import resolve_strategies
 
-    cls = STRATEGIES.resolve(strategy)[strategy]
+    cls = resolve_strategies(strategy)[strategy]
     t0 = time.perf_counter()
     if cls.weight_sharing:
         SearchRunner(cfg, out_dir, progress=False, data=data.search).run()
@@ -611,7 +611,8 @@ def main(argv: list[str] | None = None) -> int:
         rand = cells.random_seed0
         out.update(nasnet_a_seed0=cells.accuracies[0][0], random_seed0=rand, search_config=args.search_config,
                    search_opts=args.search_opts)
-        names = [n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators else sorted(ESTIMATORS)
+        names = ([n.strip() for n in args.estimators.split(",") if n.strip()] if args.estimators
+                 else sorted(ESTIMATORS.names()))
         cfg = search_cfg(budget, args.search_config or None, [*args.search_opts, *args.estimator_opts], data)
         print(f"== estimators at {budget.label} ({len(cells.genotypes)} cells: NASNet-A + {args.cells} random)")
         out["estimators"] = evaluate_estimators(names, cfg, data, cells, args.cell_seed, cache)

@@ -4,7 +4,7 @@
 1. Synthetic task (seconds per seed): reward = mean over the genotype's 20 ops of a fixed per-op score
    + noise (``search.reward.SyntheticOpReward``); random search averages ~0.5, the optimum is 1.0.
    PPO runs at three controller settings: the paper's (LR 0.00035, 100 units, plain advantages), the
-   paper's with normalised advantages (the defaults of search/config.py), and tuned (LR 0.03, 32 units).
+   paper's with normalised advantages (the defaults of search/base_config.py), and tuned (LR 0.03, 32 units).
 2. Tiny real run: children 1@4 trained a few steps on 16-px images of the CIFAR-10 subset
    (the package's real sample, ``nasnet_det/data/sample/cifar10_sample.npz``), reward = held-out accuracy.
    Far too small to separate the strategies reliably; it shows the whole pipeline on real data and reports the numbers.

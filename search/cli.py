@@ -24,7 +24,7 @@ from nasnet_det.utils.io import disk_full_errors
 from search.config import load_cfg
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
-from search.strategies.registry import STRATEGIES
+from search.strategies import resolve_strategies
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +80,7 @@ def _search(args: argparse.Namespace) -> dict | int:
 
 def _run_search(cfg, out: Path, args: argparse.Namespace) -> dict:
     try:
-        if not any(cls.weight_sharing for cls in STRATEGIES.resolve(cfg.SEARCH.STRATEGY).values()):
+        if not any(cls.weight_sharing for cls in resolve_strategies(cfg.SEARCH.STRATEGY).values()):
             # The driver only runs the small controller (and the children with the inline backend): more
             # threads than the workers get would just contend with them for the cores. (A weight-sharing
             # strategy trains its supernet in this process: it keeps torch's threads.)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from nasnet_det.data.cifar import CIFAR_MEAN, CIFAR_STD, holdout_split
 from nasnet_det.models import create_model
 from nasnet_det.space import OPS, Genotype
-from search.config import check_child_network, check_child_settings, get_cfg_defaults
+from search.base_config import base_cfg_defaults, check_child_network, check_child_settings
 
 
 class ChildDiverged(RuntimeError):
@@ -170,7 +170,7 @@ class SyntheticOpReward:
 
 def default_child_network() -> dict[str, Any]:
     """The search's default ``MODEL.NASNET`` (preset ``search_child_tiny``)."""
-    return dict(get_cfg_defaults().MODEL.NASNET)
+    return dict(base_cfg_defaults().MODEL.NASNET)
 
 
 class ChildEvaluator:

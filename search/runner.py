@@ -37,8 +37,7 @@ from search.objective import with_objective
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
 from search.session import SearchSession
-from search.strategies.base import Strategy
-from search.strategies.registry import STRATEGIES
+from search.strategies import STRATEGIES, Strategy, resolve_strategies
 from search.workers import COST_FIELDS, Evaluator, InlineBackend, Job, QueueBackend, Result, make_backend
 
 if TYPE_CHECKING:
@@ -96,21 +95,15 @@ class SearchRunner(SearchSession):
     the one ``cfg.WORKERS`` describes (the caller closes it). ``fresh`` deletes the output directory's
     journal and controller checkpoints first (once the directory's lock is held)."""
 
-    checkpoint_files = ("controller_*.pth", "zero_cost_scores.json")  # (the zero_cost strategy's proxy scores)
     upgrade_identity = staticmethod(upgrade_identity)  # an identity written by an older version
 
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
                  progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None,
                  data: ChildData | None = None):
         super().__init__(cfg, output_dir, fresh)
-        self.strategy_classes = STRATEGIES.resolve(cfg.SEARCH.STRATEGY)
+        self.strategy_classes = resolve_strategies(cfg.SEARCH.STRATEGY)
         self.strategies = list(self.strategy_classes)
         check_cfg(cfg)
-        for cls in self.strategy_classes.values():
-            if hasattr(cls, "check_config"):
-                cls.check_config(cfg)
-        self.checkpoint_files = (*type(self).checkpoint_files,
-                                 *(f for cls in self.strategy_classes.values() for f in cls.owned_files))
         self.data = data  # replaces cfg.DATA for the strategies that score their own children (tests)
         self.evaluator, self.progress = evaluator, progress
         self.backend, self.owns_backend = backend, backend is None
@@ -118,13 +111,12 @@ class SearchRunner(SearchSession):
         self.stats = QueueStats()
         self.states: dict[str, StrategyState] = {}
 
-    def identity(self) -> dict[str, Any]:
-        ident = super().identity()
-        for name, cls in self.strategy_classes.items():
-            if hasattr(cls, "identity"):  # the settings of the strategy's own config node
-                ident["SEARCH.STRATEGY"] = name
-                ident.update(cls.identity(self.cfg))
-        return ident
+    @property
+    def checkpoint_files(self) -> tuple[str, ...]:
+        """The controller checkpoints and the files every registered strategy owns: the journal may hold
+        children of strategies this run does not choose (a search resumes with others), and a fresh start
+        must not leave their files behind."""
+        return ("controller_*.pth", *(p for cls in STRATEGIES.values() for p in cls.owned_files))
 
     def run(self) -> dict[str, Any]:
         sharing = [name for name, cls in self.strategy_classes.items() if cls.weight_sharing]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -33,6 +33,7 @@ import search
 from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.ray_env import check_ray_address, ray_runtime_env
 from nasnet_det.space import Genotype
+from nasnet_det.utils.registry import Registry
 
 Evaluator = Callable[[Genotype, int], dict[str, Any]]
 # What an evaluator may return beside reward and params, journaled with the child (search/objective.py).
@@ -102,10 +103,18 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
     return Result(job.eval_id, "failed", None, time.perf_counter() - t0, None, reason)
 
 
+#: every backend by the name ``WORKERS.BACKEND`` uses (its class's ``name``)
+BACKENDS = Registry("WORKERS.BACKEND")
+
+
 class QueueBackend(ABC):
     """The interface of every backend: ``worker_count`` (children it runs at once), ``capacity`` (children worth
     keeping in flight now), ``submit``, ``wait`` (blocks until at least one submitted child finished;
-    returns every result that is ready) and ``close``. ``run`` evaluates a list of jobs through it."""
+    returns every result that is ready) and ``close``. ``run`` evaluates a list of jobs through it. A backend
+    ``WORKERS.BACKEND`` can name is registered in :data:`BACKENDS` and built by ``from_settings``."""
+
+    #: the name ``WORKERS.BACKEND`` uses (the registry's key)
+    name: ClassVar[str] = ""
 
     # Children queued beyond the workers: a worker that frees starts the next child at once, instead of
     # idling while the driver journals the result and samples (it costs that child one result of staleness).
@@ -129,6 +138,12 @@ class QueueBackend(ABC):
     def close(self) -> None:  # noqa: B027 (an optional hook: backends without resources keep it)
         pass
 
+    @classmethod
+    def from_settings(cls, evaluator: Evaluator, **settings: Any) -> QueueBackend:
+        """The backend evaluating with ``evaluator``, as the ``WORKERS`` settings (:func:`make_backend`'s keyword
+        arguments) say; each backend reads those it has (default: none)."""
+        return cls(evaluator)
+
     def run(self, jobs: list[Job]) -> Iterator[Result]:
         waiting, in_flight = deque(jobs), 0
         while waiting or in_flight:
@@ -140,8 +155,11 @@ class QueueBackend(ABC):
                 yield res
 
 
+@BACKENDS.register()
 class InlineBackend(QueueBackend):
     """Runs children one at a time in this process (debugging, pure-function rewards)."""
+
+    name = "inline"
 
     def __init__(self, evaluator: Evaluator):
         self.evaluator = evaluator
@@ -195,6 +213,7 @@ class _Worker:
     started: bool = False        # it said it began that child
 
 
+@BACKENDS.register()
 class LocalProcessBackend(QueueBackend):
     """``num_workers`` spawned worker processes, each with its own pipe; with CUDA each gets its own GPU
     (``cuda:i``). The evaluator (with its data arrays) is pickled once per worker, not once per child.
@@ -205,6 +224,8 @@ class LocalProcessBackend(QueueBackend):
     child is replaced and charges no child; if workers keep dying before they run anything (a broken
     set-up), the child is recorded as ``lost``. ``max_in_flight`` > 0 caps the children in flight (as on
     Ray): fewer than ``num_workers`` leaves the other workers unstarted."""
+
+    name = "local"
 
     def __init__(self, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
                  use_cuda: bool | None = None, max_retries: int = 2, max_in_flight: int = 0):
@@ -228,6 +249,11 @@ class LocalProcessBackend(QueueBackend):
         self.deaths: dict[int, int] = {}   # eval id -> workers it killed
         self.start_failures = 0            # workers in a row that died before running a child
         self.ctx = mp.get_context("spawn")
+
+    @classmethod
+    def from_settings(cls, evaluator: Evaluator, num_workers: int = 0, threads_per_worker: int = 1,
+                      max_retries: int = 2, max_in_flight: int = 0, **settings: Any) -> LocalProcessBackend:
+        return cls(evaluator, num_workers, threads_per_worker, max_retries=max_retries, max_in_flight=max_in_flight)
 
     def worker_count(self) -> int:
         return min(self.num_workers, self.max_in_flight) if self.max_in_flight else self.num_workers
@@ -373,12 +399,14 @@ def search_runtime_env() -> dict[str, Any]:
     return ray_runtime_env([Path(search.__file__).parent, Path(nasnet_det.__file__).parent])
 
 
+@BACKENDS.register()
 class RayBackend(QueueBackend):
     """Children as Ray tasks: one GPU each when the cluster has GPUs, else one CPU each. As many are kept
     in flight as the cluster has GPUs (CPUs without GPUs; re-read every few seconds, so an autoscaled
     cluster is followed), or ``max_in_flight`` when that is set. A task whose worker process dies is
     retried ``max_retries`` times (Ray's task retries), then recorded as failed."""
 
+    name = "ray"
     RESOURCE_REFRESH_S = 5.0
 
     def __init__(self, evaluator: Evaluator, address: str = "", num_workers: int = 0, max_retries: int = 2,
@@ -410,6 +438,11 @@ class RayBackend(QueueBackend):
         self.threads, self.max_retries, self.max_in_flight = threads_per_worker, max_retries, max_in_flight
         self.refs: dict[Any, Job] = {}
         self._slots, self._slots_read = 1, -math.inf
+
+    @classmethod
+    def from_settings(cls, evaluator: Evaluator, ray_address: str = "", num_workers: int = 0, max_retries: int = 2,
+                      threads_per_worker: int = 1, max_in_flight: int = 0, **settings: Any) -> RayBackend:
+        return cls(evaluator, ray_address, num_workers, max_retries, threads_per_worker, max_in_flight)
 
     def worker_count(self) -> int:
         if self.max_in_flight > 0:
@@ -459,11 +492,6 @@ def make_backend(kind: str, evaluator: Evaluator, num_workers: int = 0, ray_addr
                  max_retries: int = 2, threads_per_worker: int = 1, max_in_flight: int = 0) -> QueueBackend:
     """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children are kept in flight
     (Ray, and local, where it caps the ``num_workers`` kept busy plus the one queued)."""
-    if kind == "inline":
-        return InlineBackend(evaluator)
-    if kind == "local":
-        return LocalProcessBackend(evaluator, num_workers, threads_per_worker, max_retries=max_retries,
-                                   max_in_flight=max_in_flight)
-    if kind == "ray":
-        return RayBackend(evaluator, ray_address, num_workers, max_retries, threads_per_worker, max_in_flight)
-    raise ValueError(f"WORKERS.BACKEND must be 'local', 'ray' or 'inline', got {kind!r}")
+    return BACKENDS.lookup(kind).from_settings(evaluator, num_workers=num_workers, ray_address=ray_address,
+                                               max_retries=max_retries, threads_per_worker=threads_per_worker,
+                                               max_in_flight=max_in_flight)

@@ -66,3 +66,27 @@ def test_detection_config_registers_coco_sample_by_name():
     register_builtin_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
     check_dataset_classes(cfg)
     assert len(DatasetCatalog.get("coco_sample_train")) == 32
+
+
+def test_person_sample_is_the_person_boxes_of_the_coco_sample_and_registers_as_one_class():
+    """coco_sample/person.json (the set the smoke pipeline's detector fits) is exactly person_subset of
+    annotations.json: every person box, on every photo that has one, nothing else."""
+    import json
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from nasnet_det.data.sample import coco_sample_person, person_subset
+    from nasnet_det.detection.data import register_builtin_datasets
+
+    full = json.loads(coco_sample()[0].read_text())
+    person = json.loads(coco_sample_person()[0].read_text())
+    expected = person_subset(full)
+    for key in ("images", "annotations", "categories"):
+        assert person[key] == expected[key], key
+    assert (len(person["images"]), len(person["annotations"])) == (13, 56)
+    assert coco_sample_person()[1] == coco_sample()[1]
+    register_builtin_datasets(["coco_sample_person"])
+    assert MetadataCatalog.get("coco_sample_person").thing_classes == ["person"]
+    records = DatasetCatalog.get("coco_sample_person")
+    assert len(records) == 13 and sum(len(r["annotations"]) for r in records) == 56
+    assert {a["category_id"] for r in records for a in r["annotations"]} == {0}

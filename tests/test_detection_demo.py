@@ -1,5 +1,6 @@
 """The demo never overwrites its inputs, never writes one name twice, and refuses another NASNet's weights."""
 
+import json
 import logging
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def test_demo_samples_draw_the_top_boxes_labelled_on_four_coco_photos(tmp_path, 
     from detectron2.data.detection_utils import read_image
 
     from nasnet_det.detection.cli import demo_main
-    from nasnet_det.detection.demo import SAMPLE_IMAGES, TOP_BOXES, draw_sample_detections
+    from nasnet_det.detection.demo import SAMPLE_IMAGES, SAMPLE_LISTING, TOP_BOXES, draw_sample_detections
 
     shrink = ["MODEL.NASNET.NUM_CELLS", "2", "MODEL.NASNET.FILTERS", "4", "MODEL.NASNET.STEM_FILTERS", "8",
               "INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"]  # as tiny_cfg(demo_weights=...)
@@ -113,20 +114,26 @@ def test_demo_samples_draw_the_top_boxes_labelled_on_four_coco_photos(tmp_path, 
     cfg.MODEL.WEIGHTS = str(tmp_path / "det.pth")
     drawn = draw_sample_detections(cfg, tmp_path / "again")
     assert len(drawn) == SAMPLE_IMAGES == 4
-    for path, boxes in drawn:
+    assert any(boxes for _, boxes in drawn)  # an untrained detector may find nothing on some photo, not on all
+    listing = json.loads((tmp_path / "again" / SAMPLE_LISTING).read_text())
+    for (path, boxes), item in zip(drawn, listing):
         assert (tmp_path / "out" / path.name).is_file()  # the CLI drew the same photos
-        assert 1 <= len(boxes) <= TOP_BOXES
+        assert len(boxes) <= TOP_BOXES and item["image"] == path.name and item["truth"]
         scores = [s for _, s, _ in boxes]
         assert scores == sorted(scores, reverse=True)
-        name, score, (x0, y0, x1, y1) = boxes[0]
-        assert name in printed[[p.split(":")[0] for p in printed].index(str(tmp_path / "out" / path.name))]
         photo = read_image(str(next((CONFIGS.parents[1] / "nasnet_det/data/sample/coco_sample/images")
                                     .glob(path.stem + ".*"))), format="RGB").astype(int)
-        picture = np.asarray(Image.open(path).convert("RGB")).astype(int)
-        assert picture.shape == photo.shape
-        changed = np.abs(picture - photo).sum(axis=2) > 0
-        # the box is drawn: its outline changes pixels inside the box's extent (2 px margin for the line width)
-        h, w = changed.shape
-        y0, y1, x0, x1 = max(0, int(y0) - 2), min(h, int(y1) + 3), max(0, int(x0) - 2), min(w, int(x1) + 3)
-        assert changed[y0:y1, x0:x1].any(), path
-        assert changed.mean() < 0.5  # a drawing on the photo, not another picture
+        # the detector's top box on <photo>.png, the photo's first ground-truth box on <photo>_truth.png
+        shown = [(path, boxes[0][2])] if boxes else []
+        shown.append((path.with_name(item["truth_image"]), item["truth"][0]["box"]))
+        if boxes:
+            assert boxes[0][0] in printed[[p.split(":")[0] for p in printed].index(str(tmp_path / "out" / path.name))]
+        for picture_path, (x0, y0, x1, y1) in shown:
+            picture = np.asarray(Image.open(picture_path).convert("RGB")).astype(int)
+            assert picture.shape == photo.shape
+            changed = np.abs(picture - photo).sum(axis=2) > 0
+            # the box is drawn: its outline changes pixels inside the box's extent (2 px margin for the line width)
+            h, w = changed.shape
+            y0, y1, x0, x1 = max(0, int(y0) - 2), min(h, int(y1) + 3), max(0, int(x0) - 2), min(w, int(x1) + 3)
+            assert changed[y0:y1, x0:x1].any(), picture_path
+            assert changed.mean() < 0.5  # a drawing on the photo, not another picture

@@ -70,37 +70,99 @@ def test_smoke_chain_end_to_end(finished: Path):
     assert (pre["device"], pre["torch_cuda"], pre["global_batch"]) == ("cpu", torch.version.cuda or "cpu", 8)
     assert (det["device"], det["global_batch"]) == ("cpu", 2) and det["effective_lr"] > 0
     assert manifest(finished, "pretrain")["outputs"]["schedule"] == "pretrain/schedule.json"
-    bbox = manifest(finished, "evaluate")["metrics"]["bbox"]["coco_sample_val"]
+    # the detector fits the person boxes of the embedded sample and is scored on those training photos
+    bbox = manifest(finished, "evaluate")["metrics"]["bbox"]["coco_sample_person"]
     assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} <= set(bbox)
-    assert any(k.startswith("AP-") for k in bbox)
+    assert not any(k.startswith("AP-") for k in bbox)  # one category: detectron2 gives no per-category AP
     report = (finished / "report" / "report.md").read_text()
     for png in ("cells.png", "search_rewards.png", "pretrain_curves.png", "detection_loss.png"):
         assert f"]({png})" in report and (finished / "report" / png).stat().st_size > 1000
     assert "| AP | AP50 |" in report and "mult-adds" in report and "| search | done |" in report
+    check_training_fit_ap(report, bbox["AP"])
     check_drawn_detections(finished / "report", report)
     # a second run of the same command skips everything
     assert set(run(finished, *DRAW).values()) == {"skipped", "disabled"}
 
 
+def check_training_fit_ap(report: str, ap: float) -> None:
+    """The report names the AP on the photos the detector trained on for what it is, beside its value."""
+    from nasnet_det.pipeline.report import TRAINING_FIT
+
+    assert TRAINING_FIT == ("AP on the training photos (a fit of the training data, smoke scale: it checks that "
+                            "gradients reach every part of the chain, not accuracy)")
+    assert f"**{TRAINING_FIT}: {ap:.1f}** (dataset `coco_sample_person`" in report
+    assert "AP is on the photos the detector trained on (coco_sample_person)" in report
+
+
 def check_drawn_detections(report_dir: Path, report: str) -> None:
-    """Four embedded COCO photos with the detector's top boxes drawn where it predicted them, shown in the report."""
+    """Four embedded COCO photos with people: the ground-truth boxes drawn on one copy, the detector's top boxes
+    drawn where it predicted them on another, side by side in the report."""
     import numpy as np
     from PIL import Image
 
-    from nasnet_det.data.sample import coco_sample
+    from nasnet_det.data.sample import coco_sample_person
 
     listing = json.loads((report_dir / "detections" / "detections.json").read_text())
-    assert len(listing) == 4
+    assert len(listing) == 4 and "| ground truth | detector |" in report
+    # the photos with the largest people (their largest box, in decreasing order)
+    largest = [max((b[2] - b[0]) * (b[3] - b[1]) for b in (t["box"] for t in item["truth"])) for item in listing]
+    assert largest == sorted(largest, reverse=True) and largest[0] > 150 * 150
+    truth_json = json.loads(coco_sample_person()[0].read_text())
     for item in listing:
-        assert f"](detections/{item['image']})" in report and 1 <= len(item["detections"]) <= 5
+        assert f"| ![{item['truth_image']}](detections/{item['truth_image']}) | ![{item['image']}](detections/" \
+               f"{item['image']}) |" in report and 1 <= len(item["detections"]) <= 5
         top = item["detections"][0]
-        assert f"{top['class']} {top['score']:.2f}" in report
-        photo = np.asarray(Image.open(next(coco_sample()[1].glob(Path(item["image"]).stem + ".*"))).convert("RGB"))
-        picture = np.asarray(Image.open(report_dir / "detections" / item["image"]).convert("RGB"))
-        changed = np.abs(picture.astype(int) - photo.astype(int)).sum(axis=2) > 0
-        x0, y0, x1, y1 = (int(v) for v in top["box"])
-        assert changed[max(0, y0 - 2):y1 + 3, max(0, x0 - 2):x1 + 3].any()  # the box's outline is drawn there
-        assert changed.mean() < 0.5
+        assert top["class"] == "person" and f"{top['class']} {top['score']:.2f}" in report
+        stem = Path(item["image"]).stem
+        photo_id = next(i["id"] for i in truth_json["images"] if Path(i["file_name"]).stem == stem)
+        expected = sorted([round(v, 3) for v in (x, y, x + w, y + h)] for x, y, w, h in
+                          (a["bbox"] for a in truth_json["annotations"] if a["image_id"] == photo_id))
+        assert sorted([round(v, 3) for v in t["box"]] for t in item["truth"]) == expected
+        assert {t["class"] for t in item["truth"]} == {"person"}
+        photo = np.asarray(Image.open(next(coco_sample_person()[1].glob(stem + ".*"))).convert("RGB")).astype(int)
+        for name, box in ((item["image"], top["box"]), (item["truth_image"], item["truth"][0]["box"])):
+            picture = np.asarray(Image.open(report_dir / "detections" / name).convert("RGB")).astype(int)
+            assert picture.shape == photo.shape
+            changed = np.abs(picture - photo).sum(axis=2) > 0
+            x0, y0, x1, y1 = (int(v) for v in box)
+            assert changed[max(0, y0 - 2):y1 + 3, max(0, x0 - 2):x1 + 3].any(), name  # the box's outline is drawn
+            assert changed.mean() < 0.5
+
+
+def iou(a: list[float], b: list[float]) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+# The fit test's cell: NASNet-A, fixed, not whatever a search picks (the AP depends on the cell, and a search's
+# pick on the machine's float rounding).
+FIT_CELL = "nasnet_a"
+
+
+@pytest.mark.slow  # make run's pretraining and detector schedule: 23-26 min at load average 9-26 on the 2-core VM
+@pytest.mark.timeout(3600)  # (not timed on an idle machine; make run, with its search, took 7.4 min at load 3-4)
+def test_make_runs_detector_fits_its_training_photos(tmp_path: Path):
+    """make run's chain with its own pretraining and detection settings (smoke.yaml as it is: SEED 0 in both) on a
+    fixed cell: the AP on the training photos is at least 5 (gradients reach the backbone, the RPN and the box
+    head), the report says what that AP is, and the detector's top box on each drawn photo lands on a person.
+    Measured with SEED 0, 1, 2 in both stages (docs/pipeline.md): AP 30.4, 28.8 and 24.5, so 5 has a wide
+    margin."""
+    out = tmp_path / "run"
+    cfg = load_pipeline_config(SMOKE, ["SEARCH.GENOTYPE", FIT_CELL, "OUTPUT_DIR", str(out), *DRAW])
+    assert Pipeline(cfg, quiet=True, log=lambda msg: None).run() == {
+        "search": "ran", "select": "ran", "cifar": "disabled", "pretrain": "ran", "detect": "ran", "evaluate": "ran",
+        "report": "ran"}
+    ap = manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_person"]["AP"]
+    assert ap >= 5
+    report = (out / "report" / "report.md").read_text()
+    check_training_fit_ap(report, ap)
+    check_drawn_detections(out / "report", report)
+    for item in json.loads((out / "report" / "detections" / "detections.json").read_text()):
+        top = item["detections"][0]["box"]
+        # on a person: overlaps a ground-truth box by IoU 0.3 or more (measured: 0.59-0.91 with the three seeds)
+        assert max(iou(top, t["box"]) for t in item["truth"]) >= 0.3, item["image"]
 
 
 def test_failed_stage_then_a_fixed_config_reruns_that_stage_and_later_ones_only(finished: Path, tmp_path: Path,
@@ -323,7 +385,7 @@ def test_settings_and_inputs_do_not_depend_on_the_working_directory(tmp_path: Pa
 def test_a_stage_rerun_on_its_own_redoes_the_report(finished: Path, tmp_path: Path):
     out = copy_run(finished, tmp_path / "run")
     m = manifest(out, "evaluate")  # as if `--only evaluate` had rerun it with another result
-    m["metrics"]["bbox"]["coco_sample_val"]["AP50"] = 12.345
+    m["metrics"]["bbox"]["coco_sample_person"]["AP50"] = 12.345
     (out / "evaluate" / "manifest.json").write_text(json.dumps(m))
     assert run(out, stages=["report"]) == {"report": "ran"}
     assert "| 12.35 |" in (out / "report" / "report.md").read_text()

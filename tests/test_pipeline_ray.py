@@ -55,7 +55,7 @@ def test_the_chain_on_a_local_ray_cluster_with_two_gloo_workers(tmp_path: Path):
     assert manifest(out, "select")["world_size"] == 1
     # detectron2 trained in the two-process group Ray Train set up
     assert "World size: 2" in (out / "detect" / "stage.log").read_text()
-    assert manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_val"]["AP"] >= 0
+    assert manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_person"]["AP"] >= 0
     assert (out / "report" / "report.md").is_file()
     # a rerun skips everything (and starts no Ray cluster: nothing to run)
     assert set(run(out).values()) == {"skipped", "disabled"}
@@ -188,8 +188,13 @@ def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plai
              "evaluate": {"metrics": {"bbox": {"coco_sample_val": {"AP": 0.0}}}}}
     reasons = smoke_reasons(smoke)
     assert reasons == ["pretrain top-1 is on 8 held-out images", "the detector trained 20 iterations",
-                       "AP is on the embedded 32-photo COCO sample (coco_sample_val)"]
+                       "AP is on photos of the embedded COCO sample (coco_sample_val)"]
     assert "**not accuracy**" in scale_lines(reasons)[0] and "checks the chain" in SMOKE_TAG
+    # scored on the photos it trained on: a fit, said as such
+    fit = {**smoke, "evaluate": {"metrics": {"bbox": {"coco_sample_person": {"AP": 30.0}}}}}
+    assert smoke_reasons(fit, ["coco_sample_person"])[-1] == ("AP is on the photos the detector trained on "
+                                                              "(coco_sample_person): a fit, not generalisation")
+    assert not any("trained on" in r for r in smoke_reasons(fit, ["coco_sample_train"]))
     real = {"pretrain": {"metrics": {"top1": 74.0, "images": 50000}}, "detect": {"metrics": {"iterations": 90000}},
             "evaluate": {"metrics": {"bbox": {"coco_2017_val": {"AP": 29.0}}}}, "search": None}
     assert smoke_reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]

@@ -105,7 +105,7 @@ def test_the_smoke_pipeline_keeps_its_own_values_and_passes_on_a_cpu():
     plan = plan_of("smoke.yaml")
     pre, det = plan.stage("pretrain").values["schedule"], plan.stage("detect").values["schedule"]
     assert (pre["lr"], pre["steps"], pre["global_batch"], pre["processes"]) == (0.02, 30, 8 * 2 * 2, 2)
-    assert (det["lr"], det["max_iter"], det["ims_per_batch"], det["steps"]) == (0.01, 20, 4, [15])
+    assert (det["lr"], det["max_iter"], det["ims_per_batch"], det["steps"]) == (0.05, 450, 4, [350])
     search = plan.stage("search").values
     assert (search["children"], search["child_steps"]) == (16, 20)
     assert plan.stage("cifar").rows == [("runs", "no: disabled (CIFAR.ENABLED False)")]

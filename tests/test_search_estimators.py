@@ -64,4 +64,4 @@ def test_unknown_estimator_is_one_line_naming_the_registered_ones():
     with pytest.raises(BadInputError, match="expected one of") as e:
         build_estimator("flops", tiny_cfg(), key="SEARCH.ZERO_COST.PROXY")
     assert "SEARCH.ZERO_COST.PROXY='flops'" in str(e.value) and "synflow" in str(e.value)
-    assert set(ZERO_COST) <= set(ESTIMATORS)
+    assert set(ZERO_COST) <= set(ESTIMATORS.names())

@@ -3,7 +3,7 @@
 - ``train``  : detectron2's train_net arguments (``--config-file``, ``--eval-only``, ``--resume``,
                ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``, ``--dataset``, opts)
 - ``demo``   : ``--config-file``, ``--input`` images/folders/globs or ``--samples`` (4 embedded COCO photos,
-  top-5 boxes), ``--output`` folder, opts
+  top-5 boxes, beside their ground truth), ``--output`` folder, opts
 - ``score``  : ``evaluate_coco`` on a ground-truth json and a detections json
 """
 
@@ -42,7 +42,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     check_output_dir(args.output, "--output")
     if args.samples:
         for path, boxes in draw_sample_detections(cfg, args.output):
-            print(f"{path}: " + ", ".join(f"{name} {score:.2f}" for name, score, _ in boxes))
+            print(f"{path}: " + (", ".join(f"{name} {score:.2f}" for name, score, _ in boxes) or "no boxes"))
         return 0
     skipped: list = []
     written = run_demo(cfg, args.input, args.output, args.confidence_threshold, skipped=skipped)

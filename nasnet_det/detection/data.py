@@ -25,6 +25,8 @@ from detectron2.data.datasets import load_coco_json
 from detectron2.data.samplers import TrainingSampler
 from PIL import Image
 
+from nasnet_det.data.sample import COCO_DATASETS as SAMPLE_COCO_DATASETS
+from nasnet_det.data.sample import coco_dataset_files
 from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.jsonfile import read_json_file
 
@@ -228,19 +230,19 @@ def register_coco_dataset(name: str, json_file: str | Path, image_root: str | Pa
 
 
 # Datasets shipped inside the package: used by name in DATASETS.TRAIN/TEST, registered on first use.
-# Training and evaluation on the same 32 photos: the smoke runs check the chain, not generalisation.
-BUILTIN_DATASETS = ("coco_sample_train", "coco_sample_val")
+# Training and evaluation on the same photos: the smoke runs check the chain, not generalisation.
+BUILTIN_DATASETS = tuple(SAMPLE_COCO_DATASETS)
 
 
 def register_builtin_datasets(names: list[str] | tuple[str, ...]) -> list[str]:
     """Register those of ``names`` that are built-in samples (``coco_sample_train``, ``coco_sample_val``:
-    32 real COCO photos, see ``nasnet_det/data/sample/README.md``) and not registered yet."""
-    from nasnet_det.data.sample import coco_sample
-
+    32 real COCO photos; ``coco_sample_person``: their person boxes; see ``nasnet_det/data/sample/README.md``)
+    and not registered yet."""
     done = []
     for name in names:
-        if name in BUILTIN_DATASETS and name not in DatasetCatalog.list():
-            register_coco_dataset(name, *coco_sample())
+        files = coco_dataset_files(name)
+        if files and name not in DatasetCatalog.list():
+            register_coco_dataset(name, *files)
             done.append(name)
     return done
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 import nasnet_det.detection.backbone  # noqa: F401  (registers the backbones)
 import nasnet_det.detection.heads  # noqa: F401
 from nasnet_det.detection.checkpoint import NASNetDetectionCheckpointer
-from nasnet_det.detection.data import image_is_readable, register_builtin_datasets, register_datasets
+from nasnet_det.detection.data import BUILTIN_DATASETS, image_is_readable, register_builtin_datasets, register_datasets
 from nasnet_det.utils.images import read_rgb8
 from nasnet_det.utils.io import atomic_write, disk_full_errors
 
@@ -72,21 +72,34 @@ def output_paths(paths: list[Path], output_dir: str | os.PathLike) -> list[Path]
 def draw_predictions(image_rgb: np.ndarray, instances, metadata=None) -> Image.Image:
     """Boxes with class names and scores. Uses detectron2's ``Visualizer`` when its OpenCV dependency is
     installed, otherwise a plain PIL drawing of the same boxes."""
-    try:
-        from detectron2.utils.visualizer import Visualizer  # imports cv2
-    except ImportError:
-        Visualizer = None
+    Visualizer = visualizer_class()
     if Visualizer is not None:
         vis = Visualizer(image_rgb, metadata=metadata).draw_instance_predictions(instances)
         return Image.fromarray(np.asarray(vis.get_image()))
     names = list(metadata.get("thing_classes", [])) if metadata is not None else []
+    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
+    return draw_labelled_boxes(image_rgb, [(box, f"{names[cls] if cls < len(names) else cls} {score:.0%}") for
+                                           box, cls, score in zip(boxes, instances.pred_classes.tolist(),
+                                                                  instances.scores.tolist())], (0, 255, 0))
+
+
+def visualizer_class():
+    """detectron2's ``Visualizer``, or None when its OpenCV dependency is not installed."""
+    try:
+        from detectron2.utils.visualizer import Visualizer  # imports cv2
+    except ImportError:
+        return None
+    return Visualizer
+
+
+def draw_labelled_boxes(image_rgb: np.ndarray, boxes: list[tuple[list[float], str]], colour: tuple[int, int, int],
+                        ) -> Image.Image:
+    """A plain PIL drawing of (box, label) pairs: what the pictures are without OpenCV."""
     image = Image.fromarray(np.ascontiguousarray(image_rgb))
     draw = ImageDraw.Draw(image)
-    boxes = instances.pred_boxes.tensor.tolist() if instances.has("pred_boxes") else []
-    for box, cls, score in zip(boxes, instances.pred_classes.tolist(), instances.scores.tolist()):
-        label = f"{names[cls] if cls < len(names) else cls} {score:.0%}"
-        draw.rectangle(box, outline=(0, 255, 0), width=2)
-        draw.text((box[0] + 2, box[1] + 1), label, fill=(0, 255, 0))
+    for box, label in boxes:
+        draw.rectangle(box, outline=colour, width=2)
+        draw.text((box[0] + 2, box[1] + 1), label, fill=colour)
     return image
 
 
@@ -158,6 +171,7 @@ SAMPLE_DATASET = "coco_sample_val"  # the 32 COCO photos shipped in the package 
 SAMPLE_IMAGES = 4
 TOP_BOXES = 5
 SAMPLE_LISTING = "detections.json"
+TRUTH_SUFFIX = "_truth"  # <photo>_truth.png: the photo's ground-truth boxes, beside <photo>.png (the detector's)
 
 
 def top_scoring(instances, k: int):
@@ -166,37 +180,76 @@ def top_scoring(instances, k: int):
     return instances[order]
 
 
+def sample_dataset(cfg: CfgNode) -> str:
+    """The embedded COCO dataset to draw on: the first built-in sample the detector was evaluated or trained on
+    (``DATASETS.TEST``, then ``TRAIN``: its photos and classes), else the 80-class ``coco_sample_val``."""
+    names = [*cfg.DATASETS.TEST, *cfg.DATASETS.TRAIN]
+    return next((n for n in names if n in BUILTIN_DATASETS), SAMPLE_DATASET)
+
+
+def draw_ground_truth(image_rgb: np.ndarray, record: dict, metadata) -> Image.Image:
+    """The boxes of a dataset record (detectron2's dataset dict), labelled with their class names: detectron2's
+    ``Visualizer.draw_dataset_dict`` when OpenCV is installed, otherwise a plain PIL drawing."""
+    Visualizer = visualizer_class()
+    if Visualizer is not None:
+        vis = Visualizer(image_rgb, metadata=metadata).draw_dataset_dict(record)
+        return Image.fromarray(np.asarray(vis.get_image()))
+    names = list(metadata.get("thing_classes", []))
+    return draw_labelled_boxes(image_rgb, [(xyxy(ann), names[ann["category_id"]])
+                                           for ann in record.get("annotations", [])], (255, 160, 0))
+
+
+def xyxy(annotation: dict) -> list[float]:
+    """[x0, y0, x1, y1] of a dataset record's annotation, whatever its ``bbox_mode``."""
+    from detectron2.structures import BoxMode
+
+    return [float(v) for v in BoxMode.convert(list(annotation["bbox"]), annotation["bbox_mode"], BoxMode.XYXY_ABS)]
+
+
+def largest_box_first(record: dict) -> tuple[float, str]:
+    """Sort key of dataset records: the one with the largest ground-truth box (by area) first, then by file name."""
+    areas = [(x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in map(xyxy, record.get("annotations", []))]
+    return -max(areas, default=0.0), record["file_name"]
+
+
 def draw_sample_detections(cfg: CfgNode, output_dir: str | os.PathLike, num_images: int = SAMPLE_IMAGES,
                            top_k: int = TOP_BOXES) -> list[tuple[Path, list[tuple[str, float, list[float]]]]]:
     """The ``top_k`` highest-scoring boxes of the detector ``cfg.MODEL.WEIGHTS``, labelled with class name and
-    score by detectron2's ``Visualizer``, on the first ``num_images`` photos of the embedded COCO sample: a
-    picture a person can check at a glance. No score threshold, so that a briefly trained detector shows its
-    best guesses too. Writes ``output_dir/<photo>.png`` and ``detections.json`` (the boxes); returns, per image,
-    (path, [(class, score, box)])."""
+    score by detectron2's ``Visualizer``, on ``num_images`` photos of the embedded COCO dataset
+    :func:`sample_dataset`, those with the largest ground-truth boxes: a picture a person can check at a
+    glance. No score threshold, so that a briefly trained detector shows its best guesses too. Writes
+    ``output_dir/<photo>.png``, the photo's ground-truth boxes as ``output_dir/<photo>_truth.png`` to compare with,
+    and ``detections.json`` (both sets of boxes); returns, per image, (path, [(class, score, box)])."""
     from detectron2.data import DatasetCatalog
 
-    register_builtin_datasets([SAMPLE_DATASET])
-    metadata = MetadataCatalog.get(SAMPLE_DATASET)
+    dataset = sample_dataset(cfg)
+    register_builtin_datasets([dataset])
+    metadata = MetadataCatalog.get(dataset)
     classes = list(metadata.thing_classes)
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(classes):
-        raise ValueError(f"the sample photos are labelled with the {len(classes)} COCO classes, the detector "
+        raise ValueError(f"the sample photos of {dataset} are labelled with {len(classes)} classes, the detector "
                          f"has MODEL.ROI_HEADS.NUM_CLASSES {cfg.MODEL.ROI_HEADS.NUM_CLASSES}")
-    photos = sorted(DatasetCatalog.get(SAMPLE_DATASET), key=lambda d: d["file_name"])[:num_images]
+    photos = sorted((d for d in DatasetCatalog.get(dataset) if d.get("annotations")), key=largest_box_first)
+    photos = photos[:num_images]
     predictor = build_predictor(cfg, 0.0)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    drawn = []
+    drawn, listing = [], []
     for photo in tqdm(photos, desc="sample detections"):
         image = read_bgr8(photo["file_name"])
         instances = top_scoring(predictor(image)["instances"].to("cpu"), top_k)
         target = out / (Path(photo["file_name"]).stem + ".png")
+        truth = out / (Path(photo["file_name"]).stem + TRUTH_SUFFIX + ".png")
         with disk_full_errors(target):
             draw_predictions(image[:, :, ::-1], instances, metadata).save(target)
-        drawn.append((target, [(classes[c], float(s), [float(v) for v in b]) for c, s, b in
-                               zip(instances.pred_classes.tolist(), instances.scores.tolist(),
-                                   instances.pred_boxes.tensor.tolist())]))
-    # what was drawn, for a report to list beside the pictures
-    listing = [{"image": path.name, "detections": [{"class": c, "score": sc, "box": b} for c, sc, b in boxes]}
-               for path, boxes in drawn]
+            draw_ground_truth(image[:, :, ::-1], photo, metadata).save(truth)
+        boxes = [(classes[c], float(s), [float(v) for v in b]) for c, s, b in
+                 zip(instances.pred_classes.tolist(), instances.scores.tolist(), instances.pred_boxes.tensor.tolist())]
+        drawn.append((target, boxes))
+        # what was drawn, for a report to list beside the pictures
+        listing.append({"image": target.name, "dataset": dataset,
+                        "detections": [{"class": c, "score": sc, "box": b} for c, sc, b in boxes],
+                        "truth_image": truth.name,
+                        "truth": [{"class": classes[a["category_id"]], "box": xyxy(a)} for a in photo["annotations"]]})
     atomic_write(out / SAMPLE_LISTING, json.dumps(listing, indent=1) + "\n")
     return drawn

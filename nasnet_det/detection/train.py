@@ -33,7 +33,7 @@ from nasnet_det.detection.trainer import (
 )
 from nasnet_det.engine.checkpoint import LAST_CHECKPOINT, remove_files
 from nasnet_det.engine.devices import require_cuda
-from nasnet_det.engine.process import die_with_parent
+from nasnet_det.engine.process import PARENT_PID_AT_IMPORT, die_with_parent
 from nasnet_det.engine.scaling import SCHEDULE_FILE, detection_schedule
 from nasnet_det.models.hub import check_named_weights, is_named_weights
 from nasnet_det.utils.errors import BadInputError, check_output_dir, exit_2_on_bad_input
@@ -219,7 +219,7 @@ _NO_TRACEBACK_FOR_FULL_DISK = _NoTracebackForFullDisk()
 def run(args: argparse.Namespace):
     """One process's work: train (with periodic evaluation) or, with ``--eval-only``, evaluate."""
     if comm.get_world_size() > 1:  # a process spawned by detectron2's launch: do not outlive the launcher
-        die_with_parent()
+        die_with_parent(PARENT_PID_AT_IMPORT)
     if comm.is_main_process():  # this package's warnings (dropped boxes, random weights), as detectron2's own
         show_package_logs()
     logging.getLogger("detectron2.engine.train_loop").addFilter(_NO_TRACEBACK_FOR_FULL_DISK)  # once: same object

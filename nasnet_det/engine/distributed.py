@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from nasnet_det.engine.devices import resolve_device
-from nasnet_det.engine.process import die_with_parent
+from nasnet_det.engine.process import PARENT_PID_AT_IMPORT, die_with_parent
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def init_distributed(device: str = "auto", key: str = "TRAIN.DEVICE") -> DistInf
     dev = pick_device(device, local_rank, key, announce=rank == 0)
     if world_size > 1 and not dist.is_initialized():
         if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: do not outlive it
-            die_with_parent()
+            die_with_parent(PARENT_PID_AT_IMPORT)
         for var in ("MASTER_ADDR", "MASTER_PORT"):
             if var not in os.environ:
                 raise RuntimeError(f"WORLD_SIZE={world_size} but {var} is not set; launch with torchrun")

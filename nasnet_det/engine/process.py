@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,6 +38,14 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+#: the process that started this one, as it was when this module was first imported (early in every tool, before
+#: the seconds of torch / detectron2 imports and setup): a worker that asks to die with its launcher only after
+#: those seconds passes it, so that a launcher killed in the meantime still ends the worker (the request alone
+#: would never fire: the worker has already been handed to another parent). Not for ``preexec_fn`` use: a forked
+#: child inherits its parent's value.
+PARENT_PID_AT_IMPORT = os.getppid()
+
+
 def die_with_parent(parent_pid: int | None = None) -> bool:
     """Ask Linux to SIGKILL this process when the process that started it dies.
 
@@ -56,3 +64,20 @@ def die_with_parent(parent_pid: int | None = None) -> bool:
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)
     return True
+
+
+# torch's CPU threads are OpenMP's (libgomp): after each parallel region its idle threads spin, waiting for the
+# next one, before they sleep. Processes that share the cores (the pretrain stage's gloo processes, the search's
+# workers, a second job) then spend each other's time spinning: on a loaded 2-core machine a smoke detector
+# iteration took ~5 s instead of ~1.5 s (docs/pipeline.md, "OpenMP waiting", has the measurements). PASSIVE makes
+# them sleep at once. libgomp reads the variable when it loads, so it must be in a child's environment from its
+# start.
+OMP_WAIT_POLICY = "OMP_WAIT_POLICY"
+STAGE_OMP_WAIT_POLICY = "PASSIVE"
+
+
+def omp_wait_policy(environ: Mapping[str, str] | None = None) -> str:
+    """The OpenMP wait policy for the processes a pipeline starts: the user's ``OMP_WAIT_POLICY`` in ``environ``
+    (default: this process's) when set, else :data:`STAGE_OMP_WAIT_POLICY`."""
+    environ = os.environ if environ is None else environ
+    return environ.get(OMP_WAIT_POLICY) or STAGE_OMP_WAIT_POLICY

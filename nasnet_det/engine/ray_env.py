@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from nasnet_det.engine.process import OMP_WAIT_POLICY, omp_wait_policy
 from nasnet_det.utils.errors import BadInputError
 
 # Where the tools find data and weights: detectron2's dataset root, torch hub's and Hugging Face's caches
@@ -22,10 +23,14 @@ FLAG_ENV_VARS = ("HF_HUB_OFFLINE",)
 def worker_env_vars(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The variables of :data:`PATH_ENV_VARS` and :data:`FLAG_ENV_VARS` set in ``environ`` (default: this
     process's), paths made absolute (a worker's working directory is not the driver's; on several machines the
-    path must name the same shared storage on each)."""
+    path must name the same shared storage on each), and ``OMP_WAIT_POLICY``
+    (:func:`~nasnet_det.engine.process.omp_wait_policy`)."""
     environ = os.environ if environ is None else environ
     out = {k: os.path.abspath(os.path.expanduser(environ[k])) for k in PATH_ENV_VARS if environ.get(k)}
     out.update({k: environ[k] for k in FLAG_ENV_VARS if k in environ})
+    # idle OpenMP threads sleep (the user's policy travels if set): see omp_wait_policy. Ray gives a worker as
+    # many threads as CPUs it reserved (OMP_NUM_THREADS), and a machine's workers share its cores.
+    out[OMP_WAIT_POLICY] = omp_wait_policy(environ)
     return out
 
 

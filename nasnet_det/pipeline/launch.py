@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.engine.process import die_with_parent
+from nasnet_det.engine.process import OMP_WAIT_POLICY, die_with_parent, omp_wait_policy
 from nasnet_det.pipeline.paths import repo_root
 from nasnet_det.utils.io import DiskFullError, as_disk_full_error, disk_full_errors
 
@@ -103,6 +103,7 @@ def run_tool(stage: str, argv: list[str], workdir: Path, quiet: bool = False) ->
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join([str(repo_root()), *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[OMP_WAIT_POLICY] = omp_wait_policy(env)  # idle OpenMP threads sleep: see omp_wait_policy
     with disk_full_errors(log_path):
         log = _StageLog(log_path)
     tail = bytearray()  # the error line comes from here: stage.log may have missed it (a full disk)

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nasnet_det.data.sample import coco_dataset_files
 from nasnet_det.engine.scaling import DATASET_IMAGES
 
 # The detectron2 builtin COCO 2017 datasets (detectron2/data/datasets/builtin.py, _PREDEFINED_SPLITS_COCO):
@@ -191,10 +192,9 @@ def coco_datasets(names: list[str], key: str, coco_files: list[str], for_trainin
         given[name] = (image_root, json_file)
     parts, problems, remarks, sizes = [], [], [], []
     for name in names:
-        if name.startswith("coco_sample_"):
-            from nasnet_det.data.sample import coco_sample
-
-            n = len(json.loads(Path(coco_sample()[0]).read_text())["images"])
+        sample = coco_dataset_files(name)
+        if sample:
+            n = len(json.loads(Path(sample[0]).read_text())["images"])
             parts.append(f"{name}: the embedded sample ({n} photos)")
             sizes.append(n)
             continue

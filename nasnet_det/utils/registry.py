@@ -13,7 +13,10 @@ the known ones.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Iterator
+from types import ModuleType
 from typing import Any
 
 from fvcore.common.registry import Registry as _FvcoreRegistry
@@ -60,3 +63,11 @@ class Registry(_FvcoreRegistry):
 
     def values(self) -> Iterator[Any]:
         return (obj for _, obj in self)
+
+
+def import_modules(package: ModuleType) -> None:
+    """Import every module of ``package`` (call it from the package's ``__init__`` as
+    ``import_modules(sys.modules[__name__])``): a module that registers a plug-in is found by being there,
+    so adding one is adding its file. Modules load in name order, so registration order is stable."""
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{package.__name__}.{info.name}")

@@ -5,21 +5,27 @@ alone (its size, a zero-cost proxy at initialisation, or the shared weights of a
 
 ``build_estimator(name, cfg)`` takes the search config of :mod:`search.config` (``cfg.MODEL.NASNET`` is the
 network a cell is scored in, ``cfg.CHILD.IMAGE_SIZE`` its images, ``cfg.SEARCH.ZERO_COST`` the proxies'
-minibatch, ``cfg.ONESHOT`` the supernet estimators' training): one config for every estimator."""
+minibatch, ``cfg.ONESHOT`` the supernet estimators' training): one config for every estimator.
+
+An estimator is a class under ``@ESTIMATORS.register()`` in a module of this package (every module is
+imported by the package, so the file is all it takes); one with settings of its own carries its config node
+(``config_node``, ``add_config``, ``check_config``), which :mod:`search.config` adds and checks."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
 from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.registry import Registry
 from search.reward import ChildData
 
-E = TypeVar("E", bound=type["Estimator"])
+#: every estimator by name (its class's ``name``); ``estimator`` names the setting in the line an unknown name
+#: gets, unless the caller names its own (:func:`build_estimator`)
+ESTIMATORS = Registry("estimator")
 
 
 class Estimator(ABC):
@@ -27,10 +33,23 @@ class Estimator(ABC):
     for the others), then ``score(genotype)`` for each cell: higher = predicted better. Scores are
     deterministic given (cfg, data, seed)."""
 
-    #: the registered name (set by :func:`register_estimator`)
+    #: the registered name (the registry's key)
     name: ClassVar[str] = ""
+    #: the estimator's own config node as its dotted path from the root, added by :meth:`add_config`; None: its
+    #: settings are those of the config it is given (``MODEL.NASNET``, ``CHILD``, ...)
+    config_node: ClassVar[str | None] = None
     #: True when ``score`` needs training images (a minibatch or a trained supernet)
     needs_data: ClassVar[bool] = False
+
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        """Add :attr:`config_node` with its defaults (and a comment on each) to the search defaults ``cfg``."""
+        return None  # an estimator without settings of its own adds nothing
+
+    @classmethod
+    def check_config(cls, cfg: CfgNode) -> None:
+        """``ValueError`` (one line naming the key) for a bad value of the estimator's own settings."""
+        return None  # nothing to check without settings
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg
@@ -48,25 +67,7 @@ class Estimator(ABC):
         """The predicted quality of ``genotype`` (higher = better)."""
 
 
-#: every estimator by name
-ESTIMATORS: dict[str, type[Estimator]] = {}
-
-
-def register_estimator(name: str) -> Callable[[E], E]:
-    """Class decorator: add an :class:`Estimator` subclass to :data:`ESTIMATORS` under ``name``."""
-    def add(cls: E) -> E:
-        if name in ESTIMATORS:
-            raise ValueError(f"an estimator named {name!r} is already registered")
-        cls.name = name
-        ESTIMATORS[name] = cls
-        return cls
-    return add
-
-
 def build_estimator(name: str, cfg: CfgNode, key: str = "estimator") -> Estimator:
     """The estimator ``name`` built from the search config ``cfg``; ``key`` names the setting in the error
     for an unknown name."""
-    cls = ESTIMATORS.get(str(name).strip().lower())
-    if cls is None:
-        raise BadInputError(f"{key}={name!r}: expected one of {', '.join(sorted(ESTIMATORS))}")
-    return cls(cfg)
+    return ESTIMATORS.lookup(name, key=key)(cfg)

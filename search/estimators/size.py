@@ -7,7 +7,7 @@ import torch
 
 from nasnet_det.models.profile import count_mult_adds, count_params
 from nasnet_det.space import Genotype
-from search.estimators.base import Estimator, register_estimator
+from search.estimators.base import ESTIMATORS, Estimator
 from search.reward import build_child
 
 
@@ -19,15 +19,19 @@ class ChildNetworkEstimator(Estimator):
         return build_child(genotype, self.cfg.MODEL.NASNET)
 
 
-@register_estimator("params")
+@ESTIMATORS.register()
 class Params(ChildNetworkEstimator):
+    name = "params"
+
     def score(self, genotype: Genotype) -> float:
         return float(count_params(self.child(genotype)))
 
 
-@register_estimator("madds")
+@ESTIMATORS.register()
 class MultAdds(ChildNetworkEstimator):
     """fvcore's multiply-accumulates of one image at ``CHILD.IMAGE_SIZE``."""
+
+    name = "madds"
 
     def score(self, genotype: Genotype) -> float:
         return float(count_mult_adds(self.child(genotype), int(self.cfg.CHILD.IMAGE_SIZE)))

@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 
 from nasnet_det.space import Genotype
-from search.estimators.base import Estimator, register_estimator
+from search.estimators.base import ESTIMATORS, Estimator
 from search.reward import ChildData
 from search.supernet import SuperNet
 from search.supernet_trainer import SupernetTrainer, few_shot_split
@@ -95,5 +95,5 @@ for _name, _base, _attrs in (("supernet", OneShotSupernet, {}), ("spos", Superne
                              ("fairnas", SupernetEstimator, {"sampling": "fair"}),
                              ("fewshot", SupernetEstimator, {"few_shot": True})):
     for _suffix, _recal in (("", False), ("_bn", True)):
-        register_estimator(_name + _suffix)(type(f"Estimator_{_name}{_suffix}", (_base,),
-                                                 {**_attrs, "recalibrate": _recal, "__module__": __name__}))
+        ESTIMATORS.register(type(f"Estimator_{_name}{_suffix}", (_base,),
+                                 {**_attrs, "name": _name + _suffix, "recalibrate": _recal, "__module__": __name__}))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasnet_det.space import Genotype
-from search.estimators.base import register_estimator
+from search.estimators.base import ESTIMATORS
 from search.estimators.size import ChildNetworkEstimator
 from search.reward import ChildData, _to_tensor
 
@@ -121,32 +121,42 @@ class ProxyEstimator(ChildNetworkEstimator):
                                self.seed)
 
 
-@register_estimator("synflow")
+@ESTIMATORS.register()
 class Synflow(ChildNetworkEstimator):
+    name = "synflow"
+
     def score(self, genotype: Genotype) -> float:
         size = int(self.cfg.CHILD.IMAGE_SIZE)
         return synflow(self.child(genotype), (3, size, size))
 
 
-@register_estimator("naswot")
+@ESTIMATORS.register()
 class NASWOT(ProxyEstimator):
+    name = "naswot"
+
     def score(self, genotype: Genotype) -> float:
         return naswot(self.child(genotype), self.minibatch()[0])
 
 
-@register_estimator("jacob_cov")
+@ESTIMATORS.register()
 class JacobCov(ProxyEstimator):
+    name = "jacob_cov"
+
     def score(self, genotype: Genotype) -> float:
         return jacob_cov(self.child(genotype), self.minibatch()[0])
 
 
-@register_estimator("grad_norm")
+@ESTIMATORS.register()
 class GradNorm(ProxyEstimator):
+    name = "grad_norm"
+
     def score(self, genotype: Genotype) -> float:
         return grad_norm(self.child(genotype), *self.minibatch())
 
 
-@register_estimator("snip")
+@ESTIMATORS.register()
 class Snip(ProxyEstimator):
+    name = "snip"
+
     def score(self, genotype: Genotype) -> float:
         return snip(self.child(genotype), *self.minibatch())

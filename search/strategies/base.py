@@ -1,5 +1,10 @@
 """The search strategy interface and its registry: a strategy proposes children (decisions of the NASNet
-space) and learns from their rewards; the session frame (:mod:`search.session`) runs it."""
+space) and learns from their rewards; the session frame (:mod:`search.session`) runs it.
+
+A strategy is one module of this package (every module is imported by the package, so the file is all it
+takes): a :class:`Strategy` subclass under ``@STRATEGIES.register()``, carrying its name, its config node
+(``config_node``, ``add_config``, ``check_config``), the settings that enter the journal's identity
+(``identity``) and the files it writes into the output folder (``owned_files``)."""
 
 from __future__ import annotations
 
@@ -7,14 +12,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from fvcore.common.config import CfgNode
 
 from nasnet_det.search_space import SearchSpace
+from nasnet_det.utils.mapping import lookup
+from nasnet_det.utils.registry import Registry
+from search.base_config import plain_dict
 
-S = TypeVar("S", bound=type["Strategy"])
+#: every strategy by the name ``SEARCH.STRATEGY`` uses (its class's ``name``)
+STRATEGIES = Registry("SEARCH.STRATEGY")
 
 
 @dataclass
@@ -34,6 +43,15 @@ class Strategy(ABC):
     caller derives it from the seed and sample index, so a resumed search draws the same numbers);
     ``update`` learns from one finished batch; ``state_dict`` is what a checkpoint keeps."""
 
+    #: the name ``SEARCH.STRATEGY`` uses (lower case; the registry's key)
+    name: ClassVar[str] = ""
+    #: the strategy's own config node as its dotted path from the root (e.g. ``"SEARCH.ZERO_COST"``), added by
+    #: :meth:`add_config`; None: it has none
+    config_node: ClassVar[str | None] = None
+    #: glob patterns of the files the strategy writes into the output folder (beside the runner's controller
+    #: checkpoints): a fresh start deletes them, a damaged journal's restart moves them aside with it
+    owned_files: ClassVar[tuple[str, ...]] = ()
+
     #: has a policy that learns (and so can collapse onto one genotype: the summary checks it)
     learns: ClassVar[bool] = False
     #: scores cells with the shared weights of a supernet (search/strategies/oneshot.py) instead of training
@@ -41,8 +59,6 @@ class Strategy(ABC):
     weight_sharing: ClassVar[bool] = False
     #: the journal strategies its children are filed under (None: the name it is registered by)
     journal_names: ClassVar[tuple[str, ...] | None] = None
-    #: files of the output folder the strategy writes itself (a fresh start deletes them)
-    owned_files: ClassVar[tuple[str, ...]] = ()
     #: keeps its own checkpoint (loaded in :meth:`attach_rows`, counted by :meth:`updates_done`): the engine
     #: writes no controller checkpoint for it
     own_checkpoint: ClassVar[bool] = False
@@ -119,35 +135,40 @@ class Strategy(ABC):
         return None  # nothing to restore: the default state is empty
 
 
-class StrategyRegistry:
-    """Strategy classes by the name ``SEARCH.STRATEGY`` uses (lower case); the search's registry is
-    :data:`search.strategies.registry.STRATEGIES`."""
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        """Add :attr:`config_node` with its defaults (and a comment on each) to the search defaults ``cfg``."""
+        return None  # a strategy without settings of its own adds nothing
 
-    def __init__(self) -> None:
-        self._classes: dict[str, type[Strategy]] = {}
+    @classmethod
+    def check_config(cls, cfg: CfgNode) -> None:
+        """``ValueError`` (one line naming the key) for a bad value of the strategy's settings; called for every
+        search whatever its strategies, as the other checks (a typo fails at once)."""
+        return None  # nothing to check without settings
 
-    def register(self, name: str) -> Callable[[S], S]:
-        def add(cls: S) -> S:
-            if name in self._classes:
-                raise ValueError(f"a search strategy named {name!r} is already registered")
-            self._classes[name] = cls
-            return cls
-        return add
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The strategy's settings that define what the children it proposes mean, by dotted key: they enter
+        the journal's identity when a search runs the strategy (searches without it, and journals from before
+        the strategy existed, resume as before). Default: its whole node, as plain dicts."""
+        if cls.config_node is None:
+            return {}
+        found, node = lookup(cfg, cls.config_node)
+        if not found:
+            raise KeyError(f"strategy {cls.name!r}: its config node {cls.config_node} is not in the config")
+        return {cls.config_node: plain_dict(node)}
 
-    def names(self) -> list[str]:
-        return sorted(self._classes)
 
-    def resolve(self, spec: str) -> dict[str, type[Strategy]]:
-        """The strategies of ``SEARCH.STRATEGY`` (comma-separated names, duplicates dropped), by name."""
-        names = list(dict.fromkeys(s.strip().lower() for s in str(spec).split(",") if s.strip()))
-        bad = [n for n in names if n not in self._classes]
-        if not names or bad:
-            raise ValueError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {', '.join(self.names())} "
-                             "separated by commas (e.g. 'ppo,random')")
-        chosen = {n: self._classes[n] for n in names}
-        alone = [n for n, cls in chosen.items() if cls.weight_sharing]
-        if alone and len(chosen) > 1:
-            raise ValueError(f"SEARCH.STRATEGY={spec!r}: the weight-sharing search runs alone; set it to "
-                             f"'{alone[0]}' (other strategies cannot be combined with it)")
-        return chosen
-
+def resolve_strategies(spec: str) -> dict[str, type[Strategy]]:
+    """The strategies ``SEARCH.STRATEGY`` names (comma-separated names, duplicates dropped), by name."""
+    names = list(dict.fromkeys(s.strip().lower() for s in str(spec).split(",") if s.strip()))
+    bad = [n for n in names if n not in STRATEGIES]
+    if not names or bad:
+        raise ValueError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {', '.join(sorted(STRATEGIES.names()))} "
+                         "separated by commas (e.g. 'ppo,random')")
+    chosen = {n: STRATEGIES.get(n) for n in names}
+    alone = [n for n, cls in chosen.items() if cls.weight_sharing]
+    if alone and len(chosen) > 1:
+        raise ValueError(f"SEARCH.STRATEGY={spec!r}: the weight-sharing search runs alone; set it to "
+                         f"'{alone[0]}' (other strategies cannot be combined with it)")
+    return chosen

@@ -41,7 +41,7 @@ from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.utils.io import atomic_torch_save
 from search.journal import Evaluation, load_state
-from search.strategies.base import Proposal
+from search.strategies.base import STRATEGIES, Proposal
 from search.strategies.controller_policy import ControllerPolicy
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ NEW_KEY_DEFAULTS = {"BN_RECALIBRATION_BATCHES": 0, "WARMUP_EPOCHS": 0, "FAIRNESS
 NOT_IDENTITY = ("DEVICE", "CHECKPOINT_EVERY", "FEW_SHOT_SPLITS")
 
 
+@STRATEGIES.register()
 class OneShot(ControllerPolicy):
     """The controller and the supernet of the weight-sharing search. ``data`` replaces ``cfg.DATA`` (tests)."""
 
@@ -406,10 +407,12 @@ class OneShot(ControllerPolicy):
 
     @classmethod
     def identity(cls, cfg: CN) -> dict[str, Any]:
-        """The journal identity's ``ONESHOT`` entry: the node without the keys that do not change what the search
-        computes, and without keys added later while they keep their defaults (so older journals resume)."""
-        return {"ONESHOT": {k: v for k, v in cfg.ONESHOT.items()
-                            if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}}
+        """The journal identity's ``SEARCH.STRATEGY`` (a weight-sharing journal is no other strategy's) and
+        ``ONESHOT`` entries: the node without the keys that do not change what the search computes, and without
+        keys added later while they keep their defaults (so older journals resume)."""
+        node = {k: v for k, v in cfg.ONESHOT.items()
+                if k not in NOT_IDENTITY and not (k in NEW_KEY_DEFAULTS and v == NEW_KEY_DEFAULTS[k])}
+        return {"SEARCH.STRATEGY": cls.name, "ONESHOT": node}
 
 
 def _child_params(genotype, cfg: CfgNode) -> int | None:

@@ -18,6 +18,7 @@ resumed search proposes what the uninterrupted one would."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from sklearn.linear_model import Ridge
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS
-from search.strategies.base import Strategy
+from search.base_config import require
+from search.strategies.base import STRATEGIES, Strategy
 
 
 def encode(decisions: np.ndarray, num_blocks: int) -> np.ndarray:
@@ -48,7 +50,36 @@ def encode(decisions: np.ndarray, num_blocks: int) -> np.ndarray:
     return np.concatenate([hot, counts.reshape(len(decisions), -1)], 1)
 
 
+@STRATEGIES.register()
 class Predictor(Strategy):
+    name = "predictor"
+    config_node = "SEARCH.PREDICTOR"
+
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        # SEARCH.STRATEGY predictor (search/strategies/predictor.py, BANANAS-style): after INITIAL random children,
+        # an ensemble of ENSEMBLE bootstrap ridge regressions (RIDGE_ALPHA) fitted to the finished children every
+        # SEARCH.BATCH_SIZE results proposes the next ones: MUTATIONS mutants (1-3 decisions re-drawn) of each of
+        # the TOP_PARENTS best children (plus as many random cells), ranked by the upper confidence bound
+        # mean + KAPPA * std.
+        p = cfg.SEARCH.PREDICTOR = CfgNode()
+        p.INITIAL = 10
+        p.TOP_PARENTS = 5
+        p.MUTATIONS = 20
+        p.ENSEMBLE = 10
+        p.RIDGE_ALPHA = 1.0
+        p.KAPPA = 0.5
+
+    @classmethod
+    def check_config(cls, cfg: CfgNode) -> None:
+        p = cfg.SEARCH.PREDICTOR
+        for key in ("INITIAL", "TOP_PARENTS", "MUTATIONS", "ENSEMBLE"):
+            require(isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] >= 1,
+                    f"SEARCH.PREDICTOR.{key}", p[key], "an integer >= 1")
+        for key in ("KAPPA", "RIDGE_ALPHA"):
+            require(isinstance(p[key], (int, float)) and math.isfinite(p[key]) and p[key] >= 0,
+                    f"SEARCH.PREDICTOR.{key}", p[key], "a finite number >= 0")
+
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
         self.p, self.seed = cfg.SEARCH.PREDICTOR, int(cfg.SEARCH.SEED)

@@ -21,21 +21,43 @@ from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
 from nasnet_det.utils.errors import BadInputError
-from search.config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
+from search.base_config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
+from search.base_config import require
 
 # (the package search.estimators registers every estimator when its base is imported; importing the package
 # itself would close an import cycle through the supernet estimator, which runs the search engine)
 from search.estimators.base import Estimator, build_estimator
 from search.outputs import write_json_atomic
 from search.reward import ChildData, load_search_data
-from search.strategies.base import Strategy
+from search.strategies.base import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
 SCORES_NAME = "zero_cost_scores.json"
 SAVE_EVERY = 10  # candidates scored between writes of the scores file
 
 
+@STRATEGIES.register()
 class ZeroCost(Strategy):
+    name = "zero_cost"
+    config_node = "SEARCH.ZERO_COST"
+    owned_files = (SCORES_NAME,)  # the proxy's scores
+
+    @classmethod
+    def add_config(cls, cfg: CfgNode) -> None:
+        # SEARCH.STRATEGY zero_cost (search/strategies/zero_cost.py): CANDIDATES random cells are scored by PROXY
+        # (an estimator of search/estimators, at initialisation) and the SEARCH.BUDGET best are trained as children.
+        z = cfg.SEARCH.ZERO_COST = CfgNode()
+        z.PROXY = "synflow"
+        z.CANDIDATES = 200
+        z.BATCH_SIZE = 64  # training images of the data-dependent proxies' minibatch
+
+    @classmethod
+    def check_config(cls, cfg: CfgNode) -> None:
+        z = cfg.SEARCH.ZERO_COST
+        for key in ("CANDIDATES", "BATCH_SIZE"):
+            require(isinstance(z[key], int) and not isinstance(z[key], bool) and z[key] >= 1,
+                    f"SEARCH.ZERO_COST.{key}", z[key], "an integer >= 1")
+
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
         self.cfg, z = cfg, cfg.SEARCH.ZERO_COST

@@ -12,7 +12,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.backends import Workers
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.report import AP_KEYS, Report, ReportSection, fmt_num
+from nasnet_det.pipeline.report import AP_KEYS, TRAINING_FIT, Report, ReportSection, detector_training_sets, fmt_num
 from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
@@ -77,7 +77,11 @@ class EvaluateStage(Stage):
 
     def report_sections(self, report: Report) -> list[ReportSection]:
         ev, lines = report.manifest(self.name), []
+        training_sets = detector_training_sets(report.ctx, report.manifest("detect"))
         for dataset, res in ev.get("metrics", {}).get("bbox", {}).items():
+            if dataset in training_sets:  # scored on the photos it trained on: said beside the number
+                lines += [f"**{TRAINING_FIT}: {fmt_num(res.get('AP'), 1)}** (dataset `{dataset}`, the detector's "
+                          "`DATASETS.TRAIN`).", ""]
             lines += [f"Dataset `{dataset}`{report.tag}:", "", "| " + " | ".join(AP_KEYS) + " |",
                       "|" + " --- |" * len(AP_KEYS), "| " + " | ".join(fmt_num(res.get(k)) for k in AP_KEYS) + " |", ""]
             # Categories without ground truth in the dataset have no AP (NaN): leave them out.
