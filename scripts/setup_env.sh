@@ -390,11 +390,12 @@ fi
 # --------------------------------------------------------------------------- smoke check
 if [[ "${SKIP_VERIFY:-0}" != 1 ]]; then
     log "smoke check"
-    "$PY" -c "import torch, torchvision, detectron2; from detectron2.modeling import build_model; from detectron2.config import get_cfg; import fvcore, pycocotools"
     "$PY" - <<'EOF'
 import math
 import time
 
+import fvcore  # noqa: F401
+import pycocotools  # noqa: F401
 import torch
 import torchvision
 from torchvision.ops import nms
