@@ -26,7 +26,8 @@ def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None
     and exiting ``smi_exit`` (when ``driver`` is None: the machine's nvidia-smi, if any)."""
     venv, bin_dir = tmp_path / "venv", tmp_path / "bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
-    full_env = {k: v for k, v in os.environ.items() if k not in ("TORCH_CUDA", "TORCH_INDEX_URL", "PYTHONPATH")}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("TORCH_CUDA", "TORCH_INDEX_URL", "PYTHONPATH", "INSTALLER", "UV")}
     full_env.update(VENV=str(venv), **env)
     if installed is not None:
         (venv / "bin").mkdir(parents=True, exist_ok=True)
@@ -49,8 +50,11 @@ def plan(tmp_path: Path, driver: str | None = None, installed: str | None = None
     return proc
 
 
+UNINSTALL = "would run: uv pip uninstall torch torchvision"  # the default installer, uv
+
+
 def pip_line(out: str) -> str:
-    lines = [ln for ln in out.splitlines() if "would run: python -m pip install" in ln]
+    lines = [ln for ln in out.splitlines() if re.search(r"would run: (uv pip|python -m pip) install ", ln)]
     assert len(lines) == 1, out
     return lines[0]
 
@@ -82,11 +86,43 @@ def test_torch_index_url_overrides_the_index(tmp_path):
 
 
 @pytest.mark.parametrize("env, key", [({"TORCH_CUDA": "cu999"}, "TORCH_CUDA"),
-                                      ({"TORCH_CUDA": "cu128", "TORCH_INDEX_URL": "mirror"}, "TORCH_INDEX_URL")])
+                                      ({"TORCH_CUDA": "cu128", "TORCH_INDEX_URL": "mirror"}, "TORCH_INDEX_URL"),
+                                      ({"INSTALLER": "conda"}, "INSTALLER")])
 def test_a_bad_choice_is_one_line_and_exit_2(tmp_path, env, key):
     proc = plan(tmp_path, **env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert len(proc.stderr.splitlines()) == 1 and proc.stderr.startswith(f"[setup_env] error: {key} must be")
+
+
+def test_uv_installs_by_default_and_installer_pip_installs_as_before(tmp_path):
+    uv = plan(tmp_path / "uv", installed="2.14.1", TORCH_CUDA="cu128")
+    pip = plan(tmp_path / "pip", installed="2.14.1", TORCH_CUDA="cu128", INSTALLER="pip")
+    assert uv.returncode == 0 and pip.returncode == 0, uv.stderr + pip.stderr
+    assert "would run: uv pip install -c " in pip_line(uv.stdout) and UNINSTALL in uv.stdout
+    assert "would run: python -m pip install -c " in pip_line(pip.stdout)
+    assert "would run: python -m pip uninstall -y torch torchvision" in pip.stdout
+    assert "uv options" not in pip.stdout
+    stamp = re.compile(r"stamp hash: (\w+)")  # the installer does not change what is installed
+    assert stamp.search(uv.stdout).group(1) == stamp.search(pip.stdout).group(1)
+
+
+@pytest.mark.parametrize("build", ["pypi", "cu128"])
+def test_uv_gets_the_indexes_find_links_and_constraints_pip_is_configured_with(tmp_path, build):
+    """uv reads no pip.conf: the script hands it pip's settings, a PIP_* variable over [install] over [global]."""
+    conf = tmp_path / "pip.conf"
+    conf.write_text("[global]\nindex-url = https://index.example/simple\nconstraint = /global/c.txt\n"
+                    "find-links = /global/wheels\n[install]\nconstraint = /install/c.txt\n"
+                    "find-links = /install/wheels\n")
+    proc = plan(tmp_path, TORCH_CUDA=build, PIP_CONFIG_FILE=str(conf), PIP_FIND_LINKS="/env/wheels",
+                PIP_EXTRA_INDEX_URL="https://a.example/simple https://b.example/simple")
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if "uv options from pip config" in ln)
+    options = line.split(": ", 1)[1]
+    # a torch index (cu128) replaces pip's index-url for torch, as --index-url does for pip
+    assert ("--index-url https://index.example/simple" in options) == (build == "pypi"), line
+    assert "--extra-index-url https://a.example/simple --extra-index-url https://b.example/simple" in options
+    assert "--find-links /env/wheels" in options and "/install/wheels" not in options and "/global/" not in options
+    assert "--constraint /install/c.txt" in options
 
 
 def test_the_stamp_follows_the_choice(tmp_path):
@@ -108,7 +144,7 @@ def test_the_stamp_follows_the_choice(tmp_path):
 def test_changing_the_build_replaces_the_installed_torch(tmp_path, installed, build, replaced):
     proc = plan(tmp_path, installed=installed, TORCH_CUDA=build)
     assert proc.returncode == 0, proc.stderr
-    assert ("pip uninstall -y torch torchvision" in proc.stdout) == replaced, proc.stdout
+    assert (UNINSTALL in proc.stdout) == replaced, proc.stdout
 
 
 @pytest.mark.parametrize("driver, build, warning", [
@@ -166,6 +202,6 @@ def test_an_unset_torch_cuda_keeps_the_build_the_venv_records(tmp_path):
     stamp = re.compile(r"stamp hash: (\w+)")
     assert stamp.search(kept.stdout).group(1) == stamp.search(explicit.stdout).group(1)
     changed = plan(tmp_path / "c", installed="2.14.1+cu128", recorded=RECORDED_CU128, TORCH_CUDA="pypi")
-    assert "pip uninstall -y torch torchvision" in changed.stdout and "keeping" not in changed.stdout
+    assert UNINSTALL in changed.stdout and "keeping" not in changed.stdout
     fresh = plan(tmp_path / "d", installed="2.14.1")  # nothing recorded: the PyPI wheel
     assert "TORCH_CUDA=pypi" in fresh.stdout and "keeping" not in fresh.stdout
