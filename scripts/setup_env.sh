@@ -80,7 +80,7 @@ done
 # --------------------------------------------------------------------------- which torch build
 # Oldest NVIDIA driver of each build, and of each CUDA major version: the same numbers as
 # nasnet_det/engine/devices.py TORCH_BUILDS / MIN_DRIVER (which cannot be imported before torch is installed;
-# tests/test_setup_env.py checks that the tables agree).
+# tests/project/test_setup_env.py checks that the tables agree).
 declare -A BUILD_MIN_DRIVER=([cu126]=525 [cu128]=525 [cu130]=580 [cpu]=0)
 declare -A CUDA_MIN_DRIVER=([11]=450 [12]=525 [13]=580)
 PYPI_LINUX_X86_64_BUILD=cu130   # what PyPI's torch wheel is built with on Linux x86_64
