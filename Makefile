@@ -5,6 +5,10 @@ PY := .venv/bin/python
 STAMP := .venv/.installed
 SETUP_INPUTS := pyproject.toml scripts/setup_env.sh requirements/constraints.txt
 PYTEST_ARGS ?=
+# pytest-xdist workers for `make test` (one per core of the 2-core machine; 0: one process, as plain pytest).
+# --dist loadgroup: tests marked @pytest.mark.xdist_group(name) run one after another in one worker (the tests that
+# start Ray clusters or process groups of their own, which would starve each other run side by side).
+TEST_WORKERS ?= 2
 
 .PHONY: setup test run lint bench clean distclean
 
@@ -17,7 +21,8 @@ $(STAMP): $(SETUP_INPUTS)
 	bash scripts/setup_env.sh
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup \
+		--durations=15 $(PYTEST_ARGS) tests
 
 # Every bench/ script (ours vs a peer, same process) -> bench/results.json + bench/RESULTS.md.
 # BENCH_ARGS: e.g. --only bench_eval, --skip search_vs_random, --timeout 600.

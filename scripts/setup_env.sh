@@ -5,6 +5,12 @@
 #   3. detectron2: official source first; if that is unreachable, the PyPI republish
 #      sal-detectron2 (pure Python, its compiled _C extension removed)
 #   4. a smoke check (imports, torchvision.ops.nms, a detectron2 Faster R-CNN training forward)
+# The packages are installed with uv (`uv pip install`, the same wheels from the same indexes as pip, downloaded
+# in parallel: a fresh setup takes about half as long); uv is taken from PATH or installed into the venv with pip.
+# uv does not read pip's configuration, so the index, extra indexes, find-links and constraint files pip is
+# configured with (pip.conf, PIP_* variables: `pip config list`) are handed to it, with pip's choice among them
+# (the best version over all indexes: --index-strategy unsafe-best-match). INSTALLER=pip installs with pip as before,
+# and pip is used when uv cannot be installed. detectron2's official source build stays with pip (a compile).
 #
 # Idempotent: a stamp (.venv/.installed) holds a hash of pyproject.toml, this script, the constraints file
 # and the torch build chosen (TORCH_CUDA, TORCH_INDEX_URL); when it matches, nothing is reinstalled and the
@@ -25,12 +31,14 @@
 # set), so after `TORCH_CUDA=cu128 make setup` a later `make setup` or `bash bench/gpu.sh` stays on cu128; with
 # nothing recorded, pypi. The script says which it used.
 #
-#   scripts/setup_env.sh --print-torch-plan   print the torch build, the pip commands it would run and the
+#   scripts/setup_env.sh --print-torch-plan   print the torch build, the install commands it would run and the
 #                                             stamp hash, then exit (installs nothing, creates nothing)
 #
 # Other environment knobs:
 #   VENV=path          venv location (default: <repo>/.venv)
 #   PYTHON=python3     interpreter used to create the venv
+#   INSTALLER=uv|pip   what installs the packages (default uv; pip when uv cannot be installed)
+#   UV=path            the uv binary to use (default: uv on PATH, else one installed into the venv)
 #   FORCE=1            ignore the stamp and redo every step
 #   FORCE_D2=1         reinstall detectron2 even if it is already importable
 #   D2_FALLBACK_ONLY=1 skip the official-source attempt for detectron2
@@ -54,6 +62,7 @@ TORCH_BUILD_FILE="$VENV/.torch-build"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 export PIP_NO_INPUT=1
+INSTALLER="${INSTALLER:-uv}"
 
 START=$SECONDS
 log() { printf '[setup_env] %s\n' "$*"; }
@@ -71,7 +80,7 @@ done
 # --------------------------------------------------------------------------- which torch build
 # Oldest NVIDIA driver of each build, and of each CUDA major version: the same numbers as
 # nasnet_det/engine/devices.py TORCH_BUILDS / MIN_DRIVER (which cannot be imported before torch is installed;
-# tests/test_setup_env.py checks that the tables agree).
+# tests/project/test_setup_env.py checks that the tables agree).
 declare -A BUILD_MIN_DRIVER=([cu126]=525 [cu128]=525 [cu130]=580 [cpu]=0)
 declare -A CUDA_MIN_DRIVER=([11]=450 [12]=525 [13]=580)
 PYPI_LINUX_X86_64_BUILD=cu130   # what PyPI's torch wheel is built with on Linux x86_64
@@ -111,6 +120,11 @@ case "$TORCH_CUDA" in
             BUILD_DESC="the CUDA ${TORCH_CUDA:2:2}.${TORCH_CUDA:4} build"
         fi ;;
     *) fail "TORCH_CUDA must be one of pypi (default), cu126, cu128, cu130, cpu; got '$TORCH_CUDA'" ;;
+esac
+case "$INSTALLER" in
+    uv) INSTALL_CMD="uv pip install"; UNINSTALL_CMD="uv pip uninstall" ;;
+    pip) INSTALL_CMD="python -m pip install"; UNINSTALL_CMD="python -m pip uninstall -y" ;;
+    *) fail "INSTALLER must be uv (default) or pip; got '$INSTALLER'" ;;
 esac
 if [[ -n "$TORCH_INDEX" && ! "$TORCH_INDEX" =~ ^(https?|file):// ]]; then
     fail "TORCH_INDEX_URL must be the http(s):// or file:// URL of a pip index, got '$TORCH_INDEX'"
@@ -172,6 +186,33 @@ INSTALLED_BUILD="$(installed_torch_build)"
 REPLACE_TORCH=0
 [[ "$INSTALLED_BUILD" != none && "$INSTALLED_BUILD" != "$TORCH_CUDA" ]] && REPLACE_TORCH=1
 
+# pip's configuration as uv options: $1 = with (1) or without (0) pip's index-url (a torch index replaces it).
+# A key set in several places counts as pip counts it: a PIP_* variable over [install] over [global].
+# Read with the venv's pip once it exists (a venv may hold its own pip.conf), before that with $PYTHON's.
+pip_config_as_uv_args() {
+    local py="$PY"
+    [[ -x "$py" ]] || py="${PYTHON:-python3}"
+    "$py" -m pip config list 2>/dev/null | "$py" -c '
+import ast, sys
+rank = {":env:": 3, "install": 2, "global": 1}
+found = {}
+for line in sys.stdin:
+    key, _, raw = line.rstrip("\n").partition("=")
+    section, _, name = key.partition(".")
+    if section in rank and raw and rank[section] >= found.get(name, (0, ""))[0]:
+        found[name] = (rank[section], str(ast.literal_eval(raw)))
+flags = {"extra-index-url": "--extra-index-url", "find-links": "--find-links", "constraint": "--constraint"}
+if sys.argv[1] == "1":
+    flags["index-url"] = "--index-url"
+for name, flag in flags.items():
+    for value in found.get(name, (0, ""))[1].split():
+        print(flag)
+        print(value)
+if "cert" in found:
+    print("CERT=" + found["cert"][1])
+' "$1"
+}
+
 if (( PLAN_ONLY )); then
     need_text=""
     if [[ -n "$NEED_DRIVER" ]]; then
@@ -181,11 +222,15 @@ if (( PLAN_ONLY )); then
     log "index: ${TORCH_INDEX:-PyPI (or the index pip is configured with)}"
     if (( REPLACE_TORCH )); then
         log "installed now: $INSTALLED_BUILD, to be replaced"
-        log "would run: python -m pip uninstall -y torch torchvision"
+        log "would run: $UNINSTALL_CMD torch torchvision"
     else
         log "installed now: $INSTALLED_BUILD"
     fi
-    log "would run: python -m pip install ${TORCH_PIP_ARGS[*]}"
+    log "would run: $INSTALL_CMD ${TORCH_PIP_ARGS[*]}"
+    if [[ $INSTALLER == uv ]]; then
+        log "uv options from pip config (torch; the other installs add its index-url if any):" \
+            "$(pip_config_as_uv_args "$([[ -n "$TORCH_INDEX" ]] && echo 0 || echo 1)" | grep -v '^CERT=' | paste -sd' ')"
+    fi
     log "stamp hash: $HASH"
     check_driver "$NEED_DRIVER"
     exit 0
@@ -210,18 +255,68 @@ if sys.version_info < (3, 10):
     sys.exit(f"nasnet-det needs Python >= 3.10, the venv has {sys.version.split()[0]}")
 EOF
 rm -f "$STAMP"
-pip_install() { "$PY" -m pip install -c "$CONSTRAINTS" "$@"; }
+
+# --------------------------------------------------------------------------- installer
+UV_BIN=""
+UV_ARGS=()        # pip's configuration, for every uv install
+UV_TORCH_ARGS=()  # the same, less pip's index-url when TORCH_INDEX replaces it
+if [[ $INSTALLER == uv ]]; then
+    if [[ -n "${UV:-}" ]]; then
+        UV_BIN=$UV
+    elif command -v uv >/dev/null 2>&1; then
+        UV_BIN="$(command -v uv)"
+    elif [[ -x "$VENV/bin/uv" ]]; then
+        UV_BIN="$VENV/bin/uv"
+    elif "$PY" -m pip install -q uv; then
+        UV_BIN="$VENV/bin/uv"
+    fi
+    if [[ -z "$UV_BIN" ]] || ! "$UV_BIN" --version >/dev/null 2>&1; then
+        log "uv could not be installed (pip install uv failed, or '${UV_BIN:-uv}' does not run): installing with pip"
+        INSTALLER=pip
+    fi
+fi
+if [[ $INSTALLER == uv ]]; then
+    while IFS= read -r arg; do
+        if [[ $arg == CERT=* ]]; then
+            # pip's cert option, for uv's TLS (uv reads SSL_CERT_FILE) unless the environment already names one
+            [[ -n "${SSL_CERT_FILE:-}" ]] || export SSL_CERT_FILE="${arg#CERT=}"
+        else
+            UV_ARGS+=("$arg")
+        fi
+    done < <(pip_config_as_uv_args 1)
+    while IFS= read -r arg; do
+        [[ $arg == CERT=* ]] || UV_TORCH_ARGS+=("$arg")
+    done < <(pip_config_as_uv_args "$([[ -n "$TORCH_INDEX" ]] && echo 0 || echo 1)")
+    log "installing with $("$UV_BIN" --version) ($UV_BIN)${UV_ARGS[*]:+; from pip config: ${UV_ARGS[*]}}"
+fi
+
+# pkg_install [uv-config-args...] -- ARGS: install ARGS (pip's syntax, which uv shares) into the venv.
+pkg_install() {
+    local config=()
+    while [[ $1 != -- ]]; do config+=("$1"); shift; done
+    shift
+    if [[ $INSTALLER == uv ]]; then
+        "$UV_BIN" pip install --python "$PY" --index-strategy unsafe-best-match ${config[@]+"${config[@]}"} "$@"
+    else
+        "$PY" -m pip install "$@"
+    fi
+}
+pip_install() { pkg_install ${UV_ARGS[@]+"${UV_ARGS[@]}"} -- -c "$CONSTRAINTS" "$@"; }
 
 # --------------------------------------------------------------------------- torch
 log "torch: TORCH_CUDA=$TORCH_CUDA, $BUILD_DESC, from ${TORCH_INDEX:-PyPI}"
 check_driver "$NEED_DRIVER"
-pip_install --upgrade pip
+[[ $INSTALLER == pip ]] && pip_install --upgrade pip
 if (( REPLACE_TORCH )); then
     # The pin (torch==2.14.1) matches every build, so pip would keep the installed one: remove it first.
     log "replacing the installed torch build ($INSTALLED_BUILD) with $TORCH_CUDA"
-    "$PY" -m pip uninstall -y torch torchvision
+    if [[ $INSTALLER == uv ]]; then
+        "$UV_BIN" pip uninstall --python "$PY" torch torchvision
+    else
+        "$PY" -m pip uninstall -y torch torchvision
+    fi
 fi
-"$PY" -m pip install "${TORCH_PIP_ARGS[@]}"
+pkg_install ${UV_TORCH_ARGS[@]+"${UV_TORCH_ARGS[@]}"} -- "${TORCH_PIP_ARGS[@]}"
 # setuptools<81: detectron2 imports pkg_resources, which newer setuptools no longer ships.
 pip_install "setuptools<81" wheel
 TORCH_INFO="$("$PY" -c 'import torch; print(torch.__version__, torch.version.cuda or "none")')" \
@@ -265,7 +360,7 @@ install_d2_fallback() {
     remove_d2_fallback
     # The republish ships only a cp310 wheel (tag cp310-none-any): it is installed into a separate
     # directory with --python-version 3.10, and its _C*.so (built for CPython 3.10) is deleted.
-    "$PY" -m pip install --no-deps --target "$D2_FALLBACK_DIR" \
+    pkg_install ${UV_ARGS[@]+"${UV_ARGS[@]}"} -- --no-deps --target "$D2_FALLBACK_DIR" \
         --python-version 3.10 --only-binary=:all: "$D2_FALLBACK_SPEC"
     find "$D2_FALLBACK_DIR/detectron2" -maxdepth 1 -name '_C*.so' -print -delete
     # The wheel also ships a top-level `tools` package: it would shadow this repo's tools/.
@@ -295,11 +390,12 @@ fi
 # --------------------------------------------------------------------------- smoke check
 if [[ "${SKIP_VERIFY:-0}" != 1 ]]; then
     log "smoke check"
-    "$PY" -c "import torch, torchvision, detectron2; from detectron2.modeling import build_model; from detectron2.config import get_cfg; import fvcore, pycocotools"
     "$PY" - <<'EOF'
 import math
 import time
 
+import fvcore  # noqa: F401
+import pycocotools  # noqa: F401
 import torch
 import torchvision
 from torchvision.ops import nms

@@ -1,7 +1,7 @@
 """Optimizer, LR schedule and weight EMA of the paper's training recipes, from timm and fvcore.
 
 - TF-style RMSProp (eps inside the sqrt, mean square starting at 1, LR inside the momentum) is
-  ``timm.optim.RMSpropTF``; tests/test_train_optim.py checks it against the TensorFlow update.
+  ``timm.optim.RMSpropTF``; tests/classification/test_optim.py checks it against the TensorFlow update.
 - LR schedules are fvcore param schedulers (warmup + cosine / multi-step / staircase exponential), stepped
   once per optimizer step through ``LambdaLR`` (what detectron2's ``LRMultiplier`` does).
 - The weight EMA is timm's ``ModelEmaV3`` with slim's decay warm-up, which timm's warm-up formula does not
@@ -133,7 +133,7 @@ def set_base_lr(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_sche
 class ModelEma(ModelEmaV3):
     """timm's EMA of a model's weights and float buffers (paper: decay 0.9999, used for evaluation).
 
-    Kept as a subclass for one reason (tests/test_train_optim.py shows it): with ``warmup`` the decay of
+    Kept as a subclass for one reason (tests/classification/test_optim.py shows it): with ``warmup`` the decay of
     update ``t`` (0-based: the optimizer steps done before it) is slim's ``min(decay, (1 + t) / (10 + t))``
     (``ExponentialMovingAverage(decay, global_step)``); timm's warm-up ``1 - (1 + t / gamma) ** -power``
     equals it for no (gamma, power), and timm's plain decay copies the weights on the first two updates.

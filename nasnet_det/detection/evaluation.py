@@ -10,7 +10,7 @@ in its own library (:class:`CocoBackend`): its ``COCO`` reads the ground-truth j
 (``loadRes``), its ``COCOeval`` scores them; no dataset is converted from one library to another (at COCO-val
 scale pycocotools' json reading alone took longer than all of hotcoco's evaluation). hotcoco gives
 pycocotools' numbers bit for bit; faster-coco-eval its 12 numbers, and per-category AP up to float rounding
-(~1e-14, its precision table sums in another order) (tests/test_detection_eval.py; bench/bench_eval.py times
+(~1e-14, its precision table sums in another order) (tests/detection/test_eval.py; bench/bench_eval.py times
 them all, and ours against the backend it runs on, alone).
 detectron2's own fast path (``fast_eval_api.COCOeval_opt``) needs its C++ extension, which this install lacks,
 and its ``COCOEvaluator`` offers no way to plug another COCOeval in: :class:`NASNetCOCOEvaluator` is a

@@ -70,7 +70,7 @@ class Conv2dSame(nn.Conv2d):
     A strided 1x1 convolution of fewer than :data:`NARROW_CHANNELS` input channels runs as
     :func:`subsampled_conv1x1` (oneDNN#6035, above). Only those: the subsample is slower than oneDNN's strided
     kernel (0.56-0.93x for the op, 0.89x for a training step of a network of such cells; bench/RESULTS.md,
-    bench_strided_1x1), and from one block up that kernel is right (tests/layout_sweep.py checks 1..32). The
+    bench_strided_1x1), and from one block up that kernel is right (tests/models/layout_sweep.py checks 1..32). The
     kernel blocks the channels of one group, so the threshold is on channels per group.
     """
 

@@ -31,7 +31,7 @@ from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.yaml_config import load_config_tree
 
 # The search config keys a plan reads, with search/config.py's defaults (``nasnet_det`` does not import
-# ``search``; tests/test_plan.py checks them against ``search.config.get_cfg_defaults()``).
+# ``search``; tests/pipeline/test_plan.py checks them against ``search.config.get_cfg_defaults()``).
 SEARCH_DEFAULTS: dict[str, Any] = {
     "SEARCH.STRATEGY": "ppo", "SEARCH.BUDGET": 100, "CHILD.EPOCHS": 1, "CHILD.MAX_STEPS": 0, "CHILD.BATCH_SIZE": 32,
     "CHILD.DEVICE": "auto", "DATA.SOURCE": "folder:datasets/cifar10", "DATA.VAL_SIZE": 5000, "DATA.TRAIN_LIMIT": 0,

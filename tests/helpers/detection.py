@@ -1,4 +1,4 @@
-"""The tiny detector config shared by the tests/test_detection_*.py files."""
+"""The tiny detector config shared by the tests/detection/ files."""
 
 from __future__ import annotations
 

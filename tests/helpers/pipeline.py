@@ -1,4 +1,4 @@
-"""The tiny pipeline config of tests/test_pipeline.py: configs/pipeline/smoke.yaml with every stage shrunk."""
+"""The tiny pipeline config of tests/pipeline/: configs/pipeline/smoke.yaml with every stage shrunk."""
 
 from __future__ import annotations
 

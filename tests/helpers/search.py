@@ -1,4 +1,4 @@
-"""The tiny search configs shared by the tests/test_search_*.py files, one per kind of search."""
+"""The tiny search configs shared by the tests/search/ files, one per kind of search."""
 
 from __future__ import annotations
 

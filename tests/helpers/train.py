@@ -1,4 +1,4 @@
-"""The tiny classification config shared by the tests/test_train_*.py files."""
+"""The tiny classification config shared by the tests/classification/ files."""
 
 from __future__ import annotations
 
