@@ -208,15 +208,17 @@ def ground_truth(cache: TruthCache, genotype: Genotype, budget: Budget, data: Be
 
 
 # ------------------------------------------------------------------------------------------- estimators
-def search_cfg(budget: Budget, config: str | None, opts: Sequence[str], data: BenchData | None = None) -> Any:
+def search_cfg(budget: Budget | None, config: str | None, opts: Sequence[str], data: BenchData | None = None) -> Any:
     """The search config the estimators and strategies run with: ``config``, then the budget's network and
     image size, one in-process worker (the bench owns the one core it measures on), the bench's data with
     the holdout as ``DATA.VAL_SIZE`` (a strategy that loads ``cfg.DATA`` itself -- zero_cost's data-dependent
     proxies -- draws its images from the search's side only), then ``opts``."""
     from search.config import load_cfg
 
-    base = ["MODEL.NASNET.NUM_CELLS", str(budget.num_cells), "MODEL.NASNET.FILTERS", str(budget.filters),
-            "CHILD.IMAGE_SIZE", str(budget.image_size), "WORKERS.BACKEND", "inline"]
+    base = ["WORKERS.BACKEND", "inline"]
+    if budget is not None:  # None: the config's own network and image size (the NDS bench scores as the search)
+        base += ["MODEL.NASNET.NUM_CELLS", str(budget.num_cells), "MODEL.NASNET.FILTERS", str(budget.filters),
+                 "CHILD.IMAGE_SIZE", str(budget.image_size)]
     if data is not None:
         base += ["DATA.SOURCE", data.source, "DATA.VAL_SIZE", str(data.holdout), "DATA.SPLIT_SEED",
                  str(data.split_seed), "DATA.TRAIN_LIMIT", "0"]

@@ -301,8 +301,8 @@ def result_rows(study: Sequence[Mapping[str, Any]], estimators: Sequence[Mapping
 # ------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", nargs="?", default="run", choices=("budget", "run"),
-                   help="run (default, what make bench runs) or budget")
+    p.add_argument("command", nargs="?", default="run", choices=("budget", "run", "protocol"),
+                   help="run (default, what make bench runs), budget, or protocol (with --truth nds:PATH)")
     p.add_argument("--data", default="npz:builtin", help="data source (default: the embedded 2,000-image sample)")
     p.add_argument("--holdout", type=int, default=500, help="images held out for the ground truth")
     p.add_argument("--search-val", type=int, default=300, help="of the rest, the search's own val split")
@@ -332,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-opts", nargs="*", default=[], help="KEY VALUE overrides of the search config")
     p.add_argument("--estimator-opts", nargs="*", default=[],
                    help="KEY VALUE overrides for the estimators only (e.g. the supernets' ONESHOT.* budget)")
+    p.add_argument("--truth", action="append", default=[],
+                   help="nds:PATH, an NDS-format sweep (repeatable; the first is the selection sweep, the others held "
+                        "out): `run` judges every estimator against it and on it as a pool; `protocol` the budgets")
+    p.add_argument("--nds-cells", type=int, default=None,
+                   help="a fixed seeded sample of each sweep (--cell-seed); default 40 for protocol, all for run")
+    p.add_argument("--nds-size", action="store_true",
+                   help="score each NDS cell in its own network's size (N = round((depth - 2) / 3), f = width), "
+                        "not the search's network")
+    p.add_argument("--ks", type=int, nargs="*", default=[10, 50, 100], help="pool draw sizes K (run --truth)")
+    p.add_argument("--draws", type=int, default=500, help="seeded draws per K (run --truth)")
     p.add_argument("--work-dir", default="", help="keep the searches' outputs here (default: a temporary folder)")
     return p
 
@@ -361,7 +371,19 @@ def main(argv: list[str] | None = None) -> int:
                    path=Path(args.results))
 
     budgets = [Budget.parse(b, args.batch_size, args.lr, args.device)
-               for b in (args.budgets if args.command == "budget" else [args.budget])]
+               for b in (args.budgets if args.command in ("budget", "protocol") else [args.budget])]
+    if args.command == "protocol" and not args.truth:
+        raise BadInputError("protocol: expected --truth nds:PATH (one or more NDS-format sweeps)")
+    if args.truth:
+        from nds_quality import nds_main, nds_rows
+
+        out = nds_main(args, data, cache, budgets)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+        if args.results:
+            record(f"{SCRIPT}_nds_{args.command}", nds_rows(out, settings), notes=[data.description],
+                   path=Path(args.results))
+        return 0
     out["budget_study"] = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells,
                                        args.size_tolerance, args.cell_seed)
     if args.command == "run":
