@@ -83,8 +83,8 @@ def translate_entry(entry: Any, index: int, where: str) -> NDSCell:
         errors = entry["test_ep_top1"]
         width, depth, params = int(net["width"]), int(net["depth"]), int(entry["params"])
         final = float(errors[-1])
-        cells = {kind: translate_cell(geno[kind], geno[f"{kind}_concat"], f"{loc}: {kind} cell")
-                 for kind in ("normal", "reduce")}
+        cells = {kind: translate_cell(geno[kind], geno[f"{kind}_concat"], f"{loc}: {label} cell")
+                 for kind, label in (("normal", "normal"), ("reduce", "reduction"))}
     except GenotypeError as e:
         raise BadInputError(f"{e} (not a valid NASNet cell)") from None
     except (KeyError, TypeError, IndexError, ValueError) as e:

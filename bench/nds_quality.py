@@ -238,14 +238,14 @@ def nds_rows(out: Mapping[str, Any], settings: Mapping[str, Any]) -> list[dict[s
         a = r["adjusted"]
         rows.append(row(f"search_quality_nds protocol {r['budget']} {r['sweep']}", "size-adj. tau", a["kendall"], 0.0,
                         "no ranking", True, raw_tau=r["raw"]["kendall"], ci=[a["kendall_lo"], a["kendall_hi"]],
-                        seconds_per_cell=r["seconds_per_cell"], cells=r["cells"], **settings))
+                        seconds_per_cell=r["seconds_per_cell"], scored_cells=r["cells"], **settings))
     for sweep, ests in out.get("estimators", {}).items():
         base = ests[0]
         for e in ests[1:]:
             rows.append(row(f"search_quality_nds estimator {e['estimator']} {sweep}", "raw tau", e["raw"]["kendall"],
                             base["raw"]["kendall"], "NDS params", True, adjusted_tau=e["adjusted"]["kendall"],
                             adjusted_ci=[e["adjusted"]["kendall_lo"], e["adjusted"]["kendall_hi"]],
-                            seconds_per_cell=e["seconds_per_cell"], cells=e["n"], **settings))
+                            seconds_per_cell=e["seconds_per_cell"], scored_cells=e["n"], **settings))
     for sweep, pools in out.get("pools", {}).items():
         for p in pools:
             if p["k"] == max(q["k"] for q in pools):
