@@ -22,6 +22,8 @@ from search.estimators.zero_cost import ProxyEstimator
 def min_correlation_eigenvalue(rows: torch.Tensor) -> float:
     """The smallest eigenvalue of the Pearson correlation matrix of the rows of ``rows`` (C x N), in float64,
     a NaN or infinite entry set to 0."""
+    if rows.shape[1] < 2:  # one value per row: every correlation is NaN, set to 0
+        return 0.0
     corr = torch.corrcoef(rows.double())
     corr = torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
     if corr.dim() == 0:  # a single row: a 1 x 1 matrix
