@@ -32,7 +32,7 @@ from nasnet_det.models.profile import count_mult_adds
 from nasnet_det.space import Genotype
 from search.estimators.base import ESTIMATORS
 from search.estimators.rank import DEFAULT_REFERENCE_CELLS, RankAggregateEstimator, estimator_node
-from search.estimators.zero_cost import ProxyEstimator
+from search.estimators.zero_cost import ProxyEstimator, forward_hooked
 
 
 def channel_entropy(feature: torch.Tensor) -> float:
@@ -73,14 +73,7 @@ def az_nas_proxies(model: nn.Module, x: torch.Tensor, stages: list[nn.Module],
     def record(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
         features.append(output)
 
-    hooks = [m.register_forward_hook(record) for m in stages]
-    try:
-        model.train()
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_hooked(model, x, stages, record, grad=True)
     if len(features) < 2:
         raise ValueError(f"az_nas: needs at least 2 features (stem and a cell), got {len(features)}")
     entropy = np.array([channel_entropy(f) for f in features])

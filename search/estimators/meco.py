@@ -16,7 +16,7 @@ from torch import nn
 
 from nasnet_det.space import Genotype
 from search.estimators.base import ESTIMATORS
-from search.estimators.zero_cost import ProxyEstimator
+from search.estimators.zero_cost import ProxyEstimator, forward_hooked
 
 
 def min_correlation_eigenvalue(rows: torch.Tensor) -> float:
@@ -40,14 +40,7 @@ def meco(model: nn.Module, x: torch.Tensor) -> float:
             first = output[0].detach()
             values.append(min_correlation_eigenvalue(first.reshape(first.shape[0], -1)))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_hooked(model, x, model.modules(), record)
     return float(sum(v for v in values if v == v))  # v != v: NaN
 
 

@@ -30,7 +30,7 @@ from nasnet_det.space import Genotype
 from search.base_config import require
 from search.estimators.base import ESTIMATORS
 from search.estimators.rank import estimator_node, require_int
-from search.estimators.zero_cost import ProxyEstimator
+from search.estimators.zero_cost import ProxyEstimator, forward_hooked
 from search.reward import build_child
 
 
@@ -43,14 +43,7 @@ def swap(model: nn.Module, x: torch.Tensor) -> int:
         if inputs[0].dim() == 4:
             outputs.append(output.detach().flatten(1))
 
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_hooked(model, x, [m for m in model.modules() if isinstance(m, nn.ReLU)], record)
     if not outputs:
         raise ValueError("swap: the network has no nn.ReLU on a 4-d feature map to read activation patterns from")
     patterns = torch.sign(torch.cat(outputs, 1)).T  # neurons x images
