@@ -20,6 +20,7 @@ import numpy as np
 from nds import NDSCell, nds_network, size_residual
 from quality_stats import rank_correlations
 from quality_truth import BenchData, Budget, TruthCache, cfg_hash, genotype_key, ground_truth, search_cfg
+from scipy import stats
 
 SIZE_ADJUSTED = "size-adjusted: against the residual of NDS accuracy after a least-squares fit on log NDS params"
 
@@ -118,6 +119,20 @@ def evaluate_scores(name: str, hit: Mapping[str, Any], cells: Sequence[NDSCell],
     log(describe(name, corr) + f"  {res['seconds_per_cell']:.2f} s/cell"
         + (f"  ({len(res['unscored'])} cells unscored)" if res["unscored"] else ""))
     return res
+
+
+def with_nds_params(scores: Sequence[float | None], cells: Sequence[NDSCell]) -> list[float | None]:
+    """A cell estimator combined with the NDS network's size (known before training, unlike the cell's worth):
+    AZ-NAS's non-linear rank aggregation over the sweep's scored cells, log(rank / m) of the score plus that of
+    the NDS params (ranks ascending, ties averaged; the reference code ranks a population the same way)."""
+    idx = [i for i, s in enumerate(scores) if s is not None]
+    m = len(idx)
+    r_s = stats.rankdata([scores[i] for i in idx]) / m
+    r_p = stats.rankdata([cells[i].params for i in idx]) / m
+    out: list[float | None] = [None] * len(scores)
+    for j, i in enumerate(idx):
+        out[i] = float(np.log(r_s[j]) + np.log(r_p[j]))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- best of K
@@ -221,9 +236,14 @@ def nds_main(args: Any, data: BenchData, cache: TruthCache, budgets: Sequence[Bu
                            f"{name}|nds_size={args.nds_size}", cache, args.cell_seed, log)
         res = [{"estimator": "nds_params", **nds_params, "n": len(cells), "seconds_per_cell": 0.0, "unscored": []}]
         res += [evaluate_scores(n, h, cells, args.cell_seed, log) for n, h in hits.items()]
+        log(f"== {name}: each estimator + NDS params (rank aggregation over the sweep)")
+        combined = {f"{n}+nds_params": {**h, "scores": with_nds_params(h["scores"], cells)}
+                    for n, h in hits.items() if n != "params"}
+        res += [evaluate_scores(n, h, cells, args.cell_seed, log) for n, h in combined.items()]
         out["estimators"][name] = res
         log(f"== {name} as a pool: best of K by each estimator against a random pick of the same K")
-        scores = {"nds_params": [float(c.params) for c in cells], **{n: h["scores"] for n, h in hits.items()}}
+        scores = {"nds_params": [float(c.params) for c in cells],
+                  **{n: h["scores"] for n, h in {**hits, **combined}.items()}}
         out["pools"][name] = pool_table(scores, cells, args.ks, args.draws, args.cell_seed, log)
     return out
 

@@ -20,8 +20,20 @@ Subcommands:
   strategy of ``--strategies`` (its search on the search split, its found cell's ground-truth accuracy, its
   rank among the random cells and against NASNet-A, the search's seconds). Writes its section to
   bench/results.json (``--results``) for bench/RESULTS.md.
+* ``run --truth nds:PATH`` (issue 30; bench/nds_quality.py): NDS's ImageNet results as the truth instead
+  (``PATH`` any NDS-format sweep, e.g. ``../shared/data/nds/ENAS_in.json``; repeat ``--truth`` for more, the
+  first being the sweep settings are chosen on): every estimator scored on every network's cell as the search
+  would (its config's ``MODEL.NASNET`` and ``CHILD.IMAGE_SIZE``; ``--nds-size``: in the NDS network's own width
+  and depth) -- Kendall tau and Spearman with bootstrap CIs, raw and size-adjusted (against the residual of NDS
+  accuracy after a least-squares fit on log NDS params), seconds per cell -- and each estimator as the
+  zero_cost strategy's rule on the sweep as a pool (best of ``--ks`` drawn cells, ``--draws`` draws) against a
+  random pick. Scores are cached like the ground truth.
+* ``protocol --truth nds:PATH ...``: the CPU ground truth judged by NDS: ``--nds-cells`` (40) cells of each
+  sweep (a fixed sample) trained alone at each ``--budgets`` setting, ranked against NDS (tau, rho, raw and
+  size-adjusted, CIs) with seconds per cell; the cheapest budget within 0.05 of the best size-adjusted tau on
+  the first sweep is the one to judge by.
 
-    python bench/search_quality.py budget --data npz:/work/shared/data/cifar10-subset.npz \\
+    python bench/search_quality.py budget --data npz:../shared/data/cifar10-subset.npz \\
         --budgets 300@16px:1@8 1000@16px:1@8
     python bench/search_quality.py run --budget 1000@16px:1@8 --strategies zero_cost,predictor [...]
 

@@ -134,6 +134,18 @@ def test_best_of_k_picks_and_counts_ties_as_half(nds):
     assert abs(noise["beats_random"] - 0.5) < 0.03  # an unrelated score is a random pick
 
 
+def test_an_estimator_with_nds_params_is_a_rank_aggregation(nds):
+    import nds_quality
+
+    cells = [nds.NDSCell(i, None, 60.0, params=p, width=32, depth=8) for i, p in enumerate([3, 1, 4, 2])]
+    # ranks (ascending, of the 3 scored cells): scores 0.2, 0.9, 0.5 -> 1, 3, 2; params 3, 4, 2 -> 2, 3, 1
+    combined = nds_quality.with_nds_params([0.2, None, 0.9, 0.5], cells)
+    assert combined[1] is None
+    assert combined[0] == pytest.approx(np.log(1 / 3) + np.log(2 / 3))
+    assert combined[2] == pytest.approx(np.log(3 / 3) + np.log(3 / 3))
+    assert combined[3] == pytest.approx(np.log(2 / 3) + np.log(1 / 3))
+
+
 def test_budget_choice_is_the_cheapest_near_the_best(nds):
     import nds_quality
 
@@ -171,7 +183,8 @@ def test_nds_subcommands_end_to_end_tiny(nds, tmp_path, one_torch_thread):
     res = json.loads(out.read_text())
     a_cells = nds.load_nds(first)
     ests = {e["estimator"]: e for e in res["estimators"]["A_in"]}
-    assert set(ests) == {"nds_params", "params", "naswot"} and all(e["n"] == 5 for e in ests.values())
+    assert set(ests) == {"nds_params", "params", "naswot", "naswot+nds_params"}
+    assert all(e["n"] == 5 for e in ests.values())
     # the NDS params baseline is exactly scipy's tau of params against accuracy
     ref = scipy.stats.kendalltau([c.params for c in a_cells], [c.accuracy for c in a_cells])[0]
     assert ests["nds_params"]["raw"]["kendall"] == pytest.approx(ref)
@@ -179,8 +192,8 @@ def test_nds_subcommands_end_to_end_tiny(nds, tmp_path, one_torch_thread):
         scipy.stats.kendalltau([c.params for c in a_cells], nds.size_residual(
             [c.accuracy for c in a_cells], [c.params for c in a_cells]))[0])
     pools = res["pools"]["B_in"]
-    assert {(p["estimator"], p["k"]) for p in pools} == {(e, k) for e in ("nds_params", "params", "naswot")
-                                                         for k in (2, 3)}
+    assert {(p["estimator"], p["k"]) for p in pools} == {
+        (e, k) for e in ("nds_params", "params", "naswot", "naswot+nds_params") for k in (2, 3)}
     assert all(p["draws"] == 30 and 0 < p["beats_random"] < 1 for p in pools)
     lines = cache.read_text().count("\n")
     assert lines == 16 and search_quality.main(run) == 0 and cache.read_text().count("\n") == lines  # scores cached
