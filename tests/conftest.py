@@ -31,11 +31,18 @@ GROUPS_DIR_VAR = "NASNET_DET_TEST_GROUPS_DIR"
 
 
 def test_group(item: pytest.Item) -> str | None:
-    """The xdist group a test runs in: ``@pytest.mark.xdist_group(name)``, else ``ray_cluster`` for a Ray test."""
+    """The xdist group a test runs in: ``@pytest.mark.xdist_group(name)``; else ``ray_cluster`` for a Ray test;
+    else, for a test that uses one of its module's ``XDIST_SHARED_FIXTURES`` (an expensive module-scoped fixture,
+    e.g. a finished pipeline run), that module's group: its tests then run in one worker, one after another, and
+    the fixture is built once (a module fixture is built again each time a worker comes back to its module)."""
     mark = item.get_closest_marker("xdist_group")
     if mark is not None:
         return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
-    return "ray_cluster" if item.get_closest_marker("ray") else None
+    if item.get_closest_marker("ray"):
+        return "ray_cluster"
+    module = getattr(item, "module", None)
+    shared = set(getattr(module, "XDIST_SHARED_FIXTURES", ())) & set(getattr(item, "fixturenames", ()))
+    return f"{module.__name__}:{','.join(sorted(shared))}" if shared else None
 
 
 def pytest_configure(config: pytest.Config) -> None:

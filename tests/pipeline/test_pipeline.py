@@ -38,6 +38,10 @@ def journal_rows(out: Path) -> list[tuple]:
         return db.execute("SELECT id, strategy, status, reward, finished FROM evaluations ORDER BY id").fetchall()
 
 
+# the tests that use it run in one xdist worker (tests/conftest.py), so the finished run is made once
+XDIST_SHARED_FIXTURES = ("finished",)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "run"
