@@ -6,8 +6,8 @@ For every convolution and linear weight tensor (layer) l, over B >= 2 labelled m
 mean |g| / std(g) of the cross-entropy gradient g across the batches (population std), summed over the layer's
 elements whose std is not zero; ZiCo = sum over layers of the log of that sum, a layer whose sum is 0 left out
 (as the reference does). Gradients are each minibatch's own (the paper's definition; the reference file at
-commit bbabe28 never zeroes them between minibatches, so its later "gradients" are running sums, while the
-copies in cvlab-yonsei/AZ-NAS and the alethiometer package zero them). The network is in train mode
+commit bbabe28 never zeroes them between minibatches, so its later "gradients" are running sums; several later copies
+of it in other repositories zero them each minibatch). The network is in train mode
 (BatchNorm uses the batch's statistics), as in the reference.
 
 Settings: ``ESTIMATORS.ZICO.BATCHES`` minibatches of ``SEARCH.ZERO_COST.BATCH_SIZE`` distinct training images
