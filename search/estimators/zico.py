@@ -11,7 +11,7 @@ of it in other repositories zero them each minibatch). The network is in train m
 (BatchNorm uses the batch's statistics), as in the reference.
 
 Settings: ``ESTIMATORS.ZICO.BATCHES`` minibatches of ``SEARCH.ZERO_COST.BATCH_SIZE`` distinct training images
-drawn by the seed (2: the default of the search script ZiCo ships, as copied into AZ-NAS's ``--maxbatch``)."""
+drawn by the seed (2: the default ``--maxbatch`` of AZ-NAS's search script, which is modified from ZiCo's)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class ZiCo(ProxyEstimator):
     @classmethod
     def add_config(cls, cfg: CfgNode) -> None:
         # the zico estimator (search/estimators/zico.py): BATCHES minibatches of SEARCH.ZERO_COST.BATCH_SIZE
-        # training images, drawn by the seed, whose gradients' mean / std it measures (ZiCo's search script: 2)
+        # training images, drawn by the seed, whose gradients' mean / std it measures (2, as ZiCo's search)
         z = estimator_node(cfg, "ZICO")
         z.BATCHES = 2
 
