@@ -90,7 +90,7 @@ def test_smoke_chain_end_to_end(finished: Path):
 
 def check_training_fit_ap(report: str, ap: float) -> None:
     """The report names the AP on the photos the detector trained on for what it is, beside its value."""
-    from nasnet_det.pipeline.report import TRAINING_FIT
+    from nasnet_det.pipeline.stages.evaluate import TRAINING_FIT
 
     assert TRAINING_FIT == ("AP on the training photos (a fit of the training data, smoke scale: it checks that "
                             "gradients reach every part of the chain, not accuracy)")
@@ -444,27 +444,6 @@ def test_the_pipeline_driver_loads_neither_torch_nor_search():
             "print(sorted(m for m in ('torch', 'search', 'detectron2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
-@pytest.fixture
-def toy_stages(monkeypatch):
-    """Stages registered in a test stay in it: ``register`` adds one to a copy of the registry, ``reset`` starts
-    the copy again from the real stages."""
-    from types import SimpleNamespace
-
-    from nasnet_det.pipeline.stages import base
-    from nasnet_det.utils.registry import Registry
-
-    real = base.STAGES
-
-    def reset() -> None:
-        copy = Registry(real.key)
-        for name, cls in real:
-            copy.register(cls, name=name)
-        monkeypatch.setattr(base, "STAGES", copy)
-
-    reset()
-    return SimpleNamespace(Stage=base.Stage, register=lambda cls: base.STAGES.register(cls), reset=reset)
 
 
 def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resumed(toy_stages, tmp_path: Path,

@@ -173,23 +173,34 @@ def test_the_one_node_and_ray_cluster_configs_load_and_every_stage_config_they_n
     assert one.MODEL.NASNET.NUM_CELLS == 4 and one.MODEL.NASNET.PENULTIMATE_FILTERS == 1056
 
 
-def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plainly():
-    from nasnet_det.pipeline.report import SMOKE_TAG, scale_lines, smoke_reasons
+def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plainly(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from nasnet_det.pipeline.report import SMOKE_TAG, Report, scale_lines, smoke_reasons
+    from nasnet_det.pipeline.stages import pipeline_stages
+
+    def reasons(manifests: dict, trained_on: tuple[str, ...] = ()) -> list[str]:
+        """What the stages say of a run with these manifests (the detector's saved config naming
+        ``trained_on`` as its DATASETS.TRAIN)."""
+        config = tmp_path / "config.yaml"
+        config.write_text(f"DATASETS:\n  TRAIN: {list(trained_on)}\n")
+        detect = {**manifests.get("detect", {}), "status": "done", "outputs": {"config": str(config)}}
+        ctx = SimpleNamespace(abspath=Path)
+        return smoke_reasons(Report(ctx, tmp_path, {**manifests, "detect": detect}), pipeline_stages())
 
     smoke = {"pretrain": {"metrics": {"top1": 50.0, "images": 8}}, "detect": {"metrics": {"iterations": 20}},
              "evaluate": {"metrics": {"bbox": {"coco_sample_val": {"AP": 0.0}}}}}
-    reasons = smoke_reasons(smoke)
-    assert reasons == ["pretrain top-1 is on 8 held-out images", "the detector trained 20 iterations",
-                       "AP is on photos of the embedded COCO sample (coco_sample_val)"]
-    assert "**not accuracy**" in scale_lines(reasons)[0] and "checks the chain" in SMOKE_TAG
+    assert reasons(smoke) == ["pretrain top-1 is on 8 held-out images", "the detector trained 20 iterations",
+                              "AP is on photos of the embedded COCO sample (coco_sample_val)"]
+    assert "**not accuracy**" in scale_lines(reasons(smoke))[0] and "checks the chain" in SMOKE_TAG
     # scored on the photos it trained on: a fit, said as such
     fit = {**smoke, "evaluate": {"metrics": {"bbox": {"coco_sample_person": {"AP": 30.0}}}}}
-    assert smoke_reasons(fit, ["coco_sample_person"])[-1] == ("AP is on the photos the detector trained on "
-                                                              "(coco_sample_person): a fit, not generalisation")
-    assert not any("trained on" in r for r in smoke_reasons(fit, ["coco_sample_train"]))
+    assert reasons(fit, ("coco_sample_person",))[-1] == ("AP is on the photos the detector trained on "
+                                                         "(coco_sample_person): a fit, not generalisation")
+    assert not any("trained on" in r for r in reasons(fit, ("coco_sample_train",)))
     real = {"pretrain": {"metrics": {"top1": 74.0, "images": 50000}}, "detect": {"metrics": {"iterations": 90000}},
             "evaluate": {"metrics": {"bbox": {"coco_2017_val": {"AP": 29.0}}}}, "search": None}
-    assert smoke_reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]
+    assert reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]
 
 
 def live_descendants(pid: int) -> list[tuple[int, int, str]]:
