@@ -56,6 +56,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The long tests (marked ``slow``) first: xdist hands tests out in collection order, and a long test handed
+    # out last keeps one worker busy while the other has nothing left (the same order on every worker: xdist
+    # checks that they collected the same list).
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
     if XDIST_WORKER and os.environ.get(GROUPS_DIR_VAR):
         groups = {item.nodeid: g for item in items if (g := test_group(item))}
         path = Path(os.environ[GROUPS_DIR_VAR]) / f"{XDIST_WORKER}.json"
