@@ -73,6 +73,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
         return None
     from xdist.scheduler import LoadGroupScheduling
 
+    # the one xdist internal this relies on (requirements/constraints.txt pins the xdist it was written for): were
+    # it renamed, the Ray tests would silently run side by side
+    if not callable(getattr(LoadGroupScheduling, "_split_scope", None)):
+        raise pytest.UsageError("tests/conftest.py: this pytest-xdist's LoadGroupScheduling has no _split_scope; "
+                                "install the version requirements/constraints.txt pins")
     groups_dir = Path(os.environ[GROUPS_DIR_VAR])
 
     class MarkedGroupScheduling(LoadGroupScheduling):
