@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 import nasnet_det
-import search
 from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.ray_env import check_ray_address, ray_runtime_env
 from nasnet_det.space import Genotype
@@ -396,7 +395,7 @@ def search_runtime_env() -> dict[str, Any]:
     once, by content hash), so that cluster workers import this code without a shared filesystem or an install of
     this repo (the third-party dependencies, torch, fvcore, ..., must be installed on the cluster's nodes), and the
     data / cache variables of this environment (:func:`nasnet_det.engine.ray_env.worker_env_vars`)."""
-    return ray_runtime_env([Path(search.__file__).parent, Path(nasnet_det.__file__).parent])
+    return ray_runtime_env([Path(__file__).parent, Path(nasnet_det.__file__).parent])
 
 
 @BACKENDS.register()

@@ -23,10 +23,7 @@ from tqdm import tqdm
 from nasnet_det.utils.errors import BadInputError
 from search.base_config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
 from search.base_config import require
-
-# (the package search.estimators registers every estimator when its base is imported; importing the package
-# itself would close an import cycle through the supernet estimator, which runs the search engine)
-from search.estimators.base import Estimator, build_estimator
+from search.estimators import Estimator, build_estimator
 from search.outputs import write_json_atomic
 from search.reward import ChildData, load_search_data
 from search.strategies.base import STRATEGIES, Strategy
