@@ -21,17 +21,21 @@ weight decay, clipping; ``ONESHOT.EPOCHS`` x ``ONESHOT.WEIGHT_STEPS`` updates) o
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
+from search.base_config import plain_dict
 from search.estimators.base import ESTIMATORS, Estimator
 from search.reward import ChildData
 from search.supernet import SuperNet
 from search.supernet_trainer import SupernetTrainer, few_shot_split
 
 DEFAULT_RECALIBRATION_BATCHES = 8
+# ONESHOT keys that change no score: where it runs (float rounding aside) and how often the one-shot search saves
+RESULT_NEUTRAL = ("DEVICE", "CHECKPOINT_EVERY")
 
 
 class SupernetEstimator(Estimator):
@@ -43,6 +47,13 @@ class SupernetEstimator(Estimator):
     #: input states may be loose ends (NASNet-A's normal cell concatenates one): trained on paths that add
     #: each input to the concat list half of the time (:func:`search.supernet.with_loose_inputs`)
     loose_inputs: ClassVar[bool] = True
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """``ONESHOT`` (the supernets' training), without the keys this estimator does not read."""
+        unread = (*RESULT_NEUTRAL, *(() if cls.few_shot else ("FEW_SHOT_SPLITS",)),
+                  *(() if cls.recalibrate else ("BN_RECALIBRATION_BATCHES",)))
+        return {"ONESHOT": {k: v for k, v in plain_dict(cfg.ONESHOT).items() if k not in unread}}
 
     def prepare(self, data: ChildData | None, seed: int) -> None:
         super().prepare(data, seed)

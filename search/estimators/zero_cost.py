@@ -7,10 +7,12 @@ training images at ``CHILD.IMAGE_SIZE``, drawn by the seed."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode
 from torch import nn
 
 from nasnet_det.space import Genotype
@@ -114,6 +116,11 @@ def proxy_minibatch(data: ChildData, batch_size: int, image_size: int, seed: int
 
 class ProxyEstimator(ChildNetworkEstimator):
     needs_data = True
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The size of its minibatch, a setting of the zero_cost strategy's node."""
+        return {"SEARCH.ZERO_COST.BATCH_SIZE": int(cfg.SEARCH.ZERO_COST.BATCH_SIZE)}
 
     def minibatch(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.data is not None, "prepare() first"

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from nasnet_det.utils.errors import BadInputError
 from search.base_config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
 from search.base_config import require
-from search.estimators import Estimator, build_estimator
+from search.estimators import ESTIMATORS, Estimator, build_estimator
 from search.outputs import write_json_atomic
 from search.reward import ChildData, load_search_data
 from search.strategies.base import STRATEGIES, Strategy
@@ -31,6 +31,13 @@ from search.strategies.base import STRATEGIES, Strategy
 log = logging.getLogger(__name__)
 SCORES_NAME = "zero_cost_scores.json"
 SAVE_EVERY = 10  # candidates scored between writes of the scores file
+
+
+def proxy_identity(cfg: CfgNode) -> dict[str, Any]:
+    """The proxy's :meth:`~search.estimators.base.Estimator.identity` outside ``SEARCH.ZERO_COST`` (which the
+    strategy's identity holds whole), as JSON types."""
+    settings = ESTIMATORS.lookup(cfg.SEARCH.ZERO_COST.PROXY, key="SEARCH.ZERO_COST.PROXY").identity(cfg)
+    return json.loads(json.dumps({k: v for k, v in settings.items() if k.split(".")[:2] != ["SEARCH", "ZERO_COST"]}))
 
 
 @STRATEGIES.register()
@@ -54,6 +61,12 @@ class ZeroCost(Strategy):
         for key in ("CANDIDATES", "BATCH_SIZE"):
             require(isinstance(z[key], int) and not isinstance(z[key], bool) and z[key] >= 1,
                     f"SEARCH.ZERO_COST.{key}", z[key], "an integer >= 1")
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """Its node and the settings its proxy's scores depend on (a supernet proxy's ``ONESHOT``), so a rerun
+        with other values is refused instead of reusing the scores of the old ones."""
+        return {**proxy_identity(cfg), **super().identity(cfg)}
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
@@ -83,6 +96,8 @@ class ZeroCost(Strategy):
                   "zero_cost": {k: v for k, v in self.cfg.SEARCH.ZERO_COST.items()},
                   "network": {k: v for k, v in self.cfg.MODEL.NASNET.items() if k not in NETWORK_NOT_IDENTITY},
                   "image_size": int(self.cfg.CHILD.IMAGE_SIZE)}
+        if proxy_identity(self.cfg):  # (absent for a proxy without settings beyond those: older files still match)
+            header["estimator"] = proxy_identity(self.cfg)
         done: list[float] = []
         if path is not None and path.is_file():
             saved: dict[str, Any] = json.loads(path.read_text())
