@@ -132,8 +132,9 @@ class SearchRunner(SearchSession):
         strategy.out = self.out
         strategy.follow()
         barrier()
+        # rank 0's summary says how the search went; a follower's says only that it followed to the end
         return {"output_dir": str(self.out), "strategies": {}, "best": None, "stopped_early": False,
-                "rank": int(os.environ.get("RANK", "0"))}
+                "rank": int(os.environ.get("RANK", "0")), "problems": [], "usable": True}
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _new_strategy(self, name: str) -> Strategy:

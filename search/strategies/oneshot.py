@@ -39,6 +39,7 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_torch_save
 from search.journal import Evaluation, load_state
 from search.strategies.base import STRATEGIES, Proposal
@@ -86,6 +87,10 @@ class OneShot(ControllerPolicy):
         info = init_distributed("cpu" if dev == "cpu" else "auto", key="ONESHOT.DEVICE")  # torchrun's group
         self.rank, self.world = info.rank, info.world_size
         self.device = info.device if dev in ("auto", "cpu") or self.world > 1 else torch.device(dev)
+        limit = int(cfg.SEARCH.MAX_EVALS_THIS_RUN)
+        if self.world > 1 and limit:  # the followers have no journal to count evaluations by: they would train on
+            raise BadInputError(f"SEARCH.MAX_EVALS_THIS_RUN={limit}: expected 0 with {self.world} processes "
+                                "(a distributed one-shot search runs to its end; stop it with a kill, rerun resumes)")
         if self.world > 1 and o.BATCH_SIZE % self.world:
             raise ValueError(f"ONESHOT.BATCH_SIZE={o.BATCH_SIZE}: expected a multiple of the "
                              f"{self.world} processes (each trains on an equal share)")
