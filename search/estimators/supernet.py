@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from fvcore.common.config import CfgNode
 
+from nasnet_det.engine.devices import resolve_device
 from nasnet_det.space import Genotype
 from search.base_config import plain_dict
 from search.estimators.base import ESTIMATORS, Estimator
@@ -58,8 +58,7 @@ class SupernetEstimator(Estimator):
     def prepare(self, data: ChildData | None, seed: int) -> None:
         super().prepare(data, seed)
         o = self.cfg.ONESHOT
-        device = torch.device("cuda" if str(o.DEVICE) == "auto" and torch.cuda.is_available() else
-                              ("cpu" if str(o.DEVICE) == "auto" else str(o.DEVICE)))
+        device = resolve_device(str(o.DEVICE), "ONESHOT.DEVICE", announce=False)  # CUDA asked for and absent: one line
         recalibration = (int(o.BN_RECALIBRATION_BATCHES) or DEFAULT_RECALIBRATION_BATCHES) if self.recalibrate else 0
         self.trainer = SupernetTrainer(self.cfg, data, device, self.seed, recalibration=recalibration,
                                        loose_inputs=self.loose_inputs)
