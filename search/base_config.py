@@ -193,12 +193,12 @@ def check_base_cfg(cfg: CN) -> None:
 def check_latency_settings(s: CN) -> None:
     """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once; the
     backbone when latencies are estimated)."""
-    from nasnet_det.latency import DEVICES, ESTIMATORS, backbone_variants
+    from nasnet_det.latency import DEVICES, LATENCY_ESTIMATORS, backbone_variants
 
     lat = s.LATENCY
     require(s.OBJECTIVE in ("accuracy", "latency"), "SEARCH.OBJECTIVE", s.OBJECTIVE, "'accuracy' or 'latency'")
-    require(lat.ESTIMATOR in ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
-            f"one of {', '.join(sorted(ESTIMATORS.names()))}")
+    require(lat.ESTIMATOR in LATENCY_ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
+            f"one of {', '.join(sorted(LATENCY_ESTIMATORS.names()))}")
     require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
     require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
     if s.OBJECTIVE == "latency" or lat.RECORD:  # the choices are detectron2's registry: imported only when used

@@ -103,14 +103,14 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
 
 
 #: every backend by the name ``WORKERS.BACKEND`` uses (its class's ``name``)
-BACKENDS = Registry("WORKERS.BACKEND")
+QUEUE_BACKENDS = Registry("WORKERS.BACKEND")
 
 
 class QueueBackend(ABC):
     """The interface of every backend: ``worker_count`` (children it runs at once), ``capacity`` (children worth
     keeping in flight now), ``submit``, ``wait`` (blocks until at least one submitted child finished;
     returns every result that is ready) and ``close``. ``run`` evaluates a list of jobs through it. A backend
-    ``WORKERS.BACKEND`` can name is registered in :data:`BACKENDS` and built by ``from_settings``."""
+    ``WORKERS.BACKEND`` can name is registered in :data:`QUEUE_BACKENDS` and built by ``from_settings``."""
 
     #: the name ``WORKERS.BACKEND`` uses (the registry's key)
     name: ClassVar[str] = ""
@@ -154,7 +154,7 @@ class QueueBackend(ABC):
                 yield res
 
 
-@BACKENDS.register()
+@QUEUE_BACKENDS.register()
 class InlineBackend(QueueBackend):
     """Runs children one at a time in this process (debugging, pure-function rewards)."""
 
@@ -212,7 +212,7 @@ class _Worker:
     started: bool = False        # it said it began that child
 
 
-@BACKENDS.register()
+@QUEUE_BACKENDS.register()
 class LocalProcessBackend(QueueBackend):
     """``num_workers`` spawned worker processes, each with its own pipe; with CUDA each gets its own GPU
     (``cuda:i``). The evaluator (with its data arrays) is pickled once per worker, not once per child.
@@ -398,7 +398,7 @@ def search_runtime_env() -> dict[str, Any]:
     return ray_runtime_env([Path(__file__).parent, Path(nasnet_det.__file__).parent])
 
 
-@BACKENDS.register()
+@QUEUE_BACKENDS.register()
 class RayBackend(QueueBackend):
     """Children as Ray tasks: one GPU each when the cluster has GPUs, else one CPU each. As many are kept
     in flight as the cluster has GPUs (CPUs without GPUs; re-read every few seconds, so an autoscaled
@@ -491,6 +491,6 @@ def make_backend(kind: str, evaluator: Evaluator, num_workers: int = 0, ray_addr
                  max_retries: int = 2, threads_per_worker: int = 1, max_in_flight: int = 0) -> QueueBackend:
     """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children are kept in flight
     (Ray, and local, where it caps the ``num_workers`` kept busy plus the one queued)."""
-    return BACKENDS.lookup(kind).from_settings(evaluator, num_workers=num_workers, ray_address=ray_address,
+    return QUEUE_BACKENDS.lookup(kind).from_settings(evaluator, num_workers=num_workers, ray_address=ray_address,
                                                max_retries=max_retries, threads_per_worker=threads_per_worker,
                                                max_in_flight=max_in_flight)
