@@ -180,7 +180,7 @@ class InlineBackend(QueueBackend):
 _MAX_START_FAILURES = 3  # workers in a row that die before running a child: give up (broken set-up)
 
 
-def _worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: int, parent_pid: int) -> None:
+def local_worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: int, parent_pid: int) -> None:
     """One worker process: evaluates the jobs its driver sends, one at a time, until it gets ``None``.
     It says "ready" once set up and ("started", id) before each child, so the driver can tell a child
     that killed its worker from a worker that died while idle or while starting."""
@@ -274,7 +274,7 @@ class LocalProcessBackend(QueueBackend):
 
     def _spawn(self, i: int) -> _Worker:
         ours, theirs = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker_main, name=f"search-worker-{i}", daemon=True,
+        proc = self.ctx.Process(target=local_worker_main, name=f"search-worker-{i}", daemon=True,
                                 args=(theirs, self.evaluator, self.devices[i], self.threads_per_worker, os.getpid()))
         proc.start()
         theirs.close()
@@ -380,7 +380,8 @@ class LocalProcessBackend(QueueBackend):
 
 
 # --- Ray ---------------------------------------------------------------------------------------------
-def _ray_run(evaluator: Evaluator, job: Job, threads: int) -> Result:
+def ray_task(evaluator: Evaluator, job: Job, threads: int) -> Result:
+    """One child as a Ray task: on the GPU Ray gave the task (the CPU without one), ``threads`` torch threads."""
     import ray
 
     torch.set_num_threads(max(1, threads))
@@ -431,7 +432,7 @@ class RayBackend(QueueBackend):
         # task (a task's env_vars are merged into the job's).
         task_env = {} if self.owns_ray or not runtime_env.get("env_vars") else \
             {"runtime_env": {"env_vars": runtime_env["env_vars"]}}
-        self.remote = ray.remote(_ray_run).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0,
+        self.remote = ray.remote(ray_task).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0,
                                                    max_retries=max_retries, **task_env)
         self.evaluator_ref = ray.put(evaluator)
         self.threads, self.max_retries, self.max_in_flight = threads_per_worker, max_retries, max_in_flight

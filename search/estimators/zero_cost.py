@@ -18,7 +18,7 @@ from torch import nn
 from nasnet_det.space import Genotype
 from search.estimators.base import ESTIMATORS
 from search.estimators.size import ChildNetworkEstimator
-from search.reward import ChildData, _to_tensor
+from search.reward import ChildData, images_to_tensor
 
 
 def _weights(model: nn.Module) -> list[nn.Parameter]:
@@ -111,7 +111,7 @@ def proxy_minibatch(data: ChildData, batch_size: int, image_size: int, seed: int
     """``batch_size`` training images (normalised, at ``image_size``) and labels drawn by ``seed``."""
     n = min(batch_size, len(data.x_train))
     idx = np.sort(np.random.default_rng([seed, 19]).choice(len(data.x_train), n, replace=False))
-    return _to_tensor(data.x_train[idx], image_size, torch.device("cpu")), torch.from_numpy(data.y_train[idx])
+    return images_to_tensor(data.x_train[idx], image_size, torch.device("cpu")), torch.from_numpy(data.y_train[idx])
 
 
 class ProxyEstimator(ChildNetworkEstimator):
