@@ -21,9 +21,9 @@ def base_cfg_defaults() -> CN:
     c.OUTPUT_DIR = "output/search"
 
     c.SEARCH = CN()
-    # A strategy registered in search/strategies ("ppo", "reinforce", "random", "oneshot"), or several
-    # comma-separated (e.g. "ppo,random") run concurrently, sharing the workers, with the same budget each, for
-    # comparison ("oneshot", the weight-sharing search, runs alone).
+    # A strategy registered in search/strategies (one file each: "ppo", "reinforce", "random", "zero_cost",
+    # "predictor", "oneshot", ...), or several comma-separated (e.g. "ppo,random") run concurrently, sharing the
+    # workers, with the same budget each, for comparison ("oneshot", the weight-sharing search, runs alone).
     c.SEARCH.STRATEGY = "ppo"
     c.SEARCH.BUDGET = 100            # child models per strategy (paper: 20,000)
     c.SEARCH.BATCH_SIZE = 20         # architectures per policy update (paper: 20)

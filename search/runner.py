@@ -272,8 +272,8 @@ class SearchRunner(SearchSession):
                                                    for n in st.strategy.journal_names or (st.name,)},
                                                   self.out / "rewards.png"))
         for name, st in self.states.items():
-            if st.strategy.summary() is not None:
-                summary[name] = st.strategy.summary()
+            if (own := st.strategy.summary()) is not None:
+                summary[name] = own
         return summary
 
     def _run_queue(self, journal: Journal, states: dict[str, StrategyState]) -> bool:

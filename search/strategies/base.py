@@ -1,5 +1,5 @@
 """The search strategy interface and its registry: a strategy proposes children (decisions of the NASNet
-space) and learns from their rewards; the session frame (:mod:`search.session`) runs it.
+space) and learns from their rewards; the search engine (:class:`search.runner.SearchRunner`) runs it.
 
 A strategy is one module of this package (every module is imported by the package, so the file is all it
 takes): a :class:`Strategy` subclass under ``@STRATEGIES.register()``, carrying its name, its config node
@@ -18,6 +18,7 @@ import torch
 from fvcore.common.config import CfgNode
 
 from nasnet_det.search_space import SearchSpace
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.registry import Registry
 from search.base_config import plain_dict
@@ -163,12 +164,13 @@ def resolve_strategies(spec: str) -> dict[str, type[Strategy]]:
     """The strategies ``SEARCH.STRATEGY`` names (comma-separated names, duplicates dropped), by name."""
     names = list(dict.fromkeys(s.strip().lower() for s in str(spec).split(",") if s.strip()))
     bad = [n for n in names if n not in STRATEGIES]
-    if not names or bad:
-        raise ValueError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {', '.join(sorted(STRATEGIES.names()))} "
-                         "separated by commas (e.g. 'ppo,random')")
+    if not names or bad:  # (not STRATEGIES.lookup: the line also says how to name several)
+        known = ", ".join(sorted(STRATEGIES.names()))
+        raise BadInputError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {known} separated by commas "
+                            "(e.g. 'ppo,random')")
     chosen = {n: STRATEGIES.get(n) for n in names}
     alone = [n for n, cls in chosen.items() if cls.weight_sharing]
     if alone and len(chosen) > 1:
-        raise ValueError(f"SEARCH.STRATEGY={spec!r}: the weight-sharing search runs alone; set it to "
-                         f"'{alone[0]}' (other strategies cannot be combined with it)")
+        raise BadInputError(f"SEARCH.STRATEGY={spec!r}: the weight-sharing search runs alone; set it to "
+                            f"'{alone[0]}' (other strategies cannot be combined with it)")
     return chosen

@@ -26,7 +26,7 @@ from search.base_config import require
 from search.estimators import ESTIMATORS, Estimator, build_estimator
 from search.outputs import write_json_atomic
 from search.reward import ChildData, load_search_data
-from search.strategies.base import STRATEGIES, Strategy
+from search.strategies.base import STRATEGIES, Strategy, resolve_strategies
 
 log = logging.getLogger(__name__)
 SCORES_NAME = "zero_cost_scores.json"
@@ -61,6 +61,10 @@ class ZeroCost(Strategy):
         for key in ("CANDIDATES", "BATCH_SIZE"):
             require(isinstance(z[key], int) and not isinstance(z[key], bool) and z[key] >= 1,
                     f"SEARCH.ZERO_COST.{key}", z[key], "an integer >= 1")
+        if cls.name in resolve_strategies(cfg.SEARCH.STRATEGY):  # (other searches leave the node at its defaults)
+            require(z.CANDIDATES >= cfg.SEARCH.BUDGET, "SEARCH.ZERO_COST.CANDIDATES", z.CANDIDATES,
+                    f"at least SEARCH.BUDGET ({cfg.SEARCH.BUDGET}), the children trained from the best-ranked "
+                    "candidates")
 
     @classmethod
     def identity(cls, cfg: CfgNode) -> dict[str, Any]:
@@ -72,9 +76,6 @@ class ZeroCost(Strategy):
         super().__init__(cfg)
         self.cfg, z = cfg, cfg.SEARCH.ZERO_COST
         self.estimator: Estimator = build_estimator(z.PROXY, cfg, key="SEARCH.ZERO_COST.PROXY")
-        if z.CANDIDATES < cfg.SEARCH.BUDGET:
-            raise BadInputError(f"SEARCH.ZERO_COST.CANDIDATES={z.CANDIDATES}: expected at least SEARCH.BUDGET "
-                                f"({cfg.SEARCH.BUDGET}), the children trained from the best-ranked candidates")
         self.output_dir: Path | None = None
         self.position = 0  # ranked candidates handed out so far
         self.ranked: list[list[int]] | None = None
