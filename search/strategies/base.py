@@ -22,6 +22,7 @@ from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.registry import Registry
 from search.base_config import plain_dict
+from search.journal import Evaluation
 
 #: every strategy by the name ``SEARCH.STRATEGY`` uses (its class's ``name``)
 STRATEGIES = Registry("SEARCH.STRATEGY")
@@ -60,7 +61,7 @@ class Strategy(ABC):
     weight_sharing: ClassVar[bool] = False
     #: the journal strategies its children are filed under (None: the name it is registered by)
     journal_names: ClassVar[tuple[str, ...] | None] = None
-    #: keeps its own checkpoint (loaded in :meth:`attach_rows`, counted by :meth:`updates_done`): the engine
+    #: keeps its own checkpoint (loaded in :meth:`attach`, counted by :meth:`updates_done`): the engine
     #: writes no controller checkpoint for it
     own_checkpoint: ClassVar[bool] = False
     #: journal strategies of its final candidates: when set, the search's best cells come from them only
@@ -107,21 +108,15 @@ class Strategy(ABC):
         """Updates held by the strategy's own checkpoint (``own_checkpoint``)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no checkpoint of its own")
 
-    def attach_rows(self, output_dir: Path, rows: list[Any]) -> None:
-        """Called once by the runner before the first ``sample`` with the strategy's journal rows
-        (:class:`search.journal.Evaluation`, in sample order); the default passes their decisions to
-        :meth:`attach`."""
-        self.attach(output_dir, [r.decisions for r in rows])
-
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decisions LongTensor [n, 2 x 5B] and their log-probabilities [n] (None without a policy)."""
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
         """Called once by the runner before the first ``sample``: the search's output folder (for a strategy's
-        own resumable files) and the decisions journaled so far by this strategy, in sample order (a resumed
-        strategy whose proposals depend on what it already proposed continues from there)."""
-        return None  # the built-in strategies need neither
+        own resumable files) and the strategy's journal rows so far, in sample order (a resumed strategy whose
+        proposals depend on what it already proposed continues from there; ``rows[i].decisions``)."""
+        return None  # the samplers need neither
 
     def update(self, decisions: torch.Tensor, logprobs: torch.Tensor | None, rewards: torch.Tensor
                ) -> dict[str, float]:

@@ -137,7 +137,7 @@ class OneShot(ControllerPolicy):
     def evaluator(self) -> Evaluator:
         return self.score_next
 
-    def attach_rows(self, output_dir: Path, rows: list[Evaluation]) -> None:
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
         """Load ``oneshot_state.pth`` (when there is one) and remember the journaled rows, so an interrupted
         batch is completed with the rewards already journaled."""
         self.out = Path(output_dir)
@@ -213,7 +213,7 @@ class OneShot(ControllerPolicy):
 
     def follow(self) -> None:
         """Ranks > 0 of a distributed search: the same steps without the journal, with rank 0's rewards."""
-        self.attach_rows(self.out or Path("."), [])
+        self.attach(self.out or Path("."), [])
         while self._draw_batch() is not None:
             b = self.batch
             rewards = [float(self.objective.apply({"reward": self.score(g, *b["data"][i])}, g)["reward"])

@@ -30,6 +30,7 @@ from sklearn.linear_model import Ridge
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS
 from search.base_config import require
+from search.journal import Evaluation
 from search.strategies.base import STRATEGIES, Strategy
 
 
@@ -88,8 +89,8 @@ class Predictor(Strategy):
         self.seen: set[tuple[int, ...]] = set()  # every cell proposed (journaled) so far
         self.members: list[Ridge] = []  # the fitted ensemble (empty until INITIAL children finished)
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
-        self.seen = {tuple(d) for d in sampled}
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
+        self.seen = {tuple(r.decisions) for r in rows}
 
     # ---- the surrogate -----------------------------------------------------------------------------------
     def _fit(self) -> None:

@@ -24,6 +24,7 @@ from nasnet_det.utils.errors import BadInputError
 from search.base_config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
 from search.base_config import require
 from search.estimators import ESTIMATORS, Estimator, build_estimator
+from search.journal import Evaluation
 from search.outputs import write_json_atomic
 from search.reward import ChildData, load_search_data
 from search.strategies.base import STRATEGIES, Strategy, resolve_strategies
@@ -80,8 +81,8 @@ class ZeroCost(Strategy):
         self.position = 0  # ranked candidates handed out so far
         self.ranked: list[list[int]] | None = None
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
-        self.output_dir, self.position = output_dir, len(sampled)
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
+        self.output_dir, self.position = output_dir, len(rows)
 
     def candidates(self) -> list[list[int]]:
         """The distinct uniformly drawn cells (their decisions), in drawing order."""

@@ -132,7 +132,7 @@ def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path,
     assert loss > 0
     changed_w = [k for k, v in strategy.supernet.state_dict().items() if not torch.equal(v, w0[k])]
     assert changed_w and all(torch.equal(v, c0[k]) for k, v in strategy.controller.state_dict().items())
-    strategy.attach_rows(tmp_path, [])
+    strategy.attach(tmp_path, [])
     strategy.pos.update(phase="controller", step=0)  # (the supernet phase done)
     batch = strategy.propose(1, torch.Generator(), 0, 0)
     assert (batch.name, batch.first, batch.policy, len(batch.decisions)) == (SEARCH_NAME, 0, 0, 3)
