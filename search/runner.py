@@ -119,18 +119,17 @@ class SearchRunner:
     def run(self) -> dict[str, Any]:
         """Run (or resume) the search in its output folder (:func:`search.session.run_in_output_dir`) and
         return the summary; a follower of a distributed weight-sharing search follows rank 0 instead."""
-        sharing = [name for name, cls in self.strategy_classes.items() if cls.weight_sharing]
-        if sharing and int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
-            return self._follow(sharing[0])
+        follower = next((name for name, cls in self.strategy_classes.items() if cls.follows()), None)
+        if follower is not None:  # (a strategy that can be followed runs alone: the weight-sharing search)
+            return self._follow(follower)
         return run_in_output_dir(self.cfg, self.out, self.fresh, self.checkpoint_files, self.search)
 
     def _follow(self, name: str) -> dict[str, Any]:
-        """Ranks > 0 of a distributed weight-sharing search (which runs alone): the strategy's steps without
-        the journal, writing nothing."""
+        """A process that follows another's run of the strategy (ranks > 0 of a distributed weight-sharing
+        search): the strategy's steps without the journal, writing nothing."""
         strategy = self._new_strategy(name)
         self.states = {name: StrategyState(name, strategy, self.out / f"controller_{name}.pth")}
-        strategy.out = self.out
-        strategy.follow()
+        strategy.follow(self.out)
         barrier()
         # rank 0's summary says how the search went; a follower's says only that it followed to the end
         return {"output_dir": str(self.out), "strategies": {}, "best": None, "stopped_early": False,
@@ -138,10 +137,7 @@ class SearchRunner:
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _new_strategy(self, name: str) -> Strategy:
-        cls = self.strategy_classes[name]
-        if cls.weight_sharing:  # the supernet's data (and, in tests, their replacement)
-            return cls(self.cfg, data=self.data, progress=self.progress)
-        return cls(self.cfg)
+        return self.strategy_classes[name].build(self.cfg, data=self.data, progress=self.progress)
 
     def _get_backend(self) -> QueueBackend:
         own = next((e for st in self.states.values() if (e := st.strategy.evaluator()) is not None), None)

@@ -23,6 +23,7 @@ from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.registry import Registry
 from search.base_config import plain_dict
 from search.journal import Evaluation
+from search.reward import ChildData
 
 #: every strategy by the name ``SEARCH.STRATEGY`` uses (its class's ``name``)
 STRATEGIES = Registry("SEARCH.STRATEGY")
@@ -73,6 +74,23 @@ class Strategy(ABC):
         self.space = SearchSpace(self.num_blocks)  # what the decisions mean
 
     # ---- what the engine asks (the defaults: children trained by workers, SEARCH.BUDGET of them) ----------
+    @classmethod
+    def build(cls, cfg: CfgNode, data: ChildData | None = None, progress: bool = False) -> Strategy:
+        """The strategy as the runner builds it: ``data`` replaces ``cfg.DATA`` for a strategy that trains on
+        images itself (tests pass a few), ``progress`` shows its own bars. Default: ``cls(cfg)`` (a sampler
+        needs neither)."""
+        return cls(cfg)
+
+    @classmethod
+    def follows(cls) -> bool:
+        """True in a process that follows another's run of the strategy instead of searching (ranks > 0 of a
+        distributed search): the runner calls :meth:`follow` there, without a journal. Default: never."""
+        return False
+
+    def follow(self, output_dir: Path) -> None:
+        """The strategy's steps in a following process (:meth:`follows`), writing nothing."""
+        raise NotImplementedError(f"{type(self).__name__} runs in one process only")
+
     @classmethod
     def budget(cls, cfg: CfgNode) -> int:
         """Children the strategy proposes in the whole search."""

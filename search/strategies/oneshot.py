@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -211,9 +212,17 @@ class OneShot(ControllerPolicy):
             self._end_epoch()
         return stats
 
-    def follow(self) -> None:
+    @classmethod
+    def build(cls, cfg: CfgNode, data: ChildData | None = None, progress: bool = False) -> OneShot:
+        return cls(cfg, data=data, progress=progress)  # the supernet trains on the images here
+
+    @classmethod
+    def follows(cls) -> bool:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0  # torchrun's
+
+    def follow(self, output_dir: Path) -> None:
         """Ranks > 0 of a distributed search: the same steps without the journal, with rank 0's rewards."""
-        self.attach(self.out or Path("."), [])
+        self.attach(output_dir, [])
         while self._draw_batch() is not None:
             b = self.batch
             rewards = [float(self.objective.apply({"reward": self.score(g, *b["data"][i])}, g)["reward"])
