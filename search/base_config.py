@@ -12,6 +12,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det import config as shared_config
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node
+from nasnet_det.utils.mapping import lookup
 
 
 def base_cfg_defaults() -> CN:
@@ -122,6 +123,18 @@ LATENCY_NOT_IDENTITY = ("CACHE_DIR", "RECORD")
 # layout (same results to float rounding), so a search resumes whatever they are (and journals from before a
 # key existed resume too).
 NOT_IDENTITY = ("PRESET", "CHANNELS_LAST")
+
+
+def own_node_identity(cfg: CN, plugin: type) -> dict[str, Any]:
+    """A plug-in's (strategy's or estimator's) own config node ``plugin.config_node`` as its identity entry,
+    ``{path: plain dict}``; {} for a plug-in without one."""
+    path = plugin.config_node
+    if path is None:
+        return {}
+    found, node = lookup(cfg, path)
+    if not found:
+        raise KeyError(f"plug-in {plugin.name!r} ({plugin.__name__}): its config node {path} is not in the config")
+    return {path: plain_dict(node)}
 
 
 def plain_dict(node: Any) -> Any:

@@ -20,9 +20,8 @@ from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
 from nasnet_det.utils.errors import BadInputError
-from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.registry import Registry
-from search.base_config import plain_dict
+from search.base_config import own_node_identity
 from search.reward import ChildData
 
 #: every estimator by name (its class's ``name``); ``estimator`` names the setting in the line an unknown name
@@ -59,12 +58,7 @@ class Estimator(ABC):
         (``MODEL.NASNET``, ``CHILD``, ``DATA``, ``SEARCH.SEED``): its own node and any other it reads (the
         supernet estimators: ``ONESHOT``). A strategy that searches with the estimator adds them to the
         journal's identity and its scores files. Default: its own node, as plain dicts ({} without one)."""
-        if cls.config_node is None:
-            return {}
-        found, node = lookup(cfg, cls.config_node)
-        if not found:
-            raise KeyError(f"estimator {cls.name!r}: its config node {cls.config_node} is not in the config")
-        return {cls.config_node: plain_dict(node)}
+        return own_node_identity(cfg, cls)
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg

@@ -19,9 +19,8 @@ from fvcore.common.config import CfgNode
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.utils.errors import BadInputError
-from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.registry import Registry
-from search.base_config import plain_dict
+from search.base_config import own_node_identity
 from search.journal import Evaluation
 from search.reward import ChildData
 
@@ -165,12 +164,7 @@ class Strategy(ABC):
         """The strategy's settings that define what the children it proposes mean, by dotted key: they enter
         the journal's identity when a search runs the strategy (searches without it, and journals from before
         the strategy existed, resume as before). Default: its whole node, as plain dicts."""
-        if cls.config_node is None:
-            return {}
-        found, node = lookup(cfg, cls.config_node)
-        if not found:
-            raise KeyError(f"strategy {cls.name!r}: its config node {cls.config_node} is not in the config")
-        return {cls.config_node: plain_dict(node)}
+        return own_node_identity(cfg, cls)
 
 
 def resolve_strategies(spec: str) -> dict[str, type[Strategy]]:
