@@ -12,6 +12,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det import config as shared_config
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node
+from nasnet_det.utils.errors import require
 from nasnet_det.utils.mapping import lookup
 
 
@@ -142,12 +143,6 @@ def plain_dict(node: Any) -> Any:
     if isinstance(node, CN):
         return {k: plain_dict(v) for k, v in node.items()}
     return node
-
-
-def require(ok: bool, key: str, value: Any, expected: str) -> None:
-    """Unless ``ok``: ``ValueError`` in the one-line form of every config check, ``KEY=VALUE: expected ...``."""
-    if not ok:
-        raise ValueError(f"{key}={value!r}: expected {expected}")
 
 
 def check_child_settings(child: Mapping[str, Any]) -> None:

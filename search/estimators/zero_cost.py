@@ -7,6 +7,7 @@ training images at ``CHILD.IMAGE_SIZE``, drawn by the seed."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,20 @@ from search.reward import ChildData, images_to_tensor
 def _weights(model: nn.Module) -> list[nn.Parameter]:
     """The convolution and linear weights (what the proxies' papers sum over; not BN's scale and shift)."""
     return [p for p in model.parameters() if p.dim() > 1]
+
+
+def forward_hooked(model: nn.Module, x: torch.Tensor, modules: Iterable[nn.Module], hook: Callable[..., None],
+                   pre: bool = False, grad: bool = False) -> torch.Tensor:
+    """``model(x)`` in train mode with ``hook`` on each of ``modules`` (a forward hook, or a forward pre-hook
+    when ``pre``), removed afterwards; without autograd unless ``grad``."""
+    hooks = [m.register_forward_pre_hook(hook) if pre else m.register_forward_hook(hook) for m in modules]
+    try:
+        model.train()
+        with torch.set_grad_enabled(grad):
+            return model(x)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def synflow(model: nn.Module, input_shape: tuple[int, ...]) -> float:
@@ -75,14 +90,7 @@ def naswot(model: nn.Module, x: torch.Tensor) -> float:
     def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         codes.append((inputs[0].detach() > 0).flatten(1).double())
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.ReLU)]
-    try:
-        model.train()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_hooked(model, x, [m for m in model.modules() if isinstance(m, nn.ReLU)], record, pre=True)
     if not codes:
         raise ValueError("naswot: the network has no nn.ReLU to read activation patterns from")
     c = torch.cat(codes, 1)
@@ -119,8 +127,8 @@ class ProxyEstimator(ChildNetworkEstimator):
 
     @classmethod
     def identity(cls, cfg: CfgNode) -> dict[str, Any]:
-        """The size of its minibatch, a setting of the zero_cost strategy's node."""
-        return {"SEARCH.ZERO_COST.BATCH_SIZE": int(cfg.SEARCH.ZERO_COST.BATCH_SIZE)}
+        """Its own node (if any) and the size of its minibatch, a setting of the zero_cost strategy's node."""
+        return {**super().identity(cfg), "SEARCH.ZERO_COST.BATCH_SIZE": int(cfg.SEARCH.ZERO_COST.BATCH_SIZE)}
 
     def minibatch(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.data is not None, "prepare() first"

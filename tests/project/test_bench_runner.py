@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
@@ -72,6 +74,7 @@ def test_make_bench_leaves_out_the_gpu_checks(monkeypatch):
     assert "bench_model.py" in names and "gpu_checks.py" not in names and "run_all.py" not in names
 
 
+@pytest.mark.slow  # ~30-60 s: started first (tests/conftest.py)
 def test_bench_model_cpu_path_of_the_gpu_commands_runs_and_reports_every_row():
     """bench/gpu.sh runs bench_model.py with --amp bf16 (and the peers in channels_last); the same code on the
     CPU, small: every row comes out, with a finite positive ratio."""

@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -53,6 +54,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     cleanup_distributed()
 
 
+@pytest.mark.slow  # ~30-60 s: started first (tests/conftest.py)
 def test_two_processes_keep_identical_replicas_and_rank_0_writes_the_outputs(tmp_path):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank_0.pt", weights_only=False)
