@@ -164,3 +164,10 @@ def test_a_proxy_without_settings_of_its_own_adds_nothing_to_the_identity():
         identity = identity_of(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", proxy))
         assert set(identity) == {*IDENTITY_KEYS, "SEARCH.ZERO_COST"}, proxy
         assert proxy_identity(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", proxy)) == {}
+
+
+def test_an_estimator_built_on_others_carries_their_identity():
+    """The ensemble's scores depend on its members': a supernet member brings ONESHOT, zico its own node."""
+    cfg = _cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", "ensemble", "ESTIMATORS.ENSEMBLE.MEMBERS", "zico,spos")
+    assert {"ESTIMATORS.ENSEMBLE", "ESTIMATORS.ZICO", "ONESHOT"} <= set(identity_of(cfg))
+    assert set(proxy_identity(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", "zico"))) == {"ESTIMATORS.ZICO"}
