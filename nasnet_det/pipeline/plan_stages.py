@@ -247,7 +247,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     if cfg.SEARCH.GENOTYPE:
         return StagePlan(name, [("runs", f"no: SEARCH.GENOTYPE {cfg.SEARCH.GENOTYPE} gives the cell")])
     v = _search_settings(cfg)
-    strategies = [x.strip() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
+    strategies = [x.strip().lower() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
     checks: list[Check] = []
     backend, on_cpu = v["WORKERS.BACKEND"], v["CHILD.DEVICE"] == "cpu"
     per_child, unit, source = stated_throughput(cfg, "SEARCH")

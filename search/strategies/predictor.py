@@ -29,6 +29,7 @@ from fvcore.common.config import CfgNode
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS
 from search.base_config import require
+from search.journal import Evaluation
 from search.strategies.base import STRATEGIES, Strategy
 
 if TYPE_CHECKING:
@@ -90,8 +91,8 @@ class Predictor(Strategy):
         self.seen: set[tuple[int, ...]] = set()  # every cell proposed (journaled) so far
         self.members: list[Ridge] = []  # the fitted ensemble (empty until INITIAL children finished)
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
-        self.seen = {tuple(d) for d in sampled}
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
+        self.seen = {tuple(r.decisions) for r in rows}
 
     # ---- the surrogate -----------------------------------------------------------------------------------
     def _fit(self) -> None:

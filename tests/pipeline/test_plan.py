@@ -429,3 +429,10 @@ def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_stil
     assert [ln for ln in lines if "WARNING" in ln or ln.startswith("plan of")] == [
         "[pipeline] WARNING: no plan (PermissionError: [Errno 13] Permission denied: '/data/imagenet/train'); the "
         "stages run without it"]
+
+
+def test_the_plan_reads_strategy_names_in_any_case_as_the_search_does():
+    """SEARCH.STRATEGY OneShot runs the weight-sharing search: no children trained one by one."""
+    plan = plan_of("smoke.yaml", "SEARCH.OPTS", "['SEARCH.STRATEGY', 'OneShot']", stages=["search"])
+    assert plan.stage("search").values["strategies"] == ["oneshot"]
+    assert "children" not in plan.stage("search").values
