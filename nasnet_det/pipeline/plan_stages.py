@@ -1,4 +1,4 @@
-""":func:`make_plan`, which asks every stage for its plan (:meth:`Stage.plan`), and what the stages plan with.
+"""What the stages plan with (:meth:`Stage.plan`; :func:`nasnet_det.pipeline.planner.make_plan` asks each stage).
 
 A stage's plan loads its config as the stage will run it (classification: ``load_config(CONFIG_FILE, OPTS + the
 pipeline's network opts)``, :func:`plan_classification`; detection: ``load_cfg(get_nasnet_cfg(), CONFIG_FILE,
@@ -11,8 +11,7 @@ The stages import this module inside ``plan`` (it loads torch; the pipeline driv
 from __future__ import annotations
 
 import ast
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from fvcore.common.config import CfgNode as CN
@@ -21,13 +20,15 @@ from nasnet_det.engine.scaling import classification_schedule
 from nasnet_det.pipeline.backends import Workers, device_kind
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.plan import Check, Machine, Plan, PlanContext, StagePlan, Target, hours
+from nasnet_det.pipeline.plan import Check, PlanContext, StagePlan, hours
 from nasnet_det.pipeline.plan_data import DataFound, cifar10_source, imagenet_folders
-from nasnet_det.pipeline.stages.base import Context, Stage, pipeline_stages
 from nasnet_det.pipeline.throughput import THROUGHPUT_KEYS, stated_throughput
 from nasnet_det.utils.errors import bad_input_message
 from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.yaml_config import load_config_tree
+
+if TYPE_CHECKING:  # the stages import this module (in their plan()); it imports none of them
+    from nasnet_det.pipeline.stages.base import Stage
 
 # The search config keys a plan reads, with search/config.py's defaults (``nasnet_det`` does not import
 # ``search``; tests/pipeline/test_plan.py checks them against ``search.config.get_cfg_defaults()``).
@@ -329,24 +330,3 @@ def load_detection(stage: str, config_file: str, opts: list[str]) -> CN:
     except (ValueError, KeyError, AssertionError, FileNotFoundError) as e:
         raise StageError(stage, f"DETECT.CONFIG_FILE {config_file} with its opts: {e.args[0] if e.args else e}"
                          ) from None
-
-
-def make_plan(cfg: CN, stages: list[str] | None = None, target: Target | None = None, config_file: str = "",
-              ctx: Context | None = None, count_images: bool = True) -> Plan:
-    """The plan of the pipeline config ``cfg`` for the ``stages`` named (default: all, in order). A plan for
-    another machine: ``cfg`` loaded with :func:`nasnet_det.pipeline.plan.scale_opts` and ``target`` naming
-    its gpus / nodes. ``ctx``: the running pipeline's stage context. ``count_images`` False: the data folders are
-    listed, not counted (ImageNet: a 1.28M-file walk), and the epochs use the datasets' published sizes. Bad
-    input (a stage config that does not load) raises ``ValueError`` naming the stage and key."""
-    target = target or Target(Machine.this_one())
-    ctx = ctx or Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet=True)
-    pc = PlanContext(cfg, ctx, target, count_images)
-    planned = []
-    for stage in pipeline_stages():
-        if stages is not None and stage.name not in stages:
-            continue
-        if not stage.enabled(ctx):
-            planned.append(StagePlan(stage.name, [("runs", f"no: disabled ({stage.name.upper()}.ENABLED False)")]))
-            continue
-        planned.append(stage.plan(pc))
-    return Plan(config_file or "the pipeline config", target, planned)

@@ -164,7 +164,7 @@ class Pipeline:
         that runs, in its manifest (never in its settings hash: a plan that changes, e.g. a throughput figure,
         reruns nothing). The plan informs; a plan that cannot be made (unreadable data folder) is one WARNING line
         and the run goes on, so finished stages still skip."""
-        from nasnet_det.pipeline.plan_stages import make_plan
+        from nasnet_det.pipeline.planner import make_plan
 
         try:
             self.plan = make_plan(self.ctx.cfg, chosen, config_file=self.config_file, ctx=self.ctx,

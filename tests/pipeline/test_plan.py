@@ -17,7 +17,8 @@ from nasnet_det.pipeline import Pipeline, load_pipeline_config
 from nasnet_det.pipeline.manifest import settings_hash
 from nasnet_det.pipeline.plan import Machine, Target, scale_opts
 from nasnet_det.pipeline.plan_cli import main as plan_main
-from nasnet_det.pipeline.plan_stages import SEARCH_DEFAULTS, _search_settings, make_plan
+from nasnet_det.pipeline.plan_stages import SEARCH_DEFAULTS, _search_settings
+from nasnet_det.pipeline.planner import make_plan
 from nasnet_det.pipeline.stages import Context, pipeline_stages
 
 REPO = Path(__file__).resolve().parents[2]

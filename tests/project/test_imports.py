@@ -3,7 +3,8 @@
 The graph counts every import statement, at module level and inside functions (a function-level import
 still ties the two modules together), and the imports Python makes without one: importing ``a.b.c`` runs the
 ``__init__`` of each package on the way (``a``, ``a.b``) that the importer is not itself inside, and a package
-whose ``__init__`` calls ``import_modules`` (the plug-in packages) imports every module in it.
+whose ``__init__`` calls ``import_modules`` (the plug-in packages) imports every module in it. Imports under
+``if TYPE_CHECKING:`` never run and do not count.
 ``python tests/project/test_imports.py`` prints the cycles found.
 """
 
@@ -37,6 +38,15 @@ def _calls_import_modules(tree: ast.Module) -> bool:
                == "import_modules" for node in ast.walk(tree))
 
 
+def _type_checking_only(tree: ast.Module) -> set[ast.AST]:
+    """The import statements under ``if TYPE_CHECKING:`` (for type checkers only: they never run)."""
+    out: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            out |= {n for stmt in node.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the project modules it imports (``from A import B`` counts as ``A.B`` when that is a module;
     with the packages whose ``__init__`` that runs and the modules of a package that calls ``import_modules``)."""
@@ -47,7 +57,10 @@ def import_graph() -> dict[str, set[str]]:
         tree = ast.parse(path.read_text(), str(path))
         if path.name == "__init__.py" and _calls_import_modules(tree):
             graph[name] |= {m for m in files if m.rpartition(".")[0] == name}
+        typing_only = _type_checking_only(tree)
         for node in ast.walk(tree):
+            if node in typing_only:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
