@@ -410,7 +410,7 @@ def test_the_pipelines_plan_lists_the_image_folders_without_counting_them(tmp_pa
 
 
 def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_still_skip(tmp_path: Path, monkeypatch):
-    from nasnet_det.pipeline import plan_stages
+    from nasnet_det.pipeline import planner
 
     lines: list[str] = []
 
@@ -424,7 +424,7 @@ def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_stil
     def unreadable(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/data/imagenet/train")
 
-    monkeypatch.setattr(plan_stages, "make_plan", unreadable)
+    monkeypatch.setattr(planner, "make_plan", unreadable)
     lines.clear()
     assert run() == {"search": "skipped", "select": "skipped"}
     assert [ln for ln in lines if "WARNING" in ln or ln.startswith("plan of")] == [

@@ -48,7 +48,7 @@ def test_a_new_stage_module_plans_itself_and_writes_its_own_report_sections(toy_
                                                                             monkeypatch):
     import nasnet_det.pipeline.stages as stages
     from nasnet_det.pipeline.plan import Machine, Target
-    from nasnet_det.pipeline.plan_stages import make_plan
+    from nasnet_det.pipeline.planner import make_plan
     from nasnet_det.utils.registry import import_modules
 
     more = tmp_path / "more_stages"  # an extra folder of the package, so the checkout is left as it is
