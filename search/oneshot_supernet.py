@@ -29,6 +29,7 @@ class OneShotSupernet(SupernetEstimator):
         cfg.defrost()
         cfg.SEARCH.STRATEGY, cfg.SEARCH.SEED = "oneshot", self.seed
         cfg.ONESHOT.BN_RECALIBRATION_BATCHES = 0
+        cfg.SEARCH.MAX_EVALS_THIS_RUN = 0  # the outer run's limit is not this supernet's: it trains to its end
         with tempfile.TemporaryDirectory(prefix="supernet_estimator_") as out:
             search = SearchRunner(cfg, out, progress=False, fresh=True, data=self.data)
             search.run()
