@@ -217,7 +217,7 @@ def plan_classification(pc: PlanContext, stage: str, node: str, config_key: str,
                                    "data": {"summary": data.summary, "train_images": data.images}}, checks)
 
 
-def _search_settings(cfg: CN) -> dict[str, Any]:
+def search_settings(cfg: CN) -> dict[str, Any]:
     """The search keys the plan reads: SEARCH.CONFIG_FILE (``_BASE_`` merged as the search does), then what the
     pipeline's backend adds (Ray: the children on its cluster), then SEARCH.OPTS, in the order SearchStage.run
     passes them (SEARCH.OPTS win)."""
@@ -247,7 +247,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     cfg, name = pc.cfg, stage.name
     if cfg.SEARCH.GENOTYPE:
         return StagePlan(name, [("runs", f"no: SEARCH.GENOTYPE {cfg.SEARCH.GENOTYPE} gives the cell")])
-    v = _search_settings(cfg)
+    v = search_settings(cfg)
     strategies = [x.strip().lower() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
     checks: list[Check] = []
     backend, on_cpu = v["WORKERS.BACKEND"], v["CHILD.DEVICE"] == "cpu"

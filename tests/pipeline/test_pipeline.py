@@ -589,13 +589,13 @@ def test_a_stage_reads_only_the_outputs_of_the_stages_it_needs(toy_stages, tmp_p
 
 
 def test_a_second_pipeline_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
-    from nasnet_det.pipeline.runner import _lock
+    from nasnet_det.pipeline.runner import output_lock
 
-    with _lock(tmp_path):
+    with output_lock(tmp_path):
         with pytest.raises(ValueError, match=f"another pipeline is running in {tmp_path}"):
-            with _lock(tmp_path):
+            with output_lock(tmp_path):
                 pass
-    with _lock(tmp_path):  # released when the first one ends
+    with output_lock(tmp_path):  # released when the first one ends
         pass
 
 

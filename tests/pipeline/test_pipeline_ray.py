@@ -211,9 +211,9 @@ def live_descendants(pid: int) -> list[tuple[int, int, str]]:
 
 
 def still_running(procs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    from nasnet_det.pipeline.ray_local import _stat
+    from nasnet_det.pipeline.ray_local import process_stat
 
-    return [p for p in procs if (_stat(p[0]) or (0, None))[1] == p[1]]
+    return [p for p in procs if (process_stat(p[0]) or (0, None))[1] == p[1]]
 
 
 @pytest.mark.ray

@@ -17,7 +17,7 @@ from nasnet_det.pipeline import Pipeline, load_pipeline_config
 from nasnet_det.pipeline.manifest import settings_hash
 from nasnet_det.pipeline.plan import Machine, Target, scale_opts
 from nasnet_det.pipeline.plan_cli import main as plan_main
-from nasnet_det.pipeline.plan_stages import SEARCH_DEFAULTS, _search_settings
+from nasnet_det.pipeline.plan_stages import SEARCH_DEFAULTS, search_settings
 from nasnet_det.pipeline.planner import make_plan
 from nasnet_det.pipeline.stages import Context, pipeline_stages
 
@@ -351,16 +351,16 @@ def test_the_search_keys_the_plan_reads_are_what_the_search_loads(config, tmp_pa
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["SEARCH.CONFIG_FILE", f"configs/search/{config}",
                                                           "SEARCH.OPTS", str(opts)])
     searched = load_search_cfg(str(REPO / "configs/search" / config), opts)
-    assert _search_settings(cfg) == {k: lookup(searched, k)[1] for k in SEARCH_DEFAULTS}
+    assert search_settings(cfg) == {k: lookup(searched, k)[1] for k in SEARCH_DEFAULTS}
 
 
 def test_the_searchs_own_opts_win_over_the_backends_as_in_the_run():
     """SearchStage.run passes [*backend.search_opts(), *SEARCH.OPTS]: the plan reads them in that order."""
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray", "SEARCH.OPTS",
                                                           "['WORKERS.BACKEND', 'local']"])
-    assert _search_settings(cfg)["WORKERS.BACKEND"] == "local"
+    assert search_settings(cfg)["WORKERS.BACKEND"] == "local"
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray"])
-    assert _search_settings(cfg)["WORKERS.BACKEND"] == "ray"
+    assert search_settings(cfg)["WORKERS.BACKEND"] == "ray"
 
 
 def test_search_children_on_the_cpu_here_fail_when_the_config_states_gpu_hours():
