@@ -11,7 +11,7 @@ built with any genotype at a fixed N@f and input size, on a device.
 - ``flops``: mult-adds as the cost (no timing).
 
 Every estimator also gives the backbone's params and mult-adds (:meth:`LatencyEstimator.profile`).
-An estimator is a class registered once in :data:`ESTIMATORS` (``SEARCH.LATENCY.ESTIMATOR`` names it).
+An estimator is a class registered once in :data:`LATENCY_ESTIMATORS` (``SEARCH.LATENCY.ESTIMATOR`` names it).
 """
 
 from __future__ import annotations
@@ -243,14 +243,15 @@ class LatencyEstimator(ABC):
         return profile.latency_ms
 
 
-ESTIMATORS = Registry("SEARCH.LATENCY.ESTIMATOR")  # @ESTIMATORS.register() adds one, named by its ``name``
+# @LATENCY_ESTIMATORS.register() adds one, named by its ``name`` (latency estimators: not the cell estimators)
+LATENCY_ESTIMATORS = Registry("SEARCH.LATENCY.ESTIMATOR")
 
 
 def make_estimator(name: str, setting: LatencySetting) -> LatencyEstimator:
-    return ESTIMATORS.lookup(name)(setting)
+    return LATENCY_ESTIMATORS.lookup(name)(setting)
 
 
-@ESTIMATORS.register()
+@LATENCY_ESTIMATORS.register()
 class MeasuredLatency(LatencyEstimator):
     """Times the whole backbone on the device."""
 
@@ -264,7 +265,7 @@ class MeasuredLatency(LatencyEstimator):
             return median_ms(lambda: model(x), self.setting.warmup, self.setting.repeats, device)
 
 
-@ESTIMATORS.register()
+@LATENCY_ESTIMATORS.register()
 class MultAddCost(LatencyEstimator):
     """No timing: the backbone's mult-adds (in millions) are the cost."""
 
@@ -330,7 +331,7 @@ def covering_genotypes(num_blocks: int = 5) -> list[Genotype]:
     return out
 
 
-@ESTIMATORS.register()
+@LATENCY_ESTIMATORS.register()
 class LookupTableLatency(LatencyEstimator):
     """FBNet's latency model on NASNet units. The table is a JSON file in ``setting.cache_dir``, named by a
     digest of :meth:`LatencySetting.table_key` (a new device, input size, N@f or torch version is a new

@@ -12,6 +12,8 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det import config as shared_config
 from nasnet_det.models.config import add_nasnet_model_config, check_nasnet_node
+from nasnet_det.utils.errors import require
+from nasnet_det.utils.mapping import lookup
 
 
 def base_cfg_defaults() -> CN:
@@ -21,9 +23,9 @@ def base_cfg_defaults() -> CN:
     c.OUTPUT_DIR = "output/search"
 
     c.SEARCH = CN()
-    # A strategy registered in search/strategies ("ppo", "reinforce", "random", "oneshot"), or several
-    # comma-separated (e.g. "ppo,random") run concurrently, sharing the workers, with the same budget each, for
-    # comparison ("oneshot", the weight-sharing search, runs alone).
+    # A strategy registered in search/strategies (one file each: "ppo", "reinforce", "random", "zero_cost",
+    # "predictor", "oneshot", ...), or several comma-separated (e.g. "ppo,random") run concurrently, sharing the
+    # workers, with the same budget each, for comparison ("oneshot", the weight-sharing search, runs alone).
     c.SEARCH.STRATEGY = "ppo"
     c.SEARCH.BUDGET = 100            # child models per strategy (paper: 20,000)
     c.SEARCH.BATCH_SIZE = 20         # architectures per policy update (paper: 20)
@@ -124,17 +126,23 @@ LATENCY_NOT_IDENTITY = ("CACHE_DIR", "RECORD")
 NOT_IDENTITY = ("PRESET", "CHANNELS_LAST")
 
 
+def own_node_identity(cfg: CN, plugin: type) -> dict[str, Any]:
+    """A plug-in's (strategy's or estimator's) own config node ``plugin.config_node`` as its identity entry,
+    ``{path: plain dict}``; {} for a plug-in without one."""
+    path = plugin.config_node
+    if path is None:
+        return {}
+    found, node = lookup(cfg, path)
+    if not found:
+        raise KeyError(f"plug-in {plugin.name!r} ({plugin.__name__}): its config node {path} is not in the config")
+    return {path: plain_dict(node)}
+
+
 def plain_dict(node: Any) -> Any:
     """A config node as nested plain dicts (a leaf value as it is), in the node's key order."""
     if isinstance(node, CN):
         return {k: plain_dict(v) for k, v in node.items()}
     return node
-
-
-def require(ok: bool, key: str, value: Any, expected: str) -> None:
-    """Unless ``ok``: ``ValueError`` in the one-line form of every config check, ``KEY=VALUE: expected ...``."""
-    if not ok:
-        raise ValueError(f"{key}={value!r}: expected {expected}")
 
 
 def check_child_settings(child: Mapping[str, Any]) -> None:
@@ -193,12 +201,12 @@ def check_base_cfg(cfg: CN) -> None:
 def check_latency_settings(s: CN) -> None:
     """``SEARCH.OBJECTIVE`` and ``SEARCH.LATENCY.*`` (checked whatever the objective: a typo fails at once; the
     backbone when latencies are estimated)."""
-    from nasnet_det.latency import DEVICES, ESTIMATORS, backbone_variants
+    from nasnet_det.latency import DEVICES, LATENCY_ESTIMATORS, backbone_variants
 
     lat = s.LATENCY
     require(s.OBJECTIVE in ("accuracy", "latency"), "SEARCH.OBJECTIVE", s.OBJECTIVE, "'accuracy' or 'latency'")
-    require(lat.ESTIMATOR in ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
-            f"one of {', '.join(sorted(ESTIMATORS.names()))}")
+    require(lat.ESTIMATOR in LATENCY_ESTIMATORS, "SEARCH.LATENCY.ESTIMATOR", lat.ESTIMATOR,
+            f"one of {', '.join(sorted(LATENCY_ESTIMATORS.names()))}")
     require(lat.CONSTRAINT in ("soft", "hard"), "SEARCH.LATENCY.CONSTRAINT", lat.CONSTRAINT, "'soft' or 'hard'")
     require(lat.DEVICE in DEVICES, "SEARCH.LATENCY.DEVICE", lat.DEVICE, f"one of {', '.join(DEVICES)}")
     if s.OBJECTIVE == "latency" or lat.RECORD:  # the choices are detectron2's registry: imported only when used

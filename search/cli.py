@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if isinstance(summary, int):  # bad input, already reported
         return summary
+    if summary.get("rank", 0) > 0:  # a follower of a distributed search: rank 0 prints the summary
+        return 0
     short = {k: {kk: v[kk] for kk in ("evaluations", "ok", "failed", "best_reward", "first_batches_mean",
                                       "last_batches_mean", "collapsed")} for k, v in summary["strategies"].items()}
     print(json.dumps({"output_dir": summary["output_dir"], "stopped_early": summary["stopped_early"],

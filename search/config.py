@@ -20,7 +20,7 @@ from search.base_config import (
     plain_dict,
 )
 from search.estimators import ESTIMATORS
-from search.strategies import STRATEGIES
+from search.strategies import STRATEGIES, resolve_strategies
 
 
 def _plugins() -> Iterator[type]:
@@ -68,7 +68,7 @@ def identity_of(cfg: CN) -> dict:
         out[key] = plain_dict(node)
     for key in NOT_IDENTITY:
         out["MODEL.NASNET"].pop(key, None)
-    chosen = {name.strip() for name in str(cfg.SEARCH.STRATEGY).split(",")}
+    chosen = resolve_strategies(cfg.SEARCH.STRATEGY)  # the names the runner runs (any case)
     for name, strategy in STRATEGIES:
         if name in chosen:
             out.update(strategy.identity(cfg))

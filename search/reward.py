@@ -51,7 +51,9 @@ def load_search_data(cfg: Any) -> ChildData:
     return ChildData.from_arrays(x, y, cfg.DATA.VAL_SIZE, cfg.DATA.SPLIT_SEED, cfg.DATA.TRAIN_LIMIT)
 
 
-def _to_tensor(x: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+def images_to_tensor(x: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 images [N, H, W, 3] as a normalised float batch [N, 3, size, size] on ``device`` (CIFAR-10's
+    mean and std; resized with antialiasing when ``size`` differs)."""
     t = torch.from_numpy(x).to(device).permute(0, 3, 1, 2).float().div_(255)
     mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
@@ -61,7 +63,7 @@ def _to_tensor(x: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
     return t
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Batched pad-4 random crop + horizontal flip (the standard CIFAR augmentation)."""
     n, _, h, w = x.shape
     pad = max(1, h // 8)
@@ -102,7 +104,7 @@ def train_child(genotype: Genotype, child: dict[str, Any], data: ChildData, seed
     model = build_child(genotype, network).to(device)
     params = sum(p.numel() for p in model.parameters())
     size = int(child.get("IMAGE_SIZE", 32))
-    x_tr, y_tr = _to_tensor(data.x_train, size, device), torch.from_numpy(data.y_train).to(device)
+    x_tr, y_tr = images_to_tensor(data.x_train, size, device), torch.from_numpy(data.y_train).to(device)
     bs = int(child["BATCH_SIZE"])
     steps_per_epoch = max(1, len(x_tr) // bs)
     total = steps_per_epoch * int(child["EPOCHS"])
@@ -121,7 +123,7 @@ def train_child(genotype: Genotype, child: dict[str, Any], data: ChildData, seed
             idx = perm[i * bs:(i + 1) * bs]
             xb = x_tr[idx]
             if child.get("AUGMENT", True):
-                xb = _augment(xb, gen)
+                xb = augment_batch(xb, gen)
             model.set_drop_path_progress(step / total)
             loss = F.cross_entropy(model(xb, return_aux=True)[0], y_tr[idx])
             if not torch.isfinite(loss):
@@ -142,7 +144,7 @@ def evaluate_accuracy(model: torch.nn.Module, data: ChildData, child: dict[str, 
     bs = int(child.get("EVAL_BATCH_SIZE", 256))
     correct = 0
     for i in range(0, len(data.x_val), bs):
-        xb = _to_tensor(data.x_val[i:i + bs], size, device)
+        xb = images_to_tensor(data.x_val[i:i + bs], size, device)
         logits = model(xb)
         if not torch.isfinite(logits).all():
             raise ChildDiverged("held-out logits contain NaN/inf")

@@ -31,12 +31,12 @@ from tqdm import tqdm
 
 from nasnet_det.engine.distributed import barrier
 from nasnet_det.engine.ray_env import check_ray_address
-from search.config import check_cfg, upgrade_identity
+from search.config import check_cfg
 from search.journal import Evaluation, Journal, load_state, save_state
 from search.objective import with_objective
 from search.outputs import problems_of, strategy_summary, write_outputs
 from search.plots import plot_rewards
-from search.session import SearchSession
+from search.session import run_in_output_dir
 from search.strategies import STRATEGIES, Strategy, resolve_strategies
 from search.workers import COST_FIELDS, Evaluator, InlineBackend, Job, QueueBackend, Result, make_backend
 
@@ -89,18 +89,16 @@ class QueueStats:
                 "idle_fills": self.idle_fills}
 
 
-class SearchRunner(SearchSession):
+class SearchRunner:
     """Runs every strategy of ``cfg`` into ``output_dir``. ``evaluator`` replaces child training (tests,
     synthetic rewards); by default one is built from ``cfg.DATA`` and ``cfg.CHILD``. ``backend`` replaces
     the one ``cfg.WORKERS`` describes (the caller closes it). ``fresh`` deletes the output directory's
     journal and controller checkpoints first (once the directory's lock is held)."""
 
-    upgrade_identity = staticmethod(upgrade_identity)  # an identity written by an older version
-
     def __init__(self, cfg: CfgNode, output_dir: str | Path | None = None, evaluator: Evaluator | None = None,
                  progress: bool = True, fresh: bool = False, backend: QueueBackend | None = None,
                  data: ChildData | None = None):
-        super().__init__(cfg, output_dir, fresh)
+        self.cfg, self.out, self.fresh = cfg, Path(output_dir or cfg.OUTPUT_DIR), fresh
         self.strategy_classes = resolve_strategies(cfg.SEARCH.STRATEGY)
         self.strategies = list(self.strategy_classes)
         check_cfg(cfg)
@@ -119,28 +117,27 @@ class SearchRunner(SearchSession):
         return ("controller_*.pth", *(p for cls in STRATEGIES.values() for p in cls.owned_files))
 
     def run(self) -> dict[str, Any]:
-        sharing = [name for name, cls in self.strategy_classes.items() if cls.weight_sharing]
-        if sharing and int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0:
-            return self._follow(sharing[0])
-        return super().run()
+        """Run (or resume) the search in its output folder (:func:`search.session.run_in_output_dir`) and
+        return the summary; a follower of a distributed weight-sharing search follows rank 0 instead."""
+        follower = next((name for name, cls in self.strategy_classes.items() if cls.follows()), None)
+        if follower is not None:  # (a strategy that can be followed runs alone: the weight-sharing search)
+            return self._follow(follower)
+        return run_in_output_dir(self.cfg, self.out, self.fresh, self.checkpoint_files, self.search)
 
     def _follow(self, name: str) -> dict[str, Any]:
-        """Ranks > 0 of a distributed weight-sharing search (which runs alone): the strategy's steps without
-        the journal, writing nothing."""
+        """A process that follows another's run of the strategy (ranks > 0 of a distributed weight-sharing
+        search): the strategy's steps without the journal, writing nothing."""
         strategy = self._new_strategy(name)
         self.states = {name: StrategyState(name, strategy, self.out / f"controller_{name}.pth")}
-        strategy.out = self.out
-        strategy.follow()
+        strategy.follow(self.out)
         barrier()
+        # rank 0's summary says how the search went; a follower's says only that it followed to the end
         return {"output_dir": str(self.out), "strategies": {}, "best": None, "stopped_early": False,
-                "rank": int(os.environ.get("RANK", "0"))}
+                "rank": int(os.environ.get("RANK", "0")), "problems": [], "usable": True}
 
     # ---- set-up ------------------------------------------------------------------------------------------
     def _new_strategy(self, name: str) -> Strategy:
-        cls = self.strategy_classes[name]
-        if cls.weight_sharing:  # the supernet's data (and, in tests, their replacement)
-            return cls(self.cfg, data=self.data, progress=self.progress)
-        return cls(self.cfg)
+        return self.strategy_classes[name].build(self.cfg, data=self.data, progress=self.progress)
 
     def _get_backend(self) -> QueueBackend:
         own = next((e for st in self.states.values() if (e := st.strategy.evaluator()) is not None), None)
@@ -171,7 +168,7 @@ class SearchRunner(SearchSession):
         st.finished = sum(r.status != "pending" for r in rows)
         st.best = max((e.reward for e in rows if e.status == "ok"), default=math.nan)
         if strategy.own_checkpoint:
-            strategy.attach_rows(self.out, rows)
+            strategy.attach(self.out, rows)
             st.step = strategy.updates_done()
             self._apply_due_updates(journal, st)  # (the strategy regenerates each replayed batch)
             return st
@@ -186,7 +183,7 @@ class SearchRunner(SearchSession):
         elif state is not None:
             log.warning("%s is ahead of the journal; rebuilding the controller from the journal", st.checkpoint)
         self._apply_due_updates(journal, st)  # those a kill left out of the checkpoint (deterministic replay)
-        st.strategy.attach_rows(self.out, rows)
+        st.strategy.attach(self.out, rows)
         return st
 
     # ---- policy ------------------------------------------------------------------------------------------
@@ -241,6 +238,7 @@ class SearchRunner(SearchSession):
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def search(self, journal: Journal) -> dict[str, Any]:
+        """Run (or resume) every strategy in ``journal``, write the outputs and return the summary."""
         try:
             self.states = states = {name: self._open_strategy(journal, name) for name in self.strategies}
             stopped = self._run_queue(journal, states)
@@ -271,8 +269,8 @@ class SearchRunner(SearchSession):
                                                    for n in st.strategy.journal_names or (st.name,)},
                                                   self.out / "rewards.png"))
         for name, st in self.states.items():
-            if st.strategy.summary() is not None:
-                summary[name] = st.strategy.summary()
+            if (own := st.strategy.summary()) is not None:
+                summary[name] = own
         return summary
 
     def _run_queue(self, journal: Journal, states: dict[str, StrategyState]) -> bool:

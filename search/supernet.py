@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from nasnet_det.models.nasnet import stack_cells
-from nasnet_det.models.ops import Conv2dSame, FactorizedReduce, ReLUConvBN, build_op
+from nasnet_det.models.ops import Conv2dSame, FactorizedReduce, NormFactory, ReLUConvBN, build_op
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import NUM_INPUTS, OPS, CellSpec, Genotype
 
@@ -62,7 +62,7 @@ class SuperCell(nn.Module):
     runs the path of ``spec``. ``h_prev=None`` (first cell) uses ``h`` as both inputs."""
 
     def __init__(self, num_blocks: int, c_in: int, c_prev: int, filters: int, reduction: bool,
-                 prev_stride: int, norm, pad_mode: str = "tf", loose_inputs: bool = False):
+                 prev_stride: int, norm: NormFactory, pad_mode: str = "tf", loose_inputs: bool = False):
         super().__init__()
         self.num_blocks, self.reduction, self.filters = num_blocks, reduction, filters
         self.loose_inputs = loose_inputs

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS, Genotype
-from search.reward import ChildData, _augment, _to_tensor, cosine_factor
+from search.reward import ChildData, augment_batch, cosine_factor, images_to_tensor
 from search.supernet import SuperNet, fair_paths, recalibrate_bn, with_loose_inputs
 
 FEW_SHOT_DECISION = 2  # the split decision: op_1 of the normal cell's block 0 (decisions: in, in, op, op, combine)
@@ -52,9 +52,9 @@ class SupernetTrainer:
         self.recalibration, self.loose_inputs = int(recalibration), loose_inputs
         self.rank, self.world = rank, world
         size = int(cfg.CHILD.IMAGE_SIZE)
-        self.x_train = _to_tensor(data.x_train, size, device)
+        self.x_train = images_to_tensor(data.x_train, size, device)
         self.y_train = torch.from_numpy(data.y_train).to(device)
-        self.x_val = _to_tensor(data.x_val, size, device)
+        self.x_val = images_to_tensor(data.x_val, size, device)
         self.y_val = torch.from_numpy(data.y_val).to(device)
         o = cfg.ONESHOT
         self.steps_per_epoch = int(o.WEIGHT_STEPS) or max(1, len(self.x_train) // int(o.BATCH_SIZE))
@@ -118,7 +118,7 @@ class SupernetTrainer:
             idx = torch.randperm(len(self.x_train), generator=self.gen)[:o.BATCH_SIZE].to(self.device)
             xb, yb = self.x_train[idx], self.y_train[idx]
             if self.cfg.CHILD.AUGMENT:  # the whole batch, so the generator stays in step across processes
-                xb = _augment(xb, self.gen)
+                xb = augment_batch(xb, self.gen)
             if self.loose_inputs:
                 genotype = with_loose_inputs(genotype, self.gen)
             if self.world > 1:  # this process's share of the batch

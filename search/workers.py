@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 import nasnet_det
-import search
 from nasnet_det.engine.process import die_with_parent
 from nasnet_det.engine.ray_env import check_ray_address, ray_runtime_env
 from nasnet_det.space import Genotype
@@ -104,14 +103,14 @@ def run_job(evaluator: Evaluator, job: Job) -> Result:
 
 
 #: every backend by the name ``WORKERS.BACKEND`` uses (its class's ``name``)
-BACKENDS = Registry("WORKERS.BACKEND")
+QUEUE_BACKENDS = Registry("WORKERS.BACKEND")
 
 
 class QueueBackend(ABC):
     """The interface of every backend: ``worker_count`` (children it runs at once), ``capacity`` (children worth
     keeping in flight now), ``submit``, ``wait`` (blocks until at least one submitted child finished;
     returns every result that is ready) and ``close``. ``run`` evaluates a list of jobs through it. A backend
-    ``WORKERS.BACKEND`` can name is registered in :data:`BACKENDS` and built by ``from_settings``."""
+    ``WORKERS.BACKEND`` can name is registered in :data:`QUEUE_BACKENDS` and built by ``from_settings``."""
 
     #: the name ``WORKERS.BACKEND`` uses (the registry's key)
     name: ClassVar[str] = ""
@@ -155,7 +154,7 @@ class QueueBackend(ABC):
                 yield res
 
 
-@BACKENDS.register()
+@QUEUE_BACKENDS.register()
 class InlineBackend(QueueBackend):
     """Runs children one at a time in this process (debugging, pure-function rewards)."""
 
@@ -181,7 +180,7 @@ class InlineBackend(QueueBackend):
 _MAX_START_FAILURES = 3  # workers in a row that die before running a child: give up (broken set-up)
 
 
-def _worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: int, parent_pid: int) -> None:
+def local_worker_main(conn: Connection, evaluator: Evaluator, device: str, threads: int, parent_pid: int) -> None:
     """One worker process: evaluates the jobs its driver sends, one at a time, until it gets ``None``.
     It says "ready" once set up and ("started", id) before each child, so the driver can tell a child
     that killed its worker from a worker that died while idle or while starting."""
@@ -213,7 +212,7 @@ class _Worker:
     started: bool = False        # it said it began that child
 
 
-@BACKENDS.register()
+@QUEUE_BACKENDS.register()
 class LocalProcessBackend(QueueBackend):
     """``num_workers`` spawned worker processes, each with its own pipe; with CUDA each gets its own GPU
     (``cuda:i``). The evaluator (with its data arrays) is pickled once per worker, not once per child.
@@ -275,7 +274,7 @@ class LocalProcessBackend(QueueBackend):
 
     def _spawn(self, i: int) -> _Worker:
         ours, theirs = self.ctx.Pipe()
-        proc = self.ctx.Process(target=_worker_main, name=f"search-worker-{i}", daemon=True,
+        proc = self.ctx.Process(target=local_worker_main, name=f"search-worker-{i}", daemon=True,
                                 args=(theirs, self.evaluator, self.devices[i], self.threads_per_worker, os.getpid()))
         proc.start()
         theirs.close()
@@ -381,7 +380,8 @@ class LocalProcessBackend(QueueBackend):
 
 
 # --- Ray ---------------------------------------------------------------------------------------------
-def _ray_run(evaluator: Evaluator, job: Job, threads: int) -> Result:
+def ray_task(evaluator: Evaluator, job: Job, threads: int) -> Result:
+    """One child as a Ray task: on the GPU Ray gave the task (the CPU without one), ``threads`` torch threads."""
     import ray
 
     torch.set_num_threads(max(1, threads))
@@ -396,10 +396,10 @@ def search_runtime_env() -> dict[str, Any]:
     once, by content hash), so that cluster workers import this code without a shared filesystem or an install of
     this repo (the third-party dependencies, torch, fvcore, ..., must be installed on the cluster's nodes), and the
     data / cache variables of this environment (:func:`nasnet_det.engine.ray_env.worker_env_vars`)."""
-    return ray_runtime_env([Path(search.__file__).parent, Path(nasnet_det.__file__).parent])
+    return ray_runtime_env([Path(__file__).parent, Path(nasnet_det.__file__).parent])
 
 
-@BACKENDS.register()
+@QUEUE_BACKENDS.register()
 class RayBackend(QueueBackend):
     """Children as Ray tasks: one GPU each when the cluster has GPUs, else one CPU each. As many are kept
     in flight as the cluster has GPUs (CPUs without GPUs; re-read every few seconds, so an autoscaled
@@ -432,7 +432,7 @@ class RayBackend(QueueBackend):
         # task (a task's env_vars are merged into the job's).
         task_env = {} if self.owns_ray or not runtime_env.get("env_vars") else \
             {"runtime_env": {"env_vars": runtime_env["env_vars"]}}
-        self.remote = ray.remote(_ray_run).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0,
+        self.remote = ray.remote(ray_task).options(num_cpus=1, num_gpus=1 if self.use_gpu else 0,
                                                    max_retries=max_retries, **task_env)
         self.evaluator_ref = ray.put(evaluator)
         self.threads, self.max_retries, self.max_in_flight = threads_per_worker, max_retries, max_in_flight
@@ -492,6 +492,6 @@ def make_backend(kind: str, evaluator: Evaluator, num_workers: int = 0, ray_addr
                  max_retries: int = 2, threads_per_worker: int = 1, max_in_flight: int = 0) -> QueueBackend:
     """The backend ``WORKERS.BACKEND`` names. ``max_in_flight`` > 0 sets how many children are kept in flight
     (Ray, and local, where it caps the ``num_workers`` kept busy plus the one queued)."""
-    return BACKENDS.lookup(kind).from_settings(evaluator, num_workers=num_workers, ray_address=ray_address,
+    return QUEUE_BACKENDS.lookup(kind).from_settings(evaluator, num_workers=num_workers, ray_address=ray_address,
                                                max_retries=max_retries, threads_per_worker=threads_per_worker,
                                                max_in_flight=max_in_flight)

@@ -1,5 +1,5 @@
 """Where the training stages run (``PIPELINE.BACKEND``): each backend is one class registered with
-``@BACKENDS.register()``; the stages ask ``ctx.backend`` to run a tool and never compare backend names.
+``@PIPELINE_BACKENDS.register()``; the stages ask ``ctx.backend`` to run a tool and never compare backend names.
 
 * ``local`` (default): each stage's tool as a child process on this machine (torchrun for several
   classification processes, detectron2's ``launch`` for several detection processes).
@@ -101,28 +101,28 @@ class ExecutionBackend(ABC):
         """Release what the backend started (a local Ray cluster)."""
 
 
-BACKENDS = Registry("PIPELINE.BACKEND")  # @BACKENDS.register() adds one, named by its ``name``
+PIPELINE_BACKENDS = Registry("PIPELINE.BACKEND")  # @PIPELINE_BACKENDS.register() adds one, named by its ``name``
 
 
 def add_backend_config(node: CN) -> None:
-    node.BACKEND = "local"  # where the stages run: one of BACKENDS (local | ray)
-    for cls in BACKENDS.values():
+    node.BACKEND = "local"  # where the stages run: one of PIPELINE_BACKENDS (local | ray)
+    for cls in PIPELINE_BACKENDS.values():
         cls.add_config(node)
 
 
 def check_backend_config(node: CN) -> None:
-    chosen = BACKENDS.lookup(node.BACKEND)  # an unknown name: one line naming the key and the known names
+    chosen = PIPELINE_BACKENDS.lookup(node.BACKEND)  # an unknown name: one line naming the key and the known names
     if node.BACKEND != chosen.name:  # the name as registered: the plan and the manifests compare it
         raise BadInputError(f"PIPELINE.BACKEND={node.BACKEND!r}: expected {chosen.name!r} (lower case)")
-    for cls in BACKENDS.values():
+    for cls in PIPELINE_BACKENDS.values():
         cls.check_config(node)
 
 
 def create_backend(cfg: CN) -> ExecutionBackend:
-    return BACKENDS.get(cfg.PIPELINE.BACKEND)(cfg)
+    return PIPELINE_BACKENDS.get(cfg.PIPELINE.BACKEND)(cfg)
 
 
-@BACKENDS.register()
+@PIPELINE_BACKENDS.register()
 class LocalBackend(ExecutionBackend):
     """Child processes on this machine: torchrun / detectron2 launch for several processes."""
 
@@ -237,7 +237,7 @@ def train_worker_runtime_env(resources: WorkerResources, environ: Mapping[str, s
     return {"env_vars": env_vars}
 
 
-@BACKENDS.register()
+@PIPELINE_BACKENDS.register()
 class RayBackend(ExecutionBackend):
     """Every stage on a Ray cluster: the search as Ray tasks, the training stages as Ray Train jobs."""
 

@@ -84,6 +84,24 @@ class Target:
         return f"{per} x {self.nodes if self.nodes is not None else 1} machine(s), not this one"
 
 
+@dataclass
+class PlanContext:
+    """What a stage plans from (:meth:`Stage.plan`): the pipeline config, the stages' context, the target."""
+
+    cfg: Any  # the pipeline's CfgNode
+    ctx: Any  # the stages' Context (stages.base imports this module, not the reverse)
+    target: Target
+    count_images: bool = True  # count every image of the data folders (False: list them; a pipeline's start)
+
+    @property
+    def backend(self) -> str:
+        return self.cfg.PIPELINE.BACKEND
+
+    @property
+    def machine(self) -> Machine:
+        return self.target.machine
+
+
 def scale_opts(gpus: int | None, nodes: int | None) -> list[str]:
     """Pipeline ``KEY VALUE`` overrides that plan for ``gpus`` GPUs per machine on ``nodes`` machines: the training
     stages get gpus x nodes processes (CIFAR, the re-ranking and evaluation run on one machine: gpus), and

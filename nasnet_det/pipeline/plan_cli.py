@@ -23,7 +23,7 @@ from pathlib import Path
 from nasnet_det.config import check_overrides
 from nasnet_det.pipeline.config import load_pipeline_config
 from nasnet_det.pipeline.plan import Machine, Target, scale_opts
-from nasnet_det.pipeline.plan_stages import make_plan
+from nasnet_det.pipeline.planner import make_plan
 from nasnet_det.pipeline.runner import select_stages
 from nasnet_det.pipeline.stages import stage_names
 from nasnet_det.utils.errors import exit_2_on_bad_input

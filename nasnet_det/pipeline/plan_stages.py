@@ -1,34 +1,34 @@
-"""One planner per stage (:data:`PLANNERS`) and :func:`make_plan`, which runs them.
+"""What the stages plan with (:meth:`Stage.plan`; :func:`nasnet_det.pipeline.planner.make_plan` asks each stage).
 
-Each planner loads the stage's config as the stage will run it (classification: ``load_config(CONFIG_FILE,
-OPTS + the pipeline's network opts)``; detection: ``load_cfg(get_nasnet_cfg(), CONFIG_FILE, opts)``; the search's
-YAML read as plain data, since ``nasnet_det`` never imports ``search``), turns it into the effective settings with
-:mod:`nasnet_det.engine.scaling`, and checks the devices and the data.
+A stage's plan loads its config as the stage will run it (classification: ``load_config(CONFIG_FILE, OPTS + the
+pipeline's network opts)``, :func:`plan_classification`; detection: ``load_cfg(get_nasnet_cfg(), CONFIG_FILE,
+opts)``, :func:`load_detection`), turns it into the effective settings with :mod:`nasnet_det.engine.scaling`, and
+checks the devices and the data (:func:`device_checks`, :func:`throughput_rows`, ...). The search's plan is here
+too (:func:`plan_search`): its YAML is read as plain data, since ``nasnet_det`` never imports ``search``.
+The stages import this module inside ``plan`` (it loads torch; the pipeline driver does not).
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from fvcore.common.config import CfgNode as CN
 
-from nasnet_det.engine.scaling import classification_schedule, detection_schedule
+from nasnet_det.engine.scaling import classification_schedule
 from nasnet_det.pipeline.backends import Workers, device_kind
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.plan import Check, Machine, Plan, StagePlan, Target, hours
-from nasnet_det.pipeline.plan_data import DataFound, cifar10_source, coco_datasets, imagenet_folders
-from nasnet_det.pipeline.stages import Context, Stage, pipeline_stages
-from nasnet_det.pipeline.stages.base import genotype_opts, network_opts
+from nasnet_det.pipeline.plan import Check, PlanContext, StagePlan, hours
+from nasnet_det.pipeline.plan_data import DataFound, cifar10_source, imagenet_folders
 from nasnet_det.pipeline.throughput import THROUGHPUT_KEYS, stated_throughput
 from nasnet_det.utils.errors import bad_input_message
 from nasnet_det.utils.mapping import lookup
 from nasnet_det.utils.yaml_config import load_config_tree
+
+if TYPE_CHECKING:  # the stages import this module (in their plan()); it imports none of them
+    from nasnet_det.pipeline.stages.base import Stage
 
 # The search config keys a plan reads, with search/config.py's defaults (``nasnet_det`` does not import
 # ``search``; tests/pipeline/test_plan.py checks them against ``search.config.get_cfg_defaults()``).
@@ -37,37 +37,24 @@ SEARCH_DEFAULTS: dict[str, Any] = {
     "CHILD.DEVICE": "auto", "DATA.SOURCE": "folder:datasets/cifar10", "DATA.VAL_SIZE": 5000, "DATA.TRAIN_LIMIT": 0,
     "WORKERS.BACKEND": "local", "WORKERS.NUM_WORKERS": 0, "WORKERS.MAX_IN_FLIGHT": 0,
 }
-
-
-@dataclass
-class PlanContext:
-    cfg: CN
-    ctx: Context
-    target: Target
-    count_images: bool = True  # count every image of the data folders (False: list them; a pipeline's start)
-
-    @property
-    def backend(self) -> str:
-        return self.cfg.PIPELINE.BACKEND
-
-    @property
-    def machine(self) -> Machine:
-        return self.target.machine
+# The strategies that train one weight-sharing supernet instead of children one by one (the search strategies
+# whose ``weight_sharing`` is True; tests/pipeline/test_stage_plugins.py checks them against the registry).
+WEIGHT_SHARING_STRATEGIES = ("oneshot",)
 
 
 _PLURALS = {"strategy": "strategies", "child": "children", "process": "processes"}
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n:,} {word if n == 1 else _PLURALS.get(word, word + 's')}"
 
 
-def _config_row(config_file: str, node: str, opts: list[str]) -> tuple[str, str]:
+def config_row(config_file: str, node: str, opts: list[str]) -> tuple[str, str]:
     return "config", config_file + (f" + {node} {list(opts)}" if opts else "")
 
 
-def _throughput_rows(pc: PlanContext, node: str, images: float | None, processes: int, gpu: bool, runs: int = 1
-                     ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+def throughput_rows(pc: PlanContext, node: str, images: float | None, processes: int, gpu: bool, runs: int = 1
+                    ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
     """The throughput and expected-time rows of a stage that processes ``images`` (None: unknown) ``runs`` times,
     one run after another, on ``processes`` devices, at the images per second per device ``node`` states."""
     value, unit, source = stated_throughput(pc.cfg, node)
@@ -86,8 +73,8 @@ def _throughput_rows(pc: PlanContext, node: str, images: float | None, processes
          "expected": {"wall_hours": wall, "gpu_hours": device_hours if gpu else 0.0, "device_hours": device_hours}}
 
 
-def _device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: Workers,
-                   count_key: str) -> tuple[bool, list[Check]]:
+def device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: Workers,
+                  count_key: str) -> tuple[bool, list[Check]]:
     """(whether the stage trains on GPUs, the checks of its devices) for a stage asking ``key value``
     ("cpu" trains on the CPU on purpose; "auto" / "cuda" expect GPUs)."""
     if pc.backend == "ray":
@@ -97,16 +84,16 @@ def _device_checks(pc: PlanContext, stage: str, key: str, value: str, workers: W
     m, checks = pc.machine, []
     if not pc.target.this_machine:
         if not m.cuda:
-            checks.append(Check("WARN", stage, f"planned for {_plural(workers.per_machine, 'GPU')} per machine; this "
+            checks.append(Check("WARN", stage, f"planned for {plural(workers.per_machine, 'GPU')} per machine; this "
                                                "machine, without a usable GPU, cannot run it"))
         return True, checks
     if not m.cuda:
-        what = (f"{key} auto would train on the CPU here ({_plural(workers.world_size, 'process')} planned for "
+        what = (f"{key} auto would train on the CPU here ({plural(workers.world_size, 'process')} planned for "
                 f"GPUs)" if value == "auto" else f"{key} {value}, but CUDA is not usable here")
         checks.append(Check("FAIL", stage, f"{what}: {m.reason}"))
     elif workers.per_machine > m.gpus:
         checks.append(Check("FAIL", stage, f"{count_key} {workers.per_machine} processes per machine, but this machine "
-                                           f"has {_plural(m.gpus, 'usable GPU')}"))
+                                           f"has {plural(m.gpus, 'usable GPU')}"))
     return True, checks
 
 
@@ -133,34 +120,34 @@ def _ray_device_checks(pc: PlanContext, stage: str, key: str, value: str, worker
     cluster, what = _ray_cluster_gpus(pc)
     if gpus_per_worker == 0:
         outcome = "trains on the CPU" if kind == "auto" else "fails (no CUDA device)"
-        return False, [Check("FAIL", stage, f"PIPELINE.RAY.GPUS_PER_WORKER 0: its {_plural(n, 'Ray Train worker')} "
+        return False, [Check("FAIL", stage, f"PIPELINE.RAY.GPUS_PER_WORKER 0: its {plural(n, 'Ray Train worker')} "
                                             f"{'gets' if n == 1 else 'get'} no GPU, so {key} {value} {outcome}; "
                                             "set PIPELINE.RAY.GPUS_PER_WORKER 1")]
     if kind == "auto" and gpus_per_worker < 0 and cluster == 0:
         return False, [Check("WARN", stage, f"PIPELINE.RAY.GPUS_PER_WORKER -1 (auto) and {what} has no GPU: its "
-                                            f"{_plural(n, 'Ray Train worker')} train on the CPU ({key} auto)")]
+                                            f"{plural(n, 'Ray Train worker')} train on the CPU ({key} auto)")]
     per_worker = 1 if gpus_per_worker < 0 else gpus_per_worker
     needed = per_worker * n
     if cluster is not None and cluster < needed:
-        return True, [Check("WARN", stage, f"{_plural(n, 'Ray Train worker')} x {per_worker:g} GPU(s) "
+        return True, [Check("WARN", stage, f"{plural(n, 'Ray Train worker')} x {per_worker:g} GPU(s) "
                                            f"(PIPELINE.RAY.GPUS_PER_WORKER {gpus_per_worker:g}) need {needed:g} GPUs "
                                            f"but {what} has {cluster}: the stage waits until GPU nodes join")]
     return True, []
 
 
-def _multi_machine_check(pc: PlanContext, stage: str, machines: int, missing: bool, keys: str) -> list[Check]:
+def multi_machine_check(pc: PlanContext, stage: str, machines: int, missing: bool, keys: str) -> list[Check]:
     """A multi-machine launch of the local backend needs a rendezvous and one command per machine."""
     if pc.backend != "local" or machines <= 1 or not missing:
         return []
     return [Check("FAIL" if pc.target.this_machine else "WARN", stage,
-                  f"{_plural(machines, 'machine')} with the local backend: run the same command on each, with {keys}")]
+                  f"{plural(machines, 'machine')} with the local backend: run the same command on each, with {keys}")]
 
 
-def _launch_row(pc: PlanContext, workers: Workers, launcher: str, gpu: bool) -> tuple[str, str]:
+def launch_row(pc: PlanContext, workers: Workers, launcher: str, gpu: bool) -> tuple[str, str]:
     how = (f"Ray Train workers, {'GPUs, nccl' if gpu else 'no GPU, gloo'}" if pc.backend == "ray" else
            launcher if workers.world_size > 1 else "one process")
     return "processes", (f"{workers.world_size} = {workers.per_machine} per machine x "
-                         f"{_plural(workers.machines, 'machine')} ({how})")
+                         f"{plural(workers.machines, 'machine')} ({how})")
 
 
 def _load_classification(stage: str, node: str, config_file: str, opts: list[str], dataset: str) -> CN:
@@ -187,13 +174,15 @@ def _classification_data(tcfg: CN, count: bool) -> DataFound:
     return DataFound(f"generated class folders ({d.FAKE_CLASSES} classes, {n:,} train images)", n)
 
 
-def _classification(pc: PlanContext, stage: str, node: str, config_key: str, config_file: str, opts: list[str],
-                    pipeline_opts: list[str], dataset: str, workers: Workers, count_key: str,
-                    runs: int = 1) -> StagePlan:
+def plan_classification(pc: PlanContext, stage: str, node: str, config_key: str, config_file: str,
+                        opts: list[str], pipeline_opts: list[str], dataset: str, workers: Workers, count_key: str,
+                        runs: int = 1) -> StagePlan:
+    """The plan of a classification training (``dataset``, by its config file + ``pipeline_opts`` + ``opts``) on
+    ``workers``, ``runs`` times one after another (the re-ranking trains each candidate)."""
     tcfg = _load_classification(stage, config_key, config_file, [*pipeline_opts, *opts], dataset)
     data = _classification_data(tcfg, pc.count_images)
     s = classification_schedule(tcfg.SOLVER, workers.world_size, data.images)
-    gpu, checks = _device_checks(pc, stage, "TRAIN.DEVICE", tcfg.TRAIN.DEVICE, workers, count_key)
+    gpu, checks = device_checks(pc, stage, "TRAIN.DEVICE", tcfg.TRAIN.DEVICE, workers, count_key)
     if s.reference_batch > 0:
         factor = (f"{s.global_batch}/{s.reference_batch}" if s.lr_scaling == "linear" else
                   f"sqrt({s.global_batch}/{s.reference_batch})" if s.lr_scaling == "sqrt" else "1 (LR_SCALING none)")
@@ -204,9 +193,9 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
         lr = f"{s.lr:.6g} = BASE_LR as written (SOLVER.REFERENCE_BATCH_SIZE 0)"
         steps = f"{s.steps:,} = SOLVER.MAX_STEPS as written" if tcfg.SOLVER.MAX_STEPS > 0 else None
     steps = steps or f"{s.steps:,} = SOLVER.EPOCHS {tcfg.SOLVER.EPOCHS} x {s.steps_per_epoch:,} steps per epoch"
-    rows = [_config_row(config_file, f"{node}.OPTS" if node != "SELECT" else "SELECT.RERANK_OPTS", opts),
-            _launch_row(pc, workers, "torchrun", gpu),
-            ("devices", f"{_plural(workers.world_size, 'GPU')}, one per process (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"
+    rows = [config_row(config_file, f"{node}.OPTS" if node != "SELECT" else "SELECT.RERANK_OPTS", opts),
+            launch_row(pc, workers, "torchrun", gpu),
+            ("devices", f"{plural(workers.world_size, 'GPU')}, one per process (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"
              if gpu else f"CPU (TRAIN.DEVICE {tcfg.TRAIN.DEVICE})"),
             ("batch", f"{s.batch_per_process} per device x {s.accum_steps} accumulation x {workers.world_size} = "
                       f"{s.global_batch:,} images per step (global)"),
@@ -219,7 +208,7 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
             ("EMA decay", f"{s.ema_decay:.8g} per step" if s.ema_decay > 0 else "none"),
             ("AMP", f"{tcfg.TRAIN.AMP} (TRAIN.AMP)")]
     images = s.steps * s.global_batch
-    more, values = _throughput_rows(pc, node, float(images) if images else None, workers.world_size, gpu, runs)
+    more, values = throughput_rows(pc, node, float(images) if images else None, workers.world_size, gpu, runs)
     rows += [*more, ("data", data.summary)]
     checks += [Check("FAIL", stage, p) for p in data.problems] + [Check("WARN", stage, r) for r in data.remarks]
     return StagePlan(stage, rows, {"processes": workers.world_size, "per_machine": workers.per_machine,
@@ -228,7 +217,7 @@ def _classification(pc: PlanContext, stage: str, node: str, config_key: str, con
                                    "data": {"summary": data.summary, "train_images": data.images}}, checks)
 
 
-def _search_settings(cfg: CN) -> dict[str, Any]:
+def search_settings(cfg: CN) -> dict[str, Any]:
     """The search keys the plan reads: SEARCH.CONFIG_FILE (``_BASE_`` merged as the search does), then what the
     pipeline's backend adds (Ray: the children on its cluster), then SEARCH.OPTS, in the order SearchStage.run
     passes them (SEARCH.OPTS win)."""
@@ -258,8 +247,8 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     cfg, name = pc.cfg, stage.name
     if cfg.SEARCH.GENOTYPE:
         return StagePlan(name, [("runs", f"no: SEARCH.GENOTYPE {cfg.SEARCH.GENOTYPE} gives the cell")])
-    v = _search_settings(cfg)
-    strategies = [x.strip() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
+    v = search_settings(cfg)
+    strategies = [x.strip().lower() for x in str(v["SEARCH.STRATEGY"]).split(",") if x.strip()]
     checks: list[Check] = []
     backend, on_cpu = v["WORKERS.BACKEND"], v["CHILD.DEVICE"] == "cpu"
     per_child, unit, source = stated_throughput(cfg, "SEARCH")
@@ -279,7 +268,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
                                               "GPUs), not on all --nodes; WORKERS.BACKEND ray uses them all"))
         if not on_cpu and not pc.machine.cuda:
             if not pc.target.this_machine:
-                checks.append(Check("WARN", name, f"planned for {_plural(gpus, 'GPU')}; this machine, without a "
+                checks.append(Check("WARN", name, f"planned for {plural(gpus, 'GPU')}; this machine, without a "
                                                   "usable GPU, cannot run it"))
             else:  # a FAIL where the config expects GPUs: CHILD.DEVICE cuda, or a stated GPU throughput
                 gpu_time = f"; SEARCH.GPU_HOURS_PER_CHILD {per_child:g} is GPU time" if per_child > 0 else ""
@@ -292,10 +281,10 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     in_use = 0 if on_cpu else min(parallel, gpus)
     data = cifar10_source(v["DATA.SOURCE"], "DATA.SOURCE", v["DATA.VAL_SIZE"], v["DATA.TRAIN_LIMIT"],
                           held_out_of_folder=True)
-    rows = [_config_row(cfg.SEARCH.CONFIG_FILE, "SEARCH.OPTS", list(cfg.SEARCH.OPTS)),
+    rows = [config_row(cfg.SEARCH.CONFIG_FILE, "SEARCH.OPTS", list(cfg.SEARCH.OPTS)),
             ("strategy", ", ".join(strategies))]
     values: dict[str, Any] = {"strategies": strategies, "workers": parallel, "gpus": in_use}
-    if "oneshot" in strategies:  # a weight-sharing supernet, trained once: no children trained one by one
+    if any(s in WEIGHT_SHARING_STRATEGIES for s in strategies):  # a supernet trained once, no child one by one
         rows += [("children", "none trained one by one (the weight-sharing supernet: ONESHOT.*)"),
                  ("expected time", "unknown (SEARCH.GPU_HOURS_PER_CHILD does not apply to a one-shot search)")]
         values["expected"] = {"wall_hours": None, "gpu_hours": None}
@@ -307,10 +296,10 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
             steps = min(steps, int(v["CHILD.MAX_STEPS"])) if steps else int(v["CHILD.MAX_STEPS"])
         epochs = steps * batch / n_train if n_train else 0.0
         rows += [("children", f"{children:,} = SEARCH.BUDGET {v['SEARCH.BUDGET']:,} x "
-                              f"{_plural(len(strategies), 'strategy')}"),
+                              f"{plural(len(strategies), 'strategy')}"),
                  ("where", where),
-                 ("in parallel", f"{_plural(parallel, 'child')} at a time, on {_plural(in_use, 'GPU')}"
-                                 if in_use else f"{_plural(parallel, 'child')} at a time, on the CPU"),
+                 ("in parallel", f"{plural(parallel, 'child')} at a time, on {plural(in_use, 'GPU')}"
+                                 if in_use else f"{plural(parallel, 'child')} at a time, on the CPU"),
                  ("per child", f"{steps:,} steps of {batch} images = {epochs:.1f} epochs of {n_train:,} images "
                                f"(CHILD.EPOCHS {v['CHILD.EPOCHS']}, MAX_STEPS {v['CHILD.MAX_STEPS']}); CHILD.DEVICE "
                                f"{v['CHILD.DEVICE']}"),
@@ -320,7 +309,7 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
         if per_child > 0 and in_use > 0:
             wall = gpu_hours / in_use
             rows.append(("expected time", f"{hours(wall)} wall = {children:,} children x {per_child:g} GPU-hours / "
-                                          f"{_plural(in_use, 'GPU')}; {gpu_hours:,.0f} GPU-hours"))
+                                          f"{plural(in_use, 'GPU')}; {gpu_hours:,.0f} GPU-hours"))
             values["expected"] = {"wall_hours": wall, "gpu_hours": gpu_hours, "device_hours": gpu_hours}
         else:
             rows.append(("expected time", "unknown" + (" (no GPU to run the children)" if per_child > 0 else "")))
@@ -331,43 +320,8 @@ def plan_search(pc: PlanContext, stage: Stage) -> StagePlan:
     return StagePlan(name, rows, values, checks)
 
 
-def plan_select(pc: PlanContext, stage: Stage) -> StagePlan:
-    c = pc.cfg.SELECT
-    budget = f"; within SELECT.LATENCY_BUDGET_MS {c.LATENCY_BUDGET_MS:g}" if c.LATENCY_BUDGET_MS > 0 else ""
-    if pc.cfg.SEARCH.GENOTYPE:
-        return StagePlan(stage.name, [("picks", f"the given genotype (SEARCH.GENOTYPE {pc.cfg.SEARCH.GENOTYPE})")])
-    if c.TOP_K <= 1:
-        return StagePlan(stage.name, [("picks", f"the search's best cell (SELECT.TOP_K 1{budget}): nothing to train")])
-    p = _classification(pc, stage.name, "SELECT", "SELECT.RERANK_CONFIG_FILE", c.RERANK_CONFIG_FILE,
-                        list(c.RERANK_OPTS), genotype_opts("nasnet_a"), "cifar10", Workers(),
-                        "the re-ranking (one process per candidate)", runs=c.TOP_K)
-    p.rows.insert(0, ("picks", f"the best held-out accuracy of the search's top {c.TOP_K}{budget}, each trained "
-                               "as below, one after another"))
-    return p
-
-
-def plan_cifar(pc: PlanContext, stage: Stage) -> StagePlan:
-    c = pc.cfg.CIFAR
-    return _classification(pc, stage.name, "CIFAR", "CIFAR.CONFIG_FILE", c.CONFIG_FILE, list(c.OPTS),
-                           genotype_opts("nasnet_a"), "cifar10", stage.workers(pc.ctx), "CIFAR.NPROC_PER_NODE")
-
-
-def plan_pretrain(pc: PlanContext, stage: Stage) -> StagePlan:
-    c = pc.cfg.PRETRAIN
-    if c.WEIGHTS:
-        found = resolve_path(c.WEIGHTS).is_file()
-        return StagePlan(stage.name, [("runs", f"no: PRETRAIN.WEIGHTS {c.WEIGHTS} given ("
-                                               f"{'found' if found else 'MISSING'})")], {},
-                         [] if found else [Check("FAIL", stage.name, f"PRETRAIN.WEIGHTS {c.WEIGHTS} does not exist")])
-    workers = stage.workers(pc.ctx)
-    p = _classification(pc, stage.name, "PRETRAIN", "PRETRAIN.CONFIG_FILE", c.CONFIG_FILE, list(c.OPTS),
-                        network_opts(pc.cfg, "nasnet_a"), "imagenet", workers, "PRETRAIN.NPROC_PER_NODE")
-    p.checks += _multi_machine_check(pc, stage.name, workers.machines, not c.RDZV_ENDPOINT,
-                                     "PRETRAIN.NODE_RANK 0..N-1 and a shared PRETRAIN.RDZV_ENDPOINT HOST:PORT")
-    return p
-
-
-def _load_detection(stage: str, config_file: str, opts: list[str]) -> CN:
+def load_detection(stage: str, config_file: str, opts: list[str]) -> CN:
+    """The detectron2 config of a detection stage, loaded as ``tools/train_net.py`` loads it."""
     from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg
 
@@ -376,115 +330,3 @@ def _load_detection(stage: str, config_file: str, opts: list[str]) -> CN:
     except (ValueError, KeyError, AssertionError, FileNotFoundError) as e:
         raise StageError(stage, f"DETECT.CONFIG_FILE {config_file} with its opts: {e.args[0] if e.args else e}"
                          ) from None
-
-
-def plan_detect(pc: PlanContext, stage: Stage) -> StagePlan:
-    cfg, name = pc.cfg, stage.name
-    c = cfg.DETECT
-    dcfg = _load_detection(name, c.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *c.OPTS])
-    workers = stage.workers(pc.ctx)
-    world = workers.world_size
-    data = coco_datasets(list(dcfg.DATASETS.TRAIN), "DATASETS.TRAIN", list(dcfg.DATASETS.COCO_FILES), True,
-                         pc.count_images)
-    gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", dcfg.MODEL.DEVICE, workers, "DETECT.NUM_GPUS")
-    checks += _multi_machine_check(pc, name, workers.machines, c.DIST_URL == "auto",
-                                   "DETECT.MACHINE_RANK 0..N-1 and a shared DETECT.DIST_URL tcp://HOST:PORT")
-    rows = [_config_row(c.CONFIG_FILE, "DETECT.OPTS", list(c.OPTS)), _launch_row(pc, workers, "detectron2 launch", gpu),
-            ("devices", f"{_plural(world, 'GPU')}, one per process (MODEL.DEVICE {dcfg.MODEL.DEVICE})" if gpu else
-             f"CPU (MODEL.DEVICE {dcfg.MODEL.DEVICE})")]
-    values: dict[str, Any] = {"processes": world, "per_machine": workers.per_machine, "machines": workers.machines,
-                              "device": "cuda" if gpu else "cpu"}
-    try:
-        s = detection_schedule(dcfg, world, data.images)
-    except ValueError as e:
-        checks.append(Check("FAIL", name, str(e)))
-        s = None
-    if s is not None:
-        sv = dcfg.SOLVER
-        if s.ims_per_batch % world:
-            checks.append(Check("FAIL", name, f"the global batch of {s.ims_per_batch} images per iteration "
-                                              f"(SOLVER.IMS_PER_BATCH {sv.IMS_PER_BATCH}, REFERENCE_WORLD_SIZE "
-                                              f"{sv.REFERENCE_WORLD_SIZE}) is not divisible by the {world} processes"))
-        rule = (f"; SOLVER.IMS_PER_BATCH {sv.IMS_PER_BATCH} is the batch of REFERENCE_WORLD_SIZE "
-                f"{s.reference_world_size} devices" if s.reference_world_size > 0 else "")
-        stated = (f"stated for {s.reference_ims} images per iteration" if s.reference_ims > 0 else
-                  f"stated for SOLVER.IMS_PER_BATCH {sv.IMS_PER_BATCH}" if s.reference_world_size > 0 else
-                  "as written (SOLVER.REFERENCE_IMS_PER_BATCH 0)")
-        precision = sv.AMP.get("PRECISION", "auto")
-        on_gpu = {"auto": "bf16 where the GPU computes it natively (A100, H100, ...), else fp16 with a gradient "
-                          "scaler (SOLVER.AMP.PRECISION auto; detectron2 AMPTrainer)",
-                  "bfloat16": "bf16 (detectron2 AMPTrainer)", "float16": "fp16 with a gradient scaler (detectron2 "
-                                                                         "AMPTrainer)"}.get(precision, precision)
-        amp = (on_gpu if gpu else "bf16 autocast (CPU)") if sv.AMP.ENABLED else "off: fp32"
-        rows += [("batch", f"{s.ims_per_device or '-'} per device = {s.ims_per_batch} images per iteration "
-                           f"(global){rule}"),
-                 ("learning rate", f"{s.lr:.6g} (BASE_LR {s.base_lr:g} {stated}); {s.lr_per_image:.6g} per image"),
-                 ("iterations", f"{s.max_iter:,}; LR x{sv.GAMMA:g} at {list(s.steps)}"),
-                 ("epochs", f"{s.epochs:.2f} of {s.train_images:,} training images" if s.train_images else "unknown"),
-                 ("warm-up", f"{s.warmup_iters:,} iterations"), ("AMP", f"{amp} (SOLVER.AMP.ENABLED {sv.AMP.ENABLED})")]
-        values.update(schedule=s.as_dict(), amp=amp)
-    more, tv = _throughput_rows(pc, "DETECT", float(s.max_iter * s.ims_per_batch) if s else None, world, gpu)
-    rows += [*more, ("data", data.summary)]
-    checks += [Check("FAIL", name, p) for p in data.problems] + [Check("WARN", name, r) for r in data.remarks]
-    values.update(tv, data={"summary": data.summary, "train_images": data.images})
-    return StagePlan(name, rows, values, checks)
-
-
-def plan_evaluate(pc: PlanContext, stage: Stage) -> StagePlan:
-    cfg, name = pc.cfg, stage.name
-    opts = [*cfg.DETECT.OPTS, *cfg.EVALUATE.OPTS]
-    ecfg = _load_detection(name, cfg.DETECT.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *opts])
-    workers = stage.workers(pc.ctx)
-    tests = list(ecfg.DATASETS.TEST)
-    data = coco_datasets(tests, "DATASETS.TEST", list(ecfg.DATASETS.COCO_FILES), False, pc.count_images)
-    gpu, checks = _device_checks(pc, name, "MODEL.DEVICE", ecfg.MODEL.DEVICE, workers, "EVALUATE.NUM_GPUS")
-    if not tests:
-        checks.append(Check("FAIL", name, "DATASETS.TEST is empty (DETECT.CONFIG_FILE + DETECT.OPTS + EVALUATE.OPTS): "
-                                          "nothing to evaluate"))
-    rows = [_config_row(cfg.DETECT.CONFIG_FILE, "DETECT.OPTS + EVALUATE.OPTS", opts),
-            _launch_row(pc, workers, "detectron2 launch", gpu),
-            ("devices", f"{_plural(workers.world_size, 'GPU')} (MODEL.DEVICE {ecfg.MODEL.DEVICE})" if gpu else
-             f"CPU (MODEL.DEVICE {ecfg.MODEL.DEVICE})"),
-            ("images", f"{data.images:,} ({', '.join(tests)}), 1 per device at a time" if data.images else
-             f"unknown ({', '.join(tests) or 'none'})")]
-    more, values = _throughput_rows(pc, "EVALUATE", float(data.images) if data.images else None,
-                                    workers.world_size, gpu)
-    rows += [*more, ("data", data.summary)]
-    checks += [Check("FAIL", name, p) for p in data.problems] + [Check("WARN", name, r) for r in data.remarks]
-    return StagePlan(name, rows, {"processes": workers.world_size, "device": "cuda" if gpu else "cpu",
-                                  "images": data.images, **values}, checks)
-
-
-def plan_report(pc: PlanContext, stage: Stage) -> StagePlan:
-    drawn = (", the detector's top boxes on 4 embedded photos (one demo process)"
-             if pc.cfg.REPORT.SAMPLE_DETECTIONS else "")
-    return StagePlan(stage.name, [("runs", "in the pipeline's process, on this machine's CPU: tables, plots, the "
-                                           f"backbone's params and mult-adds{drawn}")])
-
-
-PLANNERS: dict[str, Callable[[PlanContext, Stage], StagePlan]] = {
-    "search": plan_search, "select": plan_select, "cifar": plan_cifar, "pretrain": plan_pretrain,
-    "detect": plan_detect, "evaluate": plan_evaluate, "report": plan_report}
-
-
-def make_plan(cfg: CN, stages: list[str] | None = None, target: Target | None = None, config_file: str = "",
-              ctx: Context | None = None, count_images: bool = True) -> Plan:
-    """The plan of the pipeline config ``cfg`` for the ``stages`` named (default: all, in order). A plan for
-    another machine: ``cfg`` loaded with :func:`nasnet_det.pipeline.plan.scale_opts` and ``target`` naming
-    its gpus / nodes. ``ctx``: the running pipeline's stage context. ``count_images`` False: the data folders are
-    listed, not counted (ImageNet: a 1.28M-file walk), and the epochs use the datasets' published sizes. Bad
-    input (a stage config that does not load) raises ``ValueError`` naming the stage and key."""
-    target = target or Target(Machine.this_one())
-    ctx = ctx or Context(cfg, Path(cfg.OUTPUT_DIR).resolve(), quiet=True)
-    pc = PlanContext(cfg, ctx, target, count_images)
-    planned = []
-    for stage in pipeline_stages():
-        if stages is not None and stage.name not in stages:
-            continue
-        if not stage.enabled(ctx):
-            planned.append(StagePlan(stage.name, [("runs", f"no: disabled ({stage.name.upper()}.ENABLED False)")]))
-            continue
-        planner = PLANNERS.get(stage.name)
-        planned.append(planner(pc, stage) if planner else
-                       StagePlan(stage.name, [("runs", "yes (no planner for this stage: nothing to show)")]))
-    return Plan(config_file or "the pipeline config", target, planned)

@@ -23,7 +23,7 @@ from nasnet_det.utils.io import atomic_write
 RECORD_NAME = "ray_local_cluster.json"
 
 
-def _stat(pid: int) -> tuple[int, int, str] | None:
+def process_stat(pid: int) -> tuple[int, int, str] | None:
     """``(parent pid, start time in clock ticks after boot, name)`` of a live process, or None."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -40,7 +40,7 @@ def descendants(pid: int) -> list[dict[str, Any]]:
     children: dict[int, list[tuple[int, int, str]]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
-            st = _stat(int(entry))
+            st = process_stat(int(entry))
             if st is not None:
                 children.setdefault(st[0], []).append((int(entry), st[1], st[2]))
     out, todo = [], [pid]
@@ -52,14 +52,14 @@ def descendants(pid: int) -> list[dict[str, Any]]:
 
 
 def _same(proc: dict[str, Any]) -> bool:
-    st = _stat(int(proc["pid"]))
+    st = process_stat(int(proc["pid"]))
     return st is not None and st[1] == proc.get("start")
 
 
 def record_local_cluster(out: Path) -> None:
     """Record this process (the driver) and its descendants (the local Ray cluster it started) in ``out``."""
     me = os.getpid()
-    st = _stat(me)
+    st = process_stat(me)
     if st is None:  # no /proc (not Linux): nothing can be proven later, so nothing is recorded
         return
     atomic_write(out / RECORD_NAME, json.dumps({"driver": {"pid": me, "start": st[1]},

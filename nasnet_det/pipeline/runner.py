@@ -87,7 +87,7 @@ def _relative(value: Any, root: Path) -> Any:
 
 
 @contextmanager
-def _lock(out: Path) -> Iterator[None]:
+def output_lock(out: Path) -> Iterator[None]:
     """One pipeline per output folder at a time (a second one would interleave the same stages)."""
     check_output_dir(out)  # an OUTPUT_DIR that is a file, or unwritable: one line naming it
     with exclusive_lock(out / ".pipeline.lock", f"another pipeline is running in {out} (it holds "
@@ -132,7 +132,7 @@ class Pipeline:
         chosen = stages or [s.name for s in all_stages]
         done: dict[str, str] = {}
         t0 = time.time()
-        with _lock(self.ctx.out), contextlib.closing(self.ctx.backend):  # a local Ray cluster stops at the end
+        with output_lock(self.ctx.out), contextlib.closing(self.ctx.backend):  # a local Ray cluster stops at the end
             self.say(f"output: {self.ctx.out}; stages: {', '.join(chosen)}")
             leftovers = self.ctx.backend.stop_leftovers(self.ctx.out)  # of a run that was killed (kill -9)
             if leftovers:
@@ -164,7 +164,7 @@ class Pipeline:
         that runs, in its manifest (never in its settings hash: a plan that changes, e.g. a throughput figure,
         reruns nothing). The plan informs; a plan that cannot be made (unreadable data folder) is one WARNING line
         and the run goes on, so finished stages still skip."""
-        from nasnet_det.pipeline.plan_stages import make_plan
+        from nasnet_det.pipeline.planner import make_plan
 
         try:
             self.plan = make_plan(self.ctx.cfg, chosen, config_file=self.config_file, ctx=self.ctx,

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from nasnet_det.utils.io import DiskFullError, full_disk_error
 
@@ -28,6 +29,12 @@ def _yaml_error_types() -> tuple[type[BaseException], ...]:
 # NotADirectoryError / PermissionError: an OUTPUT_DIR or data path that is a file or not writable.
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError, NotADirectoryError,
                                                      IsADirectoryError, PermissionError, *_yaml_error_types())
+
+
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Unless ``ok``: ``ValueError`` in the one-line form of every config check, ``KEY=VALUE: expected ...``."""
+    if not ok:
+        raise ValueError(f"{key}={value!r}: expected {expected}")
 
 
 def bad_input_message(exc: BaseException, file: str | None = None) -> str:

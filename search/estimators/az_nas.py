@@ -56,7 +56,10 @@ def gradient_balance(f_out: torch.Tensor, f_in: torch.Tensor, generator: torch.G
     if g_in.shape == g_out.shape and torch.equal(g_in, g_out):
         return -math.inf
     if g_in.shape[2:] != g_out.shape[2:]:
-        g_in = nn.functional.pixel_unshuffle(g_in, g_in.shape[2] // g_out.shape[2])
+        # a reduction of an odd size rounds up (9 -> 5 px): pad to the next multiple, as the stride-2 conv did
+        r = -(-g_in.shape[2] // g_out.shape[2])
+        pad_h, pad_w = g_out.shape[2] * r - g_in.shape[2], g_out.shape[3] * r - g_in.shape[3]
+        g_in = nn.functional.pixel_unshuffle(nn.functional.pad(g_in, (0, pad_w, 0, pad_h)), r)
     c_out = g_out.shape[1]
     rows_out = g_out.permute(0, 2, 3, 1).reshape(-1, c_out).double()
     rows_in = g_in.permute(0, 2, 3, 1).reshape(-1, g_in.shape[1]).double()

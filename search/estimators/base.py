@@ -14,13 +14,14 @@ imported by the package, so the file is all it takes); one with settings of its 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
 from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.registry import Registry
+from search.base_config import own_node_identity
 from search.reward import ChildData
 
 #: every estimator by name (its class's ``name``); ``estimator`` names the setting in the line an unknown name
@@ -50,6 +51,14 @@ class Estimator(ABC):
     def check_config(cls, cfg: CfgNode) -> None:
         """``ValueError`` (one line naming the key) for a bad value of the estimator's own settings."""
         return None  # nothing to check without settings
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """The settings its scores depend on, by dotted key, beyond those every search's identity holds
+        (``MODEL.NASNET``, ``CHILD``, ``DATA``, ``SEARCH.SEED``): its own node and any other it reads (the
+        supernet estimators: ``ONESHOT``). A strategy that searches with the estimator adds them to the
+        journal's identity and its scores files. Default: its own node, as plain dicts ({} without one)."""
+        return own_node_identity(cfg, cls)
 
     def __init__(self, cfg: CfgNode):
         self.cfg = cfg

@@ -12,6 +12,8 @@ ensemble); each is built from the same config and prepared with the same data an
 
 from __future__ import annotations
 
+from typing import Any
+
 from fvcore.common.config import CfgNode
 
 from nasnet_det.space import Genotype
@@ -57,6 +59,14 @@ class Ensemble(RankAggregateEstimator):
             require(n in ESTIMATORS.names(), key, value, f"registered estimators ({n!r} is not one of "
                     f"{', '.join(ESTIMATORS.names())})")
             require(not issubclass(ESTIMATORS.lookup(n), Ensemble), key, value, "no ensemble among its members")
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """Its node and what each member's scores depend on (a supernet member's ``ONESHOT``, ...)."""
+        out = super().identity(cfg)
+        for n in member_names(cfg):
+            out.update(ESTIMATORS.lookup(n, key="ESTIMATORS.ENSEMBLE.MEMBERS").identity(cfg))
+        return out
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)

@@ -6,7 +6,8 @@ so here a cell is ranked against a fixed reference population of ``REFERENCE_CEL
 ``prepare``: a cell's aggregate does not depend on which other cells are scored, and the search can resume.
 
 :class:`RankAggregateEstimator` is the base of ``az_nas`` and ``ensemble``; each gives its components of a
-cell (:meth:`RankAggregateEstimator.components`)."""
+cell (:meth:`RankAggregateEstimator.components`). Also here: the helpers of the estimators' own config nodes
+(``ESTIMATORS.<NAME>``: :func:`estimator_node`, :func:`require_int`)."""
 
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 ``ONESHOT.*`` (LR schedule, batch, momentum,
 weight decay, clipping; ``ONESHOT.EPOCHS`` x ``ONESHOT.WEIGHT_STEPS`` updates) on the images of ``CHILD``.
 
-* ``supernet``: today's one-shot search (``SEARCH.STRATEGY oneshot``, controller-sampled paths) run by the
-  search engine in a temporary folder; its supernet scores the cells (not those that concatenate a cell input, such as
-  NASNet-A: its paths never do).
+* ``supernet`` (:mod:`search.oneshot_supernet`, registered from above the search engine it runs): today's one-shot
+  search (``SEARCH.STRATEGY oneshot``, controller-sampled paths) run by the search engine in a temporary folder; its
+  supernet scores the cells (not those that concatenate a cell input, such as NASNet-A: its paths never do).
 * ``spos``: single-path uniform training (SPOS): one uniformly drawn path per update. The paths of spos,
   fairnas and fewshot add each cell input to their concat lists half of the time, so these supernets also
   score cells whose output concatenates an input (NASNet-A).
@@ -21,18 +21,21 @@ weight decay, clipping; ``ONESHOT.EPOCHS`` x ``ONESHOT.WEIGHT_STEPS`` updates) o
 
 from __future__ import annotations
 
-import tempfile
-from typing import ClassVar
+from typing import Any, ClassVar
 
-import torch
+from fvcore.common.config import CfgNode
 
+from nasnet_det.engine.devices import resolve_device
 from nasnet_det.space import Genotype
+from search.base_config import plain_dict
 from search.estimators.base import ESTIMATORS, Estimator
 from search.reward import ChildData
 from search.supernet import SuperNet
 from search.supernet_trainer import SupernetTrainer, few_shot_split
 
 DEFAULT_RECALIBRATION_BATCHES = 8
+# ONESHOT keys that change no score: where it runs (float rounding aside) and how often the one-shot search saves
+RESULT_NEUTRAL = ("DEVICE", "CHECKPOINT_EVERY")
 
 
 class SupernetEstimator(Estimator):
@@ -45,11 +48,17 @@ class SupernetEstimator(Estimator):
     #: each input to the concat list half of the time (:func:`search.supernet.with_loose_inputs`)
     loose_inputs: ClassVar[bool] = True
 
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """``ONESHOT`` (the supernets' training), without the keys this estimator does not read."""
+        unread = (*RESULT_NEUTRAL, *(() if cls.few_shot else ("FEW_SHOT_SPLITS",)),
+                  *(() if cls.recalibrate else ("BN_RECALIBRATION_BATCHES",)))
+        return {"ONESHOT": {k: v for k, v in plain_dict(cfg.ONESHOT).items() if k not in unread}}
+
     def prepare(self, data: ChildData | None, seed: int) -> None:
         super().prepare(data, seed)
         o = self.cfg.ONESHOT
-        device = torch.device("cuda" if str(o.DEVICE) == "auto" and torch.cuda.is_available() else
-                              ("cpu" if str(o.DEVICE) == "auto" else str(o.DEVICE)))
+        device = resolve_device(str(o.DEVICE), "ONESHOT.DEVICE", announce=False)  # CUDA asked for and absent: one line
         recalibration = (int(o.BN_RECALIBRATION_BATCHES) or DEFAULT_RECALIBRATION_BATCHES) if self.recalibrate else 0
         self.trainer = SupernetTrainer(self.cfg, data, device, self.seed, recalibration=recalibration,
                                        loose_inputs=self.loose_inputs)
@@ -68,32 +77,31 @@ class SupernetEstimator(Estimator):
         return self.trainer.score(net, genotype)
 
 
-class OneShotSupernet(SupernetEstimator):
-    """Today's one-shot search (controller-sampled paths, ONESHOT.POLICY), its supernet as the estimator. Its
-    paths' loose ends are block states only, so it cannot score a cell that concatenates a cell input."""
-
-    loose_inputs = False
-
-    def train_supernets(self) -> list[SuperNet]:
-        from search.runner import SearchRunner  # (the runner imports the strategy registry, which imports us)
-
-        cfg = self.cfg.clone()
-        cfg.defrost()
-        cfg.SEARCH.STRATEGY, cfg.SEARCH.SEED = "oneshot", self.seed
-        cfg.ONESHOT.BN_RECALIBRATION_BATCHES = 0
-        with tempfile.TemporaryDirectory(prefix="supernet_estimator_") as out:
-            search = SearchRunner(cfg, out, progress=False, fresh=True, data=self.data)
-            search.run()
-            trained = search.states["oneshot"].strategy.supernet.state_dict()
-        net = self.trainer.new_supernet()
-        # the search's supernet keeps no running statistics; a recalibrating one gets fresh buffers
-        net.load_state_dict(trained, strict=not self.recalibrate)
-        return [net]
+@ESTIMATORS.register()
+class SPOS(SupernetEstimator):
+    name = "spos"
 
 
-for _name, _base, _attrs in (("supernet", OneShotSupernet, {}), ("spos", SupernetEstimator, {}),
-                             ("fairnas", SupernetEstimator, {"sampling": "fair"}),
-                             ("fewshot", SupernetEstimator, {"few_shot": True})):
-    for _suffix, _recal in (("", False), ("_bn", True)):
-        ESTIMATORS.register(type(f"Estimator_{_name}{_suffix}", (_base,),
-                                 {**_attrs, "name": _name + _suffix, "recalibrate": _recal, "__module__": __name__}))
+@ESTIMATORS.register()
+class SPOSRecalibrated(SupernetEstimator):
+    name, recalibrate = "spos_bn", True
+
+
+@ESTIMATORS.register()
+class FairNAS(SupernetEstimator):
+    name, sampling = "fairnas", "fair"
+
+
+@ESTIMATORS.register()
+class FairNASRecalibrated(SupernetEstimator):
+    name, sampling, recalibrate = "fairnas_bn", "fair", True
+
+
+@ESTIMATORS.register()
+class FewShot(SupernetEstimator):
+    name, few_shot = "fewshot", True
+
+
+@ESTIMATORS.register()
+class FewShotRecalibrated(SupernetEstimator):
+    name, few_shot, recalibrate = "fewshot_bn", True, True

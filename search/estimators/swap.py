@@ -5,8 +5,10 @@ neurons is more expressive.
 The outputs of every ``nn.ReLU`` whose input is a 4-d feature map (the reference's forward hook), for
 ``ESTIMATORS.SWAP.IMAGES`` images (the reference: 16), concatenated per image (images x neurons); the score is
 the number of distinct columns of their signs, i.e. of distinct per-neuron patterns across the images.
-``swap_reg`` multiplies it by the reference's size regulariser exp(-(params - MU)^2 / SIGMA), params in
-thousands as the reference counts them (``count_parameters`` / 1e3). The reference averages the score over
+``swap_reg`` is the log of the reference's product of it and the size regulariser exp(-(params - MU)^2 /
+SIGMA), params in thousands as the reference counts them (``count_parameters`` / 1e3): log(swap) - (params -
+MU)^2 / SIGMA ranks cells as the product does, and does not underflow to 0 for every cell of a network far
+from MU (the product does in a 2 @ f=32 network: ~3M parameters). The reference averages the score over
 32 Gaussian re-initialisations of its DARTS proxy network; here ``ESTIMATORS.SWAP.REPEATS`` initialisations
 drawn from the seed (every convolution is followed by BatchNorm with the batch's statistics, so the scale of
 the initial weights barely matters to the signs).
@@ -27,11 +29,12 @@ from torch import nn
 
 from nasnet_det.models.profile import count_params
 from nasnet_det.space import Genotype
+from nasnet_det.utils.errors import BadInputError
 from search.base_config import require
 from search.estimators.base import ESTIMATORS
 from search.estimators.rank import estimator_node, require_int
 from search.estimators.zero_cost import ProxyEstimator, forward_hooked
-from search.reward import build_child
+from search.reward import ChildData, build_child
 
 
 def swap(model: nn.Module, x: torch.Tensor) -> int:
@@ -50,9 +53,9 @@ def swap(model: nn.Module, x: torch.Tensor) -> int:
     return int(torch.unique(patterns, dim=0).shape[0])
 
 
-def size_factor(params: int, mu: float, sigma: float) -> float:
-    """SWAP's regulariser exp(-(params / 1e3 - mu)^2 / sigma)."""
-    return math.exp(-((params / 1e3 - mu) ** 2) / sigma)
+def log_size_factor(params: int, mu: float, sigma: float) -> float:
+    """The log of SWAP's regulariser exp(-(params / 1e3 - mu)^2 / sigma)."""
+    return -((params / 1e3 - mu) ** 2) / sigma
 
 
 @ESTIMATORS.register()
@@ -83,6 +86,13 @@ class Swap(ProxyEstimator):
             require(ok and (minimum is None or v > minimum), f"ESTIMATORS.SWAP.{key}", v,
                     "a finite number" + ("" if minimum is None else " > 0"))
 
+    def prepare(self, data: ChildData | None, seed: int) -> None:
+        super().prepare(data, seed)
+        images, batch = int(self.cfg.ESTIMATORS.SWAP.IMAGES), int(self.cfg.SEARCH.ZERO_COST.BATCH_SIZE)
+        if images > batch:  # checked where swap is used: other searches may keep a smaller minibatch
+            raise BadInputError(f"ESTIMATORS.SWAP.IMAGES={images}: expected at most SEARCH.ZERO_COST.BATCH_SIZE "
+                                f"({batch}), the minibatch its images come from")
+
     def score(self, genotype: Genotype) -> float:
         s = self.cfg.ESTIMATORS.SWAP
         x = self.minibatch()[0][:int(s.IMAGES)]
@@ -92,7 +102,7 @@ class Swap(ProxyEstimator):
             total += swap(model, x)
         value = total / int(s.REPEATS)
         if self.regularised:
-            value *= size_factor(count_params(model), float(s.MU), float(s.SIGMA))
+            return math.log(value) + log_size_factor(count_params(model), float(s.MU), float(s.SIGMA))
         return value
 
     def reinitialised(self, genotype: Genotype, repeat: int) -> nn.Module:

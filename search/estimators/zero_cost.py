@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fvcore.common.config import CfgNode
 from torch import nn
 
 from nasnet_det.space import Genotype
 from search.estimators.base import ESTIMATORS
 from search.estimators.size import ChildNetworkEstimator
-from search.reward import ChildData, _to_tensor
+from search.reward import ChildData, images_to_tensor
 
 
 def _weights(model: nn.Module) -> list[nn.Parameter]:
@@ -117,11 +119,16 @@ def proxy_minibatch(data: ChildData, batch_size: int, image_size: int, seed: int
     """``batch_size`` training images (normalised, at ``image_size``) and labels drawn by ``seed``."""
     n = min(batch_size, len(data.x_train))
     idx = np.sort(np.random.default_rng([seed, 19]).choice(len(data.x_train), n, replace=False))
-    return _to_tensor(data.x_train[idx], image_size, torch.device("cpu")), torch.from_numpy(data.y_train[idx])
+    return images_to_tensor(data.x_train[idx], image_size, torch.device("cpu")), torch.from_numpy(data.y_train[idx])
 
 
 class ProxyEstimator(ChildNetworkEstimator):
     needs_data = True
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """Its own node (if any) and the size of its minibatch, a setting of the zero_cost strategy's node."""
+        return {**super().identity(cfg), "SEARCH.ZERO_COST.BATCH_SIZE": int(cfg.SEARCH.ZERO_COST.BATCH_SIZE)}
 
     def minibatch(self) -> tuple[torch.Tensor, torch.Tensor]:
         assert self.data is not None, "prepare() first"

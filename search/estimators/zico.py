@@ -5,12 +5,13 @@ across minibatches train faster and generalise better.
 For every convolution and linear weight tensor (layer) l, over B >= 2 labelled minibatches: the per-element
 mean |g| / std(g) of the cross-entropy gradient g across the batches (population std), summed over the layer's
 elements whose std is not zero; ZiCo = sum over layers of the log of that sum, a layer whose sum is 0 left out
-(as the reference does). Gradients are each minibatch's own (the paper's definition; the reference's loop
-never zeroes them, so its later "gradients" are running sums). The network is in train mode (BatchNorm uses
-the batch's statistics), as in the reference.
+(as the reference does). Gradients are each minibatch's own (the paper's definition; the reference file at
+commit bbabe28 never zeroes them between minibatches, so its later "gradients" are running sums; several later copies
+of it in other repositories zero them each minibatch). The network is in train mode
+(BatchNorm uses the batch's statistics), as in the reference.
 
 Settings: ``ESTIMATORS.ZICO.BATCHES`` minibatches of ``SEARCH.ZERO_COST.BATCH_SIZE`` distinct training images
-drawn by the seed (the paper uses two)."""
+drawn by the seed (2: the default ``--maxbatch`` of AZ-NAS's search script, which is modified from ZiCo's)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class ZiCo(ProxyEstimator):
     @classmethod
     def add_config(cls, cfg: CfgNode) -> None:
         # the zico estimator (search/estimators/zico.py): BATCHES minibatches of SEARCH.ZERO_COST.BATCH_SIZE
-        # training images, drawn by the seed, whose gradients' mean / std it measures (ZiCo's paper: 2)
+        # training images, drawn by the seed, whose gradients' mean / std it measures (2, as ZiCo's search)
         z = estimator_node(cfg, "ZICO")
         z.BATCHES = 2
 

@@ -1,5 +1,5 @@
 """The search strategy interface and its registry: a strategy proposes children (decisions of the NASNet
-space) and learns from their rewards; the session frame (:mod:`search.session`) runs it.
+space) and learns from their rewards; the search engine (:class:`search.runner.SearchRunner`) runs it.
 
 A strategy is one module of this package (every module is imported by the package, so the file is all it
 takes): a :class:`Strategy` subclass under ``@STRATEGIES.register()``, carrying its name, its config node
@@ -18,9 +18,11 @@ import torch
 from fvcore.common.config import CfgNode
 
 from nasnet_det.search_space import SearchSpace
-from nasnet_det.utils.mapping import lookup
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.registry import Registry
-from search.base_config import plain_dict
+from search.base_config import own_node_identity
+from search.journal import Evaluation
+from search.reward import ChildData
 
 #: every strategy by the name ``SEARCH.STRATEGY`` uses (its class's ``name``)
 STRATEGIES = Registry("SEARCH.STRATEGY")
@@ -59,7 +61,7 @@ class Strategy(ABC):
     weight_sharing: ClassVar[bool] = False
     #: the journal strategies its children are filed under (None: the name it is registered by)
     journal_names: ClassVar[tuple[str, ...] | None] = None
-    #: keeps its own checkpoint (loaded in :meth:`attach_rows`, counted by :meth:`updates_done`): the engine
+    #: keeps its own checkpoint (loaded in :meth:`attach`, counted by :meth:`updates_done`): the engine
     #: writes no controller checkpoint for it
     own_checkpoint: ClassVar[bool] = False
     #: journal strategies of its final candidates: when set, the search's best cells come from them only
@@ -71,6 +73,23 @@ class Strategy(ABC):
         self.space = SearchSpace(self.num_blocks)  # what the decisions mean
 
     # ---- what the engine asks (the defaults: children trained by workers, SEARCH.BUDGET of them) ----------
+    @classmethod
+    def build(cls, cfg: CfgNode, data: ChildData | None = None, progress: bool = False) -> Strategy:
+        """The strategy as the runner builds it: ``data`` replaces ``cfg.DATA`` for a strategy that trains on
+        images itself (tests pass a few), ``progress`` shows its own bars. Default: ``cls(cfg)`` (a sampler
+        needs neither)."""
+        return cls(cfg)
+
+    @classmethod
+    def follows(cls) -> bool:
+        """True in a process that follows another's run of the strategy instead of searching (ranks > 0 of a
+        distributed search): the runner calls :meth:`follow` there, without a journal. Default: never."""
+        return False
+
+    def follow(self, output_dir: Path) -> None:
+        """The strategy's steps in a following process (:meth:`follows`), writing nothing."""
+        raise NotImplementedError(f"{type(self).__name__} runs in one process only")
+
     @classmethod
     def budget(cls, cfg: CfgNode) -> int:
         """Children the strategy proposes in the whole search."""
@@ -106,21 +125,15 @@ class Strategy(ABC):
         """Updates held by the strategy's own checkpoint (``own_checkpoint``)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no checkpoint of its own")
 
-    def attach_rows(self, output_dir: Path, rows: list[Any]) -> None:
-        """Called once by the runner before the first ``sample`` with the strategy's journal rows
-        (:class:`search.journal.Evaluation`, in sample order); the default passes their decisions to
-        :meth:`attach`."""
-        self.attach(output_dir, [r.decisions for r in rows])
-
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Decisions LongTensor [n, 2 x 5B] and their log-probabilities [n] (None without a policy)."""
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
         """Called once by the runner before the first ``sample``: the search's output folder (for a strategy's
-        own resumable files) and the decisions journaled so far by this strategy, in sample order (a resumed
-        strategy whose proposals depend on what it already proposed continues from there)."""
-        return None  # the built-in strategies need neither
+        own resumable files) and the strategy's journal rows so far, in sample order (a resumed strategy whose
+        proposals depend on what it already proposed continues from there; ``rows[i].decisions``)."""
+        return None  # the samplers need neither
 
     def update(self, decisions: torch.Tensor, logprobs: torch.Tensor | None, rewards: torch.Tensor
                ) -> dict[str, float]:
@@ -151,24 +164,20 @@ class Strategy(ABC):
         """The strategy's settings that define what the children it proposes mean, by dotted key: they enter
         the journal's identity when a search runs the strategy (searches without it, and journals from before
         the strategy existed, resume as before). Default: its whole node, as plain dicts."""
-        if cls.config_node is None:
-            return {}
-        found, node = lookup(cfg, cls.config_node)
-        if not found:
-            raise KeyError(f"strategy {cls.name!r}: its config node {cls.config_node} is not in the config")
-        return {cls.config_node: plain_dict(node)}
+        return own_node_identity(cfg, cls)
 
 
 def resolve_strategies(spec: str) -> dict[str, type[Strategy]]:
     """The strategies ``SEARCH.STRATEGY`` names (comma-separated names, duplicates dropped), by name."""
     names = list(dict.fromkeys(s.strip().lower() for s in str(spec).split(",") if s.strip()))
     bad = [n for n in names if n not in STRATEGIES]
-    if not names or bad:
-        raise ValueError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {', '.join(sorted(STRATEGIES.names()))} "
-                         "separated by commas (e.g. 'ppo,random')")
+    if not names or bad:  # (not STRATEGIES.lookup: the line also says how to name several)
+        known = ", ".join(sorted(STRATEGIES.names()))
+        raise BadInputError(f"SEARCH.STRATEGY={spec!r}: expected one or more of {known} separated by commas "
+                            "(e.g. 'ppo,random')")
     chosen = {n: STRATEGIES.get(n) for n in names}
     alone = [n for n, cls in chosen.items() if cls.weight_sharing]
     if alone and len(chosen) > 1:
-        raise ValueError(f"SEARCH.STRATEGY={spec!r}: the weight-sharing search runs alone; set it to "
-                         f"'{alone[0]}' (other strategies cannot be combined with it)")
+        raise BadInputError(f"SEARCH.STRATEGY={spec!r}: the weight-sharing search runs alone; set it to "
+                            f"'{alone[0]}' (other strategies cannot be combined with it)")
     return chosen

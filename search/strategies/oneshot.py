@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -39,13 +40,16 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
+from nasnet_det.space import Genotype
+from nasnet_det.utils.errors import BadInputError
 from nasnet_det.utils.io import atomic_torch_save
 from search.journal import Evaluation, load_state
+from search.objective import Objective
+from search.reward import ChildData, build_child, load_search_data
 from search.strategies.base import STRATEGIES, Proposal
 from search.strategies.controller_policy import ControllerPolicy
-
-if TYPE_CHECKING:
-    from search.reward import ChildData
+from search.supernet_trainer import SupernetTrainer
+from search.workers import Evaluator
 
 log = logging.getLogger(__name__)
 SEARCH_NAME = "oneshot"          # journal strategy of the cells scored while training the controller
@@ -74,11 +78,6 @@ class OneShot(ControllerPolicy):
     final_names: ClassVar[tuple[str, ...]] = (DERIVE_NAME,)
 
     def __init__(self, cfg: CfgNode, data: ChildData | None = None, progress: bool = False):
-        # (search.config registers this strategy's node: what needs the search's config is imported here)
-        from search.objective import Objective
-        from search.reward import load_search_data
-        from search.supernet_trainer import SupernetTrainer
-
         self.cfg, o = cfg, cfg.ONESHOT
         dev = str(o.DEVICE)
         if dev.startswith("cuda"):
@@ -86,6 +85,10 @@ class OneShot(ControllerPolicy):
         info = init_distributed("cpu" if dev == "cpu" else "auto", key="ONESHOT.DEVICE")  # torchrun's group
         self.rank, self.world = info.rank, info.world_size
         self.device = info.device if dev in ("auto", "cpu") or self.world > 1 else torch.device(dev)
+        limit = int(cfg.SEARCH.MAX_EVALS_THIS_RUN)
+        if self.world > 1 and limit:  # the followers have no journal to count evaluations by: they would train on
+            raise BadInputError(f"SEARCH.MAX_EVALS_THIS_RUN={limit}: expected 0 with {self.world} processes "
+                                "(a distributed one-shot search runs to its end; stop it with a kill, rerun resumes)")
         if self.world > 1 and o.BATCH_SIZE % self.world:
             raise ValueError(f"ONESHOT.BATCH_SIZE={o.BATCH_SIZE}: expected a multiple of the "
                              f"{self.world} processes (each trains on an equal share)")
@@ -132,10 +135,10 @@ class OneShot(ControllerPolicy):
     def batch_size_of(self, journal_name: str) -> int:
         return self.cfg.ONESHOT.FINAL_SAMPLES if journal_name == DERIVE_NAME else self.batch_size
 
-    def evaluator(self):  # noqa: ANN201 (search.workers.Evaluator)
+    def evaluator(self) -> Evaluator:
         return self.score_next
 
-    def attach_rows(self, output_dir: Path, rows: list[Evaluation]) -> None:
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
         """Load ``oneshot_state.pth`` (when there is one) and remember the journaled rows, so an interrupted
         batch is completed with the rewards already journaled."""
         self.out = Path(output_dir)
@@ -171,7 +174,7 @@ class OneShot(ControllerPolicy):
         actions, logp = super().sample(n, self.gen)
         return actions, logp
 
-    def score_next(self, genotype, seed: int) -> dict[str, Any]:  # noqa: ANN001, ARG002
+    def score_next(self, genotype: Genotype, seed: int) -> dict[str, Any]:  # noqa: ARG002 (the evaluator's signature)
         """Score the batch's next unscored cell (the inline backend runs them in journal order)."""
         if self.batch is None:
             self._draw_batch()
@@ -209,9 +212,17 @@ class OneShot(ControllerPolicy):
             self._end_epoch()
         return stats
 
-    def follow(self) -> None:
+    @classmethod
+    def build(cls, cfg: CfgNode, data: ChildData | None = None, progress: bool = False) -> OneShot:
+        return cls(cfg, data=data, progress=progress)  # the supernet trains on the images here
+
+    @classmethod
+    def follows(cls) -> bool:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) > 0  # torchrun's
+
+    def follow(self, output_dir: Path) -> None:
         """Ranks > 0 of a distributed search: the same steps without the journal, with rank 0's rewards."""
-        self.attach_rows(self.out or Path("."), [])
+        self.attach(output_dir, [])
         while self._draw_batch() is not None:
             b = self.batch
             rewards = [float(self.objective.apply({"reward": self.score(g, *b["data"][i])}, g)["reward"])
@@ -223,7 +234,7 @@ class OneShot(ControllerPolicy):
                 "policy": str(self.cfg.ONESHOT.POLICY), "device": str(self.device),
                 "supernet_params": sum(q.numel() for q in self.supernet.parameters())}
 
-    def score(self, genotype, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> float:  # noqa: ANN001
+    def score(self, genotype: Genotype, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> float:
         """Accuracy of ``genotype`` with the shared weights (default: on the whole held-out split):
         batch-statistics BN, as ENAS, or with ``ONESHOT.BN_RECALIBRATION_BATCHES`` > 0 running statistics
         recomputed for this cell first."""
@@ -415,10 +426,8 @@ class OneShot(ControllerPolicy):
         return {"SEARCH.STRATEGY": cls.name, "ONESHOT": node}
 
 
-def _child_params(genotype, cfg: CfgNode) -> int | None:
+def _child_params(genotype: Genotype, cfg: CfgNode) -> int | None:
     """Parameters of the stand-alone child network of ``genotype`` (``MODEL.NASNET``, for top_k.json)."""
-    from search.reward import build_child
-
     try:
         model = build_child(genotype, cfg.MODEL.NASNET)
     except ValueError:

@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from fvcore.common.config import CfgNode
-from sklearn.linear_model import Ridge
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS
 from search.base_config import require
+from search.journal import Evaluation
 from search.strategies.base import STRATEGIES, Strategy
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import Ridge
 
 
 def encode(decisions: np.ndarray, num_blocks: int) -> np.ndarray:
@@ -88,14 +91,18 @@ class Predictor(Strategy):
         self.seen: set[tuple[int, ...]] = set()  # every cell proposed (journaled) so far
         self.members: list[Ridge] = []  # the fitted ensemble (empty until INITIAL children finished)
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
-        self.seen = {tuple(d) for d in sampled}
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
+        self.seen = {tuple(r.decisions) for r in rows}
 
     # ---- the surrogate -----------------------------------------------------------------------------------
     def _fit(self) -> None:
         self.members = []
         if len(self.rewards) < max(2, int(self.p.INITIAL)):
             return
+        # imported here: sklearn (with the scipy and pandas it loads) takes ~3 s to import, paid by every search
+        # process that registers this strategy otherwise
+        from sklearn.linear_model import Ridge
+
         x, y = encode(np.array(self.decisions), self.num_blocks), np.array(self.rewards)
         rng = np.random.default_rng([self.seed, len(y)])
         for _ in range(int(self.p.ENSEMBLE)):  # each member on a bootstrap resample of the children

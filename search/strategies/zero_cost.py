@@ -23,17 +23,22 @@ from tqdm import tqdm
 from nasnet_det.utils.errors import BadInputError
 from search.base_config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
 from search.base_config import require
-
-# (the package search.estimators registers every estimator when its base is imported; importing the package
-# itself would close an import cycle through the supernet estimator, which runs the search engine)
-from search.estimators.base import Estimator, build_estimator
+from search.estimators import ESTIMATORS, Estimator, build_estimator
+from search.journal import Evaluation
 from search.outputs import write_json_atomic
 from search.reward import ChildData, load_search_data
-from search.strategies.base import STRATEGIES, Strategy
+from search.strategies.base import STRATEGIES, Strategy, resolve_strategies
 
 log = logging.getLogger(__name__)
 SCORES_NAME = "zero_cost_scores.json"
 SAVE_EVERY = 10  # candidates scored between writes of the scores file
+
+
+def proxy_identity(cfg: CfgNode) -> dict[str, Any]:
+    """The proxy's :meth:`~search.estimators.base.Estimator.identity` outside ``SEARCH.ZERO_COST`` (which the
+    strategy's identity holds whole), as JSON types."""
+    settings = ESTIMATORS.lookup(cfg.SEARCH.ZERO_COST.PROXY, key="SEARCH.ZERO_COST.PROXY").identity(cfg)
+    return json.loads(json.dumps({k: v for k, v in settings.items() if k.split(".")[:2] != ["SEARCH", "ZERO_COST"]}))
 
 
 @STRATEGIES.register()
@@ -57,20 +62,27 @@ class ZeroCost(Strategy):
         for key in ("CANDIDATES", "BATCH_SIZE"):
             require(isinstance(z[key], int) and not isinstance(z[key], bool) and z[key] >= 1,
                     f"SEARCH.ZERO_COST.{key}", z[key], "an integer >= 1")
+        if cls.name in resolve_strategies(cfg.SEARCH.STRATEGY):  # (other searches leave the node at its defaults)
+            require(z.CANDIDATES >= cfg.SEARCH.BUDGET, "SEARCH.ZERO_COST.CANDIDATES", z.CANDIDATES,
+                    f"at least SEARCH.BUDGET ({cfg.SEARCH.BUDGET}), the children trained from the best-ranked "
+                    "candidates")
+
+    @classmethod
+    def identity(cls, cfg: CfgNode) -> dict[str, Any]:
+        """Its node and the settings its proxy's scores depend on (a supernet proxy's ``ONESHOT``), so a rerun
+        with other values is refused instead of reusing the scores of the old ones."""
+        return {**proxy_identity(cfg), **super().identity(cfg)}
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)
         self.cfg, z = cfg, cfg.SEARCH.ZERO_COST
         self.estimator: Estimator = build_estimator(z.PROXY, cfg, key="SEARCH.ZERO_COST.PROXY")
-        if z.CANDIDATES < cfg.SEARCH.BUDGET:
-            raise BadInputError(f"SEARCH.ZERO_COST.CANDIDATES={z.CANDIDATES}: expected at least SEARCH.BUDGET "
-                                f"({cfg.SEARCH.BUDGET}), the children trained from the best-ranked candidates")
         self.output_dir: Path | None = None
         self.position = 0  # ranked candidates handed out so far
         self.ranked: list[list[int]] | None = None
 
-    def attach(self, output_dir: Path, sampled: list[list[int]]) -> None:
-        self.output_dir, self.position = output_dir, len(sampled)
+    def attach(self, output_dir: Path, rows: list[Evaluation]) -> None:
+        self.output_dir, self.position = output_dir, len(rows)
 
     def candidates(self) -> list[list[int]]:
         """The distinct uniformly drawn cells (their decisions), in drawing order."""
@@ -86,6 +98,8 @@ class ZeroCost(Strategy):
                   "zero_cost": {k: v for k, v in self.cfg.SEARCH.ZERO_COST.items()},
                   "network": {k: v for k, v in self.cfg.MODEL.NASNET.items() if k not in NETWORK_NOT_IDENTITY},
                   "image_size": int(self.cfg.CHILD.IMAGE_SIZE)}
+        if proxy_identity(self.cfg):  # (absent for a proxy without settings beyond those: older files still match)
+            header["estimator"] = proxy_identity(self.cfg)
         done: list[float] = []
         if path is not None and path.is_file():
             saved: dict[str, Any] = json.loads(path.read_text())

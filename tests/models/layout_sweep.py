@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import functools
 import json
 import os
 import selectors
@@ -216,13 +217,27 @@ SWEEP_GENOTYPE = {
 }
 
 
+@functools.cache
+def _sweep_genotype_file() -> Path:
+    """SWEEP_GENOTYPE as the JSON file detection configs name, written once per server: serve() calls this
+    before it forks, so the cases share the file and the folder goes when the server exits (a forked case
+    leaves by os._exit, which would leak a folder of its own)."""
+    folder = tempfile.TemporaryDirectory(prefix="layout-sweep-")
+    _KEEP_ALIVE.append(folder)  # removed by its finaliser at the server's exit
+    path = Path(folder.name) / "genotype.json"
+    path.write_text(json.dumps(SWEEP_GENOTYPE))
+    return path
+
+
+_KEEP_ALIVE: list[tempfile.TemporaryDirectory] = []
+
+
 def _detection_cfg(kind: str, f: int):
     from nasnet_det.config import load_cfg
     from nasnet_det.detection.config import get_nasnet_cfg
 
     root = Path(__file__).resolve().parents[2]
-    genotype = Path(tempfile.mkdtemp(prefix="layout-sweep-")) / "genotype.json"
-    genotype.write_text(json.dumps(SWEEP_GENOTYPE))
+    genotype = _sweep_genotype_file()
     cfg = load_cfg(get_nasnet_cfg(), str(root / "configs" / "detection" / f"smoke-nasnet-{kind}.yaml"),
                    ["MODEL.NASNET.GENOTYPE", str(genotype), "MODEL.NASNET.FILTERS", f,
                     "MODEL.NASNET.STEM_FILTERS", max(4, f)])
@@ -616,6 +631,7 @@ def serve(stream_in, stream_out, timeout_s: float, warm: Sequence[str] = ()) -> 
     import torch
 
     torch.set_num_threads(1)
+    _sweep_genotype_file()  # before any fork: one file for every case
     for name in warm:
         kind = MODULE_KINDS[name]
         try:
@@ -737,8 +753,13 @@ def sweep(case_list: Sequence[Case], isa: str = "native", timeout_s: float = CAS
                 if progress:
                     progress(out)
         finally:
-            if proc.poll() is None:
-                proc.kill()
+            if proc.poll() is None:  # done (or the server hangs): end of input lets it exit and clean up
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
             proc.wait()
         if pending:  # the server itself died: its case counts as a crash
             out = Outcome(pending.pop(0), isa, "crash", "the case server died")

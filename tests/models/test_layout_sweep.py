@@ -24,6 +24,7 @@ def _failures(outcomes: list[ls.Outcome]) -> str:
 MAX_CHANNELS = {"AVX2": 16}
 
 
+@pytest.mark.slow  # minutes: started first (tests/conftest.py)
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("isa", ls.available_isas())
 def test_every_module_matches_the_plain_reference(isa: str):

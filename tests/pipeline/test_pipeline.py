@@ -38,6 +38,10 @@ def journal_rows(out: Path) -> list[tuple]:
         return db.execute("SELECT id, strategy, status, reward, finished FROM evaluations ORDER BY id").fetchall()
 
 
+# the tests that use it run in one xdist worker (tests/conftest.py), so the finished run is made once
+XDIST_SHARED_FIXTURES = ("finished",)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("pipeline") / "run"
@@ -86,7 +90,7 @@ def test_smoke_chain_end_to_end(finished: Path):
 
 def check_training_fit_ap(report: str, ap: float) -> None:
     """The report names the AP on the photos the detector trained on for what it is, beside its value."""
-    from nasnet_det.pipeline.report import TRAINING_FIT
+    from nasnet_det.pipeline.stages.evaluate import TRAINING_FIT
 
     assert TRAINING_FIT == ("AP on the training photos (a fit of the training data, smoke scale: it checks that "
                             "gradients reach every part of the chain, not accuracy)")
@@ -141,8 +145,8 @@ def iou(a: list[float], b: list[float]) -> float:
 FIT_CELL = "nasnet_a"
 
 
-@pytest.mark.slow  # make run's pretraining and detector schedule: 23-26 min at load average 9-26 on the 2-core VM
-@pytest.mark.timeout(3600)  # (not timed on an idle machine; make run, with its search, took 7.4 min at load 3-4)
+@pytest.mark.slow  # make run's pretraining and detector schedule, started first (tests/conftest.py)
+@pytest.mark.timeout(1200)  # 6.2 min in make test at load 2.5-4, 11 min at load 5-8 (the 2-core VM, 2026-12-07)
 def test_make_runs_detector_fits_its_training_photos(tmp_path: Path):
     """make run's chain with its own pretraining and detection settings (smoke.yaml as it is: SEED 0 in both) on a
     fixed cell: the AP on the training photos is at least 5 (gradients reach the backbone, the RPN and the box
@@ -442,27 +446,6 @@ def test_the_pipeline_driver_loads_neither_torch_nor_search():
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
-@pytest.fixture
-def toy_stages(monkeypatch):
-    """Stages registered in a test stay in it: ``register`` adds one to a copy of the registry, ``reset`` starts
-    the copy again from the real stages."""
-    from types import SimpleNamespace
-
-    from nasnet_det.pipeline.stages import base
-    from nasnet_det.utils.registry import Registry
-
-    real = base.STAGES
-
-    def reset() -> None:
-        copy = Registry(real.key)
-        for name, cls in real:
-            copy.register(cls, name=name)
-        monkeypatch.setattr(base, "STAGES", copy)
-
-    reset()
-    return SimpleNamespace(Stage=base.Stage, register=lambda cls: base.STAGES.register(cls), reset=reset)
-
-
 def test_a_stage_is_one_class_ordered_by_what_it_needs_configured_run_and_resumed(toy_stages, tmp_path: Path,
                                                                                  capsys):
     from fvcore.common.config import CfgNode as CN
@@ -606,13 +589,13 @@ def test_a_stage_reads_only_the_outputs_of_the_stages_it_needs(toy_stages, tmp_p
 
 
 def test_a_second_pipeline_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
-    from nasnet_det.pipeline.runner import _lock
+    from nasnet_det.pipeline.runner import output_lock
 
-    with _lock(tmp_path):
+    with output_lock(tmp_path):
         with pytest.raises(ValueError, match=f"another pipeline is running in {tmp_path}"):
-            with _lock(tmp_path):
+            with output_lock(tmp_path):
                 pass
-    with _lock(tmp_path):  # released when the first one ends
+    with output_lock(tmp_path):  # released when the first one ends
         pass
 
 

@@ -40,28 +40,6 @@ def worker_pids(out: Path, stage: str, rank: int) -> list[int]:
 
 
 @pytest.mark.ray
-@pytest.mark.timeout(600)  # ~3-4 minutes on the loaded 2-core machine: above the 300 s default there
-def test_the_chain_on_a_local_ray_cluster_with_two_gloo_workers(tmp_path: Path):
-    pytest.importorskip("ray.train.torch")
-    out = tmp_path / "run"
-    assert run(out) == {"search": "ran", "select": "ran", "cifar": "disabled", "pretrain": "ran",
-                        "detect": "ran", "evaluate": "ran", "report": "ran"}
-    for stage, world in (("pretrain", 2), ("detect", 2), ("evaluate", 1)):
-        m = manifest(out, stage)
-        assert (m["status"], m["backend"], m["world_size"]) == ("done", "ray", world)
-        pids = {p for r in range(world) for p in worker_pids(out, stage, r)[-1:]}
-        assert len(pids) == world and os.getpid() not in pids  # Ray worker processes, one per rank
-    assert (manifest(out, "detect")["ray_worker_starts"], manifest(out, "evaluate")["ray_worker_starts"]) == (1, 1)
-    assert manifest(out, "select")["world_size"] == 1
-    # detectron2 trained in the two-process group Ray Train set up
-    assert "World size: 2" in (out / "detect" / "stage.log").read_text()
-    assert manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_person"]["AP"] >= 0
-    assert (out / "report" / "report.md").is_file()
-    # a rerun skips everything (and starts no Ray cluster: nothing to run)
-    assert set(run(out).values()) == {"skipped", "disabled"}
-
-
-@pytest.mark.ray
 @pytest.mark.slow  # a real search on the cluster and a Ray Train job (~2 minutes here)
 def test_the_search_runs_on_the_pipelines_ray_cluster_and_bad_input_in_a_ray_train_stage_is_not_retried(
         tmp_path: Path):
@@ -123,9 +101,9 @@ def recorded_snapshot(out: Path, driver: int, timeout_s: float = 60) -> list[tup
 
 
 @pytest.mark.ray
-@pytest.mark.slow  # a kill -9 drill
-@pytest.mark.timeout(900)  # the whole chain with a restart: ~5 minutes on the loaded 2-core machine
-def test_a_worker_killed_mid_stage_is_restarted_by_ray_and_nothing_finished_is_repeated(tmp_path: Path):
+@pytest.mark.slow  # the whole chain on Ray with a kill -9 drill (also the Ray chain's end-to-end test)
+@pytest.mark.timeout(900)  # ~4 minutes on the loaded 2-core machine
+def test_the_chain_on_ray_survives_a_worker_killed_mid_stage_and_repeats_nothing_finished(tmp_path: Path):
     pytest.importorskip("ray.train.torch")
     out = tmp_path / "run"
     proc = start_ray_pipeline(out, pretrain_steps=24, stderr=subprocess.PIPE)
@@ -155,6 +133,20 @@ def test_a_worker_killed_mid_stage_is_restarted_by_ray_and_nothing_finished_is_r
     assert {s: (out / s / "manifest.json").stat().st_mtime_ns for s in ("search", "select")} == finished_before
     for stage in ("detect", "evaluate", "report"):
         assert manifest(out, stage)["status"] == "done" and manifest(out, stage)["attempts"] == 1
+    # the rest of the chain ran on the cluster as it does without a kill: pretraining and detection each a Ray
+    # Train job of two gloo workers, the evaluation one worker, every rank its own Ray worker process
+    for stage, world in (("pretrain", 2), ("detect", 2), ("evaluate", 1)):
+        m = manifest(out, stage)
+        assert (m["status"], m["backend"], m["world_size"]) == ("done", "ray", world)
+        pids = {p for r in range(world) for p in worker_pids(out, stage, r)[-1:]}
+        assert len(pids) == world and os.getpid() not in pids and proc.pid not in pids
+    assert (manifest(out, "detect")["ray_worker_starts"], manifest(out, "evaluate")["ray_worker_starts"]) == (1, 1)
+    assert manifest(out, "select")["world_size"] == 1
+    assert "World size: 2" in (out / "detect" / "stage.log").read_text()  # detectron2 in Ray Train's group
+    assert manifest(out, "evaluate")["metrics"]["bbox"]["coco_sample_person"]["AP"] >= 0
+    assert (out / "report" / "report.md").is_file()
+    # a rerun skips everything (and starts no Ray cluster: nothing to run)
+    assert set(run(out, *pretrain_steps_opts(24)).values()) == {"skipped", "disabled"}
 
 
 def test_the_one_node_and_ray_cluster_configs_load_and_every_stage_config_they_name_loads(tmp_path: Path,
@@ -181,23 +173,34 @@ def test_the_one_node_and_ray_cluster_configs_load_and_every_stage_config_they_n
     assert one.MODEL.NASNET.NUM_CELLS == 4 and one.MODEL.NASNET.PENULTIMATE_FILTERS == 1056
 
 
-def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plainly():
-    from nasnet_det.pipeline.report import SMOKE_TAG, scale_lines, smoke_reasons
+def test_the_report_says_smoke_figures_are_not_accuracy_and_shows_real_ones_plainly(tmp_path: Path):
+    from types import SimpleNamespace
+
+    from nasnet_det.pipeline.report import SMOKE_TAG, Report, scale_lines, smoke_reasons
+    from nasnet_det.pipeline.stages import pipeline_stages
+
+    def reasons(manifests: dict, trained_on: tuple[str, ...] = ()) -> list[str]:
+        """What the stages say of a run with these manifests (the detector's saved config naming
+        ``trained_on`` as its DATASETS.TRAIN)."""
+        config = tmp_path / "config.yaml"
+        config.write_text(f"DATASETS:\n  TRAIN: {list(trained_on)}\n")
+        detect = {**manifests.get("detect", {}), "status": "done", "outputs": {"config": str(config)}}
+        ctx = SimpleNamespace(abspath=Path)
+        return smoke_reasons(Report(ctx, tmp_path, {**manifests, "detect": detect}), pipeline_stages())
 
     smoke = {"pretrain": {"metrics": {"top1": 50.0, "images": 8}}, "detect": {"metrics": {"iterations": 20}},
              "evaluate": {"metrics": {"bbox": {"coco_sample_val": {"AP": 0.0}}}}}
-    reasons = smoke_reasons(smoke)
-    assert reasons == ["pretrain top-1 is on 8 held-out images", "the detector trained 20 iterations",
-                       "AP is on photos of the embedded COCO sample (coco_sample_val)"]
-    assert "**not accuracy**" in scale_lines(reasons)[0] and "checks the chain" in SMOKE_TAG
+    assert reasons(smoke) == ["pretrain top-1 is on 8 held-out images", "the detector trained 20 iterations",
+                              "AP is on photos of the embedded COCO sample (coco_sample_val)"]
+    assert "**not accuracy**" in scale_lines(reasons(smoke))[0] and "checks the chain" in SMOKE_TAG
     # scored on the photos it trained on: a fit, said as such
     fit = {**smoke, "evaluate": {"metrics": {"bbox": {"coco_sample_person": {"AP": 30.0}}}}}
-    assert smoke_reasons(fit, ["coco_sample_person"])[-1] == ("AP is on the photos the detector trained on "
-                                                              "(coco_sample_person): a fit, not generalisation")
-    assert not any("trained on" in r for r in smoke_reasons(fit, ["coco_sample_train"]))
+    assert reasons(fit, ("coco_sample_person",))[-1] == ("AP is on the photos the detector trained on "
+                                                         "(coco_sample_person): a fit, not generalisation")
+    assert not any("trained on" in r for r in reasons(fit, ("coco_sample_train",)))
     real = {"pretrain": {"metrics": {"top1": 74.0, "images": 50000}}, "detect": {"metrics": {"iterations": 90000}},
             "evaluate": {"metrics": {"bbox": {"coco_2017_val": {"AP": 29.0}}}}, "search": None}
-    assert smoke_reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]
+    assert reasons(real) == [] and "Scale: **real**" in scale_lines([])[0]
 
 
 def live_descendants(pid: int) -> list[tuple[int, int, str]]:
@@ -208,9 +211,9 @@ def live_descendants(pid: int) -> list[tuple[int, int, str]]:
 
 
 def still_running(procs: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    from nasnet_det.pipeline.ray_local import _stat
+    from nasnet_det.pipeline.ray_local import process_stat
 
-    return [p for p in procs if (_stat(p[0]) or (0, None))[1] == p[1]]
+    return [p for p in procs if (process_stat(p[0]) or (0, None))[1] == p[1]]
 
 
 @pytest.mark.ray

@@ -17,7 +17,8 @@ from nasnet_det.pipeline import Pipeline, load_pipeline_config
 from nasnet_det.pipeline.manifest import settings_hash
 from nasnet_det.pipeline.plan import Machine, Target, scale_opts
 from nasnet_det.pipeline.plan_cli import main as plan_main
-from nasnet_det.pipeline.plan_stages import SEARCH_DEFAULTS, _search_settings, make_plan
+from nasnet_det.pipeline.plan_stages import SEARCH_DEFAULTS, search_settings
+from nasnet_det.pipeline.planner import make_plan
 from nasnet_det.pipeline.stages import Context, pipeline_stages
 
 REPO = Path(__file__).resolve().parents[2]
@@ -350,16 +351,16 @@ def test_the_search_keys_the_plan_reads_are_what_the_search_loads(config, tmp_pa
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["SEARCH.CONFIG_FILE", f"configs/search/{config}",
                                                           "SEARCH.OPTS", str(opts)])
     searched = load_search_cfg(str(REPO / "configs/search" / config), opts)
-    assert _search_settings(cfg) == {k: lookup(searched, k)[1] for k in SEARCH_DEFAULTS}
+    assert search_settings(cfg) == {k: lookup(searched, k)[1] for k in SEARCH_DEFAULTS}
 
 
 def test_the_searchs_own_opts_win_over_the_backends_as_in_the_run():
     """SearchStage.run passes [*backend.search_opts(), *SEARCH.OPTS]: the plan reads them in that order."""
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray", "SEARCH.OPTS",
                                                           "['WORKERS.BACKEND', 'local']"])
-    assert _search_settings(cfg)["WORKERS.BACKEND"] == "local"
+    assert search_settings(cfg)["WORKERS.BACKEND"] == "local"
     cfg = load_pipeline_config(PIPELINES / "smoke.yaml", ["PIPELINE.BACKEND", "ray"])
-    assert _search_settings(cfg)["WORKERS.BACKEND"] == "ray"
+    assert search_settings(cfg)["WORKERS.BACKEND"] == "ray"
 
 
 def test_search_children_on_the_cpu_here_fail_when_the_config_states_gpu_hours():
@@ -409,7 +410,7 @@ def test_the_pipelines_plan_lists_the_image_folders_without_counting_them(tmp_pa
 
 
 def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_still_skip(tmp_path: Path, monkeypatch):
-    from nasnet_det.pipeline import plan_stages
+    from nasnet_det.pipeline import planner
 
     lines: list[str] = []
 
@@ -423,9 +424,16 @@ def test_a_plan_the_pipeline_cannot_make_is_one_warning_and_finished_stages_stil
     def unreadable(*args, **kwargs):
         raise PermissionError(13, "Permission denied", "/data/imagenet/train")
 
-    monkeypatch.setattr(plan_stages, "make_plan", unreadable)
+    monkeypatch.setattr(planner, "make_plan", unreadable)
     lines.clear()
     assert run() == {"search": "skipped", "select": "skipped"}
     assert [ln for ln in lines if "WARNING" in ln or ln.startswith("plan of")] == [
         "[pipeline] WARNING: no plan (PermissionError: [Errno 13] Permission denied: '/data/imagenet/train'); the "
         "stages run without it"]
+
+
+def test_the_plan_reads_strategy_names_in_any_case_as_the_search_does():
+    """SEARCH.STRATEGY OneShot runs the weight-sharing search: no children trained one by one."""
+    plan = plan_of("smoke.yaml", "SEARCH.OPTS", "['SEARCH.STRATEGY', 'OneShot']", stages=["search"])
+    assert plan.stage("search").values["strategies"] == ["oneshot"]
+    assert "children" not in plan.stage("search").values

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nasnet_det.pipeline.ray_local import RECORD_NAME, _stat, stop_leftovers
+from nasnet_det.pipeline.ray_local import RECORD_NAME, process_stat, stop_leftovers
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc"), reason="the record reads /proc (Linux)")
 
@@ -31,7 +31,7 @@ time.sleep(120)
 
 
 def alive(pid: int) -> bool:
-    return _stat(pid) is not None
+    return process_stat(pid) is not None
 
 
 def start_driver(out: Path) -> tuple[subprocess.Popen, int]:
@@ -67,7 +67,7 @@ def test_a_rerun_stops_what_a_killed_driver_left_and_nothing_else(tmp_path: Path
 def test_a_recorded_pid_now_used_by_another_process_is_left_alone(tmp_path: Path):
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        start = _stat(other.pid)[1]
+        start = process_stat(other.pid)[1]
         # a record of a dead driver naming other's pid with another start time: pid reuse, not our process
         (tmp_path / RECORD_NAME).write_text(json.dumps({"driver": {"pid": 2 ** 22 + 1, "start": 1},
                                                         "processes": [{"pid": other.pid, "start": start - 1,

@@ -143,7 +143,7 @@ def test_the_smoke_stages_train_on_cpu_workers_with_gloo_on_a_gpu_cluster(tmp_pa
     """Every smoke stage config says device cpu: on a cluster with GPUs its workers get none (a GPU would mean an
     nccl group around CPU tensors), and the plan says the same."""
     from nasnet_det.pipeline.plan import Machine, Target
-    from nasnet_det.pipeline.plan_stages import make_plan
+    from nasnet_det.pipeline.planner import make_plan
     from nasnet_det.pipeline.stages import Context
     from nasnet_det.pipeline.stages.detect import DetectStage
     from nasnet_det.pipeline.stages.evaluate import EvaluateStage

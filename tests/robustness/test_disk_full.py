@@ -172,7 +172,7 @@ def test_search_on_a_full_disk_ends_with_one_line(tmp_path, small_disk, full_at)
 
 def test_the_pipeline_stage_error_says_the_disk_is_full(tmp_path, small_disk, capsys):
     # was: "stage 'detect': train_net.py exited with code 1: RuntimeError: [enforce fail at inline_container..."
-    from test_pipeline import SMOKE, TINY
+    from helpers.pipeline import SMOKE, TINY
 
     from nasnet_det.models import create_model
     from nasnet_det.models.pretrained import save_checkpoint

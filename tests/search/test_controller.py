@@ -98,6 +98,7 @@ def _synthetic_search(tmp_path, seed: int) -> dict:
     return SearchRunner(cfg, tmp_path / f"s{seed}", evaluator=SyntheticOpReward(seed), progress=False).run()
 
 
+@pytest.mark.slow  # ~30-60 s: started first (tests/conftest.py)
 def test_ppo_beats_random_on_synthetic_reward(tmp_path):
     for seed in range(3):
         s = _synthetic_search(tmp_path, seed)["strategies"]

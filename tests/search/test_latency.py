@@ -193,7 +193,7 @@ def test_select_picks_the_most_accurate_cell_within_the_latency_budget(tmp_path)
     assert [c["genotype"].name for c in top] == ["search_ppo_2", "search_random_4", "search_ppo_1"]
     with pytest.raises(StageError, match=r"LATENCY_BUDGET_MS=5: no cell .* fastest is search_ppo_1 at 10\.0 ms"):
         _select(tmp_path, 5)
-    with pytest.raises(ValueError, match=r"SELECT\.LATENCY_BUDGET_MS must be a number of ms >= 0"):
+    with pytest.raises(ValueError, match=r"SELECT\.LATENCY_BUDGET_MS=-1\.0: expected a number of ms >= 0"):
         load_pipeline_config(SMOKE, ["SELECT.LATENCY_BUDGET_MS", "-1.0"])
     with pytest.raises(ValueError, match=r"LATENCY_BUDGET_MS=20 needs a search .* SEARCH\.GENOTYPE 'nasnet_a'"):
         load_pipeline_config(SMOKE, ["SELECT.LATENCY_BUDGET_MS", "20.0", "SEARCH.GENOTYPE", "nasnet_a"])

@@ -4,6 +4,7 @@ step, resume, outputs and config errors."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from nasnet_det.space import NUM_INPUTS, OPS, Block, CellSpec, Genotype
 from search.cli import main
 from search.journal import Journal
 from search.reward import ChildData
-from search.runner import SearchRunner, StrategyState
+from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
 from search.strategies.oneshot import DERIVE_NAME, SEARCH_NAME, STATE_NAME, OneShot
 from search.supernet import SuperNet
@@ -131,7 +132,7 @@ def test_one_search_step_updates_the_shared_weights_and_the_controller(tmp_path,
     assert loss > 0
     changed_w = [k for k, v in strategy.supernet.state_dict().items() if not torch.equal(v, w0[k])]
     assert changed_w and all(torch.equal(v, c0[k]) for k, v in strategy.controller.state_dict().items())
-    strategy.attach_rows(tmp_path, [])
+    strategy.attach(tmp_path, [])
     strategy.pos.update(phase="controller", step=0)  # (the supernet phase done)
     batch = strategy.propose(1, torch.Generator(), 0, 0)
     assert (batch.name, batch.first, batch.policy, len(batch.decisions)) == (SEARCH_NAME, 0, 0, 3)
@@ -295,36 +296,37 @@ def test_resume_inside_a_scored_batch_completes_it_like_an_uninterrupted_run(tmp
 
 
 def test_a_collapsed_controller_is_reported_as_in_the_regular_search(tmp_path, data):
-    runner = SearchRunner(oneshot_cfg(), tmp_path, progress=False, data=data)
-    strategy = OneShot(oneshot_cfg(), data=data)
-    runner.states = {SEARCH_NAME: StrategyState(SEARCH_NAME, strategy, tmp_path / "unused")}
-    actions, _ = strategy.sample(1, torch.Generator())
-    genotype = strategy.space.genotype(actions[0].tolist())
-    journal = Journal(tmp_path / JOURNAL_NAME)
-    try:
-        for name in (SEARCH_NAME, DERIVE_NAME):  # every cell of the last controller batch is the same one
-            rows = journal.add_pending(name, 0, 0, [(actions[0].tolist(), genotype.to_dict(), 0.0)] * 3)
-            for r in rows:
-                journal.finish(r.id, "ok", 0.5, 0.1, batch_size=3)
-        summary = runner._final_outputs(journal, [DERIVE_NAME])
-    finally:
-        journal.close()
+    """A search whose controller sampled one cell only (here: every controller-phase row of a finished search
+    made the same cell) reports it when its outputs are written, in summary.json as in the returned summary."""
+    _search(oneshot_cfg(), tmp_path, data)
+    db = sqlite3.connect(tmp_path / JOURNAL_NAME)
+    with db:
+        one_cell = db.execute("SELECT decisions, genotype FROM evaluations WHERE strategy = ? ORDER BY sample",
+                              (SEARCH_NAME,)).fetchone()
+        db.execute("UPDATE evaluations SET decisions = ?, genotype = ? WHERE strategy = ?", (*one_cell, SEARCH_NAME))
+    db.close()
+    summary = _search(oneshot_cfg(), tmp_path, data)  # the finished search, resumed: its outputs again
+    assert summary == json.loads((tmp_path / "summary.json").read_text())
     assert summary["strategies"][SEARCH_NAME]["collapsed"] is True
     assert any(p.startswith(f"{SEARCH_NAME}: the controller collapsed") for p in summary["problems"])
 
 
 def test_a_controller_step_looks_up_its_batch_without_reading_the_whole_journal(tmp_path, data, monkeypatch):
-    queue = SearchRunner._run_queue
+    """A long search has tens of thousands of rows: reading them all on every step costs seconds per step. The
+    reads of the whole journal (setting up, writing the outputs) do not grow with the steps of the search."""
+    reads = []
+    whole_journal = Journal.all
 
-    def queue_reading_no_whole_journal(self, *args):
-        # A long search has tens of thousands of rows: reading them all on every step costs seconds per step.
-        with monkeypatch.context() as m:
-            m.setattr(Journal, "all", lambda *a, **k: pytest.fail("a search step read the whole journal"))
-            return queue(self, *args)
+    def counted(self, *args, **kwargs):
+        reads.append(args)
+        return whole_journal(self, *args, **kwargs)
 
-    monkeypatch.setattr(SearchRunner, "_run_queue", queue_reading_no_whole_journal)
-    _search(oneshot_cfg(), tmp_path, data)
+    monkeypatch.setattr(Journal, "all", counted)
+    _search(oneshot_cfg("ONESHOT.EPOCHS", 1), tmp_path / "short", data)
+    short = len(reads)
+    _search(oneshot_cfg(), tmp_path, data)  # twice the epochs: twice the steps
     monkeypatch.undo()
+    assert len(reads) - short == short
     journal = Journal(tmp_path / JOURNAL_NAME)
     try:
         assert [r.sample for r in journal.samples(SEARCH_NAME, 2, 3)] == [2, 3, 4]

@@ -45,8 +45,8 @@ class ToyPlugin(Strategy):
         w = cfg.SEARCH.TOY_PLUGIN.WIDTH
         require(isinstance(w, int) and w >= 1, "SEARCH.TOY_PLUGIN.WIDTH", w, "an integer >= 1")
 
-    def attach(self, output_dir, sampled):
-        write_json_atomic(output_dir / "toy_plugin_state.json", {"sampled": len(sampled)})
+    def attach(self, output_dir, rows):
+        write_json_atomic(output_dir / "toy_plugin_state.json", {"sampled": len(rows)})
 
     def sample(self, n, generator):
         return self.space.sample(n, generator), None

@@ -17,7 +17,7 @@ from search.estimators import build_estimator
 from search.estimators.az_nas import az_nas_proxies, channel_entropy, gradient_balance
 from search.estimators.meco import meco
 from search.estimators.rank import continuous_rank, rank_aggregate
-from search.estimators.swap import size_factor, swap
+from search.estimators.swap import log_size_factor, swap
 from search.estimators.zico import zico
 from search.reward import ChildData
 
@@ -89,7 +89,7 @@ def test_swap_by_hand():
     net = nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(4, 4), nn.ReLU())
     x = torch.tensor([[1.0, -1.0, 2.0, 3.0], [1.0, 1.0, -1.0, 5.0]]).reshape(2, 1, 1, 4)
     assert swap(net, x) == 3
-    assert size_factor(2_000, mu=1.0, sigma=2.0) == pytest.approx(math.exp(-0.5))
+    assert log_size_factor(2_000, mu=1.0, sigma=2.0) == pytest.approx(-0.5)
 
 
 def test_az_nas_parts_by_hand():
@@ -148,3 +148,17 @@ def test_a_bad_setting_is_one_line_naming_its_key(key, value):
     with pytest.raises(ValueError) as e:
         load_cfg(None, [key, value])
     assert str(e.value).startswith(f"{key}=") and "\n" not in str(e.value)
+
+
+def test_swap_reg_keeps_ranking_cells_of_a_network_far_from_mu():
+    # was: exp(-(params / 1e3 - MU)^2 / SIGMA) underflowed to 0.0 for every cell of a ~3M-parameter network
+    # (2 @ f=32), so swap_reg scored every cell 0 and the zero_cost search picked in drawing order
+    small, large = (math.log(40_000) + log_size_factor(p, mu=183.0, sigma=1900.0) for p in (3_000_000, 3_100_000))
+    assert math.isfinite(small) and math.isfinite(large) and small > large
+
+
+@pytest.mark.parametrize("image_size", [18, 22])
+def test_az_nas_scores_a_child_whose_reductions_round_up(image_size: int, tiny_data):
+    # was: RuntimeError (mat1 and mat2 shapes cannot be multiplied) when a reduction rounded up (18 -> 9 -> 5 px)
+    scores = scores_of_two_builds("az_nas", tiny_cfg("CHILD.IMAGE_SIZE", image_size), tiny_data, 0, random_cells(1))
+    assert all(math.isfinite(s) for s in scores[0])

@@ -285,6 +285,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert not (tmp_path / JOURNAL_NAME).exists()  # nothing ran
 
 
+@pytest.mark.slow  # ~30-60 s: started first (tests/conftest.py)
 def test_cli_smoke_config_end_to_end(tmp_path, capsys):
     out = tmp_path / "smoke"
     argv = ["--config-file", str(REPO / "configs/search/smoke.yaml"), "--output-dir", str(out), "--no-progress",

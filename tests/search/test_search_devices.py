@@ -24,7 +24,7 @@ from nasnet_det.latency import LatencySetting, LookupTableLatency, cuda_event_ms
 from search.config import load_cfg
 from search.objective import Objective, ObjectiveEvaluator
 from search.reward import ChildData, ChildEvaluator, default_child_network
-from search.workers import Job, LocalProcessBackend, Result, _ray_run, _worker_main, search_runtime_env
+from search.workers import Job, LocalProcessBackend, Result, local_worker_main, ray_task, search_runtime_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,7 +78,7 @@ def gpus(monkeypatch: pytest.MonkeyPatch) -> Probe:
     monkeypatch.setattr(latency, "detection_backbone", cpu_backbone)
     monkeypatch.setattr(latency, "input_for", lambda model, setting, device: real_input(model, setting, "cpu"))
     monkeypatch.setattr(latency, "device_name", lambda device: "Simulated GPU")
-    # _worker_main as a spawned worker runs it, but in this process: no parent-death signal, Ctrl-C left alone
+    # local_worker_main as a spawned worker runs it, but in this process: no parent-death signal, Ctrl-C left alone
     monkeypatch.setattr(search.workers, "die_with_parent", lambda pid=None: True)
     monkeypatch.setattr(signal, "signal", lambda *args: None)
     return probe
@@ -99,7 +99,7 @@ def _run_worker(evaluator: Any, device: str) -> list[Any]:
     ours, theirs = mp.Pipe()
     ours.send(Job(0, NASNET_A.to_dict(), seed=0))
     ours.send(None)
-    _worker_main(theirs, pickle.loads(pickle.dumps(evaluator)), device, 1, os.getpid())
+    local_worker_main(theirs, pickle.loads(pickle.dumps(evaluator)), device, 1, os.getpid())
     messages = []
     while ours.poll():
         messages.append(ours.recv())
@@ -131,14 +131,14 @@ def test_a_ray_task_trains_on_the_gpu_ray_gave_it_and_a_task_without_one_on_the_
         evaluator = _objective_evaluator(tmp_path, "measure")
     assert evaluator.evaluator.device == "cpu"
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [3])  # Ray gave the task a GPU, the only one it sees
-    result = _ray_run(pickle.loads(pickle.dumps(evaluator)), job, 1)
+    result = ray_task(pickle.loads(pickle.dumps(evaluator)), job, 1)
     assert result.status == "ok", result.error
     assert gpus.trained_on == ["cuda"] and set(gpus.timed) == {("median_ms", "cuda")}
     assert gpus.set_device == []  # "cuda" is the task's one visible GPU already
     # a task given no GPU trains on the CPU, although the driver that built the child had CUDA
     gpus.trained_on.clear()
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
-    assert _ray_run(ChildEvaluator(CHILD, evaluator.evaluator.data, NETWORK), job, 1).status == "ok"
+    assert ray_task(ChildEvaluator(CHILD, evaluator.evaluator.data, NETWORK), job, 1).status == "ok"
     assert gpus.trained_on == ["cpu"]
 
 

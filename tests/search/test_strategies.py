@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from search.cli import main
-from search.config import load_cfg
+from search.config import identity_of, load_cfg
 from search.journal import Journal, load_state
 from search.reward import SyntheticOpReward
 from search.runner import SearchRunner
@@ -102,3 +102,12 @@ def test_unknown_or_uncombinable_strategies_get_one_line_naming_the_registered_o
 def test_the_summary_json_is_the_returned_summary(tmp_path):
     summary = SearchRunner(_cfg("SEARCH.BUDGET", 3), tmp_path, SyntheticOpReward(), progress=False).run()
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(summary))
+
+
+def test_strategy_names_in_any_case_give_the_identity_of_the_strategies_that_run():
+    """The runner runs SEARCH.STRATEGY in any case (OneShot is oneshot): the journal's identity holds the same
+    strategy settings, so a changed ONESHOT or SEARCH.ZERO_COST is refused whatever the case."""
+    for spec, same in (("OneShot", "oneshot"), ("ZERO_COST", "zero_cost"), (" Random , PPO", "random,ppo")):
+        assert identity_of(load_cfg(None, ["SEARCH.STRATEGY", spec])) == identity_of(
+            load_cfg(None, ["SEARCH.STRATEGY", same])), spec
+    assert "ONESHOT" in identity_of(load_cfg(None, ["SEARCH.STRATEGY", "OneShot"]))

@@ -13,6 +13,7 @@ from torch import nn
 
 from nasnet_det.data.cifar import synthetic_cifar
 from nasnet_det.space import OPS
+from nasnet_det.utils.errors import BadInputError
 from search.config import load_cfg
 from search.estimators import build_estimator
 from search.reward import ChildData
@@ -170,3 +171,10 @@ def test_the_supernet_trainer_runs_one_cosine_schedule_from_lr_to_lr_min(tiny_da
     assert trainer.total_updates == 2  # ONESHOT.EPOCHS x ONESHOT.WEIGHT_STEPS
     assert trainer.learning_rate(0) == 0.1 and math.isclose(trainer.learning_rate(2), 0.001)
     assert trainer.learning_rate(0.5) > trainer.learning_rate(1) > trainer.learning_rate(1.5) > 0.001
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0"])
+def test_a_supernet_estimator_on_cuda_without_a_gpu_is_one_line_naming_the_key(tiny_data, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a usable GPU
+    with pytest.raises(BadInputError, match=f"ONESHOT.DEVICE is '{device}' but CUDA is not usable here"):
+        build_estimator("spos", tiny_cfg("ONESHOT.DEVICE", device)).prepare(tiny_data, 0)

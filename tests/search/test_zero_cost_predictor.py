@@ -10,13 +10,14 @@ import pytest
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import Genotype
-from search.config import load_cfg
+from search.base_config import IDENTITY_KEYS
+from search.config import identity_of, load_cfg
 from search.estimators import build_estimator
 from search.journal import Journal
 from search.reward import SyntheticOpReward
 from search.runner import SearchRunner
 from search.session import JOURNAL_NAME
-from search.strategies.zero_cost import SCORES_NAME
+from search.strategies.zero_cost import SCORES_NAME, proxy_identity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -135,3 +136,38 @@ def test_a_few_shot_supernet_ranks_the_candidates_of_a_zero_cost_search(tmp_path
     rows = _decisions(tmp_path, "zero_cost")
     ranked = [saved["candidates"][i] for i in np.argsort(-np.array(saved["scores"]), kind="stable")[:2]]
     assert [d for d, _, _ in rows] == ranked
+
+
+def test_a_supernet_proxy_search_resumed_with_other_oneshot_settings_is_refused(tmp_path):
+    """The proxy's scores depend on ONESHOT (its supernet's training): a rerun with another ONESHOT.EPOCHS is
+    refused in one line instead of ranking by the old supernet's scores; the scores file names them too."""
+    def cfg_of(*opts):
+        return _cfg("zero_cost", "SEARCH.BUDGET", 2, "SEARCH.ZERO_COST.PROXY", "spos", "SEARCH.ZERO_COST.CANDIDATES", 3,
+                    "DATA.SOURCE", "synthetic:40", "DATA.VAL_SIZE", 10, "ONESHOT.WEIGHT_STEPS", 1,
+                    "ONESHOT.BATCH_SIZE", 8, *opts)
+
+    SearchRunner(cfg_of("ONESHOT.EPOCHS", 1, "SEARCH.MAX_EVALS_THIS_RUN", 1), tmp_path, SyntheticOpReward(noise=0.0),
+                 progress=False).run()
+    assert json.loads((tmp_path / SCORES_NAME).read_text())["estimator"]["ONESHOT"]["EPOCHS"] == 1
+    with pytest.raises(ValueError, match=r"different settings \(ONESHOT\)"):
+        SearchRunner(cfg_of("ONESHOT.EPOCHS", 2), tmp_path, SyntheticOpReward(noise=0.0), progress=False).run()
+    # where it runs changes no score: the search resumes
+    SearchRunner(cfg_of("ONESHOT.EPOCHS", 1, "ONESHOT.DEVICE", "cpu"), tmp_path, SyntheticOpReward(noise=0.0),
+                 progress=False).run()
+    assert len(_decisions(tmp_path, "zero_cost")) == 2
+
+
+def test_a_proxy_without_settings_of_its_own_adds_nothing_to_the_identity():
+    """Journals of zero_cost searches with a proxy at initialisation, and their scores files, keep the identity
+    they had before estimators carried one, so those output folders resume."""
+    for proxy in ("synflow", "naswot", "params"):
+        identity = identity_of(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", proxy))
+        assert set(identity) == {*IDENTITY_KEYS, "SEARCH.ZERO_COST"}, proxy
+        assert proxy_identity(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", proxy)) == {}
+
+
+def test_an_estimator_built_on_others_carries_their_identity():
+    """The ensemble's scores depend on its members': a supernet member brings ONESHOT, zico its own node."""
+    cfg = _cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", "ensemble", "ESTIMATORS.ENSEMBLE.MEMBERS", "zico,spos")
+    assert {"ESTIMATORS.ENSEMBLE", "ESTIMATORS.ZICO", "ONESHOT"} <= set(identity_of(cfg))
+    assert set(proxy_identity(_cfg("zero_cost", "SEARCH.ZERO_COST.PROXY", "zico"))) == {"ESTIMATORS.ZICO"}

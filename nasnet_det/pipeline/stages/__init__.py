@@ -1,15 +1,15 @@
 """The stages: search -> select -> cifar (optional) -> pretrain -> detect -> evaluate -> report, one module
 each; the framework (:class:`Stage`, :data:`STAGES`, :func:`pipeline_stages`) is :mod:`.base`.
 
-Importing this package registers every stage, in the order below (the tie-break of the run order where
-``needs`` leaves a choice). A new stage is one module here, imported below.
+Every module of this package is imported here, so a new stage is its file: it registers itself
+(``@STAGES.register()``), and its ``needs`` and ``order`` place it in the run order.
 """
 
-from nasnet_det.pipeline.stages.base import STAGES, Context, Stage, pipeline_stages, stage_names
+import sys
 
-# isort: off
-# Registration by import, in this order.
-from nasnet_det.pipeline.stages import search, select, cifar, pretrain, detect, evaluate, report  # noqa: F401
-# isort: on
+from nasnet_det.pipeline.stages.base import STAGES, Context, Stage, pipeline_stages, stage_names
+from nasnet_det.utils.registry import import_modules
+
+import_modules(sys.modules[__name__])
 
 __all__ = ["STAGES", "Context", "Stage", "pipeline_stages", "stage_names"]

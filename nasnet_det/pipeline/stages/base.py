@@ -1,12 +1,14 @@
 """The framework of the pipeline's stages: :class:`Stage`, the registry :data:`STAGES`, the run order
 (:func:`pipeline_stages`), the :class:`Context` a stage runs in, and the helpers the stages share.
 
-A stage is one class marked ``@STAGES.register()``: its ``name`` names its folder, its config node (the name in
-capitals, added by ``add_config``) and its ``--from``/``--until``/``--only`` choice; ``needs`` names the
-stages whose outputs it reads, which run before it (:func:`pipeline_stages`). A stage says what its result
-depends on (``settings``: hashed into the manifest; ``inputs``: files of earlier stages, checksummed), runs
-(the training stages as child processes of the existing tools, into the stage's folder, so the tool's own
-resume continues an interrupted run), and reports its ``outputs`` and ``metrics``.
+A stage is one class marked ``@STAGES.register()`` in a module of its own under this package: its ``name`` names
+its folder, its config node (the name in capitals, added by ``add_config``) and its ``--from``/``--until``/
+``--only`` choice; ``needs`` names the stages whose outputs it reads, which run before it, and ``order`` places it
+among the stages its needs leave free (:func:`pipeline_stages`). A stage says what its result depends on
+(``settings``: hashed into the manifest; ``inputs``: files of earlier stages, checksummed), runs (the training
+stages as child processes of the existing tools, into the stage's folder, so the tool's own resume continues an
+interrupted run), and reports its ``outputs`` and ``metrics``. It also plans itself (``plan``: the table of
+``nasnet-det plan``) and writes its parts of ``report.md`` (``report_sections``, ``smoke_reasons``).
 """
 from __future__ import annotations
 
@@ -24,8 +26,9 @@ from nasnet_det.pipeline.backends import ExecutionBackend, Workers, create_backe
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.manifest import MANIFEST_NAME, read_manifest_checked, sha256_file
 from nasnet_det.pipeline.paths import repo_root, resolve_path
+from nasnet_det.pipeline.plan import PlanContext, StagePlan
 from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
-from nasnet_det.utils.errors import bad_input_message
+from nasnet_det.utils.errors import bad_input_message, require
 from nasnet_det.utils.registry import Registry
 from nasnet_det.utils.yaml_config import load_config_tree
 
@@ -127,8 +130,6 @@ def read_json(stage: str, path: Path, what: str) -> Any:
         raise StageError(stage, f"{path} ({what}) is not valid JSON: {e}") from None
 
 
-
-
 def schedule_output(workdir: Path) -> dict[str, str]:
     return {"schedule": str(workdir / SCHEDULE_FILE)} if (workdir / SCHEDULE_FILE).is_file() else {}
 
@@ -149,15 +150,22 @@ def trained_with(stage: str, workdir: Path) -> dict[str, Any]:
     return {k: v for k, v in picked.items() if v is not None}
 
 
+# Below this many held-out images a top-1 checks that the chain works, it does not measure accuracy (ImageNet's
+# val split has 50,000 images).
+SMOKE_HELD_OUT_IMAGES = 10_000
+
+
 class Stage(ABC):
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()  # stages whose outputs this one reads: they run before it
+    # Where it runs among the stages whose needs are met (lower first; equal: registration order, i.e. module
+    # name). The shipped stages are 10 (search) to 60 (evaluate): a new stage without one runs after them.
+    order: ClassVar[int] = 100
     runs_last: ClassVar[bool] = False  # after every other stage (the report reads all their manifests)
     positive_keys: ClassVar[tuple[str, ...]] = ()  # keys of the stage's node that must be >= 1
     resumes: ClassVar[bool] = False  # its tool resumes from its own checkpoints / journal in the stage's folder
     # outputs (by key) kept only as a record: damaged, they are said (with this note) but do not redo the stage
     kept_outputs: ClassVar[dict[str, str]] = {}
-    report_first: ClassVar[bool] = False  # its report sections come before the other stages' (the run's result)
 
     @classmethod  # noqa: B027 (a stage may have no node)
     def add_config(cls, cfg: CN) -> None:
@@ -170,11 +178,11 @@ class Stage(ABC):
         node = cfg.get(node_name)
         if node is None:
             return
-        if "OPTS" in node and len(node.OPTS) % 2:
-            raise ValueError(f"{node_name}.OPTS must be KEY VALUE pairs (an even-length list), got {list(node.OPTS)}")
+        if "OPTS" in node:
+            require(len(node.OPTS) % 2 == 0, f"{node_name}.OPTS", list(node.OPTS),
+                    "KEY VALUE pairs (an even-length list)")
         for key in cls.positive_keys:
-            if node[key] < 1:
-                raise ValueError(f"{node_name}.{key} must be >= 1, got {node[key]}")
+            require(node[key] >= 1, f"{node_name}.{key}", node[key], "an integer >= 1")
 
     def enabled(self, ctx: Context) -> bool:
         return True
@@ -201,8 +209,17 @@ class Stage(ABC):
         """Check given artifacts (a genotype, weights) before the stage's folder is cleared for a rerun, so a
         bad one stops the pipeline with the earlier results of this stage still there."""
 
+    def plan(self, pc: PlanContext) -> StagePlan:
+        """What the stage will do, before it runs (its rows and checks of ``nasnet-det plan``)."""
+        return StagePlan(self.name, [("runs", "yes (no planner for this stage: nothing to show)")])
+
     def report_sections(self, report: Report) -> list[ReportSection]:
         """The stage's sections of ``report.md``, from the manifests in ``report`` (its own may be missing)."""
+        return []
+
+    def smoke_reasons(self, report: Report) -> list[str]:
+        """Why the stage's figures in ``report`` check the chain rather than measure (tiny held-out sets, short
+        schedules); empty: they are real-scale, or the stage has none."""
         return []
 
     def check(self, ctx: Context) -> None:  # noqa: B027 (an optional hook)
@@ -211,9 +228,9 @@ class Stage(ABC):
         does not import ``search``, and the search runs first anyway)."""
 
 
-# The registered stage classes by name, in registration order (the order nasnet_det.pipeline.stages imports them):
-# ``@STAGES.register()`` adds a stage; its folder, config node, ``--from`` choice and place in the order all
-# follow from the class.
+# The registered stage classes by name, in registration order (nasnet_det.pipeline.stages imports its modules in
+# name order): ``@STAGES.register()`` adds a stage; its folder, config node, ``--from`` choice and place in the
+# order all follow from the class.
 STAGES = Registry("stage")
 
 
@@ -224,13 +241,13 @@ def _check_stage_name(key: str, cls: type[Stage]) -> None:
 
 def pipeline_stages() -> list[Stage]:
     """One instance of each registered stage, in run order: every stage after the stages it ``needs`` (where
-    that leaves a choice, in registration order), and those that ``runs_last`` after all others."""
+    that leaves a choice, by ``order``, then registration order), and those that ``runs_last`` after all others."""
     for key, cls in STAGES:
         _check_stage_name(key, cls)
-    order: list[type[Stage]] = []
+    in_order: list[type[Stage]] = []
     for last in (False, True):
-        todo = [c for c in STAGES.values() if c.runs_last == last]
-        placed = {c.name for c in order}
+        todo = sorted((c for c in STAGES.values() if c.runs_last == last), key=lambda c: c.order)  # stable
+        placed = {c.name for c in in_order}
         for c in todo:
             for need in c.needs:
                 if need not in STAGES:
@@ -242,10 +259,10 @@ def pipeline_stages() -> list[Stage]:
             if ready is None:
                 raise ValueError(f"stages {', '.join(c.name for c in todo)} cannot be ordered: their needs "
                                  "form a circle")
-            order.append(ready)
+            in_order.append(ready)
             placed.add(ready.name)
             todo.remove(ready)
-    return [c() for c in order]
+    return [c() for c in in_order]
 
 
 def stage_names() -> list[str]:
@@ -320,9 +337,8 @@ class ClassificationStage(Stage):
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         final = read_json(self.name, workdir / "final_metrics.json", "the training's final metrics")
-        for f in ("model_final.pth",):
-            if not (workdir / f).is_file():
-                raise StageError(self.name, f"the training finished without writing {workdir / f}")
+        if not (workdir / "model_final.pth").is_file():
+            raise StageError(self.name, f"the training finished without writing {workdir / 'model_final.pth'}")
         outputs = {"weights": str(workdir / "model_final.pth"), "final_metrics": str(workdir / "final_metrics.json"),
                    "metrics": str(workdir / "metrics.jsonl"), "curves": str(workdir / "training_curves.png")}
         metrics = {k: v for k, v in final.items() if isinstance(v, (int, float, str))}
@@ -343,3 +359,9 @@ class ClassificationStage(Stage):
         if png:
             lines += [f"![{self.name} curves]({png})", ""]
         return [ReportSection("Training", lines)]
+
+    def smoke_reasons(self, report: Report) -> list[str]:
+        met = report.manifest(self.name).get("metrics", {})
+        if isinstance(met.get("images"), int) and met["images"] < SMOKE_HELD_OUT_IMAGES:
+            return [f"{self.name} top-1 is on {met['images']} held-out images"]
+        return []

@@ -8,6 +8,7 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.plan import PlanContext, StagePlan
 from nasnet_det.pipeline.stages.base import (
     STAGES,
     ClassificationStage,
@@ -25,7 +26,7 @@ class CifarStage(ClassificationStage):
 
     name, node, tool, dataset = "cifar", "CIFAR", "train_cifar.py", "cifar10"
     title = "CIFAR-10 final training"
-    needs, positive_keys = ("select",), ("NPROC_PER_NODE",)
+    needs, order, positive_keys = ("select",), 30, ("NPROC_PER_NODE",)
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
@@ -46,6 +47,13 @@ class CifarStage(ClassificationStage):
         c = ctx.cfg.CIFAR
         return check_classification(self.name, "CIFAR", c.CONFIG_FILE, [*genotype_opts("nasnet_a"), *c.OPTS],
                                      "cifar10")
+
+    def plan(self, pc: PlanContext) -> StagePlan:
+        from nasnet_det.pipeline.plan_stages import plan_classification
+
+        c = pc.cfg.CIFAR
+        return plan_classification(pc, self.name, "CIFAR", "CIFAR.CONFIG_FILE", c.CONFIG_FILE, list(c.OPTS),
+                                   genotype_opts("nasnet_a"), "cifar10", self.workers(pc.ctx), "CIFAR.NPROC_PER_NODE")
 
     def check(self, ctx: Context) -> None:
         self.training_config(ctx)

@@ -12,7 +12,8 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.backends import Workers
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.report import AP_KEYS, TRAINING_FIT, Report, ReportSection, detector_training_sets, fmt_num
+from nasnet_det.pipeline.plan import Check, PlanContext, StagePlan
+from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
@@ -23,13 +24,19 @@ from nasnet_det.pipeline.stages.base import (
     tool_settings,
 )
 
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+SAMPLE_DATASET_PREFIX = "coco_sample"  # the embedded 32-photo COCO sample (nasnet_det.data.sample)
+# An AP on the photos the detector trained on: what it shows, said beside the number.
+TRAINING_FIT = ("AP on the training photos (a fit of the training data, smoke scale: it checks that gradients "
+                "reach every part of the chain, not accuracy)")
+
 
 @STAGES.register()
 class EvaluateStage(Stage):
     """COCO box AP of the trained detector (``tools/train_net.py --eval-only``): the 12 numbers and per
     category."""
 
-    name, needs, positive_keys = "evaluate", ("select", "detect"), ("NUM_GPUS",)
+    name, needs, order, positive_keys = "evaluate", ("select", "detect"), 60, ("NUM_GPUS",)
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
@@ -56,6 +63,40 @@ class EvaluateStage(Stage):
         return check_detection(self.name, ctx.cfg.DETECT.CONFIG_FILE, [*network_opts(ctx.cfg, "nasnet_a"),
                                                                         *ctx.cfg.DETECT.OPTS, *ctx.cfg.EVALUATE.OPTS])
 
+    def plan(self, pc: PlanContext) -> StagePlan:
+        from nasnet_det.pipeline.plan_data import coco_datasets
+        from nasnet_det.pipeline.plan_stages import (
+            config_row,
+            device_checks,
+            launch_row,
+            load_detection,
+            plural,
+            throughput_rows,
+        )
+
+        cfg, name = pc.cfg, self.name
+        opts = [*cfg.DETECT.OPTS, *cfg.EVALUATE.OPTS]
+        ecfg = load_detection(name, cfg.DETECT.CONFIG_FILE, [*network_opts(cfg, "nasnet_a"), *opts])
+        workers = self.workers(pc.ctx)
+        tests = list(ecfg.DATASETS.TEST)
+        data = coco_datasets(tests, "DATASETS.TEST", list(ecfg.DATASETS.COCO_FILES), False, pc.count_images)
+        gpu, checks = device_checks(pc, name, "MODEL.DEVICE", ecfg.MODEL.DEVICE, workers, "EVALUATE.NUM_GPUS")
+        if not tests:
+            checks.append(Check("FAIL", name, "DATASETS.TEST is empty (DETECT.CONFIG_FILE + DETECT.OPTS + "
+                                              "EVALUATE.OPTS): nothing to evaluate"))
+        rows = [config_row(cfg.DETECT.CONFIG_FILE, "DETECT.OPTS + EVALUATE.OPTS", opts),
+                launch_row(pc, workers, "detectron2 launch", gpu),
+                ("devices", f"{plural(workers.world_size, 'GPU')} (MODEL.DEVICE {ecfg.MODEL.DEVICE})" if gpu else
+                 f"CPU (MODEL.DEVICE {ecfg.MODEL.DEVICE})"),
+                ("images", f"{data.images:,} ({', '.join(tests)}), 1 per device at a time" if data.images else
+                 f"unknown ({', '.join(tests) or 'none'})")]
+        more, values = throughput_rows(pc, "EVALUATE", float(data.images) if data.images else None,
+                                       workers.world_size, gpu)
+        rows += [*more, ("data", data.summary)]
+        checks += [Check("FAIL", name, p) for p in data.problems] + [Check("WARN", name, r) for r in data.remarks]
+        return StagePlan(name, rows, {"processes": workers.world_size, "device": "cuda" if gpu else "cpu",
+                                      "images": data.images, **values}, checks)
+
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         if workdir.is_dir():  # evaluation has nothing to resume: start clean so no stale result is read
             shutil.rmtree(workdir / "inference", ignore_errors=True)
@@ -77,7 +118,7 @@ class EvaluateStage(Stage):
 
     def report_sections(self, report: Report) -> list[ReportSection]:
         ev, lines = report.manifest(self.name), []
-        training_sets = detector_training_sets(report.ctx, report.manifest("detect"))
+        training_sets = detector_training_sets(report)
         for dataset, res in ev.get("metrics", {}).get("bbox", {}).items():
             if dataset in training_sets:  # scored on the photos it trained on: said beside the number
                 lines += [f"**{TRAINING_FIT}: {fmt_num(res.get('AP'), 1)}** (dataset `{dataset}`, the detector's "
@@ -94,3 +135,28 @@ class EvaluateStage(Stage):
         if not ev.get("metrics"):
             lines += ["Not evaluated.", ""]
         return [ReportSection("COCO box AP", lines)]
+
+    def smoke_reasons(self, report: Report) -> list[str]:
+        reasons = []
+        datasets = list(report.manifest(self.name).get("metrics", {}).get("bbox", {}))
+        if datasets and all(d.startswith(SAMPLE_DATASET_PREFIX) for d in datasets):
+            reasons.append(f"AP is on photos of the embedded COCO sample ({', '.join(datasets)})")
+        trained = detector_training_sets(report) if datasets else []
+        fitted = [d for d in datasets if d in trained]
+        if fitted:
+            reasons.append(f"AP is on the photos the detector trained on ({', '.join(fitted)}): a fit, not "
+                           "generalisation")
+        return reasons
+
+
+def detector_training_sets(report: Report) -> list[str]:
+    """``DATASETS.TRAIN`` of the trained detector, from the config detectron2 saved beside it (empty when there is
+    none)."""
+    import yaml
+
+    detect, ctx = report.manifest("detect"), report.ctx
+    config = detect.get("outputs", {}).get("config")
+    if detect.get("status") != "done" or not config or not Path(ctx.abspath(config)).is_file():
+        return []
+    saved = yaml.safe_load(Path(ctx.abspath(config)).read_text()) or {}
+    return [str(name) for name in (saved.get("DATASETS") or {}).get("TRAIN") or []]

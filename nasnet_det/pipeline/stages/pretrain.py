@@ -9,6 +9,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.plan import Check, PlanContext, StagePlan
 from nasnet_det.pipeline.stages.base import (
     STAGES,
     ClassificationStage,
@@ -29,7 +30,7 @@ class PretrainStage(ClassificationStage):
 
     name, node, tool, dataset = "pretrain", "PRETRAIN", "pretrain_imagenet.py", "imagenet"
     title = "ImageNet pretraining"
-    needs, positive_keys = ("select",), ("NPROC_PER_NODE", "NNODES")
+    needs, order, positive_keys = ("select",), 40, ("NPROC_PER_NODE", "NNODES")
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
@@ -64,6 +65,22 @@ class PretrainStage(ClassificationStage):
         c = ctx.cfg.PRETRAIN
         return check_classification(self.name, "PRETRAIN", c.CONFIG_FILE,
                                      [*network_opts(ctx.cfg, "nasnet_a"), *c.OPTS], "imagenet")
+
+    def plan(self, pc: PlanContext) -> StagePlan:
+        from nasnet_det.pipeline.plan_stages import multi_machine_check, plan_classification
+
+        c = pc.cfg.PRETRAIN
+        if c.WEIGHTS:
+            found = resolve_path(c.WEIGHTS).is_file()
+            missing = [] if found else [Check("FAIL", self.name, f"PRETRAIN.WEIGHTS {c.WEIGHTS} does not exist")]
+            return StagePlan(self.name, [("runs", f"no: PRETRAIN.WEIGHTS {c.WEIGHTS} given ("
+                                                  f"{'found' if found else 'MISSING'})")], {}, missing)
+        workers = self.workers(pc.ctx)
+        p = plan_classification(pc, self.name, "PRETRAIN", "PRETRAIN.CONFIG_FILE", c.CONFIG_FILE, list(c.OPTS),
+                                network_opts(pc.cfg, "nasnet_a"), "imagenet", workers, "PRETRAIN.NPROC_PER_NODE")
+        p.checks += multi_machine_check(pc, self.name, workers.machines, not c.RDZV_ENDPOINT,
+                                        "PRETRAIN.NODE_RANK 0..N-1 and a shared PRETRAIN.RDZV_ENDPOINT HOST:PORT")
+        return p
 
     def check(self, ctx: Context) -> None:
         if not ctx.cfg.PRETRAIN.WEIGHTS:

@@ -8,6 +8,7 @@ from typing import Any
 from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.manifest import MANIFEST_NAME
+from nasnet_det.pipeline.plan import PlanContext, StagePlan
 from nasnet_det.pipeline.report import write_report
 from nasnet_det.pipeline.stages.base import STAGES, Context, Stage, network_settings, pipeline_stages
 
@@ -37,6 +38,12 @@ class ReportStage(Stage):
         manifests = {f"{s.name}_manifest": ctx.stage_dir(s.name) / MANIFEST_NAME for s in self.reported()
                      if (ctx.stage_dir(s.name) / MANIFEST_NAME).is_file()}
         return {"genotype": ctx.outputs_of("select", self.name)["genotype"], **manifests}
+
+    def plan(self, pc: PlanContext) -> StagePlan:
+        drawn = (", the detector's top boxes on 4 embedded photos (one demo process)"
+                 if pc.cfg.REPORT.SAMPLE_DETECTIONS else "")
+        return StagePlan(self.name, [("runs", "in the pipeline's process, on this machine's CPU: tables, plots, the "
+                                              f"backbone's params and mult-adds{drawn}")])
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         write_report(ctx, workdir, self.reported())

@@ -9,6 +9,7 @@ from fvcore.common.config import CfgNode as CN
 
 from nasnet_det.pipeline.launch import StageError, python, run_tool, tool_path
 from nasnet_det.pipeline.paths import resolve_path
+from nasnet_det.pipeline.plan import PlanContext, StagePlan
 from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
     STAGES,
@@ -19,13 +20,14 @@ from nasnet_det.pipeline.stages.base import (
     tool_node,
     tool_settings,
 )
+from nasnet_det.space import Genotype
 
 
 @STAGES.register()
 class SearchStage(Stage):
     """CIFAR-10 architecture search (``tools/search_cifar.py``), or a given genotype (the shortcut)."""
 
-    name, resumes = "search", True
+    name, resumes, order = "search", True, 10
     # The journal serves a search that is not finished yet; the finished one's results are its other outputs.
     kept_outputs = {"journal": " (only a search that is not finished reads it)"}
 
@@ -50,7 +52,7 @@ class SearchStage(Stage):
         g = ctx.cfg.SEARCH.GENOTYPE
         return {"genotype": resolve_path(g)} if g and g.endswith(".json") else {}
 
-    def given_genotype(self, ctx: Context, inputs: dict[str, Path]):
+    def given_genotype(self, ctx: Context, inputs: dict[str, Path]) -> Genotype:
         from nasnet_det.genotypes import get_genotype
 
         c = ctx.cfg.SEARCH
@@ -62,6 +64,11 @@ class SearchStage(Stage):
     def validate(self, ctx: Context, inputs: dict[str, Path]) -> None:
         if ctx.cfg.SEARCH.GENOTYPE:
             self.given_genotype(ctx, inputs)
+
+    def plan(self, pc: PlanContext) -> StagePlan:
+        from nasnet_det.pipeline.plan_stages import plan_search
+
+        return plan_search(pc, self)
 
     def run(self, ctx: Context, workdir: Path, inputs: dict[str, Path]) -> None:
         c = ctx.cfg.SEARCH

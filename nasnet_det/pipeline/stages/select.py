@@ -11,7 +11,8 @@ from fvcore.common.config import CfgNode as CN
 from nasnet_det.pipeline.backends import Workers
 from nasnet_det.pipeline.launch import StageError
 from nasnet_det.pipeline.paths import resolve_path
-from nasnet_det.pipeline.report import Report, ReportSection, fmt_num
+from nasnet_det.pipeline.plan import PlanContext, StagePlan
+from nasnet_det.pipeline.report import Part, Report, ReportSection, fmt_num
 from nasnet_det.pipeline.stages.base import (
     STAGES,
     Context,
@@ -21,6 +22,7 @@ from nasnet_det.pipeline.stages.base import (
     genotype_opts,
     read_json,
 )
+from nasnet_det.utils.errors import require
 from nasnet_det.utils.io import atomic_write
 
 
@@ -29,8 +31,7 @@ class SelectStage(Stage):
     """Pick the cell to carry on: the best reward of the search, or the best of its top k after training each
     longer on CIFAR-10 (``SELECT.TOP_K`` > 1)."""
 
-    name, needs, positive_keys = "select", ("search",), ("TOP_K",)
-    report_first = True  # the chosen cell: the run's result
+    name, needs, order, positive_keys = "select", ("search",), 20, ("TOP_K",)
 
     @classmethod
     def add_config(cls, cfg: CN) -> None:
@@ -61,11 +62,28 @@ class SelectStage(Stage):
     def check_config(cls, cfg: CN) -> None:
         super().check_config(cfg)
         b = cfg.SELECT.LATENCY_BUDGET_MS
-        if not (isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0):
-            raise ValueError(f"SELECT.LATENCY_BUDGET_MS must be a number of ms >= 0 (0: no budget), got {b!r}")
+        require(isinstance(b, (int, float)) and not isinstance(b, bool) and b >= 0, "SELECT.LATENCY_BUDGET_MS", b,
+                "a number of ms >= 0 (0: no budget)")
         if b and cfg.SEARCH.GENOTYPE:
             raise ValueError(f"SELECT.LATENCY_BUDGET_MS={b:g} needs a search to choose from, but SEARCH.GENOTYPE "
                              f"{cfg.SEARCH.GENOTYPE!r} gives the cell; set one of them")
+
+    def plan(self, pc: PlanContext) -> StagePlan:
+        from nasnet_det.pipeline.plan_stages import plan_classification
+
+        c = pc.cfg.SELECT
+        budget = f"; within SELECT.LATENCY_BUDGET_MS {c.LATENCY_BUDGET_MS:g}" if c.LATENCY_BUDGET_MS > 0 else ""
+        if pc.cfg.SEARCH.GENOTYPE:
+            return StagePlan(self.name, [("picks", f"the given genotype (SEARCH.GENOTYPE {pc.cfg.SEARCH.GENOTYPE})")])
+        if c.TOP_K <= 1:
+            return StagePlan(self.name, [("picks", f"the search's best cell (SELECT.TOP_K 1{budget}): nothing to "
+                                                   "train")])
+        p = plan_classification(pc, self.name, "SELECT", "SELECT.RERANK_CONFIG_FILE", c.RERANK_CONFIG_FILE,
+                                list(c.RERANK_OPTS), genotype_opts("nasnet_a"), "cifar10", Workers(),
+                                "the re-ranking (one process per candidate)", runs=c.TOP_K)
+        p.rows.insert(0, ("picks", f"the best held-out accuracy of the search's top {c.TOP_K}{budget}, each trained "
+                                   "as below, one after another"))
+        return p
 
     def within_budget(self, inputs: dict[str, Path], budget: float, k: int) -> list[dict[str, Any]]:
         """The ``k`` most accurate cells of the search whose backbone latency is within ``budget`` ms (the most
@@ -159,9 +177,9 @@ class SelectStage(Stage):
             [{k_: (v.name if k_ == "genotype" else v) for k_, v in c_.items()} for c_ in cands], indent=2) + "\n")
 
     def collect(self, ctx: Context, workdir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-        sel = read_json(self.name, workdir / "selection.json", "the selection")
         from nasnet_det.space import Genotype
 
+        sel = read_json(self.name, workdir / "selection.json", "the selection")
         name = Genotype.load(workdir / "genotype.json").name
         chosen = next((c for c in sel if c["genotype"] == name), {})
         return ({"genotype": str(workdir / "genotype.json"), "cells": str(workdir / "cells.png")},
@@ -175,4 +193,30 @@ class SelectStage(Stage):
             lines += [f"Genotype **{g.get('genotype')}** (search reward {fmt_num(g.get('reward'), 4)}"
                       + (f", re-ranked CIFAR top-1 {fmt_num(g.get('rerank_top1'))}%" if g.get("rerank_top1") else "")
                       + f"; file `{sel.get('outputs', {}).get('genotype')}`).", "", "![cells](cells.png)", ""]
-        return [ReportSection("Chosen cell", lines)]
+        sections = [ReportSection("Chosen cell", lines, Part.RESULT)]
+        genotype = sel.get("outputs", {}).get("genotype")
+        if genotype:  # nothing before a cell is chosen
+            sections.append(ReportSection("Backbone", self.backbone_lines(report, report.ctx.abspath(genotype)),
+                                          Part.NETWORK))
+        return sections
+
+    @staticmethod
+    def backbone_lines(report: Report, genotype: Path) -> list[str]:
+        """Params and mult-adds of the chosen cell's backbone (also kept as ``backbone_profile.json``)."""
+        cfg = report.ctx.cfg
+        prof = backbone_profile(cfg, genotype, cfg.REPORT.PROFILE_IMAGE_SIZE)
+        atomic_write(report.workdir / "backbone_profile.json", json.dumps(prof, indent=2) + "\n")
+        return ["| network | params | mult-adds | image size | output channels |", "| --- | --- | --- | --- | --- |",
+                f"| {prof['num_cells']}@{prof['num_features']} (no classifier) | {prof['params'] / 1e6:.3f} M | "
+                f"{prof['mult_adds'] / 1e6:.1f} M | {prof['image_size']} | {prof['num_features']} |", ""]
+
+
+def backbone_profile(cfg: CN, genotype_file: Path, image_size: int) -> dict[str, Any]:
+    """Params and mult-adds at ``image_size`` of the pipeline's ``MODEL.NASNET`` network with the cell in
+    ``genotype_file``, as the detector's backbone (no classifier)."""
+    from nasnet_det.models import create_model
+    from nasnet_det.models.profile import count_mult_adds, count_params
+
+    model = create_model(cfg, num_classes=0, genotype=str(genotype_file))
+    return {"params": count_params(model), "mult_adds": count_mult_adds(model, image_size),
+            "image_size": image_size, "num_features": model.num_features, "num_cells": cfg.MODEL.NASNET.NUM_CELLS}
