@@ -393,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1, default=float))
         if args.results:
-            record(f"{SCRIPT}_nds_{args.command}", nds_rows(out, settings), notes=[data.description],
+            nds_settings = {k: v for k, v in settings.items() if k not in ("cells", "size_tolerance")}
+            record(f"{SCRIPT}_nds_{args.command}", nds_rows(out, nds_settings), notes=[data.description],
                    path=Path(args.results))
         return 0
     out["budget_study"] = budget_study(budgets, data, cache, args.cells, args.seeds, args.noise_cells,
