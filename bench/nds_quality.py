@@ -45,15 +45,25 @@ def describe(label: str, corr: Mapping[str, Mapping[str, float]]) -> str:
 
 # --------------------------------------------------------------------------------------------- protocol
 def protocol(sweeps: Mapping[str, Sequence[NDSCell]], budgets: Sequence[Budget], data: BenchData,
-             cache: TruthCache, seed: int = 0, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+             cache: TruthCache, seed: int = 0, log: Callable[[str], None] = print,
+             cached_only: bool = False) -> list[dict[str, Any]]:
     """Each sweep's cells (a fixed sample) trained alone at each budget (cheapest first, so an interrupted run
     has its cheap budgets whole; cached, resumable) and ranked against NDS: per budget and sweep, tau and rho
-    raw and size-adjusted, and the median seconds per cell."""
+    raw and size-adjusted, and the median seconds per cell. ``cached_only``: train nothing, rank the cells the
+    cache holds (an interrupted study's figures so far; a budget or sweep with fewer than 3 is left out)."""
     out = []
     for b in budgets:
         for name, cells in sweeps.items():
-            log(f"== protocol {b.label} on {name}: {len(cells)} cells")
-            entries = [ground_truth(cache, c.genotype, b, data, seed, log) for c in cells]
+            if cached_only:
+                held = [(c, cache.get(c.genotype, b, data.key, seed)) for c in cells]
+                cells = [c for c, e in held if e is not None]
+                entries = [e for _, e in held if e is not None]
+                if len(cells) < 3:
+                    continue
+                log(f"== protocol {b.label} on {name}: the {len(cells)} cells cached (training nothing)")
+            else:
+                log(f"== protocol {b.label} on {name}: {len(cells)} cells")
+                entries = [ground_truth(cache, c.genotype, b, data, seed, log) for c in cells]
             acc = [e["accuracy"] for e in entries]
             res = {"budget": b.label, "sweep": name, "cells": len(cells), **correlations(acc, cells),
                    "seconds_per_cell": float(np.median([e["seconds"] for e in entries])),
@@ -212,7 +222,7 @@ def nds_main(args: Any, data: BenchData, cache: TruthCache, budgets: Sequence[Bu
     if args.command == "protocol":
         n = 40 if args.nds_cells is None else args.nds_cells
         sample = {name: sample_cells(cells, n, args.cell_seed) for name, cells in sweeps.items()}
-        out["protocol"] = protocol(sample, budgets, data, cache, 0, log)
+        out["protocol"] = protocol(sample, budgets, data, cache, 0, log, args.cached_only)
         best = best_budget(out["protocol"], select)
         out["best_budget"] = best["budget"]
         log(f"== cheapest budget within 0.05 of the best size-adjusted tau on {select}: {best['budget']} "

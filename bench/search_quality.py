@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nds-size", action="store_true",
                    help="score each NDS cell in its own network's size (N = round((depth - 2) / 3), f = width), "
                         "not the search's network")
+    p.add_argument("--cached-only", action="store_true",
+                   help="protocol: train nothing, rank the cells the cache holds (an interrupted study so far)")
     p.add_argument("--ks", type=int, nargs="*", default=[10, 50, 100], help="pool draw sizes K (run --truth)")
     p.add_argument("--draws", type=int, default=500, help="seeded draws per K (run --truth)")
     p.add_argument("--work-dir", default="", help="keep the searches' outputs here (default: a temporary folder)")

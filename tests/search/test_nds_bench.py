@@ -176,6 +176,9 @@ def test_nds_subcommands_end_to_end_tiny(nds, tmp_path, one_torch_thread):
     assert res["best_budget"] in ("1@8px:1@4", "2@8px:1@4") and res["selection_sweep"] == "A_in"
     lines = cache.read_text().count("\n")
     assert lines == 12 and search_quality.main(proto) == 0 and cache.read_text().count("\n") == lines  # cached
+    partial = ["protocol", *common, "--budgets", "2@8px:1@4", "5@8px:1@4", "--nds-cells", "3", "--cached-only"]
+    assert search_quality.main(partial) == 0 and cache.read_text().count("\n") == lines  # trains nothing
+    assert [r["budget"] for r in json.loads(out.read_text())["protocol"]] == ["2@8px:1@4", "2@8px:1@4"]
 
     run = ["run", *common, "--estimators", "params,naswot", "--ks", "2", "3", "--draws", "30",
            "--search-opts", "CHILD.IMAGE_SIZE", "8", "MODEL.NASNET.FILTERS", "4", "SEARCH.ZERO_COST.BATCH_SIZE", "4"]
