@@ -118,12 +118,17 @@ def stop_leftovers(out: Path, wait_s: float = 5.0) -> str | None:
     deadline = time.monotonic() + wait_s
     while any(_same(p) for p in alive) and time.monotonic() < deadline:
         time.sleep(0.1)
-    for p in alive:
-        if _same(p):
-            try:
-                os.kill(int(p["pid"]), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+    killed = [p for p in alive if _same(p)]
+    for p in killed:
+        try:
+            os.kill(int(p["pid"]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # a killed process takes a moment to go (a large one tears down its memory first; longer on a busy machine):
+    # "stopped" is said once they are gone
+    deadline = time.monotonic() + wait_s
+    while any(_same(p) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.05)
     path.unlink(missing_ok=True)
     if not alive:
         return None
