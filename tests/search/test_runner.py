@@ -290,7 +290,8 @@ def test_cli_smoke_config_end_to_end(tmp_path, capsys):
     out = tmp_path / "smoke"
     argv = ["--config-file", str(REPO / "configs/search/smoke.yaml"), "--output-dir", str(out), "--no-progress",
             "DATA.SOURCE", "npz:builtin", "SEARCH.BUDGET", "4", "SEARCH.BATCH_SIZE", "2",
-            "CHILD.MAX_STEPS", "4", "DATA.TRAIN_LIMIT", "300", "DATA.VAL_SIZE", "200"]
+            "CHILD.MAX_STEPS", "4", "DATA.TRAIN_LIMIT", "300", "DATA.VAL_SIZE", "200",
+            "SEARCH.ZERO_COST.CANDIDATES", "8", "ESTIMATORS.AZ_NAS.REFERENCE_CELLS", "4"]  # its proxy, cheaper
     assert main(argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed["strategies"]) == {"zero_cost", "random"}  # the smoke config's default strategies
