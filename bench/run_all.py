@@ -27,7 +27,10 @@ from _common import BENCH_DIR, REPO, RESULTS_JSON, machine
 
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 SELF = Path(__file__).name
-NOT_BENCHMARKS = {SELF, "gpu_checks.py"}  # gpu_checks.py: bench/gpu.sh's checks, each run with its arguments
+# gpu_checks.py: bench/gpu.sh's checks, each run with its arguments; estimator_cost.py: a timing table printed for
+# docs/search.md (records nothing, ~10 minutes); the others: modules of search_quality.py, not scripts
+NOT_BENCHMARKS = {SELF, "gpu_checks.py", "estimator_cost.py", "nds.py", "nds_quality.py", "quality_stats.py",
+                  "quality_truth.py"}
 
 
 def scripts(only: list[str], skip: list[str]) -> list[Path]:

@@ -64,12 +64,14 @@ def test_bench_model_amp_is_bf16_as_the_trainers_ship_it(monkeypatch):
     assert not isinstance(bench_model.autocast_context("cuda", parser.parse_args([]).amp), torch.autocast)
 
 
-def test_make_bench_leaves_out_the_gpu_checks(monkeypatch):
+def test_make_bench_leaves_out_the_gpu_checks_and_the_modules_of_other_benches(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import run_all
 
     names = {p.name for p in run_all.scripts([], [])}
-    assert "bench_model.py" in names and "gpu_checks.py" not in names and "run_all.py" not in names
+    assert "bench_model.py" in names and "search_quality.py" in names
+    assert not names & {"gpu_checks.py", "run_all.py", "nds.py", "nds_quality.py", "quality_stats.py",
+                        "quality_truth.py", "estimator_cost.py"}
 
 
 def test_bench_model_cpu_path_of_the_gpu_commands_runs_and_reports_every_row():
