@@ -22,6 +22,8 @@ from quality_stats import rank_correlations
 from quality_truth import BenchData, Budget, TruthCache, cfg_hash, genotype_key, ground_truth, search_cfg
 from scipy import stats
 
+from nasnet_det.utils.errors import BadInputError
+
 SIZE_ADJUSTED = "size-adjusted: against the residual of NDS accuracy after a least-squares fit on log NDS params"
 
 
@@ -47,10 +49,11 @@ def describe(label: str, corr: Mapping[str, Mapping[str, float]]) -> str:
 def protocol(sweeps: Mapping[str, Sequence[NDSCell]], budgets: Sequence[Budget], data: BenchData,
              cache: TruthCache, seed: int = 0, log: Callable[[str], None] = print,
              cached_only: bool = False) -> list[dict[str, Any]]:
-    """Each sweep's cells (a fixed sample) trained alone at each budget (cheapest first, so an interrupted run
-    has its cheap budgets whole; cached, resumable) and ranked against NDS: per budget and sweep, tau and rho
-    raw and size-adjusted, and the median seconds per cell. ``cached_only``: train nothing, rank the cells the
-    cache holds (an interrupted study's figures so far; a budget or sweep with fewer than 3 is left out)."""
+    """Each sweep's cells (a fixed sample) trained alone at each budget (in the order given: list the cheap ones
+    first, so an interrupted run has them whole; cached, resumable) and ranked against NDS: per budget and sweep,
+    tau and rho raw and size-adjusted, and the median seconds per cell. ``cached_only``: train nothing, rank the
+    cells the cache holds (an interrupted study's figures so far, not always the same cells at each budget; a
+    budget or sweep with fewer than 3 is left out)."""
     out = []
     for b in budgets:
         for name, cells in sweeps.items():
@@ -74,12 +77,24 @@ def protocol(sweeps: Mapping[str, Sequence[NDSCell]], budgets: Sequence[Budget],
     return out
 
 
+def nominal_cost(budget: str) -> int:
+    """A budget's work, steps x pixels x N x f (what a cell's training costs up to a constant; the measured
+    seconds follow the machine's load as much as the budget)."""
+    b = Budget.parse(budget)
+    return b.steps * b.image_size ** 2 * b.num_cells * b.filters
+
+
 def best_budget(results: Sequence[Mapping[str, Any]], sweep: str, slack: float = 0.05) -> dict[str, Any]:
     """The budget the protocol should default to, chosen on ``sweep`` (the selection sweep; the other is held
-    out): the cheapest (seconds per cell) whose size-adjusted Kendall tau is within ``slack`` of the best one's."""
+    out): the cheapest (:func:`nominal_cost`, then seconds per cell) whose size-adjusted Kendall tau is within
+    ``slack`` of the best one's."""
     rows = [r for r in results if r["sweep"] == sweep]
+    if not rows:
+        raise BadInputError(f"no protocol results on the selection sweep {sweep!r} (with --cached-only: fewer than "
+                            "3 of its cells are trained at every budget); train them first")
     top = max(r["adjusted"]["kendall"] for r in rows)
-    return min((r for r in rows if r["adjusted"]["kendall"] >= top - slack), key=lambda r: r["seconds_per_cell"])
+    return min((r for r in rows if r["adjusted"]["kendall"] >= top - slack),
+               key=lambda r: (nominal_cost(r["budget"]), r["seconds_per_cell"]))
 
 
 # ------------------------------------------------------------------------------------------ estimators

@@ -83,7 +83,7 @@ from quality_truth import (  # noqa: E402,F401  (re-exported: the bench's ground
 
 from nasnet_det.genotypes import NASNET_A  # noqa: E402
 from nasnet_det.space import Genotype  # noqa: E402
-from nasnet_det.utils.errors import BadInputError  # noqa: E402
+from nasnet_det.utils.errors import BadInputError, exit_2_on_bad_input  # noqa: E402
 
 SCRIPT = "search_quality"
 NUM_BLOCKS = 5
@@ -444,4 +444,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(exit_2_on_bad_input(main)())  # bad input: one "error:" line, exit 2

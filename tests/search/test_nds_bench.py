@@ -152,9 +152,13 @@ def test_budget_choice_is_the_cheapest_near_the_best(nds):
     def res(budget, tau, secs, sweep="A"):
         return {"budget": budget, "sweep": sweep, "adjusted": {"kendall": tau}, "seconds_per_cell": secs}
 
-    rows = [res("40", 0.10, 5), res("100", 0.27, 12), res("250", 0.30, 28), res("40", 0.9, 5, "B")]
-    assert nds_quality.best_budget(rows, "A")["budget"] == "100"  # within 0.05 of the best and cheaper
-    assert nds_quality.best_budget(rows, "A", slack=0.01)["budget"] == "250"
+    rows = [res("40@16px:1@8", 0.10, 5), res("100@16px:1@8", 0.27, 30), res("250@16px:1@8", 0.30, 28),
+            res("40@16px:1@8", 0.9, 5, "B")]
+    # within 0.05 of the best and cheaper by its work, though a loaded machine timed it slower
+    assert nds_quality.best_budget(rows, "A")["budget"] == "100@16px:1@8"
+    assert nds_quality.best_budget(rows, "A", slack=0.01)["budget"] == "250@16px:1@8"
+    with pytest.raises(BadInputError, match="no protocol results on the selection sweep 'C'"):
+        nds_quality.best_budget(rows, "C")
 
 
 def test_nds_subcommands_end_to_end_tiny(nds, tmp_path, one_torch_thread):
@@ -206,3 +210,18 @@ def test_nds_subcommands_end_to_end_tiny(nds, tmp_path, one_torch_thread):
     assert by_size["estimator"] == "params" and by_size["n"] == 3
     with pytest.raises(BadInputError, match="protocol: expected --truth"):
         search_quality.main(["protocol", "--data", "synthetic:160", "--holdout", "40", "--search-val", "20"])
+
+
+def test_the_bench_says_a_bad_nds_file_in_one_line(tmp_path):
+    # was: a traceback, the one-line message only its last line
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2, 3]")
+    script = Path(__file__).resolve().parents[2] / "bench" / "search_quality.py"
+    proc = subprocess.run([sys.executable, str(script), "run", "--truth", f"nds:{bad}", "--results", ""],
+                          capture_output=True, text=True, timeout=120)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warn" not in ln]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and "bad.json" in lines[0], \
+        proc.stderr[-2000:]
