@@ -37,6 +37,12 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ValueError(f"{key}={value!r}: expected {expected}")
 
 
+def require_int(value: Any, key: str, minimum: int) -> None:
+    """:func:`require` that ``value`` is an integer (not a bool) >= ``minimum``."""
+    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
+            f"an integer >= {minimum}")
+
+
 def bad_input_message(exc: BaseException, file: str | None = None) -> str:
     """The one-line text of a bad-input error.
 

@@ -7,11 +7,12 @@ so here a cell is ranked against a fixed reference population of ``REFERENCE_CEL
 
 :class:`RankAggregateEstimator` is the base of ``az_nas`` and ``ensemble``; each gives its components of a
 cell (:meth:`RankAggregateEstimator.components`). Also here: the helpers of the estimators' own config nodes
-(``ESTIMATORS.<NAME>``: :func:`estimator_node`, :func:`require_int`)."""
+(``ESTIMATORS.<NAME>``: :func:`estimator_node`)."""
 
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ from fvcore.common.config import CfgNode
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import Genotype
-from search.base_config import require
+from nasnet_det.utils.errors import require_int
 from search.estimators.base import Estimator
 from search.reward import ChildData
 
@@ -33,13 +34,6 @@ def estimator_node(cfg: CfgNode, name: str) -> CfgNode:
         cfg.ESTIMATORS = CfgNode()
     cfg.ESTIMATORS[name] = CfgNode()
     return cfg.ESTIMATORS[name]
-
-
-def require_int(node: CfgNode, path: str, key: str, minimum: int) -> None:
-    """``ValueError`` naming ``path.key`` unless its value is an integer >= ``minimum``."""
-    v = node[key]
-    require(isinstance(v, int) and not isinstance(v, bool) and v >= minimum, f"{path}.{key}", v,
-            f"an integer >= {minimum}")
 
 
 def continuous_rank(value: float, reference: Sequence[float]) -> float:
@@ -90,11 +84,11 @@ class RankAggregateEstimator(Estimator):
 
     @classmethod
     def check_config(cls, cfg: CfgNode) -> None:
-        require_int(cfg.ESTIMATORS[cls.node_name], cls.config_node, "REFERENCE_CELLS", 2)
+        require_int(cfg.ESTIMATORS[cls.node_name].REFERENCE_CELLS, f"{cls.config_node}.REFERENCE_CELLS", 2)
 
+    @abstractmethod
     def components(self, genotype: Genotype) -> dict[str, float]:
         """The cell's scores to aggregate, by name (higher = better for each)."""
-        raise NotImplementedError
 
     def prepare(self, data: ChildData | None, seed: int) -> None:
         super().prepare(data, seed)

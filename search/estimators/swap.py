@@ -29,10 +29,9 @@ from torch import nn
 
 from nasnet_det.models.profile import count_params
 from nasnet_det.space import Genotype
-from nasnet_det.utils.errors import BadInputError
-from search.base_config import require
+from nasnet_det.utils.errors import BadInputError, require, require_int
 from search.estimators.base import ESTIMATORS
-from search.estimators.rank import estimator_node, require_int
+from search.estimators.rank import estimator_node
 from search.estimators.zero_cost import ProxyEstimator, forward_hooked
 from search.reward import ChildData, build_child
 
@@ -78,8 +77,8 @@ class Swap(ProxyEstimator):
     @classmethod
     def check_config(cls, cfg: CfgNode) -> None:
         s = cfg.ESTIMATORS.SWAP
-        require_int(s, "ESTIMATORS.SWAP", "IMAGES", 2)
-        require_int(s, "ESTIMATORS.SWAP", "REPEATS", 1)
+        require_int(s.IMAGES, "ESTIMATORS.SWAP.IMAGES", 2)
+        require_int(s.REPEATS, "ESTIMATORS.SWAP.REPEATS", 1)
         for key, minimum in (("MU", None), ("SIGMA", 0.0)):
             v = s[key]
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

@@ -24,8 +24,9 @@ from fvcore.common.config import CfgNode
 from torch import nn
 
 from nasnet_det.space import Genotype
+from nasnet_det.utils.errors import require_int
 from search.estimators.base import ESTIMATORS
-from search.estimators.rank import estimator_node, require_int
+from search.estimators.rank import estimator_node
 from search.estimators.zero_cost import ProxyEstimator, proxy_minibatch
 
 
@@ -68,7 +69,7 @@ class ZiCo(ProxyEstimator):
 
     @classmethod
     def check_config(cls, cfg: CfgNode) -> None:
-        require_int(cfg.ESTIMATORS.ZICO, "ESTIMATORS.ZICO", "BATCHES", 2)
+        require_int(cfg.ESTIMATORS.ZICO.BATCHES, "ESTIMATORS.ZICO.BATCHES", 2)
 
     def batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``BATCHES`` disjoint minibatches of distinct training images drawn by the seed."""

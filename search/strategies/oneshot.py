@@ -41,7 +41,7 @@ from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.space import Genotype
-from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.errors import BadInputError, require_int
 from nasnet_det.utils.io import atomic_torch_save
 from search.journal import Evaluation, load_state
 from search.objective import Objective
@@ -400,7 +400,7 @@ class OneShot(ControllerPolicy):
         need(str(o.POLICY) in ("reinforce", "ppo"), "POLICY", "'reinforce' or 'ppo'")
         for key in ("EPOCHS", "BATCH_SIZE", "CONTROLLER_STEPS", "REWARD_BATCH_SIZE", "FINAL_SAMPLES",
                     "CHECKPOINT_EVERY", "FEW_SHOT_SPLITS"):
-            need(isinstance(o[key], int) and not isinstance(o[key], bool) and o[key] >= 1, key, "an integer >= 1")
+            require_int(o[key], f"ONESHOT.{key}", 1)
         need(isinstance(o.WEIGHT_STEPS, int) and o.WEIGHT_STEPS >= 0, "WEIGHT_STEPS",
              "an integer >= 0 (0: one pass over the training split per epoch)")
         need(isinstance(o.BN_RECALIBRATION_BATCHES, int) and o.BN_RECALIBRATION_BATCHES >= 0,

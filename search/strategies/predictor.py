@@ -28,6 +28,7 @@ from fvcore.common.config import CfgNode
 
 from nasnet_det.search_space import SearchSpace
 from nasnet_det.space import OPS
+from nasnet_det.utils.errors import require_int
 from search.base_config import require
 from search.journal import Evaluation
 from search.strategies.base import STRATEGIES, Strategy
@@ -77,8 +78,7 @@ class Predictor(Strategy):
     def check_config(cls, cfg: CfgNode) -> None:
         p = cfg.SEARCH.PREDICTOR
         for key in ("INITIAL", "TOP_PARENTS", "MUTATIONS", "ENSEMBLE"):
-            require(isinstance(p[key], int) and not isinstance(p[key], bool) and p[key] >= 1,
-                    f"SEARCH.PREDICTOR.{key}", p[key], "an integer >= 1")
+            require_int(p[key], f"SEARCH.PREDICTOR.{key}", 1)
         for key in ("KAPPA", "RIDGE_ALPHA"):
             require(isinstance(p[key], (int, float)) and math.isfinite(p[key]) and p[key] >= 0,
                     f"SEARCH.PREDICTOR.{key}", p[key], "a finite number >= 0")

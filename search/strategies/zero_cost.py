@@ -20,7 +20,7 @@ import torch
 from fvcore.common.config import CfgNode
 from tqdm import tqdm
 
-from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.errors import BadInputError, require_int
 from search.base_config import NOT_IDENTITY as NETWORK_NOT_IDENTITY
 from search.base_config import require
 from search.estimators import ESTIMATORS, Estimator, build_estimator
@@ -60,8 +60,7 @@ class ZeroCost(Strategy):
     def check_config(cls, cfg: CfgNode) -> None:
         z = cfg.SEARCH.ZERO_COST
         for key in ("CANDIDATES", "BATCH_SIZE"):
-            require(isinstance(z[key], int) and not isinstance(z[key], bool) and z[key] >= 1,
-                    f"SEARCH.ZERO_COST.{key}", z[key], "an integer >= 1")
+            require_int(z[key], f"SEARCH.ZERO_COST.{key}", 1)
         if cls.name in resolve_strategies(cfg.SEARCH.STRATEGY):  # (other searches leave the node at its defaults)
             require(z.CANDIDATES >= cfg.SEARCH.BUDGET, "SEARCH.ZERO_COST.CANDIDATES", z.CANDIDATES,
                     f"at least SEARCH.BUDGET ({cfg.SEARCH.BUDGET}), the children trained from the best-ranked "
