@@ -1,12 +1,13 @@
 """The default memory layout computes what a plain reference computes, for every module the project trains.
 
-tests/models/layout_sweep.py runs each case in its own forked process under a time limit, so a wrong result, a
-segfault or a hang fails here with the module, stride, channel count, batch, threads and oneDNN ISA named.
-CI runs every module x stride x channel count (1..32; 1..16 capped to AVX2; f = 8..32 for the detection
-networks, 2..8 for the CIFAR ones) with batch and threads rotated (every pair for the narrow stride-2 cases of
-the strided-1x1 kinds), on this CPU's ISA and, on an AVX-512 CPU, capped to AVX2; ``python
+tests/models/layout_sweep.py runs the cases in forked processes (up to BATCH_SIZE cases each; a case that fails
+there is judged again in a fork of its own) under a time limit per case, so a wrong result, a segfault or a hang
+fails here with the module, stride, channel count, batch, threads and oneDNN ISA named. CI runs every module x
+stride x channel count (1..32, 1..16 capped to AVX2; f = 8..32 for the detection networks, 8..16 capped to AVX2,
+2..8 for the CIFAR ones) with batch and threads rotated (every pair for the narrow stride-2 cases of the
+strided-1x1 kinds), on this CPU's ISA and, on an AVX-512 CPU, capped to AVX2; ``python
 tests/models/layout_sweep.py`` runs every combination (about 15 minutes per ISA on the 2-core development CPU, more
-with the CIFAR networks).
+with the CIFAR networks, measured when each case had a fork of its own).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def test_rotated_cases_cover_every_module_stride_channel_count_batch_and_thread_
             assert pairs == {(b, t) for b in ls.BATCHES for t in ls.THREADS}, (name, c)
     # Another ISA sees another rotation: together they run more pairs.
     assert set(cases) != set(ls.rotated_cases(1))
+    # a cap on the channels caps the networks' f too
+    capped = ls.rotated_cases(1, 16)
+    assert max(c.channels for c in capped) == 16
+    assert {c.channels for c in capped if c.module == "c4_backbone"} == {8, 9, 10, 11, 12, 16}
 
 
 def test_a_wrong_result_a_segfault_and_a_hang_fail_naming_the_case():
@@ -71,6 +76,25 @@ def test_a_wrong_result_a_segfault_and_a_hang_fail_naming_the_case():
     assert "selftest_segfault stride 1, 5 channels, batch 1, 2 threads (native ISA): crash: killed by SIGSEGV" in text
     assert ("selftest_hang stride 1, 6 channels, batch 16, 1 thread (native ISA): hang: no result after 5 s, "
             "nor after 10 s on a second try") in text
+
+
+def test_cases_share_a_process_but_a_failure_is_judged_alone():
+    """Up to BATCH_SIZE cases run in one forked process. A case that fails after others runs again alone: a crash
+    there is a crash; one that fails only after another case (which may have damaged the process) still fails,
+    saying that it passed alone."""
+    cases = [ls.Case("conv_3x3", 1, 4, 2, 1), ls.Case("selftest_damage", 1, 4, 2, 1),
+             ls.Case("selftest_fragile", 1, 4, 2, 1), ls.Case("conv_3x3", 2, 5, 1, 2),
+             ls.Case("selftest_segfault", 1, 5, 1, 1), ls.Case("conv_3x3", 1, 6, 1, 1)]
+    outcomes = ls.sweep(cases, "native", timeout_s=30)
+    assert [o.status for o in outcomes] == ["ok", "ok", "mismatch", "ok", "crash", "ok"]
+    assert "selftest_fragile stride 1, 4 channels, batch 2, 1 thread (native ISA): mismatch: " in outcomes[2].describe()
+    assert outcomes[2].detail.endswith(
+        "(after 2 other cases in one process: conv_3x3 stride 1, 4 channels, batch 2, 1 thread .. selftest_damage "
+        "stride 1, 4 channels, batch 2, 1 thread); alone it passed: an earlier case may have damaged the process, "
+        "or the case is not deterministic")
+    assert outcomes[4].detail.startswith("killed by SIGSEGV")
+    # alone, the fragile case passes
+    assert [o.status for o in ls.sweep(cases[2:3], "native", timeout_s=30)] == ["ok"]
 
 
 def test_an_unknown_module_is_named():
