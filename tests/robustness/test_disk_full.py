@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.jobs import Jobs
 from test_faults import CIFAR_TINY, CLASSIFY, SEARCH_TINY, detection_argv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,13 +64,19 @@ def assert_says_disk_full(line: str, where: Path) -> None:
     assert "no space left on device" in line and str(where) in line and "is full" in line, line
 
 
+JOBS = Jobs({"OMP_NUM_THREADS": "1"})  # a job server per tool (helpers.jobs), closed after this module's tests
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_job_servers():
+    yield
+    JOBS.close()
+
+
 def run_tool(entry: str, argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
-    """``entry`` (``module:function``) with ``argv`` in a fresh Python, as the tools run it."""
-    code = "import json, sys, importlib; m, f = sys.argv[1].split(':'); " \
-           "sys.exit(getattr(importlib.import_module(m), f)(json.loads(sys.argv[2])))"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", code, entry, json.dumps(argv)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO)
+    """``entry`` (``module:function``) with ``argv`` as its own process, as the tools run it (test_faults' job
+    servers: forks of a process that imported the tool once)."""
+    return JOBS.run(entry, argv, timeout=timeout)
 
 
 # ---- the writers, without a mount ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.data import shapes_dataset
+from helpers.jobs import Jobs
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,10 +71,21 @@ sys.exit(getattr(importlib.import_module(module), func)(json.loads(sys.argv[2]))
 """
 
 
-def run_job(entry: str, argv: list[str], fault: str = "none:0", timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "FAULT": fault, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", DRIVER, entry, json.dumps(argv)], capture_output=True, text=True,
-                          env=env, timeout=timeout, cwd=REPO)
+# a job server per tool, shared by this module's tests (helpers.jobs: ~4 s of imports paid once, not per job)
+JOBS = Jobs({"OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_job_servers():
+    yield
+    JOBS.close()
+
+
+def run_job(entry: str, argv: list[str], fault: str = "none:0", timeout: int = 300,
+            driver: str = DRIVER) -> subprocess.CompletedProcess:
+    """``entry`` (``module:function``) with ``argv`` as its own process under ``driver``, which kills it at
+    ``fault``."""
+    return JOBS.run(entry, argv, code=driver, env={"FAULT": fault}, timeout=timeout)
 
 
 def run_with_faults(entry: str, argv: list[str], faults: list[str]) -> None:
@@ -227,10 +239,8 @@ def img_save(self, *a, **k):
     return real_img_save(self, *a, **k)
 Image.Image.save = img_save
 module, func = sys.argv[1].split(":")''')
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     out = Path(argv[argv.index("--output-dir") + 1])
-    proc = subprocess.run([sys.executable, "-c", driver, CLASSIFY, json.dumps(argv)], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=REPO)
+    proc = run_job(CLASSIFY, argv, driver=driver)
     assert not (out / "fake_imagenet").exists(), "a partial smoke folder was left under its final name"
     return proc
 
