@@ -5,10 +5,12 @@ The fault drills (kill -9 at chosen points, then the same command again) and the
 detectron2 and the project. A :class:`JobServer` imports the entry's module once, in a process that has run
 nothing (one torch thread: no OpenMP pool is started before a fork), and forks a child per job: the child sets
 the job's environment, working directory and argv, writes its stdout and stderr to files, runs the job's code as
-``python -c CODE ARGS`` would, and exits with its code -- or dies by a signal, which the caller sees as a
-negative return code, as from ``subprocess.run``. A fault that a driver injects by replacing a function
-(``torch.save``, ``os.replace``, a class's method) still reaches code that looks it up when it runs; a drill
-whose fault no longer fires fails on its own (it expects the kill).
+``python -c CODE ARGS`` would, and exits as the interpreter does (atexit callbacks, logging's shutdown) with its
+code -- or dies by a signal, which the caller sees as a negative return code, as from ``subprocess.run``. What a
+fresh process would print while importing the tool (e.g. a library's warning) is printed once, by the server. A
+fault that a driver injects by replacing a function (``torch.save``, ``os.replace``, a class's method) still
+reaches code that looks it up when it runs; a drill whose fault no longer fires fails on its own (it expects the
+kill).
 """
 
 from __future__ import annotations
@@ -28,44 +30,45 @@ REPO = Path(__file__).resolve().parents[2]
 # Runs in the server: import, then fork a child per job line on stdin; answer {"pid"} then {"returncode"}.
 SERVER = r"""
 import gc, importlib, json, os, sys, traceback
+answer = os.dup(1)  # the answers' pipe; the server's own stdout goes nowhere (an import that prints cannot garble it)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
 import torch
 torch.set_num_threads(1)
 for name in filter(None, sys.argv[1].split(",")):
     importlib.import_module(name)
 gc.collect()
 gc.freeze()
-answer = os.dup(1)
+
+
+def run(job):
+    for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+    try:
+        os.environ.clear()
+        os.environ.update(job["env"])
+        os.chdir(job["cwd"])
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        sys.argv = ["-c", *job["args"]]
+        exec(compile(job["code"], "<string>", "exec"), {"__name__": "__main__"})
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 os.write(answer, b'{"ready": true}\n')
 for line in sys.stdin:
     job = json.loads(line)
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            os.close(answer)
-            os.environ.clear()
-            os.environ.update(job["env"])
-            os.chdir(job["cwd"])
-            for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
-                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            sys.argv = ["-c", *job["args"]]
-            try:
-                exec(compile(job["code"], "<string>", "exec"), {"__name__": "__main__"})
-                code = 0
-            except SystemExit as e:
-                if e.code is None or isinstance(e.code, int):
-                    code = e.code or 0
-                else:
-                    print(e.code, file=sys.stderr)
-            except BaseException:
-                traceback.print_exc()
-        finally:
-            try:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            finally:
-                os._exit(code)
+        os.close(answer)
+        # the job's end is the interpreter's, as in a fresh process: atexit callbacks, logging.shutdown, flushes
+        sys.exit(run(job))
     os.write(answer, (json.dumps({"pid": pid}) + "\n").encode())
     _, status = os.waitpid(pid, 0)
     rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
@@ -83,8 +86,12 @@ class JobServer:
         self._proc = subprocess.Popen([sys.executable, "-c", SERVER, ",".join(preload)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, cwd=REPO, env=env)
         self._buffer = b""
-        if "ready" not in self._answer(600):
-            raise RuntimeError(f"the job server did not start (exit {self._proc.poll()})")
+        try:
+            self._answer(600)  # {"ready": true} once it has imported
+        except BaseException:
+            self._proc.kill()
+            self._proc.wait()
+            raise
 
     def _answer(self, timeout: float | None) -> dict:
         fd = self._proc.stdout.fileno()
@@ -109,11 +116,13 @@ class JobServer:
             pid = self._answer(60)["pid"]
             try:
                 rc = self._answer(timeout)["returncode"]
-            except TimeoutError:
+            except BaseException as e:  # past its time, or the caller interrupted: the job ends, as subprocess.run's
                 os.kill(pid, signal.SIGKILL)
                 self._answer(60)
-                raise subprocess.TimeoutExpired(["python", "-c", "...", *args], timeout, out.read_text(
-                    errors="replace"), err.read_text(errors="replace")) from None
+                if isinstance(e, TimeoutError):
+                    raise subprocess.TimeoutExpired(["python", "-c", "...", *args], timeout, out.read_text(
+                        errors="replace"), err.read_text(errors="replace")) from None
+                raise
             return subprocess.CompletedProcess(["python", "-c", "...", *args], rc,
                                                out.read_text(errors="replace"), err.read_text(errors="replace"))
 

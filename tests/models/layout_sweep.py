@@ -370,6 +370,8 @@ def _selftest(fault: str) -> Callable[[int, int], Built]:
                     DAMAGED.append(c)
                 elif fault == "fragile" and DAMAGED and x.is_contiguous(memory_format=torch.channels_last):
                     y = y * 1.01  # wrong only in a process an earlier case damaged
+                elif fault == "stall" and DAMAGED:
+                    _time.sleep(3600)  # slow only in a process an earlier case damaged: a hang there, a pass alone
                 return y
         def make_inputs(b, g):
             x = _randn(g, b, c, 8, 8)
@@ -404,7 +406,7 @@ def _module_kinds() -> dict[str, ModuleKind]:
         ModuleKind("rpn_head", (1,), _rpn_head),
     ]
     kinds += [ModuleKind(f"selftest_{fault}", (1,), _selftest(fault))
-              for fault in ("wrong", "small_param", "segfault", "hang", "kink", "damage", "fragile")]
+              for fault in ("wrong", "small_param", "segfault", "hang", "kink", "damage", "fragile", "stall")]
     return {k.name: k for k in kinds}
 
 
@@ -662,40 +664,42 @@ def serve(stream_in, stream_out, timeout_s: float, warm: Sequence[str] = ()) -> 
 
 
 def run_batch(batch: Sequence[Case], timeout_s: float) -> Iterator[dict]:
-    """The outcome of each case of ``batch``, in order. The cases run one after another in one forked process (a
-    fork per case cost as much as a small case itself); after the first that does not pass there, the rest go on
-    in a new fork. A failure is judged on the case alone, as when every case had its own fork: one that failed
-    after other cases runs again in a fresh fork, and a case that fails there, or failed first in its fork, is
-    reported as it failed -- except a hang, tried once more with twice its limit (a busy machine must not pass
-    for a hung kernel). A case that failed after others but passes alone is still a failure, said so (an earlier
-    case may have damaged the process, as oneDNN#6035's kernel overwrote the heap); a hang that passes alone is
-    a slow machine."""
+    """The outcome of each case of ``batch``, in order, each as soon as it is known. The cases run one after
+    another in one forked process (a fork per case cost as much as a small case itself); after the first that
+    does not pass there, the rest go on in a new fork. A failure is judged on the case alone, as when every case
+    had its own fork: one that failed after other cases runs again in a fresh fork, and a case that fails there,
+    or failed first in its fork, is reported as it failed -- except a hang, tried once more with twice its limit
+    (a busy machine must not pass for a hung kernel). A case that failed after others but passes alone is still
+    a failure, said so (an earlier case may have damaged the process, as oneDNN#6035's kernel overwrote the heap);
+    a hang that passes alone was a slow machine."""
     i = 0
     while i < len(batch):
-        passed, failure = _fork_cases(batch[i:], timeout_s)
-        yield from passed
-        i += len(passed)
+        ran, failure = 0, None
+        for outcome in _forked(batch[i:], timeout_s):
+            if outcome["status"] == "ok":
+                yield outcome
+                ran += 1
+            else:
+                failure = outcome
+        i += ran
         if failure is None:
             continue
         case = batch[i]
-        if passed:  # it ran after other cases: judged alone
-            ran_alone, alone = _fork_cases([case], timeout_s)
-            if alone is None:
-                earlier = batch[i - len(passed):i]
-                named = earlier[0].describe() + (f" .. {earlier[-1].describe()}" if len(earlier) > 1 else "")
-                yield ran_alone[0] if failure["status"] == "hang" else {
-                    **failure, "detail": f"{failure['detail']} (after {len(passed)} other case"
-                                         f"{'s' if len(passed) > 1 else ''} in one process: {named}); alone it "
-                                         f"passed: an earlier case may have damaged the process, or the case is "
-                                         f"not deterministic"}
+        if ran:  # it ran after other cases: judged alone
+            alone = _alone(case, timeout_s)
+            if alone["status"] == "ok":
+                earlier = batch[i - ran:i]
+                named = earlier[0].describe() + (f" .. {earlier[-1].describe()}" if ran > 1 else "")
+                yield alone if failure["status"] == "hang" else {
+                    **failure, "detail": f"{failure['detail']} (after {ran} other case{'s' if ran > 1 else ''} in "
+                                         f"one process: {named}); alone it passed: an earlier case may have "
+                                         f"damaged the process, or the case is not deterministic"}
                 i += 1
                 continue
             failure = alone
         if failure["status"] == "hang":
-            first = failure["seconds"]
-            ran_alone, again = _fork_cases([case], 2 * timeout_s)
-            failure = {**(again or ran_alone[0])}
-            failure["seconds"] += first
+            again = _alone(case, 2 * timeout_s)
+            failure = {**again, "seconds": again["seconds"] + failure["seconds"]}
             if failure["status"] == "hang":
                 limit = case_time_limit(case, timeout_s)
                 failure["detail"] = f"no result after {limit:.0f} s, nor after {2 * limit:.0f} s on a second try"
@@ -703,16 +707,21 @@ def run_batch(batch: Sequence[Case], timeout_s: float) -> Iterator[dict]:
         i += 1
 
 
+def _alone(case: Case, timeout_s: float) -> dict:
+    """``case``'s outcome in a fork of its own."""
+    return list(_forked([case], timeout_s))[-1]
+
+
 def case_time_limit(case: Case, timeout_s: float) -> float:
     """A case's first time limit: the sweep's, scaled for its kind."""
     return timeout_s * MODULE_KINDS[case.module].timeout_scale
 
 
-def _fork_cases(case_list: Sequence[Case], timeout_s: float) -> tuple[list[dict], dict | None]:
+def _forked(case_list: Sequence[Case], timeout_s: float) -> Iterator[dict]:
     """Run ``case_list`` one after another in a forked child, each under ``timeout_s`` scaled for its kind (the
-    fork's start counts to the first case), stopping at the first that does not pass: the outcomes of the cases
-    that passed, and that case's outcome -- how it failed, or how the child died (with the last line it wrote to
-    stderr, e.g. glibc's "free(): invalid next size" when a kernel overwrote the heap) -- or None."""
+    fork's start counts to the first case), stopping at the first that does not pass: the outcome of each case
+    as it ends, the last one how it failed or how the child died (with the last line it wrote to stderr, e.g.
+    glibc's "free(): invalid next size" when a kernel overwrote the heap), if one did."""
     read_fd, write_fd = os.pipe()
     stderr = tempfile.TemporaryFile()
     start = time.monotonic()
@@ -736,51 +745,52 @@ def _fork_cases(case_list: Sequence[Case], timeout_s: float) -> tuple[list[dict]
                 break
         os._exit(code)
     os.close(write_fd)
-    passed: list[dict] = []
-    failure: dict | None = None
     sel = selectors.DefaultSelector()
     sel.register(read_fd, selectors.EVENT_READ)
     buffer = b""
+    passed = 0
     deadline = start + case_time_limit(case_list[0], timeout_s)
-    while failure is None and len(passed) < len(case_list):
-        eof = False
-        while b"\n" not in buffer and not eof and sel.select(timeout=max(0.0, deadline - time.monotonic())):
-            chunk = os.read(read_fd, 1 << 16)
-            buffer += chunk
-            eof = not chunk
-        if b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            result = json.loads(line)
-            if result["status"] != "ok":
-                failure = result
+    try:
+        while passed < len(case_list):
+            eof = False
+            while b"\n" not in buffer and not eof and sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                chunk = os.read(read_fd, 1 << 16)
+                buffer += chunk
+                eof = not chunk
+            if b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                result = json.loads(line)
+                yield result
+                if result["status"] != "ok":
+                    return
+                passed += 1
+                if passed < len(case_list):
+                    deadline = time.monotonic() + case_time_limit(case_list[passed], timeout_s)
+                continue
+            if not eof:  # no result in time
+                os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            pid = 0
+            if not eof:
+                limit = case_time_limit(case_list[passed], timeout_s)
+                failure = {"status": "hang", "detail": f"no result after {limit:.0f} s (killed)"}
             else:
-                passed.append(result)
-                if len(passed) < len(case_list):
-                    deadline = time.monotonic() + case_time_limit(case_list[len(passed)], timeout_s)
-            continue
-        if not eof:  # no result in time
-            os.kill(pid, signal.SIGKILL)
-        _, status = os.waitpid(pid, 0)
-        pid = 0
-        if not eof:
-            limit = case_time_limit(case_list[len(passed)], timeout_s)
-            failure = {"status": "hang", "detail": f"no result after {limit:.0f} s (killed)"}
-        else:
-            stderr.seek(0)
-            said = [ln.strip() for ln in stderr.read().decode(errors="replace").splitlines() if ln.strip()]
-            last_words = f" (it wrote: {said[-1][:200]})" if said else ""
-            if os.WIFSIGNALED(status):
-                detail = f"killed by {signal.Signals(os.WTERMSIG(status)).name}{last_words}"
-            else:
-                detail = f"exited with code {os.WEXITSTATUS(status)} and no result{last_words}"
-            failure = {"status": "crash", "detail": detail}
-        failure["seconds"] = time.monotonic() - start
-    if pid:
-        os.waitpid(pid, 0)
-    sel.close()
-    os.close(read_fd)
-    stderr.close()
-    return passed, failure
+                stderr.seek(0)
+                said = [ln.strip() for ln in stderr.read().decode(errors="replace").splitlines() if ln.strip()]
+                last_words = f" (it wrote: {said[-1][:200]})" if said else ""
+                if os.WIFSIGNALED(status):
+                    detail = f"killed by {signal.Signals(os.WTERMSIG(status)).name}{last_words}"
+                else:
+                    detail = f"exited with code {os.WEXITSTATUS(status)} and no result{last_words}"
+                failure = {"status": "crash", "detail": detail}
+            yield {**failure, "seconds": time.monotonic() - start}
+            return
+    finally:
+        if pid:
+            os.waitpid(pid, 0)
+        sel.close()
+        os.close(read_fd)
+        stderr.close()
 
 
 # ------------------------------------------------------------------------------------------------ driver

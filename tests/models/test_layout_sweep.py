@@ -95,6 +95,13 @@ def test_cases_share_a_process_but_a_failure_is_judged_alone():
     assert outcomes[4].detail.startswith("killed by SIGSEGV")
     # alone, the fragile case passes
     assert [o.status for o in ls.sweep(cases[2:3], "native", timeout_s=30)] == ["ok"]
+    # a hang after other cases is tried alone, then alone with twice the time; one that passes alone (here: slow
+    # only after selftest_damage) was a slow machine
+    cases = [ls.Case("conv_3x3", 1, 4, 2, 1), ls.Case("selftest_hang", 1, 4, 2, 1),
+             ls.Case("selftest_damage", 1, 4, 2, 1), ls.Case("selftest_stall", 1, 4, 2, 1)]
+    outcomes = ls.sweep(cases, "native", timeout_s=2)
+    assert [o.status for o in outcomes] == ["ok", "hang", "ok", "ok"]
+    assert outcomes[1].detail == "no result after 2 s, nor after 4 s on a second try"
 
 
 def test_an_unknown_module_is_named():

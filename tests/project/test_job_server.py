@@ -28,6 +28,10 @@ def test_a_job_gets_its_argv_environment_and_folder_and_gives_its_output_and_exi
     raised = server.run("raise ValueError('no')", [], {}, REPO, timeout=60)
     assert raised.returncode == 1 and raised.stderr.startswith("Traceback") and "ValueError: no" in raised.stderr
     assert server.run("x = 1", [], {}, REPO, timeout=60).returncode == 0
+    # the interpreter's own end: atexit callbacks run, unflushed output is written
+    ended = server.run("import atexit, sys; atexit.register(print, 'at exit'); sys.stdout.write('unflushed')", [],
+                       {}, REPO, timeout=60)
+    assert (ended.returncode, ended.stdout) == (0, "unflushedat exit\n")
 
 
 def test_a_killed_job_is_a_negative_code_and_one_past_its_time_is_killed(server):
