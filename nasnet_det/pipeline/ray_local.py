@@ -10,6 +10,7 @@ pid still belongs to the process that was recorded (same start time), never a pr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -95,6 +96,18 @@ class LocalClusterRecord:
         (self.out / RECORD_NAME).unlink(missing_ok=True)
 
 
+def _signal_and_wait(procs: list[dict[str, Any]], sig: int, wait_s: float, poll_s: float) -> list[dict[str, Any]]:
+    """Send ``sig`` to each recorded process of ``procs``, then wait up to ``wait_s`` for them to go: those still
+    running."""
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(p["pid"]), sig)
+    deadline = time.monotonic() + wait_s
+    while any(_same(p) for p in procs) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    return [p for p in procs if _same(p)]
+
+
 def stop_leftovers(out: Path, wait_s: float = 5.0) -> str | None:
     """Stop the recorded processes of a local Ray cluster whose driver is gone (killed); returns the line that
     says so, or None when there was nothing to stop. A record of a live driver is left alone."""
@@ -110,25 +123,10 @@ def stop_leftovers(out: Path, wait_s: float = 5.0) -> str | None:
     if _same(driver):  # that pipeline still runs (its lock says so too): not ours to stop
         return None
     alive = [p for p in procs if _same(p)]
-    for p in alive:
-        try:
-            os.kill(int(p["pid"]), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + wait_s
-    while any(_same(p) for p in alive) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    killed = [p for p in alive if _same(p)]
-    for p in killed:
-        try:
-            os.kill(int(p["pid"]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    killed = _signal_and_wait(alive, signal.SIGTERM, wait_s, poll_s=0.1)
     # a killed process takes a moment to go (a large one tears down its memory first; longer on a busy machine):
     # "stopped" is said once they are gone
-    deadline = time.monotonic() + wait_s
-    while any(_same(p) for p in killed) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _signal_and_wait(killed, signal.SIGKILL, wait_s, poll_s=0.05)
     path.unlink(missing_ok=True)
     if not alive:
         return None
