@@ -398,12 +398,11 @@ for d in "$D2_FALLBACK_DIR" "$ROOT/nasnet_det" "$ROOT/search" "$ROOT/tools" "$RO
     [[ -d $d ]] && COMPILE_DIRS+=("$d")
 done
 COMPILE_START=$SECONDS
-if "$PY" -m compileall -qq -j 0 "${COMPILE_DIRS[@]}" >/dev/null 2>&1; then
-    log "compiled the bytecode of site-packages, detectron2 and this repository in $((SECONDS - COMPILE_START))s"
-else  # some packages ship files that are not Python 3 (test data, templates): those are all it skips
-    log "compiled the bytecode of site-packages, detectron2 and this repository in $((SECONDS - COMPILE_START))s" \
-        "(compileall exit $?: some files do not compile; \`$PY -m compileall -q DIR\` names them)"
-fi
+# some packages ship files that are not Python 3 (test data, templates): those are all it skips
+COMPILE_SKIPPED=""
+"$PY" -m compileall -qq -j 0 "${COMPILE_DIRS[@]}" >/dev/null 2>&1 ||
+    COMPILE_SKIPPED=" (compileall exit $?: some files do not compile; \`$PY -m compileall -q DIR\` names them)"
+log "compiled the bytecode of site-packages, detectron2 and this repository in $((SECONDS - COMPILE_START))s$COMPILE_SKIPPED"
 
 # --------------------------------------------------------------------------- smoke check
 if [[ "${SKIP_VERIFY:-0}" != 1 ]]; then

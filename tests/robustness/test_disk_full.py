@@ -64,13 +64,7 @@ def assert_says_disk_full(line: str, where: Path) -> None:
     assert "no space left on device" in line and str(where) in line and "is full" in line, line
 
 
-JOBS = Jobs({"OMP_NUM_THREADS": "1"})  # a job server per tool (helpers.jobs), closed after this module's tests
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_job_servers():
-    yield
-    JOBS.close()
+JOBS = Jobs({"OMP_NUM_THREADS": "1"})  # a job server per tool (helpers.jobs), closed by conftest.py after these tests
 
 
 def run_tool(entry: str, argv: list[str], timeout: int = 300) -> subprocess.CompletedProcess:

@@ -71,14 +71,9 @@ sys.exit(getattr(importlib.import_module(module), func)(json.loads(sys.argv[2]))
 """
 
 
-# a job server per tool, shared by this module's tests (helpers.jobs: ~4 s of imports paid once, not per job)
+# a job server per tool, shared by this module's tests (helpers.jobs: ~4 s of imports paid once, not per job;
+# conftest.py closes it after them)
 JOBS = Jobs({"OMP_NUM_THREADS": "1"})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_job_servers():
-    yield
-    JOBS.close()
 
 
 def run_job(entry: str, argv: list[str], fault: str = "none:0", timeout: int = 300,

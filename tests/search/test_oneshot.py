@@ -364,3 +364,12 @@ def test_warm_up_fairness_and_bn_recalibration_resume_like_an_uninterrupted_run(
     assert any(k.endswith("running_mean") for k in s_full["supernet"])  # recalibration keeps statistics
     with pytest.raises(ValueError, match="ONESHOT.WARMUP_EPOCHS=2: expected an integer >= 0 and below"):
         SearchRunner(oneshot_cfg("ONESHOT.WARMUP_EPOCHS", 2), tmp_path / "bad", data=data)
+
+
+@pytest.mark.parametrize("key", ["WEIGHT_STEPS", "BN_RECALIBRATION_BATCHES", "WARMUP_EPOCHS"])
+def test_a_count_of_the_oneshot_node_is_an_integer_not_a_bool(key):
+    """A bool is an int to Python; a config set in code (yacs refuses it from a file) must not pass for 1."""
+    cfg = oneshot_cfg()
+    cfg.ONESHOT[key] = True
+    with pytest.raises(ValueError, match=rf"ONESHOT.{key}=True: expected an integer >= 0"):
+        OneShot.check_config(cfg)
