@@ -402,7 +402,8 @@ COMPILE_START=$SECONDS
 COMPILE_SKIPPED=""
 "$PY" -m compileall -qq -j 0 "${COMPILE_DIRS[@]}" >/dev/null 2>&1 ||
     COMPILE_SKIPPED=" (compileall exit $?: some files do not compile; \`$PY -m compileall -q DIR\` names them)"
-log "compiled the bytecode of site-packages, detectron2 and this repository in $((SECONDS - COMPILE_START))s$COMPILE_SKIPPED"
+log "compiled the bytecode of site-packages, detectron2 and this repository in" \
+    "$((SECONDS - COMPILE_START))s$COMPILE_SKIPPED"
 
 # --------------------------------------------------------------------------- smoke check
 if [[ "${SKIP_VERIFY:-0}" != 1 ]]; then

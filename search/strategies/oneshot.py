@@ -401,13 +401,14 @@ class OneShot(ControllerPolicy):
         for key in ("EPOCHS", "BATCH_SIZE", "CONTROLLER_STEPS", "REWARD_BATCH_SIZE", "FINAL_SAMPLES",
                     "CHECKPOINT_EVERY", "FEW_SHOT_SPLITS"):
             require_int(o[key], f"ONESHOT.{key}", 1)
-        def count(v) -> bool:  # an integer >= 0, not a bool (require_int's rule; the messages here explain 0)
+        def is_count(v) -> bool:  # an integer >= 0, not a bool (require_int's rule; the messages here explain 0)
             return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
-        need(count(o.WEIGHT_STEPS), "WEIGHT_STEPS", "an integer >= 0 (0: one pass over the training split per epoch)")
-        need(count(o.BN_RECALIBRATION_BATCHES), "BN_RECALIBRATION_BATCHES",
+        need(is_count(o.WEIGHT_STEPS), "WEIGHT_STEPS",
+             "an integer >= 0 (0: one pass over the training split per epoch)")
+        need(is_count(o.BN_RECALIBRATION_BATCHES), "BN_RECALIBRATION_BATCHES",
              "an integer >= 0 (0: score with the batch's statistics)")
-        need(count(o.WARMUP_EPOCHS) and o.WARMUP_EPOCHS < o.EPOCHS, "WARMUP_EPOCHS",
+        need(is_count(o.WARMUP_EPOCHS) and o.WARMUP_EPOCHS < o.EPOCHS, "WARMUP_EPOCHS",
              f"an integer >= 0 and below ONESHOT.EPOCHS ({o.EPOCHS}): the controller needs at least one epoch")
         need(isinstance(o.FAIRNESS, bool), "FAIRNESS", "true or false")
         for key in ("LR", "LR_MIN", "MOMENTUM", "WEIGHT_DECAY", "GRAD_CLIP"):
