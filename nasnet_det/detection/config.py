@@ -13,7 +13,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from nasnet_det.models.config import add_nasnet_model_config
-from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.errors import BadInputError, is_int
 
 NORMS = ("BN", "FrozenBN", "SyncBN")
 
@@ -61,10 +61,6 @@ def _sizes(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _is_size(value, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def validate_input_sizes(cfg: CN) -> None:
     """The ``INPUT`` resize keys, as detectron2's ``ResizeShortestEdge`` reads them, refused where a value has no
     meaning there: a shorter-side size of 0 in ``MIN_SIZE_TRAIN`` would silently train at full size, a
@@ -75,17 +71,17 @@ def validate_input_sizes(cfg: CN) -> None:
     if sampling not in ("choice", "range"):
         raise BadInputError(f"INPUT.MIN_SIZE_TRAIN_SAMPLING must be 'choice' or 'range', got {sampling!r}")
     train = _sizes(i.MIN_SIZE_TRAIN)
-    if not train or not all(_is_size(v, 1) for v in train):
+    if not train or not all(is_int(v, 1) for v in train):
         raise BadInputError(f"INPUT.MIN_SIZE_TRAIN must be one or more sizes >= 1 (pixels of the shorter image "
                             f"side), got {i.MIN_SIZE_TRAIN!r}")
     if sampling == "range" and (len(train) != 2 or train[0] > train[1]):
         raise BadInputError(f"INPUT.MIN_SIZE_TRAIN with INPUT.MIN_SIZE_TRAIN_SAMPLING 'range' must be (MIN, MAX) "
                             f"with MIN <= MAX, got {i.MIN_SIZE_TRAIN!r}")
-    if not _is_size(i.MIN_SIZE_TEST, 0):
+    if not is_int(i.MIN_SIZE_TEST, 0):
         raise BadInputError(f"INPUT.MIN_SIZE_TEST must be a size >= 1 (pixels of the shorter image side), or 0 "
                             f"for no resizing at test time, got {i.MIN_SIZE_TEST!r}")
     for key in ("MAX_SIZE_TRAIN", "MAX_SIZE_TEST"):
-        if not _is_size(i[key], 1):
+        if not is_int(i[key], 1):
             raise BadInputError(f"INPUT.{key} must be a size >= 1 (pixels of the longer image side), got "
                                 f"{i[key]!r}")
 
@@ -96,7 +92,7 @@ def validate_solver_values(cfg: CN) -> None:
     the key here, before anything runs."""
     s = cfg.SOLVER
     workers = cfg.DATALOADER.NUM_WORKERS
-    if not _is_size(workers, 0):
+    if not is_int(workers, 0):
         raise BadInputError(f"DATALOADER.NUM_WORKERS must be an integer >= 0 (0: load in the training process), "
                             f"got {workers!r}")
     # (key, value, low, high, low inclusive, high inclusive)

@@ -27,7 +27,7 @@ from PIL import Image
 
 from nasnet_det.data.sample import COCO_DATASETS as SAMPLE_COCO_DATASETS
 from nasnet_det.data.sample import coco_dataset_files
-from nasnet_det.utils.errors import BadInputError
+from nasnet_det.utils.errors import BadInputError, is_int
 from nasnet_det.utils.jsonfile import read_json_file
 
 logger = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ def parse_dataset_spec(spec: str) -> tuple[str, str, str]:
 
 COCO_JSON = ("a COCO detection file: a JSON object with the lists 'images' (id, file_name, width, height), "
              "'annotations' (id, image_id, category_id, bbox) and 'categories' (id, name)")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_box(value: Any) -> bool:
@@ -152,8 +148,8 @@ def load_coco_file(json_file: str | Path) -> dict:
         raise BadInputError(f"{json_file}: the dataset is empty (no entries in 'images')")
     if not data["categories"]:
         raise BadInputError(f"{json_file}: no categories")
-    integer = (_is_int, "an integer")
-    positive = (lambda v: _is_int(v) and v > 0, "a positive integer (pixels)")
+    integer = (is_int, "an integer")
+    positive = (lambda v: is_int(v, 1), "a positive integer (pixels)")
     text = (lambda v: isinstance(v, str) and bool(v), "a non-empty string")
     _check_records(json_file, "images", data["images"], {"id": integer, "file_name": text, "width": positive,
                                                          "height": positive}, "id, file_name, width and height")

@@ -37,10 +37,14 @@ def require(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ValueError(f"{key}={value!r}: expected {expected}")
 
 
+def is_int(value: Any, minimum: int | None = None) -> bool:
+    """``value`` is an integer, not a bool (which Python counts as one), and at least ``minimum`` where given."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
 def require_int(value: Any, key: str, minimum: int) -> None:
     """:func:`require` that ``value`` is an integer (not a bool) >= ``minimum``."""
-    require(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, key, value,
-            f"an integer >= {minimum}")
+    require(is_int(value, minimum), key, value, f"an integer >= {minimum}")
 
 
 def bad_input_message(exc: BaseException, file: str | None = None) -> str:

@@ -41,7 +41,7 @@ from nasnet_det.engine.devices import require_cuda
 from nasnet_det.engine.distributed import barrier, init_distributed
 from nasnet_det.engine.rng import capture_rng_state, restore_rng_state
 from nasnet_det.space import Genotype
-from nasnet_det.utils.errors import BadInputError, require_int
+from nasnet_det.utils.errors import BadInputError, is_int, require_int
 from nasnet_det.utils.io import atomic_torch_save
 from search.journal import Evaluation, load_state
 from search.objective import Objective
@@ -401,14 +401,12 @@ class OneShot(ControllerPolicy):
         for key in ("EPOCHS", "BATCH_SIZE", "CONTROLLER_STEPS", "REWARD_BATCH_SIZE", "FINAL_SAMPLES",
                     "CHECKPOINT_EVERY", "FEW_SHOT_SPLITS"):
             require_int(o[key], f"ONESHOT.{key}", 1)
-        def is_count(v) -> bool:  # an integer >= 0, not a bool (require_int's rule; the messages here explain 0)
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-        need(is_count(o.WEIGHT_STEPS), "WEIGHT_STEPS",
+        # require_int's rule with messages that explain 0
+        need(is_int(o.WEIGHT_STEPS, 0), "WEIGHT_STEPS",
              "an integer >= 0 (0: one pass over the training split per epoch)")
-        need(is_count(o.BN_RECALIBRATION_BATCHES), "BN_RECALIBRATION_BATCHES",
+        need(is_int(o.BN_RECALIBRATION_BATCHES, 0), "BN_RECALIBRATION_BATCHES",
              "an integer >= 0 (0: score with the batch's statistics)")
-        need(is_count(o.WARMUP_EPOCHS) and o.WARMUP_EPOCHS < o.EPOCHS, "WARMUP_EPOCHS",
+        need(is_int(o.WARMUP_EPOCHS, 0) and o.WARMUP_EPOCHS < o.EPOCHS, "WARMUP_EPOCHS",
              f"an integer >= 0 and below ONESHOT.EPOCHS ({o.EPOCHS}): the controller needs at least one epoch")
         need(isinstance(o.FAIRNESS, bool), "FAIRNESS", "true or false")
         for key in ("LR", "LR_MIN", "MOMENTUM", "WEIGHT_DECAY", "GRAD_CLIP"):
