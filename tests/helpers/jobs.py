@@ -76,6 +76,11 @@ for line in sys.stdin:
 """
 
 
+def _read(*paths: Path) -> list[str]:
+    """The text of a job's output files (undecodable bytes replaced, as ``errors="replace"`` does)."""
+    return [p.read_text(errors="replace") for p in paths]
+
+
 class JobServer:
     """Forks of one process that imported ``preload`` (module names): :meth:`run` is ``subprocess.run([python,
     "-c", code, *args], env=..., cwd=..., capture_output=True, text=True, timeout=...)`` without the start-up."""
@@ -114,17 +119,16 @@ class JobServer:
             self._proc.stdin.write((json.dumps(job) + "\n").encode())
             self._proc.stdin.flush()
             pid = self._answer(60)["pid"]
+            cmd = ["python", "-c", "...", *args]
             try:
                 rc = self._answer(timeout)["returncode"]
             except BaseException as e:  # past its time, or the caller interrupted: the job ends, as subprocess.run's
                 os.kill(pid, signal.SIGKILL)
                 self._answer(60)
                 if isinstance(e, TimeoutError):
-                    raise subprocess.TimeoutExpired(["python", "-c", "...", *args], timeout, out.read_text(
-                        errors="replace"), err.read_text(errors="replace")) from None
+                    raise subprocess.TimeoutExpired(cmd, timeout, *_read(out, err)) from None
                 raise
-            return subprocess.CompletedProcess(["python", "-c", "...", *args], rc,
-                                               out.read_text(errors="replace"), err.read_text(errors="replace"))
+            return subprocess.CompletedProcess(cmd, rc, *_read(out, err))
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -142,7 +146,8 @@ ENTRY_CODE = ("import json, sys, importlib; m, f = sys.argv[1].split(':'); "
 
 
 class Jobs:
-    """One :class:`JobServer` per entry module, started at its first job (a test module's fixture owns it)."""
+    """One :class:`JobServer` per entry module, started at its first job (a test module's ``JOBS``, closed by
+    tests/robustness/conftest.py after the module's tests)."""
 
     def __init__(self, env: dict[str, str] | None = None):
         self._env = env or {}

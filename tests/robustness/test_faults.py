@@ -20,12 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.data import shapes_dataset
-from helpers.jobs import Jobs
+from helpers.jobs import ENTRY_CODE, Jobs
 
 REPO = Path(__file__).resolve().parents[2]
 
-DRIVER = r"""
-import importlib, io, json, os, signal, sys
+# Sets up the fault of $FAULT (each driver below ends by calling the entry: helpers.jobs.ENTRY_CODE).
+FAULTS = r"""
+import io, os, signal, sys
 import torch
 
 mode, _, n = os.environ.get("FAULT", "none:0").partition(":")
@@ -65,10 +66,8 @@ elif mode == "backward":  # mid-step
             die()
         return real_backward(self, *a, **k)
     torch.Tensor.backward = backward
-
-module, func = sys.argv[1].split(":")
-sys.exit(getattr(importlib.import_module(module), func)(json.loads(sys.argv[2])))
 """
+DRIVER = FAULTS + ENTRY_CODE
 
 
 # a job server per tool, shared by this module's tests (helpers.jobs: ~4 s of imports paid once, not per job;
@@ -225,7 +224,8 @@ def test_classification_training_survives_kill_9_anywhere(tmp_path, job):
 
 def _kill_while_generating(argv: list[str]) -> subprocess.CompletedProcess:
     """Runs the ImageNet job with a SIGKILL after the 5th JPEG of the generated smoke folder."""
-    driver = DRIVER.replace('module, func = sys.argv[1].split(":")', '''from PIL import Image
+    driver = FAULTS + '''
+from PIL import Image
 real_img_save, saved = Image.Image.save, [0]
 def img_save(self, *a, **k):
     saved[0] += 1
@@ -233,7 +233,7 @@ def img_save(self, *a, **k):
         die()
     return real_img_save(self, *a, **k)
 Image.Image.save = img_save
-module, func = sys.argv[1].split(":")''')
+''' + ENTRY_CODE
     out = Path(argv[argv.index("--output-dir") + 1])
     proc = run_job(CLASSIFY, argv, driver=driver)
     assert not (out / "fake_imagenet").exists(), "a partial smoke folder was left under its final name"
