@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from helpers.lines import LineReader
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +92,7 @@ class JobServer:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self._proc = subprocess.Popen([sys.executable, "-c", SERVER, ",".join(preload)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, cwd=REPO, env=env)
-        self._buffer = b""
+        self._reader = LineReader(self._proc.stdout.fileno())
         try:
             self._answer(600)  # {"ready": true} once it has imported
         except BaseException:
@@ -99,15 +101,11 @@ class JobServer:
             raise
 
     def _answer(self, timeout: float | None) -> dict:
-        fd = self._proc.stdout.fileno()
-        while b"\n" not in self._buffer:
-            if not select.select([fd], [], [], timeout)[0]:
-                raise TimeoutError
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                raise RuntimeError(f"the job server ended (exit {self._proc.wait()})")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\n", 1)
+        line = self._reader.readline(None if timeout is None else time.monotonic() + timeout)
+        if line is None and self._reader.eof:
+            raise RuntimeError(f"the job server ended (exit {self._proc.wait()})")
+        if line is None:
+            raise TimeoutError
         return json.loads(line)
 
     def run(self, code: str, args: Sequence[str], env: dict[str, str], cwd: Path = REPO,

@@ -43,7 +43,6 @@ import dataclasses
 import functools
 import json
 import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -52,6 +51,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+# tests/ (where the helpers are) is on sys.path under pytest, not when this file runs as a script (the case
+# server, or a full sweep by hand)
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+from helpers.lines import LineReader  # noqa: E402
 
 TOLERANCE = 1e-4  # relative difference allowed against the float64 reference
 ALLOWANCE = 10.0  # ... or this many times the plain float32 computation's own difference, where larger,
@@ -745,20 +751,13 @@ def _forked(case_list: Sequence[Case], timeout_s: float) -> Iterator[dict]:
                 break
         os._exit(code)
     os.close(write_fd)
-    sel = selectors.DefaultSelector()
-    sel.register(read_fd, selectors.EVENT_READ)
-    buffer = b""
+    reader = LineReader(read_fd)
     passed = 0
     deadline = start + case_time_limit(case_list[0], timeout_s)
     try:
         while passed < len(case_list):
-            eof = False
-            while b"\n" not in buffer and not eof and sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                chunk = os.read(read_fd, 1 << 16)
-                buffer += chunk
-                eof = not chunk
-            if b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
+            line = reader.readline(deadline)
+            if line is not None:
                 result = json.loads(line)
                 yield result
                 if result["status"] != "ok":
@@ -767,11 +766,11 @@ def _forked(case_list: Sequence[Case], timeout_s: float) -> Iterator[dict]:
                 if passed < len(case_list):
                     deadline = time.monotonic() + case_time_limit(case_list[passed], timeout_s)
                 continue
-            if not eof:  # no result in time
+            if not reader.eof:  # no result in time
                 os.kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
             pid = 0
-            if not eof:
+            if not reader.eof:
                 limit = case_time_limit(case_list[passed], timeout_s)
                 failure = {"status": "hang", "detail": f"no result after {limit:.0f} s (killed)"}
             else:
@@ -788,7 +787,6 @@ def _forked(case_list: Sequence[Case], timeout_s: float) -> Iterator[dict]:
     finally:
         if pid:
             os.waitpid(pid, 0)
-        sel.close()
         os.close(read_fd)
         stderr.close()
 
@@ -844,10 +842,7 @@ BATCH_SIZE = 32
 
 def _drive(proc: subprocess.Popen, pending: list[Case], isa: str, timeout_s: float) -> Iterator[Outcome]:
     assert proc.stdin and proc.stdout
-    fd = proc.stdout.fileno()  # read unbuffered: a batch's answers arrive together, select sees only the pipe
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
-    buffer = b""
+    reader = LineReader(proc.stdout.fileno())  # a batch's answers arrive together: read unbuffered
     todo = list(pending)
     while todo:
         batch, todo = todo[:BATCH_SIZE], todo[BATCH_SIZE:]
@@ -857,14 +852,9 @@ def _drive(proc: subprocess.Popen, pending: list[Case], isa: str, timeout_s: flo
             # The server enforces the case limit (a case that ran after others and hung may take four of its
             # limits: there, alone, and alone with twice the time); this one only guards against the server
             # itself hanging (its warm-up comes before the first answer).
-            while b"\n" not in buffer:
-                if not sel.select(timeout=4 * case_time_limit(case, timeout_s) + 300):
-                    return
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    return
-                buffer += chunk
-            line, buffer = buffer.split(b"\n", 1)
+            line = reader.readline(time.monotonic() + 4 * case_time_limit(case, timeout_s) + 300)
+            if line is None:
+                return
             r = json.loads(line)
             yield Outcome(case, isa, r["status"], r.get("detail", ""), r.get("error", 0.0), r.get("seconds", 0.0))
 
