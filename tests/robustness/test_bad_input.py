@@ -584,7 +584,7 @@ def _det_checkpoint(f: Files) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exits_2_with_one_clear_line(case: Case, tmp_path, capsys, monkeypatch, restore_logging):
-    monkeypatch.chdir(REPO)  # the configs' relative paths (../shared) are not read: every case fails first
+    monkeypatch.chdir(REPO)  # the configs' relative paths are the repository's (none is read: every case fails first)
     f = Files(tmp_path)
     if case.id == "demo-only-unreadable-images":
         _det_checkpoint(f)
